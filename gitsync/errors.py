@@ -1,0 +1,46 @@
+"""The error tree. Every error a user can see is one of these, raised ``from`` its cause.
+
+Messages say what is wrong, where, and what to do; they never contain credentials.
+"""
+
+from __future__ import annotations
+
+from gitsync.model import ServiceKey
+
+
+class GitsyncError(Exception):
+    """Base of every error gitsync raises on purpose."""
+
+
+class ConfigError(GitsyncError):
+    """The agent config or the repo's gitsync.yaml is invalid."""
+
+
+class ManifestError(GitsyncError):
+    """A manifest in the repository is invalid; carries the file and line."""
+
+    def __init__(self, message: str, *, file: str, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {message}")
+
+
+class SourceError(GitsyncError):
+    """Git could not be read: bad URL, auth refused, ref missing, network down."""
+
+
+class ApplyError(GitsyncError):
+    """The API server refused or failed an apply for one service."""
+
+    def __init__(self, key: ServiceKey, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class HealthTimeout(GitsyncError):
+    """A service did not become Healthy within its deadline."""
+
+    def __init__(self, key: ServiceKey, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")

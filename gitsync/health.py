@@ -1,0 +1,1 @@
+"""Health: RayService status → :class:`gitsync.model.Health`, stricter than Ready=True. Pure."""

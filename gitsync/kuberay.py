@@ -1,0 +1,158 @@
+"""KubeRay's decision rules, as pure functions over plain dicts (KubeRay v1.5.0).
+
+This module owns gitsync's reading of ray-operator's ``rayservice_controller.go``: which
+``rayClusterConfig`` edits make a new cluster, which update the running one in place, which
+KubeRay ignores, and whether zero-downtime upgrades are on. The diff stage classifies changes
+with it and the test bed's KubeRay simulator acts on it, so prediction and simulation cannot
+drift apart. No I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+KUBERAY_VERSION = "v1.5.0"
+
+# utils.MaxRayServiceNameLength: 63 - len("-serve-svc") - len("-xxxxx") for the cluster suffix.
+MAX_RAYSERVICE_NAME_LENGTH = 47
+
+# Worker-group fields KubeRay clears before hashing the cluster spec
+# (generateHashWithoutReplicasAndWorkersToDelete). A change confined to them makes no new
+# cluster and, because the hash is equal, is not pushed to the running cluster either.
+HASH_MUTED_WORKER_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("replicas",),
+    ("minReplicas",),
+    ("maxReplicas",),
+    ("scaleStrategy", "workersToDelete"),
+)
+
+UPGRADE_NEW_CLUSTER = "NewCluster"
+UPGRADE_NONE = "None"
+UPGRADE_INCREMENTAL = "NewClusterWithIncrementalUpgrade"
+UPGRADE_TYPES = (UPGRADE_NEW_CLUSTER, UPGRADE_NONE, UPGRADE_INCREMENTAL)
+
+
+class ClusterChange(enum.StrEnum):
+    """What KubeRay does with a new ``rayClusterConfig`` relative to an existing cluster."""
+
+    UNCHANGED = "unchanged"  # equal hash: nothing, even if replicas/min/max changed
+    IN_PLACE = "in-place"  # worker groups appended at the end: the cluster is updated
+    NEW_CLUSTER = "new-cluster"  # any other hashed field: a pending cluster, then a switch
+
+
+def muted_cluster_spec(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The cluster spec with the hash-muted worker fields removed.
+
+    Mirrors ``generateHashWithoutReplicasAndWorkersToDelete``: every worker group loses
+    ``replicas``, ``minReplicas``, ``maxReplicas`` and ``scaleStrategy.workersToDelete``. Go
+    serialises the emptied ``scaleStrategy`` struct as ``{}`` whether or not it was written,
+    so an empty one is dropped here to keep "written empty" and "absent" equal.
+    """
+    spec = copy.deepcopy(dict(cluster_config))
+    for group in spec.get("workerGroupSpecs") or []:
+        for path in HASH_MUTED_WORKER_FIELDS:
+            parent = group
+            for part in path[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+        if group.get("scaleStrategy") == {}:
+            del group["scaleStrategy"]
+    if not spec.get("workerGroupSpecs"):
+        spec.pop("workerGroupSpecs", None)  # omitempty: an empty list is not serialised
+    return spec
+
+
+def cluster_spec_hash(cluster_config: Mapping[str, Any]) -> str:
+    """A hash that is equal exactly when KubeRay's spec hash would be equal.
+
+    KubeRay hashes ``json.Marshal`` of the typed struct (sha1, base32hex). This hashes the
+    canonical JSON of the muted dict instead: not the same bytes, the same equality.
+    """
+    canonical = json.dumps(
+        muted_cluster_spec(cluster_config), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()
+
+
+def worker_group_count(cluster_config: Mapping[str, Any]) -> int:
+    return len(cluster_config.get("workerGroupSpecs") or [])
+
+
+def classify_cluster_change(current: Mapping[str, Any], goal: Mapping[str, Any]) -> ClusterChange:
+    """Mirrors ``shouldUpdateCluster`` + ``isClusterSpecHashEqual`` for one existing cluster.
+
+    Equal full hash → unchanged. Otherwise, if the goal has at least as many worker groups and
+    its first N groups (N = the cluster's count, KubeRay's ``ray.io/num-worker-groups``
+    annotation) hash equal to the cluster, groups were only appended: updated in place.
+    Removing a group, or editing any hashed field, needs a new cluster.
+    """
+    if cluster_spec_hash(current) == cluster_spec_hash(goal):
+        return ClusterChange.UNCHANGED
+    count = worker_group_count(current)
+    if worker_group_count(goal) >= count:
+        truncated = dict(goal)
+        truncated["workerGroupSpecs"] = list(goal.get("workerGroupSpecs") or [])[:count]
+        if cluster_spec_hash(truncated) == cluster_spec_hash(current):
+            return ClusterChange.IN_PLACE
+    return ClusterChange.NEW_CLUSTER
+
+
+def zero_downtime_enabled(
+    spec: Mapping[str, Any], *, operator_env_zero_downtime: bool = True
+) -> bool:
+    """Mirrors ``isZeroDowntimeUpgradeEnabled`` with the incremental-upgrade gate off (default).
+
+    An explicit ``upgradeStrategy.type`` wins: only ``NewCluster`` enables it (the incremental
+    type needs the alpha feature gate ``RayServiceIncrementalUpgrade``). Without a type the
+    operator's ``ENABLE_ZERO_DOWNTIME`` environment variable decides; it defaults to on.
+    """
+    strategy = spec.get("upgradeStrategy") or {}
+    kind = strategy.get("type")
+    if kind is not None:
+        return bool(kind == UPGRADE_NEW_CLUSTER)
+    return operator_env_zero_downtime
+
+
+def serve_application_names(serve_config_v2: str | None) -> list[str]:
+    """Application names in a ``serveConfigV2`` string, in order.
+
+    KubeRay reports an application submitted without a name under ``default``. Raises
+    ``ValueError`` when the string is not a YAML mapping with an ``applications`` list.
+    """
+    if not serve_config_v2:
+        return []
+    try:
+        parsed = yaml.safe_load(serve_config_v2)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"serveConfigV2 is not valid YAML: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError("serveConfigV2 must be a YAML mapping")
+    apps = parsed.get("applications") or []
+    if not isinstance(apps, list):
+        raise ValueError("serveConfigV2 applications must be a list")
+    names: list[str] = []
+    for app in apps:
+        if not isinstance(app, dict):
+            raise ValueError("each serveConfigV2 application must be a mapping")
+        names.append(str(app.get("name") or "default"))
+    return names
+
+
+def serve_deployment_names(serve_config_v2: str | None) -> dict[str, list[str]]:
+    """Deployment names per application, as far as the config lists them."""
+    if not serve_config_v2:
+        return {}
+    parsed = yaml.safe_load(serve_config_v2) or {}
+    result: dict[str, list[str]] = {}
+    for app in parsed.get("applications") or []:
+        deployments = [str(d.get("name")) for d in app.get("deployments") or [] if d.get("name")]
+        result[str(app.get("name") or "default")] = deployments
+    return result

@@ -1,0 +1,1 @@
+"""Plan: changes → ordered waves per environment, as a frozen, printable value. Pure."""

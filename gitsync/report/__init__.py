@@ -1,0 +1,1 @@
+"""Report edge: commit statuses on forges (Gitea, GitHub, GitLab) and git notes."""

@@ -1,0 +1,75 @@
+"""Finds the test bed's binaries, building them with testbed/build.sh when missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
+
+
+class TestbedBuildError(RuntimeError):
+    """A test-bed binary could not be built; tests that need it must fail, not skip."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    kube_apiserver: Path
+    kubectl: Path
+    etcd: Path
+    kuberay_crds: Path
+    kube_version: str
+    etcd_version: str
+    kuberay_version: str
+
+
+def testbed_dir() -> Path:
+    return Path(os.environ.get("TESTBED_DIR", REPO_ROOT / ".testbed"))
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def ensure_binaries(*, quiet: bool = False) -> Binaries:
+    """Runs build.sh (a no-op when everything is cached) and returns the artefact paths."""
+    start = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise TestbedBuildError(
+            f"testbed/build.sh failed with exit code {result.returncode}:\n{result.stdout[-4000:]}"
+        )
+    if not quiet:
+        sys.stderr.write(result.stdout)
+        sys.stderr.write(f"testbed: binaries ready in {time.monotonic() - start:.1f} s\n")
+    values = _read_manifest(testbed_dir() / "manifest.env")
+    binaries = Binaries(
+        kube_apiserver=Path(values["KUBE_APISERVER"]),
+        kubectl=Path(values["KUBECTL"]),
+        etcd=Path(values["ETCD"]),
+        kuberay_crds=Path(values["KUBERAY_CRDS"]),
+        kube_version=values["KUBE_VERSION"],
+        etcd_version=values["ETCD_VERSION"],
+        kuberay_version=values["KUBERAY_VERSION"],
+    )
+    for path in (binaries.kube_apiserver, binaries.kubectl, binaries.etcd, binaries.kuberay_crds):
+        if not path.exists():
+            raise TestbedBuildError(f"{path} is missing after testbed/build.sh")
+    return binaries

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Builds the test bed's binaries from Go modules and caches them by version:
+#   kube-apiserver and kubectl from k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3.
+# Also fetches the KubeRay module whose CRDs the harness installs at run time.
+#
+# Usage: testbed/build.sh            build what is missing, print where everything is
+#        TESTBED_DIR=... testbed/build.sh
+# Binaries land in $TESTBED_DIR/bin/<name>-<version> (default .testbed/ at the repo root,
+# git-ignored). A second run finds them and builds nothing. Go's own module and build caches
+# (GOMODCACHE, GOCACHE) make a rebuild after a version bump incremental.
+set -euo pipefail
+
+KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KUBERAY_VERSION="${KUBERAY_VERSION:-v1.5.0}"
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dir="${TESTBED_DIR:-$root/.testbed}"
+mkdir -p "$dir/bin" "$dir/src"
+# The wrapper modules' go directive must not make Go fetch another toolchain.
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+
+log() { printf 'testbed: %s\n' "$*" >&2; }
+
+# The staging modules k8s.io/kubernetes replaces with ./staging/src/k8s.io/<name>; outside
+# the kubernetes repo each must come from its published v0.<minor>.<patch> tag instead.
+# The list is read from the go.mod the module proxy serves, never written down here.
+kube_staging_replaces() {
+  local gomod staging_version
+  gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  staging_version="v0.${KUBE_VERSION#v1.}"
+  awk -v ver="$staging_version" '
+    /^replace \(/ { inblock = 1; next }
+    inblock && /^\)/ { inblock = 0; next }
+    inblock && $3 ~ /^\.\/staging\/src\// { printf "replace %s => %s %s\n", $1, $1, ver }
+  ' "$gomod"
+}
+
+build_kube() {
+  local apiserver="$dir/bin/kube-apiserver-$KUBE_VERSION" kubectl="$dir/bin/kubectl-$KUBE_VERSION"
+  [[ -x "$apiserver" && -x "$kubectl" ]] && return 0
+  local src="$dir/src/kube-$KUBE_VERSION" start=$SECONDS
+  rm -rf "$src" && mkdir -p "$src"
+  local replaces
+  replaces="$(kube_staging_replaces)"
+  [[ -n "$replaces" ]] || { log "no staging replace directives found in k8s.io/kubernetes@$KUBE_VERSION go.mod"; exit 1; }
+  {
+    echo "module gitsync.local/testbed/kube"
+    echo
+    echo "go 1.25.0"
+    echo
+    echo "$replaces"
+  } > "$src/go.mod"
+  log "resolving k8s.io/kubernetes@$KUBE_VERSION ($(wc -l <<<"$replaces") staging modules pinned)"
+  (cd "$src" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION")
+  local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+  local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  local ld=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  log "building kube-apiserver and kubectl $KUBE_VERSION (cold: tens of minutes on 2 cores)"
+  (cd "$src" && go build -trimpath -ldflags "-s -w$ld" -o "$apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver)
+  mv "$apiserver.tmp" "$apiserver"
+  (cd "$src" && go build -trimpath -ldflags "-s -w$ld" -o "$kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)
+  mv "$kubectl.tmp" "$kubectl"
+  log "built kube-apiserver and kubectl in $((SECONDS - start)) s"
+}
+
+build_etcd() {
+  local etcd="$dir/bin/etcd-$ETCD_VERSION"
+  [[ -x "$etcd" ]] && return 0
+  local src="$dir/src/etcd-$ETCD_VERSION" start=$SECONDS
+  rm -rf "$src" && mkdir -p "$src"
+  # etcd's own main package lives in the repository's root module; the server module
+  # exports the same entry point as etcdmain.Main, which a three-line main calls.
+  cat > "$src/go.mod" <<MOD
+module gitsync.local/testbed/etcd
+
+go 1.26.0
+MOD
+  cat > "$src/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  log "building etcd $ETCD_VERSION"
+  (cd "$src" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" && go mod tidy \
+    && go build -trimpath -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=gitsync-testbed" -o "$etcd.tmp" .)
+  mv "$etcd.tmp" "$etcd"
+  log "built etcd in $((SECONDS - start)) s"
+}
+
+kuberay_dir() {
+  go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
+}
+
+build_etcd
+build_kube
+kuberay="$(kuberay_dir)"
+[[ -f "$kuberay/config/crd/bases/ray.io_rayservices.yaml" ]] || { log "RayService CRD missing from $kuberay"; exit 1; }
+# One line per artefact, read by the Python harness (testbed/binaries.py).
+cat > "$dir/manifest.env" <<ENV
+KUBE_APISERVER=$dir/bin/kube-apiserver-$KUBE_VERSION
+KUBECTL=$dir/bin/kubectl-$KUBE_VERSION
+ETCD=$dir/bin/etcd-$ETCD_VERSION
+KUBERAY_CRDS=$kuberay/config/crd/bases
+KUBE_VERSION=$KUBE_VERSION
+ETCD_VERSION=$ETCD_VERSION
+KUBERAY_VERSION=$KUBERAY_VERSION
+ENV
+log "ready: $(ls -1 "$dir/bin" | tr '\n' ' ')"

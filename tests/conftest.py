@@ -1,0 +1,76 @@
+"""Session fixtures for the real test bed: kube-apiserver + etcd built from Go modules, the
+KubeRay CRDs, and the KubeRay simulator.
+
+A test that asks for these fixtures fails when the test bed cannot be built or started; it
+never skips.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from testbed.binaries import Binaries, ensure_binaries
+from testbed.controlplane import ControlPlane
+from testbed.simulator import Delays, Simulator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO_ROOT / "examples" / "repo-layout"
+
+
+@pytest.fixture(scope="session")
+def binaries() -> Binaries:
+    return ensure_binaries()
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    plane = ControlPlane(binaries=binaries, workdir=tmp_path_factory.mktemp("controlplane"))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    with control_plane.api_client() as api_client:
+        yield api_client
+
+
+@pytest.fixture(scope="session")
+def simulator(api: client.ApiClient, control_plane: ControlPlane) -> Iterator[Simulator]:
+    with control_plane.api_client() as sim_api:
+        sim = Simulator(sim_api, Delays(cluster_start=0.3, app_deploy=0.4, tick=0.05), seed=7)
+        sim.start()
+        try:
+            yield sim
+        finally:
+            sim.stop()
+
+
+@pytest.fixture
+def sim(simulator: Simulator) -> Iterator[Simulator]:
+    """The session simulator with this test's failure rules removed afterwards."""
+    simulator.clear_rules()
+    simulator.zero_downtime_env = True
+    yield simulator
+    simulator.clear_rules()
+    simulator.zero_downtime_env = True
+    assert not simulator.errors, simulator.errors
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)

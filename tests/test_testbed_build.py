@@ -1,0 +1,33 @@
+"""The test bed's build script: cached binaries are reused, never rebuilt."""
+
+from __future__ import annotations
+
+import subprocess
+
+from testbed.binaries import BUILD_SCRIPT, REPO_ROOT, Binaries
+
+
+def test_second_build_rebuilds_nothing(binaries: Binaries) -> None:
+    paths = [binaries.kube_apiserver, binaries.kubectl, binaries.etcd]
+    before = {p: p.stat().st_mtime_ns for p in paths}
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert "building" not in result.stderr, result.stderr
+    assert {p: p.stat().st_mtime_ns for p in paths} == before
+
+
+def test_binaries_are_keyed_by_version(binaries: Binaries) -> None:
+    assert binaries.kube_apiserver.name == f"kube-apiserver-{binaries.kube_version}"
+    assert binaries.kubectl.name == f"kubectl-{binaries.kube_version}"
+    assert binaries.etcd.name == f"etcd-{binaries.etcd_version}"
+    assert (binaries.kuberay_crds / "ray.io_rayservices.yaml").is_file()
+    assert binaries.kuberay_crds.parent.parent.parent.name.endswith(f"@{binaries.kuberay_version}")
+
+
+def test_cache_folder_is_ignored_by_git(binaries: Binaries) -> None:
+    relative = binaries.kube_apiserver.relative_to(REPO_ROOT)
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", str(relative)], cwd=REPO_ROOT, check=False
+    )
+    assert result.returncode == 0, f"{relative} is not git-ignored"
