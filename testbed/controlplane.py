@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -37,6 +38,15 @@ FIELD_MANAGER = "gitsync-testbed"
 
 class ControlPlaneError(RuntimeError):
     """The control plane did not come up; the message carries the tail of the process log."""
+
+
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """Prefixes ``setpriv --pdeathsig SIGKILL`` (util-linux, in every Debian) so the process
+    is killed when the one that started it dies: a test run killed with SIGKILL leaves no etcd
+    or kube-apiserver behind. SIGKILL, not SIGTERM: kube-apiserver's graceful shutdown hangs
+    once etcd is gone, and the data is throwaway anyway. The prefix execs, so the pid stays."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "SIGKILL", "--", *argv] if setpriv else argv
 
 
 def free_port() -> int:
@@ -80,6 +90,7 @@ class ControlPlane:
     binaries: Binaries | None = None
     workdir: Path | None = None
     verbose: bool = True
+    crds: bool = True  # install KubeRay's CRDs from the module cache
     kubeconfig: Path = field(init=False)
     api_url: str = field(init=False, default="")
     startup_seconds: float = field(init=False, default=0.0)
@@ -102,7 +113,8 @@ class ControlPlane:
             self._start_apiserver(etcd_url, certs)
             self.kubeconfig = self._write_kubeconfig(certs)
             crds_began = time.monotonic()
-            self.install_crds(self.binaries.kuberay_crds)
+            if self.crds:
+                self.install_crds(self.binaries.kuberay_crds)
             crd_seconds = time.monotonic() - crds_began
         except BaseException:
             self.stop()
@@ -169,7 +181,7 @@ class ControlPlane:
         log = self.workdir / f"{name}.log"
         log_file = log.open("wb")
         popen = subprocess.Popen(
-            argv,
+            _die_with_parent(argv),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -204,7 +204,10 @@ class SimulatedRayService:
     def _reconcile_clusters(
         self, spec: Mapping[str, Any], goal: dict[str, Any], now: float
     ) -> None:
-        """``reconcileRayCluster`` with ``shouldPrepareNewCluster`` / ``shouldUpdateCluster``."""
+        """``reconcileRayCluster`` with ``shouldPrepareNewCluster`` / ``shouldUpdateCluster``.
+
+        The goal is compared with the pending cluster when there is one, else the active one.
+        """
         if self.active is None and self.pending is None:
             self.pending = self._new_cluster(goal, now)
             self.initializing_since = now
@@ -216,14 +219,10 @@ class SimulatedRayService:
             change = kuberay.classify_cluster_change(self.pending.spec, goal)
             if change is kuberay.ClusterChange.IN_PLACE:
                 self.pending.spec = copy.deepcopy(goal)
-            elif (
-                change is kuberay.ClusterChange.NEW_CLUSTER
-                and zero_downtime
-                and self.active is not None
-                and kuberay.cluster_spec_hash(self.active.spec) != kuberay.cluster_spec_hash(goal)
-            ):
+            elif change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
                 # Editing again while a pending cluster prepares: a new pending cluster
-                # replaces it. Reverting to the active spec does not cancel the pending one.
+                # replaces it. Reverting to the active spec does not cancel anything either:
+                # it differs from the pending one, so it too gets a new pending cluster.
                 self.pending = self._new_cluster(goal, now)
             return
         assert self.active is not None

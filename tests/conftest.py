@@ -61,6 +61,7 @@ def sim(simulator: Simulator) -> Iterator[Simulator]:
     """The session simulator with this test's failure rules removed afterwards."""
     simulator.clear_rules()
     simulator.zero_downtime_env = True
+    simulator.errors.clear()
     yield simulator
     simulator.clear_rules()
     simulator.zero_downtime_env = True
@@ -73,4 +74,9 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
+    # No namespace controller runs in the test bed: delete the RayServices explicitly, or
+    # they would outlive the test in a namespace stuck Terminating.
+    client.CustomObjectsApi(api).delete_collection_namespaced_custom_object(
+        "ray.io", "v1", name, "rayservices"
+    )
     core.delete_namespace(name)

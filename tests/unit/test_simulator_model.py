@@ -191,3 +191,36 @@ def test_removed_application_is_deleted() -> None:
     assert apps(s) == {"app": "RUNNING", "other": "DELETING"}
     s = d.settle(rayservice(generation=2))
     assert apps(s) == {"app": "RUNNING"}
+
+
+def test_editing_during_a_swap_replaces_the_pending_cluster_and_revert_does_not_cancel() -> None:
+    d = Driver()
+    s = d.settle(rayservice())
+    active = s["activeServiceStatus"]["rayClusterName"]
+    first = d.step(rayservice(generation=2, image="ray:2"))["pendingServiceStatus"][
+        "rayClusterName"
+    ]
+    second = d.step(rayservice(generation=3, image="ray:3"))["pendingServiceStatus"][
+        "rayClusterName"
+    ]
+    assert len({active, first, second}) == 3
+    # Back to the active spec: still a new pending cluster, then a swap to it.
+    third = d.step(rayservice(generation=4))["pendingServiceStatus"]["rayClusterName"]
+    assert third not in (active, second)
+    s = d.settle(rayservice(generation=4))
+    assert s["activeServiceStatus"]["rayClusterName"] == third
+
+
+def test_appended_worker_group_updates_the_active_cluster_in_place() -> None:
+    d = Driver()
+    s = d.settle(rayservice())
+    active = s["activeServiceStatus"]["rayClusterName"]
+    grown = rayservice(generation=2)
+    grown["spec"]["rayClusterConfig"]["workerGroupSpecs"].append(
+        {"groupName": "gpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 2}
+    )
+    s = d.settle(grown)
+    assert s["activeServiceStatus"]["rayClusterName"] == active
+    assert s["pendingServiceStatus"] == {}
+    assert d.sim.active is not None
+    assert len(d.sim.active.spec["workerGroupSpecs"]) == 2
