@@ -23,6 +23,21 @@ KUBERAY_VERSION = "v1.5.0"
 # utils.MaxRayServiceNameLength: 63 - len("-serve-svc") - len("-xxxxx") for the cluster suffix.
 MAX_RAYSERVICE_NAME_LENGTH = 47
 
+# spec fields of the v1 RayService CRD (config/crd/bases/ray.io_rayservices.yaml). The API
+# server prunes anything else without a word, so a misspelt field would vanish silently.
+RAYSERVICE_SPEC_FIELDS = frozenset(
+    {
+        "deploymentUnhealthySecondThreshold",
+        "excludeHeadPodFromServeSvc",
+        "rayClusterConfig",
+        "rayClusterDeletionDelaySeconds",
+        "serveConfigV2",
+        "serveService",
+        "serviceUnhealthySecondThreshold",
+        "upgradeStrategy",
+    }
+)
+
 # Worker-group fields KubeRay clears before hashing the cluster spec
 # (generateHashWithoutReplicasAndWorkersToDelete). A change confined to them makes no new
 # cluster and, because the hash is equal, is not pushed to the running cluster either.

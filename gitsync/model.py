@@ -6,7 +6,9 @@ Plain frozen values only; no I/O and no behaviour beyond formatting.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -51,3 +53,50 @@ class Health(enum.StrEnum):
     MISSING = "Missing"
     SUSPENDED = "Suspended"
     UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Problem:
+    """One thing wrong with the repository's content, printed ``file:line: message``."""
+
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A file of a checkout, read into memory: its repo-relative path and bytes."""
+
+    path: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DesiredService:
+    """A RayService as Git declares it for one environment, with where it was written."""
+
+    key: ServiceKey
+    environment: str
+    manifest: Mapping[str, Any]  # as written, with the environment's namespace filled in
+    source: str  # repo-relative file
+    line: int  # where its document starts
+    wave: int = 0
+
+
+@dataclass(frozen=True)
+class DesiredObject:
+    """Another kind the repository config allows (``allowedKinds``), applied alongside."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    environment: str
+    manifest: Mapping[str, Any]
+    source: str
+    line: int

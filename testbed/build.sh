@@ -60,7 +60,7 @@ build_kube() {
     ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  log "building kube-apiserver and kubectl $KUBE_VERSION (cold: tens of minutes on 2 cores)"
+  log "building kube-apiserver and kubectl $KUBE_VERSION (cold: about 6 minutes on 2 cores)"
   (cd "$src" && go build -trimpath -ldflags "-s -w$ld" -o "$apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver)
   mv "$apiserver.tmp" "$apiserver"
   (cd "$src" && go build -trimpath -ldflags "-s -w$ld" -o "$kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)

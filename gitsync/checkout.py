@@ -1,0 +1,154 @@
+"""Reads a materialised tree (a checkout at one revision) from disk, safely.
+
+Owns what only the file system can tell: symlinks that leave the repository or the
+environment folder, unreadable files, missing folders. Hands bytes to the pure
+:mod:`gitsync.manifests` stage and never interprets them itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitsync.manifests.load import (
+    MAX_FILE_BYTES,
+    EnvironmentManifests,
+    is_manifest,
+    load_environment,
+)
+from gitsync.manifests.repoconfig import (
+    REPO_CONFIG_FILE,
+    EnvironmentConfig,
+    RepoConfig,
+    load_repo_config,
+)
+from gitsync.model import Problem, SourceFile
+
+
+@dataclass(frozen=True)
+class TreeReport:
+    """Everything ``gitsync validate`` knows about one tree."""
+
+    config: RepoConfig | None
+    environments: tuple[EnvironmentManifests, ...]
+    problems: tuple[Problem, ...]  # config problems and every environment's
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def read_environment_files(
+    root: Path, env_path: str, *, max_file_bytes: int = MAX_FILE_BYTES
+) -> tuple[list[SourceFile], list[Problem]]:
+    """Every manifest file under ``root/env_path`` with its repo-relative path.
+
+    Hidden entries (``.git``…) are skipped. A symlink is followed only while it stays inside
+    the environment folder; one that leaves the repository or the folder is a problem. A file
+    over the size limit is reported without being read.
+    """
+    root = root.resolve()
+    folder = (root / env_path).resolve()
+    files: list[SourceFile] = []
+    problems: list[Problem] = []
+    visited: set[Path] = set()
+    pending = [root / env_path]
+    while pending:
+        directory = pending.pop()
+        real_dir = directory.resolve()
+        if real_dir in visited:
+            continue
+        visited.add(real_dir)
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            relative = Path(entry.path).relative_to(root).as_posix()
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = path.resolve()
+                if not _inside(target, root):
+                    problems.append(
+                        Problem(
+                            relative,
+                            None,
+                            f"symlink points outside the repository (to {os.readlink(path)})",
+                        )
+                    )
+                    continue
+                if not _inside(target, folder):
+                    problems.append(
+                        Problem(
+                            relative,
+                            None,
+                            f"symlink leaves the environment folder {env_path!r} "
+                            f"(to {os.readlink(path)}); copy the file instead",
+                        )
+                    )
+                    continue
+            if path.is_dir():
+                pending.append(path)
+            elif path.is_file() and is_manifest(entry.name):
+                size = path.stat().st_size
+                if size > max_file_bytes:
+                    problems.append(
+                        Problem(
+                            relative,
+                            None,
+                            f"file is {size} bytes; manifests are "
+                            f"limited to {max_file_bytes} bytes",
+                        )
+                    )
+                    continue
+                try:
+                    files.append(SourceFile(relative, path.read_bytes()))
+                except OSError as exc:
+                    problems.append(Problem(relative, None, f"cannot read file: {exc.strerror}"))
+    return files, problems
+
+
+def _env_problem(env: EnvironmentConfig, why: str) -> Problem:
+    return Problem(REPO_CONFIG_FILE, env.line, f"environment {env.name!r}: path {env.path!r} {why}")
+
+
+def read_tree(root: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> TreeReport:
+    """Loads ``gitsync.yaml`` and every environment of a checkout."""
+    config_path = root / REPO_CONFIG_FILE
+    if not config_path.is_file():
+        problem = Problem(
+            REPO_CONFIG_FILE,
+            None,
+            f"no {REPO_CONFIG_FILE} at the repository root ({root}); see examples/repo-layout/",
+        )
+        return TreeReport(None, (), (problem,))
+    text = config_path.read_bytes().decode("utf-8", errors="replace")
+    config, problems = load_repo_config(text)
+    if config is None:
+        return TreeReport(None, (), tuple(problems))
+    environments = []
+    all_problems: list[Problem] = []
+    for env in config.environments:
+        folder = (root / env.path).resolve()
+        files: list[SourceFile] = []
+        if not _inside(folder, root.resolve()):
+            read_problems = [_env_problem(env, "is a symlink out of the repository")]
+        elif not folder.is_dir():
+            read_problems = [_env_problem(env, "is not a folder in this revision")]
+        else:
+            files, read_problems = read_environment_files(
+                root, env.path, max_file_bytes=max_file_bytes
+            )
+        loaded = load_environment(
+            env,
+            files,
+            allowed_kinds=config.allowed_kinds,
+            read_problems=read_problems,
+            max_file_bytes=max_file_bytes,
+        )
+        environments.append(loaded)
+        all_problems.extend(loaded.problems)
+    return TreeReport(config, tuple(environments), tuple(all_problems))

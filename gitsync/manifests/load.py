@@ -1,0 +1,108 @@
+"""An environment's files at one revision → its desired RayServices, or every problem.
+
+All or nothing: one invalid file makes the whole environment invalid at that revision, so
+nothing from it is applied. Pure: the files arrive as bytes (read by gitsync.checkout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gitsync.manifests.rayservice import check_document
+from gitsync.manifests.repoconfig import EnvironmentConfig, Kind
+from gitsync.manifests.yamldoc import decode, parse_documents
+from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey, SourceFile
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_FILE_BYTES = 1024 * 1024  # the API server's own request limit is about 3 MiB
+
+
+@dataclass(frozen=True)
+class EnvironmentManifests:
+    environment: EnvironmentConfig
+    services: tuple[DesiredService, ...]
+    objects: tuple[DesiredObject, ...]
+    problems: tuple[Problem, ...]
+    files: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def is_manifest(path: str) -> bool:
+    return path.endswith(MANIFEST_SUFFIXES)
+
+
+def load_environment(
+    env: EnvironmentConfig,
+    files: Sequence[SourceFile],
+    *,
+    allowed_kinds: tuple[Kind, ...] = (),
+    read_problems: Iterable[Problem] = (),
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> EnvironmentManifests:
+    problems = list(read_problems)
+    services: list[DesiredService] = []
+    objects: list[DesiredObject] = []
+    seen: dict[ServiceKey | tuple[str, str, str], DesiredService | DesiredObject] = {}
+    manifests = sorted((f for f in files if is_manifest(f.path)), key=lambda f: f.path)
+    for file in manifests:
+        if len(file.data) > max_file_bytes:
+            problems.append(
+                Problem(
+                    file.path,
+                    None,
+                    f"file is {len(file.data)} bytes; manifests are limited to "
+                    f"{max_file_bytes} bytes",
+                )
+            )
+            continue
+        text, problem = decode(file.data, file.path)
+        if problem is not None or text is None:
+            problems.extend([problem] if problem else [])
+            continue
+        documents, parse_problems = parse_documents(text, file.path)
+        problems.extend(parse_problems)
+        for doc in documents:
+            found, doc_problems = check_document(doc, env, allowed_kinds)
+            problems.extend(doc_problems)
+            if found is None:
+                continue
+            identity = (
+                found.key
+                if isinstance(found, DesiredService)
+                else (found.kind, found.namespace, found.name)
+            )
+            if identity in seen:
+                first = seen[identity]
+                what = (
+                    str(found.key)
+                    if isinstance(found, DesiredService)
+                    else f"{found.kind} {found.name}"
+                )
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line,
+                        f"{what} is declared twice in environment "
+                        f"{env.name!r} (first at {first.source}:{first.line})",
+                    )
+                )
+                continue
+            seen[identity] = found
+            if isinstance(found, DesiredService):
+                services.append(found)
+            else:
+                objects.append(found)
+    if problems:
+        return EnvironmentManifests(
+            env, (), (), tuple(sorted(problems, key=_order)), len(manifests)
+        )
+    services.sort(key=lambda s: (s.wave, s.key))
+    return EnvironmentManifests(env, tuple(services), tuple(objects), (), len(manifests))
+
+
+def _order(problem: Problem) -> tuple[str, int]:
+    return problem.file, problem.line or 0

@@ -1,0 +1,373 @@
+"""Validation of one manifest document: a RayService (or an allowed other kind).
+
+Catches before apply what the API server, KubeRay or Ray Serve would reject later, or would
+silently get wrong: fields the CRD prunes, KubeRay's name and ``headService`` rules, an
+unknown ``upgradeStrategy``, a ``serveConfigV2`` Ray Serve cannot deploy. Every problem names
+the file and the line. Pure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gitsync import kuberay
+from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
+from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
+from gitsync.manifests.yamldoc import Document, dotted, parse_documents
+from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
+
+ANNOTATION_PREFIX = "gitsync.ray.io/"
+WAVE_ANNOTATION = "gitsync.ray.io/wave"
+# Written by gitsync on apply; a manifest that sets them would lie about its provenance.
+RESERVED_KEYS = frozenset(
+    {
+        "app.kubernetes.io/managed-by",
+        "gitsync.ray.io/environment",
+        "gitsync.ray.io/revision",
+        "gitsync.ray.io/source",
+        "gitsync.ray.io/preview",
+    }
+)
+_WAVE = re.compile(r"^-?[0-9]{1,6}$")
+
+
+def _suggest(word: str, choices: frozenset[str] | set[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Check:
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def add(self, message: str, *path: str | int) -> None:
+        self.problems.append(self.doc.problem(message, *path))
+
+
+def check_document(
+    doc: Document, env: EnvironmentConfig, allowed_kinds: tuple[Kind, ...]
+) -> tuple[DesiredService | DesiredObject | None, list[Problem]]:
+    check = _Check(doc)
+    data = doc.data
+    if not isinstance(data, Mapping):
+        check.add(
+            f"a manifest must be a mapping with apiVersion and kind, not a {type(data).__name__}"
+        )
+        return None, check.problems
+    api_version, kind = data.get("apiVersion"), data.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        check.add("apiVersion and kind are required")
+        return None, check.problems
+    this = Kind(api_version, kind)
+    if this != RAYSERVICE and this not in allowed_kinds:
+        if kind == RAYSERVICE.kind:
+            check.add(
+                f"RayService apiVersion {api_version!r} is not served for gitsync; use 'ray.io/v1'",
+                "apiVersion",
+            )
+        else:
+            check.add(
+                f"{this} is not managed by gitsync: environments hold {RAYSERVICE} objects "
+                "(list other kinds under allowedKinds in gitsync.yaml to apply them too)",
+                "kind",
+            )
+        return None, check.problems
+    metadata = data.get("metadata")
+    if not isinstance(metadata, Mapping):
+        check.add("metadata must be a mapping with a name", "metadata")
+        return None, check.problems
+    name = metadata.get("name")
+    name_msg = rayservice_name_problem(name) if this == RAYSERVICE else object_name_problem(name)
+    if name_msg:
+        check.add(name_msg, "metadata", "name")
+    _check_namespace(check, metadata, env)
+    wave = _check_labels_and_annotations(check, metadata)
+    if "status" in data:
+        check.add("status is written by KubeRay, not by Git; remove it from the manifest", "status")
+    if this != RAYSERVICE:
+        if check.problems:
+            return None, check.problems
+        obj = DesiredObject(
+            api_version,
+            kind,
+            env.namespace,
+            str(name),
+            env.name,
+            _with_namespace(data, env),
+            doc.file,
+            doc.line,
+        )
+        return obj, []
+    _check_spec(check, data.get("spec"))
+    if check.problems or not isinstance(name, str):
+        return None, check.problems
+    service = DesiredService(
+        ServiceKey(env.namespace, name),
+        env.name,
+        _with_namespace(data, env),
+        doc.file,
+        doc.line,
+        wave,
+    )
+    return service, []
+
+
+def _with_namespace(data: Mapping[str, Any], env: EnvironmentConfig) -> dict[str, Any]:
+    return {**data, "metadata": {**data["metadata"], "namespace": env.namespace}}
+
+
+def _check_namespace(check: _Check, metadata: Mapping[str, Any], env: EnvironmentConfig) -> None:
+    if "namespace" not in metadata:
+        return
+    namespace = metadata["namespace"]
+    if msg := namespace_problem(namespace):
+        check.add(msg, "metadata", "namespace")
+    elif namespace != env.namespace:
+        check.add(
+            f"metadata.namespace {namespace!r} conflicts with environment {env.name!r}, which "
+            f"deploys to {env.namespace!r}; remove the namespace or move the file",
+            "metadata",
+            "namespace",
+        )
+
+
+def _check_labels_and_annotations(check: _Check, metadata: Mapping[str, Any]) -> int:
+    wave = 0
+    for field in ("labels", "annotations"):
+        values = metadata.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            check.add(f"metadata.{field} must be a mapping of strings", "metadata", field)
+            continue
+        for key, value in values.items():
+            at = ("metadata", field, key)
+            if key in RESERVED_KEYS:
+                check.add(f"{field[:-1]} {key!r} is set by gitsync when it applies; remove it", *at)
+            elif key.startswith(ANNOTATION_PREFIX) and key != WAVE_ANNOTATION:
+                check.add(f"unknown gitsync {field[:-1]} {key!r} (known: {WAVE_ANNOTATION})", *at)
+            if not isinstance(value, str):
+                shown = "true" if value is True else "false" if value is False else value
+                check.add(f'{field[:-1]} {key!r} must be a string; quote it: {key}: "{shown}"', *at)
+            elif key == WAVE_ANNOTATION:
+                if field != "annotations":
+                    check.add(f"{WAVE_ANNOTATION} is an annotation, not a label", *at)
+                elif not _WAVE.match(value):
+                    check.add(
+                        f'{WAVE_ANNOTATION} must be a whole number such as "0" or "2", not {value!r}',
+                        *at,
+                    )
+                else:
+                    wave = int(value)
+    return wave
+
+
+def _check_spec(check: _Check, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        check.add("spec must be a mapping with rayClusterConfig and serveConfigV2", "spec")
+        return
+    for key in spec:
+        if key not in kuberay.RAYSERVICE_SPEC_FIELDS:
+            check.add(
+                f"unknown field spec.{key}: the API server would drop it silently"
+                + _suggest(key, kuberay.RAYSERVICE_SPEC_FIELDS),
+                "spec",
+                key,
+            )
+    _check_cluster(check, spec.get("rayClusterConfig"))
+    strategy = spec.get("upgradeStrategy")
+    if strategy is not None:
+        kind = strategy.get("type") if isinstance(strategy, Mapping) else None
+        if not isinstance(strategy, Mapping) or (
+            "type" in strategy and kind not in kuberay.UPGRADE_TYPES
+        ):
+            check.add(
+                f"spec.upgradeStrategy.type {kind!r} is not one KubeRay knows "
+                f"({', '.join(kuberay.UPGRADE_TYPES)}); KubeRay would refuse to reconcile it",
+                "spec",
+                "upgradeStrategy",
+                "type",
+            )
+    if "serveConfigV2" not in spec:
+        check.add("spec.serveConfigV2 is missing: gitsync deploys Ray Serve applications", "spec")
+        return
+    _check_serve(check, spec["serveConfigV2"])
+
+
+def _check_cluster(check: _Check, cluster: Any) -> None:
+    at: tuple[str | int, ...] = ("spec", "rayClusterConfig")
+    if cluster is None:
+        check.add("spec.rayClusterConfig is required", "spec")
+        return
+    if not isinstance(cluster, Mapping):
+        check.add("spec.rayClusterConfig must be a mapping", *at)
+        return
+    head = cluster.get("headGroupSpec")
+    if not isinstance(head, Mapping):
+        check.add("spec.rayClusterConfig.headGroupSpec is required", *at)
+        return
+    head_service = head.get("headService")
+    if isinstance(head_service, Mapping) and (head_service.get("metadata") or {}).get("name"):
+        check.add(
+            "headGroupSpec.headService.metadata.name must not be set in a RayService: KubeRay "
+            "names the head Service itself and rejects the RayService",
+            *at,
+            "headGroupSpec",
+            "headService",
+            "metadata",
+            "name",
+        )
+    containers = ((head.get("template") or {}).get("spec") or {}).get("containers")
+    if not isinstance(containers, list) or not containers:
+        check.add(
+            "headGroupSpec.template.spec.containers needs the ray-head container",
+            *at,
+            "headGroupSpec",
+        )
+    groups = cluster.get("workerGroupSpecs") or []
+    if not isinstance(groups, list):
+        check.add("workerGroupSpecs must be a list", *at, "workerGroupSpecs")
+        return
+    seen: dict[str, int] = {}
+    for index, group in enumerate(groups):
+        where = (*at, "workerGroupSpecs", index)
+        if not isinstance(group, Mapping):
+            check.add("each worker group must be a mapping", *where)
+            continue
+        name = group.get("groupName")
+        if not isinstance(name, str) or not name:
+            check.add("worker group needs a groupName", *where)
+        elif name in seen:
+            check.add(
+                f"worker group {name!r} is declared twice (first on line {seen[name]})",
+                *where,
+                "groupName",
+            )
+        else:
+            seen[name] = check.doc.line_of(*where, "groupName")
+
+
+def _check_serve(check: _Check, value: Any) -> None:
+    at = ("spec", "serveConfigV2")
+    if not isinstance(value, str):
+        check.add(
+            "spec.serveConfigV2 must be a string holding YAML (write 'serveConfigV2: |' and "
+            f"indent the config under it), not a {type(value).__name__}",
+            *at,
+        )
+        return
+    line = check.doc.line_of(*at)
+    block = at in check.doc.block_scalars
+    # In a `|` block the string's first line is the file's next line; elsewhere inner lines
+    # cannot be mapped back, so every problem points at serveConfigV2 itself.
+    offset = line if block else 0
+    docs, problems = parse_documents(value, check.doc.file, offset=offset)
+    if not block:
+        problems = [Problem(p.file, line, p.message) for p in problems]
+    for problem in problems:
+        check.problems.append(
+            Problem(problem.file, problem.line, f"serveConfigV2: {problem.message}")
+        )
+    if problems:
+        return
+    if len(docs) != 1 or not isinstance(docs[0].data, Mapping):
+        check.add("serveConfigV2 must be one YAML mapping with an applications list", *at)
+        return
+    serve = docs[0] if block else Document(check.doc.file, docs[0].data, line, {}, 0)
+    _check_applications(check, serve)
+
+
+def _check_applications(check: _Check, serve: Document) -> None:
+    def add(message: str, *path: str | int) -> None:
+        check.problems.append(serve.problem(f"serveConfigV2: {message}", *path))
+
+    apps = serve.data.get("applications")
+    if not isinstance(apps, list) or not apps:
+        add(
+            "applications must be a non-empty list (Ray Serve deploys nothing without it)",
+            "applications",
+        )
+        return
+    names: dict[str, int] = {}
+    prefixes: dict[str, str] = {}
+    for index, app in enumerate(apps):
+        at = ("applications", index)
+        if not isinstance(app, Mapping):
+            add("each application must be a mapping", *at)
+            continue
+        name = app.get("name", "default")
+        if not isinstance(name, str) or not name:
+            add("application name must be a non-empty string", *at, "name")
+            continue
+        if name in names:
+            add(
+                f"application {name!r} is declared twice (first on line {names[name]})", *at, "name"
+            )
+        else:
+            names[name] = serve.line_of(*at, "name")
+        import_path = app.get("import_path")
+        if not isinstance(import_path, str) or not import_path.strip():
+            add(f"application {name!r} needs an import_path such as 'module.submodule:app'", *at)
+        if "route_prefix" in app and app["route_prefix"] is None:
+            pass  # not exposed over HTTP
+        else:
+            prefix = app.get("route_prefix", "/")
+            if not isinstance(prefix, str) or not prefix.startswith("/"):
+                add(
+                    f"application {name!r}: route_prefix must start with '/', not {prefix!r}",
+                    *at,
+                    "route_prefix",
+                )
+            elif prefix != "/" and prefix.endswith("/"):
+                add(
+                    f"application {name!r}: route_prefix {prefix!r} must not end with '/'",
+                    *at,
+                    "route_prefix",
+                )
+            elif prefix in prefixes:
+                add(
+                    f"application {name!r} uses route_prefix {prefix!r}, already used by "
+                    f"application {prefixes[prefix]!r}",
+                    *at,
+                    "route_prefix",
+                )
+            else:
+                prefixes[prefix] = name
+        _check_deployments(add, app.get("deployments"), name, at)
+
+
+def _check_deployments(add: Any, deployments: Any, app: str, at: tuple[str | int, ...]) -> None:
+    if deployments is None:
+        return
+    if not isinstance(deployments, list):
+        add(f"application {app!r}: deployments must be a list", *at, "deployments")
+        return
+    seen: set[str] = set()
+    for index, deployment in enumerate(deployments):
+        where = (*at, "deployments", index)
+        if not isinstance(deployment, Mapping) or not isinstance(deployment.get("name"), str):
+            add(f"application {app!r}: each deployment needs a name", *where)
+            continue
+        name = deployment["name"]
+        if name in seen:
+            add(f"application {app!r}: deployment {name!r} is declared twice", *where, "name")
+        seen.add(name)
+        replicas = deployment.get("num_replicas")
+        if (
+            replicas is not None
+            and replicas != "auto"
+            and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0)
+        ):
+            add(
+                f"deployment {name!r}: num_replicas must be a whole number ≥ 0 or 'auto', "
+                f"not {replicas!r}",
+                *where,
+                "num_replicas",
+            )
+
+
+__all__ = ["check_document", "dotted"]

@@ -1,0 +1,234 @@
+"""The repository's ``gitsync.yaml``: environments, their order, previews, allowed kinds.
+
+Strict: unknown keys, wrong types, duplicate names, paths that leave the repository and
+cycles in ``after`` are problems with ``gitsync.yaml:line``. Pure.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitsync.manifests.names import environment_name_problem, namespace_problem
+from gitsync.manifests.yamldoc import Document, dotted, parse_documents
+from gitsync.model import Problem
+
+REPO_CONFIG_FILE = "gitsync.yaml"
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.api_version} {self.kind}"
+
+
+RAYSERVICE = Kind("ray.io/v1", "RayService")
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    name: str
+    path: str  # repo-relative, normalised, no trailing slash
+    namespace: str
+    after: tuple[str, ...] = ()
+    line: int = field(default=0, compare=False)  # where gitsync.yaml declares it
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    source: str  # the environment previews copy from (``from:`` in YAML)
+    namespace: str
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    environments: tuple[EnvironmentConfig, ...]
+    previews: PreviewConfig | None = None
+    allowed_kinds: tuple[Kind, ...] = ()
+
+    def environment(self, name: str) -> EnvironmentConfig:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        known = ", ".join(e.name for e in self.environments)
+        raise KeyError(f"no environment {name!r} in {REPO_CONFIG_FILE} (known: {known})")
+
+    def ordered(self) -> list[list[EnvironmentConfig]]:
+        """Environments in rollout order: each stage only after every ``after`` is done."""
+        done: set[str] = set()
+        stages: list[list[EnvironmentConfig]] = []
+        remaining = list(self.environments)
+        while remaining:
+            stage = [e for e in remaining if set(e.after) <= done]
+            if not stage:  # a cycle; load_repo_config reports it, never returns it
+                raise ValueError("environment order has a cycle")
+            stages.append(stage)
+            done.update(e.name for e in stage)
+            remaining = [e for e in remaining if e.name not in done]
+        return stages
+
+
+class _Checker:
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def add(self, message: str, *path: str | int) -> None:
+        self.problems.append(self.doc.problem(message, *path))
+
+    def mapping(self, value: Any, allowed: set[str], required: set[str], *path: str | int) -> bool:
+        where = dotted(path) or "the file"
+        if not isinstance(value, Mapping):
+            self.add(f"{where} must be a mapping", *path)
+            return False
+        for key in value:
+            if key not in allowed:
+                self.add(
+                    f"unknown key {key!r} in {where} (allowed: {', '.join(sorted(allowed))})",
+                    *path,
+                    key,
+                )
+        for key in sorted(required - set(value)):
+            self.add(f"{where} needs {key!r}", *path)
+        return True
+
+    def string(self, value: Any, *path: str | int) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.add(f"{dotted(path)} must be a non-empty string", *path)
+            return None
+        return value
+
+
+def _environment_path(check: _Checker, value: str, *path: str | int) -> str | None:
+    normal = posixpath.normpath(value.strip("/")) if not value.startswith("/") else value
+    if value.startswith("/") or normal == ".." or normal.startswith("../"):
+        check.add(f"path {value!r} must be relative and stay inside the repository", *path)
+        return None
+    return "" if normal == "." else normal
+
+
+def _environment(
+    check: _Checker, raw: Any, at: tuple[str | int, ...], seen: dict[str, int]
+) -> EnvironmentConfig | None:
+    """One entry of ``environments``; records its name in ``seen`` for duplicate checks."""
+    if not check.mapping(
+        raw, {"name", "path", "namespace", "after"}, {"name", "path", "namespace"}, *at
+    ):
+        return None
+    name, path, namespace = raw.get("name"), raw.get("path"), raw.get("namespace")
+    if "name" in raw and (msg := environment_name_problem(name)):
+        check.add(msg, *at, "name")
+    if "namespace" in raw and (msg := namespace_problem(namespace)):
+        check.add(msg, *at, "namespace")
+    if isinstance(name, str) and name in seen:
+        check.add(
+            f"environment {name!r} is declared twice (first on line {seen[name]})", *at, "name"
+        )
+    elif isinstance(name, str):
+        seen[name] = check.doc.line_of(*at, "name")
+    if "path" in raw and not isinstance(path, str):
+        check.add("path must be a string", *at, "path")
+    clean_path = _environment_path(check, path, *at, "path") if isinstance(path, str) else None
+    after = raw.get("after", [])
+    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+        check.add("after must be a list of environment names", *at, "after")
+        after = []
+    if isinstance(name, str) and isinstance(namespace, str) and clean_path is not None:
+        return EnvironmentConfig(name, clean_path, namespace, tuple(after), check.doc.line_of(*at))
+    return None
+
+
+def load_repo_config(
+    text: str, file: str = REPO_CONFIG_FILE
+) -> tuple[RepoConfig | None, list[Problem]]:
+    documents, problems = parse_documents(text, file)
+    if problems:
+        return None, problems
+    if len(documents) != 1:
+        return None, [Problem(file, 1, f"{file} must hold exactly one YAML document")]
+    doc = documents[0]
+    check = _Checker(doc)
+    data = doc.data
+    if not check.mapping(data, {"environments", "previews", "allowedKinds"}, {"environments"}):
+        return None, check.problems
+
+    environments: list[EnvironmentConfig] = []
+    raw_envs = data.get("environments")
+    if not isinstance(raw_envs, list) or not raw_envs:
+        check.add("environments must be a non-empty list", "environments")
+        raw_envs = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_envs):
+        env = _environment(check, raw, ("environments", index), seen)
+        if env is not None:
+            environments.append(env)
+
+    names = set(seen)
+    for index, env in enumerate(environments):
+        for other in env.after:
+            if other == env.name:
+                check.add(
+                    f"environment {env.name!r} cannot come after itself",
+                    "environments",
+                    index,
+                    "after",
+                )
+            elif other not in names:
+                check.add(
+                    f"environment {env.name!r} comes after {other!r}, which is not declared",
+                    "environments",
+                    index,
+                    "after",
+                )
+    if not check.problems:
+        config = RepoConfig(tuple(environments))
+        try:
+            config.ordered()
+        except ValueError:
+            cycle = ", ".join(e.name for e in environments if e.after)
+            check.add(f"the 'after' order has a cycle among: {cycle}", "environments")
+
+    previews = _previews(check, data.get("previews"), names) if "previews" in data else None
+    kinds = _kinds(check, data.get("allowedKinds")) if "allowedKinds" in data else ()
+    if check.problems:
+        return None, sorted(check.problems, key=lambda p: p.line or 0)
+    return RepoConfig(tuple(environments), previews, kinds), []
+
+
+def _previews(check: _Checker, raw: Any, names: set[str]) -> PreviewConfig | None:
+    if not check.mapping(raw, {"from", "namespace"}, {"from", "namespace"}, "previews"):
+        return None
+    source = check.string(raw.get("from"), "previews", "from")
+    namespace = raw.get("namespace")
+    if msg := namespace_problem(namespace):
+        check.add(msg, "previews", "namespace")
+        return None
+    if source is not None and source not in names:
+        check.add(
+            f"previews.from names {source!r}, which is not a declared environment",
+            "previews",
+            "from",
+        )
+        return None
+    return PreviewConfig(source, namespace) if source else None
+
+
+def _kinds(check: _Checker, raw: Any) -> tuple[Kind, ...]:
+    if not isinstance(raw, list):
+        check.add("allowedKinds must be a list of {apiVersion, kind}", "allowedKinds")
+        return ()
+    kinds = []
+    for index, item in enumerate(raw):
+        if check.mapping(
+            item, {"apiVersion", "kind"}, {"apiVersion", "kind"}, "allowedKinds", index
+        ):
+            api_version = check.string(item.get("apiVersion"), "allowedKinds", index, "apiVersion")
+            kind = check.string(item.get("kind"), "allowedKinds", index, "kind")
+            if api_version and kind:
+                kinds.append(Kind(api_version, kind))
+    return tuple(kinds)
