@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from gitsync import __version__
 from gitsync.checkout import TreeReport, read_tree
+from gitsync.config import load_agent_config
+from gitsync.errors import SourceError
+from gitsync.source import GitSource, RepoSource
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check gitsync.yaml and every environment's manifests. Prints every "
         "problem as file:line: message. Exit 0 when clean, 1 when not, 2 on errors.",
     )
-    validate.add_argument("path", type=Path, help="a checkout: the folder holding gitsync.yaml")
+    validate.add_argument(
+        "path",
+        nargs="?",
+        help="a checkout (the folder holding gitsync.yaml) or a repository URL",
+    )
+    validate.add_argument(
+        "--rev", help="with a URL: the branch to read, or a commit SHA on --branch (default: main)"
+    )
+    validate.add_argument("--branch", default="main", help="with a URL and a SHA --rev: its branch")
+    validate.add_argument(
+        "--config", type=Path, help="also check the agent's config file (config/gitsync.yaml)"
+    )
     validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return parser
 
@@ -57,6 +75,41 @@ def _report_json(report: TreeReport) -> dict[str, Any]:
             for env in report.environments
         ],
     }
+
+
+def validate_config(path: Path, out: TextIO, err: TextIO) -> int:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        err.write(f"gitsync validate: cannot read {path}: {exc}\n")
+        return EXIT_ERROR
+    _, problems = load_agent_config(text, str(path))
+    for problem in problems:
+        out.write(f"{problem}\n")
+    if problems:
+        err.write(f"gitsync validate: {len(problems)} problem(s) in {path}\n")
+        return EXIT_FOUND
+    err.write(f"gitsync validate: ok ({path})\n")
+    return EXIT_OK
+
+
+def is_url(text: str) -> bool:
+    return "://" in text or (bool(_SCP.match(text)) and not Path(text).exists())
+
+
+def validate_remote(
+    url: str, rev: str | None, branch: str, output: str, out: TextIO, err: TextIO
+) -> int:
+    """Fetches exactly one revision of ``url`` into a throwaway cache and validates it."""
+    sha = rev if rev and _SHA.match(rev) else None
+    with tempfile.TemporaryDirectory(prefix="gitsync-validate-") as cache:
+        try:
+            source = GitSource(RepoSource(url, branch if sha else rev or branch, Path(cache)))
+            tree = source.checkout(sha or source.head())
+        except (SourceError, ValueError) as exc:
+            err.write(f"gitsync validate: {exc}\n")
+            return EXIT_ERROR
+        return validate(tree, output, out, err)
 
 
 def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
@@ -95,7 +148,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "validate":
-        return validate(args.path, args.output, sys.stdout, sys.stderr)
+        if args.path is None and args.config is None:
+            parser.error("validate needs a checkout PATH, --config FILE, or both")
+        codes = []
+        if args.config is not None:
+            codes.append(validate_config(args.config, sys.stdout, sys.stderr))
+        if args.path is not None and is_url(args.path):
+            codes.append(
+                validate_remote(
+                    args.path, args.rev, args.branch, args.output, sys.stdout, sys.stderr
+                )
+            )
+        elif args.path is not None:
+            if args.rev:
+                parser.error("--rev goes with a repository URL; check out the revision instead")
+            codes.append(validate(Path(args.path), args.output, sys.stdout, sys.stderr))
+        return max(codes)
     parser.print_help(sys.stderr)
     return EXIT_ERROR
 

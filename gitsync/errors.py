@@ -44,3 +44,27 @@ class HealthTimeout(GitsyncError):
     def __init__(self, key: ServiceKey, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}")
+
+
+class AuthError(SourceError):
+    """The Git server refused the credentials (or wanted some and none were configured)."""
+
+
+class RepositoryNotFound(SourceError):
+    """The URL answers but names no repository this agent may read, or is not a Git URL."""
+
+
+class RefNotFound(SourceError):
+    """The configured branch does not exist on the remote."""
+
+
+class RemoteUnreachable(SourceError):
+    """The Git server could not be reached or did not answer within the timeout."""
+
+
+class CommitNotFound(SourceError):
+    """A commit is no longer reachable from the branch: history was rewritten or it moved on."""
+
+
+class VerificationError(SourceError):
+    """A commit's signature is missing, invalid or made by a key that is not allowed."""

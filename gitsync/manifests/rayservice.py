@@ -16,7 +16,7 @@ from typing import Any
 from gitsync import kuberay
 from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
-from gitsync.manifests.yamldoc import Document, dotted, parse_documents
+from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
 ANNOTATION_PREFIX = "gitsync.ray.io/"
@@ -39,19 +39,10 @@ def _suggest(word: str, choices: frozenset[str] | set[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-class _Check:
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
-        self.problems: list[Problem] = []
-
-    def add(self, message: str, *path: str | int) -> None:
-        self.problems.append(self.doc.problem(message, *path))
-
-
 def check_document(
     doc: Document, env: EnvironmentConfig, allowed_kinds: tuple[Kind, ...]
 ) -> tuple[DesiredService | DesiredObject | None, list[Problem]]:
-    check = _Check(doc)
+    check = Checker(doc)
     data = doc.data
     if not isinstance(data, Mapping):
         check.add(
@@ -120,7 +111,7 @@ def _with_namespace(data: Mapping[str, Any], env: EnvironmentConfig) -> dict[str
     return {**data, "metadata": {**data["metadata"], "namespace": env.namespace}}
 
 
-def _check_namespace(check: _Check, metadata: Mapping[str, Any], env: EnvironmentConfig) -> None:
+def _check_namespace(check: Checker, metadata: Mapping[str, Any], env: EnvironmentConfig) -> None:
     if "namespace" not in metadata:
         return
     namespace = metadata["namespace"]
@@ -135,7 +126,7 @@ def _check_namespace(check: _Check, metadata: Mapping[str, Any], env: Environmen
         )
 
 
-def _check_labels_and_annotations(check: _Check, metadata: Mapping[str, Any]) -> int:
+def _check_labels_and_annotations(check: Checker, metadata: Mapping[str, Any]) -> int:
     wave = 0
     for field in ("labels", "annotations"):
         values = metadata.get(field)
@@ -158,7 +149,8 @@ def _check_labels_and_annotations(check: _Check, metadata: Mapping[str, Any]) ->
                     check.add(f"{WAVE_ANNOTATION} is an annotation, not a label", *at)
                 elif not _WAVE.match(value):
                     check.add(
-                        f'{WAVE_ANNOTATION} must be a whole number such as "0" or "2", not {value!r}',
+                        f'{WAVE_ANNOTATION} must be a whole number such as "0" or "2", '
+                        f"not {value!r}",
                         *at,
                     )
                 else:
@@ -166,7 +158,7 @@ def _check_labels_and_annotations(check: _Check, metadata: Mapping[str, Any]) ->
     return wave
 
 
-def _check_spec(check: _Check, spec: Any) -> None:
+def _check_spec(check: Checker, spec: Any) -> None:
     if not isinstance(spec, Mapping):
         check.add("spec must be a mapping with rayClusterConfig and serveConfigV2", "spec")
         return
@@ -198,7 +190,7 @@ def _check_spec(check: _Check, spec: Any) -> None:
     _check_serve(check, spec["serveConfigV2"])
 
 
-def _check_cluster(check: _Check, cluster: Any) -> None:
+def _check_cluster(check: Checker, cluster: Any) -> None:
     at: tuple[str | int, ...] = ("spec", "rayClusterConfig")
     if cluster is None:
         check.add("spec.rayClusterConfig is required", "spec")
@@ -251,7 +243,7 @@ def _check_cluster(check: _Check, cluster: Any) -> None:
             seen[name] = check.doc.line_of(*where, "groupName")
 
 
-def _check_serve(check: _Check, value: Any) -> None:
+def _check_serve(check: Checker, value: Any) -> None:
     at = ("spec", "serveConfigV2")
     if not isinstance(value, str):
         check.add(
@@ -281,7 +273,7 @@ def _check_serve(check: _Check, value: Any) -> None:
     _check_applications(check, serve)
 
 
-def _check_applications(check: _Check, serve: Document) -> None:
+def _check_applications(check: Checker, serve: Document) -> None:
     def add(message: str, *path: str | int) -> None:
         check.problems.append(serve.problem(f"serveConfigV2: {message}", *path))
 

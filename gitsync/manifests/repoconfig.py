@@ -7,12 +7,11 @@ cycles in ``after`` are problems with ``gitsync.yaml:line``. Pure.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gitsync.manifests.names import environment_name_problem, namespace_problem
-from gitsync.manifests.yamldoc import Document, dotted, parse_documents
+from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 
 REPO_CONFIG_FILE = "gitsync.yaml"
@@ -73,38 +72,7 @@ class RepoConfig:
         return stages
 
 
-class _Checker:
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
-        self.problems: list[Problem] = []
-
-    def add(self, message: str, *path: str | int) -> None:
-        self.problems.append(self.doc.problem(message, *path))
-
-    def mapping(self, value: Any, allowed: set[str], required: set[str], *path: str | int) -> bool:
-        where = dotted(path) or "the file"
-        if not isinstance(value, Mapping):
-            self.add(f"{where} must be a mapping", *path)
-            return False
-        for key in value:
-            if key not in allowed:
-                self.add(
-                    f"unknown key {key!r} in {where} (allowed: {', '.join(sorted(allowed))})",
-                    *path,
-                    key,
-                )
-        for key in sorted(required - set(value)):
-            self.add(f"{where} needs {key!r}", *path)
-        return True
-
-    def string(self, value: Any, *path: str | int) -> str | None:
-        if not isinstance(value, str) or not value:
-            self.add(f"{dotted(path)} must be a non-empty string", *path)
-            return None
-        return value
-
-
-def _environment_path(check: _Checker, value: str, *path: str | int) -> str | None:
+def _environment_path(check: Checker, value: str, *path: str | int) -> str | None:
     normal = posixpath.normpath(value.strip("/")) if not value.startswith("/") else value
     if value.startswith("/") or normal == ".." or normal.startswith("../"):
         check.add(f"path {value!r} must be relative and stay inside the repository", *path)
@@ -113,7 +81,7 @@ def _environment_path(check: _Checker, value: str, *path: str | int) -> str | No
 
 
 def _environment(
-    check: _Checker, raw: Any, at: tuple[str | int, ...], seen: dict[str, int]
+    check: Checker, raw: Any, at: tuple[str | int, ...], seen: dict[str, int]
 ) -> EnvironmentConfig | None:
     """One entry of ``environments``; records its name in ``seen`` for duplicate checks."""
     if not check.mapping(
@@ -152,7 +120,7 @@ def load_repo_config(
     if len(documents) != 1:
         return None, [Problem(file, 1, f"{file} must hold exactly one YAML document")]
     doc = documents[0]
-    check = _Checker(doc)
+    check = Checker(doc)
     data = doc.data
     if not check.mapping(data, {"environments", "previews", "allowedKinds"}, {"environments"}):
         return None, check.problems
@@ -200,7 +168,7 @@ def load_repo_config(
     return RepoConfig(tuple(environments), previews, kinds), []
 
 
-def _previews(check: _Checker, raw: Any, names: set[str]) -> PreviewConfig | None:
+def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None:
     if not check.mapping(raw, {"from", "namespace"}, {"from", "namespace"}, "previews"):
         return None
     source = check.string(raw.get("from"), "previews", "from")
@@ -218,7 +186,7 @@ def _previews(check: _Checker, raw: Any, names: set[str]) -> PreviewConfig | Non
     return PreviewConfig(source, namespace) if source else None
 
 
-def _kinds(check: _Checker, raw: Any) -> tuple[Kind, ...]:
+def _kinds(check: Checker, raw: Any) -> tuple[Kind, ...]:
     if not isinstance(raw, list):
         check.add("allowedKinds must be a list of {apiVersion, kind}", "allowedKinds")
         return ()

@@ -183,3 +183,36 @@ def decode(data: bytes, file: str) -> tuple[str | None, Problem | None]:
         return None, Problem(
             file, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
         )
+
+
+class Checker:
+    """Collects problems about one document; strict mapping and string checks."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def add(self, message: str, *path: str | int) -> None:
+        self.problems.append(self.doc.problem(message, *path))
+
+    def mapping(self, value: Any, allowed: set[str], required: set[str], *path: str | int) -> bool:
+        where = dotted(path) or "the file"
+        if not isinstance(value, Mapping):
+            self.add(f"{where} must be a mapping", *path)
+            return False
+        for key in value:
+            if key not in allowed:
+                self.add(
+                    f"unknown key {key!r} in {where} (allowed: {', '.join(sorted(allowed))})",
+                    *path,
+                    key,
+                )
+        for key in sorted(required - set(value)):
+            self.add(f"{where} needs {key!r}", *path)
+        return True
+
+    def string(self, value: Any, *path: str | int) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.add(f"{dotted(path)} must be a non-empty string", *path)
+            return None
+        return value

@@ -1,0 +1,245 @@
+"""The agent's configuration (``config/gitsync.yaml``) → one frozen :class:`AgentConfig`.
+
+Parsed as strictly as the repository's manifests: unknown keys, wrong types, bad durations
+and literal secrets are problems with ``file:line``. Secrets are never in this file, only
+where to read them (``tokenFile``/``tokenEnv``, ``sshKeyFile``). Defaults live here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gitsync.manifests.yamldoc import Checker, parse_documents
+from gitsync.model import Problem
+from gitsync.source.config import GitAuth, RepoSource, SshAuth, TokenAuth, VerifyConfig
+
+DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
+PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.-]*):([0-9]{1,5})$")
+_SECRET_KEYS = {"token", "password", "privateKey", "secret"}
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    provider: Literal["gitnotes", "gitea", "github", "gitlab"] = "gitnotes"
+    url: str | None = None  # forge API base URL (GitHub Enterprise, self-hosted Gitea/GitLab)
+    token: TokenAuth | None = None
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    enabled: bool = True
+    namespace: str = "gitsync-system"
+    lease_name: str = "gitsync"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    repository: RepoSource
+    poll_seconds: float = 30.0
+    drift_cron: str = "*/5 * * * *"
+    status: StatusConfig = field(default_factory=StatusConfig)
+    leader_election: LeaderElection = field(default_factory=LeaderElection)
+    listen: str = "0.0.0.0:8080"
+
+
+def parse_duration(value: Any) -> float | None:
+    """``30s``, ``5m``, ``1.5h``, ``250ms`` or a number of seconds; None when invalid."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    match = _DURATION.match(str(value))
+    if not match:
+        return None
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds if seconds > 0 else None
+
+
+def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
+    if isinstance(raw, dict):
+        for key in raw:
+            if key in _SECRET_KEYS:
+                check.add(
+                    f"{key!r}: secrets are never written in the config; use tokenFile (a mounted "
+                    "Secret) or tokenEnv (an environment variable) instead",
+                    *at,
+                    key,
+                )
+
+
+def _token(check: Checker, raw: dict[str, Any], *at: str | int) -> TokenAuth | None:
+    token_file, token_env = raw.get("tokenFile"), raw.get("tokenEnv")
+    if token_file is None and token_env is None:
+        return None
+    if token_file is not None and token_env is not None:
+        check.add("give tokenFile or tokenEnv, not both", *at, "tokenEnv")
+        return None
+    scheme = raw.get("scheme", "bearer")
+    if scheme not in ("bearer", "basic"):
+        check.add(f"scheme must be 'bearer' or 'basic', not {scheme!r}", *at, "scheme")
+        return None
+    return TokenAuth(
+        token_file=Path(token_file) if token_file else None,
+        token_env=token_env,
+        scheme=scheme,
+        username=str(raw.get("username", "git")),
+    )
+
+
+def _auth(check: Checker, raw: Any) -> GitAuth | None:
+    at = ("repository", "auth")
+    allowed = {"tokenFile", "tokenEnv", "scheme", "username", "sshKeyFile", "knownHostsFile"}
+    _refuse_secrets(check, raw, *at)
+    if not check.mapping(raw, allowed | _SECRET_KEYS, set(), *at):
+        return None
+    if "sshKeyFile" in raw or "knownHostsFile" in raw:
+        key, known = raw.get("sshKeyFile"), raw.get("knownHostsFile")
+        if not key or not known:
+            check.add(
+                "SSH auth needs both sshKeyFile and knownHostsFile (host keys are always checked)",
+                *at,
+            )
+            return None
+        return SshAuth(Path(key), Path(known))
+    return _token(check, raw, *at)
+
+
+def _verify(check: Checker, raw: Any) -> VerifyConfig | None:
+    at = ("repository", "verify")
+    if not check.mapping(raw, {"method", "keysFile"}, {"method", "keysFile"}, *at):
+        return None
+    method = raw.get("method")
+    if method not in ("gpg", "ssh"):
+        check.add(f"verify.method must be 'gpg' or 'ssh', not {method!r}", *at, "method")
+        return None
+    keys = check.string(raw.get("keysFile"), *at, "keysFile")
+    return VerifyConfig(method, Path(keys)) if keys else None
+
+
+def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:
+    at = ("repository",)
+    allowed = {"url", "branch", "depth", "timeout", "auth", "verify"}
+    if not check.mapping(raw, allowed, {"url"}, *at):
+        return None
+    url = check.string(raw.get("url"), *at, "url")
+    if url and _carries_credentials(url):
+        check.add("the URL carries credentials; put the token in tokenFile or tokenEnv", *at, "url")
+        url = None
+    elif url and not _URL.match(url):
+        check.add(
+            f"url {url!r} is not a Git URL (https://, ssh://, git://, file:// or user@host:path)",
+            *at,
+            "url",
+        )
+        url = None
+    branch = check.string(raw.get("branch", "main"), *at, "branch")
+    depth = raw.get("depth", 1)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        check.add(f"depth must be a whole number ≥ 1, not {depth!r}", *at, "depth")
+    timeout = parse_duration(raw.get("timeout", "60s"))
+    if timeout is None:
+        check.add(
+            f"timeout must be a duration such as '60s', not {raw.get('timeout')!r}", *at, "timeout"
+        )
+    auth = _auth(check, raw["auth"]) if "auth" in raw else None
+    verify = _verify(check, raw["verify"]) if "verify" in raw else None
+    if url is None or branch is None or timeout is None or check.problems:
+        return None
+    try:
+        return RepoSource(url, branch, cache_dir, int(depth), auth, verify, timeout)
+    except ValueError as exc:  # e.g. a branch git would read as an option or a range
+        check.add(str(exc), *at, "branch")
+        return None
+
+
+def _carries_credentials(url: str) -> bool:
+    """An HTTP URL with any userinfo (a token as user name counts), or a password anywhere."""
+    scheme, sep, rest = url.partition("://")
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0] if sep else ""
+    return bool(userinfo) and (scheme in ("http", "https") or ":" in userinfo)
+
+
+def _status(check: Checker, raw: Any) -> StatusConfig:
+    at = ("status",)
+    _refuse_secrets(check, raw, *at)
+    if not check.mapping(
+        raw,
+        {"provider", "url", "tokenFile", "tokenEnv", "scheme", "username"} | _SECRET_KEYS,
+        set(),
+        *at,
+    ):
+        return StatusConfig()
+    provider = raw.get("provider", "gitnotes")
+    if provider not in PROVIDERS:
+        check.add(
+            f"status.provider must be one of {', '.join(PROVIDERS)}, not {provider!r}",
+            *at,
+            "provider",
+        )
+        return StatusConfig()
+    token = _token(check, raw, *at)
+    if provider != "gitnotes" and token is None:
+        check.add(f"status provider {provider!r} needs tokenFile or tokenEnv", *at)
+    return StatusConfig(provider, raw.get("url"), token)
+
+
+def load_agent_config(
+    text: str, file: str = "config/gitsync.yaml"
+) -> tuple[AgentConfig | None, list[Problem]]:
+    documents, problems = parse_documents(text, file)
+    if problems:
+        return None, problems
+    if len(documents) != 1:
+        return None, [Problem(file, 1, "the agent config must be exactly one YAML document")]
+    check = Checker(documents[0])
+    data = documents[0].data
+    allowed = {"repository", "cacheDir", "intervals", "status", "leaderElection", "listen"}
+    if not check.mapping(data, allowed, {"repository"}):
+        return None, check.problems
+    cache_dir = Path(data.get("cacheDir", DEFAULT_CACHE_DIR))
+    repository = _repository(check, data.get("repository"), cache_dir)
+    intervals = data.get("intervals", {})
+    poll, drift = 30.0, "*/5 * * * *"
+    if check.mapping(intervals, {"poll", "drift"}, set(), "intervals"):
+        parsed = parse_duration(intervals.get("poll", "30s"))
+        if parsed is None:
+            check.add(
+                f"intervals.poll must be a duration such as '30s', not {intervals.get('poll')!r}",
+                "intervals",
+                "poll",
+            )
+        else:
+            poll = parsed
+        drift = str(intervals.get("drift", drift))
+        if len(drift.split()) != 5:
+            check.add(
+                f"intervals.drift must be a 5-field cron expression, not {drift!r}",
+                "intervals",
+                "drift",
+            )
+    status = _status(check, data.get("status", {}))
+    election = LeaderElection()
+    raw_election = data.get("leaderElection", {})
+    if check.mapping(raw_election, {"enabled", "namespace", "leaseName"}, set(), "leaderElection"):
+        enabled = raw_election.get("enabled", True)
+        if not isinstance(enabled, bool):
+            check.add("leaderElection.enabled must be true or false", "leaderElection", "enabled")
+        election = LeaderElection(
+            bool(enabled),
+            str(raw_election.get("namespace", election.namespace)),
+            str(raw_election.get("leaseName", election.lease_name)),
+        )
+    listen = str(data.get("listen", "0.0.0.0:8080"))
+    match = _LISTEN.match(listen)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        check.add(f"listen must be host:port such as '0.0.0.0:8080', not {listen!r}", "listen")
+    if check.problems or repository is None:
+        return None, sorted(check.problems, key=lambda p: p.line or 0)
+    return AgentConfig(repository, poll, drift, status, election, listen), []

@@ -1,0 +1,213 @@
+"""Polling a branch and materialising the tree at an exact commit.
+
+Owns the per-source cache: a bare repository (``cache_dir/repo.git``) filled by shallow
+fetches of the branch, and one directory per commit (``cache_dir/trees/<sha>``). ``head()``
+is one ``git ls-remote``; ``checkout(sha)`` fetches only when the commit is not cached and
+never returns "whatever the branch is now". Must not parse manifests or decide what to apply.
+
+One :class:`GitSource` per ``cache_dir`` at a time: the cache is not locked across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gitsync.errors import CommitNotFound, RefNotFound, SourceError
+from gitsync.source.auth import credentials
+from gitsync.source.config import RepoSource
+from gitsync.source.failures import failure
+from gitsync.source.runner import GitResult, GitRunner
+from gitsync.source.verify import Verifier
+
+log = logging.getLogger(__name__)
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+# When the wanted commit is not the branch tip (the branch moved between head() and
+# checkout()), deepen the shallow fetch this far once before calling the commit gone.
+DEEPEN = 50
+# The remote exists only in each git process's environment (see _remote); a name no user
+# config will have, since config values for remote.<name>.url accumulate across files.
+REMOTE = "gitsync-upstream"
+
+
+class GitSource:
+    """The Git edge for one :class:`RepoSource`. Every git process is in ``runner.calls``."""
+
+    def __init__(self, config: RepoSource, runner: GitRunner | None = None) -> None:
+        self.config = config
+        self.runner = runner or GitRunner(timeout=config.timeout)
+        self.git_dir = config.cache_dir / "repo.git"
+        self.trees_dir = config.cache_dir / "trees"
+        self._url = config.display_url
+        self._ready: dict[str, Path] = {}
+        self._initialised = False
+        self._verifier = (
+            Verifier(config.verify, config.cache_dir / "trust", self.runner)
+            if config.verify
+            else None
+        )
+
+    def __repr__(self) -> str:
+        return f"GitSource({self.config!r})"
+
+    # -- public ------------------------------------------------------------------------------
+
+    def head(self) -> str:
+        """The SHA the branch points at on the remote: exactly one ``git ls-remote``."""
+        ref = f"refs/heads/{self.config.branch}"
+        self._init()
+        result = self._remote(["ls-remote", REMOTE, ref], op="ls-remote")
+        for line in result.stdout.splitlines():
+            sha, _, name = line.partition("\t")
+            if name == ref and _SHA.match(sha):
+                log.debug("polled url=%s branch=%s head=%s", self._url, self.config.branch, sha)
+                return sha
+        raise RefNotFound(
+            f"branch {self.config.branch!r} does not exist in {self._url}; check the branch "
+            "name in the repo config, or push it"
+        )
+
+    def checkout(self, sha: str) -> Path:
+        """The directory holding the tree of commit ``sha`` exactly (verified if configured).
+
+        Cached trees are reused without running git. A commit that is neither cached nor
+        reachable from the branch any more raises :class:`CommitNotFound`.
+        """
+        if not _SHA.match(sha):
+            raise ValueError(f"expected a full 40-hex commit SHA, got {sha!r}")
+        if sha in self._ready:
+            return self._ready[sha]
+        self._init()
+        tree = self.trees_dir / sha
+        if not (tree.is_dir() and self._verifier is None):
+            if not self._has_commit(sha):
+                self._fetch(sha)
+            if self._verifier is not None:
+                self._verifier.verify(self.git_dir, sha)
+            if not tree.is_dir():
+                self._materialise(sha, tree)
+        self._ready[sha] = tree
+        log.info("checked out url=%s revision=%s path=%s", self._url, sha, tree)
+        return tree
+
+    def prune(self, keep: Iterable[str]) -> list[str]:
+        """Deletes cached trees except ``keep`` (e.g. the applied and the newest revision);
+        returns the SHAs removed. Runs no git."""
+        wanted = set(keep)
+        removed = []
+        for tree in self.trees_dir.glob("*") if self.trees_dir.is_dir() else ():
+            if _SHA.match(tree.name) and tree.name not in wanted:
+                shutil.rmtree(tree)
+                self._ready.pop(tree.name, None)
+                removed.append(tree.name)
+        if removed:
+            log.debug("pruned url=%s trees=%d", self._url, len(removed))
+        return sorted(removed)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _init(self) -> None:
+        if self._initialised:
+            return
+        if not (self.git_dir / "HEAD").exists():
+            self.config.cache_dir.mkdir(parents=True, exist_ok=True)
+            result = self.runner.run(["init", "--bare", "--quiet", str(self.git_dir)])
+            if result.returncode != 0:
+                raise SourceError(
+                    f"cannot create the Git cache in {self.config.cache_dir}: "
+                    f"{result.stderr.strip()[-400:]}; check that the directory is writable"
+                )
+        self.trees_dir.mkdir(parents=True, exist_ok=True)
+        self._initialised = True
+
+    def _has_commit(self, sha: str) -> bool:
+        result = self.runner.run(["cat-file", "-e", f"{sha}^{{commit}}"], git_dir=self.git_dir)
+        return result.returncode == 0
+
+    def _fetch(self, sha: str) -> None:
+        branch = self.config.branch
+        refspec = f"+refs/heads/{branch}:refs/gitsync/{branch}"
+        fetch = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", REMOTE, refspec]
+        self._remote([*fetch[:1], f"--depth={self.config.depth}", *fetch[1:]], op="fetch")
+        if self._has_commit(sha):
+            return
+        # The branch moved on since head(): look a little further back once.
+        self._remote([*fetch[:1], f"--deepen={DEEPEN}", *fetch[1:]], op="fetch")
+        if self._has_commit(sha):
+            return
+        tip = self._local(["rev-parse", f"refs/gitsync/{branch}"]).stdout.strip()
+        raise CommitNotFound(
+            f"commit {sha} is not on branch {branch!r} of {self._url} any more (the branch is "
+            f"at {tip} and the commit is not among its last {self.config.depth + DEEPEN} "
+            "commits): history was rewritten or it moved on; deploy the new head instead"
+        )
+
+    def _materialise(self, sha: str, tree: Path) -> None:
+        """Writes the tree into a temporary sibling and renames it into place, so a crash
+        never leaves a half-written tree that a later checkout would trust."""
+        staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=self.trees_dir))
+        index = staging.with_name(staging.name + ".index")
+        try:
+            (staging / "tree").mkdir()
+            self._local(
+                ["--work-tree", str(staging / "tree"), "checkout", sha, "--", "."],
+                # Symlinks become plain files holding the link text, so nothing in a tree
+                # can point outside it; no line-ending or filter rewriting of contents.
+                config=(("core.symlinks", "false"), ("core.autocrlf", "false")),
+                env=(("GIT_INDEX_FILE", str(index)),),
+            )
+            try:
+                os.rename(staging / "tree", tree)
+            except OSError:
+                if not tree.is_dir():  # not a concurrent writer that won: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            index.unlink(missing_ok=True)
+
+    def _remote(self, args: list[str], *, op: str) -> GitResult:
+        creds = credentials(self.config.auth, self.config.url)
+        result = self.runner.run(
+            args,
+            git_dir=self.git_dir,
+            # The remote is defined in the environment, not argv (a URL with userinfo stays
+            # out of `ps`) and not in the cache repo's config (nothing to go stale).
+            config=((f"remote.{REMOTE}.url", self.config.url), *creds.config),
+            env=creds.env,
+            secrets=(*creds.secrets, *_userinfo(self.config.url)),
+        )
+        if result.returncode != 0:
+            raise failure(op, self._url, result, self.runner.timeout)
+        return result
+
+    def _local(
+        self,
+        args: list[str],
+        *,
+        config: tuple[tuple[str, str], ...] = (),
+        env: tuple[tuple[str, str], ...] = (),
+    ) -> GitResult:
+        result = self.runner.run(args, git_dir=self.git_dir, config=config, env=env)
+        if result.returncode != 0:
+            raise SourceError(
+                f"git {args[0]} failed in the cache {self.config.cache_dir} "
+                f"(exit {result.returncode}): {result.stderr.strip()[-400:]}; delete the cache "
+                "directory if it is corrupt"
+            )
+        return result
+
+
+def _userinfo(url: str) -> tuple[str, ...]:
+    """Credentials written into the URL itself, to redact from git's messages. A username
+    alone counts when it looks like a token (``https://<token>@host/...``)."""
+    parts = urlsplit(url)
+    if parts.password:
+        return (parts.password,)
+    return (parts.username,) if parts.username and len(parts.username) >= 8 else ()

@@ -1,0 +1,130 @@
+"""config/gitsync.yaml: defaults, strictness, and never a secret in the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gitsync.cli import main
+from gitsync.config import load_agent_config, parse_duration
+from gitsync.source.config import SshAuth, TokenAuth
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gitsync.yaml"
+MINIMAL = "repository:\n  url: https://git.example.com/ray.git\n"
+
+
+def test_shipped_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    config, problems = load_agent_config(SHIPPED.read_text())
+    assert problems == []
+    assert config is not None
+    assert isinstance(config.repository.auth, TokenAuth)
+    assert main(["validate", "--config", str(SHIPPED)]) == 0
+
+
+def test_defaults_live_in_one_place() -> None:
+    config, problems = load_agent_config(MINIMAL)
+    assert problems == []
+    assert config is not None
+    assert (config.repository.branch, config.repository.depth, config.poll_seconds) == (
+        "main",
+        1,
+        30.0,
+    )
+    assert config.status.provider == "gitnotes"
+    assert config.leader_election.enabled is True
+
+
+def test_ssh_user_in_url_is_not_a_credential() -> None:
+    config, problems = load_agent_config(MINIMAL.replace("https://", "ssh://git@"))
+    assert problems == []
+    assert config is not None
+
+
+def test_ssh_auth_and_verification() -> None:
+    text = MINIMAL.replace(
+        "https://git.example.com/ray.git", "git@git.example.com:platform/ray.git"
+    ) + (
+        "  auth:\n    sshKeyFile: /keys/id\n    knownHostsFile: /keys/known_hosts\n"
+        "  verify:\n    method: ssh\n    keysFile: /keys/allowed_signers\n"
+    )
+    config, problems = load_agent_config(text)
+    assert problems == []
+    assert config is not None
+    assert config.repository.auth == SshAuth(Path("/keys/id"), Path("/keys/known_hosts"))
+    assert config.repository.verify is not None
+    assert config.repository.verify.method == "ssh"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("repo:\n  url: x\n", 1, "unknown key 'repo' in the file"),
+        (
+            MINIMAL + "  auth:\n    token: ghp_abc123\n",
+            4,
+            "secrets are never written in the config",
+        ),
+        (
+            MINIMAL.replace("https://git.example.com", "https://bob:hunter2@git.example.com"),
+            2,
+            "the URL carries credentials",
+        ),
+        (MINIMAL.replace("https://git.example.com/ray.git", "not a url"), 2, "is not a Git URL"),
+        (
+            MINIMAL.replace("https://git.example.com", "https://ghp_abc123@git.example.com"),
+            2,
+            "the URL carries credentials",
+        ),
+        (
+            MINIMAL.replace("https://git.example.com", "ssh://git:ghp_abc123@git.example.com"),
+            2,
+            "the URL carries credentials",
+        ),
+        (MINIMAL + "  branch: -x\n", 3, "branch"),
+        (MINIMAL + "intervals:\n  poll: soon\n", 4, "intervals.poll must be a duration"),
+        (MINIMAL + "intervals:\n  drift: hourly\n", 4, "5-field cron expression"),
+        (MINIMAL + "  depth: 0\n", 3, "depth must be a whole number"),
+        (MINIMAL + "status:\n  provider: bitbucket\n", 4, "status.provider must be one of"),
+        (MINIMAL + "status:\n  provider: gitea\n", 3, "needs tokenFile or tokenEnv"),
+        (MINIMAL + "  auth:\n    sshKeyFile: /k\n", 3, "needs both sshKeyFile and knownHostsFile"),
+        (
+            MINIMAL + "  verify:\n    method: pgp\n    keysFile: /k\n",
+            4,
+            "verify.method must be 'gpg' or 'ssh'",
+        ),
+        (MINIMAL + "listen: 8080\n", 3, "listen must be host:port"),
+        (MINIMAL + "leaderElection:\n  enabled: sometimes\n", 4, "must be true or false"),
+    ],
+)
+def test_config_problems(text: str, line: int, message: str) -> None:
+    config, problems = load_agent_config(text)
+    assert config is None
+    assert any(p.line == line and message in p.message for p in problems), problems
+    assert all("hunter2" not in p.message and "ghp_abc123" not in p.message for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1.5h", 5400.0),
+        ("250ms", 0.25),
+        (10, 10.0),
+        ("0s", None),
+        ("x", None),
+        (True, None),
+    ],
+)
+def test_durations(value: object, seconds: float | None) -> None:
+    assert parse_duration(value) == seconds
+
+
+def test_validate_config_reports_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "gitsync.yaml"
+    bad.write_text(MINIMAL + "intervals:\n  poll: soon\n")
+    assert main(["validate", "--config", str(bad)]) == 1
+    assert capsys.readouterr().out.startswith(f"{bad}:4: intervals.poll must be a duration")
