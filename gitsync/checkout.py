@@ -23,6 +23,7 @@ from gitsync.manifests.repoconfig import (
     RepoConfig,
     load_repo_config,
 )
+from gitsync.manifests.yamldoc import decode
 from gitsync.model import Problem, SourceFile
 
 
@@ -125,7 +126,9 @@ def read_tree(root: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> TreeReport
             f"no {REPO_CONFIG_FILE} at the repository root ({root}); see examples/repo-layout/",
         )
         return TreeReport(None, (), (problem,))
-    text = config_path.read_bytes().decode("utf-8", errors="replace")
+    text, undecodable = decode(config_path.read_bytes(), REPO_CONFIG_FILE)
+    if text is None:
+        return TreeReport(None, (), tuple(p for p in (undecodable,) if p is not None))
     config, problems = load_repo_config(text)
     if config is None:
         return TreeReport(None, (), tuple(problems))

@@ -265,6 +265,13 @@ def test_repo_config_problems(
     assert problems(repo) == expected
 
 
+def test_non_utf8_repo_config(tmp_path: Path) -> None:
+    (tmp_path / "gitsync.yaml").write_bytes(b"environments:\n  - name: caf\xe9\n")
+    [(file, line, message)] = problems(tmp_path)
+    assert (file, line) == ("gitsync.yaml", 2)
+    assert "not UTF-8 text" in message
+
+
 def test_missing_repo_config(tmp_path: Path) -> None:
     [(file, line, message)] = problems(tmp_path)
     assert (file, line) == ("gitsync.yaml", None)
