@@ -23,6 +23,8 @@ class Binaries:
     kubectl: Path
     etcd: Path
     kuberay_crds: Path
+    sshd: Path
+    sshd_library_path: Path  # libwrap, unpacked beside it
     kube_version: str
     etcd_version: str
     kuberay_version: str
@@ -65,11 +67,19 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         kubectl=Path(values["KUBECTL"]),
         etcd=Path(values["ETCD"]),
         kuberay_crds=Path(values["KUBERAY_CRDS"]),
+        sshd=Path(values["SSHD"]),
+        sshd_library_path=Path(values["SSHD_LIBRARY_PATH"]),
         kube_version=values["KUBE_VERSION"],
         etcd_version=values["ETCD_VERSION"],
         kuberay_version=values["KUBERAY_VERSION"],
     )
-    for path in (binaries.kube_apiserver, binaries.kubectl, binaries.etcd, binaries.kuberay_crds):
+    for path in (
+        binaries.kube_apiserver,
+        binaries.kubectl,
+        binaries.etcd,
+        binaries.kuberay_crds,
+        binaries.sshd,
+    ):
         if not path.exists():
             raise TestbedBuildError(f"{path} is missing after testbed/build.sh")
     return binaries

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test bed's binaries from Go modules and caches them by version:
 #   kube-apiserver and kubectl from k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3.
-# Also fetches the KubeRay module whose CRDs the harness installs at run time.
+# Also fetches the KubeRay module whose CRDs the harness installs at run time, and unpacks
+# Debian's OpenSSH server (not installed: no service starts) for the SSH transport tests.
 #
 # Usage: testbed/build.sh            build what is missing, print where everything is
 #        TESTBED_DIR=... testbed/build.sh
@@ -98,6 +99,23 @@ GO
   log "built etcd in $((SECONDS - start)) s"
 }
 
+# sshd from Debian's openssh-server package, unpacked into the cache with dpkg-deb, plus the
+# one library it needs that a base system lacks (libwrap0). Nothing is installed or started
+# system-wide; the test harness runs this sshd on a loopback port with throwaway keys.
+fetch_sshd() {
+  local dest="$dir/openssh"
+  [[ -x "$dest/usr/sbin/sshd" ]] && return 0
+  local tmp; tmp="$(mktemp -d)"
+  log "fetching openssh-server and libwrap0 from Debian (unpacked, not installed)"
+  if ! (cd "$tmp" && apt-get download openssh-server libwrap0 >/dev/null 2>&1); then
+    apt-get update -qq >/dev/null
+    (cd "$tmp" && apt-get download openssh-server libwrap0 >/dev/null)
+  fi
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; done
+  rm -rf "$tmp" "$dest" && mv "$dest.tmp" "$dest"
+}
+
 kuberay_dir() {
   go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
@@ -105,6 +123,7 @@ kuberay_dir() {
 
 build_etcd
 build_kube
+fetch_sshd
 kuberay="$(kuberay_dir)"
 [[ -f "$kuberay/config/crd/bases/ray.io_rayservices.yaml" ]] || { log "RayService CRD missing from $kuberay"; exit 1; }
 # One line per artefact, read by the Python harness (testbed/binaries.py).
@@ -113,6 +132,8 @@ KUBE_APISERVER=$dir/bin/kube-apiserver-$KUBE_VERSION
 KUBECTL=$dir/bin/kubectl-$KUBE_VERSION
 ETCD=$dir/bin/etcd-$ETCD_VERSION
 KUBERAY_CRDS=$kuberay/config/crd/bases
+SSHD=$dir/openssh/usr/sbin/sshd
+SSHD_LIBRARY_PATH=$dir/openssh/usr/lib/x86_64-linux-gnu
 KUBE_VERSION=$KUBE_VERSION
 ETCD_VERSION=$ETCD_VERSION
 KUBERAY_VERSION=$KUBERAY_VERSION

@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hmac
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -43,6 +44,9 @@ class _Server:
     def argv(self) -> list[str]:
         raise NotImplementedError
 
+    def extra_env(self) -> dict[str, str]:
+        return {}
+
     def start(self) -> _Server:
         self.port = free_port()
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +59,12 @@ class _Server:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             # The developer's git config must not change what the servers do.
-            env={**os.environ, "HOME": str(self.root), "GIT_CONFIG_NOSYSTEM": "1"},
+            env={
+                **os.environ,
+                "HOME": str(self.root),
+                "GIT_CONFIG_NOSYSTEM": "1",
+                **self.extra_env(),
+            },
         )
         self._process = _Process(self.name, popen, log, log_file)
         deadline = time.monotonic() + 20
@@ -132,6 +141,90 @@ class SmartHttpServer(_Server):
 
     def url(self, repo: str) -> str:
         return f"http://127.0.0.1:{self.port}/{repo}"
+
+
+@dataclass
+class SshServer(_Server):
+    """Debian's sshd (unpacked by testbed/build.sh) on a loopback port, serving the
+    repositories under ``root`` as ``ssh://<user>@127.0.0.1:<port><root>/<repo>``.
+
+    A fresh ed25519 host key per start; public-key login only, for the keys in
+    ``authorized_keys``. It logs in as the user running the tests, which for sshd means root
+    (sshd needs root for privilege separation; CI and this test bed run as root).
+    """
+
+    sshd: Path = field(default=Path("/usr/sbin/sshd"))
+    library_path: Path | None = None
+    authorized_keys: Path = field(default=Path("/dev/null"))
+    name = "sshd"
+
+    def start(self) -> _Server:
+        if os.geteuid() != 0:
+            raise GitServerError("the SSH test server runs sshd, which needs root")
+        # What openssh-server's maintainer scripts would have set up, had it been installed:
+        # the privilege-separation directory and its unprivileged system user.
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        try:
+            pwd.getpwnam("sshd")
+        except KeyError:
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/run/sshd",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "sshd",
+                ],
+                check=True,
+                capture_output=True,
+            )
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.host_key = self.logdir / "ssh_host_ed25519_key"
+        self.host_key.unlink(missing_ok=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
+            check=True,
+            capture_output=True,
+        )
+        return super().start()
+
+    def argv(self) -> list[str]:
+        config = self.logdir / f"sshd_config-{self.port}"
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.logdir / f'sshd-{self.port}.pid'}",
+                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "StrictModes no",  # the test's temp directories are not root-only
+                    "UsePAM no",
+                    "LogLevel VERBOSE",
+                    "",
+                ]
+            )
+        )
+        return [str(self.sshd.resolve()), "-D", "-e", "-f", str(config)]
+
+    def extra_env(self) -> dict[str, str]:
+        return {"LD_LIBRARY_PATH": str(self.library_path)} if self.library_path else {}
+
+    def known_hosts_line(self) -> str:
+        """The line a client's known_hosts needs to trust this server's host key."""
+        public = Path(f"{self.host_key}.pub").read_text().split()
+        return f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n"
+
+    def url(self, repo: str) -> str:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return f"ssh://{user}@127.0.0.1:{self.port}{self.root.resolve()}/{repo}"
 
 
 # -- the HTTP server process ----------------------------------------------------------------
