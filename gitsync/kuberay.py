@@ -159,15 +159,3 @@ def serve_application_names(serve_config_v2: str | None) -> list[str]:
             raise ValueError("each serveConfigV2 application must be a mapping")
         names.append(str(app.get("name") or "default"))
     return names
-
-
-def serve_deployment_names(serve_config_v2: str | None) -> dict[str, list[str]]:
-    """Deployment names per application, as far as the config lists them."""
-    if not serve_config_v2:
-        return {}
-    parsed = yaml.safe_load(serve_config_v2) or {}
-    result: dict[str, list[str]] = {}
-    for app in parsed.get("applications") or []:
-        deployments = [str(d.get("name")) for d in app.get("deployments") or [] if d.get("name")]
-        result[str(app.get("name") or "default")] = deployments
-    return result

@@ -536,7 +536,6 @@ class Simulator:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.writes = 0
         self.errors: list[str] = []
 
     # -- control ---------------------------------------------------------------------------
@@ -561,16 +560,6 @@ class Simulator:
     ) -> None:
         with self._lock:
             self._states[key].break_app(app, status, message)
-
-    def cluster_names(self, key: ServiceKey) -> tuple[str | None, str | None]:
-        with self._lock:
-            state = self._states.get(key)
-            if state is None:
-                return None, None
-            return (
-                state.active.name if state.active else None,
-                state.pending.name if state.pending else None,
-            )
 
     def start(self) -> Simulator:
         self._stop.clear()
@@ -692,7 +681,6 @@ class Simulator:
                 self._refresh(key)  # stale resourceVersion: requeue with the latest object
                 return
             raise
-        self.writes += 1
         with self._lock:
             if self._objects.get(key) is obj:
                 self._objects[key] = written

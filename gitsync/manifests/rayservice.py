@@ -16,7 +16,7 @@ from typing import Any
 from gitsync import kuberay
 from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
-from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
+from gitsync.manifests.yamldoc import Checker, Document, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
 ANNOTATION_PREFIX = "gitsync.ray.io/"
@@ -360,6 +360,3 @@ def _check_deployments(add: Any, deployments: Any, app: str, at: tuple[str | int
                 *where,
                 "num_replicas",
             )
-
-
-__all__ = ["check_document", "dotted"]
