@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -14,10 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from gitsync import __version__
+from gitsync import __version__, kuberay
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import load_agent_config
-from gitsync.errors import SourceError
+from gitsync.diff.classify import Options
+from gitsync.errors import GitsyncError, SourceError
+from gitsync.plan import plan_json, plan_table
+from gitsync.planning import offline_plan
 from gitsync.source import GitSource, RepoSource
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -51,7 +55,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="also check the agent's config file (config/gitsync.yaml)"
     )
     validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    plan = commands.add_parser(
+        "plan",
+        help="what applying an environment would make KubeRay do, wave by wave",
+        description="Offline (--from/--to): what merging --to would do compared with --from, "
+        "from Git alone. Exit 0 no changes, 1 changes, 2 errors (as kubectl diff).",
+    )
+    plan.add_argument("repo", nargs="?", default=".", help="a Git repository (default: .)")
+    plan.add_argument("--env", required=True, help="the environment in gitsync.yaml")
+    plan.add_argument("--from", dest="from_rev", required=True, help="the revision deployed now")
+    plan.add_argument("--to", dest="to_rev", default="HEAD", help="the revision to deploy (HEAD)")
+    plan.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    plan.add_argument(
+        "--kuberay-version", default="v1.5", help="the operator's version, for its rules (v1.5)"
+    )
+    plan.add_argument(
+        "--no-zero-downtime",
+        action="store_true",
+        help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
+    )
     return parser
+
+
+def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        options = Options(kuberay.semantics_for(args.kuberay_version), not args.no_zero_downtime)
+        result = offline_plan(Path(args.repo), args.env, args.from_rev, args.to_rev, options)
+    except (GitsyncError, ValueError) as exc:
+        err.write(f"gitsync plan: {exc}\n")
+        return EXIT_ERROR
+    if args.output == "json":
+        json.dump(plan_json(result), out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    else:
+        out.write(plan_table(result))
+    return EXIT_FOUND if result.has_changes else EXIT_OK
 
 
 def _report_json(report: TreeReport) -> dict[str, Any]:
@@ -120,7 +158,7 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
         return EXIT_ERROR
     report = read_tree(path)
     if output == "json":
-        json.dump(_report_json(report), out, indent=2)
+        json.dump(_report_json(report), out, indent=2, ensure_ascii=False)
         out.write("\n")
         return EXIT_OK if report.ok else EXIT_FOUND
     for problem in report.problems:
@@ -145,6 +183,14 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `gitsync plan -o json | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "validate":
@@ -164,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("--rev goes with a repository URL; check out the revision instead")
             codes.append(validate(Path(args.path), args.output, sys.stdout, sys.stderr))
         return max(codes)
+    if args.command == "plan":
+        return run_plan(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_ERROR
 

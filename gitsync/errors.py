@@ -68,3 +68,13 @@ class CommitNotFound(SourceError):
 
 class VerificationError(SourceError):
     """A commit's signature is missing, invalid or made by a key that is not allowed."""
+
+
+class InvalidRevision(GitsyncError):
+    """A revision's gitsync.yaml or an environment's manifests are invalid: nothing from it
+    may be applied. Carries every problem."""
+
+    def __init__(self, what: str, problems: tuple[object, ...]) -> None:
+        self.problems = problems
+        listing = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{what} is invalid ({len(problems)} problem(s)):\n{listing}")

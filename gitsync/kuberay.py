@@ -14,6 +14,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -38,7 +39,7 @@ RAYSERVICE_SPEC_FIELDS = frozenset(
     }
 )
 
-# Worker-group fields KubeRay clears before hashing the cluster spec
+# Worker-group fields KubeRay v1.5 clears before hashing the cluster spec
 # (generateHashWithoutReplicasAndWorkersToDelete). A change confined to them makes no new
 # cluster and, because the hash is equal, is not pushed to the running cluster either.
 HASH_MUTED_WORKER_FIELDS: tuple[tuple[str, ...], ...] = (
@@ -47,6 +48,62 @@ HASH_MUTED_WORKER_FIELDS: tuple[tuple[str, ...], ...] = (
     ("maxReplicas",),
     ("scaleStrategy", "workersToDelete"),
 )
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """How one KubeRay minor version decides about a ``rayClusterConfig`` edit."""
+
+    version: str
+    muted_worker_fields: tuple[tuple[str, ...], ...] = HASH_MUTED_WORKER_FIELDS
+    muted_cluster_fields: tuple[tuple[str, ...], ...] = ()  # rayClusterConfig paths
+    appended_groups_in_place: bool = True  # a group appended at the end: updated in place
+    upgrade_strategy_field: bool = True  # spec.upgradeStrategy exists (v1.3+)
+    suspend_in_place: bool = False  # a suspend toggle updates the cluster in place (v1.6.1+)
+
+    def __str__(self) -> str:
+        return f"KubeRay {self.version}"
+
+
+_TOLERATIONS = (("template", "spec", "tolerations"), ("template", "spec", "schedulingGates"))
+
+# Read from each version's rayservice_controller.go (and utils/util.go from v1.6).
+BASELINE = Semantics("v1.5")
+SEMANTICS: dict[str, Semantics] = {
+    # Only Replicas and WorkersToDelete were muted; no upgradeStrategy field yet.
+    "v1.1": Semantics(
+        "v1.1",
+        muted_worker_fields=(("replicas",), ("scaleStrategy", "workersToDelete")),
+        upgrade_strategy_field=False,
+    ),
+    "v1.2": Semantics("v1.2", upgrade_strategy_field=False),
+    "v1.3": Semantics("v1.3"),
+    "v1.4": Semantics("v1.4"),
+    "v1.5": BASELINE,
+    # utils.GenerateHashWithoutReplicasAndWorkersToDelete also clears tolerations and
+    # scheduling gates (head and workers) and the RayCluster's own upgradeStrategy.
+    "v1.6": Semantics(
+        "v1.6",
+        muted_worker_fields=(*HASH_MUTED_WORKER_FIELDS, *_TOLERATIONS),
+        muted_cluster_fields=(
+            ("headGroupSpec", *_TOLERATIONS[0]),
+            ("headGroupSpec", *_TOLERATIONS[1]),
+            ("upgradeStrategy",),
+        ),
+        suspend_in_place=True,
+    ),
+}
+
+
+def semantics_for(version: str) -> Semantics:
+    """The rules of KubeRay ``version`` (``v1.5.0``, ``1.5`` …); unknown versions are an error."""
+    parts = version.lstrip("v").split(".")
+    key = f"v{parts[0]}.{parts[1]}" if len(parts) >= 2 else f"v{version}"
+    if key not in SEMANTICS:
+        known = ", ".join(sorted(SEMANTICS))
+        raise ValueError(f"unknown KubeRay version {version!r}; gitsync knows {known}")
+    return SEMANTICS[key]
+
 
 UPGRADE_NEW_CLUSTER = "NewCluster"
 UPGRADE_NONE = "None"
@@ -62,7 +119,9 @@ class ClusterChange(enum.StrEnum):
     NEW_CLUSTER = "new-cluster"  # any other hashed field: a pending cluster, then a switch
 
 
-def muted_cluster_spec(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
+def muted_cluster_spec(
+    cluster_config: Mapping[str, Any], semantics: Semantics = BASELINE
+) -> dict[str, Any]:
     """The cluster spec with the hash-muted worker fields removed.
 
     Mirrors ``generateHashWithoutReplicasAndWorkersToDelete``: every worker group loses
@@ -71,13 +130,11 @@ def muted_cluster_spec(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
     so an empty one is dropped here to keep "written empty" and "absent" equal.
     """
     spec = copy.deepcopy(dict(cluster_config))
+    for path in semantics.muted_cluster_fields:
+        _drop(spec, path)
     for group in spec.get("workerGroupSpecs") or []:
-        for path in HASH_MUTED_WORKER_FIELDS:
-            parent = group
-            for part in path[:-1]:
-                parent = parent.get(part) if isinstance(parent, dict) else None
-            if isinstance(parent, dict):
-                parent.pop(path[-1], None)
+        for path in semantics.muted_worker_fields:
+            _drop(group, path)
         if group.get("scaleStrategy") == {}:
             del group["scaleStrategy"]
     if not spec.get("workerGroupSpecs"):
@@ -85,14 +142,22 @@ def muted_cluster_spec(cluster_config: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def cluster_spec_hash(cluster_config: Mapping[str, Any]) -> str:
+def _drop(node: dict[str, Any], path: tuple[str, ...]) -> None:
+    parent: Any = node
+    for part in path[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    if isinstance(parent, dict):
+        parent.pop(path[-1], None)
+
+
+def cluster_spec_hash(cluster_config: Mapping[str, Any], semantics: Semantics = BASELINE) -> str:
     """A hash that is equal exactly when KubeRay's spec hash would be equal.
 
     KubeRay hashes ``json.Marshal`` of the typed struct (sha1, base32hex). This hashes the
     canonical JSON of the muted dict instead: not the same bytes, the same equality.
     """
     canonical = json.dumps(
-        muted_cluster_spec(cluster_config), sort_keys=True, separators=(",", ":")
+        muted_cluster_spec(cluster_config, semantics), sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()
 
@@ -101,7 +166,9 @@ def worker_group_count(cluster_config: Mapping[str, Any]) -> int:
     return len(cluster_config.get("workerGroupSpecs") or [])
 
 
-def classify_cluster_change(current: Mapping[str, Any], goal: Mapping[str, Any]) -> ClusterChange:
+def classify_cluster_change(
+    current: Mapping[str, Any], goal: Mapping[str, Any], semantics: Semantics = BASELINE
+) -> ClusterChange:
     """Mirrors ``shouldUpdateCluster`` + ``isClusterSpecHashEqual`` for one existing cluster.
 
     Equal full hash → unchanged. Otherwise, if the goal has at least as many worker groups and
@@ -109,19 +176,25 @@ def classify_cluster_change(current: Mapping[str, Any], goal: Mapping[str, Any])
     annotation) hash equal to the cluster, groups were only appended: updated in place.
     Removing a group, or editing any hashed field, needs a new cluster.
     """
-    if cluster_spec_hash(current) == cluster_spec_hash(goal):
+    if semantics.suspend_in_place and bool(current.get("suspend")) != bool(goal.get("suspend")):
+        return ClusterChange.IN_PLACE  # shouldUpdateCluster: the whole spec, in place
+    current_hash = cluster_spec_hash(current, semantics)
+    if current_hash == cluster_spec_hash(goal, semantics):
         return ClusterChange.UNCHANGED
     count = worker_group_count(current)
-    if worker_group_count(goal) >= count:
+    if semantics.appended_groups_in_place and worker_group_count(goal) >= count:
         truncated = dict(goal)
         truncated["workerGroupSpecs"] = list(goal.get("workerGroupSpecs") or [])[:count]
-        if cluster_spec_hash(truncated) == cluster_spec_hash(current):
+        if cluster_spec_hash(truncated, semantics) == current_hash:
             return ClusterChange.IN_PLACE
     return ClusterChange.NEW_CLUSTER
 
 
 def zero_downtime_enabled(
-    spec: Mapping[str, Any], *, operator_env_zero_downtime: bool = True
+    spec: Mapping[str, Any],
+    *,
+    operator_env_zero_downtime: bool = True,
+    semantics: Semantics = BASELINE,
 ) -> bool:
     """Mirrors ``isZeroDowntimeUpgradeEnabled`` with the incremental-upgrade gate off (default).
 
@@ -130,7 +203,7 @@ def zero_downtime_enabled(
     operator's ``ENABLE_ZERO_DOWNTIME`` environment variable decides; it defaults to on.
     """
     strategy = spec.get("upgradeStrategy") or {}
-    kind = strategy.get("type")
+    kind = strategy.get("type") if semantics.upgrade_strategy_field else None
     if kind is not None:
         return bool(kind == UPGRADE_NEW_CLUSTER)
     return operator_env_zero_downtime

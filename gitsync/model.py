@@ -100,3 +100,15 @@ class DesiredObject:
     manifest: Mapping[str, Any]
     source: str
     line: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """What applying Git's version of one service will make KubeRay do, and why."""
+
+    key: ServiceKey
+    action: Action
+    wave: int
+    summary: str
+    details: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()

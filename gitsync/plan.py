@@ -1,1 +1,127 @@
-"""Plan: changes → ordered waves per environment, as a frozen, printable value. Pure."""
+"""Plan: changes → ordered waves for one environment, as a frozen, printable value. Pure.
+
+Waves run in ascending ``gitsync.ray.io/wave`` order; prunes come last, in a wave of their own.
+``gitsync plan`` prints a plan and ``gitsync sync`` executes the same value: there is no
+second code path that almost plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify
+from gitsync.model import Action, Change, ServiceKey
+
+
+@dataclass(frozen=True)
+class Wave:
+    number: int
+    changes: tuple[Change, ...]
+    prune: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    environment: str
+    namespace: str
+    from_rev: str | None
+    to_rev: str | None
+    waves: tuple[Wave, ...]
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        return tuple(c for w in self.waves for c in w.changes)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action is not Action.UNCHANGED for c in self.changes)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(f"{c.key}: {w}" for c in self.changes for w in c.warnings)
+
+
+def build_plan(
+    environment: str,
+    namespace: str,
+    current: Mapping[ServiceKey, Mapping[str, Any]],
+    desired: Mapping[ServiceKey, Mapping[str, Any]],
+    options: Options = DEFAULT_OPTIONS,
+    *,
+    from_rev: str | None = None,
+    to_rev: str | None = None,
+) -> Plan:
+    """Pairs objects by key (no current → create, no desired → prune) and orders them.
+
+    Both mappings hold normalised objects (:func:`gitsync.diff.normalize.owned`); ``current``
+    must only hold what gitsync manages in this environment, or it would prune strangers.
+    """
+    changes = [
+        classify(current.get(key), desired.get(key), options)
+        for key in sorted({*current, *desired})
+    ]
+    by_wave: dict[int, list[Change]] = {}
+    prunes: list[Change] = []
+    for change in changes:
+        if change.action is Action.PRUNE:
+            prunes.append(change)
+        else:
+            by_wave.setdefault(change.wave, []).append(change)
+    waves = [Wave(n, tuple(by_wave[n])) for n in sorted(by_wave)]
+    if prunes:
+        last = max(by_wave, default=0) + 1
+        waves.append(Wave(last, tuple(prunes), prune=True))
+    return Plan(environment, namespace, from_rev, to_rev, tuple(waves))
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "environment": plan.environment,
+        "namespace": plan.namespace,
+        "from": plan.from_rev,
+        "to": plan.to_rev,
+        "waves": [
+            {
+                "wave": wave.number,
+                **({"prune": True} if wave.prune else {}),
+                "changes": [
+                    {
+                        "namespace": c.key.namespace,
+                        "name": c.key.name,
+                        "action": str(c.action),
+                        "summary": c.summary,
+                        "details": list(c.details),
+                        "warnings": list(c.warnings),
+                    }
+                    for c in wave.changes
+                ],
+            }
+            for wave in plan.waves
+        ],
+        "warnings": list(plan.warnings),
+    }
+
+
+def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
+    """A plain-text table: wave, service, action, summary, then indented details."""
+    revisions = f": {(plan.from_rev or 'nothing')[:12]} → {plan.to_rev[:12]}" if plan.to_rev else ""
+    lines = [f"environment {plan.environment} (namespace {plan.namespace}){revisions}"]
+    unchanged = 0
+    for wave in plan.waves:
+        shown = [c for c in wave.changes if show_unchanged or c.action is not Action.UNCHANGED]
+        unchanged += len(wave.changes) - len(shown)
+        if not shown:
+            continue
+        lines.append(f"  {'prune' if wave.prune else f'wave {wave.number}'}:")
+        width = max(len(c.key.name) for c in shown)
+        for c in shown:
+            lines.append(f"    {c.key.name:<{width}}  {c.action:<17} {c.summary}")
+            lines += [f"      - {d}" for d in c.details]
+            lines += [f"      ! {w}" for w in c.warnings]
+    if not plan.has_changes:
+        lines.append("  no changes")
+    if unchanged:
+        lines.append(f"  ({unchanged} unchanged)")
+    return "\n".join(lines) + "\n"

@@ -150,27 +150,7 @@ class GitSource:
         )
 
     def _materialise(self, sha: str, tree: Path) -> None:
-        """Writes the tree into a temporary sibling and renames it into place, so a crash
-        never leaves a half-written tree that a later checkout would trust."""
-        staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=self.trees_dir))
-        index = staging.with_name(staging.name + ".index")
-        try:
-            (staging / "tree").mkdir()
-            self._local(
-                ["--work-tree", str(staging / "tree"), "checkout", sha, "--", "."],
-                # Symlinks become plain files holding the link text, so nothing in a tree
-                # can point outside it; no line-ending or filter rewriting of contents.
-                config=(("core.symlinks", "false"), ("core.autocrlf", "false")),
-                env=(("GIT_INDEX_FILE", str(index)),),
-            )
-            try:
-                os.rename(staging / "tree", tree)
-            except OSError:
-                if not tree.is_dir():  # not a concurrent writer that won: a real failure
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            index.unlink(missing_ok=True)
+        materialise(self.runner, self.git_dir, sha, tree)
 
     def _remote(self, args: list[str], *, op: str) -> GitResult:
         creds = credentials(self.config.auth, self.config.url)
@@ -211,3 +191,33 @@ def _userinfo(url: str) -> tuple[str, ...]:
     if parts.password:
         return (parts.password,)
     return (parts.username,) if parts.username and len(parts.username) >= 8 else ()
+
+
+def materialise(runner: GitRunner, git_dir: Path, sha: str, tree: Path) -> None:
+    """Writes the tree of ``sha`` into ``tree`` through a temporary sibling renamed into
+    place, so a crash never leaves a half-written tree that a later checkout would trust."""
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=tree.parent))
+    index = staging.with_name(staging.name + ".index")
+    try:
+        (staging / "tree").mkdir()
+        result = runner.run(
+            ["--work-tree", str(staging / "tree"), "checkout", sha, "--", "."],
+            git_dir=git_dir,
+            # Symlinks become plain files holding the link text, so nothing in a tree can
+            # point outside it; no line-ending or filter rewriting of contents.
+            config=(("core.symlinks", "false"), ("core.autocrlf", "false")),
+            env=(("GIT_INDEX_FILE", str(index)),),
+        )
+        if result.returncode != 0:
+            raise SourceError(
+                f"cannot write the tree of {sha} from {git_dir}: {result.stderr.strip()[-400:]}"
+            )
+        try:
+            os.rename(staging / "tree", tree)
+        except OSError:
+            if not tree.is_dir():  # not a concurrent writer that won: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        index.unlink(missing_ok=True)

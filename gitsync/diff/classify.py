@@ -1,0 +1,234 @@
+"""Classification: (live or previous, desired) → one :class:`Change` with a KubeRay action.
+
+Owns the mapping from a diff to what KubeRay will really do (DESIGN §2, §3), using the rules
+of one KubeRay minor version (:class:`gitsync.kuberay.Semantics`):
+
+- cluster fields in the spec hash changed → ``cluster-swap`` under zero downtime (the new
+  cluster gets the new Serve config), else ``cluster-ignored`` (upgradeStrategy None or the
+  operator's ENABLE_ZERO_DOWNTIME=false);
+- only worker groups appended → ``cluster-in-place``;
+- only hash-muted fields (replicas, min/max, workersToDelete…) → ``scale-ineffective``: KubeRay
+  neither swaps nor propagates them;
+- ``serveConfigV2`` structure changed → ``serve-update``; text only → ``serve-reformat``;
+- labels, annotations or settings KubeRay reads directly → ``metadata``.
+
+Both inputs are already normalised (:func:`gitsync.diff.normalize.owned`). Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitsync import kuberay
+from gitsync.diff.serve import ServeChange, diff_serve
+from gitsync.diff.structural import describe, differences, keyed
+from gitsync.model import Action, Change, ServiceKey
+
+WAVE_ANNOTATION = "gitsync.ray.io/wave"
+
+
+@dataclass(frozen=True)
+class Options:
+    semantics: kuberay.Semantics = field(default=kuberay.BASELINE)
+    operator_zero_downtime: bool = True  # the operator's ENABLE_ZERO_DOWNTIME
+
+
+DEFAULT_OPTIONS = Options()
+
+
+def wave_of(obj: Mapping[str, Any] | None) -> int:
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        return int(annotations.get(WAVE_ANNOTATION, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def key_of(obj: Mapping[str, Any]) -> ServiceKey:
+    metadata = obj["metadata"]
+    return ServiceKey(str(metadata.get("namespace")), str(metadata["name"]))
+
+
+def _cluster_details(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    return [describe(d, "rayClusterConfig") for d in differences(keyed(before), keyed(after))]
+
+
+def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of precedence
+    current: Mapping[str, Any] | None,
+    desired: Mapping[str, Any] | None,
+    options: Options = DEFAULT_OPTIONS,
+) -> Change:
+    if desired is None:
+        assert current is not None
+        return Change(
+            key_of(current),
+            Action.PRUNE,
+            wave_of(current),
+            "no longer in Git: will be deleted (its RayCluster and Serve apps with it)",
+        )
+    key, wave = key_of(desired), wave_of(desired)
+    if current is None:
+        return Change(
+            key,
+            Action.CREATE,
+            wave,
+            "new RayService: KubeRay creates a cluster, then deploys Serve",
+        )
+    spec, old_spec = desired.get("spec") or {}, current.get("spec") or {}
+    semantics = options.semantics
+    cluster, old_cluster = (
+        spec.get("rayClusterConfig") or {},
+        old_spec.get("rayClusterConfig") or {},
+    )
+    cluster_change = kuberay.classify_cluster_change(old_cluster, cluster, semantics)
+    zero_downtime = kuberay.zero_downtime_enabled(
+        spec, operator_env_zero_downtime=options.operator_zero_downtime, semantics=semantics
+    )
+    serve = diff_serve(old_spec.get("serveConfigV2"), spec.get("serveConfigV2"))
+    cluster_details = _cluster_details(old_cluster, cluster) if cluster != old_cluster else []
+    other_details = _other_details(current, desired)
+    warnings = _warnings(old_spec, spec, cluster_change, zero_downtime, semantics)
+
+    if cluster_change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
+        details = list(cluster_details)
+        if serve.change is ServeChange.UPDATE:
+            details.append(
+                "the new cluster gets the new Serve config; the old cluster keeps "
+                "serving the old one until traffic switches"
+            )
+            details += serve.details
+        return Change(
+            key,
+            Action.CLUSTER_SWAP,
+            wave,
+            "new RayCluster, traffic switched when its Serve apps are RUNNING",
+            tuple(details + other_details),
+            warnings,
+        )
+    if (
+        cluster_change is kuberay.ClusterChange.NEW_CLUSTER
+        and serve.change is not ServeChange.UPDATE
+    ):
+        return Change(
+            key,
+            Action.CLUSTER_IGNORED,
+            wave,
+            _ignored_reason(spec, semantics),
+            tuple(cluster_details + other_details),
+            warnings,
+        )
+    if cluster_change is kuberay.ClusterChange.IN_PLACE:
+        summary = "worker groups appended: the running cluster is updated in place"
+        if semantics.suspend_in_place and bool(old_cluster.get("suspend")) != bool(
+            cluster.get("suspend")
+        ):
+            summary = "suspend toggled: the running cluster is updated in place"
+        return Change(
+            key,
+            Action.CLUSTER_IN_PLACE,
+            wave,
+            summary,
+            tuple(cluster_details + list(serve.details) + other_details),
+            warnings,
+        )
+    if serve.change is ServeChange.UPDATE:
+        apps = ", ".join(serve.apps_changed) or "config"
+        return Change(
+            key,
+            Action.SERVE_UPDATE,
+            wave,
+            f"in-place Serve update on the running cluster ({apps})",
+            tuple(list(serve.details) + cluster_details + other_details),
+            warnings,
+        )
+    if cluster_details:  # hash-equal: only muted fields differ
+        return Change(
+            key,
+            Action.SCALE_INEFFECTIVE,
+            wave,
+            f"only fields {semantics} does not propagate changed (replicas, min/max, "
+            "workersToDelete…): the running cluster keeps its current size",
+            tuple(cluster_details + other_details),
+            warnings,
+        )
+    if serve.change is ServeChange.REFORMAT:
+        return Change(
+            key,
+            Action.SERVE_REFORMAT,
+            wave,
+            "serveConfigV2 reformatted: no app changes",
+            tuple(list(serve.details) + other_details),
+            warnings,
+        )
+    if other_details:
+        return Change(
+            key,
+            Action.METADATA,
+            wave,
+            "labels, annotations or settings only: no rollout",
+            tuple(other_details),
+            warnings,
+        )
+    return Change(key, Action.UNCHANGED, wave, "unchanged")
+
+
+def _ignored_reason(spec: Mapping[str, Any], semantics: kuberay.Semantics) -> str:
+    strategy = (
+        (spec.get("upgradeStrategy") or {}).get("type")
+        if semantics.upgrade_strategy_field
+        else None
+    )
+    why = (
+        f"upgradeStrategy.type is {strategy}"
+        if strategy
+        else "the operator has ENABLE_ZERO_DOWNTIME=false"
+    )
+    return (
+        f"cluster change ignored by KubeRay ({why}): the running cluster is not replaced or updated"
+    )
+
+
+def _other_details(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
+    before = {"metadata": current.get("metadata"), "spec": _settings(current)}
+    after = {"metadata": desired.get("metadata"), "spec": _settings(desired)}
+    return [describe(d) for d in differences(keyed(before), keyed(after))]
+
+
+def _settings(obj: Mapping[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec") or {}
+    return {k: v for k, v in spec.items() if k not in ("rayClusterConfig", "serveConfigV2")}
+
+
+def _warnings(
+    old_spec: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    cluster_change: kuberay.ClusterChange,
+    zero_downtime: bool,
+    semantics: kuberay.Semantics,
+) -> tuple[str, ...]:
+    warnings = []
+    if cluster_change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
+        warnings.append(
+            "a cluster swap runs old and new clusters side by side: it needs about "
+            "twice this service's cluster resources until the switch"
+        )
+        warnings.append(
+            "editing rayClusterConfig again before the switch starts yet another new "
+            "cluster (reverting does not cancel the pending one)"
+        )
+    if (
+        cluster_change is kuberay.ClusterChange.NEW_CLUSTER
+        and not zero_downtime
+        and (spec.get("serveConfigV2") != old_spec.get("serveConfigV2"))
+    ):
+        warnings.append(
+            f"{semantics} ignores the rayClusterConfig part of this change "
+            "(zero-downtime upgrades are off); only the Serve config is applied"
+        )
+    if spec.get("serveService") != old_spec.get("serveService"):
+        warnings.append(
+            "serveService edits reach the Kubernetes Service only at the next cluster switch"
+        )
+    return tuple(warnings)

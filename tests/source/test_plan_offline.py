@@ -1,0 +1,177 @@
+"""``gitsync plan REPO --env E --from A --to B``: Git against Git, on a real repository history."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gitsync.cli import main
+
+from .repos import git
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+
+
+def commit(repo: Path, message: str) -> str:
+    git("add", "-A", cwd=repo)
+    git(
+        "-c",
+        "user.name=T",
+        "-c",
+        "user.email=t@example.com",
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "-q",
+        "-m",
+        message,
+        cwd=repo,
+    )
+    return git("rev-parse", "HEAD", cwd=repo)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, list[str]]:
+    repo = tmp_path / "repo"
+    subprocess.run(["cp", "-r", str(EXAMPLES), str(repo)], check=True)
+    git("init", "-q", "-b", "main", cwd=repo)
+    shas = [commit(repo, "examples")]
+    staging = repo / "environments/staging"
+    edit(staging / "ranker.yaml", "num_replicas: 1", "num_replicas: 3")
+    edit(
+        staging / "embedder.yaml",
+        "image: rayproject/ray:2.49.0-py311",
+        "image: rayproject/ray:2.50.0-py311",
+    )
+    shas.append(commit(repo, "scale the ranker, upgrade the embedder"))
+    (staging / "summarizer.yaml").unlink()
+    shas.append(commit(repo, "retire the summarizer"))
+    return repo, shas
+
+
+def test_plan_json_between_two_revisions(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    code = main(
+        ["plan", str(repo), "--env", "staging", "--from", shas[0], "--to", shas[1], "-o", "json"]
+    )
+    assert code == 1
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["environment"], plan["from"], plan["to"]) == ("staging", shas[0], shas[1])
+    by_name = {
+        c["name"]: (w["wave"], c["action"], c["details"])
+        for w in plan["waves"]
+        for c in w["changes"]
+    }
+    assert by_name["embedder"][:2] == (0, "cluster-swap")
+    assert by_name["ranker"][:2] == (1, "serve-update")
+    assert by_name["ranker"][2] == ["app rank: deployment Ranker: num_replicas: 1 → 3"]
+    assert by_name["summarizer"][:2] == (1, "unchanged")
+    assert any("twice" in w for w in plan["warnings"])
+
+
+def test_prunes_come_last(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    assert (
+        main(
+            [
+                "plan",
+                str(repo),
+                "--env",
+                "staging",
+                "--from",
+                shas[1],
+                "--to",
+                shas[2],
+                "-o",
+                "json",
+            ]
+        )
+        == 1
+    )
+    plan = json.loads(capsys.readouterr().out)
+    last = plan["waves"][-1]
+    assert last["prune"] is True
+    assert [(c["name"], c["action"]) for c in last["changes"]] == [("summarizer", "prune")]
+
+
+def test_no_changes_exits_zero_and_says_so(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    assert main(["plan", str(repo), "--env", "production", "--from", shas[0], "--to", shas[2]]) == 0
+    out = capsys.readouterr().out
+    assert "no changes" in out
+    assert "(3 unchanged)" in out
+
+
+def test_invalid_target_revision_is_an_error_naming_the_problem(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    edit(repo / "environments/staging/ranker.yaml", "name: ranker", "name: Ranker")
+    bad = commit(repo, "break it")
+    assert main(["plan", str(repo), "--env", "staging", "--from", shas[2], "--to", bad]) == 2
+    err = capsys.readouterr().err
+    assert "environments/staging/ranker.yaml:5: metadata.name 'Ranker'" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "nowhere", "--from", "HEAD~1"], "no environment 'nowhere' in gitsync.yaml"),
+        (["--env", "staging", "--from", "no-such-branch"], "'no-such-branch' names no commit"),
+    ],
+)
+def test_errors_exit_two(
+    history: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    repo, _ = history
+    assert main(["plan", str(repo), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_a_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(tmp_path), "--env", "staging", "--from", "HEAD~1"]) == 2
+    assert "is not a Git repository" in capsys.readouterr().err
+
+
+def test_console_script_pipes_json(history: tuple[Path, list[str]]) -> None:
+    repo, shas = history
+    gitsync = Path(sys.executable).parent / "gitsync"
+    result = subprocess.run(
+        [
+            str(gitsync),
+            "plan",
+            str(repo),
+            "--env",
+            "staging",
+            "--from",
+            shas[0],
+            "--to",
+            shas[1],
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["waves"]
