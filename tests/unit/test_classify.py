@@ -331,5 +331,5 @@ def test_version_switch(
 
 
 def test_unknown_kuberay_version_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown KubeRay version 'v0.9.0'"):
+    with pytest.raises(ValueError, match=r"unknown KubeRay version 'v0\.9\.0'"):
         kuberay.semantics_for("v0.9.0")
