@@ -20,8 +20,10 @@ from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import GitsyncError, SourceError
-from gitsync.plan import plan_json, plan_table
-from gitsync.planning import offline_plan
+from gitsync.kube.client import api_client
+from gitsync.kube.rayservices import RayServices
+from gitsync.plan import Plan, plan_diff, plan_json, plan_table
+from gitsync.planning import live_plan, offline_plan
 from gitsync.source import GitSource, RepoSource
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -58,33 +60,57 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser(
         "plan",
         help="what applying an environment would make KubeRay do, wave by wave",
-        description="Offline (--from/--to): what merging --to would do compared with --from, "
-        "from Git alone. Exit 0 no changes, 1 changes, 2 errors (as kubectl diff).",
+        description="With --from: what merging --to would do compared with --from, from Git "
+        "alone (REPO is a Git repository). Without: what applying the checkout PATH would do "
+        "to the live cluster. Exit 0 no changes, 1 changes, 2 errors (as kubectl diff).",
     )
-    plan.add_argument("repo", nargs="?", default=".", help="a Git repository (default: .)")
-    plan.add_argument("--env", required=True, help="the environment in gitsync.yaml")
-    plan.add_argument("--from", dest="from_rev", required=True, help="the revision deployed now")
-    plan.add_argument("--to", dest="to_rev", default="HEAD", help="the revision to deploy (HEAD)")
+    plan.add_argument("path", nargs="?", default=".", help="a Git repository or a checkout (.)")
+    plan.add_argument("--from", dest="from_rev", help="offline: the revision deployed now")
+    plan.add_argument("--to", dest="to_rev", default="HEAD", help="offline: the revision to deploy")
     plan.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    plan.add_argument(
-        "--kuberay-version", default="v1.5", help="the operator's version, for its rules (v1.5)"
+    diff = commands.add_parser(
+        "diff",
+        help="a readable semantic diff of a checkout against the live cluster",
+        description="What applying the checkout PATH would change in the live cluster: apps, "
+        "deployments and fields, not a wall of YAML. Exit 0 no changes, 1 changes, 2 errors.",
     )
-    plan.add_argument(
-        "--no-zero-downtime",
-        action="store_true",
-        help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
-    )
+    diff.add_argument("path", nargs="?", default=".", help="a checkout holding gitsync.yaml (.)")
+    diff.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    for command in (plan, diff):
+        command.add_argument("--env", required=True, help="the environment in gitsync.yaml")
+        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+        command.add_argument("--context", help="the kubeconfig context to use")
+        command.add_argument(
+            "--kuberay-version", default="v1.5", help="the operator's version, for its rules"
+        )
+        command.add_argument(
+            "--no-zero-downtime",
+            action="store_true",
+            help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
+        )
     return parser
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    options = Options(kuberay.semantics_for(args.kuberay_version), not args.no_zero_downtime)
+    if getattr(args, "from_rev", None):
+        return offline_plan(Path(args.path), args.env, args.from_rev, args.to_rev, options)
+    with api_client(args.kubeconfig, args.context) as api:
+        return live_plan(Path(args.path), args.env, RayServices(api), options)
 
 
 def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        options = Options(kuberay.semantics_for(args.kuberay_version), not args.no_zero_downtime)
-        result = offline_plan(Path(args.repo), args.env, args.from_rev, args.to_rev, options)
+        result = _plan(args)
     except (GitsyncError, ValueError) as exc:
-        err.write(f"gitsync plan: {exc}\n")
+        err.write(f"gitsync {args.command}: {exc}\n")
         return EXIT_ERROR
-    if args.output == "json":
+    if args.command == "diff":
+        color = args.color == "always" or (
+            args.color == "auto" and out.isatty() and "NO_COLOR" not in os.environ
+        )
+        out.write(plan_diff(result, color=color))
+    elif args.output == "json":
         json.dump(plan_json(result), out, indent=2, ensure_ascii=False)
         out.write("\n")
     else:
@@ -210,7 +236,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 parser.error("--rev goes with a repository URL; check out the revision instead")
             codes.append(validate(Path(args.path), args.output, sys.stdout, sys.stderr))
         return max(codes)
-    if args.command == "plan":
+    if args.command in ("plan", "diff"):
         return run_plan(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_ERROR

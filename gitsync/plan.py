@@ -125,3 +125,36 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
     if unchanged:
         lines.append(f"  ({unchanged} unchanged)")
     return "\n".join(lines) + "\n"
+
+
+_SIGNS = {Action.CREATE: "+", Action.PRUNE: "-"}
+_COLORS = {"+": "32", "-": "31", "~": "33", "!": "35", "old": "31", "new": "32", "bold": "1"}
+
+
+def plan_diff(plan: Plan, *, color: bool = False) -> str:
+    """A readable semantic diff: one line per changed service, its apps, deployments and
+    fields beneath (old → new), warnings marked ``!``. ANSI colours when ``color``."""
+
+    def paint(text: str, what: str) -> str:
+        return f"\033[{_COLORS[what]}m{text}\033[0m" if color else text
+
+    lines = []
+    for change in plan.changes:
+        if change.action is Action.UNCHANGED:
+            continue
+        sign = _SIGNS.get(change.action, "~")
+        lines.append(
+            paint(f"{sign} {change.key}", sign)
+            + f" (wave {change.wave}): "
+            + paint(str(change.action), "bold")
+            + f": {change.summary}"
+        )
+        for detail in change.details:
+            where, arrow, new = detail.rpartition(" → ")
+            field, colon, old = where.rpartition(": ")
+            shown = (
+                f"{field}: {paint(old, 'old')} → {paint(new, 'new')}" if arrow and colon else detail
+            )
+            lines.append(f"    {shown}")
+        lines += [paint(f"    ! {w}", "!") for w in change.warnings]
+    return "\n".join(lines) + ("\n" if lines else "")
