@@ -9,7 +9,6 @@ drift apart. No I/O.
 
 from __future__ import annotations
 
-import copy
 import enum
 import hashlib
 import json
@@ -129,7 +128,7 @@ def muted_cluster_spec(
     serialises the emptied ``scaleStrategy`` struct as ``{}`` whether or not it was written,
     so an empty one is dropped here to keep "written empty" and "absent" equal.
     """
-    spec = copy.deepcopy(dict(cluster_config))
+    spec: dict[str, Any] = json.loads(json.dumps(cluster_config))  # a fast deep copy
     for path in semantics.muted_cluster_fields:
         _drop(spec, path)
     for group in spec.get("workerGroupSpecs") or []:

@@ -9,7 +9,9 @@ the API server does, so a written ``replicas: 0`` and an omitted one are equal. 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gitsync.diff.crd_defaults import RAYSERVICE_DEFAULTS
@@ -40,33 +42,60 @@ STAMPED_ANNOTATIONS = frozenset(
 STAMPED_LABELS = frozenset({"app.kubernetes.io/managed-by", "gitsync.ray.io/environment"})
 
 
-def fill_defaults(
-    obj: dict[str, Any], table: tuple[tuple[tuple[str, ...], Any], ...] = RAYSERVICE_DEFAULTS
-) -> dict[str, Any]:
-    """Sets each schema default whose parent object exists and whose field is absent."""
+@dataclass
+class _Node:
+    """One level of the defaults trie: defaults set here, fields to descend into, and the
+    subtrees for every list item (``[]``) or map value (``{}``)."""
+
+    leaves: dict[str, Any] = field(default_factory=dict)
+    branches: dict[str, _Node] = field(default_factory=dict)
+    items: _Node | None = None
+    values: _Node | None = None
+
+
+def _trie(table: tuple[tuple[tuple[str, ...], Any], ...]) -> _Node:
+    """The defaults table as a trie, so one walk of an object visits each shared prefix once."""
+    root = _Node()
     for path, value in table:
-        _fill(obj, path, value)
+        node = root
+        for part in path[:-1]:
+            if part == "[]":
+                node.items = node.items or _Node()
+                node = node.items
+            elif part == "{}":
+                node.values = node.values or _Node()
+                node = node.values
+            else:
+                node = node.branches.setdefault(part, _Node())
+        node.leaves[path[-1]] = value
+    return root
+
+
+_DEFAULTS = _trie(RAYSERVICE_DEFAULTS)
+
+
+def fill_defaults(obj: dict[str, Any], trie: _Node = _DEFAULTS) -> dict[str, Any]:
+    """Sets each schema default whose parent object exists and whose field is absent."""
+    _fill(obj, trie)
     return obj
 
 
-def _fill(node: Any, path: tuple[str, ...], value: Any) -> None:
-    head, rest = path[0], path[1:]
-    if head == "[]":
-        for item in node if isinstance(node, list) else ():
-            _fill(item, rest, value)
-        return
-    if head == "{}":
-        for item in node.values() if isinstance(node, dict) else ():
-            _fill(item, rest, value)
+def _fill(node: Any, trie: _Node) -> None:
+    if isinstance(node, list):
+        if trie.items is not None:
+            for item in node:
+                _fill(item, trie.items)
         return
     if not isinstance(node, dict):
         return
-    if not rest:
-        if head not in node:
-            node[head] = copy.deepcopy(value)
-        return
-    if head in node:
-        _fill(node[head], rest, value)
+    for key, value in trie.leaves.items():
+        if key not in node:
+            node[key] = copy.deepcopy(value)
+    for key in node.keys() & trie.branches.keys():
+        _fill(node[key], trie.branches[key])
+    if trie.values is not None:
+        for value in node.values():
+            _fill(value, trie.values)
 
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,6 +115,8 @@ def owned(obj: Mapping[str, Any]) -> dict[str, Any]:
             **({"labels": labels} if labels else {}),
             **({"annotations": annotations} if annotations else {}),
         },
-        "spec": copy.deepcopy(dict(obj.get("spec") or {})),
+        # A JSON round trip: the same deep copy as copy.deepcopy for plain data, and
+        # several times faster.
+        "spec": json.loads(json.dumps(obj.get("spec") or {})),
     }
     return fill_defaults(result)

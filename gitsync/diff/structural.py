@@ -38,22 +38,42 @@ def keyed(value: Any) -> Any:
     return value
 
 
-def differences(before: Any, after: Any) -> list[Difference]:
+def differences(before: Any, after: Any, path: tuple[str | int, ...] = ()) -> list[Difference]:
+    """Every difference, in path order. Mappings are walked here, skipping equal subtrees
+    (a dict comparison is C-fast; most of a changed RayService is unchanged); the lists that
+    remain after :func:`keyed` go to deepdiff."""
     if before == after:
         return []
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        found: list[Difference] = []
+        for key in sorted({*before, *after}, key=str):
+            if key not in before:
+                found.append(Difference((*path, key), "added", None, after[key]))
+            elif key not in after:
+                found.append(Difference((*path, key), "removed", before[key], None))
+            else:
+                found.extend(differences(before[key], after[key], (*path, key)))
+        return found
+    if isinstance(before, list) and isinstance(after, list):
+        return _list_differences(before, after, path)
+    return [Difference(path, "changed", before, after)]
+
+
+def _label(kind: str) -> str:
+    if kind.endswith("_added"):
+        return "added"
+    return "removed" if kind.endswith("_removed") else "changed"
+
+
+def _list_differences(
+    before: list[Any], after: list[Any], path: tuple[str | int, ...]
+) -> list[Difference]:
     tree = DeepDiff(before, after, verbose_level=2, view="tree")
-    found: list[Difference] = []
-    for kind in sorted(tree):
-        label = (
-            "added"
-            if kind.endswith("_added")
-            else "removed"
-            if kind.endswith("_removed")
-            else "changed"
-        )
-        for item in tree[kind]:
-            path = tuple(item.path(output_format="list"))
-            found.append(Difference(path, label, item.t1, item.t2))
+    found = [
+        Difference((*path, *item.path(output_format="list")), _label(kind), item.t1, item.t2)
+        for kind in tree
+        for item in tree[kind]
+    ]
     return sorted(found, key=lambda d: [str(p) for p in d.path])
 
 

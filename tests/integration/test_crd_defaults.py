@@ -1,0 +1,18 @@
+"""gitsync/diff/crd_defaults.py is exactly what the CRD in the module cache declares."""
+
+from __future__ import annotations
+
+import yaml
+
+from gitsync.diff import crd_defaults
+from testbed.binaries import Binaries
+from testbed.gen_defaults import defaults
+
+
+def test_defaults_table_matches_the_crd(binaries: Binaries) -> None:
+    crd = yaml.safe_load((binaries.kuberay_crds / "ray.io_rayservices.yaml").read_text())
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    expected = tuple(defaults(schema["properties"]["spec"], ("spec",)))
+    assert crd_defaults.RAYSERVICE_DEFAULTS == expected, "run: python -m testbed.gen_defaults > gitsync/diff/crd_defaults.py"
+    assert crd_defaults.KUBERAY_VERSION == binaries.kuberay_version
+    assert (("spec", "rayClusterConfig", "workerGroupSpecs", "[]", "maxReplicas"), 2147483647) in expected
