@@ -23,7 +23,8 @@ import yaml
 from gitsync.diff.classify import classify
 from gitsync.diff.normalize import owned
 
-RANKER = Path(__file__).resolve().parents[1] / "examples/repo-layout/environments/production/ranker.yaml"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "repo-layout"
+RANKER = EXAMPLES / "environments" / "production" / "ranker.yaml"
 
 
 def edited(base: dict[str, Any], index: int) -> dict[str, Any]:
@@ -31,7 +32,9 @@ def edited(base: dict[str, Any], index: int) -> dict[str, Any]:
     obj["metadata"]["name"] = f"ranker-{index}"
     kind = index % 4
     if kind == 0:
-        obj["spec"]["serveConfigV2"] = obj["spec"]["serveConfigV2"].replace("num_replicas: 4", f"num_replicas: {5 + index % 7}")
+        obj["spec"]["serveConfigV2"] = obj["spec"]["serveConfigV2"].replace(
+            "num_replicas: 4", f"num_replicas: {5 + index % 7}"
+        )
     elif kind == 1:
         head = obj["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
         head["image"] = f"rayproject/ray:2.50.{index % 9}-py311"
@@ -58,8 +61,10 @@ def main(count: int = 1000, repeat: int = 5) -> None:
         for before, after in pairs:
             actions[classify(owned(before), owned(after)).action] += 1
         timings.append(time.process_time() - began)
-    print(f"classified {count} changed services: median {statistics.median(timings):.3f} s CPU "
-          f"(min {min(timings):.3f}, max {max(timings):.3f}, {repeat} runs); target < 1 s")
+    print(
+        f"classified {count} changed services: median {statistics.median(timings):.3f} s CPU "
+        f"(min {min(timings):.3f}, max {max(timings):.3f}, {repeat} runs); target < 1 s"
+    )
     print("actions:", dict(sorted(actions.items())))
 
 

@@ -11,8 +11,15 @@ from testbed.gen_defaults import defaults
 
 def test_defaults_table_matches_the_crd(binaries: Binaries) -> None:
     crd = yaml.safe_load((binaries.kuberay_crds / "ray.io_rayservices.yaml").read_text())
-    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
+        "openAPIV3Schema"
+    ]
     expected = tuple(defaults(schema["properties"]["spec"], ("spec",)))
-    assert crd_defaults.RAYSERVICE_DEFAULTS == expected, "run: python -m testbed.gen_defaults > gitsync/diff/crd_defaults.py"
-    assert crd_defaults.KUBERAY_VERSION == binaries.kuberay_version
-    assert (("spec", "rayClusterConfig", "workerGroupSpecs", "[]", "maxReplicas"), 2147483647) in expected
+    assert expected == crd_defaults.RAYSERVICE_DEFAULTS, (
+        "run: python -m testbed.gen_defaults > gitsync/diff/crd_defaults.py"
+    )
+    assert binaries.kuberay_version == crd_defaults.KUBERAY_VERSION
+    assert (
+        ("spec", "rayClusterConfig", "workerGroupSpecs", "[]", "maxReplicas"),
+        2147483647,
+    ) in expected
