@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv testbed lint typecheck pytest clean
+.PHONY: test demo venv testbed lint typecheck pytest bench clean
 
 test: lint typecheck testbed pytest ## lint, types, test bed, the whole suite
 
@@ -31,6 +31,9 @@ typecheck: venv
 
 pytest: venv
 	$(BIN)/pytest
+
+bench: venv ## benchmarks (not part of make test)
+	$(BIN)/python -m bench.classify
 
 clean: ## remove the venv (the test-bed binaries in .testbed/ stay cached)
 	rm -rf $(VENV)

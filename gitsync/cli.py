@@ -23,7 +23,7 @@ from gitsync.errors import GitsyncError, SourceError
 from gitsync.kube.client import api_client
 from gitsync.kube.rayservices import RayServices
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
-from gitsync.planning import live_plan, offline_plan
+from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -77,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("path", nargs="?", default=".", help="a checkout holding gitsync.yaml (.)")
     diff.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     for command in (plan, diff):
-        command.add_argument("--env", required=True, help="the environment in gitsync.yaml")
+        command.add_argument(
+            "--env",
+            action="append",
+            help="an environment in gitsync.yaml (repeatable; default: all, in 'after' order)",
+        )
         command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
         command.add_argument("--context", help="the kubeconfig context to use")
         command.add_argument(
@@ -91,17 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(args: argparse.Namespace) -> Plan:
+def _plans(args: argparse.Namespace) -> list[Plan]:
     options = Options(kuberay.semantics_for(args.kuberay_version), not args.no_zero_downtime)
     if getattr(args, "from_rev", None):
-        return offline_plan(Path(args.path), args.env, args.from_rev, args.to_rev, options)
+        return offline_plans(Path(args.path), args.env, args.from_rev, args.to_rev, options)
     with api_client(args.kubeconfig, args.context) as api:
-        return live_plan(Path(args.path), args.env, RayServices(api), options)
+        return live_plans(Path(args.path), args.env, RayServices(api), options)
 
 
 def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        result = _plan(args)
+        plans = _plans(args)
     except (GitsyncError, ValueError) as exc:
         err.write(f"gitsync {args.command}: {exc}\n")
         return EXIT_ERROR
@@ -109,13 +113,18 @@ def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         color = args.color == "always" or (
             args.color == "auto" and out.isatty() and "NO_COLOR" not in os.environ
         )
-        out.write(plan_diff(result, color=color))
+        out.write("".join(plan_diff(p, color=color) for p in plans))
     elif args.output == "json":
-        json.dump(plan_json(result), out, indent=2, ensure_ascii=False)
+        # One --env: that environment's plan; otherwise every plan, in rollout order.
+        single = args.env is not None and len(args.env) == 1
+        document = (
+            plan_json(plans[0]) if single else {"environments": [plan_json(p) for p in plans]}
+        )
+        json.dump(document, out, indent=2, ensure_ascii=False)
         out.write("\n")
     else:
-        out.write(plan_table(result))
-    return EXIT_FOUND if result.has_changes else EXIT_OK
+        out.write("\n".join(plan_table(p) for p in plans))
+    return EXIT_FOUND if any(p.has_changes for p in plans) else EXIT_OK
 
 
 def _report_json(report: TreeReport) -> dict[str, Any]:

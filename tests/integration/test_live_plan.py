@@ -9,17 +9,24 @@ import pytest
 import yaml
 from kubernetes import client
 
+from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.diff.classify import Options
 from gitsync.kube.rayservices import RayServices
 from gitsync.model import Action, ServiceKey
-from gitsync.planning import desired_services, live_plan
+from gitsync.plan import Plan
+from gitsync.planning import environment_manifests, live_plans
 from gitsync.stamp import stamped
 from testbed.controlplane import ControlPlane
 
 from .kube import GROUP, PLURAL, VERSION, get
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+
+
+def live_plan(checkout: Path, services: RayServices, options: Options) -> Plan:
+    [plan] = live_plans(checkout, ["staging"], services, options)
+    return plan
 
 
 @pytest.fixture
@@ -36,10 +43,11 @@ def checkout(tmp_path: Path, namespace: str) -> Path:
 def apply_all(api: client.ApiClient, checkout: Path) -> None:
     """Applies staging as gitsync's apply will: every stamped body, server-side, for real."""
     services = RayServices(api)
-    plan = live_plan(checkout, "staging", services, Options())
+    plan = live_plan(checkout, services, Options())
     assert {c.action for c in plan.changes} == {Action.CREATE}
-    env, desired = desired_services(checkout, "staging", "test")
-    for s in desired:
+    loaded = environment_manifests(read_tree(checkout), "staging", "test")
+    env = loaded.environment
+    for s in loaded.services:
         services.apply(
             stamped(s.manifest, environment=env.name, revision="r1", source=s.source, wave=s.wave)
         )
@@ -51,7 +59,7 @@ def test_freshly_applied_services_are_unchanged_despite_crd_defaults(
     apply_all(api, checkout)
     live = get(api, namespace, "ranker")
     assert live["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["numOfHosts"] == 1  # defaulted
-    plan = live_plan(checkout, "staging", RayServices(api), Options())
+    plan = live_plan(checkout, RayServices(api), Options())
     assert [(c.key.name, c.action) for c in plan.changes] == [
         ("embedder", Action.UNCHANGED),
         ("ranker", Action.UNCHANGED),
@@ -76,7 +84,7 @@ def test_a_foreign_edit_of_a_git_owned_field_shows_up(
         yaml.safe_dump({"spec": {"serveConfigV2": edited}}),
     )
     control_plane.kubectl("label", "rayservice", "embedder", "-n", namespace, "team=search")
-    plan = live_plan(checkout, "staging", RayServices(api), Options())
+    plan = live_plan(checkout, RayServices(api), Options())
     actions = {c.key.name: c for c in plan.changes}
     assert actions["ranker"].action is Action.SERVE_UPDATE
     assert actions["ranker"].details == ("app rank: deployment Ranker: num_replicas: 7 → 1",)
@@ -94,7 +102,7 @@ def test_a_managed_service_git_dropped_is_pruned_and_a_stranger_is_not(
         GROUP, VERSION, namespace, PLURAL, stranger
     )
     (checkout / "environments/staging/summarizer.yaml").unlink()
-    plan = live_plan(checkout, "staging", RayServices(api), Options())
+    plan = live_plan(checkout, RayServices(api), Options())
     assert plan.waves[-1].prune
     assert [(c.key, c.action) for c in plan.waves[-1].changes] == [
         (ServiceKey(namespace, "summarizer"), Action.PRUNE)
@@ -110,7 +118,7 @@ def test_an_existing_unlabelled_object_is_compared_not_created(
     client.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, manual
     )
-    plan = live_plan(checkout, "staging", RayServices(api), Options())
+    plan = live_plan(checkout, RayServices(api), Options())
     assert {c.key.name: c.action for c in plan.changes}["ranker"] is Action.UNCHANGED
 
 

@@ -175,3 +175,15 @@ def test_console_script_pipes_json(history: tuple[Path, list[str]]) -> None:
     )
     assert result.returncode == 1, result.stderr
     assert json.loads(result.stdout)["waves"]
+
+
+def test_every_environment_in_after_order_without_env(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    assert main(["plan", str(repo), "--from", shas[0], "--to", shas[1], "-o", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert [p["environment"] for p in document["environments"]] == ["staging", "production"]
+    assert main(["plan", str(repo), "--from", shas[0], "--to", shas[1]]) == 1
+    out = capsys.readouterr().out
+    assert out.index("environment staging") < out.index("environment production")
