@@ -65,7 +65,7 @@ def main(count: int = 1000, repeat: int = 5) -> None:
         f"classified {count} changed services: median {statistics.median(timings):.3f} s CPU "
         f"(min {min(timings):.3f}, max {max(timings):.3f}, {repeat} runs); target < 1 s"
     )
-    print("actions:", dict(sorted(actions.items())))
+    print("actions:", ", ".join(f"{k}={v}" for k, v in sorted(actions.items())))
 
 
 if __name__ == "__main__":

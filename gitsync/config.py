@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gitsync import kuberay
+from gitsync.diff.classify import Options
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 from gitsync.source.config import GitAuth, RepoSource, SshAuth, TokenAuth, VerifyConfig
@@ -47,6 +49,7 @@ class AgentConfig:
     status: StatusConfig = field(default_factory=StatusConfig)
     leader_election: LeaderElection = field(default_factory=LeaderElection)
     listen: str = "0.0.0.0:8080"
+    classify: Options = field(default_factory=Options)  # the operator's version and settings
 
 
 def parse_duration(value: Any) -> float | None:
@@ -200,7 +203,15 @@ def load_agent_config(
         return None, [Problem(file, 1, "the agent config must be exactly one YAML document")]
     check = Checker(documents[0])
     data = documents[0].data
-    allowed = {"repository", "cacheDir", "intervals", "status", "leaderElection", "listen"}
+    allowed = {
+        "repository",
+        "cacheDir",
+        "intervals",
+        "status",
+        "leaderElection",
+        "listen",
+        "kuberay",
+    }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
     cache_dir = Path(data.get("cacheDir", DEFAULT_CACHE_DIR))
@@ -240,6 +251,24 @@ def load_agent_config(
     match = _LISTEN.match(listen)
     if not match or not 0 < int(match.group(2)) < 65536:
         check.add(f"listen must be host:port such as '0.0.0.0:8080', not {listen!r}", "listen")
+    classify = _kuberay(check, data.get("kuberay", {}))
     if check.problems or repository is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
-    return AgentConfig(repository, poll, drift, status, election, listen), []
+    return AgentConfig(repository, poll, drift, status, election, listen, classify), []
+
+
+def _kuberay(check: Checker, raw: Any) -> Options:
+    """The operator gitsync predicts for: ``version`` picks KubeRay's rules and
+    ``zeroDowntime: false`` says the operator runs with ENABLE_ZERO_DOWNTIME=false."""
+    if not check.mapping(raw, {"version", "zeroDowntime"}, set(), "kuberay"):
+        return Options()
+    version = str(raw.get("version", "v1.5"))
+    try:
+        semantics = kuberay.semantics_for(version)
+    except ValueError as exc:
+        check.add(str(exc), "kuberay", "version")
+        return Options()
+    zero_downtime = raw.get("zeroDowntime", True)
+    if not isinstance(zero_downtime, bool):
+        check.add("kuberay.zeroDowntime must be true or false", "kuberay", "zeroDowntime")
+    return Options(semantics, bool(zero_downtime))

@@ -33,6 +33,10 @@ def test_defaults_live_in_one_place() -> None:
     )
     assert config.status.provider == "gitnotes"
     assert config.leader_election.enabled is True
+    assert (config.classify.semantics.version, config.classify.operator_zero_downtime) == (
+        "v1.5",
+        True,
+    )
 
 
 def test_ssh_user_in_url_is_not_a_credential() -> None:
@@ -95,6 +99,12 @@ def test_ssh_auth_and_verification() -> None:
         ),
         (MINIMAL + "listen: 8080\n", 3, "listen must be host:port"),
         (MINIMAL + "leaderElection:\n  enabled: sometimes\n", 4, "must be true or false"),
+        (MINIMAL + "kuberay:\n  version: v0.9\n", 4, "unknown KubeRay version 'v0.9'"),
+        (
+            MINIMAL + "kuberay:\n  zeroDowntime: maybe\n",
+            4,
+            "kuberay.zeroDowntime must be true or false",
+        ),
     ],
 )
 def test_config_problems(text: str, line: int, message: str) -> None:
