@@ -19,7 +19,7 @@ from gitsync import __version__, kuberay
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import load_agent_config
 from gitsync.diff.classify import Options
-from gitsync.errors import GitsyncError, SourceError
+from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.kube.client import api_client
 from gitsync.kube.rayservices import RayServices
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
         command.add_argument("--context", help="the kubeconfig context to use")
         command.add_argument(
-            "--kuberay-version", default="v1.5", help="the operator's version, for its rules"
+            "--config",
+            type=Path,
+            help="the agent config: its kuberay.version and kuberay.zeroDowntime set the rules",
+        )
+        command.add_argument(
+            "--kuberay-version", help="the operator's version, for its rules (default v1.5)"
         )
         command.add_argument(
             "--no-zero-downtime",
@@ -95,8 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(args: argparse.Namespace) -> Options:
+    """Flags win over the agent config (--config), which wins over the defaults."""
+    options = Options()
+    if args.config is not None:
+        text = args.config.read_text(encoding="utf-8")
+        config, problems = load_agent_config(text, str(args.config))
+        if config is None:
+            raise ConfigError("\n".join(str(p) for p in problems))
+        options = config.classify
+    semantics = (
+        kuberay.semantics_for(args.kuberay_version) if args.kuberay_version else options.semantics
+    )
+    zero_downtime = options.operator_zero_downtime and not args.no_zero_downtime
+    return Options(semantics, zero_downtime)
+
+
 def _plans(args: argparse.Namespace) -> list[Plan]:
-    options = Options(kuberay.semantics_for(args.kuberay_version), not args.no_zero_downtime)
+    options = _options(args)
     if getattr(args, "from_rev", None):
         return offline_plans(Path(args.path), args.env, args.from_rev, args.to_rev, options)
     with api_client(args.kubeconfig, args.context) as api:
@@ -106,7 +127,7 @@ def _plans(args: argparse.Namespace) -> list[Plan]:
 def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         plans = _plans(args)
-    except (GitsyncError, ValueError) as exc:
+    except (GitsyncError, ValueError, OSError) as exc:
         err.write(f"gitsync {args.command}: {exc}\n")
         return EXIT_ERROR
     if args.command == "diff":

@@ -187,3 +187,41 @@ def test_every_environment_in_after_order_without_env(
     assert main(["plan", str(repo), "--from", shas[0], "--to", shas[1]]) == 1
     out = capsys.readouterr().out
     assert out.index("environment staging") < out.index("environment production")
+
+
+def test_agent_config_sets_the_operator_rules(
+    history: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    config = tmp_path / "gitsync.yaml"
+    config.write_text(
+        "repository:\n  url: https://git.example.com/ray.git\nkuberay:\n  version: v1.5\n  zeroDowntime: false\n"
+    )
+    edit(
+        repo / "environments/staging/embedder.yaml",
+        "upgradeStrategy:\n    type: NewCluster\n  ",
+        "",
+    )
+    edit(
+        repo / "environments/staging/embedder.yaml",
+        "image: rayproject/ray:2.50.0-py311",
+        "image: rayproject/ray:2.51.0-py311",
+    )
+    head = commit(repo, "image without an upgradeStrategy")
+    args = ["plan", str(repo), "--env", "staging", "--from", shas[2], "--to", head, "-o", "json"]
+    assert main([*args, "--config", str(config)]) == 1
+    [change] = [
+        c
+        for w in json.loads(capsys.readouterr().out)["waves"]
+        for c in w["changes"]
+        if c["name"] == "embedder"
+    ]
+    assert change["action"] == "cluster-ignored"
+    assert main(args) == 1
+    [change] = [
+        c
+        for w in json.loads(capsys.readouterr().out)["waves"]
+        for c in w["changes"]
+        if c["name"] == "embedder"
+    ]
+    assert change["action"] == "cluster-swap"
