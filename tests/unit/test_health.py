@@ -1,0 +1,38 @@
+"""Health per KubeRay status state: one YAML fixture per state in tests/unit/health/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gitsync.health import Assessment, HealthGate, assess
+from gitsync.model import Health
+
+FIXTURES = sorted((Path(__file__).parent / "health").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.stem)
+def test_fixture(fixture: Path) -> None:
+    case = yaml.safe_load(fixture.read_text())
+    result = assess(case["object"], tuple(case["expectedApps"]))
+    assert result.health is Health(case["expect"]["health"]), result
+    assert case["expect"]["message"] in result.message
+
+
+def test_every_health_has_a_fixture() -> None:
+    seen = {yaml.safe_load(f.read_text())["expect"]["health"] for f in FIXTURES}
+    assert seen == {h.value for h in Health}
+
+
+def test_gate_needs_consecutive_healthy_reads() -> None:
+    healthy, progressing = Assessment(Health.HEALTHY, "ok"), Assessment(Health.PROGRESSING, "wait")
+    gate = HealthGate(required=3)
+    seen = []
+    for read in (healthy, healthy, progressing, healthy, healthy, healthy):
+        gate, result = gate.observe(read)
+        seen.append(result.health)
+    assert seen == [Health.PROGRESSING] * 5 + [Health.HEALTHY]
+    gate, result = gate.observe(Assessment(Health.DEGRADED, "bad"))
+    assert (gate.streak, result.health) == (0, Health.DEGRADED)
