@@ -42,6 +42,17 @@ class LeaderElection:
 
 
 @dataclass(frozen=True)
+class RolloutSettings:
+    concurrency: int = 8  # services applied at once inside a wave
+    health_timeout: float = 600.0  # per wave, seconds
+    healthy_reads: int = 3  # consecutive Healthy reads before a service counts as Healthy
+    poll_interval: float = 1.0  # seconds between health reads (one list per namespace)
+    rollback: Literal["none", "auto"] = "none"
+    force_conflicts: bool = False
+    state_namespace: str = "gitsync-system"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     repository: RepoSource
     poll_seconds: float = 30.0
@@ -50,6 +61,7 @@ class AgentConfig:
     leader_election: LeaderElection = field(default_factory=LeaderElection)
     listen: str = "0.0.0.0:8080"
     classify: Options = field(default_factory=Options)  # the operator's version and settings
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
 
 
 def parse_duration(value: Any) -> float | None:
@@ -211,6 +223,7 @@ def load_agent_config(
         "leaderElection",
         "listen",
         "kuberay",
+        "rollout",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -252,9 +265,61 @@ def load_agent_config(
     if not match or not 0 < int(match.group(2)) < 65536:
         check.add(f"listen must be host:port such as '0.0.0.0:8080', not {listen!r}", "listen")
     classify = _kuberay(check, data.get("kuberay", {}))
+    rollout = _rollout(check, data.get("rollout", {}))
     if check.problems or repository is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
-    return AgentConfig(repository, poll, drift, status, election, listen, classify), []
+    return AgentConfig(repository, poll, drift, status, election, listen, classify, rollout), []
+
+
+def _rollout(check: Checker, raw: Any) -> RolloutSettings:
+    at = ("rollout",)
+    allowed = {
+        "concurrency",
+        "healthTimeout",
+        "healthyReads",
+        "pollInterval",
+        "rollback",
+        "forceConflicts",
+        "stateNamespace",
+    }
+    if not check.mapping(raw, allowed, set(), *at):
+        return RolloutSettings()
+    default = RolloutSettings()
+    before = len(check.problems)
+    counts: dict[str, int] = {}
+    for key, attr in (("concurrency", "concurrency"), ("healthyReads", "healthy_reads")):
+        value = raw.get(key, getattr(default, attr))
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            check.add(f"rollout.{key} must be a whole number ≥ 1, not {value!r}", *at, key)
+        counts[attr] = value
+    durations: dict[str, float] = {}
+    for key, attr in (("healthTimeout", "health_timeout"), ("pollInterval", "poll_interval")):
+        seconds = parse_duration(raw.get(key, getattr(default, attr)))
+        if seconds is None:
+            check.add(
+                f"rollout.{key} must be a duration such as '10m', not {raw.get(key)!r}", *at, key
+            )
+        durations[attr] = seconds or 0.0
+    rollback = raw.get("rollback", "none")
+    if rollback not in ("none", "auto"):
+        check.add(f"rollout.rollback must be 'none' or 'auto', not {rollback!r}", *at, "rollback")
+    force = raw.get("forceConflicts", False)
+    if not isinstance(force, bool):
+        check.add("rollout.forceConflicts must be true or false", *at, "forceConflicts")
+    namespace = raw.get("stateNamespace", default.state_namespace)
+    if not isinstance(namespace, str) or not namespace:
+        check.add("rollout.stateNamespace must be a namespace name", *at, "stateNamespace")
+    if len(check.problems) > before:
+        return default
+    return RolloutSettings(
+        concurrency=counts["concurrency"],
+        health_timeout=durations["health_timeout"],
+        healthy_reads=counts["healthy_reads"],
+        poll_interval=durations["poll_interval"],
+        rollback=rollback,
+        force_conflicts=force,
+        state_namespace=namespace,
+    )
 
 
 def _kuberay(check: Checker, raw: Any) -> Options:

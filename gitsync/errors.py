@@ -38,6 +38,10 @@ class ApplyError(GitsyncError):
         super().__init__(f"{key}: {message}")
 
 
+class ConflictError(ApplyError):
+    """Server-side apply found a field another manager owns; forced only when configured."""
+
+
 class HealthTimeout(GitsyncError):
     """A service did not become Healthy within its deadline."""
 

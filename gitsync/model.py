@@ -112,3 +112,27 @@ class Change:
     summary: str
     details: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+class Phase(enum.StrEnum):
+    """Where an environment's rollout stands (kept in its state ConfigMap)."""
+
+    IN_PROGRESS = "in-progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled-back"
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything needed to continue or report an environment's rollout after a restart."""
+
+    environment: str
+    revision: str
+    phase: Phase
+    wave: int | None = None
+    started: str = ""
+    finished: str = ""
+    message: str = ""
+    last_healthy_revision: str = ""

@@ -12,7 +12,7 @@ from typing import Any
 
 from kubernetes import client
 
-from gitsync.errors import ApplyError
+from gitsync.errors import ApplyError, ConflictError
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, managed_selector
 
@@ -48,6 +48,18 @@ class RayServices:
             raise ApplyError(key, f"cannot read it: {_message(exc)}") from None
         return obj
 
+    def delete(self, key: ServiceKey) -> bool:
+        """Deletes one RayService (background propagation); False if it was already gone."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, key.namespace, PLURAL, key.name, propagation_policy="Background"
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise ApplyError(key, f"delete refused ({exc.status}): {_message(exc)}") from None
+        return True
+
     def apply(
         self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
@@ -70,6 +82,12 @@ class RayServices:
             )
         except client.ApiException as exc:
             verb = "dry-run apply" if dry_run else "apply"
+            if exc.status == 409:
+                raise ConflictError(
+                    key,
+                    f"{verb} conflicts with another field manager: {_message(exc)}; fix it in "
+                    "Git or in the other tool, or set rollout.forceConflicts in the agent config",
+                ) from None
             raise ApplyError(key, f"{verb} refused ({exc.status}): {_message(exc)}") from None
         result: dict[str, Any] = json.loads(response.data)
         return result

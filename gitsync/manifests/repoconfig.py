@@ -36,6 +36,8 @@ class EnvironmentConfig:
     namespace: str
     after: tuple[str, ...] = ()
     line: int = field(default=0, compare=False)  # where gitsync.yaml declares it
+    prune: bool = False  # delete managed services Git no longer declares (opt-in)
+    create_namespace: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,8 @@ def _environment(
     check: Checker, raw: Any, at: tuple[str | int, ...], seen: dict[str, int]
 ) -> EnvironmentConfig | None:
     """One entry of ``environments``; records its name in ``seen`` for duplicate checks."""
-    if not check.mapping(
-        raw, {"name", "path", "namespace", "after"}, {"name", "path", "namespace"}, *at
-    ):
+    allowed = {"name", "path", "namespace", "after", "prune", "createNamespace"}
+    if not check.mapping(raw, allowed, {"name", "path", "namespace"}, *at):
         return None
     name, path, namespace = raw.get("name"), raw.get("path"), raw.get("namespace")
     if "name" in raw and (msg := environment_name_problem(name)):
@@ -106,8 +107,22 @@ def _environment(
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
         check.add("after must be a list of environment names", *at, "after")
         after = []
+    flags = {}
+    for key in ("prune", "createNamespace"):
+        value = raw.get(key, False)
+        if not isinstance(value, bool):
+            check.add(f"{key} must be true or false", *at, key)
+        flags[key] = value is True
     if isinstance(name, str) and isinstance(namespace, str) and clean_path is not None:
-        return EnvironmentConfig(name, clean_path, namespace, tuple(after), check.doc.line_of(*at))
+        return EnvironmentConfig(
+            name,
+            clean_path,
+            namespace,
+            tuple(after),
+            check.doc.line_of(*at),
+            prune=flags["prune"],
+            create_namespace=flags["createNamespace"],
+        )
     return None
 
 

@@ -1,0 +1,82 @@
+"""Rollout state: one ConfigMap per environment (``gitsync-rollout-<env>``).
+
+Owns reading and writing :class:`~gitsync.model.RolloutState`. Written with server-side
+apply (field manager ``gitsync``) so concurrent writers never lose fields to a stale read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from kubernetes import client
+
+from gitsync.errors import GitsyncError
+from gitsync.model import Phase, RolloutState
+from gitsync.stamp import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
+
+_KEYS = ("revision", "phase", "wave", "started", "finished", "message", "last_healthy_revision")
+
+
+def configmap_name(environment: str) -> str:
+    return f"gitsync-rollout-{environment}"
+
+
+class StateStore:
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+
+    def read(self, environment: str) -> RolloutState | None:
+        try:
+            configmap = self.core.read_namespaced_config_map(
+                configmap_name(environment), self.namespace
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise GitsyncError(
+                f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
+            ) from None
+        data: dict[str, str] = configmap.data or {}
+        wave = data.get("wave", "")
+        return RolloutState(
+            environment=environment,
+            revision=data.get("revision", ""),
+            phase=Phase(data.get("phase", Phase.SUCCEEDED)),
+            wave=int(wave) if wave.lstrip("-").isdigit() else None,
+            started=data.get("started", ""),
+            finished=data.get("finished", ""),
+            message=data.get("message", ""),
+            last_healthy_revision=data.get("last_healthy_revision", ""),
+        )
+
+    def write(self, state: RolloutState) -> None:
+        values: dict[str, Any] = asdict(state)
+        data = {k: "" if values[k] is None else str(values[k]) for k in _KEYS}
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": configmap_name(state.environment),
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY: "gitsync", ENVIRONMENT: state.environment},
+            },
+            "data": data,
+        }
+        try:
+            self.core.patch_namespaced_config_map(
+                configmap_name(state.environment),
+                self.namespace,
+                json.loads(json.dumps(body)),
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _preload_content=False,
+            )
+        except client.ApiException as exc:
+            raise GitsyncError(
+                f"cannot record rollout state of {state.environment} in {self.namespace}: "
+                f"{exc.status} {exc.reason}"
+            ) from None
