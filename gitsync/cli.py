@@ -11,20 +11,24 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from gitsync import __version__, kuberay
 from gitsync.checkout import TreeReport, read_tree
-from gitsync.config import load_agent_config
+from gitsync.config import AgentConfig, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.kube.client import api_client
+from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
 from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
+from gitsync.sync import ensure_namespace_for, environment_status, sync_once
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -97,7 +101,97 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
         )
+    sync = commands.add_parser(
+        "sync",
+        help="one full pass: poll Git, plan, roll out every environment in order",
+        description="Polls the repository in the agent config, then for each environment (in "
+        "'after:' order) applies the plan wave by wave, waiting for health between waves. "
+        "Exit 0 when every environment succeeded, 1 when one failed, 2 on errors.",
+    )
+    sync.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+    sync.add_argument("--dry-run", action="store_true", help="print the plans, apply nothing")
+    status = commands.add_parser(
+        "status",
+        help="per environment: the rollout recorded in the cluster and each service's health",
+    )
+    for command in (sync, status):
+        command.add_argument("--config", type=Path, required=True, help="the agent config file")
+        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+        command.add_argument("--context", help="the kubeconfig context to use")
+    sync.add_argument("--env", action="append", help="only this environment (repeatable)")
     return parser
+
+
+def _agent_config(path: Path) -> AgentConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    config, problems = load_agent_config(text, str(path))
+    if config is None:
+        raise ConfigError("the agent config is invalid:\n" + "\n".join(f"  {p}" for p in problems))
+    return config
+
+
+def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    began = time.monotonic()
+
+    def progress(line: str) -> None:
+        err.write(f"[{time.monotonic() - began:6.1f}s] {line}\n")
+        err.flush()
+
+    try:
+        config = _agent_config(args.config)
+        with api_client(args.kubeconfig, args.context) as api:
+            store = StateStore(api, config.rollout.state_namespace)
+            ensure_namespace(api, config.rollout.state_namespace)
+            result = sync_once(
+                config,
+                RayServices(api),
+                store,
+                environments=args.env,
+                dry_run=args.dry_run,
+                progress=progress,
+                ensure_ns=ensure_namespace_for(api),
+            )
+    except GitsyncError as exc:
+        err.write(f"gitsync sync: {exc}\n")
+        return EXIT_ERROR
+    for r in result.results:
+        out.write(f"{r.environment}: {r.outcome} at {r.revision[:12]}: {r.message}\n")
+    if args.dry_run:
+        return EXIT_OK
+    return EXIT_OK if result.ok else EXIT_FOUND
+
+
+def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        config = _agent_config(args.config)
+        source = GitSource(config.repository)
+        revision = source.head()
+        tree = source.checkout(revision)
+        with api_client(args.kubeconfig, args.context) as api:
+            store = StateStore(api, config.rollout.state_namespace)
+            rows = environment_status(config, RayServices(api), store, tree, revision)
+    except GitsyncError as exc:
+        err.write(f"gitsync status: {exc}\n")
+        return EXIT_ERROR
+    out.write(f"branch {config.repository.branch} is at {revision[:12]}\n")
+    for name, state, services in rows:
+        if state is None:
+            out.write(f"\n{name}: never rolled out\n")
+        else:
+            wave = f", wave {state.wave}" if state.wave is not None else ""
+            finished = f", finished {state.finished}" if state.finished else ""
+            out.write(
+                f"\n{name}: {state.phase} at {state.revision[:12]}{wave} "
+                f"(started {state.started}{finished})\n"
+            )
+            if state.message:
+                out.write(f"  {state.message}\n")
+        for s in services:
+            out.write(f"  {s.key.name:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
+    return EXIT_OK
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -268,6 +362,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return max(codes)
     if args.command in ("plan", "diff"):
         return run_plan(args, sys.stdout, sys.stderr)
+    if args.command == "sync":
+        return run_sync(args, sys.stdout, sys.stderr)
+    if args.command == "status":
+        return run_status(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_ERROR
 

@@ -125,17 +125,27 @@ def _healthy(status: Mapping[str, Any]) -> Assessment:
 
 @dataclass(frozen=True)
 class HealthGate:
-    """Healthy only after ``required`` consecutive Healthy reads; anything else resets it."""
+    """Healthy or Degraded only after ``required`` consecutive reads saying so.
+
+    Both directions need it: in the reconcile that submits a new Serve config KubeRay
+    publishes the *previous* app statuses with the new generation, so one read can show the
+    old RUNNING (a false Healthy) or, right after a fix or a rollback, the old DEPLOY_FAILED
+    (a false Degraded). Any other read resets both streaks.
+    """
 
     required: int = 3
     streak: int = 0
+    verdict: Health | None = None
 
     def observe(self, assessment: Assessment) -> tuple[HealthGate, Assessment]:
-        if assessment.health is not Health.HEALTHY:
-            return HealthGate(self.required, 0), assessment
-        streak = self.streak + 1
+        if assessment.health not in (Health.HEALTHY, Health.DEGRADED):
+            return HealthGate(self.required), assessment
+        streak = self.streak + 1 if assessment.health is self.verdict else 1
+        gate = HealthGate(self.required, streak, assessment.health)
         if streak < self.required:
-            return HealthGate(self.required, streak), Assessment(
-                Health.PROGRESSING, f"healthy {streak} of {self.required} consecutive reads"
+            word = "healthy" if assessment.health is Health.HEALTHY else "degraded"
+            return gate, Assessment(
+                Health.PROGRESSING,
+                f"{word} {streak} of {self.required} consecutive reads: {assessment.message}",
             )
-        return HealthGate(self.required, streak), assessment
+        return gate, assessment

@@ -102,25 +102,32 @@ def live_plans(
     environment that Git no longer declares.
     """
     report = read_tree(tree)
-    plans = []
-    for name in ordered_environments(report, environments, str(tree)):
-        loaded = environment_manifests(report, name, str(tree))
-        env = loaded.environment
-        live = rayservices.list_managed(env.namespace, env.name)
-        current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
-        desired: dict[ServiceKey, dict[str, Any]] = {}
-        for service in loaded.services:
-            if service.key not in live and (existing := rayservices.get(service.key)) is not None:
-                current[service.key] = owned(existing)  # there, but not (yet) labelled as ours
-            body = stamped(
-                service.manifest,
-                environment=env.name,
-                revision=revision,
-                source=service.source,
-                wave=service.wave,
-            )
-            desired[service.key] = owned(rayservices.apply(body, dry_run=True, force=True))
-        plans.append(
-            build_plan(env.name, env.namespace, current, desired, options, to_rev=revision)
+    return [
+        live_environment_plan(
+            environment_manifests(report, name, str(tree)), rayservices, options, revision
         )
-    return plans
+        for name in ordered_environments(report, environments, str(tree))
+    ]
+
+
+def live_environment_plan(
+    loaded: EnvironmentManifests, rayservices: RayServices, options: Options, revision: str | None
+) -> Plan:
+    """One environment against the cluster: dry-run every desired service, list what gitsync
+    manages there (one request) for prunes."""
+    env = loaded.environment
+    live = rayservices.list_managed(env.namespace, env.name)
+    current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
+    desired: dict[ServiceKey, dict[str, Any]] = {}
+    for service in loaded.services:
+        if service.key not in live and (existing := rayservices.get(service.key)) is not None:
+            current[service.key] = owned(existing)  # there, but not (yet) labelled as ours
+        body = stamped(
+            service.manifest,
+            environment=env.name,
+            revision=revision,
+            source=service.source,
+            wave=service.wave,
+        )
+        desired[service.key] = owned(rayservices.apply(body, dry_run=True, force=True))
+    return build_plan(env.name, env.namespace, current, desired, options, to_rev=revision)

@@ -34,5 +34,17 @@ def test_gate_needs_consecutive_healthy_reads() -> None:
         gate, result = gate.observe(read)
         seen.append(result.health)
     assert seen == [Health.PROGRESSING] * 5 + [Health.HEALTHY]
-    gate, result = gate.observe(Assessment(Health.DEGRADED, "bad"))
-    assert (gate.streak, result.health) == (0, Health.DEGRADED)
+
+
+def test_gate_needs_consecutive_degraded_reads_too() -> None:
+    """A stale DEPLOY_FAILED published once with the new generation is no failure."""
+    degraded, healthy = Assessment(Health.DEGRADED, "bad"), Assessment(Health.HEALTHY, "ok")
+    gate = HealthGate(required=2)
+    gate, first = gate.observe(degraded)
+    assert first.health is Health.PROGRESSING
+    assert "degraded 1 of 2" in first.message
+    gate, _ = gate.observe(healthy)  # a change of verdict restarts the count
+    gate, result = gate.observe(degraded)
+    assert result.health is Health.PROGRESSING
+    gate, result = gate.observe(degraded)
+    assert result.health is Health.DEGRADED

@@ -1,0 +1,301 @@
+"""Rollout: executes one environment's plan — apply a wave, gate on health, next wave.
+
+Owns the order of writes and the decision to continue, halt, roll back or give way to a newer
+revision. Cluster access goes through :class:`~gitsync.kube.rayservices.RayServices` and the
+state ConfigMap (:class:`~gitsync.kube.state.StateStore`); everything needed to continue
+after a crash is written there before it matters: the revision and wave in flight, and the
+revision stamped on every applied object.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gitsync import kuberay
+from gitsync.config import RolloutSettings
+from gitsync.errors import GitsyncError
+from gitsync.health import Assessment, HealthGate, assess
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.manifests.repoconfig import EnvironmentConfig
+from gitsync.model import Action, DesiredService, Health, Phase, RolloutState, ServiceKey
+from gitsync.plan import Plan
+from gitsync.stamp import stamped
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled-back"
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    environment: str
+    revision: str
+    outcome: Outcome
+    message: str
+    failed: ServiceKey | None = None
+    applied: tuple[ServiceKey, ...] = ()
+    pruned: tuple[ServiceKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    key: ServiceKey | None
+    message: str
+    superseded: bool = False
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expected_apps(service: DesiredService) -> tuple[str, ...]:
+    try:
+        return tuple(kuberay.serve_application_names(service.manifest["spec"].get("serveConfigV2")))
+    except ValueError:
+        return ()
+
+
+@dataclass
+class Rollout:
+    services: RayServices
+    state: StateStore
+    settings: RolloutSettings
+    progress: Callable[[str], None] = field(default=lambda line: None)
+    superseded: Callable[[], bool] = field(default=lambda: False)
+    stop: threading.Event = field(default_factory=threading.Event)
+    ensure_namespace: Callable[[str], object] | None = None
+
+    # -- the pass --------------------------------------------------------------------------
+
+    def run(
+        self,
+        env: EnvironmentConfig,
+        plan: Plan,
+        desired: Mapping[ServiceKey, DesiredService],
+        revision: str,
+        previous: Callable[[str], Mapping[ServiceKey, DesiredService]] | None = None,
+    ) -> RolloutResult:
+        prior = self.state.read(env.name)
+        last_healthy = prior.last_healthy_revision if prior else ""
+        resume_wave = (
+            prior.wave
+            if prior and prior.phase is Phase.IN_PROGRESS and prior.revision == revision
+            else None
+        )
+        if resume_wave is not None:
+            self.progress(
+                f"{env.name}: resuming the rollout of {revision[:12]} at wave {resume_wave}"
+            )
+        started = prior.started if resume_wave is not None and prior else _now()
+        record = RolloutState(
+            env.name, revision, Phase.IN_PROGRESS, None, started, "", "", last_healthy
+        )
+        self.state.write(record)
+        if env.create_namespace and self.ensure_namespace is not None:
+            self.ensure_namespace(env.namespace)
+        applied: list[ServiceKey] = []
+        for wave in plan.waves:
+            if wave.prune:
+                continue
+            changed = [c.key for c in wave.changes if c.action is not Action.UNCHANGED]
+            resuming = resume_wave is not None and wave.number >= resume_wave
+            gate = sorted({*changed, *(c.key for c in wave.changes if resuming)})
+            if not gate:
+                continue
+            record = _replace(record, wave=wave.number)
+            self.state.write(record)
+            failure = self._apply(env, changed, desired, revision)
+            applied += changed if failure is None else []
+            failure = failure or self._wait(env, gate, desired, f"wave {wave.number}")
+            if failure is not None:
+                return self._fail(env, record, failure, desired, previous, tuple(applied))
+        pruned = self._prune(env, plan)
+        if isinstance(pruned, _Failure):
+            return self._fail(env, record, pruned, desired, None, tuple(applied))
+        message = f"{len(applied)} applied, {len(pruned)} pruned, every service Healthy"
+        self.state.write(
+            _replace(
+                record,
+                phase=Phase.SUCCEEDED,
+                wave=None,
+                finished=_now(),
+                message=message,
+                last_healthy_revision=revision,
+            )
+        )
+        self.progress(f"{env.name}: {revision[:12]} succeeded: {message}")
+        return RolloutResult(
+            env.name, revision, Outcome.SUCCEEDED, message, None, tuple(applied), pruned
+        )
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _body(
+        self, env: EnvironmentConfig, service: DesiredService, revision: str
+    ) -> dict[str, Any]:
+        return stamped(
+            service.manifest,
+            environment=env.name,
+            revision=revision,
+            source=service.source,
+            wave=service.wave,
+        )
+
+    def _apply(
+        self,
+        env: EnvironmentConfig,
+        keys: Sequence[ServiceKey],
+        desired: Mapping[ServiceKey, DesiredService],
+        revision: str,
+    ) -> _Failure | None:
+        def one(key: ServiceKey) -> _Failure | None:
+            try:
+                self.services.apply(
+                    self._body(env, desired[key], revision), force=self.settings.force_conflicts
+                )
+            except GitsyncError as exc:
+                return _Failure(key, str(exc))
+            self.progress(f"{env.name}: applied {key} at {revision[:12]}")
+            return None
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            failures = [f for f in pool.map(one, keys) if f is not None]
+        return failures[0] if failures else None
+
+    def _wait(
+        self,
+        env: EnvironmentConfig,
+        keys: Sequence[ServiceKey],
+        desired: Mapping[ServiceKey, DesiredService],
+        what: str,
+    ) -> _Failure | None:
+        """Until every key is Healthy (N consecutive reads): one list per namespace a poll.
+        Degraded fails at once; so do the timeout, a stop request and a newer revision."""
+        gates = {key: HealthGate(self.settings.healthy_reads) for key in keys}
+        last: dict[ServiceKey, Assessment] = {}
+        began = time.monotonic()
+        deadline = began + self.settings.health_timeout
+        pending = set(keys)
+        while True:
+            live: dict[ServiceKey, dict[str, Any]] = {}
+            for namespace in sorted({k.namespace for k in pending}):
+                live.update(self.services.list_managed(namespace, env.name))
+            for key in sorted(pending):
+                gates[key], result = gates[key].observe(
+                    assess(live.get(key), expected_apps(desired[key]))
+                )
+                if last.get(key) != result:
+                    self.progress(
+                        f"{env.name}: {key} {result.health}: {result.message} "
+                        f"({time.monotonic() - began:.0f}s)"
+                    )
+                    last[key] = result
+                if result.health is Health.DEGRADED or result.health is Health.MISSING:
+                    return _Failure(key, f"{key} is {result.health}: {result.message}")
+                if result.health is Health.HEALTHY:
+                    pending.discard(key)
+            if not pending:
+                return None
+            if self.superseded():
+                return _Failure(None, "a newer revision arrived while waiting", superseded=True)
+            if time.monotonic() > deadline:
+                key = sorted(pending)[0]
+                why = last[key].message if key in last else "no status"
+                return _Failure(
+                    key,
+                    f"{key} not Healthy after {self.settings.health_timeout:.0f}s ({what}): {why}",
+                )
+            if self.stop.wait(self.settings.poll_interval):
+                return _Failure(None, "stopped before the rollout finished", superseded=True)
+
+    def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
+        prunes = [c for w in plan.waves if w.prune for c in w.changes]
+        if not prunes:
+            return ()
+        if not env.prune:
+            for change in prunes:
+                self.progress(
+                    f"{env.name}: {change.key} is no longer in Git; not deleted (prune is off)"
+                )
+            return ()
+        live = self.services.list_managed(env.namespace, env.name)
+        done = []
+        for change in sorted(prunes, key=lambda c: (-c.wave, c.key)):  # reverse wave order
+            if change.key not in live:  # only what this agent and environment own
+                continue
+            try:
+                self.services.delete(change.key)
+            except GitsyncError as exc:
+                return _Failure(change.key, str(exc))
+            self.progress(f"{env.name}: pruned {change.key}")
+            done.append(change.key)
+        return tuple(done)
+
+    def _fail(
+        self,
+        env: EnvironmentConfig,
+        record: RolloutState,
+        failure: _Failure,
+        desired: Mapping[ServiceKey, DesiredService],
+        previous: Callable[[str], Mapping[ServiceKey, DesiredService]] | None,
+        applied: tuple[ServiceKey, ...],
+    ) -> RolloutResult:
+        if failure.superseded:
+            self.state.write(
+                _replace(record, phase=Phase.SUPERSEDED, finished=_now(), message=failure.message)
+            )
+            self.progress(f"{env.name}: {record.revision[:12]} superseded: {failure.message}")
+            return RolloutResult(
+                env.name, record.revision, Outcome.SUPERSEDED, failure.message, None, applied
+            )
+        message = f"{failure.message}; later waves were not applied"
+        outcome, phase = Outcome.FAILED, Phase.FAILED
+        if self.settings.rollback == "auto" and failure.key is not None and previous is not None:
+            rolled = self._rollback(env, failure.key, record.last_healthy_revision, previous)
+            message += f"; {rolled[1]}"
+            if rolled[0]:
+                outcome, phase = Outcome.ROLLED_BACK, Phase.ROLLED_BACK
+        self.state.write(_replace(record, phase=phase, finished=_now(), message=message))
+        self.progress(f"{env.name}: {record.revision[:12]} {outcome}: {message}")
+        return RolloutResult(env.name, record.revision, outcome, message, failure.key, applied)
+
+    def _rollback(
+        self,
+        env: EnvironmentConfig,
+        key: ServiceKey,
+        revision: str,
+        previous: Callable[[str], Mapping[ServiceKey, DesiredService]],
+    ) -> tuple[bool, str]:
+        if not revision:
+            return False, "no earlier Healthy revision to roll back to"
+        try:
+            old = previous(revision).get(key)
+        except GitsyncError as exc:
+            return False, f"cannot read {revision[:12]} to roll back: {exc}"
+        if old is None:
+            return False, f"{key} did not exist at {revision[:12]}; nothing to roll back to"
+        self.progress(f"{env.name}: rolling {key} back to {revision[:12]}")
+        failure = self._apply(env, [key], {key: old}, revision) or self._wait(
+            env, [key], {key: old}, "rollback"
+        )
+        if failure is not None:
+            return False, f"rollback to {revision[:12]} failed too: {failure.message}"
+        return True, f"rolled {key} back to {revision[:12]}, which is Healthy again"
+
+
+def _replace(state: RolloutState, **changes: Any) -> RolloutState:
+    return replace(state, **changes)

@@ -1,0 +1,108 @@
+"""A GitOps repository for rollout tests: the example layout with staging deploying into the
+test's namespace, served over file:// from a bare repository, and an agent config for it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from gitsync.config import AgentConfig, RolloutSettings, load_agent_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+
+
+def git(*args: str, cwd: Path) -> str:
+    result = subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"git {args} failed: {result.stderr}")
+    return result.stdout.strip()
+
+
+class GitOpsRepo:
+    def __init__(self, root: Path, namespace: str, *, prune: bool = False) -> None:
+        self.bare, self.work, self.namespace = root / "repo.git", root / "work", namespace
+        root.mkdir(parents=True)
+        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        shutil.copytree(EXAMPLES, self.work)
+        config = yaml.safe_load((self.work / "gitsync.yaml").read_text())
+        staging = config["environments"][0]
+        staging.update(namespace=namespace, prune=prune)
+        config["environments"] = [staging]
+        config.pop("previews", None)
+        (self.work / "gitsync.yaml").write_text(yaml.safe_dump(config))
+        shutil.rmtree(self.work / "environments" / "production")
+        git("init", "-q", "-b", "main", cwd=self.work)
+        git("remote", "add", "origin", self.bare.as_uri(), cwd=self.work)
+        self.revisions = [self.commit(lambda root: None, "initial")]
+
+    @property
+    def url(self) -> str:
+        return self.bare.as_uri()
+
+    def path(self, name: str) -> Path:
+        return self.work / "environments" / "staging" / name
+
+    def edit(self, name: str, old: str, new: str) -> None:
+        text = self.path(name).read_text()
+        assert old in text, (name, old)
+        self.path(name).write_text(text.replace(old, new))
+
+    def commit(self, change: Callable[[Path], object], message: str) -> str:
+        change(self.work)
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
+        git("push", "-q", "-f", "origin", "main", cwd=self.work)
+        sha = git("rev-parse", "HEAD", cwd=self.work)
+        if hasattr(self, "revisions"):
+            self.revisions.append(sha)
+        return sha
+
+    def agent_config(self, cache: Path, **rollout: object) -> AgentConfig:
+        text = yaml.safe_dump(
+            {"repository": {"url": self.url, "branch": "main"}, "cacheDir": str(cache)}
+        )
+        config, problems = load_agent_config(text)
+        assert config is not None, problems
+        settings = replace(
+            RolloutSettings(),
+            healthy_reads=2,
+            poll_interval=0.1,
+            health_timeout=30.0,
+            state_namespace=self.namespace,
+        )
+        return replace(config, rollout=replace(settings, **rollout))  # type: ignore[arg-type]
+
+    def config_file(self, cache: Path, path: Path) -> Path:
+        document = {
+            "repository": {"url": self.url, "branch": "main"},
+            "cacheDir": str(cache),
+            "rollout": {
+                "healthyReads": 2,
+                "pollInterval": "100ms",
+                "healthTimeout": "30s",
+                "stateNamespace": self.namespace,
+            },
+        }
+        path.write_text(yaml.safe_dump(document))
+        return path
