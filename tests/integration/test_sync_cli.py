@@ -1,0 +1,122 @@
+"""gitsync sync --once --dry-run, gitsync status, and field-manager conflicts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from gitsync.cli import main
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.rollout import Outcome
+from gitsync.sync import sync_once
+from testbed.controlplane import ControlPlane
+from testbed.simulator import Simulator
+
+from .gitops import GitOpsRepo
+from .kube import GROUP, PLURAL, VERSION, get
+
+
+@pytest.fixture
+def repo(tmp_path: Path, namespace: str) -> GitOpsRepo:
+    return GitOpsRepo(tmp_path / "gitops", namespace)
+
+
+def test_dry_run_applies_nothing_and_prints_the_plan(
+    api: client.ApiClient,
+    repo: GitOpsRepo,
+    namespace: str,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+    code = main(
+        [
+            "sync",
+            "--once",
+            "--dry-run",
+            "--config",
+            str(config),
+            "--kubeconfig",
+            str(control_plane.kubeconfig),
+        ]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "embedder  create" in err
+    assert (
+        client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        )["items"]
+        == []
+    )
+
+
+def test_sync_then_status(
+    api: client.ApiClient,
+    repo: GitOpsRepo,
+    namespace: str,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+    args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["sync", "--once", *args]) == 0
+    captured = capsys.readouterr()
+    assert f"staging: succeeded at {repo.revisions[0][:12]}" in captured.out
+    assert "wave" not in captured.out  # progress goes to stderr
+    assert f"applied {namespace}/ranker" in captured.err
+    assert main(["status", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"staging: succeeded at {repo.revisions[0][:12]}" in out
+    for name in ("embedder", "ranker", "summarizer"):
+        assert any(line.split()[:2] == [name, "Healthy"] for line in out.splitlines()), out
+
+
+def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(
+    api: client.ApiClient, repo: GitOpsRepo, namespace: str, sim: Simulator, tmp_path: Path
+) -> None:
+    config = repo.agent_config(tmp_path / "cache")
+    store = StateStore(api, namespace)
+    assert sync_once(config, RayServices(api), store).ok
+    live = get(api, namespace, "ranker")
+    taken = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "ranker", "namespace": namespace},
+        "spec": {
+            "serveConfigV2": live["spec"]["serveConfigV2"].replace(
+                "num_replicas: 1", "num_replicas: 9"
+            )
+        },
+    }
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "ranker",
+        taken,
+        field_manager="platform-tool",
+        force=True,
+        _content_type="application/apply-patch+yaml",
+        _preload_content=False,
+    ).release_conn()
+    repo.commit(
+        lambda root: repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"), "scale"
+    )
+    [result] = sync_once(config, RayServices(api), store).results
+    assert result.outcome is Outcome.FAILED
+    assert "conflicts with another field manager" in result.message
+    assert "platform-tool" in result.message
+    forced = replace(config, rollout=replace(config.rollout, force_conflicts=True))
+    assert sync_once(forced, RayServices(api), store).ok
+    assert "num_replicas: 2" in get(api, namespace, "ranker")["spec"]["serveConfigV2"]
+    assert yaml.safe_load(get(api, namespace, "ranker")["spec"]["serveConfigV2"])
