@@ -90,6 +90,14 @@ class Rollout:
         previous: Callable[[str], Mapping[ServiceKey, DesiredService]] | None = None,
     ) -> RolloutResult:
         prior = self.state.read(env.name)
+        if (
+            prior is not None
+            and prior.phase is Phase.SUCCEEDED
+            and prior.revision == revision
+            and not plan.has_changes
+        ):
+            self.progress(f"{env.name}: up to date at {revision[:12]}")
+            return RolloutResult(env.name, revision, Outcome.SUCCEEDED, "up to date")
         last_healthy = prior.last_healthy_revision if prior else ""
         resume_wave = (
             prior.wave
