@@ -126,7 +126,8 @@ class Rollout:
                 continue
             record = _replace(record, wave=wave.number)
             self.state.write(record)
-            failure = self._apply(env, changed, desired, revision)
+            actions = {c.key: c.action for c in wave.changes}
+            failure = self._apply(env, changed, desired, revision, actions)
             applied += changed if failure is None else []
             failure = failure or self._wait(env, gate, desired, f"wave {wave.number}")
             if failure is not None:
@@ -169,6 +170,7 @@ class Rollout:
         keys: Sequence[ServiceKey],
         desired: Mapping[ServiceKey, DesiredService],
         revision: str,
+        actions: Mapping[ServiceKey, Action] | None = None,
     ) -> _Failure | None:
         def one(key: ServiceKey) -> _Failure | None:
             try:
@@ -177,7 +179,10 @@ class Rollout:
                 )
             except GitsyncError as exc:
                 return _Failure(key, str(exc))
-            self.progress(f"{env.name}: applied {key} at {revision[:12]}")
+            action = f" ({actions[key]})" if actions and key in actions else ""
+            self.progress(
+                f"{env.name}: wave {desired[key].wave}: applied {key}{action} at {revision[:12]}"
+            )
             return None
 
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
@@ -191,43 +196,45 @@ class Rollout:
         desired: Mapping[ServiceKey, DesiredService],
         what: str,
     ) -> _Failure | None:
-        """Until every key is Healthy (N consecutive reads): one list per namespace a poll.
-        Degraded fails at once; so do the timeout, a stop request and a newer revision."""
-        gates = {key: HealthGate(self.settings.healthy_reads) for key in keys}
-        last: dict[ServiceKey, Assessment] = {}
-        began = time.monotonic()
-        deadline = began + self.settings.health_timeout
-        pending = set(keys)
+        """Until every key is Healthy for N consecutive reads. Each round lists the
+        namespace (one request), then watches it for ``pollInterval`` (every change is a read);
+        the next list is the relist fallback. Degraded fails at once; so do the timeout, a
+        stop request and a newer revision."""
+        waiter = _Waiter(env.name, keys, desired, self.settings.healthy_reads, self.progress)
+        deadline = waiter.began + self.settings.health_timeout
         while True:
+            versions: dict[str, str] = {}
             live: dict[ServiceKey, dict[str, Any]] = {}
-            for namespace in sorted({k.namespace for k in pending}):
-                live.update(self.services.list_managed(namespace, env.name))
-            for key in sorted(pending):
-                gates[key], result = gates[key].observe(
-                    assess(live.get(key), expected_apps(desired[key]))
+            for namespace in sorted({k.namespace for k in waiter.pending}):
+                objects, versions[namespace] = self.services.list_managed_versioned(
+                    namespace, env.name
                 )
-                if last.get(key) != result:
-                    self.progress(
-                        f"{env.name}: {key} {result.health}: {result.message} "
-                        f"({time.monotonic() - began:.0f}s)"
-                    )
-                    last[key] = result
-                if result.health is Health.DEGRADED or result.health is Health.MISSING:
-                    return _Failure(key, f"{key} is {result.health}: {result.message}")
-                if result.health is Health.HEALTHY:
-                    pending.discard(key)
-            if not pending:
+                live.update(objects)
+            for key in sorted(waiter.pending):
+                if failure := waiter.read(key, live.get(key)):
+                    return failure
+            if not waiter.pending:
                 return None
             if self.superseded():
                 return _Failure(None, "a newer revision arrived while waiting", superseded=True)
             if time.monotonic() > deadline:
-                key = sorted(pending)[0]
-                why = last[key].message if key in last else "no status"
-                return _Failure(
-                    key,
-                    f"{key} not Healthy after {self.settings.health_timeout:.0f}s ({what}): {why}",
-                )
-            if self.stop.wait(self.settings.poll_interval):
+                return waiter.timed_out(self.settings.health_timeout, what)
+            if len(versions) == 1:
+                [(namespace, version)] = versions.items()
+                for kind, obj in self.services.watch_managed(
+                    namespace, env.name, version, self.settings.poll_interval
+                ):
+                    key = ServiceKey(namespace, obj["metadata"]["name"])
+                    gone = kind == "DELETED"
+                    if key in waiter.pending and (
+                        failure := waiter.read(key, None if gone else obj)
+                    ):
+                        return failure
+                    if not waiter.pending:
+                        return None
+                    if self.stop.is_set():
+                        break
+            if self.stop.wait(0 if len(versions) == 1 else self.settings.poll_interval):
                 return _Failure(None, "stopped before the rollout finished", superseded=True)
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
@@ -307,3 +314,42 @@ class Rollout:
 
 def _replace(state: RolloutState, **changes: Any) -> RolloutState:
     return replace(state, **changes)
+
+
+class _Waiter:
+    """Health gates for the services one wait is about; reports each change of verdict."""
+
+    def __init__(
+        self,
+        environment: str,
+        keys: Sequence[ServiceKey],
+        desired: Mapping[ServiceKey, DesiredService],
+        healthy_reads: int,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.environment, self.desired, self.progress = environment, desired, progress
+        self.gates = {key: HealthGate(healthy_reads) for key in keys}
+        self.last: dict[ServiceKey, Assessment] = {}
+        self.pending = set(keys)
+        self.began = time.monotonic()
+
+    def read(self, key: ServiceKey, obj: Mapping[str, Any] | None) -> _Failure | None:
+        self.gates[key], result = self.gates[key].observe(
+            assess(obj, expected_apps(self.desired[key]))
+        )
+        if self.last.get(key) != result:
+            elapsed = time.monotonic() - self.began
+            self.progress(
+                f"{self.environment}: {key} {result.health}: {result.message} ({elapsed:.0f}s)"
+            )
+            self.last[key] = result
+        if result.health in (Health.DEGRADED, Health.MISSING):
+            return _Failure(key, f"{key} is {result.health}: {result.message}")
+        if result.health is Health.HEALTHY:
+            self.pending.discard(key)
+        return None
+
+    def timed_out(self, seconds: float, what: str) -> _Failure:
+        key = sorted(self.pending)[0]
+        why = self.last[key].message if key in self.last else "no status"
+        return _Failure(key, f"{key} not Healthy after {seconds:.0f}s ({what}): {why}")

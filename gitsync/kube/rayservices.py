@@ -8,15 +8,19 @@ read raw.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
-from kubernetes import client
+import urllib3
+from kubernetes import client, watch
 
 from gitsync.errors import ApplyError, ConflictError
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, managed_selector
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
+log = logging.getLogger(__name__)
 
 
 def _message(exc: client.ApiException) -> str:
@@ -36,6 +40,43 @@ class RayServices:
             GROUP, VERSION, namespace, PLURAL, label_selector=managed_selector(environment)
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])}
+
+    def list_managed_versioned(
+        self, namespace: str, environment: str
+    ) -> tuple[dict[ServiceKey, dict[str, Any]], str]:
+        """As :meth:`list_managed`, with the list's resourceVersion to watch from."""
+        listing = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=managed_selector(environment)
+        )
+        objects = {
+            ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])
+        }
+        return objects, str(listing["metadata"]["resourceVersion"])
+
+    def watch_managed(
+        self, namespace: str, environment: str, resource_version: str, seconds: float
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Changes to what gitsync manages there, from ``resource_version``, for about
+        ``seconds`` (ended by the API server, so the caller regains control). Ends early,
+        without raising, when the watch expired (410) or the connection broke: relist."""
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            label_selector=managed_selector(environment),
+            resource_version=resource_version,
+            timeout_seconds=max(1, round(seconds)),
+            allow_watch_bookmarks=False,
+        )
+        try:
+            for event in stream:
+                if event["type"] == "ERROR":
+                    return
+                yield event["type"], event["object"]
+        except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            log.debug("watch ended namespace=%s error=%s", namespace, exc)
 
     def get(self, key: ServiceKey) -> dict[str, Any] | None:
         try:
