@@ -19,7 +19,7 @@ from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import ServiceKey
 from gitsync.plan import Plan, build_plan
 from gitsync.source.local import LocalRepository
-from gitsync.stamp import stamped
+from gitsync.stamp import stamped, untouched_since_apply
 
 
 def _valid_config(report: TreeReport, label: str) -> TreeReport:
@@ -129,5 +129,8 @@ def live_environment_plan(
             source=service.source,
             wave=service.wave,
         )
-        desired[service.key] = owned(rayservices.apply(body, dry_run=True, force=True))
+        if service.key in live and untouched_since_apply(live[service.key], body):
+            desired[service.key] = current[service.key]  # no request: nothing can differ
+        else:
+            desired[service.key] = owned(rayservices.apply(body, dry_run=True, force=True))
     return build_plan(env.name, env.namespace, current, desired, options, to_rev=revision)

@@ -7,6 +7,8 @@ labels (so gitsync can list what it owns), revision, source and wave annotations
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +17,7 @@ ENVIRONMENT = "gitsync.ray.io/environment"
 REVISION = "gitsync.ray.io/revision"
 SOURCE = "gitsync.ray.io/source"
 WAVE = "gitsync.ray.io/wave"
+APPLIED_HASH = "gitsync.ray.io/applied-hash"
 FIELD_MANAGER = "gitsync"
 
 
@@ -31,6 +34,37 @@ def stamped(
     metadata.setdefault("labels", {}).update({MANAGED_BY: "gitsync", ENVIRONMENT: environment})
     annotations = metadata.setdefault("annotations", {})
     annotations.update({SOURCE: source, WAVE: str(wave)})
+    annotations[APPLIED_HASH] = applied_hash(obj)
     if revision:
         annotations[REVISION] = revision
     return obj
+
+
+def applied_hash(body: Mapping[str, Any]) -> str:
+    """A hash of what gitsync applies, without the stamps that move by themselves (revision,
+    the hash). Equal on the live object and in Git means Git has not changed since the apply."""
+    metadata = dict(body.get("metadata") or {})
+    annotations = {
+        k: v
+        for k, v in (metadata.get("annotations") or {}).items()
+        if k not in (REVISION, APPLIED_HASH)
+    }
+    canonical = json.dumps(
+        {**body, "metadata": {**metadata, "annotations": annotations}}, sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def untouched_since_apply(live: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """True when the live object is exactly what gitsync last applied and Git still wants:
+    the applied hash matches and no other field manager has written its spec since (KubeRay
+    writes only the status subresource). Then a server-side dry run would show no change."""
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(APPLIED_HASH) != applied_hash(body):
+        return False
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER or entry.get("subresource") == "status":
+            continue
+        if "f:spec" in (entry.get("fieldsV1") or {}):
+            return False
+    return True

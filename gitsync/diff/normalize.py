@@ -36,6 +36,7 @@ STAMPED_ANNOTATIONS = frozenset(
     {
         "gitsync.ray.io/revision",
         "gitsync.ray.io/source",
+        "gitsync.ray.io/applied-hash",
         "kubectl.kubernetes.io/last-applied-configuration",
     }
 )

@@ -29,6 +29,7 @@ RESERVED_KEYS = frozenset(
         "gitsync.ray.io/revision",
         "gitsync.ray.io/source",
         "gitsync.ray.io/preview",
+        "gitsync.ray.io/applied-hash",
     }
 )
 _WAVE = re.compile(r"^-?[0-9]{1,6}$")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -173,3 +174,44 @@ def test_unreachable_cluster_is_an_error(
         == 2
     )
     assert "cannot load a Kubernetes config" in capsys.readouterr().err
+
+
+class CountingRayServices(RayServices):
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(api)
+        self.dry_runs = 0
+
+    def apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        self.dry_runs += dry_run
+        return super().apply(obj, dry_run=dry_run, force=force)
+
+
+def test_a_no_op_plan_needs_no_dry_run_until_someone_else_writes(
+    api: client.ApiClient, checkout: Path, namespace: str, control_plane: ControlPlane
+) -> None:
+    apply_all(api, checkout)
+    counting = CountingRayServices(api)
+    plan = live_plan(checkout, counting, Options())
+    assert {c.action for c in plan.changes} == {Action.UNCHANGED}
+    assert counting.dry_runs == 0  # one list for the namespace, nothing per service
+    control_plane.kubectl("annotate", "rayservice", "ranker", "-n", namespace, "note=hand-made")
+    assert {c.action for c in live_plan(checkout, counting, Options()).changes} == {
+        Action.UNCHANGED
+    }
+    assert counting.dry_runs == 0  # metadata only: not a spec write
+    control_plane.kubectl(
+        "patch",
+        "rayservice",
+        "ranker",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"rayClusterDeletionDelaySeconds": 5}}',
+    )
+    plan = live_plan(checkout, counting, Options())
+    assert counting.dry_runs == 1  # another manager wrote ranker's spec: ranker is checked again
+    # ... and the field it added is not Git's, so applying keeps it: still no change.
+    assert {c.key.name: c.action for c in plan.changes}["ranker"] is Action.UNCHANGED
