@@ -28,7 +28,7 @@ from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, DesiredService, Health, Phase, RolloutState, ServiceKey
 from gitsync.plan import Plan
-from gitsync.stamp import stamped
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ class Rollout:
             record = _replace(record, wave=wave.number)
             self.state.write(record)
             actions = {c.key: c.action for c in wave.changes}
-            failure = self._apply(env, changed, desired, revision, actions)
+            failure = self._refuse_unowned(env, changed) or self._apply(
+                env, changed, desired, revision, actions
+            )
             applied += changed if failure is None else []
             failure = failure or self._wait(env, gate, desired, f"wave {wave.number}")
             if failure is not None:
@@ -163,6 +165,27 @@ class Rollout:
             source=service.source,
             wave=service.wave,
         )
+
+    def _refuse_unowned(
+        self, env: EnvironmentConfig, keys: Sequence[ServiceKey]
+    ) -> _Failure | None:
+        """A RayService that exists without this environment's ownership labels was made by
+        someone else (or another environment): gitsync never modifies it."""
+        managed: set[ServiceKey] = set()
+        for namespace in sorted({k.namespace for k in keys}):
+            managed |= set(self.services.list_managed(namespace, env.name))
+        for key in keys:
+            if key in managed or (live := self.services.get(key)) is None:
+                continue
+            labels = (live.get("metadata") or {}).get("labels") or {}
+            owner = labels.get(ENVIRONMENT)
+            whose = f"environment {owner!r}" if owner else "something other than gitsync"
+            return _Failure(
+                key,
+                f"{key} already exists and belongs to {whose}; gitsync does not modify it. To "
+                f"hand it over, label it {MANAGED_BY}=gitsync and {ENVIRONMENT}={env.name}",
+            )
+        return None
 
     def _apply(
         self,

@@ -120,3 +120,28 @@ def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(
     assert sync_once(forced, RayServices(api), store).ok
     assert "num_replicas: 2" in get(api, namespace, "ranker")["spec"]["serveConfigV2"]
     assert yaml.safe_load(get(api, namespace, "ranker")["spec"]["serveConfigV2"])
+
+
+def test_an_existing_unowned_rayservice_is_never_modified(
+    api: client.ApiClient, repo: GitOpsRepo, namespace: str, sim: Simulator, tmp_path: Path
+) -> None:
+    manual = yaml.safe_load(repo.path("embedder.yaml").read_text())
+    manual["metadata"]["namespace"] = namespace
+    manual["spec"]["serveConfigV2"] = manual["spec"]["serveConfigV2"].replace(
+        "num_replicas: 1", "num_replicas: 5"
+    )
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, manual
+    )
+    before = get(api, namespace, "embedder")
+    [result] = sync_once(
+        repo.agent_config(tmp_path / "cache"), RayServices(api), StateStore(api, namespace)
+    ).results
+    assert result.outcome is Outcome.FAILED
+    assert "already exists and belongs to something other than gitsync" in result.message
+    after = get(api, namespace, "embedder")
+    assert (
+        after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        or after["spec"] == before["spec"]
+    )
+    assert "num_replicas: 5" in after["spec"]["serveConfigV2"]
