@@ -28,7 +28,7 @@ from gitsync.kube.state import StateStore
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
 from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
-from gitsync.sync import ensure_namespace_for, environment_status, sync_once
+from gitsync.sync import environment_status, sync_once
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -152,7 +152,6 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 environments=args.env,
                 dry_run=args.dry_run,
                 progress=progress,
-                ensure_ns=ensure_namespace_for(api),
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")

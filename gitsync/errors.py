@@ -38,6 +38,10 @@ class ApplyError(GitsyncError):
         super().__init__(f"{key}: {message}")
 
 
+class NamespaceMissing(ApplyError):
+    """The target namespace does not exist (yet): create it, or set createNamespace."""
+
+
 class ConflictError(ApplyError):
     """Server-side apply found a field another manager owns; forced only when configured."""
 

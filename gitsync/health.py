@@ -99,7 +99,8 @@ def _progressing(status: Mapping[str, Any], expected_apps: tuple[str, ...]) -> A
     if ready.get("status") != "True":
         reason = ready.get("reason") or "no Ready condition yet"
         return Assessment(
-            Health.PROGRESSING, f"Ready is {ready.get('status', 'unknown')} ({reason})"
+            Health.PROGRESSING,
+            f"Ready is {ready.get('status', 'unknown')} ({reason}){_pending_detail(status)}",
         )
     if _condition(status, "UpgradeInProgress").get("status") == "True":
         new = (status.get("pendingServiceStatus") or {}).get("rayClusterName", "a new cluster")
@@ -115,6 +116,16 @@ def _progressing(status: Mapping[str, Any], expected_apps: tuple[str, ...]) -> A
             why = _failing_deployment(app)
             return Assessment(Health.PROGRESSING, f"app {name} is {app.get('status')}{why}")
     return None
+
+
+def _pending_detail(status: Mapping[str, Any]) -> str:
+    """What the cluster being prepared is doing, for a message while Ready is False."""
+    pending = status.get("pendingServiceStatus") or {}
+    for name, app in sorted(_apps(pending).items()):
+        if app.get("status") != "RUNNING":
+            where = pending.get("rayClusterName", "the pending cluster")
+            return f": app {name} is {app.get('status')} on {where}"
+    return ""
 
 
 def _healthy(status: Mapping[str, Any]) -> Assessment:

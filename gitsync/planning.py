@@ -13,7 +13,7 @@ from typing import Any
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.diff.classify import Options
 from gitsync.diff.normalize import owned
-from gitsync.errors import ConfigError, InvalidRevision
+from gitsync.errors import ConfigError, InvalidRevision, NamespaceMissing
 from gitsync.kube.rayservices import RayServices
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import ServiceKey
@@ -132,5 +132,9 @@ def live_environment_plan(
         if service.key in live and untouched_since_apply(live[service.key], body):
             desired[service.key] = current[service.key]  # no request: nothing can differ
         else:
-            desired[service.key] = owned(rayservices.apply(body, dry_run=True, force=True))
+            try:
+                desired[service.key] = owned(rayservices.apply(body, dry_run=True, force=True))
+            except NamespaceMissing:
+                # Nothing can exist there yet: Git's body, with the CRD's defaults, is exact.
+                desired[service.key] = owned(body)
     return build_plan(env.name, env.namespace, current, desired, options, to_rev=revision)

@@ -23,6 +23,7 @@ from gitsync import kuberay
 from gitsync.config import RolloutSettings
 from gitsync.errors import GitsyncError
 from gitsync.health import Assessment, HealthGate, assess
+from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
@@ -77,7 +78,6 @@ class Rollout:
     progress: Callable[[str], None] = field(default=lambda line: None)
     superseded: Callable[[], bool] = field(default=lambda: False)
     stop: threading.Event = field(default_factory=threading.Event)
-    ensure_namespace: Callable[[str], object] | None = None
 
     # -- the pass --------------------------------------------------------------------------
 
@@ -113,8 +113,8 @@ class Rollout:
             env.name, revision, Phase.IN_PROGRESS, None, started, "", "", last_healthy
         )
         self.state.write(record)
-        if env.create_namespace and self.ensure_namespace is not None:
-            self.ensure_namespace(env.namespace)
+        if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
+            self.progress(f"{env.name}: created namespace {env.namespace}")
         applied: list[ServiceKey] = []
         for wave in plan.waves:
             if wave.prune:

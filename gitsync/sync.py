@@ -12,12 +12,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gitsync.checkout import read_tree
 from gitsync.config import AgentConfig
 from gitsync.health import assess
-from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.model import DesiredService, RolloutState, ServiceKey
@@ -65,7 +63,6 @@ def sync_once(
     environments: Sequence[str] | None = None,
     dry_run: bool = False,
     progress: Callable[[str], None] = lambda line: None,
-    ensure_ns: Callable[[str], object] | None = None,
     supersede_every: float = SUPERSEDE_CHECK_SECONDS,
 ) -> PassResult:
     source = GitSource(config.repository)
@@ -94,7 +91,6 @@ def sync_once(
                 config.rollout,
                 progress,
                 _superseded_check(source, revision, supersede_every),
-                ensure_namespace=ensure_ns,
             )
             result = rollout.run(env, plan, desired, revision, previous)
             results.append(result)
@@ -145,7 +141,3 @@ def environment_status(
             )
         rows.append((name, state.read(name), statuses))
     return rows
-
-
-def ensure_namespace_for(api: Any) -> Callable[[str], object]:
-    return lambda name: ensure_namespace(api, name)

@@ -15,7 +15,7 @@ from typing import Any
 import urllib3
 from kubernetes import client, watch
 
-from gitsync.errors import ApplyError, ConflictError
+from gitsync.errors import ApplyError, ConflictError, NamespaceMissing
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, managed_selector
 
@@ -32,6 +32,7 @@ def _message(exc: client.ApiException) -> str:
 
 class RayServices:
     def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
         self.custom = client.CustomObjectsApi(api)
 
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
@@ -128,6 +129,12 @@ class RayServices:
                     key,
                     f"{verb} conflicts with another field manager: {_message(exc)}; fix it in "
                     "Git or in the other tool, or set rollout.forceConflicts in the agent config",
+                ) from None
+            if exc.status == 404 and "namespaces" in _message(exc):
+                raise NamespaceMissing(
+                    key,
+                    f"namespace {key.namespace} does not exist; create it or set "
+                    "createNamespace: true on the environment in gitsync.yaml",
                 ) from None
             raise ApplyError(key, f"{verb} refused ({exc.status}): {_message(exc)}") from None
         result: dict[str, Any] = json.loads(response.data)

@@ -40,18 +40,30 @@ def git(*args: str, cwd: Path) -> str:
 
 
 class GitOpsRepo:
-    def __init__(self, root: Path, namespace: str, *, prune: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        namespace: str,
+        *,
+        prune: bool = False,
+        production: str | None = None,
+        create_namespace: bool = False,
+    ) -> None:
         self.bare, self.work, self.namespace = root / "repo.git", root / "work", namespace
         root.mkdir(parents=True)
         git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
         shutil.copytree(EXAMPLES, self.work)
         config = yaml.safe_load((self.work / "gitsync.yaml").read_text())
-        staging = config["environments"][0]
-        staging.update(namespace=namespace, prune=prune)
+        staging, prod = config["environments"]
+        staging.update(namespace=namespace, prune=prune, createNamespace=create_namespace)
         config["environments"] = [staging]
+        if production is not None:  # production after staging, in its own namespace
+            prod.update(namespace=production, createNamespace=create_namespace)
+            config["environments"].append(prod)
+        else:
+            shutil.rmtree(self.work / "environments" / "production")
         config.pop("previews", None)
         (self.work / "gitsync.yaml").write_text(yaml.safe_dump(config))
-        shutil.rmtree(self.work / "environments" / "production")
         git("init", "-q", "-b", "main", cwd=self.work)
         git("remote", "add", "origin", self.bare.as_uri(), cwd=self.work)
         self.revisions = [self.commit(lambda root: None, "initial")]

@@ -15,7 +15,7 @@ from gitsync.kube.state import StateStore
 from gitsync.rollout import Outcome
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
-from testbed.simulator import Simulator
+from testbed.simulator import FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .kube import GROUP, PLURAL, VERSION, get
@@ -145,3 +145,80 @@ def test_an_existing_unowned_rayservice_is_never_modified(
         or after["spec"] == before["spec"]
     )
     assert "num_replicas: 5" in after["spec"]["serveConfigV2"]
+
+
+def delete_namespace(api: client.ApiClient, name: str) -> None:
+    client.CustomObjectsApi(api).delete_collection_namespaced_custom_object(
+        GROUP, VERSION, name, PLURAL
+    )
+    client.CoreV1Api(api).delete_namespace(name)
+
+
+def test_a_failed_environment_stops_the_ones_after_it(
+    api: client.ApiClient, tmp_path: Path, namespace: str, sim: Simulator
+) -> None:
+    production = f"{namespace}-prod"
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, production=production, create_namespace=True)
+    try:
+        lines: list[str] = []
+        result = sync_once(
+            repo.agent_config(tmp_path / "cache"),
+            RayServices(api),
+            StateStore(api, namespace),
+            progress=lines.append,
+        )
+        assert result.ok, lines
+        assert [r.environment for r in result.results] == ["staging", "production"]
+        assert (
+            client.CoreV1Api(api)
+            .read_namespace(production)
+            .metadata.labels["app.kubernetes.io/managed-by"]
+            == "gitsync"
+        )
+        sim.add_rule(
+            FailureRule(namespace=namespace, import_path="embedder.v2:app", message="import failed")
+        )
+
+        def change(root: Path) -> None:
+            for env in ("staging", "production"):
+                path = root / "environments" / env / "embedder.yaml"
+                path.write_text(path.read_text().replace("embedder.serve:app", "embedder.v2:app"))
+
+        repo.commit(change, "break both")
+        lines.clear()
+        result = sync_once(
+            repo.agent_config(tmp_path / "cache"),
+            RayServices(api),
+            StateStore(api, namespace),
+            progress=lines.append,
+        )
+        assert [(r.environment, r.outcome) for r in result.results] == [("staging", Outcome.FAILED)]
+        assert any("not rolling out production: staging did not succeed" in line for line in lines)
+        assert (
+            get(api, production, "embedder")["metadata"]["annotations"]["gitsync.ray.io/revision"]
+            == repo.revisions[0]
+        )
+    finally:
+        delete_namespace(api, production)
+
+
+def test_health_timeout_fails_the_rollout(
+    api: client.ApiClient, repo: GitOpsRepo, namespace: str, sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_rule(
+        FailureRule(
+            status="DEPLOYING", message="", namespace=namespace, import_path="embedder.serve:app"
+        )
+    )
+    config = repo.agent_config(tmp_path / "cache", health_timeout=3.0)
+    [result] = sync_once(config, RayServices(api), StateStore(api, namespace)).results
+    assert result.outcome is Outcome.FAILED
+    assert f"{namespace}/embedder not Healthy after 3s (wave 0)" in result.message
+    assert "app embed is DEPLOYING on embedder-" in result.message
+    names = {
+        o["metadata"]["name"]
+        for o in client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        )["items"]
+    }
+    assert names == {"embedder"}  # wave 1 never applied
