@@ -46,6 +46,7 @@ class RolloutSettings:
     concurrency: int = 8  # services applied at once inside a wave
     health_timeout: float = 600.0  # per wave, seconds
     healthy_reads: int = 3  # consecutive Healthy reads before a service counts as Healthy
+    healthy_seconds: float = 5.0  # ... spanning this long: KubeRay requeues every 2 s
     poll_interval: float = 1.0  # seconds between health reads (one list per namespace)
     rollback: Literal["none", "auto"] = "none"
     force_conflicts: bool = False
@@ -277,6 +278,7 @@ def _rollout(check: Checker, raw: Any) -> RolloutSettings:
         "concurrency",
         "healthTimeout",
         "healthyReads",
+        "healthySeconds",
         "pollInterval",
         "rollback",
         "forceConflicts",
@@ -293,7 +295,11 @@ def _rollout(check: Checker, raw: Any) -> RolloutSettings:
             check.add(f"rollout.{key} must be a whole number ≥ 1, not {value!r}", *at, key)
         counts[attr] = value
     durations: dict[str, float] = {}
-    for key, attr in (("healthTimeout", "health_timeout"), ("pollInterval", "poll_interval")):
+    for key, attr in (
+        ("healthTimeout", "health_timeout"),
+        ("pollInterval", "poll_interval"),
+        ("healthySeconds", "healthy_seconds"),
+    ):
         seconds = parse_duration(raw.get(key, getattr(default, attr)))
         if seconds is None:
             check.add(
@@ -315,6 +321,7 @@ def _rollout(check: Checker, raw: Any) -> RolloutSettings:
         concurrency=counts["concurrency"],
         health_timeout=durations["health_timeout"],
         healthy_reads=counts["healthy_reads"],
+        healthy_seconds=durations["healthy_seconds"],
         poll_interval=durations["poll_interval"],
         rollback=rollback,
         force_conflicts=force,

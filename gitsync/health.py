@@ -136,27 +136,34 @@ def _healthy(status: Mapping[str, Any]) -> Assessment:
 
 @dataclass(frozen=True)
 class HealthGate:
-    """Healthy or Degraded only after ``required`` consecutive reads saying so.
+    """Healthy or Degraded only after ``required`` consecutive reads saying so, spanning at
+    least ``settle`` seconds.
 
-    Both directions need it: in the reconcile that submits a new Serve config KubeRay
-    publishes the *previous* app statuses with the new generation, so one read can show the
-    old RUNNING (a false Healthy) or, right after a fix or a rollback, the old DEPLOY_FAILED
-    (a false Degraded). Any other read resets both streaks.
+    In the reconcile that submits a new Serve config KubeRay reads app statuses before the PUT
+    (``reconcileServe``), publishes them with the new generation, and requeues after
+    ``ServiceDefaultRequeueDuration`` (2 s). Until that next reconcile every read shows the
+    *previous* apps: the old RUNNING (a false Healthy) or, right after a fix or a rollback,
+    the old DEPLOY_FAILED (a false Degraded). Counting reads alone is not enough against the
+    real operator: the verdict must also outlast the requeue. Any other read resets it.
     """
 
     required: int = 3
+    settle: float = 5.0
     streak: int = 0
     verdict: Health | None = None
+    since: float = 0.0
 
-    def observe(self, assessment: Assessment) -> tuple[HealthGate, Assessment]:
+    def observe(self, assessment: Assessment, now: float) -> tuple[HealthGate, Assessment]:
         if assessment.health not in (Health.HEALTHY, Health.DEGRADED):
-            return HealthGate(self.required), assessment
-        streak = self.streak + 1 if assessment.health is self.verdict else 1
-        gate = HealthGate(self.required, streak, assessment.health)
-        if streak < self.required:
+            return HealthGate(self.required, self.settle), assessment
+        same = assessment.health is self.verdict
+        streak, since = (self.streak + 1, self.since) if same else (1, now)
+        gate = HealthGate(self.required, self.settle, streak, assessment.health, since)
+        if streak < self.required or now - since < self.settle:
             word = "healthy" if assessment.health is Health.HEALTHY else "degraded"
             return gate, Assessment(
                 Health.PROGRESSING,
-                f"{word} {streak} of {self.required} consecutive reads: {assessment.message}",
+                f"{word} for {now - since:.0f}s, {streak} read(s) (needs {self.settle:g}s and "
+                f"{self.required}): {assessment.message}",
             )
         return gate, assessment

@@ -223,7 +223,7 @@ class Rollout:
         namespace (one request), then watches it for ``pollInterval`` (every change is a read);
         the next list is the relist fallback. Degraded fails at once; so do the timeout, a
         stop request and a newer revision."""
-        waiter = _Waiter(env.name, keys, desired, self.settings.healthy_reads, self.progress)
+        waiter = _Waiter(env.name, keys, desired, self.settings, self.progress)
         deadline = waiter.began + self.settings.health_timeout
         while True:
             versions: dict[str, str] = {}
@@ -347,18 +347,19 @@ class _Waiter:
         environment: str,
         keys: Sequence[ServiceKey],
         desired: Mapping[ServiceKey, DesiredService],
-        healthy_reads: int,
+        settings: RolloutSettings,
         progress: Callable[[str], None],
     ) -> None:
         self.environment, self.desired, self.progress = environment, desired, progress
-        self.gates = {key: HealthGate(healthy_reads) for key in keys}
+        gate = HealthGate(settings.healthy_reads, settings.healthy_seconds)
+        self.gates = dict.fromkeys(keys, gate)
         self.last: dict[ServiceKey, Assessment] = {}
         self.pending = set(keys)
         self.began = time.monotonic()
 
     def read(self, key: ServiceKey, obj: Mapping[str, Any] | None) -> _Failure | None:
         self.gates[key], result = self.gates[key].observe(
-            assess(obj, expected_apps(self.desired[key]))
+            assess(obj, expected_apps(self.desired[key])), time.monotonic()
         )
         if self.last.get(key) != result:
             elapsed = time.monotonic() - self.began

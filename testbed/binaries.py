@@ -24,6 +24,7 @@ class Binaries:
     etcd: Path
     kuberay_crds: Path
     sshd: Path
+    kuberay_operator: Path
     sshd_library_path: Path  # libwrap, unpacked beside it
     kube_version: str
     etcd_version: str
@@ -68,6 +69,7 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         etcd=Path(values["ETCD"]),
         kuberay_crds=Path(values["KUBERAY_CRDS"]),
         sshd=Path(values["SSHD"]),
+        kuberay_operator=Path(values["KUBERAY_OPERATOR"]),
         sshd_library_path=Path(values["SSHD_LIBRARY_PATH"]),
         kube_version=values["KUBE_VERSION"],
         etcd_version=values["ETCD_VERSION"],
@@ -79,6 +81,7 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         binaries.etcd,
         binaries.kuberay_crds,
         binaries.sshd,
+        binaries.kuberay_operator,
     ):
         if not path.exists():
             raise TestbedBuildError(f"{path} is missing after testbed/build.sh")

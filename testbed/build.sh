@@ -116,6 +116,20 @@ fetch_sshd() {
   rm -rf "$tmp" "$dest" && mv "$dest.tmp" "$dest"
 }
 
+# The real KubeRay operator, from its module (its go.mod has no replace directives).
+build_kuberay_operator() {
+  local operator="$dir/bin/kuberay-operator-$KUBERAY_VERSION"
+  [[ -x "$operator" ]] && return 0
+  local src="$dir/src/kuberay-$KUBERAY_VERSION" start=$SECONDS
+  rm -rf "$src" && mkdir -p "$src"
+  printf 'module gitsync.local/testbed/kuberay\n\ngo 1.25.0\n' > "$src/go.mod"
+  log "building the KubeRay operator $KUBERAY_VERSION"
+  (cd "$src" && go get "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
+    && go build -trimpath -ldflags "-s -w" -o "$operator.tmp" github.com/ray-project/kuberay/ray-operator)
+  mv "$operator.tmp" "$operator"
+  log "built the KubeRay operator in $((SECONDS - start)) s"
+}
+
 kuberay_dir() {
   go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
@@ -124,6 +138,7 @@ kuberay_dir() {
 build_etcd
 build_kube
 fetch_sshd
+build_kuberay_operator
 kuberay="$(kuberay_dir)"
 [[ -f "$kuberay/config/crd/bases/ray.io_rayservices.yaml" ]] || { log "RayService CRD missing from $kuberay"; exit 1; }
 # One line per artefact, read by the Python harness (testbed/binaries.py).
@@ -132,6 +147,7 @@ KUBE_APISERVER=$dir/bin/kube-apiserver-$KUBE_VERSION
 KUBECTL=$dir/bin/kubectl-$KUBE_VERSION
 ETCD=$dir/bin/etcd-$ETCD_VERSION
 KUBERAY_CRDS=$kuberay/config/crd/bases
+KUBERAY_OPERATOR=$dir/bin/kuberay-operator-$KUBERAY_VERSION
 SSHD=$dir/openssh/usr/sbin/sshd
 SSHD_LIBRARY_PATH=$dir/openssh/usr/lib/x86_64-linux-gnu
 KUBE_VERSION=$KUBE_VERSION

@@ -60,6 +60,9 @@ class Delays:
     cluster_start: float = 0.3  # a new RayCluster's head pod becomes ready
     app_deploy: float = 0.3  # a submitted application goes DEPLOYING → RUNNING (or fails)
     tick: float = 0.05  # how often every RayService is reconciled
+    # After submitting a Serve config KubeRay requeues (ServiceDefaultRequeueDuration, 2 s) and
+    # keeps publishing the statuses it read before the PUT until that next reconcile.
+    requeue: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class SimCluster:
     head_ready_at: float
     serve_config: str | None = None  # KubeRay's ServeConfigs cache: last string PUT to it
     apps: dict[str, SimApp] = field(default_factory=dict)
+    frozen: dict[str, SimApp] | None = None  # what KubeRay read before its last PUT
+    frozen_until: float = 0.0  # ... and publishes until its requeue
 
     def head_ready(self, now: float) -> bool:
         return now >= self.head_ready_at
@@ -240,7 +245,14 @@ class SimulatedRayService:
         the reconcile that submits a new config, the old statuses go out with the new
         generation."""
         observed = {
-            cluster.name: {name: copy.copy(app) for name, app in cluster.apps.items()}
+            cluster.name: {
+                name: copy.copy(app)
+                for name, app in (
+                    cluster.frozen
+                    if cluster.frozen is not None and now < cluster.frozen_until
+                    else cluster.apps
+                ).items()
+            }
             for cluster in (self.active, self.pending)
             if cluster is not None
         }
@@ -256,6 +268,8 @@ class SimulatedRayService:
         """Ray Serve's PUT /api/serve/applications/: changed or new apps redeploy, missing
         apps are deleted, unchanged apps keep running."""
         cluster.serve_config = serve_config
+        cluster.frozen = {name: copy.copy(app) for name, app in cluster.apps.items()}
+        cluster.frozen_until = now + self.delays.requeue
         try:
             goal = _app_configs(serve_config)
         except yaml.YAMLError:
@@ -537,6 +551,8 @@ class Simulator:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
+        # Namespaces where the real KubeRay operator writes status instead (testbed.operator).
+        self.exclude_namespaces: set[str] = set()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -651,6 +667,8 @@ class Simulator:
                     self.errors.append(f"{key}: {exc}")
 
     def _reconcile_one(self, key: ServiceKey, obj: dict[str, Any]) -> None:
+        if key.namespace in self.exclude_namespaces:
+            return
         with self._lock:
             if self._objects.get(key) is not obj:
                 return  # replaced or deleted since the loop took it

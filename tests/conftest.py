@@ -48,7 +48,9 @@ def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
 @pytest.fixture(scope="session")
 def simulator(api: client.ApiClient, control_plane: ControlPlane) -> Iterator[Simulator]:
     with control_plane.api_client() as sim_api:
-        sim = Simulator(sim_api, Delays(cluster_start=0.3, app_deploy=0.4, tick=0.05), seed=7)
+        sim = Simulator(
+            sim_api, Delays(cluster_start=0.3, app_deploy=0.4, tick=0.05, requeue=1.0), seed=7
+        )
         sim.start()
         try:
             yield sim
@@ -62,7 +64,9 @@ def sim(simulator: Simulator) -> Iterator[Simulator]:
     simulator.clear_rules()
     simulator.zero_downtime_env = True
     simulator.errors.clear()
+    delays = simulator.delays
     yield simulator
+    simulator.delays = delays
     simulator.clear_rules()
     simulator.zero_downtime_env = True
     assert not simulator.errors, simulator.errors

@@ -99,6 +99,7 @@ class GitOpsRepo:
         settings = replace(
             RolloutSettings(),
             healthy_reads=2,
+            healthy_seconds=1.5,  # longer than the simulator's requeue (tests/conftest.py)
             poll_interval=0.1,
             health_timeout=30.0,
             state_namespace=self.namespace,
@@ -111,6 +112,7 @@ class GitOpsRepo:
             "cacheDir": str(cache),
             "rollout": {
                 "healthyReads": 2,
+                "healthySeconds": "1500ms",
                 "pollInterval": "100ms",
                 "healthTimeout": "30s",
                 "stateNamespace": self.namespace,

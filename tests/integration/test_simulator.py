@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ from .kube import (
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+
+
+def slow_deploys(sim: Simulator) -> None:
+    """Deploys that outlast KubeRay's requeue, so DEPLOYING is published at all (a deploy
+    faster than the requeue is never seen, by the simulator as by the real operator)."""
+    sim.delays = replace(sim.delays, app_deploy=2.0)
 
 
 def ranker() -> dict[str, Any]:
@@ -81,6 +88,7 @@ def recorded_statuses(api: client.ApiClient, namespace: str) -> Iterator[list[di
 def test_first_creation_becomes_ready_through_a_pending_cluster(
     api: client.ApiClient, namespace: str, sim: Simulator
 ) -> None:
+    slow_deploys(sim)
     with recorded_statuses(api, namespace) as history:
         obj = deployed(api, namespace, ranker())
     statuses = [o.get("status") or {} for o in history]
@@ -123,6 +131,7 @@ def test_first_creation_becomes_ready_through_a_pending_cluster(
 def test_serve_config_edit_updates_in_place_with_the_stale_status_race(
     api: client.ApiClient, namespace: str, sim: Simulator
 ) -> None:
+    slow_deploys(sim)
     body = ranker()
     before = deployed(api, namespace, body)
     active = before["status"]["activeServiceStatus"]["rayClusterName"]
@@ -236,6 +245,7 @@ def test_replicas_only_change_leaves_the_clusters_and_apps_alone(
 def test_upgrade_strategy_none_ignores_the_cluster_change(
     api: client.ApiClient, namespace: str, sim: Simulator
 ) -> None:
+    slow_deploys(sim)
     body = ranker()
     body["spec"]["upgradeStrategy"]["type"] = "None"
     old = deployed(api, namespace, body)["status"]["activeServiceStatus"]["rayClusterName"]

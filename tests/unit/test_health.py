@@ -28,23 +28,36 @@ def test_every_health_has_a_fixture() -> None:
 
 def test_gate_needs_consecutive_healthy_reads() -> None:
     healthy, progressing = Assessment(Health.HEALTHY, "ok"), Assessment(Health.PROGRESSING, "wait")
-    gate = HealthGate(required=3)
+    gate = HealthGate(required=3, settle=0.0)
     seen = []
     for read in (healthy, healthy, progressing, healthy, healthy, healthy):
-        gate, result = gate.observe(read)
+        gate, result = gate.observe(read, 0.0)
         seen.append(result.health)
     assert seen == [Health.PROGRESSING] * 5 + [Health.HEALTHY]
 
 
+def test_gate_needs_the_verdict_to_outlast_kuberays_requeue() -> None:
+    """Against the real operator a stale RUNNING is read many times until its 2 s requeue."""
+    healthy = Assessment(Health.HEALTHY, "ok")
+    gate = HealthGate(required=2, settle=5.0)
+    results = []
+    for now in (10.0, 10.3, 10.6, 12.0, 14.9, 15.0):
+        gate, result = gate.observe(healthy, now)
+        results.append(result.health)
+    assert results == [Health.PROGRESSING] * 5 + [Health.HEALTHY]
+
+
 def test_gate_needs_consecutive_degraded_reads_too() -> None:
-    """A stale DEPLOY_FAILED published once with the new generation is no failure."""
+    """A stale DEPLOY_FAILED published with the new generation is no failure."""
     degraded, healthy = Assessment(Health.DEGRADED, "bad"), Assessment(Health.HEALTHY, "ok")
-    gate = HealthGate(required=2)
-    gate, first = gate.observe(degraded)
+    gate = HealthGate(required=2, settle=1.0)
+    gate, first = gate.observe(degraded, 0.0)
     assert first.health is Health.PROGRESSING
-    assert "degraded 1 of 2" in first.message
-    gate, _ = gate.observe(healthy)  # a change of verdict restarts the count
-    gate, result = gate.observe(degraded)
+    assert "degraded for 0s, 1 read(s)" in first.message
+    gate, _ = gate.observe(healthy, 0.5)  # a change of verdict restarts the clock and count
+    gate, result = gate.observe(degraded, 0.6)
     assert result.health is Health.PROGRESSING
-    gate, result = gate.observe(degraded)
+    gate, result = gate.observe(degraded, 1.2)
+    assert result.health is Health.PROGRESSING  # 2 reads, but only 0.6 s
+    gate, result = gate.observe(degraded, 1.7)
     assert result.health is Health.DEGRADED

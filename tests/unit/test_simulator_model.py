@@ -39,7 +39,9 @@ def rayservice(
 class Driver:
     def __init__(self, rules: list[FailureRule] | None = None) -> None:
         self.sim = SimulatedRayService(
-            ServiceKey("ns", "svc"), Delays(cluster_start=1.0, app_deploy=1.0), lambda: rules or []
+            ServiceKey("ns", "svc"),
+            Delays(cluster_start=1.0, app_deploy=1.0, requeue=0.0),
+            lambda: rules or [],
         )
         self.now = 0.0
         self.status: dict[str, Any] = {}
@@ -224,3 +226,17 @@ def test_appended_worker_group_updates_the_active_cluster_in_place() -> None:
     assert s["pendingServiceStatus"] == {}
     assert d.sim.active is not None
     assert len(d.sim.active.spec["workerGroupSpecs"]) == 2
+
+
+def test_stale_statuses_last_until_kuberays_requeue() -> None:
+    """The real operator reconciles again 2 s after a PUT; until then it republishes the
+    statuses it read before the PUT (found against the real v1.5.0 operator)."""
+    d = Driver()
+    d.sim.delays = Delays(cluster_start=1.0, app_deploy=0.5, requeue=2.0)
+    d.settle(rayservice())
+    seen = [apps(d.step(rayservice(generation=2, serve=SERVE_V2), 0.4)) for _ in range(4)]
+    assert seen[:4] == [{"app": "RUNNING"}] * 4  # 0.4 … 1.6 s: still the old statuses
+    later = d.step(rayservice(generation=2, serve=SERVE_V2), 0.5)
+    assert apps(later) == {"app": "RUNNING"}  # fresh now: the redeploy finished meanwhile
+    assert d.sim.active is not None
+    assert d.sim.active.serve_config == SERVE_V2
