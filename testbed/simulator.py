@@ -167,6 +167,7 @@ class SimulatedRayService:
     pending: SimCluster | None = None
     initializing_since: float | None = None
     timed_out: bool = False
+    submitted_to: list[str] = field(default_factory=list)  # cluster of every Serve PUT
 
     # -- the reconcile ---------------------------------------------------------------------
 
@@ -268,6 +269,7 @@ class SimulatedRayService:
         """Ray Serve's PUT /api/serve/applications/: changed or new apps redeploy, missing
         apps are deleted, unchanged apps keep running."""
         cluster.serve_config = serve_config
+        self.submitted_to.append(cluster.name)
         cluster.frozen = {name: copy.copy(app) for name, app in cluster.apps.items()}
         cluster.frozen_until = now + self.delays.requeue
         try:
@@ -576,6 +578,12 @@ class Simulator:
     ) -> None:
         with self._lock:
             self._states[key].break_app(app, status, message)
+
+    def submissions(self, key: ServiceKey) -> list[str]:
+        """The cluster each Serve config PUT for ``key`` went to, in order."""
+        with self._lock:
+            state = self._states.get(key)
+            return list(state.submitted_to) if state else []
 
     def start(self) -> Simulator:
         self._stop.clear()

@@ -3,6 +3,7 @@ the test bed's stand-ins for kubelet, Endpoints and the Ray dashboard (testbed.o
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,6 +129,16 @@ def test_image_change_swaps_and_is_healthy_only_after_promotion(
     lines: list[str] = []
     assert sync(api, repo, tmp_path, lines).ok
     old = get(api, repo.namespace, "embedder")["status"]["activeServiceStatus"]["rayClusterName"]
+    # A short deletion delay (default 60 s) so the old cluster's removal can be seen.
+    repo.commit(
+        lambda root: repo.edit(
+            "embedder.yaml",
+            "spec:\n  upgradeStrategy:",
+            "spec:\n  rayClusterDeletionDelaySeconds: 2\n  upgradeStrategy:",
+        ),
+        "short delay",
+    )
+    assert sync(api, repo, tmp_path, lines).ok
     repo.commit(
         lambda root: repo.edit(
             "embedder.yaml",
@@ -146,6 +157,13 @@ def test_image_change_swaps_and_is_healthy_only_after_promotion(
     healthy = next(i for i, line in enumerate(mine) if " Healthy:" in line)
     assert all(" Healthy:" not in line for line in mine[:healthy])
     assert new in mine[healthy]
+    deadline = time.monotonic() + 30  # removed once rayClusterDeletionDelaySeconds passed
+    while old in rayclusters(api, repo.namespace) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert rayclusters(api, repo.namespace) == {
+        c for c in rayclusters(api, repo.namespace) if c != old
+    }
+    assert old not in rayclusters(api, repo.namespace)
 
 
 def test_deploy_failed_halts_before_the_next_wave(
