@@ -49,6 +49,21 @@ def _die_with_parent(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "SIGKILL", "--", *argv] if setpriv else argv
 
 
+def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> _Process:
+    """Starts one test-bed process in its own session, dying with its parent, its output in
+    ``log``; stopped by pid with :meth:`_Process.stop`."""
+    log_file = log.open("wb")
+    popen = subprocess.Popen(
+        _die_with_parent(argv),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    return _Process(name, popen, log, log_file)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -178,18 +193,9 @@ class ControlPlane:
 
     def _spawn(self, name: str, argv: list[str]) -> _Process:
         assert self.workdir is not None
-        log = self.workdir / f"{name}.log"
-        log_file = log.open("wb")
-        popen = subprocess.Popen(
-            _die_with_parent(argv),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        process = _Process(name, popen, log, log_file)
+        process = spawn(name, argv, self.workdir / f"{name}.log")
         self._processes.append(process)
-        (self.workdir / f"{name}.pid").write_text(str(popen.pid))
+        (self.workdir / f"{name}.pid").write_text(str(process.popen.pid))
         return process
 
     def _wait(self, process: _Process, probe: Any, what: str, timeout: float = 60.0) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
-from testbed.controlplane import _die_with_parent, _Process, _tail, free_port
+from testbed.controlplane import _Process, _tail, free_port, spawn
 
 
 class GitServerError(RuntimeError):
@@ -51,22 +51,10 @@ class _Server:
         self.port = free_port()
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / f"{self.name}-{self.port}.log"
-        log_file = log.open("wb")
-        popen = subprocess.Popen(
-            _die_with_parent(self.argv()),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            # The developer's git config must not change what the servers do.
-            env={
-                **os.environ,
-                "HOME": str(self.root),
-                "GIT_CONFIG_NOSYSTEM": "1",
-                **self.extra_env(),
-            },
-        )
-        self._process = _Process(self.name, popen, log, log_file)
+        # The developer's git config must not change what the servers do.
+        env = {**os.environ, "HOME": str(self.root), "GIT_CONFIG_NOSYSTEM": "1", **self.extra_env()}
+        self._process = spawn(self.name, self.argv(), log, env)
+        popen = self._process.popen
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if popen.poll() is not None:

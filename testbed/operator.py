@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 from kubernetes import client
 
 from gitsync.model import ServiceKey
-from testbed.controlplane import _die_with_parent, _Process, _tail, free_port
+from testbed.controlplane import _Process, _tail, free_port, spawn
 from testbed.simulator import FailureRule
 
 
@@ -323,7 +322,6 @@ class Operator:
     def start(self) -> Operator:
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / "kuberay-operator.log"
-        log_file = log.open("wb")
         argv = [
             str(self.binary),
             "-kubeconfig",
@@ -341,17 +339,9 @@ class Operator:
             "no_proxy": "",
             **self.env,
         }
-        popen = subprocess.Popen(
-            _die_with_parent(argv),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=environment,
-        )
-        self._process = _Process("kuberay-operator", popen, log, log_file)
+        self._process = spawn("kuberay-operator", argv, log, environment)
         time.sleep(0.5)
-        if popen.poll() is not None:
+        if self._process.popen.poll() is not None:
             raise RuntimeError(f"the KubeRay operator exited at once:\n{_tail(log)}")
         return self
 
