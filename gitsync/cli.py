@@ -6,6 +6,7 @@ Exit codes follow ``kubectl diff``: 0 clean / no changes, 1 problems / changes, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -25,12 +26,17 @@ from gitsync.kube.client import api_client
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.metrics import Metrics
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
 from gitsync.planning import live_plans, offline_plans
+from gitsync.report.factory import build_provider, build_reporter
+from gitsync.report.gitnotes import GitNotesProvider
 from gitsync.source import GitSource, RepoSource
+from gitsync.source.notes import GitNotes
 from gitsync.sync import environment_status, sync_once
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+STATUS_FLUSH_SECONDS = 60.0  # at exit, how long `sync --once` waits for queued statuses
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
 
@@ -114,6 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="per environment: the rollout recorded in the cluster and each service's health",
     )
+    sync.add_argument(
+        "--no-status", action="store_true", help="post no commit statuses (and read none)"
+    )
+    notes = commands.add_parser(
+        "notes",
+        help="the commit statuses recorded as git notes (refs/notes/gitsync) on a commit",
+        description="Reads refs/notes/gitsync from the repository in the agent config (or "
+        "--repo) and prints the status history of one commit, oldest first. Exit 0 when the "
+        "commit has statuses, 1 when it has none, 2 on errors.",
+    )
+    notes.add_argument("rev", nargs="?", help="a full commit SHA (default: the branch head)")
+    where = notes.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the agent config file")
+    where.add_argument("--repo", help="a repository URL (no auth)")
+    notes.add_argument("--branch", default="main", help="with --repo: the branch (main)")
+    notes.add_argument("-o", "--output", choices=("text", "json"), default="text")
     for command in (sync, status):
         command.add_argument("--config", type=Path, required=True, help="the agent config file")
         command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
@@ -140,8 +162,11 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"[{time.monotonic() - began:6.1f}s] {line}\n")
         err.flush()
 
+    reporter = None
     try:
         config = _agent_config(args.config)
+        if not (args.no_status or args.dry_run):
+            reporter = build_reporter(config)
         with api_client(args.kubeconfig, args.context) as api:
             store = StateStore(api, config.rollout.state_namespace)
             ensure_namespace(api, config.rollout.state_namespace)
@@ -152,10 +177,14 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 environments=args.env,
                 dry_run=args.dry_run,
                 progress=progress,
+                reporter=reporter,
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")
         return EXIT_ERROR
+    finally:
+        if reporter is not None:
+            reporter.close(timeout=STATUS_FLUSH_SECONDS)
     for r in result.results:
         out.write(f"{r.environment}: {r.outcome} at {r.revision[:12]}: {r.message}\n")
     if args.dry_run:
@@ -176,6 +205,15 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"gitsync status: {exc}\n")
         return EXIT_ERROR
     out.write(f"branch {config.repository.branch} is at {revision[:12]}\n")
+    try:
+        shown = build_provider(config, Metrics()).statuses(revision)
+    except GitsyncError as exc:
+        out.write(f"commit statuses ({config.status.provider}): cannot read: {exc}\n")
+    else:
+        if not shown:
+            out.write(f"commit statuses ({config.status.provider}): none yet\n")
+        for ctx, commit_status in sorted(shown.items()):
+            out.write(f"  {ctx:<28} {commit_status.state:<8} {commit_status.description}\n")
     for name, state, services in rows:
         if state is None:
             out.write(f"\n{name}: never rolled out\n")
@@ -191,6 +229,51 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for s in services:
             out.write(f"  {s.key.name:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
     return EXIT_OK
+
+
+def run_notes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        with tempfile.TemporaryDirectory(prefix="gitsync-notes-") as cache:
+            if args.config is not None:
+                repository = _agent_config(args.config).repository
+                repository = dataclasses.replace(repository, cache_dir=Path(cache))
+            else:
+                repository = RepoSource(args.repo, args.branch, Path(cache))
+            revision = args.rev or GitSource(repository).head()
+            if not _SHA.match(revision):
+                err.write(f"gitsync notes: {revision!r} is not a full 40-hex commit SHA\n")
+                return EXIT_ERROR
+            records = GitNotesProvider(GitNotes(repository), "").history(revision)
+    except (GitsyncError, ValueError) as exc:
+        err.write(f"gitsync notes: {exc}\n")
+        return EXIT_ERROR
+    if args.output == "json":
+        document = {
+            "revision": revision,
+            "statuses": [
+                {
+                    "context": r.status.context,
+                    "state": str(r.status.state),
+                    "description": r.status.description,
+                    "target_url": r.status.target_url,
+                    "at": r.at,
+                    "agent": r.agent,
+                }
+                for r in records
+            ],
+        }
+        json.dump(document, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    else:
+        out.write(f"{revision}\n")
+        for r in records:
+            out.write(
+                f"  {r.at:<20} {r.status.context:<28} {r.status.state:<8} "
+                f"{r.status.description}  [{r.agent}]\n"
+            )
+        if not records:
+            err.write(f"gitsync notes: no gitsync statuses on {revision[:12]}\n")
+    return EXIT_OK if records else EXIT_FOUND
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -365,6 +448,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return run_sync(args, sys.stdout, sys.stderr)
     if args.command == "status":
         return run_status(args, sys.stdout, sys.stderr)
+    if args.command == "notes":
+        return run_notes(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_ERROR
 

@@ -16,6 +16,7 @@ from gitsync import kuberay
 from gitsync.diff.classify import Options
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
+from gitsync.report.status import target_url_problem
 from gitsync.source.config import GitAuth, RepoSource, SshAuth, TokenAuth, VerifyConfig
 
 DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
@@ -28,10 +29,34 @@ _SECRET_KEYS = {"token", "password", "privateKey", "secret"}
 
 
 @dataclass(frozen=True)
+class GitHubApp:
+    """Authenticate to GitHub as an App installation instead of with a token."""
+
+    app_id: str
+    installation_id: str
+    private_key_file: Path
+
+
+@dataclass(frozen=True)
 class StatusConfig:
     provider: Literal["gitnotes", "gitea", "github", "gitlab"] = "gitnotes"
-    url: str | None = None  # forge API base URL (GitHub Enterprise, self-hosted Gitea/GitLab)
+    # Gitea/GitLab: the forge's root URL (default: the repository URL's scheme and host);
+    # GitHub: the API base (default https://api.github.com; Enterprise: https://HOST/api/v3).
+    url: str | None = None
+    # owner/name (GitLab: the project path or numeric ID); default: the repository URL's path.
+    repository: str | None = None
     token: TokenAuth | None = None
+    app: GitHubApp | None = None
+    target_url: str = ""  # template: {environment} {revision} {short} {context}
+
+
+@dataclass(frozen=True)
+class PromotionGate:
+    """An environment whose ``after:`` names one this agent does not manage waits until the
+    commit carries ``gitsync/<that>: success``, reading statuses this often, this long."""
+
+    timeout: float = 1800.0
+    poll_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,10 @@ class AgentConfig:
     listen: str = "0.0.0.0:8080"
     classify: Options = field(default_factory=Options)  # the operator's version and settings
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    # The environments this agent rolls out (default: every one in gitsync.yaml). The others
+    # belong to other agents; an ``after:`` on one of them is a promotion gate.
+    environments: tuple[str, ...] = ()
+    promotion: PromotionGate = field(default_factory=PromotionGate)
 
 
 def parse_duration(value: Any) -> float | None:
@@ -185,12 +214,9 @@ def _carries_credentials(url: str) -> bool:
 def _status(check: Checker, raw: Any) -> StatusConfig:
     at = ("status",)
     _refuse_secrets(check, raw, *at)
-    if not check.mapping(
-        raw,
-        {"provider", "url", "tokenFile", "tokenEnv", "scheme", "username"} | _SECRET_KEYS,
-        set(),
-        *at,
-    ):
+    allowed = {"provider", "url", "repository", "targetUrl", "app"}
+    allowed |= {"tokenFile", "tokenEnv", "scheme", "username"} | _SECRET_KEYS
+    if not check.mapping(raw, allowed, set(), *at):
         return StatusConfig()
     provider = raw.get("provider", "gitnotes")
     if provider not in PROVIDERS:
@@ -200,10 +226,74 @@ def _status(check: Checker, raw: Any) -> StatusConfig:
             "provider",
         )
         return StatusConfig()
+    url = raw.get("url")
+    if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^/\s]+", url)):
+        check.add(f"status.url must be an http(s) URL, not {url!r}", *at, "url")
+    repository = raw.get("repository")
+    if repository is not None and not (isinstance(repository, str | int) and str(repository)):
+        check.add("status.repository must be owner/name (GitLab: a path or ID)", *at, "repository")
+    target_url = raw.get("targetUrl", "")
+    if not isinstance(target_url, str):
+        check.add("status.targetUrl must be a string", *at, "targetUrl")
+        target_url = ""
+    elif problem := target_url_problem(target_url):
+        check.add(problem, *at, "targetUrl")
     token = _token(check, raw, *at)
-    if provider != "gitnotes" and token is None:
-        check.add(f"status provider {provider!r} needs tokenFile or tokenEnv", *at)
-    return StatusConfig(provider, raw.get("url"), token)
+    app = _github_app(check, raw["app"], provider) if "app" in raw else None
+    if provider != "gitnotes" and token is None and app is None:
+        check.add(
+            f"status provider {provider!r} needs tokenFile or tokenEnv"
+            + (" (or app)" if provider == "github" else ""),
+            *at,
+        )
+    if token is not None and app is not None:
+        check.add("give a token or a GitHub App, not both", *at, "app")
+    return StatusConfig(
+        provider,
+        url.rstrip("/") if isinstance(url, str) else None,
+        str(repository) if repository is not None else None,
+        token,
+        app,
+        target_url,
+    )
+
+
+def _github_app(check: Checker, raw: Any, provider: str) -> GitHubApp | None:
+    at = ("status", "app")
+    keys = {"appId", "installationId", "privateKeyFile"}
+    if not check.mapping(raw, keys, keys, *at):
+        return None
+    if provider != "github":
+        check.add("status.app is for the github provider only", *at)
+        return None
+    return GitHubApp(
+        str(raw["appId"]), str(raw["installationId"]), Path(str(raw["privateKeyFile"]))
+    )
+
+
+def _promotion(check: Checker, raw: Any) -> PromotionGate:
+    at = ("promotion",)
+    if not check.mapping(raw, {"timeout", "pollInterval"}, set(), *at):
+        return PromotionGate()
+    default = PromotionGate()
+    values = []
+    for key, fallback in (("timeout", default.timeout), ("pollInterval", default.poll_interval)):
+        seconds = parse_duration(raw.get(key, fallback))
+        if seconds is None:
+            check.add(
+                f"promotion.{key} must be a duration such as '30m', not {raw.get(key)!r}", *at, key
+            )
+        values.append(seconds or fallback)
+    return PromotionGate(values[0], values[1])
+
+
+def _environments(check: Checker, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
+        check.add("environments must be a list of environment names", "environments")
+        return ()
+    if len(set(raw)) != len(raw):
+        check.add("environments lists a name twice", "environments")
+    return tuple(raw)
 
 
 def load_agent_config(
@@ -225,6 +315,8 @@ def load_agent_config(
         "listen",
         "kuberay",
         "rollout",
+        "environments",
+        "promotion",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -267,9 +359,22 @@ def load_agent_config(
         check.add(f"listen must be host:port such as '0.0.0.0:8080', not {listen!r}", "listen")
     classify = _kuberay(check, data.get("kuberay", {}))
     rollout = _rollout(check, data.get("rollout", {}))
+    environments = _environments(check, data["environments"]) if "environments" in data else ()
+    promotion = _promotion(check, data.get("promotion", {}))
     if check.problems or repository is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
-    return AgentConfig(repository, poll, drift, status, election, listen, classify, rollout), []
+    return AgentConfig(
+        repository,
+        poll,
+        drift,
+        status,
+        election,
+        listen,
+        classify,
+        rollout,
+        environments,
+        promotion,
+    ), []
 
 
 def _rollout(check: Checker, raw: Any) -> RolloutSettings:

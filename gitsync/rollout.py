@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from gitsync import kuberay
 from gitsync.config import RolloutSettings
@@ -39,6 +39,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     SUPERSEDED = "superseded"
     ROLLED_BACK = "rolled-back"
+    BLOCKED = "blocked"  # a promotion gate: an earlier environment failed or never succeeded
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,17 @@ class RolloutResult:
     failed: ServiceKey | None = None
     applied: tuple[ServiceKey, ...] = ()
     pruned: tuple[ServiceKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class WaveEvent:
+    """What a rollout is doing, for commit statuses: ``applying`` a wave's changes, then
+    ``waiting`` for them to be Healthy. ``index`` counts the waves that have work (1-based)."""
+
+    kind: Literal["applying", "waiting"]
+    index: int
+    total: int
+    actions: tuple[tuple[ServiceKey, Action], ...]
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class Rollout:
     progress: Callable[[str], None] = field(default=lambda line: None)
     superseded: Callable[[], bool] = field(default=lambda: False)
     stop: threading.Event = field(default_factory=threading.Event)
+    events: Callable[[WaveEvent], None] = field(default=lambda event: None)
 
     # -- the pass --------------------------------------------------------------------------
 
@@ -116,21 +129,29 @@ class Rollout:
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
             self.progress(f"{env.name}: created namespace {env.namespace}")
         applied: list[ServiceKey] = []
+        work = []
         for wave in plan.waves:
             if wave.prune:
                 continue
             changed = [c.key for c in wave.changes if c.action is not Action.UNCHANGED]
             resuming = resume_wave is not None and wave.number >= resume_wave
             gate = sorted({*changed, *(c.key for c in wave.changes if resuming)})
-            if not gate:
-                continue
+            if gate:
+                work.append((wave, changed, gate))
+        for index, (wave, changed, gate) in enumerate(work, start=1):
             record = _replace(record, wave=wave.number)
             self.state.write(record)
             actions = {c.key: c.action for c in wave.changes}
+            listed = tuple((key, actions[key]) for key in changed)
+            if changed:
+                self.events(WaveEvent("applying", index, len(work), listed))
             failure = self._refuse_unowned(env, changed) or self._apply(
                 env, changed, desired, revision, actions
             )
             applied += changed if failure is None else []
+            if failure is None:
+                waiting = tuple((key, actions.get(key, Action.UNCHANGED)) for key in gate)
+                self.events(WaveEvent("waiting", index, len(work), waiting))
             failure = failure or self._wait(env, gate, desired, f"wave {wave.number}")
             if failure is not None:
                 return self._fail(env, record, failure, desired, previous, tuple(applied))

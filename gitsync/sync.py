@@ -13,15 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitsync.checkout import read_tree
-from gitsync.config import AgentConfig
+from gitsync.checkout import TreeReport, read_tree
+from gitsync.config import AgentConfig, PromotionGate
+from gitsync.errors import ConfigError, GitsyncError, InvalidRevision
 from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.manifests.load import EnvironmentManifests
+from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import DesiredService, RolloutState, ServiceKey
 from gitsync.plan import plan_table
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
-from gitsync.rollout import Outcome, Rollout, RolloutResult, expected_apps
+from gitsync.report.reporter import Reporter
+from gitsync.report.status import CommitStatus, Describer, State, context
+from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent, expected_apps
 from gitsync.source.git import GitSource
 
 SUPERSEDE_CHECK_SECONDS = 5.0  # at most one ls-remote this often while waiting on health
@@ -55,6 +60,55 @@ def _superseded_check(
     return check
 
 
+class _Statuses:
+    """Posts this pass's commit statuses through the reporter (nothing without one)."""
+
+    def __init__(self, reporter: Reporter | None, describe: Describer) -> None:
+        self.reporter, self.describe = reporter, describe
+
+    def post(self, status: CommitStatus) -> None:
+        if self.reporter is not None:
+            self.reporter.post(self.describe.revision, status)
+
+    def wave(self, environment: str, event: WaveEvent) -> None:
+        if event.kind == "applying":
+            self.post(self.describe.applying(environment, event.index, event.total, event.actions))
+        else:
+            keys = [key for key, _ in event.actions]
+            self.post(self.describe.waiting(environment, event.index, event.total, keys))
+
+    def result(self, result: RolloutResult, services: int) -> None:
+        if result.outcome is Outcome.SUCCEEDED:
+            self.post(self.describe.healthy(result.environment, services))
+        elif result.outcome is not Outcome.SUPERSEDED:  # posted once the newer head is known
+            self.post(self.describe.failed(result.environment, result.failed, result.message))
+
+
+def _validated(
+    report: TreeReport, names: Sequence[str], label: str, statuses: _Statuses
+) -> dict[str, EnvironmentManifests]:
+    """Every selected environment loaded, or nothing: one invalid environment makes the
+    whole revision invalid, so a bad commit applies nothing anywhere."""
+    loaded: dict[str, EnvironmentManifests] = {}
+    invalid: dict[str, InvalidRevision] = {}
+    for name in names:
+        try:
+            loaded[name] = environment_manifests(report, name, label)
+        except InvalidRevision as exc:
+            invalid[name] = exc
+    if not invalid:
+        return loaded
+    first_name, first = next(iter(invalid.items()))
+    for name in names:
+        if name in invalid:
+            statuses.post(statuses.describe.invalid(name, invalid[name].problems))
+        else:
+            problem = first.problems[0] if first.problems else "invalid"
+            statuses.post(statuses.describe.blocked(name, f"{first_name} is invalid: {problem}"))
+    problems = tuple(p for exc in invalid.values() for p in exc.problems)
+    raise InvalidRevision(f"revision {label} ({', '.join(invalid)})", problems)
+
+
 def sync_once(
     config: AgentConfig,
     services: RayServices,
@@ -64,47 +118,172 @@ def sync_once(
     dry_run: bool = False,
     progress: Callable[[str], None] = lambda line: None,
     supersede_every: float = SUPERSEDE_CHECK_SECONDS,
+    reporter: Reporter | None = None,
 ) -> PassResult:
+    """One pass. ``environments`` (else the agent config's, else all) are this agent's; an
+    ``after:`` naming any other environment is a promotion gate read from commit statuses."""
     source = GitSource(config.repository)
+    wanted = environments or config.environments or None
+    superseded: list[tuple[str, str]] = []  # (revision, environment) given way to a newer head
     while True:
         revision = source.head()
+        statuses = _Statuses(reporter, Describer(revision, config.status.target_url))
+        for old, name in superseded:
+            _Statuses(reporter, Describer(old, config.status.target_url)).post(
+                statuses.describe.superseded(name, revision)
+            )
+        superseded.clear()
         tree = source.checkout(revision)
         report = read_tree(tree)
-        names = ordered_environments(report, environments, revision[:12])
-        progress(f"revision {revision[:12]}: environments {', '.join(names)}")
+        label = revision[:12]
+        try:
+            names = ordered_environments(report, wanted, label)
+        except InvalidRevision as exc:  # gitsync.yaml itself: every environment it would name
+            for name in wanted or ("config",):
+                statuses.post(statuses.describe.invalid(name, exc.problems))
+            raise
+        progress(f"revision {label}: environments {', '.join(names)}")
+        loaded_all = _validated(report, names, label, statuses)
         results: list[RolloutResult] = []
         restart = False
         for name in names:
-            loaded = environment_manifests(report, name, revision[:12])
-            plan = live_environment_plan(loaded, services, config.classify, revision)
-            if dry_run:
-                progress(plan_table(plan).rstrip())
-                continue
-            env, desired = loaded.environment, {s.key: s for s in loaded.services}
-
-            def previous(old: str, name: str = name) -> Mapping[ServiceKey, DesiredService]:
-                return _desired_at(source.checkout(old), name, old[:12])
-
-            rollout = Rollout(
+            loaded = loaded_all[name]
+            check = _superseded_check(source, revision, supersede_every)
+            if not dry_run:
+                gate = _gate(
+                    loaded.environment, names, statuses, config.promotion, reporter, check, progress
+                )
+                if gate is not None:
+                    results.append(gate)
+                    if gate.outcome is Outcome.SUPERSEDED:
+                        superseded.append((revision, name))
+                        restart = True
+                    break
+            result = _roll_out(
+                config,
                 services,
                 state,
-                config.rollout,
+                source,
+                loaded,
+                revision,
+                statuses,
+                check,
                 progress,
-                _superseded_check(source, revision, supersede_every),
+                dry_run=dry_run,
             )
-            result = rollout.run(env, plan, desired, revision, previous)
+            if result is None:  # dry run: the plan was printed
+                continue
             results.append(result)
+            statuses.result(result, len(loaded.services))
             if result.outcome is Outcome.SUPERSEDED:
+                superseded.append((revision, name))
                 restart = True
                 break
             if result.outcome is not Outcome.SUCCEEDED:
                 remaining = names[names.index(name) + 1 :]
                 if remaining:
                     progress(f"not rolling out {', '.join(remaining)}: {name} did not succeed")
+                for later in remaining:
+                    statuses.post(
+                        statuses.describe.blocked(later, f"{name} did not succeed at {label}")
+                    )
                 break
         if not restart:
             return PassResult(revision, tuple(results))
         progress("starting over at the new head")
+
+
+def _roll_out(
+    config: AgentConfig,
+    services: RayServices,
+    state: StateStore,
+    source: GitSource,
+    loaded: EnvironmentManifests,
+    revision: str,
+    statuses: _Statuses,
+    superseded: Callable[[], bool],
+    progress: Callable[[str], None],
+    *,
+    dry_run: bool,
+) -> RolloutResult | None:
+    """Plans one environment against the cluster and runs the rollout (or prints the plan).
+    gitsync's own failures (API unreachable …) become an ``error`` status, then propagate."""
+    env, desired = loaded.environment, {s.key: s for s in loaded.services}
+    name = env.name
+
+    def previous(old: str) -> Mapping[ServiceKey, DesiredService]:
+        return _desired_at(source.checkout(old), name, old[:12])
+
+    def events(event: WaveEvent) -> None:
+        statuses.wave(name, event)
+
+    try:
+        plan = live_environment_plan(loaded, services, config.classify, revision)
+        if dry_run:
+            progress(plan_table(plan).rstrip())
+            return None
+        rollout = Rollout(services, state, config.rollout, progress, superseded, events=events)
+        return rollout.run(env, plan, desired, revision, previous)
+    except GitsyncError as exc:
+        statuses.post(statuses.describe.error(name, str(exc)))
+        raise
+
+
+def _gate(
+    env: EnvironmentConfig,
+    ours: Sequence[str],
+    statuses: _Statuses,
+    settings: PromotionGate,
+    reporter: Reporter | None,
+    superseded: Callable[[], bool],
+    progress: Callable[[str], None],
+) -> RolloutResult | None:
+    """Waits until every ``after:`` environment another agent manages shows ``success`` on
+    this commit. None when the gate is open; otherwise the result that stops the pass."""
+    remote = [name for name in env.after if name not in ours]
+    if not remote:
+        return None
+    revision, describe = statuses.describe.revision, statuses.describe
+    if reporter is None:
+        raise ConfigError(
+            f"{env.name} rolls out after {', '.join(remote)}, which this agent does not manage; "
+            "that needs commit statuses to read, and none are configured"
+        )
+    deadline = time.monotonic() + settings.timeout
+    announced: set[str] = set()
+    for name in remote:
+        while True:
+            try:
+                seen = reporter.statuses(revision).get(context(name))
+            except GitsyncError as exc:
+                progress(f"{env.name}: cannot read the statuses of {revision[:12]}: {exc}")
+                seen = None
+            if seen is not None and seen.state is State.SUCCESS:
+                progress(f"{env.name}: {context(name)} is success at {revision[:12]}")
+                break
+            if seen is not None and seen.state in (State.FAILURE, State.ERROR):
+                why = f"{context(name)} is {seen.state} at {revision[:12]}: {seen.description}"
+                progress(f"{env.name}: not rolled out: {why}")
+                statuses.post(describe.blocked(env.name, why))
+                return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
+            what = f"{name} is {seen.state}: {seen.description}" if seen else "no status yet"
+            if name not in announced:
+                progress(f"{env.name}: waiting for {context(name)}: success ({what})")
+                announced.add(name)
+            statuses.post(describe.waiting_for(env.name, name, what))
+            if superseded():
+                return RolloutResult(
+                    env.name, revision, Outcome.SUPERSEDED, "a newer revision arrived"
+                )
+            if time.monotonic() > deadline:
+                why = (
+                    f"no {context(name)}: success at {revision[:12]} within "
+                    f"{settings.timeout:.0f}s ({what})"
+                )
+                statuses.post(describe.blocked(env.name, why))
+                return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
+            time.sleep(settings.poll_interval)
+    return None
 
 
 @dataclass(frozen=True)

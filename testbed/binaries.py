@@ -26,6 +26,8 @@ class Binaries:
     sshd: Path
     kuberay_operator: Path
     sshd_library_path: Path  # libwrap, unpacked beside it
+    gitea: Path
+    gitea_root: Path  # the module copy it was built in: templates, options (STATIC_ROOT_PATH)
     kube_version: str
     etcd_version: str
     kuberay_version: str
@@ -71,6 +73,8 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         sshd=Path(values["SSHD"]),
         kuberay_operator=Path(values["KUBERAY_OPERATOR"]),
         sshd_library_path=Path(values["SSHD_LIBRARY_PATH"]),
+        gitea=Path(values["GITEA"]),
+        gitea_root=Path(values["GITEA_ROOT"]),
         kube_version=values["KUBE_VERSION"],
         etcd_version=values["ETCD_VERSION"],
         kuberay_version=values["KUBERAY_VERSION"],
@@ -82,6 +86,8 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         binaries.kuberay_crds,
         binaries.sshd,
         binaries.kuberay_operator,
+        binaries.gitea,
+        binaries.gitea_root / "templates",
     ):
         if not path.exists():
             raise TestbedBuildError(f"{path} is missing after testbed/build.sh")

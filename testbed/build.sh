@@ -14,6 +14,7 @@ set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERAY_VERSION="${KUBERAY_VERSION:-v1.5.0}"
+GITEA_VERSION="${GITEA_VERSION:-v1.25.5}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${TESTBED_DIR:-$root/.testbed}"
@@ -130,6 +131,25 @@ build_kuberay_operator() {
   log "built the KubeRay operator in $((SECONDS - start)) s"
 }
 
+# Gitea, the forge for commit statuses, pull requests and webhooks. Its go.mod carries replace
+# directives, which only apply when building inside the module itself, so the build runs in a
+# writable copy of the module. Tags: SQLite (cgo) without bindata, so templates and options are
+# read from disk: the harness points STATIC_ROOT_PATH at this copy.
+build_gitea() {
+  local gitea="$dir/bin/gitea-$GITEA_VERSION" src="$dir/src/gitea-$GITEA_VERSION"
+  [[ -x "$gitea" && -d "$src/templates" ]] && return 0
+  local start=$SECONDS moddir
+  moddir="$(go mod download -json "code.gitea.io/gitea@$GITEA_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "$src" && cp -r "$moddir" "$src" && chmod -R u+w "$src"
+  log "building Gitea $GITEA_VERSION (cold: about 8 minutes on 2 cores)"
+  (cd "$src" && CGO_ENABLED=1 GOFLAGS= go build -trimpath -tags 'sqlite sqlite_unlock_notify' \
+    -ldflags "-s -w -X main.Version=${GITEA_VERSION#v} -X main.Tags=sqlite,sqlite_unlock_notify" \
+    -o "$gitea.tmp" .)
+  mv "$gitea.tmp" "$gitea"
+  log "built Gitea in $((SECONDS - start)) s"
+}
+
 kuberay_dir() {
   go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
@@ -139,6 +159,7 @@ build_etcd
 build_kube
 fetch_sshd
 build_kuberay_operator
+build_gitea
 kuberay="$(kuberay_dir)"
 [[ -f "$kuberay/config/crd/bases/ray.io_rayservices.yaml" ]] || { log "RayService CRD missing from $kuberay"; exit 1; }
 # One line per artefact, read by the Python harness (testbed/binaries.py).
@@ -150,6 +171,9 @@ KUBERAY_CRDS=$kuberay/config/crd/bases
 KUBERAY_OPERATOR=$dir/bin/kuberay-operator-$KUBERAY_VERSION
 SSHD=$dir/openssh/usr/sbin/sshd
 SSHD_LIBRARY_PATH=$dir/openssh/usr/lib/x86_64-linux-gnu
+GITEA=$dir/bin/gitea-$GITEA_VERSION
+GITEA_ROOT=$dir/src/gitea-$GITEA_VERSION
+GITEA_VERSION=$GITEA_VERSION
 KUBE_VERSION=$KUBE_VERSION
 ETCD_VERSION=$ETCD_VERSION
 KUBERAY_VERSION=$KUBERAY_VERSION

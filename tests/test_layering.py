@@ -23,6 +23,7 @@ CORE = (
     "gitsync.health",
     "gitsync.manifests",
     "gitsync.diff",
+    "gitsync.report.status",
 )
 CORE_THIRD_PARTY = {"yaml", "deepdiff"}
 FORBIDDEN_STDLIB = {

@@ -1,0 +1,79 @@
+"""The one place the agent config becomes a status provider and a reporter."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from urllib.parse import urlsplit
+
+from gitsync.config import AgentConfig, StatusConfig
+from gitsync.errors import ConfigError
+from gitsync.metrics import Metrics
+from gitsync.report.gitea import GiteaProvider, gitea_headers
+from gitsync.report.github import AppTokens, GitHubProvider, token_headers
+from gitsync.report.gitlab import GitLabProvider, gitlab_headers
+from gitsync.report.gitnotes import GitNotesProvider
+from gitsync.report.http import JsonClient
+from gitsync.report.provider import Provider
+from gitsync.report.reporter import Reporter
+from gitsync.source.notes import GitNotes
+
+GITHUB_API = "https://api.github.com"
+_SCP = re.compile(r"^[\w.-]+@([\w.-]+):(.+)$")
+
+
+def repository_path(url: str) -> str:
+    """``owner/name`` from a Git URL (https://host/owner/name.git, git@host:owner/name)."""
+    match = _SCP.match(url)
+    path = match.group(2) if match else urlsplit(url).path
+    return path.strip("/").removesuffix(".git")
+
+
+def forge_root(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return None
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def agent_identity() -> str:
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def build_provider(config: AgentConfig, metrics: Metrics) -> Provider:
+    status: StatusConfig = config.status
+    if status.provider == "gitnotes":
+        return GitNotesProvider(GitNotes(config.repository), agent_identity())
+    repository = status.repository or repository_path(config.repository.url)
+    if status.provider == "github":
+        base = status.url or GITHUB_API
+    else:
+        root = status.url or forge_root(config.repository.url)
+        if root is None:
+            raise ConfigError(
+                f"status.url is needed: the repository URL {config.repository.display_url} "
+                f"does not say where the {status.provider} API is"
+            )
+        base = root
+
+    def retried(reason: str) -> None:
+        metrics.status_retries.labels(status.provider).inc()
+
+    if status.provider == "gitea":
+        client = JsonClient(base, lambda: gitea_headers(status.token), on_retry=retried)
+        return GiteaProvider(client, repository)
+    if status.provider == "gitlab":
+        client = JsonClient(base, lambda: gitlab_headers(status.token), on_retry=retried)
+        return GitLabProvider(client, repository)
+    client = JsonClient(base, token_headers(status.token), on_retry=retried)
+    if status.app is not None:
+        app = status.app
+        tokens = AppTokens(client, app.app_id, app.installation_id, app.private_key_file)
+        client = JsonClient(base, tokens.headers, on_retry=retried, pool=client.pool)
+    return GitHubProvider(client, repository)
+
+
+def build_reporter(config: AgentConfig, metrics: Metrics | None = None) -> Reporter:
+    metrics = metrics or Metrics()
+    return Reporter(build_provider(config, metrics), metrics)

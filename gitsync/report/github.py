@@ -1,0 +1,150 @@
+"""GitHub (and GitHub Enterprise) commit statuses: ``POST /repos/{owner}/{repo}/statuses/{sha}``.
+
+Authenticates with a token (``Authorization: Bearer``) or as a GitHub App: a JWT signed with
+the App's private key (RS256, ``iss`` = App ID) buys an installation token
+(``POST /app/installations/{id}/access_tokens``), cached until a minute before it expires.
+Reading back uses the combined status (``GET /repos/{owner}/{repo}/commits/{ref}/status``),
+which already holds the latest status per context.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from gitsync.errors import AuthError
+from gitsync.report.http import JsonClient
+from gitsync.report.provider import token_of
+from gitsync.report.status import CommitStatus, State
+from gitsync.source.config import TokenAuth
+
+API_VERSION = "2022-11-28"
+ACCEPT = "application/vnd.github+json"
+
+
+@dataclass
+class GitHubProvider:
+    client: JsonClient
+    repository: str  # owner/name
+    name: str = "github"
+
+    def _path(self, suffix: str) -> str:
+        owner, _, repo = self.repository.partition("/")
+        return f"/repos/{quote(owner, safe='')}/{quote(repo, safe='')}{suffix}"
+
+    def post(self, revision: str, status: CommitStatus) -> None:
+        body = {"state": str(status.state), "context": status.context}
+        if status.description:
+            body["description"] = status.description
+        if status.target_url:
+            body["target_url"] = status.target_url
+        self.client.request("POST", self._path(f"/statuses/{revision}"), body, ok=(201,))
+
+    def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
+        body = self.client.request("GET", self._path(f"/commits/{revision}/status")).body or {}
+        found: dict[str, CommitStatus] = {}
+        for entry in body.get("statuses") or ():
+            state = entry.get("state")
+            if state in State.__members__.values() and entry.get("context"):
+                found.setdefault(
+                    entry["context"],
+                    CommitStatus(
+                        entry["context"],
+                        State(state),
+                        str(entry.get("description") or "")[:140],
+                        str(entry.get("target_url") or ""),
+                    ),
+                )
+        return found
+
+
+def github_headers(token: str) -> dict[str, str]:
+    return {
+        "Accept": ACCEPT,
+        "Authorization": f"Bearer {token}",
+        "X-GitHub-Api-Version": API_VERSION,
+    }
+
+
+def token_headers(auth: TokenAuth | None) -> Callable[[], Mapping[str, str]]:
+    return lambda: github_headers(token_of(auth, "the GitHub status"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def app_jwt(app_id: str, private_key_pem: bytes, now: float) -> str:
+    """The App's JWT: RS256, issued a minute in the past (clock drift), valid 9 minutes."""
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise AuthError("the GitHub App private key must be an RSA key (PEM)")
+    header = _b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    claims = _b64(json.dumps({"iat": int(now) - 60, "exp": int(now) + 540, "iss": app_id}).encode())
+    signature = key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{header}.{claims}.{_b64(signature)}"
+
+
+@dataclass
+class AppTokens:
+    """Installation tokens for one GitHub App installation, refreshed before they expire."""
+
+    client: JsonClient  # the same API base, authenticated per call with the JWT
+    app_id: str
+    installation_id: str
+    private_key_file: Path
+    clock: Callable[[], float] = time.time
+    _token: str = field(default="", repr=False)
+    _expires: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def headers(self) -> Mapping[str, str]:
+        return github_headers(self.token())
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token and self.clock() < self._expires - 60:
+                return self._token
+            try:
+                pem = self.private_key_file.read_bytes()
+            except OSError as exc:
+                raise AuthError(
+                    f"cannot read the GitHub App private key from {self.private_key_file}: "
+                    f"{exc.strerror}"
+                ) from None
+            jwt = app_jwt(self.app_id, pem, self.clock())
+            client = JsonClient(
+                self.client.base_url,
+                lambda: {**github_headers(jwt)},
+                self.client.timeout,
+                self.client.policy,
+                self.client.sleep,
+                self.client.on_retry,
+                self.client.pool,
+            )
+            path = f"/app/installations/{quote(self.installation_id, safe='')}/access_tokens"
+            body = client.request("POST", path, {}, ok=(201,)).body or {}
+            token = body.get("token")
+            if not isinstance(token, str) or not token:
+                raise AuthError("GitHub returned no installation token")
+            self._token = token
+            self._expires = _expiry(body.get("expires_at"), self.clock())
+            return token
+
+
+def _expiry(value: object, now: float) -> float:
+    try:
+        text = str(value).replace("Z", "+00:00")
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return now + 3000  # installation tokens live an hour; assume less

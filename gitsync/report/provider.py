@@ -1,0 +1,37 @@
+"""The interface every commit-status provider implements, and the token reader they share.
+
+A provider turns :class:`~gitsync.report.status.CommitStatus` values into one forge's API (or
+git notes) and reads them back, latest per context, for promotion gates. Providers raise
+:class:`~gitsync.report.http.ForgeError` when a call fails for good; retrying, deduplicating
+and never blocking a rollout are the :class:`~gitsync.report.reporter.Reporter`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from gitsync.errors import AuthError
+from gitsync.report.status import CommitStatus
+from gitsync.source.auth import read_token
+from gitsync.source.config import TokenAuth
+
+
+class Provider(Protocol):
+    name: str
+
+    def post(self, revision: str, status: CommitStatus) -> None:
+        """Sets ``status`` on commit ``revision``."""
+
+    def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
+        """The latest status of each context on commit ``revision``."""
+
+
+def token_of(auth: TokenAuth | None, what: str) -> str:
+    """Reads the forge token at each call (a rotated Secret is picked up)."""
+    if auth is None:
+        raise AuthError(f"{what} needs a token: set status.tokenFile or status.tokenEnv")
+    try:
+        return read_token(auth)
+    except AuthError as exc:
+        raise AuthError(str(exc).replace("Git token", f"{what} token")) from None

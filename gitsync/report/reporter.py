@@ -1,0 +1,167 @@
+"""Posting statuses without ever blocking or failing a rollout.
+
+:class:`Reporter` queues each status and returns at once; one worker thread posts them in
+order. Per (commit, context) only the newest queued status is kept (an older one not yet
+posted is obsolete), an identical consecutive status is skipped (checked against what the
+forge already shows the first time a commit is seen, so a restarted agent does not repeat
+itself), and a failed post is retried with backoff, then logged and counted. Tokens never
+reach a log line: providers raise errors built from URLs and status codes only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from gitsync.errors import GitsyncError
+from gitsync.metrics import Metrics
+from gitsync.report.provider import Provider
+from gitsync.report.status import CommitStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    status: CommitStatus
+    queued: float  # monotonic time of the event it reports
+
+
+class Reporter:
+    def __init__(
+        self,
+        provider: Provider,
+        metrics: Metrics | None = None,
+        *,
+        attempts: int = 3,
+        backoff: float = 1.0,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.metrics = metrics or Metrics()
+        self.attempts, self.backoff = attempts, backoff
+        self._queue: OrderedDict[tuple[str, str], _Pending] = OrderedDict()
+        self._last: dict[tuple[str, str], CommitStatus] = {}
+        self._seeded: set[str] = set()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = threading.Event()
+        self._sleep = sleep or self._closed.wait
+        self._thread = threading.Thread(target=self._work, name="gitsync-reporter", daemon=True)
+        self._thread.start()
+
+    # -- the rollout's side: never blocks ----------------------------------------------------
+
+    def post(self, revision: str, status: CommitStatus) -> None:
+        with self._cond:
+            key = (revision, status.context)
+            if key in self._queue:
+                self._count(self._queue[key].status, "dropped")
+            self._queue[key] = _Pending(status, time.monotonic())
+            self._cond.notify_all()
+
+    def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
+        """What the forge shows on ``revision`` now (a read: may raise ForgeError)."""
+        return self.provider.statuses(revision)
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until everything queued is posted (or given up); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        flushed = self.flush(timeout)
+        with self._cond:
+            if not flushed:
+                log.warning("commit statuses not posted before shutdown: %d", len(self._queue))
+                for pending in self._queue.values():
+                    self._count(pending.status, "dropped")
+                self._queue.clear()
+            self._closed.set()
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    # -- the worker --------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed.is_set():
+                    self._cond.wait()
+                if self._closed.is_set() and not self._queue:
+                    return
+                (revision, _context), pending = self._queue.popitem(last=False)
+                self._busy = True
+            try:
+                self._deliver(revision, pending)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _deliver(self, revision: str, pending: _Pending) -> None:
+        status, key = pending.status, (revision, pending.status.context)
+        self._seed(revision)
+        if self._last.get(key) == status:
+            self._count(status, "skipped")
+            return
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self.provider.post(revision, status)
+            except GitsyncError as exc:
+                with self._cond:
+                    newer = key in self._queue
+                if newer or attempt == self.attempts or self._closed.is_set():
+                    result = "dropped" if newer else "failed"
+                    log.warning(
+                        "commit status %s on %s not posted (%s): %s",
+                        status.context,
+                        revision[:12],
+                        result,
+                        exc,
+                    )
+                    self._count(status, result)
+                    return
+                self.metrics.status_retries.labels(self.provider.name).inc()
+                self._sleep(self.backoff * 2 ** (attempt - 1))
+                continue
+            self._last[key] = status
+            self._count(status, "posted")
+            self.metrics.status_latency.labels(self.provider.name).observe(
+                time.monotonic() - pending.queued
+            )
+            log.info(
+                "status posted provider=%s revision=%s context=%s state=%s description=%r",
+                self.provider.name,
+                revision[:12],
+                status.context,
+                status.state,
+                status.description,
+            )
+            return
+
+    def _seed(self, revision: str) -> None:
+        """The first time a commit is seen, learn what the forge already shows on it."""
+        if revision in self._seeded:
+            return
+        self._seeded.add(revision)
+        try:
+            shown = self.provider.statuses(revision)
+        except GitsyncError as exc:
+            log.debug("cannot read statuses of %s: %s", revision[:12], exc)
+            return
+        for ctx, status in shown.items():
+            self._last.setdefault((revision, ctx), status)
+
+    def _count(self, status: CommitStatus, result: str) -> None:
+        self.metrics.status_posts.labels(self.provider.name, str(status.state), result).inc()
