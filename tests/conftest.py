@@ -16,6 +16,7 @@ from kubernetes import client
 
 from testbed.binaries import Binaries, ensure_binaries
 from testbed.controlplane import ControlPlane
+from testbed.gitea import Gitea
 from testbed.simulator import Delays, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,13 @@ def control_plane(
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def gitea(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gitea]:
+    """A real Gitea (SQLite, loopback) with an admin and a scoped token."""
+    with Gitea(binaries, tmp_path_factory.mktemp("gitea")) as forge:
+        yield forge
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,10 +48,17 @@ class GitOpsRepo:
         prune: bool = False,
         production: str | None = None,
         create_namespace: bool = False,
+        origin: str | None = None,
+        push_args: Sequence[str] = (),
     ) -> None:
+        """``origin``: push there (e.g. a Gitea repository, ``push_args`` authenticating)
+        instead of to a local bare repository."""
         self.bare, self.work, self.namespace = root / "repo.git", root / "work", namespace
+        self.push_args = tuple(push_args)
         root.mkdir(parents=True)
-        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        if origin is None:
+            git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        self.origin = origin or self.bare.as_uri()
         shutil.copytree(EXAMPLES, self.work)
         config = yaml.safe_load((self.work / "gitsync.yaml").read_text())
         staging, prod = config["environments"]
@@ -65,12 +72,12 @@ class GitOpsRepo:
         config.pop("previews", None)
         (self.work / "gitsync.yaml").write_text(yaml.safe_dump(config))
         git("init", "-q", "-b", "main", cwd=self.work)
-        git("remote", "add", "origin", self.bare.as_uri(), cwd=self.work)
+        git("remote", "add", "origin", self.origin, cwd=self.work)
         self.revisions = [self.commit(lambda root: None, "initial")]
 
     @property
     def url(self) -> str:
-        return self.bare.as_uri()
+        return self.origin
 
     def path(self, name: str) -> Path:
         return self.work / "environments" / "staging" / name
@@ -84,7 +91,7 @@ class GitOpsRepo:
         change(self.work)
         git("add", "-A", cwd=self.work)
         git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
-        git("push", "-q", "-f", "origin", "main", cwd=self.work)
+        git(*self.push_args, "push", "-q", "-f", "origin", "main", cwd=self.work)
         sha = git("rev-parse", "HEAD", cwd=self.work)
         if hasattr(self, "revisions"):
             self.revisions.append(sha)

@@ -91,6 +91,26 @@ def test_ssh_auth_and_verification() -> None:
         (MINIMAL + "  depth: 0\n", 3, "depth must be a whole number"),
         (MINIMAL + "status:\n  provider: bitbucket\n", 4, "status.provider must be one of"),
         (MINIMAL + "status:\n  provider: gitea\n", 3, "needs tokenFile or tokenEnv"),
+        (MINIMAL + "status:\n  provider: gitea\n  token: ghp_abc123\n", 5, "secrets are never"),
+        (
+            MINIMAL + "status:\n  provider: gitlab\n  tokenEnv: T\n  url: gitlab.example.com\n",
+            6,
+            "status.url must be an http(s) URL",
+        ),
+        (
+            MINIMAL + "status:\n  targetUrl: 'https://d/{env}'\n",
+            4,
+            "uses {env}; the fields are {environment}",
+        ),
+        (
+            MINIMAL
+            + "status:\n  provider: gitea\n  tokenEnv: T\n  app:\n    appId: 1\n"
+            + "    installationId: 2\n    privateKeyFile: /k\n",
+            6,
+            "status.app is for the github provider only",
+        ),
+        (MINIMAL + "environments: staging\n", 3, "environments must be a list"),
+        (MINIMAL + "promotion:\n  timeout: never\n", 4, "promotion.timeout must be a duration"),
         (MINIMAL + "  auth:\n    sshKeyFile: /k\n", 3, "needs both sshKeyFile and knownHostsFile"),
         (
             MINIMAL + "  verify:\n    method: pgp\n    keysFile: /k\n",
@@ -138,3 +158,28 @@ def test_validate_config_reports_file_and_line(
     bad.write_text(MINIMAL + "intervals:\n  poll: soon\n")
     assert main(["validate", "--config", str(bad)]) == 1
     assert capsys.readouterr().out.startswith(f"{bad}:4: intervals.poll must be a duration")
+
+
+def test_status_provider_settings() -> None:
+    text = MINIMAL + (
+        "status:\n  provider: github\n  url: https://ghe.example.com/api/v3/\n"
+        "  repository: platform/ray\n  targetUrl: 'https://d/{environment}/{short}'\n"
+        "  app:\n    appId: 12345\n    installationId: 678\n"
+        "    privateKeyFile: /var/run/secrets/gitsync/app.pem\n"
+        "environments: [production]\n"
+        "promotion:\n  timeout: 45m\n  pollInterval: 15s\n"
+    )
+    config, problems = load_agent_config(text)
+    assert problems == []
+    assert config is not None
+    status = config.status
+    assert (status.provider, status.url, status.repository) == (
+        "github",
+        "https://ghe.example.com/api/v3",
+        "platform/ray",
+    )
+    assert status.app is not None
+    assert status.app.app_id == "12345"
+    assert status.target_url == "https://d/{environment}/{short}"
+    assert config.environments == ("production",)
+    assert (config.promotion.timeout, config.promotion.poll_interval) == (2700.0, 15.0)

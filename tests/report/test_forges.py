@@ -1,0 +1,306 @@
+"""The GitHub and GitLab providers against a local server that checks their documented APIs:
+method, path, headers (auth, accept, user-agent) and JSON body; retries on 502 and on rate
+limits, waiting what the forge asks for."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from gitsync.report.github import AppTokens, GitHubProvider, github_headers, token_headers
+from gitsync.report.gitlab import GitLabProvider, gitlab_headers
+from gitsync.report.http import ForgeError, JsonClient, RetryPolicy
+from gitsync.report.status import CommitStatus, State
+from gitsync.source.config import TokenAuth
+from tests.report.forge import ForgeServer, Reply, Request
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+TOKEN = "ghp_s3cr3t-token-value"
+STATUS = CommitStatus(
+    "gitsync/staging", State.FAILURE, "ranker Degraded: app ranker is DEPLOY_FAILED", "https://d/x"
+)
+GITHUB_STATES = {"error", "failure", "pending", "success"}
+GITLAB_STATES = {"pending", "running", "success", "failed", "canceled", "skipped"}
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch) -> TokenAuth:
+    monkeypatch.setenv("FORGE_TOKEN", TOKEN)
+    return TokenAuth(token_env="FORGE_TOKEN")
+
+
+def client(base: str, headers: object, sleeps: list[float]) -> JsonClient:
+    return JsonClient(
+        base,
+        headers,  # type: ignore[arg-type]
+        timeout=5,
+        policy=RetryPolicy(attempts=4, backoff=0.01),
+        sleep=sleeps.append,
+    )
+
+
+def check_github_request(request: Request, token: str = TOKEN) -> None:
+    assert request.headers["authorization"] == f"Bearer {token}"
+    assert request.headers["accept"] == "application/vnd.github+json"
+    assert request.headers["x-github-api-version"] == "2022-11-28"
+    assert request.headers["user-agent"].startswith("gitsync/")
+    if request.method == "POST":
+        assert request.headers["content-type"] == "application/json"
+
+
+# -- GitHub -------------------------------------------------------------------------------------
+
+
+def test_github_posts_a_status(token_env: TokenAuth) -> None:
+    sleeps: list[float] = []
+    with ForgeServer() as forge:
+        provider = GitHubProvider(
+            client(forge.url, token_headers(token_env), sleeps), "platform/ray"
+        )
+        provider.post(SHA, STATUS)
+    [request] = forge.requests
+    assert (request.method, request.path) == ("POST", f"/repos/platform/ray/statuses/{SHA}")
+    check_github_request(request)
+    assert request.body == {
+        "state": "failure",
+        "context": "gitsync/staging",
+        "description": "ranker Degraded: app ranker is DEPLOY_FAILED",
+        "target_url": "https://d/x",
+    }
+    assert set(request.body) <= {"state", "target_url", "description", "context"}
+    assert request.body["state"] in GITHUB_STATES
+    assert sleeps == []
+
+
+def test_github_enterprise_base_url(token_env: TokenAuth) -> None:
+    with ForgeServer() as forge:
+        base = f"{forge.url}/api/v3"
+        GitHubProvider(client(base, token_headers(token_env), []), "o/r").post(SHA, STATUS)
+    assert forge.requests[0].path == f"/api/v3/repos/o/r/statuses/{SHA}"
+
+
+def test_github_retries_a_502(token_env: TokenAuth) -> None:
+    sleeps: list[float] = []
+    with ForgeServer() as forge:
+        forge.script = [Reply(502, {"message": "Bad Gateway"})]
+        GitHubProvider(client(forge.url, token_headers(token_env), sleeps), "o/r").post(SHA, STATUS)
+    assert [r.method for r in forge.requests] == ["POST", "POST"]
+    assert len(sleeps) == 1
+    assert 0 < sleeps[0] < 1
+
+
+def test_github_primary_rate_limit_waits_until_the_reset(token_env: TokenAuth) -> None:
+    sleeps: list[float] = []
+    reset = int(time.time()) + 7
+    limited = Reply(
+        403,
+        {"message": "API rate limit exceeded"},
+        {
+            "x-ratelimit-remaining": "0",
+            "x-ratelimit-reset": str(reset),
+            "x-ratelimit-limit": "5000",
+        },
+    )
+    with ForgeServer() as forge:
+        forge.script = [limited]
+        GitHubProvider(client(forge.url, token_headers(token_env), sleeps), "o/r").post(SHA, STATUS)
+    assert len(forge.posts()) == 2
+    assert 5 <= sleeps[0] <= 7
+
+
+def test_github_secondary_rate_limit_honours_retry_after(token_env: TokenAuth) -> None:
+    sleeps: list[float] = []
+    with ForgeServer() as forge:
+        forge.script = [
+            Reply(
+                403, {"message": "You have exceeded a secondary rate limit"}, {"retry-after": "3"}
+            ),
+            Reply(429, {"message": "slow down"}, {"Retry-After": "2"}),
+        ]
+        GitHubProvider(client(forge.url, token_headers(token_env), sleeps), "o/r").post(SHA, STATUS)
+    assert sleeps == [3.0, 2.0]
+    assert len(forge.posts()) == 3
+
+
+def test_github_permanent_errors_are_not_retried_and_never_echo_the_token(
+    token_env: TokenAuth,
+) -> None:
+    sleeps: list[float] = []
+    with ForgeServer() as forge:
+        forge.script = [Reply(422, {"message": "Validation Failed"})]
+        provider = GitHubProvider(client(forge.url, token_headers(token_env), sleeps), "o/r")
+        with pytest.raises(ForgeError, match=r"HTTP 422: .*Validation Failed") as caught:
+            provider.post(SHA, STATUS)
+    assert len(forge.requests) == 1
+    assert sleeps == []
+    assert TOKEN not in str(caught.value)
+
+
+def test_github_gives_up_after_the_last_attempt(token_env: TokenAuth) -> None:
+    sleeps: list[float] = []
+    with ForgeServer(lambda request: Reply(503, {"message": "unavailable"})) as forge:
+        provider = GitHubProvider(client(forge.url, token_headers(token_env), sleeps), "o/r")
+        with pytest.raises(ForgeError, match="gave up after 4 attempts"):
+            provider.post(SHA, STATUS)
+    assert len(forge.requests) == 4
+    assert len(sleeps) == 3
+    assert sleeps == sorted(sleeps)  # exponential backoff
+
+
+def test_github_reads_the_combined_status(token_env: TokenAuth) -> None:
+    combined = {
+        "state": "failure",
+        "statuses": [
+            {
+                "context": "gitsync/staging",
+                "state": "success",
+                "description": "ok",
+                "target_url": None,
+            },
+            {"context": "ci/test", "state": "failure", "description": "red", "target_url": "u"},
+        ],
+    }
+    with ForgeServer(lambda request: Reply(200, combined)) as forge:
+        shown = GitHubProvider(client(forge.url, token_headers(token_env), []), "o/r").statuses(SHA)
+    [request] = forge.requests
+    assert (request.method, request.path) == ("GET", f"/repos/o/r/commits/{SHA}/status")
+    check_github_request(request)
+    assert shown["gitsync/staging"] == CommitStatus("gitsync/staging", State.SUCCESS, "ok")
+    assert shown["ci/test"].state is State.FAILURE
+
+
+def test_github_app_installation_token(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    (tmp_path / "app.pem").write_bytes(pem)
+    issued: list[str] = []
+
+    def respond(request: Request) -> Reply:
+        if request.path.startswith("/app/installations/"):
+            jwt = request.headers["authorization"].removeprefix("Bearer ")
+            header, claims, signature = jwt.split(".")
+            pad = lambda part: base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))  # noqa: E731
+            key.public_key().verify(
+                pad(signature), f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+            assert json.loads(pad(header)) == {"alg": "RS256", "typ": "JWT"}
+            body = json.loads(pad(claims))
+            assert body["iss"] == "4242"
+            assert body["exp"] - body["iat"] <= 600
+            issued.append(f"ghs_installation{len(issued)}")
+            return Reply(201, {"token": issued[-1], "expires_at": "2099-01-01T00:00:00Z"})
+        check_github_request(request, issued[-1])
+        return Reply(201, {})
+
+    with ForgeServer(respond) as forge:
+        base = client(forge.url, lambda: {}, [])
+        tokens = AppTokens(base, "4242", "99", tmp_path / "app.pem")
+        provider = GitHubProvider(client(forge.url, tokens.headers, []), "o/r")
+        provider.post(SHA, STATUS)
+        provider.post(SHA, STATUS)
+    paths = [r.path for r in forge.requests]
+    assert paths == [
+        "/app/installations/99/access_tokens",
+        f"/repos/o/r/statuses/{SHA}",
+        f"/repos/o/r/statuses/{SHA}",
+    ]  # the installation token is cached until it nears expiry
+    assert forge.requests[0].method == "POST"
+
+
+def test_github_headers_shape() -> None:
+    assert github_headers("t") == {
+        "Accept": "application/vnd.github+json",
+        "Authorization": "Bearer t",
+        "X-GitHub-Api-Version": "2022-11-28",
+    }
+
+
+# -- GitLab -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "gitlab"),
+    [
+        (State.PENDING, "running"),
+        (State.SUCCESS, "success"),
+        (State.FAILURE, "failed"),
+        (State.ERROR, "failed"),
+    ],
+)
+def test_gitlab_posts_with_gitlab_state_names(
+    token_env: TokenAuth, state: State, gitlab: str
+) -> None:
+    with ForgeServer() as forge:
+        provider = GitLabProvider(
+            client(forge.url, lambda: gitlab_headers(token_env), []), "platform/ray-services"
+        )
+        provider.post(SHA, CommitStatus("gitsync/production", state, "d", ""))
+    [request] = forge.requests
+    assert request.method == "POST"
+    assert request.path == f"/api/v4/projects/platform%2Fray-services/statuses/{SHA}"
+    assert request.headers["private-token"] == TOKEN
+    assert "authorization" not in request.headers
+    assert request.headers["user-agent"].startswith("gitsync/")
+    assert request.headers["content-type"] == "application/json"
+    assert request.body == {"state": gitlab, "name": "gitsync/production", "description": "d"}
+    assert request.body["state"] in GITLAB_STATES
+
+
+def test_gitlab_numeric_project_and_retries(token_env: TokenAuth) -> None:
+    sleeps: list[float] = []
+    reset = int(time.time()) + 4
+    with ForgeServer() as forge:
+        forge.script = [
+            Reply(502, {"message": "502 Bad Gateway"}),
+            Reply(
+                429,
+                {"message": "Retry later"},
+                {"RateLimit-Remaining": "0", "RateLimit-Reset": str(reset)},
+            ),
+            Reply(429, {"message": "Retry later"}, {"Retry-After": "1"}),
+        ]
+        GitLabProvider(client(forge.url, lambda: gitlab_headers(token_env), sleeps), "1234").post(
+            SHA, STATUS
+        )
+    assert [r.path for r in forge.requests] == [f"/api/v4/projects/1234/statuses/{SHA}"] * 4
+    assert 0 < sleeps[0] < 1
+    assert 2 <= sleeps[1] <= 4
+    assert sleeps[2] == 1.0
+
+
+def test_gitlab_reads_back_the_newest_status_per_name(token_env: TokenAuth) -> None:
+    listing = [
+        {"id": 7, "name": "gitsync/staging", "status": "running", "description": "applying"},
+        {"id": 9, "name": "gitsync/staging", "status": "success", "description": "Healthy"},
+        {"id": 8, "name": "gitsync/production", "status": "canceled", "description": "x"},
+    ]
+    with ForgeServer(lambda request: Reply(200, listing)) as forge:
+        shown = GitLabProvider(
+            client(forge.url, lambda: gitlab_headers(token_env), []), "g/p"
+        ).statuses(SHA)
+    [request] = forge.requests
+    assert request.method == "GET"
+    assert request.path.startswith(f"/api/v4/projects/g%2Fp/repository/commits/{SHA}/statuses?")
+    assert shown["gitsync/staging"].state is State.SUCCESS
+    assert shown["gitsync/production"].state is State.ERROR
+
+
+def test_a_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE", raising=False)
+    with ForgeServer() as forge:
+        provider = GitLabProvider(
+            client(forge.url, lambda: gitlab_headers(TokenAuth(token_env="NOPE")), []), "g/p"
+        )
+        with pytest.raises(Exception, match=r"GitLab status token from env \$NOPE is empty"):
+            provider.post(SHA, STATUS)
+    assert forge.requests == []

@@ -1,0 +1,179 @@
+"""The reporter never blocks a rollout: posts are queued, identical consecutive statuses are
+skipped (also against what the forge already shows), an obsolete queued status gives way to
+a newer one, failures are retried then counted, and no token reaches a log line."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from gitsync.metrics import Metrics
+from gitsync.report.github import GitHubProvider, token_headers
+from gitsync.report.http import JsonClient, RetryPolicy
+from gitsync.report.reporter import Reporter
+from gitsync.report.status import CommitStatus, State
+from gitsync.source.config import TokenAuth
+from tests.report.forge import ForgeServer, Reply, Request
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+TOKEN = "ghp_never-log-me-0123456789"
+
+
+def status(state: State, text: str, context: str = "gitsync/staging") -> CommitStatus:
+    return CommitStatus(context, state, text)
+
+
+def combined(statuses: list[dict[str, str]]) -> Reply:
+    return Reply(200, {"state": "pending", "statuses": statuses})
+
+
+def on_get(post: Reply, get: Reply | None = None) -> object:
+    return lambda request: (get or combined([])) if request.method == "GET" else post
+
+
+@pytest.fixture
+def reporter_for(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("GH_TOKEN", TOKEN)
+    made: list[Reporter] = []
+
+    def make(forge: ForgeServer, metrics: Metrics, attempts: int = 2) -> Reporter:
+        client = JsonClient(
+            forge.url,
+            token_headers(TokenAuth(token_env="GH_TOKEN")),
+            timeout=5,
+            policy=RetryPolicy(attempts=attempts, backoff=0.01),
+            sleep=lambda seconds: None,
+        )
+        reporter = Reporter(GitHubProvider(client, "o/r"), metrics, attempts=2, backoff=0.01)
+        made.append(reporter)
+        return reporter
+
+    yield make
+    for reporter in made:
+        reporter.close(timeout=5)
+
+
+def count(metrics: Metrics, state: str, result: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "gitsync_status_posts_total", {"provider": "github", "state": state, "result": result}
+    )
+    return value or 0.0
+
+
+def test_posting_returns_at_once_while_the_forge_hangs(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    with ForgeServer(on_get(Reply(201, {}))) as forge:
+        forge.gate = threading.Event()
+        reporter = reporter_for(forge, metrics)
+        reporter.post(SHA, status(State.PENDING, "applying wave 1/1: ranker serve-update"))
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        # Both calls returned although the forge has not answered anything yet.
+        assert forge.requests == []
+        assert not reporter.flush(0.2)
+        forge.gate.set()
+        assert reporter.flush(10)
+    assert [r.body["state"] for r in forge.posts()] == ["success"]  # the pending one was obsolete
+    assert count(metrics, "pending", "dropped") == 1
+    assert count(metrics, "success", "posted") == 1
+
+
+def test_identical_consecutive_statuses_are_posted_once(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    with ForgeServer(on_get(Reply(201, {}))) as forge:
+        reporter = reporter_for(forge, metrics)
+        for text in ("waiting", "waiting", "waiting", "Healthy", "Healthy"):
+            reporter.post(SHA, status(State.SUCCESS if text == "Healthy" else State.PENDING, text))
+            assert reporter.flush(10)
+    assert [r.body["description"] for r in forge.posts()] == ["waiting", "Healthy"]
+    assert count(metrics, "pending", "skipped") == 2
+    assert count(metrics, "success", "skipped") == 1
+    # Seeding read the commit's statuses once.
+    assert [r.method for r in forge.requests].count("GET") == 1
+
+
+def test_what_the_forge_already_shows_is_not_posted_again(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    shown = combined(
+        [
+            {
+                "context": "gitsync/staging",
+                "state": "success",
+                "description": "Healthy",
+                "target_url": "",
+            }
+        ]
+    )
+    with ForgeServer(on_get(Reply(201, {}), shown)) as forge:
+        reporter = reporter_for(forge, metrics)
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        reporter.post(SHA, status(State.SUCCESS, "Healthy", "gitsync/production"))
+        assert reporter.flush(10)
+    assert [r.body["context"] for r in forge.posts()] == ["gitsync/production"]
+
+
+def test_failures_are_retried_then_counted_and_logged_without_the_token(
+    reporter_for,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    metrics = Metrics()
+    caplog.set_level(logging.DEBUG)
+    with ForgeServer(on_get(Reply(502, {"message": "bad gateway"}))) as forge:
+        reporter = reporter_for(forge, metrics)
+        reporter.post(SHA, status(State.FAILURE, "ranker Degraded"))
+        assert reporter.flush(10)
+    # 2 reporter attempts, 2 HTTP attempts each.
+    assert len(forge.posts()) == 4
+    assert count(metrics, "failure", "failed") == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "gitsync_status_post_retries_total", {"provider": "github"}
+        )
+        or 0
+    ) >= 1
+    assert "not posted (failed)" in caplog.text
+    assert TOKEN not in caplog.text
+    assert all(TOKEN in r.headers["authorization"] for r in forge.requests)
+
+
+def test_a_newer_status_replaces_one_being_retried(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    replies = iter([Reply(502, {}), Reply(502, {})])
+    posted: list[str] = []
+    go = threading.Event()
+
+    def respond(request: Request) -> Reply:
+        if request.method == "GET":
+            return combined([])
+        posted.append(request.body["state"])
+        if request.body["state"] == "pending":
+            go.wait(10)
+            return next(replies, Reply(201, {}))
+        return Reply(201, {})
+
+    with ForgeServer(respond) as forge:
+        reporter = reporter_for(forge, metrics, attempts=1)
+        reporter.post(SHA, status(State.PENDING, "applying"))
+        while not posted:
+            threading.Event().wait(0.01)
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))  # arrives while pending fails
+        go.set()
+        assert reporter.flush(10)
+    assert posted == ["pending", "success"]
+    assert count(metrics, "pending", "dropped") == 1
+    assert count(metrics, "success", "posted") == 1
+
+
+def test_latency_is_measured(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    with ForgeServer(on_get(Reply(201, {}))) as forge:
+        reporter = reporter_for(forge, metrics)
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        assert reporter.flush(10)
+    assert (
+        metrics.registry.get_sample_value(
+            "gitsync_status_post_latency_seconds_count", {"provider": "github"}
+        )
+        == 1
+    )
