@@ -23,7 +23,6 @@ from gitsync.config import AgentConfig, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.kube.client import api_client
-from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
@@ -168,8 +167,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not (args.no_status or args.dry_run):
             reporter = build_reporter(config)
         with api_client(args.kubeconfig, args.context) as api:
-            store = StateStore(api, config.rollout.state_namespace)
-            ensure_namespace(api, config.rollout.state_namespace)
+            store = StateStore(api, config.rollout.state_namespace)  # created at first write
             result = sync_once(
                 config,
                 RayServices(api),

@@ -46,6 +46,10 @@ class ConflictError(ApplyError):
     """Server-side apply found a field another manager owns; forced only when configured."""
 
 
+class ClusterUnreachable(GitsyncError):
+    """The Kubernetes API server could not be reached (connection refused, TLS, timeout)."""
+
+
 class HealthTimeout(GitsyncError):
     """A service did not become Healthy within its deadline."""
 

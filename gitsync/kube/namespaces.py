@@ -5,9 +5,11 @@ from __future__ import annotations
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
+from gitsync.kube.client import reaching_the_api
 from gitsync.stamp import MANAGED_BY
 
 
+@reaching_the_api
 def ensure_namespace(api: client.ApiClient, name: str) -> bool:
     """Creates ``name`` if it is missing; True when it was created."""
     core = client.CoreV1Api(api)

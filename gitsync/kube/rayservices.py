@@ -16,6 +16,7 @@ import urllib3
 from kubernetes import client, watch
 
 from gitsync.errors import ApplyError, ConflictError, NamespaceMissing
+from gitsync.kube.client import reaching_the_api
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, managed_selector
 
@@ -35,6 +36,7 @@ class RayServices:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
 
+    @reaching_the_api
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
         """Every RayService gitsync applied for ``environment`` in ``namespace``: one request."""
         listing = self.custom.list_namespaced_custom_object(
@@ -42,6 +44,7 @@ class RayServices:
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])}
 
+    @reaching_the_api
     def list_managed_versioned(
         self, namespace: str, environment: str
     ) -> tuple[dict[ServiceKey, dict[str, Any]], str]:
@@ -79,6 +82,7 @@ class RayServices:
         except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             log.debug("watch ended namespace=%s error=%s", namespace, exc)
 
+    @reaching_the_api
     def get(self, key: ServiceKey) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
@@ -90,6 +94,7 @@ class RayServices:
             raise ApplyError(key, f"cannot read it: {_message(exc)}") from None
         return obj
 
+    @reaching_the_api
     def delete(self, key: ServiceKey) -> bool:
         """Deletes one RayService (background propagation); False if it was already gone."""
         try:
@@ -102,6 +107,7 @@ class RayServices:
             raise ApplyError(key, f"delete refused ({exc.status}): {_message(exc)}") from None
         return True
 
+    @reaching_the_api
     def apply(
         self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
+from gitsync.kube.client import reaching_the_api
+from gitsync.kube.namespaces import ensure_namespace
 from gitsync.model import Phase, RolloutState
 from gitsync.stamp import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
 
@@ -25,9 +27,11 @@ def configmap_name(environment: str) -> str:
 
 class StateStore:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
 
+    @reaching_the_api
     def read(self, environment: str) -> RolloutState | None:
         try:
             configmap = self.core.read_namespaced_config_map(
@@ -52,6 +56,7 @@ class StateStore:
             last_healthy_revision=data.get("last_healthy_revision", ""),
         )
 
+    @reaching_the_api
     def write(self, state: RolloutState) -> None:
         values: dict[str, Any] = asdict(state)
         data = {k: "" if values[k] is None else str(values[k]) for k in _KEYS}
@@ -65,18 +70,23 @@ class StateStore:
             },
             "data": data,
         }
-        try:
-            self.core.patch_namespaced_config_map(
-                configmap_name(state.environment),
-                self.namespace,
-                json.loads(json.dumps(body)),
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type="application/apply-patch+yaml",
-                _preload_content=False,
-            )
-        except client.ApiException as exc:
-            raise GitsyncError(
-                f"cannot record rollout state of {state.environment} in {self.namespace}: "
-                f"{exc.status} {exc.reason}"
-            ) from None
+        for attempt in (1, 2):
+            try:
+                self.core.patch_namespaced_config_map(
+                    configmap_name(state.environment),
+                    self.namespace,
+                    json.loads(json.dumps(body)),
+                    field_manager=FIELD_MANAGER,
+                    force=True,
+                    _content_type="application/apply-patch+yaml",
+                    _preload_content=False,
+                )
+                return
+            except client.ApiException as exc:
+                missing = exc.status == 404 and attempt == 1
+                if missing and ensure_namespace(self.api, self.namespace):
+                    continue  # the state namespace did not exist: created, try again
+                raise GitsyncError(
+                    f"cannot record rollout state of {state.environment} in {self.namespace}: "
+                    f"{exc.status} {exc.reason}"
+                ) from None

@@ -13,7 +13,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.cli import main
-from testbed.controlplane import ControlPlane
+from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 from testbed.simulator import FailureRule, Simulator
 
@@ -152,3 +152,36 @@ def test_an_invalid_manifest_shows_failure_with_file_and_line(
         for o in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
     }
     assert after == before  # nothing was applied
+
+
+def test_an_unreachable_api_server_is_an_error_status(
+    tmp_path: Path, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gitsync itself failing (no API server at the kubeconfig's address) is `error`, told
+    apart from a failed rollout; the default provider (git notes) needs no forge."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    code = main(["sync", "--once", "--config", str(config), "--kubeconfig", str(kubeconfig)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the Kubernetes API server is unreachable" in err
+    assert "Traceback" not in err
+    assert main(["notes", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "gitsync/staging" in out
+    assert "error    gitsync error: the Kubernetes API server is unreachable" in out
