@@ -8,16 +8,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from gitsync import __version__, kuberay
+from gitsync.agent import Agent
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import AgentConfig, load_agent_config
 from gitsync.diff.classify import Options
@@ -25,12 +29,15 @@ from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.kube.client import api_client
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.logs import configure as configure_logging
 from gitsync.metrics import Metrics
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
 from gitsync.planning import live_plans, offline_plans
-from gitsync.report.factory import build_provider, build_reporter
+from gitsync.report.factory import agent_identity, build_provider, build_reporter
 from gitsync.report.gitnotes import GitNotesProvider
+from gitsync.server import AgentServer, Hooks
 from gitsync.source import GitSource, RepoSource
+from gitsync.source.auth import read_token
 from gitsync.source.notes import GitNotes
 from gitsync.sync import environment_status, sync_once
 
@@ -121,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument(
         "--no-status", action="store_true", help="post no commit statuses (and read none)"
+    )
+    run = commands.add_parser(
+        "run",
+        help="the agent: poll, webhooks, roll out, report; /metrics, /healthz, /readyz",
+        description="Runs until SIGTERM or Ctrl-C: polls the branch every intervals.poll (a "
+        "push webhook polls at once), rolls out like `sync --once` when the leader, serves "
+        "webhooks and metrics on the listen address. Exit 0 after a clean shutdown.",
+    )
+    run.add_argument("--config", type=Path, required=True, help="the agent config file")
+    run.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, in-cluster, ~/.kube")
+    run.add_argument("--context", help="the kubeconfig context to use")
+    run.add_argument("--listen", help="host:port, overrides the config's listen address")
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
+    run.add_argument(
+        "--shutdown-timeout", type=float, default=25.0, help="seconds to stop in (SIGTERM)"
     )
     notes = commands.add_parser(
         "notes",
@@ -226,6 +249,69 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 out.write(f"  {state.message}\n")
         for s in services:
             out.write(f"  {s.key.name:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
+    return EXIT_OK
+
+
+def run_agent(args: argparse.Namespace, err: TextIO) -> int:
+    configure_logging(args.log_format, args.log_level)
+    try:
+        config = _agent_config(args.config)
+        listen = args.listen or config.listen
+        host, _, port = listen.rpartition(":")
+        api = api_client(args.kubeconfig, args.context)
+        metrics = Metrics()
+        reporter = build_reporter(config, metrics)
+    except GitsyncError as exc:
+        err.write(f"gitsync run: {exc}\n")
+        return EXIT_ERROR
+    election = config.leader_election
+    agent = Agent(
+        config,
+        api,
+        agent_identity(),
+        metrics,
+        reporter,
+        election.lease_duration,
+        election.renew_deadline,
+        election.retry_period,
+    )
+    secret = config.webhooks.secret
+
+    def webhook_secret() -> bytes | None:
+        if secret is None:
+            return None
+        try:
+            return read_token(secret).encode()
+        except GitsyncError as exc:
+            logging.getLogger("gitsync.server").error("webhook secret: %s", exc)
+            return None
+
+    hooks = Hooks(
+        webhook_secret,
+        config.repository.url,
+        config.repository.branch,
+        agent.trigger,
+        lambda: None,  # previews arrive with their own issue
+        lambda: not agent.stopping.is_set(),
+        agent.ready.is_set,
+    )
+    try:
+        server = AgentServer(host.strip("[]") or "0.0.0.0", int(port), hooks, metrics).start()  # noqa: S104 - the documented default
+    except OSError as exc:
+        err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
+        return EXIT_ERROR
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    stop.wait()
+    agent.shutdown(timeout=args.shutdown_timeout)
+    server.stop()
+    api.close()
     return EXIT_OK
 
 
@@ -448,6 +534,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return run_status(args, sys.stdout, sys.stderr)
     if args.command == "notes":
         return run_notes(args, sys.stdout, sys.stderr)
+    if args.command == "run":
+        return run_agent(args, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_ERROR
 

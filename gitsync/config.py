@@ -64,6 +64,16 @@ class LeaderElection:
     enabled: bool = True
     namespace: str = "gitsync-system"
     lease_name: str = "gitsync"
+    lease_duration: float = 15.0  # a standby takes over this long after the last renewal
+    renew_deadline: float = 10.0  # a leader that could not renew for this long steps down
+    retry_period: float = 2.0  # how often the leader renews and standbys try
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    """The shared secret webhooks are signed with (Gitea/GitHub HMAC, GitLab token)."""
+
+    secret: TokenAuth | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class AgentConfig:
     # belong to other agents; an ``after:`` on one of them is a promotion gate.
     environments: tuple[str, ...] = ()
     promotion: PromotionGate = field(default_factory=PromotionGate)
+    webhooks: Webhooks = field(default_factory=Webhooks)
 
 
 def parse_duration(value: Any) -> float | None:
@@ -271,6 +282,57 @@ def _github_app(check: Checker, raw: Any, provider: str) -> GitHubApp | None:
     )
 
 
+def _election(check: Checker, raw: Any) -> LeaderElection:
+    at = ("leaderElection",)
+    keys = {"enabled", "namespace", "leaseName", "leaseDuration", "renewDeadline", "retryPeriod"}
+    if not check.mapping(raw, keys, set(), *at):
+        return LeaderElection()
+    default = LeaderElection()
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        check.add("leaderElection.enabled must be true or false", *at, "enabled")
+    times = []
+    for key, fallback in (
+        ("leaseDuration", default.lease_duration),
+        ("renewDeadline", default.renew_deadline),
+        ("retryPeriod", default.retry_period),
+    ):
+        seconds = parse_duration(raw.get(key, fallback))
+        if seconds is None:
+            check.add(f"leaderElection.{key} must be a duration such as '15s'", *at, key)
+        times.append(seconds or fallback)
+    lease, renew, retry = times
+    if not retry < renew < lease:
+        check.add(
+            "leaderElection needs retryPeriod < renewDeadline < leaseDuration (so a leader "
+            "steps down before its lease can expire)",
+            *at,
+        )
+    return LeaderElection(
+        bool(enabled),
+        str(raw.get("namespace", default.namespace)),
+        str(raw.get("leaseName", default.lease_name)),
+        lease,
+        renew,
+        retry,
+    )
+
+
+def _webhooks(check: Checker, raw: Any) -> Webhooks:
+    at = ("webhooks",)
+    _refuse_secrets(check, raw, *at)
+    if not check.mapping(raw, {"secretFile", "secretEnv"} | _SECRET_KEYS, set(), *at):
+        return Webhooks()
+    if "secretFile" in raw and "secretEnv" in raw:
+        check.add("give webhooks.secretFile or webhooks.secretEnv, not both", *at, "secretEnv")
+        return Webhooks()
+    if "secretFile" in raw:
+        return Webhooks(TokenAuth(token_file=Path(str(raw["secretFile"]))))
+    if "secretEnv" in raw:
+        return Webhooks(TokenAuth(token_env=str(raw["secretEnv"])))
+    return Webhooks()
+
+
 def _promotion(check: Checker, raw: Any) -> PromotionGate:
     at = ("promotion",)
     if not check.mapping(raw, {"timeout", "pollInterval"}, set(), *at):
@@ -317,6 +379,7 @@ def load_agent_config(
         "rollout",
         "environments",
         "promotion",
+        "webhooks",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -342,17 +405,7 @@ def load_agent_config(
                 "drift",
             )
     status = _status(check, data.get("status", {}))
-    election = LeaderElection()
-    raw_election = data.get("leaderElection", {})
-    if check.mapping(raw_election, {"enabled", "namespace", "leaseName"}, set(), "leaderElection"):
-        enabled = raw_election.get("enabled", True)
-        if not isinstance(enabled, bool):
-            check.add("leaderElection.enabled must be true or false", "leaderElection", "enabled")
-        election = LeaderElection(
-            bool(enabled),
-            str(raw_election.get("namespace", election.namespace)),
-            str(raw_election.get("leaseName", election.lease_name)),
-        )
+    election = _election(check, data.get("leaderElection", {}))
     listen = str(data.get("listen", "0.0.0.0:8080"))
     match = _LISTEN.match(listen)
     if not match or not 0 < int(match.group(2)) < 65536:
@@ -361,6 +414,7 @@ def load_agent_config(
     rollout = _rollout(check, data.get("rollout", {}))
     environments = _environments(check, data["environments"]) if "environments" in data else ()
     promotion = _promotion(check, data.get("promotion", {}))
+    webhooks = _webhooks(check, data.get("webhooks", {}))
     if check.problems or repository is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
@@ -374,6 +428,7 @@ def load_agent_config(
         rollout,
         environments,
         promotion,
+        webhooks,
     ), []
 
 

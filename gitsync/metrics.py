@@ -1,13 +1,14 @@
 """The agent's Prometheus metrics, on a registry passed in (never the global one).
 
-One :class:`Metrics` per agent, built at the edge and handed to what reports into it.
+One :class:`Metrics` per agent, built at the edge and handed to what reports into it. Names
+and labels are the agent's public interface (dashboards and alerts in ``deploy/`` use them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -15,23 +16,83 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        r = self.registry
+        self.sync_total = Counter(
+            "gitsync_sync",
+            "Rollout passes per environment, by result (succeeded, failed, rolled-back, "
+            "superseded, blocked, interrupted, error)",
+            ["environment", "result"],
+            registry=r,
+        )
+        self.sync_duration = Histogram(
+            "gitsync_sync_duration_seconds",
+            "Duration of one environment's rollout, apply to Healthy",
+            ["environment"],
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.rollout_in_progress = Gauge(
+            "gitsync_rollout_in_progress",
+            "1 while a rollout of the environment runs",
+            ["environment"],
+            registry=r,
+        )
+        self.service_health = Gauge(
+            "gitsync_service_health",
+            "1 for each managed RayService's current health (Healthy, Progressing, Degraded, "
+            "Missing, Suspended, Unknown)",
+            ["environment", "namespace", "name", "health"],
+            registry=r,
+        )
+        self.applied_revision = Gauge(
+            "gitsync_applied_revision_info",
+            "1 for the revision last rolled out successfully in each environment",
+            ["environment", "revision"],
+            registry=r,
+        )
+        self.drift_detected = Counter(
+            "gitsync_drift_detected",
+            "Drifted RayServices found by drift checks",
+            ["environment"],
+            registry=r,
+        )
+        self.git_poll = Counter(
+            "gitsync_git_poll", "Polls of the branch, by result (unchanged, new, error)",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.git_poll_duration = Histogram(
+            "gitsync_git_poll_duration_seconds",
+            "One poll: ls-remote of the branch",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.status_posts = Counter(
-            "gitsync_status_posts",
-            "Commit statuses handled, by provider, state and result (posted, skipped as "
-            "identical to the last post, failed after retries, dropped as superseded)",
-            ["provider", "state", "result"],
-            registry=self.registry,
+            "gitsync_status_post",
+            "Commit statuses handled, by provider, result (posted, skipped as identical to the "
+            "last post, dropped as superseded by a newer one, failed after retries) and state",
+            ["provider", "result", "state"],
+            registry=r,
         )
         self.status_retries = Counter(
             "gitsync_status_post_retries",
             "Commit status requests retried (5xx, rate limits, connection errors)",
             ["provider"],
-            registry=self.registry,
+            registry=r,
         )
         self.status_latency = Histogram(
             "gitsync_status_post_latency_seconds",
             "From the event a status reports to the forge accepting it",
             ["provider"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-            registry=self.registry,
+            registry=r,
+        )
+        self.leader = Gauge(
+            "gitsync_leader", "1 while this replica holds the leader lease", registry=r
+        )
+        self.webhooks = Counter(
+            "gitsync_webhook_requests",
+            "Webhook requests, by provider, event and result (poll, previews, ignore, "
+            "rejected-401, rejected-413, rejected-400, duplicate)",
+            ["provider", "event", "result"],
+            registry=r,
         )

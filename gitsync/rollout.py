@@ -40,6 +40,7 @@ class Outcome(enum.StrEnum):
     SUPERSEDED = "superseded"
     ROLLED_BACK = "rolled-back"
     BLOCKED = "blocked"  # a promotion gate: an earlier environment failed or never succeeded
+    INTERRUPTED = "interrupted"  # the agent stopped (shutdown, lost the lease): resumable
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class _Failure:
     key: ServiceKey | None
     message: str
     superseded: bool = False
+    stopped: bool = False  # the agent is stopping: leave the state in progress, to resume
 
 
 def _now() -> str:
@@ -139,6 +141,9 @@ class Rollout:
             if gate:
                 work.append((wave, changed, gate))
         for index, (wave, changed, gate) in enumerate(work, start=1):
+            if self.stop.is_set():
+                stopped = _Failure(None, "stopped before the rollout finished", stopped=True)
+                return self._fail(env, record, stopped, desired, previous, tuple(applied))
             record = _replace(record, wave=wave.number)
             self.state.write(record)
             actions = {c.key: c.action for c in wave.changes}
@@ -279,7 +284,7 @@ class Rollout:
                     if self.stop.is_set():
                         break
             if self.stop.wait(0 if len(versions) == 1 else self.settings.poll_interval):
-                return _Failure(None, "stopped before the rollout finished", superseded=True)
+                return _Failure(None, "stopped before the rollout finished", stopped=True)
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
         prunes = [c for w in plan.waves if w.prune for c in w.changes]
@@ -313,6 +318,12 @@ class Rollout:
         previous: Callable[[str], Mapping[ServiceKey, DesiredService]] | None,
         applied: tuple[ServiceKey, ...],
     ) -> RolloutResult:
+        if failure.stopped:
+            # The state stays in progress at this wave: whoever runs next resumes it.
+            self.progress(f"{env.name}: {record.revision[:12]} interrupted: {failure.message}")
+            return RolloutResult(
+                env.name, record.revision, Outcome.INTERRUPTED, failure.message, None, applied
+            )
         if failure.superseded:
             self.state.write(
                 _replace(record, phase=Phase.SUPERSEDED, finished=_now(), message=failure.message)

@@ -8,13 +8,14 @@ fails stops the environments after it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gitsync.checkout import TreeReport, read_tree
-from gitsync.config import AgentConfig, PromotionGate
+from gitsync.config import AgentConfig
 from gitsync.errors import ConfigError, GitsyncError, InvalidRevision
 from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
@@ -80,7 +81,8 @@ class _Statuses:
     def result(self, result: RolloutResult, services: int) -> None:
         if result.outcome is Outcome.SUCCEEDED:
             self.post(self.describe.healthy(result.environment, services))
-        elif result.outcome is not Outcome.SUPERSEDED:  # posted once the newer head is known
+        elif result.outcome not in (Outcome.SUPERSEDED, Outcome.INTERRUPTED):
+            # superseded: posted once the newer head is known; interrupted: resumed later
             self.post(self.describe.failed(result.environment, result.failed, result.message))
 
 
@@ -119,171 +121,199 @@ def sync_once(
     progress: Callable[[str], None] = lambda line: None,
     supersede_every: float = SUPERSEDE_CHECK_SECONDS,
     reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+    source: GitSource | None = None,
+    on_result: Callable[[RolloutResult], None] = lambda result: None,
 ) -> PassResult:
     """One pass. ``environments`` (else the agent config's, else all) are this agent's; an
-    ``after:`` naming any other environment is a promotion gate read from commit statuses."""
-    source = GitSource(config.repository)
-    wanted = environments or config.environments or None
-    superseded: list[tuple[str, str]] = []  # (revision, environment) given way to a newer head
-    while True:
-        revision = source.head()
-        statuses = _Statuses(reporter, Describer(revision, config.status.target_url))
-        for old, name in superseded:
-            _Statuses(reporter, Describer(old, config.status.target_url)).post(
-                statuses.describe.superseded(name, revision)
-            )
-        superseded.clear()
-        tree = source.checkout(revision)
-        report = read_tree(tree)
-        label = revision[:12]
-        try:
-            names = ordered_environments(report, wanted, label)
-        except InvalidRevision as exc:  # gitsync.yaml itself: every environment it would name
-            for name in wanted or ("config",):
-                statuses.post(statuses.describe.invalid(name, exc.problems))
-            raise
-        progress(f"revision {label}: environments {', '.join(names)}")
-        loaded_all = _validated(report, names, label, statuses)
-        results: list[RolloutResult] = []
-        restart = False
-        for name in names:
-            loaded = loaded_all[name]
-            check = _superseded_check(source, revision, supersede_every)
-            if not dry_run:
-                gate = _gate(
-                    loaded.environment, names, statuses, config.promotion, reporter, check, progress
-                )
-                if gate is not None:
-                    results.append(gate)
-                    if gate.outcome is Outcome.SUPERSEDED:
-                        superseded.append((revision, name))
-                        restart = True
-                    break
-            result = _roll_out(
-                config,
-                services,
-                state,
-                source,
-                loaded,
-                revision,
-                statuses,
-                check,
-                progress,
-                dry_run=dry_run,
-            )
-            if result is None:  # dry run: the plan was printed
-                continue
-            results.append(result)
-            statuses.result(result, len(loaded.services))
-            if result.outcome is Outcome.SUPERSEDED:
-                superseded.append((revision, name))
-                restart = True
-                break
-            if result.outcome is not Outcome.SUCCEEDED:
-                remaining = names[names.index(name) + 1 :]
-                if remaining:
-                    progress(f"not rolling out {', '.join(remaining)}: {name} did not succeed")
-                for later in remaining:
-                    statuses.post(
-                        statuses.describe.blocked(later, f"{name} did not succeed at {label}")
-                    )
-                break
-        if not restart:
-            return PassResult(revision, tuple(results))
-        progress("starting over at the new head")
+    ``after:`` naming any other environment is a promotion gate read from commit statuses.
+    ``stop`` interrupts it resumably (shutdown, a lost lease)."""
+    run = _Pass(
+        config,
+        services,
+        state,
+        source or GitSource(config.repository),
+        reporter,
+        progress,
+        stop or threading.Event(),
+        supersede_every,
+        on_result,
+    )
+    return run.run(environments or config.environments or None, dry_run=dry_run)
 
 
-def _roll_out(
-    config: AgentConfig,
-    services: RayServices,
-    state: StateStore,
-    source: GitSource,
-    loaded: EnvironmentManifests,
-    revision: str,
-    statuses: _Statuses,
-    superseded: Callable[[], bool],
-    progress: Callable[[str], None],
-    *,
-    dry_run: bool,
-) -> RolloutResult | None:
-    """Plans one environment against the cluster and runs the rollout (or prints the plan).
-    gitsync's own failures (API unreachable …) become an ``error`` status, then propagate."""
-    env, desired = loaded.environment, {s.key: s for s in loaded.services}
-    name = env.name
+@dataclass
+class _Pass:
+    config: AgentConfig
+    services: RayServices
+    state: StateStore
+    source: GitSource
+    reporter: Reporter | None
+    progress: Callable[[str], None]
+    stop: threading.Event
+    supersede_every: float
+    on_result: Callable[[RolloutResult], None]
 
-    def previous(old: str) -> Mapping[ServiceKey, DesiredService]:
-        return _desired_at(source.checkout(old), name, old[:12])
+    def _statuses(self, revision: str) -> _Statuses:
+        return _Statuses(self.reporter, Describer(revision, self.config.status.target_url))
 
-    def events(event: WaveEvent) -> None:
-        statuses.wave(name, event)
-
-    try:
-        plan = live_environment_plan(loaded, services, config.classify, revision)
-        if dry_run:
-            progress(plan_table(plan).rstrip())
-            return None
-        rollout = Rollout(services, state, config.rollout, progress, superseded, events=events)
-        return rollout.run(env, plan, desired, revision, previous)
-    except GitsyncError as exc:
-        statuses.post(statuses.describe.error(name, str(exc)))
-        raise
-
-
-def _gate(
-    env: EnvironmentConfig,
-    ours: Sequence[str],
-    statuses: _Statuses,
-    settings: PromotionGate,
-    reporter: Reporter | None,
-    superseded: Callable[[], bool],
-    progress: Callable[[str], None],
-) -> RolloutResult | None:
-    """Waits until every ``after:`` environment another agent manages shows ``success`` on
-    this commit. None when the gate is open; otherwise the result that stops the pass."""
-    remote = [name for name in env.after if name not in ours]
-    if not remote:
-        return None
-    revision, describe = statuses.describe.revision, statuses.describe
-    if reporter is None:
-        raise ConfigError(
-            f"{env.name} rolls out after {', '.join(remote)}, which this agent does not manage; "
-            "that needs commit statuses to read, and none are configured"
-        )
-    deadline = time.monotonic() + settings.timeout
-    announced: set[str] = set()
-    for name in remote:
+    def run(self, wanted: Sequence[str] | None, *, dry_run: bool) -> PassResult:
+        superseded: list[tuple[str, str]] = []  # (revision, environment) given way
         while True:
+            revision = self.source.head()
+            statuses = self._statuses(revision)
+            for old, name in superseded:
+                self._statuses(old).post(statuses.describe.superseded(name, revision))
+            superseded.clear()
+            report = read_tree(self.source.checkout(revision))
+            label = revision[:12]
             try:
-                seen = reporter.statuses(revision).get(context(name))
-            except GitsyncError as exc:
-                progress(f"{env.name}: cannot read the statuses of {revision[:12]}: {exc}")
-                seen = None
-            if seen is not None and seen.state is State.SUCCESS:
-                progress(f"{env.name}: {context(name)} is success at {revision[:12]}")
-                break
-            if seen is not None and seen.state in (State.FAILURE, State.ERROR):
-                why = f"{context(name)} is {seen.state} at {revision[:12]}: {seen.description}"
-                progress(f"{env.name}: not rolled out: {why}")
-                statuses.post(describe.blocked(env.name, why))
-                return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
-            what = f"{name} is {seen.state}: {seen.description}" if seen else "no status yet"
-            if name not in announced:
-                progress(f"{env.name}: waiting for {context(name)}: success ({what})")
-                announced.add(name)
-            statuses.post(describe.waiting_for(env.name, name, what))
-            if superseded():
-                return RolloutResult(
-                    env.name, revision, Outcome.SUPERSEDED, "a newer revision arrived"
-                )
-            if time.monotonic() > deadline:
-                why = (
-                    f"no {context(name)}: success at {revision[:12]} within "
-                    f"{settings.timeout:.0f}s ({what})"
-                )
-                statuses.post(describe.blocked(env.name, why))
-                return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
-            time.sleep(settings.poll_interval)
-    return None
+                names = ordered_environments(report, wanted, label)
+            except InvalidRevision as exc:  # gitsync.yaml itself: the environments it would name
+                for name in wanted or ("config",):
+                    statuses.post(statuses.describe.invalid(name, exc.problems))
+                raise
+            self.progress(f"revision {label}: environments {', '.join(names)}")
+            loaded_all = _validated(report, names, label, statuses)
+            results: list[RolloutResult] = []
+            for name in names:
+                result = self._environment(loaded_all[name], names, statuses, dry_run=dry_run)
+                if result is None:  # dry run: the plan was printed
+                    continue
+                results.append(result)
+                self.on_result(result)
+                if result.outcome is Outcome.SUPERSEDED:
+                    superseded.append((revision, name))
+                    break
+                if result.outcome is not Outcome.SUCCEEDED:
+                    if result.outcome is not Outcome.INTERRUPTED:
+                        self._block_after(names, name, statuses)
+                    break
+            if not superseded:
+                return PassResult(revision, tuple(results))
+            self.progress("starting over at the new head")
+
+    def _block_after(self, names: Sequence[str], name: str, statuses: _Statuses) -> None:
+        remaining = names[names.index(name) + 1 :]
+        if remaining:
+            self.progress(f"not rolling out {', '.join(remaining)}: {name} did not succeed")
+        label = statuses.describe.revision[:12]
+        for later in remaining:
+            statuses.post(statuses.describe.blocked(later, f"{name} did not succeed at {label}"))
+
+    def _environment(
+        self,
+        loaded: EnvironmentManifests,
+        ours: Sequence[str],
+        statuses: _Statuses,
+        *,
+        dry_run: bool,
+    ) -> RolloutResult | None:
+        """Gate, plan and roll out one environment (or print its plan). gitsync's own
+        failures (API unreachable …) become an ``error`` status, then propagate."""
+        env, desired = loaded.environment, {s.key: s for s in loaded.services}
+        revision = statuses.describe.revision
+        check = _superseded_check(self.source, revision, self.supersede_every)
+        if not dry_run and (gate := self._gate(env, ours, statuses, check)) is not None:
+            return gate
+
+        def previous(old: str) -> Mapping[ServiceKey, DesiredService]:
+            return _desired_at(self.source.checkout(old), env.name, old[:12])
+
+        def events(event: WaveEvent) -> None:
+            statuses.wave(env.name, event)
+
+        try:
+            plan = live_environment_plan(loaded, self.services, self.config.classify, revision)
+            if dry_run:
+                self.progress(plan_table(plan).rstrip())
+                return None
+            rollout = Rollout(
+                self.services,
+                self.state,
+                self.config.rollout,
+                self.progress,
+                check,
+                self.stop,
+                events,
+            )
+            result = rollout.run(env, plan, desired, revision, previous)
+        except GitsyncError as exc:
+            statuses.post(statuses.describe.error(env.name, str(exc)))
+            raise
+        statuses.result(result, len(desired))
+        return result
+
+    def _gate(
+        self,
+        env: EnvironmentConfig,
+        ours: Sequence[str],
+        statuses: _Statuses,
+        superseded: Callable[[], bool],
+    ) -> RolloutResult | None:
+        """Waits until every ``after:`` environment another agent manages shows ``success``
+        on this commit. None when the gate is open; otherwise the result that ends the pass."""
+        remote = [name for name in env.after if name not in ours]
+        if not remote:
+            return None
+        if self.reporter is None:
+            raise ConfigError(
+                f"{env.name} rolls out after {', '.join(remote)}, which this agent does not "
+                "manage; that needs commit statuses to read, and none are configured"
+            )
+        settings = self.config.promotion
+        deadline = time.monotonic() + settings.timeout
+        for name in remote:
+            announced = False
+            while True:
+                verdict = self._gate_read(env, name, statuses)
+                if verdict is True:
+                    break
+                if isinstance(verdict, RolloutResult):
+                    return verdict
+                assert isinstance(verdict, str)
+                if not announced:
+                    self.progress(f"{env.name}: waiting for {context(name)}: success ({verdict})")
+                    announced = True
+                statuses.post(statuses.describe.waiting_for(env.name, name, verdict))
+                revision = statuses.describe.revision
+                if superseded():
+                    return RolloutResult(
+                        env.name, revision, Outcome.SUPERSEDED, "a newer revision arrived"
+                    )
+                if time.monotonic() > deadline:
+                    why = (
+                        f"no {context(name)}: success at {revision[:12]} within "
+                        f"{settings.timeout:.0f}s ({verdict})"
+                    )
+                    statuses.post(statuses.describe.blocked(env.name, why))
+                    return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
+                if self.stop.wait(settings.poll_interval):
+                    return RolloutResult(
+                        env.name, revision, Outcome.INTERRUPTED, "stopped at a promotion gate"
+                    )
+        return None
+
+    def _gate_read(
+        self, env: EnvironmentConfig, name: str, statuses: _Statuses
+    ) -> bool | RolloutResult | str:
+        """True: the predecessor succeeded; a result: it failed; a string: still waiting."""
+        assert self.reporter is not None
+        revision = statuses.describe.revision
+        try:
+            seen = self.reporter.statuses(revision).get(context(name))
+        except GitsyncError as exc:
+            self.progress(f"{env.name}: cannot read the statuses of {revision[:12]}: {exc}")
+            return "statuses unreadable"
+        if seen is not None and seen.state is State.SUCCESS:
+            self.progress(f"{env.name}: {context(name)} is success at {revision[:12]}")
+            return True
+        if seen is not None and seen.state in (State.FAILURE, State.ERROR):
+            why = f"{context(name)} is {seen.state} at {revision[:12]}: {seen.description}"
+            self.progress(f"{env.name}: not rolled out: {why}")
+            statuses.post(statuses.describe.blocked(env.name, why))
+            return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
+        return f"{name} is {seen.state}: {seen.description}" if seen else "no status yet"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from gitsync.report.status import CommitStatus
 
 log = logging.getLogger(__name__)
 
+REMEMBERED_REVISIONS = 64  # commits whose last statuses are kept for deduplication
+
 
 @dataclass(frozen=True)
 class _Pending:
@@ -46,7 +48,7 @@ class Reporter:
         self.attempts, self.backoff = attempts, backoff
         self._queue: OrderedDict[tuple[str, str], _Pending] = OrderedDict()
         self._last: dict[tuple[str, str], CommitStatus] = {}
-        self._seeded: set[str] = set()
+        self._seeded: OrderedDict[str, None] = OrderedDict()  # newest last, bounded
         self._cond = threading.Condition()
         self._busy = False
         self._closed = threading.Event()
@@ -154,7 +156,11 @@ class Reporter:
         """The first time a commit is seen, learn what the forge already shows on it."""
         if revision in self._seeded:
             return
-        self._seeded.add(revision)
+        self._seeded[revision] = None
+        while len(self._seeded) > REMEMBERED_REVISIONS:  # an agent runs for months
+            old, _ = self._seeded.popitem(last=False)
+            for key in [k for k in self._last if k[0] == old]:
+                del self._last[key]
         try:
             shown = self.provider.statuses(revision)
         except GitsyncError as exc:
@@ -164,4 +170,4 @@ class Reporter:
             self._last.setdefault((revision, ctx), status)
 
     def _count(self, status: CommitStatus, result: str) -> None:
-        self.metrics.status_posts.labels(self.provider.name, str(status.state), result).inc()
+        self.metrics.status_posts.labels(self.provider.name, result, str(status.state)).inc()

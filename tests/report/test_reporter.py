@@ -57,7 +57,7 @@ def reporter_for(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-de
 
 def count(metrics: Metrics, state: str, result: str) -> float:
     value = metrics.registry.get_sample_value(
-        "gitsync_status_posts_total", {"provider": "github", "state": state, "result": result}
+        "gitsync_status_post_total", {"provider": "github", "state": state, "result": result}
     )
     return value or 0.0
 

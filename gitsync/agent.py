@@ -1,0 +1,229 @@
+"""The long-running agent, ``gitsync run``: scheduling, leadership, webhooks' triggers.
+
+Owns *when* passes run and *who* runs them; what a pass does is :func:`gitsync.sync.sync_once`.
+APScheduler runs the jobs, each coalescing and never overlapping with itself: the poll
+(every ``intervals.poll``; a push webhook runs it at once) and, when later stages add them,
+drift checks and preview reconciles. Only the leader (a ``coordination.k8s.io`` Lease) runs
+them; a replica that loses the Lease interrupts its rollout, which stays resumable from the
+state ConfigMap. Shutdown: stop the jobs, let the API write in flight finish, leave the
+rollout state in progress, release the Lease, flush the statuses — within a bounded time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from kubernetes import client
+
+from gitsync.checkout import read_tree
+from gitsync.config import AgentConfig
+from gitsync.errors import GitsyncError
+from gitsync.health import assess
+from gitsync.kube.lease import LeaderElector
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.metrics import Metrics
+from gitsync.model import Health
+from gitsync.planning import environment_manifests, ordered_environments
+from gitsync.report.reporter import Reporter
+from gitsync.rollout import Outcome, RolloutResult, expected_apps
+from gitsync.source.git import GitSource
+from gitsync.sync import sync_once
+
+log = logging.getLogger(__name__)
+
+POLL_JOB = "poll"
+
+
+@dataclass
+class Agent:
+    config: AgentConfig
+    api: client.ApiClient
+    identity: str
+    metrics: Metrics = field(default_factory=Metrics)
+    reporter: Reporter | None = None
+    lease_seconds: float = 15.0
+    renew_deadline: float = 10.0
+    retry: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.services = RayServices(self.api)
+        self.state = StateStore(self.api, self.config.rollout.state_namespace)
+        self.source = GitSource(self.config.repository)
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=datetime.UTC,
+        )
+        self.stopping = threading.Event()
+        self.interrupt = threading.Event()  # stops the rollout in flight
+        self.last_revision = ""  # the head the last complete pass finished at
+        self.last_ok = False
+        self.ready = threading.Event()
+        self.passes = 0
+        self._applied: dict[str, str] = {}  # environment → revision in the info gauge
+        self._lock = threading.Lock()
+        election = self.config.leader_election
+        self.elector: LeaderElector | None = None
+        if election.enabled:
+            self.elector = LeaderElector(
+                self.api,
+                election.namespace,
+                election.lease_name,
+                self.identity,
+                self.lease_seconds,
+                self.renew_deadline,
+                self.retry,
+                on_started=self._started_leading,
+                on_stopped=self._stopped_leading,
+            )
+        self._election_thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scheduler.add_job(
+            self.poll,
+            "interval",
+            seconds=self.config.poll_seconds,
+            id=POLL_JOB,
+            next_run_time=datetime.datetime.now(datetime.UTC),
+        )
+        self.scheduler.start()
+        if self.elector is not None:
+            self._election_thread = threading.Thread(
+                target=self.elector.run, args=(self.stopping,), name="gitsync-lease", daemon=True
+            )
+            self._election_thread.start()
+        else:
+            self.metrics.leader.set(1)
+        self.ready.set()
+        log.info(
+            "agent started identity=%s repository=%s branch=%s poll=%.0fs",
+            self.identity,
+            self.config.repository.display_url,
+            self.config.repository.branch,
+            self.config.poll_seconds,
+        )
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stops within about ``timeout`` seconds: no new passes, the rollout in flight is
+        interrupted after its current API call, the Lease is released, statuses flushed."""
+        began = time.monotonic()
+        log.info("agent stopping")
+        self.stopping.set()
+        self.interrupt.set()
+        self.scheduler.shutdown(wait=True)
+        if self._election_thread is not None:
+            self._election_thread.join(max(1.0, timeout - (time.monotonic() - began)))
+        if self.reporter is not None:
+            self.reporter.close(timeout=max(1.0, timeout - (time.monotonic() - began)))
+        self.metrics.leader.set(0)
+        log.info("agent stopped in %.1fs", time.monotonic() - began)
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading.is_set()
+
+    def _started_leading(self) -> None:
+        self.metrics.leader.set(1)
+        self.interrupt.clear()
+        self.trigger()  # resume whatever the previous leader left in progress
+
+    def _stopped_leading(self) -> None:
+        self.metrics.leader.set(0)
+        self.interrupt.set()
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Runs the poll now (a push webhook); a pass already running picks the new head up
+        through its supersede check."""
+        if self.stopping.is_set():
+            return
+        job = self.scheduler.get_job(POLL_JOB)
+        if job is not None:
+            job.modify(next_run_time=datetime.datetime.now(datetime.UTC))
+
+    def poll(self) -> None:
+        if not self.leading or self.stopping.is_set():
+            return
+        began = time.monotonic()
+        try:
+            head = self.source.head()
+        except GitsyncError as exc:
+            self.metrics.git_poll.labels("error").inc()
+            log.warning("poll failed: %s", exc)
+            return
+        finally:
+            self.metrics.git_poll_duration.observe(time.monotonic() - began)
+        if head == self.last_revision and self.last_ok:
+            self.metrics.git_poll.labels("unchanged").inc()
+            self._refresh_health()
+            return
+        self.metrics.git_poll.labels("new" if head != self.last_revision else "retry").inc()
+        self._pass()
+
+    def _pass(self) -> None:
+        with self._lock:
+            self.passes += 1
+            try:
+                result = sync_once(
+                    self.config,
+                    self.services,
+                    self.state,
+                    progress=lambda line: log.info("%s", line),
+                    reporter=self.reporter,
+                    stop=self.interrupt,
+                    source=self.source,
+                    on_result=self._record,
+                )
+            except GitsyncError as exc:
+                log.error("pass failed: %s", exc)
+                self.metrics.sync_total.labels("", "error").inc()
+                self.last_ok = False
+                return
+            interrupted = any(r.outcome is Outcome.INTERRUPTED for r in result.results)
+            self.last_revision = result.revision
+            # Retry at the next poll unless everything succeeded (a failed commit is retried
+            # only when a new one arrives: rolling a broken revision again changes nothing).
+            self.last_ok = not interrupted and all(
+                r.outcome not in (Outcome.BLOCKED,) for r in result.results
+            )
+            self._refresh_health()
+
+    def _record(self, result: RolloutResult) -> None:
+        self.metrics.sync_total.labels(result.environment, str(result.outcome)).inc()
+        if result.outcome is Outcome.SUCCEEDED:
+            previous = self._applied.get(result.environment)
+            if previous is not None and previous != result.revision:
+                self.metrics.applied_revision.remove(result.environment, previous)
+            self._applied[result.environment] = result.revision
+            self.metrics.applied_revision.labels(result.environment, result.revision).set(1)
+
+    def _refresh_health(self) -> None:
+        """One list per environment namespace: the health gauge for every managed service."""
+        if not self.last_revision:
+            return
+        try:
+            report = read_tree(self.source.checkout(self.last_revision))
+            names = ordered_environments(report, self.config.environments or None, "")
+            for name in names:
+                loaded = environment_manifests(report, name, self.last_revision[:12])
+                env = loaded.environment
+                wanted = {s.key: s for s in loaded.services}
+                live = self.services.list_managed(env.namespace, env.name)
+                for key in sorted({*live, *wanted}):
+                    health = assess(
+                        live.get(key), expected_apps(wanted[key]) if key in wanted else ()
+                    ).health
+                    for h in Health:
+                        self.metrics.service_health.labels(
+                            env.name, key.namespace, key.name, str(h)
+                        ).set(1 if h is health else 0)
+        except GitsyncError as exc:
+            log.debug("health refresh failed: %s", exc)

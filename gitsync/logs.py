@@ -1,0 +1,39 @@
+"""Logging for the command line and the agent: key=value text or one JSON object per line."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        document.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str, ensure_ascii=False)
+
+
+def configure(fmt: str = "text", level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("apscheduler", "urllib3", "kubernetes"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

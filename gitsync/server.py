@@ -1,0 +1,159 @@
+"""The agent's HTTP server: ``/healthz``, ``/readyz``, ``/metrics`` and ``/webhooks``.
+
+Owns HTTP only: request size limits, routing, and turning a webhook :class:`Verdict` into a
+trigger and an answer. Deciding whether a webhook is authentic is :mod:`gitsync.webhooks`'.
+Delivery IDs already seen are answered once and ignored after (a replay triggers nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gitsync.metrics import Metrics
+from gitsync.webhooks import MAX_BODY_BYTES, Action, judge
+
+log = logging.getLogger(__name__)
+
+REMEMBERED_DELIVERIES = 1024
+
+
+@dataclass
+class Hooks:
+    """What the server needs from the agent."""
+
+    secret: Callable[[], bytes | None]  # read per request: a rotated Secret is picked up
+    repository_url: str
+    branch: str
+    poll: Callable[[], None]
+    previews: Callable[[], None]
+    healthy: Callable[[], bool]
+    ready: Callable[[], bool]
+
+
+class AgentServer:
+    def __init__(self, host: str, port: int, hooks: Hooks, metrics: Metrics) -> None:
+        self.hooks, self.metrics = hooks, metrics
+        self._deliveries: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.received: list[float] = []  # monotonic times of accepted push webhooks
+        self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=lambda: self.httpd.serve_forever(poll_interval=0.2),
+            name="gitsync-http",
+            daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> AgentServer:
+        self._thread.start()
+        log.info("listening on %s:%d", *self.httpd.server_address[:2])
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _seen(self, delivery: str) -> bool:
+        if not delivery:
+            return False
+        with self._lock:
+            if delivery in self._deliveries:
+                return True
+            self._deliveries[delivery] = None
+            while len(self._deliveries) > REMEMBERED_DELIVERIES:
+                self._deliveries.popitem(last=False)
+        return False
+
+    def webhook(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
+        secret = self.hooks.secret()
+        if secret is None:
+            return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
+        verdict = judge(headers, body, secret, self.hooks.repository_url, self.hooks.branch)
+        result = str(verdict.action)
+        if verdict.status >= 400:
+            result = f"rejected-{verdict.status}"
+            log.warning(
+                "webhook rejected provider=%s event=%s status=%d reason=%s",
+                verdict.provider, verdict.event, verdict.status, verdict.reason,
+            )  # fmt: skip
+        elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
+            result = "duplicate"
+        elif verdict.action is Action.POLL:
+            self.received.append(time.monotonic())
+            self.hooks.poll()
+        elif verdict.action is Action.PREVIEWS:
+            self.hooks.previews()
+        self.metrics.webhooks.labels(verdict.provider, verdict.event or "-", result).inc()
+        log.info(
+            "webhook provider=%s event=%s delivery=%s result=%s reason=%s",
+            verdict.provider, verdict.event, verdict.delivery, result, verdict.reason,
+        )  # fmt: skip
+        return verdict.status, {"result": result, "reason": verdict.reason}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "gitsync"
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = server.hooks.healthy()
+                    self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
+                elif path == "/readyz":
+                    ok = server.hooks.ready()
+                    self._json(200 if ok else 503, {"status": "ready" if ok else "not ready"})
+                else:
+                    self._json(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                if self.path.split("?", 1)[0].rstrip("/") not in ("/webhooks", "/webhook"):
+                    self._json(404, {"error": "not found"})
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or "")
+                except ValueError:
+                    self._json(411, {"error": "Content-Length required"})
+                    return
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if length > MAX_BODY_BYTES:  # refused unread
+                    status, body = server.webhook(headers, b"\0" * (MAX_BODY_BYTES + 1))
+                    self.close_connection = True
+                    self._json(status, body)
+                    return
+                status, body = server.webhook(headers, self.rfile.read(length))
+                self._json(status, body)
+
+            def _json(self, status: int, body: object) -> None:
+                self._send(status, json.dumps(body).encode(), "application/json")
+
+            def _send(self, status: int, payload: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("http %s", format % args)
+
+        return Handler

@@ -1,0 +1,140 @@
+"""Push and pull-request webhooks from Gitea, GitHub and GitLab: verify, then say what to do.
+
+Pure: a request (headers, body) and the shared secret in, a :class:`Verdict` out. Every
+request is authenticated before its body is parsed — HMAC-SHA256 of the raw body
+(``X-Gitea-Signature``: hex; ``X-Hub-Signature-256``: ``sha256=<hex>``) or GitLab's
+``X-Gitlab-Token`` — compared in constant time. A webhook only ever triggers a poll of the
+configured repository and branch; nothing in its body is trusted as desired state.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+MAX_BODY_BYTES = 1 << 20  # push payloads of a manifests repo are a few KiB
+
+
+class Action(enum.StrEnum):
+    POLL = "poll"  # a push to the watched branch: poll now
+    PREVIEWS = "previews"  # a pull request opened/updated/closed: reconcile previews now
+    IGNORE = "ignore"  # authentic, but nothing to do (another branch, a ping, other events)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: int  # the HTTP status to answer
+    action: Action
+    provider: str
+    event: str
+    reason: str
+    delivery: str = ""
+
+
+def _reject(status: int, provider: str, event: str, reason: str) -> Verdict:
+    return Verdict(status, Action.IGNORE, provider, event, reason)
+
+
+def provider_of(headers: Mapping[str, str]) -> tuple[str, str]:
+    """(provider, event) from the headers. Gitea also sends X-GitHub-Event; look at it first."""
+    if "x-gitea-event" in headers:
+        return "gitea", headers["x-gitea-event"]
+    if "x-github-event" in headers:
+        return "github", headers["x-github-event"]
+    if "x-gitlab-event" in headers:
+        return "gitlab", headers["x-gitlab-event"]
+    return "unknown", ""
+
+
+def _signed(provider: str, headers: Mapping[str, str], body: bytes, secret: bytes) -> str | None:
+    """None when authentic, else why not."""
+    if provider == "gitlab":
+        token = headers.get("x-gitlab-token")
+        if not token:
+            return "missing X-Gitlab-Token"
+        return None if hmac.compare_digest(token.encode(), secret) else "wrong X-Gitlab-Token"
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    if provider == "gitea" and "x-gitea-signature" in headers:
+        given = headers["x-gitea-signature"]
+    else:
+        given = headers.get("x-hub-signature-256", "").removeprefix("sha256=")
+    if not given:
+        return "missing signature"
+    return None if hmac.compare_digest(given.encode(), digest.encode()) else "bad signature"
+
+
+def same_repository(a: str, b: str) -> bool:
+    """Whether two clone URLs (https, ssh, scp-like) name the same host and path."""
+    return _identity(a) == _identity(b)
+
+
+def _identity(url: str) -> tuple[str, str]:
+    if "://" not in url and "@" in url and ":" in url:  # git@host:owner/repo.git
+        host, _, path = url.split("@", 1)[1].partition(":")
+    else:
+        parts = urlsplit(url)
+        host, path = (parts.hostname or "").lower(), parts.path
+    return host.lower(), path.strip("/").removesuffix(".git").lower()
+
+
+def _urls(payload: Mapping[str, Any]) -> list[str]:
+    repo = payload.get("repository") or payload.get("project") or {}
+    keys = ("clone_url", "html_url", "ssh_url", "git_http_url", "git_ssh_url", "web_url", "url")
+    return [str(repo[k]) for k in keys if isinstance(repo.get(k), str)]
+
+
+def judge(
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: bytes,
+    repository_url: str,
+    branch: str,
+) -> Verdict:
+    """What to answer and do. ``headers`` keys are lower-case."""
+    provider, event = provider_of(headers)
+    if provider == "unknown":
+        return _reject(400, provider, event, "not a Gitea, GitHub or GitLab webhook")
+    if len(body) > MAX_BODY_BYTES:
+        return _reject(413, provider, event, f"body larger than {MAX_BODY_BYTES} bytes")
+    if why := _signed(provider, headers, body, secret):
+        return _reject(401, provider, event, why)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return _reject(400, provider, event, "body is not JSON")
+    if not isinstance(payload, dict):
+        return _reject(400, provider, event, "body is not a JSON object")
+    delivery = (
+        headers.get("x-gitea-delivery")
+        or headers.get("x-github-delivery")
+        or headers.get("x-gitlab-event-uuid")
+        or ""
+    )
+    action, status, reason = _route(event.lower(), payload, repository_url, branch)
+    return Verdict(status, action, provider, event, reason, delivery)
+
+
+def _route(
+    kind: str, payload: Mapping[str, Any], repository_url: str, branch: str
+) -> tuple[Action, int, str]:
+    """An authentic event → (what to do, HTTP status, why)."""
+    if kind == "ping":
+        return Action.IGNORE, 200, "pong"
+    is_push = kind in ("push", "push hook")
+    is_pr = kind in ("pull_request", "merge request hook")
+    if not (is_push or is_pr):
+        return Action.IGNORE, 202, f"event {kind!r} ignored"
+    if not any(same_repository(url, repository_url) for url in _urls(payload)):
+        return Action.IGNORE, 202, "another repository"
+    if is_pr:
+        return Action.PREVIEWS, 202, "pull request"
+    ref = payload.get("ref")
+    if ref != f"refs/heads/{branch}":
+        return Action.IGNORE, 202, f"push to {ref}, not {branch}"
+    return Action.POLL, 202, f"push to {branch}"

@@ -1,0 +1,378 @@
+"""`gitsync run`: push webhooks from a real Gitea, rejected forgeries, leader election with a
+SIGKILLed leader, graceful SIGTERM — against the test bed's API server and simulator."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from gitsync.agent import Agent
+from gitsync.config import LeaderElection, StatusConfig, Webhooks
+from gitsync.kube.rayservices import RayServices
+from gitsync.metrics import Metrics
+from gitsync.report.factory import build_reporter
+from gitsync.server import AgentServer, Hooks
+from gitsync.source.config import TokenAuth
+from testbed.controlplane import ControlPlane, free_port
+from testbed.gitea import Gitea
+from testbed.simulator import Delays, Simulator
+
+from .gitops import GitOpsRepo
+from .kube import GROUP, PLURAL, VERSION
+
+SECRET = "whsec-0123456789abcdef"
+
+
+class TimedServices(RayServices):
+    """The real RayServices, stamping when each (non-dry-run) apply request is made."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(api)
+        self.applied: list[tuple[float, str]] = []
+
+    def apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        if not dry_run:
+            self.applied.append((time.monotonic(), obj["metadata"]["name"]))
+        return super().apply(obj, dry_run=dry_run, force=force)
+
+
+def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def forge_repo(gitea: Gitea, tmp_path: Path, namespace: str) -> GitOpsRepo:
+    url = gitea.create_repo(f"agent-{uuid.uuid4().hex[:8]}")
+    return GitOpsRepo(tmp_path / "gitops", namespace, origin=url, push_args=gitea.git_auth_config())
+
+
+@pytest.fixture
+def agent_with_server(
+    api: client.ApiClient, forge_repo: GitOpsRepo, gitea: Gitea, tmp_path: Path
+) -> Iterator[tuple[Agent, AgentServer, TimedServices]]:
+    token = tmp_path / "gitea-token"
+    token.write_text(gitea.token)
+    config = replace(
+        forge_repo.agent_config(tmp_path / "cache"),
+        poll_seconds=3600.0,  # only webhooks (and the start) trigger passes
+        status=StatusConfig("gitea", token=TokenAuth(token_file=token)),
+        leader_election=LeaderElection(enabled=False),
+        webhooks=Webhooks(TokenAuth(token_env="WEBHOOK_SECRET")),
+    )
+    metrics = Metrics()
+    agent = Agent(config, api, "test-agent", metrics, build_reporter(config, metrics))
+    services = TimedServices(api)
+    agent.services = services
+    polls: list[float] = []
+
+    def poll() -> None:
+        polls.append(time.monotonic())
+        agent.trigger()
+
+    hooks = Hooks(
+        SECRET.encode,
+        config.repository.url,
+        "main",
+        poll,
+        lambda: None,
+        lambda: True,
+        agent.ready.is_set,
+    )
+    server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
+    agent.start()
+    try:
+        yield agent, server, services
+    finally:
+        agent.shutdown(timeout=10)
+        server.stop()
+
+
+def test_a_gitea_push_webhook_applies_within_a_second(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices],
+    forge_repo: GitOpsRepo,
+    gitea: Gitea,
+    sim: Simulator,
+    namespace: str,
+) -> None:
+    agent, server, services = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    assert agent.last_ok
+    owner_repo = forge_repo.url.removeprefix(gitea.url + "/").removesuffix(".git")
+    gitea.api(
+        "POST",
+        f"/repos/{owner_repo}/hooks",
+        {
+            "type": "gitea",
+            "active": True,
+            "events": ["push"],
+            "branch_filter": "main",
+            "config": {
+                "url": f"http://127.0.0.1:{server.port}/webhooks",
+                "content_type": "json",
+                "secret": SECRET,
+            },
+        },
+    )
+    before = len(services.applied)
+    sha = forge_repo.commit(
+        lambda root: forge_repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"), "scale"
+    )
+    wait_for(lambda: server.received, timeout=30, what="Gitea's webhook")
+    wait_for(lambda: len(services.applied) > before, timeout=30, what="the apply")
+    latency = services.applied[before][0] - server.received[0]
+    sys.stderr.write(f"webhook received → first apply request: {latency * 1000:.0f} ms\n")
+    assert latency < 1.0
+    assert services.applied[before][1] == "ranker"
+
+    def succeeded() -> bool:
+        combined = gitea.api("GET", f"/repos/{owner_repo}/commits/{sha}/status")
+        return any(
+            s["context"] == "gitsync/staging" and s["status"] == "success"
+            for s in combined.get("statuses") or ()
+        )
+
+    wait_for(succeeded, timeout=60, what="gitsync/staging: success on the commit")
+    assert (
+        agent.metrics.registry.get_sample_value(
+            "gitsync_webhook_requests_total",
+            {"provider": "gitea", "event": "push", "result": "poll"},
+        )
+        == 1
+    )
+
+
+def post(port: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks", data=body, method="POST", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_forged_webhooks_trigger_nothing(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices], forge_repo: GitOpsRepo
+) -> None:
+    agent, server, _ = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    body = json.dumps(
+        {"ref": "refs/heads/main", "repository": {"clone_url": forge_repo.url}}
+    ).encode()
+    good = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    altered = body.replace(b"refs/heads/main", b"refs/heads/main ")
+    cases = [
+        ({"X-Gitea-Event": "push"}, body, 401),  # missing signature
+        ({"X-Gitea-Event": "push", "X-Gitea-Signature": "0" * 64}, body, 401),  # forged
+        ({"X-Gitea-Event": "push", "X-Gitea-Signature": good}, altered, 401),  # replay, altered
+        ({"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "1" * 64}, body, 401),
+        ({"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "nope"}, body, 401),
+        ({"X-Gitea-Event": "push", "X-Gitea-Signature": good}, b"x" * (2 << 20), 413),
+        (
+            {
+                "X-Gitea-Event": "push",
+                "X-Gitea-Signature": hmac.new(
+                    SECRET.encode(), b"{oops", hashlib.sha256
+                ).hexdigest(),
+            },
+            b"{oops",
+            400,
+        ),
+    ]
+    for headers, payload, status in cases:
+        got, _ = post(server.port, {**headers, "Content-Type": "application/json"}, payload)
+        assert got == status, (headers, got)
+    # An authentic but unknown event is accepted and ignored; a genuine replay is a duplicate.
+    signed = {"X-Gitea-Event": "push", "X-Gitea-Signature": good, "X-Gitea-Delivery": "abc"}
+    assert post(server.port, {**signed, "X-Gitea-Event": "release"}, body)[0] == 202
+    assert post(server.port, signed, body)[1]["result"] == "poll"
+    assert post(server.port, signed, body)[1]["result"] == "duplicate"
+    samples: dict[str, float] = {}
+    for metric in agent.metrics.registry.collect():
+        for sample in metric.samples:
+            if metric.name == "gitsync_webhook_requests" and sample.name.endswith("_total"):
+                result = sample.labels["result"]
+                samples[result] = samples.get(result, 0) + sample.value
+    assert samples.get("poll") == 1  # only the one authentic push
+    assert sum(v for k, v in samples.items() if k.startswith("rejected-")) == len(cases)
+    assert len(server.received) == 1
+
+
+# -- the agent as a process -------------------------------------------------------------------
+
+
+def agent_config_file(
+    repo: GitOpsRepo, tmp_path: Path, name: str, port: int, lease_namespace: str
+) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    document = {
+        "repository": {"url": repo.url, "branch": "main"},
+        "cacheDir": str(tmp_path / f"cache-{name}"),
+        "intervals": {"poll": "1s"},
+        "listen": f"127.0.0.1:{port}",
+        "leaderElection": {
+            "namespace": lease_namespace,
+            "leaseName": "gitsync-test",
+            "leaseDuration": "4s",
+            "renewDeadline": "3s",
+            "retryPeriod": "500ms",
+        },
+        "rollout": {
+            "healthyReads": 2,
+            "healthySeconds": "1500ms",
+            "pollInterval": "200ms",
+            "healthTimeout": "60s",
+            "stateNamespace": repo.namespace,
+        },
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def start_agent(config: Path, kubeconfig: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "gitsync.cli", "run", "--config", str(config)]
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [*argv, "--kubeconfig", str(kubeconfig)],
+            env={**os.environ, "POD_NAME": name},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def lease_holder(api: client.ApiClient, namespace: str) -> str:
+    try:
+        lease = client.CoordinationV1Api(api).read_namespaced_lease("gitsync-test", namespace)
+    except client.ApiException:
+        return ""
+    return str(lease.spec.holder_identity or "")
+
+
+def annotations(api: client.ApiClient, namespace: str) -> dict[str, dict[str, str]]:
+    items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL
+    )["items"]
+    return {o["metadata"]["name"]: o["metadata"].get("annotations") or {} for o in items}
+
+
+def test_the_standby_takes_over_a_sigkilled_leader_mid_rollout(
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    sim.delays = Delays(cluster_start=2.0, app_deploy=2.0, tick=0.05, requeue=1.0)
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    sha = repo.revisions[-1]
+    agents = {}
+    for name in ("agent-a", "agent-b"):
+        config = agent_config_file(repo, tmp_path, name, free_port(), namespace)
+        agents[name] = start_agent(config, control_plane.kubeconfig, name, tmp_path / f"{name}.log")
+    try:
+        wait_for(lambda: lease_holder(api, namespace) in agents, timeout=30, what="a leader")
+        leader = lease_holder(api, namespace)
+        standby = next(n for n in agents if n != leader)
+        # Mid-rollout: wave 0 (embedder) applied, the later wave not yet.
+        wait_for(lambda: "embedder" in annotations(api, namespace), timeout=60, what="wave 0")
+        assert "ranker" not in annotations(api, namespace)
+        agents[leader].send_signal(signal.SIGKILL)
+        agents[leader].wait(10)
+        wait_for(lambda: lease_holder(api, namespace) == standby, timeout=30, what="takeover")
+
+        def done() -> bool:
+            found = annotations(api, namespace)
+            return set(found) == {"embedder", "ranker", "summarizer"} and all(
+                a.get("gitsync.ray.io/revision") == sha for a in found.values()
+            )
+
+        wait_for(done, timeout=120, what="the standby to finish the rollout")
+        state = client.CoreV1Api(api).read_namespaced_config_map(
+            "gitsync-rollout-staging", namespace
+        )
+        wait_for(
+            lambda: (
+                client.CoreV1Api(api)
+                .read_namespaced_config_map("gitsync-rollout-staging", namespace)
+                .data["phase"]
+                == "succeeded"
+            ),
+            timeout=60,
+            what="the rollout state to say succeeded",
+        )
+        assert state.data["revision"] == sha
+        # Every object was written by the field manager gitsync, at the one revision.
+        items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        )["items"]
+        for obj in items:
+            managers = {
+                m["manager"] for m in obj["metadata"]["managedFields"] if m["operation"] == "Apply"
+            }
+            assert managers == {"gitsync"}
+        log = (tmp_path / f"{standby}.log").read_text()
+        assert "leads" in log
+    finally:
+        for process in agents.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def test_sigterm_stops_cleanly_and_releases_the_lease(
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    port = free_port()
+    config = agent_config_file(repo, tmp_path, "solo", port, namespace)
+    process = start_agent(config, control_plane.kubeconfig, "solo", tmp_path / "solo.log")
+    try:
+        wait_for(lambda: lease_holder(api, namespace) == "solo", timeout=30, what="leadership")
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=30, what="/readyz")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert "gitsync_leader 1.0" in text
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        sys.stderr.write(f"SIGTERM → exit: {time.monotonic() - began:.1f} s\n")
+        assert lease_holder(api, namespace) == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
