@@ -24,6 +24,7 @@ from gitsync.checkout import read_tree
 from gitsync.config import AgentConfig
 from gitsync.errors import GitsyncError
 from gitsync.health import assess
+from gitsync.kube.events import EventRecorder
 from gitsync.kube.lease import LeaderElector
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
@@ -53,6 +54,7 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.services = RayServices(self.api)
+        self.recorder = EventRecorder(self.api, self.identity)
         self.state = StateStore(self.api, self.config.rollout.state_namespace)
         self.source = GitSource(self.config.repository)
         self.scheduler = BackgroundScheduler(
@@ -181,6 +183,7 @@ class Agent:
                     stop=self.interrupt,
                     source=self.source,
                     on_result=self._record,
+                    record=self.recorder,
                 )
             except GitsyncError as exc:
                 log.error("pass failed: %s", exc)

@@ -27,6 +27,7 @@ from gitsync.config import AgentConfig, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.kube.client import api_client
+from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
@@ -199,6 +200,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 dry_run=args.dry_run,
                 progress=progress,
                 reporter=reporter,
+                record=EventRecorder(api),
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")

@@ -93,6 +93,10 @@ class Rollout:
     superseded: Callable[[], bool] = field(default=lambda: False)
     stop: threading.Event = field(default_factory=threading.Event)
     events: Callable[[WaveEvent], None] = field(default=lambda event: None)
+    # Kubernetes Events on the RayServices: (key, Normal|Warning, reason, message)
+    record: Callable[[ServiceKey, str, str, str], None] = field(
+        default=lambda key, kind, reason, message: None
+    )
 
     # -- the pass --------------------------------------------------------------------------
 
@@ -232,6 +236,9 @@ class Rollout:
             self.progress(
                 f"{env.name}: wave {desired[key].wave}: applied {key}{action} at {revision[:12]}"
             )
+            self.record(
+                key, "Normal", "Applied", f"gitsync applied revision {revision[:12]}{action}"
+            )
             return None
 
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
@@ -249,7 +256,7 @@ class Rollout:
         namespace (one request), then watches it for ``pollInterval`` (every change is a read);
         the next list is the relist fallback. Degraded fails at once; so do the timeout, a
         stop request and a newer revision."""
-        waiter = _Waiter(env.name, keys, desired, self.settings, self.progress)
+        waiter = _Waiter(env.name, keys, desired, self.settings, self.progress, self.record)
         deadline = waiter.began + self.settings.health_timeout
         while True:
             versions: dict[str, str] = {}
@@ -381,8 +388,10 @@ class _Waiter:
         desired: Mapping[ServiceKey, DesiredService],
         settings: RolloutSettings,
         progress: Callable[[str], None],
+        record: Callable[[ServiceKey, str, str, str], None],
     ) -> None:
         self.environment, self.desired, self.progress = environment, desired, progress
+        self.record = record
         gate = HealthGate(settings.healthy_reads, settings.healthy_seconds)
         self.gates = dict.fromkeys(keys, gate)
         self.last: dict[ServiceKey, Assessment] = {}
@@ -400,8 +409,10 @@ class _Waiter:
             )
             self.last[key] = result
         if result.health in (Health.DEGRADED, Health.MISSING):
+            self.record(key, "Warning", str(result.health), result.message)
             return _Failure(key, f"{key} is {result.health}: {result.message}")
         if result.health is Health.HEALTHY:
+            self.record(key, "Normal", "Healthy", result.message)
             self.pending.discard(key)
         return None
 

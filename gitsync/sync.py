@@ -124,6 +124,7 @@ def sync_once(
     stop: threading.Event | None = None,
     source: GitSource | None = None,
     on_result: Callable[[RolloutResult], None] = lambda result: None,
+    record: Callable[[ServiceKey, str, str, str], None] | None = None,
 ) -> PassResult:
     """One pass. ``environments`` (else the agent config's, else all) are this agent's; an
     ``after:`` naming any other environment is a promotion gate read from commit statuses.
@@ -138,6 +139,7 @@ def sync_once(
         stop or threading.Event(),
         supersede_every,
         on_result,
+        record or (lambda key, kind, reason, message: None),
     )
     return run.run(environments or config.environments or None, dry_run=dry_run)
 
@@ -153,6 +155,7 @@ class _Pass:
     stop: threading.Event
     supersede_every: float
     on_result: Callable[[RolloutResult], None]
+    record: Callable[[ServiceKey, str, str, str], None]
 
     def _statuses(self, revision: str) -> _Statuses:
         return _Statuses(self.reporter, Describer(revision, self.config.status.target_url))
@@ -236,6 +239,7 @@ class _Pass:
                 check,
                 self.stop,
                 events,
+                self.record,
             )
             result = rollout.run(env, plan, desired, revision, previous)
         except GitsyncError as exc:

@@ -78,6 +78,19 @@ def test_sync_then_status(
     assert f"staging: succeeded at {repo.revisions[0][:12]}" in out
     for name in ("embedder", "ranker", "summarizer"):
         assert any(line.split()[:2] == [name, "Healthy"] for line in out.splitlines()), out
+    # Kubernetes Events on each RayService: what gitsync did and saw.
+    events = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    ranker = [
+        (e.type, e.reason, e.message)
+        for e in events
+        if e.involved_object.name == "ranker" and e.source.component == "gitsync"
+    ]
+    assert (
+        "Normal",
+        "Applied",
+        f"gitsync applied revision {repo.revisions[0][:12]} (create)",
+    ) in ranker
+    assert any(reason == "Healthy" for _, reason, _ in ranker)
 
 
 def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(
