@@ -68,6 +68,7 @@ class Agent:
         self.ready = threading.Event()
         self.passes = 0
         self._applied: dict[str, str] = {}  # environment → revision in the info gauge
+        self._began: dict[str, float] = {}  # environment → when its rollout started
         self._lock = threading.Lock()
         election = self.config.leader_election
         self.elector: LeaderElector | None = None
@@ -182,6 +183,7 @@ class Agent:
                     reporter=self.reporter,
                     stop=self.interrupt,
                     source=self.source,
+                    on_start=self._started,
                     on_result=self._record,
                     record=self.recorder,
                 )
@@ -199,8 +201,16 @@ class Agent:
             )
             self._refresh_health()
 
+    def _started(self, environment: str) -> None:
+        self._began[environment] = time.monotonic()
+        self.metrics.rollout_in_progress.labels(environment).set(1)
+
     def _record(self, result: RolloutResult) -> None:
         self.metrics.sync_total.labels(result.environment, str(result.outcome)).inc()
+        self.metrics.rollout_in_progress.labels(result.environment).set(0)
+        began = self._began.pop(result.environment, None)
+        if began is not None:
+            self.metrics.sync_duration.labels(result.environment).observe(time.monotonic() - began)
         if result.outcome is Outcome.SUCCEEDED:
             previous = self._applied.get(result.environment)
             if previous is not None and previous != result.revision:

@@ -123,6 +123,7 @@ def sync_once(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     source: GitSource | None = None,
+    on_start: Callable[[str], None] = lambda environment: None,
     on_result: Callable[[RolloutResult], None] = lambda result: None,
     record: Callable[[ServiceKey, str, str, str], None] | None = None,
 ) -> PassResult:
@@ -138,6 +139,7 @@ def sync_once(
         progress,
         stop or threading.Event(),
         supersede_every,
+        on_start,
         on_result,
         record or (lambda key, kind, reason, message: None),
     )
@@ -154,6 +156,7 @@ class _Pass:
     progress: Callable[[str], None]
     stop: threading.Event
     supersede_every: float
+    on_start: Callable[[str], None]
     on_result: Callable[[RolloutResult], None]
     record: Callable[[ServiceKey, str, str, str], None]
 
@@ -231,6 +234,7 @@ class _Pass:
             if dry_run:
                 self.progress(plan_table(plan).rstrip())
                 return None
+            self.on_start(env.name)
             rollout = Rollout(
                 self.services,
                 self.state,

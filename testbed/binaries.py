@@ -28,6 +28,9 @@ class Binaries:
     sshd_library_path: Path  # libwrap, unpacked beside it
     gitea: Path
     gitea_root: Path  # the module copy it was built in: templates, options (STATIC_ROOT_PATH)
+    prometheus: Path
+    promtool: Path
+    monitoring_crds: Path  # ServiceMonitor, PrometheusRule … (prometheus-operator module)
     kube_version: str
     etcd_version: str
     kuberay_version: str
@@ -75,6 +78,9 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         sshd_library_path=Path(values["SSHD_LIBRARY_PATH"]),
         gitea=Path(values["GITEA"]),
         gitea_root=Path(values["GITEA_ROOT"]),
+        prometheus=Path(values["PROMETHEUS"]),
+        promtool=Path(values["PROMTOOL"]),
+        monitoring_crds=Path(values["MONITORING_CRDS"]),
         kube_version=values["KUBE_VERSION"],
         etcd_version=values["ETCD_VERSION"],
         kuberay_version=values["KUBERAY_VERSION"],
@@ -88,6 +94,9 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         binaries.kuberay_operator,
         binaries.gitea,
         binaries.gitea_root / "templates",
+        binaries.prometheus,
+        binaries.promtool,
+        binaries.monitoring_crds / "monitoring.coreos.com_servicemonitors.yaml",
     ):
         if not path.exists():
             raise TestbedBuildError(f"{path} is missing after testbed/build.sh")

@@ -15,6 +15,7 @@ KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERAY_VERSION="${KUBERAY_VERSION:-v1.5.0}"
 GITEA_VERSION="${GITEA_VERSION:-v1.25.5}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${TESTBED_DIR:-$root/.testbed}"
@@ -150,6 +151,28 @@ build_gitea() {
   log "built Gitea in $((SECONDS - start)) s"
 }
 
+# Prometheus and promtool from Debian's prometheus package, unpacked like sshd: promtool checks
+# deploy/'s alert rules, prometheus scrapes the agent's /metrics in one test.
+fetch_prometheus() {
+  local dest="$dir/prometheus"
+  [[ -x "$dest/usr/bin/promtool" && -x "$dest/usr/bin/prometheus" ]] && return 0
+  local tmp; tmp="$(mktemp -d)"
+  log "fetching prometheus (promtool) from Debian (unpacked, not installed)"
+  if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+    apt-get update -qq >/dev/null
+    (cd "$tmp" && apt-get download prometheus >/dev/null)
+  fi
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$dest.tmp"
+  rm -rf "$tmp" "$dest" && mv "$dest.tmp" "$dest"
+}
+
+# The ServiceMonitor and PrometheusRule CRDs deploy/ uses, from the prometheus-operator module.
+monitoring_crds_dir() {
+  go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
+}
+
 kuberay_dir() {
   go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
@@ -160,6 +183,9 @@ build_kube
 fetch_sshd
 build_kuberay_operator
 build_gitea
+fetch_prometheus
+monitoring="$(monitoring_crds_dir)/example/prometheus-operator-crd"
+[[ -f "$monitoring/monitoring.coreos.com_servicemonitors.yaml" ]] || { log "ServiceMonitor CRD missing from $monitoring"; exit 1; }
 kuberay="$(kuberay_dir)"
 [[ -f "$kuberay/config/crd/bases/ray.io_rayservices.yaml" ]] || { log "RayService CRD missing from $kuberay"; exit 1; }
 # One line per artefact, read by the Python harness (testbed/binaries.py).
@@ -174,6 +200,9 @@ SSHD_LIBRARY_PATH=$dir/openssh/usr/lib/x86_64-linux-gnu
 GITEA=$dir/bin/gitea-$GITEA_VERSION
 GITEA_ROOT=$dir/src/gitea-$GITEA_VERSION
 GITEA_VERSION=$GITEA_VERSION
+PROMETHEUS=$dir/prometheus/usr/bin/prometheus
+PROMTOOL=$dir/prometheus/usr/bin/promtool
+MONITORING_CRDS=$monitoring
 KUBE_VERSION=$KUBE_VERSION
 ETCD_VERSION=$ETCD_VERSION
 KUBERAY_VERSION=$KUBERAY_VERSION

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from testbed.controlplane import ControlPlane
+from gitsync.config import load_agent_config
+from gitsync.metrics import Metrics
+from gitsync.server import AgentServer, Hooks
+from testbed.binaries import Binaries
+from testbed.controlplane import ControlPlane, free_port, spawn
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+BASE = DEPLOY / "base"
 AGENT = "system:serviceaccount:gitsync-system:gitsync"
 
 
@@ -19,9 +32,9 @@ def deployed(control_plane: ControlPlane) -> ControlPlane:
         "--server-side",
         "--field-manager=gitsync-test",
         "-f",
-        str(DEPLOY / "namespace.yaml"),
+        str(BASE / "namespace.yaml"),
         "-f",
-        str(DEPLOY / "rbac.yaml"),
+        str(BASE / "rbac.yaml"),
     )
     return control_plane
 
@@ -68,3 +81,218 @@ def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: 
 )
 def test_agent_may_not(deployed: ControlPlane, verb: str, resource: str, namespace: str) -> None:
     assert not can(deployed, verb, resource, namespace or "default")
+
+
+# -- the kustomize base, monitoring, alerts, dashboard ------------------------------------------
+
+
+def test_the_kustomize_base_applies_with_a_server_side_dry_run(deployed: ControlPlane) -> None:
+    result = deployed.kubectl(
+        "apply", "-k", str(BASE), "--server-side", "--dry-run=server",
+        "--field-manager=gitsync-test", check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for kind in ("deployment.apps/gitsync", "service/gitsync", "configmap/gitsync-config",
+                 "poddisruptionbudget.policy/gitsync", "clusterrole.rbac.authorization.k8s.io/gitsync"):  # fmt: skip
+        assert f"{kind} serverside-applied (server dry run)" in result.stdout, result.stdout
+
+
+def test_the_monitoring_overlay_applies_with_the_operator_crds(
+    deployed: ControlPlane, binaries: Binaries, tmp_path: Path
+) -> None:
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    for name in ("servicemonitors", "prometheusrules"):
+        source = binaries.monitoring_crds / f"monitoring.coreos.com_{name}.yaml"
+        (crds / source.name).write_text(source.read_text())
+    deployed.install_crds(crds)
+    result = deployed.kubectl(
+        "apply", "-k", str(DEPLOY / "monitoring"), "--server-side", "--dry-run=server",
+        "--field-manager=gitsync-test", check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "servicemonitor.monitoring.coreos.com/gitsync serverside-applied" in result.stdout
+    assert "prometheusrule.monitoring.coreos.com/gitsync serverside-applied" in result.stdout
+
+
+def manifests(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_the_deployment_is_hardened_and_probed() -> None:
+    deployment = next(d for d in manifests(BASE / "deployment.yaml") if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert deployment["spec"]["replicas"] == 2
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"]["memory"]
+    assert spec["terminationGracePeriodSeconds"] > float(container["args"][-1])
+    secret = next(v for v in spec["volumes"] if v["name"] == "credentials")
+    assert secret["secret"]["secretName"] == "gitsync-credentials"
+
+
+def test_the_shipped_cluster_config_is_valid() -> None:
+    [configmap] = manifests(BASE / "config.yaml")
+    config, problems = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    assert problems == []
+    assert config is not None
+    assert config.webhooks.secret is not None
+
+
+def rules_file(tmp_path: Path) -> Path:
+    [rule] = manifests(DEPLOY / "monitoring" / "prometheusrule.yaml")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    return path
+
+
+def test_alert_rules_pass_promtool(binaries: Binaries, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(binaries.promtool), "check", "rules", str(rules_file(tmp_path))],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 5 rules found" in result.stdout
+
+
+def test_alerts_fire_on_the_agents_metrics(binaries: Binaries, tmp_path: Path) -> None:
+    """promtool's rule unit tests: a failed rollout and a missing leader raise their alerts."""
+    rules = rules_file(tmp_path)
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": 'gitsync_sync_total{environment="production",result="failed"}',
+                        "values": "0 0 1 1 1",
+                    },
+                    {"series": 'gitsync_leader{pod="a"}', "values": "0x10"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "3m",
+                        "alertname": "GitsyncRolloutFailed",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "environment": "production"},
+                                "exp_annotations": {
+                                    "summary": "gitsync: a rollout of production failed",
+                                    "description": "The last rollout of production failed or "
+                                    "was rolled back. `gitsync status` and the commit status "
+                                    "gitsync/production say which service and why.",
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "8m",
+                        "alertname": "GitsyncNoLeader",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "critical"},
+                                "exp_annotations": {
+                                    "summary": "No gitsync replica holds the leader lease",
+                                    "description": "Nothing is polling Git or rolling out. "
+                                    "Check the gitsync pods and the Lease gitsync-system/gitsync.",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "tests.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        [str(binaries.promtool), "test", "rules", str(test_file)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def metric_names() -> set[str]:
+    names = set()
+    for metric in Metrics().registry.collect():
+        names |= {metric.name, f"{metric.name}_total", f"{metric.name}_bucket"}
+    return names
+
+
+def test_dashboard_and_alerts_use_only_metrics_the_agent_exports() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "gitsync-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [
+        r["expr"]
+        for r in manifests(DEPLOY / "monitoring" / "prometheusrule.yaml")[0]["spec"]["groups"][0][
+            "rules"
+        ]
+    ]
+    used = {name for expr in exprs for name in re.findall(r"\bgitsync_[a-z_]+", expr)}
+    assert used
+    assert used <= metric_names(), used - metric_names()
+
+
+def test_a_real_prometheus_scrapes_the_agents_metrics(binaries: Binaries, tmp_path: Path) -> None:
+    metrics = Metrics()
+    metrics.leader.set(1)
+    metrics.sync_total.labels("staging", "succeeded").inc()
+    hooks = Hooks(lambda: None, "https://x/y.git", "main", lambda: None, lambda: None,
+                  lambda: True, lambda: True)  # fmt: skip
+    server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
+    prometheus_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "gitsync",
+                        "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    process = spawn(
+        "prometheus",
+        [
+            str(binaries.prometheus),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ],
+        tmp_path / "prometheus.log",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        found: list[Any] = []
+        while time.monotonic() < deadline and not found:
+            time.sleep(0.5)
+            query = urllib.parse.quote('gitsync_sync_total{job="gitsync",environment="staging"}')
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{prometheus_port}/api/v1/query?query={query}", timeout=5
+                ) as response:
+                    found = json.loads(response.read())["data"]["result"]
+            except OSError:
+                continue
+        assert found, (tmp_path / "prometheus.log").read_text()[-2000:]
+        assert found[0]["value"][1] == "1"
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{prometheus_port}/api/v1/query?query=gitsync_leader", timeout=5
+        ) as response:
+            assert json.loads(response.read())["data"]["result"][0]["value"][1] == "1"
+    finally:
+        process.stop()
+        server.stop()

@@ -1,0 +1,19 @@
+# The gitsync agent image: `docker build -t gitsync .` (deploy/deployment.yaml runs it).
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gitsync ./gitsync
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim-bookworm
+# git is the source edge's transport; openssh-client for ssh:// repositories.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 65532 --user-group --no-create-home --home-dir /tmp gitsync
+COPY --from=build /install /usr/local
+USER 65532:65532
+ENV HOME=/tmp PYTHONUNBUFFERED=1
+EXPOSE 8080
+ENTRYPOINT ["gitsync"]
+CMD ["run", "--config", "/etc/gitsync/gitsync.yaml"]
