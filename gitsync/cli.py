@@ -25,6 +25,7 @@ from gitsync.agent import Agent
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import AgentConfig, load_agent_config
 from gitsync.diff.classify import Options
+from gitsync.drift import DriftChecker, drift_json, report_lines
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.kube.client import api_client
 from gitsync.kube.events import EventRecorder
@@ -130,6 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--no-status", action="store_true", help="post no commit statuses (and read none)"
     )
+    _agent_commands(commands)
+    for command in (sync, status):
+        command.add_argument("--config", type=Path, required=True, help="the agent config file")
+        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+        command.add_argument("--context", help="the kubeconfig context to use")
+    sync.add_argument("--env", action="append", help="only this environment (repeatable)")
+    return parser
+
+
+def _agent_commands(commands: Any) -> None:
+    """drift, run and notes."""
+    drift = commands.add_parser(
+        "drift",
+        help="compare live RayServices with Git at the revision last applied",
+        description="One drift check: for each environment, the live RayServices against Git "
+        "at the revision last rolled out (not a newer commit), server-side dry run and Ray-aware "
+        "diff. Names the field manager that changed a field and what healing would make KubeRay "
+        "do. With --heal, environments with selfHeal: true are corrected by a gated rollout. "
+        "Exit 0 no drift, 1 drift, 2 errors.",
+    )
+    drift.add_argument("--config", type=Path, required=True, help="the agent config file")
+    drift.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+    drift.add_argument("--context", help="the kubeconfig context to use")
+    drift.add_argument("--env", action="append", help="only this environment (repeatable)")
+    drift.add_argument("--heal", action="store_true", help="correct selfHeal environments")
+    drift.add_argument("-o", "--output", choices=("text", "json"), default="text")
     run = commands.add_parser(
         "run",
         help="the agent: poll, webhooks, roll out, report; /metrics, /healthz, /readyz",
@@ -159,12 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--repo", help="a repository URL (no auth)")
     notes.add_argument("--branch", default="main", help="with --repo: the branch (main)")
     notes.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    for command in (sync, status):
-        command.add_argument("--config", type=Path, required=True, help="the agent config file")
-        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
-        command.add_argument("--context", help="the kubeconfig context to use")
-    sync.add_argument("--env", action="append", help="only this environment (repeatable)")
-    return parser
 
 
 def _agent_config(path: Path) -> AgentConfig:
@@ -252,6 +273,37 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for s in services:
             out.write(f"  {s.key.name:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
     return EXIT_OK
+
+
+def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    def progress(line: str) -> None:
+        if args.heal:
+            err.write(line + "\n")
+
+    try:
+        config = _agent_config(args.config)
+        with api_client(args.kubeconfig, args.context) as api:
+            checker = DriftChecker(
+                config,
+                RayServices(api),
+                StateStore(api, config.rollout.state_namespace),
+                GitSource(config.repository),
+                progress=progress,
+                record=EventRecorder(api),
+                limit=config.drift.limit,
+                window=config.drift.window,
+            )
+            reports = checker.check(args.env, heal=args.heal)
+    except GitsyncError as exc:
+        err.write(f"gitsync drift: {exc}\n")
+        return EXIT_ERROR
+    if args.output == "json":
+        json.dump({"environments": [drift_json(r) for r in reports]}, out, indent=2)
+        out.write("\n")
+    else:
+        for report in reports:
+            out.write("\n".join(report_lines(report)) + "\n")
+    return EXIT_FOUND if any(r.drifted for r in reports) else EXIT_OK
 
 
 def run_agent(args: argparse.Namespace, err: TextIO) -> int:
@@ -538,6 +590,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return run_notes(args, sys.stdout, sys.stderr)
     if args.command == "run":
         return run_agent(args, sys.stderr)
+    if args.command == "drift":
+        return run_drift(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_ERROR
 

@@ -51,6 +51,15 @@ class StatusConfig:
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    """The backoff that stops a fight: a field corrected ``limit`` times within ``window``
+    seconds and changed again is no longer corrected (still reported)."""
+
+    limit: int = 3
+    window: float = 3600.0
+
+
+@dataclass(frozen=True)
 class PromotionGate:
     """An environment whose ``after:`` names one this agent does not manage waits until the
     commit carries ``gitsync/<that>: success``, reading statuses this often, this long."""
@@ -103,6 +112,7 @@ class AgentConfig:
     environments: tuple[str, ...] = ()
     promotion: PromotionGate = field(default_factory=PromotionGate)
     webhooks: Webhooks = field(default_factory=Webhooks)
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
 
 def parse_duration(value: Any) -> float | None:
@@ -318,6 +328,21 @@ def _election(check: Checker, raw: Any) -> LeaderElection:
     )
 
 
+def _drift(check: Checker, raw: Any) -> DriftSettings:
+    at = ("drift",)
+    if not check.mapping(raw, {"correctionLimit", "correctionWindow"}, set(), *at):
+        return DriftSettings()
+    limit = raw.get("correctionLimit", DriftSettings.limit)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        check.add(f"drift.correctionLimit must be a whole number ≥ 1, not {limit!r}", *at)
+        limit = DriftSettings.limit
+    window = parse_duration(raw.get("correctionWindow", "1h"))
+    if window is None:
+        check.add("drift.correctionWindow must be a duration such as '1h'", *at, "correctionWindow")
+        window = DriftSettings.window
+    return DriftSettings(limit, window)
+
+
 def _webhooks(check: Checker, raw: Any) -> Webhooks:
     at = ("webhooks",)
     _refuse_secrets(check, raw, *at)
@@ -380,6 +405,7 @@ def load_agent_config(
         "environments",
         "promotion",
         "webhooks",
+        "drift",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -415,6 +441,7 @@ def load_agent_config(
     environments = _environments(check, data["environments"]) if "environments" in data else ()
     promotion = _promotion(check, data.get("promotion", {}))
     webhooks = _webhooks(check, data.get("webhooks", {}))
+    drift_settings = _drift(check, data.get("drift", {}))
     if check.problems or repository is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
@@ -429,6 +456,7 @@ def load_agent_config(
         environments,
         promotion,
         webhooks,
+        drift_settings,
     ), []
 
 

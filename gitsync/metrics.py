@@ -56,6 +56,13 @@ class Metrics:
             ["environment"],
             registry=r,
         )
+        self.drift_fighting = Gauge(
+            "gitsync_drift_fighting",
+            "1 while gitsync has stopped correcting a RayService that another controller keeps "
+            "changing back",
+            ["environment", "namespace", "name"],
+            registry=r,
+        )
         self.git_poll = Counter(
             "gitsync_git_poll", "Polls of the branch, by result (unchanged, new, error)",
             ["result"], registry=r,

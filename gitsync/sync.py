@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import AgentConfig
@@ -356,5 +357,16 @@ def environment_status(
                     result.message,
                 )
             )
+        findings = {f.get("service"): f for f in state.read_drift(name)[0]}
+        statuses = [
+            _with_drift(s, findings[str(s.key)]) if str(s.key) in findings else s for s in statuses
+        ]
         rows.append((name, state.read(name), statuses))
     return rows
+
+
+def _with_drift(status: ServiceStatus, finding: Mapping[str, Any]) -> ServiceStatus:
+    word = "FIGHTING" if finding.get("fighting") else "DRIFTED"
+    return ServiceStatus(
+        status.key, status.revision, f"{status.health},{word}", str(finding.get("message", ""))
+    )

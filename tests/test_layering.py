@@ -24,6 +24,7 @@ CORE = (
     "gitsync.manifests",
     "gitsync.diff",
     "gitsync.report.status",
+    "gitsync.stamp",
 )
 CORE_THIRD_PARTY = {"yaml", "deepdiff"}
 FORBIDDEN_STDLIB = {

@@ -21,6 +21,9 @@ from gitsync.stamp import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
 _KEYS = ("revision", "phase", "wave", "started", "finished", "message", "last_healthy_revision")
 
 
+DRIFT_MANAGER = "gitsync-drift"
+
+
 def configmap_name(environment: str) -> str:
     return f"gitsync-rollout-{environment}"
 
@@ -90,3 +93,59 @@ class StateStore:
                     f"cannot record rollout state of {state.environment} in {self.namespace}: "
                     f"{exc.status} {exc.reason}"
                 ) from None
+
+    # -- drift: its own keys, written by its own field manager, so a rollout-state write
+    # (server-side apply of the rollout keys) never removes them and vice versa.
+
+    @reaching_the_api
+    def read_drift(self, environment: str) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+        """The last drift check's findings and the corrections history (for the backoff)."""
+        try:
+            configmap = self.core.read_namespaced_config_map(
+                configmap_name(environment), self.namespace
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return [], {}
+            raise GitsyncError(
+                f"cannot read drift state of {environment}: {exc.status} {exc.reason}"
+            ) from None
+        data: dict[str, str] = configmap.data or {}
+        try:
+            findings = json.loads(data.get("drift") or "[]")
+            corrections = json.loads(data.get("corrections") or "{}")
+        except ValueError:
+            return [], {}
+        return list(findings), dict(corrections)
+
+    @reaching_the_api
+    def write_drift(
+        self,
+        environment: str,
+        findings: list[dict[str, Any]],
+        corrections: dict[str, list[float]],
+    ) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": configmap_name(environment), "namespace": self.namespace},
+            "data": {
+                "drift": json.dumps(findings, sort_keys=True),
+                "corrections": json.dumps(corrections, sort_keys=True),
+            },
+        }
+        try:
+            self.core.patch_namespaced_config_map(
+                configmap_name(environment),
+                self.namespace,
+                body,
+                field_manager=DRIFT_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _preload_content=False,
+            )
+        except client.ApiException as exc:
+            raise GitsyncError(
+                f"cannot record drift of {environment} in {self.namespace}: "
+                f"{exc.status} {exc.reason}"
+            ) from None

@@ -38,6 +38,7 @@ class EnvironmentConfig:
     line: int = field(default=0, compare=False)  # where gitsync.yaml declares it
     prune: bool = False  # delete managed services Git no longer declares (opt-in)
     create_namespace: bool = False
+    self_heal: bool = False  # drift: re-apply Git's version (a gated rollout), not only report
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def _environment(
     check: Checker, raw: Any, at: tuple[str | int, ...], seen: dict[str, int]
 ) -> EnvironmentConfig | None:
     """One entry of ``environments``; records its name in ``seen`` for duplicate checks."""
-    allowed = {"name", "path", "namespace", "after", "prune", "createNamespace"}
+    allowed = {"name", "path", "namespace", "after", "prune", "createNamespace", "selfHeal"}
     if not check.mapping(raw, allowed, {"name", "path", "namespace"}, *at):
         return None
     name, path, namespace = raw.get("name"), raw.get("path"), raw.get("namespace")
@@ -108,7 +109,7 @@ def _environment(
         check.add("after must be a list of environment names", *at, "after")
         after = []
     flags = {}
-    for key in ("prune", "createNamespace"):
+    for key in ("prune", "createNamespace", "selfHeal"):
         value = raw.get(key, False)
         if not isinstance(value, bool):
             check.add(f"{key} must be true or false", *at, key)
@@ -122,6 +123,7 @@ def _environment(
             check.doc.line_of(*at),
             prune=flags["prune"],
             create_namespace=flags["createNamespace"],
+            self_heal=flags["selfHeal"],
         )
     return None
 

@@ -48,6 +48,7 @@ class GitOpsRepo:
         prune: bool = False,
         production: str | None = None,
         create_namespace: bool = False,
+        self_heal: bool = False,
         origin: str | None = None,
         push_args: Sequence[str] = (),
     ) -> None:
@@ -62,7 +63,9 @@ class GitOpsRepo:
         shutil.copytree(EXAMPLES, self.work)
         config = yaml.safe_load((self.work / "gitsync.yaml").read_text())
         staging, prod = config["environments"]
-        staging.update(namespace=namespace, prune=prune, createNamespace=create_namespace)
+        staging.update(
+            namespace=namespace, prune=prune, createNamespace=create_namespace, selfHeal=self_heal
+        )
         config["environments"] = [staging]
         if production is not None:  # production after staging, in its own namespace
             prod.update(namespace=production, createNamespace=create_namespace)

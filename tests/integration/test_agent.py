@@ -299,6 +299,9 @@ def test_the_standby_takes_over_a_sigkilled_leader_mid_rollout(
         # Mid-rollout: wave 0 (embedder) applied, the later wave not yet.
         wait_for(lambda: "embedder" in annotations(api, namespace), timeout=60, what="wave 0")
         assert "ranker" not in annotations(api, namespace)
+        # Exactly one applies: the standby has not written anything.
+        assert ": applied " not in (tmp_path / f"{standby}.log").read_text()
+        assert ": applied " in (tmp_path / f"{leader}.log").read_text()
         agents[leader].send_signal(signal.SIGKILL)
         agents[leader].wait(10)
         wait_for(lambda: lease_holder(api, namespace) == standby, timeout=30, what="takeover")

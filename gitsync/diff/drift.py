@@ -1,0 +1,108 @@
+"""Drift: how a live RayService differs from Git at the revision last applied, and who did it.
+
+Pure. Both sides arrive normalised (:func:`gitsync.diff.normalize.owned`), the desired side
+as the API server's server-side-apply dry run of Git's body, so CRD defaults, admission and
+other managers' *own* fields never count; KubeRay writes only the status subresource, which
+``owned`` drops. What remains differs in a field Git owns. The culprit is read from
+``managedFields``: every manager other than gitsync that wrote ``spec`` (KubeRay's status
+writes are the ``status`` subresource and are skipped). What healing would make KubeRay do
+is the ordinary classification of live → Git, so a hand-edited image is reported as "healing
+means a cluster swap".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gitsync.diff.classify import Options, classify
+from gitsync.diff.structural import differences, dotted, keyed
+from gitsync.model import Action, Change, ServiceKey
+from gitsync.stamp import FIELD_MANAGER
+
+
+class DriftKind(enum.StrEnum):
+    MODIFIED = "modified"  # a Git-owned field changed by someone else
+    DELETED = "deleted"  # a managed service is gone
+    UNEXPECTED = "unexpected"  # gitsync-labelled, but Git no longer declares it
+
+
+@dataclass(frozen=True)
+class Drift:
+    key: ServiceKey
+    kind: DriftKind
+    revision: str  # the applied revision it differs from
+    fields: tuple[str, ...] = ()  # dotted paths, e.g. spec.serveConfigV2
+    managers: tuple[str, ...] = ()  # who wrote spec besides gitsync, e.g. "kubectl-edit"
+    heal: Change | None = None  # what re-applying Git's version makes KubeRay do
+
+    @property
+    def message(self) -> str:
+        if self.kind is DriftKind.DELETED:
+            return f"{self.key} was deleted; Git at {self.revision[:12]} declares it"
+        if self.kind is DriftKind.UNEXPECTED:
+            return (
+                f"{self.key} is managed by gitsync but Git at {self.revision[:12]} no longer "
+                "declares it"
+            )
+        who = f" by {', '.join(self.managers)}" if self.managers else ""
+        fields = ", ".join(self.fields[:4]) + (" …" if len(self.fields) > 4 else "")
+        text = f"{self.key}: {fields} changed{who} (Git at {self.revision[:12]})"
+        if self.heal is not None:
+            text += f"; healing is a {self.heal.action}: {self.heal.summary}"
+        return text
+
+
+def other_managers(live: Mapping[str, Any]) -> tuple[str, ...]:
+    """Field managers other than gitsync that own something under ``spec``."""
+    found = []
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER or entry.get("subresource"):
+            continue
+        if "f:spec" in (entry.get("fieldsV1") or {}):
+            found.append(str(entry.get("manager", "?")))
+    return tuple(sorted(set(found)))
+
+
+def modified(
+    key: ServiceKey,
+    live_owned: Mapping[str, Any],
+    desired_owned: Mapping[str, Any],
+    live_raw: Mapping[str, Any],
+    revision: str,
+    options: Options,
+) -> Drift | None:
+    """The drift of one live service against Git's dry-run body, or None when they agree."""
+    found = differences(keyed(dict(live_owned)), keyed(dict(desired_owned)))
+    if not found:
+        return None
+    heal = classify(live_owned, desired_owned, options)
+    return Drift(
+        key,
+        DriftKind.MODIFIED,
+        revision,
+        tuple(dict.fromkeys(dotted(d.path) for d in found)),
+        other_managers(live_raw),
+        heal,
+    )
+
+
+def corrections_left(history: Sequence[float], now: float, limit: int, window: float) -> int:
+    """How many more corrections of one field the backoff allows now (0: stop, it's a fight)."""
+    recent = [t for t in history if now - t < window]
+    return max(0, limit - len(recent))
+
+
+def heal_cost(drifts: Sequence[Drift]) -> list[str]:
+    """Lines warning what healing will cost: cluster swaps double the cluster for a while."""
+    lines = []
+    for drift in drifts:
+        if drift.heal is not None and drift.heal.action is Action.CLUSTER_SWAP:
+            lines.append(
+                f"{drift.key}: healing is a cluster swap ({'; '.join(drift.heal.details[:2])}): "
+                "KubeRay starts a new RayCluster and needs about twice the cluster's resources "
+                "until it switches over"
+            )
+    return lines

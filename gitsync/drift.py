@@ -1,0 +1,296 @@
+"""Drift checks (``gitsync drift``, and the agent's cron job): compare each environment's live
+RayServices with Git **at the revision last applied**, report, and — where the environment
+says ``selfHeal: true`` — put Git's version back through a normal, health-gated rollout.
+
+Wires the edges; the comparison itself is :mod:`gitsync.diff.drift`. Per environment one list
+of the namespace, then a server-side dry run only for services whose live object is not
+provably untouched since gitsync applied it. Findings and the corrections history live in the
+environment's state ConfigMap (``gitsync status`` shows them; the backoff survives restarts).
+A field corrected ``limit`` times within ``window`` is a fight with another controller:
+gitsync stops correcting it, says so loudly (Warning event, metric, status), keeps reporting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gitsync.checkout import read_tree
+from gitsync.config import AgentConfig
+from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
+from gitsync.diff.normalize import owned
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.manifests.load import EnvironmentManifests
+from gitsync.model import Action, Phase, ServiceKey
+from gitsync.plan import Plan, Wave, build_plan
+from gitsync.planning import environment_manifests, ordered_environments
+from gitsync.rollout import Outcome, Rollout, RolloutResult
+from gitsync.source.git import GitSource
+from gitsync.stamp import stamped, untouched_since_apply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    environment: str
+    revision: str  # the applied revision compared against ("" when never rolled out)
+    drifts: tuple[Drift, ...] = ()
+    fighting: tuple[ServiceKey, ...] = ()  # corrections stopped: another controller fights
+    healed: RolloutResult | None = None
+    note: str = ""  # why nothing was checked
+    costs: tuple[str, ...] = ()
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.drifts)
+
+
+@dataclass
+class DriftChecker:
+    config: AgentConfig
+    services: RayServices
+    state: StateStore
+    source: GitSource
+    progress: Callable[[str], None] = lambda line: None
+    record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
+    on_drift: Callable[[str, int], None] = lambda environment, count: None
+    clock: Callable[[], float] = time.time
+    limit: int = 3
+    window: float = 3600.0
+    _seen: dict[str, set[tuple[ServiceKey, str]]] = field(default_factory=dict)
+    _fights: dict[str, set[ServiceKey]] = field(default_factory=dict)
+
+    def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
+        head = self.source.head()
+        report = read_tree(self.source.checkout(head))
+        names = ordered_environments(report, environments or self.config.environments or None, "")
+        return [self.environment(name, heal=heal) for name in names]
+
+    def environment(self, name: str, *, heal: bool) -> DriftReport:
+        prior = self.state.read(name)
+        if prior is None or not prior.revision:
+            return DriftReport(name, "", note="never rolled out")
+        if prior.phase is Phase.IN_PROGRESS:
+            return DriftReport(name, prior.revision, note="a rollout is in progress")
+        revision = prior.revision if prior.phase is Phase.SUCCEEDED else prior.last_healthy_revision
+        if not revision:
+            return DriftReport(name, prior.revision, note="no revision was ever Healthy")
+        loaded = environment_manifests(
+            read_tree(self.source.checkout(revision)), name, revision[:12]
+        )
+        drifts = self._find(loaded, revision)
+        _, corrections = self.state.read_drift(name)
+        fighting = self._fighting(drifts, corrections)
+        self._report(name, drifts, fighting)
+        healed = None
+        env = loaded.environment
+        healable = [d for d in drifts if d.key not in fighting]
+        if heal and env.self_heal and healable:
+            healed = self._heal(loaded, revision, healable, corrections)
+        self.state.write_drift(name, _findings(drifts, fighting), corrections)
+        return DriftReport(
+            name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
+            costs=tuple(heal_cost(drifts)),
+        )  # fmt: skip
+
+    # -- finding ------------------------------------------------------------------------------
+
+    def _find(self, loaded: EnvironmentManifests, revision: str) -> list[Drift]:
+        env = loaded.environment
+        live = self.services.list_managed(env.namespace, env.name)
+        drifts: list[Drift] = []
+        for service in loaded.services:
+            obj = live.get(service.key)
+            if obj is None:
+                drifts.append(Drift(service.key, DriftKind.DELETED, revision))
+                continue
+            body = stamped(
+                service.manifest,
+                environment=env.name,
+                revision=revision,
+                source=service.source,
+                wave=service.wave,
+            )
+            if untouched_since_apply(obj, body):
+                continue  # provably what gitsync applied: no request
+            desired = owned(self.services.apply(body, dry_run=True, force=True))
+            found = modified(service.key, owned(obj), desired, obj, revision, self.config.classify)
+            if found is not None:
+                drifts.append(found)
+        declared = {s.key for s in loaded.services}
+        drifts += [
+            Drift(key, DriftKind.UNEXPECTED, revision)
+            for key in sorted(live)
+            if key not in declared
+        ]
+        return drifts
+
+    def _fighting(
+        self, drifts: Sequence[Drift], corrections: Mapping[str, list[float]]
+    ) -> set[ServiceKey]:
+        now = self.clock()
+        return {
+            d.key
+            for d in drifts
+            for f in _fields(d)
+            if corrections_left(corrections.get(f"{d.key} {f}", []), now, self.limit, self.window)
+            == 0
+        }
+
+    def _report(self, name: str, drifts: Sequence[Drift], fighting: set[ServiceKey]) -> None:
+        seen = self._seen.setdefault(name, set())
+        now_seen = set()
+        for drift in drifts:
+            mark = (drift.key, drift.message)
+            now_seen.add(mark)
+            self.progress(f"{name}: drift: {drift.message}")
+            if mark not in seen:  # an event per new finding, not per check
+                self.record(drift.key, "Warning", "Drift", drift.message)
+            if drift.key in fighting:
+                self.progress(
+                    f"{name}: {drift.key} keeps drifting after {self.limit} corrections within "
+                    f"{self.window:.0f}s: another controller is fighting gitsync; not correcting"
+                )
+                if drift.key not in self._fights.get(name, set()):
+                    self.record(
+                        drift.key,
+                        "Warning",
+                        "DriftFight",
+                        f"corrected {self.limit} times within {self.window:.0f}s and changed "
+                        "again: gitsync stops correcting it; find the other writer "
+                        f"({', '.join(drift.managers) or 'unknown'})",
+                    )
+        self._seen[name] = now_seen
+        self._fights[name] = set(fighting)
+        if drifts:
+            self.on_drift(name, len(drifts))
+
+    # -- healing ------------------------------------------------------------------------------
+
+    def _heal(
+        self,
+        loaded: EnvironmentManifests,
+        revision: str,
+        drifts: Sequence[Drift],
+        corrections: dict[str, list[float]],
+    ) -> RolloutResult:
+        """Re-applies Git's version of the drifted services as a rollout: waves, health gates,
+        the same state ConfigMap. Unexpected services are pruned only with ``prune: true``."""
+        env = loaded.environment
+        keys = {d.key for d in drifts}
+        current: dict[ServiceKey, dict[str, Any]] = {}
+        desired: dict[ServiceKey, dict[str, Any]] = {}
+        by_key = {s.key: s for s in loaded.services}
+        live = self.services.list_managed(env.namespace, env.name)
+        for key in keys:
+            if key in live:
+                current[key] = owned(live[key])
+            if key in by_key:
+                s = by_key[key]
+                body = stamped(
+                    s.manifest,
+                    environment=env.name,
+                    revision=revision,
+                    source=s.source,
+                    wave=s.wave,
+                )
+                desired[key] = owned(self.services.apply(body, dry_run=True, force=True))
+        plan = _only_changes(
+            build_plan(
+                env.name, env.namespace, current, desired, self.config.classify, to_rev=revision
+            )
+        )
+        now = self.clock()
+        for drift in drifts:
+            for f in _fields(drift):
+                history = corrections.setdefault(f"{drift.key} {f}", [])
+                history[:] = [t for t in history if now - t < self.window] + [now]
+        self.progress(
+            f"{env.name}: healing {', '.join(str(k) for k in sorted(keys))} at {revision[:12]}"
+        )
+        # Healing takes the fields back from whoever changed them: server-side apply with
+        # force, whatever rollout.forceConflicts says for ordinary rollouts.
+        settings = replace(self.config.rollout, force_conflicts=True)
+        rollout = Rollout(self.services, self.state, settings, self.progress, record=self.record)
+        result = rollout.run(env, plan, by_key, revision)
+        if result.outcome is Outcome.SUCCEEDED:
+            for key in sorted(keys):
+                self.record(
+                    key, "Normal", "DriftCorrected", f"Git's version at {revision[:12]} re-applied"
+                )
+        return result
+
+
+def _only_changes(plan: Plan) -> Plan:
+    waves = tuple(
+        Wave(w.number, tuple(c for c in w.changes if c.action is not Action.UNCHANGED), w.prune)
+        for w in plan.waves
+    )
+    return Plan(plan.environment, plan.namespace, plan.from_rev, plan.to_rev, waves)
+
+
+def _fields(drift: Drift) -> tuple[str, ...]:
+    return drift.fields or (str(drift.kind),)
+
+
+def _findings(drifts: Sequence[Drift], fighting: set[ServiceKey]) -> list[dict[str, Any]]:
+    return [
+        {
+            "service": str(d.key),
+            "kind": str(d.kind),
+            "fields": list(d.fields),
+            "managers": list(d.managers),
+            "heal": str(d.heal.action) if d.heal else "",
+            "fighting": d.key in fighting,
+            "message": d.message,
+        }
+        for d in drifts
+    ]
+
+
+def report_lines(report: DriftReport) -> list[str]:
+    if report.note:
+        return [f"{report.environment}: not checked: {report.note}"]
+    if not report.drifts:
+        return [f"{report.environment}: no drift from {report.revision[:12]}"]
+    lines = [f"{report.environment}: {len(report.drifts)} drifted from {report.revision[:12]}"]
+    for drift in report.drifts:
+        flag = " [FIGHTING: not corrected]" if drift.key in report.fighting else ""
+        lines.append(f"  {drift.kind:<10} {drift.message}{flag}")
+        if drift.heal is not None:
+            lines += [f"             {detail}" for detail in drift.heal.details[:6]]
+    lines += [f"  cost: {line}" for line in report.costs]
+    if report.healed is not None:
+        lines.append(f"  healed: {report.healed.outcome}: {report.healed.message}")
+    return lines
+
+
+def drift_json(report: DriftReport) -> dict[str, Any]:
+    return {
+        "environment": report.environment,
+        "revision": report.revision,
+        "note": report.note,
+        "drifted": [
+            {
+                "service": str(d.key),
+                "kind": str(d.kind),
+                "fields": list(d.fields),
+                "managers": list(d.managers),
+                "heal": {"action": str(d.heal.action), "details": list(d.heal.details)}
+                if d.heal
+                else None,
+                "fighting": d.key in report.fighting,
+                "message": d.message,
+            }
+            for d in report.drifts
+        ],
+        "costs": list(report.costs),
+        "healed": {"outcome": str(report.healed.outcome), "message": report.healed.message}
+        if report.healed
+        else None,
+    }

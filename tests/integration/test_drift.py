@@ -1,0 +1,206 @@
+"""Drift checks against the real API server and the simulator: no false positives after a
+sync, another manager's serveConfigV2 edit named and healed in place, deleted services
+recreated or reported, a fighting controller detected and left alone after the limit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from gitsync.cli import main
+from gitsync.config import DriftSettings
+from gitsync.diff.drift import DriftKind
+from gitsync.drift import DriftChecker
+from gitsync.kube.events import EventRecorder
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.model import Action, ServiceKey
+from gitsync.rollout import Outcome
+from gitsync.source.git import GitSource
+from gitsync.sync import sync_once
+from testbed.controlplane import ControlPlane
+from testbed.simulator import Simulator
+
+from .gitops import GitOpsRepo
+from .kube import GROUP, PLURAL, VERSION, get
+
+
+def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: Any) -> DriftChecker:
+    config = replace(repo.agent_config(tmp_path / "cache"), drift=DriftSettings(**drift))
+    return DriftChecker(
+        config,
+        RayServices(api),
+        StateStore(api, repo.namespace),
+        GitSource(config.repository),
+        record=EventRecorder(api),
+        limit=config.drift.limit,
+        window=config.drift.window,
+    )
+
+
+def synced(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path) -> None:
+    config = repo.agent_config(tmp_path / "cache")
+    assert sync_once(config, RayServices(api), StateStore(api, repo.namespace)).ok
+
+
+def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager: str) -> None:
+    live = get(api, namespace, name)
+    text = live["spec"]["serveConfigV2"].replace("num_replicas: 1", "num_replicas: 4", 1)
+    assert text != live["spec"]["serveConfigV2"]
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"serveConfigV2": text}},
+        field_manager=manager,
+    )  # fmt: skip
+
+
+def test_a_fresh_sync_has_no_drift_over_many_checks(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    synced(api, repo, tmp_path)
+    drift = checker(api, repo, tmp_path)
+    for _ in range(10):  # the simulator keeps writing status meanwhile
+        [report] = drift.check(heal=True)
+        assert report.drifts == (), report
+        assert report.revision == repo.revisions[-1]
+
+
+def test_a_serve_config_edit_is_named_and_healed_in_place(
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    synced(api, repo, tmp_path)
+    key = ServiceKey(namespace, "ranker")
+    puts_before = len(sim.submissions(key))
+    edit_serve_config(api, namespace, "ranker", "kubectl-edit")
+    # Report only (the CLI without --heal): named, with what healing would do; exit 1.
+    config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
+    args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["drift", *args, "-o", "json"]) == 1
+    [env] = json.loads(capsys.readouterr().out)["environments"]
+    [found] = env["drifted"]
+    assert found["service"] == str(key)
+    assert found["kind"] == "modified"
+    assert found["managers"] == ["kubectl-edit"]
+    assert "spec.serveConfigV2" in found["fields"][0]
+    assert found["heal"]["action"] == "serve-update"
+    # The agent's check heals it: an in-place Serve update, gated on health.
+    [report] = checker(api, repo, tmp_path).check(heal=True)
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert "num_replicas: 1" in get(api, namespace, "ranker")["spec"]["serveConfigV2"]
+    assert len(sim.submissions(key)) == puts_before + 2  # the edit's PUT, then the heal's
+    assert len(set(sim.submissions(key))) == 1  # the same cluster: no swap
+    [after] = checker(api, repo, tmp_path).check(heal=True)
+    assert after.drifts == ()
+    events = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    reasons = {e.reason for e in events if e.involved_object.name == "ranker"}
+    assert {"Drift", "DriftCorrected"} <= reasons
+
+
+@pytest.mark.parametrize("self_heal", [False, True])
+def test_a_deleted_service_is_recreated_or_reported(
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    capsys: pytest.CaptureFixture[str],
+    self_heal: bool,
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=self_heal)
+    synced(api, repo, tmp_path)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "summarizer"
+    )
+    [report] = checker(api, repo, tmp_path).check(heal=True)
+    [drift] = report.drifts
+    assert (drift.key.name, drift.kind) == ("summarizer", DriftKind.DELETED)
+    names = {
+        o["metadata"]["name"]
+        for o in client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        )["items"]
+    }
+    if self_heal:
+        assert report.healed is not None
+        assert report.healed.outcome is Outcome.SUCCEEDED
+        assert "summarizer" in names
+    else:
+        assert report.healed is None
+        assert "summarizer" not in names
+        config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
+        args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
+        assert main(["status", *args]) == 0
+        out = capsys.readouterr().out
+        assert any("summarizer" in line and "DRIFTED" in line for line in out.splitlines()), out
+
+
+def test_a_fighting_controller_is_left_alone_after_the_limit(
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    synced(api, repo, tmp_path)
+    drift = checker(api, repo, tmp_path, limit=2, window=3600.0)
+    outcomes = []
+    for _ in range(3):
+        edit_serve_config(api, namespace, "embedder", "autoscaler-x")  # the other controller
+        [report] = drift.check(heal=True)
+        outcomes.append((report.healed.outcome if report.healed else None, report.fighting))
+    assert outcomes[0][0] is Outcome.SUCCEEDED
+    assert outcomes[1][0] is Outcome.SUCCEEDED
+    assert outcomes[2] == (None, (ServiceKey(namespace, "embedder"),))  # stopped correcting
+    assert "num_replicas: 4" in get(api, namespace, "embedder")["spec"]["serveConfigV2"]
+    events = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    assert any(e.reason == "DriftFight" and "autoscaler-x" in e.message for e in events)
+    config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
+    args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["status", *args]) == 0
+    out = capsys.readouterr().out
+    assert any("embedder" in line and "FIGHTING" in line for line in out.splitlines()), out
+
+
+def test_healing_a_hand_edited_image_explains_the_cluster_swap(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)  # report only
+    synced(api, repo, tmp_path)
+    live = get(api, namespace, "ranker")
+    head = live["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    patch: dict[str, Any] = {
+        "spec": {
+            "rayClusterConfig": {
+                "headGroupSpec": {
+                    "template": {
+                        "spec": {"containers": [{**head, "image": "rayproject/ray:2.50.0-py311"}]}
+                    }
+                }
+            }
+        }
+    }
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker", patch, field_manager="kubectl-set"
+    )
+    [report] = checker(api, repo, tmp_path).check(heal=True)
+    [drift] = report.drifts
+    assert drift.heal is not None
+    assert drift.heal.action is Action.CLUSTER_SWAP
+    assert drift.managers == ("kubectl-set",)
+    assert report.costs
+    assert "twice the cluster's resources" in report.costs[0]
+    assert report.healed is None

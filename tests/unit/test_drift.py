@@ -1,0 +1,114 @@
+"""The pure drift core: who changed a field, what healing would do, and the fight backoff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gitsync.diff.classify import Options
+from gitsync.diff.drift import (
+    Drift,
+    DriftKind,
+    corrections_left,
+    heal_cost,
+    modified,
+    other_managers,
+)
+from gitsync.model import Action, ServiceKey
+
+KEY = ServiceKey("ray", "ranker")
+
+
+def service(serve: str, image: str = "rayproject/ray:2.49.0") -> dict[str, Any]:
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "ranker", "namespace": "ray"},
+        "spec": {
+            "serveConfigV2": serve,
+            "rayClusterConfig": {
+                "headGroupSpec": {
+                    "rayStartParams": {},
+                    "template": {"spec": {"containers": [{"name": "ray-head", "image": image}]}},
+                }
+            },
+        },
+    }
+
+
+SERVE = "applications:\n- name: rank\n  import_path: ranker.serve:app\n  deployments:\n  - name: Ranker\n    num_replicas: 1\n"
+
+
+def managed_fields(*managers: tuple[str, dict[str, Any], str | None]) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "managedFields": [
+                {
+                    "manager": m,
+                    "operation": "Update",
+                    "fieldsV1": f,
+                    **({"subresource": s} if s else {}),
+                }
+                for m, f, s in managers
+            ]
+        }
+    }
+
+
+def test_other_managers_skip_gitsync_and_status_writers() -> None:
+    live = managed_fields(
+        ("gitsync", {"f:spec": {}}, None),
+        ("kuberay-operator", {"f:status": {}}, "status"),
+        ("kubectl-edit", {"f:spec": {"f:serveConfigV2": {}}}, None),
+        ("kubectl-label", {"f:metadata": {}}, None),
+    )
+    assert other_managers(live) == ("kubectl-edit",)
+
+
+def test_no_drift_when_equal() -> None:
+    assert modified(KEY, service(SERVE), service(SERVE), {}, "a" * 40, Options()) is None
+
+
+def test_a_serve_edit_heals_in_place() -> None:
+    live = service(SERVE.replace("num_replicas: 1", "num_replicas: 4"))
+    found = modified(
+        KEY,
+        live,
+        service(SERVE),
+        managed_fields(("kubectl-edit", {"f:spec": {}}, None)),
+        "a" * 40,
+        Options(),
+    )
+    assert found is not None
+    assert found.kind is DriftKind.MODIFIED
+    assert found.fields == ("spec.serveConfigV2",)
+    assert found.managers == ("kubectl-edit",)
+    assert found.heal is not None
+    assert found.heal.action is Action.SERVE_UPDATE
+    assert "changed by kubectl-edit" in found.message
+    assert heal_cost([found]) == []
+
+
+def test_a_hand_edited_image_heals_by_a_swap_and_says_so() -> None:
+    live = service(SERVE, image="rayproject/ray:2.50.0")
+    found = modified(KEY, live, service(SERVE), {}, "a" * 40, Options())
+    assert found is not None
+    assert found.heal is not None
+    assert found.heal.action is Action.CLUSTER_SWAP
+    [cost] = heal_cost([found])
+    assert "cluster swap" in cost
+    assert "twice the cluster's resources" in cost
+
+
+@pytest.mark.parametrize(
+    ("history", "left"),
+    [([], 3), ([100.0], 2), ([100.0, 200.0, 300.0], 0), ([-5000.0, 100.0, 200.0], 1)],
+)
+def test_corrections_left(history: list[float], left: int) -> None:
+    assert corrections_left(history, now=400.0, limit=3, window=3600.0) == left
+
+
+def test_messages_for_deleted_and_unexpected() -> None:
+    assert "was deleted" in Drift(KEY, DriftKind.DELETED, "b" * 40).message
+    assert "no longer declares" in Drift(KEY, DriftKind.UNEXPECTED, "b" * 40).message
