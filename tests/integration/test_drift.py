@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from gitsync.agent import Agent
 from gitsync.cli import main
-from gitsync.config import DriftSettings
+from gitsync.config import DriftSettings, LeaderElection
 from gitsync.diff.drift import DriftKind
 from gitsync.drift import DriftChecker
 from gitsync.kube.events import EventRecorder
@@ -204,3 +205,33 @@ def test_healing_a_hand_edited_image_explains_the_cluster_swap(
     assert report.costs
     assert "twice the cluster's resources" in report.costs[0]
     assert report.healed is None
+
+
+def test_the_agents_drift_job_counts_and_heals(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        leader_election=LeaderElection(enabled=False),
+        environments=(),
+    )
+    agent = Agent(config, api, "drift-test")
+    agent.poll()  # the first pass rolls everything out
+    assert agent.last_ok
+    edit_serve_config(api, namespace, "summarizer", "kubectl-edit")
+    [report] = agent.drift()
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert (
+        agent.metrics.registry.get_sample_value(
+            "gitsync_drift_detected_total", {"environment": "staging"}
+        )
+        == 1
+    )
+    assert (
+        agent.metrics.registry.get_sample_value(
+            "gitsync_sync_total", {"environment": "staging", "result": "succeeded"}
+        )
+        == 2
+    )
