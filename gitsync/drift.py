@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gitsync.checkout import read_tree
+from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import AgentConfig
 from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
 from gitsync.diff.normalize import owned
@@ -64,12 +64,18 @@ class DriftChecker:
     window: float = 3600.0
     _seen: dict[str, set[tuple[ServiceKey, str]]] = field(default_factory=dict)
     _fights: dict[str, set[ServiceKey]] = field(default_factory=dict)
+    _trees: dict[str, TreeReport] = field(default_factory=dict)
 
     def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
         head = self.source.head()
-        report = read_tree(self.source.checkout(head))
-        names = ordered_environments(report, environments or self.config.environments or None, "")
-        return [self.environment(name, heal=heal) for name in names]
+        self._trees = {head: read_tree(self.source.checkout(head))}  # one read per revision
+        names = ordered_environments(
+            self._trees[head], environments or self.config.environments or None, ""
+        )
+        try:
+            return [self.environment(name, heal=heal) for name in names]
+        finally:
+            self._trees = {}
 
     def environment(self, name: str, *, heal: bool) -> DriftReport:
         prior = self.state.read(name)
@@ -80,9 +86,9 @@ class DriftChecker:
         revision = prior.revision if prior.phase is Phase.SUCCEEDED else prior.last_healthy_revision
         if not revision:
             return DriftReport(name, prior.revision, note="no revision was ever Healthy")
-        loaded = environment_manifests(
-            read_tree(self.source.checkout(revision)), name, revision[:12]
-        )
+        if revision not in self._trees:
+            self._trees[revision] = read_tree(self.source.checkout(revision))
+        loaded = environment_manifests(self._trees[revision], name, revision[:12])
         drifts = self._find(loaded, revision)
         _, corrections = self.state.read_drift(name)
         fighting = self._fighting(drifts, corrections)
