@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from gitsync import kuberay
 from gitsync.diff.classify import Options
+from gitsync.manifests.durations import parse_duration
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 from gitsync.report.status import target_url_problem
@@ -21,8 +22,6 @@ from gitsync.source.config import GitAuth, RepoSource, SshAuth, TokenAuth, Verif
 
 DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
 PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.-]*):([0-9]{1,5})$")
 _SECRET_KEYS = {"token", "password", "privateKey", "secret"}
@@ -113,19 +112,6 @@ class AgentConfig:
     promotion: PromotionGate = field(default_factory=PromotionGate)
     webhooks: Webhooks = field(default_factory=Webhooks)
     drift: DriftSettings = field(default_factory=DriftSettings)
-
-
-def parse_duration(value: Any) -> float | None:
-    """``30s``, ``5m``, ``1.5h``, ``250ms`` or a number of seconds; None when invalid."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if value > 0 else None
-    match = _DURATION.match(str(value))
-    if not match:
-        return None
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    return seconds if seconds > 0 else None
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:

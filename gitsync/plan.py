@@ -7,7 +7,7 @@ second code path that almost plans.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,3 +158,32 @@ def plan_diff(plan: Plan, *, color: bool = False) -> str:
             lines.append(f"    {shown}")
         lines += [paint(f"    ! {w}", "!") for w in change.warnings]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+PLAN_COMMENT_MARKER = "<!-- gitsync:plan -->"
+SWAP_COST = "needs about twice the cluster's resources while both clusters run"
+
+
+def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
+    """A pull request comment: what merging does, per environment and service, Ray-aware."""
+    lines = [
+        PLAN_COMMENT_MARKER,
+        f"### gitsync plan: `{base[:12]}` → `{head[:12]}`",
+        "",
+    ]
+    changed = [c for p in plans for c in p.changes if c.action is not Action.UNCHANGED]
+    if not changed:
+        lines.append("No RayService changes: merging this deploys nothing.")
+    for plan in plans:
+        for change in plan.changes:
+            if change.action is Action.UNCHANGED:
+                continue
+            what = "; ".join(change.details[:3]) or change.summary
+            cost = f"; {SWAP_COST}" if change.action is Action.CLUSTER_SWAP else ""
+            lines.append(
+                f"- **{plan.environment}/{change.key.name}**: `{change.action}` ({what}{cost})"
+            )
+            lines += [f"  - ⚠ {w}" for w in change.warnings]
+    lines += ["", f"<sub>Updated for {head[:12]}. `gitsync plan --from {base[:12]} --to "
+              f"{head[:12]}` prints the same.</sub>"]  # fmt: skip
+    return "\n".join(lines) + "\n"

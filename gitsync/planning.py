@@ -65,11 +65,25 @@ def offline_plans(
         old_sha, new_sha = local.resolve(from_rev), local.resolve(to_rev)
         new_label, old_label = f"{to_rev} ({new_sha[:12]})", f"{from_rev} ({old_sha[:12]})"
         new, old = read_tree(local.tree(new_sha)), read_tree(local.tree(old_sha))
+    return tree_plans(old, new, environments, options, old_sha, new_sha, old_label, new_label)
+
+
+def tree_plans(
+    old: TreeReport,
+    new: TreeReport,
+    environments: Sequence[str] | None,
+    options: Options,
+    old_sha: str,
+    new_sha: str,
+    old_label: str = "",
+    new_label: str = "",
+) -> list[Plan]:
+    """Git against Git: what moving each environment from ``old`` to ``new`` would do."""
     plans = []
-    for name in ordered_environments(new, environments, new_label):
-        target = environment_manifests(new, name, new_label)
+    for name in ordered_environments(new, environments, new_label or new_sha[:12]):
+        target = environment_manifests(new, name, new_label or new_sha[:12])
         try:
-            current = _normalised(environment_manifests(old, name, old_label))
+            current = _normalised(environment_manifests(old, name, old_label or old_sha[:12]))
         except ConfigError:
             current = {}  # the environment is new in to_rev: everything is a create
         env = target.environment

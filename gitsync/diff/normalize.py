@@ -37,6 +37,7 @@ STAMPED_ANNOTATIONS = frozenset(
         "gitsync.ray.io/revision",
         "gitsync.ray.io/source",
         "gitsync.ray.io/applied-hash",
+        "gitsync.ray.io/preview-updated",  # a preview's last rollout time, for its TTL
         "kubectl.kubernetes.io/last-applied-configuration",
     }
 )

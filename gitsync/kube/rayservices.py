@@ -18,7 +18,7 @@ from kubernetes import client, watch
 from gitsync.errors import ApplyError, ConflictError, NamespaceMissing
 from gitsync.kube.client import reaching_the_api
 from gitsync.model import ServiceKey
-from gitsync.stamp import FIELD_MANAGER, managed_selector
+from gitsync.stamp import FIELD_MANAGER, MANAGED_BY, managed_selector
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 log = logging.getLogger(__name__)
@@ -43,6 +43,15 @@ class RayServices:
             GROUP, VERSION, namespace, PLURAL, label_selector=managed_selector(environment)
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])}
+
+    @reaching_the_api
+    def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]:
+        """Every RayService gitsync manages in ``namespace`` that carries the label ``label``
+        (any value), e.g. every preview: one request."""
+        listing = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=f"{MANAGED_BY}=gitsync,{label}"
+        )
+        return list(listing.get("items", []))
 
     @reaching_the_api
     def list_managed_versioned(

@@ -149,3 +149,14 @@ class StateStore:
                 f"cannot record drift of {environment} in {self.namespace}: "
                 f"{exc.status} {exc.reason}"
             ) from None
+
+    @reaching_the_api
+    def delete(self, environment: str) -> None:
+        """Forgets an environment (a preview that was deleted)."""
+        try:
+            self.core.delete_namespaced_config_map(configmap_name(environment), self.namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise GitsyncError(
+                    f"cannot delete the state of {environment}: {exc.status} {exc.reason}"
+                ) from None

@@ -10,6 +10,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from gitsync.manifests.durations import parse_duration
 from gitsync.manifests.names import environment_name_problem, namespace_problem
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
@@ -45,6 +46,13 @@ class EnvironmentConfig:
 class PreviewConfig:
     source: str  # the environment previews copy from (``from:`` in YAML)
     namespace: str
+    ttl: float = 72 * 3600.0  # a preview not updated for this long is deleted
+    max_previews: int = 5  # at most this many PRs have a preview at once (oldest PRs first)
+    max_worker_replicas: int = 1  # caps every worker group's replicas/min/max
+    max_num_replicas: int = 1  # caps every Serve deployment's num_replicas
+    fork_label: str = "preview"  # a fork PR gets a preview only with this label …
+    allow_authors: tuple[str, ...] = ()  # … or from one of these authors
+    branches: str = ""  # forge-less: branches matching this glob (e.g. preview/*) get previews
 
 
 @dataclass(frozen=True)
@@ -186,7 +194,8 @@ def load_repo_config(
 
 
 def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None:
-    if not check.mapping(raw, {"from", "namespace"}, {"from", "namespace"}, "previews"):
+    keys = {"from", "namespace", "ttl", "maxPreviews", "overrides", "forks", "branches"}
+    if not check.mapping(raw, keys, {"from", "namespace"}, "previews"):
         return None
     source = check.string(raw.get("from"), "previews", "from")
     namespace = raw.get("namespace")
@@ -200,7 +209,55 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
             "from",
         )
         return None
-    return PreviewConfig(source, namespace) if source else None
+    default = PreviewConfig("", "")
+    ttl = parse_duration(raw.get("ttl", "72h"))
+    if ttl is None:
+        check.add(f"previews.ttl must be a duration such as '72h', not {raw.get('ttl')!r}",
+                  "previews", "ttl")  # fmt: skip
+    counts = {}
+    overrides = raw.get("overrides", {})
+    check.mapping(
+        overrides, {"maxWorkerReplicas", "maxNumReplicas"}, set(), "previews", "overrides"
+    )
+    for at, key, fallback in (
+        (("previews",), "maxPreviews", default.max_previews),
+        (("previews", "overrides"), "maxWorkerReplicas", default.max_worker_replicas),
+        (("previews", "overrides"), "maxNumReplicas", default.max_num_replicas),
+    ):
+        value = (raw if len(at) == 1 else overrides if isinstance(overrides, dict) else {}).get(
+            key, fallback
+        )
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            check.add(f"{'.'.join(at)}.{key} must be a whole number ≥ 1, not {value!r}", *at, key)
+            value = fallback
+        counts[key] = value
+    forks = raw.get("forks", {})
+    label, authors = default.fork_label, default.allow_authors
+    if check.mapping(forks, {"label", "allowAuthors"}, set(), "previews", "forks"):
+        label = str(forks.get("label", label) or "")
+        raw_authors = forks.get("allowAuthors", [])
+        if not isinstance(raw_authors, list) or not all(isinstance(a, str) for a in raw_authors):
+            check.add("previews.forks.allowAuthors must be a list of user names",
+                      "previews", "forks", "allowAuthors")  # fmt: skip
+        else:
+            authors = tuple(raw_authors)
+    branches = raw.get("branches", "")
+    if not isinstance(branches, str):
+        check.add("previews.branches must be a glob such as 'preview/*'", "previews", "branches")
+        branches = ""
+    if not source:
+        return None
+    return PreviewConfig(
+        source,
+        namespace,
+        ttl or default.ttl,
+        counts["maxPreviews"],
+        counts["maxWorkerReplicas"],
+        counts["maxNumReplicas"],
+        label,
+        authors,
+        branches,
+    )
 
 
 def _kinds(check: Checker, raw: Any) -> tuple[Kind, ...]:

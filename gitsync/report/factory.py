@@ -16,6 +16,7 @@ from gitsync.report.gitlab import GitLabProvider, gitlab_headers
 from gitsync.report.gitnotes import GitNotesProvider
 from gitsync.report.http import JsonClient
 from gitsync.report.provider import Provider
+from gitsync.report.pulls import GiteaPulls, GitHubPulls, GitLabPulls, Pulls
 from gitsync.report.reporter import Reporter
 from gitsync.source.notes import GitNotes
 
@@ -41,10 +42,12 @@ def agent_identity() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
 
 
-def build_provider(config: AgentConfig, metrics: Metrics) -> Provider:
+def forge_client(config: AgentConfig, metrics: Metrics) -> tuple[JsonClient, str] | None:
+    """The forge API client and the repository (owner/name; GitLab: project) from the status
+    config; None for git notes, which needs no forge."""
     status: StatusConfig = config.status
     if status.provider == "gitnotes":
-        return GitNotesProvider(GitNotes(config.repository), agent_identity())
+        return None
     repository = status.repository or repository_path(config.repository.url)
     if status.provider == "github":
         base = status.url or GITHUB_API
@@ -61,17 +64,41 @@ def build_provider(config: AgentConfig, metrics: Metrics) -> Provider:
         metrics.status_retries.labels(status.provider).inc()
 
     if status.provider == "gitea":
-        client = JsonClient(base, lambda: gitea_headers(status.token), on_retry=retried)
-        return GiteaProvider(client, repository)
+        return JsonClient(base, lambda: gitea_headers(status.token), on_retry=retried), repository
     if status.provider == "gitlab":
         client = JsonClient(base, lambda: gitlab_headers(status.token), on_retry=retried)
-        return GitLabProvider(client, repository)
+        return client, repository
     client = JsonClient(base, token_headers(status.token), on_retry=retried)
     if status.app is not None:
         app = status.app
         tokens = AppTokens(client, app.app_id, app.installation_id, app.private_key_file)
         client = JsonClient(base, tokens.headers, on_retry=retried, pool=client.pool)
+    return client, repository
+
+
+def build_provider(config: AgentConfig, metrics: Metrics) -> Provider:
+    forge = forge_client(config, metrics)
+    if forge is None:
+        return GitNotesProvider(GitNotes(config.repository), agent_identity())
+    client, repository = forge
+    if config.status.provider == "gitea":
+        return GiteaProvider(client, repository)
+    if config.status.provider == "gitlab":
+        return GitLabProvider(client, repository)
     return GitHubProvider(client, repository)
+
+
+def build_pulls(config: AgentConfig, metrics: Metrics) -> Pulls | None:
+    """Pull requests on the forge (None with git notes: previews then follow branches)."""
+    forge = forge_client(config, metrics)
+    if forge is None:
+        return None
+    client, repository = forge
+    if config.status.provider == "gitea":
+        return GiteaPulls(client, repository)
+    if config.status.provider == "gitlab":
+        return GitLabPulls(client, repository)
+    return GitHubPulls(client, repository)
 
 
 def build_reporter(config: AgentConfig, metrics: Metrics | None = None) -> Reporter:

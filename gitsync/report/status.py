@@ -78,6 +78,10 @@ class Describer:
     revision: str
     target_url: str = ""
 
+    def status(self, environment: str, state: State, text: str) -> CommitStatus:
+        """Any status of ``gitsync/<environment>`` on this revision, shortened to fit."""
+        return self._status(environment, state, text)
+
     def _status(self, environment: str, state: State, text: str) -> CommitStatus:
         ctx = context(environment)
         url = (

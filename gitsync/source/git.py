@@ -97,6 +97,48 @@ class GitSource:
         log.info("checked out url=%s revision=%s path=%s", self._url, sha, tree)
         return tree
 
+    def checkout_ref(self, ref: str, sha: str) -> Path:
+        """The tree of commit ``sha``, fetched from ``ref`` (a pull request's head such as
+        ``refs/pull/7/head``, or another branch) when it is not cached. Previews only: the
+        configured branch goes through :meth:`checkout`, which verifies signatures."""
+        if not _SHA.match(sha):
+            raise ValueError(f"expected a full 40-hex commit SHA, got {sha!r}")
+        if not ref.startswith("refs/") or ".." in ref:
+            raise ValueError(f"expected a full ref such as refs/pull/7/head, got {ref!r}")
+        if sha in self._ready:
+            return self._ready[sha]
+        self._init()
+        tree = self.trees_dir / sha
+        if not tree.is_dir():
+            if not self._has_commit(sha):
+                local = "refs/gitsync/" + ref.removeprefix("refs/")
+                self._remote(
+                    ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                     f"--depth={self.config.depth}", REMOTE, f"+{ref}:{local}"],
+                    op="fetch",
+                )  # fmt: skip
+                if not self._has_commit(sha):
+                    raise CommitNotFound(
+                        f"{ref} of {self._url} is no longer at {sha}: it moved on; the next "
+                        "reconcile takes the new head"
+                    )
+            self._materialise(sha, tree)
+        self._ready[sha] = tree
+        return tree
+
+    def branches(self, pattern: str) -> dict[str, str]:
+        """Branch name → SHA for the remote's branches matching a glob (``preview/*``)."""
+        self._init()
+        result = self._remote(
+            ["ls-remote", "--heads", REMOTE, f"refs/heads/{pattern}"], op="ls-remote"
+        )
+        found = {}
+        for line in result.stdout.splitlines():
+            sha, _, name = line.partition("\t")
+            if _SHA.match(sha) and name.startswith("refs/heads/"):
+                found[name.removeprefix("refs/heads/")] = sha
+        return found
+
     def prune(self, keep: Iterable[str]) -> list[str]:
         """Deletes cached trees except ``keep`` (e.g. the applied and the newest revision);
         returns the SHAs removed. Runs no git."""

@@ -49,6 +49,7 @@ class GitOpsRepo:
         production: str | None = None,
         create_namespace: bool = False,
         self_heal: bool = False,
+        previews: dict[str, object] | None = None,
         origin: str | None = None,
         push_args: Sequence[str] = (),
     ) -> None:
@@ -73,6 +74,8 @@ class GitOpsRepo:
         else:
             shutil.rmtree(self.work / "environments" / "production")
         config.pop("previews", None)
+        if previews is not None:
+            config["previews"] = {"from": "staging", **previews}
         (self.work / "gitsync.yaml").write_text(yaml.safe_dump(config))
         git("init", "-q", "-b", "main", cwd=self.work)
         git("remote", "add", "origin", self.origin, cwd=self.work)

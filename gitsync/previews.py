@@ -1,0 +1,342 @@
+"""Pull-request previews and plan comments (the agent's preview job, ``gitsync previews``).
+
+For every open pull request (from the forge, or branches matching ``previews.branches``):
+
+- **plan comment** (forges only): gitsync's Ray-aware plan of merging it, for every
+  environment it touches, as one comment edited in place;
+- **preview**: the services of ``previews.from`` that the PR changes, transformed by
+  :mod:`gitsync.manifests.preview` (renamed, capped, in the preview namespace), rolled out
+  like any environment (``preview-<N>``: waves, health gates, a state ConfigMap), reported as
+  ``gitsync/preview`` on the PR's head commit. Forks need the label or an allowed author;
+  beyond ``maxPreviews`` the newest PRs wait.
+
+Previews whose PR is closed or merged, whose TTL passed, or whose PR no longer exists are
+deleted. Nothing is ever written outside the preview namespace: every body is checked here
+before it reaches the API server, whatever its manifest said.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gitsync.checkout import TreeReport, read_tree
+from gitsync.config import AgentConfig
+from gitsync.diff.normalize import owned
+from gitsync.errors import GitsyncError, InvalidRevision
+from gitsync.kube.namespaces import ensure_namespace
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.manifests.preview import PREVIEW, preview_manifest
+from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
+from gitsync.model import Action, DesiredService, Phase, RolloutState, ServiceKey
+from gitsync.plan import build_plan, plan_markdown
+from gitsync.planning import environment_manifests, tree_plans
+from gitsync.report.pulls import PullRequest, Pulls, eligible
+from gitsync.report.reporter import Reporter
+from gitsync.report.status import Describer, State
+from gitsync.rollout import Outcome, Rollout, RolloutResult
+from gitsync.source.git import GitSource
+from gitsync.stamp import REVISION, stamped
+
+log = logging.getLogger(__name__)
+
+UPDATED = "gitsync.ray.io/preview-updated"  # when the preview last changed (epoch seconds)
+EXPIRED = "expired (previews.ttl)"
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    number: int
+    revision: str
+    services: tuple[str, ...]  # preview service names
+    outcome: str  # succeeded, failed, skipped, deleted, unchanged
+    message: str
+
+
+def environment_for(number: int, config: PreviewConfig) -> EnvironmentConfig:
+    return EnvironmentConfig(
+        f"preview-{number}", "", config.namespace, prune=True, create_namespace=True
+    )
+
+
+@dataclass
+class PreviewReconciler:
+    config: AgentConfig
+    services: RayServices
+    state: StateStore
+    source: GitSource
+    pulls: Pulls | None = None
+    reporter: Reporter | None = None
+    progress: Callable[[str], None] = lambda line: None
+    clock: Callable[[], float] = time.time
+    record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
+
+    def reconcile(self) -> list[PreviewResult]:
+        head = self.source.head()
+        base = read_tree(self.source.checkout(head))
+        previews = base.config.previews if base.config else None
+        requests = self._requests(previews)
+        results: list[PreviewResult] = []
+        active = 0
+        open_numbers = {pr.number for pr in requests}
+        for pr in sorted(requests, key=lambda p: p.number):
+            try:
+                tree = read_tree(self.source.checkout_ref(pr.head_ref, pr.head_sha))
+            except GitsyncError as exc:
+                log.warning("pull request #%d: cannot read %s: %s", pr.number, pr.head_sha, exc)
+                continue
+            if self.pulls is not None:
+                self._comment(pr, base, head, tree)
+            if previews is None:
+                continue
+            result = self._preview(pr, previews, base, tree, active)
+            if result.outcome in ("succeeded", "failed", "unchanged"):
+                active += 1
+            results.append(result)
+        if previews is not None:
+            results += self._collect(previews, open_numbers)
+        return results
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def _requests(self, previews: PreviewConfig | None) -> list[PullRequest]:
+        if self.pulls is not None:
+            base_branch = self.config.repository.branch
+            return [pr for pr in self.pulls.open_pulls() if pr.base_branch == base_branch]
+        if previews is None or not previews.branches:
+            return []
+        found = []
+        for branch, sha in sorted(self.source.branches(previews.branches).items()):
+            number = _branch_number(branch)
+            found.append(
+                PullRequest(
+                    number,
+                    sha,
+                    f"refs/heads/{branch}",
+                    branch,
+                    self.config.repository.branch,
+                    "",
+                    False,
+                )
+            )
+        return found
+
+    # -- plan comments -----------------------------------------------------------------------
+
+    def _comment(self, pr: PullRequest, base: TreeReport, head: str, tree: TreeReport) -> None:
+        assert self.pulls is not None
+        try:
+            plans = tree_plans(base, tree, None, self.config.classify, head, pr.head_sha)
+            body = plan_markdown(plans, head, pr.head_sha)
+        except GitsyncError as exc:
+            body = plan_markdown([], head, pr.head_sha).replace(
+                "No RayService changes: merging this deploys nothing.",
+                f"The pull request's manifests are invalid; nothing would be deployed:\n\n"
+                f"```\n{exc}\n```",
+            )
+        try:
+            self.pulls.upsert_comment(pr.number, body)
+        except GitsyncError as exc:
+            log.warning("pull request #%d: plan comment not written: %s", pr.number, exc)
+
+    # -- previews ----------------------------------------------------------------------------
+
+    def _status(self, pr: PullRequest, state: State, text: str) -> None:
+        if self.reporter is not None:
+            describe = Describer(pr.head_sha, self.config.status.target_url)
+            status = describe.status("preview", state, text)
+            self.reporter.post(pr.head_sha, status)
+
+    def _preview(
+        self,
+        pr: PullRequest,
+        previews: PreviewConfig,
+        base: TreeReport,
+        tree: TreeReport,
+        active: int,
+    ) -> PreviewResult:
+        why = eligible(pr, previews.allow_authors, previews.fork_label)
+        if why is not None:
+            self._status(pr, State.PENDING, why)
+            return PreviewResult(pr.number, pr.head_sha, (), "skipped", why)
+        prior = self.state.read(f"preview-{pr.number}")
+        if prior is not None and prior.message == EXPIRED and prior.revision == pr.head_sha:
+            why = (
+                f"preview expired after {previews.ttl / 3600:.0f}h (previews.ttl); push to recreate"
+            )
+            self._status(pr, State.SUCCESS, why)
+            return PreviewResult(pr.number, pr.head_sha, (), "skipped", why)
+        existing = self.services.list_managed(previews.namespace, f"preview-{pr.number}")
+        if active >= previews.max_previews and not existing:
+            why = (
+                f"no preview yet: {previews.max_previews} previews already run "
+                "(previews.maxPreviews)"
+            )
+            self._status(pr, State.PENDING, why)
+            return PreviewResult(pr.number, pr.head_sha, (), "skipped", why)
+        try:
+            desired = self._desired(pr, previews, base, tree)
+        except InvalidRevision as exc:  # nothing of an invalid revision is ever applied
+            if self.reporter is not None:
+                describe = Describer(pr.head_sha, self.config.status.target_url)
+                self.reporter.post(pr.head_sha, describe.invalid("preview", exc.problems))
+            return PreviewResult(pr.number, pr.head_sha, (), "failed", str(exc))
+        return self._roll_out(pr, previews, desired)
+
+    def _desired(
+        self, pr: PullRequest, previews: PreviewConfig, base: TreeReport, tree: TreeReport
+    ) -> dict[ServiceKey, DesiredService]:
+        """The PR's changed services of ``previews.from``, as preview services."""
+        head_env = environment_manifests(tree, previews.source, pr.head_sha[:12])
+        try:
+            base_env = environment_manifests(base, previews.source, "base")
+            before = {s.key.name: owned(s.manifest) for s in base_env.services}
+        except GitsyncError:
+            before = {}
+        desired: dict[ServiceKey, DesiredService] = {}
+        for service in head_env.services:
+            if before.get(service.key.name) == owned(service.manifest):
+                continue  # unchanged by this PR: no preview of it
+            body = preview_manifest(service.manifest, pr.number, previews)
+            # Ignored when comparing (normalize), so only a real change moves it: the TTL.
+            body["metadata"]["annotations"][UPDATED] = str(int(self.clock()))
+            key = ServiceKey(previews.namespace, body["metadata"]["name"])
+            desired[key] = DesiredService(
+                key, f"preview-{pr.number}", body, service.source, service.line, service.wave
+            )
+        return desired
+
+    def _roll_out(
+        self, pr: PullRequest, previews: PreviewConfig, desired: dict[ServiceKey, DesiredService]
+    ) -> PreviewResult:
+        env = environment_for(pr.number, previews)
+        names = tuple(sorted(k.name for k in desired))
+        for key, service in desired.items():  # defence in depth, whatever the manifest said
+            if (
+                key.namespace != previews.namespace
+                or service.manifest["metadata"].get("namespace") != previews.namespace
+            ):
+                raise GitsyncError(f"preview body for {key} left the preview namespace")
+        if desired and ensure_namespace(self.services.api, previews.namespace):
+            self.progress(f"previews: created namespace {previews.namespace}")
+        live = self.services.list_managed(previews.namespace, env.name)
+        current = {k: owned(v) for k, v in live.items()}
+        bodies = {}
+        for key, service in desired.items():
+            body = stamped(service.manifest, environment=env.name, revision=pr.head_sha,
+                           source=service.source, wave=service.wave)  # fmt: skip
+            bodies[key] = owned(self.services.apply(body, dry_run=True, force=True))
+        plan = build_plan(env.name, env.namespace, current, bodies, self.config.classify,
+                          to_rev=pr.head_sha)  # fmt: skip
+        if not desired:
+            text = "no preview: this pull request changes no service of " + previews.source
+            self._status(pr, State.SUCCESS, text)
+        actions = ", ".join(f"{c.key.name} {c.action}" for c in plan.changes
+                            if c.action is not Action.UNCHANGED)  # fmt: skip
+        if actions:
+            self._status(pr, State.PENDING, f"deploying preview: {actions}")
+        rollout = Rollout(self.services, self.state, self.config.rollout, self.progress,
+                          record=self.record)  # fmt: skip
+        result = rollout.run(env, plan, desired, pr.head_sha)
+        return self._finish(pr, previews, names, result)
+
+    def _finish(
+        self, pr: PullRequest, previews: PreviewConfig, names: Sequence[str], result: RolloutResult
+    ) -> PreviewResult:
+        if result.outcome is Outcome.SUCCEEDED:
+            if names:
+                where = f"{', '.join(names)} in {previews.namespace}"
+                self._status(pr, State.SUCCESS, f"preview Healthy: {where}")
+            outcome = "succeeded" if result.applied or result.pruned else "unchanged"
+            return PreviewResult(pr.number, pr.head_sha, tuple(names), outcome, result.message)
+        self._status(pr, State.FAILURE, f"preview failed: {result.message}")
+        return PreviewResult(pr.number, pr.head_sha, tuple(names), "failed", result.message)
+
+    # -- garbage collection ------------------------------------------------------------------
+
+    def _collect(self, previews: PreviewConfig, open_numbers: set[int]) -> list[PreviewResult]:
+        """Deletes previews of closed, merged or vanished PRs, and those past their TTL."""
+        live = self.services.list_labelled(previews.namespace, PREVIEW)
+        by_number: dict[int, list[dict[str, Any]]] = {}
+        for obj in live:
+            label = (obj["metadata"].get("labels") or {}).get(PREVIEW, "")
+            if label.isdigit():
+                by_number.setdefault(int(label), []).append(obj)
+        results = []
+        now = self.clock()
+        for number, objects in sorted(by_number.items()):
+            updated = max(
+                int((o["metadata"].get("annotations") or {}).get(UPDATED, "0") or 0)
+                for o in objects
+            )
+            if number in open_numbers and now - updated < previews.ttl:
+                continue
+            why = (
+                "its pull request is closed"
+                if number not in open_numbers
+                else (f"not updated for {previews.ttl / 3600:.0f}h (previews.ttl)")
+            )
+            for obj in objects:
+                key = ServiceKey(previews.namespace, obj["metadata"]["name"])
+                self.services.delete(key)
+                self.progress(f"preview #{number}: deleted {key}: {why}")
+            if number in open_numbers:  # expired: not recreated until the PR gets a new commit
+                revision = (objects[0]["metadata"].get("annotations") or {}).get(REVISION, "")
+                self.state.write(
+                    RolloutState(
+                        f"preview-{number}", revision, Phase.SUCCEEDED, None, "", "", EXPIRED, ""
+                    )
+                )
+            else:
+                self.state.delete(f"preview-{number}")
+            results.append(PreviewResult(number, "", tuple(o["metadata"]["name"] for o in objects),
+                                         "deleted", why))  # fmt: skip
+        return results
+
+
+def _branch_number(branch: str) -> int:
+    """A stable number for a forge-less preview branch (names must be DNS-safe and short)."""
+    tail = branch.rsplit("/", 1)[-1]
+    if tail.isdigit():
+        return int(tail)
+    return int.from_bytes(branch.encode()[:8].ljust(8, b"\0"), "big") % 100000
+
+
+def list_previews(services: RayServices, namespace: str) -> list[dict[str, Any]]:
+    """Active previews for ``gitsync previews``: PR, service, revision, health inputs, age."""
+    rows = []
+    for obj in services.list_labelled(namespace, PREVIEW):
+        meta = obj["metadata"]
+        annotations = meta.get("annotations") or {}
+        rows.append(
+            {
+                "pr": int((meta.get("labels") or {}).get(PREVIEW, "0")),
+                "name": meta["name"],
+                "revision": annotations.get("gitsync.ray.io/revision", ""),
+                "updated": int(annotations.get(UPDATED, "0") or 0),
+                "object": obj,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["pr"], r["name"]))
+
+
+def age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tree_of(path: Path) -> TreeReport:
+    return read_tree(path)

@@ -1,0 +1,150 @@
+"""Pull requests on the forge: list the open ones, and keep one gitsync comment per PR.
+
+One small class per forge behind :class:`Pulls`. Gitea and GitHub share their shapes
+(``/pulls``, issue comments); GitLab calls them merge requests and notes. The gitsync comment
+is found again by a marker in its body, so each PR has exactly one, edited in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from gitsync.plan import PLAN_COMMENT_MARKER
+from gitsync.report.http import JsonClient
+
+MARKER = PLAN_COMMENT_MARKER
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    number: int
+    head_sha: str
+    head_ref: str  # the ref to fetch the head from, e.g. refs/pull/7/head
+    head_branch: str
+    base_branch: str
+    author: str
+    fork: bool  # the head branch lives in another repository
+    labels: tuple[str, ...] = ()
+    title: str = ""
+
+
+class Pulls(Protocol):
+    def open_pulls(self) -> list[PullRequest]: ...
+
+    def upsert_comment(self, number: int, body: str) -> None:
+        """Creates gitsync's comment on the PR, or edits it when it exists."""
+
+
+def _pages(client: JsonClient, path: str, limit: int = 10) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in range(1, limit + 1):
+        sep = "&" if "?" in path else "?"
+        batch = client.request("GET", f"{path}{sep}page={page}&per_page=50&limit=50").body or []
+        items += batch
+        if len(batch) < 50:
+            break
+    return items
+
+
+@dataclass
+class GiteaPulls:
+    """Gitea (and GitHub, whose PR and issue-comment shapes Gitea follows)."""
+
+    client: JsonClient
+    repository: str  # owner/name
+    api_prefix: str = "/api/v1"
+
+    def _repo(self) -> str:
+        owner, _, name = self.repository.partition("/")
+        return f"{self.api_prefix}/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+    def open_pulls(self) -> list[PullRequest]:
+        found = []
+        for pr in _pages(self.client, f"{self._repo()}/pulls?state=open"):
+            head, base = pr.get("head") or {}, pr.get("base") or {}
+            head_repo = (head.get("repo") or {}).get("full_name", "")
+            base_repo = (base.get("repo") or {}).get("full_name", self.repository)
+            found.append(
+                PullRequest(
+                    number=int(pr["number"]),
+                    head_sha=str(head.get("sha", "")),
+                    head_ref=f"refs/pull/{int(pr['number'])}/head",
+                    head_branch=str(head.get("ref", "")),
+                    base_branch=str(base.get("ref", "")),
+                    author=str((pr.get("user") or {}).get("login", "")),
+                    fork=bool(head_repo) and head_repo.lower() != str(base_repo).lower(),
+                    labels=tuple(str(label.get("name", "")) for label in pr.get("labels") or ()),
+                    title=str(pr.get("title", "")),
+                )
+            )
+        return found
+
+    def upsert_comment(self, number: int, body: str) -> None:
+        comments = _pages(self.client, f"{self._repo()}/issues/{number}/comments")
+        ours = [c for c in comments if MARKER in str(c.get("body", ""))]
+        if ours:
+            if ours[0].get("body") != body:
+                path = f"{self._repo()}/issues/comments/{int(ours[0]['id'])}"
+                self.client.request("PATCH", path, {"body": body})
+            return
+        self.client.request("POST", f"{self._repo()}/issues/{number}/comments", {"body": body})
+
+
+@dataclass
+class GitHubPulls(GiteaPulls):
+    api_prefix: str = ""
+
+
+@dataclass
+class GitLabPulls:
+    client: JsonClient
+    project: str
+
+    def _project(self) -> str:
+        return f"/api/v4/projects/{quote(self.project, safe='')}"
+
+    def open_pulls(self) -> list[PullRequest]:
+        found = []
+        for mr in _pages(self.client, f"{self._project()}/merge_requests?state=opened"):
+            iid = int(mr["iid"])
+            found.append(
+                PullRequest(
+                    number=iid,
+                    head_sha=str(mr.get("sha", "")),
+                    head_ref=f"refs/merge-requests/{iid}/head",
+                    head_branch=str(mr.get("source_branch", "")),
+                    base_branch=str(mr.get("target_branch", "")),
+                    author=str((mr.get("author") or {}).get("username", "")),
+                    fork=mr.get("source_project_id") != mr.get("target_project_id"),
+                    labels=tuple(str(label) for label in mr.get("labels") or ()),
+                    title=str(mr.get("title", "")),
+                )
+            )
+        return found
+
+    def upsert_comment(self, number: int, body: str) -> None:
+        notes = _pages(self.client, f"{self._project()}/merge_requests/{number}/notes")
+        ours = [n for n in notes if MARKER in str(n.get("body", ""))]
+        if ours:
+            if ours[0].get("body") != body:
+                path = f"{self._project()}/merge_requests/{number}/notes/{int(ours[0]['id'])}"
+                self.client.request("PUT", path, {"body": body})
+            return
+        self.client.request(
+            "POST", f"{self._project()}/merge_requests/{number}/notes", {"body": body}
+        )
+
+
+def eligible(pr: PullRequest, allow_authors: Sequence[str], label: str) -> str | None:
+    """None when the PR may get a preview, else why not (fork PRs run untrusted code)."""
+    if not pr.fork:
+        return None
+    if pr.author in allow_authors:
+        return None
+    if label and label in pr.labels:
+        return None
+    how = f"the label {label!r} set by a maintainer" if label else "an allowed author"
+    return f"no preview: pull requests from forks need {how}"

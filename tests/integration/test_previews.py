@@ -1,0 +1,235 @@
+"""Pull-request previews and plan comments end to end: a real Gitea (pull requests, refs,
+comments, statuses), the real API server and the simulator."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from gitsync.config import StatusConfig
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.manifests.preview import PREVIEW
+from gitsync.metrics import Metrics
+from gitsync.previews import PreviewReconciler
+from gitsync.report.factory import build_provider, build_pulls
+from gitsync.report.reporter import Reporter
+from gitsync.source.config import TokenAuth
+from gitsync.source.git import GitSource
+from gitsync.sync import sync_once
+from testbed.gitea import Gitea
+from testbed.simulator import Simulator
+
+from .gitops import GitOpsRepo, git
+from .kube import GROUP, PLURAL, VERSION
+
+
+class Forge:
+    def __init__(self, gitea: Gitea, tmp_path: Path, namespace: str, **previews: Any) -> None:
+        self.gitea = gitea
+        self.name = f"pr-{uuid.uuid4().hex[:8]}"
+        self.previews_ns = f"pv-{uuid.uuid4().hex[:8]}"
+        url = gitea.create_repo(self.name)
+        self.repo = GitOpsRepo(
+            tmp_path / "gitops",
+            namespace,
+            previews={"namespace": self.previews_ns, **previews},
+            origin=url,
+            push_args=gitea.git_auth_config(),
+        )
+        self.path = f"/repos/{gitea.admin}/{self.name}"
+        token = tmp_path / "gitea-token"
+        token.write_text(gitea.token)
+        self.config = replace(
+            self.repo.agent_config(tmp_path / "cache"),
+            status=StatusConfig("gitea", token=TokenAuth(token_file=token)),
+        )
+        self.clock = [1_000_000.0]
+
+    def branch(self, name: str, change: Any, message: str = "change") -> str:
+        work = self.repo.work
+        git("checkout", "-q", "-B", name, "main", cwd=work)
+        change(work)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", message, cwd=work)
+        git(*self.repo.push_args, "push", "-q", "-f", "origin", name, cwd=work)
+        sha = git("rev-parse", "HEAD", cwd=work)
+        git("checkout", "-q", "main", cwd=work)
+        return sha
+
+    def open_pr(self, branch: str) -> int:
+        pr = self.gitea.api(
+            "POST", f"{self.path}/pulls", {"head": branch, "base": "main", "title": branch}
+        )
+        return int(pr["number"])
+
+    def reconciler(self, api: client.ApiClient) -> tuple[PreviewReconciler, Reporter]:
+        metrics = Metrics()
+        reporter = Reporter(build_provider(self.config, metrics), metrics)
+        return (
+            PreviewReconciler(
+                self.config,
+                RayServices(api),
+                StateStore(api, self.repo.namespace),
+                GitSource(self.config.repository),
+                build_pulls(self.config, metrics),
+                reporter,
+                clock=lambda: self.clock[0],
+            ),
+            reporter,
+        )
+
+    def reconcile(self, api: client.ApiClient) -> list[Any]:
+        reconciler, reporter = self.reconciler(api)
+        try:
+            return reconciler.reconcile()
+        finally:
+            reporter.close(timeout=30)
+
+    def statuses(self, sha: str) -> dict[str, dict[str, Any]]:
+        combined = self.gitea.api("GET", f"{self.path}/commits/{sha}/status")
+        return {s["context"]: s for s in combined.get("statuses") or ()}
+
+    def comments(self, number: int) -> list[str]:
+        return [c["body"] for c in self.gitea.api("GET", f"{self.path}/issues/{number}/comments")]
+
+
+def previews_in(api: client.ApiClient, namespace: str) -> dict[str, dict[str, Any]]:
+    try:
+        items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        )["items"]
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return {}
+        raise
+    return {o["metadata"]["name"]: o for o in items}
+
+
+def scale_ranker(root: Path) -> None:
+    path = root / "environments" / "staging" / "ranker.yaml"
+    path.write_text(path.read_text().replace("num_replicas: 1", "num_replicas: 3", 1))
+
+
+@pytest.fixture
+def forge(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> Forge:
+    made = Forge(gitea, tmp_path, namespace)
+    assert sync_once(made.config, RayServices(api), StateStore(api, namespace)).ok  # main deployed
+    return made
+
+
+def test_a_pull_request_gets_one_capped_preview_and_a_plan_comment(
+    forge: Forge, api: client.ApiClient, namespace: str
+) -> None:
+    sha = forge.branch("scale-ranker", scale_ranker)
+    number = forge.open_pr("scale-ranker")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome) == (number, "succeeded")
+    found = previews_in(api, forge.previews_ns)
+    assert list(found) == [f"ranker-pr-{number}"]
+    preview = found[f"ranker-pr-{number}"]
+    assert preview["metadata"]["labels"][PREVIEW] == str(number)
+    serve = yaml.safe_load(preview["spec"]["serveConfigV2"])
+    for app in serve["applications"]:
+        assert app["route_prefix"].startswith(f"/pr-{number}")
+        for deployment in app.get("deployments") or ():
+            assert deployment.get("num_replicas", 1) <= 1  # capped from 3
+    for group in preview["spec"]["rayClusterConfig"].get("workerGroupSpecs") or ():
+        assert group.get("replicas", 0) <= 1
+        assert group.get("maxReplicas", 0) <= 1
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "success"
+    assert f"ranker-pr-{number}" in status["description"]
+    [comment] = forge.comments(number)
+    assert "<!-- gitsync:plan -->" in comment
+    assert "**staging/ranker**: `serve-update`" in comment
+    # Nothing outside the preview namespace changed: the main ranker still has 1 replica.
+    main = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker"
+    )
+    assert "num_replicas: 1" in main["spec"]["serveConfigV2"]
+
+
+def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
+    forge: Forge, api: client.ApiClient, sim: Simulator
+) -> None:
+    forge.branch("scale", scale_ranker)
+    number = forge.open_pr("scale")
+    forge.reconcile(api)
+    name = f"ranker-pr-{number}"
+    before = previews_in(api, forge.previews_ns)[name]["metadata"]["generation"]
+
+    def more(root: Path) -> None:
+        scale_ranker(root)
+        path = root / "environments" / "staging" / "ranker.yaml"
+        path.write_text(
+            path.read_text().replace("route_prefix: /rank", "route_prefix: /ranking", 1)
+        )
+
+    sha = forge.branch("scale", more, "rename the route")
+    [result] = forge.reconcile(api)
+    assert result.outcome == "succeeded"
+    after = previews_in(api, forge.previews_ns)[name]
+    assert after["metadata"]["generation"] > before
+    assert after["metadata"]["annotations"]["gitsync.ray.io/revision"] == sha
+    comments = forge.comments(number)
+    assert len(comments) == 1  # edited in place, not duplicated
+    assert sha[:12] in comments[0]
+    forge.gitea.api("PATCH", f"{forge.path}/pulls/{number}", {"state": "closed"})
+    results = forge.reconcile(api)
+    assert [(r.number, r.outcome) for r in results] == [(number, "deleted")]
+    assert previews_in(api, forge.previews_ns) == {}
+
+
+def test_a_manifest_naming_another_namespace_still_lands_in_the_preview_namespace(
+    forge: Forge, api: client.ApiClient, namespace: str
+) -> None:
+    def escape(root: Path) -> None:
+        scale_ranker(root)
+        path = root / "environments" / "staging" / "ranker.yaml"
+        text = path.read_text()
+        path.write_text(
+            text.replace("name: ranker\n", "name: ranker\n  namespace: production\n", 1)
+        )
+
+    sha = forge.branch("escape", escape)
+    forge.open_pr("escape")
+    [result] = forge.reconcile(api)
+    # The staging manifest names another namespace: invalid, so nothing of it is applied
+    # anywhere, and the PR's status says where.
+    assert result.outcome == "failed"
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
+    assert "environments/staging/ranker.yaml:" in status["description"]
+    assert previews_in(api, forge.previews_ns) == {}
+    assert previews_in(api, "production") == {}
+
+
+def test_limit_and_ttl(forge: Forge, api: client.ApiClient) -> None:
+    forge.config = replace(forge.config)  # defaults: maxPreviews 5, ttl 72h
+    numbers = []
+    shas = []
+    for index in range(2):
+        shas.append(forge.branch(f"b{index}", scale_ranker, f"change {index}"))
+        numbers.append(forge.open_pr(f"b{index}"))
+    results = {r.number: r for r in forge.reconcile(api)}
+    assert {n: results[n].outcome for n in numbers} == dict.fromkeys(numbers, "succeeded")
+    # TTL: nothing changes for 73 hours → both previews are deleted, and not recreated until
+    # their pull requests get a new commit.
+    forge.clock[0] += 73 * 3600
+    results_after = forge.reconcile(api)
+    assert sorted((r.number, r.outcome) for r in results_after if r.outcome == "deleted") == [
+        (n, "deleted") for n in numbers
+    ]
+    assert previews_in(api, forge.previews_ns) == {}
+    again = {r.number: r.outcome for r in forge.reconcile(api)}
+    assert again == dict.fromkeys(numbers, "skipped")
+    assert "expired" in forge.statuses(shas[0])["gitsync/preview"]["description"]
