@@ -18,7 +18,7 @@ import gc
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -36,6 +36,8 @@ from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
 from gitsync.model import Health, ServiceKey
 from gitsync.planning import environment_manifests, ordered_environments
+from gitsync.previews import PreviewReconciler, PreviewResult
+from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
 from gitsync.rollout import Outcome, RolloutResult, expected_apps
 from gitsync.source.git import GitSource
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 POLL_JOB = "poll"
 DRIFT_JOB = "drift"
+PREVIEWS_JOB = "previews"
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Agent:
     identity: str
     metrics: Metrics = field(default_factory=Metrics)
     reporter: Reporter | None = None
+    pulls: Pulls | None = None
     lease_seconds: float = 15.0
     renew_deadline: float = 10.0
     retry: float = 2.0
@@ -78,6 +82,19 @@ class Agent:
         self._expected_at: tuple[str, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
+        self._previews_lock = threading.Lock()
+        repo = self.config.repository
+        self.preview_reconciler = PreviewReconciler(
+            self.config,
+            self.services,
+            self.state,
+            # Its own cache: the preview job runs beside the poll, and a cache has one user.
+            GitSource(replace(repo, cache_dir=repo.cache_dir / "previews")),
+            self.pulls,
+            self.reporter,
+            progress=lambda line: log.info("%s", line),
+            record=self.recorder,
+        )
         self.drift_checker = DriftChecker(
             self.config,
             self.services,
@@ -122,6 +139,12 @@ class Agent:
             self.drift,
             CronTrigger.from_crontab(self.config.drift_cron, timezone=datetime.UTC),
             id=DRIFT_JOB,
+        )
+        self.scheduler.add_job(
+            self.previews,
+            "interval",
+            seconds=self.config.poll_seconds,
+            id=PREVIEWS_JOB,
         )
         self.scheduler.start()
         if self.elector is not None:
@@ -197,6 +220,33 @@ class Agent:
             return
         self.metrics.git_poll.labels("new" if head != self.last_revision else "retry").inc()
         self._pass()
+
+    def trigger_previews(self) -> None:
+        """Reconciles previews now (a pull-request webhook)."""
+        if self.stopping.is_set():
+            return
+        job = self.scheduler.get_job(PREVIEWS_JOB)
+        if job is not None:
+            job.modify(next_run_time=datetime.datetime.now(datetime.UTC))
+
+    def previews(self) -> list[PreviewResult]:
+        """Pull-request previews and plan comments; their own lock, so a preview never
+        delays a rollout of the real environments."""
+        if not self.leading or self.stopping.is_set():
+            return []
+        with self._previews_lock:
+            try:
+                results = self.preview_reconciler.reconcile()
+            except GitsyncError as exc:
+                log.error("previews failed: %s", exc)
+                return []
+        for result in results:
+            if result.outcome != "unchanged":
+                log.info(
+                    "preview #%d: %s %s", result.number, result.outcome, ", ".join(result.services)
+                )
+        release_memory()
+        return results
 
     def drift(self) -> list[DriftReport]:
         """The scheduled drift check (and self-heal where the environment asks for it). Skipped

@@ -27,6 +27,7 @@ from gitsync.config import AgentConfig, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.drift import DriftChecker, drift_json, report_lines
 from gitsync.errors import ConfigError, GitsyncError, SourceError
+from gitsync.health import assess
 from gitsync.kube.client import api_client
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
@@ -35,7 +36,8 @@ from gitsync.logs import configure as configure_logging
 from gitsync.metrics import Metrics
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
 from gitsync.planning import live_plans, offline_plans
-from gitsync.report.factory import agent_identity, build_provider, build_reporter
+from gitsync.previews import PreviewReconciler, age, list_previews
+from gitsync.report.factory import agent_identity, build_provider, build_pulls, build_reporter
 from gitsync.report.gitnotes import GitNotesProvider
 from gitsync.server import AgentServer, Hooks
 from gitsync.source import GitSource, RepoSource
@@ -157,6 +159,18 @@ def _agent_commands(commands: Any) -> None:
     drift.add_argument("--env", action="append", help="only this environment (repeatable)")
     drift.add_argument("--heal", action="store_true", help="correct selfHeal environments")
     drift.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    previews = commands.add_parser(
+        "previews",
+        help="pull-request previews: list them (or --reconcile once)",
+        description="Lists the active previews (PR, service, revision, health, age). With "
+        "--reconcile: one preview pass first — plan comments, previews created, updated and "
+        "deleted — as the agent's previews job does.",
+    )
+    previews.add_argument("--config", type=Path, required=True, help="the agent config file")
+    previews.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+    previews.add_argument("--context", help="the kubeconfig context to use")
+    previews.add_argument("--reconcile", action="store_true", help="run one preview pass first")
+    previews.add_argument("-o", "--output", choices=("text", "json"), default="text")
     run = commands.add_parser(
         "run",
         help="the agent: poll, webhooks, roll out, report; /metrics, /healthz, /readyz",
@@ -306,6 +320,63 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_FOUND if any(r.drifted for r in reports) else EXIT_OK
 
 
+def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        config = _agent_config(args.config)
+        source = GitSource(config.repository)
+        tree = read_tree(source.checkout(source.head()))
+        settings = tree.config.previews if tree.config else None
+        if settings is None:
+            err.write("gitsync previews: gitsync.yaml declares no previews\n")
+            return EXIT_ERROR
+        with api_client(args.kubeconfig, args.context) as api:
+            services = RayServices(api)
+            if args.reconcile:
+                metrics = Metrics()
+                reporter = build_reporter(config, metrics)
+                try:
+                    PreviewReconciler(
+                        config,
+                        services,
+                        StateStore(api, config.rollout.state_namespace),
+                        source,
+                        build_pulls(config, metrics),
+                        reporter,
+                        progress=lambda line: print(line, file=err),
+                        record=EventRecorder(api),
+                    ).reconcile()
+                finally:
+                    reporter.close(timeout=STATUS_FLUSH_SECONDS)
+            rows = list_previews(services, settings.namespace)
+    except GitsyncError as exc:
+        err.write(f"gitsync previews: {exc}\n")
+        return EXIT_ERROR
+    now = time.time()
+    table = [
+        {
+            "pr": r["pr"],
+            "service": r["name"],
+            "revision": r["revision"],
+            "health": str(assess(r["object"], ()).health),
+            "age": age(now - r["updated"]) if r["updated"] else "?",
+        }
+        for r in rows
+    ]
+    if args.output == "json":
+        json.dump({"namespace": settings.namespace, "previews": table}, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    out.write(f"{'PR':<6} {'SERVICE':<40} {'REVISION':<13} {'HEALTH':<12} AGE\n")
+    for row in table:
+        out.write(
+            f"#{row['pr']:<5} {row['service']:<40} {str(row['revision'])[:12]:<13} "
+            f"{row['health']:<12} {row['age']}\n"
+        )
+    if not table:
+        err.write(f"gitsync previews: no active previews in {settings.namespace}\n")
+    return EXIT_OK
+
+
 def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
@@ -315,6 +386,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         api = api_client(args.kubeconfig, args.context)
         metrics = Metrics()
         reporter = build_reporter(config, metrics)
+        pulls = build_pulls(config, metrics)
     except GitsyncError as exc:
         err.write(f"gitsync run: {exc}\n")
         return EXIT_ERROR
@@ -325,6 +397,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         agent_identity(),
         metrics,
         reporter,
+        pulls,
         election.lease_duration,
         election.renew_deadline,
         election.retry_period,
@@ -345,7 +418,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         config.repository.url,
         config.repository.branch,
         agent.trigger,
-        lambda: None,  # previews arrive with their own issue
+        agent.trigger_previews,
         lambda: not agent.stopping.is_set(),
         agent.ready.is_set,
     )
@@ -580,18 +653,19 @@ def _main(argv: Sequence[str] | None) -> int:
                 parser.error("--rev goes with a repository URL; check out the revision instead")
             codes.append(validate(Path(args.path), args.output, sys.stdout, sys.stderr))
         return max(codes)
-    if args.command in ("plan", "diff"):
-        return run_plan(args, sys.stdout, sys.stderr)
-    if args.command == "sync":
-        return run_sync(args, sys.stdout, sys.stderr)
-    if args.command == "status":
-        return run_status(args, sys.stdout, sys.stderr)
-    if args.command == "notes":
-        return run_notes(args, sys.stdout, sys.stderr)
     if args.command == "run":
         return run_agent(args, sys.stderr)
-    if args.command == "drift":
-        return run_drift(args, sys.stdout, sys.stderr)
+    commands = {
+        "plan": run_plan,
+        "diff": run_plan,
+        "sync": run_sync,
+        "status": run_status,
+        "notes": run_notes,
+        "drift": run_drift,
+        "previews": run_previews,
+    }
+    if args.command in commands:
+        return commands[args.command](args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_ERROR
 

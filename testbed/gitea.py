@@ -188,14 +188,25 @@ class Gitea:
     # -- API ---------------------------------------------------------------------------------
 
     def api(
-        self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 201, 204)
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        ok: tuple[int, ...] = (200, 201, 202, 204),
+        sudo: str | None = None,
     ) -> Any:
+        """The API as the admin (``sudo``: as that user, Gitea's ``Sudo`` header)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(  # noqa: S310 - our loopback http URL
             f"{self.url}/api/v1{path}",
             data=data,
             method=method,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+            headers={
+                "Authorization": f"token {self.token}",
+                "Content-Type": "application/json",
+                **({"Sudo": sudo} if sudo else {}),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
@@ -211,6 +222,18 @@ class Gitea:
         """An empty repository owned by the admin; returns its clone URL."""
         self.api("POST", "/user/repos", {"name": name, "default_branch": "main", "private": False})
         return self.clone_url(name)
+
+    def create_user(self, name: str) -> None:
+        self.api(
+            "POST",
+            "/admin/users",
+            {
+                "username": name,
+                "email": f"{name}@example.com",
+                "password": secrets.token_hex(12),
+                "must_change_password": False,
+            },
+        )
 
     def git_auth_config(self) -> list[str]:
         """``git -c`` arguments that authenticate pushes to this Gitea as the admin."""

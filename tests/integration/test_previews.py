@@ -233,3 +233,68 @@ def test_limit_and_ttl(forge: Forge, api: client.ApiClient) -> None:
     again = {r.number: r.outcome for r in forge.reconcile(api)}
     assert again == dict.fromkeys(numbers, "skipped")
     assert "expired" in forge.statuses(shas[0])["gitsync/preview"]["description"]
+
+
+def test_a_fork_pull_request_without_the_label_gets_no_preview(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    user = f"contrib{uuid.uuid4().hex[:6]}"
+    forge.gitea.create_user(user)
+    forge.gitea.api("POST", f"{forge.path}/forks", {}, sudo=user)
+    fork_url = f"{forge.gitea.url}/{user}/{forge.name}.git"
+    work = forge.repo.work
+    git("checkout", "-q", "-B", "from-fork", "main", cwd=work)
+    scale_ranker(work)
+    git("commit", "-q", "-am", "from a fork", cwd=work)
+    git(*forge.repo.push_args, "push", "-q", fork_url, "from-fork", cwd=work)
+    sha = git("rev-parse", "HEAD", cwd=work)
+    git("checkout", "-q", "main", cwd=work)
+    pr = forge.gitea.api(
+        "POST", f"{forge.path}/pulls",
+        {"head": f"{user}:from-fork", "base": "main", "title": "from a fork"}, sudo=user,
+    )  # fmt: skip
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome) == (pr["number"], "skipped")
+    assert previews_in(api, forge.previews_ns) == {}
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "pending"
+    assert "forks need the label 'preview'" in status["description"]
+    # The plan comment is still written: reviewers see what merging would do.
+    assert len(forge.comments(pr["number"])) == 1
+
+
+def test_orphans_are_collected_and_merging_deletes_the_preview(
+    forge: Forge, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    forge.branch("merge-me", scale_ranker)
+    number = forge.open_pr("merge-me")
+    forge.reconcile(api)
+    # An orphan: a preview of a pull request that does not exist (say, its repo was renamed).
+    orphan = previews_in(api, forge.previews_ns)[f"ranker-pr-{number}"]
+    body = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": "ghost-pr-99",
+            "namespace": forge.previews_ns,
+            "labels": {"app.kubernetes.io/managed-by": "gitsync", PREVIEW: "99"},
+        },
+        "spec": orphan["spec"],
+    }
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, forge.previews_ns, PLURAL, body
+    )
+    results = forge.reconcile(api)
+    assert (99, "deleted") in [(r.number, r.outcome) for r in results]
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
+    forge.gitea.api("POST", f"{forge.path}/pulls/{number}/merge", {"Do": "merge"})
+    results = forge.reconcile(api)
+    assert [(r.number, r.outcome) for r in results] == [(number, "deleted")]
+    assert previews_in(api, forge.previews_ns) == {}
+    # The merge is on main: the environment rolls it out.
+    result = sync_once(forge.config, RayServices(api), StateStore(api, namespace))
+    assert result.ok
+    main = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker"
+    )
+    assert "num_replicas: 3" in main["spec"]["serveConfigV2"]

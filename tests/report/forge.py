@@ -69,7 +69,7 @@ class ForgeServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = _handle  # noqa: N815 - BaseHTTPRequestHandler's names
+            do_GET = do_POST = do_PATCH = do_PUT = _handle  # noqa: N815 - BaseHTTPRequestHandler names
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

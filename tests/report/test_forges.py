@@ -8,6 +8,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gitsync.report.github import AppTokens, GitHubProvider, github_headers, token_headers
 from gitsync.report.gitlab import GitLabProvider, gitlab_headers
 from gitsync.report.http import ForgeError, JsonClient, RetryPolicy
+from gitsync.report.pulls import MARKER, GitHubPulls, GitLabPulls, eligible
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
 from tests.report.forge import ForgeServer, Reply, Request
@@ -304,3 +306,87 @@ def test_a_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
         with pytest.raises(Exception, match=r"GitLab status token from env \$NOPE is empty"):
             provider.post(SHA, STATUS)
     assert forge.requests == []
+
+
+# -- pull requests and plan comments ------------------------------------------------------------
+
+
+def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> None:
+    comments: list[dict[str, Any]] = []
+
+    def respond(request: Request) -> Reply:
+        check_github_request(request)
+        if request.method == "GET" and request.path.startswith("/repos/o/r/pulls?"):
+            return Reply(200, [
+                {"number": 7, "title": "t", "user": {"login": "alice"}, "labels": [{"name": "preview"}],
+                 "head": {"sha": SHA, "ref": "feature", "repo": {"full_name": "alice/r"}},
+                 "base": {"ref": "main", "repo": {"full_name": "o/r"}}},
+            ])  # fmt: skip
+        if request.method == "GET" and request.path.startswith("/repos/o/r/issues/7/comments"):
+            return Reply(200, comments)
+        if request.method == "POST" and request.path == "/repos/o/r/issues/7/comments":
+            comments.append({"id": 1, "body": request.body["body"]})
+            return Reply(201, comments[-1])
+        if request.method == "PATCH" and request.path == "/repos/o/r/issues/comments/1":
+            comments[0]["body"] = request.body["body"]
+            return Reply(200, comments[0])
+        return Reply(404, {"message": "Not Found"})
+
+    with ForgeServer(respond) as forge:
+        pulls = GitHubPulls(client(forge.url, token_headers(token_env), []), "o/r")
+        [pr] = pulls.open_pulls()
+        assert (pr.number, pr.head_sha, pr.head_ref, pr.fork, pr.labels) == (
+            7,
+            SHA,
+            "refs/pull/7/head",
+            True,
+            ("preview",),
+        )
+        assert eligible(pr, (), "preview") is None
+        assert eligible(pr, (), "ok-to-preview") is not None
+        assert eligible(pr, ("alice",), "") is None
+        pulls.upsert_comment(7, f"{MARKER}\nfirst")
+        pulls.upsert_comment(7, f"{MARKER}\nsecond")
+        pulls.upsert_comment(7, f"{MARKER}\nsecond")  # identical: no request
+    assert [c["body"] for c in comments] == [f"{MARKER}\nsecond"]
+    writes = [(r.method, r.path) for r in forge.requests if r.method != "GET"]
+    assert writes == [
+        ("POST", "/repos/o/r/issues/7/comments"),
+        ("PATCH", "/repos/o/r/issues/comments/1"),
+    ]
+
+
+def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
+    notes: list[dict[str, Any]] = []
+
+    def respond(request: Request) -> Reply:
+        assert request.headers["private-token"] == TOKEN
+        base = "/api/v4/projects/g%2Fp"
+        if request.method == "GET" and request.path.startswith(f"{base}/merge_requests?"):
+            return Reply(200, [
+                {"iid": 3, "sha": SHA, "source_branch": "f", "target_branch": "main",
+                 "author": {"username": "bob"}, "source_project_id": 1, "target_project_id": 1,
+                 "labels": ["x"], "title": "t"},
+            ])  # fmt: skip
+        if request.method == "GET" and request.path.startswith(f"{base}/merge_requests/3/notes"):
+            return Reply(200, notes)
+        if request.method == "POST" and request.path == f"{base}/merge_requests/3/notes":
+            notes.append({"id": 5, "body": request.body["body"]})
+            return Reply(201, notes[-1])
+        if request.method == "PUT" and request.path == f"{base}/merge_requests/3/notes/5":
+            notes[0]["body"] = request.body["body"]
+            return Reply(200, notes[0])
+        return Reply(404, {"message": "404 Not Found"})
+
+    with ForgeServer(respond) as forge:
+        pulls = GitLabPulls(client(forge.url, lambda: gitlab_headers(token_env), []), "g/p")
+        [mr] = pulls.open_pulls()
+        assert (mr.number, mr.head_ref, mr.fork, mr.author) == (
+            3,
+            "refs/merge-requests/3/head",
+            False,
+            "bob",
+        )
+        pulls.upsert_comment(3, f"{MARKER}\none")
+        pulls.upsert_comment(3, f"{MARKER}\ntwo")
+    assert [n["body"] for n in notes] == [f"{MARKER}\ntwo"]
