@@ -3,6 +3,7 @@ comments, statuses), the real API server and the simulator."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from gitsync.cli import main
 from gitsync.config import StatusConfig
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
@@ -213,8 +215,58 @@ def test_a_manifest_naming_another_namespace_still_lands_in_the_preview_namespac
     assert previews_in(api, "production") == {}
 
 
+def test_the_preview_limit_holds_back_newer_pull_requests(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> None:
+    forge = Forge(gitea, tmp_path, namespace, maxPreviews=1)
+    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    first_sha = forge.branch("first", scale_ranker)
+    first = forge.open_pr("first")
+    second_sha = forge.branch("second", scale_ranker, "second")
+    second = forge.open_pr("second")
+    outcomes = {r.number: r.outcome for r in forge.reconcile(api)}
+    assert outcomes == {first: "succeeded", second: "skipped"}
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{first}"]
+    assert forge.statuses(first_sha)["gitsync/preview"]["status"] == "success"
+    held = forge.statuses(second_sha)["gitsync/preview"]
+    assert (held["status"], "previews.maxPreviews" in held["description"]) == ("pending", True)
+    # The first closes: the second gets its preview at the next reconcile.
+    forge.gitea.api("PATCH", f"{forge.path}/pulls/{first}", {"state": "closed"})
+    outcomes = {r.number: r.outcome for r in forge.reconcile(api)}
+    assert outcomes == {first: "deleted", second: "succeeded"}
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{second}"]
+
+
+def test_the_plan_comment_matches_gitsync_plan(
+    forge: Forge, api: client.ApiClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def two_changes(root: Path) -> None:
+        scale_ranker(root)
+        path = root / "environments" / "staging" / "embedder.yaml"
+        path.write_text(path.read_text().replace("2.49.0", "2.50.0"))
+
+    sha = forge.branch("two", two_changes)
+    number = forge.open_pr("two")
+    forge.reconcile(api)
+    [comment] = forge.comments(number)
+    assert main(["plan", str(forge.repo.work), "--from", "main", "--to", sha, "-o", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    plans = document.get("environments", [document])
+    expected = [
+        f"**{plan['environment']}/{change['name']}**: `{change['action']}`"
+        for plan in plans
+        for wave in plan["waves"]
+        for change in wave["changes"]
+        if change["action"] != "unchanged"
+    ]
+    assert len(expected) == 2
+    for line in expected:
+        assert line in comment, (line, comment)
+    assert "cluster-swap" in comment
+    assert "twice the cluster's resources" in comment
+
+
 def test_limit_and_ttl(forge: Forge, api: client.ApiClient) -> None:
-    forge.config = replace(forge.config)  # defaults: maxPreviews 5, ttl 72h
     numbers = []
     shas = []
     for index in range(2):
@@ -298,3 +350,39 @@ def test_orphans_are_collected_and_merging_deletes_the_preview(
         GROUP, VERSION, namespace, PLURAL, "ranker"
     )
     assert "num_replicas: 3" in main["spec"]["serveConfigV2"]
+
+
+def test_forge_less_previews_follow_branches(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    previews_ns = f"pv-{uuid.uuid4().hex[:8]}"
+    repo = GitOpsRepo(
+        tmp_path / "gitops", namespace, previews={"namespace": previews_ns, "branches": "preview/*"}
+    )
+    config = repo.agent_config(tmp_path / "cache")  # git notes: no forge
+    assert sync_once(config, RayServices(api), StateStore(api, namespace)).ok
+    work = repo.work
+    git("checkout", "-q", "-B", "preview/42", "main", cwd=work)
+    scale_ranker(work)
+    git("commit", "-q", "-am", "try a change", cwd=work)
+    git("push", "-q", "origin", "preview/42", cwd=work)
+    sha = git("rev-parse", "HEAD", cwd=work)
+    git("checkout", "-q", "main", cwd=work)
+    metrics = Metrics()
+    reporter = Reporter(build_provider(config, metrics), metrics)
+    reconciler = PreviewReconciler(
+        config, RayServices(api), StateStore(api, namespace), GitSource(config.repository),
+        None, reporter,
+    )  # fmt: skip
+    try:
+        [result] = reconciler.reconcile()
+        assert (result.number, result.outcome) == (42, "succeeded")
+        assert list(previews_in(api, previews_ns)) == ["ranker-pr-42"]
+        git("push", "-q", "origin", "--delete", "preview/42", cwd=work)
+        [gone] = reconciler.reconcile()
+        assert (gone.number, gone.outcome) == (42, "deleted")
+        assert previews_in(api, previews_ns) == {}
+    finally:
+        reporter.close(timeout=30)
+    shown = build_provider(config, metrics).statuses(sha)
+    assert shown["gitsync/preview"].state.value == "success"
