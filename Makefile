@@ -33,7 +33,7 @@ pytest: venv
 	$(BIN)/pytest
 
 bench: venv ## benchmarks (not part of make test)
-	$(BIN)/python -m bench.classify
+	$(BIN)/python -m bench.suite --out docs
 
 clean: ## remove the venv (the test-bed binaries in .testbed/ stay cached)
 	rm -rf $(VENV)

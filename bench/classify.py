@@ -45,7 +45,7 @@ def edited(base: dict[str, Any], index: int) -> dict[str, Any]:
     return obj
 
 
-def main(count: int = 1000, repeat: int = 5) -> None:
+def pairs_of(count: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     base = yaml.safe_load(RANKER.read_text())
     base["metadata"]["namespace"] = "bench"
     pairs = []
@@ -53,6 +53,11 @@ def main(count: int = 1000, repeat: int = 5) -> None:
         before = copy.deepcopy(base)
         before["metadata"]["name"] = f"ranker-{i}"
         pairs.append((before, edited(base, i)))
+    return pairs
+
+
+def run(count: int, repeat: int) -> tuple[list[float], Counter[str]]:
+    pairs = pairs_of(count)
     timings = []
     actions: Counter[str] = Counter()
     for _ in range(repeat):
@@ -61,6 +66,16 @@ def main(count: int = 1000, repeat: int = 5) -> None:
         for before, after in pairs:
             actions[classify(owned(before), owned(after)).action] += 1
         timings.append(time.process_time() - began)
+    return timings, actions
+
+
+def measure(count: int = 1000, repeat: int = 5) -> float:
+    """Median CPU seconds to classify ``count`` changed services."""
+    return statistics.median(run(count, repeat)[0])
+
+
+def main(count: int = 1000, repeat: int = 5) -> None:
+    timings, actions = run(count, repeat)
     print(
         f"classified {count} changed services: median {statistics.median(timings):.3f} s CPU "
         f"(min {min(timings):.3f}, max {max(timings):.3f}, {repeat} runs); target < 1 s"

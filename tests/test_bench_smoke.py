@@ -1,0 +1,19 @@
+"""The benchmark harness in miniature (``make bench`` runs it at full size), so it cannot rot:
+it must start the test bed, measure gitsync and kubectl side by side and write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import suite
+
+
+def test_the_benchmark_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
+    suite.main(["--smoke", "--out", str(tmp_path)])
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "| 10 | gitsync sync --once (no-op) |" in report
+    assert "| 10 | kubectl diff --server-side |" in report
+    assert "serial kubectl apply --server-side" in report
+    assert "MiB RSS" in report
+    png = (tmp_path / "benchmarks.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
