@@ -27,6 +27,10 @@ _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used, never i
 
 TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 MERGE_TAG = "tag:yaml.org,2002:merge"
+STR_TAG = "tag:yaml.org,2002:str"
+# Scalars whose value is the text itself: strings, and timestamps (kept as strings, as
+# Kubernetes' YAML-to-JSON decoding keeps them).
+_AS_WRITTEN = frozenset({STR_TAG, TIMESTAMP_TAG})
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,10 @@ class _Builder:
             raise _TooLarge
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.ScalarNode):
-            if node.tag == TIMESTAMP_TAG:
-                return node.value
             if node.style == "|":
                 self.block_scalars.add(path)
+            if node.tag in _AS_WRITTEN:  # most scalars: no constructor call
+                return node.value
             return _SCALARS.construct_object(node, deep=True)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
@@ -99,7 +103,11 @@ class _Builder:
                     raise _Invalid("merge keys (<<) are not supported in manifests", line)
                 if not isinstance(key_node, yaml.ScalarNode):
                     raise _Invalid("mapping keys must be strings", line)
-                key = str(self.build(key_node, (*path, "\0key")))
+                if key_node.tag == STR_TAG:
+                    self.remaining -= 1
+                    key = key_node.value
+                else:
+                    key = str(self.build(key_node, (*path, "\0key")))
                 if key in result:
                     first = self.lines[(*path, key)]
                     raise _Invalid(f"duplicate key {key!r} (first written on line {first})", line)
