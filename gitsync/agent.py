@@ -79,6 +79,7 @@ class Agent:
         self.passes = 0
         self._applied: dict[str, str] = {}  # environment → revision in the info gauge
         self._began: dict[str, float] = {}  # environment → when its rollout started
+        self._health: dict[tuple[str, ServiceKey], Health] = {}  # what the gauge shows
         self._expected_at: tuple[str, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
@@ -331,6 +332,17 @@ class Agent:
             self._expected_at = (self.last_revision, rows)
         return self._expected_at[1]
 
+    def _health_gauge(self, environment: str, key: ServiceKey, health: Health) -> None:
+        """One series per service, labelled with its current health (the old one removed):
+        1,000 services are 1,000 series, not one per possible health."""
+        previous = self._health.get((environment, key))
+        if previous is health:
+            return
+        if previous is not None:
+            self.metrics.service_health.remove(environment, key.namespace, key.name, str(previous))
+        self.metrics.service_health.labels(environment, key.namespace, key.name, str(health)).set(1)
+        self._health[(environment, key)] = health
+
     def _refresh_health(self) -> None:
         """One list per environment namespace: the health gauge for every managed service."""
         if not self.last_revision:
@@ -340,10 +352,7 @@ class Agent:
                 live = self.services.list_managed(namespace, name)
                 for key in sorted({*live, *wanted}):
                     health = assess(live.get(key), wanted.get(key, ())).health
-                    for h in Health:
-                        self.metrics.service_health.labels(
-                            name, key.namespace, key.name, str(h)
-                        ).set(1 if h is health else 0)
+                    self._health_gauge(name, key, health)
                 del live
         except GitsyncError as exc:
             log.debug("health refresh failed: %s", exc)

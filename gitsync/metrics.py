@@ -39,8 +39,8 @@ class Metrics:
         )
         self.service_health = Gauge(
             "gitsync_service_health",
-            "1 for each managed RayService's current health (Healthy, Progressing, Degraded, "
-            "Missing, Suspended, Unknown)",
+            "1 per managed RayService, labelled with its current health (Healthy, Progressing, "
+            "Degraded, Missing, Suspended, Unknown); one series per service",
             ["environment", "namespace", "name", "health"],
             registry=r,
         )

@@ -24,6 +24,7 @@ MAX_NODES = 100_000
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used, never its stream
+_UNDEFINED = yaml.SafeLoader.yaml_constructors[None]  # raises "could not determine a constructor"
 
 TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -92,7 +93,10 @@ class _Builder:
                 self.block_scalars.add(path)
             if node.tag in _AS_WRITTEN:  # most scalars: no constructor call
                 return node.value
-            return _SCALARS.construct_object(node, deep=True)
+            # The tag's constructor itself, not construct_object: that one caches every node it
+            # builds in the (shared) constructor, which a long-running agent would never free.
+            construct: Any = _SCALARS.yaml_constructors.get(node.tag, _UNDEFINED)
+            return construct(_SCALARS, node)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):

@@ -3,6 +3,7 @@ and the ``gitsync validate`` command."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -11,9 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gitsync.checkout import read_tree
 from gitsync.cli import main
+from gitsync.manifests.yamldoc import parse_documents
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
 GOOD = (
@@ -337,3 +340,21 @@ def test_validate_console_script(tmp_path: Path) -> None:
         [gitsync, "validate", str(EXAMPLES)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_parsing_keeps_no_yaml_nodes_alive() -> None:
+    """A long-running agent parses every manifest again at each new revision: nothing of a
+    parse may stay reachable afterwards (PyYAML's construct_object caches every node)."""
+    text = "a: 1\nb: [true, 2.5, null, 3]\nc: {d: 4}\n"
+
+    def yaml_objects() -> int:
+        gc.collect()
+        return sum(isinstance(o, yaml.Node | yaml.error.Mark) for o in gc.get_objects())
+
+    before = yaml_objects()
+    for _ in range(50):
+        documents, problems = parse_documents(text, "x.yaml")
+        assert problems == []
+        assert documents[0].data == {"a": 1, "b": [True, 2.5, None, 3], "c": {"d": 4}}
+    del documents
+    assert yaml_objects() <= before
