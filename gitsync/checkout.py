@@ -91,10 +91,12 @@ def read_environment_files(
                         )
                     )
                     continue
-            if path.is_dir():
+            # DirEntry answers from the directory listing (follows symlinks, checked above):
+            # no extra system call per file for a tree of thousands of manifests.
+            if entry.is_dir():
                 pending.append(path)
-            elif path.is_file() and is_manifest(entry.name):
-                size = path.stat().st_size
+            elif is_manifest(entry.name) and entry.is_file():
+                size = entry.stat().st_size
                 if size > max_file_bytes:
                     problems.append(
                         Problem(

@@ -25,6 +25,7 @@ from gitsync.report.reporter import Reporter
 from gitsync.source.config import TokenAuth
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
+from testbed.controlplane import ControlPlane
 from testbed.gitea import Gitea
 from testbed.simulator import Simulator
 
@@ -129,7 +130,12 @@ def forge(
 
 
 def test_a_pull_request_gets_one_capped_preview_and_a_plan_comment(
-    forge: Forge, api: client.ApiClient, namespace: str
+    forge: Forge,
+    api: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     sha = forge.branch("scale-ranker", scale_ranker)
     number = forge.open_pr("scale-ranker")
@@ -153,11 +159,27 @@ def test_a_pull_request_gets_one_capped_preview_and_a_plan_comment(
     [comment] = forge.comments(number)
     assert "<!-- gitsync:plan -->" in comment
     assert "**staging/ranker**: `serve-update`" in comment
+    # `gitsync previews` lists it: PR, service, revision, health, age.
+    config_file = tmp_path / "agent.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "repository": {"url": forge.repo.url, "branch": "main"},
+                "cacheDir": str(tmp_path / "cache-cli"),
+                "status": {"provider": "gitea", "tokenFile": str(tmp_path / "gitea-token")},
+            }
+        )
+    )
+    kubeconfig = str(control_plane.kubeconfig)
+    assert main(["previews", "--config", str(config_file), "--kubeconfig", kubeconfig]) == 0
+    listing = capsys.readouterr().out
+    row = next(line for line in listing.splitlines() if f"ranker-pr-{number}" in line)
+    assert row.split()[:3] == [f"#{number}", f"ranker-pr-{number}", sha[:12]]
     # Nothing outside the preview namespace changed: the main ranker still has 1 replica.
-    main = client.CustomObjectsApi(api).get_namespaced_custom_object(
+    live_ranker = client.CustomObjectsApi(api).get_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "ranker"
     )
-    assert "num_replicas: 1" in main["spec"]["serveConfigV2"]
+    assert "num_replicas: 1" in live_ranker["spec"]["serveConfigV2"]
 
 
 def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
@@ -346,10 +368,10 @@ def test_orphans_are_collected_and_merging_deletes_the_preview(
     # The merge is on main: the environment rolls it out.
     result = sync_once(forge.config, RayServices(api), StateStore(api, namespace))
     assert result.ok
-    main = client.CustomObjectsApi(api).get_namespaced_custom_object(
+    live_ranker = client.CustomObjectsApi(api).get_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "ranker"
     )
-    assert "num_replicas: 3" in main["spec"]["serveConfigV2"]
+    assert "num_replicas: 3" in live_ranker["spec"]["serveConfigV2"]
 
 
 def test_forge_less_previews_follow_branches(
