@@ -17,12 +17,10 @@ before it reaches the API server, whatever its manifest said.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gitsync.checkout import TreeReport, read_tree
@@ -332,11 +330,3 @@ def age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.0f}h"
-
-
-def iso(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def tree_of(path: Path) -> TreeReport:
-    return read_tree(path)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from gitsync.report.http import JsonClient
-from gitsync.report.provider import token_of
-from gitsync.report.status import CommitStatus, State
+from gitsync.report.provider import latest_per_context, token_of
+from gitsync.report.status import CommitStatus
 from gitsync.source.config import TokenAuth
 
 
@@ -41,20 +41,7 @@ class GiteaProvider:
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
         body = self.client.request("GET", self._path(f"/commits/{revision}/status")).body or {}
-        found: dict[str, CommitStatus] = {}
-        for entry in body.get("statuses") or ():
-            state = entry.get("status") or entry.get("state")
-            if state in State.__members__.values() and entry.get("context"):
-                found.setdefault(
-                    entry["context"],
-                    CommitStatus(
-                        entry["context"],
-                        State(state),
-                        str(entry.get("description") or "")[:140],
-                        str(entry.get("target_url") or ""),
-                    ),
-                )
-        return found
+        return latest_per_context(body.get("statuses") or ())
 
 
 def gitea_headers(auth: TokenAuth | None) -> Mapping[str, str]:

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from gitsync.errors import AuthError
 from gitsync.report.http import JsonClient
-from gitsync.report.provider import token_of
-from gitsync.report.status import CommitStatus, State
+from gitsync.report.provider import latest_per_context, token_of
+from gitsync.report.status import CommitStatus
 from gitsync.source.config import TokenAuth
 
 API_VERSION = "2022-11-28"
@@ -52,20 +52,7 @@ class GitHubProvider:
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
         body = self.client.request("GET", self._path(f"/commits/{revision}/status")).body or {}
-        found: dict[str, CommitStatus] = {}
-        for entry in body.get("statuses") or ():
-            state = entry.get("state")
-            if state in State.__members__.values() and entry.get("context"):
-                found.setdefault(
-                    entry["context"],
-                    CommitStatus(
-                        entry["context"],
-                        State(state),
-                        str(entry.get("description") or "")[:140],
-                        str(entry.get("target_url") or ""),
-                    ),
-                )
-        return found
+        return latest_per_context(body.get("statuses") or ())
 
 
 def github_headers(token: str) -> dict[str, str]:

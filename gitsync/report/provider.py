@@ -8,11 +8,11 @@ and never blocking a rollout are the :class:`~gitsync.report.reporter.Reporter`'
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from gitsync.errors import AuthError
-from gitsync.report.status import CommitStatus
+from gitsync.report.status import MAX_DESCRIPTION, CommitStatus, State
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
 
@@ -35,3 +35,22 @@ def token_of(auth: TokenAuth | None, what: str) -> str:
         return read_token(auth)
     except AuthError as exc:
         raise AuthError(str(exc).replace("Git token", f"{what} token")) from None
+
+
+def latest_per_context(entries: Iterable[Mapping[str, Any]]) -> dict[str, CommitStatus]:
+    """A combined status's entries (newest first, as Gitea and GitHub list them) → the
+    status of each context. Gitea names an entry's state ``status``, GitHub ``state``."""
+    found: dict[str, CommitStatus] = {}
+    for entry in entries:
+        state, context = entry.get("status") or entry.get("state"), entry.get("context")
+        if state in State.__members__.values() and context:
+            found.setdefault(
+                str(context),
+                CommitStatus(
+                    str(context),
+                    State(str(state)),
+                    str(entry.get("description") or "")[:MAX_DESCRIPTION],
+                    str(entry.get("target_url") or ""),
+                ),
+            )
+    return found
