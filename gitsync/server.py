@@ -21,6 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gitsync.metrics import Metrics
 from gitsync.webhooks import MAX_BODY_BYTES, Action, judge
 
+# An oversized webhook body is read and dropped up to this size so the sender sees the 413.
+DRAIN_BYTES = 8 * MAX_BODY_BYTES
+
 log = logging.getLogger(__name__)
 
 REMEMBERED_DELIVERIES = 1024
@@ -109,6 +112,7 @@ class AgentServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "gitsync"
+            timeout = 30  # seconds per socket read: a stalled client cannot hold a thread forever
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
@@ -133,13 +137,29 @@ class AgentServer:
                     self._json(411, {"error": "Content-Length required"})
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                if length > MAX_BODY_BYTES:  # refused unread
+                if length > MAX_BODY_BYTES:
                     status, body = server.webhook(headers, b"\0" * (MAX_BODY_BYTES + 1))
+                    self._discard(length)
                     self.close_connection = True
                     self._json(status, body)
                     return
                 status, body = server.webhook(headers, self.rfile.read(length))
                 self._json(status, body)
+
+            def _discard(self, length: int) -> None:
+                """Read and drop an oversized body, up to DRAIN_BYTES, before answering 413.
+
+                Closing a socket with unread data makes the kernel send a reset, and a client
+                still writing its body then sees a broken pipe instead of the 413 (Go's
+                net/http drains for the same reason). Beyond DRAIN_BYTES the body is left
+                unread and the connection closed: refusing must stay cheaper than accepting.
+                """
+                left = min(length, DRAIN_BYTES)
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 64 << 10))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
 
             def _json(self, status: int, body: object) -> None:
                 self._send(status, json.dumps(body).encode(), "application/json")
