@@ -24,6 +24,7 @@ so the harness cannot rot).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -32,16 +33,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client
 
-from bench import classify
+from bench import classify, webhook_poll
 from bench.noop_sync import request_counts
+from bench.workload import NAMESPACES, Repo
 from gitsync.config import AgentConfig, load_agent_config
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
@@ -49,139 +52,20 @@ from gitsync.kube.state import StateStore
 from gitsync.sync import sync_once
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane, free_port
-from testbed.simulator import Delays, Simulator
+from testbed.gitea import Gitea
 
-NAMESPACES = 10
-SERVE = """applications:
-- name: retrieve
-  route_prefix: /retrieve
-  import_path: retriever.serve:app
-  runtime_env:
-    env_vars: {{INDEX: "products-v{index}", LOG_LEVEL: info}}
-  deployments:
-  - name: Retriever
-    num_replicas: 2
-    ray_actor_options: {{num_cpus: 1}}
-- name: rerank
-  route_prefix: /rerank
-  import_path: reranker.serve:app
-  deployments:
-  - name: Reranker
-    num_replicas: 1
-    ray_actor_options: {{num_gpus: 1}}
-  - name: Features
-    autoscaling_config: {{min_replicas: 1, max_replicas: 4}}
-"""
-
-
-def service(name: str, namespace: str, index: int, replicas: int = 2) -> dict[str, Any]:
-    def container(kind: str, cpu: str, memory: str, gpu: int = 0) -> dict[str, Any]:
-        limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
-        if gpu:
-            limits["nvidia.com/gpu"] = gpu
-        return {
-            "name": f"ray-{kind}",
-            "image": "rayproject/ray:2.49.0-py311",
-            "env": [
-                {"name": "RAY_GRAFANA_HOST", "value": "http://grafana:3000"},
-                {"name": "SERVICE_INDEX", "value": str(index)},
-            ],
-            "resources": {"requests": dict(limits), "limits": limits},
-        }
-
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayService",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "serveConfigV2": SERVE.format(index=index).replace(
-                "num_replicas: 2", f"num_replicas: {replicas}"
-            ),
-            "rayClusterConfig": {
-                "rayVersion": "2.49.0",
-                "headGroupSpec": {
-                    "rayStartParams": {"dashboard-host": "0.0.0.0"},  # noqa: S104 - a manifest
-                    "template": {"spec": {"containers": [container("head", "2", "8Gi")]}},
-                },
-                "workerGroupSpecs": [
-                    {
-                        "groupName": "cpu",
-                        "replicas": 2,
-                        "minReplicas": 1,
-                        "maxReplicas": 8,
-                        "rayStartParams": {},
-                        "template": {"spec": {"containers": [container("worker", "4", "16Gi")]}},
-                    },
-                    {
-                        "groupName": "gpu",
-                        "replicas": 1,
-                        "minReplicas": 0,
-                        "maxReplicas": 4,
-                        "rayStartParams": {},
-                        "template": {"spec": {"containers": [container("worker", "8", "32Gi", 1)]}},
-                    },
-                ],
-            },
-        },
-    }
-
-
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=b", "-c", "user.email=b@example.com", "-c",
-         "commit.gpgsign=false", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-
-
-@dataclass
-class Repo:
-    root: Path
-    count: int
-    work: Path = field(init=False)
-    bare: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.work, self.bare = self.root / "work", self.root / "repo.git"
-        environments = []
-        for n in range(NAMESPACES):
-            environments.append(
-                {"name": f"env{n}", "path": f"environments/env{n}", "namespace": f"bench-{n}"}
-            )
-        self.write(replicas=2)
-        (self.work / "gitsync.yaml").write_text(yaml.safe_dump({"environments": environments}))
-        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=self.root)
-        git("init", "-q", "-b", "main", cwd=self.work)
-        self.commit("initial")
-
-    def files(self) -> list[Path]:
-        return sorted((self.work / "environments").rglob("*.yaml"))
-
-    def write(self, replicas: int, only: int | None = None) -> None:
-        per = max(1, self.count // NAMESPACES)
-        written = 0
-        for n in range(NAMESPACES):
-            folder = self.work / "environments" / f"env{n}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "README.md").write_text("RayServices of this environment\n")  # git keeps it
-            for i in range(per):
-                if n * per + i >= self.count:
-                    break
-                changed = only is None or written < only
-                obj = service(f"svc{i}", f"bench-{n}", i, replicas if changed else 2)
-                (folder / f"svc{i}.yaml").write_text(yaml.safe_dump(obj, sort_keys=False))
-                written += 1
-
-    def commit(self, message: str) -> None:
-        git("add", "-A", cwd=self.work)
-        git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
-        git("push", "-q", "-f", self.bare.as_uri(), "main", cwd=self.work)
+NOOP = "gitsync sync --once (no-op)"
+AGENT_PASS = "gitsync agent pass (in-process)"  # noqa: S105 - a row's name
+KUBECTL_DIFF = "kubectl diff --server-side"
+DRY_RUN = "kubectl apply --server-side --dry-run=server"
+SERIAL = "serial kubectl apply --server-side"
+CONCURRENCY = (1, 8, 16, 32)
 
 
 def config_for(repo: Repo, cache: Path, concurrency: int = 16) -> AgentConfig:
     text = yaml.safe_dump(
         {
-            "repository": {"url": repo.bare.as_uri()},
+            "repository": {"url": repo.origin},
             "cacheDir": str(cache),
             "rollout": {
                 "healthyReads": 1,
@@ -255,7 +139,7 @@ def rss_after_polls(plane: ControlPlane, repo: Repo, root: Path, name: str) -> f
     config.write_text(
         yaml.safe_dump(
             {
-                "repository": {"url": repo.bare.as_uri()},
+                "repository": {"url": repo.origin},
                 "cacheDir": str(root / f"cache-{name}"),
                 "intervals": {"poll": "2s"},
                 "listen": f"127.0.0.1:{free_port()}",
@@ -291,8 +175,60 @@ def rss_after_polls(plane: ControlPlane, repo: Repo, root: Path, name: str) -> f
         process.wait(30)
 
 
+def config_file(repo: Repo, cache: Path, path: Path, concurrency: int = 8) -> Path:
+    """An agent config for ``gitsync sync`` processes (the same settings as config_for)."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "repository": {"url": repo.origin},
+                "cacheDir": str(cache),
+                "rollout": {
+                    "healthyReads": 1,
+                    "healthySeconds": "1ms",
+                    "pollInterval": "200ms",
+                    "concurrency": concurrency,
+                    "stateNamespace": "gitsync-system",
+                },
+            }
+        )
+    )
+    return path
+
+
+def gitsync_sync(plane: ControlPlane, config: Path) -> list[str]:
+    return [sys.executable, "-m", "gitsync.cli", "sync", "--once", "--no-status",
+            "--config", str(config), "--kubeconfig", str(plane.kubeconfig)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def simulator_process(plane: ControlPlane, log: Path) -> Iterator[None]:
+    """The KubeRay simulator in a process of its own, answering at once (as KubeRay is a
+    process of its own: its CPU time is never the measured tool's)."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "testbed.simulator", "--kubeconfig", str(plane.kubeconfig),
+             "--cluster-start", "0", "--app-deploy", "0", "--tick", "0.05", "--requeue", "0"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while b"simulator running" not in log.read_bytes():
+            assert process.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the simulator did not start"
+            time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def run_size(
-    plane: ControlPlane, api: client.ApiClient, count: int, repeat: int, root: Path
+    plane: ControlPlane,
+    api: client.ApiClient,
+    count: int,
+    repeat: int,
+    root: Path,
+    profile: bool,
 ) -> dict[str, Any]:
     repo = Repo(root / f"repo-{count}", count)
     config = config_for(repo, root / f"cache-{count}")
@@ -303,88 +239,89 @@ def run_size(
     assert plane.binaries is not None
     kubectl = [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
     files = [a for f in repo.files() for a in ("-f", str(f))]
-    config_file = root / f"agent-{count}.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "repository": {"url": repo.bare.as_uri()},
-                "cacheDir": str(root / f"cache-{count}"),
-                "rollout": {"stateNamespace": "gitsync-system"},
-            }
-        )
-    )
-    # A process of its own, like kubectl: the simulator's thread would otherwise share the
-    # interpreter (and its CPU time) with the pass being measured.
-    gitsync = [sys.executable, "-m", "gitsync.cli", "sync", "--once", "--no-status",
-               "--config", str(config_file), "--kubeconfig", str(plane.kubeconfig)]  # fmt: skip
+    # A process of its own, like kubectl, Python's start-up included.
+    gitsync = gitsync_sync(plane, config_file(repo, root / f"cache-{count}", root / "agent.yaml"))
+
+    def agent_pass() -> object:
+        return sync_once(config, RayServices(api), state)
+
+    agent_pass()  # warm: what a running agent has already imported and cached
+    diff = [*kubectl, "diff", "--server-side", "--field-manager=gitsync", "--force-conflicts"]
+    dry_run = [*kubectl, "apply", "--server-side", "--dry-run=server", "--field-manager=gitsync",
+               "--force-conflicts"]  # fmt: skip
     rows = {
-        "gitsync sync --once (no-op)": median(
-            [measure(api, child(gitsync)) for _ in range(repeat)]
+        NOOP: median([measure(api, child(gitsync)) for _ in range(repeat)]),
+        AGENT_PASS: median([measure(api, in_process(agent_pass)) for _ in range(repeat)]),
+        KUBECTL_DIFF: median(
+            [measure(api, child([*diff, *files], ok=(0, 1))) for _ in range(repeat)]
         ),
-        "kubectl diff --server-side": median(
-            [
-                measure(
-                    api,
-                    child(
-                        [
-                            *kubectl,
-                            "diff",
-                            "--server-side",
-                            "--field-manager=gitsync",
-                            "--force-conflicts",
-                            *files,
-                        ],
-                        ok=(0, 1),
-                    ),
-                )
-                for _ in range(repeat)
-            ]
-        ),
-        "kubectl apply --server-side --dry-run=server": median(
-            [
-                measure(
-                    api,
-                    child(
-                        [
-                            *kubectl,
-                            "apply",
-                            "--server-side",
-                            "--dry-run=server",
-                            "--field-manager=gitsync",
-                            "--force-conflicts",
-                            *files,
-                        ]
-                    ),
-                )
-                for _ in range(repeat)
-            ]
-        ),
+        DRY_RUN: median([measure(api, child([*dry_run, *files])) for _ in range(repeat)]),
     }
-    return {"count": count, "initial_rollout": initial, "noop": rows,
-            "rss": rss_after_polls(plane, repo, root, f"agent-{count}")}  # fmt: skip
+    return {
+        "count": count,
+        "initial_rollout": initial,
+        "noop": rows,
+        "rss": rss_after_polls(plane, repo, root, f"agent-{count}"),
+        "profile": profiled(gitsync, root / "profile.txt") if profile else [],
+    }
+
+
+def profiled(argv: list[str], out: Path, top: int = 14) -> list[tuple[float, str]]:
+    """Seconds per function (inclusive) of one run of ``argv``, sampled by py-spy at 200 Hz:
+    gitsync's own stages, and the libraries they spend it in."""
+    spy = Path(sys.executable).with_name("py-spy")
+    subprocess.run(
+        [str(spy), "record", "--format", "raw", "--rate", "200", "--output", str(out), "--",
+         *argv],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        total += int(samples)
+        seen = set()
+        for frame in stack.split(";"):
+            function, _, where = frame.partition(" (")
+            module = where.split(":")[0]
+            if "/gitsync/" in module:
+                name = f"{module.split('/gitsync/')[-1]}: {function}"
+            elif "importlib" in module:
+                name = "(importing modules)"
+            elif "site-packages/" in module:
+                name = f"{module.split('site-packages/')[-1].split('/')[0]} (library)"
+            else:
+                continue
+            if name not in seen:
+                seen.add(name)
+                inclusive[name] += int(samples)
+    rows = [(total / 200, "(whole process)")]
+    rows += [(n / 200, name) for name, n in inclusive.most_common(top)]
+    return rows
 
 
 def throughput(
     plane: ControlPlane, api: client.ApiClient, root: Path, repeat: int, changed: int
 ) -> dict[str, Any]:
-    repo = Repo(root / "repo-throughput", changed)
-    state = StateStore(api, "gitsync-system")
-    assert sync_once(config_for(repo, root / "cache-tp"), RayServices(api), state).ok
+    """``changed`` services in one environment and one wave, all changed at once
+    (serve-update: a Serve ``num_replicas``); gitsync waits for each to be Healthy again."""
+    repo = Repo(root / "repo-throughput", changed, namespaces=1, namespace_prefix="bench-tp")
+    ensure_namespace(api, "bench-tp-0")
+    cache = root / "cache-tp"
+    assert sync_once(
+        config_for(repo, cache), RayServices(api), StateStore(api, "gitsync-system")
+    ).ok
     results: dict[str, Any] = {}
     replicas = 3
-    for concurrency in (1, 8, 16):
+    for concurrency in CONCURRENCY:
+        argv = gitsync_sync(plane, config_file(repo, cache, root / "tp.yaml", concurrency))
         samples = []
         for _ in range(repeat):
             repo.write(replicas=replicas)
             repo.commit(f"scale to {replicas}")
             replicas += 1
-            config = config_for(repo, root / "cache-tp", concurrency)
-
-            def one(config: AgentConfig = config) -> object:
-                return sync_once(config, RayServices(api), state)
-
-            samples.append(measure(api, in_process(one)))
-        results[f"gitsync, wave concurrency {concurrency}"] = median(samples)
+            samples.append(measure(api, child(argv)))
+        results[f"gitsync sync --once, wave concurrency {concurrency}"] = median(samples)
     assert plane.binaries is not None
     kubectl = [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
     samples = []
@@ -400,7 +337,7 @@ def throughput(
             return cpu
 
         samples.append(measure(api, serial))
-    results["serial kubectl apply --server-side"] = median(samples)
+    results[SERIAL] = median(samples)
     return results
 
 
@@ -426,8 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         with (
             ControlPlane(binaries=binaries, workdir=root / "plane", verbose=False) as plane,
             plane.api_client() as api,
-            plane.api_client() as sim_api,
-            Simulator(sim_api, Delays(0.0, 0.0, 0.05, requeue=5.0)),
+            simulator_process(plane, root / "simulator.log"),
+            Gitea(binaries, root / "gitea") as gitea,
         ):
             for n in range(NAMESPACES):
                 ensure_namespace(api, f"bench-{n}")
@@ -436,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
             results = []
             for count in sizes:
                 sys.stderr.write(f"bench: {count} services\n")
-                results.append(run_size(plane, api, count, repeat, root / f"n{count}"))
+                profile = count == max(sizes)
+                results.append(run_size(plane, api, count, repeat, root / f"n{count}", profile))
                 # The next size's namespaces start empty: delete this size's services.
                 for n in range(NAMESPACES):
                     client.CustomObjectsApi(api).delete_collection_namespaced_custom_object(
@@ -444,11 +382,16 @@ def main(argv: list[str] | None = None) -> None:
                     )
             sys.stderr.write("bench: rollout throughput\n")
             tp = throughput(plane, api, root / "tp", repeat, changed)
+            sys.stderr.write("bench: poll and webhook\n")
+            (root / "webhook").mkdir()
+            hooks = webhook_poll.measure(
+                plane, api, gitea, root / "webhook", 3 if args.smoke else 10
+            )
     classify_cpu = classification(100 if args.smoke else 1000)
     report = {
         "sizes": results, "throughput": tp, "idle_rss": idle, "classify_cpu": classify_cpu,
         "changed": changed, "repeat": repeat, "kube": binaries.kube_version,
-        "seconds": time.monotonic() - began, "smoke": args.smoke,
+        "seconds": time.monotonic() - began, "smoke": args.smoke, **hooks,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.md").write_text(markdown(report))
@@ -466,41 +409,72 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {platform.machine()}, {cpu} cores, {mem:.0f} GiB, Linux "
         f"{platform.release()}, Python {platform.python_version()}; kube-apiserver and "
-        f"kubectl {report['kube']} (built by the test bed); the KubeRay simulator answers at "
-        f"once. Medians of {report['repeat']} runs (min-max). API requests are the API "
-        "server's own count (`apiserver_request_total`), all clients, during the run.",
+        f"kubectl {report['kube']} (built by the test bed); the KubeRay simulator runs as its "
+        f"own process and answers at once. Medians of {report['repeat']} runs (min-max). API "
+        "requests are the API server's own count (`apiserver_request_total`), all clients, "
+        "during the run.",
         "",
-        "## No-op pass (nothing to change)",
+        "## No-op pass (nothing to change), 10 namespaces",
         "",
-        "| services | tool | wall s (min-max) | CPU s | API requests | kubectl diff / gitsync |",
+        f"`{NOOP}` is a process of its own, Python's start-up included, as kubectl is. "
+        f"`{AGENT_PASS}` is the same pass inside a running agent (modules imported, API "
+        "client built).",
+        "",
+        "| services | tool | wall s (min-max) | CPU s | API requests | kubectl diff / this |",
         "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for size in report["sizes"]:
-        ours = size["noop"]["gitsync sync --once (no-op)"]["wall"]
-        peer = size["noop"]["kubectl diff --server-side"]["wall"]
+        peer = size["noop"][KUBECTL_DIFF]["wall"]
         for name, row in size["noop"].items():
-            ratio = f"{peer / ours:.1f}x" if name.startswith("gitsync") else ""
+            ratio = f"{peer / row['wall']:.1f}x" if name.startswith("gitsync") else ""
             lines.append(
                 f"| {size['count']} | {name} | {row['wall']:.2f} ({row['wall_min']:.2f}-"
                 f"{row['wall_max']:.2f}) | {row['cpu']:.2f} | {row['requests']} | {ratio} |"
             )
+    for size in report["sizes"]:
+        if size.get("profile"):
+            lines += [
+                "",
+                f"Where one `{NOOP}` spends its time at {size['count']} services (py-spy, "
+                "200 samples/s, inclusive seconds; stages nest):",
+                "",
+                "| seconds | function |",
+                "| ---: | --- |",
+                *(f"| {seconds:.2f} | `{name}` |" for seconds, name in size["profile"]),
+            ]
     lines += [
         "",
         f"## Rollout throughput: {report['changed']} changed services in one wave (serve-update)",
         "",
-        "| how | wall s (min-max) | API requests | serial kubectl / this |",
-        "| --- | ---: | ---: | ---: |",
+        "One environment, one namespace, every service's Serve `num_replicas` changed in one "
+        "commit. gitsync's time is the whole pass: fetch, plan (a server-side dry run per "
+        "changed service), apply, and waiting until every service is Healthy again "
+        "(the simulator answers at once); serial kubectl only applies, one file per process.",
+        "",
+        "| how | wall s (min-max) | CPU s | API requests | serial kubectl / this |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    serial = report["throughput"]["serial kubectl apply --server-side"]["wall"]
+    serial = report["throughput"][SERIAL]["wall"]
     for name, row in report["throughput"].items():
         lines.append(
             f"| {name} | {row['wall']:.2f} ({row['wall_min']:.2f}-{row['wall_max']:.2f}) | "
-            f"{row['requests']} | {serial / row['wall']:.1f}x |"
+            f"{row['cpu']:.2f} | {row['requests']} | {serial / row['wall']:.1f}x |"
         )
+    poll, hook = report["poll"], report["webhook"]
     lines += [
         "",
-        "gitsync's wall time includes waiting for every service to be Healthy (one read; the "
-        "simulator answers at once); kubectl's does not wait for anything.",
+        "## Polling and webhooks (a real Gitea)",
+        "",
+        f"- A poll with nothing new (`Agent.poll()`, median of {poll['runs']}): "
+        f"{poll['wall'] * 1000:.0f} ms ({poll['min'] * 1000:.0f}-{poll['max'] * 1000:.0f}); "
+        f"{poll['git_processes']:.0f} git processes ({'; '.join(poll['commands'])}), "
+        f"{poll['fetches']} fetches, {poll['bytes']:.0f} bytes from the server (the ref "
+        "advertisement).",
+        f"- Webhook → first apply request (median of {hook['runs']} pushes): "
+        f"{hook['from_webhook'] * 1000:.0f} ms from the webhook reaching the agent (max "
+        f"{hook['from_webhook_max'] * 1000:.0f} ms); {hook['from_push']:.2f} s from `git push` "
+        f"returning (max {hook['from_push_max']:.2f} s), which includes Gitea's own delivery "
+        "delay.",
         "",
         "## Memory and classification",
         "",
@@ -519,14 +493,15 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "![cost against N](benchmarks.png)",
         "",
-        "| services | gitsync no-op wall s | per service ms | initial rollout s |",
-        "| ---: | ---: | ---: | ---: |",
+        "| services | gitsync no-op wall s | per service ms | agent pass per service ms | "
+        "RSS MiB | initial rollout s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in report["sizes"]:
-        wall = s["noop"]["gitsync sync --once (no-op)"]["wall"]
+        wall, agent = s["noop"][NOOP]["wall"], s["noop"][AGENT_PASS]["wall"]
         lines.append(
             f"| {s['count']} | {wall:.2f} | {1000 * wall / s['count']:.2f} | "
-            f"{s['initial_rollout']:.1f} |"
+            f"{1000 * agent / s['count']:.2f} | {s['rss']:.0f} | {s['initial_rollout']:.1f} |"
         )
     lines += ["", f"Whole run: {report['seconds'] / 60:.1f} minutes.", ""]
     return "\n".join(lines)

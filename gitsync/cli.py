@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gitsync import __version__, kuberay
-from gitsync.agent import Agent
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import AgentConfig, load_agent_config
 from gitsync.diff.classify import Options
-from gitsync.drift import DriftChecker, drift_json, report_lines
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.health import assess
 from gitsync.kube.client import api_client
@@ -33,16 +31,10 @@ from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
-from gitsync.metrics import Metrics
 from gitsync.plan import Plan, plan_diff, plan_json, plan_table
 from gitsync.planning import live_plans, offline_plans
-from gitsync.previews import PreviewReconciler, age, list_previews
-from gitsync.report.factory import agent_identity, build_provider, build_pulls, build_reporter
-from gitsync.report.gitnotes import GitNotesProvider
-from gitsync.server import AgentServer, Hooks
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
-from gitsync.source.notes import GitNotes
 from gitsync.sync import environment_status, sync_once
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -144,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _agent_commands(commands: Any) -> None:
     """drift, run and notes."""
+
     drift = commands.add_parser(
         "drift",
         help="compare live RayServices with Git at the revision last applied",
@@ -214,6 +207,8 @@ def _agent_config(path: Path) -> AgentConfig:
 
 
 def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.report.factory import build_reporter
+
     began = time.monotonic()
 
     def progress(line: str) -> None:
@@ -251,6 +246,9 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.metrics import Metrics
+    from gitsync.report.factory import build_provider
+
     try:
         config = _agent_config(args.config)
         source = GitSource(config.repository)
@@ -290,6 +288,8 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.drift import DriftChecker, drift_json, report_lines
+
     def progress(line: str) -> None:
         if args.heal:
             err.write(line + "\n")
@@ -321,6 +321,10 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.metrics import Metrics
+    from gitsync.previews import PreviewReconciler, age, list_previews
+    from gitsync.report.factory import build_pulls, build_reporter
+
     try:
         config = _agent_config(args.config)
         source = GitSource(config.repository)
@@ -378,6 +382,11 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_agent(args: argparse.Namespace, err: TextIO) -> int:
+    from gitsync.agent import Agent
+    from gitsync.metrics import Metrics
+    from gitsync.report.factory import agent_identity, build_pulls, build_reporter
+    from gitsync.server import AgentServer, Hooks
+
     configure_logging(args.log_format, args.log_level)
     try:
         config = _agent_config(args.config)
@@ -443,6 +452,9 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
 
 
 def run_notes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.report.gitnotes import GitNotesProvider
+    from gitsync.source.notes import GitNotes
+
     try:
         with tempfile.TemporaryDirectory(prefix="gitsync-notes-") as cache:
             if args.config is not None:

@@ -94,6 +94,10 @@ SEMANTICS: dict[str, Semantics] = {
 }
 
 
+# libyaml's safe loader when PyYAML was built with it (about ten times the pure one's speed).
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def semantics_for(version: str) -> Semantics:
     """The rules of KubeRay ``version`` (``v1.5.0``, ``1.5`` …); unknown versions are an error."""
     parts = version.lstrip("v").split(".")
@@ -217,7 +221,7 @@ def serve_application_names(serve_config_v2: str | None) -> list[str]:
     if not serve_config_v2:
         return []
     try:
-        parsed = yaml.safe_load(serve_config_v2)
+        parsed = yaml.load(serve_config_v2, Loader=_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ValueError(f"serveConfigV2 is not valid YAML: {exc}") from exc
     if not isinstance(parsed, dict):

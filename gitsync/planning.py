@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,30 +126,60 @@ def live_plans(
 
 
 def live_environment_plan(
-    loaded: EnvironmentManifests, rayservices: RayServices, options: Options, revision: str | None
+    loaded: EnvironmentManifests,
+    rayservices: RayServices,
+    options: Options,
+    revision: str | None,
+    concurrency: int = 8,
 ) -> Plan:
-    """One environment against the cluster: dry-run every desired service, list what gitsync
-    manages there (one request) for prunes."""
+    """One environment against the cluster.
+
+    First one metadata-only list: when every desired service carries the hash of its current
+    body and no other manager wrote its spec since, and nothing is left to prune, the plan is
+    "unchanged" without reading a spec. Otherwise one full list (current objects and prune
+    candidates) and a server-side dry run of each service that may differ (``concurrency``
+    at a time)."""
     env = loaded.environment
-    live = rayservices.list_managed(env.namespace, env.name)
-    current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
-    desired: dict[ServiceKey, dict[str, Any]] = {}
-    for service in loaded.services:
-        if service.key not in live and (existing := rayservices.get(service.key)) is not None:
-            current[service.key] = owned(existing)  # there, but not (yet) labelled as ours
-        body = stamped(
+    bodies = {
+        service.key: stamped(
             service.manifest,
             environment=env.name,
             revision=revision,
             source=service.source,
             wave=service.wave,
         )
-        if service.key in live and untouched_since_apply(live[service.key], body):
-            desired[service.key] = current[service.key]  # no request: nothing can differ
+        for service in loaded.services
+    }
+    # The usual pass changes nothing: metadata alone proves it (no spec or status bytes).
+    metadata = rayservices.list_managed_metadata(env.namespace, env.name)
+    if metadata.keys() == bodies.keys() and all(
+        untouched_since_apply(metadata[key], body) for key, body in bodies.items()
+    ):
+        same = {service.key: owned(service.manifest) for service in loaded.services}
+        return build_plan(env.name, env.namespace, same, same, options, to_rev=revision)
+    live = rayservices.list_managed(env.namespace, env.name)
+    current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
+    desired: dict[ServiceKey, dict[str, Any]] = {}
+    asks: list[tuple[ServiceKey, dict[str, Any]]] = []
+    for key, body in bodies.items():
+        if key not in live and (existing := rayservices.get(key)) is not None:
+            current[key] = owned(existing)  # there, but not (yet) labelled as ours
+        if key in live and untouched_since_apply(live[key], body):
+            desired[key] = current[key]  # no request: nothing can differ
         else:
-            try:
-                desired[service.key] = owned(rayservices.apply(body, dry_run=True, force=True))
-            except NamespaceMissing:
-                # Nothing can exist there yet: Git's body, with the CRD's defaults, is exact.
-                desired[service.key] = owned(body)
+            asks.append((key, body))
+
+    def dry_run(ask: tuple[ServiceKey, dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return owned(rayservices.apply(ask[1], dry_run=True, force=True))
+        except NamespaceMissing:
+            # Nothing can exist there yet: Git's body, with the CRD's defaults, is exact.
+            return owned(ask[1])
+
+    if len(asks) > 1 and concurrency > 1:
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(asks))) as pool:
+            answers = list(pool.map(dry_run, asks))
+    else:
+        answers = [dry_run(ask) for ask in asks]
+    desired.update((key, answer) for (key, _), answer in zip(asks, answers, strict=True))
     return build_plan(env.name, env.namespace, current, desired, options, to_rev=revision)

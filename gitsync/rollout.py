@@ -394,13 +394,15 @@ class _Waiter:
         self.record = record
         gate = HealthGate(settings.healthy_reads, settings.healthy_seconds)
         self.gates = dict.fromkeys(keys, gate)
+        # Parsed once: every watch event is a read, and serveConfigV2 can be large.
+        self.expected = {key: expected_apps(desired[key]) for key in keys}
         self.last: dict[ServiceKey, Assessment] = {}
         self.pending = set(keys)
         self.began = time.monotonic()
 
     def read(self, key: ServiceKey, obj: Mapping[str, Any] | None) -> _Failure | None:
         self.gates[key], result = self.gates[key].observe(
-            assess(obj, expected_apps(self.desired[key])), time.monotonic()
+            assess(obj, self.expected[key]), time.monotonic()
         )
         if self.last.get(key) != result:
             elapsed = time.monotonic() - self.began

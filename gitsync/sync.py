@@ -231,7 +231,13 @@ class _Pass:
             statuses.wave(env.name, event)
 
         try:
-            plan = live_environment_plan(loaded, self.services, self.config.classify, revision)
+            plan = live_environment_plan(
+                loaded,
+                self.services,
+                self.config.classify,
+                revision,
+                self.config.rollout.concurrency,
+            )
             if dry_run:
                 self.progress(plan_table(plan).rstrip())
                 return None

@@ -730,6 +730,38 @@ class Simulator:
                 self._objects[key] = latest
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m testbed.simulator --kubeconfig K``: the simulator as a process of its own
+    (as KubeRay is), until SIGTERM or SIGINT. Benchmarks use it so its CPU time is not the
+    measured process's."""
+    import argparse  # noqa: PLC0415 - only the process entry point needs them
+    import signal  # noqa: PLC0415
+
+    from kubernetes import config  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m testbed.simulator")
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--cluster-start", type=float, default=Delays.cluster_start)
+    parser.add_argument("--app-deploy", type=float, default=Delays.app_deploy)
+    parser.add_argument("--tick", type=float, default=Delays.tick)
+    parser.add_argument("--requeue", type=float, default=Delays.requeue)
+    args = parser.parse_args(argv)
+    configuration = client.Configuration()
+    config.load_kube_config(args.kubeconfig, client_configuration=configuration)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    delays = Delays(args.cluster_start, args.app_deploy, args.tick, args.requeue)
+    with client.ApiClient(configuration) as api, Simulator(api, delays) as simulator:
+        print("simulator running", flush=True)  # the parent waits for this line
+        stop.wait()
+        for error in simulator.errors[-5:]:
+            print(f"simulator error: {error}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
+
 __all__ = [
     "Delays",
     "FailureRule",

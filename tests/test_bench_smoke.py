@@ -13,7 +13,12 @@ def test_the_benchmark_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| 10 | gitsync sync --once (no-op) |" in report
     assert "| 10 | kubectl diff --server-side |" in report
+    assert "| 10 | gitsync agent pass (in-process) |" in report
     assert "serial kubectl apply --server-side" in report
+    assert "gitsync sync --once, wave concurrency 32" in report
+    assert "0 fetches" in report  # a poll with nothing new only asks for the refs
+    assert "Webhook → first apply request" in report
+    assert "`(whole process)`" in report  # py-spy's profile of the no-op pass
     assert "MiB RSS" in report
     png = (tmp_path / "benchmarks.png").read_bytes()
     assert png.startswith(b"\x89PNG")

@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from deepdiff import DeepDiff
-
 NAME_KEYS = ("name", "groupName")
 
 
@@ -68,6 +66,10 @@ def _label(kind: str) -> str:
 def _list_differences(
     before: list[Any], after: list[Any], path: tuple[str | int, ...]
 ) -> list[Difference]:
+    # Imported here: deepdiff loads numpy when present (a quarter second), and a pass with
+    # nothing changed never compares lists.
+    from deepdiff import DeepDiff  # noqa: PLC0415
+
     tree = DeepDiff(before, after, verbose_level=2, view="tree")
     found = [
         Difference((*path, *item.path(output_format="list")), _label(kind), item.t1, item.t2)

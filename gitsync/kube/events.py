@@ -13,6 +13,7 @@ import uuid
 import urllib3
 from kubernetes import client
 
+from gitsync.kube.rest import request
 from gitsync.model import ServiceKey
 
 log = logging.getLogger(__name__)
@@ -22,30 +23,39 @@ COMPONENT = "gitsync"
 
 class EventRecorder:
     def __init__(self, api: client.ApiClient, instance: str = "") -> None:
-        self.core = client.CoreV1Api(api)
+        self.api = api
         self.instance = instance
 
     def __call__(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
         """``kind`` is ``Normal`` or ``Warning``; ``reason`` a CamelCase word."""
-        now = datetime.datetime.now(datetime.UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                name=f"{key.name}.{uuid.uuid4().hex[:16]}", namespace=key.namespace
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version="ray.io/v1", kind="RayService", name=key.name, namespace=key.namespace
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=kind,
-            source=client.V1EventSource(component=COMPONENT, host=self.instance or None),
-            reporting_component=COMPONENT,
-            reporting_instance=self.instance or COMPONENT,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{key.name}.{uuid.uuid4().hex[:16]}",
+                "namespace": key.namespace,
+            },
+            "involvedObject": {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayService",
+                "name": key.name,
+                "namespace": key.namespace,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {
+                "component": COMPONENT,
+                **({"host": self.instance} if self.instance else {}),
+            },
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.instance or COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
         try:
-            self.core.create_namespaced_event(key.namespace, body)
+            request(self.api, "POST", f"/api/v1/namespaces/{key.namespace}/events", body=body)
         except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
             log.debug("event %s on %s not written: %s", reason, key, exc)

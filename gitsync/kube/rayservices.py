@@ -17,6 +17,7 @@ from kubernetes import client, watch
 
 from gitsync.errors import ApplyError, ConflictError, NamespaceMissing
 from gitsync.kube.client import reaching_the_api
+from gitsync.kube.rest import METADATA_LIST, request
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, MANAGED_BY, managed_selector
 
@@ -43,6 +44,21 @@ class RayServices:
             GROUP, VERSION, namespace, PLURAL, label_selector=managed_selector(environment)
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])}
+
+    @reaching_the_api
+    def list_managed_metadata(
+        self, namespace: str, environment: str
+    ) -> dict[ServiceKey, dict[str, Any]]:
+        """As :meth:`list_managed`, metadata only (labels, annotations, managedFields): a
+        fraction of the bytes, for checks that need no spec or status."""
+        listing = request(
+            self.api,
+            "GET",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+            query={"labelSelector": managed_selector(environment)},
+            accept=METADATA_LIST,
+        )
+        return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items") or []}
 
     @reaching_the_api
     def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]:

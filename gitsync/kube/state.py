@@ -15,6 +15,7 @@ from kubernetes import client
 from gitsync.errors import GitsyncError
 from gitsync.kube.client import reaching_the_api
 from gitsync.kube.namespaces import ensure_namespace
+from gitsync.kube.rest import apply, configmap_path, request
 from gitsync.model import Phase, RolloutState
 from gitsync.stamp import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
 
@@ -31,14 +32,13 @@ def configmap_name(environment: str) -> str:
 class StateStore:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self.api = api
-        self.core = client.CoreV1Api(api)
         self.namespace = namespace
 
     @reaching_the_api
     def read(self, environment: str) -> RolloutState | None:
         try:
-            configmap = self.core.read_namespaced_config_map(
-                configmap_name(environment), self.namespace
+            configmap = request(
+                self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
             )
         except client.ApiException as exc:
             if exc.status == 404:
@@ -46,7 +46,7 @@ class StateStore:
             raise GitsyncError(
                 f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
             ) from None
-        data: dict[str, str] = configmap.data or {}
+        data: dict[str, str] = configmap.get("data") or {}
         wave = data.get("wave", "")
         return RolloutState(
             environment=environment,
@@ -75,14 +75,11 @@ class StateStore:
         }
         for attempt in (1, 2):
             try:
-                self.core.patch_namespaced_config_map(
-                    configmap_name(state.environment),
-                    self.namespace,
-                    json.loads(json.dumps(body)),
-                    field_manager=FIELD_MANAGER,
-                    force=True,
-                    _content_type="application/apply-patch+yaml",
-                    _preload_content=False,
+                apply(
+                    self.api,
+                    configmap_path(self.namespace, configmap_name(state.environment)),
+                    body,
+                    FIELD_MANAGER,
                 )
                 return
             except client.ApiException as exc:
@@ -101,8 +98,8 @@ class StateStore:
     def read_drift(self, environment: str) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
         """The last drift check's findings and the corrections history (for the backoff)."""
         try:
-            configmap = self.core.read_namespaced_config_map(
-                configmap_name(environment), self.namespace
+            configmap = request(
+                self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
             )
         except client.ApiException as exc:
             if exc.status == 404:
@@ -110,7 +107,7 @@ class StateStore:
             raise GitsyncError(
                 f"cannot read drift state of {environment}: {exc.status} {exc.reason}"
             ) from None
-        data: dict[str, str] = configmap.data or {}
+        data: dict[str, str] = configmap.get("data") or {}
         try:
             findings = json.loads(data.get("drift") or "[]")
             corrections = json.loads(data.get("corrections") or "{}")
@@ -135,14 +132,11 @@ class StateStore:
             },
         }
         try:
-            self.core.patch_namespaced_config_map(
-                configmap_name(environment),
-                self.namespace,
+            apply(
+                self.api,
+                configmap_path(self.namespace, configmap_name(environment)),
                 body,
-                field_manager=DRIFT_MANAGER,
-                force=True,
-                _content_type="application/apply-patch+yaml",
-                _preload_content=False,
+                DRIFT_MANAGER,
             )
         except client.ApiException as exc:
             raise GitsyncError(
@@ -154,7 +148,7 @@ class StateStore:
     def delete(self, environment: str) -> None:
         """Forgets an environment (a preview that was deleted)."""
         try:
-            self.core.delete_namespaced_config_map(configmap_name(environment), self.namespace)
+            request(self.api, "DELETE", configmap_path(self.namespace, configmap_name(environment)))
         except client.ApiException as exc:
             if exc.status != 404:
                 raise GitsyncError(

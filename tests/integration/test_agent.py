@@ -109,7 +109,7 @@ def agent_with_server(
         server.stop()
 
 
-def test_a_gitea_push_webhook_applies_within_a_second(
+def test_a_gitea_push_webhook_triggers_the_rollout(
     agent_with_server: tuple[Agent, AgentServer, TimedServices],
     forge_repo: GitOpsRepo,
     gitea: Gitea,
@@ -141,9 +141,8 @@ def test_a_gitea_push_webhook_applies_within_a_second(
     )
     wait_for(lambda: server.received, timeout=30, what="Gitea's webhook")
     wait_for(lambda: len(services.applied) > before, timeout=30, what="the apply")
-    latency = services.applied[before][0] - server.received[0]
-    sys.stderr.write(f"webhook received → first apply request: {latency * 1000:.0f} ms\n")
-    assert latency < 1.0
+    # How fast is bench.webhook_poll's to measure (docs/benchmarks.md), not a test's.
+    assert services.applied[before][0] >= server.received[0]
     assert services.applied[before][1] == "ranker"
 
     def succeeded() -> bool:
