@@ -149,7 +149,9 @@ class Repo:
                 (folder / f"svc{i}.yaml").write_text(yaml.safe_dump(obj, sort_keys=False))
                 written += 1
 
-    def commit(self, message: str) -> None:
+    def commit(self, message: str) -> str:
+        """Commits everything and pushes it; the new commit's SHA."""
         git("add", "-A", cwd=self.work)
         git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
         git(*self.push_args, "push", "-q", "-f", self.origin, "main", cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)

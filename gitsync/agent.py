@@ -176,6 +176,7 @@ class Agent:
             self._election_thread.join(max(1.0, timeout - (time.monotonic() - began)))
         if self.reporter is not None:
             self.reporter.close(timeout=max(1.0, timeout - (time.monotonic() - began)))
+        self.recorder.close(timeout=max(1.0, timeout - (time.monotonic() - began)))
         self.metrics.leader.set(0)
         log.info("agent stopped in %.1fs", time.monotonic() - began)
 

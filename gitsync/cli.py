@@ -220,7 +220,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config = _agent_config(args.config)
         if not (args.no_status or args.dry_run):
             reporter = build_reporter(config)
-        with api_client(args.kubeconfig, args.context) as api:
+        with api_client(args.kubeconfig, args.context) as api, EventRecorder(api) as record:
             store = StateStore(api, config.rollout.state_namespace)  # created at first write
             result = sync_once(
                 config,
@@ -230,7 +230,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 dry_run=args.dry_run,
                 progress=progress,
                 reporter=reporter,
-                record=EventRecorder(api),
+                record=record,
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")
@@ -296,14 +296,14 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     try:
         config = _agent_config(args.config)
-        with api_client(args.kubeconfig, args.context) as api:
+        with api_client(args.kubeconfig, args.context) as api, EventRecorder(api) as record:
             checker = DriftChecker(
                 config,
                 RayServices(api),
                 StateStore(api, config.rollout.state_namespace),
                 GitSource(config.repository),
                 progress=progress,
-                record=EventRecorder(api),
+                record=record,
                 limit=config.drift.limit,
                 window=config.drift.window,
             )
@@ -339,16 +339,17 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 metrics = Metrics()
                 reporter = build_reporter(config, metrics)
                 try:
-                    PreviewReconciler(
-                        config,
-                        services,
-                        StateStore(api, config.rollout.state_namespace),
-                        source,
-                        build_pulls(config, metrics),
-                        reporter,
-                        progress=lambda line: print(line, file=err),
-                        record=EventRecorder(api),
-                    ).reconcile()
+                    with EventRecorder(api) as record:
+                        PreviewReconciler(
+                            config,
+                            services,
+                            StateStore(api, config.rollout.state_namespace),
+                            source,
+                            build_pulls(config, metrics),
+                            reporter,
+                            progress=lambda line: print(line, file=err),
+                            record=record,
+                        ).reconcile()
                 finally:
                     reporter.close(timeout=STATUS_FLUSH_SECONDS)
             rows = list_previews(services, settings.namespace)

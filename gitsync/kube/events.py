@@ -2,13 +2,22 @@
 
 ``kubectl describe rayservice ranker`` then shows gitsync's applies and health verdicts next to
 KubeRay's own events. Best effort: an event that cannot be written is logged, never raised.
+
+Written by one background thread from a bounded queue (as client-go's event broadcaster
+does), so a rollout never waits for its events; when the API server falls behind, events
+beyond the queue's capacity are dropped (and counted in ``dropped``). ``close()`` writes what
+is queued, within a deadline.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import queue
+import threading
+import time
 import uuid
+from typing import Any
 
 import urllib3
 from kubernetes import client
@@ -21,10 +30,17 @@ log = logging.getLogger(__name__)
 COMPONENT = "gitsync"
 
 
+QUEUE_SIZE = 2000
+
+
 class EventRecorder:
     def __init__(self, api: client.ApiClient, instance: str = "") -> None:
         self.api = api
         self.instance = instance
+        self.dropped = 0
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE_SIZE)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def __call__(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
         """``kind`` is ``Normal`` or ``Warning``; ``reason`` a CamelCase word."""
@@ -55,7 +71,53 @@ class EventRecorder:
             "lastTimestamp": now,
             "count": 1,
         }
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._drain, name="gitsync-events", daemon=True
+                )
+                self._thread.start()
         try:
-            request(self.api, "POST", f"/api/v1/namespaces/{key.namespace}/events", body=body)
-        except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
-            log.debug("event %s on %s not written: %s", reason, key, exc)
+            self._queue.put_nowait(body)
+        except queue.Full:
+            self.dropped += 1
+            log.debug("event %s on %s dropped: %d queued", reason, key, QUEUE_SIZE)
+
+    def _drain(self) -> None:
+        while (body := self._queue.get()) is not None:
+            try:
+                namespace = body["metadata"]["namespace"]
+                request(self.api, "POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+            except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+                log.debug("event %s not written: %s", body["reason"], exc)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Waits until every queued event was written (or failed); False on the deadline."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Writes what is queued (within ``timeout``) and stops the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self.flush(timeout)
+        try:
+            self._queue.put(None, timeout=1)
+        except queue.Full:
+            return  # the deadline passed with a full queue: the daemon thread dies with us
+        thread.join(timeout=1)
+
+    def __enter__(self) -> EventRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -5,6 +5,7 @@ recreated or reported, a fighting controller detected and left alone after the l
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,17 @@ def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: An
         limit=config.drift.limit,
         window=config.drift.window,
     )
+
+
+def events_until(api: client.ApiClient, namespace: str, found: Any) -> list[Any]:
+    """The namespace's Events once ``found(events)`` holds: they are written in the
+    background, shortly after the check that recorded them."""
+    deadline = time.monotonic() + 10
+    while True:
+        events = client.CoreV1Api(api).list_namespaced_event(namespace).items
+        if found(events) or time.monotonic() > deadline:
+            return list(events)
+        time.sleep(0.1)
 
 
 def synced(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path) -> None:
@@ -104,9 +116,12 @@ def test_a_serve_config_edit_is_named_and_healed_in_place(
     assert len(set(sim.submissions(key))) == 1  # the same cluster: no swap
     [after] = checker(api, repo, tmp_path).check(heal=True)
     assert after.drifts == ()
-    events = client.CoreV1Api(api).list_namespaced_event(namespace).items
-    reasons = {e.reason for e in events if e.involved_object.name == "ranker"}
-    assert {"Drift", "DriftCorrected"} <= reasons
+
+    def reasons(events: list[Any]) -> set[str]:
+        return {e.reason for e in events if e.involved_object.name == "ranker"}
+
+    events = events_until(api, namespace, lambda e: {"Drift", "DriftCorrected"} <= reasons(e))
+    assert {"Drift", "DriftCorrected"} <= reasons(events)
 
 
 @pytest.mark.parametrize("self_heal", [False, True])
@@ -167,8 +182,11 @@ def test_a_fighting_controller_is_left_alone_after_the_limit(
     assert outcomes[1][0] is Outcome.SUCCEEDED
     assert outcomes[2] == (None, (ServiceKey(namespace, "embedder"),))  # stopped correcting
     assert "num_replicas: 4" in get(api, namespace, "embedder")["spec"]["serveConfigV2"]
-    events = client.CoreV1Api(api).list_namespaced_event(namespace).items
-    assert any(e.reason == "DriftFight" and "autoscaler-x" in e.message for e in events)
+
+    def fight(events: list[Any]) -> bool:
+        return any(e.reason == "DriftFight" and "autoscaler-x" in e.message for e in events)
+
+    assert fight(events_until(api, namespace, fight))
     config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
     args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
     assert main(["status", *args]) == 0
