@@ -79,6 +79,7 @@ def page(title: str, path: str, body: str, in_progress: bool) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(title)} · gitsync</title>"
+        '<link rel="icon" href="/ui/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/ui/app.css">'
         '<script src="/ui/app.js" defer></script></head>'
         f'<body data-api="{e(api_path(path))}" data-page="{e(path)}"'
@@ -167,7 +168,7 @@ def _service_row(service: ServiceView) -> str:
         f'<div class="muted">{e(service.namespace)}</div></td>'
         f'<td>{_badge(service.health)}<div class="health-message">{e(service.message)}</div>'
         f"{drift}</td>"
-        f'<td class="action">{e(service.last_action or "—")}</td>'
+        f'<td class="last-action"><span class="action">{e(service.last_action or "—")}</span></td>'
         f"<td><code>{e(service.revision or '—')}</code></td>"
         f"<td>{clusters}</td>"
         f'<td class="since">{e(service.since_transition or "—")}</td>'

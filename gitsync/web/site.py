@@ -1,7 +1,7 @@
 """The status page's HTTP answers: routes, auth, security headers, the live-status cache.
 
 Owns which path shows what (``/``, ``/environments/<name>``, ``/environments/<name>/rollout``
-and the same under ``/api/v1`` as JSON, ``/api/v1/previews``, ``/ui/app.css|js``), who may
+and the same under ``/api/v1`` as JSON, ``/api/v1/previews``, the files under ``/ui/``), who may
 see it (``ui.auth``: a bearer token or basic auth read from a file or the environment at each
 request, compared in constant time; without auth only on a loopback listen address), and the
 headers every answer carries (a strict Content-Security-Policy, nosniff, no referrer).
@@ -52,7 +52,11 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-STATIC = {"/ui/app.css": "text/css; charset=utf-8", "/ui/app.js": "text/javascript; charset=utf-8"}
+STATIC = {
+    "/ui/app.css": "text/css; charset=utf-8",
+    "/ui/app.js": "text/javascript; charset=utf-8",
+    "/ui/favicon.svg": "image/svg+xml",
+}
 _ENV_ROUTE = re.compile(r"^/environments/([^/]+)(/rollout)?/?$")
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|localhost)$")
 
