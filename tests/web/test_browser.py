@@ -111,7 +111,7 @@ def see(driver: WebDriver, predicate: Callable[[str], bool], what: str, timeout:
 
 
 def no_csp_violations(driver: WebDriver) -> None:
-    logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    logs = driver.get_log("browser")  # type: ignore[attr-defined]  # Chrome's WebDriver has it
     assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
 
 
@@ -178,11 +178,13 @@ def test_a_two_wave_rollout_with_cluster_swaps_live(
     shot(browser, "01-overview-initial")
     # A new image for wave 0 (embedder) and wave 1 (ranker): a cluster swap in each wave.
     repo = running.repo
-    revision = repo.commit(
-        lambda root: [
+
+    def new_image(root: Path) -> None:
+        for name in ("embedder.yaml", "ranker.yaml"):
             repo.edit(name, "rayproject/ray:2.49.0-py311", "rayproject/ray:2.50.0-py311")
-            for name in ("embedder.yaml", "ranker.yaml")
-        ],
+
+    revision = repo.commit(
+        new_image,
         "Ray 2.50.0 for the embedder and the ranker",
     )
     browser.get(running.url("/environments/staging"))
@@ -273,9 +275,9 @@ def test_a_script_in_a_commit_message_is_text(running: Running, browser: WebDriv
         assert message in page
         with pytest.raises(NoAlertPresentException):
             browser.switch_to.alert.text  # noqa: B018 - reading it is the check
-        assert browser.execute_script("return window.pwned === undefined") is True  # type: ignore[no-untyped-call]
+        assert browser.execute_script("return window.pwned === undefined") is True
         assert not browser.find_elements(By.CSS_SELECTOR, "main script, main b")
     shot(browser, "08-script-in-commit-message")
     time.sleep(2.5)  # let the page refresh itself once: the swapped-in <main> stays inert
-    assert browser.execute_script("return window.pwned === undefined") is True  # type: ignore[no-untyped-call]
+    assert browser.execute_script("return window.pwned === undefined") is True
     no_csp_violations(browser)
