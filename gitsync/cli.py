@@ -445,7 +445,10 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.start()
-    stop.wait()
+    # With a timeout: a SIGTERM the kernel delivers to another thread runs the handler only
+    # when the main thread next executes bytecode, which an untimed wait would never do.
+    while not stop.wait(0.5):
+        pass
     agent.shutdown(timeout=args.shutdown_timeout)
     server.stop()
     api.close()
