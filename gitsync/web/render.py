@@ -97,6 +97,12 @@ def _table(head: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
     return f'<table class="{e(cls)}"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _rolling_out(env: EnvironmentSummary) -> str:
+    if env.rolling_out is None:
+        return ""
+    return f'<div class="rolling-out">rolling out {_commit(env.rolling_out)}</div>'
+
+
 def _summary_row(env: EnvironmentSummary) -> str:
     health = "Healthy" if env.healthy else "Degraded" if env.failed else "Progressing"
     return (
@@ -105,7 +111,7 @@ def _summary_row(env: EnvironmentSummary) -> str:
         f'<div class="muted">{e(env.namespace)}</div></td>'
         f"<td>{_commit(env.applied)}</td>"
         f'<td><a href="{e(env_path(env.name, "/rollout"))}">'
-        f"{_state(env.state, env.in_progress, env.failed)}</a></td>"
+        f"{_state(env.state, env.in_progress, env.failed)}</a>{_rolling_out(env)}</td>"
         f'<td class="drift">{e(env.drift)}</td>'
         f"<td>{_badge(health) if env.health != 'no services' else ''} "
         f'<span class="health-summary">{e(env.health)}</span></td></tr>'
@@ -182,7 +188,8 @@ def environment_page(view: EnvironmentView) -> str:
         f'<h1>Environment <span class="name">{e(s.name)}</span></h1>'
         f'<p class="muted">namespace {e(s.namespace)}</p>'
         f'<dl class="summary"><dt>rollout</dt><dd>{_state(s.state, s.in_progress, s.failed)} '
-        f'<a href="{e(env_path(s.name, "/rollout"))}">changes and timeline</a></dd>'
+        f'<a href="{e(env_path(s.name, "/rollout"))}">changes and timeline</a>'
+        f"{_rolling_out(s)}</dd>"
         f"<dt>revision applied</dt><dd>{_commit(s.applied)}</dd>"
         f'<dt>health</dt><dd class="health-summary">{e(s.health)}</dd>'
         f'<dt>drift</dt><dd class="drift">{e(s.drift)}</dd></dl>'

@@ -255,7 +255,7 @@ class StatusSite:
         )
         return state
 
-    def _all_facts(self) -> list[EnvironmentFacts]:
+    def _all_facts(self, only: str | None = None) -> list[EnvironmentFacts]:
         return [
             EnvironmentFacts(
                 memory.name,
@@ -268,10 +268,12 @@ class StatusSite:
                 memory.drift,
             )
             for memory in self.history.environments()
+            if only is None or memory.name == only
         ]
 
     def _facts(self, name: str) -> EnvironmentFacts | None:
-        return next((env for env in self._all_facts() if env.name == name), None)
+        found = self._all_facts(only=name)
+        return found[0] if found else None
 
     def _overview(self) -> Any:
         return overview(self._all_facts(), self.history.preview_facts(), self.forge, self._clock())

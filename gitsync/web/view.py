@@ -123,6 +123,7 @@ class EnvironmentSummary:
     state: str
     in_progress: bool
     failed: bool
+    rolling_out: CommitView | None  # the revision of the rollout in flight
     drift: str
     health: str  # "3/3 Healthy", "2/3 Healthy, 1 Degraded"
     healthy: bool
@@ -469,6 +470,9 @@ def summary(
         rollout_state(record, env),
         record is not None and record.outcome is None,
         failed,
+        commit_view(record.commit or CommitInfo(record.revision), forge, clock)
+        if record is not None and record.outcome is None
+        else None,
         _drift_summary(env),
         health,
         healthy,

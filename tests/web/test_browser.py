@@ -9,11 +9,13 @@ by Git; ``GITSYNC_TEST_ARTIFACTS`` moves it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -190,6 +192,7 @@ def test_a_two_wave_rollout_with_cluster_swaps_live(
     browser.get(running.url("/environments/staging"))
     running.agent.trigger()
     page = see(browser, lambda t: "wave 1 of 2" in t, "wave 1 of 2")
+    assert f"rolling out {revision[:12]}" in page
     pending = WebDriverWait(browser, 30, poll_frequency=0.1).until(
         lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".pending-cluster") if e.text]
     )
@@ -257,6 +260,11 @@ def test_a_failed_rollout_names_the_app_and_kuberays_message(
     shot(browser, "07-rollout-failed")
     browser.get(running.url("/"))
     assert "failed at ranker" in text(browser)
+    with urllib.request.urlopen(running.url("/api/v1/environments/staging/rollout")) as answer:  # noqa: S310 - loopback
+        rollout_json = json.load(answer)
+    assert rollout_json["outcome"] == "failed"
+    assert rollout_json["failed_service"] == f"{namespace}/ranker"
+    assert rollout_json["changes"][0]["action"] == "serve-update"
     no_csp_violations(browser)
 
 

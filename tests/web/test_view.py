@@ -136,6 +136,8 @@ def test_wave_progress_and_the_pending_cluster() -> None:
     assert embedder.last_action == "cluster-swap"
     assert view.waves[1].services[0].health == "Healthy"
     assert view.summary.health == "1/2 Healthy, 1 Progressing"
+    assert view.summary.rolling_out is not None
+    assert view.summary.rolling_out.message == "bump ranker"
     html = render.environment_page(view)
     assert '<code class="pending-cluster">embedder-fghij</code>' in html
     assert 'data-in-progress="true"' in html
