@@ -53,6 +53,7 @@ class History:
         self._drift: dict[str, DriftFacts] = {}
         self._previews: tuple[PreviewFacts, ...] = ()
         self._commits: OrderedDict[str, CommitInfo] = OrderedDict()
+        self._up_to_date: set[str] = set()  # environments whose pass in flight changes nothing
 
     def _step(
         self,
@@ -78,10 +79,17 @@ class History:
                 self._commits.popitem(last=False)
 
     def planned(self, plan: Plan, revision: str) -> None:
-        """A rollout starts: its plan (only what changes is kept)."""
+        """A rollout starts: its plan (only what changes is kept). A plan without changes
+        after a rollout that succeeded (a pass for another environment's commit, a retry)
+        keeps that rollout on the page: the last rollout is the last one that did something."""
         changes = tuple(c for c in plan.changes if c.action is not Action.UNCHANGED)
         with self._lock:
             self._namespaces[plan.environment] = plan.namespace
+            last = self._records.get(plan.environment)
+            if not changes and last is not None and last.outcome == "succeeded":
+                self._up_to_date.add(plan.environment)
+                return
+            self._up_to_date.discard(plan.environment)
             self._records[plan.environment] = RolloutRecord(
                 plan.environment,
                 plan.namespace,
@@ -108,6 +116,12 @@ class History:
         failed = str(result.failed) if result.failed is not None else ""
         step = self._step(str(result.outcome), message=result.message)
         with self._lock:
+            if result.environment in self._up_to_date and str(result.outcome) == "succeeded":
+                self._up_to_date.discard(result.environment)
+                info = self._commits.get(result.revision) or CommitInfo(result.revision)
+                self._applied[result.environment] = info
+                return
+            self._up_to_date.discard(result.environment)
             record = self._records.get(result.environment)
             if record is None or record.outcome is not None or record.revision != result.revision:
                 # A rollout this agent did not see start (a drift heal, a promotion gate).
