@@ -35,6 +35,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
 from gitsync.model import Health, ServiceKey
+from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
 from gitsync.report.pulls import Pulls
@@ -42,6 +43,8 @@ from gitsync.report.reporter import Reporter
 from gitsync.rollout import Outcome, RolloutResult, expected_apps
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
+from gitsync.web.facts import CommitInfo
+from gitsync.web.history import History
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class Agent:
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
         self._previews_lock = threading.Lock()
+        self.history = History()  # what the status page shows
         repo = self.config.repository
         self.preview_reconciler = PreviewReconciler(
             self.config,
@@ -247,6 +251,7 @@ class Agent:
                 log.info(
                     "preview #%d: %s %s", result.number, result.outcome, ", ".join(result.services)
                 )
+        self.history.previews(results)
         release_memory()
         return results
 
@@ -263,6 +268,7 @@ class Agent:
         finally:
             self._lock.release()
         for report in reports:
+            self.history.drift(report)
             for sample in list(self._fighting.get(report.environment, ())):
                 self.metrics.drift_fighting.remove(report.environment, *sample)
             self._fighting[report.environment] = {(k.namespace, k.name) for k in report.fighting}
@@ -288,6 +294,8 @@ class Agent:
                     on_start=self._started,
                     on_result=self._record,
                     record=self.recorder,
+                    on_plan=self._planned,
+                    on_event=self.history.event,
                 )
             except GitsyncError as exc:
                 log.error("pass failed: %s", exc)
@@ -303,11 +311,21 @@ class Agent:
             )
             self._refresh_health()
 
+    def _planned(self, plan: Plan) -> None:
+        revision = plan.to_rev or ""
+        try:
+            author, when, subject = self.source.commit_info(revision)
+            self.history.commit(CommitInfo(revision, author, when, subject))
+        except (GitsyncError, ValueError) as exc:
+            log.debug("commit metadata of %s unavailable: %s", revision[:12], exc)
+        self.history.planned(plan, revision)
+
     def _started(self, environment: str) -> None:
         self._began[environment] = time.monotonic()
         self.metrics.rollout_in_progress.labels(environment).set(1)
 
     def _record(self, result: RolloutResult) -> None:
+        self.history.finished(result)
         self.metrics.sync_total.labels(result.environment, str(result.outcome)).inc()
         self.metrics.rollout_in_progress.labels(result.environment).set(0)
         began = self._began.pop(result.environment, None)
@@ -350,6 +368,7 @@ class Agent:
             return
         try:
             for name, namespace, wanted in self._expected():
+                self.history.environment(name, namespace)
                 live = self.services.list_managed(namespace, name)
                 for key in sorted({*live, *wanted}):
                     health = assess(live.get(key), wanted.get(key, ())).health

@@ -36,6 +36,7 @@ from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
 from gitsync.sync import environment_status, sync_once
+from gitsync.web.site import StatusSite, forge_of, is_loopback
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 STATUS_FLUSH_SECONDS = 60.0  # at exit, how long `sync --once` waits for queued statuses
@@ -433,7 +434,16 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         agent.ready.is_set,
     )
     try:
-        server = AgentServer(host.strip("[]") or "0.0.0.0", int(port), hooks, metrics).start()  # noqa: S104 - the documented default
+        bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
+        site = StatusSite(
+            agent.history,
+            agent.services,
+            agent.state,
+            config.ui,
+            forge_of(config),
+            loopback=is_loopback(bind),
+        )
+        server = AgentServer(bind, int(port), hooks, metrics, site).start()
     except OSError as exc:
         err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
         return EXIT_ERROR
@@ -445,7 +455,10 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.start()
-    stop.wait()
+    # With a timeout: a SIGTERM the kernel delivers to another thread runs the handler only
+    # when the main thread next executes bytecode, which an untimed wait would never do.
+    while not stop.wait(0.5):
+        pass
     agent.shutdown(timeout=args.shutdown_timeout)
     server.stop()
     api.close()

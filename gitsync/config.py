@@ -85,6 +85,30 @@ class Webhooks:
 
 
 @dataclass(frozen=True)
+class UiAuth:
+    """Who may read the status page and its API: a bearer token, or basic auth with a file
+    holding one ``user:password`` line. Read at each request (a rotated Secret is picked up)."""
+
+    bearer: TokenAuth | None = None
+    basic_file: Path | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.bearer is not None or self.basic_file is not None
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """The read-only status page (``/``, ``/environments/…``) and its JSON API (``/api/v1``).
+    Without ``auth`` it is served only when the agent listens on loopback."""
+
+    enabled: bool = True
+    auth: UiAuth = field(default_factory=UiAuth)
+    show_env_values: bool = False  # env / runtime_env.env_vars values in diffs are masked
+    refresh_seconds: float = 2.0  # how often the live RayService statuses are re-read at most
+
+
+@dataclass(frozen=True)
 class RolloutSettings:
     concurrency: int = 8  # services applied at once inside a wave
     health_timeout: float = 600.0  # per wave, seconds
@@ -112,6 +136,7 @@ class AgentConfig:
     promotion: PromotionGate = field(default_factory=PromotionGate)
     webhooks: Webhooks = field(default_factory=Webhooks)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -344,6 +369,34 @@ def _webhooks(check: Checker, raw: Any) -> Webhooks:
     return Webhooks()
 
 
+def _ui(check: Checker, raw: Any) -> UiSettings:
+    at = ("ui",)
+    if not check.mapping(raw, {"enabled", "auth", "showEnvValues", "refreshInterval"}, set(), *at):
+        return UiSettings()
+    enabled, show = raw.get("enabled", True), raw.get("showEnvValues", False)
+    for key, value in (("enabled", enabled), ("showEnvValues", show)):
+        if not isinstance(value, bool):
+            check.add(f"ui.{key} must be true or false", *at, key)
+    refresh = parse_duration(raw.get("refreshInterval", "2s"))
+    if refresh is None:
+        check.add("ui.refreshInterval must be a duration such as '2s'", *at, "refreshInterval")
+    auth = UiAuth()
+    raw_auth = raw.get("auth", {})
+    _refuse_secrets(check, raw_auth, *at, "auth")
+    keys = {"bearerTokenFile", "bearerTokenEnv", "basicAuthFile"}
+    if check.mapping(raw_auth, keys | _SECRET_KEYS, set(), *at, "auth"):
+        given = sorted(k for k in keys if k in raw_auth)
+        if len(given) > 1:
+            check.add(f"give one of ui.auth.{', '.join(sorted(keys))}", *at, "auth", given[1])
+        elif given == ["bearerTokenFile"]:
+            auth = UiAuth(bearer=TokenAuth(token_file=Path(str(raw_auth["bearerTokenFile"]))))
+        elif given == ["bearerTokenEnv"]:
+            auth = UiAuth(bearer=TokenAuth(token_env=str(raw_auth["bearerTokenEnv"])))
+        elif given == ["basicAuthFile"]:
+            auth = UiAuth(basic_file=Path(str(raw_auth["basicAuthFile"])))
+    return UiSettings(bool(enabled), auth, bool(show), refresh or UiSettings.refresh_seconds)
+
+
 def _promotion(check: Checker, raw: Any) -> PromotionGate:
     at = ("promotion",)
     if not check.mapping(raw, {"timeout", "pollInterval"}, set(), *at):
@@ -392,6 +445,7 @@ def load_agent_config(
         "promotion",
         "webhooks",
         "drift",
+        "ui",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -428,6 +482,7 @@ def load_agent_config(
     promotion = _promotion(check, data.get("promotion", {}))
     webhooks = _webhooks(check, data.get("webhooks", {}))
     drift_settings = _drift(check, data.get("drift", {}))
+    ui = _ui(check, data.get("ui", {}))
     if check.problems or repository is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
@@ -443,6 +498,7 @@ def load_agent_config(
         promotion,
         webhooks,
         drift_settings,
+        ui,
     ), []
 
 

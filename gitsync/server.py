@@ -1,4 +1,5 @@
-"""The agent's HTTP server: ``/healthz``, ``/readyz``, ``/metrics`` and ``/webhooks``.
+"""The agent's HTTP server: ``/healthz``, ``/readyz``, ``/metrics``, ``/webhooks`` and the
+status page (``/``, ``/environments/…``, ``/api/v1/…``, ``/ui/…``: :mod:`gitsync.web.site`).
 
 Owns HTTP only: request size limits, routing, and turning a webhook :class:`Verdict` into a
 trigger and an answer. Deciding whether a webhook is authentic is :mod:`gitsync.webhooks`'.
@@ -12,13 +13,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync.metrics import Metrics
+from gitsync.web.site import StatusSite
 from gitsync.webhooks import MAX_BODY_BYTES, Action, judge
 
 # An oversized webhook body is read and dropped up to this size so the sender sees the 413.
@@ -43,8 +45,15 @@ class Hooks:
 
 
 class AgentServer:
-    def __init__(self, host: str, port: int, hooks: Hooks, metrics: Metrics) -> None:
-        self.hooks, self.metrics = hooks, metrics
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        hooks: Hooks,
+        metrics: Metrics,
+        site: StatusSite | None = None,
+    ) -> None:
+        self.hooks, self.metrics, self.site = hooks, metrics, site
         self._deliveries: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.received: list[float] = []  # monotonic times of accepted push webhooks
@@ -124,6 +133,10 @@ class AgentServer:
                 elif path == "/readyz":
                     ok = server.hooks.ready()
                     self._json(200 if ok else 503, {"status": "ready" if ok else "not ready"})
+                elif server.site is not None and server.site.serves(path):
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    answer = server.site.handle(path, headers)
+                    self._send(answer.status, answer.body, answer.content_type, answer.headers)
                 else:
                     self._json(404, {"error": "not found"})
 
@@ -164,9 +177,17 @@ class AgentServer:
             def _json(self, status: int, body: object) -> None:
                 self._send(status, json.dumps(body).encode(), "application/json")
 
-            def _send(self, status: int, payload: bytes, content_type: str) -> None:
+            def _send(
+                self,
+                status: int,
+                payload: bytes,
+                content_type: str,
+                headers: Mapping[str, str] | None = None,
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 if self.close_connection:
                     self.send_header("Connection", "close")

@@ -24,7 +24,7 @@ from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import DesiredService, RolloutState, ServiceKey
-from gitsync.plan import plan_table
+from gitsync.plan import Plan, plan_table
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
@@ -127,10 +127,13 @@ def sync_once(
     on_start: Callable[[str], None] = lambda environment: None,
     on_result: Callable[[RolloutResult], None] = lambda result: None,
     record: Callable[[ServiceKey, str, str, str], None] | None = None,
+    on_plan: Callable[[Plan], None] = lambda plan: None,
+    on_event: Callable[[str, WaveEvent], None] = lambda environment, event: None,
 ) -> PassResult:
     """One pass. ``environments`` (else the agent config's, else all) are this agent's; an
     ``after:`` naming any other environment is a promotion gate read from commit statuses.
-    ``stop`` interrupts it resumably (shutdown, a lost lease)."""
+    ``stop`` interrupts it resumably (shutdown, a lost lease). ``on_plan`` and ``on_event``
+    see each environment's plan before it rolls out and its wave events (the status page)."""
     run = _Pass(
         config,
         services,
@@ -143,6 +146,8 @@ def sync_once(
         on_start,
         on_result,
         record or (lambda key, kind, reason, message: None),
+        on_plan,
+        on_event,
     )
     return run.run(environments or config.environments or None, dry_run=dry_run)
 
@@ -160,6 +165,8 @@ class _Pass:
     on_start: Callable[[str], None]
     on_result: Callable[[RolloutResult], None]
     record: Callable[[ServiceKey, str, str, str], None]
+    on_plan: Callable[[Plan], None]
+    on_event: Callable[[str, WaveEvent], None]
 
     def _statuses(self, revision: str) -> _Statuses:
         return _Statuses(self.reporter, Describer(revision, self.config.status.target_url))
@@ -229,6 +236,7 @@ class _Pass:
 
         def events(event: WaveEvent) -> None:
             statuses.wave(env.name, event)
+            self.on_event(env.name, event)
 
         try:
             plan = live_environment_plan(
@@ -241,6 +249,7 @@ class _Pass:
             if dry_run:
                 self.progress(plan_table(plan).rstrip())
                 return None
+            self.on_plan(plan)
             self.on_start(env.name)
             rollout = Rollout(
                 self.services,

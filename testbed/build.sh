@@ -2,7 +2,8 @@
 # Builds the test bed's binaries from Go modules and caches them by version:
 #   kube-apiserver and kubectl from k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3.
 # Also fetches the KubeRay module whose CRDs the harness installs at run time, and unpacks
-# Debian's OpenSSH server (not installed: no service starts) for the SSH transport tests.
+# Debian's OpenSSH server (not installed: no service starts) for the SSH transport tests, and
+# installs Debian's chromium + chromium-driver (root) for the status page's browser tests.
 #
 # Usage: testbed/build.sh            build what is missing, print where everything is
 #        TESTBED_DIR=... testbed/build.sh
@@ -168,6 +169,21 @@ fetch_prometheus() {
 }
 
 # The ServiceMonitor and PrometheusRule CRDs deploy/ uses, from the prometheus-operator module.
+# Headless Chromium and its WebDriver for the status page's browser tests (tests/web/): Debian's
+# packages, installed only when missing (a second run costs two file tests). When they cannot be
+# installed the build goes on, and the browser tests fail saying so.
+install_chromium() {
+  [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && return 0
+  if [[ "$(id -u)" -ne 0 ]]; then
+    log "chromium and chromium-driver are missing; as root: apt-get install -y chromium chromium-driver"
+    return 0
+  fi
+  log "installing Debian's chromium and chromium-driver for the browser tests"
+  apt-get update -qq >/dev/null || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || log "could not install chromium and chromium-driver: the browser tests will fail"
+}
+
 monitoring_crds_dir() {
   go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
@@ -184,6 +200,7 @@ fetch_sshd
 build_kuberay_operator
 build_gitea
 fetch_prometheus
+install_chromium
 monitoring="$(monitoring_crds_dir)/example/prometheus-operator-crd"
 [[ -f "$monitoring/monitoring.coreos.com_servicemonitors.yaml" ]] || { log "ServiceMonitor CRD missing from $monitoring"; exit 1; }
 kuberay="$(kuberay_dir)"

@@ -25,6 +25,9 @@ CORE = (
     "gitsync.diff",
     "gitsync.report.status",
     "gitsync.stamp",
+    "gitsync.web.facts",
+    "gitsync.web.view",
+    "gitsync.web.render",
 )
 CORE_THIRD_PARTY = {"yaml", "deepdiff"}
 FORBIDDEN_STDLIB = {

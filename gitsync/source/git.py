@@ -97,6 +97,17 @@ class GitSource:
         log.info("checked out url=%s revision=%s path=%s", self._url, sha, tree)
         return tree
 
+    def commit_info(self, sha: str) -> tuple[str, float | None, str]:
+        """(author name, committer time, subject) of a commit already fetched into the cache
+        (a shallow commit keeps its metadata): one local ``git show``, no network."""
+        if not _SHA.match(sha):
+            raise ValueError(f"expected a full 40-hex commit SHA, got {sha!r}")
+        self._init()
+        result = self._local(["show", "-s", "--format=%an%x00%ct%x00%s", sha])
+        author, _, rest = result.stdout.rstrip("\n").partition("\0")
+        when, _, subject = rest.partition("\0")
+        return author, float(when) if when.isdigit() else None, subject
+
     def checkout_ref(self, ref: str, sha: str) -> Path:
         """The tree of commit ``sha``, fetched from ``ref`` (a pull request's head such as
         ``refs/pull/7/head``, or another branch) when it is not cached. Previews only: the

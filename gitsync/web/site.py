@@ -1,0 +1,308 @@
+"""The status page's HTTP answers: routes, auth, security headers, the live-status cache.
+
+Owns which path shows what (``/``, ``/environments/<name>``, ``/environments/<name>/rollout``
+and the same under ``/api/v1`` as JSON, ``/api/v1/previews``, the files under ``/ui/``), who may
+see it (``ui.auth``: a bearer token or basic auth read from a file or the environment at each
+request, compared in constant time; without auth only on a loopback listen address), and the
+headers every answer carries (a strict Content-Security-Policy, nosniff, no referrer).
+Read-only: no route changes anything. Live RayServices are read through
+:class:`~gitsync.kube.rayservices.RayServices`: one list per environment namespace and one
+state ConfigMap read per environment, at most once per ``ui.refreshInterval`` however many
+browsers poll. :mod:`gitsync.server` routes GET requests here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote
+
+from gitsync.config import AgentConfig, UiSettings
+from gitsync.errors import GitsyncError
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.model import RolloutState, ServiceKey
+from gitsync.report.factory import forge_root, repository_path
+from gitsync.source.auth import read_token
+from gitsync.web import render
+from gitsync.web.facts import Clock, EnvironmentFacts, Forge
+from gitsync.web.history import History
+from gitsync.web.view import as_json, environment_view, overview, rollout_view
+
+log = logging.getLogger(__name__)
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+STATIC = {
+    "/ui/app.css": "text/css; charset=utf-8",
+    "/ui/app.js": "text/javascript; charset=utf-8",
+    "/ui/favicon.svg": "image/svg+xml",
+}
+_ENV_ROUTE = re.compile(r"^/environments/([^/]+)(/rollout)?/?$")
+_LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|localhost)$")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str]
+
+
+def is_loopback(host: str) -> bool:
+    return bool(_LOOPBACK.match(host.strip("[]")))
+
+
+def forge_of(config: AgentConfig) -> Forge | None:
+    """Where commit links point: the status provider's forge (none with git notes)."""
+    status = config.status
+    if status.provider == "gitnotes":
+        return None
+    repository = (status.repository or repository_path(config.repository.url)).strip("/")
+    if status.provider == "github":
+        api = (status.url or "https://api.github.com").rstrip("/")
+        root = (
+            "https://github.com" if api == "https://api.github.com" else api.removesuffix("/api/v3")
+        )
+    else:
+        root = status.url or forge_root(config.repository.url) or ""
+    return Forge(status.provider, root.rstrip("/"), repository) if root else None
+
+
+class _TtlCache:
+    """One value per key, re-read when older than ``ttl``; concurrent readers of a stale key
+    wait for one read instead of each making their own."""
+
+    def __init__(self, ttl: float, mono: Callable[[], float]) -> None:
+        self.ttl, self._mono = ttl, mono
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, str], tuple[float, Any]] = {}
+
+    def get(self, key: tuple[str, str], read: Callable[[], Any]) -> Any:
+        with self._lock:
+            cached = self._values.get(key)
+            if cached is not None and self._mono() - cached[0] < self.ttl:
+                return cached[1]
+            value = read()
+            self._values[key] = (self._mono(), value)
+            return value
+
+
+def _slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the page needs of a RayService: status, generation, gitsync's annotations, the
+    Serve config (its app names) and suspend. Not the rest of the spec (env values …)."""
+    metadata = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    annotations = metadata.get("annotations") or {}
+    return {
+        "metadata": {
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "generation": metadata.get("generation"),
+            "annotations": {
+                k: v for k, v in annotations.items() if k.startswith("gitsync.ray.io/")
+            },
+        },
+        "spec": {
+            "serveConfigV2": spec.get("serveConfigV2"),
+            "rayClusterConfig": {"suspend": (spec.get("rayClusterConfig") or {}).get("suspend")},
+        },
+        "status": obj.get("status"),
+    }
+
+
+class StatusSite:
+    def __init__(
+        self,
+        history: History,
+        services: RayServices,
+        state: StateStore,
+        settings: UiSettings,
+        forge: Forge | None,
+        *,
+        loopback: bool,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.history, self.services, self.state = history, services, state
+        self.settings, self.forge, self.loopback = settings, forge, loopback
+        self._wall, self._mono = wall, mono
+        self._cache = _TtlCache(settings.refresh_seconds, mono)
+        self._static = {
+            path: resources.files("gitsync.web").joinpath("static", path.rpartition("/")[2])
+            .read_bytes()
+            for path in STATIC
+        }  # fmt: skip
+        if settings.enabled and not settings.auth.configured and not loopback:
+            log.warning(
+                "the status page is off: the agent listens beyond loopback and ui.auth is not "
+                "configured (set ui.auth.bearerTokenFile or ui.auth.basicAuthFile)"
+            )
+
+    # -- routing -------------------------------------------------------------------------------
+
+    @staticmethod
+    def serves(path: str) -> bool:
+        return path == "/" or path.startswith(("/environments/", "/api/v1/", "/ui/"))
+
+    def handle(self, path: str, headers: Mapping[str, str]) -> Response:
+        """Answers one GET of a path :meth:`serves` (headers lower-cased)."""
+        refused = self._refused(headers)
+        if refused is not None:
+            return refused
+        if path in STATIC:
+            return Response(200, STATIC[path], self._static[path], SECURITY_HEADERS)
+        try:
+            return self._route(path)
+        except GitsyncError as exc:
+            return self._error(path, 503, f"cannot read the cluster: {exc}")
+
+    def _route(self, path: str) -> Response:
+        if path == "/":
+            return self._html(render.overview_page(self._overview()))
+        if path in ("/api/v1/environments", "/api/v1/environments/"):
+            return self._json(as_json(self._overview()))
+        if path in ("/api/v1/previews", "/api/v1/previews/"):
+            return self._json(as_json(self._overview())["previews"])
+        api = path.startswith("/api/v1/")
+        found = _ENV_ROUTE.match(path.removeprefix("/api/v1"))
+        if found is None:
+            return self._error(path, 404, "not found")
+        name, rollout = unquote(found.group(1)), bool(found.group(2))
+        env = self._facts(name)
+        if env is None:
+            return self._error(path, 404, f"no environment {name!r}")
+        clock, show = self._clock(), self.settings.show_env_values
+        if rollout:
+            view = rollout_view(env, self.forge, clock, show)
+            if api:
+                return self._json(as_json(view) if view is not None else None)
+            return self._html(render.rollout_page(name, view))
+        page = environment_view(env, self.forge, clock, show)
+        return self._json(as_json(page)) if api else self._html(render.environment_page(page))
+
+    # -- auth ----------------------------------------------------------------------------------
+
+    def _refused(self, headers: Mapping[str, str]) -> Response | None:
+        if not self.settings.enabled:
+            return self._plain(404, "the status page is disabled (ui.enabled: false)")
+        auth = self.settings.auth
+        if not auth.configured:
+            if self.loopback:
+                return None
+            return self._plain(
+                403,
+                "the status page is off: gitsync listens beyond loopback and ui.auth is not "
+                "configured; set ui.auth.bearerTokenFile (or bearerTokenEnv, basicAuthFile) in "
+                "the agent config, or listen on 127.0.0.1",
+            )
+        given = headers.get("authorization", "")
+        try:
+            if auth.bearer is not None:
+                scheme, expected = "Bearer", read_token(auth.bearer)
+                scheme_given, _, credential = given.partition(" ")
+                ok = scheme_given.lower() == "bearer" and hmac.compare_digest(
+                    credential.strip().encode(), expected.encode()
+                )
+            else:
+                assert auth.basic_file is not None
+                scheme, expected = "Basic", auth.basic_file.read_text().strip()
+                ok = _basic_matches(given, expected)
+        except (GitsyncError, OSError) as exc:
+            log.error("status page auth: cannot read the credential: %s", type(exc).__name__)
+            return self._plain(500, "the status page's credential cannot be read (ui.auth)")
+        if ok:
+            return None
+        challenge = {"WWW-Authenticate": f'{scheme} realm="gitsync"'}
+        return self._plain(401, "authentication required", challenge)
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    def _clock(self) -> Clock:
+        return Clock(self._wall(), self._mono())
+
+    def _live(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
+        def read() -> dict[ServiceKey, dict[str, Any]]:
+            listed = self.services.list_managed(namespace, environment)
+            return {key: _slim(obj) for key, obj in listed.items()}
+
+        live: dict[ServiceKey, dict[str, Any]] = self._cache.get((namespace, environment), read)
+        return live
+
+    def _state(self, environment: str) -> RolloutState | None:
+        state: RolloutState | None = self._cache.get(
+            ("state", environment), lambda: self.state.read(environment)
+        )
+        return state
+
+    def _all_facts(self, only: str | None = None) -> list[EnvironmentFacts]:
+        return [
+            EnvironmentFacts(
+                memory.name,
+                memory.namespace,
+                memory.record,
+                memory.applied,
+                self._state(memory.name),
+                self._live(memory.namespace, memory.name) if memory.namespace else {},
+                memory.actions,
+                memory.drift,
+            )
+            for memory in self.history.environments()
+            if only is None or memory.name == only
+        ]
+
+    def _facts(self, name: str) -> EnvironmentFacts | None:
+        found = self._all_facts(only=name)
+        return found[0] if found else None
+
+    def _overview(self) -> Any:
+        return overview(self._all_facts(), self.history.preview_facts(), self.forge, self._clock())
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def _html(self, text: str, status: int = 200) -> Response:
+        return Response(status, "text/html; charset=utf-8", text.encode(), SECURITY_HEADERS)
+
+    def _json(self, value: Any, status: int = 200) -> Response:
+        body = json.dumps(value, ensure_ascii=False).encode()
+        return Response(status, "application/json", body, SECURITY_HEADERS)
+
+    def _plain(self, status: int, text: str, extra: Mapping[str, str] | None = None) -> Response:
+        body = json.dumps({"error": text}).encode()
+        return Response(status, "application/json", body, {**SECURITY_HEADERS, **(extra or {})})
+
+    def _error(self, path: str, status: int, text: str) -> Response:
+        if path.startswith("/api/"):
+            return self._json({"error": text}, status)
+        return self._html(render.message_page("gitsync", text), status)
+
+
+def _basic_matches(header: str, expected: str) -> bool:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(given, expected.encode())
