@@ -36,7 +36,6 @@ from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
 from gitsync.sync import environment_status, sync_once
-from gitsync.web.site import StatusSite, forge_of, is_loopback
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 STATUS_FLUSH_SECONDS = 60.0  # at exit, how long `sync --once` waits for queued statuses
@@ -388,6 +387,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     from gitsync.metrics import Metrics
     from gitsync.report.factory import agent_identity, build_pulls, build_reporter
     from gitsync.server import AgentServer, Hooks
+    from gitsync.web.site import StatusSite, forge_of, is_loopback
 
     configure_logging(args.log_format, args.log_level)
     try:

@@ -76,6 +76,24 @@ def build_plan(
     return Plan(environment, namespace, from_rev, to_rev, tuple(waves))
 
 
+def unchanged_plan(
+    environment: str,
+    namespace: str,
+    waves: Mapping[ServiceKey, int],
+    *,
+    to_rev: str | None = None,
+) -> Plan:
+    """The plan of an environment known to be exactly as Git wants it (each key with its
+    wave): what :func:`build_plan` returns for equal objects, without comparing them."""
+    by_wave: dict[int, list[Change]] = {}
+    for key in sorted(waves):
+        by_wave.setdefault(waves[key], []).append(
+            Change(key, Action.UNCHANGED, waves[key], "unchanged")
+        )
+    waves_ = tuple(Wave(n, tuple(by_wave[n])) for n in sorted(by_wave))
+    return Plan(environment, namespace, None, to_rev, waves_)
+
+
 def plan_json(plan: Plan) -> dict[str, Any]:
     return {
         "environment": plan.environment,

@@ -18,7 +18,7 @@ from gitsync.errors import ConfigError, InvalidRevision, NamespaceMissing
 from gitsync.kube.rayservices import RayServices
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import ServiceKey
-from gitsync.plan import Plan, build_plan
+from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
 from gitsync.stamp import stamped, untouched_since_apply
 
@@ -155,8 +155,8 @@ def live_environment_plan(
     if metadata.keys() == bodies.keys() and all(
         untouched_since_apply(metadata[key], body) for key, body in bodies.items()
     ):
-        same = {service.key: owned(service.manifest) for service in loaded.services}
-        return build_plan(env.name, env.namespace, same, same, options, to_rev=revision)
+        waves = {service.key: service.wave for service in loaded.services}
+        return unchanged_plan(env.name, env.namespace, waves, to_rev=revision)
     live = rayservices.list_managed(env.namespace, env.name)
     current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
     desired: dict[ServiceKey, dict[str, Any]] = {}

@@ -13,7 +13,8 @@ import yaml
 from gitsync import kuberay
 from gitsync.diff.classify import Options, classify
 from gitsync.diff.normalize import owned
-from gitsync.model import Action
+from gitsync.model import Action, ServiceKey
+from gitsync.plan import build_plan, unchanged_plan
 
 RANKER = (
     Path(__file__).resolve().parents[2] / "examples/repo-layout/environments/staging/ranker.yaml"
@@ -333,3 +334,19 @@ def test_version_switch(
 def test_unknown_kuberay_version_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"unknown KubeRay version 'v0\.9\.0'"):
         kuberay.semantics_for("v0.9.0")
+
+
+def test_a_plan_known_unchanged_is_the_plan_of_equal_objects() -> None:
+    """The no-op fast path (metadata proves nothing changed) plans without comparing specs;
+    it must be exactly what comparing equal objects plans."""
+    objects = {}
+    for name, wave in (("a", 1), ("b", 0), ("c", 1)):
+        obj = base()
+        obj["metadata"]["name"] = name
+        obj["metadata"].setdefault("annotations", {})["gitsync.ray.io/wave"] = str(wave)
+        objects[ServiceKey(obj["metadata"]["namespace"], name)] = owned(obj)
+    compared = build_plan("prod", "serving", objects, objects, to_rev="abc")
+    waves = {key: int(o["metadata"]["annotations"]["gitsync.ray.io/wave"])
+             for key, o in objects.items()}  # fmt: skip
+    assert unchanged_plan("prod", "serving", waves, to_rev="abc") == compared
+    assert not compared.has_changes
