@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from kubernetes import client
 
-from gitsync.checkout import read_tree
+from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.drift import DriftChecker, DriftReport
 from gitsync.errors import GitsyncError
@@ -342,7 +342,7 @@ class Agent:
         """Per environment: (name, namespace, {service: its Serve apps}) at the last revision,
         computed once per revision (reading a tree of 1,000 manifests is not free)."""
         if self._expected_at[0] != self.last_revision:
-            report = read_tree(self.source.checkout(self.last_revision))
+            report = read_tree_cached(self.source.checkout(self.last_revision))
             rows = []
             for name in ordered_environments(report, self.config.environments or None, ""):
                 loaded = environment_manifests(report, name, self.last_revision[:12])

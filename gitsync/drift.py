@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_tree
+from gitsync.checkout import TreeReport, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
 from gitsync.diff.normalize import owned
@@ -68,7 +68,7 @@ class DriftChecker:
 
     def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
         head = self.source.head()
-        self._trees = {head: read_tree(self.source.checkout(head))}  # one read per revision
+        self._trees = {head: read_tree_cached(self.source.checkout(head))}  # one read per revision
         names = ordered_environments(
             self._trees[head], environments or self.config.environments or None, ""
         )
@@ -87,7 +87,7 @@ class DriftChecker:
         if not revision:
             return DriftReport(name, prior.revision, note="no revision was ever Healthy")
         if revision not in self._trees:
-            self._trees[revision] = read_tree(self.source.checkout(revision))
+            self._trees[revision] = read_tree_cached(self.source.checkout(revision))
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
         drifts = self._find(loaded, revision)
         _, corrections = self.state.read_drift(name)

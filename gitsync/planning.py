@@ -20,7 +20,7 @@ from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import ServiceKey
 from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
-from gitsync.stamp import stamped, untouched_since_apply
+from gitsync.stamp import stamped, stamped_hash, untouched_since_apply
 
 
 def _valid_config(report: TreeReport, label: str) -> TreeReport:
@@ -140,6 +140,19 @@ def live_environment_plan(
     candidates) and a server-side dry run of each service that may differ (``concurrency``
     at a time)."""
     env = loaded.environment
+    hashes = {
+        service.key: stamped_hash(
+            service.manifest, environment=env.name, source=service.source, wave=service.wave
+        )
+        for service in loaded.services
+    }
+    # The usual pass changes nothing: metadata alone proves it (no spec or status bytes).
+    metadata = rayservices.list_managed_metadata(env.namespace, env.name)
+    if metadata.keys() == hashes.keys() and all(
+        untouched_since_apply(metadata[key], applied) for key, applied in hashes.items()
+    ):
+        waves = {service.key: service.wave for service in loaded.services}
+        return unchanged_plan(env.name, env.namespace, waves, to_rev=revision)
     bodies = {
         service.key: stamped(
             service.manifest,
@@ -150,13 +163,6 @@ def live_environment_plan(
         )
         for service in loaded.services
     }
-    # The usual pass changes nothing: metadata alone proves it (no spec or status bytes).
-    metadata = rayservices.list_managed_metadata(env.namespace, env.name)
-    if metadata.keys() == bodies.keys() and all(
-        untouched_since_apply(metadata[key], body) for key, body in bodies.items()
-    ):
-        waves = {service.key: service.wave for service in loaded.services}
-        return unchanged_plan(env.name, env.namespace, waves, to_rev=revision)
     live = rayservices.list_managed(env.namespace, env.name)
     current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
     desired: dict[ServiceKey, dict[str, Any]] = {}

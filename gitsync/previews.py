@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_tree
+from gitsync.checkout import TreeReport, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError, InvalidRevision
@@ -77,7 +77,7 @@ class PreviewReconciler:
 
     def reconcile(self) -> list[PreviewResult]:
         head = self.source.head()
-        base = read_tree(self.source.checkout(head))
+        base = read_tree_cached(self.source.checkout(head))
         previews = base.config.previews if base.config else None
         requests = self._requests(previews)
         results: list[PreviewResult] = []
@@ -85,7 +85,7 @@ class PreviewReconciler:
         open_numbers = {pr.number for pr in requests}
         for pr in sorted(requests, key=lambda p: p.number):
             try:
-                tree = read_tree(self.source.checkout_ref(pr.head_ref, pr.head_sha))
+                tree = read_tree_cached(self.source.checkout_ref(pr.head_ref, pr.head_sha))
             except GitsyncError as exc:
                 log.warning("pull request #%d: cannot read %s: %s", pr.number, pr.head_sha, exc)
                 continue

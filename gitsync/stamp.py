@@ -40,6 +40,16 @@ def stamped(
     return obj
 
 
+def stamped_hash(manifest: Mapping[str, Any], *, environment: str, source: str, wave: int) -> str:
+    """``applied_hash(stamped(manifest, ...))`` without copying the manifest: what a no-op
+    pass compares with the live object's annotation, for every service."""
+    metadata = dict(manifest.get("metadata") or {})
+    labels = {**(metadata.get("labels") or {}), MANAGED_BY: "gitsync", ENVIRONMENT: environment}
+    annotations = {**(metadata.get("annotations") or {}), SOURCE: source, WAVE: str(wave)}
+    metadata.update(labels=labels, annotations=annotations)
+    return applied_hash({**manifest, "metadata": metadata})
+
+
 def applied_hash(body: Mapping[str, Any]) -> str:
     """A hash of what gitsync applies, without the stamps that move by themselves (revision,
     the hash). Equal on the live object and in Git means Git has not changed since the apply."""
@@ -55,12 +65,14 @@ def applied_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def untouched_since_apply(live: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+def untouched_since_apply(live: Mapping[str, Any], body: Mapping[str, Any] | str) -> bool:
     """True when the live object is exactly what gitsync last applied and Git still wants:
     the applied hash matches and no other field manager has written its spec since (KubeRay
-    writes only the status subresource). Then a server-side dry run would show no change."""
+    writes only the status subresource). Then a server-side dry run would show no change.
+    ``body`` is the stamped body, or its :func:`applied_hash` already computed."""
     annotations = (live.get("metadata") or {}).get("annotations") or {}
-    if annotations.get(APPLIED_HASH) != applied_hash(body):
+    wanted = body if isinstance(body, str) else applied_hash(body)
+    if annotations.get(APPLIED_HASH) != wanted:
         return False
     for entry in (live.get("metadata") or {}).get("managedFields") or []:
         if entry.get("manager") == FIELD_MANAGER or entry.get("subresource") == "status":

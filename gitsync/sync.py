@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_tree
+from gitsync.checkout import TreeReport, read_tree, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.errors import ConfigError, GitsyncError, InvalidRevision
 from gitsync.health import assess
@@ -179,7 +179,7 @@ class _Pass:
             for old, name in superseded:
                 self._statuses(old).post(statuses.describe.superseded(name, revision))
             superseded.clear()
-            report = read_tree(self.source.checkout(revision))
+            report = read_tree_cached(self.source.checkout(revision))
             label = revision[:12]
             try:
                 names = ordered_environments(report, wanted, label)

@@ -160,6 +160,8 @@ class GitSource:
                 shutil.rmtree(tree)
                 self._ready.pop(tree.name, None)
                 removed.append(tree.name)
+            elif tree.name[:40] not in wanted and _SHA.match(tree.name[:40]) and tree.is_file():
+                tree.unlink(missing_ok=True)  # the tree's parsed report (checkout.py)
         if removed:
             log.debug("pruned url=%s trees=%d", self._url, len(removed))
         return sorted(removed)

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gitsync.checkout import read_tree
+from gitsync.checkout import read_tree, read_tree_cached
 from gitsync.cli import main
 from gitsync.manifests.yamldoc import parse_documents
+from gitsync.source import GitSource, RepoSource
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
 GOOD = (
@@ -358,3 +359,30 @@ def test_parsing_keeps_no_yaml_nodes_alive() -> None:
         assert documents[0].data == {"a": 1, "b": [True, 2.5, None, 3], "c": {"d": 4}}
     del documents
     assert yaml_objects() <= before
+
+
+def test_a_revisions_report_is_read_once_and_kept_next_to_its_tree(tmp_path: Path) -> None:
+    """Trees under the source's cache never change once materialised, so the parsed report
+    is reused: a later edit of the files is not seen (proof the cache answered)."""
+    tree = tmp_path / "trees" / ("a" * 40)
+    shutil.copytree(EXAMPLES, tree)
+    first = read_tree_cached(tree)
+    assert first == read_tree(tree)
+    [kept] = (tmp_path / "trees").glob("*.pickle")
+    assert kept.name.startswith("a" * 40 + ".report-")
+    for manifest in (tree / "environments").rglob("*.yaml"):
+        manifest.write_text("kind: [broken\n")
+    assert read_tree_cached(tree) == first
+    kept.write_bytes(b"not a pickle")  # torn or foreign: parsed again, and rewritten
+    again = read_tree_cached(tree)
+    assert not again.ok
+    assert read_tree_cached(tree) == again
+
+
+def test_pruning_trees_removes_their_reports(tmp_path: Path) -> None:
+    source = GitSource(RepoSource("file:///nowhere", "main", tmp_path))
+    for sha in ("a" * 40, "b" * 40):
+        shutil.copytree(EXAMPLES, source.trees_dir / sha)
+        read_tree_cached(source.trees_dir / sha)
+    assert source.prune(keep=["b" * 40]) == ["a" * 40]
+    assert sorted(p.name[:40] for p in source.trees_dir.iterdir()) == ["b" * 40, "b" * 40]

@@ -15,6 +15,7 @@ from gitsync.diff.classify import Options, classify
 from gitsync.diff.normalize import owned
 from gitsync.model import Action, ServiceKey
 from gitsync.plan import build_plan, unchanged_plan
+from gitsync.stamp import APPLIED_HASH, applied_hash, stamped, stamped_hash
 
 RANKER = (
     Path(__file__).resolve().parents[2] / "examples/repo-layout/environments/staging/ranker.yaml"
@@ -350,3 +351,16 @@ def test_a_plan_known_unchanged_is_the_plan_of_equal_objects() -> None:
              for key, o in objects.items()}  # fmt: skip
     assert unchanged_plan("prod", "serving", waves, to_rev="abc") == compared
     assert not compared.has_changes
+
+
+@pytest.mark.parametrize("annotated", [False, True])
+def test_the_no_op_hash_is_the_hash_of_the_stamped_body(annotated: bool) -> None:
+    manifest = base()
+    if annotated:
+        manifest["metadata"]["labels"] = {"team": "search"}
+        manifest["metadata"]["annotations"] = {"gitsync.ray.io/wave": "2", "owner": "x"}
+    before = copy.deepcopy(manifest)
+    body = stamped(manifest, environment="prod", revision="f" * 40, source="a.yaml", wave=2)
+    quick = stamped_hash(manifest, environment="prod", source="a.yaml", wave=2)
+    assert quick == applied_hash(body) == body["metadata"]["annotations"][APPLIED_HASH]
+    assert manifest == before  # nothing copied, nothing changed
