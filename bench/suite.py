@@ -62,6 +62,7 @@ KUBECTL_DIFF = "kubectl diff --server-side"
 DRY_RUN = "kubectl apply --server-side --dry-run=server"
 SERIAL = "serial kubectl apply --server-side"
 CONCURRENCY = (1, 8, 16, 32)
+PROFILED_CONCURRENCY = 16
 
 
 def config_for(repo: Repo, cache: Path, concurrency: int = 16) -> AgentConfig:
@@ -338,7 +339,7 @@ def profiled(argv: list[str], out: Path, top: int = 14) -> list[tuple[float, str
 
 def throughput(
     plane: ControlPlane, api: client.ApiClient, root: Path, repeat: int, changed: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[tuple[float, str]]]:
     """``changed`` services in one environment and one wave, all changed at once
     (serve-update: a Serve ``num_replicas``); gitsync waits for each to be Healthy again."""
     repo = Repo(root / "repo-throughput", changed, namespaces=1, namespace_prefix="bench-tp")
@@ -364,6 +365,11 @@ def throughput(
             **median(samples),
             "applied": statistics.median(applied),
         }
+    repo.write(replicas=replicas)
+    repo.commit(f"scale to {replicas}")
+    replicas += 1
+    argv = gitsync_sync(plane, config_file(repo, cache, root / "tp.yaml", PROFILED_CONCURRENCY))
+    profile = profiled(argv, root / "tp-profile.txt")
     assert plane.binaries is not None
     kubectl = [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
     samples = []
@@ -380,7 +386,7 @@ def throughput(
 
         samples.append(measure(api, serial))
     results[SERIAL] = median(samples)
-    return results
+    return results, profile
 
 
 def classification(count: int) -> float:
@@ -423,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
                         "ray.io", "v1", f"bench-{n}", "rayservices"
                     )
             sys.stderr.write("bench: rollout throughput\n")
-            tp = throughput(plane, api, root / "tp", repeat, changed)
+            tp, tp_profile = throughput(plane, api, root / "tp", repeat, changed)
             sys.stderr.write("bench: poll and webhook\n")
             (root / "webhook").mkdir()
             hooks = webhook_poll.measure(
@@ -431,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
             )
     classify_cpu = classification(100 if args.smoke else 1000)
     report = {
-        "sizes": results, "throughput": tp, "idle_rss": idle, "classify_cpu": classify_cpu,
+        "sizes": results, "throughput": tp, "throughput_profile": tp_profile,
+        "idle_rss": idle, "classify_cpu": classify_cpu,
         "changed": changed, "repeat": repeat, "kube": binaries.kube_version,
         "seconds": time.monotonic() - began, "smoke": args.smoke, **hooks,
     }  # fmt: skip
@@ -509,6 +516,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"({row['wall_min']:.2f}-{row['wall_max']:.2f}) | {serial / row['wall']:.1f}x | "
             f"{row['cpu']:.2f} | {row['requests']} |"
         )
+    lines += [
+        "",
+        f"Where one pass at wave concurrency {PROFILED_CONCURRENCY} spends its time (py-spy, "
+        "200 samples/s, inclusive seconds summed over threads: the wave's workers overlap):",
+        "",
+        "| seconds | function |",
+        "| ---: | --- |",
+        *(f"| {seconds:.2f} | `{name}` |" for seconds, name in report["throughput_profile"]),
+    ]
     poll, hook = report["poll"], report["webhook"]
     lines += [
         "",

@@ -19,6 +19,7 @@ def test_the_benchmark_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert "0 fetches" in report  # a poll with nothing new only asks for the refs
     assert "Webhook → first apply request" in report
     assert "`(whole process)`" in report  # py-spy's profile of the no-op pass
+    assert "Where one pass at wave concurrency 16" in report
     assert "MiB RSS" in report
     png = (tmp_path / "benchmarks.png").read_bytes()
     assert png.startswith(b"\x89PNG")
