@@ -320,13 +320,13 @@ def profiled(argv: list[str], out: Path, top: int = 14) -> list[tuple[float, str
         seen = set()
         for frame in stack.split(";"):
             function, _, where = frame.partition(" (")
-            module = where.split(":")[0]
-            if "/gitsync/" in module:
-                name = f"{module.split('/gitsync/')[-1]}: {function}"
+            module = where.split(":")[0]  # py-spy names files relative to their sys.path entry
+            if module.startswith("gitsync/"):
+                name = f"{module.removeprefix('gitsync/')}: {function}"
             elif "importlib" in module:
                 name = "(importing modules)"
-            elif "site-packages/" in module:
-                name = f"{module.split('site-packages/')[-1].split('/')[0]} (library)"
+            elif "/" in module and not module.startswith("<"):
+                name = f"{module.split('/')[0]} (package)"
             else:
                 continue
             if name not in seen:
