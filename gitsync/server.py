@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync.metrics import Metrics
 from gitsync.web.site import StatusSite
-from gitsync.webhooks import MAX_BODY_BYTES, Action, judge
+from gitsync.webhooks import MAX_BODY_BYTES, Action, event_label, judge
 
 # An oversized webhook body is read and dropped up to this size so the sender sees the 413.
 DRAIN_BYTES = 8 * MAX_BODY_BYTES
@@ -29,6 +29,12 @@ DRAIN_BYTES = 8 * MAX_BODY_BYTES
 log = logging.getLogger(__name__)
 
 REMEMBERED_DELIVERIES = 1024
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """A header value fit for a log line: no control characters (no forged lines), short."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[:limit] + "…"
 
 
 @dataclass
@@ -95,11 +101,12 @@ class AgentServer:
             return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
         verdict = judge(headers, body, secret, self.hooks.repository_url, self.hooks.branch)
         result = str(verdict.action)
+        event, delivery = printable(verdict.event), printable(verdict.delivery)
         if verdict.status >= 400:
             result = f"rejected-{verdict.status}"
             log.warning(
                 "webhook rejected provider=%s event=%s status=%d reason=%s",
-                verdict.provider, verdict.event, verdict.status, verdict.reason,
+                verdict.provider, event, verdict.status, verdict.reason,
             )  # fmt: skip
         elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
             result = "duplicate"
@@ -108,10 +115,10 @@ class AgentServer:
             self.hooks.poll()
         elif verdict.action is Action.PREVIEWS:
             self.hooks.previews()
-        self.metrics.webhooks.labels(verdict.provider, verdict.event or "-", result).inc()
+        self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
         log.info(
             "webhook provider=%s event=%s delivery=%s result=%s reason=%s",
-            verdict.provider, verdict.event, verdict.delivery, result, verdict.reason,
+            verdict.provider, event, delivery, result, printable(verdict.reason, 200),
         )  # fmt: skip
         return verdict.status, {"result": result, "reason": verdict.reason}
 
@@ -147,7 +154,10 @@ class AgentServer:
                 try:
                     length = int(self.headers.get("Content-Length") or "")
                 except ValueError:
-                    self._json(411, {"error": "Content-Length required"})
+                    length = -1
+                if length < 0:  # read(-1) would read until the client hangs up
+                    self.close_connection = True
+                    self._json(411, {"error": "Content-Length required (a whole number ≥ 0)"})
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if length > MAX_BODY_BYTES:
