@@ -18,6 +18,8 @@ from gitsync.manifests.repoconfig import MAX_ENVIRONMENTS, EnvironmentConfig, lo
 from gitsync.manifests.yamldoc import MAX_DEPTH, parse_documents
 from gitsync.model import Problem, SourceFile
 from gitsync.server import printable
+from gitsync.source.failures import failure
+from gitsync.source.runner import GitResult
 from gitsync.webhooks import event_label, judge
 
 ENV = EnvironmentConfig("staging", "environments/staging", "ray-staging")
@@ -209,3 +211,9 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
 def test_header_values_are_printable_and_short_in_logs() -> None:
     assert printable("push\r\nlevel=error forged") == "push??level=error forged"
     assert printable("x" * 500) == "x" * 80 + "…"
+
+
+def test_what_a_hostile_git_server_sent_is_made_printable() -> None:
+    stderr = "fatal: protocol error: bad line length character: \x1b[31m\ufffd\x00\nx\x07y\n"
+    error = failure("ls-remote", "http://h/r.git", GitResult(128, "", stderr, False), 3.0)
+    assert str(error).endswith("bad line length character: ?[31m?? | x?y")
