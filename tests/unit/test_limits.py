@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import os
 from pathlib import Path
 
@@ -16,11 +17,13 @@ from gitsync.errors import InvalidRevision
 from gitsync.manifests.load import MAX_PROBLEMS, load_environment
 from gitsync.manifests.repoconfig import MAX_ENVIRONMENTS, EnvironmentConfig, load_repo_config
 from gitsync.manifests.yamldoc import MAX_DEPTH, parse_documents
+from gitsync.metrics import Metrics
 from gitsync.model import Problem, SourceFile
-from gitsync.server import printable
+from gitsync.server import AgentServer, Hooks, printable
 from gitsync.source.failures import failure
 from gitsync.source.runner import GitResult
 from gitsync.webhooks import event_label, judge
+from testbed.controlplane import free_port
 
 ENV = EnvironmentConfig("staging", "environments/staging", "ray-staging")
 SERVICE = """apiVersion: ray.io/v1
@@ -217,3 +220,35 @@ def test_what_a_hostile_git_server_sent_is_made_printable() -> None:
     stderr = "fatal: protocol error: bad line length character: \x1b[31m\ufffd\x00\nx\x07y\n"
     error = failure("ls-remote", "http://h/r.git", GitResult(128, "", stderr, False), 3.0)
     assert str(error).endswith("bad line length character: ?[31m?? | x?y")
+
+
+def test_the_server_refuses_a_negative_length_and_bounds_event_labels() -> None:
+    """The real HTTP server with callbacks in place of an agent (no cluster needed)."""
+    polls: list[int] = []
+    hooks = Hooks(lambda: b"s", "https://example.com/r.git", "main", lambda: polls.append(1),
+                  lambda: None, lambda: True, lambda: True)  # fmt: skip
+    metrics = Metrics()
+    server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.putrequest("POST", "/webhooks")
+        connection.putheader("X-Gitea-Event", "push")
+        connection.putheader("Content-Length", "-1")
+        connection.endheaders()
+        assert connection.getresponse().status == 411
+        connection.close()
+        for n in range(50):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            connection.request("POST", "/webhooks", b"{}", {"X-Gitea-Event": f"made-up-{n}"})
+            assert connection.getresponse().status == 401
+            connection.close()
+    finally:
+        server.stop()
+    events = {
+        sample.labels["event"]
+        for metric in metrics.registry.collect()
+        if metric.name == "gitsync_webhook_requests"
+        for sample in metric.samples
+    }
+    assert events == {"other"}
+    assert polls == []
