@@ -46,7 +46,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-class _Budget:
+class ByteBudget:
     """Bytes left for the manifests of one revision, shared by all its environments."""
 
     def __init__(self, limit: int) -> None:
@@ -68,7 +68,7 @@ def read_environment_files(
     env_path: str,
     *,
     max_file_bytes: int = MAX_FILE_BYTES,
-    budget: _Budget | None = None,
+    budget: ByteBudget | None = None,
 ) -> tuple[list[SourceFile], list[Problem]]:
     """Every manifest file under ``root/env_path`` with its repo-relative path.
 
@@ -77,7 +77,7 @@ def read_environment_files(
     problem. A file over the size limit, or over what is left of the revision's ``budget``,
     is reported without being read.
     """
-    budget = budget or _Budget(MAX_TREE_BYTES)
+    budget = budget or ByteBudget(MAX_TREE_BYTES)
     root = root.resolve()
     folder = (root / env_path).resolve()
     files: list[SourceFile] = []
@@ -221,7 +221,7 @@ def read_tree(
         return TreeReport(None, (), tuple(problems))
     environments = []
     all_problems: list[Problem] = []
-    budget = _Budget(max_tree_bytes)
+    budget = ByteBudget(max_tree_bytes)
     for env in config.environments:
         files: list[SourceFile] = []
         folder_problem = _environment_folder(root, env)
