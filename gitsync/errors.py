@@ -87,12 +87,13 @@ class InvalidRevision(GitsyncError):
     may be applied. Carries every problem."""
 
     # A generated or hostile tree can have thousands of problems; the message (logged, and
-    # printed by the CLI) lists the first ones, ``problems`` keeps them all.
+    # printed by the CLI) lists the first ones and the last (where reading stopped, when it
+    # did); ``problems`` keeps them all.
     LISTED = 20
 
     def __init__(self, what: str, problems: tuple[object, ...]) -> None:
         self.problems = problems
         listing = "\n".join(f"  {p}" for p in problems[: self.LISTED])
         if len(problems) > self.LISTED:
-            listing += f"\n  … and {len(problems) - self.LISTED} more"
+            listing += f"\n  … {len(problems) - self.LISTED - 1} more …\n  {problems[-1]}"
         super().__init__(f"{what} is invalid ({len(problems)} problem(s)):\n{listing}")
