@@ -1,12 +1,20 @@
-"""The reliability suite's figures: tables the tests fill in, printed at the end of the run
-and written to ``tests/artifacts/reliability/<table>.md`` (ignored by git) as they grow."""
+"""The reliability suite's figures — tables the tests fill in, printed at the end of the run
+and written to ``tests/artifacts/reliability/<table>.md`` (ignored by git) as they grow — and
+its agent: one in the test process, on a fresh repository, passes triggered by the test."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+
+from gitsync.agent import Agent
+from gitsync.config import LeaderElection
+from gitsync.metrics import Metrics
+from tests.integration.gitops import GitOpsRepo
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "reliability"
 
@@ -60,3 +68,21 @@ def pytest_terminal_summary(
             terminalreporter.write_line(line)
         terminalreporter.write_line("")
     terminalreporter.write_line(f"(also in {found.folder})")
+
+
+@pytest.fixture
+def agent(
+    api: client.ApiClient, tmp_path: Path, namespace: str
+) -> Iterator[tuple[Agent, GitOpsRepo]]:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        poll_seconds=3600.0,  # passes run when the test triggers them
+        leader_election=LeaderElection(enabled=False),
+    )
+    running = Agent(config, api, "reliability-agent", Metrics())
+    running.start()
+    try:
+        yield running, repo
+    finally:
+        running.shutdown(timeout=10)

@@ -202,7 +202,7 @@ CASES: tuple[Case, ...] = (
     # -- shapes ------------------------------------------------------------------------------
     Case("duplicate-key", _put(f"{S}/dup.yaml", service("dup").replace("spec:\n", "metadata: {}\nspec:\n", 1)), f"{D} 'metadata'", f"{S}/dup.yaml:5"),
     Case("duplicate-key-serveconfig", _put(f"{S}/dup.yaml", service("dup", "applications: []\napplications: []\n")), f"serveConfigV2: {D} 'applications'", f"{S}/dup.yaml:8"),
-    Case("duplicate-service", _put(f"{S}/again.yaml", service("ranker")), "ray-staging/ranker is declared twice", f"{S}/"),
+    Case("duplicate-service", _put(f"{S}/again.yaml", service("ranker")), "/ranker is declared twice in environment", f"{S}/"),
     Case("document-is-list", _put(f"{S}/list.yaml", "- a\n- b\n"), "a manifest must be a mapping with apiVersion and kind, not a list", f"{S}/list.yaml:1"),
     Case("document-is-string", _put(f"{S}/str.yaml", "just text\n"), "not a str", f"{S}/str.yaml:1"),
     Case("document-is-number", _put(f"{S}/num.yaml", "--- 42\n"), "not a int", f"{S}/num.yaml:1"),

@@ -9,6 +9,7 @@ The bounds are generous functional limits (a case that hangs or balloons), not t
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ def test_hostile_tree_is_refused_clearly_in_bounded_time_and_memory(
         timeout=MAX_SECONDS * 3,
         check=False,
     )
+    for made in tmp_path.iterdir():  # up to 200 MB (the case, its checkout): free it now
+        shutil.rmtree(made, ignore_errors=True)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
     problems = result["git"]["problems"]
