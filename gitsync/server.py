@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -35,6 +36,22 @@ def printable(text: str, limit: int = 80) -> str:
     """A header value fit for a log line: no control characters (no forged lines), short."""
     clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
     return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default accept backlog is 5: a burst of webhooks (or page loads) from a
+    # dozen senders overflowed it, and the connections over it waited a SYN retransmit (1 s)
+    # or were reset. The kernel caps this at net.core.somaxconn.
+    request_queue_size = 128
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up or stalls is not an error of ours (socketserver would print
+        a traceback to stderr for each); anything else is logged with its traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.debug("http client %s went away: %s", client_address, sys.exc_info()[1])
+            return
+        log.exception("http request from %s failed", client_address)
 
 
 @dataclass
@@ -63,8 +80,7 @@ class AgentServer:
         self._deliveries: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.received: list[float] = []  # monotonic times of accepted push webhooks
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((host, port), self._handler())
         self._thread = threading.Thread(
             target=lambda: self.httpd.serve_forever(poll_interval=0.2),
             name="gitsync-http",
@@ -95,11 +111,15 @@ class AgentServer:
                 self._deliveries.popitem(last=False)
         return False
 
-    def webhook(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
+    def webhook(
+        self, headers: dict[str, str], body: bytes, *, length: int | None = None
+    ) -> tuple[int, dict[str, str]]:
         secret = self.hooks.secret()
         if secret is None:
             return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
-        verdict = judge(headers, body, secret, self.hooks.repository_url, self.hooks.branch)
+        verdict = judge(
+            headers, body, secret, self.hooks.repository_url, self.hooks.branch, length=length
+        )
         result = str(verdict.action)
         event, delivery = printable(verdict.event), printable(verdict.delivery)
         if verdict.status >= 400:
@@ -161,7 +181,7 @@ class AgentServer:
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if length > MAX_BODY_BYTES:
-                    status, body = server.webhook(headers, b"\0" * (MAX_BODY_BYTES + 1))
+                    status, body = server.webhook(headers, b"", length=length)
                     self._discard(length)
                     self.close_connection = True
                     self._json(status, body)

@@ -107,12 +107,15 @@ def judge(
     secret: bytes,
     repository_url: str,
     branch: str,
+    *,
+    length: int | None = None,
 ) -> Verdict:
-    """What to answer and do. ``headers`` keys are lower-case."""
+    """What to answer and do. ``headers`` keys are lower-case; ``length`` is the declared
+    size of a body too large to have been read (``body`` is then empty)."""
     provider, event = provider_of(headers)
     if provider == "unknown":
         return _reject(400, provider, event, "not a Gitea, GitHub or GitLab webhook")
-    if len(body) > MAX_BODY_BYTES:
+    if (len(body) if length is None else length) > MAX_BODY_BYTES:
         return _reject(413, provider, event, f"body larger than {MAX_BODY_BYTES} bytes")
     if why := _signed(provider, headers, body, secret):
         return _reject(401, provider, event, why)
