@@ -225,7 +225,7 @@ class Agent:
             self._refresh_health()
             return
         self.metrics.git_poll.labels("new" if head != self.last_revision else "retry").inc()
-        self._pass()
+        self._pass(head)
 
     def trigger_previews(self) -> None:
         """Reconciles previews now (a pull-request webhook)."""
@@ -279,37 +279,58 @@ class Agent:
         release_memory()
         return reports
 
-    def _pass(self) -> None:
+    def _pass(self, head: str) -> None:
         with self._lock:
             self.passes += 1
             try:
-                result = sync_once(
-                    self.config,
-                    self.services,
-                    self.state,
-                    progress=lambda line: log.info("%s", line),
-                    reporter=self.reporter,
-                    stop=self.interrupt,
-                    source=self.source,
-                    on_start=self._started,
-                    on_result=self._record,
-                    record=self.recorder,
-                    on_plan=self._planned,
-                    on_event=self.history.event,
-                )
-            except GitsyncError as exc:
-                log.error("pass failed: %s", exc)
-                self.metrics.sync_total.labels("", "error").inc()
-                self.last_ok = False
-                return
-            interrupted = any(r.outcome is Outcome.INTERRUPTED for r in result.results)
-            self.last_revision = result.revision
-            # Retry at the next poll unless everything succeeded (a failed commit is retried
-            # only when a new one arrives: rolling a broken revision again changes nothing).
-            self.last_ok = not interrupted and all(
-                r.outcome not in (Outcome.BLOCKED,) for r in result.results
+                self._sync()
+            finally:
+                self._prune_trees(head)
+
+    def _prune_trees(self, head: str) -> None:
+        """Keeps the cached trees the next pass, health refresh or drift check reads — the
+        head (a failed one is retried at every poll), the last pass's revision and each
+        environment's applied one — and deletes the others. Kept forever, a tree per commit
+        fills the agent's disk; a hostile 100 MB commit would stay in it too."""
+        keep = {head, self.last_revision, *self._applied.values()}
+        try:
+            removed = self.source.prune(keep)
+        except OSError as exc:
+            log.warning("cannot prune the Git tree cache: %s", exc)
+            return
+        if removed:
+            log.debug("pruned %d cached trees", len(removed))
+
+    def _sync(self) -> None:
+        """One pass (under the lock), recorded in ``last_revision`` and ``last_ok``."""
+        try:
+            result = sync_once(
+                self.config,
+                self.services,
+                self.state,
+                progress=lambda line: log.info("%s", line),
+                reporter=self.reporter,
+                stop=self.interrupt,
+                source=self.source,
+                on_start=self._started,
+                on_result=self._record,
+                record=self.recorder,
+                on_plan=self._planned,
+                on_event=self.history.event,
             )
-            self._refresh_health()
+        except GitsyncError as exc:
+            log.error("pass failed: %s", exc)
+            self.metrics.sync_total.labels("", "error").inc()
+            self.last_ok = False
+            return
+        interrupted = any(r.outcome is Outcome.INTERRUPTED for r in result.results)
+        self.last_revision = result.revision
+        # Retry at the next poll unless everything succeeded (a failed commit is retried
+        # only when a new one arrives: rolling a broken revision again changes nothing).
+        self.last_ok = not interrupted and all(
+            r.outcome not in (Outcome.BLOCKED,) for r in result.results
+        )
+        self._refresh_health()
 
     def _planned(self, plan: Plan) -> None:
         revision = plan.to_rev or ""

@@ -1,8 +1,9 @@
 """Reads a materialised tree (a checkout at one revision) from disk, safely.
 
 Owns what only the file system can tell: symlinks that leave the repository or the
-environment folder, unreadable files, missing folders. Hands bytes to the pure
-:mod:`gitsync.manifests` stage and never interprets them itself.
+environment folder (or loop), unreadable files, missing folders, and the size limits on what
+is read into memory (per file, and per revision across every environment). Hands bytes to the
+pure :mod:`gitsync.manifests` stage and never interprets them itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from gitsync.manifests.load import (
     MAX_FILE_BYTES,
+    MAX_TREE_BYTES,
     EnvironmentManifests,
     is_manifest,
     load_environment,
@@ -49,15 +51,38 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+class ByteBudget:
+    """Bytes left for the manifests of one revision, shared by all its environments."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.exceeded = False
+
+
+def _resolve(path: Path) -> Path | None:
+    """``path`` with every symlink followed, or None for a loop."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python 3.11's "Symlink loop"
+        return None
+
+
 def read_environment_files(
-    root: Path, env_path: str, *, max_file_bytes: int = MAX_FILE_BYTES
+    root: Path,
+    env_path: str,
+    *,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    budget: ByteBudget | None = None,
 ) -> tuple[list[SourceFile], list[Problem]]:
     """Every manifest file under ``root/env_path`` with its repo-relative path.
 
     Hidden entries (``.git``…) are skipped. A symlink is followed only while it stays inside
-    the environment folder; one that leaves the repository or the folder is a problem. A file
-    over the size limit is reported without being read.
+    the environment folder; one that leaves the repository or the folder, or loops, is a
+    problem. A file over the size limit, or over what is left of the revision's ``budget``,
+    is reported without being read.
     """
+    budget = budget or ByteBudget(MAX_TREE_BYTES)
     root = root.resolve()
     folder = (root / env_path).resolve()
     files: list[SourceFile] = []
@@ -76,8 +101,8 @@ def read_environment_files(
             relative = Path(entry.path).relative_to(root).as_posix()
             path = Path(entry.path)
             if entry.is_symlink():
-                target = path.resolve()
-                if not _inside(target, root):
+                target = _resolve(path)
+                if target is not None and not _inside(target, root):
                     problems.append(
                         Problem(
                             relative,
@@ -86,13 +111,23 @@ def read_environment_files(
                         )
                     )
                     continue
-                if not _inside(target, folder):
+                if target is not None and not _inside(target, folder):
                     problems.append(
                         Problem(
                             relative,
                             None,
                             f"symlink leaves the environment folder {env_path!r} "
                             f"(to {os.readlink(path)}); copy the file instead",
+                        )
+                    )
+                    continue
+                if target is None or not target.exists():  # exists() is False for a loop
+                    problems.append(
+                        Problem(
+                            relative,
+                            None,
+                            f"symlink is broken or loops (to {os.readlink(path)}); "
+                            "replace it with the file",
                         )
                     )
                     continue
@@ -112,6 +147,20 @@ def read_environment_files(
                         )
                     )
                     continue
+                if size > budget.left:
+                    if not budget.exceeded:  # once: every later file would say the same
+                        problems.append(
+                            Problem(
+                                relative,
+                                None,
+                                f"the revision's manifests add up to more than {budget.limit} "
+                                "bytes, the limit per revision; this file and the ones after "
+                                "it were not read: remove files or split the repository",
+                            )
+                        )
+                    budget.exceeded = True
+                    continue
+                budget.left -= size
                 try:
                     files.append(SourceFile(relative, path.read_bytes()))
                 except OSError as exc:
@@ -123,17 +172,53 @@ def _env_problem(env: EnvironmentConfig, why: str) -> Problem:
     return Problem(REPO_CONFIG_FILE, env.line, f"environment {env.name!r}: path {env.path!r} {why}")
 
 
-def read_tree(root: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> TreeReport:
-    """Loads ``gitsync.yaml`` and every environment of a checkout."""
-    config_path = root / REPO_CONFIG_FILE
-    if not config_path.is_file():
-        problem = Problem(
+def _read_repo_config(root: Path, max_file_bytes: int) -> tuple[bytes | None, Problem | None]:
+    """The bytes of ``gitsync.yaml``: a regular file at the root, within the file limit."""
+    path = root / REPO_CONFIG_FILE
+    if path.is_symlink():
+        target = os.readlink(path)
+        return None, Problem(
+            REPO_CONFIG_FILE,
+            None,
+            f"{REPO_CONFIG_FILE} is a symlink (to {target}); it must be a regular file",
+        )
+    if not path.is_file():
+        return None, Problem(
             REPO_CONFIG_FILE,
             None,
             f"no {REPO_CONFIG_FILE} at the repository root ({root}); see examples/repo-layout/",
         )
-        return TreeReport(None, (), (problem,))
-    text, undecodable = decode(config_path.read_bytes(), REPO_CONFIG_FILE)
+    size = path.stat().st_size
+    if size > max_file_bytes:
+        return None, Problem(
+            REPO_CONFIG_FILE, None, f"file is {size} bytes; it is limited to {max_file_bytes}"
+        )
+    return path.read_bytes(), None
+
+
+def _environment_folder(root: Path, env: EnvironmentConfig) -> Problem | None:
+    try:
+        folder = (root / env.path).resolve(strict=True)
+    except FileNotFoundError:
+        return _env_problem(env, "is not a folder in this revision")
+    except (RuntimeError, OSError) as exc:  # a loop, a name too long for the file system
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "loops"
+        return _env_problem(env, f"cannot be followed ({why})")
+    if not _inside(folder, root.resolve()):
+        return _env_problem(env, "is a symlink out of the repository")
+    if not folder.is_dir():
+        return _env_problem(env, "is not a folder in this revision")
+    return None
+
+
+def read_tree(
+    root: Path, *, max_file_bytes: int = MAX_FILE_BYTES, max_tree_bytes: int = MAX_TREE_BYTES
+) -> TreeReport:
+    """Loads ``gitsync.yaml`` and every environment of a checkout."""
+    data, unreadable = _read_repo_config(root, max_file_bytes)
+    if data is None:
+        return TreeReport(None, (), tuple(p for p in (unreadable,) if p is not None))
+    text, undecodable = decode(data, REPO_CONFIG_FILE)
     if text is None:
         return TreeReport(None, (), tuple(p for p in (undecodable,) if p is not None))
     config, problems = load_repo_config(text)
@@ -141,16 +226,15 @@ def read_tree(root: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> TreeReport
         return TreeReport(None, (), tuple(problems))
     environments = []
     all_problems: list[Problem] = []
+    budget = ByteBudget(max_tree_bytes)
     for env in config.environments:
-        folder = (root / env.path).resolve()
         files: list[SourceFile] = []
-        if not _inside(folder, root.resolve()):
-            read_problems = [_env_problem(env, "is a symlink out of the repository")]
-        elif not folder.is_dir():
-            read_problems = [_env_problem(env, "is not a folder in this revision")]
+        folder_problem = _environment_folder(root, env)
+        if folder_problem is not None:
+            read_problems = [folder_problem]
         else:
             files, read_problems = read_environment_files(
-                root, env.path, max_file_bytes=max_file_bytes
+                root, env.path, max_file_bytes=max_file_bytes, budget=budget
             )
         loaded = load_environment(
             env,

@@ -86,7 +86,14 @@ class InvalidRevision(GitsyncError):
     """A revision's gitsync.yaml or an environment's manifests are invalid: nothing from it
     may be applied. Carries every problem."""
 
+    # A generated or hostile tree can have thousands of problems; the message (logged, and
+    # printed by the CLI) lists the first ones and the last (where reading stopped, when it
+    # did); ``problems`` keeps them all.
+    LISTED = 20
+
     def __init__(self, what: str, problems: tuple[object, ...]) -> None:
         self.problems = problems
-        listing = "\n".join(f"  {p}" for p in problems)
+        listing = "\n".join(f"  {p}" for p in problems[: self.LISTED])
+        if len(problems) > self.LISTED:
+            listing += f"\n  … {len(problems) - self.LISTED - 1} more …\n  {problems[-1]}"
         super().__init__(f"{what} is invalid ({len(problems)} problem(s)):\n{listing}")

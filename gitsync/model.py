@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -62,6 +62,20 @@ class Problem:
     file: str
     line: int | None
     message: str
+
+    # A hostile value echoed into a message (a 1 MB name) must not make a 1 MB log line or
+    # commit status: the middle goes, the start (what) and the end (what to do) stay.
+    MAX_MESSAGE: ClassVar[int] = 1000
+
+    def __post_init__(self) -> None:
+        if not self.file.isprintable():  # a file named "a\nb.yaml" must not forge a log line
+            shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.file)
+            object.__setattr__(self, "file", shown)
+        if len(self.message) > self.MAX_MESSAGE:
+            half = self.MAX_MESSAGE // 2
+            cut = len(self.message) - 2 * half
+            text = f"{self.message[:half]} …[{cut} characters]… {self.message[-half:]}"
+            object.__setattr__(self, "message", text)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file

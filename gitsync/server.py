@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync.metrics import Metrics
 from gitsync.web.site import StatusSite
-from gitsync.webhooks import MAX_BODY_BYTES, Action, judge
+from gitsync.webhooks import MAX_BODY_BYTES, Action, event_label, judge
 
 # An oversized webhook body is read and dropped up to this size so the sender sees the 413.
 DRAIN_BYTES = 8 * MAX_BODY_BYTES
@@ -29,6 +30,28 @@ DRAIN_BYTES = 8 * MAX_BODY_BYTES
 log = logging.getLogger(__name__)
 
 REMEMBERED_DELIVERIES = 1024
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """A header value fit for a log line: no control characters (no forged lines), short."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default accept backlog is 5: a burst of webhooks (or page loads) from a
+    # dozen senders overflowed it, and the connections over it waited a SYN retransmit (1 s)
+    # or were reset. The kernel caps this at net.core.somaxconn.
+    request_queue_size = 128
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up or stalls is not an error of ours (socketserver would print
+        a traceback to stderr for each); anything else is logged with its traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.debug("http client %s went away: %s", client_address, sys.exc_info()[1])
+            return
+        log.exception("http request from %s failed", client_address)
 
 
 @dataclass
@@ -57,8 +80,7 @@ class AgentServer:
         self._deliveries: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.received: list[float] = []  # monotonic times of accepted push webhooks
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((host, port), self._handler())
         self._thread = threading.Thread(
             target=lambda: self.httpd.serve_forever(poll_interval=0.2),
             name="gitsync-http",
@@ -89,17 +111,22 @@ class AgentServer:
                 self._deliveries.popitem(last=False)
         return False
 
-    def webhook(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
+    def webhook(
+        self, headers: dict[str, str], body: bytes, *, length: int | None = None
+    ) -> tuple[int, dict[str, str]]:
         secret = self.hooks.secret()
         if secret is None:
             return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
-        verdict = judge(headers, body, secret, self.hooks.repository_url, self.hooks.branch)
+        verdict = judge(
+            headers, body, secret, self.hooks.repository_url, self.hooks.branch, length=length
+        )
         result = str(verdict.action)
+        event, delivery = printable(verdict.event), printable(verdict.delivery)
         if verdict.status >= 400:
             result = f"rejected-{verdict.status}"
             log.warning(
                 "webhook rejected provider=%s event=%s status=%d reason=%s",
-                verdict.provider, verdict.event, verdict.status, verdict.reason,
+                verdict.provider, event, verdict.status, verdict.reason,
             )  # fmt: skip
         elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
             result = "duplicate"
@@ -108,10 +135,10 @@ class AgentServer:
             self.hooks.poll()
         elif verdict.action is Action.PREVIEWS:
             self.hooks.previews()
-        self.metrics.webhooks.labels(verdict.provider, verdict.event or "-", result).inc()
+        self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
         log.info(
             "webhook provider=%s event=%s delivery=%s result=%s reason=%s",
-            verdict.provider, verdict.event, verdict.delivery, result, verdict.reason,
+            verdict.provider, event, delivery, result, printable(verdict.reason, 200),
         )  # fmt: skip
         return verdict.status, {"result": result, "reason": verdict.reason}
 
@@ -147,11 +174,14 @@ class AgentServer:
                 try:
                     length = int(self.headers.get("Content-Length") or "")
                 except ValueError:
-                    self._json(411, {"error": "Content-Length required"})
+                    length = -1
+                if length < 0:  # read(-1) would read until the client hangs up
+                    self.close_connection = True
+                    self._json(411, {"error": "Content-Length required (a whole number ≥ 0)"})
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if length > MAX_BODY_BYTES:
-                    status, body = server.webhook(headers, b"\0" * (MAX_BODY_BYTES + 1))
+                    status, body = server.webhook(headers, b"", length=length)
                     self._discard(length)
                     self.close_connection = True
                     self._json(status, body)

@@ -19,6 +19,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MAX_BODY_BYTES = 1 << 20  # push payloads of a manifests repo are a few KiB
+# Event names a metric label may carry; anything else is counted as "other", so a flood of
+# made-up X-*-Event headers cannot grow the metrics without bound.
+KNOWN_EVENTS = frozenset(
+    {"push", "pull_request", "ping", "push hook", "merge request hook", "create", "delete"}
+)
+
+
+def event_label(event: str) -> str:
+    """The metric label for an event header: the known names, "-" when absent, else "other"."""
+    if not event:
+        return "-"
+    return event.lower() if event.lower() in KNOWN_EVENTS else "other"
 
 
 class Action(enum.StrEnum):
@@ -95,19 +107,22 @@ def judge(
     secret: bytes,
     repository_url: str,
     branch: str,
+    *,
+    length: int | None = None,
 ) -> Verdict:
-    """What to answer and do. ``headers`` keys are lower-case."""
+    """What to answer and do. ``headers`` keys are lower-case; ``length`` is the declared
+    size of a body too large to have been read (``body`` is then empty)."""
     provider, event = provider_of(headers)
     if provider == "unknown":
         return _reject(400, provider, event, "not a Gitea, GitHub or GitLab webhook")
-    if len(body) > MAX_BODY_BYTES:
+    if (len(body) if length is None else length) > MAX_BODY_BYTES:
         return _reject(413, provider, event, f"body larger than {MAX_BODY_BYTES} bytes")
     if why := _signed(provider, headers, body, secret):
         return _reject(401, provider, event, why)
     try:
         payload = json.loads(body)
-    except ValueError:
-        return _reject(400, provider, event, "body is not JSON")
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+        return _reject(400, provider, event, "body is not JSON (or is nested too deeply)")
     if not isinstance(payload, dict):
         return _reject(400, provider, event, "body is not a JSON object")
     delivery = (

@@ -16,6 +16,15 @@ from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey, So
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 1024 * 1024  # the API server's own request limit is about 3 MiB
+# Every manifest of one revision is held in memory during a pass: 1,000 RayServices of ~5 KB
+# are 5 MB, so this bounds a hostile tree without getting near a real one.
+MAX_TREE_BYTES = 32 * 1024 * 1024
+# DESIGN's scale target is 1,000 services per agent; an environment declaring more is a
+# generated or broken tree, and would hold every pass for minutes.
+MAX_OBJECTS = 2000
+# Past this many problems an environment is not read further: the first ones say what is
+# wrong, and a generated tree with one mistake per document would otherwise list thousands.
+MAX_PROBLEMS = 100
 
 
 @dataclass(frozen=True)
@@ -42,13 +51,17 @@ def load_environment(
     allowed_kinds: tuple[Kind, ...] = (),
     read_problems: Iterable[Problem] = (),
     max_file_bytes: int = MAX_FILE_BYTES,
+    max_objects: int = MAX_OBJECTS,
 ) -> EnvironmentManifests:
     problems = list(read_problems)
     services: list[DesiredService] = []
     objects: list[DesiredObject] = []
     seen: dict[ServiceKey | tuple[str, str, str], DesiredService | DesiredObject] = {}
     manifests = sorted((f for f in files if is_manifest(f.path)), key=lambda f: f.path)
+    declared, over_limit = 0, False
     for file in manifests:
+        if over_limit or len(problems) >= MAX_PROBLEMS:
+            break
         if len(file.data) > max_file_bytes:
             problems.append(
                 Problem(
@@ -66,6 +79,28 @@ def load_environment(
         documents, parse_problems = parse_documents(text, file.path)
         problems.extend(parse_problems)
         for doc in documents:
+            declared += 1
+            if declared > max_objects:
+                over_limit = True  # reported once; nothing more is read
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line,
+                        f"environment {env.name!r} declares more than {max_objects} objects, "
+                        "the limit per environment; split it into several environments",
+                    )
+                )
+                break
+            if len(problems) >= MAX_PROBLEMS:
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line,
+                        f"more than {MAX_PROBLEMS} problems in environment {env.name!r}; "
+                        "reading stopped here: fix these first",
+                    )
+                )
+                break
             found, doc_problems = check_document(doc, env, allowed_kinds)
             problems.extend(doc_problems)
             if found is None:

@@ -13,9 +13,17 @@ _DNS1123_SUBDOMAIN = re.compile(
 )
 
 
+def _not_a_string(what: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return None
+    return f"{what} must be a string, not a {type(value).__name__}"
+
+
 def rayservice_name_problem(name: object) -> str | None:
     """``ValidateRayServiceMetadata``: a DNS-1035 label of at most 47 characters (the cluster
     name adds ``-xxxxx`` and the serve Service ``-serve-svc``, within 63)."""
+    if wrong := _not_a_string("metadata.name", name):
+        return wrong
     if not isinstance(name, str) or not name:
         return "metadata.name is required (a lowercase DNS-1035 label, at most 47 characters)"
     if len(name) > kuberay.MAX_RAYSERVICE_NAME_LENGTH:
@@ -32,6 +40,8 @@ def rayservice_name_problem(name: object) -> str | None:
 
 
 def namespace_problem(name: object) -> str | None:
+    if wrong := _not_a_string("namespace", name):
+        return wrong
     if not isinstance(name, str) or not name:
         return "namespace is required"
     if len(name) > 63 or not _DNS1123_LABEL.match(name):
@@ -43,6 +53,8 @@ def namespace_problem(name: object) -> str | None:
 
 
 def object_name_problem(name: object) -> str | None:
+    if wrong := _not_a_string("metadata.name", name):
+        return wrong
     if not isinstance(name, str) or not name:
         return "metadata.name is required"
     if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
@@ -51,6 +63,8 @@ def object_name_problem(name: object) -> str | None:
 
 
 def environment_name_problem(name: object) -> str | None:
+    if wrong := _not_a_string("environment name", name):
+        return wrong
     if not isinstance(name, str) or not name:
         return "environment name is required"
     if len(name) > 63 or not _DNS1123_LABEL.match(name):

@@ -16,6 +16,10 @@ from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 
 REPO_CONFIG_FILE = "gitsync.yaml"
+# Every environment is planned (one list per namespace) on every pass, and ``ordered`` is
+# quadratic in their number: far more than any real repository, far fewer than a hostile one.
+MAX_ENVIRONMENTS = 100
+MAX_PATH_LENGTH = 1024  # what file systems accept is 4096 with 255 per component
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,16 @@ class RepoConfig:
 
 
 def _environment_path(check: Checker, value: str, *path: str | int) -> str | None:
+    if any(ord(char) < 32 or char == "\x7f" for char in value):
+        check.add("path must not contain control characters (NUL, newline…)", *path)
+        return None
+    if len(value) > MAX_PATH_LENGTH or any(len(part) > 255 for part in value.split("/")):
+        check.add(
+            f"path is {len(value)} characters; paths are limited to {MAX_PATH_LENGTH}, "
+            "with at most 255 per folder name",
+            *path,
+        )
+        return None
     normal = posixpath.normpath(value.strip("/")) if not value.startswith("/") else value
     if value.startswith("/") or normal == ".." or normal.startswith("../"):
         check.add(f"path {value!r} must be relative and stay inside the repository", *path)
@@ -154,6 +168,13 @@ def load_repo_config(
     raw_envs = data.get("environments")
     if not isinstance(raw_envs, list) or not raw_envs:
         check.add("environments must be a non-empty list", "environments")
+        raw_envs = []
+    elif len(raw_envs) > MAX_ENVIRONMENTS:
+        check.add(
+            f"{len(raw_envs)} environments are declared; the limit is {MAX_ENVIRONMENTS}: "
+            "use one repository (and agent) per group of environments",
+            "environments",
+        )
         raw_envs = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_envs):

@@ -3,11 +3,14 @@
 Stricter than PyYAML's ``safe_load`` in the ways Kubernetes is strict: duplicate keys are
 errors, timestamps stay strings (as Kubernetes' YAML-to-JSON decoding keeps them), keys are
 strings. Aliases are expanded with a bound on the total size, so a "billion laughs" document
-is an error instead of an out-of-memory. Pure: text in, values and problems out.
+is an error instead of an out-of-memory; nesting is bounded too (the builder recurses), and a
+collection tagged with anything but the plain YAML map/seq tags (``!!python/object``…) is an
+error instead of being read as if untagged. Pure: text in, values and problems out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,17 +24,24 @@ Path = tuple[str | int, ...]
 # Far above any real manifest (a large RayService is a few thousand nodes), far below what
 # would hurt the agent's memory.
 MAX_NODES = 100_000
+# A RayService is about 12 levels deep and a serveConfigV2 about 6; libyaml itself stops at
+# 1000, which Python's recursion limit would not survive.
+MAX_DEPTH = 100
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used, never its stream
-_UNDEFINED = yaml.SafeLoader.yaml_constructors[None]  # raises "could not determine a constructor"
 
 TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 MERGE_TAG = "tag:yaml.org,2002:merge"
 STR_TAG = "tag:yaml.org,2002:str"
+SEQ_TAG = "tag:yaml.org,2002:seq"
+MAP_TAG = "tag:yaml.org,2002:map"
 # Scalars whose value is the text itself: strings, and timestamps (kept as strings, as
 # Kubernetes' YAML-to-JSON decoding keeps them).
 _AS_WRITTEN = frozenset({STR_TAG, TIMESTAMP_TAG})
+# The JSON-compatible scalars; `!!binary` (bytes), `!!python/…` and custom tags have no JSON
+# form, so they are errors here rather than a crash when the object is sent to the API server.
+_CONSTRUCTED = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,9 @@ def dotted(path: tuple[str | int, ...]) -> str:
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
 
 
 class _Invalid(Exception):
@@ -86,17 +98,40 @@ class _Builder:
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.remaining -= 1
         if self.remaining < 0:
-            raise _TooLarge
+            raise _TooLarge(node.start_mark.line + 1)
+        if len(path) > MAX_DEPTH:
+            raise _Invalid(
+                f"values are nested more than {MAX_DEPTH} levels deep; no manifest needs that",
+                node.start_mark.line + 1,
+            )
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.ScalarNode):
             if node.style == "|":
                 self.block_scalars.add(path)
             if node.tag in _AS_WRITTEN:  # most scalars: no constructor call
                 return node.value
+            if node.tag not in _CONSTRUCTED:
+                raise _Invalid(
+                    f"unsupported YAML tag {node.tag!r}: manifests hold strings, numbers, "
+                    "booleans and null",
+                    node.start_mark.line + 1,
+                )
             # The tag's constructor itself, not construct_object: that one caches every node it
             # builds in the (shared) constructor, which a long-running agent would never free.
-            construct: Any = _SCALARS.yaml_constructors.get(node.tag, _UNDEFINED)
-            return construct(_SCALARS, node)
+            value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _Invalid(
+                    f"{node.value!r} is not a finite number (JSON, and so Kubernetes, has no "
+                    "NaN or infinity); quote it if it is meant as a string",
+                    node.start_mark.line + 1,
+                )
+            return value
+        if isinstance(node, yaml.CollectionNode) and node.tag not in (SEQ_TAG, MAP_TAG):
+            raise _Invalid(
+                f"unsupported YAML tag {node.tag!r}: manifests hold plain mappings, lists "
+                "and scalars",
+                node.start_mark.line + 1,
+            )
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
@@ -135,6 +170,35 @@ def _describe(exc: yaml.YAMLError) -> str:
     return f"invalid YAML: {exc}"
 
 
+_VALUE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
+
+
+def _overflow_line(text: str, max_nodes: int) -> int | None:
+    """The line where ``text`` holds its ``max_nodes``-th value, read as a stream of events.
+
+    Composing builds every node before the builder can count them (a 1 MiB flow list of
+    500,000 numbers costs 160 MiB); events are held one at a time. A text shorter than
+    ``max_nodes`` characters cannot hold that many values and is not scanned.
+    """
+    if len(text) <= max_nodes:
+        return None
+    loader: Any = _Loader(text)  # typeshed leaves the event API untyped
+    seen = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, _VALUE_EVENTS):
+                seen += 1
+                if seen > max_nodes:
+                    mark = event.start_mark
+                    return int(mark.line) + 1 if mark is not None else 1
+    except yaml.YAMLError:
+        return None  # composing reports it, with its line
+    finally:
+        loader.dispose()
+    return None
+
+
 def _compose(text: str) -> Iterator[yaml.Node | None]:
     loader = _Loader(text)
     try:
@@ -154,6 +218,8 @@ def parse_documents(
     documents: list[Document] = []
     builder = _Builder(max_nodes)
     try:
+        if (line := _overflow_line(text, max_nodes)) is not None:
+            raise _TooLarge(line)
         for node in _compose(text):
             if node is None:
                 continue
@@ -170,17 +236,24 @@ def parse_documents(
                         frozenset(builder.block_scalars),
                     )
                 )
-    except _TooLarge:
+    except _TooLarge as exc:
         return documents, [
             Problem(
                 file,
-                1 + offset,
-                f"YAML expands to more than {max_nodes} values "
-                "(aliases nested inside aliases?); refusing to load it",
+                exc.line + offset,
+                f"YAML holds or expands to more than {max_nodes} values (aliases nested "
+                "inside aliases, or far too many documents?); refusing to load it: remove the "
+                "aliases or split the file",
             )
         ]
     except _Invalid as exc:
         return documents, [Problem(file, exc.line + offset, str(exc))]
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids (NUL, other controls)
+        line = text[: exc.position].count("\n") + 1 + offset
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return documents, [
+            Problem(file, line, f"invalid YAML: unacceptable character #x{char:04x}: {exc.reason}")
+        ]
     except yaml.YAMLError as exc:
         return documents, [Problem(file, _error_line(exc) + offset, _describe(exc))]
     return documents, []

@@ -22,6 +22,7 @@ import urllib3
 
 from gitsync import __version__
 from gitsync.errors import GitsyncError
+from gitsync.source.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,10 @@ class JsonClient:
                 if raw.status not in RETRY_STATUSES and not is_rate_limited(
                     raw.status, raw.headers
                 ):
-                    raise ForgeError(reason, status=raw.status)
+                    raise ForgeError(redact(reason, _credentials(headers)), status=raw.status)
                 delay = wait_requested(raw.status, raw.headers, time.time())
+            # A forge may quote the credential back ("token gho_… is invalid"): never pass it on.
+            reason = redact(reason, _credentials(headers))
             if attempt == self.policy.attempts:
                 raise ForgeError(f"{reason} (gave up after {attempt} attempts)")
             wait = delay if delay is not None else self._backoff(attempt)
@@ -152,6 +155,15 @@ class JsonClient:
 
     def _backoff(self, attempt: int) -> float:
         return float(self.policy.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
+
+
+def _credentials(headers: Mapping[str, str]) -> list[str]:
+    """The secret parts of the auth headers: whole values, and the token after a scheme."""
+    found = []
+    for name, value in headers.items():
+        if name.lower() in ("authorization", "private-token", "proxy-authorization"):
+            found += [value, value.partition(" ")[2]]
+    return [f for f in found if len(f) >= 8]
 
 
 def _json(data: bytes) -> Any:

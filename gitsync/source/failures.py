@@ -111,4 +111,7 @@ _TABLE: tuple[tuple[tuple[str, ...], type[SourceError], str], ...] = (
 def _last_lines(stderr: str, count: int = 3, limit: int = 400) -> str:
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
     text = " | ".join(lines[-count:]) or "(no message from git)"
+    # git quotes what a broken or hostile server sent ("bad line length character: …"):
+    # bytes that are not printable text must not reach a log line or a commit status.
+    text = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -259,9 +259,12 @@ def materialise(runner: GitRunner, git_dir: Path, sha: str, tree: Path) -> None:
         result = runner.run(
             ["--work-tree", str(staging / "tree"), "checkout", sha, "--", "."],
             git_dir=git_dir,
-            # Symlinks become plain files holding the link text, so nothing in a tree can
-            # point outside it; no line-ending or filter rewriting of contents.
-            config=(("core.symlinks", "false"), ("core.autocrlf", "false")),
+            # Symlinks stay symlinks, so gitsync.checkout applies one policy to a checkout and
+            # to `gitsync validate PATH`: a link leaving the environment folder is refused by
+            # name, never followed (as plain files holding the link text they were parsed as
+            # YAML strings). git itself never writes beyond a symlink in the tree. No
+            # line-ending or filter rewriting of contents.
+            config=(("core.symlinks", "true"), ("core.autocrlf", "false")),
             env=(("GIT_INDEX_FILE", str(index)),),
         )
         if result.returncode != 0:

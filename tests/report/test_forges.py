@@ -390,3 +390,18 @@ def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
         pulls.upsert_comment(3, f"{MARKER}\none")
         pulls.upsert_comment(3, f"{MARKER}\ntwo")
     assert [n["body"] for n in notes] == [f"{MARKER}\ntwo"]
+
+
+@pytest.mark.parametrize("status", [401, 503])
+def test_a_forge_that_quotes_the_token_back_is_redacted(token_env: TokenAuth, status: int) -> None:
+    """Some forges name the credential they refused; that text reaches logs and errors."""
+    sleeps: list[float] = []
+    with ForgeServer() as forge:
+        forge.default = lambda request: Reply(
+            status,
+            {"message": f"token {TOKEN} is invalid", "echo": request.headers["authorization"]},
+        )
+        provider = GitHubProvider(client(forge.url, token_headers(token_env), sleeps), "o/r")
+        with pytest.raises(ForgeError, match=r"token \*\*\* is invalid") as caught:
+            provider.post(SHA, STATUS)
+    assert TOKEN not in str(caught.value)

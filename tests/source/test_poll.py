@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gitsync.checkout import read_tree as read_checkout
 from gitsync.errors import CommitNotFound, RefNotFound
 from gitsync.source import GitSource, RepoSource
 
@@ -129,16 +130,22 @@ def test_checkout_wants_a_full_sha(upstream: Upstream, tmp_path: Path) -> None:
     assert source.runner.calls == []
 
 
-def test_symlinks_in_the_repository_cannot_point_outside_the_tree(
+def test_symlinks_in_the_repository_are_refused_not_followed(
     upstream: Upstream, tmp_path: Path
 ) -> None:
-    (upstream.work / "link.yaml").symlink_to("/etc/hostname")
-    git("add", "link.yaml", cwd=upstream.work)
+    """The checkout keeps the link (so it can be named as one); reading the tree refuses it."""
+    (upstream.work / "gitsync.yaml").write_text(
+        "environments:\n  - {name: staging, path: env, namespace: ns}\n"
+    )
+    (upstream.work / "env").mkdir()
+    (upstream.work / "env" / "link.yaml").symlink_to("/etc/hostname")
+    git("add", "-A", cwd=upstream.work)
     sha = upstream.commit({"app.yaml": "v1\n"})
     source = GitSource(RepoSource(upstream.bare.as_uri(), "main", tmp_path / "cache"))
-    link = source.checkout(sha) / "link.yaml"
-    assert not link.is_symlink()
-    assert link.read_text() == "/etc/hostname"
+    tree = source.checkout(sha)
+    assert (tree / "env" / "link.yaml").is_symlink()
+    [problem] = read_checkout(tree).problems
+    assert str(problem) == "env/link.yaml: symlink points outside the repository (to /etc/hostname)"
 
 
 def test_prune_keeps_only_the_named_trees(upstream: Upstream, tmp_path: Path) -> None:

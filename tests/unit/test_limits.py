@@ -1,0 +1,254 @@
+"""The limits that keep hostile input bounded, one by one, on the pure parts (the end-to-end
+corpus is tests/reliability/): YAML depth, tags, values and NaN; message and problem caps;
+objects, environments, paths; the per-revision byte budget and symlinks; webhook labels."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import os
+from pathlib import Path
+
+import pytest
+
+from gitsync.checkout import read_tree
+from gitsync.errors import InvalidRevision
+from gitsync.manifests.load import MAX_PROBLEMS, load_environment
+from gitsync.manifests.repoconfig import MAX_ENVIRONMENTS, EnvironmentConfig, load_repo_config
+from gitsync.manifests.yamldoc import MAX_DEPTH, parse_documents
+from gitsync.metrics import Metrics
+from gitsync.model import Problem, SourceFile
+from gitsync.server import AgentServer, Hooks, printable
+from gitsync.source.failures import failure
+from gitsync.source.runner import GitResult
+from gitsync.webhooks import event_label, judge
+from testbed.controlplane import free_port
+
+ENV = EnvironmentConfig("staging", "environments/staging", "ray-staging")
+SERVICE = """apiVersion: ray.io/v1
+kind: RayService
+metadata:
+  name: {name}
+spec:
+  serveConfigV2: |
+    applications:
+      - name: app
+        import_path: m:app
+  rayClusterConfig:
+    headGroupSpec:
+      template:
+        spec:
+          containers:
+            - name: ray-head
+              image: ray:2
+"""
+
+
+def messages(text: str, **kwargs: int) -> list[tuple[int | None, str]]:
+    return [(p.line, p.message) for p in parse_documents(text, "f.yaml", **kwargs)[1]]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("a:\n  b: " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5), 2, "nested more than 100"),
+        ("a: !!python/object:os.system []\n", 1, "unsupported YAML tag"),
+        ("a: !!set {x}\n", 1, "unsupported YAML tag 'tag:yaml.org,2002:set'"),
+        ("a: 1\nb: !!binary aGk=\n", 2, "unsupported YAML tag 'tag:yaml.org,2002:binary'"),
+        ("a: 1\nb: !Custom x\n", 2, "unsupported YAML tag '!Custom'"),
+        ("a:\n  - .nan\n", 2, "'.nan' is not a finite number"),
+        ("a: -.inf\n", 1, "'-.inf' is not a finite number"),
+        ("a: 1\nb: x\0y\n", 2, "unacceptable character #x0000"),
+    ],
+)
+def test_yaml_that_has_no_json_form_is_refused_at_its_line(
+    text: str, line: int, message: str
+) -> None:
+    [(found_line, found)] = messages(text)
+    assert found_line == line
+    assert message in found
+
+
+def test_plain_scalars_still_load() -> None:
+    [doc], problems = parse_documents("a: 1\nb: 1.5\nc: true\nd: null\ne: 2026-01-01\n", "f")
+    assert problems == []
+    assert doc.data == {"a": 1, "b": 1.5, "c": True, "d": None, "e": "2026-01-01"}
+
+
+def test_too_many_values_are_counted_before_composing_and_name_the_line() -> None:
+    text = "a: 1\nb: [" + "1," * 600 + "]\n"
+    assert messages(text, max_nodes=500) == [
+        (
+            2,
+            "YAML holds or expands to more than 500 values (aliases nested inside aliases, or "
+            "far too many documents?); refusing to load it: remove the aliases or split the file",
+        )
+    ]
+
+
+def test_a_problem_message_and_file_name_are_kept_printable_and_short() -> None:
+    problem = Problem("env/a\nb.yaml", 1, "name " + "x" * 5000 + " is bad; rename it")
+    assert problem.file == "env/a\\nb.yaml"
+    assert len(problem.message) < Problem.MAX_MESSAGE + 40
+    assert problem.message.startswith("name xxx")
+    assert problem.message.endswith("is bad; rename it")
+    assert "…[" in problem.message
+
+
+def test_an_invalid_revision_lists_its_first_problems_only() -> None:
+    problems = tuple(Problem("f.yaml", n, "bad") for n in range(1, 51))
+    text = str(InvalidRevision("revision abc", problems))
+    assert "(50 problem(s))" in text
+    assert "f.yaml:20: bad" in text
+    assert "f.yaml:21: bad" not in text
+    assert text.endswith("  … 29 more …\n  f.yaml:50: bad")
+
+
+def test_objects_per_environment_are_capped() -> None:
+    files = [SourceFile(f"environments/staging/{n}.yaml", SERVICE.format(name=f"s{n}").encode())
+             for n in range(3)]  # fmt: skip
+    loaded = load_environment(ENV, files, max_objects=2)
+    assert loaded.services == ()
+    [problem] = loaded.problems
+    assert str(problem) == (
+        "environments/staging/2.yaml:1: environment 'staging' declares more than 2 objects, "
+        "the limit per environment; split it into several environments"
+    )
+
+
+def test_problems_per_environment_are_capped() -> None:
+    text = "--- []\n" * (MAX_PROBLEMS * 3)
+    loaded = load_environment(ENV, [SourceFile("environments/staging/x.yaml", text.encode())])
+    assert len(loaded.problems) == MAX_PROBLEMS + 1
+    assert "reading stopped here: fix these first" in loaded.problems[-1].message
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("env\0x", "path must not contain control characters"),
+        ("env\tx", "path must not contain control characters"),
+        ("a/" * 600, "path is 1200 characters; paths are limited to 1024"),
+        ("x" * 256, "at most 255 per folder name"),
+        ("/abs", "must be relative and stay inside the repository"),
+        ("a/../../b", "must be relative and stay inside the repository"),
+    ],
+)
+def test_environment_paths_are_checked(path: str, message: str) -> None:
+    escaped = path.replace("\\", "\\\\").replace("\0", "\\0").replace("\t", "\\t")
+    text = f'environments:\n  - name: s\n    namespace: n\n    path: "{escaped}"\n'
+    config, problems = load_repo_config(text)
+    assert config is None
+    assert [(p.line, message in p.message) for p in problems] == [(4, True)], problems
+
+
+def test_environments_are_capped() -> None:
+    entries = "".join(
+        f"  - {{name: e{n}, path: e{n}, namespace: n{n}}}\n" for n in range(MAX_ENVIRONMENTS + 1)
+    )
+    _, problems = load_repo_config("environments:\n" + entries)
+    assert [p.message.split(";")[0] for p in problems] == [
+        f"{MAX_ENVIRONMENTS + 1} environments are declared"
+    ]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    (tmp_path / "gitsync.yaml").write_text(
+        "environments:\n  - {name: staging, path: environments/staging, namespace: ray-staging}\n"
+    )
+    (tmp_path / "environments" / "staging").mkdir(parents=True)
+    return tmp_path
+
+
+def test_the_revision_byte_budget_stops_reading_and_names_the_file(repo: Path) -> None:
+    for n in range(3):
+        (repo / f"environments/staging/{n}.yaml").write_text(SERVICE.format(name=f"s{n}"))
+    size = len(SERVICE.format(name="s0"))
+    [problem] = read_tree(repo, max_tree_bytes=2 * size + 1).problems
+    assert problem.file == "environments/staging/2.yaml"
+    assert f"add up to more than {2 * size + 1} bytes, the limit per revision" in problem.message
+
+
+def test_broken_and_looping_symlinks_are_problems(repo: Path) -> None:
+    os.symlink("missing.yaml", repo / "environments/staging/a.yaml")
+    os.symlink("b.yaml", repo / "environments/staging/b.yaml")
+    assert [str(p) for p in read_tree(repo).problems] == [
+        "environments/staging/a.yaml: symlink is broken or loops (to missing.yaml); "
+        "replace it with the file",
+        "environments/staging/b.yaml: symlink is broken or loops (to b.yaml); "
+        "replace it with the file",
+    ]
+
+
+def test_the_repo_config_must_be_a_small_regular_file(repo: Path) -> None:
+    (repo / "real.yaml").write_text((repo / "gitsync.yaml").read_text())
+    (repo / "gitsync.yaml").unlink()
+    os.symlink("real.yaml", repo / "gitsync.yaml")
+    [problem] = read_tree(repo).problems
+    assert str(problem) == (
+        "gitsync.yaml: gitsync.yaml is a symlink (to real.yaml); it must be a regular file"
+    )
+    (repo / "gitsync.yaml").unlink()
+    (repo / "gitsync.yaml").write_text("# padding\n" * 200)
+    [problem] = read_tree(repo, max_file_bytes=1000).problems
+    assert str(problem) == "gitsync.yaml: file is 2000 bytes; it is limited to 1000"
+
+
+def test_webhook_event_labels_are_bounded() -> None:
+    assert event_label("Push Hook") == "push hook"
+    assert event_label("pull_request") == "pull_request"
+    assert event_label("") == "-"
+    assert {event_label(f"made-up-{n}") for n in range(100)} == {"other"}
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    signature = hmac.new(b"s", body, hashlib.sha256).hexdigest()
+    headers = {"x-gitea-event": "push", "x-gitea-signature": signature}
+    verdict = judge(headers, body, b"s", "https://example.com/r.git", "main")
+    assert (verdict.status, verdict.reason) == (400, "body is not JSON (or is nested too deeply)")
+
+
+def test_header_values_are_printable_and_short_in_logs() -> None:
+    assert printable("push\r\nlevel=error forged") == "push??level=error forged"
+    assert printable("x" * 500) == "x" * 80 + "…"
+
+
+def test_what_a_hostile_git_server_sent_is_made_printable() -> None:
+    stderr = "fatal: protocol error: bad line length character: \x1b[31m\ufffd\x00\nx\x07y\n"
+    error = failure("ls-remote", "http://h/r.git", GitResult(128, "", stderr, False), 3.0)
+    assert str(error).endswith("bad line length character: ?[31m?? | x?y")
+
+
+def test_the_server_refuses_a_negative_length_and_bounds_event_labels() -> None:
+    """The real HTTP server with callbacks in place of an agent (no cluster needed)."""
+    polls: list[int] = []
+    hooks = Hooks(lambda: b"s", "https://example.com/r.git", "main", lambda: polls.append(1),
+                  lambda: None, lambda: True, lambda: True)  # fmt: skip
+    metrics = Metrics()
+    server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.putrequest("POST", "/webhooks")
+        connection.putheader("X-Gitea-Event", "push")
+        connection.putheader("Content-Length", "-1")
+        connection.endheaders()
+        assert connection.getresponse().status == 411
+        connection.close()
+        for n in range(50):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            connection.request("POST", "/webhooks", b"{}", {"X-Gitea-Event": f"made-up-{n}"})
+            assert connection.getresponse().status == 401
+            connection.close()
+    finally:
+        server.stop()
+    events = {
+        sample.labels["event"]
+        for metric in metrics.registry.collect()
+        if metric.name == "gitsync_webhook_requests"
+        for sample in metric.samples
+    }
+    assert events == {"other"}
+    assert polls == []
