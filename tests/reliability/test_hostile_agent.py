@@ -7,6 +7,7 @@ still rolls out."""
 from __future__ import annotations
 
 import logging
+import re
 
 from kubernetes import client
 
@@ -28,6 +29,9 @@ class Failures(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("pass failed"):
             self.lines.append(record.getMessage())
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def test_the_agent_refuses_every_hostile_commit_and_recovers(
@@ -79,8 +83,10 @@ def test_the_agent_refuses_every_hostile_commit_and_recovers(
         logging.getLogger("gitsync.agent").removeHandler(failures)
     assert running.last_ok, failures.lines
     # The cache keeps the trees the agent still reads, not one per commit (100 MB among them).
-    trees = sorted(p.name for p in running.source.trees_dir.iterdir() if not p.name.startswith("."))
+    trees = sorted(p.name for p in running.source.trees_dir.iterdir() if _SHA.match(p.name))
     assert len(trees) <= 2, trees
+    reports = {p.name[:40] for p in running.source.trees_dir.glob("*.report-*")}
+    assert reports <= set(trees), reports  # a parsed report goes with its tree
     after = live(api, namespace)
     assert after["ranker"] == (good["ranker"][0] + 1, sha)
     figures.add(
