@@ -65,8 +65,9 @@ CONCURRENCY = (1, 8, 16, 32)
 PROFILED_CONCURRENCY = 16
 
 
-def config_for(repo: Repo, cache: Path, concurrency: int = 16) -> AgentConfig:
-    text = yaml.safe_dump(
+def config_text(repo: Repo, cache: Path, concurrency: int = 16) -> str:
+    """The agent config every benchmark pass uses: one healthy read, fast polls."""
+    return yaml.safe_dump(
         {
             "repository": {"url": repo.origin},
             "cacheDir": str(cache),
@@ -79,7 +80,10 @@ def config_for(repo: Repo, cache: Path, concurrency: int = 16) -> AgentConfig:
             },
         }
     )
-    config, problems = load_agent_config(text)
+
+
+def config_for(repo: Repo, cache: Path, concurrency: int = 16) -> AgentConfig:
+    config, problems = load_agent_config(config_text(repo, cache, concurrency))
     assert config is not None, problems
     return config
 
@@ -213,22 +217,8 @@ def rss_after_polls(plane: ControlPlane, repo: Repo, root: Path, name: str) -> f
 
 
 def config_file(repo: Repo, cache: Path, path: Path, concurrency: int = 8) -> Path:
-    """An agent config for ``gitsync sync`` processes (the same settings as config_for)."""
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "repository": {"url": repo.origin},
-                "cacheDir": str(cache),
-                "rollout": {
-                    "healthyReads": 1,
-                    "healthySeconds": "1ms",
-                    "pollInterval": "200ms",
-                    "concurrency": concurrency,
-                    "stateNamespace": "gitsync-system",
-                },
-            }
-        )
-    )
+    """:func:`config_text` in a file, for ``gitsync sync`` processes."""
+    path.write_text(config_text(repo, cache, concurrency))
     return path
 
 
