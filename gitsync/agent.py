@@ -22,10 +22,11 @@ from dataclasses import dataclass, field, replace
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from kubernetes import client
 
 from gitsync.checkout import read_tree_cached
-from gitsync.config import AgentConfig
+from gitsync.config import AgentConfig, drift_interval
 from gitsync.drift import DriftChecker, DriftReport
 from gitsync.errors import GitsyncError
 from gitsync.health import assess
@@ -140,9 +141,12 @@ class Agent:
             id=POLL_JOB,
             next_run_time=datetime.datetime.now(datetime.UTC),
         )
+        every = drift_interval(self.config.drift_schedule)
         self.scheduler.add_job(
             self.drift,
-            CronTrigger.from_crontab(self.config.drift_cron, timezone=datetime.UTC),
+            IntervalTrigger(seconds=every)
+            if every is not None
+            else CronTrigger.from_crontab(self.config.drift_schedule, timezone=datetime.UTC),
             id=DRIFT_JOB,
         )
         self.scheduler.add_job(

@@ -24,6 +24,26 @@ DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
 PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
 _URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.-]*):([0-9]{1,5})$")
+
+
+def drift_interval(schedule: str) -> float | None:
+    """Seconds between drift checks when ``intervals.drift`` is a duration, else ``None``."""
+    seconds = parse_duration(schedule)
+    return seconds if seconds is not None and seconds > 0 else None
+
+
+def _is_cron(schedule: str) -> bool:
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - only to validate
+
+    if len(schedule.split()) != 5:
+        return False
+    try:
+        CronTrigger.from_crontab(schedule)
+    except ValueError:
+        return False
+    return True
+
+
 _SECRET_KEYS = {"token", "password", "privateKey", "secret"}
 
 
@@ -124,7 +144,8 @@ class RolloutSettings:
 class AgentConfig:
     repository: RepoSource
     poll_seconds: float = 30.0
-    drift_cron: str = "*/5 * * * *"
+    # A 5-field cron expression (UTC) or a duration such as "30s" (an interval).
+    drift_schedule: str = "*/5 * * * *"
     status: StatusConfig = field(default_factory=StatusConfig)
     leader_election: LeaderElection = field(default_factory=LeaderElection)
     listen: str = "0.0.0.0:8080"
@@ -464,9 +485,10 @@ def load_agent_config(
         else:
             poll = parsed
         drift = str(intervals.get("drift", drift))
-        if len(drift.split()) != 5:
+        if drift_interval(drift) is None and not _is_cron(drift):
             check.add(
-                f"intervals.drift must be a 5-field cron expression, not {drift!r}",
+                "intervals.drift must be a 5-field cron expression such as '*/5 * * * *' "
+                f"or a duration such as '5m', not {drift!r}",
                 "intervals",
                 "drift",
             )

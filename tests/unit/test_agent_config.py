@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gitsync.cli import main
-from gitsync.config import load_agent_config, parse_duration
+from gitsync.config import drift_interval, load_agent_config, parse_duration
 from gitsync.source.config import SshAuth, TokenAuth
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gitsync.yaml"
@@ -88,6 +88,8 @@ def test_ssh_auth_and_verification() -> None:
         (MINIMAL + "  branch: -x\n", 3, "branch"),
         (MINIMAL + "intervals:\n  poll: soon\n", 4, "intervals.poll must be a duration"),
         (MINIMAL + "intervals:\n  drift: hourly\n", 4, "5-field cron expression"),
+        (MINIMAL + "intervals:\n  drift: '61 * * * *'\n", 4, "5-field cron expression"),
+        (MINIMAL + "intervals:\n  drift: 0s\n", 4, "or a duration such as '5m'"),
         (MINIMAL + "  depth: 0\n", 3, "depth must be a whole number"),
         (MINIMAL + "status:\n  provider: bitbucket\n", 4, "status.provider must be one of"),
         (MINIMAL + "status:\n  provider: gitea\n", 3, "needs tokenFile or tokenEnv"),
@@ -183,3 +185,17 @@ def test_status_provider_settings() -> None:
     assert status.target_url == "https://d/{environment}/{short}"
     assert config.environments == ("production",)
     assert (config.promotion.timeout, config.promotion.poll_interval) == (2700.0, 15.0)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "interval"),
+    [("*/5 * * * *", None), ("0 3 * * 1-5", None), ("30s", 30.0), ("5m", 300.0)],
+)
+def test_the_drift_schedule_is_a_cron_expression_or_an_interval(
+    schedule: str, interval: float | None
+) -> None:
+    config, problems = load_agent_config(MINIMAL + f"intervals:\n  drift: '{schedule}'\n")
+    assert not problems
+    assert config is not None
+    assert config.drift_schedule == schedule
+    assert drift_interval(config.drift_schedule) == interval
