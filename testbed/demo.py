@@ -1,88 +1,57 @@
-"""``make demo`` for now: a local control plane with KubeRay's CRDs and the KubeRay simulator.
+"""``make demo``: the whole gitsync loop on one machine, as a story told with gitsync's output.
 
-Starts etcd + kube-apiserver (built by testbed/build.sh), installs the CRDs, runs the
-simulator, creates the namespaces the example repository deploys to, prints how to reach
-it all, and runs until Ctrl-C; then stops every process by pid. The gitsync agent joins this
-demo once ``gitsync run`` exists.
+Starts, all on loopback and stopped by pid at the end (:mod:`testbed.demo_bed`): etcd +
+kube-apiserver with KubeRay's CRDs (testbed/build.sh built them), the KubeRay simulator, a
+Gitea holding a repository seeded from ``examples/repo-layout/`` with a push and pull-request
+webhook, and ``gitsync run`` against them as its own process. Then :mod:`testbed.story` walks
+through what a Ray platform team sees — an initial deployment, an in-place Serve update, a
+gated cluster swap, a broken commit that production never receives, a pull-request preview,
+a hand edit put back by drift self-heal — checking each outcome, and prints where to look.
+Everything stays up until Ctrl-C (``--exit-after-story``: stop at once; the test does).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from types import FrameType
 
-import yaml
-from kubernetes import client
-
-from testbed.controlplane import ControlPlane
-from testbed.simulator import Delays, Simulator
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO_ROOT / "examples" / "repo-layout"
-
-
-def example_namespaces() -> list[str]:
-    config = yaml.safe_load((EXAMPLES / "gitsync.yaml").read_text())
-    names = [env["namespace"] for env in config.get("environments", [])]
-    previews = (config.get("previews") or {}).get("namespace")
-    return names + ([previews] if previews else [])
+from testbed import story
+from testbed.demo_bed import PACES, REPO_ROOT, DemoError, Out, running_bed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".testbed" / "demo")
+    parser.add_argument("--pace", choices=sorted(PACES), default="normal")
     parser.add_argument(
-        "--exit-after-start", action="store_true", help="stop right after start-up (smoke test)"
+        "--exit-after-story", action="store_true", help="stop everything when the story ends"
     )
     args = parser.parse_args(argv)
 
-    shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh etcd and PKI every run
-    stop = threading.Event()
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-    with ControlPlane(workdir=args.workdir) as plane, plane.api_client() as api:
-        core = client.CoreV1Api(api)
-        for name in example_namespaces():
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        with plane.api_client() as sim_api, Simulator(sim_api, Delays(2.0, 3.0, 0.2)):
-            assert plane.binaries is not None
-            kubectl = f"{plane.binaries.kubectl} --kubeconfig {plane.kubeconfig}"
-            env = EXAMPLES / "environments" / "staging"
-            print(
-                f"""
-gitsync demo: a local Kubernetes control plane is running.
-
-  API server     {plane.api_url} (kube-apiserver {plane.binaries.kube_version}, \
-etcd {plane.binaries.etcd_version})
-  kubeconfig     {plane.kubeconfig}
-  KubeRay        CRDs from ray-operator {plane.binaries.kuberay_version}; a simulator writes \
-RayService status
-  namespaces     {", ".join(example_namespaces())}
-  pids           {", ".join(f"{k}={v}" for k, v in plane.pids.items())}
-
-Try it:
-  export KUBECONFIG={plane.kubeconfig}
-  {kubectl} apply --server-side --field-manager=gitsync -n ray-staging -f {env}
-  {kubectl} get rayservices -n ray-staging -w
-  {kubectl} get rayservice ranker -n ray-staging -o yaml
-
-Ctrl-C stops everything.""",
-                flush=True,
-            )
-            if not args.exit_after_start:
-                while not stop.wait(1.0):
-                    pass
-    print("gitsync demo: stopped", file=sys.stderr)
+    signal.signal(signal.SIGTERM, stop)
+    out = Out()
+    try:
+        with running_bed(args.workdir, PACES[args.pace], out) as bed:
+            story.tell(bed)
+            story.where_to_look(bed)
+            if not args.exit_after_story:
+                out.say("\nEverything keeps running. Ctrl-C stops it all.")
+                while True:
+                    time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except DemoError as exc:
+        print(f"\ngitsync demo: the story went wrong: {exc}", file=sys.stderr)
+        print(f"(the agent's log: {args.workdir / 'gitsync.log'})", file=sys.stderr)
+        return 1
+    print("gitsync demo: stopped everything", file=sys.stderr)
     return 0
 
 
