@@ -193,6 +193,20 @@ def _agent_commands(commands: Any) -> None:
     where.add_argument("--repo", help="a repository URL (no auth)")
     notes.add_argument("--branch", default="main", help="with --repo: the branch (main)")
     notes.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    demo = commands.add_parser(
+        "demo",
+        help="the whole loop on this machine, as `make demo` runs it (a source checkout)",
+        description="Starts a local kube-apiserver + etcd, the KubeRay simulator, a Gitea "
+        "seeded from examples/repo-layout/ and `gitsync run`, then tells a six-chapter story "
+        "(deploy, Serve update, cluster swap, broken commit, preview, drift self-heal) and "
+        "keeps everything running until Ctrl-C. Needs the repository's testbed/ (its first "
+        "run builds the test bed from Go modules).",
+    )
+    demo.add_argument("--pace", choices=("normal", "fast"), default="normal")
+    demo.add_argument("--workdir", type=Path, help="default: .testbed/demo in the checkout")
+    demo.add_argument(
+        "--exit-after-story", action="store_true", help="stop everything when the story ends"
+    )
 
 
 def _agent_config(path: Path) -> AgentConfig:
@@ -651,6 +665,26 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
     return EXIT_FOUND
 
 
+def run_demo(args: argparse.Namespace, err: TextIO) -> int:
+    """The demo lives with the test bed in the source checkout, not in gitsync itself."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("testbed.demo") is None:
+        err.write(
+            "gitsync demo: needs a source checkout of gitsync (its testbed/ builds the local "
+            "control plane); clone the repository and run `make demo` there\n"
+        )
+        return EXIT_ERROR
+    argv = [sys.executable, "-m", "testbed.demo", "--pace", args.pace]
+    argv += ["--workdir", str(args.workdir)] if args.workdir else []
+    argv += ["--exit-after-story"] if args.exit_after_story else []
+    try:
+        return subprocess.call(argv)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -681,6 +715,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return max(codes)
     if args.command == "run":
         return run_agent(args, sys.stderr)
+    if args.command == "demo":
+        return run_demo(args, sys.stderr)
     commands = {
         "plan": run_plan,
         "diff": run_plan,
