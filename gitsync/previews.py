@@ -99,7 +99,16 @@ class PreviewReconciler:
             results.append(result)
         if previews is not None:
             results += self._collect(previews, open_numbers)
+        self._prune({head, *(pr.head_sha for pr in requests)})
         return results
+
+    def _prune(self, keep: set[str]) -> None:
+        """Keeps the trees the next reconcile reads (the base head and each open pull
+        request's head); every push to a pull request would otherwise leave one behind."""
+        try:
+            self.source.prune(keep)
+        except OSError as exc:
+            log.warning("cannot prune the previews' tree cache: %s", exc)
 
     # -- discovery ---------------------------------------------------------------------------
 

@@ -207,10 +207,15 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     comments = forge.comments(number)
     assert len(comments) == 1  # edited in place, not duplicated
     assert sha[:12] in comments[0]
+    # The tree cache keeps the base head and the open pull request's head, nothing older.
+    trees = GitSource(forge.config.repository).trees_dir
+    main_head = git("rev-parse", "main", cwd=forge.repo.work)
+    assert {t.name for t in trees.iterdir() if t.is_dir()} == {main_head, sha}
     forge.gitea.api("PATCH", f"{forge.path}/pulls/{number}", {"state": "closed"})
     results = forge.reconcile(api)
     assert [(r.number, r.outcome) for r in results] == [(number, "deleted")]
     assert previews_in(api, forge.previews_ns) == {}
+    assert {t.name for t in trees.iterdir() if t.is_dir()} == {main_head}
 
 
 def test_a_manifest_naming_another_namespace_still_lands_in_the_preview_namespace(
