@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,6 +27,14 @@ from gitsync.webhooks import MAX_BODY_BYTES, Action, event_label, judge
 
 # An oversized webhook body is read and dropped up to this size so the sender sees the 413.
 DRAIN_BYTES = 8 * MAX_BODY_BYTES
+# Connections served at once (a thread each). Over it a connection is answered 503 at once:
+# clients that open connections and send nothing (each holds its thread up to the 30 s read
+# timeout, again and again) cannot grow the agent's threads without bound.
+MAX_CONNECTIONS = 64
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 31\r\nConnection: close\r\n\r\ntoo many connections, try again\n"
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,39 @@ class _HTTPServer(ThreadingHTTPServer):
     # dozen senders overflowed it, and the connections over it waited a SYN retransmit (1 s)
     # or were reset. The kernel caps this at net.core.somaxconn.
     request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            if self.refused % 100 == 1:  # the first, then every hundredth: not a log flood
+                log.warning(
+                    "http: %d connections at once; refused %d so far with 503",
+                    MAX_CONNECTIONS,
+                    self.refused,
+                )
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()  # the thread never started
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A client that hangs up or stalls is not an error of ours (socketserver would print

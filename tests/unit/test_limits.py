@@ -8,6 +8,9 @@ import hashlib
 import hmac
 import http.client
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from gitsync.manifests.repoconfig import MAX_ENVIRONMENTS, EnvironmentConfig, lo
 from gitsync.manifests.yamldoc import MAX_DEPTH, parse_documents
 from gitsync.metrics import Metrics
 from gitsync.model import Problem, SourceFile
-from gitsync.server import AgentServer, Hooks, printable
+from gitsync.server import MAX_CONNECTIONS, AgentServer, Hooks, printable
 from gitsync.source.failures import failure
 from gitsync.source.runner import GitResult
 from gitsync.webhooks import event_label, judge
@@ -252,3 +255,41 @@ def test_the_server_refuses_a_negative_length_and_bounds_event_labels() -> None:
     }
     assert events == {"other"}
     assert polls == []
+
+
+def test_connections_over_the_cap_get_a_503_and_the_server_recovers() -> None:
+    """Idle connections each hold a thread; past MAX_CONNECTIONS the server answers 503 at
+    once instead of starting more threads, and serves again when they go."""
+    hooks = Hooks(lambda: b"s", "https://example.com/r.git", "main", lambda: None,
+                  lambda: None, lambda: True, lambda: True)  # fmt: skip
+    server = AgentServer("127.0.0.1", free_port(), hooks, Metrics()).start()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        deadline = time.monotonic() + 30
+        while server.httpd.slots._value > 0:  # every idle connection has its thread
+            assert time.monotonic() < deadline, "the idle connections were not accepted"
+            time.sleep(0.02)
+        threads = threading.active_count()
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        assert (response.status, response.getheader("Retry-After")) == (503, "1")
+        connection.close()
+        assert threading.active_count() == threads
+        assert server.httpd.refused == 1
+        for sock in idle:
+            sock.close()
+        idle.clear()
+        while server.httpd.slots._value < MAX_CONNECTIONS:
+            assert time.monotonic() < deadline, "closed connections kept their threads"
+            time.sleep(0.02)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
