@@ -39,12 +39,36 @@ _BUSY = (
 log = logging.getLogger(__name__)
 
 REMEMBERED_DELIVERIES = 1024
+REJECTION_LOG_SECONDS = 10.0
 
 
 def printable(text: str, limit: int = 80) -> str:
     """A header value fit for a log line: no control characters (no forged lines), short."""
     clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
     return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+class Throttle:
+    """At most one log line per key per ``seconds``; the next one says how many it hid.
+    Rejected webhooks are counted in metrics one by one; a flood of forged ones must not
+    flood the log too."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[object, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: object, now: float) -> int | None:
+        """None: stay quiet. Else: log, with this many similar events hidden since the last."""
+        with self._lock:
+            last, hidden = self._last.get(key, (float("-inf"), 0))
+            if now - last < self.seconds:
+                self._last[key] = (last, hidden + 1)
+                return None
+            if len(self._last) > 1024:  # keys are few (provider and status); stay bounded anyway
+                self._last.clear()
+            self._last[key] = (now, 0)
+            return hidden
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -120,6 +144,7 @@ class AgentServer:
     ) -> None:
         self.hooks, self.metrics, self.site = hooks, metrics, site
         self._deliveries: OrderedDict[str, None] = OrderedDict()
+        self._rejections = Throttle(REJECTION_LOG_SECONDS)
         self._lock = threading.Lock()
         self.received: list[float] = []  # monotonic times of accepted push webhooks
         self.httpd = _HTTPServer((host, port), self._handler())
@@ -166,10 +191,14 @@ class AgentServer:
         event, delivery = printable(verdict.event), printable(verdict.delivery)
         if verdict.status >= 400:
             result = f"rejected-{verdict.status}"
-            log.warning(
-                "webhook rejected provider=%s event=%s status=%d reason=%s",
-                verdict.provider, event, verdict.status, verdict.reason,
-            )  # fmt: skip
+            similar = self._rejections.allow((verdict.provider, verdict.status), time.monotonic())
+            if similar is not None:
+                log.warning(
+                    "webhook rejected provider=%s event=%s status=%d reason=%s%s",
+                    verdict.provider, event, verdict.status, verdict.reason,
+                    f" (+{similar} like it in the last {REJECTION_LOG_SECONDS:.0f} s)"
+                    if similar else "",
+                )  # fmt: skip
         elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
             result = "duplicate"
         elif verdict.action is Action.POLL:
@@ -178,7 +207,8 @@ class AgentServer:
         elif verdict.action is Action.PREVIEWS:
             self.hooks.previews()
         self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
-        log.info(
+        log.log(
+            logging.DEBUG if verdict.status >= 400 else logging.INFO,
             "webhook provider=%s event=%s delivery=%s result=%s reason=%s",
             verdict.provider, event, delivery, result, printable(verdict.reason, 200),
         )  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import logging
 import os
 import socket
 import threading
@@ -22,7 +23,7 @@ from gitsync.manifests.repoconfig import MAX_ENVIRONMENTS, EnvironmentConfig, lo
 from gitsync.manifests.yamldoc import MAX_DEPTH, parse_documents
 from gitsync.metrics import Metrics
 from gitsync.model import Problem, SourceFile
-from gitsync.server import MAX_CONNECTIONS, AgentServer, Hooks, printable
+from gitsync.server import MAX_CONNECTIONS, AgentServer, Hooks, Throttle, printable
 from gitsync.source.failures import failure
 from gitsync.source.runner import GitResult
 from gitsync.webhooks import event_label, judge
@@ -293,3 +294,35 @@ def test_connections_over_the_cap_get_a_503_and_the_server_recovers() -> None:
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def test_rejected_webhooks_are_logged_once_per_interval_with_a_count() -> None:
+    throttle = Throttle(10.0)
+    assert throttle.allow(("gitea", 401), 100.0) == 0
+    assert [throttle.allow(("gitea", 401), 100.0 + n / 10) for n in range(1, 50)] == [None] * 49
+    assert throttle.allow(("gitea", 413), 101.0) == 0  # another kind is its own line
+    assert throttle.allow(("gitea", 401), 110.5) == 49
+
+
+def test_a_flood_of_forged_webhooks_writes_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    hooks = Hooks(lambda: b"s", "https://example.com/r.git", "main", lambda: None,
+                  lambda: None, lambda: True, lambda: True)  # fmt: skip
+    metrics = Metrics()
+    server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="gitsync.server"):
+            for _ in range(40):
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                connection.request("POST", "/webhooks", b"{}", {"X-Gitea-Event": "push"})
+                assert connection.getresponse().status == 401
+                connection.close()
+    finally:
+        server.stop()
+    warnings = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "status=401" in warnings[0].getMessage()
+    counted = metrics.registry.get_sample_value(
+        "gitsync_webhook_requests_total",
+        {"provider": "gitea", "event": "push", "result": "rejected-401"},
+    )
+    assert counted == 40
