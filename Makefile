@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv testbed lint typecheck pytest bench clean
+.PHONY: test demo venv testbed lint typecheck pytest bench docs clean
 
 test: lint typecheck testbed pytest ## lint, types, test bed, the whole suite
 
@@ -34,6 +34,9 @@ pytest: venv
 
 bench: venv ## benchmarks (not part of make test)
 	$(BIN)/python -m bench.suite --out docs
+
+docs: venv ## regenerate docs/cli.md from the CLI's argument parser
+	$(BIN)/python -m gitsync.cli_docs --write
 
 clean: ## remove the venv (the test-bed binaries in .testbed/ stay cached)
 	rm -rf $(VENV)

@@ -1,0 +1,89 @@
+"""docs/cli.md from the argument parser itself, so the CLI reference cannot drift from the CLI.
+
+``python -m gitsync.cli_docs --write`` (``make docs``) rewrites docs/cli.md;
+``python -m gitsync.cli_docs`` prints it. tests/docs/test_cli_reference.py fails when the
+committed file differs from what this renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gitsync.cli import build_parser
+
+WIDTH = 100  # fixed, so the output does not depend on the terminal that runs the generator
+OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+HEADER = """\
+# CLI reference
+
+Generated from gitsync's argument parser by `make docs` (`python -m gitsync.cli_docs --write`);
+do not edit by hand. `tests/docs/test_cli_reference.py` fails when this file and the parser
+disagree.
+
+Exit codes follow `kubectl diff`: 0 clean or no changes, 1 problems or changes, 2 errors
+(usage errors included). The per-command descriptions below say what 0 and 1 mean for each.
+"""
+
+
+def _fixed_width(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=WIDTH)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers in the order they were added. argparse has no public accessor."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def render() -> str:
+    parser = build_parser()
+    _fixed_width(parser)
+    commands = subcommands(parser)
+    parts = [HEADER, "## gitsync\n", _help_block("", parser)]
+    parts.append("Commands: " + ", ".join(f"[`{name}`](#gitsync-{name})" for name in commands))
+    parts.append("")
+    for name, sub in commands.items():
+        _fixed_width(sub)
+        parts.append(f"## gitsync {name}\n")
+        parts.append(_help_block(name, sub))
+    return "\n".join(parts)
+
+
+def _help_block(command: str, parser: argparse.ArgumentParser) -> str:
+    """The help text, marked for tests/docs as the help of ``command`` ("" for the top)."""
+    marker = f'<!-- doctest: cli-help command="{command}" -->'
+    return f"{marker}\n```text\n{parser.format_help()}```\n"
+
+
+def help_text(command: str) -> str:
+    """What ``gitsync COMMAND --help`` prints at the reference's fixed width."""
+    parser = build_parser()
+    _fixed_width(parser)
+    if not command:
+        return parser.format_help()
+    sub = subcommands(parser)[command]
+    _fixed_width(sub)
+    return sub.format_help()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    text = render()
+    if args == ["--write"]:
+        OUTPUT.write_text(text, encoding="utf-8")
+        print(f"wrote {OUTPUT}", file=sys.stderr)
+        return 0
+    if args:
+        print("usage: python -m gitsync.cli_docs [--write]", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
