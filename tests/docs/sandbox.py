@@ -17,6 +17,8 @@ from .blocks import ROOT
 
 EXAMPLES = ROOT / "examples" / "repo-layout"
 _HEX = re.compile(r"\b[0-9a-f]{12}(?:[0-9a-f]{28})?\b")
+_TIME = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b")
+_CLUSTER = re.compile(r"\b(on [a-z0-9-]+)-[a-z0-9]{5}$")  # KubeRay's RayCluster name suffix
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -83,5 +85,32 @@ def run_gitsync(argv: Sequence[str], cwd: Path) -> tuple[int, str]:
 
 
 def normalised(text: str) -> list[str]:
-    """Lines without trailing blanks and with commit SHAs as a placeholder."""
-    return [_HEX.sub("<sha>", line.rstrip()) for line in text.splitlines() if line.strip()]
+    """Lines without trailing blanks; commit SHAs, times and RayCluster name suffixes as
+    placeholders."""
+    lines = []
+    for line in text.splitlines():
+        if line.strip():
+            placeheld = _TIME.sub("<time>", _HEX.sub("<sha>", line.rstrip()))
+            lines.append(_CLUSTER.sub(r"\1-<id>", placeheld))
+    return lines
+
+
+def _pattern(line: str) -> re.Pattern[str]:
+    parts = []
+    for token in re.split(r"(…| +)", line):
+        if token == "…":
+            parts.append(".*")
+        elif token.isspace():
+            parts.append(r"\s+")
+        else:
+            parts.append(re.escape(token))
+    return re.compile("".join(parts))
+
+
+def missing_lines(sample: str, output: str) -> list[str]:
+    """The lines of ``sample`` that match no line of ``output``. Commit SHAs, times and
+    cluster names match any other, ``…`` matches anything, spaces any run of spaces."""
+    actual = normalised(output)
+    return [
+        line for line in normalised(sample) if not any(_pattern(line).fullmatch(a) for a in actual)
+    ]

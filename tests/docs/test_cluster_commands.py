@@ -32,7 +32,7 @@ from testbed.simulator import Simulator
 from tests.integration.gitops import GitOpsRepo
 
 from .blocks import ROOT, Block, all_blocks, commands
-from .sandbox import run_gitsync
+from .sandbox import missing_lines, run_gitsync
 
 CONFIG = "config/gitsync.yaml"
 CHECKOUT = "path/to/checkout"
@@ -65,6 +65,10 @@ def cluster_lines() -> list[tuple[Block, list[str]]]:
         for words in commands(block.text)
         if words[0] == "gitsync" and (CONFIG in words or CHECKOUT in words)
     ]
+
+
+def cluster_outputs() -> list[Block]:
+    return [b for b in all_blocks() if b.kind == "output" and b.options.get("cwd") == "cluster"]
 
 
 def agent_lines() -> list[tuple[Block, list[str]]]:
@@ -125,6 +129,10 @@ def test_documented_cluster_commands_run(documented: Documented) -> None:
         assert code == expected, f"{block}: `{' '.join(words)}` exited {code}:\n{output}"
         if words[1] == "status":
             assert "production: succeeded" in output, output
+    for block in cluster_outputs():
+        _, output = run_gitsync(documented.argv(block.options["cmd"].split()), ROOT)
+        missing = missing_lines(block.text, output)
+        assert not missing, f"{block}: not printed by `{block.options['cmd']}`: {missing}\n{output}"
 
 
 def free_port() -> int:
