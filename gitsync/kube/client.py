@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client import rest
 
@@ -20,6 +21,13 @@ POOL_SIZE = 32
 # official client sets none: a hung API server, or one waiting on a stopped etcd, would hold
 # the agent's pass forever. The API server gives up on a request after 60 s itself.
 REQUEST_TIMEOUT = (5.0, 20.0)
+# urllib3's own retries, under gitsync's (kube/failures.py): a refused connection (or a pooled
+# one the server closed) is tried again at once, twice; nothing else. Its default (3 retries)
+# also resends a GET that timed out, and obeys a 429's Retry-After on a GET — multiplying
+# gitsync's attempts: a hung API server cost 4 reads per attempt, a throttled one 4 requests.
+TRANSPORT_RETRIES = urllib3.Retry(
+    total=2, connect=2, read=0, status=0, other=0, redirect=0, respect_retry_after_header=False
+)
 
 
 def api_client(
@@ -43,6 +51,7 @@ def api_client(
         where = kubeconfig or "$KUBECONFIG or ~/.kube/config"
         raise ConfigError(f"cannot load a Kubernetes config from {where}: {exc}") from None
     configuration.connection_pool_maxsize = POOL_SIZE
+    configuration.retries = TRANSPORT_RETRIES
     return with_timeouts(client.ApiClient(configuration), timeout)
 
 

@@ -82,6 +82,7 @@ class RayServices:
         """Changes to what gitsync manages there, from ``resource_version``, for about
         ``seconds`` (ended by the API server, so the caller regains control). Ends early,
         without raising, when the watch expired (410) or the connection broke: relist."""
+        connect, read = getattr(self.api.rest_client, "timeout", REQUEST_TIMEOUT)
         stream = watch.Watch().stream(
             self.custom.list_namespaced_custom_object,
             GROUP,
@@ -93,7 +94,7 @@ class RayServices:
             timeout_seconds=max(1, round(seconds)),
             allow_watch_bookmarks=False,
             # The server ends the watch after timeout_seconds; a hung one is ended here.
-            _request_timeout=(REQUEST_TIMEOUT[0], max(1, round(seconds)) + REQUEST_TIMEOUT[1]),
+            _request_timeout=(connect, max(1, round(seconds)) + read),
         )
         try:
             for event in stream:

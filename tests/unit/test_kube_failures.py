@@ -8,6 +8,7 @@ and no request had a timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -17,7 +18,7 @@ import urllib3
 from kubernetes import client
 
 from gitsync.errors import ApplyError, ClusterUnreachable, ConflictError, NamespaceMissing
-from gitsync.kube.client import with_timeouts
+from gitsync.kube.client import TRANSPORT_RETRIES, with_timeouts
 from gitsync.kube.failures import (
     ApiRetry,
     reaching_the_api,
@@ -147,16 +148,25 @@ def test_refusals_are_not_retried() -> None:
     assert waits == []
 
 
-def test_every_request_has_a_timeout() -> None:
-    """A server that accepts and never answers: the call ends at the read timeout."""
+def test_every_request_has_a_timeout_and_is_sent_once() -> None:
+    """A server that accepts and never answers: the call ends at the read timeout, after one
+    request (urllib3's default retries sent a timed-out GET 4 times, under gitsync's own)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(4)
+        listener.listen(8)
         configuration = client.Configuration()
         configuration.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        configuration.retries = False
+        configuration.retries = TRANSPORT_RETRIES
         api = with_timeouts(client.ApiClient(configuration), (1.0, 0.3))
         began = time.monotonic()
-        with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+        with pytest.raises(urllib3.exceptions.HTTPError):
             api.call_api(*api.param_serialize("GET", "/api"))
         assert time.monotonic() - began < 30  # a hang guard: without a timeout, forever
+        listener.setblocking(False)
+        accepted = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                accepted.append(listener.accept()[0])
+        assert len(accepted) == 1
+        for conn in accepted:
+            conn.close()
