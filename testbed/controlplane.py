@@ -186,7 +186,12 @@ class ControlPlane:
         ready again (etcd healthy; kube-apiserver answering ``/readyz``)."""
         assert name not in self.pids, f"{name} is running"
         argv, probe, what, timeout = self._how[name]
-        self._wait(self._spawn(name, argv, append=True), probe, what, timeout)
+        process = self._spawn(name, argv, append=True)
+        # Back in its place: etcd stops after kube-apiserver (whose graceful shutdown hangs
+        # without etcd until its SIGKILL).
+        self._processes.remove(process)
+        self._processes.insert(list(self._how).index(name), process)
+        self._wait(process, probe, what, timeout)
 
     # -- clients ---------------------------------------------------------------------------
 

@@ -76,7 +76,8 @@ def field_conflict(exc: client.ApiException) -> bool:
     if exc.status != 409:
         return False
     causes = (_status(exc).get("details") or {}).get("causes") or []
-    return any(c.get("type") == "FieldManagerConflict" for c in causes if isinstance(c, dict))
+    # A StatusCause names its type "reason" in JSON.
+    return any(c.get("reason") == "FieldManagerConflict" for c in causes if isinstance(c, dict))
 
 
 def transient(exc: client.ApiException) -> bool:

@@ -59,7 +59,7 @@ def forged(
     forge = JsonClient(
         f"http://127.0.0.1:{proxy.port}",
         lambda: {"Authorization": f"token {gitea.token}"},
-        timeout=2.0,
+        timeout=1.0,
         policy=RetryPolicy(attempts=3, backoff=0.3),
         on_retry=lambda reason: metrics.status_retries.labels("gitea").inc(),
     )

@@ -43,7 +43,14 @@ def answer(status: int, reason: str = "", causes: list[dict[str, str]] | None = 
     return exc
 
 
-FIELD = [{"type": "FieldManagerConflict", "field": ".spec.serveConfigV2"}]
+# as kube-apiserver 1.35 sends it
+FIELD = [
+    {
+        "reason": "FieldManagerConflict",
+        "message": 'conflict with "x"',
+        "field": ".spec.serveConfigV2",
+    }
+]
 
 
 @pytest.mark.parametrize(
