@@ -28,7 +28,7 @@ from kubernetes import client
 from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
 from gitsync.drift import DriftChecker, DriftReport
-from gitsync.errors import GitsyncError
+from gitsync.errors import ClusterUnreachable, GitsyncError
 from gitsync.health import assess
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.lease import LeaderElector
@@ -48,6 +48,11 @@ from gitsync.web.facts import CommitInfo
 from gitsync.web.history import History
 
 log = logging.getLogger(__name__)
+
+# After a pass that failed because the API server was unreachable or failing, the next one
+# runs after this backoff (doubling from the first, capped by the poll interval) rather than
+# at the next poll: a restarted API server is back in seconds, a poll may be minutes away.
+RETRY_FIRST, RETRY_LONGEST = 1.0, 60.0
 
 POLL_JOB = "poll"
 DRIFT_JOB = "drift"
@@ -81,6 +86,7 @@ class Agent:
         self.last_ok = False
         self.ready = threading.Event()
         self.passes = 0
+        self.retries = 0  # passes failed in a row on an unreachable API server
         self._applied: dict[str, str] = {}  # environment → revision in the info gauge
         self._began: dict[str, float] = {}  # environment → when its rollout started
         self._health: dict[tuple[str, ServiceKey], Health] = {}  # what the gauge shows
@@ -326,7 +332,10 @@ class Agent:
             log.error("pass failed: %s", exc)
             self.metrics.sync_total.labels("", "error").inc()
             self.last_ok = False
+            if isinstance(exc, ClusterUnreachable):
+                self._retry_later()
             return
+        self.retries = 0
         interrupted = any(r.outcome is Outcome.INTERRUPTED for r in result.results)
         self.last_revision = result.revision
         # Retry at the next poll unless everything succeeded (a failed commit is retried
@@ -335,6 +344,18 @@ class Agent:
             r.outcome not in (Outcome.BLOCKED,) for r in result.results
         )
         self._refresh_health()
+
+    def _retry_later(self) -> None:
+        """Runs the poll again after the next backoff step (never later than it would run)."""
+        wait = min(RETRY_FIRST * 2**self.retries, RETRY_LONGEST, self.config.poll_seconds)
+        self.retries += 1
+        job = self.scheduler.get_job(POLL_JOB)
+        if job is None or self.stopping.is_set():
+            return
+        log.info("retrying the pass in %.1fs (attempt %d)", wait, self.retries + 1)
+        job.modify(
+            next_run_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
+        )
 
     def _planned(self, plan: Plan) -> None:
         revision = plan.to_rev or ""

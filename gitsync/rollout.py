@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from gitsync import kuberay
 from gitsync.config import RolloutSettings
-from gitsync.errors import GitsyncError
+from gitsync.errors import ApplyError, GitsyncError
 from gitsync.health import Assessment, HealthGate, assess
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
@@ -230,8 +230,8 @@ class Rollout:
                 self.services.apply(
                     self._body(env, desired[key], revision), force=self.settings.force_conflicts
                 )
-            except GitsyncError as exc:
-                return _Failure(key, str(exc))
+            except ApplyError as exc:  # refused; an unreachable API server is not the service's
+                return _Failure(key, str(exc))  # failure: it propagates, the pass errors
             action = f" ({actions[key]})" if actions and key in actions else ""
             self.progress(
                 f"{env.name}: wave {desired[key].wave}: applied {key}{action} at {revision[:12]}"
@@ -310,7 +310,7 @@ class Rollout:
                 continue
             try:
                 self.services.delete(change.key)
-            except GitsyncError as exc:
+            except ApplyError as exc:
                 return _Failure(change.key, str(exc))
             self.progress(f"{env.name}: pruned {change.key}")
             done.append(change.key)

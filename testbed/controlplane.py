@@ -49,10 +49,17 @@ def _die_with_parent(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "SIGKILL", "--", *argv] if setpriv else argv
 
 
-def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> _Process:
+def spawn(
+    name: str,
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    *,
+    append: bool = False,
+) -> _Process:
     """Starts one test-bed process in its own session, dying with its parent, its output in
-    ``log``; stopped by pid with :meth:`_Process.stop`."""
-    log_file = log.open("wb")
+    ``log`` (added to it with ``append``); stopped by pid with :meth:`_Process.stop`."""
+    log_file = log.open("ab" if append else "wb")
     popen = subprocess.Popen(
         _die_with_parent(argv),
         stdout=log_file,
@@ -110,6 +117,9 @@ class ControlPlane:
     api_url: str = field(init=False, default="")
     startup_seconds: float = field(init=False, default=0.0)
     _processes: list[_Process] = field(init=False, default_factory=list)
+    # name → (argv, readiness probe, what ready means): a stopped process starts again as it
+    # first did, on the same ports and data directory
+    _how: dict[str, tuple[list[str], Any, str, float]] = field(init=False, default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(init=False, default=None)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -164,6 +174,25 @@ class ControlPlane:
     def pids(self) -> dict[str, int]:
         return {p.name: p.popen.pid for p in self._processes}
 
+    def stop_process(self, name: str) -> None:
+        """Stops ``etcd`` or ``kube-apiserver`` by pid (SIGTERM, then SIGKILL), leaving its
+        data directory and ports for :meth:`start_process`."""
+        process = next(p for p in self._processes if p.name == name)
+        process.stop()
+        self._processes.remove(process)
+
+    def start_process(self, name: str) -> None:
+        """Starts a process :meth:`stop_process` stopped, as before, and waits until it is
+        ready again (etcd healthy; kube-apiserver answering ``/readyz``)."""
+        assert name not in self.pids, f"{name} is running"
+        argv, probe, what, timeout = self._how[name]
+        process = self._spawn(name, argv, append=True)
+        # Back in its place: etcd stops after kube-apiserver (whose graceful shutdown hangs
+        # without etcd until its SIGKILL).
+        self._processes.remove(process)
+        self._processes.insert(list(self._how).index(name), process)
+        self._wait(process, probe, what, timeout)
+
     # -- clients ---------------------------------------------------------------------------
 
     def api_client(self) -> client.ApiClient:
@@ -191,9 +220,9 @@ class ControlPlane:
         if self.verbose:
             sys.stderr.write(f"testbed: {message}\n")
 
-    def _spawn(self, name: str, argv: list[str]) -> _Process:
+    def _spawn(self, name: str, argv: list[str], *, append: bool = False) -> _Process:
         assert self.workdir is not None
-        process = spawn(name, argv, self.workdir / f"{name}.log")
+        process = spawn(name, argv, self.workdir / f"{name}.log", append=append)
         self._processes.append(process)
         (self.workdir / f"{name}.pid").write_text(str(process.popen.pid))
         return process
@@ -243,6 +272,7 @@ class ControlPlane:
             with urllib.request.urlopen(f"{client_url}/health", timeout=2) as response:  # noqa: S310
                 return bool(json.load(response).get("health") == "true")
 
+        self._how["etcd"] = (list(process.popen.args), healthy, "healthy", 60.0)  # type: ignore[arg-type]
         self._wait(process, healthy, "healthy")
         return client_url
 
@@ -287,6 +317,7 @@ class ControlPlane:
             except urllib.error.HTTPError:
                 return False
 
+        self._how["kube-apiserver"] = (list(process.popen.args), ready, "ready (/readyz)", 90.0)  # type: ignore[arg-type]
         self._wait(process, ready, "ready (/readyz)", timeout=90)
 
     def _write_kubeconfig(self, certs: pki_mod.Pki) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
-from gitsync.kube.client import reaching_the_api
+from gitsync.kube.failures import reaching_the_api, transient
 from gitsync.kube.rest import request
 from gitsync.stamp import MANAGED_BY
 
@@ -17,6 +17,8 @@ def ensure_namespace(api: client.ApiClient, name: str) -> bool:
         request(api, "GET", f"/api/v1/namespaces/{name}")
         return False
     except client.ApiException as exc:
+        if transient(exc):
+            raise
         if exc.status != 404:
             raise GitsyncError(f"cannot read namespace {name}: {exc.status} {exc.reason}") from None
     body = {
@@ -27,6 +29,8 @@ def ensure_namespace(api: client.ApiClient, name: str) -> bool:
     try:
         request(api, "POST", "/api/v1/namespaces", body=body)
     except client.ApiException as exc:
+        if transient(exc):
+            raise
         if exc.status != 409:
             raise GitsyncError(
                 f"cannot create namespace {name}: {exc.status} {exc.reason}"

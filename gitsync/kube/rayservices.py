@@ -1,8 +1,8 @@
 """RayService reads and server-side-apply dry runs (field manager ``gitsync``).
 
-Owns the mapping from API errors to gitsync's errors for these calls. The generated client
-maps only HTTP 200 to a body for ``patch``; a create-by-apply answers 201, so responses are
-read raw.
+API answers become gitsync's errors through :mod:`gitsync.kube.failures` (transient ones are
+retried there). The generated client maps only HTTP 200 to a body for ``patch``; a
+create-by-apply answers 201, so responses are read raw.
 """
 
 from __future__ import annotations
@@ -15,21 +15,15 @@ from typing import Any
 import urllib3
 from kubernetes import client, watch
 
-from gitsync.errors import ApplyError, ConflictError, NamespaceMissing
-from gitsync.kube.client import reaching_the_api
+from gitsync.errors import ApplyError
+from gitsync.kube.client import REQUEST_TIMEOUT
+from gitsync.kube.failures import message, reaching_the_api, refusal, transient
 from gitsync.kube.rest import METADATA_LIST, request
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, MANAGED_BY, managed_selector
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 log = logging.getLogger(__name__)
-
-
-def _message(exc: client.ApiException) -> str:
-    try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
-    except (TypeError, ValueError):
-        return f"{exc.status} {exc.reason}"
 
 
 class RayServices:
@@ -88,6 +82,7 @@ class RayServices:
         """Changes to what gitsync manages there, from ``resource_version``, for about
         ``seconds`` (ended by the API server, so the caller regains control). Ends early,
         without raising, when the watch expired (410) or the connection broke: relist."""
+        connect, read = getattr(self.api.rest_client, "timeout", REQUEST_TIMEOUT)
         stream = watch.Watch().stream(
             self.custom.list_namespaced_custom_object,
             GROUP,
@@ -98,6 +93,8 @@ class RayServices:
             resource_version=resource_version,
             timeout_seconds=max(1, round(seconds)),
             allow_watch_bookmarks=False,
+            # The server ends the watch after timeout_seconds; a hung one is ended here.
+            _request_timeout=(connect, max(1, round(seconds)) + read),
         )
         try:
             for event in stream:
@@ -116,7 +113,9 @@ class RayServices:
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
-            raise ApplyError(key, f"cannot read it: {_message(exc)}") from None
+            if transient(exc):
+                raise
+            raise ApplyError(key, f"cannot read it: {message(exc)}") from None
         return obj
 
     @reaching_the_api
@@ -129,7 +128,9 @@ class RayServices:
         except client.ApiException as exc:
             if exc.status == 404:
                 return False
-            raise ApplyError(key, f"delete refused ({exc.status}): {_message(exc)}") from None
+            if transient(exc):
+                raise
+            raise refusal(exc, key, "delete") from None
         return True
 
     @reaching_the_api
@@ -154,19 +155,8 @@ class RayServices:
                 _preload_content=False,
             )
         except client.ApiException as exc:
-            verb = "dry-run apply" if dry_run else "apply"
-            if exc.status == 409:
-                raise ConflictError(
-                    key,
-                    f"{verb} conflicts with another field manager: {_message(exc)}; fix it in "
-                    "Git or in the other tool, or set rollout.forceConflicts in the agent config",
-                ) from None
-            if exc.status == 404 and "namespaces" in _message(exc):
-                raise NamespaceMissing(
-                    key,
-                    f"namespace {key.namespace} does not exist; create it or set "
-                    "createNamespace: true on the environment in gitsync.yaml",
-                ) from None
-            raise ApplyError(key, f"{verb} refused ({exc.status}): {_message(exc)}") from None
+            if transient(exc):
+                raise
+            raise refusal(exc, key, "dry-run apply" if dry_run else "apply") from None
         result: dict[str, Any] = json.loads(response.data)
         return result

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
-from gitsync.kube.client import reaching_the_api
+from gitsync.kube.failures import reaching_the_api, transient
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rest import apply, configmap_path, request
 from gitsync.model import Phase, RolloutState
@@ -43,6 +43,8 @@ class StateStore:
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
+            if transient(exc):
+                raise
             raise GitsyncError(
                 f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
             ) from None
@@ -86,6 +88,8 @@ class StateStore:
                 missing = exc.status == 404 and attempt == 1
                 if missing and ensure_namespace(self.api, self.namespace):
                     continue  # the state namespace did not exist: created, try again
+                if transient(exc):
+                    raise
                 raise GitsyncError(
                     f"cannot record rollout state of {state.environment} in {self.namespace}: "
                     f"{exc.status} {exc.reason}"
@@ -104,6 +108,8 @@ class StateStore:
         except client.ApiException as exc:
             if exc.status == 404:
                 return [], {}
+            if transient(exc):
+                raise
             raise GitsyncError(
                 f"cannot read drift state of {environment}: {exc.status} {exc.reason}"
             ) from None
@@ -139,6 +145,8 @@ class StateStore:
                 DRIFT_MANAGER,
             )
         except client.ApiException as exc:
+            if transient(exc):
+                raise
             raise GitsyncError(
                 f"cannot record drift of {environment} in {self.namespace}: "
                 f"{exc.status} {exc.reason}"
@@ -150,6 +158,8 @@ class StateStore:
         try:
             request(self.api, "DELETE", configmap_path(self.namespace, configmap_name(environment)))
         except client.ApiException as exc:
+            if transient(exc):
+                raise
             if exc.status != 404:
                 raise GitsyncError(
                     f"cannot delete the state of {environment}: {exc.status} {exc.reason}"

@@ -4,8 +4,12 @@
 order. Per (commit, context) only the newest queued status is kept (an older one not yet
 posted is obsolete), an identical consecutive status is skipped (checked against what the
 forge already shows the first time a commit is seen, so a restarted agent does not repeat
-itself), and a failed post is retried with backoff, then logged and counted. Tokens never
-reach a log line: providers raise errors built from URLs and status codes only.
+itself), and a failed post is retried with backoff, then logged and counted — and kept: it is
+delivered again later (after ``redeliver`` seconds, doubling up to ``REDELIVER_LONGEST``)
+until it is posted or a newer status for the same commit and context replaces it, so a forge
+that is down for an hour still ends up showing the last status. Only shutdown drops what is
+still waiting. Tokens never reach a log line: providers raise errors built from URLs and
+status codes only.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gitsync.errors import GitsyncError
 from gitsync.metrics import Metrics
@@ -25,12 +29,15 @@ from gitsync.report.status import CommitStatus
 log = logging.getLogger(__name__)
 
 REMEMBERED_REVISIONS = 64  # commits whose last statuses are kept for deduplication
+REDELIVER_LONGEST = 300.0  # the longest wait between two deliveries of a failed status
 
 
 @dataclass(frozen=True)
 class _Pending:
     status: CommitStatus
     queued: float  # monotonic time of the event it reports
+    due: float = 0.0  # monotonic time before which it is not delivered (a redelivery)
+    rounds: int = 0  # deliveries that failed so far
 
 
 class Reporter:
@@ -41,11 +48,12 @@ class Reporter:
         *,
         attempts: int = 3,
         backoff: float = 1.0,
+        redeliver: float = 10.0,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.provider = provider
         self.metrics = metrics or Metrics()
-        self.attempts, self.backoff = attempts, backoff
+        self.attempts, self.backoff, self.redeliver = attempts, backoff, redeliver
         self._queue: OrderedDict[tuple[str, str], _Pending] = OrderedDict()
         self._last: dict[tuple[str, str], CommitStatus] = {}
         self._seeded: OrderedDict[str, None] = OrderedDict()  # newest last, bounded
@@ -71,10 +79,11 @@ class Reporter:
         return self.provider.statuses(revision)
 
     def flush(self, timeout: float) -> bool:
-        """Waits until everything queued is posted (or given up); False on timeout."""
+        """Waits until everything queued is posted, or failed and waits for its redelivery;
+        False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
+            while self._busy or any(p.rounds == 0 for p in self._queue.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -84,7 +93,7 @@ class Reporter:
     def close(self, timeout: float = 30.0) -> None:
         flushed = self.flush(timeout)
         with self._cond:
-            if not flushed:
+            if not flushed or self._queue:  # or failed, waiting for a redelivery
                 log.warning("commit statuses not posted before shutdown: %d", len(self._queue))
                 for pending in self._queue.values():
                     self._count(pending.status, "dropped")
@@ -95,14 +104,27 @@ class Reporter:
 
     # -- the worker --------------------------------------------------------------------------
 
+    @property
+    def waiting(self) -> int:
+        """Statuses whose delivery failed, waiting to be delivered again."""
+        with self._cond:
+            return sum(1 for p in self._queue.values() if p.rounds)
+
+    def _next(self) -> tuple[tuple[str, str], _Pending] | None:
+        """The first queued status that is due, else None (the caller waits)."""
+        now = time.monotonic()
+        return next(((k, p) for k, p in self._queue.items() if p.due <= now), None)
+
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed.is_set():
-                    self._cond.wait()
-                if self._closed.is_set() and not self._queue:
+                while (found := self._next()) is None and not self._closed.is_set():
+                    due = min((p.due for p in self._queue.values()), default=None)
+                    self._cond.wait(None if due is None else max(0.01, due - time.monotonic()))
+                if self._closed.is_set() or found is None:
                     return
-                (revision, _context), pending = self._queue.popitem(last=False)
+                (revision, context), pending = found
+                del self._queue[(revision, context)]
                 self._busy = True
             try:
                 self._deliver(revision, pending)
@@ -125,11 +147,13 @@ class Reporter:
                     newer = key in self._queue
                 if newer or attempt == self.attempts or self._closed.is_set():
                     result = "dropped" if newer else "failed"
+                    again = "" if newer else self._again(revision, pending)
                     log.warning(
-                        "commit status %s on %s not posted (%s): %s",
+                        "commit status %s on %s not posted (%s%s): %s",
                         status.context,
                         revision[:12],
                         result,
+                        again,
                         exc,
                     )
                     self._count(status, result)
@@ -151,6 +175,19 @@ class Reporter:
                 status.description,
             )
             return
+
+    def _again(self, revision: str, pending: _Pending) -> str:
+        """Queues a failed status for a later delivery, unless a newer one took its place."""
+        wait = min(self.redeliver * 2**pending.rounds, REDELIVER_LONGEST)
+        with self._cond:
+            key = (revision, pending.status.context)
+            if key in self._queue or self._closed.is_set():
+                return ""
+            self._queue[key] = replace(
+                pending, due=time.monotonic() + wait, rounds=pending.rounds + 1
+            )
+            self._cond.notify_all()
+        return f"; delivered again in {wait:.0f}s"
 
     def _seed(self, revision: str) -> None:
         """The first time a commit is seen, learn what the forge already shows on it."""

@@ -1,8 +1,9 @@
 """A TCP proxy on a fixed loopback port in front of a real Git server, with a fault mode:
 ``pass`` (forward), ``down`` (nothing listens: connection refused), ``hang`` (accept, never
-answer), ``slow`` (forward, 100 ms per 1 KiB chunk) and ``garbage`` (answer every request with
-an HTTP 200 of random bytes). Test support only: the server behind it and git in front of it
-are real; the proxy only breaks the wire between them, as a network or a server would.
+answer), ``slow`` (forward, 100 ms per 1 KiB chunk), ``garbage`` (answer every request with
+an HTTP 200 of random bytes) and ``error500`` (answer every request with an HTTP 500).
+A real Git server (or forge) behind it and a real client in front: the proxy only breaks
+the wire between them, as a network or a server would.
 """
 
 from __future__ import annotations
@@ -22,16 +23,24 @@ class FaultProxy:
         self.mode = "pass"
         self._listener: socket.socket | None = None
         self._closed = threading.Event()
+        self._open: set[socket.socket] = set()  # connections being forwarded
+        self._lock = threading.Lock()
         self.port = 0
         self._listen()
 
     def set(self, mode: str) -> None:
-        assert mode in ("pass", "down", "hang", "slow", "garbage"), mode
+        assert mode in ("pass", "down", "hang", "slow", "garbage", "error500"), mode
         if mode == "down":
             self._stop_listening()
         elif self._listener is None:
             self._listen()
         self.mode = mode
+        if mode not in ("pass", "slow"):
+            # A kept-alive connection (a forge client's pool) would bypass the fault.
+            with self._lock:
+                for conn in self._open:
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._closed.set()
@@ -77,16 +86,30 @@ class FaultProxy:
                         b"advertisement\r\nContent-Length: 4096\r\n\r\n" + os.urandom(4096)
                     )
                 return
+            if mode == "error500":
+                body = b'{"message":"internal server error"}'
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json"
+                        b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                return
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
             except OSError:
                 return
+            with self._lock:
+                self._open.add(conn)
             with upstream:
                 delay = 0.1 if mode == "slow" else 0.0
                 back = threading.Thread(target=_pipe, args=(upstream, conn, delay), daemon=True)
                 back.start()
                 _pipe(conn, upstream, 0.0)
                 back.join(60)
+            with self._lock:
+                self._open.discard(conn)
 
 
 def _pipe(source: socket.socket, sink: socket.socket, delay: float) -> None:

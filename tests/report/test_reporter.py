@@ -38,7 +38,9 @@ def reporter_for(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-de
     monkeypatch.setenv("GH_TOKEN", TOKEN)
     made: list[Reporter] = []
 
-    def make(forge: ForgeServer, metrics: Metrics, attempts: int = 2) -> Reporter:
+    def make(
+        forge: ForgeServer, metrics: Metrics, attempts: int = 2, redeliver: float = 10.0
+    ) -> Reporter:
         client = JsonClient(
             forge.url,
             token_headers(TokenAuth(token_env="GH_TOKEN")),
@@ -46,7 +48,9 @@ def reporter_for(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-de
             policy=RetryPolicy(attempts=attempts, backoff=0.01),
             sleep=lambda seconds: None,
         )
-        reporter = Reporter(GitHubProvider(client, "o/r"), metrics, attempts=2, backoff=0.01)
+        reporter = Reporter(
+            GitHubProvider(client, "o/r"), metrics, attempts=2, backoff=0.01, redeliver=redeliver
+        )
         made.append(reporter)
         return reporter
 
@@ -132,7 +136,7 @@ def test_failures_are_retried_then_counted_and_logged_without_the_token(
         )
         or 0
     ) >= 1
-    assert "not posted (failed)" in caplog.text
+    assert "not posted (failed; delivered again in 10s)" in caplog.text
     assert TOKEN not in caplog.text
     assert all(TOKEN in r.headers["authorization"] for r in forge.requests)
 
@@ -177,3 +181,53 @@ def test_latency_is_measured(reporter_for) -> None:  # type: ignore[no-untyped-d
         )
         == 1
     )
+
+
+def test_a_status_that_failed_is_delivered_again_once_the_forge_is_back(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    """Regression: a status whose retries all failed was dropped for good, so a forge down
+    longer than the retries never showed the rollout's final status."""
+    metrics = Metrics()
+    down = threading.Event()
+    down.set()
+
+    def respond(request: Request) -> Reply:
+        if request.method == "GET":
+            return combined([])
+        return Reply(503, {"message": "down"}) if down.is_set() else Reply(201, {})
+
+    with ForgeServer(respond) as forge:
+        reporter = reporter_for(forge, metrics, redeliver=0.05)
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        while count(metrics, "success", "failed") < 3:  # three rounds failed
+            threading.Event().wait(0.01)
+        assert reporter.waiting == 1
+        down.clear()
+        while count(metrics, "success", "posted") == 0:
+            threading.Event().wait(0.01)
+        assert reporter.waiting == 0
+    assert [r.body["state"] for r in forge.posts()][-1] == "success"
+
+
+def test_a_newer_status_replaces_one_waiting_for_redelivery(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    with ForgeServer(on_get(Reply(502, {}))) as forge:
+        reporter = reporter_for(forge, metrics, redeliver=3600)
+        reporter.post(SHA, status(State.PENDING, "applying"))
+        assert reporter.flush(10)
+        assert reporter.waiting == 1
+        forge.default = on_get(Reply(201, {}))  # type: ignore[assignment]
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        assert reporter.flush(10)
+        assert reporter.waiting == 0
+    assert [r.body["state"] for r in forge.posts()][-1] == "success"
+    assert count(metrics, "success", "posted") == 1
+
+
+def test_shutdown_drops_what_waits_for_redelivery(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    with ForgeServer(on_get(Reply(502, {}))) as forge:
+        reporter = reporter_for(forge, metrics, redeliver=3600)
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        assert reporter.flush(10)
+        reporter.close(timeout=5)
+    assert count(metrics, "success", "dropped") == 1

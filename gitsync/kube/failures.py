@@ -1,0 +1,169 @@
+"""What an answer from the Kubernetes API server means for gitsync — the one place API statuses
+map to error classes — and the retry every API call goes through.
+
+Transient (retried here, with exponential backoff and jitter, or the wait the server asks for
+in ``Retry-After``): no answer at all (connection refused or reset, TLS, a timeout), 429 (API
+Priority and Fairness), 500/502/503/504 (etcd unavailable or slow, a restarting server), and a
+409 that is *not* a server-side-apply field conflict (optimistic concurrency: "the object has
+been modified; please apply your changes to the latest version and try again"). After the
+last attempt: :class:`~gitsync.errors.ClusterUnreachable` — gitsync's own failure, reported as
+an ``error`` commit status and retried by the agent, never a failed rollout.
+
+Refusals (never retried): every other status. The caller names them by what it was doing,
+through :func:`refusal`: 404 on a namespaced apply → :class:`~gitsync.errors.NamespaceMissing`,
+a field-manager 409 → :class:`~gitsync.errors.ConflictError`, else
+:class:`~gitsync.errors.ApplyError`.
+
+The official client retries none of this by itself: its ``client_go_retries`` (off by
+default) covers only GET and HEAD answered with ``Retry-After``; urllib3's default retries
+connection errors three times at once; and no request has a timeout unless given one, so a
+hung API server would hang the agent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import urllib3
+from kubernetes import client
+
+from gitsync.errors import ApplyError, ClusterUnreachable, ConflictError, NamespaceMissing
+from gitsync.model import ServiceKey
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class ApiRetry:
+    attempts: int = 5
+    backoff: float = 0.5  # the first wait; doubles per attempt, ±20% jitter
+    max_wait: float = 10.0  # the longest single wait, whatever Retry-After asks for
+
+
+RETRY = ApiRetry()
+
+
+def message(exc: client.ApiException) -> str:
+    """The server's own message (a ``Status`` object's ``message``), else the status line."""
+    text = _status(exc).get("message")
+    return str(text) if text else f"{exc.status} {exc.reason}"
+
+
+def _status(exc: client.ApiException) -> dict[str, Any]:
+    """The ``Status`` object the API server sends with an error, or {}."""
+    try:
+        body = json.loads(exc.body)
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def field_conflict(exc: client.ApiException) -> bool:
+    """A server-side apply conflict: another field manager owns a field gitsync sets. Only
+    these 409s are refusals; ``force`` or a change in Git resolves them, a retry never does."""
+    if exc.status != 409:
+        return False
+    causes = (_status(exc).get("details") or {}).get("causes") or []
+    # A StatusCause names its type "reason" in JSON.
+    return any(c.get("reason") == "FieldManagerConflict" for c in causes if isinstance(c, dict))
+
+
+def transient(exc: client.ApiException) -> bool:
+    """True when the same request may well succeed if sent again: 429, 5xx, no answer, and
+    a 409 ``Conflict`` that is not a field conflict (``AlreadyExists`` is a 409 too: final)."""
+    if exc.status in TRANSIENT_STATUSES or exc.status == 0:  # 0: the client's TLS failure
+        return True
+    return (
+        exc.status == 409 and _status(exc).get("reason") == "Conflict" and not field_conflict(exc)
+    )
+
+
+def retry_after(exc: client.ApiException) -> float | None:
+    """Seconds the server asked to wait (``Retry-After`` on a 429 or 503), else None."""
+    headers = exc.headers or {}
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None or not str(value).strip().isdigit():
+        return None
+    return float(str(value).strip())
+
+
+def wait_before(attempt: int, exc: client.ApiException | None, policy: ApiRetry) -> float:
+    """The wait after failed attempt ``attempt`` (1-based): the server's ``Retry-After`` when
+    it gave one, else exponential backoff with jitter; never more than ``policy.max_wait``."""
+    asked = retry_after(exc) if exc is not None else None
+    if asked is None:
+        asked = policy.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+    return float(min(asked, policy.max_wait))
+
+
+def refusal(exc: client.ApiException, key: ServiceKey, verb: str) -> ApplyError:
+    """A non-transient answer to ``verb`` on ``key`` as gitsync's error."""
+    if field_conflict(exc):
+        return ConflictError(
+            key,
+            f"{verb} conflicts with another field manager: {message(exc)}; fix it in Git or in "
+            "the other tool, or set rollout.forceConflicts in the agent config",
+        )
+    if exc.status == 404 and "namespaces" in message(exc):
+        return NamespaceMissing(
+            key,
+            f"namespace {key.namespace} does not exist; create it or set createNamespace: true "
+            "on the environment in gitsync.yaml",
+        )
+    return ApplyError(key, f"{verb} refused ({exc.status}): {message(exc)}")
+
+
+def unreachable(cause: str, attempts: int) -> ClusterUnreachable:
+    return ClusterUnreachable(
+        f"the Kubernetes API server is unreachable or failing ({cause}; {attempts} attempts); "
+        "check the kubeconfig (or the in-cluster service account) and that the API server "
+        "and etcd are up"
+    )
+
+
+def reaching_the_api(
+    call: Callable[P, R], *, policy: ApiRetry = RETRY, sleep: Callable[[float], None] = time.sleep
+) -> Callable[P, R]:
+    """Runs ``call`` (one API request, or a read-then-write of one object) again while the
+    API server does not answer or answers transiently; after ``policy.attempts`` raises
+    :class:`ClusterUnreachable`. Refusals pass through as the call raised them: a call that
+    maps an ApiException to its own error lets transient ones through unmapped (``if
+    transient(exc): raise``)."""
+
+    @functools.wraps(call)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, policy.attempts + 1):
+            answer: client.ApiException | None = None
+            try:
+                return call(*args, **kwargs)
+            except urllib3.exceptions.HTTPError as exc:
+                cause = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+            except client.ApiException as exc:
+                if not transient(exc):
+                    raise
+                answer, cause = exc, f"HTTP {exc.status}: {message(exc)}"
+            if attempt == policy.attempts:
+                raise unreachable(cause, attempt) from None
+            wait = wait_before(attempt, answer, policy)
+            log.warning(
+                "Kubernetes API call %s failed, retrying in %.1fs: %s",
+                call.__name__,
+                wait,
+                cause,
+            )
+            sleep(wait)
+        raise AssertionError("unreachable")
+
+    return wrapper
