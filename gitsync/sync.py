@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import DesiredService, RolloutState, ServiceKey
+from gitsync.model import DesiredService, Phase, RolloutState, ServiceKey
 from gitsync.plan import Plan, plan_table
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
 from gitsync.report.reporter import Reporter
@@ -46,6 +46,15 @@ class PassResult:
 
 def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, DesiredService]:
     return {s.key: s for s in environment_manifests(read_tree(tree), environment, label).services}
+
+
+def left_behind(prior: RolloutState | None, revision: str) -> str | None:
+    """The older revision whose rollout of this environment never finished — the agent was
+    stopped or killed mid-way and a newer commit arrived meanwhile — so its commit status
+    still says pending; it is superseded by ``revision``. None when there is none."""
+    if prior is None or prior.revision == revision or not prior.revision:
+        return None
+    return prior.revision if prior.phase in (Phase.IN_PROGRESS, Phase.SUPERSEDED) else None
 
 
 def _superseded_check(
@@ -167,6 +176,7 @@ class _Pass:
     record: Callable[[ServiceKey, str, str, str], None]
     on_plan: Callable[[Plan], None]
     on_event: Callable[[str, WaveEvent], None]
+    told: set[tuple[str, str]] = field(default_factory=set)  # (revision, env) told superseded
 
     def _statuses(self, revision: str) -> _Statuses:
         return _Statuses(self.reporter, Describer(revision, self.config.status.target_url))
@@ -178,6 +188,7 @@ class _Pass:
             statuses = self._statuses(revision)
             for old, name in superseded:
                 self._statuses(old).post(statuses.describe.superseded(name, revision))
+                self.told.add((old, name))
             superseded.clear()
             report = read_tree_cached(self.source.checkout(revision))
             label = revision[:12]
@@ -251,6 +262,11 @@ class _Pass:
                 return None
             self.on_plan(plan)
             self.on_start(env.name)
+            old = left_behind(self.state.read(env.name), revision)
+            if old is not None and (old, env.name) not in self.told:
+                self.progress(f"{env.name}: {old[:12]} was left unfinished; superseded")
+                self._statuses(old).post(statuses.describe.superseded(env.name, revision))
+                self.told.add((old, env.name))
             rollout = Rollout(
                 self.services,
                 self.state,
