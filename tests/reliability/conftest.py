@@ -40,9 +40,9 @@ class Figures:
     def add(self, table: str, row: Mapping[str, object]) -> None:
         if table == SUMMARY:
             assert tuple(row) == SUMMARY_COLUMNS, f"summary rows have columns {SUMMARY_COLUMNS}"
-            self.tables.setdefault(table, self._earlier_summary())
-            rows = self.tables[table]
-            rows[:] = [r for r in rows if r["scenario"] != row["scenario"]]
+            # Read again at every row: another run may have added its rows meanwhile.
+            earlier = [r for r in self._earlier_summary() if r["scenario"] != row["scenario"]]
+            self.tables[table] = earlier
         self.tables.setdefault(table, []).append(dict(row))
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"{table}.md").write_text("\n".join(self.render(table)) + "\n")
