@@ -400,3 +400,33 @@ def test_sigkill_at_random_points_of_a_multi_wave_rollout(
             process.kill()
             process.wait(10)
     assert not failed, [(t.number, t.killed_at, t.problems) for t in failed]
+
+
+def test_the_checks_see_an_early_apply_and_a_step_back() -> None:
+    """The watch's verdicts themselves (no test bed): the ranker applied while the embedder
+    still deploys, production while staging is not Healthy, a service going back."""
+    spaces = {"staging": "s", "production": "p"}
+    ok, starting = Health.HEALTHY, Health.PROGRESSING
+
+    def at(rv: int, ns: str, name: str, sha: str, health: Health) -> Seen:
+        return Seen(rv, 0.0, ns, name, sha, 1, health)
+
+    history = [
+        at(1, "s", "embedder", "a", ok),
+        at(2, "s", "ranker", "a", ok),
+        at(3, "s", "summarizer", "a", ok),
+        at(4, "s", "embedder", "b", starting),
+        at(5, "s", "ranker", "b", starting),  # early: the embedder is still starting
+        at(6, "s", "embedder", "b", ok),
+        at(7, "s", "summarizer", "b", ok),  # in order
+        at(8, "p", "embedder", "b", starting),  # early: the staging ranker is not Healthy
+        at(9, "s", "ranker", "a", ok),  # back
+    ]
+    early = order_violations(history, spaces)
+    # (the step back is an apply too: at "a", while the embedder is at "b")
+    assert [what.split(" applied")[0] for _, what in early] == [
+        "s/ranker",
+        "p/embedder",
+        "s/ranker",
+    ]
+    assert regressions(history, ["a", "b"]) == [("b", "s/ranker went from b to a")]
