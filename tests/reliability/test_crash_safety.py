@@ -234,6 +234,7 @@ def killed_at(
     return "; ".join(parts)
 
 
+@pytest.mark.timeout(2400)  # a hang guard: 20 trials of a rollout and a restart each
 def test_sigkill_at_random_points_of_a_multi_wave_rollout(
     api: client.ApiClient,
     control_plane: ControlPlane,
