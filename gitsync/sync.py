@@ -57,6 +57,26 @@ def left_behind(prior: RolloutState | None, revision: str) -> str | None:
     return prior.revision if prior.phase in (Phase.IN_PROGRESS, Phase.SUPERSEDED) else None
 
 
+_FINAL = {Phase.SUCCEEDED: State.SUCCESS, Phase.FAILED: State.FAILURE,
+          Phase.ROLLED_BACK: State.FAILURE}  # fmt: skip
+
+
+def lost_final_status(
+    prior: RolloutState | None, revision: str, seen: CommitStatus | None
+) -> tuple[State, str] | None:
+    """The final status an older revision's finished rollout should show and does not:
+    statuses are posted off the pass's thread, after the state says how the rollout ended, so
+    an agent killed in between loses them. The restarted agent posts it again when it did
+    not come back to that revision (a newer commit arrived meanwhile); when it did, that
+    pass posts it. ``seen``: what the forge shows for the environment on that revision."""
+    if prior is None or not prior.revision or prior.revision == revision:
+        return None
+    final = _FINAL.get(prior.phase)
+    if final is None or (seen is not None and seen.state is not State.PENDING):
+        return None
+    return final, prior.message or str(prior.phase)
+
+
 def _superseded_check(
     source: GitSource, revision: str, every: float = SUPERSEDE_CHECK_SECONDS
 ) -> Callable[[], bool]:
@@ -218,6 +238,36 @@ class _Pass:
                 return PassResult(revision, tuple(results))
             self.progress("starting over at the new head")
 
+    def _settle_older(self, name: str, revision: str, statuses: _Statuses) -> None:
+        """The environment's previous revision, if a stopped agent left its commit status
+        pending: superseded when its rollout never finished, else how it ended."""
+        prior = self.state.read(name)
+        old = left_behind(prior, revision)
+        if old is not None:
+            if (old, name) not in self.told:
+                self.progress(f"{name}: {old[:12]} was left unfinished; superseded")
+                self._statuses(old).post(statuses.describe.superseded(name, revision))
+                self.told.add((old, name))
+            return
+        if prior is None or prior.revision == revision or self.reporter is None:
+            return
+        if prior.phase not in _FINAL or (prior.revision, name) in self.told:
+            return
+        mine = self.reporter.asked(prior.revision, context(name))
+        if mine is not None and mine.state is not State.PENDING:
+            return  # this agent finished that rollout: its final status is posted or queued
+        try:
+            seen = self.reporter.statuses(prior.revision).get(context(name))
+        except GitsyncError as exc:
+            self.progress(f"{name}: cannot read the statuses of {prior.revision[:12]}: {exc}")
+            return
+        lost = lost_final_status(prior, revision, seen)
+        if lost is not None:
+            self.progress(f"{name}: {prior.revision[:12]} {prior.phase}; posting its lost status")
+            older = self._statuses(prior.revision)
+            older.post(older.describe.status(name, *lost))
+        self.told.add((prior.revision, name))
+
     def _block_after(self, names: Sequence[str], name: str, statuses: _Statuses) -> None:
         remaining = names[names.index(name) + 1 :]
         if remaining:
@@ -262,11 +312,7 @@ class _Pass:
                 return None
             self.on_plan(plan)
             self.on_start(env.name)
-            old = left_behind(self.state.read(env.name), revision)
-            if old is not None and (old, env.name) not in self.told:
-                self.progress(f"{env.name}: {old[:12]} was left unfinished; superseded")
-                self._statuses(old).post(statuses.describe.superseded(env.name, revision))
-                self.told.add((old, env.name))
+            self._settle_older(env.name, revision, statuses)
             rollout = Rollout(
                 self.services,
                 self.state,

@@ -24,8 +24,11 @@ from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, Change, DesiredService, Phase, RolloutState, ServiceKey
 from gitsync.plan import Plan, Wave
+from gitsync.report.provider import Provider
+from gitsync.report.reporter import Reporter
+from gitsync.report.status import CommitStatus, State
 from gitsync.rollout import Outcome, Rollout
-from gitsync.sync import left_behind
+from gitsync.sync import left_behind, lost_final_status
 
 HEALTH = Path(__file__).parent / "health"
 NS = "ray-prod"
@@ -73,7 +76,7 @@ class Cluster:
         return copy.deepcopy(self.objects.get(key))
 
 
-class State:
+class Store:
     def __init__(self, prior: RolloutState | None) -> None:
         self.states = {} if prior is None else {prior.environment: prior}
         self.written: list[RolloutState] = []
@@ -115,7 +118,7 @@ def plan(changed: set[ServiceKey]) -> Plan:
     )
 
 
-def run(cluster: Cluster, state: State, changed: set[ServiceKey]) -> Outcome:
+def run(cluster: Cluster, state: Store, changed: set[ServiceKey]) -> Outcome:
     settings = RolloutSettings(
         healthy_reads=1, healthy_seconds=0.0, poll_interval=0.01, health_timeout=0.5
     )
@@ -128,7 +131,7 @@ def test_a_failed_revision_run_again_is_still_failed() -> None:
     """Killed after the rollout failed (or merely restarted): the restarted agent's pass
     found nothing to change and reported success, and production was promoted."""
     cluster = Cluster({EMBEDDER: "healthy", RANKER: "deploy-failed-under-ready-true"})
-    state = State(RolloutState("production", NEW, Phase.FAILED, 1, last_healthy_revision=OLD))
+    state = Store(RolloutState("production", NEW, Phase.FAILED, 1, last_healthy_revision=OLD))
     assert run(cluster, state, changed=set()) is Outcome.FAILED
     assert state.written[-1].phase is Phase.FAILED
     assert not cluster.applied
@@ -148,14 +151,14 @@ def test_a_failed_revision_run_again_is_still_failed() -> None:
 )
 def test_the_next_wave_waits_for_an_unchanged_wave_left_starting(prior: RolloutState) -> None:
     cluster = Cluster({EMBEDDER: "app-deploying", RANKER: "healthy"})
-    state = State(prior)
+    state = Store(prior)
     assert run(cluster, state, changed={RANKER}) is Outcome.FAILED  # wave 0 never Healthy
     assert not cluster.applied, "the ranker (wave 1) was applied before the embedder was Healthy"
 
 
 def test_after_a_success_only_changes_are_gated() -> None:
     cluster = Cluster({EMBEDDER: "app-deploying", RANKER: "healthy"})
-    state = State(RolloutState("production", OLD, Phase.SUCCEEDED, None))
+    state = Store(RolloutState("production", OLD, Phase.SUCCEEDED, None))
     assert run(cluster, state, changed={RANKER}) is Outcome.SUCCEEDED
     assert [key for key, _ in cluster.applied] == [RANKER]
 
@@ -177,3 +180,54 @@ def test_a_revision_left_unfinished_is_told_superseded(
     """Its commit status said pending for good when the agent died mid-rollout and a newer
     commit arrived before it came back."""
     assert left_behind(prior, NEW) == expected
+
+
+@pytest.mark.parametrize(
+    ("prior", "seen", "expected"),
+    [
+        # killed after the state said succeeded, before the status went out; a newer commit
+        (RolloutState("staging", OLD, Phase.SUCCEEDED, message="3 applied"), "pending", "success"),
+        (RolloutState("staging", OLD, Phase.SUCCEEDED, message="3 applied"), None, "success"),
+        (
+            RolloutState("staging", OLD, Phase.FAILED, message="ranker Degraded"),
+            "pending",
+            "failure",
+        ),
+        (RolloutState("staging", OLD, Phase.ROLLED_BACK), "pending", "failure"),
+        (RolloutState("staging", OLD, Phase.SUCCEEDED), "success", None),  # it went out
+        (RolloutState("staging", OLD, Phase.FAILED), "failure", None),
+        (RolloutState("staging", NEW, Phase.SUCCEEDED), "pending", None),  # this pass posts it
+        (RolloutState("staging", OLD, Phase.IN_PROGRESS), "pending", None),  # superseded instead
+        (None, None, None),
+    ],
+)
+def test_a_final_status_lost_with_the_agent_is_posted_again(
+    prior: RolloutState | None, seen: str | None, expected: str | None
+) -> None:
+    shown = None if seen is None else CommitStatus("gitsync/staging", State(seen), "")
+    lost = lost_final_status(prior, NEW, shown)
+    assert (None if lost is None else str(lost[0])) == expected
+    if lost is not None and prior is not None and prior.message:
+        assert lost[1] == prior.message
+
+
+def test_the_reporter_remembers_what_it_was_asked_to_post() -> None:
+    class Forge:
+        name = "fake"
+
+        def post(self, revision: str, status: CommitStatus) -> None:
+            pass
+
+        def statuses(self, revision: str) -> dict[str, CommitStatus]:
+            return {}
+
+    reporter = Reporter(cast(Provider, Forge()))
+    try:
+        assert reporter.asked(OLD, "gitsync/staging") is None
+        reporter.post(OLD, CommitStatus("gitsync/staging", State.PENDING, "applying"))
+        reporter.post(OLD, CommitStatus("gitsync/staging", State.SUCCESS, "Healthy"))
+        asked = reporter.asked(OLD, "gitsync/staging")
+        assert asked is not None
+        assert asked.state is State.SUCCESS
+    finally:
+        reporter.close(timeout=5)
