@@ -64,6 +64,7 @@ class Trial:
     early: bool
     delay: float = 0.0
     revisions: list[str] = field(default_factory=list)  # pushed, oldest first
+    stage: str = ""
     killed_at: str = ""
     recovery: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -214,24 +215,75 @@ def regressions(history: list[Seen], order: list[str]) -> list[tuple[str, str]]:
 
 def killed_at(
     api: client.ApiClient, recorder: Recorder, namespaces: dict[str, str], sha: str
-) -> str:
-    """Where the kill landed: what the cluster and the state ConfigMaps showed."""
+) -> tuple[str, str]:
+    """Where the kill landed — a stage, and what the cluster and the state ConfigMaps showed
+    (per environment: services applied at the commit, how many of them Healthy, the state)."""
     latest = recorder.latest()
-    parts = []
+    parts, stages = [], []
     for env, ns in namespaces.items():
-        mine = [latest[(ns, n)] for n in SERVICES if (ns, n) in latest]
-        at = [s for s in mine if s.revision == sha]
+        at = [
+            latest[(ns, n)]
+            for n in SERVICES
+            if (ns, n) in latest and latest[(ns, n)].revision == sha
+        ]
         healthy = [s for s in at if s.health is Health.HEALTHY]
         data = state(api, namespaces["staging"], env)  # the state namespace
-        phase = data.get("phase", "-")
-        if data.get("revision") != sha:
-            phase = f"{phase} (older)"
-        wave = data.get("wave", "")
-        parts.append(
-            f"{env} {len(at)}/3 applied {len(healthy)}/3 healthy, state {phase}"
-            + (f" wave {wave}" if wave else "")
+        mine = data.get("revision") == sha
+        phase = data.get("phase", "none") if mine else "older"
+        wave = f" {data['wave']}" if mine and data.get("wave") else ""
+        parts.append(f"{env} {len(at)}/{len(healthy)} {phase}{wave}")
+        if mine and phase == "in-progress":
+            stages.append(f"{env} wave{wave or ' not yet written'}")
+        elif mine and phase == "failed":
+            stages.append(f"{env} failed")
+        elif mine and phase == "succeeded":
+            stages.append(f"{env} done")
+    stage = stages[-1] if stages else "before the first state write"
+    if stage == "staging done":
+        stage = "between the environments"
+    elif stage == "production done":
+        stage = "after the rollout"
+    return stage, ", ".join(parts)
+
+
+def report(figures: Figures, trials: list[Trial]) -> list[Trial]:
+    """The trials' figures; the trials that failed."""
+    for trial in trials:
+        figures.add(
+            "crash-safety",
+            {
+                "trial": trial.number,
+                "commit": "fails" if trial.failing else "good",
+                "kill": f"{'after push' if trial.early else 'after first apply'} "
+                f"+{trial.delay:.1f}s",
+                "where it landed": trial.stage,
+                "applied/Healthy, state": trial.killed_at,
+                "newer commit while dead": "yes" if trial.newer else "",
+                "recovery s": round(trial.recovery, 1),
+                "problems": "; ".join(trial.problems),
+            },
         )
-    return "; ".join(parts)
+    failed = [t for t in trials if t.problems]
+    for stage in sorted({t.stage for t in trials}):
+        landed = [t for t in trials if t.stage == stage]
+        figures.add(
+            "crash-safety-stages",
+            {
+                "where the kill landed": stage,
+                "trials": len(landed),
+                "of them with a newer commit while dead": sum(t.newer for t in landed),
+                "failures": sum(bool(t.problems) for t in landed),
+                "recovery s": spread([t.recovery for t in landed]),
+            },
+        )
+    figures.summary(
+        "agent SIGKILLed mid-rollout (2 environments, 2 waves each)",
+        trials=len(trials),
+        failures=len(failed),
+        data_lost=sum(t.lost for t in trials),
+        recovery_s=spread([t.recovery for t in trials]),
+    )
+    return failed
 
 
 @pytest.mark.timeout(2400)  # a hang guard: 20 trials of a rollout and a restart each
@@ -337,7 +389,7 @@ def test_sigkill_at_random_points_of_a_multi_wave_rollout(
             time.sleep(trial.delay)
             agent.send_signal(signal.SIGKILL)
             agent.wait(10)
-            trial.killed_at = killed_at(api, recorder, namespaces, sha)
+            trial.stage, trial.killed_at = killed_at(api, recorder, namespaces, sha)
             failing = trial.failing
             if trial.newer:
                 sha = repo.commit(failing=False)
@@ -374,28 +426,7 @@ def test_sigkill_at_random_points_of_a_multi_wave_rollout(
         if sha in trial_of:
             trial_of[sha].problems.append(what)
             trial_of[sha].lost += 1
-    for trial in trials:
-        figures.add(
-            "crash-safety",
-            {
-                "trial": trial.number,
-                "commit": "fails" if trial.failing else "good",
-                "kill": f"{'after push' if trial.early else 'after first apply'} "
-                f"+{trial.delay:.1f}s",
-                "where it landed": trial.killed_at,
-                "newer commit while dead": "yes" if trial.newer else "",
-                "recovery s": round(trial.recovery, 1),
-                "problems": "; ".join(trial.problems),
-            },
-        )
-    failed = [t for t in trials if t.problems]
-    figures.summary(
-        "agent SIGKILLed mid-rollout (2 environments, 2 waves each)",
-        trials=len(trials),
-        failures=len(failed),
-        data_lost=sum(t.lost for t in trials),
-        recovery_s=spread([t.recovery for t in trials]),
-    )
+    failed = report(figures, trials)
     for process in processes:
         if process.poll() is None:
             process.kill()
