@@ -118,11 +118,14 @@ class Rollout:
             self.progress(f"{env.name}: up to date at {revision[:12]}")
             return RolloutResult(env.name, revision, Outcome.SUCCEEDED, "up to date")
         last_healthy = prior.last_healthy_revision if prior else ""
-        resuming = prior is not None and prior.phase is Phase.IN_PROGRESS
-        resuming = resuming and prior is not None and prior.revision == revision
-        if resuming and prior is not None:
+        resumed = (
+            prior
+            if prior and prior.phase is Phase.IN_PROGRESS and prior.revision == revision
+            else None
+        )
+        if resumed is not None:
             self.progress(
-                f"{env.name}: resuming the rollout of {revision[:12]} at wave {prior.wave}"
+                f"{env.name}: resuming the rollout of {revision[:12]} at wave {resumed.wave}"
             )
         # After a rollout that did not succeed — killed mid-way, superseded, failed — nothing
         # vouches for the services' health: those it applied are "unchanged" now (their spec
@@ -130,10 +133,10 @@ class Rollout:
         # would apply the next wave before them, or call a failed revision succeeded when it
         # is run again (a restarted agent). So every service of every wave is gated.
         unfinished = prior is not None and prior.phase is not Phase.SUCCEEDED
-        started = prior.started if resuming and prior else _now()
-        wave_now = prior.wave if resuming and prior else None  # until the next wave is written
+        started = resumed.started if resumed else _now()
+        at_wave = resumed.wave if resumed else None  # kept until the next wave is written
         record = RolloutState(
-            env.name, revision, Phase.IN_PROGRESS, wave_now, started, "", "", last_healthy
+            env.name, revision, Phase.IN_PROGRESS, at_wave, started, "", "", last_healthy
         )
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):

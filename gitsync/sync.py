@@ -196,7 +196,7 @@ class _Pass:
     record: Callable[[ServiceKey, str, str, str], None]
     on_plan: Callable[[Plan], None]
     on_event: Callable[[str, WaveEvent], None]
-    told: set[tuple[str, str]] = field(default_factory=set)  # (revision, env) told superseded
+    told: set[tuple[str, str]] = field(default_factory=set)  # (older revision, env) settled
 
     def _statuses(self, revision: str) -> _Statuses:
         return _Statuses(self.reporter, Describer(revision, self.config.status.target_url))
