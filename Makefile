@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv testbed lint typecheck pytest bench docs clean
+.PHONY: test demo venv testbed lint typecheck pytest bench docs clean reliability-report
 
 test: lint typecheck testbed pytest ## lint, types, test bed, the whole suite
 
@@ -31,6 +31,9 @@ typecheck: venv
 
 pytest: venv
 	$(BIN)/pytest
+
+reliability-report: venv ## docs/reliability.md's generated figures, from the last runs' artifacts
+	$(BIN)/python -m tests.reliability.report
 
 bench: venv ## benchmarks (not part of make test)
 	$(BIN)/python -m bench.suite --out docs

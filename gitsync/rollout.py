@@ -118,18 +118,25 @@ class Rollout:
             self.progress(f"{env.name}: up to date at {revision[:12]}")
             return RolloutResult(env.name, revision, Outcome.SUCCEEDED, "up to date")
         last_healthy = prior.last_healthy_revision if prior else ""
-        resume_wave = (
-            prior.wave
+        resumed = (
+            prior
             if prior and prior.phase is Phase.IN_PROGRESS and prior.revision == revision
             else None
         )
-        if resume_wave is not None:
+        if resumed is not None:
             self.progress(
-                f"{env.name}: resuming the rollout of {revision[:12]} at wave {resume_wave}"
+                f"{env.name}: resuming the rollout of {revision[:12]} at wave {resumed.wave}"
             )
-        started = prior.started if resume_wave is not None and prior else _now()
+        # After a rollout that did not succeed — killed mid-way, superseded, failed — nothing
+        # vouches for the services' health: those it applied are "unchanged" now (their spec
+        # is already Git's), yet may still be starting, or Degraded. Gating only what changes
+        # would apply the next wave before them, or call a failed revision succeeded when it
+        # is run again (a restarted agent). So every service of every wave is gated.
+        unfinished = prior is not None and prior.phase is not Phase.SUCCEEDED
+        started = resumed.started if resumed else _now()
+        at_wave = resumed.wave if resumed else None  # kept until the next wave is written
         record = RolloutState(
-            env.name, revision, Phase.IN_PROGRESS, None, started, "", "", last_healthy
+            env.name, revision, Phase.IN_PROGRESS, at_wave, started, "", "", last_healthy
         )
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
@@ -140,8 +147,7 @@ class Rollout:
             if wave.prune:
                 continue
             changed = [c.key for c in wave.changes if c.action is not Action.UNCHANGED]
-            resuming = resume_wave is not None and wave.number >= resume_wave
-            gate = sorted({*changed, *(c.key for c in wave.changes if resuming)})
+            gate = sorted({*changed, *(c.key for c in wave.changes if unfinished)})
             if gate:
                 work.append((wave, changed, gate))
         for index, (wave, changed, gate) in enumerate(work, start=1):

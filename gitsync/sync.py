@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import DesiredService, RolloutState, ServiceKey
+from gitsync.model import DesiredService, Phase, RolloutState, ServiceKey
 from gitsync.plan import Plan, plan_table
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
 from gitsync.report.reporter import Reporter
@@ -46,6 +46,35 @@ class PassResult:
 
 def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, DesiredService]:
     return {s.key: s for s in environment_manifests(read_tree(tree), environment, label).services}
+
+
+def left_behind(prior: RolloutState | None, revision: str) -> str | None:
+    """The older revision whose rollout of this environment never finished — the agent was
+    stopped or killed mid-way and a newer commit arrived meanwhile — so its commit status
+    still says pending; it is superseded by ``revision``. None when there is none."""
+    if prior is None or prior.revision == revision or not prior.revision:
+        return None
+    return prior.revision if prior.phase in (Phase.IN_PROGRESS, Phase.SUPERSEDED) else None
+
+
+_FINAL = {Phase.SUCCEEDED: State.SUCCESS, Phase.FAILED: State.FAILURE,
+          Phase.ROLLED_BACK: State.FAILURE}  # fmt: skip
+
+
+def lost_final_status(
+    prior: RolloutState | None, revision: str, seen: CommitStatus | None
+) -> tuple[State, str] | None:
+    """The final status an older revision's finished rollout should show and does not:
+    statuses are posted off the pass's thread, after the state says how the rollout ended, so
+    an agent killed in between loses them. The restarted agent posts it again when it did
+    not come back to that revision (a newer commit arrived meanwhile); when it did, that
+    pass posts it. ``seen``: what the forge shows for the environment on that revision."""
+    if prior is None or not prior.revision or prior.revision == revision:
+        return None
+    final = _FINAL.get(prior.phase)
+    if final is None or (seen is not None and seen.state is not State.PENDING):
+        return None
+    return final, prior.message or str(prior.phase)
 
 
 def _superseded_check(
@@ -167,6 +196,7 @@ class _Pass:
     record: Callable[[ServiceKey, str, str, str], None]
     on_plan: Callable[[Plan], None]
     on_event: Callable[[str, WaveEvent], None]
+    told: set[tuple[str, str]] = field(default_factory=set)  # (older revision, env) settled
 
     def _statuses(self, revision: str) -> _Statuses:
         return _Statuses(self.reporter, Describer(revision, self.config.status.target_url))
@@ -178,6 +208,7 @@ class _Pass:
             statuses = self._statuses(revision)
             for old, name in superseded:
                 self._statuses(old).post(statuses.describe.superseded(name, revision))
+                self.told.add((old, name))
             superseded.clear()
             report = read_tree_cached(self.source.checkout(revision))
             label = revision[:12]
@@ -206,6 +237,36 @@ class _Pass:
             if not superseded:
                 return PassResult(revision, tuple(results))
             self.progress("starting over at the new head")
+
+    def _settle_older(self, name: str, revision: str, statuses: _Statuses) -> None:
+        """The environment's previous revision, if a stopped agent left its commit status
+        pending: superseded when its rollout never finished, else how it ended."""
+        prior = self.state.read(name)
+        old = left_behind(prior, revision)
+        if old is not None:
+            if (old, name) not in self.told:
+                self.progress(f"{name}: {old[:12]} was left unfinished; superseded")
+                self._statuses(old).post(statuses.describe.superseded(name, revision))
+                self.told.add((old, name))
+            return
+        if prior is None or prior.revision == revision or self.reporter is None:
+            return
+        if prior.phase not in _FINAL or (prior.revision, name) in self.told:
+            return
+        mine = self.reporter.asked(prior.revision, context(name))
+        if mine is not None and mine.state is not State.PENDING:
+            return  # this agent finished that rollout: its final status is posted or queued
+        try:
+            seen = self.reporter.statuses(prior.revision).get(context(name))
+        except GitsyncError as exc:
+            self.progress(f"{name}: cannot read the statuses of {prior.revision[:12]}: {exc}")
+            return
+        lost = lost_final_status(prior, revision, seen)
+        if lost is not None:
+            self.progress(f"{name}: {prior.revision[:12]} {prior.phase}; posting its lost status")
+            older = self._statuses(prior.revision)
+            older.post(older.describe.status(name, *lost))
+        self.told.add((prior.revision, name))
 
     def _block_after(self, names: Sequence[str], name: str, statuses: _Statuses) -> None:
         remaining = names[names.index(name) + 1 :]
@@ -251,6 +312,7 @@ class _Pass:
                 return None
             self.on_plan(plan)
             self.on_start(env.name)
+            self._settle_older(env.name, revision, statuses)
             rollout = Rollout(
                 self.services,
                 self.state,

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 REMEMBERED_REVISIONS = 64  # commits whose last statuses are kept for deduplication
 REDELIVER_LONGEST = 300.0  # the longest wait between two deliveries of a failed status
+ASKED_LIMIT = 1024  # (revision, context) pairs whose last requested status is remembered
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Reporter:
         self._queue: OrderedDict[tuple[str, str], _Pending] = OrderedDict()
         self._last: dict[tuple[str, str], CommitStatus] = {}
         self._seeded: OrderedDict[str, None] = OrderedDict()  # newest last, bounded
+        # the last status this agent asked for per (revision, context), newest last, bounded
+        self._asked: OrderedDict[tuple[str, str], CommitStatus] = OrderedDict()
         self._cond = threading.Condition()
         self._busy = False
         self._closed = threading.Event()
@@ -72,7 +75,16 @@ class Reporter:
             if key in self._queue:
                 self._count(self._queue[key].status, "dropped")
             self._queue[key] = _Pending(status, time.monotonic())
+            self._asked[key] = status
+            self._asked.move_to_end(key)
+            while len(self._asked) > ASKED_LIMIT:
+                self._asked.popitem(last=False)
             self._cond.notify_all()
+
+    def asked(self, revision: str, context: str) -> CommitStatus | None:
+        """The last status this agent posted (or queued) for ``context`` on ``revision``."""
+        with self._cond:
+            return self._asked.get((revision, context))
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
         """What the forge shows on ``revision`` now (a read: may raise ForgeError)."""

@@ -78,7 +78,7 @@ def test_the_agent_refuses_every_hostile_commit_and_recovers(
             ),
             "a good commit after the corpus",
         )
-        run_pass(running)
+        recovered = run_pass(running)
     finally:
         logging.getLogger("gitsync.agent").removeHandler(failures)
     assert running.last_ok, failures.lines
@@ -99,4 +99,11 @@ def test_the_agent_refuses_every_hostile_commit_and_recovers(
             "error": f"RSS growth over the corpus: {rss_mib() - before_rss:+.1f} MiB; "
             f"cached trees left: {len(trees)}",
         },
+    )
+    figures.summary(
+        "hostile commits under a live agent",
+        trials=len(CASES),
+        failures=0,  # each case refused as expected, or the test stopped before this row
+        data_lost=0,  # every service kept its generation and revision through the corpus
+        recovery_s=recovered,
     )

@@ -63,3 +63,10 @@ def test_rounds_of_bad_and_good_commits_do_not_grow_the_agent(
         )
     # Generous: a leak of a few MiB per failed pass would show over a long run.
     assert samples[-1] - samples[0] < 100
+    figures.summary(
+        "soak: refused and good commits in turn",
+        trials=ROUNDS,
+        failures=0,
+        data_lost=0,
+        recovery_s=None,
+    )
