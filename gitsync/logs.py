@@ -8,6 +8,23 @@ import logging
 import sys
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# APScheduler warns each time a job's run is skipped because its previous run is still going
+# ("maximum number of running instances reached") or ran late ("was missed by"). The agent's
+# jobs never overlap with themselves and coalesce by design: a pass longer than the poll
+# interval is expected, so these are DEBUG, not one WARNING per interval.
+_BY_DESIGN = ("maximum number of running instances reached", "was missed by")
+
+
+class ScheduledRunsFilter(logging.Filter):
+    """Demotes APScheduler's skipped- and missed-run warnings to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and any(
+            text in record.getMessage() for text in _BY_DESIGN
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,3 +54,4 @@ def configure(fmt: str = "text", level: str = "info") -> None:
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "urllib3", "kubernetes"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    handler.addFilter(ScheduledRunsFilter())
