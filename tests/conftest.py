@@ -7,6 +7,7 @@ never skips.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,9 +81,10 @@ def sim(simulator: Simulator) -> Iterator[Simulator]:
     assert not simulator.errors, simulator.errors
 
 
-@pytest.fixture
-def namespace(api: client.ApiClient) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_namespace(api: client.ApiClient, prefix: str = "t") -> Iterator[str]:
+    """A new namespace with a random name, deleted afterwards with its RayServices."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
@@ -92,3 +94,9 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
         "ray.io", "v1", name, "rayservices"
     )
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    with fresh_namespace(api) as name:
+        yield name

@@ -41,6 +41,7 @@ from gitsync.model import Health
 from gitsync.report.gitnotes import decode
 from testbed.controlplane import ControlPlane, free_port
 from testbed.simulator import Delays, FailureRule, Simulator
+from tests.conftest import fresh_namespace
 from tests.integration.gitops import GitOpsRepo, git
 from tests.reliability.cluster import Recorder, Seen, agent_process
 from tests.reliability.conftest import Figures, spread
@@ -73,14 +74,8 @@ class Trial:
 
 @pytest.fixture
 def production(api: client.ApiClient) -> Iterator[str]:
-    name = f"p-{os.urandom(5).hex()}"
-    core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    client.CustomObjectsApi(api).delete_collection_namespaced_custom_object(
-        "ray.io", "v1", name, "rayservices"
-    )
-    core.delete_namespace(name)
+    with fresh_namespace(api, "p") as name:
+        yield name
 
 
 class Repo:
