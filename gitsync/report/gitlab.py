@@ -4,18 +4,33 @@ GitLab names the states differently: gitsync's ``pending`` is GitLab's ``running
 rollout is under way), ``failure`` and ``error`` are both ``failed`` (an error says so in its
 description), and reading back maps ``canceled`` to ``error``. The project is its numeric ID
 or its URL-encoded path (``group%2Fproject``). Authenticates with ``PRIVATE-TOKEN``.
+
+GitLab keeps a status as a CI job with a state machine: posting the state the open
+(pending or running) status of that name already has is refused with HTTP 400 ("Cannot
+transition status via :run from :running"), and its description is not updated. Each wave
+of a rollout posts ``running`` again, so that refusal means the state is already shown: it
+counts as delivered, not as a failure to retry. Any other refusal is an error.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from gitsync.report.http import JsonClient
+from gitsync.report.http import ForgeError, JsonClient
 from gitsync.report.provider import token_of
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
+
+log = logging.getLogger(__name__)
+
+# Ci::CreateCommitStatusService renders StateMachines::InvalidTransition's message as a 400:
+# posting ``running`` fires ``run`` (after a silent ``enqueue``), ``pending`` fires ``enqueue``.
+_UNCHANGED = re.compile(r"^Cannot transition status via :(run|enqueue) from :(\w+)\b")
+_EVENT = {"running": "run", "pending": "enqueue"}
 
 TO_GITLAB = {
     State.PENDING: "running",
@@ -48,7 +63,17 @@ class GitLabProvider:
             body["description"] = status.description
         if status.target_url:
             body["target_url"] = status.target_url
-        self.client.request("POST", self._path(f"/statuses/{revision}"), body)
+        try:
+            self.client.request("POST", self._path(f"/statuses/{revision}"), body)
+        except ForgeError as exc:
+            if not _already(exc, body["state"]):
+                raise
+            log.debug(
+                "GitLab already shows %s %s on %s; description not updated",
+                status.context,
+                body["state"],
+                revision[:12],
+            )
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
         found: dict[str, CommitStatus] = {}
@@ -70,6 +95,13 @@ class GitLabProvider:
                     ),
                 )
         return found
+
+
+def _already(exc: ForgeError, state: str) -> bool:
+    """True when GitLab refused the post only because the status already has ``state``."""
+    message = exc.body.get("message") if isinstance(exc.body, dict) else None
+    match = _UNCHANGED.match(message) if exc.status == 400 and isinstance(message, str) else None
+    return match is not None and match.groups() == (_EVENT.get(state), state)
 
 
 def gitlab_headers(auth: TokenAuth | None) -> Mapping[str, str]:

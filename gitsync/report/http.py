@@ -33,8 +33,9 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
 class ForgeError(GitsyncError):
     """A forge API call failed for good (after retries, or a permanent 4xx)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
         self.status = status
+        self.body = body  # the forge's decoded JSON answer to a refused request, if any
         super().__init__(message)
 
 
@@ -140,7 +141,11 @@ class JsonClient:
                 if raw.status not in RETRY_STATUSES and not is_rate_limited(
                     raw.status, raw.headers
                 ):
-                    raise ForgeError(redact(reason, _credentials(headers)), status=raw.status)
+                    raise ForgeError(
+                        redact(reason, _credentials(headers)),
+                        status=raw.status,
+                        body=_json(raw.data),
+                    )
                 delay = wait_requested(raw.status, raw.headers, time.time())
             # A forge may quote the credential back ("token gho_… is invalid"): never pass it on.
             reason = redact(reason, _credentials(headers))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 
 @dataclass
@@ -95,3 +96,81 @@ class ForgeServer:
             self.gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class GitLabStatuses:
+    """GitLab's commit statuses of one project, kept as its API keeps them, to answer
+    ``POST /projects/:id/statuses/:sha`` and ``GET /projects/:id/repository/commits/:sha/statuses``.
+
+    GitLab's ``Ci::CreateCommitStatusService`` finds the open (``running_or_pending``) status of
+    that name, sha and ref and fires a state-machine event on it: ``pending`` → ``enqueue!``,
+    ``running`` → ``enqueue`` then ``run!``, ``success``/``failed``/``canceled`` finish it. Firing
+    ``enqueue`` on a pending or running status, or ``run`` on a running one, is an invalid
+    transition: HTTP 400, and nothing is saved (not even a new description). With no open
+    status a new one is created and the older ones of that name become ``retried``. The list
+    is ordered by id ascending, paginated (``per_page`` ≤ 100, default 20, ``X-Next-Page``), and
+    holds only the latest (not retried) status per name unless ``all=true``; ``name`` filters.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def __call__(self, request: Request) -> Reply:
+        parts = urlsplit(request.path)
+        if request.method == "POST" and "/statuses/" in parts.path:
+            return self._post(parts.path.rpartition("/")[2], request.body or {})
+        if request.method == "GET" and parts.path.endswith("/statuses"):
+            sha = parts.path.split("/")[-2]
+            return self._list(sha, dict(parse_qsl(parts.query)))
+        return Reply(404, {"message": "404 Not Found"})
+
+    def _post(self, sha: str, body: dict[str, Any]) -> Reply:
+        state, name, ref = body.get("state"), body.get("name") or "default", body.get("ref")
+        if state not in ("pending", "running", "success", "failed", "canceled", "skipped"):
+            return Reply(400, {"error": "state does not have a valid value"})
+        same = [e for e in self.entries if (e["sha"], e["name"], e["ref"]) == (sha, name, ref)]
+        open_ = next((e for e in reversed(same) if e["status"] in ("pending", "running")), None)
+        if open_ is not None and state in ("pending", "running"):
+            event = "enqueue" if state == "pending" or open_["status"] == "pending" else "run"
+            if state == "pending" or open_["status"] == "running":
+                return Reply(400, {"message": _refused(event, open_["status"])})
+        if open_ is None:
+            for older in same:
+                older["retried"] = True
+            open_ = {"id": len(self.entries) + 1, "sha": sha, "name": name, "ref": ref,
+                     "retried": False}  # fmt: skip
+            self.entries.append(open_)
+        open_.update(
+            status=state,
+            description=body.get("description"),
+            target_url=body.get("target_url"),
+        )
+        return Reply(201, _public(open_))
+
+    def _list(self, sha: str, query: dict[str, str]) -> Reply:
+        found = [e for e in self.entries if e["sha"] == sha]
+        if query.get("all") != "true":
+            found = [e for e in found if not e["retried"]]
+        if "name" in query:
+            found = [e for e in found if e["name"] == query["name"]]
+        per_page = min(int(query.get("per_page") or 20), 100)
+        page = max(int(query.get("page") or 1), 1)
+        chunk = found[(page - 1) * per_page : page * per_page]
+        more = len(found) > page * per_page
+        headers = {"X-Page": str(page), "X-Per-Page": str(per_page),
+                   "X-Next-Page": str(page + 1) if more else ""}  # fmt: skip
+        return Reply(200, [_public(e) for e in chunk], headers)
+
+    def latest(self, sha: str, name: str) -> dict[str, Any]:
+        return next(e for e in reversed(self.entries) if (e["sha"], e["name"]) == (sha, name))
+
+
+def _refused(event: str, current: str) -> str:
+    return (
+        f"Cannot transition status via :{event} from :{current} "
+        f'(Reason(s): Status cannot transition via "{event}")'
+    )
+
+
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "retried"}

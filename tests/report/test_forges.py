@@ -20,7 +20,7 @@ from gitsync.report.http import ForgeError, JsonClient, RetryPolicy
 from gitsync.report.pulls import MARKER, GitHubPulls, GitLabPulls, eligible
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
-from tests.report.forge import ForgeServer, Reply, Request
+from tests.report.forge import ForgeServer, GitLabStatuses, Reply, Request
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "ghp_s3cr3t-token-value"
@@ -230,6 +230,65 @@ def test_github_headers_shape() -> None:
 # -- GitLab -------------------------------------------------------------------------------------
 
 
+def check_gitlab_request(request: Request) -> None:
+    assert request.headers["private-token"] == TOKEN
+    assert "authorization" not in request.headers
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["user-agent"].startswith("gitsync/")
+    if request.method == "POST":
+        assert request.headers["content-type"] == "application/json"
+
+
+def gitlab_provider(forge: ForgeServer, auth: TokenAuth, sleeps: list[float]) -> GitLabProvider:
+    return GitLabProvider(client(forge.url, lambda: gitlab_headers(auth), sleeps), "g/p")
+
+
+def test_gitlab_refusing_an_unchanged_running_state_is_delivered(token_env: TokenAuth) -> None:
+    """GitLab answers 400 to ``running`` on a status that is already running (every wave after
+    the first posts it): the state is shown, so it is not retried; the final state lands."""
+    gitlab, sleeps = GitLabStatuses(), []
+    ctx = "gitsync/staging"
+    with ForgeServer(gitlab) as forge:
+        provider = gitlab_provider(forge, token_env, sleeps)
+        provider.post(SHA, CommitStatus(ctx, State.PENDING, "applying wave 1/2: ranker"))
+        provider.post(SHA, CommitStatus(ctx, State.PENDING, "applying wave 2/2: summarizer"))
+        assert gitlab.latest(SHA, ctx)["description"] == "applying wave 1/2: ranker"
+        provider.post(SHA, CommitStatus(ctx, State.SUCCESS, "Healthy"))
+        shown = provider.statuses(SHA)
+    posts = forge.posts()
+    assert [r.body["state"] for r in posts] == ["running", "running", "success"]
+    for request in forge.requests:
+        check_gitlab_request(request)
+    assert sleeps == []  # the refusal was not retried
+    assert gitlab.latest(SHA, ctx)["status"] == "success"
+    assert shown[ctx] == CommitStatus(ctx, State.SUCCESS, "Healthy")
+
+
+def test_gitlab_other_refusals_are_errors(token_env: TokenAuth) -> None:
+    with ForgeServer() as forge:
+        forge.script = [
+            Reply(400, {"message": "Cannot transition status via :enqueue from :running"}),
+            Reply(400, {"message": {"target_url": ["is blocked: Only allowed schemes"]}}),
+        ]
+        provider = gitlab_provider(forge, token_env, [])
+        for _ in range(2):  # posting running: the first refusal is not about running
+            with pytest.raises(ForgeError) as caught:
+                provider.post(SHA, CommitStatus("gitsync/x", State.PENDING, "applying"))
+            assert caught.value.status == 400
+
+
+def test_gitlab_a_new_rollout_after_a_final_state_starts_a_new_status(token_env: TokenAuth) -> None:
+    gitlab = GitLabStatuses()
+    ctx = "gitsync/staging"
+    with ForgeServer(gitlab) as forge:
+        provider = gitlab_provider(forge, token_env, [])
+        for state in (State.PENDING, State.FAILURE, State.PENDING, State.PENDING, State.SUCCESS):
+            provider.post(SHA, CommitStatus(ctx, state, str(state)))
+        shown = provider.statuses(SHA)
+    assert [e["status"] for e in gitlab.entries] == ["failed", "success"]
+    assert shown[ctx].state is State.SUCCESS
+
+
 @pytest.mark.parametrize(
     ("state", "gitlab"),
     [
@@ -250,10 +309,7 @@ def test_gitlab_posts_with_gitlab_state_names(
     [request] = forge.requests
     assert request.method == "POST"
     assert request.path == f"/api/v4/projects/platform%2Fray-services/statuses/{SHA}"
-    assert request.headers["private-token"] == TOKEN
-    assert "authorization" not in request.headers
-    assert request.headers["user-agent"].startswith("gitsync/")
-    assert request.headers["content-type"] == "application/json"
+    check_gitlab_request(request)
     assert request.body == {"state": gitlab, "name": "gitsync/production", "description": "d"}
     assert request.body["state"] in GITLAB_STATES
 

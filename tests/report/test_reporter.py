@@ -11,11 +11,12 @@ import pytest
 
 from gitsync.metrics import Metrics
 from gitsync.report.github import GitHubProvider, token_headers
+from gitsync.report.gitlab import GitLabProvider, gitlab_headers
 from gitsync.report.http import JsonClient, RetryPolicy
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
-from tests.report.forge import ForgeServer, Reply, Request
+from tests.report.forge import ForgeServer, GitLabStatuses, Reply, Request
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "ghp_never-log-me-0123456789"
@@ -231,3 +232,33 @@ def test_shutdown_drops_what_waits_for_redelivery(reporter_for) -> None:  # type
         assert reporter.flush(10)
         reporter.close(timeout=5)
     assert count(metrics, "success", "dropped") == 1
+
+
+def test_gitlab_wave_updates_are_not_redelivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each wave posts ``running`` again; GitLab refuses an unchanged state. That is not a
+    failed post: nothing waits for redelivery and the final state is posted."""
+    monkeypatch.setenv("GL_TOKEN", TOKEN)
+    metrics, gitlab = Metrics(), GitLabStatuses()
+    with ForgeServer(gitlab) as forge:
+        client = JsonClient(
+            forge.url,
+            lambda: gitlab_headers(TokenAuth(token_env="GL_TOKEN")),
+            timeout=5,
+            policy=RetryPolicy(attempts=2, backoff=0.01),
+            sleep=lambda seconds: None,
+        )
+        reporter = Reporter(GitLabProvider(client, "g/p"), metrics, attempts=2, backoff=0.01)
+        try:
+            for text in ("applying wave 1/2", "waiting for wave 1/2", "applying wave 2/2"):
+                reporter.post(SHA, status(State.PENDING, text))
+                assert reporter.flush(10)
+            assert reporter.waiting == 0
+            reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+            assert reporter.flush(10)
+        finally:
+            reporter.close(timeout=5)
+    assert gitlab.latest(SHA, "gitsync/staging")["status"] == "success"
+    failed = metrics.registry.get_sample_value(
+        "gitsync_status_post_total", {"provider": "gitlab", "state": "pending", "result": "failed"}
+    )
+    assert not failed
