@@ -8,6 +8,7 @@ fails stops the environments after it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,8 @@ from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
 from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent, expected_apps
 from gitsync.source.git import GitSource
+
+log = logging.getLogger(__name__)
 
 SUPERSEDE_CHECK_SECONDS = 5.0  # at most one ls-remote this often while waiting on health
 
@@ -240,7 +243,9 @@ class _Pass:
 
     def _settle_older(self, name: str, revision: str, statuses: _Statuses) -> None:
         """The environment's previous revision, if a stopped agent left its commit status
-        pending: superseded when its rollout never finished, else how it ended."""
+        pending: superseded when its rollout never finished, else how it ended. Runs just
+        before the rollout, so its one forge read is quick (one attempt, a few seconds): when
+        it fails the rollout goes ahead and that older status is left as it is."""
         prior = self.state.read(name)
         old = left_behind(prior, revision)
         if old is not None:
@@ -259,6 +264,12 @@ class _Pass:
         try:
             seen = self.reporter.statuses(prior.revision).get(context(name))
         except GitsyncError as exc:
+            log.warning(
+                "cannot read the statuses of %s, rolling out %s without settling them: %s",
+                prior.revision[:12],
+                name,
+                exc,
+            )
             self.progress(f"{name}: cannot read the statuses of {prior.revision[:12]}: {exc}")
             return
         lost = lost_final_status(prior, revision, seen)

@@ -40,7 +40,10 @@ class GiteaProvider:
         )
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
-        body = self.client.request("GET", self._path(f"/commits/{revision}/status")).body or {}
+        body = (
+            self.client.request("GET", self._path(f"/commits/{revision}/status"), quick=True).body
+            or {}
+        )
         return latest_per_context(body.get("statuses") or ())
 
 

@@ -51,7 +51,10 @@ class GitHubProvider:
         self.client.request("POST", self._path(f"/statuses/{revision}"), body, ok=(201,))
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
-        body = self.client.request("GET", self._path(f"/commits/{revision}/status")).body or {}
+        body = (
+            self.client.request("GET", self._path(f"/commits/{revision}/status"), quick=True).body
+            or {}
+        )
         return latest_per_context(body.get("statuses") or ())
 
 

@@ -78,7 +78,9 @@ class GitLabProvider:
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
         found: dict[str, CommitStatus] = {}
         entries = self.client.request(
-            "GET", self._path(f"/repository/commits/{revision}/statuses?all=true&per_page=100")
+            "GET",
+            self._path(f"/repository/commits/{revision}/statuses?all=true&per_page=100"),
+            quick=True,
         ).body
         # Newest first by id: GitLab lists every status ever set with all=true.
         for entry in sorted(entries or (), key=lambda e: -int(e.get("id") or 0)):

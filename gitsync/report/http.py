@@ -4,7 +4,9 @@ Owns the connection pool, the ``User-Agent``, timeouts, and the retry policy: co
 errors, 5xx, 429 and rate-limited 403s are retried with exponential backoff, waiting what the
 forge asks for instead when it says (``Retry-After``, or ``X-RateLimit-Reset``/``RateLimit-Reset``
 with the remaining count at 0). Other 4xx are permanent. Headers are never logged: they carry
-the token.
+the token. A quick request (status reads, which a rollout or a promotion gate waits on) is
+tried once with a short timeout: its callers carry on without the answer, or read again at
+their next poll, rather than hold up a rollout for minutes while a forge hangs.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def is_rate_limited(status: int, headers: Mapping[str, str]) -> bool:
     )
 
 
+QUICK = RetryPolicy(attempts=1)
+QUICK_TIMEOUT = 5.0  # seconds: the longest a quick request holds up its caller
+
+
 @dataclass
 class JsonClient:
     """JSON requests against one forge API base URL."""
@@ -108,10 +114,14 @@ class JsonClient:
         *,
         fields: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200, 201),
+        quick: bool = False,
     ) -> Response:
+        """``quick``: one attempt, at most ``QUICK_TIMEOUT`` seconds."""
         url = self.base_url.rstrip("/") + path
         what = f"{method} {url}"
-        for attempt in range(1, self.policy.attempts + 1):
+        policy = QUICK if quick else self.policy
+        timeout = min(self.timeout, QUICK_TIMEOUT) if quick else self.timeout
+        for attempt in range(1, policy.attempts + 1):
             headers = {
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",
@@ -128,7 +138,7 @@ class JsonClient:
                     body=payload,
                     fields=fields,
                     headers=headers,
-                    timeout=urllib3.Timeout(total=self.timeout),
+                    timeout=urllib3.Timeout(total=timeout),
                     redirect=False,
                 )
             except urllib3.exceptions.HTTPError as exc:
@@ -149,10 +159,10 @@ class JsonClient:
                 delay = wait_requested(raw.status, raw.headers, time.time())
             # A forge may quote the credential back ("token gho_… is invalid"): never pass it on.
             reason = redact(reason, _credentials(headers))
-            if attempt == self.policy.attempts:
+            if attempt == policy.attempts:
                 raise ForgeError(f"{reason} (gave up after {attempt} attempts)")
             wait = delay if delay is not None else self._backoff(attempt)
-            wait = min(wait, self.policy.max_wait)
+            wait = min(wait, policy.max_wait)
             log.warning("forge request failed, retrying in %.1fs: %s", wait, reason)
             self.on_retry(reason)
             self.sleep(wait)

@@ -34,7 +34,7 @@ def token_of(auth: TokenAuth | None, what: str) -> str:
     try:
         return read_token(auth)
     except AuthError as exc:
-        raise AuthError(str(exc).replace("Git token", f"{what} token")) from None
+        raise AuthError(str(exc).replace("the Git token", f"{what} token")) from None
 
 
 def latest_per_context(entries: Iterable[Mapping[str, Any]]) -> dict[str, CommitStatus]:

@@ -4,7 +4,10 @@ back through Gitea's API (each status calls its state `status`; the request said
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,16 @@ import yaml
 from kubernetes import client
 
 from gitsync.cli import main
+from gitsync.config import StatusConfig
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import StateStore
+from gitsync.report.factory import build_reporter
+from gitsync.source.config import TokenAuth
+from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 from testbed.simulator import FailureRule, Simulator
+from tests.report.forge import hanging_forge
 
 from .gitops import GitOpsRepo
 from .kube import GROUP, PLURAL, VERSION
@@ -185,3 +195,51 @@ def test_an_unreachable_api_server_is_an_error_status(
     out = capsys.readouterr().out
     assert "gitsync/staging" in out
     assert "error    gitsync error: the Kubernetes API server is unreachable" in out
+
+
+def test_a_hanging_forge_does_not_hold_up_a_rollout(
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before rolling out a new commit, a restarted agent reads the previous commit's statuses
+    (to post a final status a crash lost). A forge that accepts and never answers costs that
+    read one short attempt: the rollout goes ahead (with the agent's real client settings,
+    it would otherwise wait out every retry, over a minute)."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = repo.agent_config(tmp_path / "cache")
+    store = StateStore(api, namespace)
+    assert sync_once(config, RayServices(api), store).ok  # the previous commit, no statuses
+    old = repo.revisions[-1]
+    repo.commit(lambda root: repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"), "2")
+    monkeypatch.setenv("STATUS_TOKEN", "s3cr3t-status-token")
+    lines: list[tuple[float, str]] = []
+    with hanging_forge() as url:
+        status = StatusConfig("gitea", url, "o/r", TokenAuth(token_env="STATUS_TOKEN"))
+        reporter = build_reporter(replace(config, status=status))
+        started: list[float] = []
+        try:
+            with caplog.at_level(logging.WARNING, logger="gitsync.sync"):
+                result = sync_once(
+                    config,
+                    RayServices(api),
+                    store,
+                    reporter=reporter,
+                    on_start=lambda env: started.append(time.monotonic()),
+                    progress=lambda line: lines.append((time.monotonic(), line)),
+                )
+        finally:
+            reporter.close(timeout=0.1)
+    assert result.ok
+    texts = [text for _, text in lines]
+    unread = next(i for i, text in enumerate(texts) if "cannot read the statuses of" in text)
+    applied = next(i for i, text in enumerate(texts) if ": applied " in text)
+    assert unread < applied  # it gave up on the read, then rolled out
+    assert lines[applied][0] - started[0] < 30  # generous: the retried read took > 60 s
+    [warning] = [r for r in caplog.records if r.name == "gitsync.sync"]
+    assert warning.levelno == logging.WARNING
+    assert old[:12] in warning.getMessage()
+    assert "s3cr3t" not in caplog.text

@@ -7,9 +7,11 @@ documented APIs; the server itself accepts anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -174,3 +176,13 @@ def _refused(event: str, current: str) -> str:
 
 def _public(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k != "retried"}
+
+
+@contextlib.contextmanager
+def hanging_forge() -> Iterator[str]:
+    """The URL of a forge that accepts connections and never answers (the kernel completes
+    the handshake into the listen backlog; nothing ever reads or writes)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
