@@ -4,7 +4,8 @@ Authenticates with a token (``Authorization: Bearer``) or as a GitHub App: a JWT
 the App's private key (RS256, ``iss`` = App ID) buys an installation token
 (``POST /app/installations/{id}/access_tokens``), cached until a minute before it expires.
 Reading back uses the combined status (``GET /repos/{owner}/{repo}/commits/{ref}/status``),
-which already holds the latest status per context.
+which already holds the latest status per context, paginated (30 a page unless ``per_page``
+asks for up to 100): it is read page by page until ``total_count`` contexts are in.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from gitsync.errors import AuthError
-from gitsync.report.http import JsonClient
+from gitsync.report.http import MAX_PAGES, JsonClient
 from gitsync.report.provider import latest_per_context, token_of
 from gitsync.report.status import CommitStatus
 from gitsync.source.config import TokenAuth
 
 API_VERSION = "2022-11-28"
 ACCEPT = "application/vnd.github+json"
+PAGE = 100  # the combined status's largest per_page
 
 
 @dataclass
@@ -51,11 +54,16 @@ class GitHubProvider:
         self.client.request("POST", self._path(f"/statuses/{revision}"), body, ok=(201,))
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
-        body = (
-            self.client.request("GET", self._path(f"/commits/{revision}/status"), quick=True).body
-            or {}
-        )
-        return latest_per_context(body.get("statuses") or ())
+        entries: list[Any] = []
+        for page in range(1, MAX_PAGES + 1):
+            path = self._path(f"/commits/{revision}/status?per_page={PAGE}&page={page}")
+            body = self.client.request("GET", path, quick=True).body or {}
+            batch = body.get("statuses") or []
+            entries += batch
+            total = body.get("total_count")
+            if len(batch) < PAGE or not isinstance(total, int) or len(entries) >= total:
+                break
+        return latest_per_context(entries)
 
 
 def github_headers(token: str) -> dict[str, str]:

@@ -18,9 +18,10 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
-from gitsync.report.http import ForgeError, JsonClient
+from gitsync.report.http import MAX_PAGES, ForgeError, JsonClient
 from gitsync.report.provider import token_of
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # posting ``running`` fires ``run`` (after a silent ``enqueue``), ``pending`` fires ``enqueue``.
 _UNCHANGED = re.compile(r"^Cannot transition status via :(run|enqueue) from :(\w+)\b")
 _EVENT = {"running": "run", "pending": "enqueue"}
+
+PAGE = 100  # the statuses listing's largest per_page
 
 TO_GITLAB = {
     State.PENDING: "running",
@@ -76,14 +79,17 @@ class GitLabProvider:
             )
 
     def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
+        entries: list[Any] = []
+        for page in range(1, MAX_PAGES + 1):
+            path = f"/repository/commits/{revision}/statuses?per_page={PAGE}&page={page}"
+            response = self.client.request("GET", self._path(path), quick=True)
+            entries += response.body or ()
+            if not response.header("X-Next-Page"):
+                break
+        # Without all=true GitLab lists only each name's latest (not retried) status, oldest
+        # first; a name set on several pipelines of the commit appears once per pipeline.
         found: dict[str, CommitStatus] = {}
-        entries = self.client.request(
-            "GET",
-            self._path(f"/repository/commits/{revision}/statuses?all=true&per_page=100"),
-            quick=True,
-        ).body
-        # Newest first by id: GitLab lists every status ever set with all=true.
-        for entry in sorted(entries or (), key=lambda e: -int(e.get("id") or 0)):
+        for entry in sorted(entries, key=lambda e: -int(e.get("id") or 0)):
             state = FROM_GITLAB.get(str(entry.get("status")))
             name = entry.get("name")
             if state is not None and name:

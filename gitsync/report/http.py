@@ -47,6 +47,10 @@ class Response:
     headers: Mapping[str, str]
     body: Any  # decoded JSON, or None
 
+    def header(self, name: str) -> str:
+        """A response header by case-insensitive name ("" when absent)."""
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), "")
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -90,6 +94,7 @@ def is_rate_limited(status: int, headers: Mapping[str, str]) -> bool:
 
 QUICK = RetryPolicy(attempts=1)
 QUICK_TIMEOUT = 5.0  # seconds: the longest a quick request holds up its caller
+MAX_PAGES = 10  # a listing read page by page stops here (1,000 commit contexts at 100 a page)
 
 
 @dataclass

@@ -20,6 +20,9 @@ from gitsync.config import StatusConfig
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.report.factory import build_reporter
+from gitsync.report.gitea import GiteaProvider, gitea_headers
+from gitsync.report.http import JsonClient
+from gitsync.report.status import State
 from gitsync.source.config import TokenAuth
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane, free_port
@@ -243,3 +246,27 @@ def test_a_hanging_forge_does_not_hold_up_a_rollout(
     assert warning.levelno == logging.WARNING
     assert old[:12] in warning.getMessage()
     assert "s3cr3t" not in caplog.text
+
+
+def test_gitea_statuses_are_read_page_by_page(gitea: Gitea, tmp_path: Path) -> None:
+    """More contexts on a commit than Gitea lists in a page (50 at most): the predecessor's
+    newest status is found though 60 contexts were set after it."""
+    url = gitea.create_repo(f"ray-{uuid.uuid4().hex[:8]}")
+    repo = GitOpsRepo(tmp_path / "gitops", "unused", origin=url, push_args=gitea.git_auth_config())
+    sha, path = repo.revisions[-1], url.removeprefix(gitea.url).removesuffix(".git")
+
+    def post(context: str, state: str, description: str = "") -> None:
+        body = {"context": context, "state": state, "description": description}
+        gitea.api("POST", f"/repos{path}/statuses/{sha}", body)
+
+    post("gitsync/staging", "pending", "applying wave 1/1")
+    post("gitsync/staging", "success", "Healthy")
+    for number in range(60):
+        post(f"ci/check-{number}", "success")
+    token = tmp_path / "token"
+    token.write_text(gitea.token)
+    client_ = JsonClient(gitea.url, lambda: gitea_headers(TokenAuth(token_file=token)))
+    shown = GiteaProvider(client_, path.strip("/")).statuses(sha)
+    assert shown["gitsync/staging"].state is State.SUCCESS
+    assert shown["gitsync/staging"].description == "Healthy"
+    assert len(shown) == 61

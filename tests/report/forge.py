@@ -120,13 +120,13 @@ class GitLabStatuses:
     def __call__(self, request: Request) -> Reply:
         parts = urlsplit(request.path)
         if request.method == "POST" and "/statuses/" in parts.path:
-            return self._post(parts.path.rpartition("/")[2], request.body or {})
+            return self.post(parts.path.rpartition("/")[2], request.body or {})
         if request.method == "GET" and parts.path.endswith("/statuses"):
             sha = parts.path.split("/")[-2]
             return self._list(sha, dict(parse_qsl(parts.query)))
         return Reply(404, {"message": "404 Not Found"})
 
-    def _post(self, sha: str, body: dict[str, Any]) -> Reply:
+    def post(self, sha: str, body: dict[str, Any]) -> Reply:
         state, name, ref = body.get("state"), body.get("name") or "default", body.get("ref")
         if state not in ("pending", "running", "success", "failed", "canceled", "skipped"):
             return Reply(400, {"error": "state does not have a valid value"})
@@ -186,3 +186,36 @@ def hanging_forge() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+class GitHubStatuses:
+    """GitHub's commit statuses of one repository: ``POST /repos/{o}/{r}/statuses/{sha}`` adds
+    one; the combined status (``GET /repos/{o}/{r}/commits/{ref}/status``) holds the latest per
+    context, most recent first, paginated (``per_page`` ≤ 100, default 30) with ``total_count``
+    the number of contexts."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def add(self, sha: str, context: str, state: str, description: str = "") -> None:
+        self.entries.append({"id": len(self.entries) + 1, "sha": sha, "context": context,
+                             "state": state, "description": description, "target_url": None})  # fmt: skip
+
+    def __call__(self, request: Request) -> Reply:
+        parts = urlsplit(request.path)
+        segments = parts.path.split("/")
+        if request.method == "POST" and segments[-2] == "statuses":
+            body = request.body or {}
+            self.add(segments[-1], body.get("context") or "default", body["state"],
+                     body.get("description") or "")  # fmt: skip
+            return Reply(201, self.entries[-1])
+        if request.method == "GET" and segments[-1] == "status":
+            query = dict(parse_qsl(parts.query))
+            latest: dict[str, dict[str, Any]] = {}
+            for entry in reversed([e for e in self.entries if e["sha"] == segments[-2]]):
+                latest.setdefault(entry["context"], entry)
+            per_page = min(int(query.get("per_page") or 30), 100)
+            page = max(int(query.get("page") or 1), 1)
+            listed = list(latest.values())[(page - 1) * per_page : page * per_page]
+            return Reply(200, {"state": "pending", "total_count": len(latest), "statuses": listed})
+        return Reply(404, {"message": "Not Found"})

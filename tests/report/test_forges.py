@@ -20,7 +20,7 @@ from gitsync.report.http import ForgeError, JsonClient, RetryPolicy
 from gitsync.report.pulls import MARKER, GitHubPulls, GitLabPulls, eligible
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
-from tests.report.forge import ForgeServer, GitLabStatuses, Reply, Request
+from tests.report.forge import ForgeServer, GitHubStatuses, GitLabStatuses, Reply, Request
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "ghp_s3cr3t-token-value"
@@ -171,10 +171,31 @@ def test_github_reads_the_combined_status(token_env: TokenAuth) -> None:
     with ForgeServer(lambda request: Reply(200, combined)) as forge:
         shown = GitHubProvider(client(forge.url, token_headers(token_env), []), "o/r").statuses(SHA)
     [request] = forge.requests
-    assert (request.method, request.path) == ("GET", f"/repos/o/r/commits/{SHA}/status")
+    assert (request.method, request.path) == (
+        "GET",
+        f"/repos/o/r/commits/{SHA}/status?per_page=100&page=1",
+    )
     check_github_request(request)
     assert shown["gitsync/staging"] == CommitStatus("gitsync/staging", State.SUCCESS, "ok")
     assert shown["ci/test"].state is State.FAILURE
+
+
+def test_github_reads_every_page_of_the_combined_status(token_env: TokenAuth) -> None:
+    """A commit with more contexts than a page: the predecessor's newest status is found
+    however many contexts were set after it."""
+    github = GitHubStatuses()
+    github.add(SHA, "gitsync/staging", "pending", "applying wave 1/1")
+    github.add(SHA, "gitsync/staging", "success", "Healthy")
+    for number in range(140):
+        github.add(SHA, f"ci/check-{number}", "success")
+    with ForgeServer(github) as forge:
+        shown = GitHubProvider(client(forge.url, token_headers(token_env), []), "o/r").statuses(SHA)
+    assert shown["gitsync/staging"] == CommitStatus("gitsync/staging", State.SUCCESS, "Healthy")
+    assert len(shown) == 141
+    assert [r.path.partition("?")[2] for r in forge.requests] == [
+        "per_page=100&page=1",
+        "per_page=100&page=2",
+    ]
 
 
 def test_github_app_installation_token(tmp_path: Path) -> None:
@@ -351,6 +372,28 @@ def test_gitlab_reads_back_the_newest_status_per_name(token_env: TokenAuth) -> N
     assert request.path.startswith(f"/api/v4/projects/g%2Fp/repository/commits/{SHA}/statuses?")
     assert shown["gitsync/staging"].state is State.SUCCESS
     assert shown["gitsync/production"].state is State.ERROR
+
+
+def test_gitlab_reads_every_page_of_the_latest_statuses(token_env: TokenAuth) -> None:
+    """Many names on a commit, and the predecessor's newest status set last: GitLab lists
+    the latest status per name, oldest first, 100 a page at most; every page is read."""
+    gitlab = GitLabStatuses()
+    gitlab.post(SHA, {"state": "running", "name": "gitsync/staging"})
+    gitlab.post(SHA, {"state": "success", "name": "gitsync/staging", "description": "Healthy"})
+    for number in range(130):
+        gitlab.post(SHA, {"state": "success", "name": f"ci/check-{number}"})
+    gitlab.post(SHA, {"state": "running", "name": "gitsync/staging"})  # a new rollout
+    gitlab.post(SHA, {"state": "failed", "name": "gitsync/staging", "description": "Degraded"})
+    with ForgeServer(gitlab) as forge:
+        shown = gitlab_provider(forge, token_env, []).statuses(SHA)
+    assert shown["gitsync/staging"] == CommitStatus("gitsync/staging", State.FAILURE, "Degraded")
+    assert len(shown) == 131
+    for request in forge.requests:
+        check_gitlab_request(request)
+    assert [r.path.partition("?")[2] for r in forge.requests] == [
+        "per_page=100&page=1",
+        "per_page=100&page=2",
+    ]
 
 
 def test_a_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
