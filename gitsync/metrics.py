@@ -76,7 +76,8 @@ class Metrics:
         self.status_posts = Counter(
             "gitsync_status_post",
             "Commit statuses handled, by provider, result (posted, skipped as identical to the "
-            "last post, dropped as superseded by a newer one, failed after retries) and state",
+            "last post, dropped as superseded by a newer one, failed after retries, rejected "
+            "for good by the forge) and state",
             ["provider", "result", "state"],
             registry=r,
         )

@@ -8,8 +8,10 @@ itself), and a failed post is retried with backoff, then logged and counted — 
 delivered again later (after ``redeliver`` seconds, doubling up to ``REDELIVER_LONGEST``)
 until it is posted or a newer status for the same commit and context replaces it, so a forge
 that is down for an hour still ends up showing the last status. Only shutdown drops what is
-still waiting. Tokens never reach a log line: providers raise errors built from URLs and
-status codes only.
+still waiting — and a permanent refusal (HTTP 400, 401, 403 without rate limiting, 404, 410,
+422): asking again would be refused again, so it is logged once at ERROR, counted
+``rejected`` and not delivered again. Tokens never reach a log line: providers raise errors
+built from URLs and status codes only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from gitsync.errors import GitsyncError
 from gitsync.metrics import Metrics
+from gitsync.report.http import ForgeError
 from gitsync.report.provider import Provider
 from gitsync.report.status import CommitStatus
 
@@ -155,6 +158,18 @@ class Reporter:
             try:
                 self.provider.post(revision, status)
             except GitsyncError as exc:
+                if isinstance(exc, ForgeError) and exc.permanent:
+                    log.error(
+                        "commit status %s on %s refused by %s with HTTP %s, not delivered "
+                        "again (check the token, its scope and the repository): %s",
+                        status.context,
+                        revision[:12],
+                        self.provider.name,
+                        exc.status,
+                        exc,
+                    )
+                    self._count(status, "rejected")
+                    return
                 with self._cond:
                     newer = key in self._queue
                 if newer or attempt == self.attempts or self._closed.is_set():

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
+from gitsync.config import AgentConfig, StatusConfig
 from gitsync.metrics import Metrics
+from gitsync.report.factory import build_provider
 from gitsync.report.github import GitHubProvider, token_headers
 from gitsync.report.gitlab import GitLabProvider, gitlab_headers
 from gitsync.report.http import JsonClient, RetryPolicy
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
-from gitsync.source.config import TokenAuth
+from gitsync.source.config import RepoSource, TokenAuth
 from tests.report.forge import ForgeServer, GitLabStatuses, Reply, Request
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -262,3 +265,67 @@ def test_gitlab_wave_updates_are_not_redelivered(monkeypatch: pytest.MonkeyPatch
         "gitsync_status_post_total", {"provider": "gitlab", "state": "pending", "result": "failed"}
     )
     assert not failed
+
+
+@pytest.mark.parametrize("code", [401, 403, 404, 422])
+def test_a_permanent_refusal_is_logged_once_counted_and_not_delivered_again(
+    reporter_for,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+    code: int,
+) -> None:
+    metrics = Metrics()
+    caplog.set_level(logging.DEBUG)
+    refused = Reply(code, {"message": f"refused {TOKEN}"})  # a 403 without rate-limit headers
+    with ForgeServer(on_get(refused, combined([]))) as forge:
+        reporter = reporter_for(forge, metrics, redeliver=0.01)
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        assert reporter.flush(10)
+        threading.Event().wait(0.2)  # twenty redelivery intervals
+        assert reporter.waiting == 0
+        assert len(forge.posts()) == 1  # neither retried nor delivered again
+    assert count(metrics, "success", "rejected") == 1
+    assert count(metrics, "success", "failed") == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert f"gitsync/staging on {SHA[:12]} refused by github with HTTP {code}" in message
+    assert TOKEN not in caplog.text
+
+
+def test_a_rate_limited_403_is_not_a_refusal(reporter_for) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    limited = Reply(403, {"message": "secondary rate limit"}, {"Retry-After": "0"})
+    with ForgeServer(on_get(limited)) as forge:
+        reporter = reporter_for(forge, metrics, redeliver=0.01)
+        reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+        while count(metrics, "success", "failed") < 2:  # delivered again, and again
+            threading.Event().wait(0.01)
+    assert count(metrics, "success", "rejected") == 0
+
+
+def test_each_retried_request_is_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HTTP client counts the requests it sends again within one post (``on_retry``), the
+    reporter the posts it makes again; no request is counted twice: retries = requests - 1
+    per delivery round."""
+    monkeypatch.setenv("GH_TOKEN", TOKEN)
+    metrics = Metrics()
+    with ForgeServer(on_get(Reply(502, {"message": "bad gateway"}))) as forge:
+        config = AgentConfig(
+            RepoSource(forge.url + "/o/r.git", "main", Path("/nonexistent")),
+            status=StatusConfig("github", forge.url, "o/r", TokenAuth(token_env="GH_TOKEN")),
+        )
+        provider = build_provider(config, metrics)
+        assert isinstance(provider, GitHubProvider)
+        provider.client.sleep = lambda seconds: None
+        provider.client.policy = RetryPolicy(attempts=3, backoff=0.01)
+        reporter = Reporter(provider, metrics, attempts=2, backoff=0.01, redeliver=3600)
+        try:
+            reporter.post(SHA, status(State.SUCCESS, "Healthy"))
+            assert reporter.flush(10)
+        finally:
+            reporter.close(timeout=5)
+    assert len(forge.posts()) == 6  # 2 reporter attempts of 3 HTTP attempts
+    retries = metrics.registry.get_sample_value(
+        "gitsync_status_post_retries_total", {"provider": "github"}
+    )
+    assert retries == 5
