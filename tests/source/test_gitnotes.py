@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,7 @@ from gitsync.report.gitnotes import GitNotesProvider, decode
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import RepoSource, TokenAuth
 from gitsync.source.notes import NOTES_REF, GitNotes
+from gitsync.source.runner import GitResult, GitRunner
 from testbed.gitserver import SmartHttpServer
 
 from .conftest import TOKEN
@@ -57,9 +60,48 @@ def test_notes_are_pushed_and_read_back(
     assert [line["state"] for line in lines] == ["pending", "success"]
 
 
+class PushesAfter(GitRunner):
+    """A git runner that, just before its first push, lets ``rival`` run: another writer
+    pushes between this writer's fetch and its push, every time, not only when threads
+    happen to interleave."""
+
+    def __init__(self, rival: Callable[[], None]) -> None:
+        super().__init__(timeout=60)
+        self.rival = rival
+
+    def run(self, args: Sequence[str], **kwargs: Any) -> GitResult:
+        if args[0] == "push" and not self.pushes():
+            self.rival()
+        return super().run(args, **kwargs)
+
+    def pushes(self) -> int:
+        return sum(1 for call in self.calls if call.subcommand == "push")
+
+
+def test_a_writer_that_loses_the_push_race_fetches_again_and_loses_no_note(
+    upstream: Upstream, http_auth: SmartHttpServer, auth: TokenAuth, tmp_path: Path
+) -> None:
+    sha = upstream.commit({"a.txt": "1"})
+    url = http_auth.url(upstream.name)
+    rival = notes_for(url, tmp_path / "rival", auth)
+    rival.append(sha, '{"writer":"rival","n":0}')  # the notes ref exists: a race to update it
+    runner = PushesAfter(lambda: rival.append(sha, '{"writer":"rival","n":1}'))
+    writer = GitNotes(RepoSource(url, "main", tmp_path / "w", auth=auth), runner, sleep=[].append)
+    writer.append(sha, '{"writer":"first","n":0}')
+    assert runner.pushes() == 2  # the first push was rejected; fetched, appended, pushed again
+    reader = notes_for(url, tmp_path / "reader", auth)
+    lines = [json.loads(line) for line in reader.read(sha).splitlines() if line]
+    assert lines == [
+        {"writer": "rival", "n": 0},
+        {"writer": "rival", "n": 1},
+        {"writer": "first", "n": 0},
+    ]
+
+
 def test_concurrent_writers_lose_no_note(
     upstream: Upstream, http_auth: SmartHttpServer, auth: TokenAuth, tmp_path: Path
 ) -> None:
+    """Threads that may or may not race (the test above forces it): nothing is lost."""
     shas = [upstream.commit({"a.txt": str(i)}) for i in range(2)]
     url = http_auth.url(upstream.name)
     writers = 4
