@@ -96,10 +96,6 @@ class Describer:
         )
         return CommitStatus(ctx, state, shorten(text), url)
 
-    def started(self, environment: str, changes: int, waves: int) -> CommitStatus:
-        what = f"{changes} change(s) in {waves} wave(s)" if changes else "checking health"
-        return self._status(environment, State.PENDING, f"rolling out: {what}")
-
     def applying(
         self, environment: str, index: int, total: int, actions: Sequence[tuple[ServiceKey, Action]]
     ) -> CommitStatus:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from kubernetes import client
 
 from gitsync.cli import main
 from gitsync.config import StatusConfig
+from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.report.factory import build_reporter
 from gitsync.report.gitea import GiteaProvider, gitea_headers
 from gitsync.report.http import JsonClient
-from gitsync.report.status import State
+from gitsync.report.reporter import Reporter
+from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane, free_port
@@ -103,7 +106,8 @@ def test_a_rollout_shows_pending_then_success(
     # `gitsync status` reads them back through the provider.
     args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
     assert main(["status", *args]) == 0
-    assert "gitsync/staging" in capsys.readouterr().out
+    shown = [line.split(maxsplit=2) for line in capsys.readouterr().out.splitlines()]
+    assert ["gitsync/staging", "success", seen[-1]["description"]] in shown
 
 
 def test_deploy_failed_shows_failure_naming_the_app(
@@ -270,3 +274,43 @@ def test_gitea_statuses_are_read_page_by_page(gitea: Gitea, tmp_path: Path) -> N
     assert shown["gitsync/staging"].state is State.SUCCESS
     assert shown["gitsync/staging"].description == "Healthy"
     assert len(shown) == 61
+
+
+class Remembered:
+    """A provider that keeps what is posted, per commit."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.shown: dict[str, dict[str, CommitStatus]] = {}
+
+    def post(self, revision: str, status: CommitStatus) -> None:
+        self.shown.setdefault(revision, {})[status.context] = status
+
+    def statuses(self, revision: str) -> Mapping[str, CommitStatus]:
+        return dict(self.shown.get(revision, {}))
+
+
+@pytest.mark.parametrize(("environments", "context"), [((), "gitsync/config"),
+                                                       (("staging",), "gitsync/staging")])  # fmt: skip
+def test_an_invalid_gitsync_yaml_shows_failure_on_the_config_context(
+    tmp_path: Path, environments: tuple[str, ...], context: str
+) -> None:
+    """When gitsync.yaml itself is invalid no environment is known: an agent that names its
+    environments posts on each of them, otherwise on ``gitsync/config``."""
+    repo = GitOpsRepo(tmp_path / "gitops", "unused")
+    sha = repo.commit(lambda root: (root / "gitsync.yaml").write_text("environments: [\n"), "bad")
+    config = replace(repo.agent_config(tmp_path / "cache"), environments=environments)
+    memory = Remembered()
+    reporter = Reporter(memory)
+    nothing: Any = None  # no Kubernetes API is reached: the revision is refused first
+    try:
+        with pytest.raises(InvalidRevision):
+            sync_once(config, nothing, nothing, reporter=reporter)
+        assert reporter.flush(10)
+    finally:
+        reporter.close(timeout=5)
+    [shown] = memory.shown[sha].values()
+    assert shown.context == context
+    assert shown.state is State.FAILURE
+    assert shown.description.startswith("invalid: gitsync.yaml:")
