@@ -184,9 +184,12 @@ class DriftChecker:
         revision: str,
         drifts: Sequence[Drift],
         corrections: dict[str, list[float]],
-    ) -> RolloutResult:
+    ) -> RolloutResult | None:
         """Re-applies Git's version of the drifted services as a rollout: waves, health gates,
-        the same state ConfigMap. Unexpected services are pruned only with ``prune: true``."""
+        the same state ConfigMap. Only what the plan really changes is healed and counted as
+        a correction: an unexpected service under ``prune: false`` is reported, never
+        "corrected" (a rollout that deletes nothing would count towards a fight). None when
+        the plan changes nothing."""
         env = loaded.environment
         keys = {d.key for d in drifts}
         current: dict[ServiceKey, dict[str, Any]] = {}
@@ -209,15 +212,21 @@ class DriftChecker:
         plan = _only_changes(
             build_plan(
                 env.name, env.namespace, current, desired, self.config.classify, to_rev=revision
-            )
+            ),
+            prune=env.prune,
         )
+        changed = {c.key for c in plan.changes}
+        if not changed:
+            return None
         now = self.clock()
         for drift in drifts:
+            if drift.key not in changed:
+                continue
             for f in _fields(drift):
                 history = corrections.setdefault(f"{drift.key} {f}", [])
                 history[:] = [t for t in history if now - t < self.window] + [now]
         self.progress(
-            f"{env.name}: healing {', '.join(str(k) for k in sorted(keys))} at {revision[:12]}"
+            f"{env.name}: healing {', '.join(str(k) for k in sorted(changed))} at {revision[:12]}"
         )
         # Healing takes the fields back from whoever changed them: server-side apply with
         # force, whatever rollout.forceConflicts says for ordinary rollouts.
@@ -225,18 +234,22 @@ class DriftChecker:
         rollout = Rollout(self.services, self.state, settings, self.progress, record=self.record)
         result = rollout.run(env, plan, by_key, revision)
         if result.outcome is Outcome.SUCCEEDED:
-            for key in sorted(keys):
+            for key in sorted(changed):
                 self.record(
                     key, "Normal", "DriftCorrected", f"Git's version at {revision[:12]} re-applied"
                 )
         return result
 
 
-def _only_changes(plan: Plan) -> Plan:
+def _only_changes(plan: Plan, *, prune: bool) -> Plan:
+    """The plan without what it would not change: unchanged services, and prunes when the
+    environment does not prune (the rollout would only log them)."""
     waves = tuple(
         Wave(w.number, tuple(c for c in w.changes if c.action is not Action.UNCHANGED), w.prune)
         for w in plan.waves
+        if prune or not w.prune
     )
+    waves = tuple(w for w in waves if w.changes)
     return Plan(plan.environment, plan.namespace, plan.from_rev, plan.to_rev, waves)
 
 

@@ -24,12 +24,13 @@ from gitsync.kube.state import StateStore
 from gitsync.model import Action, ServiceKey
 from gitsync.rollout import Outcome
 from gitsync.source.git import GitSource
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
 
 from .gitops import GitOpsRepo
-from .kube import GROUP, PLURAL, VERSION, get
+from .kube import GROUP, PLURAL, VERSION, apply, get, load
 
 
 def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: Any) -> DriftChecker:
@@ -253,3 +254,43 @@ def test_the_agents_drift_job_counts_and_heals(
         )
         == 2
     )
+
+
+def add_stray(api: client.ApiClient, repo: GitOpsRepo, name: str) -> ServiceKey:
+    """A gitsync-labelled RayService of the environment that Git does not declare (left over
+    from a revision that removed it, or labelled by hand)."""
+    body = load(repo.path("ranker.yaml"))
+    labels = {MANAGED_BY: "gitsync", ENVIRONMENT: "staging"}
+    body["metadata"] = {"name": name, "labels": labels}
+    apply(api, repo.namespace, body)
+    return ServiceKey(repo.namespace, name)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_an_unexpected_service_is_pruned_only_with_prune(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path, prune: bool
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True, prune=prune)
+    synced(api, repo, tmp_path)
+    stray = add_stray(api, repo, "stray")
+    drift = checker(api, repo, tmp_path, limit=2, window=3600.0)
+    store = StateStore(api, namespace)
+    if not prune:  # reported at every check; nothing to correct, so never a fight
+        for _ in range(4):
+            [report] = drift.check(heal=True)
+            assert [(d.key, d.kind) for d in report.drifts] == [(stray, DriftKind.UNEXPECTED)]
+            assert report.healed is None
+            assert report.fighting == ()
+        assert get(api, namespace, "stray")
+        findings, corrections = store.read_drift("staging")
+        assert corrections == {}
+        assert [f["fighting"] for f in findings] == [False]
+        return
+    [report] = drift.check(heal=True)
+    assert [(d.key, d.kind) for d in report.drifts] == [(stray, DriftKind.UNEXPECTED)]
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert report.healed.pruned == (stray,)
+    assert "stray" not in {s.name for s in RayServices(api).list_managed(namespace, "staging")}
+    [after] = drift.check(heal=True)
+    assert after.drifts == ()
