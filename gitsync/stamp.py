@@ -65,18 +65,89 @@ def applied_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def untouched_since_apply(live: Mapping[str, Any], body: Mapping[str, Any] | str) -> bool:
-    """True when the live object is exactly what gitsync last applied and Git still wants:
-    the applied hash matches and no other field manager has written its spec since (KubeRay
-    writes only the status subresource). Then a server-side dry run would show no change.
-    ``body`` is the stamped body, or its :func:`applied_hash` already computed."""
-    annotations = (live.get("metadata") or {}).get("annotations") or {}
-    wanted = body if isinstance(body, str) else applied_hash(body)
-    if annotations.get(APPLIED_HASH) != wanted:
+def untouched_since_apply(
+    live: Mapping[str, Any], body: Mapping[str, Any], applied: str | None = None
+) -> bool:
+    """True when the live object is provably what gitsync last applied and Git still wants,
+    so a server-side dry run would show no change:
+
+    - the applied hash matches (Git has not changed since the apply);
+    - no other field manager has written its spec (KubeRay writes only the status
+      subresource) nor owns a label or annotation Git declares (``ray.io/*`` annotations
+      change KubeRay's behaviour);
+    - gitsync's ``managedFields`` still own every field of ``body``: another client that
+      changes a field takes it over, and one that removes it (a JSON patch ``remove``)
+      leaves no owner at all, so only gitsync's own set shows it.
+
+    ``body`` is the stamped body, or Git's manifest (then its fields are checked, not the
+    stamps); ``applied`` its :func:`applied_hash` when already computed."""
+    metadata = live.get("metadata") or {}
+    wanted = applied if applied is not None else applied_hash(body)
+    if (metadata.get("annotations") or {}).get(APPLIED_HASH) != wanted:
         return False
-    for entry in (live.get("metadata") or {}).get("managedFields") or []:
-        if entry.get("manager") == FIELD_MANAGER or entry.get("subresource") == "status":
+    declared = body.get("metadata") or {}
+    mine: dict[str, Any] = {}
+    for entry in metadata.get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        if entry.get("subresource"):
             continue
-        if "f:spec" in (entry.get("fieldsV1") or {}):
+        if entry.get("manager") == FIELD_MANAGER:
+            mine = _union(mine, fields)
+            continue
+        if "f:spec" in fields:
             return False
+        theirs = fields.get("f:metadata") or {}
+        for part in ("labels", "annotations"):
+            owned_keys = theirs.get(f"f:{part}") or {}
+            if any(f"f:{key}" in owned_keys for key in declared.get(part) or {}):
+                return False
+    mine_metadata = mine.get("f:metadata") or {}
+    return (
+        _owns(mine_metadata.get("f:labels") or {}, declared.get("labels") or {})
+        and _owns(mine_metadata.get("f:annotations") or {}, declared.get("annotations") or {})
+        and _owns(mine.get("f:spec") or {}, body.get("spec") or {})
+    )
+
+
+def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(a)
+    for key, value in b.items():
+        merged[key] = _union(merged[key], value) if key in merged else value
+    return merged
+
+
+def _owns(fields: Mapping[str, Any], value: Any) -> bool:
+    """Whether a ``fieldsV1`` set owns every field of ``value``, the part of the applied body
+    it describes. A field set is a set of paths: an atomic list's own path is in it (no
+    member entries); a keyed list (``x-kubernetes-list-type: map``/``set``) appears only as
+    the prefix of one member entry per item, so one whose members are all gone is absent."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            child = fields.get(f"f:{key}")
+            if item is not None and (child is None or not _owns(child, item)):
+                return False
+        return True
+    if isinstance(value, list):
+        members = [(k, v) for k, v in fields.items() if k.startswith(("k:", "v:"))]
+        if not members:
+            return True
+        for item in value:
+            child = next((v for k, v in members if _member(k, item)), None)
+            if child is None or not _owns(child, item):
+                return False
     return True
+
+
+def _member(name: str, item: Any) -> bool:
+    """Whether ``k:{"name":"head"}`` / ``v:"x"`` names ``item``. A key field the item omits
+    counts as equal: the API server fills the schema's default (a port's ``protocol: TCP``)."""
+    try:
+        key = json.loads(name[2:])
+    except ValueError:
+        return False
+    if name.startswith("v:"):
+        return bool(key == item)
+    if not isinstance(key, dict) or not isinstance(item, Mapping):
+        return False
+    present = [k for k in key if k in item]
+    return bool(present) and all(item[k] == key[k] for k in present)

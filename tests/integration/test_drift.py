@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 
 from gitsync.agent import Agent
+from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.config import DriftSettings, LeaderElection
 from gitsync.diff.drift import DriftKind
@@ -22,9 +23,10 @@ from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.model import Action, ServiceKey
+from gitsync.planning import environment_manifests
 from gitsync.rollout import Outcome
 from gitsync.source.git import GitSource
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped, untouched_since_apply
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
@@ -294,3 +296,52 @@ def test_an_unexpected_service_is_pruned_only_with_prune(
     assert "stray" not in {s.name for s in RayServices(api).list_managed(namespace, "staging")}
     [after] = drift.check(heal=True)
     assert after.drifts == ()
+
+
+def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """Neither leaves another manager owning something under spec: the annotation edit
+    takes over a metadata field, the JSON-patch removal leaves the field with no owner."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)  # report only
+    timeout = '    gitsync.ray.io/wave: "1"\n    ray.io/initializing-timeout: "10m"\n'
+    repo.commit(lambda root: repo.edit("ranker.yaml", '    gitsync.ray.io/wave: "1"\n', timeout),
+                "ranker: initializing timeout")  # fmt: skip
+    synced(api, repo, tmp_path)
+    drift = checker(api, repo, tmp_path)
+    [report] = drift.check(heal=True)
+    assert report.drifts == ()
+    # The shortcut holds on what gitsync applied: the checks below change its answer.
+    loaded = environment_manifests(read_tree(repo.work), "staging", "t")
+    for service in loaded.services:
+        body = stamped(service.manifest, environment="staging", revision=None,
+                       source=service.source, wave=service.wave)  # fmt: skip
+        assert untouched_since_apply(get(api, namespace, service.key.name), body)
+    custom = client.CustomObjectsApi(api)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker",
+        {"metadata": {"annotations": {"ray.io/initializing-timeout": "30s"}}},
+        field_manager="kubectl-annotate",
+    )  # fmt: skip
+    path = "/spec/rayClusterConfig/headGroupSpec/rayStartParams/num-cpus"
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "summarizer", [{"op": "remove", "path": path}],
+        field_manager="kubectl-patch", _content_type="application/json-patch+json",
+    )  # fmt: skip
+    summarizer = get(api, namespace, "summarizer")
+    assert (
+        "num-cpus" not in summarizer["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    )
+    foreign = [
+        e
+        for e in summarizer["metadata"]["managedFields"]
+        if e["manager"] != "gitsync" and "f:spec" in (e.get("fieldsV1") or {})
+    ]
+    assert foreign == []  # what the old shortcut looked for: nothing
+    [report] = drift.check(heal=True)
+    found = {d.key.name: d for d in report.drifts}
+    assert sorted(found) == ["ranker", "summarizer"]
+    assert found["ranker"].kind is DriftKind.MODIFIED
+    assert any("ray.io/initializing-timeout" in f for f in found["ranker"].fields)
+    assert found["summarizer"].kind is DriftKind.MODIFIED
+    assert any("num-cpus" in f for f in found["summarizer"].fields)

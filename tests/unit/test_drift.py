@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from gitsync.diff.drift import (
     other_managers,
 )
 from gitsync.model import Action, ServiceKey
+from gitsync.stamp import APPLIED_HASH, stamped, untouched_since_apply
 
 KEY = ServiceKey("ray", "ranker")
 
@@ -112,3 +114,107 @@ def test_corrections_left(history: list[float], left: int) -> None:
 def test_messages_for_deleted_and_unexpected() -> None:
     assert "was deleted" in Drift(KEY, DriftKind.DELETED, "b" * 40).message
     assert "no longer declares" in Drift(KEY, DriftKind.UNEXPECTED, "b" * 40).message
+
+
+def field_set(value: Any) -> Any:
+    """The ``fieldsV1`` the API server records for applying ``value``: maps field by field,
+    ``containers`` keyed by name (a list-map in the CRD), other lists atomic."""
+    if not isinstance(value, dict):
+        return {}
+    found: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "containers":
+            found[f"f:{key}"] = {
+                f'k:{{"name":"{c["name"]}"}}': {".": {}, **field_set(c)} for c in item
+            }
+        else:
+            found[f"f:{key}"] = field_set(item)
+    return found
+
+
+def applied() -> dict[str, Any]:
+    manifest = service(SERVE)
+    manifest["metadata"]["annotations"] = {"ray.io/initializing-timeout": "10m"}
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    head["containers"].append({"name": "sidecar", "image": "busybox"})
+    return stamped(manifest, environment="staging", revision="a" * 40, source="r.yaml", wave=0)
+
+
+APPLIED = applied()
+CONTAINERS = ("f:spec", "f:rayClusterConfig", "f:headGroupSpec", "f:template", "f:spec",
+              "f:containers")  # fmt: skip
+
+
+def live_with(*entries: tuple[str, dict[str, Any], str | None]) -> dict[str, Any]:
+    """The applied object as the API server returns it, with these managedFields."""
+    metadata = {**APPLIED["metadata"], **managed_fields(*entries)["metadata"]}
+    return {**APPLIED, "metadata": metadata}
+
+
+def without(fields: dict[str, Any], *path: str) -> dict[str, Any]:
+    pruned = copy.deepcopy(fields)
+    node = pruned
+    for part in path[:-1]:
+        node = node[part]
+    del node[path[-1]]
+    return pruned
+
+
+MINE = field_set({"metadata": APPLIED["metadata"], "spec": APPLIED["spec"]})
+
+
+@pytest.mark.parametrize(
+    ("entries", "untouched"),
+    [
+        ([("gitsync", MINE, None)], True),
+        ([("gitsync", MINE, None), ("kuberay-operator", {"f:status": {}}, "status")], True),
+        # another manager's own annotation (KubeRay's, say) is not Git's: still untouched
+        (
+            [
+                ("gitsync", MINE, None),
+                ("kuberay", {"f:metadata": {"f:annotations": {"f:ray.io/other": {}}}}, None),
+            ],
+            True,
+        ),
+        # another manager owns an annotation Git declares
+        (
+            [
+                ("gitsync", MINE, None),
+                (
+                    "kubectl-annotate",
+                    {"f:metadata": {"f:annotations": {"f:ray.io/initializing-timeout": {}}}},
+                    None,
+                ),
+            ],
+            False,
+        ),
+        ([("gitsync", MINE, None), ("kubectl-edit", {"f:spec": {}}, None)], False),
+        # a field removed by another client: no owner left, only gitsync's set shows it
+        ([("gitsync", without(MINE, "f:spec", "f:serveConfigV2"), None)], False),
+        ([("gitsync", without(MINE, *CONTAINERS, 'k:{"name":"sidecar"}'), None)], False),
+        (
+            [("gitsync", without(MINE, *CONTAINERS, 'k:{"name":"ray-head"}', "f:image"), None)],
+            False,
+        ),
+        (
+            [
+                (
+                    "gitsync",
+                    without(MINE, "f:metadata", "f:annotations", "f:ray.io/initializing-timeout"),
+                    None,
+                )
+            ],
+            False,
+        ),
+    ],
+)
+def test_untouched_since_apply(
+    entries: list[tuple[str, dict[str, Any], str | None]], untouched: bool
+) -> None:
+    assert untouched_since_apply(live_with(*entries), APPLIED) is untouched
+
+
+def test_untouched_since_apply_needs_the_applied_hash() -> None:
+    live = live_with(("gitsync", MINE, None))
+    live["metadata"]["annotations"] = {**live["metadata"]["annotations"], APPLIED_HASH: "x"}
+    assert not untouched_since_apply(live, APPLIED)
