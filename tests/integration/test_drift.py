@@ -4,6 +4,7 @@ recreated or reported, a fighting controller detected and left alone after the l
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import replace
@@ -22,7 +23,7 @@ from gitsync.drift import DriftChecker
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, ServiceKey
+from gitsync.model import Action, DesiredService, ServiceKey
 from gitsync.planning import environment_manifests
 from gitsync.rollout import Outcome
 from gitsync.source.git import GitSource
@@ -32,7 +33,7 @@ from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
 
 from .gitops import GitOpsRepo
-from .kube import GROUP, PLURAL, VERSION, apply, get, load
+from .kube import GROUP, PLURAL, VERSION, apply, get, load, wait_for
 
 
 def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: Any) -> DriftChecker:
@@ -77,13 +78,72 @@ def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager:
 def test_a_fresh_sync_has_no_drift_over_many_checks(
     api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
 ) -> None:
-    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    """Between checks the simulator writes status (observedGeneration after a foreign spec
+    write, an application turning UNHEALTHY); one service takes the slow path (a dry run)
+    because another manager owns a spec field Git does not declare; every service carries
+    a KubeRay-style annotation another manager wrote. None of it is drift, so self-heal,
+    on, never rolls anything out."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
     synced(api, repo, tmp_path)
+    custom = client.CustomObjectsApi(api)
+    names = ("embedder", "ranker", "summarizer")
+    for name in names:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            {"metadata": {"annotations": {"ray.io/kuberay-version": "v1.5.0"}}},
+            field_manager="kuberay-operator",
+        )  # fmt: skip
+    apps = [
+        (ServiceKey(namespace, name), app)
+        for name in names
+        for app in get(api, namespace, name)["status"]["activeServiceStatus"]["applicationStatuses"]
+    ]
+    loaded = environment_manifests(read_tree(repo.work), "staging", "t")
     drift = checker(api, repo, tmp_path)
-    for _ in range(10):  # the simulator keeps writing status meanwhile
+    for check in range(10):
+        # A policy controller sets a spec field Git does not declare: the embedder's
+        # shortcut is off (a dry run each check), and the simulator writes status when it
+        # observes the new generation.
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "embedder",
+            {"spec": {"rayClusterDeletionDelaySeconds": 60 + check}},
+            field_manager="policy-controller",
+        )  # fmt: skip
+        wait_for(api, namespace, "embedder", observed, "observed")
+        if check < len(apps):  # and a crash: a status write on another service
+            key, app = apps[check]
+            sim.break_app(key, app)
+            wait_for(api, namespace, key.name, functools.partial(unhealthy, app=app), "UNHEALTHY")
+        shortcut = {
+            s.key.name: untouched_since_apply(get(api, namespace, s.key.name), applied_body(s))
+            for s in loaded.services
+        }
+        assert shortcut == {"embedder": False, "ranker": True, "summarizer": True}
         [report] = drift.check(heal=True)
         assert report.drifts == (), report
+        assert report.healed is None
         assert report.revision == repo.revisions[-1]
+
+
+def applied_body(service: DesiredService) -> dict[str, Any]:
+    """What gitsync applied for ``service`` in staging (the revision stamp aside)."""
+    return stamped(
+        service.manifest,
+        environment="staging",
+        revision=None,
+        source=service.source,
+        wave=service.wave,
+    )
+
+
+def observed(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return bool(status.get("observedGeneration") == obj["metadata"]["generation"])
+
+
+def unhealthy(obj: dict[str, Any], app: str) -> bool:
+    statuses = (obj.get("status") or {}).get("activeServiceStatus", {}).get("applicationStatuses")
+    return bool((statuses or {}).get(app, {}).get("status") == "UNHEALTHY")
 
 
 def test_a_serve_config_edit_is_named_and_healed_in_place(
@@ -314,8 +374,7 @@ def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
     # The shortcut holds on what gitsync applied: the checks below change its answer.
     loaded = environment_manifests(read_tree(repo.work), "staging", "t")
     for service in loaded.services:
-        body = stamped(service.manifest, environment="staging", revision=None,
-                       source=service.source, wave=service.wave)  # fmt: skip
+        body = applied_body(service)
         assert untouched_since_apply(get(api, namespace, service.key.name), body)
     custom = client.CustomObjectsApi(api)
     custom.patch_namespaced_custom_object(
