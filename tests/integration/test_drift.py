@@ -404,3 +404,25 @@ def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
     assert any("ray.io/initializing-timeout" in f for f in found["ranker"].fields)
     assert found["summarizer"].kind is DriftKind.MODIFIED
     assert any("num-cpus" in f for f in found["summarizer"].fields)
+
+
+def test_drift_is_judged_at_the_revision_last_applied(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """A newer commit not rolled out yet differs from the cluster: that is the next
+    rollout's business, not drift (and self-heal must not roll it out)."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    synced(api, repo, tmp_path)
+    applied = repo.revisions[-1]
+    newer = repo.commit(
+        lambda root: repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 3"), "scale"
+    )
+    drift = checker(api, repo, tmp_path)
+    assert drift.source.head() == newer
+    [report] = drift.check(heal=True)
+    assert report.revision == applied
+    assert report.drifts == ()
+    assert report.healed is None
+    live = get(api, namespace, "ranker")
+    assert "num_replicas: 1" in live["spec"]["serveConfigV2"]
+    assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == applied
