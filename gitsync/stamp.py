@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from gitsync.diff.fieldsets import owns_all, union
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 ENVIRONMENT = "gitsync.ray.io/environment"
 REVISION = "gitsync.ray.io/revision"
@@ -92,7 +94,7 @@ def untouched_since_apply(
         if entry.get("subresource"):
             continue
         if entry.get("manager") == FIELD_MANAGER:
-            mine = _union(mine, fields)
+            mine = union(mine, fields)
             continue
         if "f:spec" in fields:
             return False
@@ -103,51 +105,7 @@ def untouched_since_apply(
                 return False
     mine_metadata = mine.get("f:metadata") or {}
     return (
-        _owns(mine_metadata.get("f:labels") or {}, declared.get("labels") or {})
-        and _owns(mine_metadata.get("f:annotations") or {}, declared.get("annotations") or {})
-        and _owns(mine.get("f:spec") or {}, body.get("spec") or {})
+        owns_all(mine_metadata.get("f:labels") or {}, declared.get("labels") or {})
+        and owns_all(mine_metadata.get("f:annotations") or {}, declared.get("annotations") or {})
+        and owns_all(mine.get("f:spec") or {}, body.get("spec") or {})
     )
-
-
-def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(a)
-    for key, value in b.items():
-        merged[key] = _union(merged[key], value) if key in merged else value
-    return merged
-
-
-def _owns(fields: Mapping[str, Any], value: Any) -> bool:
-    """Whether a ``fieldsV1`` set owns every field of ``value``, the part of the applied body
-    it describes. A field set is a set of paths: an atomic list's own path is in it (no
-    member entries); a keyed list (``x-kubernetes-list-type: map``/``set``) appears only as
-    the prefix of one member entry per item, so one whose members are all gone is absent."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            child = fields.get(f"f:{key}")
-            if item is not None and (child is None or not _owns(child, item)):
-                return False
-        return True
-    if isinstance(value, list):
-        members = [(k, v) for k, v in fields.items() if k.startswith(("k:", "v:"))]
-        if not members:
-            return True
-        for item in value:
-            child = next((v for k, v in members if _member(k, item)), None)
-            if child is None or not _owns(child, item):
-                return False
-    return True
-
-
-def _member(name: str, item: Any) -> bool:
-    """Whether ``k:{"name":"head"}`` / ``v:"x"`` names ``item``. A key field the item omits
-    counts as equal: the API server fills the schema's default (a port's ``protocol: TCP``)."""
-    try:
-        key = json.loads(name[2:])
-    except ValueError:
-        return False
-    if name.startswith("v:"):
-        return bool(key == item)
-    if not isinstance(key, dict) or not isinstance(item, Mapping):
-        return False
-    present = [k for k in key if k in item]
-    return bool(present) and all(item[k] == key[k] for k in present)

@@ -402,8 +402,10 @@ def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
     assert sorted(found) == ["ranker", "summarizer"]
     assert found["ranker"].kind is DriftKind.MODIFIED
     assert any("ray.io/initializing-timeout" in f for f in found["ranker"].fields)
+    assert found["ranker"].managers == ("kubectl-annotate",)  # the owner of that annotation
     assert found["summarizer"].kind is DriftKind.MODIFIED
     assert any("num-cpus" in f for f in found["summarizer"].fields)
+    assert found["summarizer"].managers == ()  # a removed field has no owner to name
 
 
 def test_drift_is_judged_at_the_revision_last_applied(

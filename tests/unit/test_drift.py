@@ -14,7 +14,7 @@ from gitsync.diff.drift import (
     corrections_left,
     heal_cost,
     modified,
-    other_managers,
+    owners,
 )
 from gitsync.model import Action, ServiceKey
 from gitsync.stamp import APPLIED_HASH, stamped, untouched_since_apply
@@ -58,14 +58,53 @@ def managed_fields(*managers: tuple[str, dict[str, Any], str | None]) -> dict[st
     }
 
 
-def test_other_managers_skip_gitsync_and_status_writers() -> None:
+def test_owners_skip_gitsync_and_status_writers() -> None:
     live = managed_fields(
-        ("gitsync", {"f:spec": {}}, None),
-        ("kuberay-operator", {"f:status": {}}, "status"),
+        ("gitsync", {"f:spec": {"f:serveConfigV2": {}}}, None),
+        ("kuberay-operator", {"f:spec": {"f:serveConfigV2": {}}}, "status"),
         ("kubectl-edit", {"f:spec": {"f:serveConfigV2": {}}}, None),
         ("kubectl-label", {"f:metadata": {}}, None),
     )
-    assert other_managers(live) == ("kubectl-edit",)
+    assert owners(live, [("spec", "serveConfigV2")]) == ("kubectl-edit",)
+
+
+HEAD = ("spec", "rayClusterConfig", "headGroupSpec", "template", "spec", "containers")
+
+
+def test_only_the_manager_owning_the_drifted_field_is_named() -> None:
+    """Two other managers own something under spec; only one owns what drifted."""
+    live = service(SERVE.replace("num_replicas: 1", "num_replicas: 4"), image="ray:2.50.0")
+    head = live["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    head["containers"].append({"name": "sidecar", "image": "busybox:2"})
+    in_head = {"f:rayClusterConfig": {"f:headGroupSpec": {"f:template": {"f:spec": {}}}}}
+
+    def containers(member: str) -> dict[str, Any]:
+        fields = copy.deepcopy(in_head)
+        fields["f:rayClusterConfig"]["f:headGroupSpec"]["f:template"]["f:spec"] = {
+            "f:containers": {f'k:{{"name":"{member}"}}': {"f:image": {}}}
+        }
+        return {"f:spec": fields}
+
+    live["metadata"].update(
+        managed_fields(
+            ("gitsync", {"f:spec": {"f:serveConfigV2": {}}}, None),
+            ("kubectl-edit", {"f:spec": {"f:serveConfigV2": {}}}, None),
+            ("policy", {"f:spec": {"f:rayClusterDeletionDelaySeconds": {}}}, None),
+            ("kubectl-set", containers("ray-head"), None),
+            ("sidecar-injector", containers("sidecar"), None),
+        )["metadata"]
+    )
+    desired = service(SERVE)  # the dry run keeps the other managers' fields: the sidecar
+    desired["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"].append(
+        {"name": "sidecar", "image": "busybox:2"}
+    )
+    found = modified(KEY, live, desired, live, "a" * 40, Options())
+    assert found is not None
+    assert found.managers == ("kubectl-edit", "kubectl-set")
+    assert owners(live, [("spec", "serveConfigV2")]) == ("kubectl-edit",)
+    assert owners(live, [(*HEAD, "[ray-head]", "image")]) == ("kubectl-set",)
+    assert owners(live, [(*HEAD, 1, "image")]) == ("sidecar-injector",)
+    assert owners(live, [("spec", "rayClusterConfig", "rayVersion")]) == ()  # nobody: removed
 
 
 def test_no_drift_when_equal() -> None:
