@@ -8,6 +8,8 @@ provably untouched since gitsync applied it. Findings and the corrections histor
 environment's state ConfigMap (``gitsync status`` shows them; the backoff survives restarts).
 A field corrected ``limit`` times within ``window`` is a fight with another controller:
 gitsync stops correcting it, says so loudly (Warning event, metric, status), keeps reporting.
+The window slides: once the oldest of those corrections is older than ``window``, gitsync
+corrects the field again, so an endless fight costs at most ``limit`` rollouts per window.
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ class DriftChecker:
             self._trees[revision] = read_tree_cached(self.source.checkout(revision))
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
         drifts = self._find(loaded, revision)
-        _, corrections = self.state.read_drift(name)
+        _, history = self.state.read_drift(name)
+        now = self.clock()  # forget what left the window: the ConfigMap stays small
+        corrections = {f: ts for f, ts in history.items() if any(now - t < self.window for t in ts)}
         fighting = self._fighting(drifts, corrections)
         self._report(name, drifts, fighting)
         healed = None

@@ -428,3 +428,48 @@ def test_drift_is_judged_at_the_revision_last_applied(
     live = get(api, namespace, "ranker")
     assert "num_replicas: 1" in live["spec"]["serveConfigV2"]
     assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == applied
+
+
+def test_the_fight_gauge_is_set_then_cleared_when_the_window_passes(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """The backoff is a sliding window: at most ``limit`` corrections of a field within
+    ``window``; once the oldest is older than the window, gitsync corrects it again."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        leader_election=LeaderElection(enabled=False),
+        environments=(),
+        drift=DriftSettings(limit=1, window=600.0),
+    )
+    agent = Agent(config, api, "drift-test")
+    now = [1_000_000.0]
+    agent.drift_checker.clock = lambda: now[0]
+    agent.poll()
+    assert agent.last_ok
+    labels = {"environment": "staging", "namespace": namespace, "name": "embedder"}
+
+    def fighting() -> float | None:
+        return agent.metrics.registry.get_sample_value("gitsync_drift_fighting", labels)
+
+    edit_serve_config(api, namespace, "embedder", "autoscaler-x")
+    [report] = agent.drift()
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert fighting() is None
+    now[0] += 300  # within the window: the second change is a fight
+    edit_serve_config(api, namespace, "embedder", "autoscaler-x")
+    [report] = agent.drift()
+    assert report.healed is None
+    assert report.fighting == (ServiceKey(namespace, "embedder"),)
+    assert fighting() == 1
+    [report] = agent.drift()  # still reported, still not corrected
+    assert report.fighting == (ServiceKey(namespace, "embedder"),)
+    assert fighting() == 1
+    now[0] += 301  # the correction is older than the window: corrections resume
+    [report] = agent.drift()
+    assert report.fighting == ()
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert fighting() is None
+    assert "num_replicas: 1" in get(api, namespace, "embedder")["spec"]["serveConfigV2"]
