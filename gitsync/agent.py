@@ -117,6 +117,7 @@ class Agent:
             on_drift=lambda environment, count: self.metrics.drift_detected.labels(environment).inc(
                 count
             ),
+            on_error=lambda environment: self.metrics.drift_check_errors.labels(environment).inc(),
             limit=self.config.drift.limit,
             window=self.config.drift.window,
         )

@@ -331,6 +331,8 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         for report in reports:
             out.write("\n".join(report_lines(report)) + "\n")
+    if any(r.error for r in reports):
+        return EXIT_ERROR
     return EXIT_FOUND if any(r.drifted for r in reports) else EXIT_OK
 
 

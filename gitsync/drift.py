@@ -24,6 +24,7 @@ from gitsync.checkout import TreeReport, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
 from gitsync.diff.normalize import owned
+from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
@@ -46,6 +47,7 @@ class DriftReport:
     healed: RolloutResult | None = None
     note: str = ""  # why nothing was checked
     costs: tuple[str, ...] = ()
+    error: str = ""  # the check itself failed (an API error, a rejected dry run)
 
     @property
     def drifted(self) -> bool:
@@ -61,6 +63,7 @@ class DriftChecker:
     progress: Callable[[str], None] = lambda line: None
     record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
     on_drift: Callable[[str, int], None] = lambda environment, count: None
+    on_error: Callable[[str], None] = lambda environment: None
     clock: Callable[[], float] = time.time
     limit: int = 3
     window: float = 3600.0
@@ -75,9 +78,20 @@ class DriftChecker:
             self._trees[head], environments or self.config.environments or None, ""
         )
         try:
-            return [self.environment(name, heal=heal) for name in names]
+            return [self._guarded(name, heal=heal) for name in names]
         finally:
             self._trees = {}
+
+    def _guarded(self, name: str, *, heal: bool) -> DriftReport:
+        """One environment's check; its failure is its report, so one environment whose dry
+        run is rejected (or whose namespace is unreachable) never hides the others' drift."""
+        try:
+            return self.environment(name, heal=heal)
+        except GitsyncError as exc:
+            log.warning("drift check of %s failed: %s", name, exc)
+            self.progress(f"{name}: drift check failed: {exc}")
+            self.on_error(name)
+            return DriftReport(name, "", error=str(exc))
 
     def environment(self, name: str, *, heal: bool) -> DriftReport:
         prior = self.state.read(name)
@@ -277,6 +291,8 @@ def _findings(drifts: Sequence[Drift], fighting: set[ServiceKey]) -> list[dict[s
 
 
 def report_lines(report: DriftReport) -> list[str]:
+    if report.error:
+        return [f"{report.environment}: check failed: {report.error}"]
     if report.note:
         return [f"{report.environment}: not checked: {report.note}"]
     if not report.drifts:
@@ -298,6 +314,7 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
         "environment": report.environment,
         "revision": report.revision,
         "note": report.note,
+        "error": report.error,
         "drifted": [
             {
                 "service": str(d.key),

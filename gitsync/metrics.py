@@ -56,6 +56,13 @@ class Metrics:
             ["environment"],
             registry=r,
         )
+        self.drift_check_errors = Counter(
+            "gitsync_drift_check_errors",
+            "Drift checks of an environment that failed (API errors, a rejected dry run); the "
+            "other environments are still checked",
+            ["environment"],
+            registry=r,
+        )
         self.drift_fighting = Gauge(
             "gitsync_drift_fighting",
             "1 while gitsync has stopped correcting a RayService that another controller keeps "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.config import DriftSettings, LeaderElection
 from gitsync.diff.drift import DriftKind
-from gitsync.drift import DriftChecker
+from gitsync.drift import DriftChecker, report_lines
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
@@ -31,6 +32,7 @@ from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped, untouched_since_appl
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
+from tests.conftest import fresh_namespace
 
 from .gitops import GitOpsRepo
 from .kube import GROUP, PLURAL, VERSION, apply, get, load, wait_for
@@ -67,7 +69,12 @@ def synced(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path) -> None:
 
 def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager: str) -> None:
     live = get(api, namespace, name)
-    text = live["spec"]["serveConfigV2"].replace("num_replicas: 1", "num_replicas: 4", 1)
+    text = re.sub(  # the first deployment's replicas + 3 (staging's 1 becomes 4)
+        r"num_replicas: (\d+)",
+        lambda m: f"num_replicas: {int(m.group(1)) + 3}",
+        live["spec"]["serveConfigV2"],
+        count=1,
+    )
     assert text != live["spec"]["serveConfigV2"]
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, name, {"spec": {"serveConfigV2": text}},
@@ -473,3 +480,114 @@ def test_the_fight_gauge_is_set_then_cleared_when_the_window_passes(
     assert report.healed.outcome is Outcome.SUCCEEDED
     assert fighting() is None
     assert "num_replicas: 1" in get(api, namespace, "embedder")["spec"]["serveConfigV2"]
+
+
+def freeze_rayservices(api: client.ApiClient, namespace: str, name: str) -> None:
+    """A ValidatingAdmissionPolicy that rejects every update of a RayService in
+    ``namespace`` (dry runs too), as a strict admission policy would; effective once a
+    dry-run apply is rejected."""
+    admission = client.AdmissionregistrationV1Api(api)
+    admission.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [GROUP],
+                            "apiVersions": [VERSION],
+                            "operations": ["UPDATE"],
+                            "resources": [PLURAL],
+                        }
+                    ]
+                },
+                "validations": [{"expression": "false", "message": "RayServices are frozen"}],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        }
+    )
+    body = get(api, namespace, "ranker")
+    body = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+    body["metadata"] = {"name": "ranker", "labels": {"frozen-probe": "x"}}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.CustomObjectsApi(api).patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "ranker", body, field_manager="probe",
+                dry_run="All", _content_type="application/apply-patch+yaml",
+            )  # fmt: skip
+        except client.ApiException as exc:
+            if "frozen" in str(exc.body):
+                return
+            raise
+        assert time.monotonic() < deadline, "the admission policy never took effect"
+        time.sleep(0.2)
+
+
+def unfreeze(api: client.ApiClient, name: str) -> None:
+    admission = client.AdmissionregistrationV1Api(api)
+    admission.delete_validating_admission_policy_binding(name)
+    admission.delete_validating_admission_policy(name)
+
+
+def test_one_environments_failed_check_does_not_stop_the_others(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    with fresh_namespace(api) as production:
+        repo = GitOpsRepo(tmp_path / "gitops", namespace, production=production)
+        config = replace(
+            repo.agent_config(tmp_path / "cache"),
+            leader_election=LeaderElection(enabled=False),
+            environments=(),
+        )
+        agent = Agent(config, api, "drift-test")
+        agent.poll()  # staging, then production
+        assert agent.last_ok
+        assert agent.metrics.registry.get_sample_value(
+            "gitsync_sync_total", {"environment": "production", "result": "succeeded"}
+        )
+        # Production's check needs a dry run (a hand edit), which its admission rejects.
+        edit_serve_config(api, production, "ranker", "kubectl-edit")
+        edit_serve_config(api, namespace, "ranker", "kubectl-edit")
+        policy = f"freeze-{production}"
+        freeze_rayservices(api, production, policy)
+        try:
+            reports = {r.environment: r for r in agent.drift()}
+        finally:
+            unfreeze(api, policy)
+        assert sorted(reports) == ["production", "staging"]
+        assert "frozen" in reports["production"].error
+        assert reports["production"].drifts == ()
+        assert report_lines(reports["production"]) == [
+            f"production: check failed: {reports['production'].error}"
+        ]
+        assert reports["staging"].error == ""
+        assert [(d.key.name, d.kind) for d in reports["staging"].drifts] == [
+            ("ranker", DriftKind.MODIFIED)
+        ]
+        errors = agent.metrics.registry.get_sample_value(
+            "gitsync_drift_check_errors_total", {"environment": "production"}
+        )
+        assert errors == 1
+        assert (
+            agent.metrics.registry.get_sample_value(
+                "gitsync_drift_detected_total", {"environment": "staging"}
+            )
+            == 1
+        )
