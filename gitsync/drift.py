@@ -14,6 +14,7 @@ corrects the field again, so an endless fight costs at most ``limit`` rollouts p
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, mo
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
-from gitsync.kube.state import StateStore
+from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Phase, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan
@@ -106,7 +107,7 @@ class DriftChecker:
             self._trees[revision] = read_tree_cached(self.source.checkout(revision))
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
         drifts = self._find(loaded, revision)
-        _, history = self.state.read_drift(name)
+        history = self.state.read_drift(name).corrections
         now = self.clock()  # forget what left the window: the ConfigMap stays small
         corrections = {f: ts for f, ts in history.items() if any(now - t < self.window for t in ts)}
         fighting = self._fighting(drifts, corrections)
@@ -116,11 +117,14 @@ class DriftChecker:
         healable = [d for d in drifts if d.key not in fighting]
         if heal and env.self_heal and healable:
             healed = self._heal(loaded, revision, healable, corrections)
-        self.state.write_drift(name, _findings(drifts, fighting), corrections)
-        return DriftReport(
+        report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost(drifts)),
         )  # fmt: skip
+        checked = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        findings = _findings(still_drifted(report), fighting)  # a healed service is not DRIFTED
+        self.state.write_drift(name, DriftRecord(findings, corrections, checked, revision))
+        return report
 
     # -- finding ------------------------------------------------------------------------------
 
@@ -257,6 +261,22 @@ class DriftChecker:
                     key, "Normal", "DriftCorrected", f"Git's version at {revision[:12]} re-applied"
                 )
         return result
+
+
+def still_drifted(report: DriftReport) -> tuple[Drift, ...]:
+    """The drifts the check leaves behind: all of them, but those a successful heal put
+    right (re-applied or pruned)."""
+    healed = report.healed
+    if healed is None or healed.outcome is not Outcome.SUCCEEDED:
+        return report.drifts
+    fixed = {*healed.applied, *healed.pruned}
+    return tuple(d for d in report.drifts if d.key not in fixed)
+
+
+def drifted_by_kind(report: DriftReport) -> dict[str, int]:
+    """How many services are drifted now, per kind (every kind, zeros included)."""
+    left = still_drifted(report)
+    return {str(kind): sum(1 for d in left if d.kind is kind) for kind in DriftKind}
 
 
 def _only_changes(plan: Plan, *, prune: bool) -> Plan:

@@ -56,6 +56,13 @@ class Metrics:
             ["environment"],
             registry=r,
         )
+        self.drifted_services = Gauge(
+            "gitsync_drifted_services",
+            "RayServices drifted now, per kind (modified, deleted, unexpected), as the last "
+            "drift check of the environment left them (healed ones not counted)",
+            ["environment", "kind"],
+            registry=r,
+        )
         self.drift_check_errors = Counter(
             "gitsync_drift_check_errors",
             "Drift checks of an environment that failed (API errors, a rejected dry run); the "

@@ -218,18 +218,26 @@ def test_a_deleted_service_is_recreated_or_reported(
             GROUP, VERSION, namespace, PLURAL
         )["items"]
     }
+    config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
+    args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["status", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [checked] = [line for line in lines if "drift check" in line]
+    # When the check ran and against which revision, then what it left drifted.
+    assert re.search(r"drift check \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ against ", checked)
+    assert repo.revisions[-1][:12] in checked
+    drifted = any("summarizer" in line and "DRIFTED" in line for line in lines)
     if self_heal:
         assert report.healed is not None
         assert report.healed.outcome is Outcome.SUCCEEDED
         assert "summarizer" in names
+        assert checked.endswith(": no drift")  # healed: no longer drifted
+        assert not drifted, lines
     else:
         assert report.healed is None
         assert "summarizer" not in names
-        config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
-        args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
-        assert main(["status", *args]) == 0
-        out = capsys.readouterr().out
-        assert any("summarizer" in line and "DRIFTED" in line for line in out.splitlines()), out
+        assert checked.endswith(": 1 drifted")
+        assert drifted, lines
 
 
 def test_a_fighting_controller_is_left_alone_after_the_limit(
@@ -323,6 +331,10 @@ def test_the_agents_drift_job_counts_and_heals(
         )
         == 2
     )
+    drifted = agent.metrics.registry.get_sample_value(
+        "gitsync_drifted_services", {"environment": "staging", "kind": "modified"}
+    )
+    assert drifted == 0  # found, and healed
 
 
 def add_stray(api: client.ApiClient, repo: GitOpsRepo, name: str) -> ServiceKey:
@@ -351,9 +363,9 @@ def test_an_unexpected_service_is_pruned_only_with_prune(
             assert report.healed is None
             assert report.fighting == ()
         assert get(api, namespace, "stray")
-        findings, corrections = store.read_drift("staging")
-        assert corrections == {}
-        assert [f["fighting"] for f in findings] == [False]
+        record = store.read_drift("staging")
+        assert record.corrections == {}
+        assert [f["fighting"] for f in record.findings] == [False]
         return
     [report] = drift.check(heal=True)
     assert [(d.key, d.kind) for d in report.drifts] == [(stray, DriftKind.UNEXPECTED)]
@@ -591,3 +603,16 @@ def test_one_environments_failed_check_does_not_stop_the_others(
             )
             == 1
         )
+        drifted = {
+            (env, kind): agent.metrics.registry.get_sample_value(
+                "gitsync_drifted_services", {"environment": env, "kind": kind}
+            )
+            for env in ("staging", "production")
+            for kind in ("modified", "deleted")
+        }
+        assert drifted == {
+            ("staging", "modified"): 1,  # report only: still drifted
+            ("staging", "deleted"): 0,
+            ("production", "modified"): None,  # not checked: nothing claimed
+            ("production", "deleted"): None,
+        }
