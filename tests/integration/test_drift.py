@@ -19,13 +19,14 @@ from gitsync.agent import Agent
 from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.config import DriftSettings, LeaderElection
+from gitsync.diff.classify import Options
 from gitsync.diff.drift import DriftKind
 from gitsync.drift import DriftChecker, report_lines
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.model import Action, DesiredService, ServiceKey
-from gitsync.planning import environment_manifests
+from gitsync.planning import environment_manifests, live_environment_plan
 from gitsync.rollout import Outcome
 from gitsync.source.git import GitSource
 from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped, untouched_since_apply
@@ -395,6 +396,10 @@ def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
     for service in loaded.services:
         body = applied_body(service)
         assert untouched_since_apply(get(api, namespace, service.key.name), body)
+    # The sync pass's shortcut too: metadata alone proves nothing changed (no full list).
+    services = FullLists(api)
+    plan = live_environment_plan(loaded, services, Options(), repo.revisions[-1])
+    assert (services.full_lists, plan.has_changes) == (0, False)
     custom = client.CustomObjectsApi(api)
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "ranker",
@@ -425,6 +430,21 @@ def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
     assert found["summarizer"].kind is DriftKind.MODIFIED
     assert any("num-cpus" in f for f in found["summarizer"].fields)
     assert found["summarizer"].managers == ()  # a removed field has no owner to name
+    # and the next sync pass puts both back
+    plan = live_environment_plan(loaded, services, Options(), repo.revisions[-1])
+    assert services.full_lists == 1
+    changed = {c.key.name for c in plan.changes if c.action is not Action.UNCHANGED}
+    assert changed == {"ranker", "summarizer"}
+
+
+class FullLists(RayServices):
+    """Counts the full (spec and status) lists: the no-op shortcut makes none."""
+
+    full_lists = 0
+
+    def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
+        self.full_lists += 1
+        return super().list_managed(namespace, environment)
 
 
 def test_drift_is_judged_at_the_revision_last_applied(
