@@ -27,7 +27,7 @@ from kubernetes import client
 
 from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
-from gitsync.drift import DriftChecker, DriftReport
+from gitsync.drift import DriftChecker, DriftReport, drifted_by_kind
 from gitsync.errors import ClusterUnreachable, GitsyncError
 from gitsync.health import assess
 from gitsync.kube.events import EventRecorder
@@ -117,6 +117,7 @@ class Agent:
             on_drift=lambda environment, count: self.metrics.drift_detected.labels(environment).inc(
                 count
             ),
+            on_error=lambda environment: self.metrics.drift_check_errors.labels(environment).inc(),
             limit=self.config.drift.limit,
             window=self.config.drift.window,
         )
@@ -279,6 +280,9 @@ class Agent:
             self._lock.release()
         for report in reports:
             self.history.drift(report)
+            if not (report.error or report.note):  # checked: what it left drifted
+                for kind, count in drifted_by_kind(report).items():
+                    self.metrics.drifted_services.labels(report.environment, kind).set(count)
             for sample in list(self._fighting.get(report.environment, ())):
                 self.metrics.drift_fighting.remove(report.environment, *sample)
             self._fighting[report.environment] = {(k.namespace, k.name) for k in report.fighting}

@@ -284,7 +284,7 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.write(f"commit statuses ({config.status.provider}): none yet\n")
         for ctx, commit_status in sorted(shown.items()):
             out.write(f"  {ctx:<28} {commit_status.state:<8} {commit_status.description}\n")
-    for name, state, services in rows:
+    for name, state, services, drift in rows:
         if state is None:
             out.write(f"\n{name}: never rolled out\n")
         else:
@@ -296,6 +296,9 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             )
             if state.message:
                 out.write(f"  {state.message}\n")
+        if drift.checked:
+            found = f"{len(drift.findings)} drifted" if drift.findings else "no drift"
+            out.write(f"  drift check {drift.checked} against {drift.revision[:12]}: {found}\n")
         for s in services:
             out.write(f"  {s.key.name:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
     return EXIT_OK
@@ -331,6 +334,8 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         for report in reports:
             out.write("\n".join(report_lines(report)) + "\n")
+    if any(r.error for r in reports):
+        return EXIT_ERROR
     return EXIT_FOUND if any(r.drifted for r in reports) else EXIT_OK
 
 

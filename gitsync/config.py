@@ -71,8 +71,9 @@ class StatusConfig:
 
 @dataclass(frozen=True)
 class DriftSettings:
-    """The backoff that stops a fight: a field corrected ``limit`` times within ``window``
-    seconds and changed again is no longer corrected (still reported)."""
+    """The backoff that stops a fight: a field corrected ``limit`` times within the last
+    ``window`` seconds and changed again is not corrected (still reported) until the oldest
+    of those corrections leaves the window."""
 
     limit: int = 3
     window: float = 3600.0

@@ -8,10 +8,13 @@ provably untouched since gitsync applied it. Findings and the corrections histor
 environment's state ConfigMap (``gitsync status`` shows them; the backoff survives restarts).
 A field corrected ``limit`` times within ``window`` is a fight with another controller:
 gitsync stops correcting it, says so loudly (Warning event, metric, status), keeps reporting.
+The window slides: once the oldest of those corrections is older than ``window``, gitsync
+corrects the field again, so an endless fight costs at most ``limit`` rollouts per window.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,8 +25,9 @@ from gitsync.checkout import TreeReport, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
 from gitsync.diff.normalize import owned
+from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
-from gitsync.kube.state import StateStore
+from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Phase, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan
@@ -44,6 +48,7 @@ class DriftReport:
     healed: RolloutResult | None = None
     note: str = ""  # why nothing was checked
     costs: tuple[str, ...] = ()
+    error: str = ""  # the check itself failed (an API error, a rejected dry run)
 
     @property
     def drifted(self) -> bool:
@@ -59,6 +64,7 @@ class DriftChecker:
     progress: Callable[[str], None] = lambda line: None
     record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
     on_drift: Callable[[str, int], None] = lambda environment, count: None
+    on_error: Callable[[str], None] = lambda environment: None
     clock: Callable[[], float] = time.time
     limit: int = 3
     window: float = 3600.0
@@ -73,9 +79,20 @@ class DriftChecker:
             self._trees[head], environments or self.config.environments or None, ""
         )
         try:
-            return [self.environment(name, heal=heal) for name in names]
+            return [self._guarded(name, heal=heal) for name in names]
         finally:
             self._trees = {}
+
+    def _guarded(self, name: str, *, heal: bool) -> DriftReport:
+        """One environment's check; its failure is its report, so one environment whose dry
+        run is rejected (or whose namespace is unreachable) never hides the others' drift."""
+        try:
+            return self.environment(name, heal=heal)
+        except GitsyncError as exc:
+            log.warning("drift check of %s failed: %s", name, exc)
+            self.progress(f"{name}: drift check failed: {exc}")
+            self.on_error(name)
+            return DriftReport(name, "", error=str(exc))
 
     def environment(self, name: str, *, heal: bool) -> DriftReport:
         prior = self.state.read(name)
@@ -90,7 +107,9 @@ class DriftChecker:
             self._trees[revision] = read_tree_cached(self.source.checkout(revision))
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
         drifts = self._find(loaded, revision)
-        _, corrections = self.state.read_drift(name)
+        history = self.state.read_drift(name).corrections
+        now = self.clock()  # forget what left the window: the ConfigMap stays small
+        corrections = {f: ts for f, ts in history.items() if any(now - t < self.window for t in ts)}
         fighting = self._fighting(drifts, corrections)
         self._report(name, drifts, fighting)
         healed = None
@@ -98,11 +117,14 @@ class DriftChecker:
         healable = [d for d in drifts if d.key not in fighting]
         if heal and env.self_heal and healable:
             healed = self._heal(loaded, revision, healable, corrections)
-        self.state.write_drift(name, _findings(drifts, fighting), corrections)
-        return DriftReport(
+        report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost(drifts)),
         )  # fmt: skip
+        checked = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        findings = _findings(still_drifted(report), fighting)  # a healed service is not DRIFTED
+        self.state.write_drift(name, DriftRecord(findings, corrections, checked, revision))
+        return report
 
     # -- finding ------------------------------------------------------------------------------
 
@@ -184,9 +206,12 @@ class DriftChecker:
         revision: str,
         drifts: Sequence[Drift],
         corrections: dict[str, list[float]],
-    ) -> RolloutResult:
+    ) -> RolloutResult | None:
         """Re-applies Git's version of the drifted services as a rollout: waves, health gates,
-        the same state ConfigMap. Unexpected services are pruned only with ``prune: true``."""
+        the same state ConfigMap. Only what the plan really changes is healed and counted as
+        a correction: an unexpected service under ``prune: false`` is reported, never
+        "corrected" (a rollout that deletes nothing would count towards a fight). None when
+        the plan changes nothing."""
         env = loaded.environment
         keys = {d.key for d in drifts}
         current: dict[ServiceKey, dict[str, Any]] = {}
@@ -209,15 +234,21 @@ class DriftChecker:
         plan = _only_changes(
             build_plan(
                 env.name, env.namespace, current, desired, self.config.classify, to_rev=revision
-            )
+            ),
+            prune=env.prune,
         )
+        changed = {c.key for c in plan.changes}
+        if not changed:
+            return None
         now = self.clock()
         for drift in drifts:
+            if drift.key not in changed:
+                continue
             for f in _fields(drift):
                 history = corrections.setdefault(f"{drift.key} {f}", [])
                 history[:] = [t for t in history if now - t < self.window] + [now]
         self.progress(
-            f"{env.name}: healing {', '.join(str(k) for k in sorted(keys))} at {revision[:12]}"
+            f"{env.name}: healing {', '.join(str(k) for k in sorted(changed))} at {revision[:12]}"
         )
         # Healing takes the fields back from whoever changed them: server-side apply with
         # force, whatever rollout.forceConflicts says for ordinary rollouts.
@@ -225,18 +256,38 @@ class DriftChecker:
         rollout = Rollout(self.services, self.state, settings, self.progress, record=self.record)
         result = rollout.run(env, plan, by_key, revision)
         if result.outcome is Outcome.SUCCEEDED:
-            for key in sorted(keys):
+            for key in sorted(changed):
                 self.record(
                     key, "Normal", "DriftCorrected", f"Git's version at {revision[:12]} re-applied"
                 )
         return result
 
 
-def _only_changes(plan: Plan) -> Plan:
+def still_drifted(report: DriftReport) -> tuple[Drift, ...]:
+    """The drifts the check leaves behind: all of them, but those a successful heal put
+    right (re-applied or pruned)."""
+    healed = report.healed
+    if healed is None or healed.outcome is not Outcome.SUCCEEDED:
+        return report.drifts
+    fixed = {*healed.applied, *healed.pruned}
+    return tuple(d for d in report.drifts if d.key not in fixed)
+
+
+def drifted_by_kind(report: DriftReport) -> dict[str, int]:
+    """How many services are drifted now, per kind (every kind, zeros included)."""
+    left = still_drifted(report)
+    return {str(kind): sum(1 for d in left if d.kind is kind) for kind in DriftKind}
+
+
+def _only_changes(plan: Plan, *, prune: bool) -> Plan:
+    """The plan without what it would not change: unchanged services, and prunes when the
+    environment does not prune (the rollout would only log them)."""
     waves = tuple(
         Wave(w.number, tuple(c for c in w.changes if c.action is not Action.UNCHANGED), w.prune)
         for w in plan.waves
+        if prune or not w.prune
     )
+    waves = tuple(w for w in waves if w.changes)
     return Plan(plan.environment, plan.namespace, plan.from_rev, plan.to_rev, waves)
 
 
@@ -260,6 +311,8 @@ def _findings(drifts: Sequence[Drift], fighting: set[ServiceKey]) -> list[dict[s
 
 
 def report_lines(report: DriftReport) -> list[str]:
+    if report.error:
+        return [f"{report.environment}: check failed: {report.error}"]
     if report.note:
         return [f"{report.environment}: not checked: {report.note}"]
     if not report.drifts:
@@ -281,6 +334,7 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
         "environment": report.environment,
         "revision": report.revision,
         "note": report.note,
+        "error": report.error,
         "drifted": [
             {
                 "service": str(d.key),

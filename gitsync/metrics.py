@@ -56,6 +56,20 @@ class Metrics:
             ["environment"],
             registry=r,
         )
+        self.drifted_services = Gauge(
+            "gitsync_drifted_services",
+            "RayServices drifted now, per kind (modified, deleted, unexpected), as the last "
+            "drift check of the environment left them (healed ones not counted)",
+            ["environment", "kind"],
+            registry=r,
+        )
+        self.drift_check_errors = Counter(
+            "gitsync_drift_check_errors",
+            "Drift checks of an environment that failed (API errors, a rejected dry run); the "
+            "other environments are still checked",
+            ["environment"],
+            registry=r,
+        )
         self.drift_fighting = Gauge(
             "gitsync_drift_fighting",
             "1 while gitsync has stopped correcting a RayService that another controller keeps "

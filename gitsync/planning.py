@@ -148,8 +148,10 @@ def live_environment_plan(
     }
     # The usual pass changes nothing: metadata alone proves it (no spec or status bytes).
     metadata = rayservices.list_managed_metadata(env.namespace, env.name)
+    manifests = {service.key: service.manifest for service in loaded.services}
     if metadata.keys() == hashes.keys() and all(
-        untouched_since_apply(metadata[key], applied) for key, applied in hashes.items()
+        untouched_since_apply(metadata[key], manifests[key], applied)
+        for key, applied in hashes.items()
     ):
         waves = {service.key: service.wave for service in loaded.services}
         return unchanged_plan(env.name, env.namespace, waves, to_rev=revision)

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from gitsync.diff.fieldsets import owns_all, union
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 ENVIRONMENT = "gitsync.ray.io/environment"
 REVISION = "gitsync.ray.io/revision"
@@ -65,18 +67,45 @@ def applied_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def untouched_since_apply(live: Mapping[str, Any], body: Mapping[str, Any] | str) -> bool:
-    """True when the live object is exactly what gitsync last applied and Git still wants:
-    the applied hash matches and no other field manager has written its spec since (KubeRay
-    writes only the status subresource). Then a server-side dry run would show no change.
-    ``body`` is the stamped body, or its :func:`applied_hash` already computed."""
-    annotations = (live.get("metadata") or {}).get("annotations") or {}
-    wanted = body if isinstance(body, str) else applied_hash(body)
-    if annotations.get(APPLIED_HASH) != wanted:
+def untouched_since_apply(
+    live: Mapping[str, Any], body: Mapping[str, Any], applied: str | None = None
+) -> bool:
+    """True when the live object is provably what gitsync last applied and Git still wants,
+    so a server-side dry run would show no change:
+
+    - the applied hash matches (Git has not changed since the apply);
+    - no other field manager has written its spec (KubeRay writes only the status
+      subresource) nor owns a label or annotation Git declares (``ray.io/*`` annotations
+      change KubeRay's behaviour);
+    - gitsync's ``managedFields`` still own every field of ``body``: another client that
+      changes a field takes it over, and one that removes it (a JSON patch ``remove``)
+      leaves no owner at all, so only gitsync's own set shows it.
+
+    ``body`` is the stamped body, or Git's manifest (then its fields are checked, not the
+    stamps); ``applied`` its :func:`applied_hash` when already computed."""
+    metadata = live.get("metadata") or {}
+    wanted = applied if applied is not None else applied_hash(body)
+    if (metadata.get("annotations") or {}).get(APPLIED_HASH) != wanted:
         return False
-    for entry in (live.get("metadata") or {}).get("managedFields") or []:
-        if entry.get("manager") == FIELD_MANAGER or entry.get("subresource") == "status":
+    declared = body.get("metadata") or {}
+    mine: dict[str, Any] = {}
+    for entry in metadata.get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        if entry.get("subresource"):
             continue
-        if "f:spec" in (entry.get("fieldsV1") or {}):
+        if entry.get("manager") == FIELD_MANAGER:
+            mine = union(mine, fields)
+            continue
+        if "f:spec" in fields:
             return False
-    return True
+        theirs = fields.get("f:metadata") or {}
+        for part in ("labels", "annotations"):
+            owned_keys = theirs.get(f"f:{part}") or {}
+            if any(f"f:{key}" in owned_keys for key in declared.get(part) or {}):
+                return False
+    mine_metadata = mine.get("f:metadata") or {}
+    return (
+        owns_all(mine_metadata.get("f:labels") or {}, declared.get("labels") or {})
+        and owns_all(mine_metadata.get("f:annotations") or {}, declared.get("annotations") or {})
+        and owns_all(mine.get("f:spec") or {}, body.get("spec") or {})
+    )

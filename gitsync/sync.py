@@ -21,7 +21,7 @@ from gitsync.config import AgentConfig
 from gitsync.errors import ConfigError, GitsyncError, InvalidRevision
 from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
-from gitsync.kube.state import StateStore
+from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import DesiredService, Phase, RolloutState, ServiceKey
@@ -423,8 +423,9 @@ class ServiceStatus:
 
 def environment_status(
     config: AgentConfig, services: RayServices, state: StateStore, tree: Path, revision: str
-) -> list[tuple[str, RolloutState | None, list[ServiceStatus]]]:
-    """Per environment: its recorded rollout state and each managed service's health."""
+) -> list[tuple[str, RolloutState | None, list[ServiceStatus], DriftRecord]]:
+    """Per environment: its recorded rollout state, each managed service's health (and
+    drift, from the last drift check) and that check's record."""
     report = read_tree(tree)
     rows = []
     for name in ordered_environments(report, None, revision[:12]):
@@ -445,11 +446,12 @@ def environment_status(
                     result.message,
                 )
             )
-        findings = {f.get("service"): f for f in state.read_drift(name)[0]}
+        drift = state.read_drift(name)
+        findings = {f.get("service"): f for f in drift.findings}
         statuses = [
             _with_drift(s, findings[str(s.key)]) if str(s.key) in findings else s for s in statuses
         ]
-        rows.append((name, state.read(name), statuses))
+        rows.append((name, state.read(name), statuses, drift))
     return rows
 
 

@@ -327,7 +327,7 @@ def healed(bed: Bed, environment: str) -> bool:
     """The heal's rollout finished Healthy and the agent's next check found no drift."""
     store = StateStore(bed.api, STATE_NAMESPACE)
     state = store.read(environment)
-    findings, _ = store.read_drift(environment)
+    findings = store.read_drift(environment).findings
     return state is not None and state.phase == Phase.SUCCEEDED and not findings
 
 

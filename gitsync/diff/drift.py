@@ -4,7 +4,7 @@ Pure. Both sides arrive normalised (:func:`gitsync.diff.normalize.owned`), the d
 as the API server's server-side-apply dry run of Git's body, so CRD defaults, admission and
 other managers' *own* fields never count; KubeRay writes only the status subresource, which
 ``owned`` drops. What remains differs in a field Git owns. The culprit is read from
-``managedFields``: every manager other than gitsync that wrote ``spec`` (KubeRay's status
+``managedFields``: the managers other than gitsync that own a drifted path (KubeRay's status
 writes are the ``status`` subresource and are skipped). What healing would make KubeRay do
 is the ordinary classification of live → Git, so a hand-edited image is reported as "healing
 means a cluster swap".
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitsync.diff.classify import Options, classify
+from gitsync.diff.fieldsets import owns_path
 from gitsync.diff.structural import differences, dotted, keyed
 from gitsync.model import Action, Change, ServiceKey
 from gitsync.stamp import FIELD_MANAGER
@@ -35,7 +36,7 @@ class Drift:
     kind: DriftKind
     revision: str  # the applied revision it differs from
     fields: tuple[str, ...] = ()  # dotted paths, e.g. spec.serveConfigV2
-    managers: tuple[str, ...] = ()  # who wrote spec besides gitsync, e.g. "kubectl-edit"
+    managers: tuple[str, ...] = ()  # who owns a drifted field now, e.g. "kubectl-edit"
     heal: Change | None = None  # what re-applying Git's version makes KubeRay do
 
     @property
@@ -55,15 +56,18 @@ class Drift:
         return text
 
 
-def other_managers(live: Mapping[str, Any]) -> tuple[str, ...]:
-    """Field managers other than gitsync that own something under ``spec``."""
-    found = []
+def owners(live: Mapping[str, Any], paths: Sequence[tuple[str | int, ...]]) -> tuple[str, ...]:
+    """The field managers other than gitsync that own one of ``paths`` in ``live`` (from
+    its ``managedFields``; status-subresource writers skipped): who changed the drifted
+    field. A field someone removed has no owner left: nobody is named."""
+    found = set()
     for entry in (live.get("metadata") or {}).get("managedFields") or []:
         if entry.get("manager") == FIELD_MANAGER or entry.get("subresource"):
             continue
-        if "f:spec" in (entry.get("fieldsV1") or {}):
-            found.append(str(entry.get("manager", "?")))
-    return tuple(sorted(set(found)))
+        fields = entry.get("fieldsV1") or {}
+        if any(owns_path(fields, live, path) for path in paths):
+            found.add(str(entry.get("manager", "?")))
+    return tuple(sorted(found))
 
 
 def modified(
@@ -84,7 +88,7 @@ def modified(
         DriftKind.MODIFIED,
         revision,
         tuple(dict.fromkeys(dotted(d.path) for d in found)),
-        other_managers(live_raw),
+        owners(live_raw, [d.path for d in found]),
         heal,
     )
 

@@ -7,7 +7,7 @@ apply (field manager ``gitsync``) so concurrent writers never lose fields to a s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -23,6 +23,18 @@ _KEYS = ("revision", "phase", "wave", "started", "finished", "message", "last_he
 
 
 DRIFT_MANAGER = "gitsync-drift"
+
+
+@dataclass(frozen=True)
+class DriftRecord:
+    """The last drift check of an environment — its findings, when it ran, the applied
+    revision it compared against — and the corrections history of the fight backoff
+    (``"<service> <field>"`` → correction times)."""
+
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    corrections: dict[str, list[float]] = field(default_factory=dict)
+    checked: str = ""  # UTC, ISO 8601
+    revision: str = ""
 
 
 def configmap_name(environment: str) -> str:
@@ -99,15 +111,15 @@ class StateStore:
     # (server-side apply of the rollout keys) never removes them and vice versa.
 
     @reaching_the_api
-    def read_drift(self, environment: str) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-        """The last drift check's findings and the corrections history (for the backoff)."""
+    def read_drift(self, environment: str) -> DriftRecord:
+        """The last drift check's record (empty when there was none)."""
         try:
             configmap = request(
                 self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
             )
         except client.ApiException as exc:
             if exc.status == 404:
-                return [], {}
+                return DriftRecord()
             if transient(exc):
                 raise
             raise GitsyncError(
@@ -118,23 +130,25 @@ class StateStore:
             findings = json.loads(data.get("drift") or "[]")
             corrections = json.loads(data.get("corrections") or "{}")
         except ValueError:
-            return [], {}
-        return list(findings), dict(corrections)
+            return DriftRecord()
+        return DriftRecord(
+            list(findings),
+            dict(corrections),
+            data.get("drift_checked", ""),
+            data.get("drift_revision", ""),
+        )
 
     @reaching_the_api
-    def write_drift(
-        self,
-        environment: str,
-        findings: list[dict[str, Any]],
-        corrections: dict[str, list[float]],
-    ) -> None:
+    def write_drift(self, environment: str, record: DriftRecord) -> None:
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": configmap_name(environment), "namespace": self.namespace},
             "data": {
-                "drift": json.dumps(findings, sort_keys=True),
-                "corrections": json.dumps(corrections, sort_keys=True),
+                "drift": json.dumps(record.findings, sort_keys=True),
+                "corrections": json.dumps(record.corrections, sort_keys=True),
+                "drift_checked": record.checked,
+                "drift_revision": record.revision,
             },
         }
         try:

@@ -148,7 +148,7 @@ class History:
             self._wall(),
             tuple((str(d.key), d.message) for d in report.drifts),
             tuple(str(k) for k in report.fighting),
-            report.note,
+            f"check failed: {report.error}" if report.error else report.note,
         )
         with self._lock:
             self._drift[report.environment] = facts

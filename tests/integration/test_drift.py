@@ -4,7 +4,9 @@ recreated or reported, a fighting controller detected and left alone after the l
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,22 +16,27 @@ import pytest
 from kubernetes import client
 
 from gitsync.agent import Agent
+from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.config import DriftSettings, LeaderElection
+from gitsync.diff.classify import Options
 from gitsync.diff.drift import DriftKind
-from gitsync.drift import DriftChecker
+from gitsync.drift import DriftChecker, report_lines
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, ServiceKey
+from gitsync.model import Action, DesiredService, ServiceKey
+from gitsync.planning import environment_manifests, live_environment_plan
 from gitsync.rollout import Outcome
 from gitsync.source.git import GitSource
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped, untouched_since_apply
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
+from tests.conftest import fresh_namespace
 
 from .gitops import GitOpsRepo
-from .kube import GROUP, PLURAL, VERSION, get
+from .kube import GROUP, PLURAL, VERSION, apply, get, load, wait_for
 
 
 def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: Any) -> DriftChecker:
@@ -63,7 +70,12 @@ def synced(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path) -> None:
 
 def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager: str) -> None:
     live = get(api, namespace, name)
-    text = live["spec"]["serveConfigV2"].replace("num_replicas: 1", "num_replicas: 4", 1)
+    text = re.sub(  # the first deployment's replicas + 3 (staging's 1 becomes 4)
+        r"num_replicas: (\d+)",
+        lambda m: f"num_replicas: {int(m.group(1)) + 3}",
+        live["spec"]["serveConfigV2"],
+        count=1,
+    )
     assert text != live["spec"]["serveConfigV2"]
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, name, {"spec": {"serveConfigV2": text}},
@@ -74,13 +86,72 @@ def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager:
 def test_a_fresh_sync_has_no_drift_over_many_checks(
     api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
 ) -> None:
-    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    """Between checks the simulator writes status (observedGeneration after a foreign spec
+    write, an application turning UNHEALTHY); one service takes the slow path (a dry run)
+    because another manager owns a spec field Git does not declare; every service carries
+    a KubeRay-style annotation another manager wrote. None of it is drift, so self-heal,
+    on, never rolls anything out."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
     synced(api, repo, tmp_path)
+    custom = client.CustomObjectsApi(api)
+    names = ("embedder", "ranker", "summarizer")
+    for name in names:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            {"metadata": {"annotations": {"ray.io/kuberay-version": "v1.5.0"}}},
+            field_manager="kuberay-operator",
+        )  # fmt: skip
+    apps = [
+        (ServiceKey(namespace, name), app)
+        for name in names
+        for app in get(api, namespace, name)["status"]["activeServiceStatus"]["applicationStatuses"]
+    ]
+    loaded = environment_manifests(read_tree(repo.work), "staging", "t")
     drift = checker(api, repo, tmp_path)
-    for _ in range(10):  # the simulator keeps writing status meanwhile
+    for check in range(10):
+        # A policy controller sets a spec field Git does not declare: the embedder's
+        # shortcut is off (a dry run each check), and the simulator writes status when it
+        # observes the new generation.
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "embedder",
+            {"spec": {"rayClusterDeletionDelaySeconds": 60 + check}},
+            field_manager="policy-controller",
+        )  # fmt: skip
+        wait_for(api, namespace, "embedder", observed, "observed")
+        if check < len(apps):  # and a crash: a status write on another service
+            key, app = apps[check]
+            sim.break_app(key, app)
+            wait_for(api, namespace, key.name, functools.partial(unhealthy, app=app), "UNHEALTHY")
+        shortcut = {
+            s.key.name: untouched_since_apply(get(api, namespace, s.key.name), applied_body(s))
+            for s in loaded.services
+        }
+        assert shortcut == {"embedder": False, "ranker": True, "summarizer": True}
         [report] = drift.check(heal=True)
         assert report.drifts == (), report
+        assert report.healed is None
         assert report.revision == repo.revisions[-1]
+
+
+def applied_body(service: DesiredService) -> dict[str, Any]:
+    """What gitsync applied for ``service`` in staging (the revision stamp aside)."""
+    return stamped(
+        service.manifest,
+        environment="staging",
+        revision=None,
+        source=service.source,
+        wave=service.wave,
+    )
+
+
+def observed(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return bool(status.get("observedGeneration") == obj["metadata"]["generation"])
+
+
+def unhealthy(obj: dict[str, Any], app: str) -> bool:
+    statuses = (obj.get("status") or {}).get("activeServiceStatus", {}).get("applicationStatuses")
+    return bool((statuses or {}).get(app, {}).get("status") == "UNHEALTHY")
 
 
 def test_a_serve_config_edit_is_named_and_healed_in_place(
@@ -148,18 +219,26 @@ def test_a_deleted_service_is_recreated_or_reported(
             GROUP, VERSION, namespace, PLURAL
         )["items"]
     }
+    config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
+    args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["status", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [checked] = [line for line in lines if "drift check" in line]
+    # When the check ran and against which revision, then what it left drifted.
+    assert re.search(r"drift check \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ against ", checked)
+    assert repo.revisions[-1][:12] in checked
+    drifted = any("summarizer" in line and "DRIFTED" in line for line in lines)
     if self_heal:
         assert report.healed is not None
         assert report.healed.outcome is Outcome.SUCCEEDED
         assert "summarizer" in names
+        assert checked.endswith(": no drift")  # healed: no longer drifted
+        assert not drifted, lines
     else:
         assert report.healed is None
         assert "summarizer" not in names
-        config_file = repo.config_file(tmp_path / "cache-cli", tmp_path / "agent.yaml")
-        args = ["--config", str(config_file), "--kubeconfig", str(control_plane.kubeconfig)]
-        assert main(["status", *args]) == 0
-        out = capsys.readouterr().out
-        assert any("summarizer" in line and "DRIFTED" in line for line in out.splitlines()), out
+        assert checked.endswith(": 1 drifted")
+        assert drifted, lines
 
 
 def test_a_fighting_controller_is_left_alone_after_the_limit(
@@ -253,3 +332,307 @@ def test_the_agents_drift_job_counts_and_heals(
         )
         == 2
     )
+    drifted = agent.metrics.registry.get_sample_value(
+        "gitsync_drifted_services", {"environment": "staging", "kind": "modified"}
+    )
+    assert drifted == 0  # found, and healed
+
+
+def add_stray(api: client.ApiClient, repo: GitOpsRepo, name: str) -> ServiceKey:
+    """A gitsync-labelled RayService of the environment that Git does not declare (left over
+    from a revision that removed it, or labelled by hand)."""
+    body = load(repo.path("ranker.yaml"))
+    labels = {MANAGED_BY: "gitsync", ENVIRONMENT: "staging"}
+    body["metadata"] = {"name": name, "labels": labels}
+    apply(api, repo.namespace, body)
+    return ServiceKey(repo.namespace, name)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_an_unexpected_service_is_pruned_only_with_prune(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path, prune: bool
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True, prune=prune)
+    synced(api, repo, tmp_path)
+    stray = add_stray(api, repo, "stray")
+    drift = checker(api, repo, tmp_path, limit=2, window=3600.0)
+    store = StateStore(api, namespace)
+    if not prune:  # reported at every check; nothing to correct, so never a fight
+        for _ in range(4):
+            [report] = drift.check(heal=True)
+            assert [(d.key, d.kind) for d in report.drifts] == [(stray, DriftKind.UNEXPECTED)]
+            assert report.healed is None
+            assert report.fighting == ()
+        assert get(api, namespace, "stray")
+        record = store.read_drift("staging")
+        assert record.corrections == {}
+        assert [f["fighting"] for f in record.findings] == [False]
+        return
+    [report] = drift.check(heal=True)
+    assert [(d.key, d.kind) for d in report.drifts] == [(stray, DriftKind.UNEXPECTED)]
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert report.healed.pruned == (stray,)
+    assert "stray" not in {s.name for s in RayServices(api).list_managed(namespace, "staging")}
+    [after] = drift.check(heal=True)
+    assert after.drifts == ()
+
+
+def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """Neither leaves another manager owning something under spec: the annotation edit
+    takes over a metadata field, the JSON-patch removal leaves the field with no owner."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)  # report only
+    timeout = '    gitsync.ray.io/wave: "1"\n    ray.io/initializing-timeout: "10m"\n'
+    repo.commit(lambda root: repo.edit("ranker.yaml", '    gitsync.ray.io/wave: "1"\n', timeout),
+                "ranker: initializing timeout")  # fmt: skip
+    synced(api, repo, tmp_path)
+    drift = checker(api, repo, tmp_path)
+    [report] = drift.check(heal=True)
+    assert report.drifts == ()
+    # The shortcut holds on what gitsync applied: the checks below change its answer.
+    loaded = environment_manifests(read_tree(repo.work), "staging", "t")
+    for service in loaded.services:
+        body = applied_body(service)
+        assert untouched_since_apply(get(api, namespace, service.key.name), body)
+    # The sync pass's shortcut too: metadata alone proves nothing changed (no full list).
+    services = FullLists(api)
+    plan = live_environment_plan(loaded, services, Options(), repo.revisions[-1])
+    assert (services.full_lists, plan.has_changes) == (0, False)
+    custom = client.CustomObjectsApi(api)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker",
+        {"metadata": {"annotations": {"ray.io/initializing-timeout": "30s"}}},
+        field_manager="kubectl-annotate",
+    )  # fmt: skip
+    path = "/spec/rayClusterConfig/headGroupSpec/rayStartParams/num-cpus"
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "summarizer", [{"op": "remove", "path": path}],
+        field_manager="kubectl-patch", _content_type="application/json-patch+json",
+    )  # fmt: skip
+    summarizer = get(api, namespace, "summarizer")
+    assert (
+        "num-cpus" not in summarizer["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    )
+    foreign = [
+        e
+        for e in summarizer["metadata"]["managedFields"]
+        if e["manager"] != "gitsync" and "f:spec" in (e.get("fieldsV1") or {})
+    ]
+    assert foreign == []  # what the old shortcut looked for: nothing
+    [report] = drift.check(heal=True)
+    found = {d.key.name: d for d in report.drifts}
+    assert sorted(found) == ["ranker", "summarizer"]
+    assert found["ranker"].kind is DriftKind.MODIFIED
+    assert any("ray.io/initializing-timeout" in f for f in found["ranker"].fields)
+    assert found["ranker"].managers == ("kubectl-annotate",)  # the owner of that annotation
+    assert found["summarizer"].kind is DriftKind.MODIFIED
+    assert any("num-cpus" in f for f in found["summarizer"].fields)
+    assert found["summarizer"].managers == ()  # a removed field has no owner to name
+    # and the next sync pass puts both back
+    plan = live_environment_plan(loaded, services, Options(), repo.revisions[-1])
+    assert services.full_lists == 1
+    changed = {c.key.name for c in plan.changes if c.action is not Action.UNCHANGED}
+    assert changed == {"ranker", "summarizer"}
+
+
+class FullLists(RayServices):
+    """Counts the full (spec and status) lists: the no-op shortcut makes none."""
+
+    full_lists = 0
+
+    def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
+        self.full_lists += 1
+        return super().list_managed(namespace, environment)
+
+
+def test_drift_is_judged_at_the_revision_last_applied(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """A newer commit not rolled out yet differs from the cluster: that is the next
+    rollout's business, not drift (and self-heal must not roll it out)."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    synced(api, repo, tmp_path)
+    applied = repo.revisions[-1]
+    newer = repo.commit(
+        lambda root: repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 3"), "scale"
+    )
+    drift = checker(api, repo, tmp_path)
+    assert drift.source.head() == newer
+    [report] = drift.check(heal=True)
+    assert report.revision == applied
+    assert report.drifts == ()
+    assert report.healed is None
+    live = get(api, namespace, "ranker")
+    assert "num_replicas: 1" in live["spec"]["serveConfigV2"]
+    assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == applied
+
+
+def test_the_fight_gauge_is_set_then_cleared_when_the_window_passes(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """The backoff is a sliding window: at most ``limit`` corrections of a field within
+    ``window``; once the oldest is older than the window, gitsync corrects it again."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        leader_election=LeaderElection(enabled=False),
+        environments=(),
+        drift=DriftSettings(limit=1, window=600.0),
+    )
+    agent = Agent(config, api, "drift-test")
+    now = [1_000_000.0]
+    agent.drift_checker.clock = lambda: now[0]
+    agent.poll()
+    assert agent.last_ok
+    labels = {"environment": "staging", "namespace": namespace, "name": "embedder"}
+
+    def fighting() -> float | None:
+        return agent.metrics.registry.get_sample_value("gitsync_drift_fighting", labels)
+
+    edit_serve_config(api, namespace, "embedder", "autoscaler-x")
+    [report] = agent.drift()
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert fighting() is None
+    now[0] += 300  # within the window: the second change is a fight
+    edit_serve_config(api, namespace, "embedder", "autoscaler-x")
+    [report] = agent.drift()
+    assert report.healed is None
+    assert report.fighting == (ServiceKey(namespace, "embedder"),)
+    assert fighting() == 1
+    [report] = agent.drift()  # still reported, still not corrected
+    assert report.fighting == (ServiceKey(namespace, "embedder"),)
+    assert fighting() == 1
+    now[0] += 301  # the correction is older than the window: corrections resume
+    [report] = agent.drift()
+    assert report.fighting == ()
+    assert report.healed is not None
+    assert report.healed.outcome is Outcome.SUCCEEDED
+    assert fighting() is None
+    assert "num_replicas: 1" in get(api, namespace, "embedder")["spec"]["serveConfigV2"]
+
+
+def freeze_rayservices(api: client.ApiClient, namespace: str, name: str) -> None:
+    """A ValidatingAdmissionPolicy that rejects every update of a RayService in
+    ``namespace`` (dry runs too), as a strict admission policy would; effective once a
+    dry-run apply is rejected."""
+    admission = client.AdmissionregistrationV1Api(api)
+    admission.create_validating_admission_policy(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [GROUP],
+                            "apiVersions": [VERSION],
+                            "operations": ["UPDATE"],
+                            "resources": [PLURAL],
+                        }
+                    ]
+                },
+                "validations": [{"expression": "false", "message": "RayServices are frozen"}],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        }
+    )
+    body = get(api, namespace, "ranker")
+    body = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+    body["metadata"] = {"name": "ranker", "labels": {"frozen-probe": "x"}}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.CustomObjectsApi(api).patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "ranker", body, field_manager="probe",
+                dry_run="All", _content_type="application/apply-patch+yaml",
+            )  # fmt: skip
+        except client.ApiException as exc:
+            if "frozen" in str(exc.body):
+                return
+            raise
+        assert time.monotonic() < deadline, "the admission policy never took effect"
+        time.sleep(0.2)
+
+
+def unfreeze(api: client.ApiClient, name: str) -> None:
+    admission = client.AdmissionregistrationV1Api(api)
+    admission.delete_validating_admission_policy_binding(name)
+    admission.delete_validating_admission_policy(name)
+
+
+def test_one_environments_failed_check_does_not_stop_the_others(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    with fresh_namespace(api) as production:
+        repo = GitOpsRepo(tmp_path / "gitops", namespace, production=production)
+        config = replace(
+            repo.agent_config(tmp_path / "cache"),
+            leader_election=LeaderElection(enabled=False),
+            environments=(),
+        )
+        agent = Agent(config, api, "drift-test")
+        agent.poll()  # staging, then production
+        assert agent.last_ok
+        assert agent.metrics.registry.get_sample_value(
+            "gitsync_sync_total", {"environment": "production", "result": "succeeded"}
+        )
+        # Production's check needs a dry run (a hand edit), which its admission rejects.
+        edit_serve_config(api, production, "ranker", "kubectl-edit")
+        edit_serve_config(api, namespace, "ranker", "kubectl-edit")
+        policy = f"freeze-{production}"
+        freeze_rayservices(api, production, policy)
+        try:
+            reports = {r.environment: r for r in agent.drift()}
+        finally:
+            unfreeze(api, policy)
+        assert sorted(reports) == ["production", "staging"]
+        assert "frozen" in reports["production"].error
+        assert reports["production"].drifts == ()
+        assert report_lines(reports["production"]) == [
+            f"production: check failed: {reports['production'].error}"
+        ]
+        assert reports["staging"].error == ""
+        assert [(d.key.name, d.kind) for d in reports["staging"].drifts] == [
+            ("ranker", DriftKind.MODIFIED)
+        ]
+        errors = agent.metrics.registry.get_sample_value(
+            "gitsync_drift_check_errors_total", {"environment": "production"}
+        )
+        assert errors == 1
+        assert (
+            agent.metrics.registry.get_sample_value(
+                "gitsync_drift_detected_total", {"environment": "staging"}
+            )
+            == 1
+        )
+        drifted = {
+            (env, kind): agent.metrics.registry.get_sample_value(
+                "gitsync_drifted_services", {"environment": env, "kind": kind}
+            )
+            for env in ("staging", "production")
+            for kind in ("modified", "deleted")
+        }
+        assert drifted == {
+            ("staging", "modified"): 1,  # report only: still drifted
+            ("staging", "deleted"): 0,
+            ("production", "modified"): None,  # not checked: nothing claimed
+            ("production", "deleted"): None,
+        }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ from gitsync.diff.drift import (
     corrections_left,
     heal_cost,
     modified,
-    other_managers,
+    owners,
 )
 from gitsync.model import Action, ServiceKey
+from gitsync.stamp import APPLIED_HASH, stamped, untouched_since_apply
 
 KEY = ServiceKey("ray", "ranker")
 
@@ -56,14 +58,53 @@ def managed_fields(*managers: tuple[str, dict[str, Any], str | None]) -> dict[st
     }
 
 
-def test_other_managers_skip_gitsync_and_status_writers() -> None:
+def test_owners_skip_gitsync_and_status_writers() -> None:
     live = managed_fields(
-        ("gitsync", {"f:spec": {}}, None),
-        ("kuberay-operator", {"f:status": {}}, "status"),
+        ("gitsync", {"f:spec": {"f:serveConfigV2": {}}}, None),
+        ("kuberay-operator", {"f:spec": {"f:serveConfigV2": {}}}, "status"),
         ("kubectl-edit", {"f:spec": {"f:serveConfigV2": {}}}, None),
         ("kubectl-label", {"f:metadata": {}}, None),
     )
-    assert other_managers(live) == ("kubectl-edit",)
+    assert owners(live, [("spec", "serveConfigV2")]) == ("kubectl-edit",)
+
+
+HEAD = ("spec", "rayClusterConfig", "headGroupSpec", "template", "spec", "containers")
+
+
+def test_only_the_manager_owning_the_drifted_field_is_named() -> None:
+    """Two other managers own something under spec; only one owns what drifted."""
+    live = service(SERVE.replace("num_replicas: 1", "num_replicas: 4"), image="ray:2.50.0")
+    head = live["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    head["containers"].append({"name": "sidecar", "image": "busybox:2"})
+    in_head = {"f:rayClusterConfig": {"f:headGroupSpec": {"f:template": {"f:spec": {}}}}}
+
+    def containers(member: str) -> dict[str, Any]:
+        fields = copy.deepcopy(in_head)
+        fields["f:rayClusterConfig"]["f:headGroupSpec"]["f:template"]["f:spec"] = {
+            "f:containers": {f'k:{{"name":"{member}"}}': {"f:image": {}}}
+        }
+        return {"f:spec": fields}
+
+    live["metadata"].update(
+        managed_fields(
+            ("gitsync", {"f:spec": {"f:serveConfigV2": {}}}, None),
+            ("kubectl-edit", {"f:spec": {"f:serveConfigV2": {}}}, None),
+            ("policy", {"f:spec": {"f:rayClusterDeletionDelaySeconds": {}}}, None),
+            ("kubectl-set", containers("ray-head"), None),
+            ("sidecar-injector", containers("sidecar"), None),
+        )["metadata"]
+    )
+    desired = service(SERVE)  # the dry run keeps the other managers' fields: the sidecar
+    desired["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"].append(
+        {"name": "sidecar", "image": "busybox:2"}
+    )
+    found = modified(KEY, live, desired, live, "a" * 40, Options())
+    assert found is not None
+    assert found.managers == ("kubectl-edit", "kubectl-set")
+    assert owners(live, [("spec", "serveConfigV2")]) == ("kubectl-edit",)
+    assert owners(live, [(*HEAD, "[ray-head]", "image")]) == ("kubectl-set",)
+    assert owners(live, [(*HEAD, 1, "image")]) == ("sidecar-injector",)
+    assert owners(live, [("spec", "rayClusterConfig", "rayVersion")]) == ()  # nobody: removed
 
 
 def test_no_drift_when_equal() -> None:
@@ -112,3 +153,107 @@ def test_corrections_left(history: list[float], left: int) -> None:
 def test_messages_for_deleted_and_unexpected() -> None:
     assert "was deleted" in Drift(KEY, DriftKind.DELETED, "b" * 40).message
     assert "no longer declares" in Drift(KEY, DriftKind.UNEXPECTED, "b" * 40).message
+
+
+def field_set(value: Any) -> Any:
+    """The ``fieldsV1`` the API server records for applying ``value``: maps field by field,
+    ``containers`` keyed by name (a list-map in the CRD), other lists atomic."""
+    if not isinstance(value, dict):
+        return {}
+    found: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "containers":
+            found[f"f:{key}"] = {
+                f'k:{{"name":"{c["name"]}"}}': {".": {}, **field_set(c)} for c in item
+            }
+        else:
+            found[f"f:{key}"] = field_set(item)
+    return found
+
+
+def applied() -> dict[str, Any]:
+    manifest = service(SERVE)
+    manifest["metadata"]["annotations"] = {"ray.io/initializing-timeout": "10m"}
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    head["containers"].append({"name": "sidecar", "image": "busybox"})
+    return stamped(manifest, environment="staging", revision="a" * 40, source="r.yaml", wave=0)
+
+
+APPLIED = applied()
+CONTAINERS = ("f:spec", "f:rayClusterConfig", "f:headGroupSpec", "f:template", "f:spec",
+              "f:containers")  # fmt: skip
+
+
+def live_with(*entries: tuple[str, dict[str, Any], str | None]) -> dict[str, Any]:
+    """The applied object as the API server returns it, with these managedFields."""
+    metadata = {**APPLIED["metadata"], **managed_fields(*entries)["metadata"]}
+    return {**APPLIED, "metadata": metadata}
+
+
+def without(fields: dict[str, Any], *path: str) -> dict[str, Any]:
+    pruned = copy.deepcopy(fields)
+    node = pruned
+    for part in path[:-1]:
+        node = node[part]
+    del node[path[-1]]
+    return pruned
+
+
+MINE = field_set({"metadata": APPLIED["metadata"], "spec": APPLIED["spec"]})
+
+
+@pytest.mark.parametrize(
+    ("entries", "untouched"),
+    [
+        ([("gitsync", MINE, None)], True),
+        ([("gitsync", MINE, None), ("kuberay-operator", {"f:status": {}}, "status")], True),
+        # another manager's own annotation (KubeRay's, say) is not Git's: still untouched
+        (
+            [
+                ("gitsync", MINE, None),
+                ("kuberay", {"f:metadata": {"f:annotations": {"f:ray.io/other": {}}}}, None),
+            ],
+            True,
+        ),
+        # another manager owns an annotation Git declares
+        (
+            [
+                ("gitsync", MINE, None),
+                (
+                    "kubectl-annotate",
+                    {"f:metadata": {"f:annotations": {"f:ray.io/initializing-timeout": {}}}},
+                    None,
+                ),
+            ],
+            False,
+        ),
+        ([("gitsync", MINE, None), ("kubectl-edit", {"f:spec": {}}, None)], False),
+        # a field removed by another client: no owner left, only gitsync's set shows it
+        ([("gitsync", without(MINE, "f:spec", "f:serveConfigV2"), None)], False),
+        ([("gitsync", without(MINE, *CONTAINERS, 'k:{"name":"sidecar"}'), None)], False),
+        (
+            [("gitsync", without(MINE, *CONTAINERS, 'k:{"name":"ray-head"}', "f:image"), None)],
+            False,
+        ),
+        (
+            [
+                (
+                    "gitsync",
+                    without(MINE, "f:metadata", "f:annotations", "f:ray.io/initializing-timeout"),
+                    None,
+                )
+            ],
+            False,
+        ),
+    ],
+)
+def test_untouched_since_apply(
+    entries: list[tuple[str, dict[str, Any], str | None]], untouched: bool
+) -> None:
+    assert untouched_since_apply(live_with(*entries), APPLIED) is untouched
+
+
+def test_untouched_since_apply_needs_the_applied_hash() -> None:
+    live = live_with(("gitsync", MINE, None))
+    live["metadata"]["annotations"] = {**live["metadata"]["annotations"], APPLIED_HASH: "x"}
+    assert not untouched_since_apply(live, APPLIED)
