@@ -23,7 +23,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.report.factory import build_reporter
 from gitsync.report.gitea import GiteaProvider, gitea_headers
-from gitsync.report.http import JsonClient
+from gitsync.report.http import ForgeError, JsonClient
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
@@ -31,6 +31,7 @@ from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 from testbed.simulator import FailureRule, Simulator
+from tests.conftest import fresh_namespace
 from tests.report.forge import hanging_forge
 
 from .gitops import GitOpsRepo
@@ -44,13 +45,23 @@ def forge_repo(gitea: Gitea, tmp_path: Path, namespace: str) -> GitOpsRepo:
     return GitOpsRepo(tmp_path / "gitops", namespace, origin=url, push_args=gitea.git_auth_config())
 
 
-def agent_file(repo: GitOpsRepo, gitea: Gitea, tmp_path: Path, **status: Any) -> Path:
-    token = tmp_path / "gitea-token"
-    token.write_text(gitea.token)
+def agent_file(
+    repo: GitOpsRepo,
+    gitea: Gitea,
+    tmp_path: Path,
+    *,
+    token: str | None = None,
+    name: str = "agent",
+    extra: Mapping[str, Any] | None = None,
+    **status: Any,
+) -> Path:
+    """An agent config file; ``token``: the Gitea token (default: the test bed's)."""
+    token_file = tmp_path / f"{name}-gitea-token"
+    token_file.write_text(token or gitea.token)
     document = {
-        "repository": {"url": repo.url, "branch": "main", "auth": {"tokenFile": str(token)}},
-        "cacheDir": str(tmp_path / "cache"),
-        "status": {"provider": "gitea", "tokenFile": str(token), **status},
+        "repository": {"url": repo.url, "branch": "main", "auth": {"tokenFile": str(token_file)}},
+        "cacheDir": str(tmp_path / f"{name}-cache"),
+        "status": {"provider": "gitea", "tokenFile": str(token_file), **status},
         "rollout": {
             "healthyReads": 2,
             "healthySeconds": "1500ms",
@@ -59,8 +70,8 @@ def agent_file(repo: GitOpsRepo, gitea: Gitea, tmp_path: Path, **status: Any) ->
             "stateNamespace": repo.namespace,
         },
     }
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**document, **(extra or {})}))
     return path
 
 
@@ -274,6 +285,71 @@ def test_gitea_statuses_are_read_page_by_page(gitea: Gitea, tmp_path: Path) -> N
     assert shown["gitsync/staging"].state is State.SUCCESS
     assert shown["gitsync/staging"].description == "Healthy"
     assert len(shown) == 61
+
+
+MINIMUM_SCOPE = "write:repository"  # docs/statuses.md, "Tokens"
+
+
+def test_a_token_with_only_the_documented_scope_reports_and_gates(
+    api: client.ApiClient,
+    gitea: Gitea,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The test bed's own token has every scope; the agents here have a token with only the
+    one docs/statuses.md names, on a private repository (so Gitea checks the token on every
+    read too): the source is cloned with it, statuses posted and read back, and a second
+    agent's promotion gate reads `gitsync/staging: success` with it. Less is refused, which
+    is what makes it the minimum."""
+    name = f"ray-{uuid.uuid4().hex[:8]}"
+    gitea.api("POST", "/user/repos", {"name": name, "default_branch": "main", "private": True})
+    with fresh_namespace(api, "p") as production:
+        repo = GitOpsRepo(
+            tmp_path / "gitops",
+            namespace,
+            production=production,
+            origin=gitea.clone_url(name),
+            push_args=gitea.git_auth_config(),
+        )
+        token = gitea.create_token(f"minimum-{name}", MINIMUM_SCOPE)
+        sha = repo.revisions[-1]
+        staging = agent_file(
+            repo, gitea, tmp_path, token=token, name="staging", extra={"environments": ["staging"]}
+        )
+        assert sync(control_plane, staging) == 0
+        assert [s["status"] for s in statuses(gitea, repo, sha)][-1:] == ["success"]
+        # Another agent's gate: production waits for gitsync/staging: success on the commit.
+        gated = {"environments": ["production"], "promotion": {"timeout": "30s"}}
+        prod = agent_file(repo, gitea, tmp_path, token=token, name="production", extra=gated)
+        capsys.readouterr()
+        assert sync(control_plane, prod) == 0
+        told = capsys.readouterr()
+        assert f"production: gitsync/staging is success at {sha[:12]}" in told.out + told.err
+        assert "cannot read the statuses" not in told.out + told.err
+        shown = {s["context"]: s["status"] for s in statuses(gitea, repo, sha)}
+        assert shown == {"gitsync/staging": "success", "gitsync/production": "success"}
+        assert (
+            main(["status", "--config", str(prod), "--kubeconfig", str(control_plane.kubeconfig)])
+            == 0
+        )
+        assert "gitsync/production" in capsys.readouterr().out
+    # One scope less: a read-only token reads but cannot post; an issues token cannot even read.
+    for scopes, reads in (("read:repository", True), ("write:issue", False)):
+        weak = tmp_path / scopes.replace(":", "-")
+        weak.write_text(gitea.create_token(f"{scopes}-{name}", scopes))
+        client_ = JsonClient(gitea.url, lambda weak=weak: gitea_headers(TokenAuth(token_file=weak)))
+        provider = GiteaProvider(client_, f"{gitea.admin}/{name}")
+        with pytest.raises(ForgeError) as refused:
+            provider.post(sha, CommitStatus("gitsync/staging", State.ERROR, "refused"))
+        assert refused.value.status == 403, scopes
+        if reads:
+            assert provider.statuses(sha)["gitsync/staging"].state is State.SUCCESS
+        else:
+            with pytest.raises(ForgeError, match="403"):
+                provider.statuses(sha)
 
 
 class Remembered:

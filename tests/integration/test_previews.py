@@ -4,6 +4,7 @@ comments, statuses), the real API server and the simulator."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,9 @@ from gitsync.manifests.preview import PREVIEW
 from gitsync.metrics import Metrics
 from gitsync.previews import PreviewReconciler
 from gitsync.report.factory import build_provider, build_pulls
+from gitsync.report.gitea import gitea_headers
+from gitsync.report.http import ForgeError, JsonClient
+from gitsync.report.pulls import MARKER, GiteaPulls
 from gitsync.report.reporter import Reporter
 from gitsync.source.config import TokenAuth
 from gitsync.source.git import GitSource
@@ -67,10 +71,20 @@ class Forge:
         return sha
 
     def open_pr(self, branch: str) -> int:
-        pr = self.gitea.api(
-            "POST", f"{self.path}/pulls", {"head": branch, "base": "main", "title": branch}
-        )
-        return int(pr["number"])
+        # Gitea records a pushed branch from a queue, after the push returns: until then a
+        # pull request from it is refused (404).
+        deadline = time.monotonic() + 30
+        while True:
+            pr = self.gitea.api(
+                "POST",
+                f"{self.path}/pulls",
+                {"head": branch, "base": "main", "title": branch},
+                ok=(201, 404),
+            )
+            if "number" in pr:
+                return int(pr["number"])
+            assert time.monotonic() < deadline, f"Gitea never took branch {branch}: {pr}"
+            time.sleep(0.1)
 
     def reconciler(self, api: client.ApiClient) -> tuple[PreviewReconciler, Reporter]:
         metrics = Metrics()
@@ -413,3 +427,32 @@ def test_forge_less_previews_follow_branches(
         reporter.close(timeout=30)
     shown = build_provider(config, metrics).statuses(sha)
     assert shown["gitsync/preview"].state.value == "success"
+
+
+@pytest.mark.parametrize(
+    ("scopes", "comments"), [("write:repository,write:issue", True), ("write:repository", False)]
+)
+def test_the_documented_token_scopes_list_pull_requests_and_comment(
+    gitea: Gitea, tmp_path: Path, scopes: str, comments: bool
+) -> None:
+    """docs/statuses.md: previews need `write:issue` besides the statuses' `write:repository`.
+    Gitea files pull requests under the repository scope, their comments under issues: the
+    listing works with `write:repository` alone, the plan comment does not."""
+    made = Forge(gitea, tmp_path, "unused")
+    sha = made.branch("scale", scale_ranker)
+    number = made.open_pr("scale")
+    token = tmp_path / "scoped-token"
+    token.write_text(gitea.create_token(f"previews-{uuid.uuid4().hex[:8]}", scopes))
+    client_ = JsonClient(gitea.url, lambda: gitea_headers(TokenAuth(token_file=token)))
+    pulls = GiteaPulls(client_, f"{gitea.admin}/{made.name}")
+    [pr] = pulls.open_pulls()
+    assert (pr.number, pr.head_sha) == (number, sha)
+    body = f"{MARKER}\nplan"
+    if comments:
+        pulls.upsert_comment(number, body)
+        assert made.comments(number) == [body]
+    else:
+        with pytest.raises(ForgeError) as refused:
+            pulls.upsert_comment(number, body)
+        assert refused.value.status == 403
+        assert made.comments(number) == []

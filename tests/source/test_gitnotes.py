@@ -1,11 +1,13 @@
-"""Statuses as git notes on a real remote (smart HTTP with a token, pushes allowed): pushed
-and read back, read by another clone, shown by `gitsync notes`, and concurrent writers never
-lose a note (fetch → append → push, start over when the push loses a race)."""
+"""Statuses as git notes on a real remote (smart HTTP with a token, pushes allowed; and a
+real Gitea): pushed and read back, read by another clone, shown by `gitsync notes`, and
+concurrent writers never lose a note (fetch → append → push, start over when the push loses
+a race, in the client or on the server)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import RepoSource, TokenAuth
 from gitsync.source.notes import NOTES_REF, GitNotes
 from gitsync.source.runner import GitResult, GitRunner
+from testbed.gitea import Gitea
 from testbed.gitserver import SmartHttpServer
 
 from .conftest import TOKEN
@@ -171,3 +174,143 @@ def test_gitsync_notes_prints_the_history(
     other = upstream.commit({"a.txt": "2"})
     assert main(["notes", "--repo", http.url(upstream.name), other]) == 1
     assert "no gitsync statuses" in capsys.readouterr().err
+
+
+def gitea_repo(gitea: Gitea, tmp_path: Path) -> tuple[str, str]:
+    """A private Gitea repository with one commit: its clone URL and the commit."""
+    name = f"notes-{uuid.uuid4().hex[:8]}"
+    gitea.api("POST", "/user/repos", {"name": name, "default_branch": "main", "private": True})
+    url = gitea.clone_url(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    git("-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-q",
+        "--allow-empty", "-m", "first", cwd=work)  # fmt: skip
+    git(*gitea.git_auth_config(), "push", "-q", url, "main", cwd=work)
+    return url, git("rev-parse", "HEAD", cwd=work).strip()
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "basic"])
+def test_notes_on_a_real_gitea(
+    gitea: Gitea, tmp_path: Path, capsys: pytest.CaptureFixture[str], scheme: str
+) -> None:
+    """Gitea (not only git-http-backend) keeps refs/notes/gitsync: its pre-receive hook lets
+    a user who may write code push any ref outside refs/heads, refs/tags and refs/for. A
+    private repository, the token as the agent's repository credentials; a lost push race
+    (the seam above) and `gitsync notes` reading the history back. The token has only
+    `write:repository`, what docs/statuses.md says it needs."""
+    url, sha = gitea_repo(gitea, tmp_path)
+    token = tmp_path / "token"
+    token.write_text(gitea.create_token(f"notes-{uuid.uuid4().hex[:8]}", "write:repository"))
+    auth = TokenAuth(token_file=token, scheme=scheme)
+    rival = GitNotesProvider(notes_for(url, tmp_path / "rival", auth), "rival")
+    rival.post(sha, CommitStatus("gitsync/staging", State.PENDING, "applying wave 1/1: x"))
+    runner = PushesAfter(
+        lambda: rival.post(sha, CommitStatus("gitsync/staging", State.SUCCESS, "Healthy at x"))
+    )
+    notes = GitNotes(RepoSource(url, "main", tmp_path / "w", auth=auth), runner, sleep=[].append)
+    writer = GitNotesProvider(notes, "writer")
+    writer.post(sha, CommitStatus("gitsync/production", State.SUCCESS, "Healthy at x", "https://d"))
+    assert runner.pushes() == 2  # Gitea rejected nothing itself: git saw the ref had moved
+    listed = git(*gitea.git_auth_config(), "ls-remote", url, NOTES_REF)
+    assert listed.endswith(NOTES_REF), listed
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "repository": {
+                    "url": url,
+                    "branch": "main",
+                    "auth": {"tokenFile": str(token), "scheme": scheme},
+                },
+                "cacheDir": str(tmp_path / "cache"),
+            }
+        )
+    )
+    assert main(["notes", "--config", str(config), "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["revision"] == sha
+    assert [(s["context"], s["state"], s["agent"]) for s in document["statuses"]] == [
+        ("gitsync/staging", "pending", "rival"),
+        ("gitsync/staging", "success", "rival"),
+        ("gitsync/production", "success", "writer"),
+    ]
+    assert document["statuses"][-1]["target_url"] == "https://d"
+
+
+def test_concurrent_writers_on_gitea_lose_no_note(gitea: Gitea, tmp_path: Path) -> None:
+    """Several agents' pushes reaching Gitea together: those that lose fail in the client
+    or, when already in flight, on the server (the test below forces that): nothing is
+    lost."""
+    url, sha = gitea_repo(gitea, tmp_path)
+    token = tmp_path / "token"
+    token.write_text(gitea.token)
+    auth = TokenAuth(token_file=token)
+    writers, per_writer = 3, 3
+    errors: list[BaseException] = []
+    start = threading.Barrier(writers)
+
+    def write(index: int) -> None:
+        provider = GitNotesProvider(notes_for(url, tmp_path / f"w{index}", auth), f"agent-{index}")
+        start.wait(30)
+        try:
+            for n in range(per_writer):
+                provider.post(sha, CommitStatus(f"gitsync/env{index}", State.PENDING, f"step {n}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    records = decode(notes_for(url, tmp_path / "reader", auth).read(sha))
+    assert sorted((r.agent, r.status.description) for r in records) == [
+        (f"agent-{i}", f"step {n}") for i in range(writers) for n in range(per_writer)
+    ]
+
+
+# Run by Gitea's pre-receive hook after its own check: once, another writer's note lands on
+# the server between the pusher's ref advertisement and its ref update. Git keeps a push's
+# objects in quarantine until the hook passes and forbids ref updates there: outside it.
+RIVAL_LANDS = """#!/bin/sh
+[ -e raced ] && exit 0
+touch raced
+env -u GIT_QUARANTINE_PATH -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES \\
+    git update-ref refs/notes/gitsync refs/scratch/rival
+"""
+
+
+def test_a_push_gitea_refuses_on_the_server_is_a_lost_race(gitea: Gitea, tmp_path: Path) -> None:
+    """The race the seam above cannot make: the notes ref moves on Gitea while the push is
+    in flight, so Gitea (not the client) refuses it: `cannot lock ref … (failed to update
+    ref)`. The writer fetches again and no note is lost."""
+    url, sha = gitea_repo(gitea, tmp_path)
+    token = tmp_path / "token"
+    token.write_text(gitea.token)
+    auth = TokenAuth(token_file=token)
+    rival = notes_for(url, tmp_path / "rival", auth)
+    rival.append(sha, '{"writer":"rival","n":0}')
+    # The rival's next note, on the server but not yet on the notes ref.
+    identity = ("-c", "user.name=R", "-c", "user.email=r@example.com")
+    rival_git = ("--git-dir", str(rival.git_dir))
+    git(*identity, *rival_git, "notes", f"--ref={NOTES_REF}", "append", "-m",
+        '{"writer":"rival","n":1}', sha)  # fmt: skip
+    git(*gitea.git_auth_config(), *rival_git, "push", "-q", url, f"{NOTES_REF}:refs/scratch/rival")
+    owner_repo = url.removeprefix(f"{gitea.url}/")
+    hook = gitea.work / "repositories" / owner_repo / "hooks" / "pre-receive.d" / "rival-lands"
+    hook.write_text(RIVAL_LANDS)
+    hook.chmod(0o755)
+    runner = GitRunner(timeout=60)
+    writer = GitNotes(RepoSource(url, "main", tmp_path / "w", auth=auth), runner, sleep=[].append)
+    writer.append(sha, '{"writer":"first","n":0}')
+    pushes = [call for call in runner.calls if call.subcommand == "push"]
+    assert len(pushes) == 2  # refused by the server once, then pushed on top of the rival
+    note = notes_for(url, tmp_path / "reader", auth).read(sha)
+    lines = [json.loads(line) for line in note.splitlines() if line]
+    assert lines == [
+        {"writer": "rival", "n": 0},
+        {"writer": "rival", "n": 1},
+        {"writer": "first", "n": 0},
+    ]
