@@ -93,7 +93,12 @@ class PreviewReconciler:
                 self._comment(pr, base, head, tree)
             if previews is None:
                 continue
-            result = self._preview(pr, previews, base, tree, active)
+            try:
+                result = self._preview(pr, previews, base, tree, active)
+            except GitsyncError as exc:  # one bad pull request must not stop the others
+                log.warning("pull request #%d: preview failed: %s", pr.number, exc)
+                self._status(pr, State.FAILURE, f"preview failed: {exc}")
+                result = PreviewResult(pr.number, pr.head_sha, (), "failed", str(exc))
             if result.outcome in ("succeeded", "failed", "unchanged"):
                 active += 1
             results.append(result)

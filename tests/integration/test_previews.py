@@ -413,3 +413,63 @@ def test_forge_less_previews_follow_branches(
         reporter.close(timeout=30)
     shown = build_provider(config, metrics).statuses(sha)
     assert shown["gitsync/preview"].state.value == "success"
+
+
+def rename_staging(root: Path) -> None:
+    """The PR's gitsync.yaml is valid but has no environment the base's ``previews.from``
+    names: a ConfigError."""
+    path = root / "gitsync.yaml"
+    text = path.read_text()
+    assert text.count(": staging\n") == 2  # the environment's name and previews.from
+    path.write_text(text.replace(": staging\n", ": stage\n"))
+
+
+def untyped_replicas(root: Path) -> None:
+    """Valid YAML the API server refuses (replicas must be an integer): the apply fails."""
+    path = root / "environments" / "staging" / "ranker.yaml"
+    text = path.read_text()
+    assert "        replicas: 1\n" in text
+    path.write_text(text.replace("        replicas: 1\n", '        replicas: "two"\n', 1))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "reason"),
+    [(rename_staging, "no environment 'staging'"), (untyped_replicas, "ranker-pr-")],
+)
+def test_one_broken_pull_request_does_not_stop_the_others(
+    forge: Forge, api: client.ApiClient, namespace: str, breakage: Any, reason: str
+) -> None:
+    broken_sha = forge.branch("broken", breakage)
+    broken = forge.open_pr("broken")
+    good_sha = forge.branch("good", scale_ranker)
+    good = forge.open_pr("good")
+    assert broken < good  # the broken one is processed first
+    # An orphan, to show garbage collection still runs after the broken pull request.
+    ranker = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker"
+    )
+    ghost = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": "ghost-pr-99",
+            "labels": {"app.kubernetes.io/managed-by": "gitsync", PREVIEW: "99"},
+        },
+        "spec": ranker["spec"],
+    }
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": forge.previews_ns}})
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, forge.previews_ns, PLURAL, ghost
+    )
+    results = {r.number: r for r in forge.reconcile(api)}
+    assert {n: r.outcome for n, r in results.items()} == {
+        broken: "failed",
+        good: "succeeded",
+        99: "deleted",
+    }
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{good}"]
+    failed = forge.statuses(broken_sha)["gitsync/preview"]
+    assert failed["status"] == "failure"
+    assert reason in failed["description"], failed["description"]
+    assert forge.statuses(good_sha)["gitsync/preview"]["status"] == "success"
+    assert len(forge.comments(broken)) == len(forge.comments(good)) == 1
