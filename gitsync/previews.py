@@ -83,18 +83,24 @@ class PreviewReconciler:
         results: list[PreviewResult] = []
         active = 0
         open_numbers = {pr.number for pr in requests}
+        keep = {head}
         for pr in sorted(requests, key=lambda p: p.number):
             try:
                 tree = read_tree_cached(self.source.checkout_ref(pr.head_ref, pr.head_sha))
+                # What the PR changes is measured from where it forked: against the tip it
+                # would also "revert" everything the base branch gained since.
+                fork = self.source.merge_base(head, pr.head_sha, pr.head_ref)
+                forked = read_tree_cached(self.source.checkout(fork))
             except GitsyncError as exc:
                 log.warning("pull request #%d: cannot read %s: %s", pr.number, pr.head_sha, exc)
                 continue
+            keep |= {pr.head_sha, fork}
             if self.pulls is not None:
-                self._comment(pr, base, head, tree)
+                self._comment(pr, forked, fork, tree)
             if previews is None:
                 continue
             try:
-                result = self._preview(pr, previews, base, tree, active)
+                result = self._preview(pr, previews, forked, tree, active)
             except GitsyncError as exc:  # one bad pull request must not stop the others
                 log.warning("pull request #%d: preview failed: %s", pr.number, exc)
                 self._status(pr, State.FAILURE, f"preview failed: {exc}")
@@ -104,12 +110,12 @@ class PreviewReconciler:
             results.append(result)
         if previews is not None:
             results += self._collect(previews, open_numbers)
-        self._prune({head, *(pr.head_sha for pr in requests)})
+        self._prune(keep)
         return results
 
     def _prune(self, keep: set[str]) -> None:
-        """Keeps the trees the next reconcile reads (the base head and each open pull
-        request's head); every push to a pull request would otherwise leave one behind."""
+        """Keeps the trees the next reconcile reads (the base head, each open pull request's
+        head and fork point); every push to a pull request would otherwise leave one behind."""
         try:
             self.source.prune(keep)
         except OSError as exc:
@@ -141,13 +147,13 @@ class PreviewReconciler:
 
     # -- plan comments -----------------------------------------------------------------------
 
-    def _comment(self, pr: PullRequest, base: TreeReport, head: str, tree: TreeReport) -> None:
+    def _comment(self, pr: PullRequest, base: TreeReport, base_sha: str, tree: TreeReport) -> None:
         assert self.pulls is not None
         try:
-            plans = tree_plans(base, tree, None, self.config.classify, head, pr.head_sha)
-            body = plan_markdown(plans, head, pr.head_sha)
+            plans = tree_plans(base, tree, None, self.config.classify, base_sha, pr.head_sha)
+            body = plan_markdown(plans, base_sha, pr.head_sha)
         except GitsyncError as exc:
-            body = plan_markdown([], head, pr.head_sha).replace(
+            body = plan_markdown([], base_sha, pr.head_sha).replace(
                 "No RayService changes: merging this deploys nothing.",
                 f"The pull request's manifests are invalid; nothing would be deployed:\n\n"
                 f"```\n{exc}\n```",

@@ -473,3 +473,31 @@ def test_one_broken_pull_request_does_not_stop_the_others(
     assert reason in failed["description"], failed["description"]
     assert forge.statuses(good_sha)["gitsync/preview"]["status"] == "success"
     assert len(forge.comments(broken)) == len(forge.comments(good)) == 1
+
+
+def test_a_pull_request_behind_main_previews_and_plans_only_its_own_change(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    fork = git("rev-parse", "main", cwd=forge.repo.work)
+    sha = forge.branch("behind", scale_ranker)
+    number = forge.open_pr("behind")
+
+    def bump_embedder(root: Path) -> None:
+        path = root / "environments" / "staging" / "embedder.yaml"
+        path.write_text(path.read_text().replace("2.49.0", "2.50.0"))
+
+    # main moves on after the PR branched (with more than the cache's shallow depth).
+    forge.repo.commit(bump_embedder, "main moves on")
+    for index in range(3):
+        forge.repo.commit(lambda root: None, f"more on main {index}")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome, result.services) == (
+        number, "succeeded", (f"ranker-pr-{number}",)
+    )  # fmt: skip
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
+    [comment] = forge.comments(number)
+    changes = [line for line in comment.splitlines() if line.startswith("- **")]
+    assert [line.split("`")[0:2] for line in changes] == [
+        ["- **staging/ranker**: ", "serve-update"]
+    ]
+    assert f"`{fork[:12]}` → `{sha[:12]}`" in comment
