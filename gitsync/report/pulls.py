@@ -65,8 +65,8 @@ class GiteaPulls:
         found = []
         for pr in _pages(self.client, f"{self._repo()}/pulls?state=open"):
             head, base = pr.get("head") or {}, pr.get("base") or {}
-            head_repo = (head.get("repo") or {}).get("full_name", "")
-            base_repo = (base.get("repo") or {}).get("full_name", self.repository)
+            head_repo = str((head.get("repo") or {}).get("full_name") or "")
+            base_repo = str((base.get("repo") or {}).get("full_name") or self.repository)
             found.append(
                 PullRequest(
                     number=int(pr["number"]),
@@ -75,7 +75,8 @@ class GiteaPulls:
                     head_branch=str(head.get("ref", "")),
                     base_branch=str(base.get("ref", "")),
                     author=str((pr.get("user") or {}).get("login", "")),
-                    fork=bool(head_repo) and head_repo.lower() != str(base_repo).lower(),
+                    # No head repository (a deleted fork) is a fork: fail closed.
+                    fork=not head_repo or head_repo.lower() != base_repo.lower(),
                     labels=tuple(str(label.get("name", "")) for label in pr.get("labels") or ()),
                     title=str(pr.get("title", "")),
                 )
@@ -118,7 +119,7 @@ class GitLabPulls:
                     head_branch=str(mr.get("source_branch", "")),
                     base_branch=str(mr.get("target_branch", "")),
                     author=str((mr.get("author") or {}).get("username", "")),
-                    fork=mr.get("source_project_id") != mr.get("target_project_id"),
+                    fork=_gitlab_fork(mr),
                     labels=tuple(str(label) for label in mr.get("labels") or ()),
                     title=str(mr.get("title", "")),
                 )
@@ -136,6 +137,13 @@ class GitLabPulls:
         self.client.request(
             "POST", f"{self._project()}/merge_requests/{number}/notes", {"body": body}
         )
+
+
+def _gitlab_fork(mr: dict[str, Any]) -> bool:
+    """Same project only when both ids are there and equal: a merge request whose source
+    project was deleted (null id) counts as a fork."""
+    source, target = mr.get("source_project_id"), mr.get("target_project_id")
+    return not (isinstance(source, int) and source == target)
 
 
 def eligible(pr: PullRequest, allow_authors: Sequence[str], label: str) -> str | None:

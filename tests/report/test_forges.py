@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gitsync.report.github import AppTokens, GitHubProvider, github_headers, token_headers
 from gitsync.report.gitlab import GitLabProvider, gitlab_headers
 from gitsync.report.http import ForgeError, JsonClient, RetryPolicy
-from gitsync.report.pulls import MARKER, GitHubPulls, GitLabPulls, eligible
+from gitsync.report.pulls import MARKER, GiteaPulls, GitHubPulls, GitLabPulls, eligible
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
 from tests.report.forge import ForgeServer, Reply, Request
@@ -390,6 +390,61 @@ def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
         pulls.upsert_comment(3, f"{MARKER}\none")
         pulls.upsert_comment(3, f"{MARKER}\ntwo")
     assert [n["body"] for n in notes] == [f"{MARKER}\ntwo"]
+
+
+def served_pulls(pulls: list[dict[str, Any]]) -> ForgeServer:
+    return ForgeServer(lambda request: Reply(200, pulls if request.method == "GET" else {}))
+
+
+def pull(number: int, head_repo: Any, base_repo: Any = None) -> dict[str, Any]:
+    """A PR as GitHub and Gitea list it; ``repo`` absent or null when the fork was deleted."""
+    head: dict[str, Any] = {"sha": SHA, "ref": f"b{number}"}
+    if head_repo != "absent":
+        head["repo"] = head_repo
+    base = {"ref": "main", "repo": base_repo or {"full_name": "o/r"}}
+    return {"number": number, "user": {"login": "u"}, "head": head, "base": base}
+
+
+@pytest.mark.parametrize("api", ["github", "gitea"])
+def test_a_pull_request_without_a_head_repository_is_a_fork(api: str, token_env: TokenAuth) -> None:
+    payload = [
+        pull(1, {"full_name": "o/r"}),
+        pull(2, {"full_name": "O/R"}),  # names are case-insensitive
+        pull(3, {"full_name": "alice/r"}),
+        pull(4, None),  # the fork was deleted
+        pull(5, "absent"),
+        pull(6, {"full_name": None}),
+        pull(7, {"full_name": "o/r"}, {"full_name": None}),  # the base repo is ours
+    ]
+    with served_pulls(payload) as forge:
+        headers = token_headers(token_env)
+        pulls = (
+            GitHubPulls(client(forge.url, headers, []), "o/r")
+            if api == "github"
+            else GiteaPulls(client(forge.url, headers, []), "o/r")
+        )
+        forks = {pr.number: pr.fork for pr in pulls.open_pulls()}
+    prefix = "" if api == "github" else "/api/v1"
+    assert forge.requests[0].path.startswith(f"{prefix}/repos/o/r/pulls?state=open")
+    assert forks == {1: False, 2: False, 3: True, 4: True, 5: True, 6: True, 7: False}
+
+
+def test_a_merge_request_without_a_source_project_is_a_fork(token_env: TokenAuth) -> None:
+    def mr(iid: int, **projects: Any) -> dict[str, Any]:
+        return {"iid": iid, "sha": SHA, "source_branch": "f", "target_branch": "main",
+                "author": {"username": "bob"}, **projects}  # fmt: skip
+
+    payload = [
+        mr(1, source_project_id=4, target_project_id=4),
+        mr(2, source_project_id=9, target_project_id=4),
+        mr(3, source_project_id=None, target_project_id=4),  # the fork was deleted
+        mr(4, source_project_id=None, target_project_id=None),
+        mr(5),
+    ]
+    with served_pulls(payload) as forge:
+        pulls = GitLabPulls(client(forge.url, lambda: gitlab_headers(token_env), []), "g/p")
+        forks = {pr.number: pr.fork for pr in pulls.open_pulls()}
+    assert forks == {1: False, 2: True, 3: True, 4: True, 5: True}
 
 
 @pytest.mark.parametrize("status", [401, 503])
