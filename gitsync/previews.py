@@ -17,6 +17,7 @@ before it reaches the API server, whatever its manifest said.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -129,21 +130,23 @@ class PreviewReconciler:
             return [pr for pr in self.pulls.open_pulls() if pr.base_branch == base_branch]
         if previews is None or not previews.branches:
             return []
-        found = []
+        found: dict[int, PullRequest] = {}
         for branch, sha in sorted(self.source.branches(previews.branches).items()):
             number = _branch_number(branch)
-            found.append(
-                PullRequest(
-                    number,
-                    sha,
-                    f"refs/heads/{branch}",
-                    branch,
-                    self.config.repository.branch,
-                    "",
-                    False,
+            pr = PullRequest(
+                number, sha, f"refs/heads/{branch}", branch, self.config.repository.branch, "",
+                False,
+            )  # fmt: skip
+            if number in found:  # two previews would overwrite each other: the first keeps it
+                why = (
+                    f"no preview: branch {branch} gets number {number}, as "
+                    f"{found[number].head_branch} does; rename it"
                 )
-            )
-        return found
+                log.warning("%s", why)
+                self._status(pr, State.FAILURE, why)
+                continue
+            found[number] = pr
+        return list(found.values())
 
     # -- plan comments -----------------------------------------------------------------------
 
@@ -319,11 +322,14 @@ class PreviewReconciler:
 
 
 def _branch_number(branch: str) -> int:
-    """A stable number for a forge-less preview branch (names must be DNS-safe and short)."""
+    """A stable number for a forge-less preview branch (names must be DNS-safe and short):
+    ``preview/42`` is 42; any other name hashes, whole, to six digits (``reconcile`` gives a
+    colliding second branch no preview rather than letting it overwrite the first)."""
     tail = branch.rsplit("/", 1)[-1]
     if tail.isdigit():
         return int(tail)
-    return int.from_bytes(branch.encode()[:8].ljust(8, b"\0"), "big") % 100000
+    digest = int.from_bytes(hashlib.sha256(branch.encode()).digest()[:8], "big")
+    return 100000 + digest % 900000
 
 
 def list_previews(services: RayServices, namespace: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.preview import PREVIEW
 from gitsync.metrics import Metrics
-from gitsync.previews import PreviewReconciler
+from gitsync.previews import PreviewReconciler, _branch_number
 from gitsync.report.factory import build_provider, build_pulls
 from gitsync.report.reporter import Reporter
 from gitsync.source.config import TokenAuth
@@ -501,3 +501,52 @@ def test_a_pull_request_behind_main_previews_and_plans_only_its_own_change(
         ["- **staging/ranker**: ", "serve-update"]
     ]
     assert f"`{fork[:12]}` → `{sha[:12]}`" in comment
+
+
+def test_forge_less_branches_with_names_get_a_preview_each(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    previews_ns = f"pv-{uuid.uuid4().hex[:8]}"
+    repo = GitOpsRepo(
+        tmp_path / "gitops", namespace, previews={"namespace": previews_ns, "branches": "preview/*"}
+    )
+    config = repo.agent_config(tmp_path / "cache")  # git notes: no forge
+    assert sync_once(config, RayServices(api), StateStore(api, namespace)).ok
+    foo, bar = _branch_number("preview/foo"), _branch_number("preview/bar")
+    assert foo != bar
+    shas = {}
+    # preview/x/<foo's number> gets the number preview/foo hashes to: a collision.
+    for branch in ("preview/foo", "preview/bar", f"preview/x/{foo}"):
+        work = repo.work
+        git("checkout", "-q", "-B", branch, "main", cwd=work)
+        scale_ranker(work)
+        git("commit", "-q", "-am", f"try {branch}", cwd=work)
+        git("push", "-q", "origin", branch, cwd=work)
+        shas[branch] = git("rev-parse", "HEAD", cwd=work)
+        git("checkout", "-q", "main", cwd=work)
+    metrics = Metrics()
+    reporter = Reporter(build_provider(config, metrics), metrics)
+    reconciler = PreviewReconciler(
+        config, RayServices(api), StateStore(api, namespace), GitSource(config.repository),
+        None, reporter,
+    )  # fmt: skip
+    try:
+        results = reconciler.reconcile()
+    finally:
+        reporter.close(timeout=30)
+    assert sorted((r.number, r.outcome) for r in results) == sorted(
+        [(foo, "succeeded"), (bar, "succeeded")]
+    )
+    assert sorted(previews_in(api, previews_ns)) == sorted([f"ranker-pr-{foo}", f"ranker-pr-{bar}"])
+    revisions = {
+        name: o["metadata"]["annotations"]["gitsync.ray.io/revision"]
+        for name, o in previews_in(api, previews_ns).items()
+    }
+    assert revisions == {
+        f"ranker-pr-{foo}": shas["preview/foo"],
+        f"ranker-pr-{bar}": shas["preview/bar"],
+    }
+    # By name, preview/foo comes first and keeps its number; the other branch is refused.
+    shown = build_provider(config, metrics).statuses(shas[f"preview/x/{foo}"])
+    assert shown["gitsync/preview"].state.value == "failure"
+    assert f"gets number {foo}, as preview/foo does" in shown["gitsync/preview"].description
