@@ -8,7 +8,7 @@ For every open pull request (from the forge, or branches matching ``previews.bra
   :mod:`gitsync.manifests.preview` (renamed, capped, in the preview namespace), rolled out
   like any environment (``preview-<N>``: waves, health gates, a state ConfigMap), reported as
   ``gitsync/preview`` on the PR's head commit. Forks need the label or an allowed author;
-  beyond ``maxPreviews`` the newest PRs wait.
+  when ``maxPreviews`` previews exist, the others wait (oldest PR first once a place frees).
 
 Previews whose PR is closed or merged, whose TTL passed, or whose PR no longer exists are
 deleted. Nothing is ever written outside the preview namespace: every body is checked here
@@ -82,8 +82,11 @@ class PreviewReconciler:
         previews = base.config.previews if base.config else None
         requests = self._requests(previews)
         results: list[PreviewResult] = []
-        active = 0
         open_numbers = {pr.number for pr in requests}
+        live: set[int] = set()  # pull requests with a preview now: what maxPreviews counts
+        if previews is not None:  # first, so what closed or expired frees its place
+            results += self._collect(previews, open_numbers)
+            live = self._live(previews)
         keep = {head}
         for pr in sorted(requests, key=lambda p: p.number):
             try:
@@ -101,16 +104,16 @@ class PreviewReconciler:
             if previews is None:
                 continue
             try:
-                result = self._preview(pr, previews, forked, tree, active)
+                result = self._preview(pr, previews, forked, tree, live)
             except GitsyncError as exc:  # one bad pull request must not stop the others
                 log.warning("pull request #%d: preview failed: %s", pr.number, exc)
                 self._status(pr, State.FAILURE, f"preview failed: {exc}")
                 result = PreviewResult(pr.number, pr.head_sha, (), "failed", str(exc))
-            if result.outcome in ("succeeded", "failed", "unchanged"):
-                active += 1
+            if self._live(previews, pr.number):
+                live.add(pr.number)
+            else:
+                live.discard(pr.number)
             results.append(result)
-        if previews is not None:
-            results += self._collect(previews, open_numbers)
         self._prune(keep)
         return results
 
@@ -180,7 +183,7 @@ class PreviewReconciler:
         previews: PreviewConfig,
         base: TreeReport,
         tree: TreeReport,
-        active: int,
+        live: set[int],
     ) -> PreviewResult:
         why = eligible(pr, previews.allow_authors, previews.fork_label)
         if why is not None:
@@ -193,8 +196,7 @@ class PreviewReconciler:
             )
             self._status(pr, State.SUCCESS, why)
             return PreviewResult(pr.number, pr.head_sha, (), "skipped", why)
-        existing = self.services.list_managed(previews.namespace, f"preview-{pr.number}")
-        if active >= previews.max_previews and not existing:
+        if pr.number not in live and len(live) >= previews.max_previews:
             why = (
                 f"no preview yet: {previews.max_previews} previews already run "
                 "(previews.maxPreviews)"
@@ -278,6 +280,15 @@ class PreviewReconciler:
             return PreviewResult(pr.number, pr.head_sha, tuple(names), outcome, result.message)
         self._status(pr, State.FAILURE, f"preview failed: {result.message}")
         return PreviewResult(pr.number, pr.head_sha, tuple(names), "failed", result.message)
+
+    def _live(self, previews: PreviewConfig, number: int | None = None) -> set[int]:
+        """The pull requests (or just ``number``) with preview objects in the namespace."""
+        selector = f"{PREVIEW}={number}" if number is not None else PREVIEW
+        return {
+            int(label)
+            for obj in self.services.list_labelled(previews.namespace, selector)
+            if (label := (obj["metadata"].get("labels") or {}).get(PREVIEW, "")).isdigit()
+        }
 
     # -- garbage collection ------------------------------------------------------------------
 

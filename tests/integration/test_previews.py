@@ -72,6 +72,25 @@ class Forge:
         )
         return int(pr["number"])
 
+    def fork_pr(self, branch: str, change: Any) -> tuple[int, str]:
+        """A pull request from a fork of a new user: (number, head SHA)."""
+        user = f"contrib{uuid.uuid4().hex[:6]}"
+        self.gitea.create_user(user)
+        self.gitea.api("POST", f"{self.path}/forks", {}, sudo=user)
+        fork_url = f"{self.gitea.url}/{user}/{self.name}.git"
+        work = self.repo.work
+        git("checkout", "-q", "-B", branch, "main", cwd=work)
+        change(work)
+        git("commit", "-q", "-am", "from a fork", cwd=work)
+        git(*self.repo.push_args, "push", "-q", fork_url, branch, cwd=work)
+        sha = git("rev-parse", "HEAD", cwd=work)
+        git("checkout", "-q", "main", cwd=work)
+        pr = self.gitea.api(
+            "POST", f"{self.path}/pulls",
+            {"head": f"{user}:{branch}", "base": "main", "title": "from a fork"}, sudo=user,
+        )  # fmt: skip
+        return int(pr["number"]), sha
+
     def reconciler(self, api: client.ApiClient) -> tuple[PreviewReconciler, Reporter]:
         metrics = Metrics()
         reporter = Reporter(build_provider(self.config, metrics), metrics)
@@ -264,6 +283,26 @@ def test_the_preview_limit_holds_back_newer_pull_requests(
     assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{second}"]
 
 
+def test_the_preview_limit_holds_for_an_older_pull_request_that_becomes_eligible(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> None:
+    forge = Forge(gitea, tmp_path, namespace, maxPreviews=1)
+    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    older, older_sha = forge.fork_pr("from-fork", scale_ranker)  # no label yet: no preview
+    forge.branch("newer", scale_ranker, "newer")
+    newer = forge.open_pr("newer")
+    outcomes = {r.number: r.outcome for r in forge.reconcile(api)}
+    assert outcomes == {older: "skipped", newer: "succeeded"}
+    # A maintainer labels the older fork PR: it is eligible now, but the one place is taken.
+    label = forge.gitea.api("POST", f"{forge.path}/labels", {"name": "preview", "color": "#00aabb"})
+    forge.gitea.api("POST", f"{forge.path}/issues/{older}/labels", {"labels": [label["id"]]})
+    outcomes = {r.number: r.outcome for r in forge.reconcile(api)}
+    assert outcomes == {older: "skipped", newer: "unchanged"}
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{newer}"]
+    held = forge.statuses(older_sha)["gitsync/preview"]
+    assert (held["status"], "previews.maxPreviews" in held["description"]) == ("pending", True)
+
+
 def test_the_plan_comment_matches_gitsync_plan(
     forge: Forge, api: client.ApiClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -317,29 +356,15 @@ def test_limit_and_ttl(forge: Forge, api: client.ApiClient) -> None:
 def test_a_fork_pull_request_without_the_label_gets_no_preview(
     forge: Forge, api: client.ApiClient
 ) -> None:
-    user = f"contrib{uuid.uuid4().hex[:6]}"
-    forge.gitea.create_user(user)
-    forge.gitea.api("POST", f"{forge.path}/forks", {}, sudo=user)
-    fork_url = f"{forge.gitea.url}/{user}/{forge.name}.git"
-    work = forge.repo.work
-    git("checkout", "-q", "-B", "from-fork", "main", cwd=work)
-    scale_ranker(work)
-    git("commit", "-q", "-am", "from a fork", cwd=work)
-    git(*forge.repo.push_args, "push", "-q", fork_url, "from-fork", cwd=work)
-    sha = git("rev-parse", "HEAD", cwd=work)
-    git("checkout", "-q", "main", cwd=work)
-    pr = forge.gitea.api(
-        "POST", f"{forge.path}/pulls",
-        {"head": f"{user}:from-fork", "base": "main", "title": "from a fork"}, sudo=user,
-    )  # fmt: skip
+    number, sha = forge.fork_pr("from-fork", scale_ranker)
     [result] = forge.reconcile(api)
-    assert (result.number, result.outcome) == (pr["number"], "skipped")
+    assert (result.number, result.outcome) == (number, "skipped")
     assert previews_in(api, forge.previews_ns) == {}
     status = forge.statuses(sha)["gitsync/preview"]
     assert status["status"] == "pending"
     assert "forks need the label 'preview'" in status["description"]
     # The plan comment is still written: reviewers see what merging would do.
-    assert len(forge.comments(pr["number"])) == 1
+    assert len(forge.comments(number)) == 1
 
 
 def test_orphans_are_collected_and_merging_deletes_the_preview(
