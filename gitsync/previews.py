@@ -22,15 +22,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_tree_cached
+from gitsync.checkout import TreeReport, read_environment, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError, InvalidRevision
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
 from gitsync.model import Action, DesiredService, Phase, RolloutState, ServiceKey
@@ -90,7 +92,8 @@ class PreviewReconciler:
         keep = {head}
         for pr in sorted(requests, key=lambda p: p.number):
             try:
-                tree = read_tree_cached(self.source.checkout_ref(pr.head_ref, pr.head_sha))
+                root = self.source.checkout_ref(pr.head_ref, pr.head_sha)
+                tree = read_tree_cached(root)
                 # What the PR changes is measured from where it forked: against the tip it
                 # would also "revert" everything the base branch gained since.
                 fork = self.source.merge_base(head, pr.head_sha, pr.head_ref)
@@ -104,7 +107,7 @@ class PreviewReconciler:
             if previews is None:
                 continue
             try:
-                result = self._preview(pr, previews, forked, tree, live)
+                result = self._preview(pr, previews, forked, (root, tree), live)
             except GitsyncError as exc:  # one bad pull request must not stop the others
                 log.warning("pull request #%d: preview failed: %s", pr.number, exc)
                 self._status(pr, State.FAILURE, f"preview failed: {exc}")
@@ -182,7 +185,7 @@ class PreviewReconciler:
         pr: PullRequest,
         previews: PreviewConfig,
         base: TreeReport,
-        tree: TreeReport,
+        tree: tuple[Path, TreeReport],
         live: set[int],
     ) -> PreviewResult:
         why = eligible(pr, previews.allow_authors, previews.fork_label)
@@ -213,10 +216,14 @@ class PreviewReconciler:
         return self._roll_out(pr, previews, desired)
 
     def _desired(
-        self, pr: PullRequest, previews: PreviewConfig, base: TreeReport, tree: TreeReport
+        self,
+        pr: PullRequest,
+        previews: PreviewConfig,
+        base: TreeReport,
+        tree: tuple[Path, TreeReport],
     ) -> dict[ServiceKey, DesiredService]:
         """The PR's changed services of ``previews.from``, as preview services."""
-        head_env = environment_manifests(tree, previews.source, pr.head_sha[:12])
+        head_env = _preview_source(*tree, previews.source, pr.head_sha[:12])
         try:
             base_env = environment_manifests(base, previews.source, "base")
             before = {s.key.name: owned(s.manifest) for s in base_env.services}
@@ -330,6 +337,24 @@ class PreviewReconciler:
             results.append(PreviewResult(number, "", tuple(o["metadata"]["name"] for o in objects),
                                          "deleted", why))  # fmt: skip
         return results
+
+
+def _preview_source(root: Path, tree: TreeReport, name: str, label: str) -> EnvironmentManifests:
+    """The environment previews copy from, at a PR's head. A manifest naming a namespace
+    (``production``) is invalid for the environment itself, but not for its preview: the
+    preview transform decides the namespace, whatever the manifest says. Everything else is
+    validated as usual."""
+    try:
+        return environment_manifests(tree, name, label)
+    except InvalidRevision:
+        if tree.config is None:
+            raise
+        loaded = read_environment(
+            root, tree.config, tree.config.environment(name), any_namespace=True
+        )
+        if not loaded.ok:
+            raise InvalidRevision(f"environment {name!r} at {label}", loaded.problems) from None
+        return loaded
 
 
 def _branch_number(branch: str) -> int:

@@ -237,28 +237,69 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     assert {t.name for t in trees.iterdir() if t.is_dir()} == {main_head}
 
 
-def test_a_manifest_naming_another_namespace_still_lands_in_the_preview_namespace(
-    forge: Forge, api: client.ApiClient, namespace: str
-) -> None:
-    def escape(root: Path) -> None:
-        scale_ranker(root)
-        path = root / "environments" / "staging" / "ranker.yaml"
-        text = path.read_text()
-        path.write_text(
-            text.replace("name: ranker\n", "name: ranker\n  namespace: production\n", 1)
-        )
+def snapshot(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    """Every RayService and ConfigMap in ``namespace``: kind/name → resourceVersion."""
+    services = previews_in(api, namespace)
+    maps = client.CoreV1Api(api).list_namespaced_config_map(namespace).items
+    return {
+        **{f"RayService/{n}": o["metadata"]["resourceVersion"] for n, o in services.items()},
+        **{f"ConfigMap/{m.metadata.name}": m.metadata.resource_version for m in maps},
+    }
 
-    sha = forge.branch("escape", escape)
-    forge.open_pr("escape")
-    [result] = forge.reconcile(api)
-    # The staging manifest names another namespace: invalid, so nothing of it is applied
-    # anywhere, and the PR's status says where.
-    assert result.outcome == "failed"
-    status = forge.statuses(sha)["gitsync/preview"]
-    assert status["status"] == "failure"
-    assert "environments/staging/ranker.yaml:" in status["description"]
-    assert previews_in(api, forge.previews_ns) == {}
-    assert previews_in(api, "production") == {}
+
+def test_a_manifest_naming_production_still_lands_only_in_the_preview_namespace(
+    forge: Forge, api: client.ApiClient, namespace: str, sim: Simulator
+) -> None:
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace({"metadata": {"name": "production"}})
+    except client.ApiException as exc:
+        if exc.status != 409:  # shared by the session: another test may have made it
+            raise
+    custom = client.CustomObjectsApi(api)
+    main_ranker = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ranker")
+    resident = f"ranker-{uuid.uuid4().hex[:6]}"  # what runs in production, untouched by PRs
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, "production", PLURAL,
+        {"apiVersion": "ray.io/v1", "kind": "RayService",
+         "metadata": {"name": resident, "labels": {"app.kubernetes.io/managed-by": "gitsync"}},
+         "spec": main_ranker["spec"]},
+    )  # fmt: skip
+    # Status writes of the simulator would move resourceVersions: only gitsync's writes count.
+    sim.exclude_namespaces |= {"production", namespace}
+    try:
+        before = {ns: snapshot(api, ns) for ns in ("production", namespace)}
+        assert f"RayService/{resident}" in before["production"]
+
+        def escape(root: Path) -> None:
+            scale_ranker(root)
+            path = root / "environments" / "staging" / "ranker.yaml"
+            text = path.read_text()
+            path.write_text(
+                text.replace("name: ranker\n", "name: ranker\n  namespace: production\n", 1)
+            )
+
+        sha = forge.branch("escape", escape)
+        number = forge.open_pr("escape")
+        [result] = forge.reconcile(api)
+        after = {ns: snapshot(api, ns) for ns in ("production", namespace)}
+    finally:
+        sim.exclude_namespaces -= {"production", namespace}
+        custom.delete_namespaced_custom_object(GROUP, VERSION, "production", PLURAL, resident)
+    # The preview ignores the manifest's namespace: it lands in the preview namespace only.
+    assert (result.number, result.outcome) == (number, "succeeded")
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
+    assert forge.statuses(sha)["gitsync/preview"]["status"] == "success"
+    # Nothing was written in production or in the environment's own namespace, but for the
+    # preview's rollout state (rollout.stateNamespace, here the environment's namespace).
+    state = f"ConfigMap/gitsync-rollout-preview-{number}"
+    assert after["production"] == before["production"]
+    assert {k: v for k, v in after[namespace].items() if k != state} == before[namespace]
+    # For staging itself the manifest is invalid: the plan comment says so, and where.
+    [comment] = forge.comments(number)
+    assert "The pull request's manifests are invalid; nothing would be deployed" in comment
+    assert "environments/staging/ranker.yaml:" in comment
+    assert "metadata.namespace 'production' conflicts with environment 'staging'" in comment
 
 
 def test_the_preview_limit_holds_back_newer_pull_requests(

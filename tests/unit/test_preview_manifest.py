@@ -3,8 +3,12 @@ manifest says, caps on workers and Serve replicas, route prefixes per pull reque
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import yaml
 
+from gitsync.checkout import read_environment, read_tree
 from gitsync.manifests.preview import MAX_NAME, PREVIEW, preview_manifest, preview_name
 from gitsync.manifests.repoconfig import PreviewConfig
 
@@ -62,3 +66,34 @@ def test_the_preview_lands_in_the_preview_namespace_with_caps_and_prefixes() -> 
     assert ranker["num_replicas"] == 1
     assert scorer["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 1}
     assert MANIFEST["metadata"]["namespace"] == "production"  # the input is untouched
+
+
+def test_previews_read_a_manifest_naming_another_namespace_and_validate_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The environment itself rejects ``namespace: ray-production``; its preview does not
+    (the transform decides the namespace), but every other problem still counts."""
+    corpus = Path(__file__).parent / "corpus"
+    (tmp_path / "gitsync.yaml").write_text(
+        "environments:\n  - {name: staging, path: envs/staging, namespace: ray-staging}\n"
+    )
+    folder = tmp_path / "envs" / "staging"
+    folder.mkdir(parents=True)
+    shutil.copy(corpus / "namespace-conflict.yaml", folder / "svc.yaml")
+    report = read_tree(tmp_path)
+    assert report.config is not None
+    [env] = report.config.environments
+    assert not report.ok
+    loaded = read_environment(tmp_path, report.config, env, any_namespace=True)
+    assert loaded.ok, loaded.problems
+    [service] = loaded.services
+    assert service.key.namespace == service.manifest["metadata"]["namespace"] == "ray-staging"
+    preview = preview_manifest(service.manifest, 3, CONFIG)
+    assert preview["metadata"]["namespace"] == "ray-previews"
+    # Another problem beside the namespace is still one.
+    text = (folder / "svc.yaml").read_text()
+    (folder / "svc.yaml").write_text(text + "status: {}\n")
+    loaded = read_environment(tmp_path, report.config, env, any_namespace=True)
+    assert [p.message for p in loaded.problems] == [
+        "status is written by KubeRay, not by Git; remove it from the manifest"
+    ]
