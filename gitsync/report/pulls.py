@@ -2,13 +2,15 @@
 
 One small class per forge behind :class:`Pulls`. Gitea and GitHub share their shapes
 (``/pulls``, issue comments); GitLab calls them merge requests and notes. The gitsync comment
-is found again by a marker in its body, so each PR has exactly one, edited in place.
+is found again by a marker in its body among the comments gitsync's own user wrote (anyone
+can paste the marker; a comment of someone else is never edited), so each PR has exactly one,
+edited in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -56,6 +58,20 @@ class GiteaPulls:
     client: JsonClient
     repository: str  # owner/name
     api_prefix: str = "/api/v1"
+    # GitHub App installation tokens cannot read /user: their comments are recognised by the
+    # app that made them (``performed_via_github_app.id``).
+    app_id: str = ""
+    _me: int | None = field(default=None, repr=False)
+
+    def _ours(self, comment: dict[str, Any]) -> bool:
+        if MARKER not in str(comment.get("body", "")):
+            return False
+        if self.app_id:
+            app = comment.get("performed_via_github_app") or {}
+            return str(app.get("id", "")) == self.app_id
+        if self._me is None:
+            self._me = int(self.client.request("GET", f"{self.api_prefix}/user").body["id"])
+        return (comment.get("user") or {}).get("id") == self._me
 
     def _repo(self) -> str:
         owner, _, name = self.repository.partition("/")
@@ -85,7 +101,7 @@ class GiteaPulls:
 
     def upsert_comment(self, number: int, body: str) -> None:
         comments = _pages(self.client, f"{self._repo()}/issues/{number}/comments")
-        ours = [c for c in comments if MARKER in str(c.get("body", ""))]
+        ours = [c for c in comments if self._ours(c)]
         if ours:
             if ours[0].get("body") != body:
                 path = f"{self._repo()}/issues/comments/{int(ours[0]['id'])}"
@@ -103,6 +119,14 @@ class GitHubPulls(GiteaPulls):
 class GitLabPulls:
     client: JsonClient
     project: str
+    _me: int | None = field(default=None, repr=False)
+
+    def _ours(self, note: dict[str, Any]) -> bool:
+        if MARKER not in str(note.get("body", "")):
+            return False
+        if self._me is None:
+            self._me = int(self.client.request("GET", "/api/v4/user").body["id"])
+        return (note.get("author") or {}).get("id") == self._me
 
     def _project(self) -> str:
         return f"/api/v4/projects/{quote(self.project, safe='')}"
@@ -128,7 +152,7 @@ class GitLabPulls:
 
     def upsert_comment(self, number: int, body: str) -> None:
         notes = _pages(self.client, f"{self._project()}/merge_requests/{number}/notes")
-        ours = [n for n in notes if MARKER in str(n.get("body", ""))]
+        ours = [n for n in notes if self._ours(n)]
         if ours:
             if ours[0].get("body") != body:
                 path = f"{self._project()}/merge_requests/{number}/notes/{int(ours[0]['id'])}"

@@ -3,7 +3,6 @@ comments, statuses), the real API server and the simulator."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.preview import PREVIEW
 from gitsync.metrics import Metrics
+from gitsync.plan import PLAN_COMMENT_MARKER as MARKER
 from gitsync.previews import PreviewReconciler, _branch_number
 from gitsync.report.factory import build_provider, build_pulls
 from gitsync.report.reporter import Reporter
@@ -344,7 +344,7 @@ def test_the_preview_limit_holds_for_an_older_pull_request_that_becomes_eligible
     assert (held["status"], "previews.maxPreviews" in held["description"]) == ("pending", True)
 
 
-def test_the_plan_comment_matches_gitsync_plan(
+def test_the_plan_comment_is_gitsync_plan_and_only_gitsyncs_own_is_edited(
     forge: Forge, api: client.ApiClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def two_changes(root: Path) -> None:
@@ -354,23 +354,26 @@ def test_the_plan_comment_matches_gitsync_plan(
 
     sha = forge.branch("two", two_changes)
     number = forge.open_pr("two")
+    # Another user posts gitsync's marker first: it must not be taken for gitsync's comment.
+    user = f"mallory{uuid.uuid4().hex[:6]}"
+    forge.gitea.create_user(user)
+    decoy = f"{MARKER}\nNo RayService changes: merging this deploys nothing."
+    forge.gitea.api("POST", f"{forge.path}/issues/{number}/comments", {"body": decoy}, sudo=user)
     forge.reconcile(api)
-    [comment] = forge.comments(number)
-    assert main(["plan", str(forge.repo.work), "--from", "main", "--to", sha, "-o", "json"]) == 1
-    document = json.loads(capsys.readouterr().out)
-    plans = document.get("environments", [document])
-    expected = [
-        f"**{plan['environment']}/{change['name']}**: `{change['action']}`"
-        for plan in plans
-        for wave in plan["waves"]
-        for change in wave["changes"]
-        if change["action"] != "unchanged"
-    ]
-    assert len(expected) == 2
-    for line in expected:
-        assert line in comment, (line, comment)
-    assert "cluster-swap" in comment
-    assert "twice the cluster's resources" in comment
+    fork = git("merge-base", "main", sha, cwd=forge.repo.work)
+    plan = ["plan", str(forge.repo.work), "--from", fork, "--to", sha, "-o", "markdown"]
+    assert main(plan) == 1
+    expected = capsys.readouterr().out
+    assert forge.comments(number) == [decoy, expected]
+    assert "cluster-swap" in expected
+    assert "twice the cluster's resources" in expected
+    # A push edits gitsync's comment in place; the other one stays as its author wrote it.
+    sha = forge.branch("two", scale_ranker, "only the ranker")
+    forge.reconcile(api)
+    assert main([*plan[:5], sha, "-o", "markdown"]) == 1
+    expected = capsys.readouterr().out
+    assert forge.comments(number) == [decoy, expected]
+    assert "cluster-swap" not in expected
 
 
 def test_limit_and_ttl(forge: Forge, api: client.ApiClient) -> None:

@@ -311,11 +311,25 @@ def test_a_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 # -- pull requests and plan comments ------------------------------------------------------------
 
 
-def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> None:
-    comments: list[dict[str, Any]] = []
+HIJACK = {"id": 9, "body": f"{MARKER}\nmerging this deploys nothing", "user": {"id": 666}}
+
+
+@pytest.mark.parametrize("app", [False, True], ids=["token", "app"])
+def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth, app: bool) -> None:
+    # Someone else posted the marker first: gitsync must neither edit nor count that comment.
+    comments: list[dict[str, Any]] = [dict(HIJACK)]
+    me = {"user": {"id": 42}} | ({"performed_via_github_app": {"id": 77}} if app else {})
+    if app:  # another app's comment carries the marker too
+        comments.append(dict(HIJACK, id=10, performed_via_github_app={"id": 5}))
 
     def respond(request: Request) -> Reply:
         check_github_request(request)
+        if request.method == "GET" and request.path == "/user":
+            return (
+                Reply(403, {"message": "Resource not accessible by integration"})
+                if app
+                else (Reply(200, {"id": 42, "login": "gitsync-bot"}))
+            )
         if request.method == "GET" and request.path.startswith("/repos/o/r/pulls?"):
             return Reply(200, [
                 {"number": 7, "title": "t", "user": {"login": "alice"}, "labels": [{"name": "preview"}],
@@ -325,15 +339,17 @@ def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> N
         if request.method == "GET" and request.path.startswith("/repos/o/r/issues/7/comments"):
             return Reply(200, comments)
         if request.method == "POST" and request.path == "/repos/o/r/issues/7/comments":
-            comments.append({"id": 1, "body": request.body["body"]})
+            comments.append({"id": 1, "body": request.body["body"], **me})
             return Reply(201, comments[-1])
         if request.method == "PATCH" and request.path == "/repos/o/r/issues/comments/1":
-            comments[0]["body"] = request.body["body"]
-            return Reply(200, comments[0])
+            comments[-1]["body"] = request.body["body"]
+            return Reply(200, comments[-1])
         return Reply(404, {"message": "Not Found"})
 
     with ForgeServer(respond) as forge:
-        pulls = GitHubPulls(client(forge.url, token_headers(token_env), []), "o/r")
+        pulls = GitHubPulls(
+            client(forge.url, token_headers(token_env), []), "o/r", app_id="77" if app else ""
+        )
         [pr] = pulls.open_pulls()
         assert (pr.number, pr.head_sha, pr.head_ref, pr.fork, pr.labels) == (
             7,
@@ -348,7 +364,8 @@ def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> N
         pulls.upsert_comment(7, f"{MARKER}\nfirst")
         pulls.upsert_comment(7, f"{MARKER}\nsecond")
         pulls.upsert_comment(7, f"{MARKER}\nsecond")  # identical: no request
-    assert [c["body"] for c in comments] == [f"{MARKER}\nsecond"]
+    assert comments[0] == HIJACK  # untouched
+    assert [c["body"] for c in comments if c["id"] == 1] == [f"{MARKER}\nsecond"]
     writes = [(r.method, r.path) for r in forge.requests if r.method != "GET"]
     assert writes == [
         ("POST", "/repos/o/r/issues/7/comments"),
@@ -357,11 +374,14 @@ def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> N
 
 
 def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
-    notes: list[dict[str, Any]] = []
+    hijack = {"id": 4, "body": f"{MARKER}\nnothing to see", "author": {"id": 666}}
+    notes: list[dict[str, Any]] = [dict(hijack)]
 
     def respond(request: Request) -> Reply:
         assert request.headers["private-token"] == TOKEN
         base = "/api/v4/projects/g%2Fp"
+        if request.method == "GET" and request.path == "/api/v4/user":
+            return Reply(200, {"id": 42, "username": "gitsync-bot"})
         if request.method == "GET" and request.path.startswith(f"{base}/merge_requests?"):
             return Reply(200, [
                 {"iid": 3, "sha": SHA, "source_branch": "f", "target_branch": "main",
@@ -371,11 +391,11 @@ def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
         if request.method == "GET" and request.path.startswith(f"{base}/merge_requests/3/notes"):
             return Reply(200, notes)
         if request.method == "POST" and request.path == f"{base}/merge_requests/3/notes":
-            notes.append({"id": 5, "body": request.body["body"]})
+            notes.append({"id": 5, "body": request.body["body"], "author": {"id": 42}})
             return Reply(201, notes[-1])
         if request.method == "PUT" and request.path == f"{base}/merge_requests/3/notes/5":
-            notes[0]["body"] = request.body["body"]
-            return Reply(200, notes[0])
+            notes[-1]["body"] = request.body["body"]
+            return Reply(200, notes[-1])
         return Reply(404, {"message": "404 Not Found"})
 
     with ForgeServer(respond) as forge:
@@ -389,7 +409,7 @@ def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
         )
         pulls.upsert_comment(3, f"{MARKER}\none")
         pulls.upsert_comment(3, f"{MARKER}\ntwo")
-    assert [n["body"] for n in notes] == [f"{MARKER}\ntwo"]
+    assert [n["body"] for n in notes] == [hijack["body"], f"{MARKER}\ntwo"]
 
 
 def served_pulls(pulls: list[dict[str, Any]]) -> ForgeServer:
