@@ -208,7 +208,9 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     number = forge.open_pr("scale")
     forge.reconcile(api)
     name = f"ranker-pr-{number}"
-    before = previews_in(api, forge.previews_ns)[name]["metadata"]["generation"]
+    first = previews_in(api, forge.previews_ns)[name]
+    before = first["metadata"]["generation"]
+    cluster = first["status"]["activeServiceStatus"]["rayClusterName"]
 
     def more(root: Path) -> None:
         scale_ranker(root)
@@ -223,6 +225,15 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     after = previews_in(api, forge.previews_ns)[name]
     assert after["metadata"]["generation"] > before
     assert after["metadata"]["annotations"]["gitsync.ray.io/revision"] == sha
+    # A serve-update, as planned: the same RayCluster serves the new config, no swap.
+    assert after["status"]["activeServiceStatus"]["rayClusterName"] == cluster
+    assert not (after["status"].get("pendingServiceStatus") or {}).get("rayClusterName")
+    # The head commit went pending (deploying) before success, in that order.
+    history = forge.gitea.api("GET", f"{forge.path}/statuses/{sha}?sort=oldest&limit=50")
+    states = [s["status"] for s in history if s["context"] == "gitsync/preview"]
+    assert states == ["pending", "success"], states
+    pending = next(s for s in history if s["status"] == "pending")
+    assert pending["description"] == f"deploying preview: {name} serve-update"
     comments = forge.comments(number)
     assert len(comments) == 1  # edited in place, not duplicated
     assert sha[:12] in comments[0]
