@@ -228,24 +228,41 @@ def read_tree(
     all_problems: list[Problem] = []
     budget = ByteBudget(max_tree_bytes)
     for env in config.environments:
-        files: list[SourceFile] = []
-        folder_problem = _environment_folder(root, env)
-        if folder_problem is not None:
-            read_problems = [folder_problem]
-        else:
-            files, read_problems = read_environment_files(
-                root, env.path, max_file_bytes=max_file_bytes, budget=budget
-            )
-        loaded = load_environment(
-            env,
-            files,
-            allowed_kinds=config.allowed_kinds,
-            read_problems=read_problems,
-            max_file_bytes=max_file_bytes,
-        )
+        loaded = read_environment(root, config, env, max_file_bytes=max_file_bytes, budget=budget)
         environments.append(loaded)
         all_problems.extend(loaded.problems)
     return TreeReport(config, tuple(environments), tuple(all_problems))
+
+
+def read_environment(
+    root: Path,
+    config: RepoConfig,
+    env: EnvironmentConfig,
+    *,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    budget: ByteBudget | None = None,
+    any_namespace: bool = False,
+) -> EnvironmentManifests:
+    """One environment of a checkout; ``any_namespace`` as in :func:`load_environment`."""
+    files: list[SourceFile] = []
+    folder_problem = _environment_folder(root, env)
+    if folder_problem is not None:
+        read_problems = [folder_problem]
+    else:
+        files, read_problems = read_environment_files(
+            root,
+            env.path,
+            max_file_bytes=max_file_bytes,
+            budget=budget or ByteBudget(MAX_TREE_BYTES),
+        )
+    return load_environment(
+        env,
+        files,
+        allowed_kinds=config.allowed_kinds,
+        read_problems=read_problems,
+        max_file_bytes=max_file_bytes,
+        any_namespace=any_namespace,
+    )
 
 
 def read_tree_cached(root: Path) -> TreeReport:

@@ -31,7 +31,7 @@ from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
-from gitsync.plan import Plan, plan_diff, plan_json, plan_table
+from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("path", nargs="?", default=".", help="a Git repository or a checkout (.)")
     plan.add_argument("--from", dest="from_rev", help="offline: the revision deployed now")
     plan.add_argument("--to", dest="to_rev", default="HEAD", help="offline: the revision to deploy")
-    plan.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    plan.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "markdown"),
+        default="table",
+        help="markdown (with --from): the plan comment gitsync writes on a pull request",
+    )
     diff = commands.add_parser(
         "diff",
         help="a readable semantic diff of a checkout against the live cluster",
@@ -557,6 +563,9 @@ def _plans(args: argparse.Namespace) -> list[Plan]:
 
 
 def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if getattr(args, "output", "") == "markdown" and not args.from_rev:
+        err.write("gitsync plan: -o markdown needs --from (the pull request's base)\n")
+        return EXIT_ERROR
     try:
         plans = _plans(args)
     except (GitsyncError, ValueError, OSError) as exc:
@@ -575,6 +584,8 @@ def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
         json.dump(document, out, indent=2, ensure_ascii=False)
         out.write("\n")
+    elif args.output == "markdown":
+        out.write(plan_markdown(plans, plans[0].from_rev or "", plans[0].to_rev or ""))
     else:
         out.write("\n".join(plan_table(p) for p in plans))
     return EXIT_FOUND if any(p.has_changes for p in plans) else EXIT_OK

@@ -203,5 +203,5 @@ def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
             )
             lines += [f"  - ⚠ {w}" for w in change.warnings]
     lines += ["", f"<sub>Updated for {head[:12]}. `gitsync plan --from {base[:12]} --to "
-              f"{head[:12]}` prints the same.</sub>"]  # fmt: skip
+              f"{head[:12]} -o markdown` prints the same.</sub>"]  # fmt: skip
     return "\n".join(lines) + "\n"

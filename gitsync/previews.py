@@ -8,7 +8,7 @@ For every open pull request (from the forge, or branches matching ``previews.bra
   :mod:`gitsync.manifests.preview` (renamed, capped, in the preview namespace), rolled out
   like any environment (``preview-<N>``: waves, health gates, a state ConfigMap), reported as
   ``gitsync/preview`` on the PR's head commit. Forks need the label or an allowed author;
-  beyond ``maxPreviews`` the newest PRs wait.
+  when ``maxPreviews`` previews exist, the others wait (oldest PR first once a place frees).
 
 Previews whose PR is closed or merged, whose TTL passed, or whose PR no longer exists are
 deleted. Nothing is ever written outside the preview namespace: every body is checked here
@@ -17,19 +17,22 @@ before it reaches the API server, whatever its manifest said.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_tree_cached
+from gitsync.checkout import TreeReport, read_environment, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError, InvalidRevision
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
 from gitsync.model import Action, DesiredService, Phase, RolloutState, ServiceKey
@@ -81,30 +84,45 @@ class PreviewReconciler:
         previews = base.config.previews if base.config else None
         requests = self._requests(previews)
         results: list[PreviewResult] = []
-        active = 0
         open_numbers = {pr.number for pr in requests}
+        live: set[int] = set()  # pull requests with a preview now: what maxPreviews counts
+        if previews is not None:  # first, so what closed or expired frees its place
+            results += self._collect(previews, open_numbers)
+            live = self._live(previews)
+        keep = {head}
         for pr in sorted(requests, key=lambda p: p.number):
             try:
-                tree = read_tree_cached(self.source.checkout_ref(pr.head_ref, pr.head_sha))
+                root = self.source.checkout_ref(pr.head_ref, pr.head_sha)
+                tree = read_tree_cached(root)
+                # What the PR changes is measured from where it forked: against the tip it
+                # would also "revert" everything the base branch gained since.
+                fork = self.source.merge_base(head, pr.head_sha, pr.head_ref)
+                forked = read_tree_cached(self.source.checkout(fork))
             except GitsyncError as exc:
                 log.warning("pull request #%d: cannot read %s: %s", pr.number, pr.head_sha, exc)
                 continue
+            keep |= {pr.head_sha, fork}
             if self.pulls is not None:
-                self._comment(pr, base, head, tree)
+                self._comment(pr, forked, fork, tree)
             if previews is None:
                 continue
-            result = self._preview(pr, previews, base, tree, active)
-            if result.outcome in ("succeeded", "failed", "unchanged"):
-                active += 1
+            try:
+                result = self._preview(pr, previews, forked, (root, tree), live)
+            except GitsyncError as exc:  # one bad pull request must not stop the others
+                log.warning("pull request #%d: preview failed: %s", pr.number, exc)
+                self._status(pr, State.FAILURE, f"preview failed: {exc}")
+                result = PreviewResult(pr.number, pr.head_sha, (), "failed", str(exc))
+            if self._live(previews, pr.number):
+                live.add(pr.number)
+            else:
+                live.discard(pr.number)
             results.append(result)
-        if previews is not None:
-            results += self._collect(previews, open_numbers)
-        self._prune({head, *(pr.head_sha for pr in requests)})
+        self._prune(keep)
         return results
 
     def _prune(self, keep: set[str]) -> None:
-        """Keeps the trees the next reconcile reads (the base head and each open pull
-        request's head); every push to a pull request would otherwise leave one behind."""
+        """Keeps the trees the next reconcile reads (the base head, each open pull request's
+        head and fork point); every push to a pull request would otherwise leave one behind."""
         try:
             self.source.prune(keep)
         except OSError as exc:
@@ -118,31 +136,33 @@ class PreviewReconciler:
             return [pr for pr in self.pulls.open_pulls() if pr.base_branch == base_branch]
         if previews is None or not previews.branches:
             return []
-        found = []
+        found: dict[int, PullRequest] = {}
         for branch, sha in sorted(self.source.branches(previews.branches).items()):
             number = _branch_number(branch)
-            found.append(
-                PullRequest(
-                    number,
-                    sha,
-                    f"refs/heads/{branch}",
-                    branch,
-                    self.config.repository.branch,
-                    "",
-                    False,
+            pr = PullRequest(
+                number, sha, f"refs/heads/{branch}", branch, self.config.repository.branch, "",
+                False,
+            )  # fmt: skip
+            if number in found:  # two previews would overwrite each other: the first keeps it
+                why = (
+                    f"no preview: branch {branch} gets number {number}, as "
+                    f"{found[number].head_branch} does; rename it"
                 )
-            )
-        return found
+                log.warning("%s", why)
+                self._status(pr, State.FAILURE, why)
+                continue
+            found[number] = pr
+        return list(found.values())
 
     # -- plan comments -----------------------------------------------------------------------
 
-    def _comment(self, pr: PullRequest, base: TreeReport, head: str, tree: TreeReport) -> None:
+    def _comment(self, pr: PullRequest, base: TreeReport, base_sha: str, tree: TreeReport) -> None:
         assert self.pulls is not None
         try:
-            plans = tree_plans(base, tree, None, self.config.classify, head, pr.head_sha)
-            body = plan_markdown(plans, head, pr.head_sha)
+            plans = tree_plans(base, tree, None, self.config.classify, base_sha, pr.head_sha)
+            body = plan_markdown(plans, base_sha, pr.head_sha)
         except GitsyncError as exc:
-            body = plan_markdown([], head, pr.head_sha).replace(
+            body = plan_markdown([], base_sha, pr.head_sha).replace(
                 "No RayService changes: merging this deploys nothing.",
                 f"The pull request's manifests are invalid; nothing would be deployed:\n\n"
                 f"```\n{exc}\n```",
@@ -165,8 +185,8 @@ class PreviewReconciler:
         pr: PullRequest,
         previews: PreviewConfig,
         base: TreeReport,
-        tree: TreeReport,
-        active: int,
+        tree: tuple[Path, TreeReport],
+        live: set[int],
     ) -> PreviewResult:
         why = eligible(pr, previews.allow_authors, previews.fork_label)
         if why is not None:
@@ -179,8 +199,7 @@ class PreviewReconciler:
             )
             self._status(pr, State.SUCCESS, why)
             return PreviewResult(pr.number, pr.head_sha, (), "skipped", why)
-        existing = self.services.list_managed(previews.namespace, f"preview-{pr.number}")
-        if active >= previews.max_previews and not existing:
+        if pr.number not in live and len(live) >= previews.max_previews:
             why = (
                 f"no preview yet: {previews.max_previews} previews already run "
                 "(previews.maxPreviews)"
@@ -197,10 +216,14 @@ class PreviewReconciler:
         return self._roll_out(pr, previews, desired)
 
     def _desired(
-        self, pr: PullRequest, previews: PreviewConfig, base: TreeReport, tree: TreeReport
+        self,
+        pr: PullRequest,
+        previews: PreviewConfig,
+        base: TreeReport,
+        tree: tuple[Path, TreeReport],
     ) -> dict[ServiceKey, DesiredService]:
         """The PR's changed services of ``previews.from``, as preview services."""
-        head_env = environment_manifests(tree, previews.source, pr.head_sha[:12])
+        head_env = _preview_source(*tree, previews.source, pr.head_sha[:12])
         try:
             base_env = environment_manifests(base, previews.source, "base")
             before = {s.key.name: owned(s.manifest) for s in base_env.services}
@@ -265,6 +288,15 @@ class PreviewReconciler:
         self._status(pr, State.FAILURE, f"preview failed: {result.message}")
         return PreviewResult(pr.number, pr.head_sha, tuple(names), "failed", result.message)
 
+    def _live(self, previews: PreviewConfig, number: int | None = None) -> set[int]:
+        """The pull requests (or just ``number``) with preview objects in the namespace."""
+        selector = f"{PREVIEW}={number}" if number is not None else PREVIEW
+        return {
+            int(label)
+            for obj in self.services.list_labelled(previews.namespace, selector)
+            if (label := (obj["metadata"].get("labels") or {}).get(PREVIEW, "")).isdigit()
+        }
+
     # -- garbage collection ------------------------------------------------------------------
 
     def _collect(self, previews: PreviewConfig, open_numbers: set[int]) -> list[PreviewResult]:
@@ -307,12 +339,33 @@ class PreviewReconciler:
         return results
 
 
+def _preview_source(root: Path, tree: TreeReport, name: str, label: str) -> EnvironmentManifests:
+    """The environment previews copy from, at a PR's head. A manifest naming a namespace
+    (``production``) is invalid for the environment itself, but not for its preview: the
+    preview transform decides the namespace, whatever the manifest says. Everything else is
+    validated as usual."""
+    try:
+        return environment_manifests(tree, name, label)
+    except InvalidRevision:
+        if tree.config is None:
+            raise
+        loaded = read_environment(
+            root, tree.config, tree.config.environment(name), any_namespace=True
+        )
+        if not loaded.ok:
+            raise InvalidRevision(f"environment {name!r} at {label}", loaded.problems) from None
+        return loaded
+
+
 def _branch_number(branch: str) -> int:
-    """A stable number for a forge-less preview branch (names must be DNS-safe and short)."""
+    """A stable number for a forge-less preview branch (names must be DNS-safe and short):
+    ``preview/42`` is 42; any other name hashes, whole, to six digits (``reconcile`` gives a
+    colliding second branch no preview rather than letting it overwrite the first)."""
     tail = branch.rsplit("/", 1)[-1]
     if tail.isdigit():
         return int(tail)
-    return int.from_bytes(branch.encode()[:8].ljust(8, b"\0"), "big") % 100000
+    digest = int.from_bytes(hashlib.sha256(branch.encode()).digest()[:8], "big")
+    return 100000 + digest % 900000
 
 
 def list_previews(services: RayServices, namespace: str) -> list[dict[str, Any]]:

@@ -52,7 +52,10 @@ def load_environment(
     read_problems: Iterable[Problem] = (),
     max_file_bytes: int = MAX_FILE_BYTES,
     max_objects: int = MAX_OBJECTS,
+    any_namespace: bool = False,
 ) -> EnvironmentManifests:
+    """``any_namespace``: a manifest naming another namespace than the environment's is not
+    a problem (previews, whose transform puts every body in the preview namespace)."""
     problems = list(read_problems)
     services: list[DesiredService] = []
     objects: list[DesiredObject] = []
@@ -101,7 +104,9 @@ def load_environment(
                     )
                 )
                 break
-            found, doc_problems = check_document(doc, env, allowed_kinds)
+            found, doc_problems = check_document(
+                doc, env, allowed_kinds, any_namespace=any_namespace
+            )
             problems.extend(doc_problems)
             if found is None:
                 continue

@@ -3,9 +3,11 @@
 A preview copies each changed service of the ``previews.from`` environment into the preview
 namespace — whatever namespace the manifest names — renamed ``<name>-pr-<N>`` (shortened to
 stay within KubeRay's 47-character RayService name limit), labelled
-``gitsync.ray.io/preview: "<N>"``, with worker groups and Serve ``num_replicas`` capped and
-every Serve ``route_prefix`` moved under ``/pr-<N>`` so previews never collide behind a shared
-ingress.
+``gitsync.ray.io/preview: "<N>"``, with worker groups, Serve ``num_replicas`` (``"auto"`` and
+autoscaling too) and — when ``overrides`` set them — CPU, memory and GPU capped (container
+requests and limits of the head and worker groups, Serve ``ray_actor_options``), and every
+Serve ``route_prefix`` (Serve's default ``/`` when absent) moved under ``/pr-<N>`` so previews
+never collide behind a shared ingress.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import yaml
 
+from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.repoconfig import PreviewConfig
 
 PREVIEW = "gitsync.ray.io/preview"
@@ -36,25 +41,89 @@ def _cap(value: Any, cap: int) -> Any:
     return min(value, cap) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _serve(text: str, number: int, cap: int) -> str:
-    config = yaml.safe_load(text) or {}
-    for app in config.get("applications") or ():
+def _cap_number(value: Any, cap: Fraction | None) -> Any:
+    """A Ray resource amount (``num_cpus: 2``) no larger than ``cap``; other values as they are."""
+    if cap is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if value <= cap:
+        return value
+    return int(cap) if cap.denominator == 1 else float(cap)
+
+
+def _cap_quantity(value: Any, cap: Fraction | None, text: str) -> Any:
+    """A container's request or limit no larger than ``cap`` (written as ``text``)."""
+    amount = parse_quantity(value)
+    return text if cap is not None and amount is not None and amount > cap else value
+
+
+def _replicas(deployment: dict[str, Any], cap: int) -> None:
+    autoscaling = deployment.get("autoscaling_config")
+    if deployment.get("num_replicas") == "auto":
+        # Serve's "auto" autoscales up to 100 replicas unless autoscaling_config says less.
+        autoscaling = deployment["autoscaling_config"] = (
+            autoscaling if isinstance(autoscaling, dict) else {}
+        )
+        autoscaling.setdefault("max_replicas", cap)
+    elif "num_replicas" in deployment:
+        deployment["num_replicas"] = _cap(deployment["num_replicas"], cap)
+    if isinstance(autoscaling, dict):
+        for key in ("min_replicas", "max_replicas", "initial_replicas"):
+            if key in autoscaling:
+                autoscaling[key] = _cap(autoscaling[key], cap)
+
+
+def _serve(text: str, number: int, config: PreviewConfig) -> str:
+    serve = yaml.safe_load(text) or {}
+    caps = _Caps.of(config)
+    for app in serve.get("applications") or ():
         if not isinstance(app, dict):
             continue
-        prefix = app.get("route_prefix")
-        if isinstance(prefix, str):
+        prefix = app.get("route_prefix", "/")  # absent: Serve's default, "/"
+        if isinstance(prefix, str):  # None: no HTTP route at all
             app["route_prefix"] = f"/pr-{number}" + ("" if prefix == "/" else prefix)
         for deployment in app.get("deployments") or ():
             if not isinstance(deployment, dict):
                 continue
-            if "num_replicas" in deployment:
-                deployment["num_replicas"] = _cap(deployment["num_replicas"], cap)
-            autoscaling = deployment.get("autoscaling_config")
-            if isinstance(autoscaling, dict):
-                for key in ("min_replicas", "max_replicas", "initial_replicas"):
-                    if key in autoscaling:
-                        autoscaling[key] = _cap(autoscaling[key], cap)
-    return yaml.safe_dump(config, sort_keys=False)
+            _replicas(deployment, config.max_num_replicas)
+            options = deployment.get("ray_actor_options")
+            if isinstance(options, dict):
+                for key, cap in (("num_cpus", caps.cpu), ("num_gpus", caps.gpu),
+                                 ("memory", caps.memory)):  # fmt: skip
+                    if key in options:
+                        options[key] = _cap_number(options[key], cap)
+    return yaml.safe_dump(serve, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class _Caps:
+    cpu: Fraction | None
+    memory: Fraction | None
+    gpu: Fraction | None
+
+    @classmethod
+    def of(cls, config: PreviewConfig) -> _Caps:
+        gpu = None if config.max_gpu is None else Fraction(config.max_gpu)
+        return cls(parse_quantity(config.max_cpu), parse_quantity(config.max_memory), gpu)
+
+
+def _containers(group: Any, config: PreviewConfig) -> None:
+    """Caps the requests and limits of a head or worker group's containers (both, so a
+    request never ends up above its limit)."""
+    caps = _Caps.of(config)
+    pod = ((group or {}).get("template") or {}).get("spec") or {}
+    for container in pod.get("containers") or ():
+        resources = container.get("resources") if isinstance(container, dict) else None
+        for kind in ("requests", "limits"):
+            amounts = (resources or {}).get(kind)
+            if not isinstance(amounts, dict):
+                continue
+            for name, value in amounts.items():
+                if name == "cpu":
+                    amounts[name] = _cap_quantity(value, caps.cpu, config.max_cpu)
+                elif name == "memory":
+                    amounts[name] = _cap_quantity(value, caps.memory, config.max_memory)
+                elif name.endswith("/gpu"):  # nvidia.com/gpu, amd.com/gpu …
+                    amounts[name] = _cap_quantity(value, caps.gpu, str(config.max_gpu))
 
 
 def preview_manifest(
@@ -70,10 +139,12 @@ def preview_manifest(
     }
     spec = obj.setdefault("spec", {})
     cluster = spec.get("rayClusterConfig") or {}
+    _containers(cluster.get("headGroupSpec"), config)
     for group in cluster.get("workerGroupSpecs") or ():
         for key in ("replicas", "minReplicas", "maxReplicas"):
             if key in group:
                 group[key] = _cap(group[key], config.max_worker_replicas)
+        _containers(group, config)
     if isinstance(spec.get("serveConfigV2"), str):
-        spec["serveConfigV2"] = _serve(spec["serveConfigV2"], number, config.max_num_replicas)
+        spec["serveConfigV2"] = _serve(spec["serveConfigV2"], number, config)
     return obj

@@ -41,7 +41,11 @@ def _suggest(word: str, choices: frozenset[str] | set[str]) -> str:
 
 
 def check_document(
-    doc: Document, env: EnvironmentConfig, allowed_kinds: tuple[Kind, ...]
+    doc: Document,
+    env: EnvironmentConfig,
+    allowed_kinds: tuple[Kind, ...],
+    *,
+    any_namespace: bool = False,
 ) -> tuple[DesiredService | DesiredObject | None, list[Problem]]:
     check = Checker(doc)
     data = doc.data
@@ -76,7 +80,7 @@ def check_document(
     name_msg = rayservice_name_problem(name) if this == RAYSERVICE else object_name_problem(name)
     if name_msg:
         check.add(name_msg, "metadata", "name")
-    _check_namespace(check, metadata, env)
+    _check_namespace(check, metadata, env, any_namespace)
     wave = _check_labels_and_annotations(check, metadata)
     if "status" in data:
         check.add("status is written by KubeRay, not by Git; remove it from the manifest", "status")
@@ -112,13 +116,15 @@ def _with_namespace(data: Mapping[str, Any], env: EnvironmentConfig) -> dict[str
     return {**data, "metadata": {**data["metadata"], "namespace": env.namespace}}
 
 
-def _check_namespace(check: Checker, metadata: Mapping[str, Any], env: EnvironmentConfig) -> None:
+def _check_namespace(
+    check: Checker, metadata: Mapping[str, Any], env: EnvironmentConfig, any_namespace: bool
+) -> None:
     if "namespace" not in metadata:
         return
     namespace = metadata["namespace"]
     if msg := namespace_problem(namespace):
         check.add(msg, "metadata", "namespace")
-    elif namespace != env.namespace:
+    elif namespace != env.namespace and not any_namespace:
         check.add(
             f"metadata.namespace {namespace!r} conflicts with environment {env.name!r}, which "
             f"deploys to {env.namespace!r}; remove the namespace or move the file",

@@ -12,6 +12,7 @@ from typing import Any
 
 from gitsync.manifests.durations import parse_duration
 from gitsync.manifests.names import environment_name_problem, namespace_problem
+from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 
@@ -57,6 +58,10 @@ class PreviewConfig:
     fork_label: str = "preview"  # a fork PR gets a preview only with this label …
     allow_authors: tuple[str, ...] = ()  # … or from one of these authors
     branches: str = ""  # forge-less: branches matching this glob (e.g. preview/*) get previews
+    # Resource caps (none by default): container requests/limits and ray_actor_options.
+    max_cpu: str = ""  # a quantity: "500m", "2"
+    max_memory: str = ""  # a quantity: "2Gi"
+    max_gpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,8 +243,13 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
     counts = {}
     overrides = raw.get("overrides", {})
     check.mapping(
-        overrides, {"maxWorkerReplicas", "maxNumReplicas"}, set(), "previews", "overrides"
+        overrides,
+        {"maxWorkerReplicas", "maxNumReplicas", "maxCpu", "maxMemory", "maxGpu"},
+        set(),
+        "previews",
+        "overrides",
     )
+    resources = _resource_caps(check, overrides if isinstance(overrides, dict) else {})
     for at, key, fallback in (
         (("previews",), "maxPreviews", default.max_previews),
         (("previews", "overrides"), "maxWorkerReplicas", default.max_worker_replicas),
@@ -278,7 +288,32 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
         label,
         authors,
         branches,
+        max_cpu=resources[0],
+        max_memory=resources[1],
+        max_gpu=resources[2],
     )
+
+
+def _resource_caps(check: Checker, overrides: dict[str, Any]) -> tuple[str, str, int | None]:
+    quantities = []
+    for key, example in (("maxCpu", "'500m' or 2"), ("maxMemory", "'2Gi'")):
+        value = overrides.get(key)
+        if value is None:
+            quantities.append("")
+            continue
+        amount = parse_quantity(value)
+        if amount is None or amount <= 0:
+            check.add(f"previews.overrides.{key} must be a positive quantity such as {example}, "
+                      f"not {value!r}", "previews", "overrides", key)  # fmt: skip
+            quantities.append("")
+        else:
+            quantities.append(str(value))
+    gpu = overrides.get("maxGpu")
+    if gpu is not None and (not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0):
+        check.add(f"previews.overrides.maxGpu must be a whole number ≥ 0, not {gpu!r}",
+                  "previews", "overrides", "maxGpu")  # fmt: skip
+        gpu = None
+    return quantities[0], quantities[1], gpu
 
 
 def _kinds(check: Checker, raw: Any) -> tuple[Kind, ...]:

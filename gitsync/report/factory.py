@@ -98,7 +98,8 @@ def build_pulls(config: AgentConfig, metrics: Metrics) -> Pulls | None:
         return GiteaPulls(client, repository)
     if config.status.provider == "gitlab":
         return GitLabPulls(client, repository)
-    return GitHubPulls(client, repository)
+    app_id = config.status.app.app_id if config.status.app is not None else ""
+    return GitHubPulls(client, repository, app_id=app_id)
 
 
 def build_reporter(config: AgentConfig, metrics: Metrics | None = None) -> Reporter:

@@ -2,13 +2,15 @@
 
 One small class per forge behind :class:`Pulls`. Gitea and GitHub share their shapes
 (``/pulls``, issue comments); GitLab calls them merge requests and notes. The gitsync comment
-is found again by a marker in its body, so each PR has exactly one, edited in place.
+is found again by a marker in its body among the comments gitsync's own user wrote (anyone
+can paste the marker; a comment of someone else is never edited), so each PR has exactly one,
+edited in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -56,6 +58,20 @@ class GiteaPulls:
     client: JsonClient
     repository: str  # owner/name
     api_prefix: str = "/api/v1"
+    # GitHub App installation tokens cannot read /user: their comments are recognised by the
+    # app that made them (``performed_via_github_app.id``).
+    app_id: str = ""
+    _me: int | None = field(default=None, repr=False)
+
+    def _ours(self, comment: dict[str, Any]) -> bool:
+        if MARKER not in str(comment.get("body", "")):
+            return False
+        if self.app_id:
+            app = comment.get("performed_via_github_app") or {}
+            return str(app.get("id", "")) == self.app_id
+        if self._me is None:
+            self._me = int(self.client.request("GET", f"{self.api_prefix}/user").body["id"])
+        return (comment.get("user") or {}).get("id") == self._me
 
     def _repo(self) -> str:
         owner, _, name = self.repository.partition("/")
@@ -65,8 +81,8 @@ class GiteaPulls:
         found = []
         for pr in _pages(self.client, f"{self._repo()}/pulls?state=open"):
             head, base = pr.get("head") or {}, pr.get("base") or {}
-            head_repo = (head.get("repo") or {}).get("full_name", "")
-            base_repo = (base.get("repo") or {}).get("full_name", self.repository)
+            head_repo = str((head.get("repo") or {}).get("full_name") or "")
+            base_repo = str((base.get("repo") or {}).get("full_name") or self.repository)
             found.append(
                 PullRequest(
                     number=int(pr["number"]),
@@ -75,7 +91,8 @@ class GiteaPulls:
                     head_branch=str(head.get("ref", "")),
                     base_branch=str(base.get("ref", "")),
                     author=str((pr.get("user") or {}).get("login", "")),
-                    fork=bool(head_repo) and head_repo.lower() != str(base_repo).lower(),
+                    # No head repository (a deleted fork) is a fork: fail closed.
+                    fork=not head_repo or head_repo.lower() != base_repo.lower(),
                     labels=tuple(str(label.get("name", "")) for label in pr.get("labels") or ()),
                     title=str(pr.get("title", "")),
                 )
@@ -84,7 +101,7 @@ class GiteaPulls:
 
     def upsert_comment(self, number: int, body: str) -> None:
         comments = _pages(self.client, f"{self._repo()}/issues/{number}/comments")
-        ours = [c for c in comments if MARKER in str(c.get("body", ""))]
+        ours = [c for c in comments if self._ours(c)]
         if ours:
             if ours[0].get("body") != body:
                 path = f"{self._repo()}/issues/comments/{int(ours[0]['id'])}"
@@ -102,6 +119,14 @@ class GitHubPulls(GiteaPulls):
 class GitLabPulls:
     client: JsonClient
     project: str
+    _me: int | None = field(default=None, repr=False)
+
+    def _ours(self, note: dict[str, Any]) -> bool:
+        if MARKER not in str(note.get("body", "")):
+            return False
+        if self._me is None:
+            self._me = int(self.client.request("GET", "/api/v4/user").body["id"])
+        return (note.get("author") or {}).get("id") == self._me
 
     def _project(self) -> str:
         return f"/api/v4/projects/{quote(self.project, safe='')}"
@@ -118,7 +143,7 @@ class GitLabPulls:
                     head_branch=str(mr.get("source_branch", "")),
                     base_branch=str(mr.get("target_branch", "")),
                     author=str((mr.get("author") or {}).get("username", "")),
-                    fork=mr.get("source_project_id") != mr.get("target_project_id"),
+                    fork=_gitlab_fork(mr),
                     labels=tuple(str(label) for label in mr.get("labels") or ()),
                     title=str(mr.get("title", "")),
                 )
@@ -127,7 +152,7 @@ class GitLabPulls:
 
     def upsert_comment(self, number: int, body: str) -> None:
         notes = _pages(self.client, f"{self._project()}/merge_requests/{number}/notes")
-        ours = [n for n in notes if MARKER in str(n.get("body", ""))]
+        ours = [n for n in notes if self._ours(n)]
         if ours:
             if ours[0].get("body") != body:
                 path = f"{self._project()}/merge_requests/{number}/notes/{int(ours[0]['id'])}"
@@ -136,6 +161,13 @@ class GitLabPulls:
         self.client.request(
             "POST", f"{self._project()}/merge_requests/{number}/notes", {"body": body}
         )
+
+
+def _gitlab_fork(mr: dict[str, Any]) -> bool:
+    """Same project only when both ids are there and equal: a merge request whose source
+    project was deleted (null id) counts as a fork."""
+    source, target = mr.get("source_project_id"), mr.get("target_project_id")
+    return not (isinstance(source, int) and source == target)
 
 
 def eligible(pr: PullRequest, allow_authors: Sequence[str], label: str) -> str | None:

@@ -32,6 +32,9 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 # When the wanted commit is not the branch tip (the branch moved between head() and
 # checkout()), deepen the shallow fetch this far once before calling the commit gone.
 DEEPEN = 50
+# merge_base deepens the shallow cache this many times (by DEEPEN, then doubling), the last
+# time to the whole history.
+MERGE_BASE_DEEPENINGS = 4
 # The remote exists only in each git process's environment (see _remote); a name no user
 # config will have, since config values for remote.<name>.url accumulate across files.
 REMOTE = "gitsync-upstream"
@@ -114,7 +117,7 @@ class GitSource:
         configured branch goes through :meth:`checkout`, which verifies signatures."""
         if not _SHA.match(sha):
             raise ValueError(f"expected a full 40-hex commit SHA, got {sha!r}")
-        if not ref.startswith("refs/") or ".." in ref:
+        if not ref_ok(ref):
             raise ValueError(f"expected a full ref such as refs/pull/7/head, got {ref!r}")
         if sha in self._ready:
             return self._ready[sha]
@@ -136,6 +139,42 @@ class GitSource:
             self._materialise(sha, tree)
         self._ready[sha] = tree
         return tree
+
+    def merge_base(self, base: str, head: str, head_ref: str) -> str:
+        """The commit ``head`` (fetched from ``head_ref``, as by :meth:`checkout_ref`) forked
+        from on the configured branch, ``base`` being the branch's tip: what a pull request
+        changes is ``merge_base..head``, not ``base..head`` (which would also revert whatever
+        the branch gained since). The cache is shallow, so history is deepened until the two
+        meet: ``DEEPEN`` commits, doubled each time, then the whole history."""
+        for sha in (base, head):
+            if not _SHA.match(sha):
+                raise ValueError(f"expected a full 40-hex commit SHA, got {sha!r}")
+        if not ref_ok(head_ref):
+            raise ValueError(f"expected a full ref such as refs/pull/7/head, got {head_ref!r}")
+        self._init()
+        branch = self.config.branch
+        refspecs = [
+            f"+refs/heads/{branch}:refs/gitsync/{branch}",
+            f"+{head_ref}:refs/gitsync/{head_ref.removeprefix('refs/')}",
+        ]
+        fetch = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
+        for attempt in range(MERGE_BASE_DEEPENINGS + 1):
+            result = self.runner.run(["merge-base", base, head], git_dir=self.git_dir)
+            if result.returncode == 0:
+                return result.stdout.strip()
+            shallow = (self.git_dir / "shallow").exists()
+            if result.returncode != 1 or not shallow or attempt == MERGE_BASE_DEEPENINGS:
+                break  # an error, or the whole history is here and they share no commit
+            deepen = (
+                "--unshallow"
+                if attempt == MERGE_BASE_DEEPENINGS - 1
+                else f"--deepen={DEEPEN * 2**attempt}"
+            )
+            self._remote([*fetch, deepen, REMOTE, *refspecs], op="fetch")
+        raise SourceError(
+            f"{head_ref} at {head[:12]} shares no history with branch {branch!r} at "
+            f"{base[:12]} in {self._url}: {result.stderr.strip()[-400:] or 'no common commit'}"
+        )
 
     def branches(self, pattern: str) -> dict[str, str]:
         """Branch name → SHA for the remote's branches matching a glob (``preview/*``)."""
@@ -237,6 +276,10 @@ class GitSource:
                 "directory if it is corrupt"
             )
         return result
+
+
+def ref_ok(ref: str) -> bool:
+    return ref.startswith("refs/") and ".." not in ref
 
 
 def _userinfo(url: str) -> tuple[str, ...]:

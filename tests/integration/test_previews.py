@@ -3,7 +3,6 @@ comments, statuses), the real API server and the simulator."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import replace
@@ -20,11 +19,12 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.preview import PREVIEW
 from gitsync.metrics import Metrics
-from gitsync.previews import PreviewReconciler
+from gitsync.plan import PLAN_COMMENT_MARKER as MARKER
+from gitsync.previews import PreviewReconciler, _branch_number
 from gitsync.report.factory import build_provider, build_pulls
 from gitsync.report.gitea import gitea_headers
 from gitsync.report.http import ForgeError, JsonClient
-from gitsync.report.pulls import MARKER, GiteaPulls
+from gitsync.report.pulls import GiteaPulls
 from gitsync.report.reporter import Reporter
 from gitsync.source.config import TokenAuth
 from gitsync.source.git import GitSource
@@ -85,6 +85,25 @@ class Forge:
                 return int(pr["number"])
             assert time.monotonic() < deadline, f"Gitea never took branch {branch}: {pr}"
             time.sleep(0.1)
+
+    def fork_pr(self, branch: str, change: Any) -> tuple[int, str]:
+        """A pull request from a fork of a new user: (number, head SHA)."""
+        user = f"contrib{uuid.uuid4().hex[:6]}"
+        self.gitea.create_user(user)
+        self.gitea.api("POST", f"{self.path}/forks", {}, sudo=user)
+        fork_url = f"{self.gitea.url}/{user}/{self.name}.git"
+        work = self.repo.work
+        git("checkout", "-q", "-B", branch, "main", cwd=work)
+        change(work)
+        git("commit", "-q", "-am", "from a fork", cwd=work)
+        git(*self.repo.push_args, "push", "-q", fork_url, branch, cwd=work)
+        sha = git("rev-parse", "HEAD", cwd=work)
+        git("checkout", "-q", "main", cwd=work)
+        pr = self.gitea.api(
+            "POST", f"{self.path}/pulls",
+            {"head": f"{user}:{branch}", "base": "main", "title": "from a fork"}, sudo=user,
+        )  # fmt: skip
+        return int(pr["number"]), sha
 
     def reconciler(self, api: client.ApiClient) -> tuple[PreviewReconciler, Reporter]:
         metrics = Metrics()
@@ -203,7 +222,9 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     number = forge.open_pr("scale")
     forge.reconcile(api)
     name = f"ranker-pr-{number}"
-    before = previews_in(api, forge.previews_ns)[name]["metadata"]["generation"]
+    first = previews_in(api, forge.previews_ns)[name]
+    before = first["metadata"]["generation"]
+    cluster = first["status"]["activeServiceStatus"]["rayClusterName"]
 
     def more(root: Path) -> None:
         scale_ranker(root)
@@ -218,6 +239,15 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     after = previews_in(api, forge.previews_ns)[name]
     assert after["metadata"]["generation"] > before
     assert after["metadata"]["annotations"]["gitsync.ray.io/revision"] == sha
+    # A serve-update, as planned: the same RayCluster serves the new config, no swap.
+    assert after["status"]["activeServiceStatus"]["rayClusterName"] == cluster
+    assert not (after["status"].get("pendingServiceStatus") or {}).get("rayClusterName")
+    # The head commit went pending (deploying) before success, in that order.
+    history = forge.gitea.api("GET", f"{forge.path}/statuses/{sha}?sort=oldest&limit=50")
+    states = [s["status"] for s in history if s["context"] == "gitsync/preview"]
+    assert states == ["pending", "success"], states
+    pending = next(s for s in history if s["status"] == "pending")
+    assert pending["description"] == f"deploying preview: {name} serve-update"
     comments = forge.comments(number)
     assert len(comments) == 1  # edited in place, not duplicated
     assert sha[:12] in comments[0]
@@ -232,28 +262,69 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     assert {t.name for t in trees.iterdir() if t.is_dir()} == {main_head}
 
 
-def test_a_manifest_naming_another_namespace_still_lands_in_the_preview_namespace(
-    forge: Forge, api: client.ApiClient, namespace: str
-) -> None:
-    def escape(root: Path) -> None:
-        scale_ranker(root)
-        path = root / "environments" / "staging" / "ranker.yaml"
-        text = path.read_text()
-        path.write_text(
-            text.replace("name: ranker\n", "name: ranker\n  namespace: production\n", 1)
-        )
+def snapshot(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    """Every RayService and ConfigMap in ``namespace``: kind/name → resourceVersion."""
+    services = previews_in(api, namespace)
+    maps = client.CoreV1Api(api).list_namespaced_config_map(namespace).items
+    return {
+        **{f"RayService/{n}": o["metadata"]["resourceVersion"] for n, o in services.items()},
+        **{f"ConfigMap/{m.metadata.name}": m.metadata.resource_version for m in maps},
+    }
 
-    sha = forge.branch("escape", escape)
-    forge.open_pr("escape")
-    [result] = forge.reconcile(api)
-    # The staging manifest names another namespace: invalid, so nothing of it is applied
-    # anywhere, and the PR's status says where.
-    assert result.outcome == "failed"
-    status = forge.statuses(sha)["gitsync/preview"]
-    assert status["status"] == "failure"
-    assert "environments/staging/ranker.yaml:" in status["description"]
-    assert previews_in(api, forge.previews_ns) == {}
-    assert previews_in(api, "production") == {}
+
+def test_a_manifest_naming_production_still_lands_only_in_the_preview_namespace(
+    forge: Forge, api: client.ApiClient, namespace: str, sim: Simulator
+) -> None:
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace({"metadata": {"name": "production"}})
+    except client.ApiException as exc:
+        if exc.status != 409:  # shared by the session: another test may have made it
+            raise
+    custom = client.CustomObjectsApi(api)
+    main_ranker = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ranker")
+    resident = f"ranker-{uuid.uuid4().hex[:6]}"  # what runs in production, untouched by PRs
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, "production", PLURAL,
+        {"apiVersion": "ray.io/v1", "kind": "RayService",
+         "metadata": {"name": resident, "labels": {"app.kubernetes.io/managed-by": "gitsync"}},
+         "spec": main_ranker["spec"]},
+    )  # fmt: skip
+    # Status writes of the simulator would move resourceVersions: only gitsync's writes count.
+    sim.exclude_namespaces |= {"production", namespace}
+    try:
+        before = {ns: snapshot(api, ns) for ns in ("production", namespace)}
+        assert f"RayService/{resident}" in before["production"]
+
+        def escape(root: Path) -> None:
+            scale_ranker(root)
+            path = root / "environments" / "staging" / "ranker.yaml"
+            text = path.read_text()
+            path.write_text(
+                text.replace("name: ranker\n", "name: ranker\n  namespace: production\n", 1)
+            )
+
+        sha = forge.branch("escape", escape)
+        number = forge.open_pr("escape")
+        [result] = forge.reconcile(api)
+        after = {ns: snapshot(api, ns) for ns in ("production", namespace)}
+    finally:
+        sim.exclude_namespaces -= {"production", namespace}
+        custom.delete_namespaced_custom_object(GROUP, VERSION, "production", PLURAL, resident)
+    # The preview ignores the manifest's namespace: it lands in the preview namespace only.
+    assert (result.number, result.outcome) == (number, "succeeded")
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
+    assert forge.statuses(sha)["gitsync/preview"]["status"] == "success"
+    # Nothing was written in production or in the environment's own namespace, but for the
+    # preview's rollout state (rollout.stateNamespace, here the environment's namespace).
+    state = f"ConfigMap/gitsync-rollout-preview-{number}"
+    assert after["production"] == before["production"]
+    assert {k: v for k, v in after[namespace].items() if k != state} == before[namespace]
+    # For staging itself the manifest is invalid: the plan comment says so, and where.
+    [comment] = forge.comments(number)
+    assert "The pull request's manifests are invalid; nothing would be deployed" in comment
+    assert "environments/staging/ranker.yaml:" in comment
+    assert "metadata.namespace 'production' conflicts with environment 'staging'" in comment
 
 
 def test_the_preview_limit_holds_back_newer_pull_requests(
@@ -278,7 +349,27 @@ def test_the_preview_limit_holds_back_newer_pull_requests(
     assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{second}"]
 
 
-def test_the_plan_comment_matches_gitsync_plan(
+def test_the_preview_limit_holds_for_an_older_pull_request_that_becomes_eligible(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> None:
+    forge = Forge(gitea, tmp_path, namespace, maxPreviews=1)
+    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    older, older_sha = forge.fork_pr("from-fork", scale_ranker)  # no label yet: no preview
+    forge.branch("newer", scale_ranker, "newer")
+    newer = forge.open_pr("newer")
+    outcomes = {r.number: r.outcome for r in forge.reconcile(api)}
+    assert outcomes == {older: "skipped", newer: "succeeded"}
+    # A maintainer labels the older fork PR: it is eligible now, but the one place is taken.
+    label = forge.gitea.api("POST", f"{forge.path}/labels", {"name": "preview", "color": "#00aabb"})
+    forge.gitea.api("POST", f"{forge.path}/issues/{older}/labels", {"labels": [label["id"]]})
+    outcomes = {r.number: r.outcome for r in forge.reconcile(api)}
+    assert outcomes == {older: "skipped", newer: "unchanged"}
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{newer}"]
+    held = forge.statuses(older_sha)["gitsync/preview"]
+    assert (held["status"], "previews.maxPreviews" in held["description"]) == ("pending", True)
+
+
+def test_the_plan_comment_is_gitsync_plan_and_only_gitsyncs_own_is_edited(
     forge: Forge, api: client.ApiClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def two_changes(root: Path) -> None:
@@ -288,23 +379,26 @@ def test_the_plan_comment_matches_gitsync_plan(
 
     sha = forge.branch("two", two_changes)
     number = forge.open_pr("two")
+    # Another user posts gitsync's marker first: it must not be taken for gitsync's comment.
+    user = f"mallory{uuid.uuid4().hex[:6]}"
+    forge.gitea.create_user(user)
+    decoy = f"{MARKER}\nNo RayService changes: merging this deploys nothing."
+    forge.gitea.api("POST", f"{forge.path}/issues/{number}/comments", {"body": decoy}, sudo=user)
     forge.reconcile(api)
-    [comment] = forge.comments(number)
-    assert main(["plan", str(forge.repo.work), "--from", "main", "--to", sha, "-o", "json"]) == 1
-    document = json.loads(capsys.readouterr().out)
-    plans = document.get("environments", [document])
-    expected = [
-        f"**{plan['environment']}/{change['name']}**: `{change['action']}`"
-        for plan in plans
-        for wave in plan["waves"]
-        for change in wave["changes"]
-        if change["action"] != "unchanged"
-    ]
-    assert len(expected) == 2
-    for line in expected:
-        assert line in comment, (line, comment)
-    assert "cluster-swap" in comment
-    assert "twice the cluster's resources" in comment
+    fork = git("merge-base", "main", sha, cwd=forge.repo.work)
+    plan = ["plan", str(forge.repo.work), "--from", fork, "--to", sha, "-o", "markdown"]
+    assert main(plan) == 1
+    expected = capsys.readouterr().out
+    assert forge.comments(number) == [decoy, expected]
+    assert "cluster-swap" in expected
+    assert "twice the cluster's resources" in expected
+    # A push edits gitsync's comment in place; the other one stays as its author wrote it.
+    sha = forge.branch("two", scale_ranker, "only the ranker")
+    forge.reconcile(api)
+    assert main([*plan[:5], sha, "-o", "markdown"]) == 1
+    expected = capsys.readouterr().out
+    assert forge.comments(number) == [decoy, expected]
+    assert "cluster-swap" not in expected
 
 
 def test_limit_and_ttl(forge: Forge, api: client.ApiClient) -> None:
@@ -331,29 +425,15 @@ def test_limit_and_ttl(forge: Forge, api: client.ApiClient) -> None:
 def test_a_fork_pull_request_without_the_label_gets_no_preview(
     forge: Forge, api: client.ApiClient
 ) -> None:
-    user = f"contrib{uuid.uuid4().hex[:6]}"
-    forge.gitea.create_user(user)
-    forge.gitea.api("POST", f"{forge.path}/forks", {}, sudo=user)
-    fork_url = f"{forge.gitea.url}/{user}/{forge.name}.git"
-    work = forge.repo.work
-    git("checkout", "-q", "-B", "from-fork", "main", cwd=work)
-    scale_ranker(work)
-    git("commit", "-q", "-am", "from a fork", cwd=work)
-    git(*forge.repo.push_args, "push", "-q", fork_url, "from-fork", cwd=work)
-    sha = git("rev-parse", "HEAD", cwd=work)
-    git("checkout", "-q", "main", cwd=work)
-    pr = forge.gitea.api(
-        "POST", f"{forge.path}/pulls",
-        {"head": f"{user}:from-fork", "base": "main", "title": "from a fork"}, sudo=user,
-    )  # fmt: skip
+    number, sha = forge.fork_pr("from-fork", scale_ranker)
     [result] = forge.reconcile(api)
-    assert (result.number, result.outcome) == (pr["number"], "skipped")
+    assert (result.number, result.outcome) == (number, "skipped")
     assert previews_in(api, forge.previews_ns) == {}
     status = forge.statuses(sha)["gitsync/preview"]
     assert status["status"] == "pending"
     assert "forks need the label 'preview'" in status["description"]
     # The plan comment is still written: reviewers see what merging would do.
-    assert len(forge.comments(pr["number"])) == 1
+    assert len(forge.comments(number)) == 1
 
 
 def test_orphans_are_collected_and_merging_deletes_the_preview(
@@ -456,3 +536,140 @@ def test_the_documented_token_scopes_list_pull_requests_and_comment(
             pulls.upsert_comment(number, body)
         assert refused.value.status == 403
         assert made.comments(number) == []
+
+
+def rename_staging(root: Path) -> None:
+    """The PR's gitsync.yaml is valid but has no environment the base's ``previews.from``
+    names: a ConfigError."""
+    path = root / "gitsync.yaml"
+    text = path.read_text()
+    assert text.count(": staging\n") == 2  # the environment's name and previews.from
+    path.write_text(text.replace(": staging\n", ": stage\n"))
+
+
+def untyped_replicas(root: Path) -> None:
+    """Valid YAML the API server refuses (replicas must be an integer): the apply fails."""
+    path = root / "environments" / "staging" / "ranker.yaml"
+    text = path.read_text()
+    assert "        replicas: 1\n" in text
+    path.write_text(text.replace("        replicas: 1\n", '        replicas: "two"\n', 1))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "reason"),
+    [(rename_staging, "no environment 'staging'"), (untyped_replicas, "ranker-pr-")],
+)
+def test_one_broken_pull_request_does_not_stop_the_others(
+    forge: Forge, api: client.ApiClient, namespace: str, breakage: Any, reason: str
+) -> None:
+    broken_sha = forge.branch("broken", breakage)
+    broken = forge.open_pr("broken")
+    good_sha = forge.branch("good", scale_ranker)
+    good = forge.open_pr("good")
+    assert broken < good  # the broken one is processed first
+    # An orphan, to show garbage collection still runs after the broken pull request.
+    ranker = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker"
+    )
+    ghost = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": "ghost-pr-99",
+            "labels": {"app.kubernetes.io/managed-by": "gitsync", PREVIEW: "99"},
+        },
+        "spec": ranker["spec"],
+    }
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": forge.previews_ns}})
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, forge.previews_ns, PLURAL, ghost
+    )
+    results = {r.number: r for r in forge.reconcile(api)}
+    assert {n: r.outcome for n, r in results.items()} == {
+        broken: "failed",
+        good: "succeeded",
+        99: "deleted",
+    }
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{good}"]
+    failed = forge.statuses(broken_sha)["gitsync/preview"]
+    assert failed["status"] == "failure"
+    assert reason in failed["description"], failed["description"]
+    assert forge.statuses(good_sha)["gitsync/preview"]["status"] == "success"
+    assert len(forge.comments(broken)) == len(forge.comments(good)) == 1
+
+
+def test_a_pull_request_behind_main_previews_and_plans_only_its_own_change(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    fork = git("rev-parse", "main", cwd=forge.repo.work)
+    sha = forge.branch("behind", scale_ranker)
+    number = forge.open_pr("behind")
+
+    def bump_embedder(root: Path) -> None:
+        path = root / "environments" / "staging" / "embedder.yaml"
+        path.write_text(path.read_text().replace("2.49.0", "2.50.0"))
+
+    # main moves on after the PR branched (with more than the cache's shallow depth).
+    forge.repo.commit(bump_embedder, "main moves on")
+    for index in range(3):
+        forge.repo.commit(lambda root: None, f"more on main {index}")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome, result.services) == (
+        number, "succeeded", (f"ranker-pr-{number}",)
+    )  # fmt: skip
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
+    [comment] = forge.comments(number)
+    changes = [line for line in comment.splitlines() if line.startswith("- **")]
+    assert [line.split("`")[0:2] for line in changes] == [
+        ["- **staging/ranker**: ", "serve-update"]
+    ]
+    assert f"`{fork[:12]}` → `{sha[:12]}`" in comment
+
+
+def test_forge_less_branches_with_names_get_a_preview_each(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    previews_ns = f"pv-{uuid.uuid4().hex[:8]}"
+    repo = GitOpsRepo(
+        tmp_path / "gitops", namespace, previews={"namespace": previews_ns, "branches": "preview/*"}
+    )
+    config = repo.agent_config(tmp_path / "cache")  # git notes: no forge
+    assert sync_once(config, RayServices(api), StateStore(api, namespace)).ok
+    foo, bar = _branch_number("preview/foo"), _branch_number("preview/bar")
+    assert foo != bar
+    shas = {}
+    # preview/x/<foo's number> gets the number preview/foo hashes to: a collision.
+    for branch in ("preview/foo", "preview/bar", f"preview/x/{foo}"):
+        work = repo.work
+        git("checkout", "-q", "-B", branch, "main", cwd=work)
+        scale_ranker(work)
+        git("commit", "-q", "-am", f"try {branch}", cwd=work)
+        git("push", "-q", "origin", branch, cwd=work)
+        shas[branch] = git("rev-parse", "HEAD", cwd=work)
+        git("checkout", "-q", "main", cwd=work)
+    metrics = Metrics()
+    reporter = Reporter(build_provider(config, metrics), metrics)
+    reconciler = PreviewReconciler(
+        config, RayServices(api), StateStore(api, namespace), GitSource(config.repository),
+        None, reporter,
+    )  # fmt: skip
+    try:
+        results = reconciler.reconcile()
+    finally:
+        reporter.close(timeout=30)
+    assert sorted((r.number, r.outcome) for r in results) == sorted(
+        [(foo, "succeeded"), (bar, "succeeded")]
+    )
+    assert sorted(previews_in(api, previews_ns)) == sorted([f"ranker-pr-{foo}", f"ranker-pr-{bar}"])
+    revisions = {
+        name: o["metadata"]["annotations"]["gitsync.ray.io/revision"]
+        for name, o in previews_in(api, previews_ns).items()
+    }
+    assert revisions == {
+        f"ranker-pr-{foo}": shas["preview/foo"],
+        f"ranker-pr-{bar}": shas["preview/bar"],
+    }
+    # By name, preview/foo comes first and keeps its number; the other branch is refused.
+    shown = build_provider(config, metrics).statuses(shas[f"preview/x/{foo}"])
+    assert shown["gitsync/preview"].state.value == "failure"
+    assert f"gets number {foo}, as preview/foo does" in shown["gitsync/preview"].description

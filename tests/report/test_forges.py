@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gitsync.report.github import AppTokens, GitHubProvider, github_headers, token_headers
 from gitsync.report.gitlab import GitLabProvider, gitlab_headers
 from gitsync.report.http import ForgeError, JsonClient, RetryPolicy
-from gitsync.report.pulls import MARKER, GitHubPulls, GitLabPulls, eligible
+from gitsync.report.pulls import MARKER, GiteaPulls, GitHubPulls, GitLabPulls, eligible
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
 from tests.report.forge import ForgeServer, GitHubStatuses, GitLabStatuses, Reply, Request
@@ -410,11 +410,25 @@ def test_a_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 # -- pull requests and plan comments ------------------------------------------------------------
 
 
-def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> None:
-    comments: list[dict[str, Any]] = []
+HIJACK = {"id": 9, "body": f"{MARKER}\nmerging this deploys nothing", "user": {"id": 666}}
+
+
+@pytest.mark.parametrize("app", [False, True], ids=["token", "app"])
+def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth, app: bool) -> None:
+    # Someone else posted the marker first: gitsync must neither edit nor count that comment.
+    comments: list[dict[str, Any]] = [dict(HIJACK)]
+    me = {"user": {"id": 42}} | ({"performed_via_github_app": {"id": 77}} if app else {})
+    if app:  # another app's comment carries the marker too
+        comments.append(dict(HIJACK, id=10, performed_via_github_app={"id": 5}))
 
     def respond(request: Request) -> Reply:
         check_github_request(request)
+        if request.method == "GET" and request.path == "/user":
+            return (
+                Reply(403, {"message": "Resource not accessible by integration"})
+                if app
+                else (Reply(200, {"id": 42, "login": "gitsync-bot"}))
+            )
         if request.method == "GET" and request.path.startswith("/repos/o/r/pulls?"):
             return Reply(200, [
                 {"number": 7, "title": "t", "user": {"login": "alice"}, "labels": [{"name": "preview"}],
@@ -424,15 +438,17 @@ def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> N
         if request.method == "GET" and request.path.startswith("/repos/o/r/issues/7/comments"):
             return Reply(200, comments)
         if request.method == "POST" and request.path == "/repos/o/r/issues/7/comments":
-            comments.append({"id": 1, "body": request.body["body"]})
+            comments.append({"id": 1, "body": request.body["body"], **me})
             return Reply(201, comments[-1])
         if request.method == "PATCH" and request.path == "/repos/o/r/issues/comments/1":
-            comments[0]["body"] = request.body["body"]
-            return Reply(200, comments[0])
+            comments[-1]["body"] = request.body["body"]
+            return Reply(200, comments[-1])
         return Reply(404, {"message": "Not Found"})
 
     with ForgeServer(respond) as forge:
-        pulls = GitHubPulls(client(forge.url, token_headers(token_env), []), "o/r")
+        pulls = GitHubPulls(
+            client(forge.url, token_headers(token_env), []), "o/r", app_id="77" if app else ""
+        )
         [pr] = pulls.open_pulls()
         assert (pr.number, pr.head_sha, pr.head_ref, pr.fork, pr.labels) == (
             7,
@@ -447,7 +463,8 @@ def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> N
         pulls.upsert_comment(7, f"{MARKER}\nfirst")
         pulls.upsert_comment(7, f"{MARKER}\nsecond")
         pulls.upsert_comment(7, f"{MARKER}\nsecond")  # identical: no request
-    assert [c["body"] for c in comments] == [f"{MARKER}\nsecond"]
+    assert comments[0] == HIJACK  # untouched
+    assert [c["body"] for c in comments if c["id"] == 1] == [f"{MARKER}\nsecond"]
     writes = [(r.method, r.path) for r in forge.requests if r.method != "GET"]
     assert writes == [
         ("POST", "/repos/o/r/issues/7/comments"),
@@ -456,11 +473,14 @@ def test_github_pulls_and_one_comment_edited_in_place(token_env: TokenAuth) -> N
 
 
 def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
-    notes: list[dict[str, Any]] = []
+    hijack = {"id": 4, "body": f"{MARKER}\nnothing to see", "author": {"id": 666}}
+    notes: list[dict[str, Any]] = [dict(hijack)]
 
     def respond(request: Request) -> Reply:
         assert request.headers["private-token"] == TOKEN
         base = "/api/v4/projects/g%2Fp"
+        if request.method == "GET" and request.path == "/api/v4/user":
+            return Reply(200, {"id": 42, "username": "gitsync-bot"})
         if request.method == "GET" and request.path.startswith(f"{base}/merge_requests?"):
             return Reply(200, [
                 {"iid": 3, "sha": SHA, "source_branch": "f", "target_branch": "main",
@@ -470,11 +490,11 @@ def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
         if request.method == "GET" and request.path.startswith(f"{base}/merge_requests/3/notes"):
             return Reply(200, notes)
         if request.method == "POST" and request.path == f"{base}/merge_requests/3/notes":
-            notes.append({"id": 5, "body": request.body["body"]})
+            notes.append({"id": 5, "body": request.body["body"], "author": {"id": 42}})
             return Reply(201, notes[-1])
         if request.method == "PUT" and request.path == f"{base}/merge_requests/3/notes/5":
-            notes[0]["body"] = request.body["body"]
-            return Reply(200, notes[0])
+            notes[-1]["body"] = request.body["body"]
+            return Reply(200, notes[-1])
         return Reply(404, {"message": "404 Not Found"})
 
     with ForgeServer(respond) as forge:
@@ -488,7 +508,62 @@ def test_gitlab_merge_requests_and_notes(token_env: TokenAuth) -> None:
         )
         pulls.upsert_comment(3, f"{MARKER}\none")
         pulls.upsert_comment(3, f"{MARKER}\ntwo")
-    assert [n["body"] for n in notes] == [f"{MARKER}\ntwo"]
+    assert [n["body"] for n in notes] == [hijack["body"], f"{MARKER}\ntwo"]
+
+
+def served_pulls(pulls: list[dict[str, Any]]) -> ForgeServer:
+    return ForgeServer(lambda request: Reply(200, pulls if request.method == "GET" else {}))
+
+
+def pull(number: int, head_repo: Any, base_repo: Any = None) -> dict[str, Any]:
+    """A PR as GitHub and Gitea list it; ``repo`` absent or null when the fork was deleted."""
+    head: dict[str, Any] = {"sha": SHA, "ref": f"b{number}"}
+    if head_repo != "absent":
+        head["repo"] = head_repo
+    base = {"ref": "main", "repo": base_repo or {"full_name": "o/r"}}
+    return {"number": number, "user": {"login": "u"}, "head": head, "base": base}
+
+
+@pytest.mark.parametrize("api", ["github", "gitea"])
+def test_a_pull_request_without_a_head_repository_is_a_fork(api: str, token_env: TokenAuth) -> None:
+    payload = [
+        pull(1, {"full_name": "o/r"}),
+        pull(2, {"full_name": "O/R"}),  # names are case-insensitive
+        pull(3, {"full_name": "alice/r"}),
+        pull(4, None),  # the fork was deleted
+        pull(5, "absent"),
+        pull(6, {"full_name": None}),
+        pull(7, {"full_name": "o/r"}, {"full_name": None}),  # the base repo is ours
+    ]
+    with served_pulls(payload) as forge:
+        headers = token_headers(token_env)
+        pulls = (
+            GitHubPulls(client(forge.url, headers, []), "o/r")
+            if api == "github"
+            else GiteaPulls(client(forge.url, headers, []), "o/r")
+        )
+        forks = {pr.number: pr.fork for pr in pulls.open_pulls()}
+    prefix = "" if api == "github" else "/api/v1"
+    assert forge.requests[0].path.startswith(f"{prefix}/repos/o/r/pulls?state=open")
+    assert forks == {1: False, 2: False, 3: True, 4: True, 5: True, 6: True, 7: False}
+
+
+def test_a_merge_request_without_a_source_project_is_a_fork(token_env: TokenAuth) -> None:
+    def mr(iid: int, **projects: Any) -> dict[str, Any]:
+        return {"iid": iid, "sha": SHA, "source_branch": "f", "target_branch": "main",
+                "author": {"username": "bob"}, **projects}  # fmt: skip
+
+    payload = [
+        mr(1, source_project_id=4, target_project_id=4),
+        mr(2, source_project_id=9, target_project_id=4),
+        mr(3, source_project_id=None, target_project_id=4),  # the fork was deleted
+        mr(4, source_project_id=None, target_project_id=None),
+        mr(5),
+    ]
+    with served_pulls(payload) as forge:
+        pulls = GitLabPulls(client(forge.url, lambda: gitlab_headers(token_env), []), "g/p")
+        forks = {pr.number: pr.fork for pr in pulls.open_pulls()}
+    assert forks == {1: False, 2: True, 3: True, 4: True, 5: True}
 
 
 @pytest.mark.parametrize("status", [401, 503])

@@ -3,10 +3,18 @@ manifest says, caps on workers and Serve replicas, route prefixes per pull reque
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
 import yaml
 
+from gitsync.checkout import read_environment, read_tree
 from gitsync.manifests.preview import MAX_NAME, PREVIEW, preview_manifest, preview_name
-from gitsync.manifests.repoconfig import PreviewConfig
+from gitsync.manifests.quantity import parse_quantity
+from gitsync.manifests.repoconfig import PreviewConfig, load_repo_config
 
 CONFIG = PreviewConfig("staging", "ray-previews", max_worker_replicas=1, max_num_replicas=1)
 SERVE = """applications:
@@ -62,3 +70,155 @@ def test_the_preview_lands_in_the_preview_namespace_with_caps_and_prefixes() -> 
     assert ranker["num_replicas"] == 1
     assert scorer["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 1}
     assert MANIFEST["metadata"]["namespace"] == "production"  # the input is untouched
+
+
+def test_previews_read_a_manifest_naming_another_namespace_and_validate_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The environment itself rejects ``namespace: ray-production``; its preview does not
+    (the transform decides the namespace), but every other problem still counts."""
+    corpus = Path(__file__).parent / "corpus"
+    (tmp_path / "gitsync.yaml").write_text(
+        "environments:\n  - {name: staging, path: envs/staging, namespace: ray-staging}\n"
+    )
+    folder = tmp_path / "envs" / "staging"
+    folder.mkdir(parents=True)
+    shutil.copy(corpus / "namespace-conflict.yaml", folder / "svc.yaml")
+    report = read_tree(tmp_path)
+    assert report.config is not None
+    [env] = report.config.environments
+    assert not report.ok
+    loaded = read_environment(tmp_path, report.config, env, any_namespace=True)
+    assert loaded.ok, loaded.problems
+    [service] = loaded.services
+    assert service.key.namespace == service.manifest["metadata"]["namespace"] == "ray-staging"
+    preview = preview_manifest(service.manifest, 3, CONFIG)
+    assert preview["metadata"]["namespace"] == "ray-previews"
+    # Another problem beside the namespace is still one.
+    text = (folder / "svc.yaml").read_text()
+    (folder / "svc.yaml").write_text(text + "status: {}\n")
+    loaded = read_environment(tmp_path, report.config, env, any_namespace=True)
+    assert [p.message for p in loaded.problems] == [
+        "status is written by KubeRay, not by Git; remove it from the manifest"
+    ]
+
+
+RESOURCES = {
+    "apiVersion": "ray.io/v1",
+    "kind": "RayService",
+    "metadata": {"name": "summarizer"},
+    "spec": {
+        "serveConfigV2": """applications:
+- name: summarize
+  import_path: summarizer.serve:app
+  deployments:
+  - name: Summarizer
+    num_replicas: auto
+    ray_actor_options: {num_cpus: 4, num_gpus: 1, memory: 8589934592}
+  - name: Tokenizer
+    num_replicas: auto
+    autoscaling_config: {min_replicas: 2, max_replicas: 50, target_ongoing_requests: 4}
+    ray_actor_options: {num_cpus: 0.25}
+- name: internal
+  route_prefix: null
+  import_path: summarizer.internal:app
+""",
+        "rayClusterConfig": {
+            "headGroupSpec": {"template": {"spec": {"containers": [
+                {"name": "ray-head", "resources": {
+                    "requests": {"cpu": "1", "memory": "4Gi"},
+                    "limits": {"cpu": "2", "memory": "4Gi"}}},
+            ]}}},
+            "workerGroupSpecs": [{"groupName": "gpu", "replicas": 2, "template": {"spec": {
+                "containers": [{"name": "ray-worker", "resources": {
+                    "requests": {"cpu": "250m", "memory": "16Gi", "nvidia.com/gpu": 2},
+                    "limits": {"cpu": "8", "memory": "16G", "nvidia.com/gpu": "2",
+                               "ephemeral-storage": "100Gi"}}}],
+            }}}],
+        },
+    },
+}  # fmt: skip
+
+
+def containers(preview: dict[str, object]) -> list[dict[str, dict[str, object]]]:
+    cluster = preview["spec"]["rayClusterConfig"]  # type: ignore[index]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [c["resources"] for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_resource_caps_apply_to_containers_and_actor_options() -> None:
+    config = replace(CONFIG, max_cpu="500m", max_memory="2Gi", max_gpu=1)
+    head, worker = containers(preview_manifest(RESOURCES, 4, config))
+    assert head == {
+        "requests": {"cpu": "500m", "memory": "2Gi"},
+        "limits": {"cpu": "500m", "memory": "2Gi"},
+    }
+    assert worker == {
+        "requests": {"cpu": "250m", "memory": "2Gi", "nvidia.com/gpu": "1"},  # 250m: under
+        "limits": {"cpu": "500m", "memory": "2Gi", "nvidia.com/gpu": "1",
+                   "ephemeral-storage": "100Gi"},  # not a capped resource
+    }  # fmt: skip
+    serve = yaml.safe_load(preview_manifest(RESOURCES, 4, config)["spec"]["serveConfigV2"])
+    summarizer, tokenizer = serve["applications"][0]["deployments"]
+    assert summarizer["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1, "memory": 2**31}
+    assert tokenizer["ray_actor_options"] == {"num_cpus": 0.25}
+
+
+def test_without_resource_caps_resources_are_untouched() -> None:
+    preview = preview_manifest(RESOURCES, 4, CONFIG)
+    assert containers(preview) == containers(RESOURCES)
+    serve = yaml.safe_load(preview["spec"]["serveConfigV2"])
+    summarizer = serve["applications"][0]["deployments"][0]
+    assert summarizer["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1, "memory": 2**33}
+
+
+def test_auto_replicas_are_capped_and_the_default_route_moves_under_the_pr() -> None:
+    config = replace(CONFIG, max_num_replicas=2)
+    serve = yaml.safe_load(preview_manifest(RESOURCES, 4, config)["spec"]["serveConfigV2"])
+    summarize, internal = serve["applications"]
+    assert summarize["route_prefix"] == "/pr-4"  # absent: Serve's default "/"
+    assert internal["route_prefix"] is None  # no HTTP route: none added
+    summarizer, tokenizer = summarize["deployments"]
+    # "auto" alone would autoscale to Serve's default of 100 replicas.
+    assert summarizer["num_replicas"] == "auto"
+    assert summarizer["autoscaling_config"] == {"max_replicas": 2}
+    assert tokenizer["num_replicas"] == "auto"
+    assert tokenizer["autoscaling_config"] == {
+        "min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 4
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("500m", Fraction(1, 2)), ("2", 2), ("4Gi", 4 * 2**30), ("16G", 16 * 10**9),
+     ("1e3", 1000), ("1E", 10**18), (".5", Fraction(1, 2)), (2, 2), (0.25, Fraction(1, 4)),
+     ("2 cores", None), ("", None), (True, None), (None, None)],
+)  # fmt: skip
+def test_quantities(text: object, value: object) -> None:
+    assert parse_quantity(text) == value
+
+
+REPO = """environments:
+  - {name: staging, path: envs/staging, namespace: ray-staging}
+previews:
+  from: staging
+  namespace: ray-previews
+  overrides: %s
+"""
+
+
+def test_resource_caps_are_read_from_gitsync_yaml() -> None:
+    config, problems = load_repo_config(REPO % "{maxCpu: 500m, maxMemory: 2Gi, maxGpu: 0}")
+    assert problems == []
+    assert config is not None
+    assert config.previews is not None
+    previews = config.previews
+    assert (previews.max_cpu, previews.max_memory, previews.max_gpu) == ("500m", "2Gi", 0)
+    config, problems = load_repo_config(REPO % "{}")
+    assert config is not None
+    assert config.previews is not None
+    assert (config.previews.max_cpu, config.previews.max_gpu) == ("", None)  # no caps
+    _, problems = load_repo_config(REPO % "{maxCpu: lots, maxMemory: 0, maxGpu: -1}")
+    assert [p.message.split(" must")[0] for p in problems] == [
+        "previews.overrides.maxCpu", "previews.overrides.maxMemory", "previews.overrides.maxGpu"
+    ]  # fmt: skip
