@@ -46,6 +46,11 @@ class ConflictError(ApplyError):
     """Server-side apply found a field another manager owns; forced only when configured."""
 
 
+class ManifestRefused(ApplyError):
+    """The API server refused the manifest itself (its schema, a validation or admission
+    rule): the commit is at fault and only a change in Git fixes it."""
+
+
 class ClusterUnreachable(GitsyncError):
     """The Kubernetes API server could not be reached (connection refused, TLS, timeout)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from gitsync.checkout import TreeReport, read_tree, read_tree_cached
 from gitsync.config import AgentConfig
-from gitsync.errors import ConfigError, GitsyncError, InvalidRevision
+from gitsync.errors import ConfigError, GitsyncError, InvalidRevision, ManifestRefused
 from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
@@ -335,6 +335,11 @@ class _Pass:
                 self.record,
             )
             result = rollout.run(env, plan, desired, revision, previous)
+        except ManifestRefused as exc:
+            # The plan's dry run found a manifest the API server will not take: the commit's
+            # fault, before anything was applied. Exit as for an invalid revision.
+            statuses.post(statuses.describe.failed(env.name, exc.key, str(exc)))
+            raise
         except GitsyncError as exc:
             statuses.post(statuses.describe.error(env.name, str(exc)))
             raise

@@ -34,7 +34,13 @@ from typing import Any, ParamSpec, TypeVar
 import urllib3
 from kubernetes import client
 
-from gitsync.errors import ApplyError, ClusterUnreachable, ConflictError, NamespaceMissing
+from gitsync.errors import (
+    ApplyError,
+    ClusterUnreachable,
+    ConflictError,
+    ManifestRefused,
+    NamespaceMissing,
+)
 from gitsync.model import ServiceKey
 
 log = logging.getLogger(__name__)
@@ -80,9 +86,21 @@ def field_conflict(exc: client.ApiException) -> bool:
     return any(c.get("reason") == "FieldManagerConflict" for c in causes if isinstance(c, dict))
 
 
+def schema_refusal(exc: client.ApiException) -> bool:
+    """A server-side apply whose body does not fit the CRD's schema (``replicas: "two"``, a
+    field the schema does not declare, duplicate list keys). kube-apiserver's field manager
+    answers it with a 500 InternalError ("failed to create typed patch object", from
+    ``structuredMergeManager.Apply`` in k8s.io/apiserver's fieldmanager), but sending the same
+    body again gets the same answer: it is the manifest's fault, not the server's."""
+    return exc.status == 500 and "failed to create typed patch object" in message(exc)
+
+
 def transient(exc: client.ApiException) -> bool:
-    """True when the same request may well succeed if sent again: 429, 5xx, no answer, and
-    a 409 ``Conflict`` that is not a field conflict (``AlreadyExists`` is a 409 too: final)."""
+    """True when the same request may well succeed if sent again: 429, 5xx (but not a
+    :func:`schema_refusal`), no answer, and a 409 ``Conflict`` that is not a field conflict
+    (``AlreadyExists`` is a 409 too: final)."""
+    if schema_refusal(exc):
+        return False
     if exc.status in TRANSIENT_STATUSES or exc.status == 0:  # 0: the client's TLS failure
         return True
     return (
@@ -122,6 +140,13 @@ def refusal(exc: client.ApiException, key: ServiceKey, verb: str) -> ApplyError:
             f"namespace {key.namespace} does not exist; create it or set createNamespace: true "
             "on the environment in gitsync.yaml",
         )
+    if schema_refusal(exc):
+        # "failed to create typed patch object (ns/name; ray.io/v1, Kind=RayService): .spec…":
+        # the object is named already; keep what is wrong and where.
+        detail = message(exc).split("): ", 1)[-1]
+        return ManifestRefused(key, f"{verb} refused, the CRD schema rejects it: {detail}")
+    if exc.status in (400, 422):
+        return ManifestRefused(key, f"{verb} refused ({exc.status}): {message(exc)}")
     return ApplyError(key, f"{verb} refused ({exc.status}): {message(exc)}")
 
 

@@ -182,6 +182,46 @@ def test_an_invalid_manifest_shows_failure_with_file_and_line(
     assert after == before  # nothing was applied
 
 
+def test_a_manifest_the_schema_refuses_applies_nothing(
+    api: client.ApiClient,
+    gitea: Gitea,
+    forge_repo: GitOpsRepo,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Valid YAML whose value the CRD schema refuses (``replicas: "two"``) in a wave-1 service,
+    next to a good change in wave 0: kube-apiserver answers the server-side apply with a 500,
+    which is the manifest's fault, so the commit gets `failure` naming the service and the
+    schema's complaint at once (not `error` after retrying an "unreachable" server), and the
+    good wave-0 change is not applied either."""
+    config = agent_file(forge_repo, gitea, tmp_path)
+    assert sync(control_plane, config) == 0
+    custom = client.CustomObjectsApi(api)
+
+    def versions() -> dict[str, str]:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        return {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in items}
+
+    before = versions()
+
+    def change(root: Path) -> None:
+        forge_repo.edit("embedder.yaml", "num_replicas: 1", "num_replicas: 2")
+        forge_repo.edit("summarizer.yaml", "        replicas: 1\n", '        replicas: "two"\n')
+
+    sha = forge_repo.commit(change, "two workers, spelt out")
+    started = time.monotonic()
+    assert sync(control_plane, config) == 2  # like an invalid manifest
+    last = statuses(gitea, forge_repo, sha)[-1]
+    assert last["status"] == "failure", last
+    assert last["description"].startswith("summarizer: dry-run apply refused, the CRD schema"), last
+    assert "replicas: expected numeric" in last["description"], last
+    assert versions() == before  # nothing was applied, not even wave 0's good change
+    # Refused at once: not five retries of an "unreachable" server with backoff.
+    assert time.monotonic() - started < 30
+
+
 def test_an_unreachable_api_server_is_an_error_status(
     tmp_path: Path, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,7 +17,13 @@ import pytest
 import urllib3
 from kubernetes import client
 
-from gitsync.errors import ApplyError, ClusterUnreachable, ConflictError, NamespaceMissing
+from gitsync.errors import (
+    ApplyError,
+    ClusterUnreachable,
+    ConflictError,
+    ManifestRefused,
+    NamespaceMissing,
+)
 from gitsync.kube.client import TRANSPORT_RETRIES, with_timeouts
 from gitsync.kube.failures import (
     ApiRetry,
@@ -43,6 +49,21 @@ def answer(status: int, reason: str = "", causes: list[dict[str, str]] | None = 
     return exc
 
 
+def typed_patch_refusal() -> client.ApiException:
+    """kube-apiserver 1.35's answer to a server-side apply of ``replicas: "two"``."""
+    exc = answer(500, "InternalError")
+    exc.body = json.dumps(
+        {
+            "kind": "Status",
+            "reason": "InternalError",
+            "message": "failed to create typed patch object (ns/ranker; ray.io/v1, Kind=RayService)"
+            ": .spec.rayClusterConfig.workerGroupSpecs[0].replicas: expected numeric (int or "
+            'float), got string "two"',
+        }
+    )
+    return exc
+
+
 # as kube-apiserver 1.35 sends it
 FIELD = [
     {
@@ -58,6 +79,7 @@ FIELD = [
     [
         (answer(429, "TooManyRequests"), True),
         (answer(500, "InternalError"), True),
+        (typed_patch_refusal(), False),  # the body does not fit the schema: asking again won't
         (answer(502), True),
         (answer(503, "ServiceUnavailable"), True),
         (answer(504, "Timeout"), True),
@@ -80,8 +102,9 @@ def test_which_answers_are_transient(exc: client.ApiException, expected: bool) -
     [
         (answer(409, "Conflict", FIELD), ConflictError),
         (answer(404, "NotFound"), ApplyError),
-        (answer(422, "Invalid"), ApplyError),
-        (answer(403, "Forbidden"), ApplyError),
+        (answer(422, "Invalid"), ManifestRefused),
+        (answer(400, "BadRequest"), ManifestRefused),
+        (answer(403, "Forbidden"), ApplyError),  # gitsync's own permissions: not the commit's
     ],
 )
 def test_refusals_map_to_one_error_class_each(
@@ -90,7 +113,17 @@ def test_refusals_map_to_one_error_class_each(
     found = refusal(exc, KEY, "apply")
     assert type(found) is error
     assert found.key == KEY
-    assert "said" in str(found)  # the server's message
+    assert json.loads(exc.body)["message"] in str(found)  # the server's own message
+
+
+def test_a_schema_refusal_says_what_and_where() -> None:
+    found = refusal(typed_patch_refusal(), KEY, "apply")
+    assert type(found) is ManifestRefused
+    assert str(found) == (
+        "ns/ranker: apply refused, the CRD schema rejects it: "
+        ".spec.rayClusterConfig.workerGroupSpecs[0].replicas: expected numeric (int or float), "
+        'got string "two"'
+    )
 
 
 def test_a_missing_namespace_says_so() -> None:
