@@ -70,6 +70,7 @@ class Agent:
     lease_seconds: float = 15.0
     renew_deadline: float = 10.0
     retry: float = 2.0
+    advertise_url: str = ""  # published on the Lease while leading: standbys relay webhooks
 
     def __post_init__(self) -> None:
         self.services = RayServices(self.api)
@@ -134,6 +135,7 @@ class Agent:
                 self.retry,
                 on_started=self._started_leading,
                 on_stopped=self._stopped_leading,
+                advertise_url=self.advertise_url,
             )
         self._election_thread: threading.Thread | None = None
 
@@ -197,6 +199,13 @@ class Agent:
     @property
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading.is_set()
+
+    def leader_url(self) -> str | None:
+        """None while this replica leads (it handles its webhooks); else the base URL the
+        leader published on the Lease, "" when none is known."""
+        if self.elector is None or self.leading:
+            return None
+        return self.elector.leader_url
 
     def _started_leading(self) -> None:
         self.metrics.leader.set(1)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -22,7 +23,7 @@ from typing import Any, TextIO
 
 from gitsync import __version__, kuberay
 from gitsync.checkout import TreeReport, read_tree
-from gitsync.config import AgentConfig, load_agent_config
+from gitsync.config import AgentConfig, advertised_url, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.health import assess
@@ -426,6 +427,9 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         election.lease_duration,
         election.renew_deadline,
         election.retry_period,
+        advertised_url(
+            config.advertise_url, listen, os.environ.get("POD_IP", ""), socket.gethostname()
+        ),
     )
     secret = config.webhooks.secret
 
@@ -446,6 +450,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         agent.trigger_previews,
         lambda: not agent.stopping.is_set(),
         agent.ready.is_set,
+        agent.leader_url,
     )
     try:
         bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default

@@ -98,7 +98,8 @@ class Metrics:
         )
         self.webhooks = Counter(
             "gitsync_webhook_requests",
-            "Webhook requests, by provider, event and result (poll, previews, ignore, "
+            "Webhook requests, by provider, event and result (poll, previews, ignore, relayed to "
+            "the leader, relay-failed (no leader reachable: 503), "
             "rejected-401, rejected-413, rejected-400, duplicate)",
             ["provider", "event", "result"],
             registry=r,

@@ -7,6 +7,10 @@ cannot both win (the loser gets 409). A leader that cannot renew within ``renew_
 steps down before the Lease can expire, so two replicas never both believe they lead. On a
 clean shutdown the leader releases the Lease (empty holder) and a standby takes over at its
 next try instead of waiting out the duration.
+
+The holder also publishes where it answers webhooks (annotation ``gitsync.ray.io/leader-url``):
+a push that reaches a standby through the shared Service is relayed there
+(:mod:`gitsync.relay`), and standbys learn the address at each try.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import urllib3
 from kubernetes import client
 
 log = logging.getLogger(__name__)
+
+LEADER_URL = "gitsync.ray.io/leader-url"
 
 
 def _now() -> datetime.datetime:
@@ -45,10 +51,13 @@ class LeaderElector:
     on_started: Callable[[], None] = lambda: None
     on_stopped: Callable[[], None] = lambda: None
     leading: threading.Event = field(default_factory=threading.Event)
+    advertise_url: str = ""  # where this replica answers webhooks, published while it leads
 
     def __post_init__(self) -> None:
         self.coordination = client.CoordinationV1Api(self.api)
         self._last_renew = 0.0
+        # What the other holder published at this replica's last try ("" none or unknown).
+        self.leader_url = ""
 
     def run(self, stop: threading.Event) -> None:
         """Campaigns until ``stop`` is set, then releases the Lease if held."""
@@ -108,7 +117,10 @@ class LeaderElector:
             renewed = spec.renew_time or spec.acquire_time
             duration = spec.lease_duration_seconds or self.lease_seconds
             if renewed is not None and now < renewed + datetime.timedelta(seconds=duration):
+                published = (lease.metadata.annotations or {}).get(LEADER_URL, "")
+                self.leader_url = str(published)
                 return False  # someone else holds a live lease
+        self.leader_url = ""
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         body = self._body(lease, holder=self.identity, renew=now, transitions=transitions)
         if holder != self.identity:
@@ -126,7 +138,11 @@ class LeaderElector:
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": self.name, "namespace": self.namespace},
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "annotations": {LEADER_URL: self.advertise_url} if self.advertise_url else {},
+            },
             "spec": {
                 "holderIdentity": self.identity,
                 "leaseDurationSeconds": max(1, round(self.lease_seconds)),
@@ -147,6 +163,10 @@ class LeaderElector:
         self, lease: Any, *, holder: str, renew: datetime.datetime, transitions: int | None
     ) -> dict[str, Any]:
         spec = lease.spec or client.V1LeaseSpec()
+        annotations = dict(lease.metadata.annotations or {})
+        annotations.pop(LEADER_URL, None)  # a released Lease names no leader
+        if holder == self.identity and self.advertise_url:
+            annotations[LEADER_URL] = self.advertise_url
         body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -154,6 +174,7 @@ class LeaderElector:
                 "name": self.name,
                 "namespace": self.namespace,
                 "resourceVersion": lease.metadata.resource_version,
+                "annotations": annotations,
             },
             "spec": {
                 "holderIdentity": holder,

@@ -224,10 +224,10 @@ def test_forged_webhooks_trigger_nothing(
 
 
 def agent_config_file(
-    repo: GitOpsRepo, tmp_path: Path, name: str, port: int, lease_namespace: str
+    repo: GitOpsRepo, tmp_path: Path, name: str, port: int, lease_namespace: str, **extra: Any
 ) -> Path:
     path = tmp_path / f"{name}.yaml"
-    document = {
+    document: dict[str, Any] = {
         "repository": {"url": repo.url, "branch": "main"},
         "cacheDir": str(tmp_path / f"cache-{name}"),
         "intervals": {"poll": "1s"},
@@ -246,6 +246,7 @@ def agent_config_file(
             "healthTimeout": "60s",
             "stateNamespace": repo.namespace,
         },
+        **extra,
     }
     path.write_text(yaml.safe_dump(document))
     return path
@@ -268,6 +269,19 @@ def lease_holder(api: client.ApiClient, namespace: str) -> str:
     except client.ApiException:
         return ""
     return str(lease.spec.holder_identity or "")
+
+
+def lease_annotation(api: client.ApiClient, namespace: str, key: str) -> str:
+    try:
+        lease = client.CoordinationV1Api(api).read_namespaced_lease("gitsync-test", namespace)
+    except client.ApiException:
+        return ""
+    return str((lease.metadata.annotations or {}).get(key, ""))
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def annotations(api: client.ApiClient, namespace: str) -> dict[str, dict[str, str]]:
@@ -378,3 +392,74 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_a_push_webhook_reaching_the_standby_is_relayed_to_the_leader(
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    sim: Simulator,
+    namespace: str,
+    forge_repo: GitOpsRepo,
+    gitea: Gitea,
+    tmp_path: Path,
+) -> None:
+    """Two replicas behind one Service: Gitea's real push webhook goes to the standby, which
+    relays it to the URL the leader published on the Lease; the leader polls and applies."""
+    secret = tmp_path / "webhook-secret"
+    secret.write_text(SECRET)
+    ports, agents = {}, {}
+    for name in ("agent-a", "agent-b"):
+        ports[name] = free_port()
+        config = agent_config_file(
+            forge_repo, tmp_path, name, ports[name], namespace,
+            intervals={"poll": "1h"},  # only the start and webhooks trigger passes
+            webhooks={"secretFile": str(secret)},
+        )  # fmt: skip
+        agents[name] = start_agent(config, control_plane.kubeconfig, name, tmp_path / f"{name}.log")
+    try:
+        wait_for(lambda: lease_holder(api, namespace) in agents, timeout=30, what="a leader")
+        leader = lease_holder(api, namespace)
+        standby = next(n for n in agents if n != leader)
+        published = f"http://127.0.0.1:{ports[leader]}"
+        assert lease_annotation(api, namespace, "gitsync.ray.io/leader-url") == published
+        wait_for(
+            lambda: set(annotations(api, namespace)) == {"embedder", "ranker", "summarizer"},
+            timeout=120,
+            what="the first rollout",
+        )
+        time.sleep(1.5)  # the standby reads the Lease every retryPeriod (500 ms)
+        owner_repo = forge_repo.url.removeprefix(gitea.url + "/").removesuffix(".git")
+        gitea.api(
+            "POST",
+            f"/repos/{owner_repo}/hooks",
+            {
+                "type": "gitea",
+                "active": True,
+                "events": ["push"],
+                "branch_filter": "main",
+                "config": {
+                    "url": f"http://127.0.0.1:{ports[standby]}/webhooks",
+                    "content_type": "json",
+                    "secret": SECRET,
+                },
+            },
+        )
+        sha = forge_repo.commit(
+            lambda root: forge_repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"),
+            "scale",
+        )
+        wait_for(
+            lambda: annotations(api, namespace)["ranker"].get("gitsync.ray.io/revision") == sha,
+            timeout=60,
+            what="the leader to apply the pushed revision",
+        )
+        relayed = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="relayed"}'
+        polled = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="poll"}'
+        assert f"{relayed} 1.0" in scrape(ports[standby])
+        assert f"{polled} 1.0" in scrape(ports[leader])
+        assert ": applied " not in (tmp_path / f"{standby}.log").read_text()
+    finally:
+        for process in agents.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
