@@ -29,7 +29,7 @@ from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
 from gitsync.drift import DriftChecker, DriftReport
 from gitsync.errors import ClusterUnreachable, GitsyncError
-from gitsync.health import assess
+from gitsync.health import Assessment, assess
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.lease import LeaderElector
 from gitsync.kube.rayservices import RayServices
@@ -241,7 +241,7 @@ class Agent:
             self.metrics.git_poll_duration.observe(time.monotonic() - began)
         if head == self.last_revision and self.last_ok:
             self.metrics.git_poll.labels("unchanged").inc()
-            self._refresh_health()
+            self._refresh_health(events=True)
             return
         self.metrics.git_poll.labels("new" if head != self.last_revision else "retry").inc()
         self._pass(head)
@@ -406,18 +406,26 @@ class Agent:
             self._expected_at = (self.last_revision, rows)
         return self._expected_at[1]
 
-    def _health_gauge(self, environment: str, key: ServiceKey, health: Health) -> None:
+    def _health_gauge(
+        self, environment: str, key: ServiceKey, assessment: Assessment, events: bool
+    ) -> None:
         """One series per service, labelled with its current health (the old one removed):
-        1,000 services are 1,000 series, not one per possible health."""
+        1,000 services are 1,000 series, not one per possible health. With ``events`` (a poll
+        that found nothing new: no rollout recorded this change) it is an Event too."""
+        health = assessment.health
         previous = self._health.get((environment, key))
         if previous is health:
             return
         if previous is not None:
             self.metrics.service_health.remove(environment, key.namespace, key.name, str(previous))
+        if previous is not None and events:
+            kind = "Warning" if health in (Health.DEGRADED, Health.MISSING) else "Normal"
+            text = f"health changed from {previous} to {health}: {assessment.message}"
+            self.recorder(key, kind, str(health), text)
         self.metrics.service_health.labels(environment, key.namespace, key.name, str(health)).set(1)
         self._health[(environment, key)] = health
 
-    def _refresh_health(self) -> None:
+    def _refresh_health(self, *, events: bool = False) -> None:
         """One list per environment namespace: the health gauge for every managed service."""
         if not self.last_revision:
             return
@@ -426,8 +434,8 @@ class Agent:
                 self.history.environment(name, namespace)
                 live = self.services.list_managed(namespace, name)
                 for key in sorted({*live, *wanted}):
-                    health = assess(live.get(key), wanted.get(key, ())).health
-                    self._health_gauge(name, key, health)
+                    assessment = assess(live.get(key), wanted.get(key, ()))
+                    self._health_gauge(name, key, assessment, events)
                 del live
         except GitsyncError as exc:
             log.debug("health refresh failed: %s", exc)

@@ -32,7 +32,7 @@ from gitsync.server import AgentServer, Hooks
 from gitsync.source.config import TokenAuth
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
-from testbed.simulator import Delays, Simulator
+from testbed.simulator import Delays, FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .kube import GROUP, PLURAL, VERSION
@@ -160,6 +160,39 @@ def test_a_gitea_push_webhook_triggers_the_rollout(
         )
         == 1
     )
+
+
+def test_a_health_change_outside_a_rollout_is_an_event_kubectl_describe_shows(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices],
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    sim: Simulator,
+    namespace: str,
+) -> None:
+    agent, _, _ = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    assert agent.last_ok
+    agent.poll()  # nothing new: the health gauge is refreshed, every service Healthy
+    # Someone edits the Serve config by hand and the new config fails to deploy.
+    sim.add_rule(FailureRule(namespace=namespace, service="ranker", message="bad edit"))
+    custom = client.CustomObjectsApi(api)
+    live = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ranker")
+    serve = live["spec"]["serveConfigV2"].replace("num_replicas: 1", "num_replicas: 3")
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker", {"spec": {"serveConfigV2": serve}}
+    )
+
+    def failed() -> bool:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ranker")
+        apps = (obj.get("status") or {}).get("activeServiceStatus", {}).get("applicationStatuses")
+        return any(a.get("status") == "DEPLOY_FAILED" for a in (apps or {}).values())
+
+    wait_for(failed, timeout=30, what="the edited ranker to fail")
+    agent.poll()
+    assert agent.recorder.flush(10)
+    described = control_plane.kubectl("describe", "rayservice", "ranker", "-n", namespace).stdout
+    assert "health changed from Healthy to Degraded" in described
+    assert any(line.split()[:2] == ["Warning", "Degraded"] for line in described.splitlines())
 
 
 def post(port: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
