@@ -215,6 +215,29 @@ class Agent:
     def _stopped_leading(self) -> None:
         self.metrics.leader.set(0)
         self.interrupt.set()
+        # The next leader reports these; kept here, two replicas would both count the
+        # environments. A pass in flight forgets them itself when it ends (see _pass).
+        if self._lock.acquire(blocking=False):
+            try:
+                self._forget_environments()
+            finally:
+                self._lock.release()
+
+    def _forget_environments(self) -> None:
+        """Drops the per-environment series a standby must not export. Leading again, the
+        first pass re-runs (``last_ok`` False) and restores them from the cluster."""
+        for gauge in (
+            self.metrics.service_health,
+            self.metrics.applied_revision,
+            self.metrics.rollout_in_progress,
+            self.metrics.drift_fighting,
+        ):
+            gauge.clear()
+        self._health.clear()
+        self._applied.clear()
+        self._began.clear()
+        self._fighting.clear()
+        self.last_ok = False
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -305,6 +328,8 @@ class Agent:
                 self._sync()
             finally:
                 self._prune_trees(head)
+                if not self.leading:
+                    self._forget_environments()
 
     def _prune_trees(self, head: str) -> None:
         """Keeps the cached trees the next pass, health refresh or drift check reads — the
@@ -339,11 +364,14 @@ class Agent:
             )
         except GitsyncError as exc:
             log.error("pass failed: %s", exc)
-            self.metrics.sync_total.labels("", "error").inc()
+            if not self._began:  # before any environment's rollout: Git, gitsync.yaml, a plan
+                self.metrics.sync_total.labels("*", "error").inc()
             self.last_ok = False
             if isinstance(exc, ClusterUnreachable):
                 self._retry_later()
             return
+        finally:
+            self._unfinished()
         self.retries = 0
         interrupted = any(r.outcome is Outcome.INTERRUPTED for r in result.results)
         self.last_revision = result.revision
@@ -353,6 +381,14 @@ class Agent:
             r.outcome not in (Outcome.BLOCKED,) for r in result.results
         )
         self._refresh_health()
+
+    def _unfinished(self) -> None:
+        """After a pass: an environment that started and got no result (the pass raised) is
+        counted as an error, and is no longer in progress."""
+        for environment in list(self._began):
+            self.metrics.sync_total.labels(environment, "error").inc()
+            self.metrics.rollout_in_progress.labels(environment).set(0)
+        self._began.clear()
 
     def _retry_later(self) -> None:
         """Runs the poll again after the next backoff step (never later than it would run)."""

@@ -20,7 +20,8 @@ class Metrics:
         self.sync_total = Counter(
             "gitsync_sync",
             "Rollout passes per environment, by result (succeeded, failed, rolled-back, "
-            "superseded, blocked, interrupted, error)",
+            "superseded, blocked, interrupted, error; an error before any rollout started is "
+            'counted as environment="*")',
             ["environment", "result"],
             registry=r,
         )

@@ -3,6 +3,7 @@ SIGKILLed leader, graceful SIGTERM — against the test bed's API server and sim
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import json
@@ -193,6 +194,167 @@ def test_a_health_change_outside_a_rollout_is_an_event_kubectl_describe_shows(
     described = control_plane.kubectl("describe", "rayservice", "ranker", "-n", namespace).stdout
     assert "health changed from Healthy to Degraded" in described
     assert any(line.split()[:2] == ["Warning", "Degraded"] for line in described.splitlines())
+
+
+def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of one metric family: sorted labels → value."""
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_the_metrics_of_a_real_pass(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices],
+    forge_repo: GitOpsRepo,
+    sim: Simulator,
+) -> None:
+    agent, _, _ = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    assert agent.last_ok
+    metrics, head = agent.metrics, forge_repo.revisions[-1]
+    staging = (("environment", "staging"),)
+    assert samples(metrics, "gitsync_sync_total") == {(*staging, ("result", "succeeded")): 1}
+    assert samples(metrics, "gitsync_sync_duration_seconds_count") == {staging: 1}
+    assert samples(metrics, "gitsync_sync_duration_seconds_sum")[staging] > 0
+    assert samples(metrics, "gitsync_rollout_in_progress") == {staging: 0}
+    assert samples(metrics, "gitsync_applied_revision_info") == {(*staging, ("revision", head)): 1}
+    assert samples(metrics, "gitsync_git_poll_total") == {(("result", "new"),): 1}
+    assert samples(metrics, "gitsync_git_poll_duration_seconds_count") == {(): 1}
+    health = samples(metrics, "gitsync_service_health")
+    assert {dict(labels)["name"]: dict(labels)["health"] for labels in health} == {
+        "embedder": "Healthy",
+        "ranker": "Healthy",
+        "summarizer": "Healthy",
+    }
+
+
+def test_a_replica_that_loses_the_lease_drops_its_environment_series(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """Otherwise the old leader keeps exporting health, applied revisions and rollouts in
+    progress next to the new leader's, and dashboards count every service twice."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        poll_seconds=3600.0,
+        leader_election=LeaderElection(True, namespace, "gitsync-metrics", 4.0, 3.0, 0.5),
+    )
+    agent = Agent(config, api, "agent-x", Metrics(), lease_seconds=4.0, renew_deadline=3.0,
+                  retry=0.5)  # fmt: skip
+    agent.start()
+    try:
+        wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+        metrics = agent.metrics
+        for name in ("gitsync_service_health", "gitsync_applied_revision_info"):
+            assert samples(metrics, name), name
+        # Another holder takes the Lease (as after a partition): this replica cannot renew.
+        coordination = client.CoordinationV1Api(api)
+        lease = coordination.read_namespaced_lease("gitsync-metrics", namespace)
+        lease.spec.holder_identity = "agent-y"
+        lease.spec.lease_duration_seconds = 60
+        lease.spec.renew_time = datetime.datetime.now(datetime.UTC)
+        coordination.replace_namespaced_lease("gitsync-metrics", namespace, lease)
+        wait_for(lambda: not agent.leading, timeout=10, what="agent-x to step down")
+        assert samples(metrics, "gitsync_leader") == {(): 0}
+        for name in (
+            "gitsync_service_health",
+            "gitsync_applied_revision_info",
+            "gitsync_rollout_in_progress",
+        ):
+            assert samples(metrics, name) == {}, name
+        assert samples(metrics, "gitsync_sync_total")  # counters stay: rates need them
+    finally:
+        agent.shutdown(timeout=10)
+
+
+def refuse_state_writes(api: client.ApiClient, namespace: str, name: str) -> Iterator[None]:
+    """A ValidatingAdmissionPolicy (evaluated by the API server itself) refusing writes of
+    the ConfigMap ``name`` in ``namespace``: the rollout's state write fails, as with an
+    admission webhook or a quota in a real cluster."""
+    admission = client.AdmissionregistrationV1Api(api)
+    policy = f"refuse-{namespace}"
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["configmaps"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": f"object.metadata.name != '{name}'",
+                        "message": "refused by the test's policy",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        }
+    )
+    core = client.CoreV1Api(api)
+
+    def refused() -> bool:
+        try:
+            core.patch_namespaced_config_map(
+                name, namespace, {"data": {"probe": "1"}}, dry_run="All"
+            )
+        except client.ApiException:
+            return True
+        return False
+
+    try:
+        wait_for(refused, timeout=30, what="the admission policy to take effect")
+        yield
+    finally:
+        admission.delete_validating_admission_policy_binding(policy)
+        admission.delete_validating_admission_policy(policy)
+
+
+def test_a_pass_that_errors_mid_rollout_is_counted_for_its_environment(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices],
+    api: client.ApiClient,
+    forge_repo: GitOpsRepo,
+    namespace: str,
+    sim: Simulator,
+) -> None:
+    agent, _, _ = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    assert agent.last_ok
+    for _ in refuse_state_writes(api, namespace, "gitsync-rollout-staging"):
+        forge_repo.commit(
+            lambda root: forge_repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"),
+            "scale",
+        )
+        agent.trigger()
+        wait_for(lambda: agent.passes >= 2 and not agent._lock.locked(), what="the second pass")
+    assert not agent.last_ok
+    metrics, staging = agent.metrics, (("environment", "staging"),)
+    assert samples(metrics, "gitsync_sync_total") == {
+        (*staging, ("result", "succeeded")): 1,
+        (*staging, ("result", "error")): 1,
+    }
+    assert samples(metrics, "gitsync_rollout_in_progress") == {staging: 0}
 
 
 def post(port: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
