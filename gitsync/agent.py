@@ -198,7 +198,7 @@ class Agent:
 
     @property
     def leading(self) -> bool:
-        return self.elector is None or self.elector.leading.is_set()
+        return self.elector is None or self.elector.is_leading()
 
     def leader_url(self) -> str | None:
         """None while this replica leads (it handles its webhooks); else the base URL the

@@ -257,8 +257,12 @@ def test_a_replica_that_loses_the_lease_drops_its_environment_series(
         lease.spec.lease_duration_seconds = 60
         lease.spec.renew_time = datetime.datetime.now(datetime.UTC)
         coordination.replace_namespaced_lease("gitsync-metrics", namespace, lease)
-        wait_for(lambda: not agent.leading, timeout=10, what="agent-x to step down")
-        assert samples(metrics, "gitsync_leader") == {(): 0}
+        wait_for(
+            lambda: samples(metrics, "gitsync_leader") == {(): 0},
+            timeout=10,
+            what="agent-x to step down",
+        )
+        assert not agent.leading
         for name in (
             "gitsync_service_health",
             "gitsync_applied_revision_info",
