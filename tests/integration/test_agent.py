@@ -400,22 +400,35 @@ def test_forged_webhooks_trigger_nothing(
             400,
         ),
     ]
+
+    def polls() -> float:
+        return sum(samples(agent.metrics, "gitsync_git_poll_total").values())
+
+    polls_before, passes_before = polls(), agent.passes
     for headers, payload, status in cases:
         got, _ = post(server.port, {**headers, "Content-Type": "application/json"}, payload)
         assert got == status, (headers, got)
     # An authentic but unknown event is accepted and ignored; a genuine replay is a duplicate.
     signed = {"X-Gitea-Event": "push", "X-Gitea-Signature": good, "X-Gitea-Delivery": "abc"}
     assert post(server.port, {**signed, "X-Gitea-Event": "release"}, body)[0] == 202
+    # The effect, not only the answers: no poll ran and no pass started. A webhook's poll runs
+    # on the scheduler's thread within milliseconds; a second is ample to see one.
+    time.sleep(1.0)
+    assert (polls(), agent.passes) == (polls_before, passes_before)
     assert post(server.port, signed, body)[1]["result"] == "poll"
     assert post(server.port, signed, body)[1]["result"] == "duplicate"
-    samples: dict[str, float] = {}
+    # The authentic push did poll, once (the replay did not): the counter above was live.
+    wait_for(lambda: polls() == polls_before + 1, timeout=10, what="the authentic push's poll")
+    time.sleep(0.5)
+    assert polls() == polls_before + 1
+    counted: dict[str, float] = {}
     for metric in agent.metrics.registry.collect():
         for sample in metric.samples:
             if metric.name == "gitsync_webhook_requests" and sample.name.endswith("_total"):
                 result = sample.labels["result"]
-                samples[result] = samples.get(result, 0) + sample.value
-    assert samples.get("poll") == 1  # only the one authentic push
-    assert sum(v for k, v in samples.items() if k.startswith("rejected-")) == len(cases)
+                counted[result] = counted.get(result, 0) + sample.value
+    assert counted.get("poll") == 1  # only the one authentic push
+    assert sum(v for k, v in counted.items() if k.startswith("rejected-")) == len(cases)
     assert len(server.received) == 1
 
 
