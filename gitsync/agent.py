@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 # at the next poll: a restarted API server is back in seconds, a poll may be minutes away.
 RETRY_FIRST, RETRY_LONGEST = 1.0, 60.0
 
+# /healthz fails once the poll job has not started for this many intervals (and at least
+# STALE_FLOOR seconds) while no pass runs: a scheduler that stopped running its jobs keeps the
+# process up but the agent useless, and only a restart mends it.
+STALE_POLLS, STALE_FLOOR = 10, 60.0
+
 POLL_JOB = "poll"
 DRIFT_JOB = "drift"
 PREVIEWS_JOB = "previews"
@@ -71,6 +76,7 @@ class Agent:
     renew_deadline: float = 10.0
     retry: float = 2.0
     advertise_url: str = ""  # published on the Lease while leading: standbys relay webhooks
+    stale_after: float | None = None  # seconds without a poll: unhealthy (None: see STALE_*)
 
     def __post_init__(self) -> None:
         self.services = RayServices(self.api)
@@ -87,6 +93,7 @@ class Agent:
         self.last_ok = False
         self.ready = threading.Event()
         self.passes = 0
+        self.polled_at = time.monotonic()  # when the poll job last started (leading or not)
         self.retries = 0  # passes failed in a row on an unreachable API server
         self._applied: dict[str, str] = {}  # environment → revision in the info gauge
         self._began: dict[str, float] = {}  # environment → when its rollout started
@@ -149,6 +156,7 @@ class Agent:
             id=POLL_JOB,
             next_run_time=datetime.datetime.now(datetime.UTC),
         )
+        self.polled_at = time.monotonic()
         every = drift_interval(self.config.drift_schedule)
         self.scheduler.add_job(
             self.drift,
@@ -187,7 +195,8 @@ class Agent:
         log.info("agent stopping")
         self.stopping.set()
         self.interrupt.set()
-        self.scheduler.shutdown(wait=True)
+        if self.scheduler.running:  # not if it stopped by itself (/healthz then failed)
+            self.scheduler.shutdown(wait=True)
         if self._election_thread is not None:
             self._election_thread.join(max(1.0, timeout - (time.monotonic() - began)))
         if self.reporter is not None:
@@ -195,6 +204,23 @@ class Agent:
         self.recorder.close(timeout=max(1.0, timeout - (time.monotonic() - began)))
         self.metrics.leader.set(0)
         log.info("agent stopped in %.1fs", time.monotonic() - began)
+
+    def healthy(self) -> bool:
+        """For ``/healthz``: not stopping, the scheduler's thread alive, and the poll job
+        started recently or a pass running (a pass holds the poll job for as long as it takes)."""
+        if self.stopping.is_set():
+            return False
+        if not self.ready.is_set():
+            return True  # starting
+        thread = getattr(self.scheduler, "_thread", None)  # APScheduler 3's BackgroundScheduler
+        if not self.scheduler.running or thread is None or not thread.is_alive():
+            return False
+        if self._lock.locked():
+            return True
+        stale = self.stale_after
+        if stale is None:
+            stale = max(STALE_POLLS * self.config.poll_seconds, STALE_FLOOR)
+        return time.monotonic() - self.polled_at < stale
 
     @property
     def leading(self) -> bool:
@@ -251,6 +277,7 @@ class Agent:
             job.modify(next_run_time=datetime.datetime.now(datetime.UTC))
 
     def poll(self) -> None:
+        self.polled_at = time.monotonic()
         if not self.leading or self.stopping.is_set():
             return
         began = time.monotonic()

@@ -448,7 +448,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         config.repository.branch,
         agent.trigger,
         agent.trigger_previews,
-        lambda: not agent.stopping.is_set(),
+        agent.healthy,
         agent.ready.is_set,
         agent.leader_url,
     )

@@ -274,6 +274,43 @@ def test_a_replica_that_loses_the_lease_drops_its_environment_series(
         agent.shutdown(timeout=10)
 
 
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_healthz_fails_when_the_poll_job_stalls_or_the_scheduler_dies(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        poll_seconds=0.5,
+        leader_election=LeaderElection(enabled=False),
+    )
+    agent = Agent(config, api, "agent-h", Metrics(), stale_after=3.0)
+    hooks = Hooks(lambda: None, config.repository.url, "main", agent.trigger, lambda: None,
+                  agent.healthy, agent.ready.is_set)  # fmt: skip
+    server = AgentServer("127.0.0.1", free_port(), hooks, agent.metrics).start()
+    agent.start()
+    try:
+        wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+        time.sleep(4.0)  # longer than stale_after: polls keep running, so still healthy
+        assert healthz(server.port) == 200
+        agent.scheduler.pause_job("poll")  # the poll job stops being run
+        wait_for(lambda: healthz(server.port) == 503, timeout=10, what="/healthz to fail")
+        agent.scheduler.resume_job("poll")
+        wait_for(lambda: healthz(server.port) == 200, timeout=10, what="/healthz to recover")
+        agent.scheduler.shutdown(wait=True)  # the scheduler's thread ends
+        assert healthz(server.port) == 503
+    finally:
+        agent.shutdown(timeout=10)
+        server.stop()
+
+
 def refuse_state_writes(api: client.ApiClient, namespace: str, name: str) -> Iterator[None]:
     """A ValidatingAdmissionPolicy (evaluated by the API server itself) refusing writes of
     the ConfigMap ``name`` in ``namespace``: the rollout's state write fails, as with an
