@@ -34,6 +34,7 @@ from gitsync.kube.events import EventRecorder
 from gitsync.kube.lease import LeaderElector
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
 from gitsync.model import Health, ServiceKey
 from gitsync.plan import Plan
@@ -102,6 +103,8 @@ class Agent:
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
         self._previews_lock = threading.Lock()
+        # What progress lines may name: environments and services planned, the pass's revision.
+        self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
         self.history = History()  # what the status page shows
         repo = self.config.repository
         self.preview_reconciler = PreviewReconciler(
@@ -379,7 +382,7 @@ class Agent:
                 self.config,
                 self.services,
                 self.state,
-                progress=lambda line: log.info("%s", line),
+                progress=self._progress,
                 reporter=self.reporter,
                 stop=self.interrupt,
                 source=self.source,
@@ -429,8 +432,20 @@ class Agent:
             next_run_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
         )
 
+    def _progress(self, line: str) -> None:
+        """A pass's progress line, with the environment, service and revision it names as
+        structured fields (keys of ``--log-format json``)."""
+        environments, services, revision = self._named
+        log.info("%s", line, extra=line_fields(line, environments, services, revision))
+
     def _planned(self, plan: Plan) -> None:
         revision = plan.to_rev or ""
+        environments, services, _ = self._named
+        self._named = (
+            environments | {plan.environment},
+            services | {str(c.key) for c in plan.changes},
+            revision,
+        )
         try:
             author, when, subject = self.source.commit_info(revision)
             self.history.commit(CommitInfo(revision, author, when, subject))
@@ -485,6 +500,8 @@ class Agent:
             kind = "Warning" if health in (Health.DEGRADED, Health.MISSING) else "Normal"
             text = f"health changed from {previous} to {health}: {assessment.message}"
             self.recorder(key, kind, str(health), text)
+            fields = {"environment": environment, "service": str(key), "health": str(health)}
+            log.info("%s: %s %s", environment, key, text, extra=fields)
         self.metrics.service_health.labels(environment, key.namespace, key.name, str(health)).set(1)
         self._health[(environment, key)] = health
 

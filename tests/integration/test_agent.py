@@ -501,8 +501,10 @@ def agent_config_file(
     return path
 
 
-def start_agent(config: Path, kubeconfig: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "gitsync.cli", "run", "--config", str(config)]
+def start_agent(
+    config: Path, kubeconfig: Path, name: str, log: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "gitsync.cli", "run", "--config", str(config), *args]
     with log.open("wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
             [*argv, "--kubeconfig", str(kubeconfig)],
@@ -617,7 +619,8 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
     port = free_port()
     config = agent_config_file(repo, tmp_path, "solo", port, namespace)
-    process = start_agent(config, control_plane.kubeconfig, "solo", tmp_path / "solo.log")
+    log = tmp_path / "solo.log"
+    process = start_agent(config, control_plane.kubeconfig, "solo", log, "--log-format", "json")
     try:
         wait_for(lambda: lease_holder(api, namespace) == "solo", timeout=30, what="leadership")
 
@@ -632,6 +635,23 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
         assert "gitsync_leader 1.0" in text
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+        # JSON logs carry what a line names as keys: the rollout's applies name all three.
+        wait_for(
+            lambda: any("succeeded" in entry["message"] for entry in lines()),
+            timeout=60,
+            what="the rollout to succeed",
+        )
+        applied = [entry for entry in lines() if ": applied " in entry["message"]]
+        assert applied
+        for entry in applied:
+            assert entry["environment"] == "staging"
+            assert entry["revision"] == repo.revisions[-1]
+            assert entry["service"] in entry["message"]
+            assert entry["service"].startswith(f"{namespace}/")
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
