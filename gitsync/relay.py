@@ -18,9 +18,10 @@ from urllib.parse import urlsplit
 # Marks a relayed request; a replica that receives one and does not lead answers 503 rather
 # than relaying again, so two replicas that disagree about the leader cannot bounce a request.
 RELAYED = "x-gitsync-relayed"
-# Well under a forge's own webhook timeout (Gitea and GitHub wait 5-10 s): the leader only
-# triggers a poll before it answers.
-TIMEOUT = 2.0
+# Under a forge's own webhook timeout (Gitea waits 5 s, GitHub 10 s), so the forge gets the
+# standby's 503 rather than a timeout. The leader only triggers a poll before it answers, but a
+# busy leader (a rollout of many services on a loaded node) can take seconds to answer.
+TIMEOUT = 4.0
 # Not the forge's to pass on: connection-level headers, and those http.client sets itself.
 _HOP_BY_HOP = frozenset(
     {

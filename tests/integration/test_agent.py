@@ -724,8 +724,9 @@ def test_a_push_webhook_reaching_the_standby_is_relayed_to_the_leader(
         )
         relayed = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="relayed"}'
         polled = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="poll"}'
-        assert f"{relayed} 1.0" in scrape(ports[standby])
-        assert f"{polled} 1.0" in scrape(ports[leader])
+        standby_metrics, leader_metrics = scrape(ports[standby]), scrape(ports[leader])
+        assert f"{relayed} 1.0" in standby_metrics, standby_metrics
+        assert f"{polled} 1.0" in leader_metrics, leader_metrics
         assert ": applied " not in (tmp_path / f"{standby}.log").read_text()
     finally:
         for process in agents.values():
