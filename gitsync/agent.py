@@ -511,6 +511,8 @@ class Agent:
             return
         try:
             for name, namespace, wanted in self._expected():
+                if not self.leading:  # lost the Lease meanwhile: its series were dropped
+                    return
                 self.history.environment(name, namespace)
                 live = self.services.list_managed(namespace, name)
                 for key in sorted({*live, *wanted}):

@@ -214,6 +214,8 @@ class AgentServer:
             log.info(
                 "webhook provider=%s event=%s delivery=%s result=%s status=%d",
                 verdict.provider, event, delivery, result, status,
+                extra={"provider": verdict.provider, "event": event, "delivery": delivery,
+                       "result": result},
             )  # fmt: skip
             return status, answer
         elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
@@ -228,6 +230,8 @@ class AgentServer:
             logging.DEBUG if verdict.status >= 400 else logging.INFO,
             "webhook provider=%s event=%s delivery=%s result=%s reason=%s",
             verdict.provider, event, delivery, result, printable(verdict.reason, 200),
+            extra={"provider": verdict.provider, "event": event, "delivery": delivery,
+                   "result": result},
         )  # fmt: skip
         return verdict.status, {"result": result, "reason": verdict.reason}
 

@@ -7,7 +7,10 @@ import hashlib
 import hmac
 import http.client
 import json
+import logging
 from collections.abc import Callable
+
+import pytest
 
 from gitsync.metrics import Metrics
 from gitsync.relay import RELAYED
@@ -49,7 +52,10 @@ def results(target: AgentServer) -> dict[str, float]:
     }
 
 
-def test_a_standby_relays_a_verified_push_and_answers_with_the_leaders_answer() -> None:
+def test_a_standby_relays_a_verified_push_and_answers_with_the_leaders_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gitsync.server")
     polls: list[str] = []
     leader = server(polls, "leader", lambda: None)
     standby = server(polls, "standby", lambda: f"http://127.0.0.1:{leader.port}/")
@@ -65,6 +71,13 @@ def test_a_standby_relays_a_verified_push_and_answers_with_the_leaders_answer() 
         assert polls == ["leader"]
         assert results(standby) == {"relayed": 2, "rejected-401": 1}
         assert results(leader) == {"poll": 1, "duplicate": 1}
+        # Log lines carry their fields as attributes (keys of --log-format json).
+        fields = {
+            (r.provider, r.event, r.delivery, r.result)  # type: ignore[attr-defined]
+            for r in caplog.records
+            if hasattr(r, "result")
+        }
+        assert {("gitea", "push", "d1", "relayed"), ("gitea", "push", "d1", "poll")} <= fields
     finally:
         standby.stop()
         leader.stop()
