@@ -29,11 +29,12 @@ from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
 from gitsync.drift import DriftChecker, DriftReport, drifted_by_kind
 from gitsync.errors import ClusterUnreachable, GitsyncError
-from gitsync.health import assess
+from gitsync.health import Assessment, assess
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.lease import LeaderElector
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
 from gitsync.model import Health, ServiceKey
 from gitsync.plan import Plan
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 # at the next poll: a restarted API server is back in seconds, a poll may be minutes away.
 RETRY_FIRST, RETRY_LONGEST = 1.0, 60.0
 
+# /healthz fails once the poll job has not started for this many intervals (and at least
+# STALE_FLOOR seconds) while no pass runs: a scheduler that stopped running its jobs keeps the
+# process up but the agent useless, and only a restart mends it.
+STALE_POLLS, STALE_FLOOR = 10, 60.0
+
 POLL_JOB = "poll"
 DRIFT_JOB = "drift"
 PREVIEWS_JOB = "previews"
@@ -70,6 +76,8 @@ class Agent:
     lease_seconds: float = 15.0
     renew_deadline: float = 10.0
     retry: float = 2.0
+    advertise_url: str = ""  # published on the Lease while leading: standbys relay webhooks
+    stale_after: float | None = None  # seconds without a poll: unhealthy (None: see STALE_*)
 
     def __post_init__(self) -> None:
         self.services = RayServices(self.api)
@@ -86,6 +94,7 @@ class Agent:
         self.last_ok = False
         self.ready = threading.Event()
         self.passes = 0
+        self.polled_at = time.monotonic()  # when the poll job last started (leading or not)
         self.retries = 0  # passes failed in a row on an unreachable API server
         self._applied: dict[str, str] = {}  # environment → revision in the info gauge
         self._began: dict[str, float] = {}  # environment → when its rollout started
@@ -94,6 +103,8 @@ class Agent:
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
         self._previews_lock = threading.Lock()
+        # What progress lines may name: environments and services planned, the pass's revision.
+        self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
         self.history = History()  # what the status page shows
         repo = self.config.repository
         self.preview_reconciler = PreviewReconciler(
@@ -135,6 +146,7 @@ class Agent:
                 self.retry,
                 on_started=self._started_leading,
                 on_stopped=self._stopped_leading,
+                advertise_url=self.advertise_url,
             )
         self._election_thread: threading.Thread | None = None
 
@@ -148,6 +160,7 @@ class Agent:
             id=POLL_JOB,
             next_run_time=datetime.datetime.now(datetime.UTC),
         )
+        self.polled_at = time.monotonic()
         every = drift_interval(self.config.drift_schedule)
         self.scheduler.add_job(
             self.drift,
@@ -186,7 +199,8 @@ class Agent:
         log.info("agent stopping")
         self.stopping.set()
         self.interrupt.set()
-        self.scheduler.shutdown(wait=True)
+        if self.scheduler.running:  # not if it stopped by itself (/healthz then failed)
+            self.scheduler.shutdown(wait=True)
         if self._election_thread is not None:
             self._election_thread.join(max(1.0, timeout - (time.monotonic() - began)))
         if self.reporter is not None:
@@ -195,9 +209,33 @@ class Agent:
         self.metrics.leader.set(0)
         log.info("agent stopped in %.1fs", time.monotonic() - began)
 
+    def healthy(self) -> bool:
+        """For ``/healthz``: not stopping, the scheduler's thread alive, and the poll job
+        started recently or a pass running (a pass holds the poll job for as long as it takes)."""
+        if self.stopping.is_set():
+            return False
+        if not self.ready.is_set():
+            return True  # starting
+        thread = getattr(self.scheduler, "_thread", None)  # APScheduler 3's BackgroundScheduler
+        if not self.scheduler.running or thread is None or not thread.is_alive():
+            return False
+        if self._lock.locked():
+            return True
+        stale = self.stale_after
+        if stale is None:
+            stale = max(STALE_POLLS * self.config.poll_seconds, STALE_FLOOR)
+        return time.monotonic() - self.polled_at < stale
+
     @property
     def leading(self) -> bool:
-        return self.elector is None or self.elector.leading.is_set()
+        return self.elector is None or self.elector.is_leading()
+
+    def leader_url(self) -> str | None:
+        """None while this replica leads (it handles its webhooks); else the base URL the
+        leader published on the Lease, "" when none is known."""
+        if self.elector is None or self.leading:
+            return None
+        return self.elector.leader_url
 
     def _started_leading(self) -> None:
         self.metrics.leader.set(1)
@@ -207,6 +245,29 @@ class Agent:
     def _stopped_leading(self) -> None:
         self.metrics.leader.set(0)
         self.interrupt.set()
+        # The next leader reports these; kept here, two replicas would both count the
+        # environments. A pass in flight forgets them itself when it ends (see _pass).
+        if self._lock.acquire(blocking=False):
+            try:
+                self._forget_environments()
+            finally:
+                self._lock.release()
+
+    def _forget_environments(self) -> None:
+        """Drops the per-environment series a standby must not export. Leading again, the
+        first pass re-runs (``last_ok`` False) and restores them from the cluster."""
+        for gauge in (
+            self.metrics.service_health,
+            self.metrics.applied_revision,
+            self.metrics.rollout_in_progress,
+            self.metrics.drift_fighting,
+        ):
+            gauge.clear()
+        self._health.clear()
+        self._applied.clear()
+        self._began.clear()
+        self._fighting.clear()
+        self.last_ok = False
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -220,6 +281,7 @@ class Agent:
             job.modify(next_run_time=datetime.datetime.now(datetime.UTC))
 
     def poll(self) -> None:
+        self.polled_at = time.monotonic()
         if not self.leading or self.stopping.is_set():
             return
         began = time.monotonic()
@@ -233,7 +295,7 @@ class Agent:
             self.metrics.git_poll_duration.observe(time.monotonic() - began)
         if head == self.last_revision and self.last_ok:
             self.metrics.git_poll.labels("unchanged").inc()
-            self._refresh_health()
+            self._refresh_health(events=True)
             return
         self.metrics.git_poll.labels("new" if head != self.last_revision else "retry").inc()
         self._pass(head)
@@ -300,6 +362,8 @@ class Agent:
                 self._sync()
             finally:
                 self._prune_trees(head)
+                if not self.leading:
+                    self._forget_environments()
 
     def _prune_trees(self, head: str) -> None:
         """Keeps the cached trees the next pass, health refresh or drift check reads — the
@@ -322,7 +386,7 @@ class Agent:
                 self.config,
                 self.services,
                 self.state,
-                progress=lambda line: log.info("%s", line),
+                progress=self._progress,
                 reporter=self.reporter,
                 stop=self.interrupt,
                 source=self.source,
@@ -334,11 +398,14 @@ class Agent:
             )
         except GitsyncError as exc:
             log.error("pass failed: %s", exc)
-            self.metrics.sync_total.labels("", "error").inc()
+            if not self._began:  # before any environment's rollout: Git, gitsync.yaml, a plan
+                self.metrics.sync_total.labels("*", "error").inc()
             self.last_ok = False
             if isinstance(exc, ClusterUnreachable):
                 self._retry_later()
             return
+        finally:
+            self._unfinished()
         self.retries = 0
         interrupted = any(r.outcome is Outcome.INTERRUPTED for r in result.results)
         self.last_revision = result.revision
@@ -348,6 +415,14 @@ class Agent:
             r.outcome not in (Outcome.BLOCKED,) for r in result.results
         )
         self._refresh_health()
+
+    def _unfinished(self) -> None:
+        """After a pass: an environment that started and got no result (the pass raised) is
+        counted as an error, and is no longer in progress."""
+        for environment in list(self._began):
+            self.metrics.sync_total.labels(environment, "error").inc()
+            self.metrics.rollout_in_progress.labels(environment).set(0)
+        self._began.clear()
 
     def _retry_later(self) -> None:
         """Runs the poll again after the next backoff step (never later than it would run)."""
@@ -361,8 +436,20 @@ class Agent:
             next_run_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
         )
 
+    def _progress(self, line: str) -> None:
+        """A pass's progress line, with the environment, service and revision it names as
+        structured fields (keys of ``--log-format json``)."""
+        environments, services, revision = self._named
+        log.info("%s", line, extra=line_fields(line, environments, services, revision))
+
     def _planned(self, plan: Plan) -> None:
         revision = plan.to_rev or ""
+        environments, services, _ = self._named
+        self._named = (
+            environments | {plan.environment},
+            services | {str(c.key) for c in plan.changes},
+            revision,
+        )
         try:
             author, when, subject = self.source.commit_info(revision)
             self.history.commit(CommitInfo(revision, author, when, subject))
@@ -401,28 +488,40 @@ class Agent:
             self._expected_at = (self.last_revision, rows)
         return self._expected_at[1]
 
-    def _health_gauge(self, environment: str, key: ServiceKey, health: Health) -> None:
+    def _health_gauge(
+        self, environment: str, key: ServiceKey, assessment: Assessment, events: bool
+    ) -> None:
         """One series per service, labelled with its current health (the old one removed):
-        1,000 services are 1,000 series, not one per possible health."""
+        1,000 services are 1,000 series, not one per possible health. With ``events`` (a poll
+        that found nothing new: no rollout recorded this change) it is an Event too."""
+        health = assessment.health
         previous = self._health.get((environment, key))
         if previous is health:
             return
         if previous is not None:
             self.metrics.service_health.remove(environment, key.namespace, key.name, str(previous))
+        if previous is not None and events:
+            kind = "Warning" if health in (Health.DEGRADED, Health.MISSING) else "Normal"
+            text = f"health changed from {previous} to {health}: {assessment.message}"
+            self.recorder(key, kind, str(health), text)
+            fields = {"environment": environment, "service": str(key), "health": str(health)}
+            log.info("%s: %s %s", environment, key, text, extra=fields)
         self.metrics.service_health.labels(environment, key.namespace, key.name, str(health)).set(1)
         self._health[(environment, key)] = health
 
-    def _refresh_health(self) -> None:
+    def _refresh_health(self, *, events: bool = False) -> None:
         """One list per environment namespace: the health gauge for every managed service."""
         if not self.last_revision:
             return
         try:
             for name, namespace, wanted in self._expected():
+                if not self.leading:  # lost the Lease meanwhile: its series were dropped
+                    return
                 self.history.environment(name, namespace)
                 live = self.services.list_managed(namespace, name)
                 for key in sorted({*live, *wanted}):
-                    health = assess(live.get(key), wanted.get(key, ())).health
-                    self._health_gauge(name, key, health)
+                    assessment = assess(live.get(key), wanted.get(key, ()))
+                    self._health_gauge(name, key, assessment, events)
                 del live
         except GitsyncError as exc:
             log.debug("health refresh failed: %s", exc)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -22,7 +23,7 @@ from typing import Any, TextIO
 
 from gitsync import __version__, kuberay
 from gitsync.checkout import TreeReport, read_tree
-from gitsync.config import AgentConfig, load_agent_config
+from gitsync.config import AgentConfig, advertised_url, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.health import assess
@@ -437,6 +438,9 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         election.lease_duration,
         election.renew_deadline,
         election.retry_period,
+        advertised_url(
+            config.advertise_url, listen, os.environ.get("POD_IP", ""), socket.gethostname()
+        ),
     )
     secret = config.webhooks.secret
 
@@ -455,8 +459,9 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         config.repository.branch,
         agent.trigger,
         agent.trigger_previews,
-        lambda: not agent.stopping.is_set(),
+        agent.healthy,
         agent.ready.is_set,
+        agent.leader_url,
     )
     try:
         bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default

@@ -24,6 +24,7 @@ DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
 PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
 _URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.-]*):([0-9]{1,5})$")
+_ADVERTISE = re.compile(r"^https?://(\[[0-9a-fA-F:]+\]|[\w.-]+)(:[0-9]{1,5})?/?$")
 
 
 def drift_interval(schedule: str) -> float | None:
@@ -159,6 +160,8 @@ class AgentConfig:
     webhooks: Webhooks = field(default_factory=Webhooks)
     drift: DriftSettings = field(default_factory=DriftSettings)
     ui: UiSettings = field(default_factory=UiSettings)
+    # Where the other replicas reach this one's webhooks while it leads ("": see advertised_url).
+    advertise_url: str = ""
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -468,6 +471,7 @@ def load_agent_config(
         "webhooks",
         "drift",
         "ui",
+        "advertiseURL",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -506,6 +510,13 @@ def load_agent_config(
     webhooks = _webhooks(check, data.get("webhooks", {}))
     drift_settings = _drift(check, data.get("drift", {}))
     ui = _ui(check, data.get("ui", {}))
+    advertise = str(data.get("advertiseURL", ""))
+    if advertise and not _ADVERTISE.match(advertise):
+        check.add(
+            f"advertiseURL must be http(s)://host:port such as 'http://10.0.0.7:8080', "
+            f"not {advertise!r}",
+            "advertiseURL",
+        )
     if check.problems or repository is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
@@ -522,6 +533,7 @@ def load_agent_config(
         webhooks,
         drift_settings,
         ui,
+        advertise.rstrip("/"),
     ), []
 
 
@@ -597,3 +609,18 @@ def _kuberay(check: Checker, raw: Any) -> Options:
     if not isinstance(zero_downtime, bool):
         check.add("kuberay.zeroDowntime must be true or false", "kuberay", "zeroDowntime")
     return Options(semantics, bool(zero_downtime))
+
+
+def advertised_url(configured: str, listen: str, pod_ip: str, hostname: str) -> str:
+    """The base URL this replica publishes on the Lease while it leads: ``advertiseURL`` if
+    set, else ``http://$POD_IP:<port>`` (deploy/ sets POD_IP from the downward API), else the
+    listen address — the host name when it listens on every address."""
+    if configured:
+        return configured
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if pod_ip:
+        host = pod_ip
+    elif host in ("", "0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+        host = hostname
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

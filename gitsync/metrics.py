@@ -20,7 +20,8 @@ class Metrics:
         self.sync_total = Counter(
             "gitsync_sync",
             "Rollout passes per environment, by result (succeeded, failed, rolled-back, "
-            "superseded, blocked, interrupted, error)",
+            "superseded, blocked, interrupted, error; an error before any rollout started is "
+            'counted as environment="*")',
             ["environment", "result"],
             registry=r,
         )
@@ -113,7 +114,8 @@ class Metrics:
         )
         self.webhooks = Counter(
             "gitsync_webhook_requests",
-            "Webhook requests, by provider, event and result (poll, previews, ignore, "
+            "Webhook requests, by provider, event and result (poll, previews, ignore, relayed to "
+            "the leader, relay-failed (no leader reachable: 503), "
             "rejected-401, rejected-413, rejected-400, duplicate)",
             ["provider", "event", "result"],
             registry=r,

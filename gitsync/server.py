@@ -4,6 +4,8 @@ status page (``/``, ``/environments/…``, ``/api/v1/…``, ``/ui/…``: :mod:`g
 Owns HTTP only: request size limits, routing, and turning a webhook :class:`Verdict` into a
 trigger and an answer. Deciding whether a webhook is authentic is :mod:`gitsync.webhooks`'.
 Delivery IDs already seen are answered once and ignored after (a replay triggers nothing).
+A replica that does not lead relays verified pushes and pull-request events to the leader
+(:mod:`gitsync.relay`) and answers with its answer, or 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync.metrics import Metrics
+from gitsync.relay import RELAYED, relay
 from gitsync.web.site import StatusSite
 from gitsync.webhooks import MAX_BODY_BYTES, Action, event_label, judge
 
@@ -131,6 +134,9 @@ class Hooks:
     previews: Callable[[], None]
     healthy: Callable[[], bool]
     ready: Callable[[], bool]
+    # None while this replica leads (it handles webhooks itself); else the base URL the
+    # leader published, "" when no leader is known.
+    leader_url: Callable[[], str | None] = lambda: None
 
 
 class AgentServer:
@@ -180,7 +186,7 @@ class AgentServer:
 
     def webhook(
         self, headers: dict[str, str], body: bytes, *, length: int | None = None
-    ) -> tuple[int, dict[str, str]]:
+    ) -> tuple[int, dict[str, object]]:
         secret = self.hooks.secret()
         if secret is None:
             return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
@@ -199,6 +205,19 @@ class AgentServer:
                     f" (+{similar} like it in the last {REJECTION_LOG_SECONDS:.0f} s)"
                     if similar else "",
                 )  # fmt: skip
+        elif (
+            verdict.action is not Action.IGNORE and (leader := self.hooks.leader_url()) is not None
+        ):
+            status, answer = self._relay(leader, headers, body)
+            result = str(answer["result"])
+            self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
+            log.info(
+                "webhook provider=%s event=%s delivery=%s result=%s status=%d",
+                verdict.provider, event, delivery, result, status,
+                extra={"provider": verdict.provider, "event": event, "delivery": delivery,
+                       "result": result},
+            )  # fmt: skip
+            return status, answer
         elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
             result = "duplicate"
         elif verdict.action is Action.POLL:
@@ -211,8 +230,26 @@ class AgentServer:
             logging.DEBUG if verdict.status >= 400 else logging.INFO,
             "webhook provider=%s event=%s delivery=%s result=%s reason=%s",
             verdict.provider, event, delivery, result, printable(verdict.reason, 200),
+            extra={"provider": verdict.provider, "event": event, "delivery": delivery,
+                   "result": result},
         )  # fmt: skip
         return verdict.status, {"result": result, "reason": verdict.reason}
+
+    def _relay(
+        self, leader: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        """The leader's answer to a verified webhook this standby received; 503 (the sender
+        retries, or the next poll picks the push up) when there is none."""
+        if not leader:
+            reason = "this replica does not lead and no leader is known"
+        elif RELAYED in headers:
+            reason = "relayed here, but this replica does not lead either"
+        elif (answer := relay(leader, headers, body)) is not None:
+            status, payload = answer
+            return status, {**payload, "result": "relayed", "leader": payload.get("result")}
+        else:
+            reason = f"the leader at {leader} did not answer"
+        return 503, {"result": "relay-failed", "reason": reason}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -259,7 +296,8 @@ class AgentServer:
                     self._json(status, body)
                     return
                 status, body = server.webhook(headers, self.rfile.read(length))
-                self._json(status, body)
+                # Relaying found no leader: the forge may redeliver after a leader is elected.
+                self._json(status, body, {"Retry-After": "2"} if status == 503 else None)
 
             def _discard(self, length: int) -> None:
                 """Read and drop an oversized body, up to DRAIN_BYTES, before answering 413.
@@ -276,8 +314,10 @@ class AgentServer:
                         return
                     left -= len(chunk)
 
-            def _json(self, status: int, body: object) -> None:
-                self._send(status, json.dumps(body).encode(), "application/json")
+            def _json(
+                self, status: int, body: object, headers: Mapping[str, str] | None = None
+            ) -> None:
+                self._send(status, json.dumps(body).encode(), "application/json", headers)
 
             def _send(
                 self,

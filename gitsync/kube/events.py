@@ -3,6 +3,11 @@
 ``kubectl describe rayservice ranker`` then shows gitsync's applies and health verdicts next to
 KubeRay's own events. Best effort: an event that cannot be written is logged, never raised.
 
+kubectl describe lists only events whose ``involvedObject.uid`` is the object's, so each event
+carries the live object's uid and resourceVersion, read (metadata only) by the writer thread
+just before the event is written: after an apply, that is the applied object. An object that is
+gone (a prune) gets its event without them.
+
 Written by one background thread from a bounded queue (as client-go's event broadcaster
 does), so a rollout never waits for its events; when the API server falls behind, events
 beyond the queue's capacity are dropped (and counted in ``dropped``). ``close()`` writes what
@@ -28,6 +33,8 @@ from gitsync.model import ServiceKey
 log = logging.getLogger(__name__)
 
 COMPONENT = "gitsync"
+# The object's metadata only (PartialObjectMetadata): a RayService's status can be large.
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 QUEUE_SIZE = 2000
@@ -87,12 +94,25 @@ class EventRecorder:
         while (body := self._queue.get()) is not None:
             try:
                 namespace = body["metadata"]["namespace"]
+                body["involvedObject"].update(self._identity(body["involvedObject"]))
                 request(self.api, "POST", f"/api/v1/namespaces/{namespace}/events", body=body)
             except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
                 log.debug("event %s not written: %s", body["reason"], exc)
             finally:
                 self._queue.task_done()
         self._queue.task_done()
+
+    def _identity(self, involved: dict[str, Any]) -> dict[str, str]:
+        """The live RayService's uid and resourceVersion; none when it is gone."""
+        path = f"/apis/ray.io/v1/namespaces/{involved['namespace']}/rayservices/{involved['name']}"
+        try:
+            metadata = request(self.api, "GET", path, accept=METADATA).get("metadata") or {}
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            return {}
+        found = {"uid": metadata.get("uid"), "resourceVersion": metadata.get("resourceVersion")}
+        return {k: str(v) for k, v in found.items() if v}
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Waits until every queued event was written (or failed); False on the deadline."""

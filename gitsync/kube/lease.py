@@ -1,12 +1,24 @@
 """Leader election with a ``coordination.k8s.io/v1`` Lease, as client-go's leaderelection.
 
-One replica holds the Lease and renews it every ``retry`` seconds; the others try as often and
-take it over once ``renewTime + leaseDurationSeconds`` has passed without a renewal. Every
-write carries the Lease's resourceVersion, so two candidates racing for an expired Lease
-cannot both win (the loser gets 409). A leader that cannot renew within ``renew_deadline``
-steps down before the Lease can expire, so two replicas never both believe they lead. On a
-clean shutdown the leader releases the Lease (empty holder) and a standby takes over at its
-next try instead of waiting out the duration.
+One replica holds the Lease and renews it every ``retry`` seconds; the others try as often. Every
+write carries the Lease's resourceVersion, so two candidates racing for an expired Lease cannot
+both win (the loser gets 409). On a clean shutdown the leader releases the Lease (empty holder)
+and a standby takes over at its next try instead of waiting out the duration.
+
+Timing never compares this replica's clock with another's (clocks drift; client-go's
+``observedTime`` for the same reason), and only uses the monotonic clock:
+
+- A standby judges the holder's Lease expired ``leaseDurationSeconds`` after *it observed* the
+  last change of the holder's record — not from the holder's ``renewTime``, which another
+  machine's clock wrote.
+- The leader leads until ``renew_deadline`` after the start of its last successful renewal
+  (:meth:`LeaderElector.is_leading`), whatever its thread is doing: a renewal stuck in a slow
+  API call cannot keep it leading. As ``renew_deadline < leaseDuration``, it stops before any
+  standby can take over. Each API call is bounded by a timeout well inside ``renew_deadline``.
+
+The holder also publishes where it answers webhooks (annotation ``gitsync.ray.io/leader-url``):
+a push that reaches a standby through the shared Service is relayed there
+(:mod:`gitsync.relay`), and standbys learn the address at each try.
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ import urllib3
 from kubernetes import client
 
 log = logging.getLogger(__name__)
+
+LEADER_URL = "gitsync.ray.io/leader-url"
 
 
 def _now() -> datetime.datetime:
@@ -45,22 +59,36 @@ class LeaderElector:
     on_started: Callable[[], None] = lambda: None
     on_stopped: Callable[[], None] = lambda: None
     leading: threading.Event = field(default_factory=threading.Event)
+    advertise_url: str = ""  # where this replica answers webhooks, published while it leads
 
     def __post_init__(self) -> None:
         self.coordination = client.CoordinationV1Api(self.api)
-        self._last_renew = 0.0
+        # Monotonic start of the last successful acquire or renewal.
+        self._last_renew = float("-inf")
+        # The other holder's record as last read, and (monotonic) when it last changed.
+        self._observed: tuple[object, ...] | None = None
+        self._observed_at = 0.0
+        # What the other holder published at this replica's last try ("" none or unknown).
+        self.leader_url = ""
+        # Two API calls per try (read, write), both done before renew_deadline runs out.
+        self.timeout = max(0.2, (self.renew_deadline - self.retry) / 2)
+
+    def is_leading(self) -> bool:
+        """Whether this replica may act as the leader now: it holds the Lease and renewed it
+        less than ``renew_deadline`` ago."""
+        return self.leading.is_set() and time.monotonic() < self._last_renew + self.renew_deadline
 
     def run(self, stop: threading.Event) -> None:
         """Campaigns until ``stop`` is set, then releases the Lease if held."""
         while not stop.is_set():
+            began = time.monotonic()
             try:
                 held = self._try()
             except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
                 held = False
-            now = time.monotonic()
             if held:
-                self._last_renew = now
+                self._last_renew = began  # the server saw the renewal after this
                 if not self.leading.is_set():
                     log.info(
                         "leader election: %s leads (lease %s/%s)",
@@ -70,7 +98,7 @@ class LeaderElector:
                     )
                     self.leading.set()
                     self.on_started()
-            elif self.leading.is_set() and now - self._last_renew > self.renew_deadline:
+            elif self.leading.is_set() and not self.is_leading():
                 self._step_down("could not renew the lease in time")
             stop.wait(self.retry)
         if self.leading.is_set():
@@ -79,10 +107,14 @@ class LeaderElector:
     def release(self) -> None:
         """Gives the Lease up (empty holder) so a standby takes over at once."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self.timeout
+            )
             if lease.spec and lease.spec.holder_identity == self.identity:
                 body = self._body(lease, holder="", renew=_now(), transitions=None)
-                self.coordination.replace_namespaced_lease(self.name, self.namespace, body)
+                self.coordination.replace_namespaced_lease(
+                    self.name, self.namespace, body, _request_timeout=self.timeout
+                )
         except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
         if self.leading.is_set():
@@ -96,37 +128,62 @@ class LeaderElector:
     def _try(self) -> bool:
         """One acquire-or-renew round: True when this replica holds the Lease after it."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self.timeout
+            )
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
             return self._create()
         spec = lease.spec or client.V1LeaseSpec()
         holder = spec.holder_identity or ""
+        if holder and holder != self.identity and not self._expired(spec):
+            published = (lease.metadata.annotations or {}).get(LEADER_URL, "")
+            self.leader_url = str(published)
+            return False  # someone else holds a live lease
+        self.leader_url = ""
         now = _now()
-        if holder and holder != self.identity:
-            renewed = spec.renew_time or spec.acquire_time
-            duration = spec.lease_duration_seconds or self.lease_seconds
-            if renewed is not None and now < renewed + datetime.timedelta(seconds=duration):
-                return False  # someone else holds a live lease
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         body = self._body(lease, holder=self.identity, renew=now, transitions=transitions)
         if holder != self.identity:
             body["spec"]["acquireTime"] = _micro(now)
         try:
-            self.coordination.replace_namespaced_lease(self.name, self.namespace, body)
+            self.coordination.replace_namespaced_lease(
+                self.name, self.namespace, body, _request_timeout=self.timeout
+            )
         except client.ApiException as exc:
             if exc.status == 409:  # another candidate wrote first
                 return False
             raise
         return True
 
+    def _expired(self, spec: client.V1LeaseSpec) -> bool:
+        """Whether the other holder's record has not changed for its lease duration, as this
+        replica's monotonic clock measures from when it first saw the record (client-go's
+        observedTime). A new standby therefore waits one full duration before taking over."""
+        record = (
+            spec.holder_identity,
+            spec.renew_time,
+            spec.acquire_time,
+            spec.lease_transitions,
+            spec.lease_duration_seconds,
+        )
+        now = time.monotonic()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        duration = spec.lease_duration_seconds or self.lease_seconds
+        return now >= self._observed_at + duration
+
     def _create(self) -> bool:
         now = _micro(_now())
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": self.name, "namespace": self.namespace},
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "annotations": {LEADER_URL: self.advertise_url} if self.advertise_url else {},
+            },
             "spec": {
                 "holderIdentity": self.identity,
                 "leaseDurationSeconds": max(1, round(self.lease_seconds)),
@@ -136,7 +193,9 @@ class LeaderElector:
             },
         }
         try:
-            self.coordination.create_namespaced_lease(self.namespace, body)
+            self.coordination.create_namespaced_lease(
+                self.namespace, body, _request_timeout=self.timeout
+            )
         except client.ApiException as exc:
             if exc.status == 409:
                 return False
@@ -147,6 +206,10 @@ class LeaderElector:
         self, lease: Any, *, holder: str, renew: datetime.datetime, transitions: int | None
     ) -> dict[str, Any]:
         spec = lease.spec or client.V1LeaseSpec()
+        annotations = dict(lease.metadata.annotations or {})
+        annotations.pop(LEADER_URL, None)  # a released Lease names no leader
+        if holder == self.identity and self.advertise_url:
+            annotations[LEADER_URL] = self.advertise_url
         body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -154,6 +217,7 @@ class LeaderElector:
                 "name": self.name,
                 "namespace": self.namespace,
                 "resourceVersion": lease.metadata.resource_version,
+                "annotations": annotations,
             },
             "spec": {
                 "holderIdentity": holder,

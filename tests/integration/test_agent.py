@@ -3,6 +3,7 @@ SIGKILLed leader, graceful SIGTERM — against the test bed's API server and sim
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import json
@@ -32,7 +33,7 @@ from gitsync.server import AgentServer, Hooks
 from gitsync.source.config import TokenAuth
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
-from testbed.simulator import Delays, Simulator
+from testbed.simulator import Delays, FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .kube import GROUP, PLURAL, VERSION
@@ -162,6 +163,241 @@ def test_a_gitea_push_webhook_triggers_the_rollout(
     )
 
 
+def test_a_health_change_outside_a_rollout_is_an_event_kubectl_describe_shows(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices],
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    sim: Simulator,
+    namespace: str,
+) -> None:
+    agent, _, _ = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    assert agent.last_ok
+    agent.poll()  # nothing new: the health gauge is refreshed, every service Healthy
+    # Someone edits the Serve config by hand and the new config fails to deploy.
+    sim.add_rule(FailureRule(namespace=namespace, service="ranker", message="bad edit"))
+    custom = client.CustomObjectsApi(api)
+    live = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ranker")
+    serve = live["spec"]["serveConfigV2"].replace("num_replicas: 1", "num_replicas: 3")
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker", {"spec": {"serveConfigV2": serve}}
+    )
+
+    def failed() -> bool:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ranker")
+        apps = (obj.get("status") or {}).get("activeServiceStatus", {}).get("applicationStatuses")
+        return any(a.get("status") == "DEPLOY_FAILED" for a in (apps or {}).values())
+
+    wait_for(failed, timeout=30, what="the edited ranker to fail")
+    agent.poll()
+    assert agent.recorder.flush(10)
+    described = control_plane.kubectl("describe", "rayservice", "ranker", "-n", namespace).stdout
+    assert "health changed from Healthy to Degraded" in described
+    assert any(line.split()[:2] == ["Warning", "Degraded"] for line in described.splitlines())
+
+
+def samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of one metric family: sorted labels → value."""
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_the_metrics_of_a_real_pass(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices],
+    forge_repo: GitOpsRepo,
+    sim: Simulator,
+) -> None:
+    agent, _, _ = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    assert agent.last_ok
+    metrics, head = agent.metrics, forge_repo.revisions[-1]
+    staging = (("environment", "staging"),)
+    assert samples(metrics, "gitsync_sync_total") == {(*staging, ("result", "succeeded")): 1}
+    assert samples(metrics, "gitsync_sync_duration_seconds_count") == {staging: 1}
+    assert samples(metrics, "gitsync_sync_duration_seconds_sum")[staging] > 0
+    assert samples(metrics, "gitsync_rollout_in_progress") == {staging: 0}
+    assert samples(metrics, "gitsync_applied_revision_info") == {(*staging, ("revision", head)): 1}
+    assert samples(metrics, "gitsync_git_poll_total") == {(("result", "new"),): 1}
+    assert samples(metrics, "gitsync_git_poll_duration_seconds_count") == {(): 1}
+    health = samples(metrics, "gitsync_service_health")
+    assert {dict(labels)["name"]: dict(labels)["health"] for labels in health} == {
+        "embedder": "Healthy",
+        "ranker": "Healthy",
+        "summarizer": "Healthy",
+    }
+
+
+def test_a_replica_that_loses_the_lease_drops_its_environment_series(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """Otherwise the old leader keeps exporting health, applied revisions and rollouts in
+    progress next to the new leader's, and dashboards count every service twice."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        poll_seconds=3600.0,
+        leader_election=LeaderElection(True, namespace, "gitsync-metrics", 4.0, 3.0, 0.5),
+    )
+    agent = Agent(config, api, "agent-x", Metrics(), lease_seconds=4.0, renew_deadline=3.0,
+                  retry=0.5)  # fmt: skip
+    agent.start()
+    try:
+        wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+        metrics = agent.metrics
+        for name in ("gitsync_service_health", "gitsync_applied_revision_info"):
+            assert samples(metrics, name), name
+        # Another holder takes the Lease (as after a partition): this replica cannot renew.
+        coordination = client.CoordinationV1Api(api)
+        lease = coordination.read_namespaced_lease("gitsync-metrics", namespace)
+        lease.spec.holder_identity = "agent-y"
+        lease.spec.lease_duration_seconds = 60
+        lease.spec.renew_time = datetime.datetime.now(datetime.UTC)
+        coordination.replace_namespaced_lease("gitsync-metrics", namespace, lease)
+        wait_for(
+            lambda: samples(metrics, "gitsync_leader") == {(): 0},
+            timeout=10,
+            what="agent-x to step down",
+        )
+        assert not agent.leading
+        for name in (
+            "gitsync_service_health",
+            "gitsync_applied_revision_info",
+            "gitsync_rollout_in_progress",
+        ):
+            assert samples(metrics, name) == {}, name
+        assert samples(metrics, "gitsync_sync_total")  # counters stay: rates need them
+    finally:
+        agent.shutdown(timeout=10)
+
+
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_healthz_fails_when_the_poll_job_stalls_or_the_scheduler_dies(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        poll_seconds=0.5,
+        leader_election=LeaderElection(enabled=False),
+    )
+    agent = Agent(config, api, "agent-h", Metrics(), stale_after=3.0)
+    hooks = Hooks(lambda: None, config.repository.url, "main", agent.trigger, lambda: None,
+                  agent.healthy, agent.ready.is_set)  # fmt: skip
+    server = AgentServer("127.0.0.1", free_port(), hooks, agent.metrics).start()
+    agent.start()
+    try:
+        wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+        time.sleep(4.0)  # longer than stale_after: polls keep running, so still healthy
+        assert healthz(server.port) == 200
+        agent.scheduler.pause_job("poll")  # the poll job stops being run
+        wait_for(lambda: healthz(server.port) == 503, timeout=10, what="/healthz to fail")
+        agent.scheduler.resume_job("poll")
+        wait_for(lambda: healthz(server.port) == 200, timeout=10, what="/healthz to recover")
+        agent.scheduler.shutdown(wait=True)  # the scheduler's thread ends
+        assert healthz(server.port) == 503
+    finally:
+        agent.shutdown(timeout=10)
+        server.stop()
+
+
+def refuse_state_writes(api: client.ApiClient, namespace: str, name: str) -> Iterator[None]:
+    """A ValidatingAdmissionPolicy (evaluated by the API server itself) refusing writes of
+    the ConfigMap ``name`` in ``namespace``: the rollout's state write fails, as with an
+    admission webhook or a quota in a real cluster."""
+    admission = client.AdmissionregistrationV1Api(api)
+    policy = f"refuse-{namespace}"
+    admission.create_validating_admission_policy(
+        {
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["configmaps"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": f"object.metadata.name != '{name}'",
+                        "message": "refused by the test's policy",
+                    }
+                ],
+            },
+        }
+    )
+    admission.create_validating_admission_policy_binding(
+        {
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        }
+    )
+    core = client.CoreV1Api(api)
+
+    def refused() -> bool:
+        try:
+            core.patch_namespaced_config_map(
+                name, namespace, {"data": {"probe": "1"}}, dry_run="All"
+            )
+        except client.ApiException:
+            return True
+        return False
+
+    try:
+        wait_for(refused, timeout=30, what="the admission policy to take effect")
+        yield
+    finally:
+        admission.delete_validating_admission_policy_binding(policy)
+        admission.delete_validating_admission_policy(policy)
+
+
+def test_a_pass_that_errors_mid_rollout_is_counted_for_its_environment(
+    agent_with_server: tuple[Agent, AgentServer, TimedServices],
+    api: client.ApiClient,
+    forge_repo: GitOpsRepo,
+    namespace: str,
+    sim: Simulator,
+) -> None:
+    agent, _, _ = agent_with_server
+    wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
+    assert agent.last_ok
+    for _ in refuse_state_writes(api, namespace, "gitsync-rollout-staging"):
+        forge_repo.commit(
+            lambda root: forge_repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"),
+            "scale",
+        )
+        agent.trigger()
+        wait_for(lambda: agent.passes >= 2 and not agent._lock.locked(), what="the second pass")
+    assert not agent.last_ok
+    metrics, staging = agent.metrics, (("environment", "staging"),)
+    assert samples(metrics, "gitsync_sync_total") == {
+        (*staging, ("result", "succeeded")): 1,
+        (*staging, ("result", "error")): 1,
+    }
+    assert samples(metrics, "gitsync_rollout_in_progress") == {staging: 0}
+
+
 def post(port: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/webhooks", data=body, method="POST", headers=headers
@@ -201,22 +437,35 @@ def test_forged_webhooks_trigger_nothing(
             400,
         ),
     ]
+
+    def polls() -> float:
+        return sum(samples(agent.metrics, "gitsync_git_poll_total").values())
+
+    polls_before, passes_before = polls(), agent.passes
     for headers, payload, status in cases:
         got, _ = post(server.port, {**headers, "Content-Type": "application/json"}, payload)
         assert got == status, (headers, got)
     # An authentic but unknown event is accepted and ignored; a genuine replay is a duplicate.
     signed = {"X-Gitea-Event": "push", "X-Gitea-Signature": good, "X-Gitea-Delivery": "abc"}
     assert post(server.port, {**signed, "X-Gitea-Event": "release"}, body)[0] == 202
+    # The effect, not only the answers: no poll ran and no pass started. A webhook's poll runs
+    # on the scheduler's thread within milliseconds; a second is ample to see one.
+    time.sleep(1.0)
+    assert (polls(), agent.passes) == (polls_before, passes_before)
     assert post(server.port, signed, body)[1]["result"] == "poll"
     assert post(server.port, signed, body)[1]["result"] == "duplicate"
-    samples: dict[str, float] = {}
+    # The authentic push did poll, once (the replay did not): the counter above was live.
+    wait_for(lambda: polls() == polls_before + 1, timeout=10, what="the authentic push's poll")
+    time.sleep(0.5)
+    assert polls() == polls_before + 1
+    counted: dict[str, float] = {}
     for metric in agent.metrics.registry.collect():
         for sample in metric.samples:
             if metric.name == "gitsync_webhook_requests" and sample.name.endswith("_total"):
                 result = sample.labels["result"]
-                samples[result] = samples.get(result, 0) + sample.value
-    assert samples.get("poll") == 1  # only the one authentic push
-    assert sum(v for k, v in samples.items() if k.startswith("rejected-")) == len(cases)
+                counted[result] = counted.get(result, 0) + sample.value
+    assert counted.get("poll") == 1  # only the one authentic push
+    assert sum(v for k, v in counted.items() if k.startswith("rejected-")) == len(cases)
     assert len(server.received) == 1
 
 
@@ -224,10 +473,10 @@ def test_forged_webhooks_trigger_nothing(
 
 
 def agent_config_file(
-    repo: GitOpsRepo, tmp_path: Path, name: str, port: int, lease_namespace: str
+    repo: GitOpsRepo, tmp_path: Path, name: str, port: int, lease_namespace: str, **extra: Any
 ) -> Path:
     path = tmp_path / f"{name}.yaml"
-    document = {
+    document: dict[str, Any] = {
         "repository": {"url": repo.url, "branch": "main"},
         "cacheDir": str(tmp_path / f"cache-{name}"),
         "intervals": {"poll": "1s"},
@@ -246,13 +495,16 @@ def agent_config_file(
             "healthTimeout": "60s",
             "stateNamespace": repo.namespace,
         },
+        **extra,
     }
     path.write_text(yaml.safe_dump(document))
     return path
 
 
-def start_agent(config: Path, kubeconfig: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "gitsync.cli", "run", "--config", str(config)]
+def start_agent(
+    config: Path, kubeconfig: Path, name: str, log: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "gitsync.cli", "run", "--config", str(config), *args]
     with log.open("wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(
             [*argv, "--kubeconfig", str(kubeconfig)],
@@ -268,6 +520,19 @@ def lease_holder(api: client.ApiClient, namespace: str) -> str:
     except client.ApiException:
         return ""
     return str(lease.spec.holder_identity or "")
+
+
+def lease_annotation(api: client.ApiClient, namespace: str, key: str) -> str:
+    try:
+        lease = client.CoordinationV1Api(api).read_namespaced_lease("gitsync-test", namespace)
+    except client.ApiException:
+        return ""
+    return str((lease.metadata.annotations or {}).get(key, ""))
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def annotations(api: client.ApiClient, namespace: str) -> dict[str, dict[str, str]]:
@@ -354,7 +619,8 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
     port = free_port()
     config = agent_config_file(repo, tmp_path, "solo", port, namespace)
-    process = start_agent(config, control_plane.kubeconfig, "solo", tmp_path / "solo.log")
+    log = tmp_path / "solo.log"
+    process = start_agent(config, control_plane.kubeconfig, "solo", log, "--log-format", "json")
     try:
         wait_for(lambda: lease_holder(api, namespace) == "solo", timeout=30, what="leadership")
 
@@ -369,6 +635,23 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
         assert "gitsync_leader 1.0" in text
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+        # JSON logs carry what a line names as keys: the rollout's applies name all three.
+        wait_for(
+            lambda: any("succeeded" in entry["message"] for entry in lines()),
+            timeout=60,
+            what="the rollout to succeed",
+        )
+        applied = [entry for entry in lines() if ": applied " in entry["message"]]
+        assert applied
+        for entry in applied:
+            assert entry["environment"] == "staging"
+            assert entry["revision"] == repo.revisions[-1]
+            assert entry["service"] in entry["message"]
+            assert entry["service"].startswith(f"{namespace}/")
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
@@ -378,3 +661,75 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_a_push_webhook_reaching_the_standby_is_relayed_to_the_leader(
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    sim: Simulator,
+    namespace: str,
+    forge_repo: GitOpsRepo,
+    gitea: Gitea,
+    tmp_path: Path,
+) -> None:
+    """Two replicas behind one Service: Gitea's real push webhook goes to the standby, which
+    relays it to the URL the leader published on the Lease; the leader polls and applies."""
+    secret = tmp_path / "webhook-secret"
+    secret.write_text(SECRET)
+    ports, agents = {}, {}
+    for name in ("agent-a", "agent-b"):
+        ports[name] = free_port()
+        config = agent_config_file(
+            forge_repo, tmp_path, name, ports[name], namespace,
+            intervals={"poll": "1h"},  # only the start and webhooks trigger passes
+            webhooks={"secretFile": str(secret)},
+        )  # fmt: skip
+        agents[name] = start_agent(config, control_plane.kubeconfig, name, tmp_path / f"{name}.log")
+    try:
+        wait_for(lambda: lease_holder(api, namespace) in agents, timeout=30, what="a leader")
+        leader = lease_holder(api, namespace)
+        standby = next(n for n in agents if n != leader)
+        published = f"http://127.0.0.1:{ports[leader]}"
+        assert lease_annotation(api, namespace, "gitsync.ray.io/leader-url") == published
+        wait_for(
+            lambda: set(annotations(api, namespace)) == {"embedder", "ranker", "summarizer"},
+            timeout=120,
+            what="the first rollout",
+        )
+        time.sleep(1.5)  # the standby reads the Lease every retryPeriod (500 ms)
+        owner_repo = forge_repo.url.removeprefix(gitea.url + "/").removesuffix(".git")
+        gitea.api(
+            "POST",
+            f"/repos/{owner_repo}/hooks",
+            {
+                "type": "gitea",
+                "active": True,
+                "events": ["push"],
+                "branch_filter": "main",
+                "config": {
+                    "url": f"http://127.0.0.1:{ports[standby]}/webhooks",
+                    "content_type": "json",
+                    "secret": SECRET,
+                },
+            },
+        )
+        sha = forge_repo.commit(
+            lambda root: forge_repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"),
+            "scale",
+        )
+        wait_for(
+            lambda: annotations(api, namespace)["ranker"].get("gitsync.ray.io/revision") == sha,
+            timeout=60,
+            what="the leader to apply the pushed revision",
+        )
+        relayed = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="relayed"}'
+        polled = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="poll"}'
+        standby_metrics, leader_metrics = scrape(ports[standby]), scrape(ports[leader])
+        assert f"{relayed} 1.0" in standby_metrics, standby_metrics
+        assert f"{polled} 1.0" in leader_metrics, leader_metrics
+        assert ": applied " not in (tmp_path / f"{standby}.log").read_text()
+    finally:
+        for process in agents.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)

@@ -35,14 +35,16 @@ def deployed(control_plane: ControlPlane) -> ControlPlane:
         str(BASE / "namespace.yaml"),
         "-f",
         str(BASE / "rbac.yaml"),
+        "-f",
+        str(BASE / "managed-namespaces.yaml"),
     )
     return control_plane
 
 
 def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
-    result = plane.kubectl(
-        "auth", "can-i", verb, resource, "-n", namespace, "--as", AGENT, check=False
-    )
+    """``namespace`` "*": in every namespace at once (``kubectl auth can-i -A``)."""
+    where = ["-A"] if namespace == "*" else ["-n", namespace]
+    result = plane.kubectl("auth", "can-i", verb, resource, *where, "--as", AGENT, check=False)
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stderr
     return answer == "yes"
@@ -58,7 +60,8 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("delete", "rayservices.ray.io", "ray-previews"),
         ("get", "rayservices.ray.io/status", "ray-production"),
         ("create", "events", "ray-production"),
-        ("create", "namespaces", ""),
+        ("create", "events.events.k8s.io", "ray-previews"),
+        ("get", "namespaces", ""),
         ("update", "leases.coordination.k8s.io", "gitsync-system"),
         ("patch", "configmaps", "gitsync-system"),
     ],
@@ -77,6 +80,27 @@ def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: 
         ("delete", "namespaces", ""),
         ("update", "leases.coordination.k8s.io", "ray-production"),
         ("patch", "configmaps", "ray-production"),
+        # RayServices only in the managed namespaces (RoleBindings), never cluster-wide.
+        ("delete", "rayservices.ray.io", "default"),
+        ("patch", "rayservices.ray.io", "team-unmanaged"),
+        ("create", "rayservices.ray.io", "kube-system"),
+        ("list", "rayservices.ray.io", "*"),
+        ("create", "events", "default"),
+        ("create", "namespaces", ""),  # managed namespaces come with their RoleBinding
+        ("list", "namespaces", ""),
+        ("get", "pods", "ray-production"),
+        ("create", "pods", "gitsync-system"),
+        ("create", "pods/exec", "ray-production"),
+        ("list", "secrets", "*"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", ""),
+        ("create", "rolebindings.rbac.authorization.k8s.io", "ray-production"),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", ""),
+        ("escalate", "clusterroles.rbac.authorization.k8s.io", ""),
+        ("escalate", "roles.rbac.authorization.k8s.io", "gitsync-system"),
+        ("impersonate", "serviceaccounts", "gitsync-system"),
+        ("*", "*", ""),
+        ("*", "*", "ray-production"),
+        ("*", "*", "*"),
     ],
 )
 def test_agent_may_not(deployed: ControlPlane, verb: str, resource: str, namespace: str) -> None:

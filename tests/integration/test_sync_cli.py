@@ -91,6 +91,9 @@ def test_sync_then_status(
         f"gitsync applied revision {repo.revisions[0][:12]} (create)",
     ) in ranker
     assert any(reason == "Healthy" for _, reason, _ in ranker)
+    # kubectl describe shows only events whose involvedObject.uid is the object's.
+    described = control_plane.kubectl("describe", "rayservice", "ranker", "-n", namespace).stdout
+    assert f"gitsync applied revision {repo.revisions[0][:12]} (create)" in described
 
 
 def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gitsync.cli import main
-from gitsync.config import drift_interval, load_agent_config, parse_duration
+from gitsync.config import advertised_url, drift_interval, load_agent_config, parse_duration
 from gitsync.source.config import SshAuth, TokenAuth
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gitsync.yaml"
@@ -199,3 +199,34 @@ def test_the_drift_schedule_is_a_cron_expression_or_an_interval(
     assert config is not None
     assert config.drift_schedule == schedule
     assert drift_interval(config.drift_schedule) == interval
+
+
+@pytest.mark.parametrize(
+    ("configured", "listen", "pod_ip", "expected"),
+    [
+        (
+            "https://gitsync.example:8443",
+            "0.0.0.0:8080",
+            "10.0.0.7",
+            "https://gitsync.example:8443",
+        ),
+        ("", "0.0.0.0:8080", "10.0.0.7", "http://10.0.0.7:8080"),
+        ("", "0.0.0.0:9000", "fd00::7", "http://[fd00::7]:9000"),
+        ("", "127.0.0.1:8080", "", "http://127.0.0.1:8080"),
+        ("", "0.0.0.0:8080", "", "http://gitsync-7f9c:8080"),
+        ("", "[::]:8080", "", "http://gitsync-7f9c:8080"),
+    ],
+)
+def test_the_url_the_leader_publishes(
+    configured: str, listen: str, pod_ip: str, expected: str
+) -> None:
+    assert advertised_url(configured, listen, pod_ip, "gitsync-7f9c") == expected
+
+
+def test_advertise_url_must_be_an_http_base_url() -> None:
+    config, problems = load_agent_config(MINIMAL + "advertiseURL: http://10.0.0.7:8080/\n")
+    assert config is not None
+    assert config.advertise_url == "http://10.0.0.7:8080"
+    config, problems = load_agent_config(MINIMAL + "advertiseURL: 10.0.0.7:8080\n")
+    assert config is None
+    assert "advertiseURL must be http(s)://host:port" in problems[0].message
