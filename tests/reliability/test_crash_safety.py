@@ -143,6 +143,7 @@ def first_pass_done(port: int, failing: bool) -> bool:
         for env in ENVIRONMENTS
         for line in text.splitlines()
         if line.startswith(f'gitsync_sync_total{{environment="{env}"')
+        and 'result="error"' not in line  # a pass that errored did not finish the rollout
         and float(line.rsplit(" ", 1)[1]) > 0
     }
     return "staging" in done and (failing or "production" in done)
