@@ -343,6 +343,7 @@ class Agent:
         for report in reports:
             self.history.drift(report)
             if not (report.error or report.note):  # checked: what it left drifted
+                self.metrics.reconcile_disabled.labels(report.environment).set(len(report.disabled))
                 for kind, count in drifted_by_kind(report).items():
                     self.metrics.drifted_services.labels(report.environment, kind).set(count)
             for sample in list(self._fighting.get(report.environment, ())):

@@ -10,6 +10,8 @@ A field corrected ``limit`` times within ``window`` is a fight with another cont
 gitsync stops correcting it, says so loudly (Warning event, metric, status), keeps reporting.
 The window slides: once the oldest of those corrections is older than ``window``, gitsync
 corrects the field again, so an endless fight costs at most ``limit`` rollouts per window.
+A service whose live object says ``gitsync.ray.io/reconcile: disabled`` is checked and its
+drift reported (marked so), never healed: someone took it out of gitsync's hands.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from gitsync.plan import Plan, Wave, build_plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.rollout import Outcome, Rollout, RolloutResult
 from gitsync.source.git import GitSource
-from gitsync.stamp import stamped, untouched_since_apply
+from gitsync.stamp import reconcile_disabled, stamped, untouched_since_apply
 
 log = logging.getLogger(__name__)
+
+DISABLED_NOTE = "reconcile disabled (gitsync.ray.io/reconcile): not corrected"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class DriftReport:
     note: str = ""  # why nothing was checked
     costs: tuple[str, ...] = ()
     error: str = ""  # the check itself failed (an API error, a rejected dry run)
+    disabled: tuple[ServiceKey, ...] = ()  # reconcile disabled: reported, never healed
 
     @property
     def drifted(self) -> bool:
@@ -106,31 +111,38 @@ class DriftChecker:
         if revision not in self._trees:
             self._trees[revision] = read_tree_cached(self.source.checkout(revision))
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
-        drifts = self._find(loaded, revision)
+        drifts, disabled = self._find(loaded, revision)
         history = self.state.read_drift(name).corrections
         now = self.clock()  # forget what left the window: the ConfigMap stays small
         corrections = {f: ts for f, ts in history.items() if any(now - t < self.window for t in ts)}
         fighting = self._fighting(drifts, corrections)
-        self._report(name, drifts, fighting)
+        self._report(name, drifts, fighting, disabled)
         healed = None
         env = loaded.environment
-        healable = [d for d in drifts if d.key not in fighting]
+        healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
         if heal and env.self_heal and healable:
             healed = self._heal(loaded, revision, healable, corrections)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
-            costs=tuple(heal_cost(drifts)),
+            costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
+            disabled=tuple(sorted(disabled)),
         )  # fmt: skip
         checked = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        findings = _findings(still_drifted(report), fighting)  # a healed service is not DRIFTED
+        # a healed service is not DRIFTED
+        findings = _findings(still_drifted(report), fighting, disabled)
         self.state.write_drift(name, DriftRecord(findings, corrections, checked, revision))
         return report
 
     # -- finding ------------------------------------------------------------------------------
 
-    def _find(self, loaded: EnvironmentManifests, revision: str) -> list[Drift]:
+    def _find(
+        self, loaded: EnvironmentManifests, revision: str
+    ) -> tuple[list[Drift], set[ServiceKey]]:
+        """The drifts, and the live services whose reconcile is disabled (drifted or not)."""
         env = loaded.environment
         live = self.services.list_managed(env.namespace, env.name)
+        manifests = {s.key: s.manifest for s in loaded.services}
+        disabled = {k for k, obj in live.items() if reconcile_disabled(obj, manifests.get(k))}
         drifts: list[Drift] = []
         for service in loaded.services:
             obj = live.get(service.key)
@@ -156,7 +168,7 @@ class DriftChecker:
             for key in sorted(live)
             if key not in declared
         ]
-        return drifts
+        return drifts, disabled
 
     def _fighting(
         self, drifts: Sequence[Drift], corrections: Mapping[str, list[float]]
@@ -170,15 +182,22 @@ class DriftChecker:
             == 0
         }
 
-    def _report(self, name: str, drifts: Sequence[Drift], fighting: set[ServiceKey]) -> None:
+    def _report(
+        self,
+        name: str,
+        drifts: Sequence[Drift],
+        fighting: set[ServiceKey],
+        disabled: set[ServiceKey],
+    ) -> None:
         seen = self._seen.setdefault(name, set())
         now_seen = set()
         for drift in drifts:
-            mark = (drift.key, drift.message)
+            off = f"; {DISABLED_NOTE}" if drift.key in disabled else ""
+            mark = (drift.key, drift.message + off)
             now_seen.add(mark)
-            self.progress(f"{name}: drift: {drift.message}")
+            self.progress(f"{name}: drift: {drift.message}{off}")
             if mark not in seen:  # an event per new finding, not per check
-                self.record(drift.key, "Warning", "Drift", drift.message)
+                self.record(drift.key, "Warning", "Drift", drift.message + off)
             if drift.key in fighting:
                 self.progress(
                     f"{name}: {drift.key} keeps drifting after {self.limit} corrections within "
@@ -295,7 +314,9 @@ def _fields(drift: Drift) -> tuple[str, ...]:
     return drift.fields or (str(drift.kind),)
 
 
-def _findings(drifts: Sequence[Drift], fighting: set[ServiceKey]) -> list[dict[str, Any]]:
+def _findings(
+    drifts: Sequence[Drift], fighting: set[ServiceKey], disabled: set[ServiceKey]
+) -> list[dict[str, Any]]:
     return [
         {
             "service": str(d.key),
@@ -304,6 +325,7 @@ def _findings(drifts: Sequence[Drift], fighting: set[ServiceKey]) -> list[dict[s
             "managers": list(d.managers),
             "heal": str(d.heal.action) if d.heal else "",
             "fighting": d.key in fighting,
+            "disabled": d.key in disabled,
             "message": d.message,
         }
         for d in drifts
@@ -320,6 +342,8 @@ def report_lines(report: DriftReport) -> list[str]:
     lines = [f"{report.environment}: {len(report.drifts)} drifted from {report.revision[:12]}"]
     for drift in report.drifts:
         flag = " [FIGHTING: not corrected]" if drift.key in report.fighting else ""
+        if drift.key in report.disabled:
+            flag = " [RECONCILE DISABLED: not corrected]"
         lines.append(f"  {drift.kind:<10} {drift.message}{flag}")
         if drift.heal is not None:
             lines += [f"             {detail}" for detail in drift.heal.details[:6]]
@@ -345,10 +369,12 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
                 if d.heal
                 else None,
                 "fighting": d.key in report.fighting,
+                "disabled": d.key in report.disabled,
                 "message": d.message,
             }
             for d in report.drifts
         ],
+        "disabled": [str(key) for key in report.disabled],
         "costs": list(report.costs),
         "healed": {"outcome": str(report.healed.outcome), "message": report.healed.message}
         if report.healed

@@ -78,6 +78,13 @@ class Metrics:
             ["environment", "namespace", "name"],
             registry=r,
         )
+        self.reconcile_disabled = Gauge(
+            "gitsync_reconcile_disabled_services",
+            "RayServices whose live object says gitsync.ray.io/reconcile: disabled, which "
+            "gitsync leaves alone, as the last drift check of the environment saw them",
+            ["environment"],
+            registry=r,
+        )
         self.git_poll = Counter(
             "gitsync_git_poll", "Polls of the branch, by result (unchanged, new, error)",
             ["result"], registry=r,

@@ -42,6 +42,7 @@ class Action(enum.StrEnum):
     METADATA = "metadata"
     PRUNE = "prune"
     UNCHANGED = "unchanged"
+    SKIPPED = "skipped"  # the live object says gitsync.ray.io/reconcile: disabled
 
 
 class Health(enum.StrEnum):

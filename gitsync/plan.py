@@ -1,6 +1,9 @@
 """Plan: changes → ordered waves for one environment, as a frozen, printable value. Pure.
 
 Waves run in ascending ``gitsync.ray.io/wave`` order; prunes come last, in a wave of their own.
+A service whose live object says ``gitsync.ray.io/reconcile: disabled`` keeps its place as a
+``skipped`` change (what Git's version would do, for the reader): nothing applies, prunes or
+gates it, so it never holds up a later wave.
 ``gitsync plan`` prints a plan and ``gitsync sync`` executes the same value: there is no
 second code path that almost plans.
 """
@@ -36,7 +39,11 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(c.action is not Action.UNCHANGED for c in self.changes)
+        return any(c.action not in (Action.UNCHANGED, Action.SKIPPED) for c in self.changes)
+
+    @property
+    def skipped(self) -> tuple[ServiceKey, ...]:
+        return tuple(c.key for c in self.changes if c.action is Action.SKIPPED)
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -52,25 +59,30 @@ def build_plan(
     *,
     from_rev: str | None = None,
     to_rev: str | None = None,
+    disabled: frozenset[ServiceKey] = frozenset(),
 ) -> Plan:
     """Pairs objects by key (no current → create, no desired → prune) and orders them.
 
     Both mappings hold normalised objects (:func:`gitsync.diff.normalize.owned`); ``current``
     must only hold what gitsync manages in this environment, or it would prune strangers.
+    ``disabled``: the services whose reconcile is disabled, planned as :func:`skipped`.
     """
     changes = [
         classify(current.get(key), desired.get(key), options)
         for key in sorted({*current, *desired})
     ]
+    changes = [skipped(c) if c.key in disabled else c for c in changes]
     by_wave: dict[int, list[Change]] = {}
     prunes: list[Change] = []
     for change in changes:
-        if change.action is Action.PRUNE:
+        if change.action is Action.PRUNE or (
+            change.action is Action.SKIPPED and change.key not in desired
+        ):
             prunes.append(change)
         else:
             by_wave.setdefault(change.wave, []).append(change)
     waves = [Wave(n, tuple(by_wave[n])) for n in sorted(by_wave)]
-    if prunes:
+    if prunes:  # a skipped prune stays with the prunes: it is one, left undone
         last = max(by_wave, default=0) + 1
         waves.append(Wave(last, tuple(prunes), prune=True))
     return Plan(environment, namespace, from_rev, to_rev, tuple(waves))
@@ -82,16 +94,30 @@ def unchanged_plan(
     waves: Mapping[ServiceKey, int],
     *,
     to_rev: str | None = None,
+    disabled: frozenset[ServiceKey] = frozenset(),
 ) -> Plan:
     """The plan of an environment known to be exactly as Git wants it (each key with its
     wave): what :func:`build_plan` returns for equal objects, without comparing them."""
     by_wave: dict[int, list[Change]] = {}
     for key in sorted(waves):
-        by_wave.setdefault(waves[key], []).append(
-            Change(key, Action.UNCHANGED, waves[key], "unchanged")
-        )
+        change = Change(key, Action.UNCHANGED, waves[key], "unchanged")
+        by_wave.setdefault(waves[key], []).append(skipped(change) if key in disabled else change)
     waves_ = tuple(Wave(n, tuple(by_wave[n])) for n in sorted(by_wave))
     return Plan(environment, namespace, None, to_rev, waves_)
+
+
+def skipped(change: Change) -> Change:
+    """``change`` left undone because the live object disables reconciling it: the summary
+    keeps what Git's version would do, so the plan still shows the difference."""
+    why = "reconcile disabled (gitsync.ray.io/reconcile: disabled on the live object)"
+    would = (
+        "no difference from Git"
+        if change.action is Action.UNCHANGED
+        else f"Git's version would be {change.action}: {change.summary}"
+    )
+    return Change(
+        change.key, Action.SKIPPED, change.wave, f"{why}; {would}", change.details, change.warnings
+    )
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -145,8 +171,17 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-_SIGNS = {Action.CREATE: "+", Action.PRUNE: "-"}
-_COLORS = {"+": "32", "-": "31", "~": "33", "!": "35", "old": "31", "new": "32", "bold": "1"}
+_SIGNS = {Action.CREATE: "+", Action.PRUNE: "-", Action.SKIPPED: "="}
+_COLORS = {
+    "+": "32",
+    "-": "31",
+    "~": "33",
+    "=": "36",
+    "!": "35",
+    "old": "31",
+    "new": "32",
+    "bold": "1",
+}
 
 
 def plan_diff(plan: Plan, *, color: bool = False) -> str:

@@ -20,7 +20,7 @@ from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import ServiceKey
 from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
-from gitsync.stamp import stamped, stamped_hash, untouched_since_apply
+from gitsync.stamp import reconcile_disabled, stamped, stamped_hash, untouched_since_apply
 
 
 def _valid_config(report: TreeReport, label: str) -> TreeReport:
@@ -138,7 +138,8 @@ def live_environment_plan(
     body and no other manager wrote its spec since, and nothing is left to prune, the plan is
     "unchanged" without reading a spec. Otherwise one full list (current objects and prune
     candidates) and a server-side dry run of each service that may differ (``concurrency``
-    at a time)."""
+    at a time). A service whose live object disables reconciling it is planned as skipped
+    (:func:`gitsync.stamp.reconcile_disabled`); the metadata list is enough to tell."""
     env = loaded.environment
     hashes = {
         service.key: stamped_hash(
@@ -149,12 +150,15 @@ def live_environment_plan(
     # The usual pass changes nothing: metadata alone proves it (no spec or status bytes).
     metadata = rayservices.list_managed_metadata(env.namespace, env.name)
     manifests = {service.key: service.manifest for service in loaded.services}
+    disabled = frozenset(
+        key for key, obj in metadata.items() if reconcile_disabled(obj, manifests.get(key))
+    )
     if metadata.keys() == hashes.keys() and all(
         untouched_since_apply(metadata[key], manifests[key], applied)
         for key, applied in hashes.items()
     ):
         waves = {service.key: service.wave for service in loaded.services}
-        return unchanged_plan(env.name, env.namespace, waves, to_rev=revision)
+        return unchanged_plan(env.name, env.namespace, waves, to_rev=revision, disabled=disabled)
     bodies = {
         service.key: stamped(
             service.manifest,
@@ -172,6 +176,8 @@ def live_environment_plan(
     for key, body in bodies.items():
         if key not in live and (existing := rayservices.get(key)) is not None:
             current[key] = owned(existing)  # there, but not (yet) labelled as ours
+            if reconcile_disabled(existing, manifests[key]):
+                disabled |= {key}
         if key in live and untouched_since_apply(live[key], body):
             desired[key] = current[key]  # no request: nothing can differ
         else:
@@ -190,4 +196,7 @@ def live_environment_plan(
     else:
         answers = [dry_run(ask) for ask in asks]
     desired.update((key, answer) for (key, _), answer in zip(asks, answers, strict=True))
-    return build_plan(env.name, env.namespace, current, desired, options, to_rev=revision)
+    disabled |= {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
+    return build_plan(
+        env.name, env.namespace, current, desired, options, to_rev=revision, disabled=disabled
+    )

@@ -28,8 +28,8 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, DesiredService, Health, Phase, RolloutState, ServiceKey
-from gitsync.plan import Plan
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped
+from gitsync.plan import Plan, Wave
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY, reconcile_disabled, stamped
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class RolloutResult:
     failed: ServiceKey | None = None
     applied: tuple[ServiceKey, ...] = ()
     pruned: tuple[ServiceKey, ...] = ()
+    skipped: tuple[ServiceKey, ...] = ()  # reconcile disabled on the live object
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,9 @@ class Rollout:
             and not plan.has_changes
         ):
             self.progress(f"{env.name}: up to date at {revision[:12]}")
-            return RolloutResult(env.name, revision, Outcome.SUCCEEDED, "up to date")
+            return RolloutResult(
+                env.name, revision, Outcome.SUCCEEDED, "up to date", skipped=plan.skipped
+            )
         last_healthy = prior.last_healthy_revision if prior else ""
         resumed = (
             prior
@@ -142,20 +145,23 @@ class Rollout:
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
             self.progress(f"{env.name}: created namespace {env.namespace}")
         applied: list[ServiceKey] = []
-        work = []
-        for wave in plan.waves:
-            if wave.prune:
-                continue
-            changed = [c.key for c in wave.changes if c.action is not Action.UNCHANGED]
-            gate = sorted({*changed, *(c.key for c in wave.changes if unfinished)})
-            if gate:
-                work.append((wave, changed, gate))
-        for index, (wave, changed, gate) in enumerate(work, start=1):
+        skipped = list(plan.skipped)
+        self._skipped(env, skipped, revision)
+        work = _work(plan, unfinished=unfinished)
+        for index, (wave, planned, planned_gate) in enumerate(work, start=1):
             if self.stop.is_set():
                 stopped = _Failure(None, "stopped before the rollout finished", stopped=True)
                 return self._fail(env, record, stopped, desired, previous, tuple(applied))
             record = _replace(record, wave=wave.number)
             self.state.write(record)
+            # Disabled while earlier waves rolled out (an incident does not wait for gitsync).
+            late = self._disabled_now(env, planned, desired)
+            self._skipped(env, late, revision)
+            skipped += late
+            changed = [k for k in planned if k not in late]
+            gate = [k for k in planned_gate if k not in late]
+            if not gate:
+                continue
             actions = {c.key: c.action for c in wave.changes}
             listed = tuple((key, actions[key]) for key in changed)
             if changed:
@@ -173,7 +179,7 @@ class Rollout:
         pruned = self._prune(env, plan)
         if isinstance(pruned, _Failure):
             return self._fail(env, record, pruned, desired, None, tuple(applied))
-        message = f"{len(applied)} applied, {len(pruned)} pruned, every service Healthy"
+        message = _succeeded(len(applied), len(pruned), len(skipped))
         self.state.write(
             _replace(
                 record,
@@ -186,8 +192,9 @@ class Rollout:
         )
         self.progress(f"{env.name}: {revision[:12]} succeeded: {message}")
         return RolloutResult(
-            env.name, revision, Outcome.SUCCEEDED, message, None, tuple(applied), pruned
-        )
+            env.name, revision, Outcome.SUCCEEDED, message, None, tuple(applied), pruned,
+            tuple(sorted(skipped)),
+        )  # fmt: skip
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -201,6 +208,41 @@ class Rollout:
             source=service.source,
             wave=service.wave,
         )
+
+    def _skipped(self, env: EnvironmentConfig, keys: Sequence[ServiceKey], revision: str) -> None:
+        """Says so once per rollout, so once per revision: a pass that finds the revision up
+        to date does not get here."""
+        for key in keys:
+            self.progress(
+                f"{env.name}: skipped {key} at {revision[:12]}: reconcile disabled "
+                "(gitsync.ray.io/reconcile: disabled)"
+            )
+            self.record(
+                key,
+                "Normal",
+                "ReconcileDisabled",
+                f"gitsync did not apply revision {revision[:12]}: gitsync.ray.io/reconcile is "
+                "disabled on this object; remove the annotation to resume",
+            )
+
+    def _disabled_now(
+        self,
+        env: EnvironmentConfig,
+        keys: Sequence[ServiceKey],
+        desired: Mapping[ServiceKey, DesiredService],
+    ) -> list[ServiceKey]:
+        """The services of ``keys`` disabled since the plan was made: one metadata list per
+        namespace, just before their wave applies."""
+        if not keys:
+            return []
+        live: dict[ServiceKey, dict[str, Any]] = {}
+        for namespace in sorted({k.namespace for k in keys}):
+            live |= self.services.list_managed_metadata(namespace, env.name)
+        return [
+            key
+            for key in keys
+            if reconcile_disabled(live.get(key), desired[key].manifest if key in desired else None)
+        ]
 
     def _refuse_unowned(
         self, env: EnvironmentConfig, keys: Sequence[ServiceKey]
@@ -300,7 +342,7 @@ class Rollout:
                 return _Failure(None, "stopped before the rollout finished", stopped=True)
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
-        prunes = [c for w in plan.waves if w.prune for c in w.changes]
+        prunes = [c for w in plan.waves if w.prune for c in w.changes if c.action is Action.PRUNE]
         if not prunes:
             return ()
         if not env.prune:
@@ -378,6 +420,33 @@ class Rollout:
         if failure is not None:
             return False, f"rollback to {revision[:12]} failed too: {failure.message}"
         return True, f"rolled {key} back to {revision[:12]}, which is Healthy again"
+
+
+def _work(plan: Plan, *, unfinished: bool) -> list[tuple[Wave, list[ServiceKey], list[ServiceKey]]]:
+    """The waves with work, each with the services to apply and those to gate. Skipped
+    services are neither: a later wave does not wait on a service someone took out of
+    gitsync's hands."""
+    work = []
+    for wave in plan.waves:
+        if wave.prune:
+            continue
+        changed = [
+            c.key for c in wave.changes if c.action not in (Action.UNCHANGED, Action.SKIPPED)
+        ]
+        gated = [c.key for c in wave.changes if unfinished and c.action is not Action.SKIPPED]
+        gate = sorted({*changed, *gated})
+        if gate:
+            work.append((wave, changed, gate))
+    return work
+
+
+def _succeeded(applied: int, pruned: int, skipped: int) -> str:
+    if not skipped:
+        return f"{applied} applied, {pruned} pruned, every service Healthy"
+    return (
+        f"{applied} applied, {pruned} pruned, {skipped} skipped (reconcile disabled), "
+        "every other service Healthy"
+    )
 
 
 def _replace(state: RolloutState, **changes: Any) -> RolloutState:

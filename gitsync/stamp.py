@@ -20,12 +20,28 @@ REVISION = "gitsync.ray.io/revision"
 SOURCE = "gitsync.ray.io/source"
 WAVE = "gitsync.ray.io/wave"
 APPLIED_HASH = "gitsync.ray.io/applied-hash"
+RECONCILE = "gitsync.ray.io/reconcile"  # "disabled": gitsync leaves the live object alone
 FIELD_MANAGER = "gitsync"
 
 
 def managed_selector(environment: str) -> str:
     """The label selector of everything gitsync applied for ``environment``."""
     return f"{MANAGED_BY}=gitsync,{ENVIRONMENT}={environment}"
+
+
+def reconcile_disabled(
+    live: Mapping[str, Any] | None, manifest: Mapping[str, Any] | None = None
+) -> bool:
+    """True when gitsync must leave this service alone: ``gitsync.ray.io/reconcile:
+    disabled``, set by hand on the live object (``kubectl annotate``) during an incident.
+    gitsync never writes that annotation unless Git declares it, and then Git wins: Git's
+    value decides, whatever the live object says (the next apply would put it back)."""
+    declared = ((manifest or {}).get("metadata") or {}).get("annotations") or {}
+    if RECONCILE in declared:
+        value = declared[RECONCILE]
+    else:
+        value = (((live or {}).get("metadata") or {}).get("annotations") or {}).get(RECONCILE)
+    return str(value or "").strip().lower() == "disabled"
 
 
 def stamped(

@@ -31,6 +31,7 @@ from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
 from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent, expected_apps
 from gitsync.source.git import GitSource
+from gitsync.stamp import reconcile_disabled
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,11 @@ class _Statuses:
             keys = [key for key, _ in event.actions]
             self.post(self.describe.waiting(environment, event.index, event.total, keys))
 
-    def result(self, result: RolloutResult, services: int) -> None:
+    def result(self, result: RolloutResult, services: Sequence[ServiceKey]) -> None:
         if result.outcome is Outcome.SUCCEEDED:
-            self.post(self.describe.healthy(result.environment, services))
+            skipped = len(result.skipped)  # a skipped prune is not one of ``services``
+            healthy = sum(1 for key in services if key not in result.skipped)
+            self.post(self.describe.healthy(result.environment, healthy, skipped))
         elif result.outcome not in (Outcome.SUPERSEDED, Outcome.INTERRUPTED):
             # superseded: posted once the newer head is known; interrupted: resumed later
             self.post(self.describe.failed(result.environment, result.failed, result.message))
@@ -343,7 +346,7 @@ class _Pass:
         except GitsyncError as exc:
             statuses.post(statuses.describe.error(env.name, str(exc)))
             raise
-        statuses.result(result, len(desired))
+        statuses.result(result, list(desired))
         return result
 
     def _gate(
@@ -430,7 +433,8 @@ def environment_status(
     config: AgentConfig, services: RayServices, state: StateStore, tree: Path, revision: str
 ) -> list[tuple[str, RolloutState | None, list[ServiceStatus], DriftRecord]]:
     """Per environment: its recorded rollout state, each managed service's health (and
-    drift, from the last drift check) and that check's record."""
+    drift, from the last drift check; DISABLED when its reconcile is) and that check's
+    record."""
     report = read_tree(tree)
     rows = []
     for name in ordered_environments(report, None, revision[:12]):
@@ -443,11 +447,13 @@ def environment_status(
             obj = live.get(key)
             result = assess(obj, expected_apps(wanted[key]) if key in wanted else ())
             annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+            manifest = wanted[key].manifest if key in wanted else None
+            disabled = ",DISABLED" if obj is not None and reconcile_disabled(obj, manifest) else ""
             statuses.append(
                 ServiceStatus(
                     key,
                     str(annotations.get("gitsync.ray.io/revision", "")),
-                    str(result.health),
+                    f"{result.health}{disabled}",
                     result.message,
                 )
             )
@@ -462,6 +468,8 @@ def environment_status(
 
 def _with_drift(status: ServiceStatus, finding: Mapping[str, Any]) -> ServiceStatus:
     word = "FIGHTING" if finding.get("fighting") else "DRIFTED"
+    if finding.get("disabled") and "DISABLED" not in status.health:
+        word += ",DISABLED"
     return ServiceStatus(
         status.key, status.revision, f"{status.health},{word}", str(finding.get("message", ""))
     )

@@ -112,11 +112,18 @@ class Describer:
             environment, State.PENDING, f"waiting for wave {index}/{total} to be Healthy: {names}"
         )
 
-    def healthy(self, environment: str, services: int) -> CommitStatus:
+    def healthy(self, environment: str, services: int, skipped: int = 0) -> CommitStatus:
+        """``skipped``: services left alone because their reconcile is disabled (not counted
+        in ``services``): success all the same, but said."""
+        left = (
+            f"; {skipped} service{'s' if skipped > 1 else ''} skipped: reconcile disabled"
+            if skipped
+            else ""
+        )
         return self._status(
             environment,
             State.SUCCESS,
-            f"Healthy at {self.revision[:12]}: {services} service(s), every app RUNNING",
+            f"Healthy at {self.revision[:12]}: {services} service(s), every app RUNNING{left}",
         )
 
     def failed(self, environment: str, key: ServiceKey | None, reason: str) -> CommitStatus:

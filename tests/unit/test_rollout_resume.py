@@ -61,6 +61,9 @@ class Cluster:
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, Any]:
         return {k: copy.deepcopy(o) for k, o in self.objects.items() if k.namespace == namespace}
 
+    def list_managed_metadata(self, namespace: str, environment: str) -> dict[ServiceKey, Any]:
+        return self.list_managed(namespace, environment)
+
     def list_managed_versioned(
         self, namespace: str, environment: str
     ) -> tuple[dict[ServiceKey, Any], str]:
