@@ -95,8 +95,11 @@ def main(services: int = 1000, namespaces: int = 10) -> None:
                     f"{wall:.2f} s wall, {cpu:.2f} s CPU, {requests} API requests, {found} drifted"
                 )
             assert plane.binaries is not None
-            tree = next((root / "cache" / "trees").iterdir())
+            # The peer reads the same manifests from a plain clone of the same commit.
+            tree = root / "peer-clone"
+            subprocess.run(["git", "clone", "-q", bare.as_uri(), str(tree)], check=True)
             manifests = [str(p) for p in sorted((tree / "environments").rglob("*.yaml"))]
+            assert len(manifests) == services, f"the clone holds {len(manifests)} manifests"
             began = time.monotonic()
             peer = subprocess.run(
                 [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig), "diff",
