@@ -179,18 +179,7 @@ def measure(
     hooks = Hooks(SECRET.encode, url, "main", agent.trigger, lambda: None,
                   lambda: True, agent.ready.is_set)  # fmt: skip
     server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
-    gitea.api(
-        "POST",
-        f"/repos/{gitea.admin}/{name}/hooks",
-        {
-            "type": "gitea",
-            "active": True,
-            "events": ["push"],
-            "branch_filter": "main",
-            "config": {"url": f"http://127.0.0.1:{server.port}/webhooks",
-                       "content_type": "json", "secret": SECRET},
-        },
-    )  # fmt: skip
+    gitea.add_webhook(f"{gitea.admin}/{name}", f"http://127.0.0.1:{server.port}/webhooks", SECRET)
     agent.start()
     try:
         wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), 600, "the first pass")

@@ -191,19 +191,12 @@ def seed_repository(gitea: Gitea, work: Path) -> None:
 
 
 def add_webhook(gitea: Gitea, owner_repo: str, port: int, secret_file: Path) -> None:
-    gitea.api(
-        "POST",
-        f"/repos/{owner_repo}/hooks",
-        {
-            "type": "gitea",
-            "active": True,
-            "events": ["push", "pull_request"],
-            "config": {
-                "url": f"http://127.0.0.1:{port}/webhooks",
-                "content_type": "json",
-                "secret": secret_file.read_text(),
-            },
-        },
+    gitea.add_webhook(
+        owner_repo,
+        f"http://127.0.0.1:{port}/webhooks",
+        secret_file.read_text(),
+        events=("push", "pull_request"),
+        branch=None,
     )
 
 

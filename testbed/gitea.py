@@ -224,6 +224,26 @@ class Gitea:
         self.api("POST", "/user/repos", {"name": name, "default_branch": "main", "private": False})
         return self.clone_url(name)
 
+    def add_webhook(
+        self,
+        owner_repo: str,
+        url: str,
+        secret: str,
+        events: tuple[str, ...] = ("push",),
+        branch: str | None = "main",
+    ) -> None:
+        """A Gitea-type webhook on ``owner_repo`` posting JSON, signed with ``secret``, to
+        ``url`` for ``events`` (pushes to ``branch`` only, unless None)."""
+        hook: dict[str, Any] = {
+            "type": "gitea",
+            "active": True,
+            "events": list(events),
+            "config": {"url": url, "content_type": "json", "secret": secret},
+        }
+        if branch is not None:
+            hook["branch_filter"] = branch
+        self.api("POST", f"/repos/{owner_repo}/hooks", hook)
+
     def create_user(self, name: str) -> None:
         self.api(
             "POST",

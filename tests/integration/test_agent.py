@@ -121,21 +121,7 @@ def test_a_gitea_push_webhook_triggers_the_rollout(
     wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
     assert agent.last_ok
     owner_repo = forge_repo.url.removeprefix(gitea.url + "/").removesuffix(".git")
-    gitea.api(
-        "POST",
-        f"/repos/{owner_repo}/hooks",
-        {
-            "type": "gitea",
-            "active": True,
-            "events": ["push"],
-            "branch_filter": "main",
-            "config": {
-                "url": f"http://127.0.0.1:{server.port}/webhooks",
-                "content_type": "json",
-                "secret": SECRET,
-            },
-        },
-    )
+    gitea.add_webhook(owner_repo, f"http://127.0.0.1:{server.port}/webhooks", SECRET)
     before = len(services.applied)
     sha = forge_repo.commit(
         lambda root: forge_repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"), "scale"
@@ -698,21 +684,7 @@ def test_a_push_webhook_reaching_the_standby_is_relayed_to_the_leader(
         )
         time.sleep(1.5)  # the standby reads the Lease every retryPeriod (500 ms)
         owner_repo = forge_repo.url.removeprefix(gitea.url + "/").removesuffix(".git")
-        gitea.api(
-            "POST",
-            f"/repos/{owner_repo}/hooks",
-            {
-                "type": "gitea",
-                "active": True,
-                "events": ["push"],
-                "branch_filter": "main",
-                "config": {
-                    "url": f"http://127.0.0.1:{ports[standby]}/webhooks",
-                    "content_type": "json",
-                    "secret": SECRET,
-                },
-            },
-        )
+        gitea.add_webhook(owner_repo, f"http://127.0.0.1:{ports[standby]}/webhooks", SECRET)
         sha = forge_repo.commit(
             lambda root: forge_repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"),
             "scale",

@@ -82,6 +82,13 @@ def statuses(gitea: Gitea, repo: GitOpsRepo, sha: str) -> list[dict[str, Any]]:
     return sorted(listed, key=lambda s: s["id"])
 
 
+def versions(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    """Every RayService's resourceVersion: unchanged when nothing was applied."""
+    custom = client.CustomObjectsApi(api)
+    items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    return {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in items}
+
+
 def sync(control_plane: ControlPlane, config: Path) -> int:
     return main(
         ["sync", "--once", "--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
@@ -160,11 +167,7 @@ def test_an_invalid_manifest_shows_failure_with_file_and_line(
 ) -> None:
     config = agent_file(forge_repo, gitea, tmp_path)
     assert sync(control_plane, config) == 0
-    custom = client.CustomObjectsApi(api)
-    before = {
-        o["metadata"]["name"]: o["metadata"]["resourceVersion"]
-        for o in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-    }
+    before = versions(api, namespace)
     sha = forge_repo.commit(
         lambda root: forge_repo.edit("summarizer.yaml", "kind: RayService", "kind: RaySrvice"),
         "typo",
@@ -175,11 +178,7 @@ def test_an_invalid_manifest_shows_failure_with_file_and_line(
     assert last["description"].startswith("invalid: environments/staging/summarizer.yaml:")
     line = last["description"].split(":")[2]
     assert line.isdigit()
-    after = {
-        o["metadata"]["name"]: o["metadata"]["resourceVersion"]
-        for o in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-    }
-    assert after == before  # nothing was applied
+    assert versions(api, namespace) == before  # nothing was applied
 
 
 def test_a_manifest_the_schema_refuses_applies_nothing(
@@ -198,13 +197,7 @@ def test_a_manifest_the_schema_refuses_applies_nothing(
     good wave-0 change is not applied either."""
     config = agent_file(forge_repo, gitea, tmp_path)
     assert sync(control_plane, config) == 0
-    custom = client.CustomObjectsApi(api)
-
-    def versions() -> dict[str, str]:
-        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-        return {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in items}
-
-    before = versions()
+    before = versions(api, namespace)
 
     def change(root: Path) -> None:
         forge_repo.edit("embedder.yaml", "num_replicas: 1", "num_replicas: 2")
@@ -217,7 +210,7 @@ def test_a_manifest_the_schema_refuses_applies_nothing(
     assert last["status"] == "failure", last
     assert last["description"].startswith("summarizer: dry-run apply refused, the CRD schema"), last
     assert "replicas: expected numeric" in last["description"], last
-    assert versions() == before  # nothing was applied, not even wave 0's good change
+    assert versions(api, namespace) == before  # nothing applied, not even wave 0's good change
     # Refused at once: not five retries of an "unreachable" server with backoff.
     assert time.monotonic() - started < 30
 
