@@ -238,7 +238,7 @@ def test_no_secret_appears_anywhere(
     phase(
         "sync, wrong status token",
         config_file(tmp_path / "wrong-status.yaml", repo, keys, tmp_path, status={"tokenFile": str(keys.files["wrong_status_token"])}),
-        "sync", "--once", expect=None, says="not posted",
+        "sync", "--once", expect=None, says="with HTTP 401, not delivered again",
     )  # fmt: skip
     phase(
         "sync, forge unreachable",
