@@ -445,7 +445,9 @@ class Agent:
 
     def _planned(self, plan: Plan) -> None:
         revision = plan.to_rev or ""
-        environments, services, _ = self._named
+        environments, services, named = self._named
+        if named != revision:  # a new revision starts afresh: the names do not pile up
+            environments, services = frozenset(), frozenset()
         self._named = (
             environments | {plan.environment},
             services | {str(c.key) for c in plan.changes},

@@ -590,7 +590,9 @@ def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         json.dump(document, out, indent=2, ensure_ascii=False)
         out.write("\n")
     elif args.output == "markdown":
-        out.write(plan_markdown(plans, plans[0].from_rev or "", plans[0].to_rev or ""))
+        first = plans[0] if plans else None
+        revisions = (first.from_rev or "", first.to_rev or "") if first else ("", "")
+        out.write(plan_markdown(plans, *revisions))
     else:
         out.write("\n".join(plan_table(p) for p in plans))
     return EXIT_FOUND if any(p.has_changes for p in plans) else EXIT_OK

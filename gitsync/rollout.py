@@ -154,8 +154,9 @@ class Rollout:
                 return self._fail(env, record, stopped, desired, previous, tuple(applied))
             record = _replace(record, wave=wave.number)
             self.state.write(record)
-            # Disabled while earlier waves rolled out (an incident does not wait for gitsync).
-            late = self._disabled_now(env, planned, desired)
+            # Disabled while earlier waves rolled out (an incident does not wait for gitsync);
+            # the first wave's services were read by the plan just now.
+            late = self._disabled_now(env, planned, desired) if index > 1 else []
             self._skipped(env, late, revision)
             skipped += late
             changed = [k for k in planned if k not in late]

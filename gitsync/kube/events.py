@@ -103,13 +103,14 @@ class EventRecorder:
         self._queue.task_done()
 
     def _identity(self, involved: dict[str, Any]) -> dict[str, str]:
-        """The live RayService's uid and resourceVersion; none when it is gone."""
+        """The live RayService's uid and resourceVersion; none when it is gone or cannot be
+        read."""
         path = f"/apis/ray.io/v1/namespaces/{involved['namespace']}/rayservices/{involved['name']}"
         try:
             metadata = request(self.api, "GET", path, accept=METADATA).get("metadata") or {}
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
+        except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+            # Gone (a prune), or the lookup failed: the event is still worth writing.
+            log.debug("no uid for the event on %s: %s", involved["name"], exc)
             return {}
         found = {"uid": metadata.get("uid"), "resourceVersion": metadata.get("resourceVersion")}
         return {k: str(v) for k, v in found.items() if v}
