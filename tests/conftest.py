@@ -59,11 +59,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks every test that needs the test bed's binaries (through any fixture) ``testbed``,
-    so `make test` can run the others while the binaries build, and the rest in parallel after
-    (testbed/ci.py). A test that starts the test bed another way must ask for ``binaries``."""
+    """Marks ``testbed`` every test of a module where one test needs the test bed's binaries
+    (through any fixture), so `make test` can run the others while the binaries build, and
+    these in parallel after, a module on one worker (testbed/ci.py): a module is one unit, its
+    tests may share module state (test_differential's table reads what the others recorded).
+    A test that starts the test bed another way must ask for ``binaries``."""
+    needs = {item.path for item in items if "binaries" in getattr(item, "fixturenames", ())}
     for item in items:
-        if "binaries" in getattr(item, "fixturenames", ()):
+        if item.path in needs:
             item.add_marker(pytest.mark.testbed)
         # The reliability suite's figures (recovery times, RSS, floods, crash trials) feed
         # docs/reliability.md: measured alone, not beside other workers.
