@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv testbed lint typecheck pytest bench docs clean reliability-report
+.PHONY: test test-quick test-testbed test-serial demo venv testbed lint typecheck pytest bench docs clean reliability-report
 
 # The whole check: the test-bed build overlapped with venv, lint, types and the tests that need
 # no binary; then the test-bed tests in parallel; then the serial reliability suite; then a
@@ -12,6 +12,15 @@ STAMP  := $(VENV)/.installed
 # runs some phases only; GITSYNC_TEST_WORKERS sets the parallel phase's workers.
 test: ## venv, lint, types, test bed, the whole suite
 	$(PYTHON) testbed/ci.py
+
+test-quick: ## lint, types and the tests that need no test bed (about 3 minutes)
+	GITSYNC_CI_PHASES=venv,lint,typecheck,quick $(PYTHON) testbed/ci.py
+
+test-testbed: ## the test-bed tests, in parallel
+	GITSYNC_CI_PHASES=venv,build,testbed $(PYTHON) testbed/ci.py
+
+test-serial: ## the reliability suite, alone
+	GITSYNC_CI_PHASES=venv,build,serial $(PYTHON) testbed/ci.py
 
 demo: venv testbed ## a local control plane with the KubeRay simulator and the examples
 	$(BIN)/python -m testbed.demo
