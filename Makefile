@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-quick test-testbed test-serial demo venv testbed lint typecheck pytest bench docs clean reliability-report
+.PHONY: test test-quick test-testbed test-serial durations demo venv testbed lint typecheck pytest bench docs clean reliability-report
 
 # The whole check: the test-bed build overlapped with venv, lint, types and the tests that need
 # no binary; then the test-bed tests in parallel; then the serial reliability suite; then a
@@ -21,6 +21,9 @@ test-testbed: ## the test-bed tests, in parallel
 
 test-serial: ## the reliability suite, alone
 	GITSYNC_CI_PHASES=venv,build,serial $(PYTHON) testbed/ci.py
+
+durations: ## tests/durations.json from the last make test: parallel workers take the longest modules first
+	$(PYTHON) testbed/ci.py --write-durations
 
 demo: venv testbed ## a local control plane with the KubeRay simulator and the examples
 	$(BIN)/python -m testbed.demo

@@ -243,7 +243,21 @@ def _report(run: Run, rows: list[Test], total: float) -> None:
         print(f"{row.seconds:8.1f} s  {row.phase:<8} {row.nodeid}")
 
 
+def write_durations(target: Path) -> None:
+    """Each module's seconds from the last run's records, into tests/durations.json: the order
+    in which parallel workers take modules (longest first)."""
+    modules: dict[str, float] = defaultdict(float)
+    for row in _records():
+        modules[row.nodeid.split("::", maxsplit=1)[0]] += row.seconds
+    ordered = dict(sorted(((k, round(v, 1)) for k, v in modules.items()), key=lambda kv: -kv[1]))
+    target.write_text(json.dumps(ordered, indent=1) + "\n")
+    print(f"wrote {target} ({len(ordered)} modules)")
+
+
 def main(argv: Sequence[str] = ()) -> int:
+    if list(argv) == ["--write-durations"]:
+        write_durations(REPO_ROOT / "tests" / "durations.json")
+        return 0
     wanted = os.environ.get("GITSYNC_CI_PHASES")
     run = Run(wanted=frozenset(w.strip() for w in wanted.split(",")) if wanted else None)
     workers = os.environ.get("GITSYNC_TEST_WORKERS", str(DEFAULT_WORKERS))

@@ -57,6 +57,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_Record(Path(record)), "gitsync-test-record")
 
 
+DURATIONS = REPO_ROOT / "tests" / "durations.json"
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", maxsplit=1)[0]
+
+
+def _module_seconds() -> dict[str, float]:
+    """Each module's seconds in a recent `make test` (tests/durations.json, written by
+    `make durations` from the last run's records): only an order, never a bound."""
+    try:
+        data = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks ``testbed`` every test of a module where one test needs the test bed's binaries
@@ -72,6 +89,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # docs/reliability.md: measured alone, not beside other workers.
         if RELIABILITY in item.path.parents and item.path.name != "test_report.py":
             item.add_marker(pytest.mark.serial)
+    # Longest modules first: parallel workers take whole modules in this order, so the long
+    # ones start early instead of finishing last alone. Unknown modules count as long.
+    seconds = _module_seconds()
+    items.sort(key=lambda item: -seconds.get(_module(item), float("inf")))
 
 
 @pytest.fixture(scope="session")
