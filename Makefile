@@ -4,9 +4,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv testbed lint typecheck pytest bench docs clean reliability-report
+.PHONY: test test-quick test-testbed test-serial durations demo venv testbed lint typecheck pytest bench docs clean reliability-report
 
-test: lint typecheck testbed pytest ## lint, types, test bed, the whole suite
+# The whole check: the test-bed build overlapped with venv, lint, types and the tests that need
+# no binary; then the test-bed tests in parallel; then the serial reliability suite; then a
+# table of where the time went (testbed/ci.py, docs/testbed.md). GITSYNC_CI_PHASES=quick,...
+# runs some phases only; GITSYNC_TEST_WORKERS sets the parallel phase's workers.
+test: ## venv, lint, types, test bed, the whole suite
+	$(PYTHON) testbed/ci.py
+
+test-quick: ## lint, types and the tests that need no test bed (about 3 minutes)
+	GITSYNC_CI_PHASES=venv,lint,typecheck,quick $(PYTHON) testbed/ci.py
+
+test-testbed: ## the test-bed tests, in parallel
+	GITSYNC_CI_PHASES=venv,build,testbed $(PYTHON) testbed/ci.py
+
+test-serial: ## the reliability suite, alone
+	GITSYNC_CI_PHASES=venv,build,serial $(PYTHON) testbed/ci.py
+
+durations: ## tests/durations.json from the last make test: parallel workers take the longest modules first
+	$(PYTHON) testbed/ci.py --write-durations
 
 demo: venv testbed ## a local control plane with the KubeRay simulator and the examples
 	$(BIN)/python -m testbed.demo
@@ -29,7 +46,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+pytest: venv testbed ## the whole suite in one process, one test after another
 	$(BIN)/pytest
 
 reliability-report: venv ## docs/reliability.md's generated figures, from the last runs' artifacts

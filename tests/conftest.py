@@ -8,6 +8,8 @@ never skips.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,75 @@ from testbed.simulator import Delays, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "examples" / "repo-layout"
+RELIABILITY = REPO_ROOT / "tests" / "reliability"
+
+
+class _Record:
+    """One JSON line per test (node id, outcome, seconds of setup + call + teardown) appended
+    to $GITSYNC_TEST_RECORD at the end of the session: testbed/ci.py's phase table, slowest
+    tests and its check that every collected test ran. Registered in the controlling process
+    only (xdist workers forward their reports to it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tests: dict[str, dict[str, object]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        row = self.tests.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0})
+        row["seconds"] = float(row["seconds"]) + report.duration  # type: ignore[arg-type]
+        if report.failed:
+            row["outcome"] = "failed"
+        elif report.skipped and row["outcome"] != "failed":
+            row["outcome"] = "skipped"
+
+    def pytest_sessionfinish(self) -> None:
+        with self.path.open("a") as out:
+            for nodeid, row in self.tests.items():
+                out.write(json.dumps({"nodeid": nodeid, **row}) + "\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    record = os.environ.get("GITSYNC_TEST_RECORD")
+    if record and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Record(Path(record)), "gitsync-test-record")
+
+
+DURATIONS = REPO_ROOT / "tests" / "durations.json"
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", maxsplit=1)[0]
+
+
+def _module_seconds() -> dict[str, float]:
+    """Each module's seconds in a recent `make test` (tests/durations.json, written by
+    `make durations` from the last run's records): only an order, never a bound."""
+    try:
+        data = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``testbed`` every test of a module where one test needs the test bed's binaries
+    (through any fixture), so `make test` can run the others while the binaries build, and
+    these in parallel after, a module on one worker (testbed/ci.py): a module is one unit, its
+    tests may share module state (test_differential's table reads what the others recorded).
+    A test that starts the test bed another way must ask for ``binaries``."""
+    needs = {item.path for item in items if "binaries" in getattr(item, "fixturenames", ())}
+    for item in items:
+        if item.path in needs:
+            item.add_marker(pytest.mark.testbed)
+        # The reliability suite's figures (recovery times, RSS, floods, crash trials) feed
+        # docs/reliability.md: measured alone, not beside other workers.
+        if RELIABILITY in item.path.parents and item.path.name != "test_report.py":
+            item.add_marker(pytest.mark.serial)
+    # Longest modules first: parallel workers take whole modules in this order, so the long
+    # ones start early instead of finishing last alone. Unknown modules count as long.
+    seconds = _module_seconds()
+    items.sort(key=lambda item: -seconds.get(_module(item), float("inf")))
 
 
 @pytest.fixture(scope="session")

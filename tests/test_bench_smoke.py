@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import suite
+from testbed.binaries import Binaries
 
 
-def test_the_benchmark_suite_runs_and_writes_its_report(tmp_path: Path) -> None:
+def test_the_benchmark_suite_runs_and_writes_its_report(binaries: Binaries, tmp_path: Path) -> None:
+    # binaries: the suite builds or finds them itself; asking for them marks the test ``testbed``.
     suite.main(["--smoke", "--out", str(tmp_path)])
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| 10 | gitsync sync --once (no-op) |" in report

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 NOTES_REF = "refs/notes/gitsync"
 REMOTE = "gitsync-notes"
-ATTEMPTS = 8
+ATTEMPTS = 12
+BACKOFF_BASE = 0.05  # seconds; doubled per lost race
+BACKOFF_CAP = 4.0
 # Notes commits need an author; these are the agent's, not a person's.
 _IDENTITY = (
     ("user.name", "gitsync"),
@@ -86,7 +88,11 @@ class GitNotes:
             if not any(word in result.stderr for word in _REJECTED):
                 raise failure("push", self.config.display_url, result, self.runner.timeout)
             log.debug("notes push lost a race (attempt %d), fetching again", attempt)
-            self.sleep(random.uniform(0.05, 0.25) * attempt)  # noqa: S311 - jitter, not crypto
+            # Exponential backoff with full jitter: writers that keep colliding spread out, so
+            # one of them wins each round. A linear backoff let four busy writers collide eight
+            # times in a row (a lost race each round is likely for all but one writer).
+            ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+            self.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not crypto
         raise NotesConflict(
             f"could not push {self.ref} to {self.config.display_url} after {ATTEMPTS} attempts: "
             "other writers kept moving it"

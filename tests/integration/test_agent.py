@@ -237,12 +237,21 @@ def test_a_replica_that_loses_the_lease_drops_its_environment_series(
         for name in ("gitsync_service_health", "gitsync_applied_revision_info"):
             assert samples(metrics, name), name
         # Another holder takes the Lease (as after a partition): this replica cannot renew.
+        # Like a real contender, it retries when agent-x's renewal wrote first (409).
         coordination = client.CoordinationV1Api(api)
-        lease = coordination.read_namespaced_lease("gitsync-metrics", namespace)
-        lease.spec.holder_identity = "agent-y"
-        lease.spec.lease_duration_seconds = 60
-        lease.spec.renew_time = datetime.datetime.now(datetime.UTC)
-        coordination.replace_namespaced_lease("gitsync-metrics", namespace, lease)
+        for _ in range(20):
+            lease = coordination.read_namespaced_lease("gitsync-metrics", namespace)
+            lease.spec.holder_identity = "agent-y"
+            lease.spec.lease_duration_seconds = 60
+            lease.spec.renew_time = datetime.datetime.now(datetime.UTC)
+            try:
+                coordination.replace_namespaced_lease("gitsync-metrics", namespace, lease)
+                break
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+        else:
+            pytest.fail("agent-x's renewals won every write of the Lease")
         wait_for(
             lambda: samples(metrics, "gitsync_leader") == {(): 0},
             timeout=10,
@@ -672,7 +681,8 @@ def test_a_push_webhook_reaching_the_standby_is_relayed_to_the_leader(
         )  # fmt: skip
         agents[name] = start_agent(config, control_plane.kubeconfig, name, tmp_path / f"{name}.log")
     try:
-        wait_for(lambda: lease_holder(api, namespace) in agents, timeout=30, what="a leader")
+        # Two processes start at once (imports, first list, lease): generous on a busy machine.
+        wait_for(lambda: lease_holder(api, namespace) in agents, timeout=90, what="a leader")
         leader = lease_holder(api, namespace)
         standby = next(n for n in agents if n != leader)
         published = f"http://127.0.0.1:{ports[leader]}"

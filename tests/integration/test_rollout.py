@@ -253,11 +253,13 @@ def test_sigkill_mid_wave_then_restart_completes(
     ]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     store = StateStore(api, namespace)
-    deadline = time.monotonic() + 30
+    # A process's start (imports, clone, plan) is seconds on a busy machine: a generous bound.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         state = store.read("staging")
         if state is not None and state.wave == 0 and state.phase is Phase.IN_PROGRESS:
             break
+        assert first.poll() is None, "the sync finished before it could be killed mid-wave"
         time.sleep(0.02)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(10)

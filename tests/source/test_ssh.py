@@ -14,7 +14,7 @@ import pytest
 
 from gitsync.errors import AuthError
 from gitsync.source import GitSource, RepoSource, SshAuth
-from testbed.binaries import Binaries, ensure_binaries
+from testbed.binaries import Binaries
 from testbed.gitserver import SshServer
 
 from .repos import Upstream
@@ -23,11 +23,6 @@ from .repos import Upstream
 def keypair(path: Path) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
     return path
-
-
-@pytest.fixture(scope="session")
-def binaries() -> Binaries:
-    return ensure_binaries(quiet=True)
 
 
 @pytest.fixture(scope="session")
