@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_environment, read_tree_cached
+from gitsync.checkout import TreeReport, document_at, read_environment, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError, InvalidRevision
@@ -33,9 +33,10 @@ from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
+from gitsync.manifests.podpolicy import Violation, enforce, problem_text
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
-from gitsync.model import Action, DesiredService, Phase, RolloutState, ServiceKey
+from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
 from gitsync.plan import build_plan, plan_markdown
 from gitsync.planning import environment_manifests, tree_plans
 from gitsync.report.pulls import PullRequest, Pulls, eligible
@@ -230,16 +231,26 @@ class PreviewReconciler:
         except GitsyncError:
             before = {}
         desired: dict[ServiceKey, DesiredService] = {}
+        refused: list[Problem] = []
         for service in head_env.services:
             if before.get(service.key.name) == owned(service.manifest):
                 continue  # unchanged by this PR: no preview of it
-            body = preview_manifest(service.manifest, pr.number, previews)
+            # The base branch's policy, never the PR's own gitsync.yaml: a PR cannot relax it.
+            checked = enforce(service.manifest, previews.policy)
+            if checked.refused:
+                refused += _refusals(tree[0], service, checked.refused)
+                continue
+            for violation in checked.stripped:
+                self.progress(f"preview #{pr.number}: {service.key.name}: stripped {violation}")
+            body = preview_manifest(checked.manifest, pr.number, previews)
             # Ignored when comparing (normalize), so only a real change moves it: the TTL.
             body["metadata"]["annotations"][UPDATED] = str(int(self.clock()))
             key = ServiceKey(previews.namespace, body["metadata"]["name"])
             desired[key] = DesiredService(
                 key, f"preview-{pr.number}", body, service.source, service.line, service.wave
             )
+        if refused:  # nothing of this pull request is deployed, as for invalid manifests
+            raise InvalidRevision(f"pull request #{pr.number} (previews.policy)", tuple(refused))
         return desired
 
     def _roll_out(
@@ -355,6 +366,16 @@ def _preview_source(root: Path, tree: TreeReport, name: str, label: str) -> Envi
         if not loaded.ok:
             raise InvalidRevision(f"environment {name!r} at {label}", loaded.problems) from None
         return loaded
+
+
+def _refusals(root: Path, service: DesiredService, refused: Sequence[Violation]) -> list[Problem]:
+    """Each refusal at the line of the field it names (the file is parsed again: only a
+    refused service pays for it)."""
+    doc = document_at(root, service.source, service.line)
+    where = "previews.policy"
+    if doc is None:
+        return [Problem(service.source, service.line, problem_text(v, where)) for v in refused]
+    return [doc.problem(problem_text(v, where), *v.path) for v in refused]
 
 
 def _branch_number(branch: str) -> int:
