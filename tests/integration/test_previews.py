@@ -673,3 +673,102 @@ def test_forge_less_branches_with_names_get_a_preview_each(
     shown = build_provider(config, metrics).statuses(shas[f"preview/x/{foo}"])
     assert shown["gitsync/preview"].state.value == "failure"
     assert f"gets number {foo}, as preview/foo does" in shown["gitsync/preview"].description
+
+
+def privileged_ranker(root: Path) -> None:
+    """A pull request that asks for the node: a privileged head on the host's network that
+    also mounts the node's root and reads a Secret into a worker."""
+    scale_ranker(root)
+    path = root / "environments" / "staging" / "ranker.yaml"
+    text = path.read_text().replace(
+        "          containers:\n            - name: ray-head\n",
+        "          hostNetwork: true\n"
+        "          volumes: [{name: root, hostPath: {path: /}}]\n"
+        "          containers:\n            - name: ray-head\n"
+        "              securityContext: {privileged: true}\n",
+        1,
+    )
+    text = text.replace(
+        "                env:\n",
+        "                env:\n"
+        "                  - {name: DB, valueFrom: {secretKeyRef: {name: db, key: pw}}}\n",
+        1,
+    )
+    path.write_text(text)
+
+
+def test_the_pod_policy_refuses_a_privileged_preview_with_file_and_line(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    sha = forge.branch("take-the-node", privileged_ranker)
+    number = forge.open_pr("take-the-node")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome) == (number, "failed")
+    assert previews_in(api, forge.previews_ns) == {}  # nothing of the PR was applied
+    # The lines are those of the pull request's own version of the file.
+    head = git("show", f"{sha}:environments/staging/ranker.yaml", cwd=forge.repo.work)
+    numbered = head.splitlines()
+    where = {
+        "hostNetwork": numbered.index("          hostNetwork: true") + 1,
+        "hostPath": numbered.index("          volumes: [{name: root, hostPath: {path: /}}]") + 1,
+        "privileged": numbered.index("              securityContext: {privileged: true}") + 1,
+        "secret": next(i for i, line in enumerate(numbered, 1) if "secretKeyRef" in line),
+    }
+    problems = [str(p) for p in result_problems(result)]
+    for what, line in where.items():
+        assert any(f"environments/staging/ranker.yaml:{line}:" in p for p in problems), (
+            what, problems,
+        )  # fmt: skip
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
+    assert status["description"].startswith(
+        f"invalid: environments/staging/ranker.yaml:{where['hostNetwork']}: hostNetwork"
+    ), status["description"]
+    assert "(+3 more)" in status["description"]
+    # The plan comment is still written: it runs nothing.
+    assert len(forge.comments(number)) == 1
+
+
+def result_problems(result: Any) -> list[str]:
+    return [line.strip() for line in result.message.splitlines()[1:]]
+
+
+def test_a_pull_request_cannot_relax_the_policy_in_its_own_gitsync_yaml(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    """The policy is the base branch's: a PR that turns it off in its gitsync.yaml, or strips
+    instead of refusing, is still refused."""
+
+    def relax(root: Path) -> None:
+        privileged_ranker(root)
+        config = yaml.safe_load((root / "gitsync.yaml").read_text())
+        config["previews"]["policy"] = {"enabled": False}
+        (root / "gitsync.yaml").write_text(yaml.safe_dump(config))
+
+    sha = forge.branch("relax", relax)
+    forge.open_pr("relax")
+    [result] = forge.reconcile(api)
+    assert result.outcome == "failed"
+    assert previews_in(api, forge.previews_ns) == {}
+    assert forge.statuses(sha)["gitsync/preview"]["status"] == "failure"
+
+
+def test_a_stripping_policy_deploys_the_preview_without_the_fields(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> None:
+    strip = ["hostNamespaces", "hostPath", "privileged", "secrets"]
+    forge = Forge(gitea, tmp_path, namespace, policy={"strip": strip})
+    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    sha = forge.branch("strip", privileged_ranker)
+    number = forge.open_pr("strip")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome) == (number, "succeeded"), result.message
+    preview = previews_in(api, forge.previews_ns)[f"ranker-pr-{number}"]
+    cluster = preview["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert "hostNetwork" not in head
+    assert not head.get("volumes")
+    assert "privileged" not in (head["containers"][0].get("securityContext") or {})
+    env = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S"]
+    assert forge.statuses(sha)["gitsync/preview"]["status"] == "success"
