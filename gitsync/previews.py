@@ -240,6 +240,7 @@ class PreviewReconciler:
             if checked.refused:
                 refused += _refusals(tree[0], service, checked.refused)
                 continue
+            refused += _over_limits(service, previews, len(desired))
             for violation in checked.stripped:
                 self.progress(f"preview #{pr.number}: {service.key.name}: stripped {violation}")
             body = preview_manifest(checked.manifest, pr.number, previews)
@@ -366,6 +367,27 @@ def _preview_source(root: Path, tree: TreeReport, name: str, label: str) -> Envi
         if not loaded.ok:
             raise InvalidRevision(f"environment {name!r} at {label}", loaded.problems) from None
         return loaded
+
+
+def _over_limits(service: DesiredService, previews: PreviewConfig, before: int) -> list[Problem]:
+    """What makes a preview too large to be capped into shape: too many worker groups in one
+    service, or more changed services than one pull request may preview."""
+    problems = []
+    cluster = (service.manifest.get("spec") or {}).get("rayClusterConfig") or {}
+    groups = cluster.get("workerGroupSpecs") if isinstance(cluster, dict) else None
+    if isinstance(groups, list) and len(groups) > previews.max_worker_groups:
+        why = (
+            f"{service.key.name} has {len(groups)} worker groups; a preview may have at most "
+            f"{previews.max_worker_groups} (previews.overrides.maxWorkerGroups)"
+        )
+        problems.append(Problem(service.source, service.line, why))
+    if before == previews.max_services:  # once, at the first service over the limit
+        why = (
+            f"this pull request changes more than {previews.max_services} services of "
+            f"{previews.source}, the most one preview may run (previews.overrides.maxServices)"
+        )
+        problems.append(Problem(service.source, service.line, why))
+    return problems
 
 
 def _refusals(root: Path, service: DesiredService, refused: Sequence[Violation]) -> list[Problem]:

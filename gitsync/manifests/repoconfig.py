@@ -63,7 +63,10 @@ class PreviewConfig:
     # Resource caps (none by default): container requests/limits and ray_actor_options.
     max_cpu: str = ""  # a quantity: "500m", "2"
     max_memory: str = ""  # a quantity: "2Gi"
-    max_gpu: int | None = None
+    max_gpu: int | None = None  # caps every accelerator (any extended resource)
+    max_num_of_hosts: int = 1  # caps every worker group's numOfHosts (pods per replica)
+    max_worker_groups: int = 4  # a service with more worker groups gets no preview
+    max_services: int = 10  # a pull request changing more services gets no preview
     policy: PodPolicy = field(default_factory=PodPolicy)  # on unless ``policy.enabled: false``
 
 
@@ -251,7 +254,16 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
     overrides = raw.get("overrides", {})
     check.mapping(
         overrides,
-        {"maxWorkerReplicas", "maxNumReplicas", "maxCpu", "maxMemory", "maxGpu"},
+        {
+            "maxWorkerReplicas",
+            "maxNumReplicas",
+            "maxCpu",
+            "maxMemory",
+            "maxGpu",
+            "maxNumOfHosts",
+            "maxWorkerGroups",
+            "maxServices",
+        },
         set(),
         "previews",
         "overrides",
@@ -261,6 +273,9 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
         (("previews",), "maxPreviews", default.max_previews),
         (("previews", "overrides"), "maxWorkerReplicas", default.max_worker_replicas),
         (("previews", "overrides"), "maxNumReplicas", default.max_num_replicas),
+        (("previews", "overrides"), "maxNumOfHosts", default.max_num_of_hosts),
+        (("previews", "overrides"), "maxWorkerGroups", default.max_worker_groups),
+        (("previews", "overrides"), "maxServices", default.max_services),
     ):
         value = (raw if len(at) == 1 else overrides if isinstance(overrides, dict) else {}).get(
             key, fallback
@@ -299,6 +314,9 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
         max_cpu=resources[0],
         max_memory=resources[1],
         max_gpu=resources[2],
+        max_num_of_hosts=counts["maxNumOfHosts"],
+        max_worker_groups=counts["maxWorkerGroups"],
+        max_services=counts["maxServices"],
         policy=policy,
     )
 

@@ -772,3 +772,26 @@ def test_a_stripping_policy_deploys_the_preview_without_the_fields(
     env = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in env] == ["RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S"]
     assert forge.statuses(sha)["gitsync/preview"]["status"] == "success"
+
+
+def test_a_pull_request_over_the_service_and_worker_group_limits_gets_no_preview(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> None:
+    overrides = {"maxServices": 1, "maxWorkerGroups": 1}
+    forge = Forge(gitea, tmp_path, namespace, overrides=overrides)
+    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+
+    def two_services(root: Path) -> None:
+        scale_ranker(root)  # ranker has two worker groups
+        path = root / "environments" / "staging" / "summarizer.yaml"
+        path.write_text(path.read_text().replace("num_replicas: 1", "num_replicas: 2", 1))
+
+    sha = forge.branch("too-big", two_services)
+    forge.open_pr("too-big")
+    [result] = forge.reconcile(api)
+    assert result.outcome == "failed"
+    assert previews_in(api, forge.previews_ns) == {}
+    assert "previews.overrides.maxWorkerGroups" in result.message
+    assert "previews.overrides.maxServices" in result.message
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
