@@ -156,8 +156,13 @@ def test_the_deployment_is_hardened_and_probed() -> None:
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    [configmap] = manifests(BASE / "config.yaml")
+    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    assert config is not None
+    assert config.probe_listen.endswith(f":{ports['probes']}")  # probes on their own listener
     assert container["resources"]["requests"]["memory"]
     assert spec["terminationGracePeriodSeconds"] > float(container["args"][-1])
     secret = next(v for v in spec["volumes"] if v["name"] == "credentials")
