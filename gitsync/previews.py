@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
 from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
 from gitsync.plan import build_plan, plan_markdown
 from gitsync.planning import environment_manifests, tree_plans
-from gitsync.report.pulls import PullRequest, Pulls, eligible
+from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import Describer, State
 from gitsync.rollout import Outcome, Rollout, RolloutResult
@@ -78,8 +78,10 @@ class PreviewReconciler:
     progress: Callable[[str], None] = lambda line: None
     clock: Callable[[], float] = time.time
     record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
+    _approvals: dict[int, str] | None = field(default=None, init=False)
 
     def reconcile(self) -> list[PreviewResult]:
+        self._approvals = None  # read again: another replica may have led since
         head = self.source.head()
         base = read_tree_cached(self.source.checkout(head))
         previews = base.config.previews if base.config else None
@@ -118,8 +120,22 @@ class PreviewReconciler:
             else:
                 live.discard(pr.number)
             results.append(result)
+        if previews is not None:
+            self._forget_closed(open_numbers)
         self._prune(keep)
         return results
+
+    def _forget_closed(self, open_numbers: set[int]) -> None:
+        """A closed pull request's approval goes with it (reopened, it needs the label again)."""
+        try:
+            if self._approvals is None:
+                self._approvals = self.state.read_approvals()
+            for number, sha in list(self._approvals.items()):
+                if sha and number not in open_numbers:
+                    self.state.approve(number, "")
+                    del self._approvals[number]
+        except GitsyncError as exc:
+            log.warning("cannot forget closed pull requests' approvals: %s", exc)
 
     def _prune(self, keep: set[str]) -> None:
         """Keeps the trees the next reconcile reads (the base head, each open pull request's
@@ -130,6 +146,18 @@ class PreviewReconciler:
             log.warning("cannot prune the previews' tree cache: %s", exc)
 
     # -- discovery ---------------------------------------------------------------------------
+
+    def _approved(self, pr: PullRequest, label: str) -> str | None:
+        """Why a labelled fork PR's head is not approved (None: it is), recording the approval
+        the first time the label is seen, and forgetting it once the label is gone."""
+        if self._approvals is None:
+            self._approvals = self.state.read_approvals()
+        before = self._approvals.get(pr.number, "")
+        approved, why = approval(label in pr.labels and bool(label), pr.head_sha, before, label)
+        if approved != before:
+            self.state.approve(pr.number, approved)
+            self._approvals[pr.number] = approved
+        return why
 
     def _requests(self, previews: PreviewConfig | None) -> list[PullRequest]:
         if self.pulls is not None:
@@ -190,6 +218,10 @@ class PreviewReconciler:
         live: set[int],
     ) -> PreviewResult:
         why = eligible(pr, previews.allow_authors, previews.fork_label)
+        if why is None and needs_label(pr, previews.allow_authors):
+            why = self._approved(pr, previews.fork_label)
+        elif needs_label(pr, previews.allow_authors):
+            self._approved(pr, previews.fork_label)  # the label is off: forget what it approved
         if why is not None:
             self._status(pr, State.PENDING, why)
             return PreviewResult(pr.number, pr.head_sha, (), "skipped", why)

@@ -58,6 +58,7 @@ class Forge:
             status=StatusConfig("gitea", token=TokenAuth(token_file=token)),
         )
         self.clock = [1_000_000.0]
+        self.fork_url = ""
 
     def branch(self, name: str, change: Any, message: str = "change") -> str:
         work = self.repo.work
@@ -91,7 +92,7 @@ class Forge:
         user = f"contrib{uuid.uuid4().hex[:6]}"
         self.gitea.create_user(user)
         self.gitea.api("POST", f"{self.path}/forks", {}, sudo=user)
-        fork_url = f"{self.gitea.url}/{user}/{self.name}.git"
+        fork_url = self.fork_url = f"{self.gitea.url}/{user}/{self.name}.git"
         work = self.repo.work
         git("checkout", "-q", "-B", branch, "main", cwd=work)
         change(work)
@@ -795,3 +796,47 @@ def test_a_pull_request_over_the_service_and_worker_group_limits_gets_no_preview
     assert "previews.overrides.maxServices" in result.message
     status = forge.statuses(sha)["gitsync/preview"]
     assert status["status"] == "failure"
+
+
+def test_the_fork_label_approves_one_commit_and_a_later_push_needs_it_again(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    """A maintainer labels a reviewed fork PR; the author pushes again: the new head is not
+    deployed until a maintainer takes the label off and puts it back."""
+    number, reviewed = forge.fork_pr("fork-approve", scale_ranker)
+    label = forge.gitea.api("POST", f"{forge.path}/labels", {"name": "preview", "color": "#00aabb"})
+    forge.gitea.api("POST", f"{forge.path}/issues/{number}/labels", {"labels": [label["id"]]})
+    [result] = forge.reconcile(api)
+    assert (result.outcome, result.revision) == ("succeeded", reviewed)
+    name = f"ranker-pr-{number}"
+    assert forge.statuses(reviewed)["gitsync/preview"]["status"] == "success"
+
+    work = forge.repo.work  # the author pushes an unreviewed commit to the fork
+    git("checkout", "-q", "fork-approve", cwd=work)
+    path = work / "environments" / "staging" / "ranker.yaml"
+    path.write_text(path.read_text().replace("num_replicas: 3", "num_replicas: 2", 1))
+    git("commit", "-q", "-am", "unreviewed", cwd=work)
+    git(*forge.repo.push_args, "push", "-q", forge.fork_url, "fork-approve", cwd=work)
+    unreviewed = git("rev-parse", "HEAD", cwd=work)
+    git("checkout", "-q", "main", cwd=work)
+    deadline = time.monotonic() + 30  # Gitea updates the pull request's head from a queue
+    while forge.gitea.api("GET", f"{forge.path}/pulls/{number}")["head"]["sha"] != unreviewed:
+        assert time.monotonic() < deadline, "Gitea never saw the push"
+        time.sleep(0.2)
+    [result] = forge.reconcile(api)
+    assert result.outcome == "skipped"
+    status = forge.statuses(unreviewed)["gitsync/preview"]
+    assert status["status"] == "pending"
+    assert f"pushed after the label 'preview' approved {reviewed[:12]}" in status["description"]
+    live = previews_in(api, forge.previews_ns)[name]  # still the reviewed commit's
+    assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == reviewed
+
+    # The maintainer reviews it: label off (seen by a pass), label on.
+    forge.gitea.api("DELETE", f"{forge.path}/issues/{number}/labels/{label['id']}")
+    [result] = forge.reconcile(api)
+    assert result.outcome == "skipped"
+    forge.gitea.api("POST", f"{forge.path}/issues/{number}/labels", {"labels": [label["id"]]})
+    [result] = forge.reconcile(api)
+    assert (result.outcome, result.revision) == ("succeeded", unreviewed)
+    live = previews_in(api, forge.previews_ns)[name]
+    assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == unreviewed
