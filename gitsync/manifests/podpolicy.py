@@ -100,6 +100,12 @@ def enforce(manifest: Mapping[str, Any], policy: PodPolicy) -> PolicyResult:
     return PolicyResult(obj, refused, stripped)
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one: a malformed field is the validator's
+    to report, never a crash here."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _sort_key(path: Path) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, p) if isinstance(p, int) else (1, p) for p in path)
 
@@ -118,18 +124,18 @@ def _remove(obj: Any, path: Path) -> None:
 
 
 def _pod_specs(obj: Mapping[str, Any]) -> Iterator[tuple[Path, Mapping[str, Any]]]:
-    cluster = (obj.get("spec") or {}).get("rayClusterConfig")
+    cluster = _map(obj.get("spec")).get("rayClusterConfig")
     if not isinstance(cluster, Mapping):
         return
     at: Path = ("spec", "rayClusterConfig")
     head = cluster.get("headGroupSpec")
     if isinstance(head, Mapping):
-        pod = (head.get("template") or {}).get("spec")
+        pod = _map(head.get("template")).get("spec")
         if isinstance(pod, Mapping):
             yield (*at, "headGroupSpec", "template", "spec"), pod
     groups = cluster.get("workerGroupSpecs")
     for index, group in enumerate(groups if isinstance(groups, list) else ()):
-        pod = ((group.get("template") or {}).get("spec")) if isinstance(group, Mapping) else None
+        pod = (_map(group.get("template")).get("spec")) if isinstance(group, Mapping) else None
         if isinstance(pod, Mapping):
             yield (*at, "workerGroupSpecs", index, "template", "spec"), pod
 
@@ -142,7 +148,7 @@ def _containers(obj: Mapping[str, Any]) -> Iterator[tuple[Path, Mapping[str, Any
                 if isinstance(container, Mapping):
                     yield (*at, field, index), container
     # The autoscaler sidecar KubeRay adds to the head pod takes these from the manifest.
-    options = ((obj.get("spec") or {}).get("rayClusterConfig") or {}).get("autoscalerOptions")
+    options = _map(_map(obj.get("spec")).get("rayClusterConfig")).get("autoscalerOptions")
     if isinstance(options, Mapping):
         yield ("spec", "rayClusterConfig", "autoscalerOptions"), options
 
@@ -174,7 +180,7 @@ def _pod(at: Path, pod: Mapping[str, Any]) -> Iterator[Violation]:
             (*at, "automountServiceAccountToken"),
             "mounts an API token into the pod",
         )
-    windows = (pod.get("securityContext") or {}).get("windowsOptions")
+    windows = _map(pod.get("securityContext")).get("windowsOptions")
     if isinstance(windows, Mapping) and windows.get("hostProcess") is True:
         yield Violation(
             "privileged",
@@ -190,20 +196,20 @@ def _pod(at: Path, pod: Mapping[str, Any]) -> Iterator[Violation]:
 def _volume(at: Path, volume: Mapping[str, Any]) -> Iterator[Violation]:
     name = volume.get("name")
     if "hostPath" in volume:
-        path = (volume.get("hostPath") or {}).get("path")
+        path = _map(volume.get("hostPath")).get("path")
         yield Violation("hostPath", at, f"volume {name!r} mounts the node's {path!r}")
     if "secret" in volume:
-        secret = (volume.get("secret") or {}).get("secretName")
+        secret = _map(volume.get("secret")).get("secretName")
         yield Violation("secrets", at, f"volume {name!r} mounts Secret {secret!r}")
     csi = volume.get("csi")
     if isinstance(csi, Mapping) and (
         csi.get("driver") == SECRETS_CSI_DRIVER or "nodePublishSecretRef" in csi
     ):
         yield Violation("secrets", at, f"volume {name!r} mounts secrets through CSI")
-    sources = (volume.get("projected") or {}).get("sources")
+    sources = _map(volume.get("projected")).get("sources")
     for index, source in enumerate(sources if isinstance(sources, list) else ()):
         if isinstance(source, Mapping) and "secret" in source:
-            secret = (source.get("secret") or {}).get("name")
+            secret = _map(source.get("secret")).get("name")
             yield Violation(
                 "secrets",
                 (*at, "projected", "sources", index),
@@ -231,7 +237,7 @@ def _container(at: Path, container: Mapping[str, Any], policy: PodPolicy) -> Ite
                 (*sc, "windowsOptions", "hostProcess"),
                 f"container {name!r} runs on the node itself",
             )
-        added = (context.get("capabilities") or {}).get("add")
+        added = _map(context.get("capabilities")).get("add")
         for index, cap in enumerate(added if isinstance(added, list) else ()):
             if str(cap).upper().removeprefix("CAP_") not in ALLOWED_CAPABILITIES:
                 yield Violation(
@@ -250,7 +256,7 @@ def _container(at: Path, container: Mapping[str, Any], policy: PodPolicy) -> Ite
     env_from = container.get("envFrom")
     for index, source in enumerate(env_from if isinstance(env_from, list) else ()):
         if isinstance(source, Mapping) and "secretRef" in source:
-            secret = (source.get("secretRef") or {}).get("name")
+            secret = _map(source.get("secretRef")).get("name")
             yield Violation(
                 "secrets",
                 (*at, "envFrom", index),
@@ -258,7 +264,7 @@ def _container(at: Path, container: Mapping[str, Any], policy: PodPolicy) -> Ite
             )
     env = container.get("env")
     for index, var in enumerate(env if isinstance(env, list) else ()):
-        ref = ((var.get("valueFrom") or {}) if isinstance(var, Mapping) else {}).get("secretKeyRef")
+        ref = _map(_map(var).get("valueFrom")).get("secretKeyRef")
         if ref is not None:
             secret = ref.get("name") if isinstance(ref, Mapping) else None
             yield Violation(
@@ -294,7 +300,7 @@ def full_image(image: str) -> str:
 
 def _serve_runtime_envs(obj: Mapping[str, Any], allowed: tuple[str, ...]) -> Iterator[Violation]:
     at: Path = ("spec", "serveConfigV2")
-    text = (obj.get("spec") or {}).get("serveConfigV2")
+    text = _map(obj.get("spec")).get("serveConfigV2")
     try:
         serve = yaml.safe_load(text) if isinstance(text, str) else None
     except yaml.YAMLError:

@@ -318,3 +318,21 @@ def test_the_serve_config_is_left_as_it_was() -> None:
         "runtime_env.pip option '--index-url https://evil.example/simple'"
     ]
     assert yaml.safe_load(result.manifest["spec"]["serveConfigV2"]) == yaml.safe_load(SERVE_ENV)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [(("volumes",), [{"name": "v", "hostPath": "/"}]), (("volumes",), ["x", None, 3]),
+     (("volumes",), [{"name": "p", "projected": "x"}]), (("securityContext",), "x"),
+     (("containers", 0, "securityContext"), {"capabilities": "ALL"}),
+     (("containers", 0, "env"), ["x", {"valueFrom": "y"}, {"valueFrom": {"secretKeyRef": 1}}]),
+     (("containers", 0, "envFrom"), [{"secretRef": "db"}]), (("containers",), "x"),
+     (("containers", 0, "ports"), [{"hostPort": "80"}, "x"])],
+)  # fmt: skip
+def test_malformed_fields_never_crash_the_policy(where: tuple[str | int, ...], value: Any) -> None:
+    """The validator reports malformed fields; the policy must still run (and refuse what it
+    recognises) rather than crash on them."""
+    obj = manifest()
+    put(obj, (*WORKER, *where), value)
+    enforce(obj, PodPolicy(strip=frozenset({"secrets", "hostPath", "hostPorts"})))
+    enforce(obj, PodPolicy())
