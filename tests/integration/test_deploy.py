@@ -335,10 +335,13 @@ POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ray-head", "name
        "spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.49.0-py311"}]}}  # fmt: skip
 
 
-def create(plane: ControlPlane, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    """Creates ``obj`` as the API server would (admission included), without keeping it."""
+def create(
+    plane: ControlPlane, obj: dict[str, Any], *, dry_run: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Creates ``obj`` as the API server would (admission included), by default without
+    keeping it."""
     return plane.kubectl(
-        "create", "--dry-run=server", "-o", "json", "-f", "-",
+        "create", *(["--dry-run=server"] if dry_run else []), "-o", "json", "-f", "-",
         input_text=json.dumps(obj), check=False,
     )  # fmt: skip
 
@@ -390,12 +393,23 @@ def test_a_ray_pod_as_kuberay_makes_it_is_admitted_with_defaults(deployed: Contr
 
 
 def test_the_preview_quota_refuses_gpus_exposure_and_huge_pods(deployed: ControlPlane) -> None:
+    """The API server's ResourceQuota admission counts against the quota's status, which
+    kube-controller-manager's quota controller fills in; the test bed runs none, so the test
+    writes the status that controller would (nothing used yet). The requests are real
+    creates, refused: nothing of them is kept."""
+    [quota] = [q for q in manifests(BASE / "previews.yaml") if q["kind"] == "ResourceQuota"]
+    hard = quota["spec"]["hard"]
+    status = {"status": {"hard": hard, "used": dict.fromkeys(hard, "0")}}
+    deployed.kubectl(
+        "patch", "resourcequota", "previews", "-n", "ray-previews", "--subresource=status",
+        "--type=merge", "-p", json.dumps(status),
+    )  # fmt: skip
     gpu = pod_with(container={"resources": {"limits": {"nvidia.com/gpu": "1"}}})
-    result = create(deployed, gpu)
+    result = create(deployed, gpu, dry_run=False)
     assert result.returncode != 0
     assert "exceeded quota: previews" in result.stderr, result.stderr
     huge = pod_with(container={"resources": {"limits": {"cpu": "64", "memory": "2Gi"}}})
-    result = create(deployed, huge)
+    result = create(deployed, huge, dry_run=False)
     assert result.returncode != 0
     assert "maximum cpu usage per Container is 4" in result.stderr, result.stderr
     service = {
@@ -403,7 +417,7 @@ def test_the_preview_quota_refuses_gpus_exposure_and_huge_pods(deployed: Control
         "metadata": {"name": "exposed", "namespace": "ray-previews"},
         "spec": {"type": "LoadBalancer", "ports": [{"port": 8265}]},
     }  # fmt: skip
-    result = create(deployed, service)
+    result = create(deployed, service, dry_run=False)
     assert result.returncode != 0
     assert "exceeded quota: previews" in result.stderr, result.stderr
 
