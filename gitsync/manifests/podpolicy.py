@@ -388,8 +388,6 @@ def _drop_mounts(obj: dict[str, Any], volumes: set[tuple[Path, Any]]) -> None:
 
 
 def problem_text(violation: Violation, where: str) -> str:
-    """What a refusal says: the field, why, and which setting decides it."""
-    return (
-        f"{violation.message}, which {where} does not allow ({dotted(violation.path)}; "
-        "see docs/previews.md#pod-spec-policy)"
-    )
+    """What a refusal says, short enough for a commit status with the file:line before it
+    (which points at the field)."""
+    return f"{violation.message}: refused by {where}"

@@ -814,7 +814,7 @@ def test_the_fork_label_approves_one_commit_and_a_later_push_needs_it_again(
     work = forge.repo.work  # the author pushes an unreviewed commit to the fork
     git("checkout", "-q", "fork-approve", cwd=work)
     path = work / "environments" / "staging" / "ranker.yaml"
-    path.write_text(path.read_text().replace("num_replicas: 3", "num_replicas: 2", 1))
+    path.write_text(path.read_text().replace("route_prefix: /rank", "route_prefix: /x", 1))
     git("commit", "-q", "-am", "unreviewed", cwd=work)
     git(*forge.repo.push_args, "push", "-q", forge.fork_url, "fork-approve", cwd=work)
     unreviewed = git("rev-parse", "HEAD", cwd=work)
