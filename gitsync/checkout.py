@@ -30,7 +30,7 @@ from gitsync.manifests.repoconfig import (
     RepoConfig,
     load_repo_config,
 )
-from gitsync.manifests.yamldoc import decode
+from gitsync.manifests.yamldoc import Document, decode, parse_documents
 from gitsync.model import Problem, SourceFile
 
 
@@ -263,6 +263,21 @@ def read_environment(
         max_file_bytes=max_file_bytes,
         any_namespace=any_namespace,
     )
+
+
+def document_at(root: Path, source: str, line: int) -> Document | None:
+    """The document starting at ``line`` of ``source`` in a checkout (read again, for the
+    line of a field inside it), or None when it cannot be read."""
+    path = root / source
+    try:
+        if not _inside(path.resolve(strict=True), root.resolve()):
+            return None
+        data = path.read_bytes()[: MAX_FILE_BYTES + 1]
+    except (OSError, RuntimeError):
+        return None
+    text, _ = decode(data, source)
+    documents, _ = parse_documents(text or "", source)
+    return next((doc for doc in documents if doc.line == line), None)
 
 
 def read_tree_cached(root: Path) -> TreeReport:

@@ -473,7 +473,11 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
             forge_of(config),
             loopback=is_loopback(bind),
         )
-        server = AgentServer(bind, int(port), hooks, metrics, site).start()
+        probes = None
+        if config.probe_listen:
+            probe_host, _, probe_port = config.probe_listen.rpartition(":")
+            probes = (probe_host.strip("[]") or "0.0.0.0", int(probe_port))  # noqa: S104
+        server = AgentServer(bind, int(port), hooks, metrics, site, probes=probes).start()
     except OSError as exc:
         err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
         return EXIT_ERROR

@@ -162,6 +162,9 @@ class AgentConfig:
     ui: UiSettings = field(default_factory=UiSettings)
     # Where the other replicas reach this one's webhooks while it leads ("": see advertised_url).
     advertise_url: str = ""
+    # /healthz and /readyz on a listener of their own ("": only on ``listen``), which webhook
+    # and page traffic cannot fill.
+    probe_listen: str = ""
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -472,6 +475,7 @@ def load_agent_config(
         "drift",
         "ui",
         "advertiseURL",
+        "probeListen",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -510,6 +514,15 @@ def load_agent_config(
     webhooks = _webhooks(check, data.get("webhooks", {}))
     drift_settings = _drift(check, data.get("drift", {}))
     ui = _ui(check, data.get("ui", {}))
+    probe_listen = str(data.get("probeListen", ""))
+    probe = _LISTEN.match(probe_listen)
+    if probe_listen and (not probe or not 0 < int(probe.group(2)) < 65536):
+        check.add(
+            f"probeListen must be host:port such as '0.0.0.0:8081', not {probe_listen!r}",
+            "probeListen",
+        )
+    elif probe_listen == listen:
+        check.add("probeListen must differ from listen", "probeListen")
     advertise = str(data.get("advertiseURL", ""))
     if advertise and not _ADVERTISE.match(advertise):
         check.add(
@@ -534,6 +547,7 @@ def load_agent_config(
         drift_settings,
         ui,
         advertise.rstrip("/"),
+        probe_listen,
     ), []
 
 

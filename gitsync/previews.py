@@ -21,11 +21,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_environment, read_tree_cached
+from gitsync.checkout import TreeReport, document_at, read_environment, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError, InvalidRevision
@@ -33,12 +33,13 @@ from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
+from gitsync.manifests.podpolicy import Violation, enforce, problem_text
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
-from gitsync.model import Action, DesiredService, Phase, RolloutState, ServiceKey
+from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
 from gitsync.plan import build_plan, plan_markdown
 from gitsync.planning import environment_manifests, tree_plans
-from gitsync.report.pulls import PullRequest, Pulls, eligible
+from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import Describer, State
 from gitsync.rollout import Outcome, Rollout, RolloutResult
@@ -77,8 +78,10 @@ class PreviewReconciler:
     progress: Callable[[str], None] = lambda line: None
     clock: Callable[[], float] = time.time
     record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
+    _approvals: dict[int, str] | None = field(default=None, init=False)
 
     def reconcile(self) -> list[PreviewResult]:
+        self._approvals = None  # read again: another replica may have led since
         head = self.source.head()
         base = read_tree_cached(self.source.checkout(head))
         previews = base.config.previews if base.config else None
@@ -117,8 +120,22 @@ class PreviewReconciler:
             else:
                 live.discard(pr.number)
             results.append(result)
+        if previews is not None:
+            self._forget_closed(open_numbers)
         self._prune(keep)
         return results
+
+    def _forget_closed(self, open_numbers: set[int]) -> None:
+        """A closed pull request's approval goes with it (reopened, it needs the label again)."""
+        try:
+            if self._approvals is None:
+                self._approvals = self.state.read_approvals()
+            for number, sha in list(self._approvals.items()):
+                if sha and number not in open_numbers:
+                    self.state.approve(number, "")
+                    del self._approvals[number]
+        except GitsyncError as exc:
+            log.warning("cannot forget closed pull requests' approvals: %s", exc)
 
     def _prune(self, keep: set[str]) -> None:
         """Keeps the trees the next reconcile reads (the base head, each open pull request's
@@ -129,6 +146,18 @@ class PreviewReconciler:
             log.warning("cannot prune the previews' tree cache: %s", exc)
 
     # -- discovery ---------------------------------------------------------------------------
+
+    def _approved(self, pr: PullRequest, label: str) -> str | None:
+        """Why a labelled fork PR's head is not approved (None: it is), recording the approval
+        the first time the label is seen, and forgetting it once the label is gone."""
+        if self._approvals is None:
+            self._approvals = self.state.read_approvals()
+        before = self._approvals.get(pr.number, "")
+        approved, why = approval(label in pr.labels and bool(label), pr.head_sha, before, label)
+        if approved != before:
+            self.state.approve(pr.number, approved)
+            self._approvals[pr.number] = approved
+        return why
 
     def _requests(self, previews: PreviewConfig | None) -> list[PullRequest]:
         if self.pulls is not None:
@@ -189,6 +218,10 @@ class PreviewReconciler:
         live: set[int],
     ) -> PreviewResult:
         why = eligible(pr, previews.allow_authors, previews.fork_label)
+        if why is None and needs_label(pr, previews.allow_authors):
+            why = self._approved(pr, previews.fork_label)
+        elif needs_label(pr, previews.allow_authors):
+            self._approved(pr, previews.fork_label)  # the label is off: forget what it approved
         if why is not None:
             self._status(pr, State.PENDING, why)
             return PreviewResult(pr.number, pr.head_sha, (), "skipped", why)
@@ -230,16 +263,27 @@ class PreviewReconciler:
         except GitsyncError:
             before = {}
         desired: dict[ServiceKey, DesiredService] = {}
+        refused: list[Problem] = []
         for service in head_env.services:
             if before.get(service.key.name) == owned(service.manifest):
                 continue  # unchanged by this PR: no preview of it
-            body = preview_manifest(service.manifest, pr.number, previews)
+            # The base branch's policy, never the PR's own gitsync.yaml: a PR cannot relax it.
+            checked = enforce(service.manifest, previews.policy)
+            if checked.refused:
+                refused += _refusals(tree[0], service, checked.refused)
+                continue
+            refused += _over_limits(service, previews, len(desired))
+            for violation in checked.stripped:
+                self.progress(f"preview #{pr.number}: {service.key.name}: stripped {violation}")
+            body = preview_manifest(checked.manifest, pr.number, previews)
             # Ignored when comparing (normalize), so only a real change moves it: the TTL.
             body["metadata"]["annotations"][UPDATED] = str(int(self.clock()))
             key = ServiceKey(previews.namespace, body["metadata"]["name"])
             desired[key] = DesiredService(
                 key, f"preview-{pr.number}", body, service.source, service.line, service.wave
             )
+        if refused:  # nothing of this pull request is deployed, as for invalid manifests
+            raise InvalidRevision(f"pull request #{pr.number} (previews.policy)", tuple(refused))
         return desired
 
     def _roll_out(
@@ -355,6 +399,37 @@ def _preview_source(root: Path, tree: TreeReport, name: str, label: str) -> Envi
         if not loaded.ok:
             raise InvalidRevision(f"environment {name!r} at {label}", loaded.problems) from None
         return loaded
+
+
+def _over_limits(service: DesiredService, previews: PreviewConfig, before: int) -> list[Problem]:
+    """What makes a preview too large to be capped into shape: too many worker groups in one
+    service, or more changed services than one pull request may preview."""
+    problems = []
+    cluster = (service.manifest.get("spec") or {}).get("rayClusterConfig") or {}
+    groups = cluster.get("workerGroupSpecs") if isinstance(cluster, dict) else None
+    if isinstance(groups, list) and len(groups) > previews.max_worker_groups:
+        why = (
+            f"{service.key.name} has {len(groups)} worker groups; a preview may have at most "
+            f"{previews.max_worker_groups} (previews.overrides.maxWorkerGroups)"
+        )
+        problems.append(Problem(service.source, service.line, why))
+    if before == previews.max_services:  # once, at the first service over the limit
+        why = (
+            f"this pull request changes more than {previews.max_services} services of "
+            f"{previews.source}, the most one preview may run (previews.overrides.maxServices)"
+        )
+        problems.append(Problem(service.source, service.line, why))
+    return problems
+
+
+def _refusals(root: Path, service: DesiredService, refused: Sequence[Violation]) -> list[Problem]:
+    """Each refusal at the line of the field it names (the file is parsed again: only a
+    refused service pays for it)."""
+    doc = document_at(root, service.source, service.line)
+    where = "previews.policy"
+    if doc is None:
+        return [Problem(service.source, service.line, problem_text(v, where)) for v in refused]
+    return [doc.problem(problem_text(v, where), *v.path) for v in refused]
 
 
 def _branch_number(branch: str) -> int:

@@ -10,8 +10,10 @@ A replica that does not lead relays verified pushes and pull-request events to t
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -34,6 +36,14 @@ DRAIN_BYTES = 8 * MAX_BODY_BYTES
 # clients that open connections and send nothing (each holds its thread up to the 30 s read
 # timeout, again and again) cannot grow the agent's threads without bound.
 MAX_CONNECTIONS = 64
+# Of those, one client address may hold at most this many: a single slow or hostile client
+# cannot take every slot (an ingress controller, one address for many senders, fits in it).
+MAX_PER_CLIENT = 16
+# The whole request head (request line and headers), and then the whole body, must arrive
+# within these: the socket timeout alone is per read, and a client sending a byte every 20 s
+# would hold its slot for ever. An idle keep-alive connection is closed after HEAD_SECONDS.
+HEAD_SECONDS = 10.0
+BODY_SECONDS = 30.0
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 31\r\nConnection: close\r\n\r\ntoo many connections, try again\n"
@@ -81,20 +91,43 @@ class _HTTPServer(ThreadingHTTPServer):
     # or were reset. The kernel caps this at net.core.somaxconn.
     request_queue_size = 128
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_connections: int = MAX_CONNECTIONS,
+        per_client: int = MAX_PER_CLIENT, **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.max_connections, self.per_client = max_connections, per_client
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.clients: dict[str, int] = {}  # open connections per client address
+        self.clients_lock = threading.Lock()
         self.refused = 0
 
+    def _take(self, address: str) -> str | None:
+        """A slot for a connection from ``address``, or why there is none."""
+        with self.clients_lock:
+            if self.clients.get(address, 0) >= self.per_client:
+                return f"{self.per_client} connections from {address}"
+            if not self.slots.acquire(blocking=False):
+                return f"{self.max_connections} connections at once"
+            self.clients[address] = self.clients.get(address, 0) + 1
+            return None
+
+    def _give_back(self, address: str) -> None:
+        with self.clients_lock:
+            left = self.clients.get(address, 1) - 1
+            if left > 0:
+                self.clients[address] = left
+            else:
+                self.clients.pop(address, None)
+            self.slots.release()
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
+        address = str(client_address[0]) if isinstance(client_address, tuple) else ""
+        why = self._take(address)
+        if why is not None:
             self.refused += 1
             if self.refused % 100 == 1:  # the first, then every hundredth: not a log flood
-                log.warning(
-                    "http: %d connections at once; refused %d so far with 503",
-                    MAX_CONNECTIONS,
-                    self.refused,
-                )
+                log.warning("http: %s; refused %d so far with 503", why, self.refused)
             try:
                 request.settimeout(1.0)
                 request.sendall(_BUSY)
@@ -105,14 +138,14 @@ class _HTTPServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()  # the thread never started
+            self._give_back(address)  # the thread never started
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._give_back(str(client_address[0]) if isinstance(client_address, tuple) else "")
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A client that hangs up or stalls is not an error of ours (socketserver would print
@@ -121,6 +154,25 @@ class _HTTPServer(ThreadingHTTPServer):
             log.debug("http client %s went away: %s", client_address, sys.exc_info()[1])
             return
         log.exception("http request from %s failed", client_address)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket read under one deadline for a whole request head (or body): each read may
+    wait only for what is left of it, so trickling bytes does not extend it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = time.monotonic() + HEAD_SECONDS
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
 
 
 @dataclass
@@ -147,31 +199,62 @@ class AgentServer:
         hooks: Hooks,
         metrics: Metrics,
         site: StatusSite | None = None,
+        *,
+        probes: tuple[str, int] | None = None,
+        head_seconds: float = HEAD_SECONDS,
+        body_seconds: float = BODY_SECONDS,
     ) -> None:
+        """``probes``: ``/healthz`` and ``/readyz`` also on a listener of their own (host, port;
+        port 0: any free one), which webhook and page traffic cannot fill: the kubelet's
+        probes answer while the main port is flooded."""
         self.hooks, self.metrics, self.site = hooks, metrics, site
+        self.head_seconds, self.body_seconds = head_seconds, body_seconds
         self._deliveries: OrderedDict[str, None] = OrderedDict()
         self._rejections = Throttle(REJECTION_LOG_SECONDS)
         self._lock = threading.Lock()
         self.received: list[float] = []  # monotonic times of accepted push webhooks
         self.httpd = _HTTPServer((host, port), self._handler())
-        self._thread = threading.Thread(
-            target=lambda: self.httpd.serve_forever(poll_interval=0.2),
-            name="gitsync-http",
-            daemon=True,
+        self.probes = (
+            None
+            if probes is None
+            else _HTTPServer(
+                probes,
+                self._handler(probes_only=True),
+                max_connections=8,
+                per_client=8,
+            )
         )
+        self._threads = [
+            threading.Thread(
+                target=lambda httpd=httpd: httpd.serve_forever(poll_interval=0.2),
+                name=name,
+                daemon=True,
+            )
+            for name, httpd in (("gitsync-http", self.httpd), ("gitsync-probes", self.probes))
+            if httpd is not None
+        ]
 
     @property
     def port(self) -> int:
         return int(self.httpd.server_address[1])
 
+    @property
+    def probe_port(self) -> int | None:
+        return None if self.probes is None else int(self.probes.server_address[1])
+
     def start(self) -> AgentServer:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         log.info("listening on %s:%d", *self.httpd.server_address[:2])
+        if self.probes is not None:
+            log.info("probes on %s:%d", *self.probes.server_address[:2])
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for httpd in (self.httpd, self.probes):
+            if httpd is not None:
+                httpd.shutdown()
+                httpd.server_close()
 
     def _seen(self, delivery: str) -> bool:
         if not delivery:
@@ -251,7 +334,7 @@ class AgentServer:
             reason = f"the leader at {leader} did not answer"
         return 503, {"result": "relay-failed", "reason": reason}
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self, *, probes_only: bool = False) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -259,9 +342,27 @@ class AgentServer:
             server_version = "gitsync"
             timeout = 30  # seconds per socket read: a stalled client cannot hold a thread forever
 
+            def setup(self) -> None:
+                super().setup()
+                self.reader = _DeadlineReader(self.connection)
+                self.rfile = io.BufferedReader(self.reader)
+
+            def handle_one_request(self) -> None:
+                # The next request's head, from now (an idle keep-alive connection included).
+                self.reader.deadline = time.monotonic() + server.head_seconds
+                super().handle_one_request()
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                self.reader.deadline = time.monotonic() + server.body_seconds  # head read
+                self.connection.settimeout(self.timeout)  # for writing the answer
+                return ok
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if probes_only and path not in ("/healthz", "/readyz"):
+                    self._json(404, {"error": "not found: this port serves /healthz and /readyz"})
+                elif path == "/metrics":
                     self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok = server.hooks.healthy()
@@ -277,7 +378,8 @@ class AgentServer:
                     self._json(404, {"error": "not found"})
 
             def do_POST(self) -> None:
-                if self.path.split("?", 1)[0].rstrip("/") not in ("/webhooks", "/webhook"):
+                path = self.path.split("?", 1)[0].rstrip("/")
+                if probes_only or path not in ("/webhooks", "/webhook"):
                     self._json(404, {"error": "not found"})
                     return
                 try:

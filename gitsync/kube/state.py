@@ -23,6 +23,9 @@ _KEYS = ("revision", "phase", "wave", "started", "finished", "message", "last_he
 
 
 DRIFT_MANAGER = "gitsync-drift"
+# Which head commit of each fork pull request its label approved: one key per pull request,
+# each written by a field manager of its own, so recording one never removes another.
+APPROVALS = "gitsync-preview-approvals"
 
 
 @dataclass(frozen=True)
@@ -177,4 +180,51 @@ class StateStore:
             if exc.status != 404:
                 raise GitsyncError(
                     f"cannot delete the state of {environment}: {exc.status} {exc.reason}"
+                ) from None
+
+    # -- fork approvals ------------------------------------------------------------------------
+
+    @reaching_the_api
+    def read_approvals(self) -> dict[int, str]:
+        """Pull request number → the head commit its label approved."""
+        try:
+            configmap = request(self.api, "GET", configmap_path(self.namespace, APPROVALS))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return {}
+            if transient(exc):
+                raise
+            why = f"{exc.status} {exc.reason}"
+            raise GitsyncError(f"cannot read preview approvals: {why}") from None
+        data: dict[str, str] = configmap.get("data") or {}
+        return {int(k.removeprefix("pr-")): v for k, v in data.items()
+                if k.removeprefix("pr-").isdigit()}  # fmt: skip
+
+    @reaching_the_api
+    def approve(self, number: int, sha: str) -> None:
+        """Records the head commit the label approved; ``""`` forgets the approval."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": APPROVALS, "namespace": self.namespace,
+                         "labels": {MANAGED_BY: "gitsync"}},
+            "data": {f"pr-{number}": sha} if sha else {},
+        }  # fmt: skip
+        for attempt in (1, 2):
+            try:
+                apply(self.api, configmap_path(self.namespace, APPROVALS), body,
+                      f"gitsync-approval-{number}")  # fmt: skip
+                return
+            except client.ApiException as exc:
+                if (
+                    exc.status == 404
+                    and attempt == 1
+                    and ensure_namespace(self.api, self.namespace)
+                ):
+                    continue
+                if transient(exc):
+                    raise
+                raise GitsyncError(
+                    f"cannot record the approval of pull request #{number}: "
+                    f"{exc.status} {exc.reason}"
                 ) from None

@@ -7,11 +7,12 @@ nothing from it is applied. Pure: the files arrive as bytes (read by gitsync.che
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from gitsync.manifests.podpolicy import PodPolicy, enforce, problem_text
 from gitsync.manifests.rayservice import check_document
 from gitsync.manifests.repoconfig import EnvironmentConfig, Kind
-from gitsync.manifests.yamldoc import decode, parse_documents
+from gitsync.manifests.yamldoc import Document, decode, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey, SourceFile
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -132,6 +133,9 @@ def load_environment(
                 )
                 continue
             seen[identity] = found
+            if isinstance(found, DesiredService) and env.policy is not None:
+                found, refused = _with_policy(found, doc, env.policy, f"{env.name}'s policy")
+                problems.extend(refused)
             if isinstance(found, DesiredService):
                 services.append(found)
             else:
@@ -142,6 +146,15 @@ def load_environment(
         )
     services.sort(key=lambda s: (s.wave, s.key))
     return EnvironmentManifests(env, tuple(services), tuple(objects), (), len(manifests))
+
+
+def _with_policy(
+    service: DesiredService, doc: Document, policy: PodPolicy, where: str
+) -> tuple[DesiredService, list[Problem]]:
+    """The service as its pod-spec policy lets it run, and what the policy refuses."""
+    result = enforce(service.manifest, policy)
+    refused = [doc.problem(problem_text(v, where), *v.path) for v in result.refused]
+    return replace(service, manifest=result.manifest), refused
 
 
 def _order(problem: Problem) -> tuple[str, int]:

@@ -3,9 +3,11 @@
 A preview copies each changed service of the ``previews.from`` environment into the preview
 namespace — whatever namespace the manifest names — renamed ``<name>-pr-<N>`` (shortened to
 stay within KubeRay's 47-character RayService name limit), labelled
-``gitsync.ray.io/preview: "<N>"``, with worker groups, Serve ``num_replicas`` (``"auto"`` and
-autoscaling too) and — when ``overrides`` set them — CPU, memory and GPU capped (container
-requests and limits of the head and worker groups, Serve ``ray_actor_options``), and every
+``gitsync.ray.io/preview: "<N>"``, with worker groups (``maxReplicas`` set when absent,
+``numOfHosts`` too), Serve ``num_replicas`` (``"auto"`` and autoscaling too) and — when
+``overrides`` set them — CPU, memory and accelerators capped (requests and limits of every
+container and init container of the head and worker groups; every extended resource counts as
+an accelerator; Serve ``ray_actor_options``), and every
 Serve ``route_prefix`` (Serve's default ``/`` when absent) moved under ``/pr-<N>`` so previews
 never collide behind a shared ingress.
 """
@@ -106,12 +108,21 @@ class _Caps:
         return cls(parse_quantity(config.max_cpu), parse_quantity(config.max_memory), gpu)
 
 
+def _extended(name: str) -> bool:
+    """An accelerator or other extended resource: ``nvidia.com/gpu``, ``nvidia.com/mig-1g.5gb``,
+    ``aws.amazon.com/neuron``, ``google.com/tpu`` … (any name with a domain outside
+    ``kubernetes.io``); ``hugepages-*`` are memory."""
+    domain = name.partition("/")[0] if "/" in name else ""
+    return bool(domain) and not domain.endswith("kubernetes.io")
+
+
 def _containers(group: Any, config: PreviewConfig) -> None:
-    """Caps the requests and limits of a head or worker group's containers (both, so a
-    request never ends up above its limit)."""
+    """Caps the requests and limits of a head or worker group's containers, init containers
+    included (both, so a request never ends up above its limit)."""
     caps = _Caps.of(config)
     pod = ((group or {}).get("template") or {}).get("spec") or {}
-    for container in pod.get("containers") or ():
+    lists = [pod.get(key) for key in ("containers", "initContainers", "ephemeralContainers")]
+    for container in [c for found in lists if isinstance(found, list) for c in found]:
         resources = container.get("resources") if isinstance(container, dict) else None
         for kind in ("requests", "limits"):
             amounts = (resources or {}).get(kind)
@@ -120,9 +131,9 @@ def _containers(group: Any, config: PreviewConfig) -> None:
             for name, value in amounts.items():
                 if name == "cpu":
                     amounts[name] = _cap_quantity(value, caps.cpu, config.max_cpu)
-                elif name == "memory":
+                elif name == "memory" or name.startswith("hugepages-"):
                     amounts[name] = _cap_quantity(value, caps.memory, config.max_memory)
-                elif name.endswith("/gpu"):  # nvidia.com/gpu, amd.com/gpu …
+                elif _extended(name):  # every accelerator counts against maxGpu
                     amounts[name] = _cap_quantity(value, caps.gpu, str(config.max_gpu))
 
 
@@ -144,6 +155,12 @@ def preview_manifest(
         for key in ("replicas", "minReplicas", "maxReplicas"):
             if key in group:
                 group[key] = _cap(group[key], config.max_worker_replicas)
+        # Absent, the CRD defaults it to 2147483647: the in-tree autoscaler would grow the
+        # group without bound. Set either way (without autoscaling KubeRay reads only replicas).
+        group.setdefault("maxReplicas", config.max_worker_replicas)
+        # Each replica of a multi-host group (TPU slices) is numOfHosts pods.
+        if "numOfHosts" in group:
+            group["numOfHosts"] = _cap(group["numOfHosts"], config.max_num_of_hosts)
         _containers(group, config)
     if isinstance(spec.get("serveConfigV2"), str):
         spec["serveConfigV2"] = _serve(spec["serveConfigV2"], number, config)

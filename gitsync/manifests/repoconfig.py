@@ -12,8 +12,9 @@ from typing import Any
 
 from gitsync.manifests.durations import parse_duration
 from gitsync.manifests.names import environment_name_problem, namespace_problem
+from gitsync.manifests.podpolicy import CATEGORIES, PodPolicy
 from gitsync.manifests.quantity import parse_quantity
-from gitsync.manifests.yamldoc import Checker, parse_documents
+from gitsync.manifests.yamldoc import Checker, dotted, parse_documents
 from gitsync.model import Problem
 
 REPO_CONFIG_FILE = "gitsync.yaml"
@@ -45,6 +46,7 @@ class EnvironmentConfig:
     prune: bool = False  # delete managed services Git no longer declares (opt-in)
     create_namespace: bool = False
     self_heal: bool = False  # drift: re-apply Git's version (a gated rollout), not only report
+    policy: PodPolicy | None = None  # the pod-spec policy (off unless ``policy`` is set)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,11 @@ class PreviewConfig:
     # Resource caps (none by default): container requests/limits and ray_actor_options.
     max_cpu: str = ""  # a quantity: "500m", "2"
     max_memory: str = ""  # a quantity: "2Gi"
-    max_gpu: int | None = None
+    max_gpu: int | None = None  # caps every accelerator (any extended resource)
+    max_num_of_hosts: int = 1  # caps every worker group's numOfHosts (pods per replica)
+    max_worker_groups: int = 4  # a service with more worker groups gets no preview
+    max_services: int = 10  # a pull request changing more services gets no preview
+    policy: PodPolicy = field(default_factory=PodPolicy)  # on unless ``policy.enabled: false``
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,9 @@ def _environment(
     check: Checker, raw: Any, at: tuple[str | int, ...], seen: dict[str, int]
 ) -> EnvironmentConfig | None:
     """One entry of ``environments``; records its name in ``seen`` for duplicate checks."""
-    allowed = {"name", "path", "namespace", "after", "prune", "createNamespace", "selfHeal"}
+    allowed = {
+        "name", "path", "namespace", "after", "prune", "createNamespace", "selfHeal", "policy"
+    }  # fmt: skip
     if not check.mapping(raw, allowed, {"name", "path", "namespace"}, *at):
         return None
     name, path, namespace = raw.get("name"), raw.get("path"), raw.get("namespace")
@@ -141,6 +149,7 @@ def _environment(
         if not isinstance(value, bool):
             check.add(f"{key} must be true or false", *at, key)
         flags[key] = value is True
+    policy = _policy(check, raw["policy"], *at, "policy") if "policy" in raw else None
     if isinstance(name, str) and isinstance(namespace, str) and clean_path is not None:
         return EnvironmentConfig(
             name,
@@ -151,6 +160,7 @@ def _environment(
             prune=flags["prune"],
             create_namespace=flags["createNamespace"],
             self_heal=flags["selfHeal"],
+            policy=policy,
         )
     return None
 
@@ -220,7 +230,7 @@ def load_repo_config(
 
 
 def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None:
-    keys = {"from", "namespace", "ttl", "maxPreviews", "overrides", "forks", "branches"}
+    keys = {"from", "namespace", "ttl", "maxPreviews", "overrides", "forks", "branches", "policy"}
     if not check.mapping(raw, keys, {"from", "namespace"}, "previews"):
         return None
     source = check.string(raw.get("from"), "previews", "from")
@@ -244,7 +254,16 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
     overrides = raw.get("overrides", {})
     check.mapping(
         overrides,
-        {"maxWorkerReplicas", "maxNumReplicas", "maxCpu", "maxMemory", "maxGpu"},
+        {
+            "maxWorkerReplicas",
+            "maxNumReplicas",
+            "maxCpu",
+            "maxMemory",
+            "maxGpu",
+            "maxNumOfHosts",
+            "maxWorkerGroups",
+            "maxServices",
+        },
         set(),
         "previews",
         "overrides",
@@ -254,6 +273,9 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
         (("previews",), "maxPreviews", default.max_previews),
         (("previews", "overrides"), "maxWorkerReplicas", default.max_worker_replicas),
         (("previews", "overrides"), "maxNumReplicas", default.max_num_replicas),
+        (("previews", "overrides"), "maxNumOfHosts", default.max_num_of_hosts),
+        (("previews", "overrides"), "maxWorkerGroups", default.max_worker_groups),
+        (("previews", "overrides"), "maxServices", default.max_services),
     ):
         value = (raw if len(at) == 1 else overrides if isinstance(overrides, dict) else {}).get(
             key, fallback
@@ -276,6 +298,7 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
     if not isinstance(branches, str):
         check.add("previews.branches must be a glob such as 'preview/*'", "previews", "branches")
         branches = ""
+    policy = _policy(check, raw.get("policy", {}), "previews", "policy")
     if not source:
         return None
     return PreviewConfig(
@@ -291,7 +314,37 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
         max_cpu=resources[0],
         max_memory=resources[1],
         max_gpu=resources[2],
+        max_num_of_hosts=counts["maxNumOfHosts"],
+        max_worker_groups=counts["maxWorkerGroups"],
+        max_services=counts["maxServices"],
+        policy=policy,
     )
+
+
+def _policy(check: Checker, raw: Any, *at: str | int) -> PodPolicy:
+    """``policy``: the pod-spec policy (:mod:`gitsync.manifests.podpolicy`)."""
+    if not check.mapping(raw, {"enabled", "strip", "images", "runtimeEnv"}, set(), *at):
+        return PodPolicy()
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        check.add(f"{dotted(at)}.enabled must be true or false", *at, "enabled")
+        enabled = True
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("strip", "images", "runtimeEnv"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            check.add(f"{key} must be a list of strings", *at, key)
+            value = []
+        lists[key] = tuple(value)
+    for index, category in enumerate(lists["strip"]):
+        if category not in CATEGORIES:
+            check.add(
+                f"strip: unknown category {category!r} (known: {', '.join(CATEGORIES)})",
+                *at,
+                "strip",
+                index,
+            )
+    return PodPolicy(enabled, frozenset(lists["strip"]), lists["images"], lists["runtimeEnv"])
 
 
 def _resource_caps(check: Checker, overrides: dict[str, Any]) -> tuple[str, str, int | None]:

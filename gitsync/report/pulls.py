@@ -170,6 +170,25 @@ def _gitlab_fork(mr: dict[str, Any]) -> bool:
     return not (isinstance(source, int) and source == target)
 
 
+def needs_label(pr: PullRequest, allow_authors: Sequence[str]) -> bool:
+    """A pull request only a maintainer's label lets run: from a fork, by another author."""
+    return pr.fork and pr.author not in allow_authors
+
+
+def approval(labelled: bool, head: str, approved: str, label: str) -> tuple[str, str | None]:
+    """The commit a fork pull request's label approves from now on, and why its head gets no
+    preview (None: it may). A label covers the head it was first seen on only: a later push
+    is not approved until a maintainer takes the label off and puts it back."""
+    if not labelled:
+        return "", None  # eligible() says why; the approval is forgotten
+    if not approved or approved == head:
+        return head, None
+    return approved, (
+        f"no preview: {head[:12]} was pushed after the label {label!r} approved "
+        f"{approved[:12]}; a maintainer removes the label and adds it again to approve it"
+    )
+
+
 def eligible(pr: PullRequest, allow_authors: Sequence[str], label: str) -> str | None:
     """None when the PR may get a preview, else why not (fork PRs run untrusted code)."""
     if not pr.fork:

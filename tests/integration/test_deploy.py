@@ -37,6 +37,8 @@ def deployed(control_plane: ControlPlane) -> ControlPlane:
         str(BASE / "rbac.yaml"),
         "-f",
         str(BASE / "managed-namespaces.yaml"),
+        "-f",
+        str(BASE / "previews.yaml"),
     )
     return control_plane
 
@@ -154,8 +156,13 @@ def test_the_deployment_is_hardened_and_probed() -> None:
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    [configmap] = manifests(BASE / "config.yaml")
+    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    assert config is not None
+    assert config.probe_listen.endswith(f":{ports['probes']}")  # probes on their own listener
     assert container["resources"]["requests"]["memory"]
     assert spec["terminationGracePeriodSeconds"] > float(container["args"][-1])
     secret = next(v for v in spec["volumes"] if v["name"] == "credentials")
@@ -320,3 +327,121 @@ def test_a_real_prometheus_scrapes_the_agents_metrics(binaries: Binaries, tmp_pa
     finally:
         process.stop()
         server.stop()
+
+
+# -- the preview namespace's fences -------------------------------------------------------------
+
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ray-head", "namespace": "ray-previews"},
+       "spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.49.0-py311"}]}}  # fmt: skip
+
+
+def create(
+    plane: ControlPlane, obj: dict[str, Any], *, dry_run: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Creates ``obj`` as the API server would (admission included), by default without
+    keeping it."""
+    return plane.kubectl(
+        "create", *(["--dry-run=server"] if dry_run else []), "-o", "json", "-f", "-",
+        input_text=json.dumps(obj), check=False,
+    )  # fmt: skip
+
+
+def pod_with(**spec: Any) -> dict[str, Any]:
+    pod = json.loads(json.dumps(POD))
+    for key, value in spec.items():
+        if key == "container":
+            pod["spec"]["containers"][0].update(value)
+        else:
+            pod["spec"][key] = value
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ({"container": {"securityContext": {"privileged": True}}}, "privileged"),
+        ({"hostNetwork": True}, "host namespaces"),
+        ({"hostPID": True}, "host namespaces"),
+        ({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}, "hostPath volumes"),
+        ({"container": {"ports": [{"containerPort": 8265, "hostPort": 8265}]}}, "hostPort"),
+        ({"container": {"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}},
+         "non-default capabilities"),
+    ],
+    ids=["privileged", "hostNetwork", "hostPID", "hostPath", "hostPort", "SYS_ADMIN"],
+)  # fmt: skip
+def test_the_preview_namespace_refuses_pods_that_take_the_node(
+    deployed: ControlPlane, spec: dict[str, Any], why: str
+) -> None:
+    """Pod Security admission, built into the real kube-apiserver, is the fence that holds
+    whatever gitsync's own policy lets through (or if previews.policy is turned off)."""
+    result = create(deployed, pod_with(**spec))
+    assert result.returncode != 0
+    assert 'violates PodSecurity "baseline:latest"' in result.stderr, result.stderr
+    assert why in result.stderr, result.stderr
+
+
+def test_a_ray_pod_as_kuberay_makes_it_is_admitted_with_defaults(deployed: ControlPlane) -> None:
+    result = create(deployed, POD)
+    assert result.returncode == 0, result.stderr
+    # "restricted" is warned about (and audited), not enforced: see managed-namespaces.yaml.
+    assert 'would violate PodSecurity "restricted:latest"' in result.stderr
+    [container] = json.loads(result.stdout)["spec"]["containers"]
+    assert container["resources"] == {  # the LimitRange's, so the quota can count it
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    }
+
+
+def test_the_preview_quota_refuses_gpus_exposure_and_huge_pods(deployed: ControlPlane) -> None:
+    """The API server's ResourceQuota admission counts against the quota's status, which
+    kube-controller-manager's quota controller fills in; the test bed runs none, so the test
+    writes the status that controller would (nothing used yet). The requests are real
+    creates, refused: nothing of them is kept."""
+    [quota] = [q for q in manifests(BASE / "previews.yaml") if q["kind"] == "ResourceQuota"]
+    hard = quota["spec"]["hard"]
+    status = {"status": {"hard": hard, "used": dict.fromkeys(hard, "0")}}
+    deployed.kubectl(
+        "patch", "resourcequota", "previews", "-n", "ray-previews", "--subresource=status",
+        "--type=merge", "-p", json.dumps(status),
+    )  # fmt: skip
+    gpu = pod_with(container={"resources": {"limits": {"nvidia.com/gpu": "1"}}})
+    result = create(deployed, gpu, dry_run=False)
+    assert result.returncode != 0
+    assert "exceeded quota: previews" in result.stderr, result.stderr
+    huge = pod_with(container={"resources": {"limits": {"cpu": "64", "memory": "2Gi"}}})
+    result = create(deployed, huge, dry_run=False)
+    assert result.returncode != 0
+    assert "maximum cpu usage per Container is 4" in result.stderr, result.stderr
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "exposed", "namespace": "ray-previews"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 8265}]},
+    }  # fmt: skip
+    result = create(deployed, service, dry_run=False)
+    assert result.returncode != 0
+    assert "exceeded quota: previews" in result.stderr, result.stderr
+
+
+def test_preview_network_policies_deny_by_default_and_allow_no_way_out() -> None:
+    """Read, not enforced: the test bed has no network plugin. Every pod is covered by a
+    default deny both ways; egress goes only to the namespace itself and to cluster DNS on 53;
+    ingress only from the namespace, the KubeRay operator (8265) and the labelled ingress
+    namespaces (8000)."""
+    policies = {p["metadata"]["name"]: p for p in manifests(BASE / "previews.yaml")
+                if p["kind"] == "NetworkPolicy"}  # fmt: skip
+    assert all(p["metadata"]["namespace"] == "ray-previews" for p in policies.values())
+    deny = policies["default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    egress = [rule for p in policies.values() for rule in p["spec"].get("egress", ())]
+    for rule in egress:
+        for peer in rule["to"]:
+            assert "ipBlock" not in peer
+            if "namespaceSelector" in peer:  # only cluster DNS, only port 53
+                assert peer == {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                }  # fmt: skip
+                assert {p["port"] for p in rule["ports"]} == {53}
+    ingress = {(name, port["port"]) for name, p in policies.items()
+               for rule in p["spec"].get("ingress", ()) for port in rule.get("ports", ())}  # fmt: skip
+    assert ingress == {("kuberay-operator", 8265), ("serve-from-ingress", 8000)}

@@ -58,6 +58,7 @@ class Forge:
             status=StatusConfig("gitea", token=TokenAuth(token_file=token)),
         )
         self.clock = [1_000_000.0]
+        self.fork_url = ""
 
     def branch(self, name: str, change: Any, message: str = "change") -> str:
         work = self.repo.work
@@ -91,7 +92,7 @@ class Forge:
         user = f"contrib{uuid.uuid4().hex[:6]}"
         self.gitea.create_user(user)
         self.gitea.api("POST", f"{self.path}/forks", {}, sudo=user)
-        fork_url = f"{self.gitea.url}/{user}/{self.name}.git"
+        fork_url = self.fork_url = f"{self.gitea.url}/{user}/{self.name}.git"
         work = self.repo.work
         git("checkout", "-q", "-B", branch, "main", cwd=work)
         change(work)
@@ -673,3 +674,169 @@ def test_forge_less_branches_with_names_get_a_preview_each(
     shown = build_provider(config, metrics).statuses(shas[f"preview/x/{foo}"])
     assert shown["gitsync/preview"].state.value == "failure"
     assert f"gets number {foo}, as preview/foo does" in shown["gitsync/preview"].description
+
+
+def privileged_ranker(root: Path) -> None:
+    """A pull request that asks for the node: a privileged head on the host's network that
+    also mounts the node's root and reads a Secret into a worker."""
+    scale_ranker(root)
+    path = root / "environments" / "staging" / "ranker.yaml"
+    text = path.read_text().replace(
+        "          containers:\n            - name: ray-head\n",
+        "          hostNetwork: true\n"
+        "          volumes: [{name: root, hostPath: {path: /}}]\n"
+        "          containers:\n            - name: ray-head\n"
+        "              securityContext: {privileged: true}\n",
+        1,
+    )
+    text = text.replace(
+        "                env:\n",
+        "                env:\n"
+        "                  - {name: DB, valueFrom: {secretKeyRef: {name: db, key: pw}}}\n",
+        1,
+    )
+    path.write_text(text)
+
+
+def test_the_pod_policy_refuses_a_privileged_preview_with_file_and_line(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    sha = forge.branch("take-the-node", privileged_ranker)
+    number = forge.open_pr("take-the-node")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome) == (number, "failed")
+    assert previews_in(api, forge.previews_ns) == {}  # nothing of the PR was applied
+    # The lines are those of the pull request's own version of the file.
+    head = git("show", f"{sha}:environments/staging/ranker.yaml", cwd=forge.repo.work)
+    numbered = head.splitlines()
+    where = {
+        "hostNetwork": numbered.index("          hostNetwork: true") + 1,
+        "hostPath": numbered.index("          volumes: [{name: root, hostPath: {path: /}}]") + 1,
+        "privileged": numbered.index("              securityContext: {privileged: true}") + 1,
+        "secret": next(i for i, line in enumerate(numbered, 1) if "secretKeyRef" in line),
+    }
+    problems = [str(p) for p in result_problems(result)]
+    for what, line in where.items():
+        assert any(f"environments/staging/ranker.yaml:{line}:" in p for p in problems), (
+            what, problems,
+        )  # fmt: skip
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
+    assert status["description"].startswith(
+        f"invalid: environments/staging/ranker.yaml:{where['hostNetwork']}: hostNetwork"
+    ), status["description"]
+    assert "(+3 more)" in status["description"]
+    # The plan comment is still written: it runs nothing.
+    assert len(forge.comments(number)) == 1
+
+
+def result_problems(result: Any) -> list[str]:
+    return [line.strip() for line in result.message.splitlines()[1:]]
+
+
+def test_a_pull_request_cannot_relax_the_policy_in_its_own_gitsync_yaml(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    """The policy is the base branch's: a PR that turns it off in its gitsync.yaml, or strips
+    instead of refusing, is still refused."""
+
+    def relax(root: Path) -> None:
+        privileged_ranker(root)
+        config = yaml.safe_load((root / "gitsync.yaml").read_text())
+        config["previews"]["policy"] = {"enabled": False}
+        (root / "gitsync.yaml").write_text(yaml.safe_dump(config))
+
+    sha = forge.branch("relax", relax)
+    forge.open_pr("relax")
+    [result] = forge.reconcile(api)
+    assert result.outcome == "failed"
+    assert previews_in(api, forge.previews_ns) == {}
+    assert forge.statuses(sha)["gitsync/preview"]["status"] == "failure"
+
+
+def test_a_stripping_policy_deploys_the_preview_without_the_fields(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> None:
+    strip = ["hostNamespaces", "hostPath", "privileged", "secrets"]
+    forge = Forge(gitea, tmp_path, namespace, policy={"strip": strip})
+    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    sha = forge.branch("strip", privileged_ranker)
+    number = forge.open_pr("strip")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome) == (number, "succeeded"), result.message
+    preview = previews_in(api, forge.previews_ns)[f"ranker-pr-{number}"]
+    cluster = preview["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert "hostNetwork" not in head
+    assert not head.get("volumes")
+    assert "privileged" not in (head["containers"][0].get("securityContext") or {})
+    env = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S"]
+    assert forge.statuses(sha)["gitsync/preview"]["status"] == "success"
+
+
+def test_a_pull_request_over_the_service_and_worker_group_limits_gets_no_preview(
+    gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
+) -> None:
+    overrides = {"maxServices": 1, "maxWorkerGroups": 1}
+    forge = Forge(gitea, tmp_path, namespace, overrides=overrides)
+    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+
+    def two_services(root: Path) -> None:
+        scale_ranker(root)  # ranker has two worker groups
+        path = root / "environments" / "staging" / "summarizer.yaml"
+        path.write_text(path.read_text().replace("num_replicas: 1", "num_replicas: 2", 1))
+
+    sha = forge.branch("too-big", two_services)
+    forge.open_pr("too-big")
+    [result] = forge.reconcile(api)
+    assert result.outcome == "failed"
+    assert previews_in(api, forge.previews_ns) == {}
+    assert "previews.overrides.maxWorkerGroups" in result.message
+    assert "previews.overrides.maxServices" in result.message
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
+
+
+def test_the_fork_label_approves_one_commit_and_a_later_push_needs_it_again(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    """A maintainer labels a reviewed fork PR; the author pushes again: the new head is not
+    deployed until a maintainer takes the label off and puts it back."""
+    number, reviewed = forge.fork_pr("fork-approve", scale_ranker)
+    label = forge.gitea.api("POST", f"{forge.path}/labels", {"name": "preview", "color": "#00aabb"})
+    forge.gitea.api("POST", f"{forge.path}/issues/{number}/labels", {"labels": [label["id"]]})
+    [result] = forge.reconcile(api)
+    assert (result.outcome, result.revision) == ("succeeded", reviewed)
+    name = f"ranker-pr-{number}"
+    assert forge.statuses(reviewed)["gitsync/preview"]["status"] == "success"
+
+    work = forge.repo.work  # the author pushes an unreviewed commit to the fork
+    git("checkout", "-q", "fork-approve", cwd=work)
+    path = work / "environments" / "staging" / "ranker.yaml"
+    path.write_text(path.read_text().replace("route_prefix: /rank", "route_prefix: /x", 1))
+    git("commit", "-q", "-am", "unreviewed", cwd=work)
+    git(*forge.repo.push_args, "push", "-q", forge.fork_url, "fork-approve", cwd=work)
+    unreviewed = git("rev-parse", "HEAD", cwd=work)
+    git("checkout", "-q", "main", cwd=work)
+    deadline = time.monotonic() + 30  # Gitea updates the pull request's head from a queue
+    while forge.gitea.api("GET", f"{forge.path}/pulls/{number}")["head"]["sha"] != unreviewed:
+        assert time.monotonic() < deadline, "Gitea never saw the push"
+        time.sleep(0.2)
+    [result] = forge.reconcile(api)
+    assert result.outcome == "skipped"
+    status = forge.statuses(unreviewed)["gitsync/preview"]
+    assert status["status"] == "pending"
+    assert f"pushed after the label 'preview' approved {reviewed[:12]}" in status["description"]
+    live = previews_in(api, forge.previews_ns)[name]  # still the reviewed commit's
+    assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == reviewed
+
+    # The maintainer reviews it: label off (seen by a pass), label on.
+    forge.gitea.api("DELETE", f"{forge.path}/issues/{number}/labels/{label['id']}")
+    [result] = forge.reconcile(api)
+    assert result.outcome == "skipped"
+    forge.gitea.api("POST", f"{forge.path}/issues/{number}/labels", {"labels": [label["id"]]})
+    [result] = forge.reconcile(api)
+    assert (result.outcome, result.revision) == ("succeeded", unreviewed)
+    live = previews_in(api, forge.previews_ns)[name]
+    assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == unreviewed

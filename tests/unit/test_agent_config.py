@@ -230,3 +230,23 @@ def test_advertise_url_must_be_an_http_base_url() -> None:
     config, problems = load_agent_config(MINIMAL + "advertiseURL: 10.0.0.7:8080\n")
     assert config is None
     assert "advertiseURL must be http(s)://host:port" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("line", "probe_listen", "problem"),
+    [
+        ("", "", None),
+        ("probeListen: 0.0.0.0:8081\n", "0.0.0.0:8081", None),
+        ("probeListen: nowhere\n", None, "probeListen must be host:port"),
+        ("probeListen: 0.0.0.0:8080\n", None, "probeListen must differ from listen"),
+    ],
+)
+def test_probe_listen(line: str, probe_listen: str | None, problem: str | None) -> None:
+    config, problems = load_agent_config(MINIMAL + line)
+    if problem is None:
+        assert problems == []
+        assert config is not None
+        assert config.probe_listen == probe_listen
+    else:
+        assert config is None
+        assert [p.message for p in problems if p.message.startswith(problem)], problems

@@ -23,7 +23,14 @@ from gitsync.manifests.repoconfig import MAX_ENVIRONMENTS, EnvironmentConfig, lo
 from gitsync.manifests.yamldoc import MAX_DEPTH, parse_documents
 from gitsync.metrics import Metrics
 from gitsync.model import Problem, SourceFile
-from gitsync.server import MAX_CONNECTIONS, AgentServer, Hooks, Throttle, printable
+from gitsync.server import (
+    MAX_CONNECTIONS,
+    MAX_PER_CLIENT,
+    AgentServer,
+    Hooks,
+    Throttle,
+    printable,
+)
 from gitsync.source.failures import failure
 from gitsync.source.runner import GitResult
 from gitsync.webhooks import event_label, judge
@@ -266,8 +273,10 @@ def test_connections_over_the_cap_get_a_503_and_the_server_recovers() -> None:
     server = AgentServer("127.0.0.1", free_port(), hooks, Metrics()).start()
     idle: list[socket.socket] = []
     try:
-        for _ in range(MAX_CONNECTIONS):
-            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        for n in range(MAX_CONNECTIONS):  # from several addresses: each has its own cap
+            source = (f"127.0.0.{10 + n // MAX_PER_CLIENT}", 0)
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                                 source_address=source))  # fmt: skip
         deadline = time.monotonic() + 30
         while server.httpd.slots._value > 0:  # every idle connection has its thread
             assert time.monotonic() < deadline, "the idle connections were not accepted"

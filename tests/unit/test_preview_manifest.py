@@ -222,3 +222,65 @@ def test_resource_caps_are_read_from_gitsync_yaml() -> None:
     assert [p.message.split(" must")[0] for p in problems] == [
         "previews.overrides.maxCpu", "previews.overrides.maxMemory", "previews.overrides.maxGpu"
     ]  # fmt: skip
+
+
+BYPASS = {
+    "apiVersion": "ray.io/v1",
+    "kind": "RayService",
+    "metadata": {"name": "trainer"},
+    "spec": {
+        "serveConfigV2": "applications: []\n",
+        "rayClusterConfig": {
+            "enableInTreeAutoscaling": True,
+            "headGroupSpec": {"template": {"spec": {
+                "initContainers": [{"name": "warm", "resources": {
+                    "requests": {"cpu": "64", "memory": "512Gi"}}}],
+                "containers": [{"name": "ray-head"}]}}},
+            "workerGroupSpecs": [{"groupName": "tpu", "replicas": 1, "numOfHosts": 64,
+                "template": {"spec": {"containers": [{"name": "ray-worker", "resources": {
+                    "limits": {"aws.amazon.com/neuron": "16", "nvidia.com/mig-3g.20gb": 7,
+                               "google.com/tpu": "4", "example.com/fpga": 2,
+                               "hugepages-2Mi": "64Gi", "ephemeral-storage": "1Ti"}}}]}}}],
+        },
+    },
+}  # fmt: skip
+
+
+def test_caps_reach_init_containers_every_accelerator_hosts_and_absent_max_replicas() -> None:
+    """What a hostile (or careless) manifest used to slip past the caps."""
+    config = replace(CONFIG, max_cpu="1", max_memory="2Gi", max_gpu=1)
+    preview = preview_manifest(BYPASS, 5, config)
+    cluster = preview["spec"]["rayClusterConfig"]
+    [warm] = cluster["headGroupSpec"]["template"]["spec"]["initContainers"]
+    assert warm["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+    [group] = cluster["workerGroupSpecs"]
+    assert group["numOfHosts"] == 1  # 64 pods per replica otherwise
+    # The CRD would default it to 2147483647 for the in-tree autoscaler.
+    assert group["maxReplicas"] == 1
+    [worker] = group["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"] == {
+        "aws.amazon.com/neuron": "1", "nvidia.com/mig-3g.20gb": "1", "google.com/tpu": "1",
+        "example.com/fpga": "1", "hugepages-2Mi": "2Gi", "ephemeral-storage": "1Ti",
+    }  # fmt: skip
+
+
+def test_the_new_limits_are_read_from_gitsync_yaml() -> None:
+    text = """environments:
+  - {name: staging, path: s, namespace: ray-staging}
+previews:
+  from: staging
+  namespace: ray-previews
+  overrides: {maxNumOfHosts: 2, maxWorkerGroups: 1, maxServices: 3}
+"""
+    config, problems = load_repo_config(text)
+    assert problems == []
+    assert config is not None
+    assert config.previews is not None
+    previews = config.previews
+    assert (previews.max_num_of_hosts, previews.max_worker_groups, previews.max_services) == (
+        2, 1, 3,
+    )  # fmt: skip
+    default = PreviewConfig("staging", "ray-previews")
+    assert (default.max_num_of_hosts, default.max_worker_groups, default.max_services) == (
+        1, 4, 10,
+    )  # fmt: skip
