@@ -671,6 +671,7 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
         out.write(f"{problem}\n")
     summary = ", ".join(
         f"{env.environment.name}: {len(env.services)} RayServices"
+        + (f", {len(env.objects)} other objects" if env.objects else "")
         if env.ok
         else f"{env.environment.name}: invalid"
         for env in report.environments

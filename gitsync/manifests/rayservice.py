@@ -88,14 +88,12 @@ def check_document(
         if check.problems:
             return None, check.problems
         obj = DesiredObject(
-            api_version,
-            kind,
-            env.namespace,
-            str(name),
+            ServiceKey(env.namespace, str(name), kind, api_version),
             env.name,
             _with_namespace(data, env),
             doc.file,
             doc.line,
+            wave,
         )
         return obj, []
     _check_spec(check, data.get("spec"))
