@@ -20,12 +20,12 @@ from gitsync.checkout import TreeReport, read_tree, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.errors import ConfigError, GitsyncError, InvalidRevision, ManifestRefused
 from gitsync.health import assess
-from gitsync.object_health import assess_object
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Desired, Phase, RolloutState, ServiceKey
+from gitsync.object_health import assess_object
 from gitsync.plan import Plan, plan_table
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
 from gitsync.report.reporter import Reporter
