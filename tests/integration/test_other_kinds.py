@@ -201,31 +201,34 @@ def test_an_edited_config_map_is_drift_reported_then_healed(
 def test_a_kind_the_api_server_does_not_serve_is_refused_at_plan_time(
     api: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
+    """Allowed in gitsync.yaml, but no CRD serves it: refused at the object's file:line by
+    the plan, and a sync applies nothing of the environment (not even its RayServices)."""
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
-    monitor = (
-        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n"
-        "  name: ranker\nspec:\n  endpoints: [{port: metrics}]\n"
+    widget = (
+        "apiVersion: widgets.example.com/v1\nkind: Widget\nmetadata:\n"
+        "  name: ranker\nspec:\n  size: 3\n"
     )
 
     def add(work: Path) -> None:
-        allow(work, [{"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor"}])
-        (work / "environments/staging/monitor.yaml").write_text("# metrics\n---\n" + monitor)
+        allow(work, [{"apiVersion": "widgets.example.com/v1", "kind": "Widget"}])
+        (work / "environments/staging/widget.yaml").write_text("# not installed\n---\n" + widget)
 
-    repo.commit(add, "a ServiceMonitor without its CRD")
+    repo.commit(add, "a Widget without its CRD")
     loaded = environment_manifests(read_tree(repo.work), "staging", "t")
     with pytest.raises(InvalidRevision) as raised:
         live_environment_plan(loaded, RayServices(api), repo.agent_config(tmp_path).classify, None)
     [problem] = raised.value.problems
-    assert str(problem).startswith(
-        "environments/staging/monitor.yaml:3: the API server serves no ServiceMonitor"
+    assert str(problem) == (
+        "environments/staging/widget.yaml:3: the API server serves no Widget in "
+        "widgets.example.com/v1: install the CRD that defines it (or fix apiVersion/kind)"
     )
-    assert "install the CRD" in str(problem)
-    assert (
-        client.CustomObjectsApi(api).list_namespaced_custom_object(
-            "ray.io", "v1", namespace, "rayservices"
-        )["items"]
-        == []
-    )  # nothing applied
+    config = repo.agent_config(tmp_path / "cache")
+    with pytest.raises(InvalidRevision, match=r"widget\.yaml:3"):
+        sync_once(config, RayServices(api), StateStore(api, namespace))
+    listing = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "ray.io", "v1", namespace, "rayservices"
+    )
+    assert listing["items"] == []
 
 
 def test_a_deployment_gates_its_wave_on_its_conditions(
