@@ -18,7 +18,7 @@ from kubernetes import client
 
 from gitsync.errors import ApplyError
 from gitsync.kube.failures import message, reaching_the_api, refusal, transient
-from gitsync.kube.rest import APPLY_PATCH, METADATA_LIST, request
+from gitsync.kube.rest import APPLY_PATCH, request
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, managed_selector
 
@@ -96,47 +96,40 @@ class Objects:
             )
         return found
 
-    def served(self, api_version: str, kind: str) -> bool:
-        return self.discovery.resource(api_version, kind) is not None
+    # Each verb resolves the kind first (discovery retries on its own), then makes its one
+    # request under the retry: nesting them would multiply the attempts.
 
-    @reaching_the_api
     def list_managed(
         self, namespace: str, environment: str, api_version: str, kind: str
     ) -> dict[ServiceKey, dict[str, Any]]:
         """Every object of ``kind`` gitsync applied for ``environment`` in ``namespace``: one
         request. Nothing when the kind is not served (nothing of it can exist)."""
-        return self._list(namespace, environment, api_version, kind, metadata_only=False)
-
-    @reaching_the_api
-    def list_managed_metadata(
-        self, namespace: str, environment: str, api_version: str, kind: str
-    ) -> dict[ServiceKey, dict[str, Any]]:
-        """As :meth:`list_managed`, metadata only (labels, annotations, managedFields)."""
-        return self._list(namespace, environment, api_version, kind, metadata_only=True)
-
-    def _list(
-        self, namespace: str, environment: str, api_version: str, kind: str, *, metadata_only: bool
-    ) -> dict[ServiceKey, dict[str, Any]]:
         resource = self.discovery.resource(api_version, kind)
         if resource is None:
             return {}
+        return self._list(resource, namespace, environment)
+
+    @reaching_the_api
+    def _list(
+        self, resource: Resource, namespace: str, environment: str
+    ) -> dict[ServiceKey, dict[str, Any]]:
         listing = request(
             self.api,
             "GET",
             resource.path(namespace),
             query={"labelSelector": managed_selector(environment)},
-            accept=METADATA_LIST if metadata_only else "application/json",
         )
         return {
-            ServiceKey(namespace, o["metadata"]["name"], kind, api_version): o
+            ServiceKey(namespace, o["metadata"]["name"], resource.kind, resource.api_version): o
             for o in listing.get("items") or []
         }
 
-    @reaching_the_api
     def get(self, key: ServiceKey) -> dict[str, Any] | None:
         resource = self.discovery.resource(key.api_version, key.kind)
-        if resource is None:
-            return None
+        return None if resource is None else self._get(resource, key)
+
+    @reaching_the_api
+    def _get(self, resource: Resource, key: ServiceKey) -> dict[str, Any] | None:
         try:
             return request(self.api, "GET", resource.path(key.namespace, key.name))
         except client.ApiException as exc:
@@ -146,12 +139,13 @@ class Objects:
                 raise
             raise ApplyError(key, f"cannot read it: {message(exc)}") from None
 
-    @reaching_the_api
     def delete(self, key: ServiceKey) -> bool:
         """Deletes one object (background propagation); False if it was already gone."""
         resource = self.discovery.resource(key.api_version, key.kind)
-        if resource is None:
-            return False
+        return False if resource is None else self._delete(resource, key)
+
+    @reaching_the_api
+    def _delete(self, resource: Resource, key: ServiceKey) -> bool:
         try:
             request(
                 self.api,
@@ -167,14 +161,24 @@ class Objects:
             raise refusal(exc, key, "delete") from None
         return True
 
-    @reaching_the_api
     def apply(
         self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
         """Server-side apply as ``gitsync``; with ``dry_run`` the object as it would be."""
         metadata = obj["metadata"]
         key = ServiceKey(metadata["namespace"], metadata["name"], obj["kind"], obj["apiVersion"])
-        resource = self.resource(key)
+        return self._apply(self.resource(key), key, obj, dry_run=dry_run, force=force)
+
+    @reaching_the_api
+    def _apply(
+        self,
+        resource: Resource,
+        key: ServiceKey,
+        obj: dict[str, Any],
+        *,
+        dry_run: bool,
+        force: bool,
+    ) -> dict[str, Any]:
         query = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
         if dry_run:
             query["dryRun"] = "All"
