@@ -30,7 +30,7 @@ from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, Desired, Health, Phase, RolloutState, ServiceKey
 from gitsync.object_health import assess_object
 from gitsync.plan import Plan, Wave
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY, reconcile_disabled, stamped
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY, applied_for, reconcile_disabled, stamped
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,9 @@ class Rollout:
         for key in keys:
             if key in managed or (live := self.services.get(key)) is None:
                 continue
-            labels = (live.get("metadata") or {}).get("labels") or {}
-            if labels.get(MANAGED_BY) == "gitsync" and labels.get(ENVIRONMENT) == env.name:
+            if applied_for(live, env.name):
                 continue  # another kind (allowedKinds), listed by kind elsewhere: ours
+            labels = (live.get("metadata") or {}).get("labels") or {}
             owner = labels.get(ENVIRONMENT)
             whose = f"environment {owner!r}" if owner else "something other than gitsync"
             return _Failure(
@@ -387,11 +387,10 @@ class Rollout:
         return tuple(done)
 
     def _ours(self, env: EnvironmentConfig, key: ServiceKey) -> bool:
-        """Whether an object of another kind exists with this environment's labels."""
+        """Whether an object of another kind exists that gitsync applied for ``env``."""
         if key.is_rayservice or (live := self.services.get(key)) is None:
             return False
-        labels = (live.get("metadata") or {}).get("labels") or {}
-        return labels.get(MANAGED_BY) == "gitsync" and labels.get(ENVIRONMENT) == env.name
+        return applied_for(live, env.name)
 
     def _fail(
         self,

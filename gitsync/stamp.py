@@ -32,6 +32,18 @@ def managed_selector(environment: str) -> str:
     return f"{MANAGED_BY}=gitsync,{ENVIRONMENT}={environment}"
 
 
+def applied_for(obj: Mapping[str, Any], environment: str) -> bool:
+    """Whether gitsync applied ``obj`` from Git for ``environment``: both ownership labels and
+    the source annotation (gitsync's own state ConfigMaps carry the labels, not a source)."""
+    metadata = obj.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    return (
+        labels.get(MANAGED_BY) == "gitsync"
+        and labels.get(ENVIRONMENT) == environment
+        and SOURCE in (metadata.get("annotations") or {})
+    )
+
+
 def reconcile_disabled(
     live: Mapping[str, Any] | None, manifest: Mapping[str, Any] | None = None
 ) -> bool:

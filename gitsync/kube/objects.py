@@ -20,7 +20,7 @@ from gitsync.errors import ApplyError
 from gitsync.kube.failures import message, reaching_the_api, refusal, transient
 from gitsync.kube.rest import APPLY_PATCH, request
 from gitsync.model import ServiceKey
-from gitsync.stamp import FIELD_MANAGER, managed_selector
+from gitsync.stamp import FIELD_MANAGER, SOURCE, managed_selector
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,19 @@ class Objects:
             resource.path(namespace),
             query={"labelSelector": managed_selector(environment)},
         )
+        # Only what gitsync applied from Git (its source annotation): gitsync's own state
+        # ConfigMaps carry the same labels, and must never look like a prune candidate.
+        items = [
+            o
+            for o in listing.get("items") or []
+            if SOURCE in ((o.get("metadata") or {}).get("annotations") or {})
+        ]
+        for item in items:  # a list's items leave out their kind (a core list's always do)
+            item.setdefault("apiVersion", resource.api_version)
+            item.setdefault("kind", resource.kind)
         return {
             ServiceKey(namespace, o["metadata"]["name"], resource.kind, resource.api_version): o
-            for o in listing.get("items") or []
+            for o in items
         }
 
     def get(self, key: ServiceKey) -> dict[str, Any] | None:

@@ -163,6 +163,8 @@ def test_objects_are_applied_in_their_wave_first_configured_and_pruned_only_with
     sync(api, repo, tmp_path, lines)
     assert config_map(api, namespace) is None
     assert client.CoreV1Api(api).read_namespaced_service("ranker-public", namespace)
+    # gitsync's own state ConfigMap carries the ownership labels too: never a prune candidate.
+    assert StateStore(api, namespace).read("staging") is not None
 
 
 def test_an_edited_config_map_is_drift_reported_then_healed(
