@@ -160,11 +160,13 @@ def test_objects_are_applied_in_their_wave_first_configured_and_pruned_only_with
     assert any("ConfigMap/ranker-settings is no longer in Git" in line for line in lines), lines
     # Prune on: deleted (the Service Git still declares stays).
     repo.commit(lambda w: allow(w, KINDS, prune=True), "prune")
+    lines.clear()
     sync(api, repo, tmp_path, lines)
     assert config_map(api, namespace) is None
     assert client.CoreV1Api(api).read_namespaced_service("ranker-public", namespace)
     # gitsync's own state ConfigMap carries the ownership labels too: never a prune candidate.
-    assert StateStore(api, namespace).read("staging") is not None
+    pruned = [line for line in lines if ": pruned " in line]
+    assert pruned == [f"staging: pruned {namespace}/ConfigMap/ranker-settings"], lines
 
 
 def test_an_edited_config_map_is_drift_reported_then_healed(
