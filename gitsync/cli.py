@@ -307,7 +307,7 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             found = f"{len(drift.findings)} drifted" if drift.findings else "no drift"
             out.write(f"  drift check {drift.checked} against {drift.revision[:12]}: {found}\n")
         for s in services:
-            out.write(f"  {s.key.name:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
+            out.write(f"  {s.key.label:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
     return EXIT_OK
 
 
@@ -619,6 +619,17 @@ def _report_json(report: TreeReport) -> dict[str, Any]:
                     {"name": s.key.name, "wave": s.wave, "source": s.source, "line": s.line}
                     for s in env.services
                 ],
+                "objects": [
+                    {
+                        "apiVersion": o.api_version,
+                        "kind": o.kind,
+                        "name": o.name,
+                        "wave": o.wave,
+                        "source": o.source,
+                        "line": o.line,
+                    }
+                    for o in env.objects
+                ],
             }
             for env in report.environments
         ],
@@ -675,6 +686,7 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
         out.write(f"{problem}\n")
     summary = ", ".join(
         f"{env.environment.name}: {len(env.services)} RayServices"
+        + (f", {len(env.objects)} other objects" if env.objects else "")
         if env.ok
         else f"{env.environment.name}: invalid"
         for env in report.environments

@@ -26,7 +26,7 @@ from typing import Any
 from gitsync.checkout import TreeReport, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
-from gitsync.diff.normalize import owned
+from gitsync.diff.normalize import comparable
 from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
@@ -140,11 +140,11 @@ class DriftChecker:
     ) -> tuple[list[Drift], set[ServiceKey]]:
         """The drifts, and the live services whose reconcile is disabled (drifted or not)."""
         env = loaded.environment
-        live = self.services.list_managed(env.namespace, env.name)
-        manifests = {s.key: s.manifest for s in loaded.services}
+        live = self._live(loaded)
+        manifests = {key: s.manifest for key, s in loaded.desired.items()}
         disabled = {k for k, obj in live.items() if reconcile_disabled(obj, manifests.get(k))}
         drifts: list[Drift] = []
-        for service in loaded.services:
+        for service in loaded.desired.values():
             obj = live.get(service.key)
             if obj is None:
                 drifts.append(Drift(service.key, DriftKind.DELETED, revision))
@@ -158,17 +158,30 @@ class DriftChecker:
             )
             if untouched_since_apply(obj, body):
                 continue  # provably what gitsync applied: no request
-            desired = owned(self.services.apply(body, dry_run=True, force=True))
-            found = modified(service.key, owned(obj), desired, obj, revision, self.config.classify)
+            desired = comparable(self.services.apply(body, dry_run=True, force=True))
+            found = modified(
+                service.key, comparable(obj), desired, obj, revision, self.config.classify
+            )
             if found is not None:
                 drifts.append(found)
-        declared = {s.key for s in loaded.services}
+        declared = set(loaded.desired)
         drifts += [
             Drift(key, DriftKind.UNEXPECTED, revision)
             for key in sorted(live)
             if key not in declared
         ]
         return drifts, disabled
+
+    def _live(self, loaded: EnvironmentManifests) -> dict[ServiceKey, dict[str, Any]]:
+        """Everything gitsync manages for the environment: its RayServices, and its objects
+        of each other kind the repository allows (one list per kind)."""
+        env = loaded.environment
+        live = self.services.list_managed(env.namespace, env.name)
+        for kind in loaded.kinds:
+            live |= self.services.objects.list_managed(
+                env.namespace, env.name, kind.api_version, kind.kind
+            )
+        return live
 
     def _fighting(
         self, drifts: Sequence[Drift], corrections: Mapping[str, list[float]]
@@ -235,11 +248,11 @@ class DriftChecker:
         keys = {d.key for d in drifts}
         current: dict[ServiceKey, dict[str, Any]] = {}
         desired: dict[ServiceKey, dict[str, Any]] = {}
-        by_key = {s.key: s for s in loaded.services}
-        live = self.services.list_managed(env.namespace, env.name)
+        by_key = loaded.desired
+        live = self._live(loaded)
         for key in keys:
             if key in live:
-                current[key] = owned(live[key])
+                current[key] = comparable(live[key])
             if key in by_key:
                 s = by_key[key]
                 body = stamped(
@@ -249,7 +262,7 @@ class DriftChecker:
                     source=s.source,
                     wave=s.wave,
                 )
-                desired[key] = owned(self.services.apply(body, dry_run=True, force=True))
+                desired[key] = comparable(self.services.apply(body, dry_run=True, force=True))
         plan = _only_changes(
             build_plan(
                 env.name, env.namespace, current, desired, self.config.classify, to_rev=revision

@@ -10,16 +10,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+RAYSERVICE_KIND = "RayService"
+RAYSERVICE_API_VERSION = "ray.io/v1"
+
 
 @dataclass(frozen=True, order=True, slots=True)
 class ServiceKey:
-    """The one identity of a RayService, used as the key in logs, errors and reports."""
+    """The one identity of an object gitsync manages, used as the key in logs, errors and
+    reports: a RayService (printed ``namespace/name``) or another kind the repository config
+    allows (``allowedKinds``; printed ``namespace/Kind/name``)."""
 
     namespace: str
     name: str
+    kind: str = RAYSERVICE_KIND
+    api_version: str = RAYSERVICE_API_VERSION
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        if self.is_rayservice:
+            return f"{self.namespace}/{self.name}"
+        return f"{self.namespace}/{self.kind}/{self.name}"
+
+    @property
+    def is_rayservice(self) -> bool:
+        return self.kind == RAYSERVICE_KIND and self.api_version == RAYSERVICE_API_VERSION
+
+    @property
+    def label(self) -> str:
+        """The name within its namespace: ``name`` for a RayService, else ``Kind/name``."""
+        return self.name if self.is_rayservice else f"{self.kind}/{self.name}"
 
     @classmethod
     def parse(cls, text: str) -> ServiceKey:
@@ -38,6 +56,7 @@ class Action(enum.StrEnum):
     CLUSTER_SWAP = "cluster-swap"
     CLUSTER_IN_PLACE = "cluster-in-place"
     CLUSTER_IGNORED = "cluster-ignored"
+    CONFIGURED = "configured"  # another kind (allowedKinds) whose applied fields change
     SCALE_INEFFECTIVE = "scale-ineffective"
     METADATA = "metadata"
     PRUNE = "prune"
@@ -105,16 +124,35 @@ class DesiredService:
 
 @dataclass(frozen=True)
 class DesiredObject:
-    """Another kind the repository config allows (``allowedKinds``), applied alongside."""
+    """Another kind the repository config allows (``allowedKinds``), applied alongside the
+    RayServices: server-side applied in its wave (before the wave's RayServices), stamped,
+    pruned and drift-checked like them. Same shape as :class:`DesiredService`."""
 
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
+    key: ServiceKey
     environment: str
     manifest: Mapping[str, Any]
     source: str
     line: int
+    wave: int = 0
+
+    @property
+    def api_version(self) -> str:
+        return self.key.api_version
+
+    @property
+    def kind(self) -> str:
+        return self.key.kind
+
+    @property
+    def namespace(self) -> str:
+        return self.key.namespace
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+
+Desired = DesiredService | DesiredObject
 
 
 @dataclass(frozen=True)

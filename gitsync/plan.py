@@ -1,6 +1,8 @@
 """Plan: changes → ordered waves for one environment, as a frozen, printable value. Pure.
 
 Waves run in ascending ``gitsync.ray.io/wave`` order; prunes come last, in a wave of their own.
+A wave holds RayServices and the other kinds the repository allows (``allowedKinds``),
+the other kinds first.
 A service whose live object says ``gitsync.ray.io/reconcile: disabled`` keeps its place as a
 ``skipped`` change (what Git's version would do, for the reader): nothing applies, prunes or
 gates it, so it never holds up a later wave.
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify
+from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify_any
 from gitsync.model import Action, Change, ServiceKey
 
 
@@ -68,7 +70,7 @@ def build_plan(
     ``disabled``: the services whose reconcile is disabled, planned as :func:`skipped`.
     """
     changes = [
-        classify(current.get(key), desired.get(key), options)
+        classify_any(current.get(key), desired.get(key), options)
         for key in sorted({*current, *desired})
     ]
     changes = [skipped(c) if c.key in disabled else c for c in changes]
@@ -81,7 +83,7 @@ def build_plan(
             prunes.append(change)
         else:
             by_wave.setdefault(change.wave, []).append(change)
-    waves = [Wave(n, tuple(by_wave[n])) for n in sorted(by_wave)]
+    waves = [Wave(n, _kind_order(by_wave[n])) for n in sorted(by_wave)]
     if prunes:  # a skipped prune stays with the prunes: it is one, left undone
         last = max(by_wave, default=0) + 1
         waves.append(Wave(last, tuple(prunes), prune=True))
@@ -102,8 +104,14 @@ def unchanged_plan(
     for key in sorted(waves):
         change = Change(key, Action.UNCHANGED, waves[key], "unchanged")
         by_wave.setdefault(waves[key], []).append(skipped(change) if key in disabled else change)
-    waves_ = tuple(Wave(n, tuple(by_wave[n])) for n in sorted(by_wave))
+    waves_ = tuple(Wave(n, _kind_order(by_wave[n])) for n in sorted(by_wave))
     return Plan(environment, namespace, None, to_rev, waves_)
+
+
+def _kind_order(changes: Sequence[Change]) -> tuple[Change, ...]:
+    """Within a wave the other kinds come first, as Argo CD orders kinds: a ConfigMap or
+    Service a RayService uses exists before the RayService (the rollout applies them first)."""
+    return tuple(sorted(changes, key=lambda c: (c.key.is_rayservice, c.key)))
 
 
 def skipped(change: Change) -> Change:
@@ -134,6 +142,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                     {
                         "namespace": c.key.namespace,
                         "name": c.key.name,
+                        "kind": c.key.kind,
+                        "apiVersion": c.key.api_version,
                         "action": str(c.action),
                         "summary": c.summary,
                         "details": list(c.details),
@@ -159,9 +169,9 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
         if not shown:
             continue
         lines.append(f"  {'prune' if wave.prune else f'wave {wave.number}'}:")
-        width = max(len(c.key.name) for c in shown)
+        width = max(len(c.key.label) for c in shown)
         for c in shown:
-            lines.append(f"    {c.key.name:<{width}}  {c.action:<17} {c.summary}")
+            lines.append(f"    {c.key.label:<{width}}  {c.action:<17} {c.summary}")
             lines += [f"      - {d}" for d in c.details]
             lines += [f"      ! {w}" for w in c.warnings]
     if not plan.has_changes:
@@ -234,7 +244,7 @@ def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
             what = "; ".join(change.details[:3]) or change.summary
             cost = f"; {SWAP_COST}" if change.action is Action.CLUSTER_SWAP else ""
             lines.append(
-                f"- **{plan.environment}/{change.key.name}**: `{change.action}` ({what}{cost})"
+                f"- **{plan.environment}/{change.key.label}**: `{change.action}` ({what}{cost})"
             )
             lines += [f"  - ⚠ {w}" for w in change.warnings]
     lines += ["", f"<sub>Updated for {head[:12]}. `gitsync plan --from {base[:12]} --to "

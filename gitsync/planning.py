@@ -8,16 +8,17 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.diff.classify import Options
-from gitsync.diff.normalize import owned
+from gitsync.diff.normalize import comparable, owned, owned_object
 from gitsync.errors import ConfigError, InvalidRevision, NamespaceMissing
 from gitsync.kube.rayservices import RayServices
 from gitsync.manifests.load import EnvironmentManifests
-from gitsync.model import ServiceKey
+from gitsync.model import Problem, ServiceKey
 from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
 from gitsync.stamp import reconcile_disabled, stamped, stamped_hash, untouched_since_apply
@@ -54,7 +55,7 @@ def environment_manifests(report: TreeReport, environment: str, label: str) -> E
 
 
 def _normalised(loaded: EnvironmentManifests) -> dict[ServiceKey, dict[str, Any]]:
-    return {s.key: owned(s.manifest) for s in loaded.services}
+    return {key: comparable(o.manifest) for key, o in loaded.desired.items()}
 
 
 def offline_plans(
@@ -141,6 +142,7 @@ def live_environment_plan(
     at a time). A service whose live object disables reconciling it is planned as skipped
     (:func:`gitsync.stamp.reconcile_disabled`); the metadata list is enough to tell."""
     env = loaded.environment
+    others = _other_kinds(loaded, rayservices, revision, concurrency)
     hashes = {
         service.key: stamped_hash(
             service.manifest, environment=env.name, source=service.source, wave=service.wave
@@ -153,11 +155,16 @@ def live_environment_plan(
     disabled = frozenset(
         key for key, obj in metadata.items() if reconcile_disabled(obj, manifests.get(key))
     )
-    if metadata.keys() == hashes.keys() and all(
-        untouched_since_apply(metadata[key], manifests[key], applied)
-        for key, applied in hashes.items()
+    if (
+        others.untouched
+        and metadata.keys() == hashes.keys()
+        and all(
+            untouched_since_apply(metadata[key], manifests[key], applied)
+            for key, applied in hashes.items()
+        )
     ):
-        waves = {service.key: service.wave for service in loaded.services}
+        waves = {key: o.wave for key, o in loaded.desired.items()}
+        disabled |= others.disabled
         return unchanged_plan(env.name, env.namespace, waves, to_rev=revision, disabled=disabled)
     bodies = {
         service.key: stamped(
@@ -197,6 +204,87 @@ def live_environment_plan(
         answers = [dry_run(ask) for ask in asks]
     desired.update((key, answer) for (key, _), answer in zip(asks, answers, strict=True))
     disabled |= {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
+    current.update(others.current)
+    desired.update(others.desired)
+    disabled |= others.disabled
     return build_plan(
         env.name, env.namespace, current, desired, options, to_rev=revision, disabled=disabled
     )
+
+
+@dataclass(frozen=True)
+class _Sides:
+    """The other kinds' half of a live plan: both sides normalised, the objects whose
+    reconcile is disabled, and whether every one is provably as Git wants it."""
+
+    current: dict[ServiceKey, dict[str, Any]]
+    desired: dict[ServiceKey, dict[str, Any]]
+    disabled: frozenset[ServiceKey]
+    untouched: bool
+
+
+def _other_kinds(
+    loaded: EnvironmentManifests, rayservices: RayServices, revision: str | None, concurrency: int
+) -> _Sides:
+    """The objects of ``allowedKinds`` against the cluster, as RayServices are: one list per
+    kind (gitsync's objects of it there, prune candidates included), and a server-side dry
+    run of each object that may differ. A kind the API server does not serve, or serves
+    cluster-wide, is refused at the object's file:line before anything is applied."""
+    env, objects = loaded.environment, rayservices.objects
+    problems = []
+    for obj in loaded.objects:
+        resource = objects.discovery.resource(obj.api_version, obj.kind)
+        if resource is None:
+            problems.append(
+                Problem(
+                    obj.source,
+                    obj.line,
+                    f"the API server serves no {obj.kind} in {obj.api_version}: install the "
+                    "CRD that defines it (or fix apiVersion/kind)",
+                )
+            )
+        elif not resource.namespaced:
+            problems.append(
+                Problem(
+                    obj.source,
+                    obj.line,
+                    f"{obj.kind} is cluster-scoped: gitsync applies namespaced objects only "
+                    f"(into the environment's namespace {env.namespace})",
+                )
+            )
+    if problems:
+        raise InvalidRevision(f"environment {env.name!r} against the cluster", tuple(problems))
+    live: dict[ServiceKey, dict[str, Any]] = {}
+    for kind in loaded.kinds:
+        live |= objects.list_managed(env.namespace, env.name, kind.api_version, kind.kind)
+    manifests = {o.key: o.manifest for o in loaded.objects}
+    current = {key: owned_object(obj) for key, obj in live.items()}
+    desired: dict[ServiceKey, dict[str, Any]] = {}
+    disabled = {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
+    asks: list[dict[str, Any]] = []
+    for obj in loaded.objects:
+        body = stamped(
+            obj.manifest, environment=env.name, revision=revision, source=obj.source, wave=obj.wave
+        )
+        if obj.key not in live and (existing := objects.get(obj.key)) is not None:
+            current[obj.key] = owned_object(existing)  # there, but not (yet) labelled as ours
+            if reconcile_disabled(existing, obj.manifest):
+                disabled.add(obj.key)
+        if obj.key in live and untouched_since_apply(live[obj.key], body):
+            desired[obj.key] = current[obj.key]
+        else:
+            asks.append(body)
+
+    def dry_run(body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return owned_object(objects.apply(body, dry_run=True, force=True))
+        except NamespaceMissing:
+            return owned_object(body)  # nothing can exist there yet
+
+    workers = max(1, min(concurrency, len(asks)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for body, answer in zip(asks, pool.map(dry_run, asks), strict=True):
+            desired[ServiceKey(env.namespace, body["metadata"]["name"], body["kind"],
+                               body["apiVersion"])] = answer  # fmt: skip
+    untouched = not asks and live.keys() <= desired.keys()
+    return _Sides(current, desired, frozenset(disabled), untouched)

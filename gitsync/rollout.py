@@ -27,9 +27,10 @@ from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Action, DesiredService, Health, Phase, RolloutState, ServiceKey
+from gitsync.model import Action, Desired, Health, Phase, RolloutState, ServiceKey
+from gitsync.object_health import assess_object
 from gitsync.plan import Plan, Wave
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY, reconcile_disabled, stamped
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY, applied_for, reconcile_disabled, stamped
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def expected_apps(service: DesiredService) -> tuple[str, ...]:
+def expected_apps(service: Desired) -> tuple[str, ...]:
+    if not service.key.is_rayservice:
+        return ()
     try:
         return tuple(kuberay.serve_application_names(service.manifest["spec"].get("serveConfigV2")))
     except ValueError:
@@ -105,9 +108,9 @@ class Rollout:
         self,
         env: EnvironmentConfig,
         plan: Plan,
-        desired: Mapping[ServiceKey, DesiredService],
+        desired: Mapping[ServiceKey, Desired],
         revision: str,
-        previous: Callable[[str], Mapping[ServiceKey, DesiredService]] | None = None,
+        previous: Callable[[str], Mapping[ServiceKey, Desired]] | None = None,
     ) -> RolloutResult:
         prior = self.state.read(env.name)
         if (
@@ -199,9 +202,7 @@ class Rollout:
 
     # -- steps -----------------------------------------------------------------------------
 
-    def _body(
-        self, env: EnvironmentConfig, service: DesiredService, revision: str
-    ) -> dict[str, Any]:
+    def _body(self, env: EnvironmentConfig, service: Desired, revision: str) -> dict[str, Any]:
         return stamped(
             service.manifest,
             environment=env.name,
@@ -230,15 +231,18 @@ class Rollout:
         self,
         env: EnvironmentConfig,
         keys: Sequence[ServiceKey],
-        desired: Mapping[ServiceKey, DesiredService],
+        desired: Mapping[ServiceKey, Desired],
     ) -> list[ServiceKey]:
         """The services of ``keys`` disabled since the plan was made: one metadata list per
         namespace, just before their wave applies."""
         if not keys:
             return []
         live: dict[ServiceKey, dict[str, Any]] = {}
-        for namespace in sorted({k.namespace for k in keys}):
+        for namespace in sorted({k.namespace for k in keys if k.is_rayservice}):
             live |= self.services.list_managed_metadata(namespace, env.name)
+        for key in keys:  # another kind: read one by one (a wave holds few of them)
+            if not key.is_rayservice and (obj := self.services.get(key)) is not None:
+                live[key] = obj
         return [
             key
             for key in keys
@@ -256,6 +260,8 @@ class Rollout:
         for key in keys:
             if key in managed or (live := self.services.get(key)) is None:
                 continue
+            if applied_for(live, env.name):
+                continue  # another kind (allowedKinds), listed by kind elsewhere: ours
             labels = (live.get("metadata") or {}).get("labels") or {}
             owner = labels.get(ENVIRONMENT)
             whose = f"environment {owner!r}" if owner else "something other than gitsync"
@@ -270,7 +276,7 @@ class Rollout:
         self,
         env: EnvironmentConfig,
         keys: Sequence[ServiceKey],
-        desired: Mapping[ServiceKey, DesiredService],
+        desired: Mapping[ServiceKey, Desired],
         revision: str,
         actions: Mapping[ServiceKey, Action] | None = None,
     ) -> _Failure | None:
@@ -290,15 +296,25 @@ class Rollout:
             )
             return None
 
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            failures = [f for f in pool.map(one, keys) if f is not None]
-        return failures[0] if failures else None
+        # The other kinds first, as Argo CD orders kinds within a wave: the ConfigMap or
+        # Service a RayService uses exists before KubeRay reads it.
+        for group in (
+            [k for k in keys if not k.is_rayservice],
+            [k for k in keys if k.is_rayservice],
+        ):
+            if not group:
+                continue
+            with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+                failures = [f for f in pool.map(one, group) if f is not None]
+            if failures:
+                return failures[0]
+        return None
 
     def _wait(
         self,
         env: EnvironmentConfig,
         keys: Sequence[ServiceKey],
-        desired: Mapping[ServiceKey, DesiredService],
+        desired: Mapping[ServiceKey, Desired],
         what: str,
     ) -> _Failure | None:
         """Until every key is Healthy for N consecutive reads. Each round lists the
@@ -310,11 +326,13 @@ class Rollout:
         while True:
             versions: dict[str, str] = {}
             live: dict[ServiceKey, dict[str, Any]] = {}
-            for namespace in sorted({k.namespace for k in waiter.pending}):
+            for namespace in sorted({k.namespace for k in waiter.pending if k.is_rayservice}):
                 objects, versions[namespace] = self.services.list_managed_versioned(
                     namespace, env.name
                 )
                 live.update(objects)
+            others = sorted(k for k in waiter.pending if not k.is_rayservice)
+            live.update((key, obj) for key in others if (obj := self.services.get(key)))
             for key in sorted(waiter.pending):
                 if failure := waiter.read(key, live.get(key)):
                     return failure
@@ -324,7 +342,7 @@ class Rollout:
                 return _Failure(None, "a newer revision arrived while waiting", superseded=True)
             if time.monotonic() > deadline:
                 return waiter.timed_out(self.settings.health_timeout, what)
-            if len(versions) == 1:
+            if len(versions) == 1 and all(k.is_rayservice for k in waiter.pending):
                 [(namespace, version)] = versions.items()
                 for kind, obj in self.services.watch_managed(
                     namespace, env.name, version, self.settings.poll_interval
@@ -339,7 +357,8 @@ class Rollout:
                         return None
                     if self.stop.is_set():
                         break
-            if self.stop.wait(0 if len(versions) == 1 else self.settings.poll_interval):
+            watched = len(versions) == 1 and all(k.is_rayservice for k in waiter.pending)
+            if self.stop.wait(0 if watched else self.settings.poll_interval):
                 return _Failure(None, "stopped before the rollout finished", stopped=True)
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
@@ -354,9 +373,11 @@ class Rollout:
             return ()
         live = self.services.list_managed(env.namespace, env.name)
         done = []
-        for change in sorted(prunes, key=lambda c: (-c.wave, c.key)):  # reverse wave order
-            if change.key not in live:  # only what this agent and environment own
-                continue
+        # Reverse order: later waves first, and in a wave the RayServices before the other
+        # kinds they may use.
+        for change in sorted(prunes, key=lambda c: (-c.wave, not c.key.is_rayservice, c.key)):
+            if not (change.key in live or self._ours(env, change.key)):
+                continue  # only what this agent and environment own
             try:
                 self.services.delete(change.key)
             except ApplyError as exc:
@@ -365,13 +386,19 @@ class Rollout:
             done.append(change.key)
         return tuple(done)
 
+    def _ours(self, env: EnvironmentConfig, key: ServiceKey) -> bool:
+        """Whether an object of another kind exists that gitsync applied for ``env``."""
+        if key.is_rayservice or (live := self.services.get(key)) is None:
+            return False
+        return applied_for(live, env.name)
+
     def _fail(
         self,
         env: EnvironmentConfig,
         record: RolloutState,
         failure: _Failure,
-        desired: Mapping[ServiceKey, DesiredService],
-        previous: Callable[[str], Mapping[ServiceKey, DesiredService]] | None,
+        desired: Mapping[ServiceKey, Desired],
+        previous: Callable[[str], Mapping[ServiceKey, Desired]] | None,
         applied: tuple[ServiceKey, ...],
     ) -> RolloutResult:
         if failure.stopped:
@@ -404,7 +431,7 @@ class Rollout:
         env: EnvironmentConfig,
         key: ServiceKey,
         revision: str,
-        previous: Callable[[str], Mapping[ServiceKey, DesiredService]],
+        previous: Callable[[str], Mapping[ServiceKey, Desired]],
     ) -> tuple[bool, str]:
         if not revision:
             return False, "no earlier Healthy revision to roll back to"
@@ -461,7 +488,7 @@ class _Waiter:
         self,
         environment: str,
         keys: Sequence[ServiceKey],
-        desired: Mapping[ServiceKey, DesiredService],
+        desired: Mapping[ServiceKey, Desired],
         settings: RolloutSettings,
         progress: Callable[[str], None],
         record: Callable[[ServiceKey, str, str, str], None],
@@ -469,7 +496,8 @@ class _Waiter:
         self.environment, self.desired, self.progress = environment, desired, progress
         self.record = record
         gate = HealthGate(settings.healthy_reads, settings.healthy_seconds)
-        self.gates = dict.fromkeys(keys, gate)
+        # The other kinds have no KubeRay race to outlast: one Healthy read is enough.
+        self.gates = {key: gate if key.is_rayservice else HealthGate(1, 0.0) for key in keys}
         # Parsed once: every watch event is a read, and serveConfigV2 can be large.
         self.expected = {key: expected_apps(desired[key]) for key in keys}
         self.last: dict[ServiceKey, Assessment] = {}
@@ -478,7 +506,8 @@ class _Waiter:
 
     def read(self, key: ServiceKey, obj: Mapping[str, Any] | None) -> _Failure | None:
         self.gates[key], result = self.gates[key].observe(
-            assess(obj, self.expected[key]), time.monotonic()
+            assess(obj, self.expected[key]) if key.is_rayservice else assess_object(obj),
+            time.monotonic(),
         )
         if self.last.get(key) != result:
             elapsed = time.monotonic() - self.began

@@ -22,11 +22,26 @@ WAVE = "gitsync.ray.io/wave"
 APPLIED_HASH = "gitsync.ray.io/applied-hash"
 RECONCILE = "gitsync.ray.io/reconcile"  # "disabled": gitsync leaves the live object alone
 FIELD_MANAGER = "gitsync"
+# The top-level fields (as managedFields name them) that are not an object's content: its
+# spec, a ConfigMap's data, a Role's rules … are everything else.
+NOT_CONTENT = frozenset({"f:apiVersion", "f:kind", "f:metadata", "f:status"})
 
 
 def managed_selector(environment: str) -> str:
     """The label selector of everything gitsync applied for ``environment``."""
     return f"{MANAGED_BY}=gitsync,{ENVIRONMENT}={environment}"
+
+
+def applied_for(obj: Mapping[str, Any], environment: str) -> bool:
+    """Whether gitsync applied ``obj`` from Git for ``environment``: both ownership labels and
+    the source annotation (gitsync's own state ConfigMaps carry the labels, not a source)."""
+    metadata = obj.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    return (
+        labels.get(MANAGED_BY) == "gitsync"
+        and labels.get(ENVIRONMENT) == environment
+        and SOURCE in (metadata.get("annotations") or {})
+    )
 
 
 def reconcile_disabled(
@@ -90,9 +105,9 @@ def untouched_since_apply(
     so a server-side dry run would show no change:
 
     - the applied hash matches (Git has not changed since the apply);
-    - no other field manager has written its spec (KubeRay writes only the status
-      subresource) nor owns a label or annotation Git declares (``ray.io/*`` annotations
-      change KubeRay's behaviour);
+    - no other field manager has written its content (spec, or a ConfigMap's data …;
+      KubeRay writes only the status subresource) nor owns a label or annotation Git
+      declares (``ray.io/*`` annotations change KubeRay's behaviour);
     - gitsync's ``managedFields`` still own every field of ``body``: another client that
       changes a field takes it over, and one that removes it (a JSON patch ``remove``)
       leaves no owner at all, so only gitsync's own set shows it.
@@ -112,7 +127,7 @@ def untouched_since_apply(
         if entry.get("manager") == FIELD_MANAGER:
             mine = union(mine, fields)
             continue
-        if "f:spec" in fields:
+        if any(name not in NOT_CONTENT for name in fields):  # spec, data, rules …
             return False
         theirs = fields.get("f:metadata") or {}
         for part in ("labels", "annotations"):
@@ -123,5 +138,9 @@ def untouched_since_apply(
     return (
         owns_all(mine_metadata.get("f:labels") or {}, declared.get("labels") or {})
         and owns_all(mine_metadata.get("f:annotations") or {}, declared.get("annotations") or {})
-        and owns_all(mine.get("f:spec") or {}, body.get("spec") or {})
+        and all(
+            owns_all(mine.get(f"f:{name}") or {}, value)
+            for name, value in body.items()
+            if f"f:{name}" not in NOT_CONTENT
+        )
     )

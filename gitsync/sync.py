@@ -24,7 +24,8 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import DesiredService, Phase, RolloutState, ServiceKey
+from gitsync.model import Desired, Phase, RolloutState, ServiceKey
+from gitsync.object_health import assess_object
 from gitsync.plan import Plan, plan_table
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
 from gitsync.report.reporter import Reporter
@@ -48,8 +49,8 @@ class PassResult:
         return all(r.outcome is Outcome.SUCCEEDED for r in self.results)
 
 
-def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, DesiredService]:
-    return {s.key: s for s in environment_manifests(read_tree(tree), environment, label).services}
+def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, Desired]:
+    return environment_manifests(read_tree(tree), environment, label).desired
 
 
 def left_behind(prior: RolloutState | None, revision: str) -> str | None:
@@ -300,13 +301,13 @@ class _Pass:
     ) -> RolloutResult | None:
         """Gate, plan and roll out one environment (or print its plan). gitsync's own
         failures (API unreachable …) become an ``error`` status, then propagate."""
-        env, desired = loaded.environment, {s.key: s for s in loaded.services}
+        env, desired = loaded.environment, loaded.desired
         revision = statuses.describe.revision
         check = _superseded_check(self.source, revision, self.supersede_every)
         if not dry_run and (gate := self._gate(env, ours, statuses, check)) is not None:
             return gate
 
-        def previous(old: str) -> Mapping[ServiceKey, DesiredService]:
+        def previous(old: str) -> Mapping[ServiceKey, Desired]:
             return _desired_at(self.source.checkout(old), env.name, old[:12])
 
         def events(event: WaveEvent) -> None:
@@ -441,11 +442,19 @@ def environment_status(
         loaded = environment_manifests(report, name, revision[:12])
         env = loaded.environment
         live = services.list_managed(env.namespace, env.name)
-        wanted = {s.key: s for s in loaded.services}
+        for kind in loaded.kinds:
+            live |= services.objects.list_managed(
+                env.namespace, env.name, kind.api_version, kind.kind
+            )
+        wanted = loaded.desired
         statuses = []
         for key in sorted({*live, *wanted}):
             obj = live.get(key)
-            result = assess(obj, expected_apps(wanted[key]) if key in wanted else ())
+            result = (
+                assess(obj, expected_apps(wanted[key]) if key in wanted else ())
+                if key.is_rayservice
+                else assess_object(obj)
+            )
             annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
             manifest = wanted[key].manifest if key in wanted else None
             disabled = ",DISABLED" if obj is not None and reconcile_disabled(obj, manifest) else ""

@@ -232,3 +232,45 @@ def _warnings(
             "serveService edits reach the Kubernetes Service only at the next cluster switch"
         )
     return tuple(warnings)
+
+
+def object_key(obj: Mapping[str, Any]) -> ServiceKey:
+    metadata = obj["metadata"]
+    return ServiceKey(
+        str(metadata.get("namespace")),
+        str(metadata["name"]),
+        str(obj.get("kind")),
+        str(obj.get("apiVersion")),
+    )
+
+
+def classify_object(current: Mapping[str, Any] | None, desired: Mapping[str, Any] | None) -> Change:
+    """A kind other than RayService (``allowedKinds``): nothing Ray-aware to predict, so
+    what ``kubectl apply`` reports: created, configured (each changed field old → new),
+    unchanged, or pruned. Inputs normalised by :func:`gitsync.diff.normalize.owned_object`."""
+    if desired is None:
+        assert current is not None
+        return Change(
+            object_key(current), Action.PRUNE, wave_of(current), "no longer in Git: will be deleted"
+        )
+    key, wave = object_key(desired), wave_of(desired)
+    if current is None:
+        return Change(key, Action.CREATE, wave, f"new {key.kind}")
+    found = differences(keyed(dict(current)), keyed(dict(desired)))
+    if not found:
+        return Change(key, Action.UNCHANGED, wave, "unchanged")
+    details = tuple(describe(d) for d in found)
+    return Change(key, Action.CONFIGURED, wave, f"{len(found)} field(s) changed", details)
+
+
+def classify_any(
+    current: Mapping[str, Any] | None,
+    desired: Mapping[str, Any] | None,
+    options: Options = DEFAULT_OPTIONS,
+) -> Change:
+    """:func:`classify` for a RayService, :func:`classify_object` for any other kind."""
+    either = desired if desired is not None else current
+    assert either is not None
+    if (either.get("apiVersion"), either.get("kind")) == ("ray.io/v1", "RayService"):
+        return classify(current, desired, options)
+    return classify_object(current, desired)

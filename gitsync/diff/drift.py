@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gitsync.diff.classify import Options, classify
+from gitsync.diff.classify import Options, classify_any
 from gitsync.diff.fieldsets import owns_path
 from gitsync.diff.structural import differences, dotted, keyed
 from gitsync.model import Action, Change, ServiceKey
@@ -82,7 +82,7 @@ def modified(
     found = differences(keyed(dict(live_owned)), keyed(dict(desired_owned)))
     if not found:
         return None
-    heal = classify(live_owned, desired_owned, options)
+    heal = classify_any(live_owned, desired_owned, options)
     return Drift(
         key,
         DriftKind.MODIFIED,

@@ -122,3 +122,37 @@ def owned(obj: Mapping[str, Any]) -> dict[str, Any]:
         "spec": json.loads(json.dumps(obj.get("spec") or {})),
     }
     return fill_defaults(result)
+
+
+def owned_object(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The comparable part of an object of another kind (``allowedKinds``): as :func:`owned`
+    for its metadata, and every top-level field but ``status`` (a ConfigMap's ``data``, a
+    Service's ``spec``, a Role's ``rules`` …). No schema defaults are filled: both sides come
+    from the API server (the live object, and the server-side-apply dry run of Git's body),
+    so its defaults are in both."""
+    metadata = obj.get("metadata") or {}
+    labels = {k: v for k, v in (metadata.get("labels") or {}).items() if k not in STAMPED_LABELS}
+    annotations = {
+        k: v for k, v in (metadata.get("annotations") or {}).items() if k not in STAMPED_ANNOTATIONS
+    }
+    content = {
+        k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")
+    }
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            **({"labels": labels} if labels else {}),
+            **({"annotations": annotations} if annotations else {}),
+        },
+        **json.loads(json.dumps(content)),
+    }
+
+
+def comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`owned` for a RayService, :func:`owned_object` for any other kind."""
+    if (obj.get("apiVersion"), obj.get("kind")) == ("ray.io/v1", "RayService"):
+        return owned(obj)
+    return owned_object(obj)

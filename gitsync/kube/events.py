@@ -1,4 +1,5 @@
-"""Kubernetes Events on RayServices: what gitsync did to them and what it saw.
+"""Kubernetes Events on RayServices (and the other kinds gitsync applies): what gitsync did to
+them and what it saw.
 
 ``kubectl describe rayservice ranker`` then shows gitsync's applies and health verdicts next to
 KubeRay's own events. Best effort: an event that cannot be written is logged, never raised.
@@ -27,6 +28,8 @@ from typing import Any
 import urllib3
 from kubernetes import client
 
+from gitsync.errors import GitsyncError
+from gitsync.kube.objects import Discovery
 from gitsync.kube.rest import request
 from gitsync.model import ServiceKey
 
@@ -48,6 +51,7 @@ class EventRecorder:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE_SIZE)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._discovery = Discovery(api)
 
     def __call__(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
         """``kind`` is ``Normal`` or ``Warning``; ``reason`` a CamelCase word."""
@@ -60,8 +64,8 @@ class EventRecorder:
                 "namespace": key.namespace,
             },
             "involvedObject": {
-                "apiVersion": "ray.io/v1",
-                "kind": "RayService",
+                "apiVersion": key.api_version,
+                "kind": key.kind,
                 "name": key.name,
                 "namespace": key.namespace,
             },
@@ -107,8 +111,13 @@ class EventRecorder:
         read."""
         path = f"/apis/ray.io/v1/namespaces/{involved['namespace']}/rayservices/{involved['name']}"
         try:
+            if involved["kind"] != "RayService":  # another kind (allowedKinds)
+                resource = self._discovery.resource(involved["apiVersion"], involved["kind"])
+                if resource is None:
+                    return {}
+                path = resource.path(involved["namespace"], involved["name"])
             metadata = request(self.api, "GET", path, accept=METADATA).get("metadata") or {}
-        except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+        except (client.ApiException, urllib3.exceptions.HTTPError, GitsyncError) as exc:
             # Gone (a prune), or the lookup failed: the event is still worth writing.
             log.debug("no uid for the event on %s: %s", involved["name"], exc)
             return {}

@@ -18,6 +18,7 @@ from kubernetes import client, watch
 from gitsync.errors import ApplyError
 from gitsync.kube.client import REQUEST_TIMEOUT
 from gitsync.kube.failures import message, reaching_the_api, refusal, transient
+from gitsync.kube.objects import Objects
 from gitsync.kube.rest import METADATA_LIST, request
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, MANAGED_BY, managed_selector
@@ -27,9 +28,13 @@ log = logging.getLogger(__name__)
 
 
 class RayServices:
+    """RayServices, and through :attr:`objects` the other kinds a repository allows:
+    :meth:`get`, :meth:`delete` and :meth:`apply` take either and route by kind."""
+
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
+        self.objects = Objects(api)
 
     @reaching_the_api
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
@@ -104,8 +109,11 @@ class RayServices:
         except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             log.debug("watch ended namespace=%s error=%s", namespace, exc)
 
-    @reaching_the_api
     def get(self, key: ServiceKey) -> dict[str, Any] | None:
+        return self._get(key) if key.is_rayservice else self.objects.get(key)
+
+    @reaching_the_api
+    def _get(self, key: ServiceKey) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, key.namespace, PLURAL, key.name
@@ -118,9 +126,12 @@ class RayServices:
             raise ApplyError(key, f"cannot read it: {message(exc)}") from None
         return obj
 
-    @reaching_the_api
     def delete(self, key: ServiceKey) -> bool:
-        """Deletes one RayService (background propagation); False if it was already gone."""
+        """Deletes one object (background propagation); False if it was already gone."""
+        return self._delete(key) if key.is_rayservice else self.objects.delete(key)
+
+    @reaching_the_api
+    def _delete(self, key: ServiceKey) -> bool:
         try:
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, key.namespace, PLURAL, key.name, propagation_policy="Background"
@@ -133,12 +144,19 @@ class RayServices:
             raise refusal(exc, key, "delete") from None
         return True
 
-    @reaching_the_api
     def apply(
         self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
         """Server-side apply; with ``dry_run`` the API server returns the object as it would
         be (defaults, admission and other managers' fields included) and stores nothing."""
+        if (obj.get("apiVersion"), obj.get("kind")) != (f"{GROUP}/{VERSION}", "RayService"):
+            return self.objects.apply(obj, dry_run=dry_run, force=force)
+        return self._apply(obj, dry_run=dry_run, force=force)
+
+    @reaching_the_api
+    def _apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]:
         key = ServiceKey(obj["metadata"]["namespace"], obj["metadata"]["name"])
         try:
             response = self.custom.patch_namespaced_custom_object(

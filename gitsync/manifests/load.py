@@ -11,9 +11,16 @@ from dataclasses import dataclass, replace
 
 from gitsync.manifests.podpolicy import PodPolicy, enforce, problem_text
 from gitsync.manifests.rayservice import check_document
-from gitsync.manifests.repoconfig import EnvironmentConfig, Kind
+from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
 from gitsync.manifests.yamldoc import Document, decode, parse_documents
-from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey, SourceFile
+from gitsync.model import (
+    Desired,
+    DesiredObject,
+    DesiredService,
+    Problem,
+    ServiceKey,
+    SourceFile,
+)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 1024 * 1024  # the API server's own request limit is about 3 MiB
@@ -35,6 +42,16 @@ class EnvironmentManifests:
     objects: tuple[DesiredObject, ...]
     problems: tuple[Problem, ...]
     files: int
+    # The repository's allowedKinds besides RayService: the kinds whose gitsync-managed
+    # objects are listed (and pruned) even when Git no longer declares any of them.
+    kinds: tuple[Kind, ...] = ()
+
+    @property
+    def desired(self) -> dict[ServiceKey, Desired]:
+        """Every desired object of the environment by key: RayServices and other kinds."""
+        found: dict[ServiceKey, Desired] = {s.key: s for s in self.services}
+        found.update((o.key, o) for o in self.objects)
+        return found
 
     @property
     def ok(self) -> bool:
@@ -60,7 +77,7 @@ def load_environment(
     problems = list(read_problems)
     services: list[DesiredService] = []
     objects: list[DesiredObject] = []
-    seen: dict[ServiceKey | tuple[str, str, str], DesiredService | DesiredObject] = {}
+    seen: dict[ServiceKey, DesiredService | DesiredObject] = {}
     manifests = sorted((f for f in files if is_manifest(f.path)), key=lambda f: f.path)
     declared, over_limit = 0, False
     for file in manifests:
@@ -111,18 +128,10 @@ def load_environment(
             problems.extend(doc_problems)
             if found is None:
                 continue
-            identity = (
-                found.key
-                if isinstance(found, DesiredService)
-                else (found.kind, found.namespace, found.name)
-            )
+            identity = found.key
             if identity in seen:
                 first = seen[identity]
-                what = (
-                    str(found.key)
-                    if isinstance(found, DesiredService)
-                    else f"{found.kind} {found.name}"
-                )
+                what = str(found.key)
                 problems.append(
                     Problem(
                         doc.file,
@@ -145,7 +154,9 @@ def load_environment(
             env, (), (), tuple(sorted(problems, key=_order)), len(manifests)
         )
     services.sort(key=lambda s: (s.wave, s.key))
-    return EnvironmentManifests(env, tuple(services), tuple(objects), (), len(manifests))
+    objects.sort(key=lambda o: (o.wave, o.key))
+    kinds = tuple(k for k in allowed_kinds if k != RAYSERVICE)
+    return EnvironmentManifests(env, tuple(services), tuple(objects), (), len(manifests), kinds)
 
 
 def _with_policy(

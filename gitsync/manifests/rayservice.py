@@ -83,19 +83,20 @@ def check_document(
     _check_namespace(check, metadata, env, any_namespace)
     wave = _check_labels_and_annotations(check, metadata)
     if "status" in data:
-        check.add("status is written by KubeRay, not by Git; remove it from the manifest", "status")
+        writer = "KubeRay" if this == RAYSERVICE else "the cluster"
+        check.add(
+            f"status is written by {writer}, not by Git; remove it from the manifest", "status"
+        )
     if this != RAYSERVICE:
         if check.problems:
             return None, check.problems
         obj = DesiredObject(
-            api_version,
-            kind,
-            env.namespace,
-            str(name),
+            ServiceKey(env.namespace, str(name), kind, api_version),
             env.name,
             _with_namespace(data, env),
             doc.file,
             doc.line,
+            wave,
         )
         return obj, []
     _check_spec(check, data.get("spec"))

@@ -99,7 +99,7 @@ class Describer:
     def applying(
         self, environment: str, index: int, total: int, actions: Sequence[tuple[ServiceKey, Action]]
     ) -> CommitStatus:
-        listed = ", ".join(f"{key.name} {action}" for key, action in actions)
+        listed = ", ".join(f"{key.label} {action}" for key, action in actions)
         return self._status(
             environment, State.PENDING, f"applying wave {index}/{total}: {listed or 'no changes'}"
         )
@@ -107,7 +107,7 @@ class Describer:
     def waiting(
         self, environment: str, index: int, total: int, keys: Sequence[ServiceKey]
     ) -> CommitStatus:
-        names = ", ".join(k.name for k in keys)
+        names = ", ".join(k.label for k in keys)
         return self._status(
             environment, State.PENDING, f"waiting for wave {index}/{total} to be Healthy: {names}"
         )
@@ -132,9 +132,9 @@ class Describer:
         text = reason.replace(LATER_WAVES, "")
         if key is not None:
             text = (
-                text.replace(f"{key} is ", f"{key.name} ", 1)
+                text.replace(f"{key} is ", f"{key.label} ", 1)
                 if text.startswith(f"{key} is ")
-                else text.replace(str(key), key.name, 1)
+                else text.replace(str(key), key.label, 1)
             )
         return self._status(environment, State.FAILURE, text)
 

@@ -66,6 +66,12 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("get", "namespaces", ""),
         ("update", "leases.coordination.k8s.io", "gitsync-system"),
         ("patch", "configmaps", "gitsync-system"),
+        # allowedKinds: the common kinds, in the managed namespaces only
+        ("patch", "configmaps", "ray-production"),
+        ("delete", "services", "ray-staging"),
+        ("list", "ingresses.networking.k8s.io", "ray-staging"),
+        # (HTTPRoutes and ServiceMonitors too: kubectl auth can-i answers "no" for a group
+        # the API server does not serve, and the test bed installs neither CRD here.)
     ],
 )
 def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: str) -> None:
@@ -81,7 +87,8 @@ def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: 
         ("get", "secrets", "gitsync-system"),
         ("delete", "namespaces", ""),
         ("update", "leases.coordination.k8s.io", "ray-production"),
-        ("patch", "configmaps", "ray-production"),
+        ("patch", "configmaps", "team-unmanaged"),
+        ("patch", "deployments.apps", "ray-production"),  # a kind not granted: add its rule
         # RayServices only in the managed namespaces (RoleBindings), never cluster-wide.
         ("delete", "rayservices.ray.io", "default"),
         ("patch", "rayservices.ray.io", "team-unmanaged"),
