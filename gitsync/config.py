@@ -162,6 +162,9 @@ class AgentConfig:
     ui: UiSettings = field(default_factory=UiSettings)
     # Where the other replicas reach this one's webhooks while it leads ("": see advertised_url).
     advertise_url: str = ""
+    # SIGTERM or Ctrl-C to exit, whatever the agent is doing (a hung API server, forge or Git
+    # server included): the pod's terminationGracePeriodSeconds must exceed it.
+    shutdown_grace: float = 10.0
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -472,6 +475,7 @@ def load_agent_config(
         "drift",
         "ui",
         "advertiseURL",
+        "shutdownGracePeriod",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -517,7 +521,14 @@ def load_agent_config(
             f"not {advertise!r}",
             "advertiseURL",
         )
-    if check.problems or repository is None:
+    grace = parse_duration(data.get("shutdownGracePeriod", "10s"))
+    if grace is None or not 1.0 <= grace <= 600.0:
+        check.add(
+            "shutdownGracePeriod must be a duration from 1s to 10m such as '10s', "
+            f"not {data.get('shutdownGracePeriod')!r}",
+            "shutdownGracePeriod",
+        )
+    if check.problems or repository is None or grace is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
         repository,
@@ -534,6 +545,7 @@ def load_agent_config(
         drift_settings,
         ui,
         advertise.rstrip("/"),
+        grace,
     ), []
 
 

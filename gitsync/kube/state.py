@@ -23,6 +23,9 @@ _KEYS = ("revision", "phase", "wave", "started", "finished", "message", "last_he
 
 
 DRIFT_MANAGER = "gitsync-drift"
+# Commit statuses an agent could not post before it stopped, kept for the next leader.
+STATUSES_CONFIGMAP, STATUSES_MANAGER = "gitsync-unposted-statuses", "gitsync-statuses"
+STATUSES_KEPT = 256  # the newest (revision, context) pairs kept; a status is ≤ 1 KiB
 
 
 @dataclass(frozen=True)
@@ -178,3 +181,78 @@ class StateStore:
                 raise GitsyncError(
                     f"cannot delete the state of {environment}: {exc.status} {exc.reason}"
                 ) from None
+
+    # -- commit statuses not posted before a shutdown: one ConfigMap, its own field manager.
+
+    def keep_statuses(self, entries: list[dict[str, str]], timeout: float) -> None:
+        """Adds ``entries`` (each with ``revision`` and ``context``; a newer one for the same
+        pair replaces the older) to what waits for the next leader; the newest
+        ``STATUSES_KEPT`` are kept. Two requests, each bounded by ``timeout``, no retries:
+        called on shutdown. Raises ApiException or urllib3's HTTPError."""
+        path = configmap_path(self.namespace, STATUSES_CONFIGMAP)
+        try:
+            data = request(self.api, "GET", path, timeout=timeout).get("data") or {}
+            kept = _entries(data.get("statuses", ""))
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            kept = []
+        merged = {(e["revision"], e["context"]): e for e in [*kept, *entries]}
+        newest = list(merged.values())[-STATUSES_KEPT:]
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": STATUSES_CONFIGMAP,
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY: "gitsync"},
+            },
+            "data": {"statuses": json.dumps(newest, sort_keys=True)},
+        }
+        apply(self.api, path, body, STATUSES_MANAGER, timeout=timeout)
+
+    @reaching_the_api
+    def take_statuses(self) -> list[dict[str, str]]:
+        """What earlier agents could not post, oldest first, and forgets it."""
+        path = configmap_path(self.namespace, STATUSES_CONFIGMAP)
+        try:
+            configmap = request(self.api, "GET", path)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return []
+            if transient(exc):
+                raise
+            raise GitsyncError(
+                f"cannot read {self.namespace}/{STATUSES_CONFIGMAP}: {exc.status} {exc.reason}"
+            ) from None
+        entries = _entries((configmap.get("data") or {}).get("statuses", ""))
+        version = configmap["metadata"]["resourceVersion"]
+        try:  # only the version read: statuses kept meanwhile are taken next time
+            request(self.api, "DELETE", path, body={"preconditions": {"resourceVersion": version}})
+        except client.ApiException as exc:
+            if transient(exc):
+                raise
+            if exc.status not in (404, 409):
+                raise GitsyncError(
+                    f"cannot delete {self.namespace}/{STATUSES_CONFIGMAP}: "
+                    f"{exc.status} {exc.reason}"
+                ) from None
+            return []
+        return entries
+
+
+def _entries(text: str) -> list[dict[str, str]]:
+    """The stored statuses, skipping any entry that is not a mapping of strings."""
+    try:
+        loaded = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return (
+        [
+            {str(k): str(v) for k, v in e.items()}
+            for e in loaded
+            if isinstance(e, dict) and {"revision", "context"} <= set(e)
+        ]
+        if isinstance(loaded, list)
+        else []
+    )

@@ -230,3 +230,19 @@ def test_advertise_url_must_be_an_http_base_url() -> None:
     config, problems = load_agent_config(MINIMAL + "advertiseURL: 10.0.0.7:8080\n")
     assert config is None
     assert "advertiseURL must be http(s)://host:port" in problems[0].message
+
+
+def test_the_shutdown_grace_period() -> None:
+    config, problems = load_agent_config(MINIMAL)
+    assert not problems
+    assert config is not None
+    assert config.shutdown_grace == 10.0
+    config, problems = load_agent_config(MINIMAL + "shutdownGracePeriod: 90s\n")
+    assert not problems
+    assert config is not None
+    assert config.shutdown_grace == 90.0
+    for bad in ("0s", "soon", "1h"):
+        config, problems = load_agent_config(MINIMAL + f"shutdownGracePeriod: {bad}\n")
+        assert config is None
+        assert "shutdownGracePeriod must be a duration from 1s to 10m" in problems[0].message
+        assert problems[0].line == MINIMAL.count("\n") + 1
