@@ -64,6 +64,7 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("get", "namespaces", ""),
         ("update", "leases.coordination.k8s.io", "gitsync-system"),
         ("patch", "configmaps", "gitsync-system"),
+        ("delete", "configmaps", "gitsync-system"),
     ],
 )
 def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: str) -> None:
@@ -157,7 +158,12 @@ def test_the_deployment_is_hardened_and_probed() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]["memory"]
-    assert spec["terminationGracePeriodSeconds"] > float(container["args"][-1])
+    [configmap] = manifests(BASE / "config.yaml")
+    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    assert config is not None
+    assert "--shutdown-timeout" not in container["args"]  # the config's grace period holds
+    # Kubernetes SIGKILLs the pod at terminationGracePeriodSeconds: the agent must be done.
+    assert spec["terminationGracePeriodSeconds"] > config.shutdown_grace
     secret = next(v for v in spec["volumes"] if v["name"] == "credentials")
     assert secret["secret"]["secretName"] == "gitsync-credentials"
 
