@@ -51,6 +51,7 @@ from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
 from gitsync.web.facts import CommitInfo
 from gitsync.web.history import History
+from gitsync.web.stored import EnvironmentMemory, from_data
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ class Agent:
         self._previews_lock = threading.Lock()
         # What progress lines may name: environments and services planned, the pass's revision.
         self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
-        self.history = History()  # what the status page shows
+        # What the status page shows, kept in the state ConfigMaps (every replica reads them).
+        self.history = History(sink=self._store_status, seed=self._stored_status)
         repo = self.config.repository
         self.preview_reconciler = PreviewReconciler(
             self.config,
@@ -543,6 +545,25 @@ class Agent:
         job.modify(
             next_run_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
         )
+
+    def _store_status(self, environment: str, data: dict[str, str]) -> bool:
+        """The History's sink: only the leader writes (a standby's history would be stale)."""
+        if not self.leading:
+            return False
+        try:
+            self.state.write_status(environment, data)
+        except GitsyncError as exc:
+            log.warning("cannot record the status page's state of %s: %s", environment, exc)
+            return False
+        return True
+
+    def _stored_status(self, environment: str) -> EnvironmentMemory | None:
+        try:
+            data = self.state.read_data(environment)
+        except GitsyncError as exc:
+            log.warning("cannot read the status page's state of %s: %s", environment, exc)
+            raise
+        return from_data(environment, data) if data is not None else None
 
     def _progress(self, line: str) -> None:
         """A pass's progress line, with the environment, service and revision it names as

@@ -470,7 +470,6 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     try:
         bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
         site = StatusSite(
-            agent.history,
             agent.services,
             agent.state,
             config.ui,

@@ -44,6 +44,30 @@ def configmap_name(environment: str) -> str:
     return f"gitsync-rollout-{environment}"
 
 
+PREFIX = configmap_name("")
+STATUS_MANAGER = "gitsync-status"  # the status page's keys (gitsync.web.stored)
+PREVIEWS_CONFIGMAP = "gitsync-status-previews"
+
+
+def state_from(environment: str, data: dict[str, str]) -> RolloutState:
+    """The rollout state kept in a state ConfigMap's values."""
+    wave = data.get("wave", "")
+    try:
+        phase = Phase(data.get("phase", Phase.SUCCEEDED))
+    except ValueError:
+        phase = Phase.SUCCEEDED
+    return RolloutState(
+        environment=environment,
+        revision=data.get("revision", ""),
+        phase=phase,
+        wave=int(wave) if wave.lstrip("-").isdigit() else None,
+        started=data.get("started", ""),
+        finished=data.get("finished", ""),
+        message=data.get("message", ""),
+        last_healthy_revision=data.get("last_healthy_revision", ""),
+    )
+
+
 class StateStore:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self.api = api
@@ -63,18 +87,7 @@ class StateStore:
             raise GitsyncError(
                 f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
             ) from None
-        data: dict[str, str] = configmap.get("data") or {}
-        wave = data.get("wave", "")
-        return RolloutState(
-            environment=environment,
-            revision=data.get("revision", ""),
-            phase=Phase(data.get("phase", Phase.SUCCEEDED)),
-            wave=int(wave) if wave.lstrip("-").isdigit() else None,
-            started=data.get("started", ""),
-            finished=data.get("finished", ""),
-            message=data.get("message", ""),
-            last_healthy_revision=data.get("last_healthy_revision", ""),
-        )
+        return state_from(environment, configmap.get("data") or {})
 
     @reaching_the_api
     def write(self, state: RolloutState) -> None:
@@ -181,6 +194,83 @@ class StateStore:
                 raise GitsyncError(
                     f"cannot delete the state of {environment}: {exc.status} {exc.reason}"
                 ) from None
+
+    # -- the status page's keys: written by the leader with its own field manager, so neither
+    # a rollout-state nor a drift write removes them; read by every replica.
+
+    @reaching_the_api
+    def write_status(self, environment: str, data: dict[str, str]) -> None:
+        """``data``: the status page's values of ``environment`` (``environment`` "": the
+        previews, in their own ConfigMap)."""
+        name = configmap_name(environment) if environment else PREVIEWS_CONFIGMAP
+        labels = {MANAGED_BY: "gitsync", **({ENVIRONMENT: environment} if environment else {})}
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "data": data,
+        }
+        for attempt in (1, 2):
+            try:
+                apply(self.api, configmap_path(self.namespace, name), body, STATUS_MANAGER)
+                return
+            except client.ApiException as exc:
+                if (
+                    exc.status == 404
+                    and attempt == 1
+                    and ensure_namespace(self.api, self.namespace)
+                ):
+                    continue
+                if transient(exc):
+                    raise
+                raise GitsyncError(
+                    f"cannot record the status of {environment or 'the previews'} in "
+                    f"{self.namespace}: {exc.status} {exc.reason}"
+                ) from None
+
+    @reaching_the_api
+    def read_all(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        """Every environment's state ConfigMap values (by environment), and the previews'
+        status: one list request."""
+        try:
+            listed = request(
+                self.api,
+                "GET",
+                configmap_path(self.namespace),
+                query={"labelSelector": f"{MANAGED_BY}=gitsync"},
+            )
+        except client.ApiException as exc:
+            if transient(exc):
+                raise
+            raise GitsyncError(
+                f"cannot list the state ConfigMaps in {self.namespace}: {exc.status} {exc.reason}"
+            ) from None
+        environments, previews = {}, {}
+        for item in listed.get("items") or ():
+            name = str((item.get("metadata") or {}).get("name", ""))
+            data = {str(k): str(v) for k, v in (item.get("data") or {}).items()}
+            if name == PREVIEWS_CONFIGMAP:
+                previews = data
+            elif name.startswith(PREFIX):
+                environments[name.removeprefix(PREFIX)] = data
+        return environments, previews
+
+    @reaching_the_api
+    def read_data(self, environment: str) -> dict[str, str] | None:
+        """The values of ``environment``'s state ConfigMap; None when it has none."""
+        try:
+            configmap = request(
+                self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            if transient(exc):
+                raise
+            raise GitsyncError(
+                f"cannot read the state of {environment}: {exc.status} {exc.reason}"
+            ) from None
+        return {str(k): str(v) for k, v in (configmap.get("data") or {}).items()}
 
     # -- commit statuses not posted before a shutdown: one ConfigMap, its own field manager.
 
