@@ -210,8 +210,8 @@ class Agent:
         API or Git server), is still running: the caller exits anyway (see ``gitsync run``).
 
         The grace period is shared out so that a hung step cannot starve the later ones:
-        up to half waits for the pass, the statuses get until three quarters, the Lease the
-        rest."""
+        up to half waits for the pass, the statuses are posted until 60 % and those left
+        stored until 80 %, the Lease gets the rest."""
         grace = self.config.shutdown_grace if timeout is None else timeout
         began = time.monotonic()
         log.info("agent stopping (grace period %.0fs)", grace)
@@ -225,7 +225,7 @@ class Agent:
             self.scheduler.shutdown(wait=False)
         finished = self._quiesce(began + grace * 0.5)
         if self.reporter is not None:
-            unposted = self.reporter.close(timeout=max(0.1, began + grace * 0.7 - time.monotonic()))
+            unposted = self.reporter.close(timeout=max(0.1, began + grace * 0.6 - time.monotonic()))
             self._keep_statuses(unposted, began + grace * 0.8)
         if self._election_thread is not None:
             self._election_thread.join(max(0.1, began + grace * 0.97 - time.monotonic()))
