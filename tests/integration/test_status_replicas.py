@@ -55,9 +55,15 @@ def shown(port: int) -> dict[str, Any]:
 
 
 def succeeded(api: client.ApiClient, namespace: str, sha: str) -> bool:
-    data = (
-        client.CoreV1Api(api).read_namespaced_config_map("gitsync-rollout-staging", namespace).data
-    )
+    try:
+        configmap = client.CoreV1Api(api).read_namespaced_config_map(
+            "gitsync-rollout-staging", namespace
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:  # no pass has recorded anything yet
+            return False
+        raise
+    data = configmap.data
     return bool(data) and data.get("phase") == "succeeded" and data.get("revision") == sha
 
 
