@@ -5,8 +5,9 @@ APScheduler runs the jobs, each coalescing and never overlapping with itself: th
 (every ``intervals.poll``; a push webhook runs it at once) and, when later stages add them,
 drift checks and preview reconciles. Only the leader (a ``coordination.k8s.io`` Lease) runs
 them; a replica that loses the Lease interrupts its rollout, which stays resumable from the
-state ConfigMap. Shutdown: stop the jobs, let the API write in flight finish, leave the
-rollout state in progress, release the Lease, flush the statuses — within a bounded time.
+state ConfigMap. Shutdown (:meth:`Agent.shutdown`): stop the jobs, interrupt the rollout,
+post the queued statuses and store those the forge did not take, release the Lease — within
+the grace period, whatever hangs.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import urllib3
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -42,11 +45,13 @@ from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
 from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
+from gitsync.report.status import CommitStatus, State
 from gitsync.rollout import Outcome, RolloutResult, expected_apps
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
 from gitsync.web.facts import CommitInfo
 from gitsync.web.history import History
+from gitsync.web.stored import EnvironmentMemory, from_data
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +110,8 @@ class Agent:
         self._previews_lock = threading.Lock()
         # What progress lines may name: environments and services planned, the pass's revision.
         self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
-        self.history = History()  # what the status page shows
+        # What the status page shows, kept in the state ConfigMaps (every replica reads them).
+        self.history = History(sink=self._store_status, seed=self._stored_status)
         repo = self.config.repository
         self.preview_reconciler = PreviewReconciler(
             self.config,
@@ -149,12 +155,15 @@ class Agent:
                 advertise_url=self.advertise_url,
             )
         self._election_thread: threading.Thread | None = None
+        self._statuses_stored = True  # statuses an earlier agent stored may wait (see poll)
+        self._running = 0  # scheduled jobs running now
+        self._jobs_done = threading.Condition()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.scheduler.add_job(
-            self.poll,
+            self._job(self.poll),
             "interval",
             seconds=self.config.poll_seconds,
             id=POLL_JOB,
@@ -163,14 +172,14 @@ class Agent:
         self.polled_at = time.monotonic()
         every = drift_interval(self.config.drift_schedule)
         self.scheduler.add_job(
-            self.drift,
+            self._job(self.drift),
             IntervalTrigger(seconds=every)
             if every is not None
             else CronTrigger.from_crontab(self.config.drift_schedule, timezone=datetime.UTC),
             id=DRIFT_JOB,
         )
         self.scheduler.add_job(
-            self.previews,
+            self._job(self.previews),
             "interval",
             seconds=self.config.poll_seconds,
             id=PREVIEWS_JOB,
@@ -192,22 +201,118 @@ class Agent:
             self.config.poll_seconds,
         )
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stops within about ``timeout`` seconds: no new passes, the rollout in flight is
-        interrupted after its current API call, the Lease is released, statuses flushed."""
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stops within ``timeout`` seconds (default: the config's ``shutdownGracePeriod``)
+        whatever the agent is doing. No new passes; the rollout in flight is interrupted after
+        its current call and left in progress in its state ConfigMap; the statuses queued are
+        posted, and those the forge did not take are stored for the next leader; the Lease is
+        released. Returns False when a pass, stuck in a call that did not return in time (a hung
+        API or Git server), is still running: the caller exits anyway (see ``gitsync run``).
+
+        The grace period is shared out so that a hung step cannot starve the later ones:
+        up to half waits for the pass, the statuses are posted until 60 % and those left
+        stored until 80 %, the Lease gets the rest."""
+        grace = self.config.shutdown_grace if timeout is None else timeout
         began = time.monotonic()
-        log.info("agent stopping")
+        log.info("agent stopping (grace period %.0fs)", grace)
         self.stopping.set()
         self.interrupt.set()
+        if self.elector is not None:
+            self.elector.stop_by(began + grace * 0.95)
         if self.scheduler.running:  # not if it stopped by itself (/healthz then failed)
-            self.scheduler.shutdown(wait=True)
-        if self._election_thread is not None:
-            self._election_thread.join(max(1.0, timeout - (time.monotonic() - began)))
+            # wait=False: waiting would hold APScheduler's job-store lock, which the pass in
+            # flight needs for get_job() (a retry, a webhook's trigger): neither would finish.
+            self.scheduler.shutdown(wait=False)
+        finished = self._quiesce(began + grace * 0.5)
         if self.reporter is not None:
-            self.reporter.close(timeout=max(1.0, timeout - (time.monotonic() - began)))
-        self.recorder.close(timeout=max(1.0, timeout - (time.monotonic() - began)))
+            unposted = self.reporter.close(timeout=max(0.1, began + grace * 0.6 - time.monotonic()))
+            self._keep_statuses(unposted, began + grace * 0.8)
+        if self._election_thread is not None:
+            self._election_thread.join(max(0.1, began + grace * 0.97 - time.monotonic()))
+            if self._election_thread.is_alive():
+                log.warning(
+                    "the Lease was not released in time: a standby takes over when it expires"
+                )
+        self.recorder.close(timeout=max(0.1, min(1.0, began + grace - time.monotonic())))
         self.metrics.leader.set(0)
         log.info("agent stopped in %.1fs", time.monotonic() - began)
+        return finished
+
+    def _quiesce(self, deadline: float) -> bool:
+        """Waits until no job (poll and its pass, drift check, preview pass) runs, until
+        ``deadline``."""
+        with self._jobs_done:
+            if self._jobs_done.wait_for(
+                lambda: self._running == 0, max(0.0, deadline - time.monotonic())
+            ):
+                return True
+        log.warning(
+            "shutdown: a job is still running (stuck in a call that has not returned); it is "
+            "abandoned, and a rollout it was running stays in progress for the next leader"
+        )
+        return False
+
+    def _job(self, run: Callable[[], object]) -> Callable[[], None]:
+        """``run`` as a scheduled job, counted while it runs (see _quiesce)."""
+
+        def job() -> None:
+            with self._jobs_done:
+                self._running += 1
+            try:
+                run()
+            finally:
+                with self._jobs_done:
+                    self._running -= 1
+                    self._jobs_done.notify_all()
+
+        return job
+
+    def _keep_statuses(self, unposted: list[tuple[str, CommitStatus]], deadline: float) -> None:
+        """Stores the statuses the forge did not take (see StateStore.keep_statuses); the
+        next leader posts them. Without a cluster to store them in, they are logged."""
+        if not unposted:
+            return
+        entries = [
+            {"revision": revision, "context": s.context, "state": str(s.state),
+             "description": s.description, "targetURL": s.target_url}
+            for revision, s in unposted
+        ]  # fmt: skip
+        try:
+            self.state.keep_statuses(entries, timeout=max(0.1, (deadline - time.monotonic()) / 2))
+        except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+            for revision, s in unposted:
+                log.warning(
+                    "commit status %s=%s on %s not posted and not stored (%s): %s",
+                    s.context, s.state, revision[:12], type(exc).__name__, s.description,
+                )  # fmt: skip
+            return
+        log.info("stored %d unposted commit status(es) for the next leader", len(unposted))
+
+    def _restore_statuses(self) -> None:
+        """Queues what an earlier agent stored at shutdown (once per leadership)."""
+        if self.reporter is None or not self._statuses_stored:
+            return
+        try:
+            entries = self.state.take_statuses()
+        except GitsyncError as exc:
+            log.warning("cannot read the stored commit statuses: %s", exc)
+            return
+        self._statuses_stored = False
+        for entry in entries:
+            try:
+                status = CommitStatus(
+                    entry["context"],
+                    State(entry.get("state", "")),
+                    entry.get("description", ""),
+                    entry.get("targetURL", ""),
+                )
+            except ValueError:
+                log.warning("skipped a stored commit status that is not valid: %r", entry)
+                continue
+            if self.reporter.asked(entry["revision"], status.context) is None:
+                self.reporter.post(entry["revision"], status)
+        if entries:
+            log.info("posting %d commit status(es) an earlier agent could not", len(entries))
 
     def healthy(self) -> bool:
         """For ``/healthz``: not stopping, the scheduler's thread alive, and the poll job
@@ -239,6 +344,7 @@ class Agent:
 
     def _started_leading(self) -> None:
         self.metrics.leader.set(1)
+        self._statuses_stored = True
         self.interrupt.clear()
         self.trigger()  # resume whatever the previous leader left in progress
 
@@ -284,6 +390,7 @@ class Agent:
         self.polled_at = time.monotonic()
         if not self.leading or self.stopping.is_set():
             return
+        self._restore_statuses()
         began = time.monotonic()
         try:
             head = self.source.head()
@@ -429,13 +536,34 @@ class Agent:
         """Runs the poll again after the next backoff step (never later than it would run)."""
         wait = min(RETRY_FIRST * 2**self.retries, RETRY_LONGEST, self.config.poll_seconds)
         self.retries += 1
+        if self.stopping.is_set():  # before get_job: shutdown may hold the job store
+            return
         job = self.scheduler.get_job(POLL_JOB)
-        if job is None or self.stopping.is_set():
+        if job is None:
             return
         log.info("retrying the pass in %.1fs (attempt %d)", wait, self.retries + 1)
         job.modify(
             next_run_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
         )
+
+    def _store_status(self, environment: str, data: dict[str, str]) -> bool:
+        """The History's sink: only the leader writes (a standby's history would be stale)."""
+        if not self.leading:
+            return False
+        try:
+            self.state.write_status(environment, data)
+        except GitsyncError as exc:
+            log.warning("cannot record the status page's state of %s: %s", environment, exc)
+            return False
+        return True
+
+    def _stored_status(self, environment: str) -> EnvironmentMemory | None:
+        try:
+            data = self.state.read_data(environment)
+        except GitsyncError as exc:
+            log.warning("cannot read the status page's state of %s: %s", environment, exc)
+            raise
+        return from_data(environment, data) if data is not None else None
 
     def _progress(self, line: str) -> None:
         """A pass's progress line, with the environment, service and revision it names as

@@ -6,6 +6,7 @@ Exit codes follow ``kubectl diff``: 0 clean / no changes, 1 problems / changes, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -185,7 +186,10 @@ def _agent_commands(commands: Any) -> None:
     run.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
     run.add_argument(
-        "--shutdown-timeout", type=float, default=25.0, help="seconds to stop in (SIGTERM)"
+        "--shutdown-timeout",
+        type=float,
+        help="seconds to stop in after SIGTERM or Ctrl-C (default: the config's "
+        "shutdownGracePeriod, 10s); a second signal stops at once",
     )
     notes = commands.add_parser(
         "notes",
@@ -408,6 +412,14 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _probe_address(probe_listen: str) -> tuple[str, int] | None:
+    """``probeListen`` as (host, port); None when the probes share the main listener."""
+    if not probe_listen:
+        return None
+    host, _, port = probe_listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the documented default
+
+
 def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     from gitsync.agent import Agent
     from gitsync.metrics import Metrics
@@ -466,17 +478,13 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     try:
         bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
         site = StatusSite(
-            agent.history,
             agent.services,
             agent.state,
             config.ui,
             forge_of(config),
             loopback=is_loopback(bind),
         )
-        probes = None
-        if config.probe_listen:
-            probe_host, _, probe_port = config.probe_listen.rpartition(":")
-            probes = (probe_host.strip("[]") or "0.0.0.0", int(probe_port))  # noqa: S104
+        probes = _probe_address(config.probe_listen)
         server = AgentServer(bind, int(port), hooks, metrics, site, probes=probes).start()
     except OSError as exc:
         err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
@@ -484,6 +492,9 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second Ctrl-C (or SIGTERM): no more waiting
+            logging.getLogger("gitsync.agent").warning("second signal: exiting now")
+            _exit_now(EXIT_ERROR)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -493,10 +504,31 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     # when the main thread next executes bytecode, which an untimed wait would never do.
     while not stop.wait(0.5):
         pass
-    agent.shutdown(timeout=args.shutdown_timeout)
+    finished = agent.shutdown(timeout=args.shutdown_timeout)
     server.stop()
+    if not finished:
+        # The pass stuck in a call runs on APScheduler's worker, a non-daemon thread that
+        # the interpreter would wait for at exit: the grace period would not hold.
+        _exit_now(EXIT_OK)
     api.close()
     return EXIT_OK
+
+
+def _exit_now(code: int) -> None:
+    """Exits at once: logs flushed, this process's git children (a fetch from a hung server)
+    killed, threads not waited for."""
+    logging.shutdown()
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_notes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -165,6 +165,9 @@ class AgentConfig:
     # /healthz and /readyz on a listener of their own ("": only on ``listen``), which webhook
     # and page traffic cannot fill.
     probe_listen: str = ""
+    # SIGTERM or Ctrl-C to exit, whatever the agent is doing (a hung API server, forge or Git
+    # server included): the pod's terminationGracePeriodSeconds must exceed it.
+    shutdown_grace: float = 10.0
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -476,6 +479,7 @@ def load_agent_config(
         "ui",
         "advertiseURL",
         "probeListen",
+        "shutdownGracePeriod",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -530,7 +534,14 @@ def load_agent_config(
             f"not {advertise!r}",
             "advertiseURL",
         )
-    if check.problems or repository is None:
+    grace = parse_duration(data.get("shutdownGracePeriod", "10s"))
+    if grace is None or not 1.0 <= grace <= 600.0:
+        check.add(
+            "shutdownGracePeriod must be a duration from 1s to 10m such as '10s', "
+            f"not {data.get('shutdownGracePeriod')!r}",
+            "shutdownGracePeriod",
+        )
+    if check.problems or repository is None or grace is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
         repository,
@@ -548,6 +559,7 @@ def load_agent_config(
         ui,
         advertise.rstrip("/"),
         probe_listen,
+        grace,
     ), []
 
 

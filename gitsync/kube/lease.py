@@ -72,11 +72,21 @@ class LeaderElector:
         self.leader_url = ""
         # Two API calls per try (read, write), both done before renew_deadline runs out.
         self.timeout = max(0.2, (self.renew_deadline - self.retry) / 2)
+        # Monotonic time by which the release on shutdown must be done (see stop_by).
+        self._deadline = float("inf")
 
     def is_leading(self) -> bool:
         """Whether this replica may act as the leader now: it holds the Lease and renewed it
         less than ``renew_deadline`` ago."""
         return self.leading.is_set() and time.monotonic() < self._last_renew + self.renew_deadline
+
+    def stop_by(self, deadline: float) -> None:
+        """From now on, every Lease call (the release on shutdown included) gives up by
+        ``deadline`` (monotonic): a hung API server cannot hold the shutdown past it."""
+        self._deadline = deadline
+
+    def _timeout(self) -> float:
+        return max(0.1, min(self.timeout, (self._deadline - time.monotonic()) / 2))
 
     def run(self, stop: threading.Event) -> None:
         """Campaigns until ``stop`` is set, then releases the Lease if held."""
@@ -108,12 +118,12 @@ class LeaderElector:
         """Gives the Lease up (empty holder) so a standby takes over at once."""
         try:
             lease = self.coordination.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=self.timeout
+                self.name, self.namespace, _request_timeout=self._timeout()
             )
             if lease.spec and lease.spec.holder_identity == self.identity:
                 body = self._body(lease, holder="", renew=_now(), transitions=None)
                 self.coordination.replace_namespaced_lease(
-                    self.name, self.namespace, body, _request_timeout=self.timeout
+                    self.name, self.namespace, body, _request_timeout=self._timeout()
                 )
         except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
@@ -129,7 +139,7 @@ class LeaderElector:
         """One acquire-or-renew round: True when this replica holds the Lease after it."""
         try:
             lease = self.coordination.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=self.timeout
+                self.name, self.namespace, _request_timeout=self._timeout()
             )
         except client.ApiException as exc:
             if exc.status != 404:
@@ -149,7 +159,7 @@ class LeaderElector:
             body["spec"]["acquireTime"] = _micro(now)
         try:
             self.coordination.replace_namespaced_lease(
-                self.name, self.namespace, body, _request_timeout=self.timeout
+                self.name, self.namespace, body, _request_timeout=self._timeout()
             )
         except client.ApiException as exc:
             if exc.status == 409:  # another candidate wrote first
@@ -194,7 +204,7 @@ class LeaderElector:
         }
         try:
             self.coordination.create_namespaced_lease(
-                self.namespace, body, _request_timeout=self.timeout
+                self.namespace, body, _request_timeout=self._timeout()
             )
         except client.ApiException as exc:
             if exc.status == 409:

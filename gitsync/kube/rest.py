@@ -28,9 +28,11 @@ def request(
     body: Mapping[str, Any] | None = None,
     content_type: str = JSON,
     accept: str = JSON,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """``method path`` with a JSON ``body``; the decoded answer. An error status raises
-    :class:`~kubernetes.client.ApiException` with the status, reason and body."""
+    :class:`~kubernetes.client.ApiException` with the status, reason and body. ``timeout``
+    (seconds, connect and read) replaces the client's."""
     headers = {"Accept": accept}
     if body is not None:
         headers["Content-Type"] = content_type
@@ -42,7 +44,7 @@ def request(
         body=dict(body) if body is not None else None,  # the client serialises it
         auth_settings=["BearerToken"],
     )
-    response = api.call_api(*serialized)
+    response = api.call_api(*serialized, _request_timeout=timeout)
     data = response.read()
     if not 200 <= response.status < 300:
         raise client.ApiException(
@@ -55,7 +57,12 @@ def request(
 
 
 def apply(
-    api: client.ApiClient, path: str, body: Mapping[str, Any], field_manager: str
+    api: client.ApiClient,
+    path: str,
+    body: Mapping[str, Any],
+    field_manager: str,
+    *,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """Server-side apply of ``body`` at ``path`` as ``field_manager``, taking over conflicts."""
     return request(
@@ -65,6 +72,7 @@ def apply(
         query={"fieldManager": field_manager, "force": "true"},
         body=body,
         content_type=APPLY_PATCH,
+        timeout=timeout,
     )
 
 

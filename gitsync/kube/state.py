@@ -26,6 +26,9 @@ DRIFT_MANAGER = "gitsync-drift"
 # Which head commit of each fork pull request its label approved: one key per pull request,
 # each written by a field manager of its own, so recording one never removes another.
 APPROVALS = "gitsync-preview-approvals"
+# Commit statuses an agent could not post before it stopped, kept for the next leader.
+STATUSES_CONFIGMAP, STATUSES_MANAGER = "gitsync-unposted-statuses", "gitsync-statuses"
+STATUSES_KEPT = 256  # the newest (revision, context) pairs kept; a status is ≤ 1 KiB
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,30 @@ class DriftRecord:
 
 def configmap_name(environment: str) -> str:
     return f"gitsync-rollout-{environment}"
+
+
+PREFIX = configmap_name("")
+STATUS_MANAGER = "gitsync-status"  # the status page's keys (gitsync.web.stored)
+PREVIEWS_CONFIGMAP = "gitsync-status-previews"
+
+
+def state_from(environment: str, data: dict[str, str]) -> RolloutState:
+    """The rollout state kept in a state ConfigMap's values."""
+    wave = data.get("wave", "")
+    try:
+        phase = Phase(data.get("phase", Phase.SUCCEEDED))
+    except ValueError:
+        phase = Phase.SUCCEEDED
+    return RolloutState(
+        environment=environment,
+        revision=data.get("revision", ""),
+        phase=phase,
+        wave=int(wave) if wave.lstrip("-").isdigit() else None,
+        started=data.get("started", ""),
+        finished=data.get("finished", ""),
+        message=data.get("message", ""),
+        last_healthy_revision=data.get("last_healthy_revision", ""),
+    )
 
 
 class StateStore:
@@ -63,18 +90,7 @@ class StateStore:
             raise GitsyncError(
                 f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
             ) from None
-        data: dict[str, str] = configmap.get("data") or {}
-        wave = data.get("wave", "")
-        return RolloutState(
-            environment=environment,
-            revision=data.get("revision", ""),
-            phase=Phase(data.get("phase", Phase.SUCCEEDED)),
-            wave=int(wave) if wave.lstrip("-").isdigit() else None,
-            started=data.get("started", ""),
-            finished=data.get("finished", ""),
-            message=data.get("message", ""),
-            last_healthy_revision=data.get("last_healthy_revision", ""),
-        )
+        return state_from(environment, configmap.get("data") or {})
 
     @reaching_the_api
     def write(self, state: RolloutState) -> None:
@@ -228,3 +244,155 @@ class StateStore:
                     f"cannot record the approval of pull request #{number}: "
                     f"{exc.status} {exc.reason}"
                 ) from None
+
+    # -- the status page's keys: written by the leader with its own field manager, so neither
+    # a rollout-state nor a drift write removes them; read by every replica.
+
+    @reaching_the_api
+    def write_status(self, environment: str, data: dict[str, str]) -> None:
+        """``data``: the status page's values of ``environment`` (``environment`` "": the
+        previews, in their own ConfigMap)."""
+        name = configmap_name(environment) if environment else PREVIEWS_CONFIGMAP
+        labels = {MANAGED_BY: "gitsync", **({ENVIRONMENT: environment} if environment else {})}
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "data": data,
+        }
+        for attempt in (1, 2):
+            try:
+                apply(self.api, configmap_path(self.namespace, name), body, STATUS_MANAGER)
+                return
+            except client.ApiException as exc:
+                if (
+                    exc.status == 404
+                    and attempt == 1
+                    and ensure_namespace(self.api, self.namespace)
+                ):
+                    continue
+                if transient(exc):
+                    raise
+                raise GitsyncError(
+                    f"cannot record the status of {environment or 'the previews'} in "
+                    f"{self.namespace}: {exc.status} {exc.reason}"
+                ) from None
+
+    @reaching_the_api
+    def read_all(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        """Every environment's state ConfigMap values (by environment), and the previews'
+        status: one list request."""
+        try:
+            listed = request(
+                self.api,
+                "GET",
+                configmap_path(self.namespace),
+                query={"labelSelector": f"{MANAGED_BY}=gitsync"},
+            )
+        except client.ApiException as exc:
+            if transient(exc):
+                raise
+            raise GitsyncError(
+                f"cannot list the state ConfigMaps in {self.namespace}: {exc.status} {exc.reason}"
+            ) from None
+        environments, previews = {}, {}
+        for item in listed.get("items") or ():
+            name = str((item.get("metadata") or {}).get("name", ""))
+            data = {str(k): str(v) for k, v in (item.get("data") or {}).items()}
+            if name == PREVIEWS_CONFIGMAP:
+                previews = data
+            elif name.startswith(PREFIX):
+                environments[name.removeprefix(PREFIX)] = data
+        return environments, previews
+
+    @reaching_the_api
+    def read_data(self, environment: str) -> dict[str, str] | None:
+        """The values of ``environment``'s state ConfigMap; None when it has none."""
+        try:
+            configmap = request(
+                self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            if transient(exc):
+                raise
+            raise GitsyncError(
+                f"cannot read the state of {environment}: {exc.status} {exc.reason}"
+            ) from None
+        return {str(k): str(v) for k, v in (configmap.get("data") or {}).items()}
+
+    # -- commit statuses not posted before a shutdown: one ConfigMap, its own field manager.
+
+    def keep_statuses(self, entries: list[dict[str, str]], timeout: float) -> None:
+        """Adds ``entries`` (each with ``revision`` and ``context``; a newer one for the same
+        pair replaces the older) to what waits for the next leader; the newest
+        ``STATUSES_KEPT`` are kept. Two requests, each bounded by ``timeout``, no retries:
+        called on shutdown. Raises ApiException or urllib3's HTTPError."""
+        path = configmap_path(self.namespace, STATUSES_CONFIGMAP)
+        try:
+            data = request(self.api, "GET", path, timeout=timeout).get("data") or {}
+            kept = _entries(data.get("statuses", ""))
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            kept = []
+        merged = {(e["revision"], e["context"]): e for e in [*kept, *entries]}
+        newest = list(merged.values())[-STATUSES_KEPT:]
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": STATUSES_CONFIGMAP,
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY: "gitsync"},
+            },
+            "data": {"statuses": json.dumps(newest, sort_keys=True)},
+        }
+        apply(self.api, path, body, STATUSES_MANAGER, timeout=timeout)
+
+    @reaching_the_api
+    def take_statuses(self) -> list[dict[str, str]]:
+        """What earlier agents could not post, oldest first, and forgets it."""
+        path = configmap_path(self.namespace, STATUSES_CONFIGMAP)
+        try:
+            configmap = request(self.api, "GET", path)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return []
+            if transient(exc):
+                raise
+            raise GitsyncError(
+                f"cannot read {self.namespace}/{STATUSES_CONFIGMAP}: {exc.status} {exc.reason}"
+            ) from None
+        entries = _entries((configmap.get("data") or {}).get("statuses", ""))
+        version = configmap["metadata"]["resourceVersion"]
+        try:  # only the version read: statuses kept meanwhile are taken next time
+            request(self.api, "DELETE", path, body={"preconditions": {"resourceVersion": version}})
+        except client.ApiException as exc:
+            if transient(exc):
+                raise
+            if exc.status not in (404, 409):
+                raise GitsyncError(
+                    f"cannot delete {self.namespace}/{STATUSES_CONFIGMAP}: "
+                    f"{exc.status} {exc.reason}"
+                ) from None
+            return []
+        return entries
+
+
+def _entries(text: str) -> list[dict[str, str]]:
+    """The stored statuses, skipping any entry that is not a mapping of strings."""
+    try:
+        loaded = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return (
+        [
+            {str(k): str(v) for k, v in e.items()}
+            for e in loaded
+            if isinstance(e, dict) and {"revision", "context"} <= set(e)
+        ]
+        if isinstance(loaded, list)
+        else []
+    )

@@ -7,10 +7,11 @@ forge already shows the first time a commit is seen, so a restarted agent does n
 itself), and a failed post is retried with backoff, then logged and counted — and kept: it is
 delivered again later (after ``redeliver`` seconds, doubling up to ``REDELIVER_LONGEST``)
 until it is posted or a newer status for the same commit and context replaces it, so a forge
-that is down for an hour still ends up showing the last status. Only shutdown drops what is
-still waiting — and a permanent refusal (HTTP 400, 401, 403 without rate limiting, 404, 410,
-422): asking again would be refused again, so it is logged once at ERROR, counted
-``rejected`` and not delivered again. Tokens never reach a log line: providers raise errors
+that is down for an hour still ends up showing the last status. Shutdown hands what is
+still waiting back to its caller (the agent stores it for the next leader). A permanent
+refusal (HTTP 400, 401, 403 without rate limiting, 404, 410, 422) is not kept: asking again
+would be refused again, so it is logged once at ERROR, counted ``rejected`` and not
+delivered again. Tokens never reach a log line: providers raise errors
 built from URLs and status codes only.
 """
 
@@ -65,6 +66,7 @@ class Reporter:
         self._asked: OrderedDict[tuple[str, str], CommitStatus] = OrderedDict()
         self._cond = threading.Condition()
         self._busy = False
+        self._current: tuple[str, _Pending] | None = None  # the status being posted
         self._closed = threading.Event()
         self._sleep = sleep or self._closed.wait
         self._thread = threading.Thread(target=self._work, name="gitsync-reporter", daemon=True)
@@ -105,17 +107,27 @@ class Reporter:
                 self._cond.wait(left)
         return True
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0) -> list[tuple[str, CommitStatus]]:
+        """Posts what is queued within ``timeout`` seconds (a failed post waits for no
+        redelivery), then stops the worker. Returns the statuses not known to be posted —
+        queued, waiting for a redelivery, or in flight on a forge that has not answered — as
+        (revision, status), oldest first, for the caller to keep (the agent stores them for
+        the next leader); each is counted ``dropped`` here."""
+        deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         with self._cond:
-            if not flushed or self._queue:  # or failed, waiting for a redelivery
-                log.warning("commit statuses not posted before shutdown: %d", len(self._queue))
-                for pending in self._queue.values():
-                    self._count(pending.status, "dropped")
-                self._queue.clear()
+            left = [(rev, p) for (rev, _), p in self._queue.items()]
+            if self._current is not None and not flushed:
+                left.insert(0, self._current)
+            if left:
+                log.warning("commit statuses not posted before shutdown: %d", len(left))
+            for _, pending in left:
+                self._count(pending.status, "dropped")
+            self._queue.clear()
             self._closed.set()
             self._cond.notify_all()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+        return [(rev, p.status) for rev, p in sorted(left, key=lambda item: item[1].queued)]
 
     # -- the worker --------------------------------------------------------------------------
 
@@ -141,11 +153,13 @@ class Reporter:
                 (revision, context), pending = found
                 del self._queue[(revision, context)]
                 self._busy = True
+                self._current = (revision, pending)
             try:
                 self._deliver(revision, pending)
             finally:
                 with self._cond:
                     self._busy = False
+                    self._current = None
                     self._cond.notify_all()
 
     def _deliver(self, revision: str, pending: _Pending) -> None:

@@ -58,6 +58,20 @@ class RolloutRecord:
 
 
 @dataclass(frozen=True)
+class PastRollout:
+    """One finished rollout, as the environment's history lists it."""
+
+    revision: str
+    outcome: str
+    started: float  # wall, epoch seconds
+    finished: float
+    message: str = ""
+    failed: str = ""
+    commit: CommitInfo | None = None
+    changes: int = 0  # how many services it changed
+
+
+@dataclass(frozen=True)
 class DriftFacts:
     wall: float  # when the check ran
     drifted: tuple[tuple[str, str], ...] = ()  # (namespace/name, message)
@@ -102,3 +116,4 @@ class EnvironmentFacts:
     live: Mapping[ServiceKey, Mapping[str, Any]] = field(default_factory=dict)
     last_actions: Mapping[ServiceKey, tuple[str, float]] = field(default_factory=dict)
     drift: DriftFacts | None = None
+    history: tuple[PastRollout, ...] = ()  # earlier rollouts, newest first

@@ -1,12 +1,16 @@
-"""The agent's short memory for the status page: per environment, the rollout in flight or
-the last one (its plan's changes, a timeline of steps, the outcome), the last revision that
-rolled out Healthy, each service's last action, the last drift check; the last previews.
+"""What the leader records for the status page: per environment, the rollout in flight or
+the last one (its plan's changes, a timeline of steps, the outcome), the earlier rollouts, the
+last revision that rolled out Healthy, each service's last action, the last drift check; the
+last previews.
 
 Bounded: one record per environment (only changed services' changes; at most ``MAX_STEPS``
-steps), one action per service, commit metadata for at most ``MAX_COMMITS`` revisions.
-Written by the agent's jobs, read by HTTP threads: every access holds one lock, and readers
-get immutable values. Nothing here is persisted: after a restart the state ConfigMap
-(read by :mod:`gitsync.web.site`) says where each environment stands.
+steps), ``stored.MAX_HISTORY`` earlier rollouts, one action per service, commit metadata for
+at most ``MAX_COMMITS`` revisions. Written by the agent's jobs under one lock. Each change is
+handed to ``sink`` (the agent writes it into the environment's state ConfigMap,
+:mod:`gitsync.web.stored`), only when what it would write differs from what it last wrote:
+a pass that changes nothing writes nothing. The first time an environment is touched its
+memory is read back through ``seed``, so a new leader continues the history of the last.
+The status page reads the cluster, not this (every replica shows the same).
 """
 
 from __future__ import annotations
@@ -15,27 +19,39 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from gitsync.drift import DriftReport
+from gitsync.errors import GitsyncError
 from gitsync.model import Action, ServiceKey
 from gitsync.plan import Plan
 from gitsync.previews import PreviewResult
 from gitsync.rollout import RolloutResult, WaveEvent
-from gitsync.web.facts import CommitInfo, DriftFacts, PreviewFacts, RolloutRecord, Step
+from gitsync.web.facts import (
+    CommitInfo,
+    DriftFacts,
+    PastRollout,
+    PreviewFacts,
+    RolloutRecord,
+    Step,
+)
+from gitsync.web.stored import (
+    MAX_HISTORY,
+    EnvironmentMemory,
+    past,
+    previews_to_data,
+    to_data,
+)
+
+__all__ = ["MAX_COMMITS", "MAX_STEPS", "EnvironmentMemory", "History"]
 
 MAX_STEPS = 200
 MAX_COMMITS = 64
 
-
-@dataclass(frozen=True)
-class EnvironmentMemory:
-    name: str
-    namespace: str
-    record: RolloutRecord | None
-    applied: CommitInfo | None
-    actions: dict[ServiceKey, tuple[str, float]]
-    drift: DriftFacts | None
+# (environment, ConfigMap values) → whether it was written; ("", …) are the previews.
+Sink = Callable[[str, dict[str, str]], bool]
+# environment → what the cluster keeps of it (None: nothing); raises when it cannot tell.
+Seed = Callable[[str], EnvironmentMemory | None]
 
 
 class History:
@@ -43,8 +59,15 @@ class History:
         self,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        *,
+        sink: Sink | None = None,
+        seed: Seed | None = None,
     ) -> None:
         self._wall, self._mono = wall, mono
+        self._sink, self._seed = sink, seed
+        self._seeded: set[str] = set()
+        self._written: dict[str, dict[str, str]] = {}
+        self._past: dict[str, tuple[PastRollout, ...]] = {}
         self._lock = threading.Lock()
         self._namespaces: dict[str, str] = {}
         self._records: dict[str, RolloutRecord] = {}
@@ -68,8 +91,10 @@ class History:
     # -- written by the agent ------------------------------------------------------------------
 
     def environment(self, name: str, namespace: str) -> None:
+        self._ensure(name)
         with self._lock:
             self._namespaces[name] = namespace
+        self._flush(name)
 
     def commit(self, info: CommitInfo) -> None:
         with self._lock:
@@ -83,12 +108,13 @@ class History:
         after a rollout that succeeded (a pass for another environment's commit, a retry)
         keeps that rollout on the page: the last rollout is the last one that did something."""
         changes = tuple(c for c in plan.changes if c.action is not Action.UNCHANGED)
+        self._ensure(plan.environment)
         with self._lock:
             self._namespaces[plan.environment] = plan.namespace
             last = self._records.get(plan.environment)
             if not changes and last is not None and last.outcome == "succeeded":
                 self._up_to_date.add(plan.environment)
-                return
+                return  # nothing to write: the page shows the same
             self._up_to_date.discard(plan.environment)
             self._records[plan.environment] = RolloutRecord(
                 plan.environment,
@@ -98,6 +124,7 @@ class History:
                 changes,
                 (self._step("started"),),
             )
+        self._flush(plan.environment)
 
     def event(self, environment: str, event: WaveEvent) -> None:
         services = tuple((str(key), str(action)) for key, action in event.actions)
@@ -111,37 +138,47 @@ class History:
                 actions = self._actions.setdefault(environment, {})
                 for key, action in event.actions:
                     actions[key] = (str(action), step.wall)
+        self._flush(environment)
 
     def finished(self, result: RolloutResult) -> None:
         failed = str(result.failed) if result.failed is not None else ""
         step = self._step(str(result.outcome), message=result.message)
+        self._ensure(result.environment)
         with self._lock:
             if result.environment in self._up_to_date and str(result.outcome) == "succeeded":
                 self._up_to_date.discard(result.environment)
                 info = self._commits.get(result.revision) or CommitInfo(result.revision)
                 self._applied[result.environment] = info
-                return
-            self._up_to_date.discard(result.environment)
-            record = self._records.get(result.environment)
-            if record is None or record.outcome is not None or record.revision != result.revision:
-                # A rollout this agent did not see start (a drift heal, a promotion gate).
-                namespace = self._namespaces.get(result.environment, "")
-                record = RolloutRecord(
-                    result.environment,
-                    namespace,
-                    result.revision,
-                    self._commits.get(result.revision),
-                )
-            self._records[result.environment] = replace(
-                record,
-                steps=(*record.steps, step),
-                outcome=str(result.outcome),
-                message=result.message,
-                failed=failed,
+            else:
+                self._finish(result, step, failed)
+        self._flush(result.environment)
+
+    def _finish(self, result: RolloutResult, step: Step, failed: str) -> None:
+        """(Under the lock.)"""
+        self._up_to_date.discard(result.environment)
+        record = self._records.get(result.environment)
+        if record is None or record.outcome is not None or record.revision != result.revision:
+            # A rollout this agent did not see start (a drift heal, a promotion gate).
+            namespace = self._namespaces.get(result.environment, "")
+            record = RolloutRecord(
+                result.environment,
+                namespace,
+                result.revision,
+                self._commits.get(result.revision),
             )
-            if str(result.outcome) == "succeeded":
-                info = self._commits.get(result.revision) or CommitInfo(result.revision)
-                self._applied[result.environment] = info
+        done = replace(
+            record,
+            steps=(*record.steps, step),
+            outcome=str(result.outcome),
+            message=result.message,
+            failed=failed,
+        )
+        self._records[result.environment] = done
+        earlier = self._past.get(result.environment, ())
+        self._past[result.environment] = (past(done), *earlier)[:MAX_HISTORY]
+        if str(result.outcome) == "succeeded":
+            info = self._commits.get(result.revision) or CommitInfo(result.revision)
+            self._applied[result.environment] = info
 
     def drift(self, report: DriftReport) -> None:
         facts = DriftFacts(
@@ -150,8 +187,10 @@ class History:
             tuple(str(k) for k in report.fighting),
             f"check failed: {report.error}" if report.error else report.note,
         )
+        self._ensure(report.environment)
         with self._lock:
             self._drift[report.environment] = facts
+        self._flush(report.environment)
 
     def previews(self, results: Sequence[PreviewResult]) -> None:
         facts = tuple(
@@ -161,22 +200,78 @@ class History:
         )
         with self._lock:
             self._previews = facts
+            data = previews_to_data(facts)
+            if self._sink is None or self._written.get("") == data:
+                return
+        if self._sink("", data):
+            with self._lock:
+                self._written[""] = data
+
+    # -- kept in the cluster -------------------------------------------------------------------
+
+    def _ensure(self, name: str) -> None:
+        """Reads back what the cluster keeps of ``name`` the first time it is touched."""
+        if self._seed is None or name in self._seeded:
+            return
+        try:
+            found = self._seed(name)
+        except GitsyncError:  # the seed logs it; tried again at the next touch
+            return
+        with self._lock:
+            if name in self._seeded:
+                return
+            self._seeded.add(name)
+            if found is None:
+                return
+            self._namespaces.setdefault(name, found.namespace)
+            if found.record is not None:
+                self._records.setdefault(name, found.record)
+            if found.applied is not None:
+                self._applied.setdefault(name, found.applied)
+            self._actions.setdefault(name, dict(found.actions))
+            if found.drift is not None:
+                self._drift.setdefault(name, found.drift)
+            self._past.setdefault(name, found.history)
+            self._written[name] = to_data(found)
+
+    def _flush(self, name: str) -> None:
+        """Hands ``name``'s memory to the sink if it changed since it was last written (and
+        was read back first: an unseeded write would drop the history)."""
+        if self._sink is None or (self._seed is not None and name not in self._seeded):
+            return
+        with self._lock:
+            memory = self._memory(name)
+            if memory is None:
+                return
+            data = to_data(memory)
+            if self._written.get(name) == data:
+                return
+        if self._sink(name, data):
+            with self._lock:
+                self._written[name] = data
+
+    def _memory(self, name: str) -> EnvironmentMemory | None:
+        """(Under the lock.)"""
+        namespace = self._namespaces.get(name)
+        if namespace is None:
+            return None
+        return EnvironmentMemory(
+            name,
+            namespace,
+            self._records.get(name),
+            self._applied.get(name),
+            dict(self._actions.get(name, {})),
+            self._drift.get(name),
+            self._past.get(name, ()),
+            list(self._namespaces).index(name),
+        )
 
     # -- read by the status page ---------------------------------------------------------------
 
     def environments(self) -> list[EnvironmentMemory]:
         with self._lock:
-            return [
-                EnvironmentMemory(
-                    name,
-                    namespace,
-                    self._records.get(name),
-                    self._applied.get(name),
-                    dict(self._actions.get(name, {})),
-                    self._drift.get(name),
-                )
-                for name, namespace in self._namespaces.items()
-            ]
+            found = (self._memory(name) for name in self._namespaces)
+            return [memory for memory in found if memory is not None]
 
     def preview_facts(self) -> tuple[PreviewFacts, ...]:
         with self._lock:

@@ -20,6 +20,7 @@ from gitsync.web.view import (
     EnvironmentSummary,
     EnvironmentView,
     Overview,
+    PastRolloutView,
     RolloutView,
     ServiceView,
     StepView,
@@ -200,7 +201,23 @@ def environment_page(view: EnvironmentView) -> str:
         body += _table(head, [_service_row(svc) for svc in wave.services], "services")
     if not view.waves:
         body += '<p class="muted">No services.</p>'
+    body += "<h2>Rollout history</h2>"
+    if view.history:
+        head = ["started", "revision", "outcome", "took", "services changed", "message"]
+        body += _table(head, [_past(p) for p in view.history], "history")
+    else:
+        body += '<p class="muted">No rollout has finished yet.</p>'
     return page(s.name, env_path(s.name), body, s.in_progress)
+
+
+def _past(past: PastRolloutView) -> str:
+    failed = past.outcome in ("failed", "rolled-back", "blocked")
+    message = past.message + (f" (at {past.failed_service})" if past.failed_service else "")
+    return (
+        f'<tr class="past past-{e(past.outcome)}"><td><time>{e(past.started)}</time></td>'
+        f"<td>{_commit(past.revision)}</td><td>{_state(past.outcome, False, failed)}</td>"
+        f"<td>{e(past.duration)}</td><td>{e(past.changes)}</td><td>{e(message)}</td></tr>"
+    )
 
 
 def _detail(detail: str) -> str:
@@ -232,7 +249,7 @@ def _step(step: StepView) -> str:
 def rollout_page(name: str, view: RolloutView | None) -> str:
     body = f'<h1>Rollout of <a href="{e(env_path(name))}" class="name">{e(name)}</a></h1>'
     if view is None:
-        body += '<p class="muted">No rollout since this agent started.</p>'
+        body += '<p class="muted">No rollout recorded yet.</p>'
         return page(f"{name} rollout", env_path(name, "/rollout"), body, False)
     failed = view.outcome in ("failed", "rolled-back", "blocked")
     body += (

@@ -5,10 +5,13 @@ and the same under ``/api/v1`` as JSON, ``/api/v1/previews``, the files under ``
 see it (``ui.auth``: a bearer token or basic auth read from a file or the environment at each
 request, compared in constant time; without auth only on a loopback listen address), and the
 headers every answer carries (a strict Content-Security-Policy, nosniff, no referrer).
-Read-only: no route changes anything. Live RayServices are read through
-:class:`~gitsync.kube.rayservices.RayServices`: one list per environment namespace and one
-state ConfigMap read per environment, at most once per ``ui.refreshInterval`` however many
-browsers poll. :mod:`gitsync.server` routes GET requests here.
+Read-only: no route changes anything. Everything shown is read from the cluster, never from
+this process's memory, so every replica (leader or standby) shows the same page: the state
+ConfigMaps in the state namespace (one list: the rollout state, and the rollout records,
+history, last actions and drift facts the leader keeps there, :mod:`gitsync.web.stored`) and
+the live RayServices through :class:`~gitsync.kube.rayservices.RayServices` (one list per
+environment namespace), at most once per ``ui.refreshInterval`` however many browsers poll.
+:mod:`gitsync.server` routes GET requests here.
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ from urllib.parse import unquote
 from gitsync.config import AgentConfig, UiSettings
 from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
-from gitsync.kube.state import StateStore
-from gitsync.model import RolloutState, ServiceKey
+from gitsync.kube.state import StateStore, state_from
+from gitsync.model import ServiceKey
 from gitsync.report.factory import forge_root, repository_path
 from gitsync.source.auth import read_token
 from gitsync.web import render
-from gitsync.web.facts import Clock, EnvironmentFacts, Forge
-from gitsync.web.history import History
+from gitsync.web.facts import Clock, EnvironmentFacts, Forge, PreviewFacts
+from gitsync.web.stored import from_data, previews_from
 from gitsync.web.view import as_json, environment_view, overview, rollout_view
 
 log = logging.getLogger(__name__)
@@ -134,7 +137,6 @@ def _slim(obj: Mapping[str, Any]) -> dict[str, Any]:
 class StatusSite:
     def __init__(
         self,
-        history: History,
         services: RayServices,
         state: StateStore,
         settings: UiSettings,
@@ -144,7 +146,7 @@ class StatusSite:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.history, self.services, self.state = history, services, state
+        self.services, self.state = services, state
         self.settings, self.forge, self.loopback = settings, forge, loopback
         self._wall, self._mono = wall, mono
         self._cache = _TtlCache(settings.refresh_seconds, mono)
@@ -239,7 +241,9 @@ class StatusSite:
     # -- facts ---------------------------------------------------------------------------------
 
     def _clock(self) -> Clock:
-        return Clock(self._wall(), self._mono())
+        # Stored timelines carry wall-clock times only: durations are measured on it too.
+        now = self._wall()
+        return Clock(now, now)
 
     def _live(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
         def read() -> dict[ServiceKey, dict[str, Any]]:
@@ -249,34 +253,47 @@ class StatusSite:
         live: dict[ServiceKey, dict[str, Any]] = self._cache.get((namespace, environment), read)
         return live
 
-    def _state(self, environment: str) -> RolloutState | None:
-        state: RolloutState | None = self._cache.get(
-            ("state", environment), lambda: self.state.read(environment)
-        )
-        return state
+    def _stored(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        stored: tuple[dict[str, dict[str, str]], dict[str, str]]
+        stored = self._cache.get(("state", ""), self.state.read_all)
+        return stored
 
     def _all_facts(self, only: str | None = None) -> list[EnvironmentFacts]:
-        return [
-            EnvironmentFacts(
-                memory.name,
-                memory.namespace,
-                memory.record,
-                memory.applied,
-                self._state(memory.name),
-                self._live(memory.namespace, memory.name) if memory.namespace else {},
-                memory.actions,
-                memory.drift,
+        environments, _ = self._stored()
+        found = []
+        for name, data in environments.items():
+            memory = from_data(name, data) if only is None or name == only else None
+            if memory is None:
+                continue
+            state = state_from(name, data) if "phase" in data else None
+            live = self._live(memory.namespace, name)
+            found.append(
+                (
+                    memory.position,
+                    EnvironmentFacts(
+                        name,
+                        memory.namespace,
+                        memory.record,
+                        memory.applied,
+                        state,
+                        live,
+                        memory.actions,
+                        memory.drift,
+                        memory.history,
+                    ),
+                )
             )
-            for memory in self.history.environments()
-            if only is None or memory.name == only
-        ]
+        return [facts for _, facts in sorted(found, key=lambda f: (f[0], f[1].name))]
 
     def _facts(self, name: str) -> EnvironmentFacts | None:
         found = self._all_facts(only=name)
         return found[0] if found else None
 
+    def _previews(self) -> tuple[PreviewFacts, ...]:
+        return previews_from(self._stored()[1])
+
     def _overview(self) -> Any:
-        return overview(self._all_facts(), self.history.preview_facts(), self.forge, self._clock())
+        return overview(self._all_facts(), self._previews(), self.forge, self._clock())
 
     # -- answers -------------------------------------------------------------------------------
 

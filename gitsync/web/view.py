@@ -130,10 +130,22 @@ class EnvironmentSummary:
 
 
 @dataclass(frozen=True)
+class PastRolloutView:
+    revision: CommitView | None
+    outcome: str
+    started: str  # UTC, ISO 8601
+    duration: str
+    changes: int
+    message: str
+    failed_service: str
+
+
+@dataclass(frozen=True)
 class EnvironmentView:
     summary: EnvironmentSummary
     waves: tuple[WaveView, ...]
     rollout: RolloutView | None
+    history: tuple[PastRolloutView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -335,7 +347,7 @@ def _recorded_state(env: EnvironmentFacts) -> str:
     if state is None:
         return "idle"
     if state.phase is Phase.IN_PROGRESS:
-        return f"in progress at wave {state.wave} (before this agent started)"
+        return f"in progress at wave {state.wave}"
     if state.phase is Phase.FAILED:
         return "failed"
     return "rolled back" if state.phase is Phase.ROLLED_BACK else "idle"
@@ -479,12 +491,32 @@ def summary(
     )
 
 
+def history_view(
+    env: EnvironmentFacts, forge: Forge | None, clock: Clock
+) -> tuple[PastRolloutView, ...]:
+    return tuple(
+        PastRolloutView(
+            commit_view(p.commit or CommitInfo(p.revision), forge, clock),
+            p.outcome,
+            iso(p.started),
+            duration(p.finished - p.started),
+            p.changes,
+            p.message,
+            p.failed,
+        )
+        for p in env.history
+    )
+
+
 def environment_view(
     env: EnvironmentFacts, forge: Forge | None, clock: Clock, show_env_values: bool = False
 ) -> EnvironmentView:
     waves = services(env, clock)
     return EnvironmentView(
-        summary(env, waves, forge, clock), waves, rollout_view(env, forge, clock, show_env_values)
+        summary(env, waves, forge, clock),
+        waves,
+        rollout_view(env, forge, clock, show_env_values),
+        history_view(env, forge, clock),
     )
 
 

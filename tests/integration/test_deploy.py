@@ -72,6 +72,7 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("list", "ingresses.networking.k8s.io", "ray-staging"),
         # (HTTPRoutes and ServiceMonitors too: kubectl auth can-i answers "no" for a group
         # the API server does not serve, and the test bed installs neither CRD here.)
+        ("delete", "configmaps", "gitsync-system"),
     ],
 )
 def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: str) -> None:
@@ -171,7 +172,12 @@ def test_the_deployment_is_hardened_and_probed() -> None:
     assert config is not None
     assert config.probe_listen.endswith(f":{ports['probes']}")  # probes on their own listener
     assert container["resources"]["requests"]["memory"]
-    assert spec["terminationGracePeriodSeconds"] > float(container["args"][-1])
+    [configmap] = manifests(BASE / "config.yaml")
+    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    assert config is not None
+    assert "--shutdown-timeout" not in container["args"]  # the config's grace period holds
+    # Kubernetes SIGKILLs the pod at terminationGracePeriodSeconds: the agent must be done.
+    assert spec["terminationGracePeriodSeconds"] > config.shutdown_grace
     secret = next(v for v in spec["volumes"] if v["name"] == "credentials")
     assert secret["secret"]["secretName"] == "gitsync-credentials"
 

@@ -5,7 +5,9 @@ a newer one, failures are retried then counted, and no token reaches a log line.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -227,14 +229,46 @@ def test_a_newer_status_replaces_one_waiting_for_redelivery(reporter_for) -> Non
     assert count(metrics, "success", "posted") == 1
 
 
-def test_shutdown_drops_what_waits_for_redelivery(reporter_for) -> None:  # type: ignore[no-untyped-def]
+def test_shutdown_hands_back_what_waits_for_redelivery(reporter_for) -> None:  # type: ignore[no-untyped-def]
     metrics = Metrics()
     with ForgeServer(on_get(Reply(502, {}))) as forge:
         reporter = reporter_for(forge, metrics, redeliver=3600)
         reporter.post(SHA, status(State.SUCCESS, "Healthy"))
         assert reporter.flush(10)
-        reporter.close(timeout=5)
+        assert reporter.close(timeout=5) == [(SHA, status(State.SUCCESS, "Healthy"))]
     assert count(metrics, "success", "dropped") == 1
+
+
+def test_shutdown_hands_back_the_post_a_hung_forge_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The forge accepts the connection and never answers: close() returns within its
+    timeout with the status in flight, and the one queued behind it, oldest first."""
+    monkeypatch.setenv("GH_TOKEN", TOKEN)
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    try:
+        port = hung.getsockname()[1]
+        client = JsonClient(
+            f"http://127.0.0.1:{port}",
+            token_headers(TokenAuth(token_env="GH_TOKEN")),
+            timeout=30,
+            policy=RetryPolicy(attempts=1, backoff=0.01),
+            sleep=lambda seconds: None,
+        )
+        reporter = Reporter(GitHubProvider(client, "o/r"), Metrics(), attempts=1)
+        reporter.post(SHA, status(State.PENDING, "applying"))
+        reporter.post("b" * 40, status(State.SUCCESS, "Healthy"))
+        began = time.monotonic()
+        left = reporter.close(timeout=1.0)
+        assert time.monotonic() - began < 2.0
+        assert left == [
+            (SHA, status(State.PENDING, "applying")),
+            ("b" * 40, status(State.SUCCESS, "Healthy")),
+        ]
+    finally:
+        hung.close()
 
 
 def test_gitlab_wave_updates_are_not_redelivered(monkeypatch: pytest.MonkeyPatch) -> None:

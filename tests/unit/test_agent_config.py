@@ -250,3 +250,19 @@ def test_probe_listen(line: str, probe_listen: str | None, problem: str | None) 
     else:
         assert config is None
         assert [p.message for p in problems if p.message.startswith(problem)], problems
+
+
+def test_the_shutdown_grace_period() -> None:
+    config, problems = load_agent_config(MINIMAL)
+    assert not problems
+    assert config is not None
+    assert config.shutdown_grace == 10.0
+    config, problems = load_agent_config(MINIMAL + "shutdownGracePeriod: 90s\n")
+    assert not problems
+    assert config is not None
+    assert config.shutdown_grace == 90.0
+    for bad in ("0s", "soon", "1h"):
+        config, problems = load_agent_config(MINIMAL + f"shutdownGracePeriod: {bad}\n")
+        assert config is None
+        assert "shutdownGracePeriod must be a duration from 1s to 10m" in problems[0].message
+        assert problems[0].line == MINIMAL.count("\n") + 1

@@ -150,7 +150,7 @@ def running(
         leader_election=LeaderElection(enabled=False),
     )
     agent = Agent(config, api, "browser-test", Metrics())
-    site = StatusSite(agent.history, agent.services, agent.state, config.ui, None, loopback=True)
+    site = StatusSite(agent.services, agent.state, config.ui, None, loopback=True)
     hooks = Hooks(
         lambda: None,
         repo.url,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from gitsync.model import Action, Change, ServiceKey
 from gitsync.plan import Plan, Wave
 from gitsync.rollout import Outcome, RolloutResult, WaveEvent
 from gitsync.web.facts import CommitInfo
 from gitsync.web.history import MAX_STEPS, History
+from gitsync.web.stored import MAX_DETAIL_BYTES, MAX_HISTORY, EnvironmentMemory, from_data
 
 KEY = ServiceKey("ray-staging", "ranker")
 SHA, NEXT = "a" * 40, "b" * 40
@@ -76,3 +78,116 @@ def test_memory_is_bounded() -> None:
     assert memory.record is not None
     assert len(memory.record.steps) == MAX_STEPS
     assert len(h._commits) == 64
+
+
+class Cluster:
+    """The sink and seed the agent gives History, over a dict instead of ConfigMaps."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, str]] = {}
+        self.writes = 0
+
+    def sink(self, environment: str, data: dict[str, str]) -> bool:
+        self.writes += 1
+        self.data[environment] = {**self.data.get(environment, {}), **data}
+        return True
+
+    def seed(self, environment: str) -> EnvironmentMemory | None:
+        found = self.data.get(environment)
+        return from_data(environment, found) if found is not None else None
+
+
+def test_what_is_kept_in_the_cluster_reads_back_the_same() -> None:
+    cluster = Cluster()
+    h = History(wall=lambda: 1_000.0, sink=cluster.sink, seed=cluster.seed)
+    h.commit(CommitInfo(SHA, "Ana", 1.0, "bump"))
+    h.planned(plan(Action.SERVE_UPDATE), SHA)
+    h.event("staging", WaveEvent("applying", 1, 1, ((KEY, Action.SERVE_UPDATE),)))
+    h.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
+    [memory] = h.environments()
+    stored = from_data("staging", cluster.data["staging"])
+    assert stored is not None
+    assert stored.record is not None
+    assert memory.record is not None
+    assert stored.record.changes == memory.record.changes
+    assert [(s.kind, s.wall) for s in stored.record.steps] == [
+        (s.kind, s.wall) for s in memory.record.steps
+    ]
+    assert (stored.record.outcome, stored.applied) == ("succeeded", memory.applied)
+    assert stored.actions == memory.actions
+    assert [(p.revision, p.outcome, p.commit) for p in stored.history] == [
+        (SHA, "succeeded", CommitInfo(SHA, "Ana", 1.0, "bump"))
+    ]
+
+
+def test_a_pass_that_changes_nothing_writes_nothing() -> None:
+    cluster = Cluster()
+    h = History(sink=cluster.sink, seed=cluster.seed)
+    h.environment("staging", "ray-staging")
+    h.planned(plan(Action.SERVE_UPDATE), SHA)
+    h.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
+    before = cluster.writes
+    for _ in range(3):
+        h.environment("staging", "ray-staging")  # every poll
+        h.planned(plan(Action.UNCHANGED), SHA)
+        h.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "up to date"))
+    assert cluster.writes == before
+
+
+def test_a_new_leader_continues_the_history_and_it_is_bounded() -> None:
+    cluster = Cluster()
+    first = History(sink=cluster.sink, seed=cluster.seed)
+    first.planned(plan(Action.SERVE_UPDATE), SHA)
+    first.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
+    following = History(sink=cluster.sink, seed=cluster.seed)  # after a restart
+    for n in range(MAX_HISTORY + 5):
+        revision = f"{n:040d}"
+        following.planned(replace(plan(Action.SERVE_UPDATE), to_rev=revision), revision)
+        following.finished(RolloutResult("staging", revision, Outcome.FAILED, f"no {n}", KEY))
+    stored = from_data("staging", cluster.data["staging"])
+    assert stored is not None
+    assert len(stored.history) == MAX_HISTORY
+    assert stored.history[0].revision == f"{MAX_HISTORY + 4:040d}"  # newest first
+    assert stored.history[0].failed == str(KEY)
+    following.planned(plan(Action.SERVE_UPDATE), SHA)
+    following.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
+    seeded = History(sink=cluster.sink, seed=cluster.seed)
+    seeded.planned(plan(Action.UNCHANGED), NEXT)  # kept: the last rollout did something
+    [memory] = seeded.environments()
+    assert memory.record is not None
+    assert memory.record.revision == SHA
+
+
+def test_the_stored_diff_is_capped() -> None:
+    lines = tuple(
+        f"apps[a].deployments[d].num_replicas: {n} → {n + 1} " + "x" * 1000 for n in range(400)
+    )
+    big = Plan(
+        "staging",
+        "ray-staging",
+        None,
+        SHA,
+        (Wave(1, (Change(KEY, Action.SERVE_UPDATE, 1, "x", lines),)),),
+    )
+    cluster = Cluster()
+    h = History(sink=cluster.sink, seed=cluster.seed)
+    h.planned(big, SHA)
+    assert len(cluster.data["staging"]["rollout"].encode()) < MAX_DETAIL_BYTES + 64 * 1024
+    stored = from_data("staging", cluster.data["staging"])
+    assert stored is not None
+    assert stored.record is not None
+    [change] = stored.record.changes
+    assert change.details[-1].endswith("more line(s) not kept (the stored diff is capped)")
+
+
+def test_unreadable_values_are_left_out() -> None:
+    data = {
+        "namespace": "ray-staging",
+        "rollout": "{not json",
+        "history": "[1, {}]",
+        "actions": "[]",
+    }
+    memory = from_data("staging", data)
+    assert memory is not None
+    assert (memory.record, memory.history, memory.actions) == (None, (), {})
+    assert from_data("preview-7", {"phase": "succeeded"}) is None

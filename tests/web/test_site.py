@@ -1,5 +1,6 @@
-"""The status page over real HTTP (the agent's server, no cluster needed: no environment has
-been rolled out yet, so nothing is read): security headers, static assets, auth, routing."""
+"""The status page over real HTTP (the agent's server): security headers, static assets,
+auth, routing. Pages are read from the test bed's API server (a fresh namespace: no
+environment rolled out); the refusals (auth, disabled) read nothing."""
 
 from __future__ import annotations
 
@@ -19,20 +20,21 @@ from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
 from gitsync.server import AgentServer, Hooks
 from gitsync.source.config import TokenAuth
-from gitsync.web.history import History
 from gitsync.web.site import CSP, StatusSite, forge_of, is_loopback
 from testbed.controlplane import free_port
 
 
 @pytest.fixture
-def api() -> Iterator[client.ApiClient]:
-    with client.ApiClient() as api_client:  # never called: nothing to read yet
+def offline() -> Iterator[client.ApiClient]:
+    with client.ApiClient() as api_client:  # never called: a refusal reads nothing
         yield api_client
 
 
-def serve(api: client.ApiClient, settings: UiSettings, *, loopback: bool = True) -> AgentServer:
+def serve(
+    api: client.ApiClient, settings: UiSettings, *, loopback: bool = True, namespace: str = "x"
+) -> AgentServer:
     site = StatusSite(
-        History(), RayServices(api), StateStore(api, "x"), settings, None, loopback=loopback
+        RayServices(api), StateStore(api, namespace), settings, None, loopback=loopback
     )
     hooks = Hooks(lambda: None, "", "main", lambda: None, lambda: None, lambda: True, lambda: True)
     return AgentServer("127.0.0.1", free_port(), hooks, Metrics(), site).start()
@@ -50,8 +52,8 @@ def get(
 
 
 @pytest.fixture
-def server(api: client.ApiClient) -> Iterator[AgentServer]:
-    started = serve(api, UiSettings())
+def server(api: client.ApiClient, namespace: str) -> Iterator[AgentServer]:
+    started = serve(api, UiSettings(), namespace=namespace)
     yield started
     started.stop()
 
@@ -97,8 +99,8 @@ def test_pages_and_api(server: AgentServer) -> None:
     assert get(server.port, "/metrics")[0] == 200  # the rest of the server is untouched
 
 
-def test_beyond_loopback_without_auth_it_refuses(api: client.ApiClient) -> None:
-    server = serve(api, UiSettings(), loopback=False)
+def test_beyond_loopback_without_auth_it_refuses(offline: client.ApiClient) -> None:
+    server = serve(offline, UiSettings(), loopback=False)
     try:
         status, _, body = get(server.port, "/")
         assert status == 403
@@ -109,18 +111,19 @@ def test_beyond_loopback_without_auth_it_refuses(api: client.ApiClient) -> None:
         server.stop()
 
 
-def test_disabled(api: client.ApiClient) -> None:
-    server = serve(api, UiSettings(enabled=False))
+def test_disabled(offline: client.ApiClient) -> None:
+    server = serve(offline, UiSettings(enabled=False))
     try:
         assert get(server.port, "/")[0] == 404
     finally:
         server.stop()
 
 
-def test_bearer_token(api: client.ApiClient, tmp_path: Path) -> None:
+def test_bearer_token(api: client.ApiClient, namespace: str, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
-    server = serve(api, UiSettings(auth=UiAuth(bearer=TokenAuth(token_file=token))), loopback=False)
+    settings = UiSettings(auth=UiAuth(bearer=TokenAuth(token_file=token)))
+    server = serve(api, settings, loopback=False, namespace=namespace)
     try:
         status, headers, body = get(server.port, "/")
         assert status == 401
@@ -134,10 +137,11 @@ def test_bearer_token(api: client.ApiClient, tmp_path: Path) -> None:
         server.stop()
 
 
-def test_basic_auth(api: client.ApiClient, tmp_path: Path) -> None:
+def test_basic_auth(api: client.ApiClient, namespace: str, tmp_path: Path) -> None:
     users = tmp_path / "basic"
     users.write_text("viewer:pa:ss\n")
-    server = serve(api, UiSettings(auth=UiAuth(basic_file=users)), loopback=False)
+    settings = UiSettings(auth=UiAuth(basic_file=users))
+    server = serve(api, settings, loopback=False, namespace=namespace)
     try:
         status, headers, _ = get(server.port, "/api/v1/environments")
         assert status == 401

@@ -187,7 +187,7 @@ def test_state_configmap_when_this_agent_saw_no_rollout() -> None:
     state = RolloutState("staging", SHA, Phase.IN_PROGRESS, 1, last_healthy_revision="a" * 40)
     env = facts(record=None, state=state)
     view = environment_view(env, None, CLOCK)
-    assert view.summary.state == "in progress at wave 1 (before this agent started)"
+    assert view.summary.state == "in progress at wave 1"
     assert view.summary.applied is not None
     assert view.summary.applied.short == "a" * 12
 
