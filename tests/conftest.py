@@ -24,7 +24,6 @@ from testbed.simulator import Delays, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "examples" / "repo-layout"
-RELIABILITY = REPO_ROOT / "tests" / "reliability"
 
 
 class _Record:
@@ -85,10 +84,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path in needs:
             item.add_marker(pytest.mark.testbed)
-        # The reliability suite's figures (recovery times, RSS, floods, crash trials) feed
-        # docs/reliability.md: measured alone, not beside other workers.
-        if RELIABILITY in item.path.parents and item.path.name != "test_report.py":
-            item.add_marker(pytest.mark.serial)
     # Longest modules first: parallel workers take whole modules in this order, so the long
     # ones start early instead of finishing last alone. Unknown modules count as long.
     seconds = _module_seconds()

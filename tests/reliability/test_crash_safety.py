@@ -46,6 +46,9 @@ from tests.integration.gitops import GitOpsRepo, git
 from tests.reliability.cluster import Recorder, Seen, agent_process
 from tests.reliability.conftest import Figures, spread
 
+# Timing- or memory-sensitive: `make test` runs it alone, after the parallel phase.
+pytestmark = pytest.mark.serial
+
 TRIALS = int(os.environ.get("GITSYNC_CRASH_TRIALS", "20"))
 SEED = int(os.environ.get("GITSYNC_CRASH_SEED", "1"))
 SERVICES = ("embedder", "ranker", "summarizer")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 
+import pytest
 from kubernetes import client
 
 from gitsync.agent import Agent
@@ -17,6 +18,9 @@ from tests.integration.gitops import GitOpsRepo
 from tests.reliability.agents import live, reset, rss_mib, run_pass, wait_first_pass
 from tests.reliability.conftest import Figures
 from tests.reliability.corpus import CASES
+
+# Timing- or memory-sensitive: `make test` runs it alone, after the parallel phase.
+pytestmark = pytest.mark.serial
 
 
 class Failures(logging.Handler):

@@ -20,6 +20,9 @@ from .conftest import Figures
 from .corpus import CASES, Case
 from .probe import build
 
+# Timing- or memory-sensitive: `make test` runs it alone, after the parallel phase.
+pytestmark = pytest.mark.serial
+
 PROBE = Path(__file__).with_name("probe.py")
 EXAMPLE_SERVICES = ["ray-staging/embedder", "ray-staging/ranker", "ray-staging/summarizer"]
 MAX_SECONDS = 60

@@ -49,6 +49,9 @@ from tests.integration.kube import GROUP, PLURAL, VERSION
 from tests.reliability.cluster import Recorder, agent_process, rss_mib, threads
 from tests.reliability.conftest import Figures
 
+# Timing- or memory-sensitive: `make test` runs it alone, after the parallel phase.
+pytestmark = pytest.mark.serial
+
 COMMITS = 50
 SERVICES = int(os.environ.get("GITSYNC_LOAD_SERVICES", "1000"))
 POLLS = int(os.environ.get("GITSYNC_LOAD_POLLS", "120"))

@@ -17,6 +17,9 @@ from gitsync.metrics import Metrics
 from gitsync.server import MAX_CONNECTIONS, MAX_PER_CLIENT, AgentServer, Hooks
 from testbed.controlplane import free_port
 
+# Timing- or memory-sensitive: `make test` runs it alone, after the parallel phase.
+pytestmark = pytest.mark.serial
+
 HEAD_SECONDS = 2.0
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: gitsync\r\nX-Slow: " + b"x" * 200 + b"\r\n\r\n"
 

@@ -18,6 +18,9 @@ from tests.reliability.agents import live, reset, rss_mib, run_pass, wait_first_
 from tests.reliability.conftest import Figures
 from tests.reliability.corpus import BY_NAME
 
+# Timing- or memory-sensitive: `make test` runs it alone, after the parallel phase.
+pytestmark = pytest.mark.serial
+
 ROUNDS = int(os.environ.get("GITSYNC_SOAK_ROUNDS", "4"))
 # Small, fast cases of different kinds: a bomb, a symlink escape, a bad tag, a broken config.
 ROTATION = ("laughs-manifest", "symlink-etc-passwd", "python-object-apply", "config-name-int")

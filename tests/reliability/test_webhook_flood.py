@@ -34,6 +34,9 @@ from tests.integration.kube import GROUP, PLURAL, VERSION
 from tests.reliability.agents import rss_mib, wait_first_pass
 from tests.reliability.conftest import Figures
 
+# Timing- or memory-sensitive: `make test` runs it alone, after the parallel phase.
+pytestmark = pytest.mark.serial
+
 SECRET = b"whsec-flood-0123456789"
 WORKERS = 16
 
