@@ -29,6 +29,15 @@ def binaries() -> Binaries:
     return ensure_binaries()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches the built binaries (all test-bed fixtures start from
+    ``binaries``) is marked ``testbed``, so ``-m 'not testbed'`` selects the tests that run
+    without Go or a build, as ``make test-min-deps`` does."""
+    for item in items:
+        if "binaries" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.testbed)
+
+
 @pytest.fixture(scope="session")
 def control_plane(
     binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
