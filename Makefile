@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The declared minimum versions (tests/constraints-minimum.txt), in a venv of their own.
+MIN_VENV  := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
+MIN_TESTS := tests/unit tests/source tests/report tests/test_layering.py tests/test_wheel.py
 
-.PHONY: test test-quick test-testbed test-serial durations demo venv testbed lint typecheck pytest bench docs clean reliability-report
+.PHONY: test test-quick test-testbed test-serial test-min-deps durations demo venv testbed lint typecheck pytest bench docs clean reliability-report
 
 # The whole check: the test-bed build overlapped with venv, lint, types and the tests that need
 # no binary; then the test-bed tests in parallel; then the serial reliability suite; then a
@@ -49,6 +53,18 @@ typecheck: venv
 pytest: venv testbed ## the whole suite in one process, one test after another
 	$(BIN)/pytest
 
+test-min-deps: $(MIN_STAMP) ## the tests that need no test bed, on the oldest declared dependencies
+	$(MIN_VENV)/bin/pytest -p no:cacheprovider -m "not testbed" $(MIN_TESTS)
+
+# Rebuilt only when the bounds change: a second run installs nothing.
+$(MIN_STAMP): pyproject.toml tests/constraints-minimum.txt
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install --quiet --constraint tests/constraints-minimum.txt \
+	  --editable . pytest pytest-timeout hypothesis setuptools
+	touch $@
+
 reliability-report: venv ## docs/reliability.md's generated figures, from the last runs' artifacts
 	$(BIN)/python -m tests.reliability.report
 
@@ -58,5 +74,5 @@ bench: venv ## benchmarks (not part of make test)
 docs: venv ## regenerate docs/cli.md from the CLI's argument parser
 	$(BIN)/python -m gitsync.cli_docs --write
 
-clean: ## remove the venv (the test-bed binaries in .testbed/ stay cached)
-	rm -rf $(VENV)
+clean: ## remove the venvs (the test-bed binaries in .testbed/ stay cached)
+	rm -rf $(VENV) $(MIN_VENV)

@@ -52,6 +52,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.stamp import REVISION
 from gitsync.sync import sync_once
+from testbed import checkout_env
 from testbed.binaries import ensure_binaries
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
@@ -235,7 +236,7 @@ def simulator_process(plane: ControlPlane, log: Path) -> Iterator[None]:
         process = subprocess.Popen(
             [sys.executable, "-m", "testbed.simulator", "--kubeconfig", str(plane.kubeconfig),
              "--cluster-start", "0", "--app-deploy", "0", "--tick", "0.05", "--requeue", "0"],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, env=checkout_env(),
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 60

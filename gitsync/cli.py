@@ -736,22 +736,34 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
     return EXIT_FOUND
 
 
+def source_checkout() -> Path | None:
+    """The repository this gitsync runs from (an editable install or ``python -m gitsync`` in
+    a clone), or None for an installed wheel: the distribution holds gitsync alone, never the
+    test bed."""
+    root = Path(__file__).resolve().parent.parent
+    markers = (root / "testbed" / "demo.py", root / "testbed" / "build.sh", root / "pyproject.toml")
+    return root if all(path.is_file() for path in markers) else None
+
+
 def run_demo(args: argparse.Namespace, err: TextIO) -> int:
     """The demo lives with the test bed in the source checkout, not in gitsync itself."""
-    import importlib.util
     import subprocess
 
-    if importlib.util.find_spec("testbed.demo") is None:
+    checkout = source_checkout()
+    if checkout is None:
         err.write(
-            "gitsync demo: needs a source checkout of gitsync (its testbed/ builds the local "
-            "control plane); clone the repository and run `make demo` there\n"
+            "gitsync demo: needs a source checkout of gitsync: the demo runs the repository's "
+            "test bed (testbed/ builds a local kube-apiserver, etcd, Gitea and KubeRay from Go "
+            "modules), which the installed package does not include. Clone gitsync's "
+            "repository and run `make demo` in the clone (its docs/quickstart.md says what the "
+            "first run needs)\n"
         )
         return EXIT_ERROR
     argv = [sys.executable, "-m", "testbed.demo", "--pace", args.pace]
-    argv += ["--workdir", str(args.workdir)] if args.workdir else []
+    argv += ["--workdir", str(args.workdir.resolve())] if args.workdir else []
     argv += ["--exit-after-story"] if args.exit_after_story else []
     try:
-        return subprocess.call(argv)
+        return subprocess.call(argv, cwd=checkout)
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -5,9 +5,11 @@ Standard library only: it runs before the venv exists. The phases:
 
 1. ``build`` (testbed/build.sh: Go builds and Debian packages) starts at once, in the
    background; it needs only bash, go, git and python3.
-2. Beside it, one after another: ``venv``, ``lint`` (ruff), ``typecheck`` (mypy) and
+2. Beside it, one after another: ``venv``, ``lint`` (ruff), ``typecheck`` (mypy),
    ``pytest quick``: every test that needs no test-bed binary (``-m "not testbed and not
-   serial"``), in one process so the build keeps most of the CPU.
+   serial"``), in one process so the build keeps most of the CPU, and ``min-deps``: the
+   unit, source and report tests again on the oldest dependency versions pyproject.toml
+   allows (``make test-min-deps``).
 3. ``pytest testbed``: the tests that need the binaries, in parallel (pytest-xdist, one
    control plane, Gitea, simulator and operator per worker, whole files per worker so
    module fixtures are built once). The suite mostly waits on processes, not CPU.
@@ -273,6 +275,8 @@ def main(argv: Sequence[str] = ()) -> int:
         )
         run.step("typecheck", [str(VENV_BIN / "mypy")])
         _pytest(run, "quick", QUICK, "-p", "no:xdist")
+        # The same tests on the oldest dependency versions pyproject.toml allows (its own venv).
+        run.step("min-deps", ["make", "--no-print-directory", "test-min-deps"])
         if build is not None:
             run.phases.append(build.wait())
             run.phases.extend(_build_steps())

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from testbed import checkout_env
 from testbed.controlplane import _Process, _tail, free_port, spawn
 
 
@@ -52,7 +53,8 @@ class _Server:
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / f"{self.name}-{self.port}.log"
         # The developer's git config must not change what the servers do.
-        env = {**os.environ, "HOME": str(self.root), "GIT_CONFIG_NOSYSTEM": "1", **self.extra_env()}
+        env = {**checkout_env(), "HOME": str(self.root), "GIT_CONFIG_NOSYSTEM": "1"}
+        env.update(self.extra_env())
         self._process = spawn(self.name, self.argv(), log, env)
         popen = self._process.popen
         deadline = time.monotonic() + 20

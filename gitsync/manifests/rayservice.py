@@ -16,7 +16,7 @@ from typing import Any
 from gitsync import kuberay
 from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
-from gitsync.manifests.yamldoc import Checker, Document, parse_documents
+from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
 ANNOTATION_PREFIX = "gitsync.ray.io/"
@@ -239,8 +239,14 @@ def _check_cluster(check: Checker, cluster: Any) -> None:
             check.add("each worker group must be a mapping", *where)
             continue
         name = group.get("groupName")
-        if not isinstance(name, str) or not name:
+        if "groupName" not in group:
             check.add("worker group needs a groupName", *where)
+        elif not isinstance(name, str) or not name:
+            check.add(
+                f"{dotted((*where, 'groupName'))} must be a non-empty string, not {name!r}",
+                *where,
+                "groupName",
+            )
         elif name in seen:
             check.add(
                 f"worker group {name!r} is declared twice (first on line {seen[name]})",
@@ -249,6 +255,35 @@ def _check_cluster(check: Checker, cluster: Any) -> None:
             )
         else:
             seen[name] = check.doc.line_of(*where, "groupName")
+        _check_replicas(check, group, where)
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _check_replicas(check: Checker, group: Mapping[str, Any], where: tuple[str | int, ...]) -> None:
+    """What KubeRay's GetWorkerGroupDesiredReplicas would quietly correct: it runs
+    maxReplicas when minReplicas is above it, and when replicas is above it."""
+    replicas = _whole(group.get("replicas"))
+    low = _whole(group.get("minReplicas", 0))
+    high = _whole(group.get("maxReplicas", 2147483647))  # the CRD's defaults
+    if low is None or high is None:
+        return
+    if low > high:
+        check.add(
+            f"{dotted((*where, 'minReplicas'))} {low} is above maxReplicas {high}: KubeRay "
+            f"would run {high} worker(s); fix the bounds",
+            *where,
+            "minReplicas",
+        )
+    elif replicas is not None and replicas > high:
+        check.add(
+            f"{dotted((*where, 'replicas'))} {replicas} is above maxReplicas {high}: KubeRay "
+            f"would run {high}, not {replicas}; raise maxReplicas or lower replicas",
+            *where,
+            "replicas",
+        )
 
 
 def _check_serve(check: Checker, value: Any) -> None:

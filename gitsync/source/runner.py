@@ -10,6 +10,7 @@ hold argv, which never carries one. Must not interpret git's output: callers do.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -106,7 +107,11 @@ class GitRunner:
         seconds = time.monotonic() - began
         call = GitCall(tuple(argv), status, seconds)
         self.calls.append(call)
-        timed_out = stderr.startswith("Timeout:") and status != 0
+        # GitPython's watchdog sets its "Timeout:" message only after it has killed git's
+        # children too, and communicate() can return before that (GitPython 3.2.1): a git
+        # killed by SIGKILL once the timeout has passed timed out, message or not.
+        killed_late = status == -signal.SIGKILL and seconds >= self.timeout
+        timed_out = status != 0 and (stderr.startswith("Timeout:") or killed_late)
         stderr = redact(stderr, secrets)
         log.debug(
             "git call=%s status=%d seconds=%.3f stderr=%r",
