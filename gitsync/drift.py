@@ -252,9 +252,14 @@ class DriftChecker:
                 desired[key] = owned(self.services.apply(body, dry_run=True, force=True))
         plan = _only_changes(
             build_plan(
-                env.name, env.namespace, current, desired, self.config.classify, to_rev=revision
-            ),
-            prune=env.prune,
+                env.name,
+                env.namespace,
+                current,
+                desired,
+                self.config.classify,
+                prune=env.prune,
+                to_rev=revision,
+            )
         )
         changed = {c.key for c in plan.changes}
         if not changed:
@@ -298,13 +303,13 @@ def drifted_by_kind(report: DriftReport) -> dict[str, int]:
     return {str(kind): sum(1 for d in left if d.kind is kind) for kind in DriftKind}
 
 
-def _only_changes(plan: Plan, *, prune: bool) -> Plan:
-    """The plan without what it would not change: unchanged services, and prunes when the
-    environment does not prune (the rollout would only log them)."""
+def _only_changes(plan: Plan) -> Plan:
+    """The plan without what it would not change: unchanged services, and orphans (an
+    environment that does not prune leaves them running)."""
+    idle = (Action.UNCHANGED, Action.ORPHAN)
     waves = tuple(
-        Wave(w.number, tuple(c for c in w.changes if c.action is not Action.UNCHANGED), w.prune)
+        Wave(w.number, tuple(c for c in w.changes if c.action not in idle), w.prune)
         for w in plan.waves
-        if prune or not w.prune
     )
     waves = tuple(w for w in waves if w.changes)
     return Plan(plan.environment, plan.namespace, plan.from_rev, plan.to_rev, waves)

@@ -41,6 +41,7 @@ class Action(enum.StrEnum):
     SCALE_INEFFECTIVE = "scale-ineffective"
     METADATA = "metadata"
     PRUNE = "prune"
+    ORPHAN = "orphan"  # no longer in Git, left running: the environment does not prune
     UNCHANGED = "unchanged"
     SKIPPED = "skipped"  # the live object says gitsync.ray.io/reconcile: disabled
 

@@ -1,6 +1,8 @@
 """Plan: changes → ordered waves for one environment, as a frozen, printable value. Pure.
 
 Waves run in ascending ``gitsync.ray.io/wave`` order; prunes come last, in a wave of their own.
+Under ``prune: false`` a service Git no longer declares is an ``orphan`` there instead: the
+plan says what the rollout will do (leave it running), never "will be deleted".
 A service whose live object says ``gitsync.ray.io/reconcile: disabled`` keeps its place as a
 ``skipped`` change (what Git's version would do, for the reader): nothing applies, prunes or
 gates it, so it never holds up a later wave.
@@ -16,6 +18,12 @@ from typing import Any
 
 from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify
 from gitsync.model import Action, Change, ServiceKey
+
+_NO_WORK = frozenset({Action.UNCHANGED, Action.SKIPPED, Action.ORPHAN})
+ORPHAN_SUMMARY = (
+    "no longer in Git; left running because prune is off "
+    "(set prune: true on the environment in gitsync.yaml to delete it)"
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,12 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(c.action not in (Action.UNCHANGED, Action.SKIPPED) for c in self.changes)
+        """Whether applying the plan changes anything (an orphan is left as it is)."""
+        return any(c.action not in _NO_WORK for c in self.changes)
+
+    @property
+    def orphans(self) -> tuple[ServiceKey, ...]:
+        return tuple(c.key for c in self.changes if c.action is Action.ORPHAN)
 
     @property
     def skipped(self) -> tuple[ServiceKey, ...]:
@@ -57,11 +70,13 @@ def build_plan(
     desired: Mapping[ServiceKey, Mapping[str, Any]],
     options: Options = DEFAULT_OPTIONS,
     *,
+    prune: bool,
     from_rev: str | None = None,
     to_rev: str | None = None,
     disabled: frozenset[ServiceKey] = frozenset(),
 ) -> Plan:
-    """Pairs objects by key (no current → create, no desired → prune) and orders them.
+    """Pairs objects by key (no current → create, no desired → prune, or orphan when the
+    environment does not ``prune``) and orders them.
 
     Both mappings hold normalised objects (:func:`gitsync.diff.normalize.owned`); ``current``
     must only hold what gitsync manages in this environment, or it would prune strangers.
@@ -71,18 +86,22 @@ def build_plan(
         classify(current.get(key), desired.get(key), options)
         for key in sorted({*current, *desired})
     ]
+    if not prune:
+        changes = [orphaned(c) if c.action is Action.PRUNE else c for c in changes]
     changes = [skipped(c) if c.key in disabled else c for c in changes]
     by_wave: dict[int, list[Change]] = {}
     prunes: list[Change] = []
     for change in changes:
-        if change.action is Action.PRUNE or (
+        if change.action in (Action.PRUNE, Action.ORPHAN) or (
             change.action is Action.SKIPPED and change.key not in desired
         ):
             prunes.append(change)
         else:
             by_wave.setdefault(change.wave, []).append(change)
     waves = [Wave(n, tuple(by_wave[n])) for n in sorted(by_wave)]
-    if prunes:  # a skipped prune stays with the prunes: it is one, left undone
+    # A skipped prune stays with the prunes: it is one, left undone; so do orphans, which
+    # are what a prune would have touched.
+    if prunes:
         last = max(by_wave, default=0) + 1
         waves.append(Wave(last, tuple(prunes), prune=True))
     return Plan(environment, namespace, from_rev, to_rev, tuple(waves))
@@ -120,6 +139,17 @@ def skipped(change: Change) -> Change:
     )
 
 
+def orphaned(change: Change) -> Change:
+    """A prune the environment does not do (``prune: false``): the rollout leaves it."""
+    return Change(change.key, Action.ORPHAN, change.wave, ORPHAN_SUMMARY)
+
+
+def group_of(wave: Wave) -> str:
+    """The name of the last group, of services Git no longer declares: ``prune`` (deleted),
+    or ``orphans`` when the environment does not prune (left running)."""
+    return "orphans" if any(c.action is Action.ORPHAN for c in wave.changes) else "prune"
+
+
 def plan_json(plan: Plan) -> dict[str, Any]:
     return {
         "environment": plan.environment,
@@ -129,7 +159,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "waves": [
             {
                 "wave": wave.number,
-                **({"prune": True} if wave.prune else {}),
+                **({group_of(wave): True} if wave.prune else {}),
                 "changes": [
                     {
                         "namespace": c.key.namespace,
@@ -158,25 +188,28 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
         unchanged += len(wave.changes) - len(shown)
         if not shown:
             continue
-        lines.append(f"  {'prune' if wave.prune else f'wave {wave.number}'}:")
+        lines.append(f"  {group_of(wave) if wave.prune else f'wave {wave.number}'}:")
         width = max(len(c.key.name) for c in shown)
         for c in shown:
             lines.append(f"    {c.key.name:<{width}}  {c.action:<17} {c.summary}")
             lines += [f"      - {d}" for d in c.details]
             lines += [f"      ! {w}" for w in c.warnings]
     if not plan.has_changes:
-        lines.append("  no changes")
+        orphans = len(plan.orphans)
+        left = f"; {orphans} left running (prune is off)" if orphans else ""
+        lines.append(f"  no changes{' to apply' if orphans else ''}{left}")
     if unchanged:
         lines.append(f"  ({unchanged} unchanged)")
     return "\n".join(lines) + "\n"
 
 
-_SIGNS = {Action.CREATE: "+", Action.PRUNE: "-", Action.SKIPPED: "="}
+_SIGNS = {Action.CREATE: "+", Action.PRUNE: "-", Action.SKIPPED: "=", Action.ORPHAN: "?"}
 _COLORS = {
     "+": "32",
     "-": "31",
     "~": "33",
     "=": "36",
+    "?": "36",
     "!": "35",
     "old": "31",
     "new": "32",

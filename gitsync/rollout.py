@@ -343,14 +343,12 @@ class Rollout:
                 return _Failure(None, "stopped before the rollout finished", stopped=True)
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
+        for key in plan.orphans:
+            self.progress(f"{env.name}: {key} is no longer in Git; left running (prune is off)")
         prunes = [c for w in plan.waves if w.prune for c in w.changes if c.action is Action.PRUNE]
         if not prunes:
             return ()
-        if not env.prune:
-            for change in prunes:
-                self.progress(
-                    f"{env.name}: {change.key} is no longer in Git; not deleted (prune is off)"
-                )
+        if not env.prune:  # a plan built for another environment's settings: delete nothing
             return ()
         live = self.services.list_managed(env.namespace, env.name)
         done = []
