@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +30,7 @@ from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.health import assess
 from gitsync.kube.client import api_client
 from gitsync.kube.events import EventRecorder
+from gitsync.kube.failures import explained
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="GitOps for Ray Serve on Kubernetes: sync RayService manifests from Git.",
     )
     parser.add_argument("--version", action="version", version=f"gitsync {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an unexpected error"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     validate = commands.add_parser(
         "validate",
@@ -214,6 +219,13 @@ def _agent_commands(commands: Any) -> None:
     demo.add_argument(
         "--exit-after-story", action="store_true", help="stop everything when the story ends"
     )
+    for command in commands.choices.values():
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,  # or it would undo a `gitsync --debug COMMAND`
+            help="print the traceback of an unexpected error",
+        )
 
 
 def _agent_config(path: Path) -> AgentConfig:
@@ -340,7 +352,11 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write("\n")
     else:
         for report in reports:
-            out.write("\n".join(report_lines(report)) + "\n")
+            if not report.error:
+                out.write("\n".join(report_lines(report)) + "\n")
+    for report in reports:  # an error is told on stderr, whatever the output format
+        if report.error:
+            err.write(f"gitsync drift: {report.environment}: check failed: {report.error}\n")
     if any(r.error for r in reports):
         return EXIT_ERROR
     return EXIT_FOUND if any(r.drifted for r in reports) else EXIT_OK
@@ -410,6 +426,7 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     from gitsync.agent import Agent
+    from gitsync.kube.access import check_access
     from gitsync.metrics import Metrics
     from gitsync.report.factory import agent_identity, build_pulls, build_reporter
     from gitsync.server import AgentServer, Hooks
@@ -421,6 +438,9 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         listen = args.listen or config.listen
         host, _, port = listen.rpartition(":")
         api = api_client(args.kubeconfig, args.context)
+        election = config.leader_election
+        lease = (election.namespace, election.lease_name) if election.enabled else None
+        check_access(api, config.rollout.state_namespace, lease)
         metrics = Metrics()
         reporter = build_reporter(config, metrics)
         pulls = build_pulls(config, metrics)
@@ -709,11 +729,46 @@ def run_demo(args: argparse.Namespace, err: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(argv)
+        return _main(words)
     except BrokenPipeError:  # `gitsync plan -o json | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:
+        return 130  # as a shell reports SIGINT
+    except Exception as exc:  # the last line of defence: one line, exit 2
+        sys.stderr.write(crash_line(exc, words))
+        if "--debug" in words:
+            traceback.print_exc()
+        return EXIT_ERROR
+
+
+def crash_line(exc: Exception, words: Sequence[str]) -> str:
+    """One line for an exception no command handled: gitsync's own error for an API answer
+    (kube/failures.py), else what it was and how to see more. Never exit 1 ("changes")."""
+    command = next((w for w in words if w in _COMMANDS), "")
+    prefix = f"gitsync {command}".rstrip()
+    error = explained(exc)
+    if error is not None:
+        return f"{prefix}: {error}\n"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    hint = "" if "--debug" in words else " (run again with --debug for the traceback)"
+    return f"{prefix}: unexpected error: {type(exc).__name__}: {text}{hint}\n"
+
+
+_COMMANDS = (
+    "validate",
+    "plan",
+    "diff",
+    "sync",
+    "status",
+    "drift",
+    "previews",
+    "run",
+    "notes",
+    "demo",
+)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -17,7 +17,7 @@ from kubernetes import client, watch
 
 from gitsync.errors import ApplyError
 from gitsync.kube.client import REQUEST_TIMEOUT
-from gitsync.kube.failures import message, reaching_the_api, refusal, transient
+from gitsync.kube.failures import RAYSERVICE, about, access_refused, message, refusal, transient
 from gitsync.kube.rest import METADATA_LIST, request
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, MANAGED_BY, managed_selector
@@ -31,7 +31,7 @@ class RayServices:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
         """Every RayService gitsync applied for ``environment`` in ``namespace``: one request."""
         listing = self.custom.list_namespaced_custom_object(
@@ -39,7 +39,7 @@ class RayServices:
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])}
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def list_managed_metadata(
         self, namespace: str, environment: str
     ) -> dict[ServiceKey, dict[str, Any]]:
@@ -54,7 +54,7 @@ class RayServices:
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items") or []}
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]:
         """Every RayService gitsync manages in ``namespace`` that carries the label ``label``
         (any value), e.g. every preview: one request."""
@@ -63,7 +63,7 @@ class RayServices:
         )
         return list(listing.get("items", []))
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def list_managed_versioned(
         self, namespace: str, environment: str
     ) -> tuple[dict[ServiceKey, dict[str, Any]], str]:
@@ -104,21 +104,21 @@ class RayServices:
         except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             log.debug("watch ended namespace=%s error=%s", namespace, exc)
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def get(self, key: ServiceKey) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, key.namespace, PLURAL, key.name
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return None
-            if transient(exc):
-                raise
             raise ApplyError(key, f"cannot read it: {message(exc)}") from None
         return obj
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def delete(self, key: ServiceKey) -> bool:
         """Deletes one RayService (background propagation); False if it was already gone."""
         try:
@@ -126,14 +126,14 @@ class RayServices:
                 GROUP, VERSION, key.namespace, PLURAL, key.name, propagation_policy="Background"
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return False
-            if transient(exc):
-                raise
             raise refusal(exc, key, "delete") from None
         return True
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def apply(
         self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class RayServices:
                 _preload_content=False,
             )
         except client.ApiException as exc:
-            if transient(exc):
+            if transient(exc) or access_refused(exc):
                 raise
             raise refusal(exc, key, "dry-run apply" if dry_run else "apply") from None
         result: dict[str, Any] = json.loads(response.data)

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
-from gitsync.kube.failures import reaching_the_api, transient
+from gitsync.kube.failures import CORE, about, access_refused, transient
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rest import apply, configmap_path, request
 from gitsync.model import Phase, RolloutState
@@ -46,17 +46,17 @@ class StateStore:
         self.api = api
         self.namespace = namespace
 
-    @reaching_the_api
+    @about(CORE)
     def read(self, environment: str) -> RolloutState | None:
         try:
             configmap = request(
                 self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return None
-            if transient(exc):
-                raise
             raise GitsyncError(
                 f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
             ) from None
@@ -73,7 +73,7 @@ class StateStore:
             last_healthy_revision=data.get("last_healthy_revision", ""),
         )
 
-    @reaching_the_api
+    @about(CORE)
     def write(self, state: RolloutState) -> None:
         values: dict[str, Any] = asdict(state)
         data = {k: "" if values[k] is None else str(values[k]) for k in _KEYS}
@@ -100,7 +100,7 @@ class StateStore:
                 missing = exc.status == 404 and attempt == 1
                 if missing and ensure_namespace(self.api, self.namespace):
                     continue  # the state namespace did not exist: created, try again
-                if transient(exc):
+                if transient(exc) or access_refused(exc):
                     raise
                 raise GitsyncError(
                     f"cannot record rollout state of {state.environment} in {self.namespace}: "
@@ -110,7 +110,7 @@ class StateStore:
     # -- drift: its own keys, written by its own field manager, so a rollout-state write
     # (server-side apply of the rollout keys) never removes them and vice versa.
 
-    @reaching_the_api
+    @about(CORE)
     def read_drift(self, environment: str) -> DriftRecord:
         """The last drift check's record (empty when there was none)."""
         try:
@@ -118,10 +118,10 @@ class StateStore:
                 self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return DriftRecord()
-            if transient(exc):
-                raise
             raise GitsyncError(
                 f"cannot read drift state of {environment}: {exc.status} {exc.reason}"
             ) from None
@@ -138,7 +138,7 @@ class StateStore:
             data.get("drift_revision", ""),
         )
 
-    @reaching_the_api
+    @about(CORE)
     def write_drift(self, environment: str, record: DriftRecord) -> None:
         body = {
             "apiVersion": "v1",
@@ -159,20 +159,20 @@ class StateStore:
                 DRIFT_MANAGER,
             )
         except client.ApiException as exc:
-            if transient(exc):
+            if transient(exc) or access_refused(exc):
                 raise
             raise GitsyncError(
                 f"cannot record drift of {environment} in {self.namespace}: "
                 f"{exc.status} {exc.reason}"
             ) from None
 
-    @reaching_the_api
+    @about(CORE)
     def delete(self, environment: str) -> None:
         """Forgets an environment (a preview that was deleted)."""
         try:
             request(self.api, "DELETE", configmap_path(self.namespace, configmap_name(environment)))
         except client.ApiException as exc:
-            if transient(exc):
+            if transient(exc) or access_refused(exc):
                 raise
             if exc.status != 404:
                 raise GitsyncError(
