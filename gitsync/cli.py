@@ -34,6 +34,7 @@ from gitsync.kube.failures import explained
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
+from gitsync.manifests.durations import parse_duration
 from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
@@ -46,12 +47,54 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
 
 
+# The libraries whose versions decide what gitsync does on the wire, for --version.
+_LIBRARIES = ("kubernetes", "GitPython", "PyYAML", "deepdiff", "APScheduler", "urllib3")
+
+
+def version_text() -> str:
+    """gitsync's version, the KubeRay version whose rules it predicts by default, and the
+    client libraries it runs with (what a bug report needs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in _LIBRARIES)
+    return (
+        f"gitsync {__version__}\n"
+        f"KubeRay semantics: {kuberay.KUBERAY_VERSION} by default "
+        f"({', '.join(sorted(kuberay.SEMANTICS))} with --kuberay-version)\n"
+        f"Python {sys.version.split()[0]}; {libraries}"
+    )
+
+
+class _Version(argparse.Action):
+    """argparse's own version action reflows its text into one paragraph."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
+def duration(text: str) -> float:
+    """An argparse type: seconds from ``30s``, ``1h30m``, ``250ms`` or a bare number."""
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 1m30s or 1h")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gitsync",
         description="GitOps for Ray Serve on Kubernetes: sync RayService manifests from Git.",
     )
-    parser.add_argument("--version", action="version", version=f"gitsync {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="gitsync's, KubeRay's and libraries' versions"
+    )
     parser.add_argument(
         "--debug", action="store_true", help="print the traceback of an unexpected error"
     )
@@ -84,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("path", nargs="?", default=".", help="a Git repository or a checkout (.)")
     plan.add_argument("--from", dest="from_rev", help="offline: the revision deployed now")
-    plan.add_argument("--to", dest="to_rev", default="HEAD", help="offline: the revision to deploy")
+    plan.add_argument(
+        "--to", dest="to_rev", help="offline, with --from: the revision to deploy (HEAD)"
+    )
     plan.add_argument(
         "-o",
         "--output",
@@ -190,7 +235,10 @@ def _agent_commands(commands: Any) -> None:
     run.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
     run.add_argument(
-        "--shutdown-timeout", type=float, default=25.0, help="seconds to stop in (SIGTERM)"
+        "--shutdown-timeout",
+        type=duration,
+        default=25.0,
+        help="how long to stop in after SIGTERM (25s; 1m, 1m30s …)",
     )
     notes = commands.add_parser(
         "notes",
@@ -582,12 +630,21 @@ def _options(args: argparse.Namespace) -> Options:
 def _plans(args: argparse.Namespace) -> list[Plan]:
     options = _options(args)
     if getattr(args, "from_rev", None):
-        return offline_plans(Path(args.path), args.env, args.from_rev, args.to_rev, options)
+        to_rev = args.to_rev or "HEAD"
+        return offline_plans(Path(args.path), args.env, args.from_rev, to_rev, options)
     with api_client(args.kubeconfig, args.context) as api:
         return live_plans(Path(args.path), args.env, RayServices(api), options)
 
 
 def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if getattr(args, "to_rev", None) and not args.from_rev:
+        # Without --from the plan is against the live cluster, which has no "to": silently
+        # planning the checkout instead would answer a question nobody asked.
+        err.write(
+            "gitsync plan: --to needs --from (the revision deployed now); without both, "
+            "plan compares the checkout PATH with the live cluster\n"
+        )
+        return EXIT_ERROR
     if getattr(args, "output", "") == "markdown" and not args.from_rev:
         err.write("gitsync plan: -o markdown needs --from (the pull request's base)\n")
         return EXIT_ERROR
