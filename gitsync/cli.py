@@ -22,8 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+
 from gitsync import __version__, kuberay
 from gitsync.checkout import TreeReport, read_tree
+from gitsync.completion import SHELLS
+from gitsync.completion import script as completion_script
 from gitsync.config import AgentConfig, advertised_url, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import ConfigError, GitsyncError, SourceError
@@ -39,9 +43,21 @@ from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
-from gitsync.sync import environment_status, sync_once
+from gitsync.sync import sync_once
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+OUTPUTS = ("text", "json", "yaml")  # every command that prints state
+
+
+def write_document(document: object, output: str, out: TextIO) -> None:
+    """``-o json`` or ``-o yaml``: the same document (docs/cli.md), as the reader asked."""
+    if output == "yaml":
+        yaml.safe_dump(document, out, sort_keys=False, allow_unicode=True, width=100)
+    else:
+        json.dump(document, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+
+
 STATUS_FLUSH_SECONDS = 60.0  # at exit, how long `sync --once` waits for queued statuses
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
@@ -178,13 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="per environment: the rollout recorded in the cluster and each service's health",
+        description="Reads the cluster only (no Git, no forge): each environment's last rollout "
+        "(its state ConfigMap in the state namespace), each RayService gitsync manages with "
+        "its health, and the last drift check. Exit 0 when every environment's last rollout "
+        "succeeded and each of its services is Healthy and not drifted, 1 when something is "
+        "progressing, degraded, failed or drifted, 2 on errors.",
     )
     sync.add_argument(
         "--no-status", action="store_true", help="post no commit statuses (and read none)"
     )
     _agent_commands(commands)
+    sync.add_argument("--config", type=Path, required=True, help="the agent config file")
+    status.add_argument(
+        "--config", type=Path, help="the agent config file, for rollout.stateNamespace"
+    )
+    status.add_argument(
+        "--state-namespace",
+        help="where the state ConfigMaps are (default: the config's, else gitsync-system)",
+    )
+    status.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        help="list RayServices in this namespace only (repeatable; default: every namespace, "
+        "which needs RBAC to list RayServices cluster-wide)",
+    )
+    status.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     for command in (sync, status):
-        command.add_argument("--config", type=Path, required=True, help="the agent config file")
         command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
         command.add_argument("--context", help="the kubeconfig context to use")
     sync.add_argument("--env", action="append", help="only this environment (repeatable)")
@@ -267,6 +303,15 @@ def _agent_commands(commands: Any) -> None:
     demo.add_argument(
         "--exit-after-story", action="store_true", help="stop everything when the story ends"
     )
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description="Prints a completion script generated from gitsync's own argument parser: "
+        "commands, options and their values. bash: `source <(gitsync completion bash)` in "
+        '~/.bashrc; zsh: `gitsync completion zsh > "${fpath[1]}/_gitsync"`; fish: '
+        "`gitsync completion fish > ~/.config/fish/completions/gitsync.fish`.",
+    )
+    completion.add_argument("shell", choices=SHELLS)
     for command in commands.choices.values():
         command.add_argument(
             "--debug",
@@ -327,47 +372,33 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from gitsync.metrics import Metrics
-    from gitsync.report.factory import build_provider
+    from gitsync.config import RolloutSettings
+    from gitsync.status import cluster_status, status_json, status_lines
 
     try:
-        config = _agent_config(args.config)
-        source = GitSource(config.repository)
-        revision = source.head()
-        tree = source.checkout(revision)
+        namespace = args.state_namespace or (
+            _agent_config(args.config).rollout.state_namespace
+            if args.config is not None
+            else RolloutSettings().state_namespace
+        )
         with api_client(args.kubeconfig, args.context) as api:
-            store = StateStore(api, config.rollout.state_namespace)
-            rows = environment_status(config, RayServices(api), store, tree, revision)
+            rows = cluster_status(
+                RayServices(api), StateStore(api, namespace), tuple(args.namespace or ())
+            )
     except GitsyncError as exc:
         err.write(f"gitsync status: {exc}\n")
         return EXIT_ERROR
-    out.write(f"branch {config.repository.branch} is at {revision[:12]}\n")
-    try:
-        shown = build_provider(config, Metrics()).statuses(revision)
-    except GitsyncError as exc:
-        out.write(f"commit statuses ({config.status.provider}): cannot read: {exc}\n")
+    if args.output != "text":
+        write_document(status_json(rows), args.output, out)
     else:
-        if not shown:
-            out.write(f"commit statuses ({config.status.provider}): none yet\n")
-        for ctx, commit_status in sorted(shown.items()):
-            out.write(f"  {ctx:<28} {commit_status.state:<8} {commit_status.description}\n")
-    for name, state, services, drift in rows:
-        if state is None:
-            out.write(f"\n{name}: never rolled out\n")
-        else:
-            wave = f", wave {state.wave}" if state.wave is not None else ""
-            finished = f", finished {state.finished}" if state.finished else ""
-            out.write(
-                f"\n{name}: {state.phase} at {state.revision[:12]}{wave} "
-                f"(started {state.started}{finished})\n"
-            )
-            if state.message:
-                out.write(f"  {state.message}\n")
-        if drift.checked:
-            found = f"{len(drift.findings)} drifted" if drift.findings else "no drift"
-            out.write(f"  drift check {drift.checked} against {drift.revision[:12]}: {found}\n")
-        for s in services:
-            out.write(f"  {s.key.name:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
+        out.write("\n".join(status_lines(rows)) + ("\n" if rows else ""))
+    if not rows:
+        err.write(f"gitsync status: no environment recorded in namespace {namespace}\n")
+        return EXIT_FOUND
+    unsettled = [r.name for r in rows if not r.settled]
+    if unsettled:
+        err.write(f"gitsync status: not settled: {', '.join(unsettled)}\n")
+        return EXIT_FOUND
     return EXIT_OK
 
 
@@ -848,6 +879,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 parser.error("--rev goes with a repository URL; check out the revision instead")
             codes.append(validate(Path(args.path), args.output, sys.stdout, sys.stderr))
         return max(codes)
+    if args.command == "completion":
+        sys.stdout.write(completion_script(parser, args.shell))
+        return EXIT_OK
     if args.command == "run":
         return run_agent(args, sys.stderr)
     if args.command == "demo":

@@ -55,6 +55,19 @@ class RayServices:
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items") or []}
 
     @about(RAYSERVICE)
+    def list_every_managed(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every RayService gitsync manages, of every environment, in ``namespace`` or (None)
+        in every namespace (which needs RBAC to list RayServices cluster-wide): one request."""
+        where = f"/namespaces/{namespace}" if namespace else ""
+        listing = request(
+            self.api,
+            "GET",
+            f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}",
+            query={"labelSelector": f"{MANAGED_BY}=gitsync"},
+        )
+        return list(listing.get("items") or [])
+
+    @about(RAYSERVICE)
     def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]:
         """Every RayService gitsync manages in ``namespace`` that carries the label ``label``
         (any value), e.g. every preview: one request."""

@@ -37,8 +37,39 @@ class DriftRecord:
     revision: str = ""
 
 
+PREFIX = "gitsync-rollout-"
+
+
 def configmap_name(environment: str) -> str:
-    return f"gitsync-rollout-{environment}"
+    return f"{PREFIX}{environment}"
+
+
+def _state(environment: str, data: dict[str, str]) -> RolloutState:
+    wave = data.get("wave", "")
+    return RolloutState(
+        environment=environment,
+        revision=data.get("revision", ""),
+        phase=Phase(data.get("phase", Phase.SUCCEEDED)),
+        wave=int(wave) if wave.lstrip("-").isdigit() else None,
+        started=data.get("started", ""),
+        finished=data.get("finished", ""),
+        message=data.get("message", ""),
+        last_healthy_revision=data.get("last_healthy_revision", ""),
+    )
+
+
+def _drift(data: dict[str, str]) -> DriftRecord:
+    try:
+        findings = json.loads(data.get("drift") or "[]")
+        corrections = json.loads(data.get("corrections") or "{}")
+    except ValueError:
+        return DriftRecord()
+    return DriftRecord(
+        list(findings),
+        dict(corrections),
+        data.get("drift_checked", ""),
+        data.get("drift_revision", ""),
+    )
 
 
 class StateStore:
@@ -60,18 +91,22 @@ class StateStore:
             raise GitsyncError(
                 f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
             ) from None
-        data: dict[str, str] = configmap.get("data") or {}
-        wave = data.get("wave", "")
-        return RolloutState(
-            environment=environment,
-            revision=data.get("revision", ""),
-            phase=Phase(data.get("phase", Phase.SUCCEEDED)),
-            wave=int(wave) if wave.lstrip("-").isdigit() else None,
-            started=data.get("started", ""),
-            finished=data.get("finished", ""),
-            message=data.get("message", ""),
-            last_healthy_revision=data.get("last_healthy_revision", ""),
-        )
+        return _state(environment, configmap.get("data") or {})
+
+    @about(CORE)
+    def read_all(self) -> dict[str, tuple[RolloutState | None, DriftRecord]]:
+        """Every environment with a state ConfigMap here (previews' too): its rollout state
+        (None when only a drift check was recorded) and its drift record. One request."""
+        listing = request(self.api, "GET", configmap_path(self.namespace))
+        found = {}
+        for configmap in listing.get("items") or []:
+            name = str((configmap.get("metadata") or {}).get("name", ""))
+            if name.startswith(PREFIX):
+                data = configmap.get("data") or {}
+                environment = name.removeprefix(PREFIX)
+                state = _state(environment, data) if data.get("revision") else None
+                found[environment] = (state, _drift(data))
+        return found
 
     @about(CORE)
     def write(self, state: RolloutState) -> None:
@@ -125,18 +160,7 @@ class StateStore:
             raise GitsyncError(
                 f"cannot read drift state of {environment}: {exc.status} {exc.reason}"
             ) from None
-        data: dict[str, str] = configmap.get("data") or {}
-        try:
-            findings = json.loads(data.get("drift") or "[]")
-            corrections = json.loads(data.get("corrections") or "{}")
-        except ValueError:
-            return DriftRecord()
-        return DriftRecord(
-            list(findings),
-            dict(corrections),
-            data.get("drift_checked", ""),
-            data.get("drift_revision", ""),
-        )
+        return _drift(configmap.get("data") or {})
 
     @about(CORE)
     def write_drift(self, environment: str, record: DriftRecord) -> None:
