@@ -43,7 +43,7 @@ from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
-from gitsync.sync import sync_once
+from gitsync.sync import PassResult, sync_once
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 OUTPUTS = ("text", "json", "yaml")  # every command that prints state
@@ -54,7 +54,7 @@ def write_document(document: object, output: str, out: TextIO) -> None:
     if output == "yaml":
         yaml.safe_dump(document, out, sort_keys=False, allow_unicode=True, width=100)
     else:
-        json.dump(document, out, indent=2, ensure_ascii=False)
+        json.dump(document, out, indent=2, ensure_ascii=False, default=str)
         out.write("\n")
 
 
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--config", type=Path, help="also check the agent's config file (config/gitsync.yaml)"
     )
-    validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    validate.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     plan = commands.add_parser(
         "plan",
         help="what applying an environment would make KubeRay do, wave by wave",
@@ -149,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "-o",
         "--output",
-        choices=("table", "json", "markdown"),
+        choices=("table", "json", "yaml", "markdown"),
         default="table",
-        help="markdown (with --from): the plan comment gitsync writes on a pull request",
+        help="json or yaml: the plan as data (docs/cli.md); markdown (with --from): the plan "
+        "comment gitsync writes on a pull request",
     )
     diff = commands.add_parser(
         "diff",
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("path", nargs="?", default=".", help="a checkout holding gitsync.yaml (.)")
     diff.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    diff.add_argument(
+        "-o", "--output", choices=OUTPUTS, default="text", help="json or yaml: as plan's"
+    )
     for command in (plan, diff):
         command.add_argument(
             "--env",
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
     sync.add_argument("--dry-run", action="store_true", help="print the plans, apply nothing")
+    sync.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     status = commands.add_parser(
         "status",
         help="per environment: the rollout recorded in the cluster and each service's health",
@@ -244,7 +249,7 @@ def _agent_commands(commands: Any) -> None:
     drift.add_argument("--context", help="the kubeconfig context to use")
     drift.add_argument("--env", action="append", help="only this environment (repeatable)")
     drift.add_argument("--heal", action="store_true", help="correct selfHeal environments")
-    drift.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    drift.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     previews = commands.add_parser(
         "previews",
         help="pull-request previews: list them (or --reconcile once)",
@@ -256,7 +261,7 @@ def _agent_commands(commands: Any) -> None:
     previews.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
     previews.add_argument("--context", help="the kubeconfig context to use")
     previews.add_argument("--reconcile", action="store_true", help="run one preview pass first")
-    previews.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    previews.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     run = commands.add_parser(
         "run",
         help="the agent: poll, webhooks, roll out, report; /metrics, /healthz, /readyz",
@@ -288,7 +293,7 @@ def _agent_commands(commands: Any) -> None:
     where.add_argument("--config", type=Path, help="the agent config file")
     where.add_argument("--repo", help="a repository URL (no auth)")
     notes.add_argument("--branch", default="main", help="with --repo: the branch (main)")
-    notes.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    notes.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     demo = commands.add_parser(
         "demo",
         help="the whole loop on this machine, as `make demo` runs it (a source checkout)",
@@ -364,11 +369,36 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if reporter is not None:
             reporter.close(timeout=STATUS_FLUSH_SECONDS)
-    for r in result.results:
-        out.write(f"{r.environment}: {r.outcome} at {r.revision[:12]}: {r.message}\n")
+    if args.output != "text":
+        write_document(_sync_json(result, dry_run=args.dry_run), args.output, out)
+    else:
+        for r in result.results:
+            out.write(f"{r.environment}: {r.outcome} at {r.revision[:12]}: {r.message}\n")
     if args.dry_run:
         return EXIT_OK
     return EXIT_OK if result.ok else EXIT_FOUND
+
+
+def _sync_json(result: PassResult, *, dry_run: bool) -> dict[str, Any]:
+    """``gitsync sync --once -o json`` (docs/cli.md)."""
+    return {
+        "revision": result.revision,
+        "dryRun": dry_run,
+        "ok": result.ok,
+        "environments": [
+            {
+                "environment": r.environment,
+                "revision": r.revision,
+                "outcome": str(r.outcome),
+                "message": r.message,
+                "failed": str(r.failed) if r.failed else None,
+                "applied": [str(k) for k in r.applied],
+                "pruned": [str(k) for k in r.pruned],
+                "skipped": [str(k) for k in r.skipped],
+            }
+            for r in result.results
+        ],
+    }
 
 
 def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -426,9 +456,8 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except GitsyncError as exc:
         err.write(f"gitsync drift: {exc}\n")
         return EXIT_ERROR
-    if args.output == "json":
-        json.dump({"environments": [drift_json(r) for r in reports]}, out, indent=2)
-        out.write("\n")
+    if args.output != "text":
+        write_document({"environments": [drift_json(r) for r in reports]}, args.output, out)
     else:
         for report in reports:
             if not report.error:
@@ -488,9 +517,8 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         }
         for r in rows
     ]
-    if args.output == "json":
-        json.dump({"namespace": settings.namespace, "previews": table}, out, indent=2)
-        out.write("\n")
+    if args.output != "text":
+        write_document({"namespace": settings.namespace, "previews": table}, args.output, out)
         return EXIT_OK
     out.write(f"{'PR':<6} {'SERVICE':<40} {'REVISION':<13} {'HEALTH':<12} AGE\n")
     for row in table:
@@ -613,7 +641,7 @@ def run_notes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (GitsyncError, ValueError) as exc:
         err.write(f"gitsync notes: {exc}\n")
         return EXIT_ERROR
-    if args.output == "json":
+    if args.output != "text":
         document = {
             "revision": revision,
             "statuses": [
@@ -628,8 +656,7 @@ def run_notes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 for r in records
             ],
         }
-        json.dump(document, out, indent=2, ensure_ascii=False)
-        out.write("\n")
+        write_document(document, args.output, out)
     else:
         out.write(f"{revision}\n")
         for r in records:
@@ -684,19 +711,18 @@ def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (GitsyncError, ValueError, OSError) as exc:
         err.write(f"gitsync {args.command}: {exc}\n")
         return EXIT_ERROR
-    if args.command == "diff":
-        color = args.color == "always" or (
-            args.color == "auto" and out.isatty() and "NO_COLOR" not in os.environ
-        )
-        out.write("".join(plan_diff(p, color=color) for p in plans))
-    elif args.output == "json":
+    if args.output in ("json", "yaml"):
         # One --env: that environment's plan; otherwise every plan, in rollout order.
         single = args.env is not None and len(args.env) == 1
         document = (
             plan_json(plans[0]) if single else {"environments": [plan_json(p) for p in plans]}
         )
-        json.dump(document, out, indent=2, ensure_ascii=False)
-        out.write("\n")
+        write_document(document, args.output, out)
+    elif args.command == "diff":
+        color = args.color == "always" or (
+            args.color == "auto" and out.isatty() and "NO_COLOR" not in os.environ
+        )
+        out.write("".join(plan_diff(p, color=color) for p in plans))
     elif args.output == "markdown":
         first = plans[0] if plans else None
         revisions = (first.from_rev or "", first.to_rev or "") if first else ("", "")
@@ -771,9 +797,8 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
         )
         return EXIT_ERROR
     report = read_tree(path)
-    if output == "json":
-        json.dump(_report_json(report), out, indent=2, ensure_ascii=False)
-        out.write("\n")
+    if output != "text":
+        write_document(_report_json(report), output, out)
         return EXIT_OK if report.ok else EXIT_FOUND
     for problem in report.problems:
         out.write(f"{problem}\n")

@@ -32,7 +32,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Phase, ServiceKey
-from gitsync.plan import Plan, Wave, build_plan
+from gitsync.plan import Plan, Wave, build_plan, fields_json
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.rollout import Outcome, Rollout, RolloutResult
 from gitsync.source.git import GitSource
@@ -370,7 +370,12 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
                 "kind": str(d.kind),
                 "fields": list(d.fields),
                 "managers": list(d.managers),
-                "heal": {"action": str(d.heal.action), "details": list(d.heal.details)}
+                # What healing changes, field by field: old is the live value, new Git's.
+                "heal": {
+                    "action": str(d.heal.action),
+                    "details": list(d.heal.details),
+                    "fields": [fields_json(f) for f in d.heal.fields],
+                }
                 if d.heal
                 else None,
                 "fighting": d.key in report.fighting,

@@ -119,8 +119,19 @@ class DesiredObject:
 
 
 @dataclass(frozen=True)
+class FieldChange:
+    """One changed field: its path in the RayService (``spec.serveConfigV2.applications[rank]
+    .deployments[Ranker].num_replicas``), its old and new value (None: absent)."""
+
+    path: str
+    old: Any = None
+    new: Any = None
+
+
+@dataclass(frozen=True)
 class Change:
-    """What applying Git's version of one service will make KubeRay do, and why."""
+    """What applying Git's version of one service will make KubeRay do, and why:
+    ``details`` for people, ``fields`` for programs (``-o json``)."""
 
     key: ServiceKey
     action: Action
@@ -128,6 +139,7 @@ class Change:
     summary: str
     details: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    fields: tuple[FieldChange, ...] = ()
 
 
 class Phase(enum.StrEnum):

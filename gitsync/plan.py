@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify
-from gitsync.model import Action, Change, ServiceKey
+from gitsync.model import Action, Change, FieldChange, ServiceKey
 
 _NO_WORK = frozenset({Action.UNCHANGED, Action.SKIPPED, Action.ORPHAN})
 ORPHAN_SUMMARY = (
@@ -135,7 +135,13 @@ def skipped(change: Change) -> Change:
         else f"Git's version would be {change.action}: {change.summary}"
     )
     return Change(
-        change.key, Action.SKIPPED, change.wave, f"{why}; {would}", change.details, change.warnings
+        change.key,
+        Action.SKIPPED,
+        change.wave,
+        f"{why}; {would}",
+        change.details,
+        change.warnings,
+        change.fields,
     )
 
 
@@ -148,6 +154,11 @@ def group_of(wave: Wave) -> str:
     """The name of the last group, of services Git no longer declares: ``prune`` (deleted),
     or ``orphans`` when the environment does not prune (left running)."""
     return "orphans" if any(c.action is Action.ORPHAN for c in wave.changes) else "prune"
+
+
+def fields_json(field: FieldChange) -> dict[str, Any]:
+    """One changed field, ``{path, old, new}`` (null: absent on that side)."""
+    return {"path": field.path, "old": field.old, "new": field.new}
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -167,6 +178,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                         "action": str(c.action),
                         "summary": c.summary,
                         "details": list(c.details),
+                        "fields": [fields_json(f) for f in c.fields],
                         "warnings": list(c.warnings),
                     }
                     for c in wave.changes

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gitsync.cli import main
 
@@ -242,3 +243,36 @@ def test_agent_config_sets_the_operator_rules(
         if c["name"] == "embedder"
     ]
     assert change["action"] == "cluster-swap"
+
+
+def test_json_and_yaml_give_each_changed_field_as_path_old_new(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    args = ["plan", str(repo), "--env", "staging", "--from", shas[0], "--to", shas[1]]
+    assert main([*args, "-o", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert main([*args, "-o", "yaml"]) == 1
+    assert yaml.safe_load(capsys.readouterr().out) == document  # one shape, two spellings
+    fields = {c["name"]: c["fields"] for w in document["waves"] for c in w["changes"]}
+    assert fields["ranker"] == [
+        {
+            "path": "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas",
+            "old": 1,
+            "new": 3,
+        }
+    ]
+    image = "spec.rayClusterConfig.headGroupSpec.template.spec.containers[ray-head].image"
+    assert {"path": image, "old": "rayproject/ray:2.49.0-py311",
+            "new": "rayproject/ray:2.50.0-py311"} in fields["embedder"]  # fmt: skip
+    assert fields["summarizer"] == []
+
+
+def test_validate_speaks_yaml_too(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, _ = history
+    assert main(["validate", str(repo), "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert main(["validate", str(repo), "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == document

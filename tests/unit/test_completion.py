@@ -53,7 +53,7 @@ def bash_script(capsys: pytest.CaptureFixture[str]) -> str:
         (["gitsync", "pl"], ["plan"]),
         (["gitsync", "d"], ["diff", "drift", "demo"]),
         (["gitsync", "--ver"], ["--version"]),
-        (["gitsync", "plan", "-o", ""], ["table", "json", "markdown"]),
+        (["gitsync", "plan", "-o", ""], ["table", "json", "yaml", "markdown"]),
         (["gitsync", "plan", "--output", "j"], ["json"]),
         (["gitsync", "status", "-o", ""], ["text", "json", "yaml"]),
         (["gitsync", "plan", "--kuberay-v"], ["--kuberay-version"]),
