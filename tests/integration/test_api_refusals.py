@@ -9,13 +9,18 @@ Before: a 403 or 404 escaped ``plan`` and ``diff`` as a raw ApiException traceba
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
 
 from gitsync.cli import main
+from gitsync.kube.state import StateStore
+from gitsync.model import Phase, RolloutState
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
 
@@ -47,11 +52,13 @@ def checkout(tmp_path: Path, namespace: str) -> Path:
 
 
 def commands(tmp_path: Path, namespace: str, kubeconfig: Path) -> dict[str, list[str]]:
-    """Each command that talks to the API server, with a config and a checkout that are fine."""
+    """Each command that talks to the API server, with a config and a checkout that are fine
+    (the repository's one commit is in ``tmp_path / "revision"``)."""
     repo = GitOpsRepo(
         tmp_path / "gitops", namespace, previews={"namespace": f"{namespace}-previews"}
     )
     config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+    (tmp_path / "revision").write_text(repo.revisions[0])
     tree = checkout(tmp_path, namespace)
     kube = ["--kubeconfig", str(kubeconfig)]
     agent = ["--config", str(config), *kube]
@@ -70,14 +77,25 @@ def commands(tmp_path: Path, namespace: str, kubeconfig: Path) -> dict[str, list
 def refused_everywhere(
     runs: dict[str, list[str]], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    told = {}
+    told, errs = {}, {}
     for name, argv in runs.items():
-        code = main(argv)
-        captured = capsys.readouterr()
-        lines = [line for line in captured.err.splitlines() if "gitsync" in line]
-        told[name] = (code, expected in captured.err, "Traceback" in captured.err, lines[-1:])
+        if name == "run":  # the agent, as a real process: it must not start
+            agent = subprocess.run(
+                [sys.executable, "-m", "gitsync", *argv],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            code, err = agent.returncode, agent.stderr
+        else:
+            code = main(argv)
+            err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if "gitsync" in line]
+        told[name] = (code, expected in err, "Traceback" in err, lines[-1:])
+        errs[name] = err
     wrong = {name: seen for name, seen in told.items() if seen[0] < 2 or not seen[1] or seen[2]}
-    assert not wrong, wrong
+    assert not wrong, (wrong, {name: errs[name][-2000:] for name in wrong})
 
 
 def test_a_service_account_without_rbac_is_told_403_by_every_command(
@@ -112,5 +130,13 @@ def test_a_cluster_without_the_crd_is_told_to_install_kuberay_by_every_command(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # A rollout on record, so drift has something to compare (with none it rightly says
+    # there is nothing to check, CRD or not).
     runs = commands(tmp_path, "staging", bare_plane.kubeconfig)
+    revision = (tmp_path / "revision").read_text()
+    with bare_plane.api_client() as admin:
+        client.CoreV1Api(admin).create_namespace({"metadata": {"name": "staging"}})
+        StateStore(admin, "staging").write(
+            RolloutState("staging", revision, Phase.SUCCEEDED, None, "then", "now")
+        )
     refused_everywhere(runs, NO_CRD, capsys)
