@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="per environment: the rollout recorded in the cluster and each service's health",
         description="Reads the cluster only (no Git, no forge): each environment's last rollout "
-        "(its state ConfigMap in the state namespace), each RayService gitsync manages with "
+        "(its state ConfigMap in the state namespace), each RayService gitsync manages for it "
+        "in the namespace that rollout recorded, with "
         "its health, and the last drift check. Exit 0 when every environment's last rollout "
         "succeeded and each of its services is Healthy and not drifted, 1 when something is "
         "progressing, degraded, failed or drifted, 2 on errors.",
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-n",
         "--namespace",
         action="append",
-        help="list RayServices in this namespace only (repeatable; default: every namespace, "
+        help="for an environment whose rollout record names no namespace (recorded by an "
+        "older gitsync): look for its RayServices here (repeatable; default: every namespace, "
         "which needs RBAC to list RayServices cluster-wide)",
     )
     status.add_argument("-o", "--output", choices=OUTPUTS, default="text")

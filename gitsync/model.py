@@ -164,3 +164,4 @@ class RolloutState:
     finished: str = ""
     message: str = ""
     last_healthy_revision: str = ""
+    namespace: str = ""  # where the environment's services are ("" in records before it)

@@ -329,7 +329,15 @@ class PreviewReconciler:
                 revision = (objects[0]["metadata"].get("annotations") or {}).get(REVISION, "")
                 self.state.write(
                     RolloutState(
-                        f"preview-{number}", revision, Phase.SUCCEEDED, None, "", "", EXPIRED, ""
+                        f"preview-{number}",
+                        revision,
+                        Phase.SUCCEEDED,
+                        None,
+                        "",
+                        "",
+                        EXPIRED,
+                        "",
+                        previews.namespace,
                     )
                 )
             else:

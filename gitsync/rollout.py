@@ -139,7 +139,15 @@ class Rollout:
         started = resumed.started if resumed else _now()
         at_wave = resumed.wave if resumed else None  # kept until the next wave is written
         record = RolloutState(
-            env.name, revision, Phase.IN_PROGRESS, at_wave, started, "", "", last_healthy
+            env.name,
+            revision,
+            Phase.IN_PROGRESS,
+            at_wave,
+            started,
+            "",
+            "",
+            last_healthy,
+            env.namespace,
         )
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):

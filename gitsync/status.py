@@ -82,28 +82,37 @@ def service_status(obj: Mapping[str, Any], finding: Mapping[str, Any] | None) ->
 def cluster_status(
     services: RayServices, store: StateStore, namespaces: Sequence[str] = ()
 ) -> list[EnvironmentStatus]:
-    """Every environment the cluster knows of (a state ConfigMap, or RayServices labelled
-    with it), by name. ``namespaces``: list RayServices there only (else in every namespace)."""
+    """Every environment this agent recorded (a state ConfigMap in ``store``'s namespace), by
+    name, with the RayServices labelled with it in the namespace its rollout recorded.
+    ``namespaces``: where to look for environments whose record names no namespace (written
+    by an older gitsync); without, every namespace (RBAC to list RayServices cluster-wide)."""
     recorded = store.read_all()
-    objects = (
-        [o for namespace in namespaces for o in services.list_every_managed(namespace)]
-        if namespaces
-        else services.list_every_managed()
-    )
-    by_environment: dict[str, list[Mapping[str, Any]]] = {}
-    for obj in objects:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        by_environment.setdefault(str(labels.get(ENVIRONMENT, "")), []).append(obj)
+    unplaced = [name for name, (state, _) in recorded.items() if not (state and state.namespace)]
+    everywhere: list[dict[str, Any]] = []
+    if unplaced:
+        everywhere = (
+            [o for namespace in namespaces for o in services.list_every_managed(namespace)]
+            if namespaces
+            else services.list_every_managed()
+        )
     rows = []
-    for name in sorted({*recorded, *by_environment} - {""}):
-        state, drift = recorded.get(name, (None, DriftRecord()))
+    for name in sorted(recorded):
+        state, drift = recorded[name]
+        if state is not None and state.namespace:
+            objects = list(services.list_managed(state.namespace, name).values())
+        else:
+            objects = [o for o in everywhere if _environment(o) == name]
         findings = {str(f.get("service")): f for f in drift.findings}
         statuses = sorted(
-            (service_status(obj, findings.get(_key(obj))) for obj in by_environment.get(name, [])),
+            (service_status(obj, findings.get(_key(obj))) for obj in objects),
             key=lambda s: s.key,
         )
         rows.append(EnvironmentStatus(name, state, tuple(statuses), drift))
     return rows
+
+
+def _environment(obj: Mapping[str, Any]) -> str:
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(ENVIRONMENT, ""))
 
 
 def _key(obj: Mapping[str, Any]) -> str:

@@ -19,7 +19,16 @@ from gitsync.kube.rest import apply, configmap_path, request
 from gitsync.model import Phase, RolloutState
 from gitsync.stamp import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
 
-_KEYS = ("revision", "phase", "wave", "started", "finished", "message", "last_healthy_revision")
+_KEYS = (
+    "revision",
+    "phase",
+    "wave",
+    "started",
+    "finished",
+    "message",
+    "last_healthy_revision",
+    "namespace",
+)
 
 
 DRIFT_MANAGER = "gitsync-drift"
@@ -55,6 +64,7 @@ def _state(environment: str, data: dict[str, str]) -> RolloutState:
         finished=data.get("finished", ""),
         message=data.get("message", ""),
         last_healthy_revision=data.get("last_healthy_revision", ""),
+        namespace=data.get("namespace", ""),
     )
 
 

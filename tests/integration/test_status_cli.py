@@ -69,14 +69,16 @@ def test_status_needs_no_git_and_exits_by_health(
     assert yaml.safe_load(text) == document  # one document, two spellings
 
     # A rollout under way: not settled, exit 1.
-    store.write(RolloutState("staging", revision, Phase.IN_PROGRESS, 0, "now"))
+    store.write(RolloutState("staging", revision, Phase.IN_PROGRESS, 0, "now", namespace=namespace))
     code, out, err = status(control_plane.kubeconfig, namespace, capsys)
     assert code == 1
     assert "staging: in-progress" in out
     assert "not settled: staging" in err
 
     # Succeeded, then a hand edit KubeRay cannot deploy: ranker is Degraded, exit 1.
-    store.write(RolloutState("staging", revision, Phase.SUCCEEDED, None, "then", "now"))
+    store.write(
+        RolloutState("staging", revision, Phase.SUCCEEDED, None, "then", "now", namespace=namespace)
+    )
     assert status(control_plane.kubeconfig, namespace, capsys)[0] == 0
     sim.add_rule(FailureRule(namespace=namespace, service="ranker", message="bad edit"))
     live = get(api, namespace, "ranker")
