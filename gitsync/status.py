@@ -103,10 +103,22 @@ def cluster_status(
         else:
             objects = [o for o in everywhere if _environment(o) == name]
         findings = {str(f.get("service")): f for f in drift.findings}
-        statuses = sorted(
-            (service_status(obj, findings.get(_key(obj))) for obj in objects),
-            key=lambda s: s.key,
-        )
+        statuses = [service_status(obj, findings.get(_key(obj))) for obj in objects]
+        live = {_key(obj) for obj in objects}
+        # Deleted by hand since it was applied: the drift check found it missing.
+        statuses += [
+            ServiceStatus(
+                ServiceKey.parse(service),
+                "",
+                Health.MISSING,
+                "the RayService does not exist",
+                drift="fighting" if finding.get("fighting") else "drifted",
+                drift_message=str(finding.get("message", "")),
+            )
+            for service, finding in findings.items()
+            if service not in live and "/" in service
+        ]
+        statuses.sort(key=lambda s: s.key)
         rows.append(EnvironmentStatus(name, state, tuple(statuses), drift))
     return rows
 
