@@ -18,31 +18,91 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+
 from gitsync import __version__, kuberay
 from gitsync.checkout import TreeReport, read_tree
+from gitsync.completion import SHELLS
+from gitsync.completion import script as completion_script
 from gitsync.config import AgentConfig, advertised_url, load_agent_config
 from gitsync.diff.classify import Options
 from gitsync.errors import ConfigError, GitsyncError, SourceError
 from gitsync.health import assess
 from gitsync.kube.client import api_client
 from gitsync.kube.events import EventRecorder
+from gitsync.kube.failures import explained
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
+from gitsync.manifests.durations import parse_duration
 from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
-from gitsync.sync import environment_status, sync_once
+from gitsync.source.config import TokenAuth
+from gitsync.sync import PassResult, sync_once
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+OUTPUTS = ("text", "json", "yaml")  # every command that prints state
+
+
+def write_document(document: object, output: str, out: TextIO) -> None:
+    """``-o json`` or ``-o yaml``: the same document (docs/cli.md), as the reader asked."""
+    if output == "yaml":
+        yaml.safe_dump(document, out, sort_keys=False, allow_unicode=True, width=100)
+    else:
+        json.dump(document, out, indent=2, ensure_ascii=False, default=str)
+        out.write("\n")
+
+
 STATUS_FLUSH_SECONDS = 60.0  # at exit, how long `sync --once` waits for queued statuses
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
+
+
+# The libraries whose versions decide what gitsync does on the wire, for --version.
+_LIBRARIES = ("kubernetes", "GitPython", "PyYAML", "deepdiff", "APScheduler", "urllib3")
+
+
+def version_text() -> str:
+    """gitsync's version, the KubeRay version whose rules it predicts by default, and the
+    client libraries it runs with (what a bug report needs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in _LIBRARIES)
+    return (
+        f"gitsync {__version__}\n"
+        f"KubeRay semantics: {kuberay.KUBERAY_VERSION} by default "
+        f"({', '.join(sorted(kuberay.SEMANTICS))} with --kuberay-version)\n"
+        f"Python {sys.version.split()[0]}; {libraries}"
+    )
+
+
+class _Version(argparse.Action):
+    """argparse's own version action reflows its text into one paragraph."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
+def duration(text: str) -> float:
+    """An argparse type: seconds from ``30s``, ``1h30m``, ``250ms`` or a bare number."""
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 1m30s or 1h")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gitsync",
         description="GitOps for Ray Serve on Kubernetes: sync RayService manifests from Git.",
     )
-    parser.add_argument("--version", action="version", version=f"gitsync {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="gitsync's, KubeRay's and libraries' versions"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an unexpected error"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     validate = commands.add_parser(
         "validate",
@@ -70,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--config", type=Path, help="also check the agent's config file (config/gitsync.yaml)"
     )
-    validate.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    validate.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     plan = commands.add_parser(
         "plan",
         help="what applying an environment would make KubeRay do, wave by wave",
@@ -80,13 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("path", nargs="?", default=".", help="a Git repository or a checkout (.)")
     plan.add_argument("--from", dest="from_rev", help="offline: the revision deployed now")
-    plan.add_argument("--to", dest="to_rev", default="HEAD", help="offline: the revision to deploy")
+    plan.add_argument(
+        "--to", dest="to_rev", help="offline, with --from: the revision to deploy (HEAD)"
+    )
     plan.add_argument(
         "-o",
         "--output",
-        choices=("table", "json", "markdown"),
+        choices=("table", "json", "yaml", "markdown"),
         default="table",
-        help="markdown (with --from): the plan comment gitsync writes on a pull request",
+        help="json or yaml: the plan as data (docs/cli.md); markdown (with --from): the plan "
+        "comment gitsync writes on a pull request",
     )
     diff = commands.add_parser(
         "diff",
@@ -96,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("path", nargs="?", default=".", help="a checkout holding gitsync.yaml (.)")
     diff.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    diff.add_argument(
+        "-o", "--output", choices=OUTPUTS, default="text", help="json or yaml: as plan's"
+    )
     for command in (plan, diff):
         command.add_argument(
             "--env",
@@ -126,16 +197,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
     sync.add_argument("--dry-run", action="store_true", help="print the plans, apply nothing")
+    sync.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     status = commands.add_parser(
         "status",
         help="per environment: the rollout recorded in the cluster and each service's health",
+        description="Reads the cluster only (no Git, no forge): each environment's last rollout "
+        "(its state ConfigMap in the state namespace), each RayService gitsync manages for it "
+        "in the namespace that rollout recorded, with "
+        "its health, and the last drift check. Exit 0 when every environment's last rollout "
+        "succeeded and each of its services is Healthy and not drifted, 1 when something is "
+        "progressing, degraded, failed or drifted, 2 on errors.",
     )
     sync.add_argument(
         "--no-status", action="store_true", help="post no commit statuses (and read none)"
     )
     _agent_commands(commands)
+    sync.add_argument("--config", type=Path, required=True, help="the agent config file")
+    status.add_argument(
+        "--config", type=Path, help="the agent config file, for rollout.stateNamespace"
+    )
+    status.add_argument(
+        "--state-namespace",
+        help="where the state ConfigMaps are (default: the config's, else gitsync-system)",
+    )
+    status.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        help="for an environment whose rollout record names no namespace (recorded by an "
+        "older gitsync): look for its RayServices here (repeatable; default: every namespace, "
+        "which needs RBAC to list RayServices cluster-wide)",
+    )
+    status.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     for command in (sync, status):
-        command.add_argument("--config", type=Path, required=True, help="the agent config file")
         command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
         command.add_argument("--context", help="the kubeconfig context to use")
     sync.add_argument("--env", action="append", help="only this environment (repeatable)")
@@ -159,7 +253,7 @@ def _agent_commands(commands: Any) -> None:
     drift.add_argument("--context", help="the kubeconfig context to use")
     drift.add_argument("--env", action="append", help="only this environment (repeatable)")
     drift.add_argument("--heal", action="store_true", help="correct selfHeal environments")
-    drift.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    drift.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     previews = commands.add_parser(
         "previews",
         help="pull-request previews: list them (or --reconcile once)",
@@ -171,7 +265,7 @@ def _agent_commands(commands: Any) -> None:
     previews.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
     previews.add_argument("--context", help="the kubeconfig context to use")
     previews.add_argument("--reconcile", action="store_true", help="run one preview pass first")
-    previews.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    previews.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     run = commands.add_parser(
         "run",
         help="the agent: poll, webhooks, roll out, report; /metrics, /healthz, /readyz",
@@ -187,9 +281,9 @@ def _agent_commands(commands: Any) -> None:
     run.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
     run.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=duration,
         help="seconds to stop in after SIGTERM or Ctrl-C (default: the config's "
-        "shutdownGracePeriod, 10s); a second signal stops at once",
+        "shutdownGracePeriod, 10s; 1m, 1m30s …); a second signal stops at once",
     )
     notes = commands.add_parser(
         "notes",
@@ -203,7 +297,7 @@ def _agent_commands(commands: Any) -> None:
     where.add_argument("--config", type=Path, help="the agent config file")
     where.add_argument("--repo", help="a repository URL (no auth)")
     notes.add_argument("--branch", default="main", help="with --repo: the branch (main)")
-    notes.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    notes.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     demo = commands.add_parser(
         "demo",
         help="the whole loop on this machine, as `make demo` runs it (a source checkout)",
@@ -218,6 +312,22 @@ def _agent_commands(commands: Any) -> None:
     demo.add_argument(
         "--exit-after-story", action="store_true", help="stop everything when the story ends"
     )
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description="Prints a completion script generated from gitsync's own argument parser: "
+        "commands, options and their values. bash: `source <(gitsync completion bash)` in "
+        '~/.bashrc; zsh: `gitsync completion zsh > "${fpath[1]}/_gitsync"`; fish: '
+        "`gitsync completion fish > ~/.config/fish/completions/gitsync.fish`.",
+    )
+    completion.add_argument("shell", choices=SHELLS)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,  # or it would undo a `gitsync --debug COMMAND`
+            help="print the traceback of an unexpected error",
+        )
 
 
 def _agent_config(path: Path) -> AgentConfig:
@@ -263,55 +373,66 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if reporter is not None:
             reporter.close(timeout=STATUS_FLUSH_SECONDS)
-    for r in result.results:
-        out.write(f"{r.environment}: {r.outcome} at {r.revision[:12]}: {r.message}\n")
+    if args.output != "text":
+        write_document(_sync_json(result, dry_run=args.dry_run), args.output, out)
+    else:
+        for r in result.results:
+            out.write(f"{r.environment}: {r.outcome} at {r.revision[:12]}: {r.message}\n")
     if args.dry_run:
         return EXIT_OK
     return EXIT_OK if result.ok else EXIT_FOUND
 
 
+def _sync_json(result: PassResult, *, dry_run: bool) -> dict[str, Any]:
+    """``gitsync sync --once -o json`` (docs/cli.md)."""
+    return {
+        "revision": result.revision,
+        "dryRun": dry_run,
+        "ok": result.ok,
+        "environments": [
+            {
+                "environment": r.environment,
+                "revision": r.revision,
+                "outcome": str(r.outcome),
+                "message": r.message,
+                "failed": str(r.failed) if r.failed else None,
+                "applied": [str(k) for k in r.applied],
+                "pruned": [str(k) for k in r.pruned],
+                "skipped": [str(k) for k in r.skipped],
+            }
+            for r in result.results
+        ],
+    }
+
+
 def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from gitsync.metrics import Metrics
-    from gitsync.report.factory import build_provider
+    from gitsync.config import RolloutSettings
+    from gitsync.status import cluster_status, status_json, status_lines
 
     try:
-        config = _agent_config(args.config)
-        source = GitSource(config.repository)
-        revision = source.head()
-        tree = source.checkout(revision)
+        namespace = args.state_namespace or (
+            _agent_config(args.config).rollout.state_namespace
+            if args.config is not None
+            else RolloutSettings().state_namespace
+        )
         with api_client(args.kubeconfig, args.context) as api:
-            store = StateStore(api, config.rollout.state_namespace)
-            rows = environment_status(config, RayServices(api), store, tree, revision)
+            rows = cluster_status(
+                RayServices(api), StateStore(api, namespace), tuple(args.namespace or ())
+            )
     except GitsyncError as exc:
         err.write(f"gitsync status: {exc}\n")
         return EXIT_ERROR
-    out.write(f"branch {config.repository.branch} is at {revision[:12]}\n")
-    try:
-        shown = build_provider(config, Metrics()).statuses(revision)
-    except GitsyncError as exc:
-        out.write(f"commit statuses ({config.status.provider}): cannot read: {exc}\n")
+    if args.output != "text":
+        write_document(status_json(rows), args.output, out)
     else:
-        if not shown:
-            out.write(f"commit statuses ({config.status.provider}): none yet\n")
-        for ctx, commit_status in sorted(shown.items()):
-            out.write(f"  {ctx:<28} {commit_status.state:<8} {commit_status.description}\n")
-    for name, state, services, drift in rows:
-        if state is None:
-            out.write(f"\n{name}: never rolled out\n")
-        else:
-            wave = f", wave {state.wave}" if state.wave is not None else ""
-            finished = f", finished {state.finished}" if state.finished else ""
-            out.write(
-                f"\n{name}: {state.phase} at {state.revision[:12]}{wave} "
-                f"(started {state.started}{finished})\n"
-            )
-            if state.message:
-                out.write(f"  {state.message}\n")
-        if drift.checked:
-            found = f"{len(drift.findings)} drifted" if drift.findings else "no drift"
-            out.write(f"  drift check {drift.checked} against {drift.revision[:12]}: {found}\n")
-        for s in services:
-            out.write(f"  {s.key.label:<24} {s.health:<12} {s.revision[:12]:<12} {s.message}\n")
+        out.write("\n".join(status_lines(rows)) + ("\n" if rows else ""))
+    if not rows:
+        err.write(f"gitsync status: no environment recorded in namespace {namespace}\n")
+        return EXIT_FOUND
+    unsettled = [r.name for r in rows if not r.settled]
+    if unsettled:
+        err.write(f"gitsync status: not settled: {', '.join(unsettled)}\n")
+        return EXIT_FOUND
     return EXIT_OK
 
 
@@ -339,12 +460,15 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except GitsyncError as exc:
         err.write(f"gitsync drift: {exc}\n")
         return EXIT_ERROR
-    if args.output == "json":
-        json.dump({"environments": [drift_json(r) for r in reports]}, out, indent=2)
-        out.write("\n")
+    if args.output != "text":
+        write_document({"environments": [drift_json(r) for r in reports]}, args.output, out)
     else:
         for report in reports:
-            out.write("\n".join(report_lines(report)) + "\n")
+            if not report.error:
+                out.write("\n".join(report_lines(report)) + "\n")
+    for report in reports:  # an error is told on stderr, whatever the output format
+        if report.error:
+            err.write(f"gitsync drift: {report.environment}: check failed: {report.error}\n")
     if any(r.error for r in reports):
         return EXIT_ERROR
     return EXIT_FOUND if any(r.drifted for r in reports) else EXIT_OK
@@ -397,9 +521,8 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         }
         for r in rows
     ]
-    if args.output == "json":
-        json.dump({"namespace": settings.namespace, "previews": table}, out, indent=2)
-        out.write("\n")
+    if args.output != "text":
+        write_document({"namespace": settings.namespace, "previews": table}, args.output, out)
         return EXIT_OK
     out.write(f"{'PR':<6} {'SERVICE':<40} {'REVISION':<13} {'HEALTH':<12} AGE\n")
     for row in table:
@@ -420,8 +543,25 @@ def _probe_address(probe_listen: str) -> tuple[str, int] | None:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the documented default
 
 
+def _webhook_secret(secret: TokenAuth | None) -> Callable[[], bytes | None]:
+    """Reads the webhook secret at each delivery (a rotated file is picked up); None when
+    none is configured or it cannot be read (logged)."""
+
+    def read() -> bytes | None:
+        if secret is None:
+            return None
+        try:
+            return read_token(secret).encode()
+        except GitsyncError as exc:
+            logging.getLogger("gitsync.server").error("webhook secret: %s", exc)
+            return None
+
+    return read
+
+
 def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     from gitsync.agent import Agent
+    from gitsync.kube.access import check_access
     from gitsync.metrics import Metrics
     from gitsync.report.factory import agent_identity, build_pulls, build_reporter
     from gitsync.server import AgentServer, Hooks
@@ -433,6 +573,9 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         listen = args.listen or config.listen
         host, _, port = listen.rpartition(":")
         api = api_client(args.kubeconfig, args.context)
+        election = config.leader_election
+        lease = (election.namespace, election.lease_name) if election.enabled else None
+        check_access(api, config.rollout.state_namespace, lease)
         metrics = Metrics()
         reporter = build_reporter(config, metrics)
         pulls = build_pulls(config, metrics)
@@ -454,19 +597,8 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
             config.advertise_url, listen, os.environ.get("POD_IP", ""), socket.gethostname()
         ),
     )
-    secret = config.webhooks.secret
-
-    def webhook_secret() -> bytes | None:
-        if secret is None:
-            return None
-        try:
-            return read_token(secret).encode()
-        except GitsyncError as exc:
-            logging.getLogger("gitsync.server").error("webhook secret: %s", exc)
-            return None
-
     hooks = Hooks(
-        webhook_secret,
+        _webhook_secret(config.webhooks.secret),
         config.repository.url,
         config.repository.branch,
         agent.trigger,
@@ -550,7 +682,7 @@ def run_notes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (GitsyncError, ValueError) as exc:
         err.write(f"gitsync notes: {exc}\n")
         return EXIT_ERROR
-    if args.output == "json":
+    if args.output != "text":
         document = {
             "revision": revision,
             "statuses": [
@@ -565,8 +697,7 @@ def run_notes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 for r in records
             ],
         }
-        json.dump(document, out, indent=2, ensure_ascii=False)
-        out.write("\n")
+        write_document(document, args.output, out)
     else:
         out.write(f"{revision}\n")
         for r in records:
@@ -598,12 +729,21 @@ def _options(args: argparse.Namespace) -> Options:
 def _plans(args: argparse.Namespace) -> list[Plan]:
     options = _options(args)
     if getattr(args, "from_rev", None):
-        return offline_plans(Path(args.path), args.env, args.from_rev, args.to_rev, options)
+        to_rev = args.to_rev or "HEAD"
+        return offline_plans(Path(args.path), args.env, args.from_rev, to_rev, options)
     with api_client(args.kubeconfig, args.context) as api:
         return live_plans(Path(args.path), args.env, RayServices(api), options)
 
 
 def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if getattr(args, "to_rev", None) and not args.from_rev:
+        # Without --from the plan is against the live cluster, which has no "to": silently
+        # planning the checkout instead would answer a question nobody asked.
+        err.write(
+            "gitsync plan: --to needs --from (the revision deployed now); without both, "
+            "plan compares the checkout PATH with the live cluster\n"
+        )
+        return EXIT_ERROR
     if getattr(args, "output", "") == "markdown" and not args.from_rev:
         err.write("gitsync plan: -o markdown needs --from (the pull request's base)\n")
         return EXIT_ERROR
@@ -612,19 +752,18 @@ def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (GitsyncError, ValueError, OSError) as exc:
         err.write(f"gitsync {args.command}: {exc}\n")
         return EXIT_ERROR
-    if args.command == "diff":
-        color = args.color == "always" or (
-            args.color == "auto" and out.isatty() and "NO_COLOR" not in os.environ
-        )
-        out.write("".join(plan_diff(p, color=color) for p in plans))
-    elif args.output == "json":
+    if args.output in ("json", "yaml"):
         # One --env: that environment's plan; otherwise every plan, in rollout order.
         single = args.env is not None and len(args.env) == 1
         document = (
             plan_json(plans[0]) if single else {"environments": [plan_json(p) for p in plans]}
         )
-        json.dump(document, out, indent=2, ensure_ascii=False)
-        out.write("\n")
+        write_document(document, args.output, out)
+    elif args.command == "diff":
+        color = args.color == "always" or (
+            args.color == "auto" and out.isatty() and "NO_COLOR" not in os.environ
+        )
+        out.write("".join(plan_diff(p, color=color) for p in plans))
     elif args.output == "markdown":
         first = plans[0] if plans else None
         revisions = (first.from_rev or "", first.to_rev or "") if first else ("", "")
@@ -710,9 +849,8 @@ def validate(path: Path, output: str, out: TextIO, err: TextIO) -> int:
         )
         return EXIT_ERROR
     report = read_tree(path)
-    if output == "json":
-        json.dump(_report_json(report), out, indent=2, ensure_ascii=False)
-        out.write("\n")
+    if output != "text":
+        write_document(_report_json(report), output, out)
         return EXIT_OK if report.ok else EXIT_FOUND
     for problem in report.problems:
         out.write(f"{problem}\n")
@@ -769,11 +907,46 @@ def run_demo(args: argparse.Namespace, err: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(argv)
+        return _main(words)
     except BrokenPipeError:  # `gitsync plan -o json | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:
+        return 130  # as a shell reports SIGINT
+    except Exception as exc:  # the last line of defence: one line, exit 2
+        sys.stderr.write(crash_line(exc, words))
+        if "--debug" in words:
+            traceback.print_exc()
+        return EXIT_ERROR
+
+
+def crash_line(exc: Exception, words: Sequence[str]) -> str:
+    """One line for an exception no command handled: gitsync's own error for an API answer
+    (kube/failures.py), else what it was and how to see more. Never exit 1 ("changes")."""
+    command = next((w for w in words if w in _COMMANDS), "")
+    prefix = f"gitsync {command}".rstrip()
+    error = explained(exc)
+    if error is not None:
+        return f"{prefix}: {error}\n"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    hint = "" if "--debug" in words else " (run again with --debug for the traceback)"
+    return f"{prefix}: unexpected error: {type(exc).__name__}: {text}{hint}\n"
+
+
+_COMMANDS = (
+    "validate",
+    "plan",
+    "diff",
+    "sync",
+    "status",
+    "drift",
+    "previews",
+    "run",
+    "notes",
+    "demo",
+)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -796,6 +969,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 parser.error("--rev goes with a repository URL; check out the revision instead")
             codes.append(validate(Path(args.path), args.output, sys.stdout, sys.stderr))
         return max(codes)
+    if args.command == "completion":
+        sys.stdout.write(completion_script(parser, args.shell))
+        return EXIT_OK
     if args.command == "run":
         return run_agent(args, sys.stderr)
     if args.command == "demo":

@@ -28,6 +28,39 @@ Exit codes follow `kubectl diff`: 0 clean or no changes, 1 problems or changes, 
 """
 
 
+MACHINE_OUTPUT = """\
+## Machine output: -o json and -o yaml
+
+Every command that prints state takes `-o json` and `-o yaml`: the same document in either
+spelling, one shape per command, below. A changed field is always `{path, old, new}`: `path`
+is the field's full path in the RayService, list items named by their name
+(`spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas`,
+`spec.rayClusterConfig.workerGroupSpecs[gpu].replicas`); `old` or `new` is `null` when the
+field is absent on that side. `details` say the same for people.
+
+- **plan**, **diff**: one environment (`--env` once) is a plan; otherwise
+  `{"environments": [plan, …]}` in rollout order. A plan is `{environment, namespace, from,
+  to, waves: [{wave, prune?: true, orphans?: true, changes: [{namespace, name, action,
+  summary, details: [str], fields: [{path, old, new}], warnings: [str]}]}], warnings}`.
+  The last group holds the services Git no longer declares: `prune: true` (deleted) or
+  `orphans: true` (left running, the environment does not prune).
+- **sync**: `{revision, dryRun, ok, environments: [{environment, revision, outcome, message,
+  failed, applied: [ns/name], pruned: [ns/name], skipped: [ns/name]}]}`.
+- **status**: `{settled, environments: [{name, settled, rollout: null | {phase, revision,
+  wave, started, finished, message, lastHealthyRevision}, driftCheck: null | {checked,
+  revision, drifted}, services: [{namespace, name, health, message, revision, reconcile:
+  enabled|disabled, drift: null | {kind: drifted|fighting, message}}]}]}`.
+- **drift**: `{environments: [{environment, revision, note, error, drifted: [{service, kind,
+  fields: [path], managers, heal: null | {action, details, fields: [{path, old, new}]},
+  fighting, disabled, message}], disabled, costs, healed}]}`; in `heal.fields`, `old` is the
+  live value and `new` Git's.
+- **previews**: `{namespace, previews: [{pr, service, revision, health, age}]}`.
+- **validate**: `{ok, problems: [{file, line, message}], environments: [{name, namespace,
+  path, ok, files, services: [{name, wave, source, line}]}]}`.
+- **notes**: `{revision, statuses: [{context, state, description, target_url, at, agent}]}`.
+"""
+
+
 def _fixed_width(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=WIDTH)
 
@@ -51,6 +84,7 @@ def render() -> str:
         _fixed_width(sub)
         parts.append(f"## gitsync {name}\n")
         parts.append(_help_block(name, sub))
+    parts.append(MACHINE_OUTPUT)
     return "\n".join(parts)
 
 

@@ -32,7 +32,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Phase, ServiceKey
-from gitsync.plan import Plan, Wave, build_plan
+from gitsync.plan import Plan, Wave, build_plan, fields_json
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.rollout import Outcome, Rollout, RolloutResult
 from gitsync.source.git import GitSource
@@ -265,9 +265,14 @@ class DriftChecker:
                 desired[key] = comparable(self.services.apply(body, dry_run=True, force=True))
         plan = _only_changes(
             build_plan(
-                env.name, env.namespace, current, desired, self.config.classify, to_rev=revision
-            ),
-            prune=env.prune,
+                env.name,
+                env.namespace,
+                current,
+                desired,
+                self.config.classify,
+                prune=env.prune,
+                to_rev=revision,
+            )
         )
         changed = {c.key for c in plan.changes}
         if not changed:
@@ -311,13 +316,13 @@ def drifted_by_kind(report: DriftReport) -> dict[str, int]:
     return {str(kind): sum(1 for d in left if d.kind is kind) for kind in DriftKind}
 
 
-def _only_changes(plan: Plan, *, prune: bool) -> Plan:
-    """The plan without what it would not change: unchanged services, and prunes when the
-    environment does not prune (the rollout would only log them)."""
+def _only_changes(plan: Plan) -> Plan:
+    """The plan without what it would not change: unchanged services, and orphans (an
+    environment that does not prune leaves them running)."""
+    idle = (Action.UNCHANGED, Action.ORPHAN)
     waves = tuple(
-        Wave(w.number, tuple(c for c in w.changes if c.action is not Action.UNCHANGED), w.prune)
+        Wave(w.number, tuple(c for c in w.changes if c.action not in idle), w.prune)
         for w in plan.waves
-        if prune or not w.prune
     )
     waves = tuple(w for w in waves if w.changes)
     return Plan(plan.environment, plan.namespace, plan.from_rev, plan.to_rev, waves)
@@ -378,7 +383,12 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
                 "kind": str(d.kind),
                 "fields": list(d.fields),
                 "managers": list(d.managers),
-                "heal": {"action": str(d.heal.action), "details": list(d.heal.details)}
+                # What healing changes, field by field: old is the live value, new Git's.
+                "heal": {
+                    "action": str(d.heal.action),
+                    "details": list(d.heal.details),
+                    "fields": [fields_json(f) for f in d.heal.fields],
+                }
                 if d.heal
                 else None,
                 "fighting": d.key in report.fighting,

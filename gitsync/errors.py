@@ -55,6 +55,24 @@ class ClusterUnreachable(GitsyncError):
     """The Kubernetes API server could not be reached (connection refused, TLS, timeout)."""
 
 
+class AccessRefused(GitsyncError):
+    """The API server answered but will not serve gitsync: its credentials are refused
+    (401), its RBAC does not allow the request (403), or the resource is not installed (a
+    404 for the resource type, e.g. no RayService CRD). No retry helps; a person must act."""
+
+
+class Unauthorized(AccessRefused):
+    """401: the kubeconfig's token or client certificate is wrong or expired."""
+
+
+class Forbidden(AccessRefused):
+    """403: authenticated, but RBAC does not allow the request."""
+
+
+class NotInstalled(AccessRefused):
+    """404 for a resource type: the API server does not serve it (its CRD is missing)."""
+
+
 class HealthTimeout(GitsyncError):
     """A service did not become Healthy within its deadline."""
 

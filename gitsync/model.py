@@ -60,6 +60,7 @@ class Action(enum.StrEnum):
     SCALE_INEFFECTIVE = "scale-ineffective"
     METADATA = "metadata"
     PRUNE = "prune"
+    ORPHAN = "orphan"  # no longer in Git, left running: the environment does not prune
     UNCHANGED = "unchanged"
     SKIPPED = "skipped"  # the live object says gitsync.ray.io/reconcile: disabled
 
@@ -156,8 +157,19 @@ Desired = DesiredService | DesiredObject
 
 
 @dataclass(frozen=True)
+class FieldChange:
+    """One changed field: its path in the RayService (``spec.serveConfigV2.applications[rank]
+    .deployments[Ranker].num_replicas``), its old and new value (None: absent)."""
+
+    path: str
+    old: Any = None
+    new: Any = None
+
+
+@dataclass(frozen=True)
 class Change:
-    """What applying Git's version of one service will make KubeRay do, and why."""
+    """What applying Git's version of one service will make KubeRay do, and why:
+    ``details`` for people, ``fields`` for programs (``-o json``)."""
 
     key: ServiceKey
     action: Action
@@ -165,6 +177,7 @@ class Change:
     summary: str
     details: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    fields: tuple[FieldChange, ...] = ()
 
 
 class Phase(enum.StrEnum):
@@ -189,3 +202,4 @@ class RolloutState:
     finished: str = ""
     message: str = ""
     last_healthy_revision: str = ""
+    namespace: str = ""  # where the environment's services are ("" in records before it)

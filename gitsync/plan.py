@@ -3,6 +3,8 @@
 Waves run in ascending ``gitsync.ray.io/wave`` order; prunes come last, in a wave of their own.
 A wave holds RayServices and the other kinds the repository allows (``allowedKinds``),
 the other kinds first.
+Under ``prune: false`` a service Git no longer declares is an ``orphan`` there instead: the
+plan says what the rollout will do (leave it running), never "will be deleted".
 A service whose live object says ``gitsync.ray.io/reconcile: disabled`` keeps its place as a
 ``skipped`` change (what Git's version would do, for the reader): nothing applies, prunes or
 gates it, so it never holds up a later wave.
@@ -17,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify_any
-from gitsync.model import Action, Change, ServiceKey
+from gitsync.model import Action, Change, FieldChange, ServiceKey
+
+_NO_WORK = frozenset({Action.UNCHANGED, Action.SKIPPED, Action.ORPHAN})
+ORPHAN_SUMMARY = (
+    "no longer in Git; left running because prune is off "
+    "(set prune: true on the environment in gitsync.yaml to delete it)"
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,12 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(c.action not in (Action.UNCHANGED, Action.SKIPPED) for c in self.changes)
+        """Whether applying the plan changes anything (an orphan is left as it is)."""
+        return any(c.action not in _NO_WORK for c in self.changes)
+
+    @property
+    def orphans(self) -> tuple[ServiceKey, ...]:
+        return tuple(c.key for c in self.changes if c.action is Action.ORPHAN)
 
     @property
     def skipped(self) -> tuple[ServiceKey, ...]:
@@ -59,11 +72,13 @@ def build_plan(
     desired: Mapping[ServiceKey, Mapping[str, Any]],
     options: Options = DEFAULT_OPTIONS,
     *,
+    prune: bool,
     from_rev: str | None = None,
     to_rev: str | None = None,
     disabled: frozenset[ServiceKey] = frozenset(),
 ) -> Plan:
-    """Pairs objects by key (no current → create, no desired → prune) and orders them.
+    """Pairs objects by key (no current → create, no desired → prune, or orphan when the
+    environment does not ``prune``) and orders them.
 
     Both mappings hold normalised objects (:func:`gitsync.diff.normalize.owned`); ``current``
     must only hold what gitsync manages in this environment, or it would prune strangers.
@@ -73,18 +88,22 @@ def build_plan(
         classify_any(current.get(key), desired.get(key), options)
         for key in sorted({*current, *desired})
     ]
+    if not prune:
+        changes = [orphaned(c) if c.action is Action.PRUNE else c for c in changes]
     changes = [skipped(c) if c.key in disabled else c for c in changes]
     by_wave: dict[int, list[Change]] = {}
     prunes: list[Change] = []
     for change in changes:
-        if change.action is Action.PRUNE or (
+        if change.action in (Action.PRUNE, Action.ORPHAN) or (
             change.action is Action.SKIPPED and change.key not in desired
         ):
             prunes.append(change)
         else:
             by_wave.setdefault(change.wave, []).append(change)
     waves = [Wave(n, _kind_order(by_wave[n])) for n in sorted(by_wave)]
-    if prunes:  # a skipped prune stays with the prunes: it is one, left undone
+    # A skipped prune stays with the prunes: it is one, left undone; so do orphans, which
+    # are what a prune would have touched.
+    if prunes:
         last = max(by_wave, default=0) + 1
         waves.append(Wave(last, tuple(prunes), prune=True))
     return Plan(environment, namespace, from_rev, to_rev, tuple(waves))
@@ -124,8 +143,30 @@ def skipped(change: Change) -> Change:
         else f"Git's version would be {change.action}: {change.summary}"
     )
     return Change(
-        change.key, Action.SKIPPED, change.wave, f"{why}; {would}", change.details, change.warnings
+        change.key,
+        Action.SKIPPED,
+        change.wave,
+        f"{why}; {would}",
+        change.details,
+        change.warnings,
+        change.fields,
     )
+
+
+def orphaned(change: Change) -> Change:
+    """A prune the environment does not do (``prune: false``): the rollout leaves it."""
+    return Change(change.key, Action.ORPHAN, change.wave, ORPHAN_SUMMARY)
+
+
+def group_of(wave: Wave) -> str:
+    """The name of the last group, of services Git no longer declares: ``prune`` (deleted),
+    or ``orphans`` when the environment does not prune (left running)."""
+    return "orphans" if any(c.action is Action.ORPHAN for c in wave.changes) else "prune"
+
+
+def fields_json(field: FieldChange) -> dict[str, Any]:
+    """One changed field, ``{path, old, new}`` (null: absent on that side)."""
+    return {"path": field.path, "old": field.old, "new": field.new}
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -137,7 +178,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "waves": [
             {
                 "wave": wave.number,
-                **({"prune": True} if wave.prune else {}),
+                **({group_of(wave): True} if wave.prune else {}),
                 "changes": [
                     {
                         "namespace": c.key.namespace,
@@ -147,6 +188,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                         "action": str(c.action),
                         "summary": c.summary,
                         "details": list(c.details),
+                        "fields": [fields_json(f) for f in c.fields],
                         "warnings": list(c.warnings),
                     }
                     for c in wave.changes
@@ -175,18 +217,21 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
             lines += [f"      - {d}" for d in c.details]
             lines += [f"      ! {w}" for w in c.warnings]
     if not plan.has_changes:
-        lines.append("  no changes")
+        orphans = len(plan.orphans)
+        left = f"; {orphans} left running (prune is off)" if orphans else ""
+        lines.append(f"  no changes{' to apply' if orphans else ''}{left}")
     if unchanged:
         lines.append(f"  ({unchanged} unchanged)")
     return "\n".join(lines) + "\n"
 
 
-_SIGNS = {Action.CREATE: "+", Action.PRUNE: "-", Action.SKIPPED: "="}
+_SIGNS = {Action.CREATE: "+", Action.PRUNE: "-", Action.SKIPPED: "=", Action.ORPHAN: "?"}
 _COLORS = {
     "+": "32",
     "-": "31",
     "~": "33",
     "=": "36",
+    "?": "36",
     "!": "35",
     "old": "31",
     "new": "32",

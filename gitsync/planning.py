@@ -96,6 +96,7 @@ def tree_plans(
                 current,
                 _normalised(target),
                 options,
+                prune=env.prune,
                 from_rev=old_sha,
                 to_rev=new_sha,
             )
@@ -115,7 +116,7 @@ def live_plans(
     Each desired service is server-side-apply dry-run as ``gitsync`` and compared with the
     live object (as Flux does), so CRD defaults, admission and other managers' fields count
     exactly as the API server sees them. Prunes are the gitsync-managed services of each
-    environment that Git no longer declares.
+    environment that Git no longer declares (orphans, left running, when it does not prune).
     """
     report = read_tree(tree)
     return [
@@ -208,7 +209,14 @@ def live_environment_plan(
     desired.update(others.desired)
     disabled |= others.disabled
     return build_plan(
-        env.name, env.namespace, current, desired, options, to_rev=revision, disabled=disabled
+        env.name,
+        env.namespace,
+        current,
+        desired,
+        options,
+        prune=env.prune,
+        to_rev=revision,
+        disabled=disabled,
     )
 
 

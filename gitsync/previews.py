@@ -307,7 +307,7 @@ class PreviewReconciler:
                            source=service.source, wave=service.wave)  # fmt: skip
             bodies[key] = owned(self.services.apply(body, dry_run=True, force=True))
         plan = build_plan(env.name, env.namespace, current, bodies, self.config.classify,
-                          to_rev=pr.head_sha)  # fmt: skip
+                          prune=env.prune, to_rev=pr.head_sha)  # fmt: skip
         if not desired:
             text = "no preview: this pull request changes no service of " + previews.source
             self._status(pr, State.SUCCESS, text)
@@ -373,7 +373,15 @@ class PreviewReconciler:
                 revision = (objects[0]["metadata"].get("annotations") or {}).get(REVISION, "")
                 self.state.write(
                     RolloutState(
-                        f"preview-{number}", revision, Phase.SUCCEEDED, None, "", "", EXPIRED, ""
+                        f"preview-{number}",
+                        revision,
+                        Phase.SUCCEEDED,
+                        None,
+                        "",
+                        "",
+                        EXPIRED,
+                        "",
+                        previews.namespace,
                     )
                 )
             else:

@@ -142,7 +142,15 @@ class Rollout:
         started = resumed.started if resumed else _now()
         at_wave = resumed.wave if resumed else None  # kept until the next wave is written
         record = RolloutState(
-            env.name, revision, Phase.IN_PROGRESS, at_wave, started, "", "", last_healthy
+            env.name,
+            revision,
+            Phase.IN_PROGRESS,
+            at_wave,
+            started,
+            "",
+            "",
+            last_healthy,
+            env.namespace,
         )
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
@@ -362,14 +370,12 @@ class Rollout:
                 return _Failure(None, "stopped before the rollout finished", stopped=True)
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
+        for key in plan.orphans:
+            self.progress(f"{env.name}: {key} is no longer in Git; left running (prune is off)")
         prunes = [c for w in plan.waves if w.prune for c in w.changes if c.action is Action.PRUNE]
         if not prunes:
             return ()
-        if not env.prune:
-            for change in prunes:
-                self.progress(
-                    f"{env.name}: {change.key} is no longer in Git; not deleted (prune is off)"
-                )
+        if not env.prune:  # a plan built for another environment's settings: delete nothing
             return ()
         live = self.services.list_managed(env.namespace, env.name)
         done = []

@@ -1,5 +1,5 @@
 """One full pass, ``gitsync sync --once``: source → plan → rollout for every environment in
-``after:`` order, and ``gitsync status``. Wires the edges; decides nothing itself.
+``after:`` order. Wires the edges; decides nothing itself.
 
 A newer commit on the branch while a rollout waits on health supersedes it: the pass starts
 over at the new head, so a fix is never stuck behind a broken commit. An environment that
@@ -14,25 +14,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gitsync.checkout import TreeReport, read_tree, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.errors import ConfigError, GitsyncError, InvalidRevision, ManifestRefused
-from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
-from gitsync.kube.state import DriftRecord, StateStore
+from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Desired, Phase, RolloutState, ServiceKey
-from gitsync.object_health import assess_object
 from gitsync.plan import Plan, plan_table
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
-from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent, expected_apps
+from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent
 from gitsync.source.git import GitSource
-from gitsync.stamp import reconcile_disabled
 
 log = logging.getLogger(__name__)
 
@@ -420,65 +416,3 @@ class _Pass:
             statuses.post(statuses.describe.blocked(env.name, why))
             return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
         return f"{name} is {seen.state}: {seen.description}" if seen else "no status yet"
-
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    key: ServiceKey
-    revision: str
-    health: str
-    message: str
-
-
-def environment_status(
-    config: AgentConfig, services: RayServices, state: StateStore, tree: Path, revision: str
-) -> list[tuple[str, RolloutState | None, list[ServiceStatus], DriftRecord]]:
-    """Per environment: its recorded rollout state, each managed service's health (and
-    drift, from the last drift check; DISABLED when its reconcile is) and that check's
-    record."""
-    report = read_tree(tree)
-    rows = []
-    for name in ordered_environments(report, None, revision[:12]):
-        loaded = environment_manifests(report, name, revision[:12])
-        env = loaded.environment
-        live = services.list_managed(env.namespace, env.name)
-        for kind in loaded.kinds:
-            live |= services.objects.list_managed(
-                env.namespace, env.name, kind.api_version, kind.kind
-            )
-        wanted = loaded.desired
-        statuses = []
-        for key in sorted({*live, *wanted}):
-            obj = live.get(key)
-            result = (
-                assess(obj, expected_apps(wanted[key]) if key in wanted else ())
-                if key.is_rayservice
-                else assess_object(obj)
-            )
-            annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-            manifest = wanted[key].manifest if key in wanted else None
-            disabled = ",DISABLED" if obj is not None and reconcile_disabled(obj, manifest) else ""
-            statuses.append(
-                ServiceStatus(
-                    key,
-                    str(annotations.get("gitsync.ray.io/revision", "")),
-                    f"{result.health}{disabled}",
-                    result.message,
-                )
-            )
-        drift = state.read_drift(name)
-        findings = {f.get("service"): f for f in drift.findings}
-        statuses = [
-            _with_drift(s, findings[str(s.key)]) if str(s.key) in findings else s for s in statuses
-        ]
-        rows.append((name, state.read(name), statuses, drift))
-    return rows
-
-
-def _with_drift(status: ServiceStatus, finding: Mapping[str, Any]) -> ServiceStatus:
-    word = "FIGHTING" if finding.get("fighting") else "DRIFTED"
-    if finding.get("disabled") and "DISABLED" not in status.health:
-        word += ",DISABLED"
-    return ServiceStatus(
-        status.key, status.revision, f"{status.health},{word}", str(finding.get("message", ""))
-    )

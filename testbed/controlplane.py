@@ -201,6 +201,33 @@ class ControlPlane:
         kube_config.load_kube_config(str(self.kubeconfig), client_configuration=configuration)
         return client.ApiClient(configuration)
 
+    def token_kubeconfig(self, token: str, path: Path) -> Path:
+        """A kubeconfig for this control plane that authenticates with a bearer ``token``
+        instead of the admin certificate (a service account's, or a wrong one: 401)."""
+        document = yaml.safe_load(self.kubeconfig.read_text())
+        document["users"] = [{"name": "token", "user": {"token": token}}]
+        document["contexts"] = [
+            {"name": "token", "context": {"cluster": "testbed", "user": "token"}}
+        ]
+        document["current-context"] = "token"
+        path.write_text(yaml.safe_dump(document))
+        path.chmod(0o600)
+        return path
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """Creates the ServiceAccount ``namespace/name`` (no RBAC: it may do nothing a
+        Role does not grant) and writes a kubeconfig with a token for it (TokenRequest)."""
+        with self.api_client() as api:
+            core = client.CoreV1Api(api)
+            with contextlib.suppress(client.ApiException):  # 409: it exists already
+                core.create_namespaced_service_account(
+                    namespace, {"metadata": {"name": name, "namespace": namespace}}
+                )
+            answer = core.create_namespaced_service_account_token(
+                name, namespace, {"spec": {"expirationSeconds": 3600}}
+            )
+        return self.token_kubeconfig(answer.status.token, path)
+
     def kubectl(
         self, *args: str, check: bool = True, input_text: str | None = None
     ) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from gitsync import kuberay
 from gitsync.diff.serve import ServeChange, diff_serve
-from gitsync.diff.structural import describe, differences, keyed
+from gitsync.diff.structural import Difference, describe, differences, field_change, keyed
 from gitsync.model import Action, Change, ServiceKey
 
 WAVE_ANNOTATION = "gitsync.ray.io/wave"
@@ -49,10 +49,6 @@ def wave_of(obj: Mapping[str, Any] | None) -> int:
 def key_of(obj: Mapping[str, Any]) -> ServiceKey:
     metadata = obj["metadata"]
     return ServiceKey(str(metadata.get("namespace")), str(metadata["name"]))
-
-
-def _cluster_details(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    return [describe(d, "rayClusterConfig") for d in differences(keyed(before), keyed(after))]
 
 
 def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of precedence
@@ -87,8 +83,17 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
         spec, operator_env_zero_downtime=options.operator_zero_downtime, semantics=semantics
     )
     serve = diff_serve(old_spec.get("serveConfigV2"), spec.get("serveConfigV2"))
-    cluster_details = _cluster_details(old_cluster, cluster) if cluster != old_cluster else []
-    other_details = _other_details(current, desired)
+    cluster_diffs = (
+        differences(keyed(old_cluster), keyed(cluster)) if cluster != old_cluster else []
+    )
+    cluster_details = [describe(d, "rayClusterConfig") for d in cluster_diffs]
+    other_diffs = _other_differences(current, desired)
+    other_details = [describe(d) for d in other_diffs]
+    fields = (
+        *(field_change(d, "spec.rayClusterConfig") for d in cluster_diffs),
+        *serve.fields,
+        *(field_change(d) for d in other_diffs),
+    )
     warnings = _warnings(old_spec, spec, cluster_change, zero_downtime, semantics)
 
     if cluster_change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
@@ -106,6 +111,7 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             "new RayCluster, traffic switched when its Serve apps are RUNNING",
             tuple(details + other_details),
             warnings,
+            fields,
         )
     if (
         cluster_change is kuberay.ClusterChange.NEW_CLUSTER
@@ -118,6 +124,7 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             _ignored_reason(spec, semantics),
             tuple(cluster_details + other_details),
             warnings,
+            fields,
         )
     if cluster_change is kuberay.ClusterChange.IN_PLACE:
         summary = "worker groups appended: the running cluster is updated in place"
@@ -132,6 +139,7 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             summary,
             tuple(cluster_details + list(serve.details) + other_details),
             warnings,
+            fields,
         )
     if serve.change is ServeChange.UPDATE:
         apps = ", ".join(serve.apps_changed) or "config"
@@ -142,6 +150,7 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             f"in-place Serve update on the running cluster ({apps})",
             tuple(list(serve.details) + cluster_details + other_details),
             warnings,
+            fields,
         )
     if cluster_details:  # hash-equal: only muted fields differ
         return Change(
@@ -152,6 +161,7 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             "workersToDelete…): the running cluster keeps its current size",
             tuple(cluster_details + other_details),
             warnings,
+            fields,
         )
     if serve.change is ServeChange.REFORMAT:
         return Change(
@@ -161,6 +171,7 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             "serveConfigV2 reformatted: no app changes",
             tuple(list(serve.details) + other_details),
             warnings,
+            fields,
         )
     if other_details:
         return Change(
@@ -170,6 +181,7 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             "labels, annotations or settings only: no rollout",
             tuple(other_details),
             warnings,
+            fields,
         )
     return Change(key, Action.UNCHANGED, wave, "unchanged")
 
@@ -190,10 +202,10 @@ def _ignored_reason(spec: Mapping[str, Any], semantics: kuberay.Semantics) -> st
     )
 
 
-def _other_details(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
+def _other_differences(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[Difference]:
     before = {"metadata": current.get("metadata"), "spec": _settings(current)}
     after = {"metadata": desired.get("metadata"), "spec": _settings(desired)}
-    return [describe(d) for d in differences(keyed(before), keyed(after))]
+    return differences(keyed(before), keyed(after))
 
 
 def _settings(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from gitsync.diff.structural import differences, dotted, short
+from gitsync.diff.structural import Difference, differences, dotted, field_change, short
+from gitsync.model import FieldChange
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -31,6 +32,7 @@ class ServeDiff:
     change: ServeChange
     details: tuple[str, ...] = ()
     apps_changed: tuple[str, ...] = ()
+    fields: tuple[FieldChange, ...] = ()
 
 
 def _keyed(items: Any, key: str, default: str | None = None) -> Any:
@@ -93,10 +95,14 @@ def diff_serve(old: str | None, new: str | None) -> ServeDiff:
         )
     if before is None or after is None:
         side = "old" if before is None else "new"
-        return ServeDiff(ServeChange.UPDATE, (f"serveConfigV2: the {side} config does not parse",))
+        whole = (FieldChange(SERVE_PATH, old or None, new or None),)
+        return ServeDiff(
+            ServeChange.UPDATE, (f"serveConfigV2: the {side} config does not parse",), (), whole
+        )
     details: list[str] = []
     apps: list[str] = []
-    for difference in differences(before, after):
+    found = differences(before, after)
+    for difference in found:
         app, field = _describe(difference.path)
         if app is not None and app not in apps:
             apps.append(app)
@@ -111,4 +117,19 @@ def diff_serve(old: str | None, new: str | None) -> ServeDiff:
             details.append(f"{where}: {field} removed (was {short(difference.old)})")
         else:
             details.append(f"{where}: {field}: {short(difference.old)} → {short(difference.new)}")
-    return ServeDiff(ServeChange.UPDATE, tuple(details), tuple(apps))
+    fields = tuple(field_change(_named(d), SERVE_PATH) for d in found)
+    return ServeDiff(ServeChange.UPDATE, tuple(details), tuple(apps), fields)
+
+
+SERVE_PATH = "spec.serveConfigV2"
+
+
+def _named(difference: Difference) -> Difference:
+    """Applications and deployments keyed by name (:func:`structure`) named as list items:
+    ``applications.rank.deployments.Ranker`` → ``applications[rank].deployments[Ranker]``."""
+    path = list(difference.path)
+    if len(path) >= 2 and path[0] == "applications" and isinstance(path[1], str):
+        path[1] = f"[{path[1]}]"
+        if len(path) >= 4 and path[2] == "deployments" and isinstance(path[3], str):
+            path[3] = f"[{path[3]}]"
+    return Difference(tuple(path), difference.kind, difference.old, difference.new)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gitsync.model import FieldChange
+
 NAME_KEYS = ("name", "groupName")
 
 
@@ -99,6 +101,13 @@ def short(value: Any, limit: int = 60) -> str:
 def _value(value: Any, template: str) -> str:
     """Scalars are shown; a whole added or removed object is named by its path alone."""
     return "" if isinstance(value, Mapping | list) else template.format(short(value))
+
+
+def field_change(difference: Difference, prefix: str = "") -> FieldChange:
+    """``difference`` for programs: the full dotted path, the old and new values."""
+    where = dotted(difference.path)
+    where = f"{prefix}.{where}" if prefix and where else prefix or where
+    return FieldChange(where, difference.old, difference.new)
 
 
 def describe(difference: Difference, prefix: str = "") -> str:

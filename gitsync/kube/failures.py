@@ -9,7 +9,15 @@ been modified; please apply your changes to the latest version and try again"). 
 last attempt: :class:`~gitsync.errors.ClusterUnreachable` — gitsync's own failure, reported as
 an ``error`` commit status and retried by the agent, never a failed rollout.
 
-Refusals (never retried): every other status. The caller names them by what it was doing,
+Access refusals (never retried, whatever the request): 401 → :class:`~gitsync.errors.Unauthorized`
+(the credentials), 403 → :class:`~gitsync.errors.Forbidden` (RBAC; the API server's message names
+the user, verb, resource and namespace), a 404 for a resource *type* — a Status without a
+``details.name``, "the server could not find the requested resource" — →
+:class:`~gitsync.errors.NotInstalled` (its CRD is missing). :func:`reaching_the_api` raises
+them for every call it wraps, named by the :class:`Resource` the call is about
+(:func:`about`); :func:`explained` turns one that escaped anywhere else into the same error.
+
+Other refusals (never retried): every other status. The caller names them by what it was doing,
 through :func:`refusal`: 404 on a namespaced apply → :class:`~gitsync.errors.NamespaceMissing`,
 a field-manager 409 → :class:`~gitsync.errors.ConflictError`, else
 :class:`~gitsync.errors.ApplyError`.
@@ -35,11 +43,16 @@ import urllib3
 from kubernetes import client
 
 from gitsync.errors import (
+    AccessRefused,
     ApplyError,
     ClusterUnreachable,
     ConflictError,
+    Forbidden,
+    GitsyncError,
     ManifestRefused,
     NamespaceMissing,
+    NotInstalled,
+    Unauthorized,
 )
 from gitsync.model import ServiceKey
 
@@ -59,6 +72,27 @@ class ApiRetry:
 
 
 RETRY = ApiRetry()
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What an API call is about, to name it when the API server refuses it."""
+
+    kind: str
+    group_version: str
+    install: str  # what to do when the API server does not serve it
+
+
+RAYSERVICE = Resource(
+    "RayService",
+    "ray.io/v1",
+    "install the KubeRay operator (its Helm chart installs the CRDs) or apply its CRDs "
+    "with `kubectl apply --server-side`",
+)
+CORE = Resource("core", "v1", "the API server does not serve core/v1: is this a Kubernetes API?")
+COORDINATION = Resource(
+    "Lease", "coordination.k8s.io/v1", "use Kubernetes 1.14 or later, or disable leaderElection"
+)
 
 
 def message(exc: client.ApiException) -> str:
@@ -126,6 +160,55 @@ def wait_before(attempt: int, exc: client.ApiException | None, policy: ApiRetry)
     return float(min(asked, policy.max_wait))
 
 
+def not_served(exc: client.ApiException) -> bool:
+    """A 404 for the resource type rather than for one object: a missing object's NotFound
+    names it (``details.name``), a type the API server does not serve names nothing (its body
+    is "the server could not find the requested resource", or not even a Status)."""
+    return exc.status == 404 and not (_status(exc).get("details") or {}).get("name")
+
+
+def access_refused(exc: client.ApiException) -> bool:
+    """401, 403 or a resource type not served: refusals no request, and no retry, gets past."""
+    return exc.status in (401, 403) or not_served(exc)
+
+
+def access_error(exc: client.ApiException, resource: Resource | None) -> AccessRefused:
+    """An :func:`access_refused` answer as gitsync's error: what failed, on what, what to do."""
+    if exc.status == 401:
+        return Unauthorized(
+            "the Kubernetes API server refused gitsync's credentials (401 Unauthorized): the "
+            "token or client certificate in the kubeconfig (or the service account's token) is "
+            "wrong or expired; renew it (`kubectl auth whoami` shows who you are)"
+        )
+    if exc.status == 403:
+        return Forbidden(
+            f"not allowed (403 Forbidden): {message(exc)}; grant gitsync's RBAC "
+            "(deploy/base/rbac.yaml, and a RoleBinding per managed namespace as in "
+            "deploy/base/managed-namespaces.yaml)"
+        )
+    if resource is None:
+        return NotInstalled(
+            f"the API server does not serve the resource asked for (404: {message(exc)}); "
+            "is the CRD installed?"
+        )
+    return NotInstalled(
+        f"the {resource.kind} CRD ({resource.group_version}) is not installed: {resource.install}"
+    )
+
+
+def explained(exc: BaseException) -> Exception | None:
+    """gitsync's error for an API answer that escaped without one, else None."""
+    if isinstance(exc, client.ApiException):
+        if access_refused(exc):
+            return access_error(exc, None)
+        return GitsyncError(
+            f"the Kubernetes API server refused a request ({exc.status}): {message(exc)}"
+        )
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return unreachable(f"{type(exc).__name__}: {exc}", 1)
+    return None
+
+
 def refusal(exc: client.ApiException, key: ServiceKey, verb: str) -> ApplyError:
     """A non-transient answer to ``verb`` on ``key`` as gitsync's error."""
     if field_conflict(exc):
@@ -158,14 +241,28 @@ def unreachable(cause: str, attempts: int) -> ClusterUnreachable:
     )
 
 
+def about(resource: Resource) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """:func:`reaching_the_api` for calls about ``resource``, which names it in errors."""
+
+    def decorate(call: Callable[P, R]) -> Callable[P, R]:
+        return reaching_the_api(call, resource=resource)
+
+    return decorate
+
+
 def reaching_the_api(
-    call: Callable[P, R], *, policy: ApiRetry = RETRY, sleep: Callable[[float], None] = time.sleep
+    call: Callable[P, R],
+    *,
+    policy: ApiRetry = RETRY,
+    sleep: Callable[[float], None] = time.sleep,
+    resource: Resource | None = None,
 ) -> Callable[P, R]:
     """Runs ``call`` (one API request, or a read-then-write of one object) again while the
     API server does not answer or answers transiently; after ``policy.attempts`` raises
-    :class:`ClusterUnreachable`. Refusals pass through as the call raised them: a call that
-    maps an ApiException to its own error lets transient ones through unmapped (``if
-    transient(exc): raise``)."""
+    :class:`ClusterUnreachable`. An :func:`access_refused` answer raises its
+    :func:`access_error` (about ``resource``). Other refusals pass through as the call raised
+    them: a call that maps an ApiException to its own error lets transient and access ones
+    through unmapped (``if transient(exc) or access_refused(exc): raise``)."""
 
     @functools.wraps(call)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -176,6 +273,8 @@ def reaching_the_api(
             except urllib3.exceptions.HTTPError as exc:
                 cause = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
             except client.ApiException as exc:
+                if access_refused(exc):
+                    raise access_error(exc, resource) from None
                 if not transient(exc):
                     raise
                 answer, cause = exc, f"HTTP {exc.status}: {message(exc)}"

@@ -5,19 +5,19 @@ from __future__ import annotations
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
-from gitsync.kube.failures import reaching_the_api, transient
+from gitsync.kube.failures import CORE, about, access_refused, transient
 from gitsync.kube.rest import request
 from gitsync.stamp import MANAGED_BY
 
 
-@reaching_the_api
+@about(CORE)
 def ensure_namespace(api: client.ApiClient, name: str) -> bool:
     """Creates ``name`` if it is missing; True when it was created."""
     try:
         request(api, "GET", f"/api/v1/namespaces/{name}")
         return False
     except client.ApiException as exc:
-        if transient(exc):
+        if transient(exc) or access_refused(exc):
             raise
         if exc.status != 404:
             raise GitsyncError(f"cannot read namespace {name}: {exc.status} {exc.reason}") from None
@@ -29,7 +29,7 @@ def ensure_namespace(api: client.ApiClient, name: str) -> bool:
     try:
         request(api, "POST", "/api/v1/namespaces", body=body)
     except client.ApiException as exc:
-        if transient(exc):
+        if transient(exc) or access_refused(exc):
             raise
         if exc.status != 409:
             raise GitsyncError(

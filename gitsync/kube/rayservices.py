@@ -17,7 +17,14 @@ from kubernetes import client, watch
 
 from gitsync.errors import ApplyError
 from gitsync.kube.client import REQUEST_TIMEOUT
-from gitsync.kube.failures import message, reaching_the_api, refusal, transient
+from gitsync.kube.failures import (
+    RAYSERVICE,
+    about,
+    access_refused,
+    message,
+    refusal,
+    transient,
+)
 from gitsync.kube.objects import Objects
 from gitsync.kube.rest import METADATA_LIST, request
 from gitsync.model import ServiceKey
@@ -36,7 +43,7 @@ class RayServices:
         self.custom = client.CustomObjectsApi(api)
         self.objects = Objects(api)
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
         """Every RayService gitsync applied for ``environment`` in ``namespace``: one request."""
         listing = self.custom.list_namespaced_custom_object(
@@ -44,7 +51,7 @@ class RayServices:
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])}
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def list_managed_metadata(
         self, namespace: str, environment: str
     ) -> dict[ServiceKey, dict[str, Any]]:
@@ -59,7 +66,20 @@ class RayServices:
         )
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items") or []}
 
-    @reaching_the_api
+    @about(RAYSERVICE)
+    def list_every_managed(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every RayService gitsync manages, of every environment, in ``namespace`` or (None)
+        in every namespace (which needs RBAC to list RayServices cluster-wide): one request."""
+        where = f"/namespaces/{namespace}" if namespace else ""
+        listing = request(
+            self.api,
+            "GET",
+            f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}",
+            query={"labelSelector": f"{MANAGED_BY}=gitsync"},
+        )
+        return list(listing.get("items") or [])
+
+    @about(RAYSERVICE)
     def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]:
         """Every RayService gitsync manages in ``namespace`` that carries the label ``label``
         (any value), e.g. every preview: one request."""
@@ -68,7 +88,7 @@ class RayServices:
         )
         return list(listing.get("items", []))
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def list_managed_versioned(
         self, namespace: str, environment: str
     ) -> tuple[dict[ServiceKey, dict[str, Any]], str]:
@@ -112,17 +132,17 @@ class RayServices:
     def get(self, key: ServiceKey) -> dict[str, Any] | None:
         return self._get(key) if key.is_rayservice else self.objects.get(key)
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def _get(self, key: ServiceKey) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, key.namespace, PLURAL, key.name
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return None
-            if transient(exc):
-                raise
             raise ApplyError(key, f"cannot read it: {message(exc)}") from None
         return obj
 
@@ -130,17 +150,17 @@ class RayServices:
         """Deletes one object (background propagation); False if it was already gone."""
         return self._delete(key) if key.is_rayservice else self.objects.delete(key)
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def _delete(self, key: ServiceKey) -> bool:
         try:
             self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, key.namespace, PLURAL, key.name, propagation_policy="Background"
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return False
-            if transient(exc):
-                raise
             raise refusal(exc, key, "delete") from None
         return True
 
@@ -153,7 +173,7 @@ class RayServices:
             return self.objects.apply(obj, dry_run=dry_run, force=force)
         return self._apply(obj, dry_run=dry_run, force=force)
 
-    @reaching_the_api
+    @about(RAYSERVICE)
     def _apply(
         self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
@@ -173,7 +193,7 @@ class RayServices:
                 _preload_content=False,
             )
         except client.ApiException as exc:
-            if transient(exc):
+            if transient(exc) or access_refused(exc):
                 raise
             raise refusal(exc, key, "dry-run apply" if dry_run else "apply") from None
         result: dict[str, Any] = json.loads(response.data)

@@ -13,13 +13,22 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
-from gitsync.kube.failures import reaching_the_api, transient
+from gitsync.kube.failures import CORE, about, access_refused, transient
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rest import apply, configmap_path, request
 from gitsync.model import Phase, RolloutState
 from gitsync.stamp import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
 
-_KEYS = ("revision", "phase", "wave", "started", "finished", "message", "last_healthy_revision")
+_KEYS = (
+    "revision",
+    "phase",
+    "wave",
+    "started",
+    "finished",
+    "message",
+    "last_healthy_revision",
+    "namespace",
+)
 
 
 DRIFT_MANAGER = "gitsync-drift"
@@ -43,8 +52,25 @@ class DriftRecord:
     revision: str = ""
 
 
+PREFIX = "gitsync-rollout-"
+
+
 def configmap_name(environment: str) -> str:
-    return f"gitsync-rollout-{environment}"
+    return f"{PREFIX}{environment}"
+
+
+def _drift(data: dict[str, str]) -> DriftRecord:
+    try:
+        findings = json.loads(data.get("drift") or "[]")
+        corrections = json.loads(data.get("corrections") or "{}")
+    except ValueError:
+        return DriftRecord()
+    return DriftRecord(
+        list(findings),
+        dict(corrections),
+        data.get("drift_checked", ""),
+        data.get("drift_revision", ""),
+    )
 
 
 PREFIX = configmap_name("")
@@ -68,6 +94,7 @@ def state_from(environment: str, data: dict[str, str]) -> RolloutState:
         finished=data.get("finished", ""),
         message=data.get("message", ""),
         last_healthy_revision=data.get("last_healthy_revision", ""),
+        namespace=data.get("namespace", ""),
     )
 
 
@@ -76,23 +103,38 @@ class StateStore:
         self.api = api
         self.namespace = namespace
 
-    @reaching_the_api
+    @about(CORE)
     def read(self, environment: str) -> RolloutState | None:
         try:
             configmap = request(
                 self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return None
-            if transient(exc):
-                raise
             raise GitsyncError(
                 f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
             ) from None
         return state_from(environment, configmap.get("data") or {})
 
-    @reaching_the_api
+    @about(CORE)
+    def read_states(self) -> dict[str, tuple[RolloutState | None, DriftRecord]]:
+        """Every environment with a state ConfigMap here (previews' too): its rollout state
+        (None when only a drift check was recorded) and its drift record. One request."""
+        listing = request(self.api, "GET", configmap_path(self.namespace))
+        found = {}
+        for configmap in listing.get("items") or []:
+            name = str((configmap.get("metadata") or {}).get("name", ""))
+            if name.startswith(PREFIX):
+                data = configmap.get("data") or {}
+                environment = name.removeprefix(PREFIX)
+                state = state_from(environment, data) if data.get("revision") else None
+                found[environment] = (state, _drift(data))
+        return found
+
+    @about(CORE)
     def write(self, state: RolloutState) -> None:
         values: dict[str, Any] = asdict(state)
         data = {k: "" if values[k] is None else str(values[k]) for k in _KEYS}
@@ -119,7 +161,7 @@ class StateStore:
                 missing = exc.status == 404 and attempt == 1
                 if missing and ensure_namespace(self.api, self.namespace):
                     continue  # the state namespace did not exist: created, try again
-                if transient(exc):
+                if transient(exc) or access_refused(exc):
                     raise
                 raise GitsyncError(
                     f"cannot record rollout state of {state.environment} in {self.namespace}: "
@@ -129,7 +171,7 @@ class StateStore:
     # -- drift: its own keys, written by its own field manager, so a rollout-state write
     # (server-side apply of the rollout keys) never removes them and vice versa.
 
-    @reaching_the_api
+    @about(CORE)
     def read_drift(self, environment: str) -> DriftRecord:
         """The last drift check's record (empty when there was none)."""
         try:
@@ -137,27 +179,16 @@ class StateStore:
                 self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
             )
         except client.ApiException as exc:
+            if transient(exc) or access_refused(exc):
+                raise
             if exc.status == 404:
                 return DriftRecord()
-            if transient(exc):
-                raise
             raise GitsyncError(
                 f"cannot read drift state of {environment}: {exc.status} {exc.reason}"
             ) from None
-        data: dict[str, str] = configmap.get("data") or {}
-        try:
-            findings = json.loads(data.get("drift") or "[]")
-            corrections = json.loads(data.get("corrections") or "{}")
-        except ValueError:
-            return DriftRecord()
-        return DriftRecord(
-            list(findings),
-            dict(corrections),
-            data.get("drift_checked", ""),
-            data.get("drift_revision", ""),
-        )
+        return _drift(configmap.get("data") or {})
 
-    @reaching_the_api
+    @about(CORE)
     def write_drift(self, environment: str, record: DriftRecord) -> None:
         body = {
             "apiVersion": "v1",
@@ -178,20 +209,20 @@ class StateStore:
                 DRIFT_MANAGER,
             )
         except client.ApiException as exc:
-            if transient(exc):
+            if transient(exc) or access_refused(exc):
                 raise
             raise GitsyncError(
                 f"cannot record drift of {environment} in {self.namespace}: "
                 f"{exc.status} {exc.reason}"
             ) from None
 
-    @reaching_the_api
+    @about(CORE)
     def delete(self, environment: str) -> None:
         """Forgets an environment (a preview that was deleted)."""
         try:
             request(self.api, "DELETE", configmap_path(self.namespace, configmap_name(environment)))
         except client.ApiException as exc:
-            if transient(exc):
+            if transient(exc) or access_refused(exc):
                 raise
             if exc.status != 404:
                 raise GitsyncError(
@@ -200,7 +231,7 @@ class StateStore:
 
     # -- fork approvals ------------------------------------------------------------------------
 
-    @reaching_the_api
+    @about(CORE)
     def read_approvals(self) -> dict[int, str]:
         """Pull request number → the head commit its label approved."""
         try:
@@ -216,7 +247,7 @@ class StateStore:
         return {int(k.removeprefix("pr-")): v for k, v in data.items()
                 if k.removeprefix("pr-").isdigit()}  # fmt: skip
 
-    @reaching_the_api
+    @about(CORE)
     def approve(self, number: int, sha: str) -> None:
         """Records the head commit the label approved; ``""`` forgets the approval."""
         body = {
@@ -248,7 +279,7 @@ class StateStore:
     # -- the status page's keys: written by the leader with its own field manager, so neither
     # a rollout-state nor a drift write removes them; read by every replica.
 
-    @reaching_the_api
+    @about(CORE)
     def write_status(self, environment: str, data: dict[str, str]) -> None:
         """``data``: the status page's values of ``environment`` (``environment`` "": the
         previews, in their own ConfigMap)."""
@@ -278,7 +309,7 @@ class StateStore:
                     f"{self.namespace}: {exc.status} {exc.reason}"
                 ) from None
 
-    @reaching_the_api
+    @about(CORE)
     def read_all(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         """Every environment's state ConfigMap values (by environment), and the previews'
         status: one list request."""
@@ -305,7 +336,7 @@ class StateStore:
                 environments[name.removeprefix(PREFIX)] = data
         return environments, previews
 
-    @reaching_the_api
+    @about(CORE)
     def read_data(self, environment: str) -> dict[str, str] | None:
         """The values of ``environment``'s state ConfigMap; None when it has none."""
         try:
@@ -351,7 +382,7 @@ class StateStore:
         }
         apply(self.api, path, body, STATUSES_MANAGER, timeout=timeout)
 
-    @reaching_the_api
+    @about(CORE)
     def take_statuses(self) -> list[dict[str, str]]:
         """What earlier agents could not post, oldest first, and forgets it."""
         path = configmap_path(self.namespace, STATUSES_CONFIGMAP)

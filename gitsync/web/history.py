@@ -112,7 +112,8 @@ class History:
         with self._lock:
             self._namespaces[plan.environment] = plan.namespace
             last = self._records.get(plan.environment)
-            if not changes and last is not None and last.outcome == "succeeded":
+            # Orphans alone are no rollout either: nothing is done to them.
+            if not plan.has_changes and last is not None and last.outcome == "succeeded":
                 self._up_to_date.add(plan.environment)
                 return  # nothing to write: the page shows the same
             self._up_to_date.discard(plan.environment)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,9 @@ def test_a_managed_service_git_dropped_is_pruned_and_a_stranger_is_not(
     client.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, stranger
     )
+    config = yaml.safe_load((checkout / "gitsync.yaml").read_text())
+    config["environments"][0]["prune"] = True
+    (checkout / "gitsync.yaml").write_text(yaml.safe_dump(config))
     (checkout / "environments/staging/summarizer.yaml").unlink()
     plan = live_plan(checkout, RayServices(api), Options())
     assert plan.waves[-1].prune
@@ -109,6 +113,39 @@ def test_a_managed_service_git_dropped_is_pruned_and_a_stranger_is_not(
         (ServiceKey(namespace, "summarizer"), Action.PRUNE)
     ]
     assert "someone-elses" not in {c.key.name for c in plan.changes}
+
+
+def test_with_prune_off_a_service_git_dropped_is_an_orphan_in_every_output(
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    checkout: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The example's staging does not prune: the plan must say the service stays running,
+    as the rollout will leave it, not that it will be deleted."""
+    apply_all(api, checkout)
+    (checkout / "environments/staging/summarizer.yaml").unlink()
+    [change] = [c for c in live_plan(checkout, RayServices(api), Options()).changes
+                if c.action is not Action.UNCHANGED]  # fmt: skip
+    assert (change.key.name, change.action) == ("summarizer", Action.ORPHAN)
+    assert "left running because prune is off" in change.summary
+    kube = ["--kubeconfig", str(control_plane.kubeconfig), "--env", "staging"]
+    # Nothing to apply: exit 0, as kubectl diff with nothing to change.
+    assert main(["plan", str(checkout), *kube]) == 0
+    table = capsys.readouterr().out
+    assert "orphans:" in table
+    assert "summarizer  orphan" in table
+    assert "deleted" not in table
+    assert main(["plan", str(checkout), *kube, "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    last = document["waves"][-1]
+    assert last.get("orphans") is True
+    assert "prune" not in last
+    assert [c["action"] for c in last["changes"]] == ["orphan"]
+    assert main(["diff", str(checkout), *kube, "--color", "never"]) == 0
+    diff = capsys.readouterr().out
+    assert diff.startswith(f"? {change.key} ")
+    assert "deleted" not in diff
 
 
 def test_an_existing_unlabelled_object_is_compared_not_created(

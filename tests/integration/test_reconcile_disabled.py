@@ -17,11 +17,11 @@ from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import ServiceKey
+from gitsync.model import Health, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
 from gitsync.rollout import Outcome
 from gitsync.stamp import RECONCILE
-from gitsync.sync import environment_status
+from gitsync.status import cluster_status
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
 
@@ -66,13 +66,11 @@ def test_a_disabled_service_is_reported_never_healed_then_healed_once_enabled(
     assert record.corrections == {}  # nothing counted towards a fight
     [finding] = record.findings
     assert finding["disabled"] is True
-    config = repo.agent_config(tmp_path / "cache")
-    [(_, _, services, _)] = environment_status(
-        config, RayServices(api), StateStore(api, namespace), repo.work, repo.revisions[-1]
-    )
-    health = {s.key.name: s.health for s in services}
-    assert health["ranker"].split(",")[1:] == ["DISABLED", "DRIFTED"]
-    assert health["embedder"] == "Healthy"
+    [row] = cluster_status(RayServices(api), StateStore(api, namespace), [namespace])
+    shown = {s.key.name: s for s in row.services}
+    assert (shown["ranker"].disabled, shown["ranker"].drift) == (True, "drifted")
+    assert shown["ranker"].settled  # taken out of gitsync's hands: it does not hold status up
+    assert (shown["embedder"].health, shown["embedder"].drift) == (Health.HEALTHY, "")
 
     def drift_events(events: list[Any]) -> list[str]:
         return [

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gitsync.cli import main
 
@@ -85,27 +86,44 @@ def test_prunes_come_last(
     history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     repo, shas = history
-    assert (
-        main(
-            [
-                "plan",
-                str(repo),
-                "--env",
-                "staging",
-                "--from",
-                shas[1],
-                "--to",
-                shas[2],
-                "-o",
-                "json",
-            ]
-        )
-        == 1
+    edit(
+        repo / "gitsync.yaml",
+        "namespace: ray-staging\n",
+        "namespace: ray-staging\n    prune: true\n",
     )
+    pruning = commit(repo, "staging prunes")
+    args = ["plan", str(repo), "--env", "staging", "--from", shas[1], "--to", pruning]
+    assert main([*args, "-o", "json"]) == 1
     plan = json.loads(capsys.readouterr().out)
     last = plan["waves"][-1]
     assert last["prune"] is True
     assert [(c["name"], c["action"]) for c in last["changes"]] == [("summarizer", "prune")]
+    assert "no longer in Git: will be deleted" in last["changes"][0]["summary"]
+
+
+def test_without_prune_a_service_git_dropped_is_an_orphan_everywhere_the_plan_shows(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example's staging does not prune: table, JSON and the pull request comment must
+    say what the rollout does (leave it running), never that it will be deleted."""
+    repo, shas = history
+    args = ["plan", str(repo), "--env", "staging", "--from", shas[1], "--to", shas[2]]
+    assert main([*args, "-o", "json"]) == 0  # nothing to apply
+    last = json.loads(capsys.readouterr().out)["waves"][-1]
+    assert last["orphans"] is True
+    assert "prune" not in last
+    [change] = last["changes"]
+    assert (change["name"], change["action"]) == ("summarizer", "orphan")
+    assert change["summary"].startswith("no longer in Git; left running because prune is off")
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "  orphans:\n    summarizer  orphan" in table
+    assert "no changes to apply; 1 left running (prune is off)" in table
+    assert main([*args, "-o", "markdown"]) == 0
+    comment = capsys.readouterr().out
+    assert "**staging/summarizer**: `orphan` (no longer in Git; left running" in comment
+    for text in (table, comment):
+        assert "deleted" not in text.replace("to delete it", "")
 
 
 def test_no_changes_exits_zero_and_says_so(
@@ -225,3 +243,36 @@ def test_agent_config_sets_the_operator_rules(
         if c["name"] == "embedder"
     ]
     assert change["action"] == "cluster-swap"
+
+
+def test_json_and_yaml_give_each_changed_field_as_path_old_new(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, shas = history
+    args = ["plan", str(repo), "--env", "staging", "--from", shas[0], "--to", shas[1]]
+    assert main([*args, "-o", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert main([*args, "-o", "yaml"]) == 1
+    assert yaml.safe_load(capsys.readouterr().out) == document  # one shape, two spellings
+    fields = {c["name"]: c["fields"] for w in document["waves"] for c in w["changes"]}
+    assert fields["ranker"] == [
+        {
+            "path": "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas",
+            "old": 1,
+            "new": 3,
+        }
+    ]
+    image = "spec.rayClusterConfig.headGroupSpec.template.spec.containers[ray-head].image"
+    assert {"path": image, "old": "rayproject/ray:2.49.0-py311",
+            "new": "rayproject/ray:2.50.0-py311"} in fields["embedder"]  # fmt: skip
+    assert fields["summarizer"] == []
+
+
+def test_validate_speaks_yaml_too(
+    history: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo, _ = history
+    assert main(["validate", str(repo), "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert main(["validate", str(repo), "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == document

@@ -346,7 +346,7 @@ def test_a_plan_known_unchanged_is_the_plan_of_equal_objects() -> None:
         obj["metadata"]["name"] = name
         obj["metadata"].setdefault("annotations", {})["gitsync.ray.io/wave"] = str(wave)
         objects[ServiceKey(obj["metadata"]["namespace"], name)] = owned(obj)
-    compared = build_plan("prod", "serving", objects, objects, to_rev="abc")
+    compared = build_plan("prod", "serving", objects, objects, prune=True, to_rev="abc")
     waves = {key: int(o["metadata"]["annotations"]["gitsync.ray.io/wave"])
              for key, o in objects.items()}  # fmt: skip
     assert unchanged_plan("prod", "serving", waves, to_rev="abc") == compared

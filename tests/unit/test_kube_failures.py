@@ -21,12 +21,20 @@ from gitsync.errors import (
     ApplyError,
     ClusterUnreachable,
     ConflictError,
+    Forbidden,
     ManifestRefused,
     NamespaceMissing,
+    NotInstalled,
+    Unauthorized,
 )
 from gitsync.kube.client import TRANSPORT_RETRIES, with_timeouts
 from gitsync.kube.failures import (
+    RAYSERVICE,
     ApiRetry,
+    about,
+    access_refused,
+    explained,
+    not_served,
     reaching_the_api,
     refusal,
     retry_after,
@@ -210,3 +218,51 @@ def test_every_request_has_a_timeout_and_is_sent_once() -> None:
         assert len(accepted) == 1
         for conn in accepted:
             conn.close()
+
+
+def status_answer(status: int, body: dict[str, object] | str) -> client.ApiException:
+    exc = client.ApiException(status=status, reason="x")
+    exc.body = body if isinstance(body, str) else json.dumps(body)
+    return exc
+
+
+# The API server's answers, as kube-apiserver 1.35 sends them.
+MISSING_OBJECT = {"kind": "Status", "reason": "NotFound", "code": 404,
+                  "message": 'rayservices.ray.io "ranker" not found',
+                  "details": {"name": "ranker", "group": "ray.io", "kind": "rayservices"}}  # fmt: skip
+NOT_SERVED = {"kind": "Status", "reason": "NotFound", "code": 404, "details": {},
+              "message": "the server could not find the requested resource"}  # fmt: skip
+FORBIDDEN = {"kind": "Status", "reason": "Forbidden", "code": 403,
+             "message": 'rayservices.ray.io is forbidden: User "system:serviceaccount:ns:nobody" '
+             'cannot list resource "rayservices" in API group "ray.io" in the namespace "ns"'}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("exc", "error", "says"),
+    [
+        (status_answer(401, {"kind": "Status", "code": 401}), Unauthorized, "401 Unauthorized"),
+        (status_answer(403, FORBIDDEN), Forbidden, 'cannot list resource "rayservices"'),
+        (status_answer(404, NOT_SERVED), NotInstalled, "the RayService CRD (ray.io/v1) is not"),
+        (status_answer(404, "404 page not found"), NotInstalled, "install the KubeRay operator"),
+    ],
+)
+def test_access_refusals_map_to_one_error_each_naming_what_to_do(
+    exc: client.ApiException, error: type[Exception], says: str
+) -> None:
+    assert access_refused(exc)
+    script = iter([exc])
+
+    @about(RAYSERVICE)
+    def call() -> None:
+        raise next(script)
+
+    with pytest.raises(error) as raised:
+        call()
+    assert says in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert type(explained(exc)) is error
+
+
+def test_a_missing_object_is_not_a_missing_crd() -> None:
+    assert not access_refused(status_answer(404, MISSING_OBJECT))
+    assert not not_served(status_answer(404, MISSING_OBJECT))

@@ -58,7 +58,7 @@ def service(key: ServiceKey, import_path: str = "x:app") -> dict[str, Any]:
 def test_a_disabled_service_is_planned_as_skipped_with_what_git_would_do() -> None:
     current = {RANKER: service(RANKER), EMBEDDER: service(EMBEDDER)}
     wanted = {RANKER: service(RANKER, "y:app"), EMBEDDER: service(EMBEDDER)}
-    plan = build_plan("production", NS, current, wanted, disabled=frozenset({RANKER}))
+    plan = build_plan("production", NS, current, wanted, prune=True, disabled=frozenset({RANKER}))
     by_key = {c.key: c for c in plan.changes}
     assert by_key[RANKER].action is Action.SKIPPED
     assert "reconcile disabled" in by_key[RANKER].summary
@@ -71,7 +71,9 @@ def test_a_disabled_service_is_planned_as_skipped_with_what_git_would_do() -> No
 
 
 def test_a_disabled_service_git_no_longer_declares_is_not_pruned() -> None:
-    plan = build_plan("production", NS, {RANKER: service(RANKER)}, {}, disabled=frozenset({RANKER}))
+    plan = build_plan(
+        "production", NS, {RANKER: service(RANKER)}, {}, prune=True, disabled=frozenset({RANKER})
+    )
     [wave] = plan.waves
     assert wave.prune
     assert [c.action for c in wave.changes] == [Action.SKIPPED]

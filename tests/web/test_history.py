@@ -6,11 +6,12 @@ import itertools
 from dataclasses import replace
 
 from gitsync.model import Action, Change, ServiceKey
-from gitsync.plan import Plan, Wave
+from gitsync.plan import Plan, Wave, orphaned
 from gitsync.rollout import Outcome, RolloutResult, WaveEvent
 from gitsync.web.facts import CommitInfo
 from gitsync.web.history import MAX_STEPS, History
 from gitsync.web.stored import MAX_DETAIL_BYTES, MAX_HISTORY, EnvironmentMemory, from_data
+from gitsync.web.view import change_view
 
 KEY = ServiceKey("ray-staging", "ranker")
 SHA, NEXT = "a" * 40, "b" * 40
@@ -56,6 +57,28 @@ def test_a_pass_that_changes_nothing_keeps_the_last_rollout() -> None:
     assert [c.action for c in memory.record.changes] == [Action.SERVE_UPDATE]
     assert memory.applied is not None
     assert memory.applied.sha == NEXT
+
+
+def test_an_orphan_is_shown_with_the_rollout_and_alone_is_no_rollout() -> None:
+    """Under prune: false the page says the service is left running, never deleted."""
+    orphan = orphaned(Change(ServiceKey("ray-staging", "summarizer"), Action.PRUNE, 1, "x"))
+    h = history()
+    h.planned(Plan("staging", "ray-staging", None, SHA, (
+        Wave(1, (Change(KEY, Action.SERVE_UPDATE, 1, "x"),)), Wave(2, (orphan,), prune=True),
+    )), SHA)  # fmt: skip
+    h.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
+    [memory] = h.environments()
+    assert memory.record is not None
+    shown = [change_view(c, show_env_values=False) for c in memory.record.changes]
+    assert [(c.action, c.summary.split(";")[0]) for c in shown] == [
+        ("serve-update", "x"),
+        ("orphan", "no longer in Git"),
+    ]
+    h.planned(Plan("staging", "ray-staging", None, NEXT, (Wave(2, (orphan,), prune=True),)), NEXT)
+    h.finished(RolloutResult("staging", NEXT, Outcome.SUCCEEDED, "up to date"))
+    [memory] = h.environments()
+    assert memory.record is not None
+    assert memory.record.revision == SHA  # the last rollout that did something
 
 
 def test_a_failure_it_did_not_see_start_is_recorded() -> None:

@@ -1,0 +1,208 @@
+"""``gitsync status``: what the cluster says about every environment — its recorded rollout
+(the state ConfigMaps), each managed RayService's health, and the last drift check — read
+from the cluster alone: no Git, no forge, no credentials but the kubeconfig's.
+
+An environment is *settled* when its last rollout succeeded and every service it manages is
+Healthy and not drifted from what was applied (a service whose reconcile is disabled is
+reported, and does not unsettle it: gitsync does not manage it now). The command exits 0 only
+when every environment is settled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gitsync import kuberay
+from gitsync.health import assess
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.state import DriftRecord, StateStore
+from gitsync.model import Health, Phase, RolloutState, ServiceKey
+from gitsync.stamp import ENVIRONMENT, reconcile_disabled
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    key: ServiceKey
+    revision: str  # the revision that last applied it (its annotation)
+    health: Health
+    message: str
+    disabled: bool = False  # gitsync.ray.io/reconcile: disabled
+    drift: str = ""  # "", "drifted" or "fighting", from the last drift check
+    drift_message: str = ""
+
+    @property
+    def settled(self) -> bool:
+        return self.disabled or (self.health is Health.HEALTHY and not self.drift)
+
+
+@dataclass(frozen=True)
+class EnvironmentStatus:
+    name: str
+    state: RolloutState | None
+    services: tuple[ServiceStatus, ...]
+    drift: DriftRecord
+
+    @property
+    def settled(self) -> bool:
+        """The last rollout succeeded, and every service is Healthy as it was applied."""
+        return (
+            self.state is not None
+            and self.state.phase is Phase.SUCCEEDED
+            and all(s.settled for s in self.services)
+        )
+
+
+def _expected_apps(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """The Serve applications the applied serveConfigV2 names (the live spec is what gitsync
+    applied), each of which must be RUNNING."""
+    try:
+        return tuple(kuberay.serve_application_names((obj.get("spec") or {}).get("serveConfigV2")))
+    except ValueError:
+        return ()
+
+
+def service_status(obj: Mapping[str, Any], finding: Mapping[str, Any] | None) -> ServiceStatus:
+    metadata = obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    result = assess(obj, _expected_apps(obj))
+    drift = ("fighting" if finding.get("fighting") else "drifted") if finding else ""
+    return ServiceStatus(
+        ServiceKey(str(metadata.get("namespace")), str(metadata.get("name"))),
+        str(annotations.get("gitsync.ray.io/revision", "")),
+        result.health,
+        result.message,
+        reconcile_disabled(obj, None),
+        drift,
+        str((finding or {}).get("message", "")),
+    )
+
+
+def cluster_status(
+    services: RayServices, store: StateStore, namespaces: Sequence[str] = ()
+) -> list[EnvironmentStatus]:
+    """Every environment this agent recorded (a state ConfigMap in ``store``'s namespace), by
+    name, with the RayServices labelled with it in the namespace its rollout recorded.
+    ``namespaces``: where to look for environments whose record names no namespace (written
+    by an older gitsync); without, every namespace (RBAC to list RayServices cluster-wide)."""
+    recorded = store.read_states()
+    unplaced = [name for name, (state, _) in recorded.items() if not (state and state.namespace)]
+    everywhere: list[dict[str, Any]] = []
+    if unplaced:
+        everywhere = (
+            [o for namespace in namespaces for o in services.list_every_managed(namespace)]
+            if namespaces
+            else services.list_every_managed()
+        )
+    rows = []
+    for name in sorted(recorded):
+        state, drift = recorded[name]
+        if state is not None and state.namespace:
+            objects = list(services.list_managed(state.namespace, name).values())
+        else:
+            objects = [o for o in everywhere if _environment(o) == name]
+        findings = {str(f.get("service")): f for f in drift.findings}
+        statuses = [service_status(obj, findings.get(_key(obj))) for obj in objects]
+        live = {_key(obj) for obj in objects}
+        # Deleted by hand since it was applied: the drift check found it missing.
+        statuses += [
+            ServiceStatus(
+                ServiceKey.parse(service),
+                "",
+                Health.MISSING,
+                "the RayService does not exist",
+                drift="fighting" if finding.get("fighting") else "drifted",
+                drift_message=str(finding.get("message", "")),
+            )
+            for service, finding in findings.items()
+            if service not in live and "/" in service
+        ]
+        statuses.sort(key=lambda s: s.key)
+        rows.append(EnvironmentStatus(name, state, tuple(statuses), drift))
+    return rows
+
+
+def _environment(obj: Mapping[str, Any]) -> str:
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(ENVIRONMENT, ""))
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata") or {}
+    return f"{metadata.get('namespace')}/{metadata.get('name')}"
+
+
+def status_json(rows: Sequence[EnvironmentStatus]) -> dict[str, Any]:
+    """``gitsync status -o json`` (docs/cli.md)."""
+    return {
+        "settled": all(r.settled for r in rows),
+        "environments": [
+            {
+                "name": r.name,
+                "settled": r.settled,
+                "rollout": None
+                if r.state is None
+                else {
+                    "phase": str(r.state.phase),
+                    "revision": r.state.revision,
+                    "wave": r.state.wave,
+                    "started": r.state.started,
+                    "finished": r.state.finished,
+                    "message": r.state.message,
+                    "lastHealthyRevision": r.state.last_healthy_revision,
+                },
+                "driftCheck": {
+                    "checked": r.drift.checked,
+                    "revision": r.drift.revision,
+                    "drifted": len(r.drift.findings),
+                }
+                if r.drift.checked
+                else None,
+                "services": [
+                    {
+                        "namespace": s.key.namespace,
+                        "name": s.key.name,
+                        "health": str(s.health),
+                        "message": s.message,
+                        "revision": s.revision,
+                        "reconcile": "disabled" if s.disabled else "enabled",
+                        "drift": {"kind": s.drift, "message": s.drift_message} if s.drift else None,
+                    }
+                    for s in r.services
+                ],
+            }
+            for r in rows
+        ],
+    }
+
+
+def status_lines(rows: Sequence[EnvironmentStatus]) -> list[str]:
+    """``gitsync status`` as text: per environment its rollout, drift check and services."""
+    lines: list[str] = []
+    for row in rows:
+        state = row.state
+        if lines:
+            lines.append("")
+        if state is None:
+            lines.append(f"{row.name}: no rollout recorded")
+        else:
+            wave = f", wave {state.wave}" if state.wave is not None else ""
+            finished = f", finished {state.finished}" if state.finished else ""
+            lines.append(
+                f"{row.name}: {state.phase} at {state.revision[:12]}{wave} "
+                f"(started {state.started}{finished})"
+            )
+            if state.message:
+                lines.append(f"  {state.message}")
+        if row.drift.checked:
+            found = f"{len(row.drift.findings)} drifted" if row.drift.findings else "no drift"
+            lines.append(
+                f"  drift check {row.drift.checked} against {row.drift.revision[:12]}: {found}"
+            )
+        for s in row.services:
+            marks = [str(s.health)] + ["DISABLED"] * s.disabled + [s.drift.upper()] * bool(s.drift)
+            message = s.drift_message or s.message
+            lines.append(
+                f"  {s.key.name:<24} {','.join(marks):<12} {s.revision[:12]:<12} {message}"
+            )
+    return lines
