@@ -210,7 +210,7 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
         unchanged += len(wave.changes) - len(shown)
         if not shown:
             continue
-        lines.append(f"  {'prune' if wave.prune else f'wave {wave.number}'}:")
+        lines.append(f"  {group_of(wave) if wave.prune else f'wave {wave.number}'}:")
         width = max(len(c.key.label) for c in shown)
         for c in shown:
             lines.append(f"    {c.key.label:<{width}}  {c.action:<17} {c.summary}")

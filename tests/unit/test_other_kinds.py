@@ -113,17 +113,18 @@ def test_other_kinds_go_first_in_their_wave_and_print_with_their_kind() -> None:
     service = {"apiVersion": "ray.io/v1", "kind": "RayService",
                "metadata": {"name": "aaa", "namespace": "ns"}, "spec": {}}  # fmt: skip
     plan = build_plan("env", "ns", {}, {ServiceKey("ns", "aaa"): service,
-                                        KEY: owned_object(config_map({"a": "1"}))})  # fmt: skip
+                                        KEY: owned_object(config_map({"a": "1"}))},
+                      prune=True)  # fmt: skip
     assert [c.key for c in plan.waves[0].changes] == [KEY, ServiceKey("ns", "aaa")]
     assert "ConfigMap/settings  create" in plan_table(plan)
     assert str(KEY) == "ns/ConfigMap/settings"
 
 
-def test_a_pruned_object_is_planned_in_the_prune_wave() -> None:
-    plan = build_plan("env", "ns", {KEY: owned_object(config_map({"a": "1"}, "2"))}, {})
-    assert [(w.prune, [c.action for c in w.changes]) for w in plan.waves] == [
-        (True, [Action.PRUNE])
-    ]
+@pytest.mark.parametrize(("prune", "action"), [(True, Action.PRUNE), (False, Action.ORPHAN)])
+def test_a_pruned_object_is_planned_in_the_prune_wave(prune: bool, action: Action) -> None:
+    current = {KEY: owned_object(config_map({"a": "1"}, "2"))}
+    plan = build_plan("env", "ns", current, {}, prune=prune)
+    assert [(w.prune, [c.action for c in w.changes]) for w in plan.waves] == [(True, [action])]
 
 
 def managed_fields(manager: str, fields: dict[str, Any]) -> dict[str, Any]:
