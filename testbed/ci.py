@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -115,11 +116,20 @@ class Build:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        # The build's own end, not when the foreground track got round to waiting for it.
+        self.ended: float | None = None
+        threading.Thread(target=self._watch, name="build-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        self.process.wait()
+        self.ended = time.monotonic()
 
     def wait(self) -> Phase:
         code = self.process.wait()
+        while self.ended is None:
+            time.sleep(0.05)
         self._file.close()
-        phase = Phase("build", time.monotonic() - self.start, "ok" if code == 0 else "FAILED")
+        phase = Phase("build", self.ended - self.start, "ok" if code == 0 else "FAILED")
         text = self.log.read_text(errors="replace")
         _banner(f"build: exit {code} after {phase.seconds:.0f} s (log: {self.log})")
         lines = text.splitlines()
