@@ -2,8 +2,9 @@
 
 Catches before apply what the API server, KubeRay or Ray Serve would reject later, or would
 silently get wrong: fields the CRD prunes, KubeRay's name and ``headService`` rules, an
-unknown ``upgradeStrategy``, a ``serveConfigV2`` Ray Serve cannot deploy. Every problem names
-the file and the line. Pure.
+unknown ``upgradeStrategy``, a ``serveConfigV2`` Ray Serve cannot deploy, and everything the
+CRD's OpenAPI schema refuses (gitsync.manifests.schema). Every problem names the file and the
+line. Pure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from gitsync import kuberay
 from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
+from gitsync.manifests.schema import spec_problems
 from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
@@ -194,8 +196,13 @@ def _check_spec(check: Checker, spec: Any) -> None:
             )
     if "serveConfigV2" not in spec:
         check.add("spec.serveConfigV2 is missing: gitsync deploys Ray Serve applications", "spec")
-        return
-    _check_serve(check, spec["serveConfigV2"])
+    else:
+        _check_serve(check, spec["serveConfigV2"])
+    # What the API server would refuse; a field the checks above already reported (with
+    # more to say, such as a missing rayClusterConfig) is not reported twice.
+    for path, message in spec_problems(spec):
+        if path not in check.reported:
+            check.add(f"{dotted(path)}: {message}", *path)
 
 
 def _check_cluster(check: Checker, cluster: Any) -> None:

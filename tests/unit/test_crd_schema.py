@@ -1,0 +1,232 @@
+"""``validate`` refuses what the RayService CRD's OpenAPI schema refuses, at file:line.
+
+Each case changes one line of a valid RayService and names the line and the message the
+problem must carry; tests/integration/test_crd_schema.py checks the real API server refuses
+the same manifests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gitsync.checkout import read_tree
+from gitsync.manifests.crd_schema import NODES, SPEC
+from gitsync.manifests.schema import spec_problems
+
+CONFIG = """environments:
+  - name: staging
+    path: environments/staging
+    namespace: ray-staging
+"""
+FILE = "environments/staging/ranker.yaml"
+BASE = """\
+apiVersion: ray.io/v1
+kind: RayService
+metadata:
+  name: ranker
+spec:
+  excludeHeadPodFromServeSvc: false
+  upgradeStrategy:
+    type: NewCluster
+  serveConfigV2: |
+    applications:
+      - name: app
+        route_prefix: /app
+        import_path: pkg.mod:app
+  rayClusterConfig:
+    enableInTreeAutoscaling: true
+    autoscalerOptions:
+      upscalingMode: Default
+    headGroupSpec:
+      rayStartParams:
+        num-cpus: "0"
+      template:
+        spec:
+          containers:
+            - name: ray-head
+              image: rayproject/ray:2.49.0
+              args: ["--verbose"]
+              ports:
+                - containerPort: 8000
+              resources:
+                limits:
+                  memory: 4Gi
+    workerGroupSpecs:
+      - groupName: cpu
+        replicas: 3
+        minReplicas: 1
+        maxReplicas: 5
+        template:
+          spec:
+            containers:
+              - name: ray-worker
+                image: rayproject/ray:2.49.0
+"""
+WORKER = "spec.rayClusterConfig.workerGroupSpecs[0]"
+HEAD_CONTAINER = "spec.rayClusterConfig.headGroupSpec.template.spec.containers[0]"
+
+# (id, the line as BASE writes it, the line in the bad manifest, its line number, message)
+CASES = [
+    (
+        "replicas-a-word",
+        "        replicas: 3",
+        '        replicas: "three"',
+        34,
+        f'{WORKER}.replicas: must be an integer, not "three"',
+    ),
+    (
+        "memory-not-a-quantity",
+        "                  memory: 4Gi",
+        "                  memory: 4Gib",
+        31,
+        f"{HEAD_CONTAINER}.resources.limits.memory: must be a quantity such as 4Gi, 500m or 2, "
+        'not "4Gib"',
+    ),
+    (
+        # No enum in the CRD: the API server accepts it and KubeRay refuses to reconcile it.
+        "unknown-upgrade-type",
+        "    type: NewCluster",
+        "    type: BlueGreen",
+        8,
+        "spec.upgradeStrategy.type 'BlueGreen' is not one KubeRay knows",
+    ),
+    (
+        "ray-start-param-not-a-string",
+        '        num-cpus: "0"',
+        "        num-cpus: 0",
+        20,
+        "spec.rayClusterConfig.headGroupSpec.rayStartParams.num-cpus: must be a string, not 0; "
+        'quote it: "0"',
+    ),
+    (
+        "enum",
+        "      upscalingMode: Default",
+        "      upscalingMode: Fast",
+        17,
+        "spec.rayClusterConfig.autoscalerOptions.upscalingMode: must be one of Default, "
+        'Aggressive, Conservative, not "Fast"',
+    ),
+    (
+        "int32-range",
+        "        maxReplicas: 5",
+        "        maxReplicas: 3000000000",
+        36,
+        f"{WORKER}.maxReplicas: must fit a 32-bit integer (-2147483648 to 2147483647), not 3000000000",
+    ),
+    (
+        "string-for-a-list",
+        '              args: ["--verbose"]',
+        "              args: --verbose",
+        26,
+        f'{HEAD_CONTAINER}.args: must be a list, not "--verbose"',
+    ),
+    (
+        "string-for-an-integer-in-a-list",
+        "                - containerPort: 8000",
+        '                - containerPort: "8000"',
+        28,
+        f'{HEAD_CONTAINER}.ports[0].containerPort: must be an integer, not "8000"',
+    ),
+    (
+        "string-for-a-boolean",
+        "  excludeHeadPodFromServeSvc: false",
+        '  excludeHeadPodFromServeSvc: "no"',
+        6,
+        'spec.excludeHeadPodFromServeSvc: must be true or false, not "no"',
+    ),
+    (
+        "list-for-a-mapping",
+        '        num-cpus: "0"',
+        "        - num-cpus",
+        19,
+        "spec.rayClusterConfig.headGroupSpec.rayStartParams: must be a mapping, not a list",
+    ),
+    (
+        "required-field-missing",
+        "            - name: ray-head",
+        "            - env: []",
+        24,
+        f"{HEAD_CONTAINER}: needs 'name'",
+    ),
+    (
+        "group-name-a-number",
+        "      - groupName: cpu",
+        "      - groupName: 42",
+        33,
+        f"{WORKER}.groupName must be a non-empty string, not 42",
+    ),
+    (
+        "below-minimum",
+        "  excludeHeadPodFromServeSvc: false",
+        "  rayClusterDeletionDelaySeconds: -1",
+        6,
+        "spec.rayClusterDeletionDelaySeconds: must be at least 0, not -1",
+    ),
+]
+
+
+def _validate(text: str, tmp_path: Path) -> list[tuple[str, int | None, str]]:
+    (tmp_path / "gitsync.yaml").write_text(CONFIG)
+    env = tmp_path / "environments" / "staging"
+    env.mkdir(parents=True)
+    (env / "ranker.yaml").write_text(text)
+    return [(p.file, p.line, p.message) for p in read_tree(tmp_path).problems]
+
+
+def test_the_base_manifest_is_valid(tmp_path: Path) -> None:
+    assert _validate(BASE, tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "line", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_schema_violation_is_reported_at_its_line(
+    good: str, bad: str, line: int, message: str, tmp_path: Path
+) -> None:
+    assert BASE.count(good + "\n") == 1
+    problems = _validate(BASE.replace(good + "\n", bad + "\n"), tmp_path)
+    assert [(f, ln) for f, ln, m in problems if message in m] == [(FILE, line)], problems
+    # One problem per mistake: the schema walk does not repeat what another check said.
+    assert len(problems) == 1, problems
+
+
+def test_a_list_item_is_checked_by_its_own_path() -> None:
+    spec = {"rayClusterConfig": {"headGroupSpec": {"template": {}}, "workerGroupSpecs": [
+        {"groupName": "a", "template": {}},
+        {"groupName": "b", "template": {}, "replicas": "x"},
+    ]}}  # fmt: skip
+    assert spec_problems(spec) == [
+        (
+            ("spec", "rayClusterConfig", "workerGroupSpecs", 1, "replicas"),
+            'must be an integer, not "x"',
+        )
+    ]
+
+
+def test_null_is_absent_and_required_fields_with_defaults_are_not_required() -> None:
+    # minReplicas and maxReplicas are required by the CRD but defaulted before validation.
+    spec = {"rayClusterConfig": {"headGroupSpec": {"template": {}, "rayStartParams": None},
+                                 "workerGroupSpecs": [{"groupName": "a", "template": {}}]}}  # fmt: skip
+    assert spec_problems(spec) == []
+    assert spec_problems({"rayClusterConfig": None}) == [(("spec",), "needs 'rayClusterConfig'")]
+
+
+def test_go_anchors_a_pattern_at_the_very_end() -> None:
+    # Python's `$` matches before a final newline; the API server's Go regexp does not.
+    resources = {"limits": {"memory": "4Gi\n"}}
+    spec = {"rayClusterConfig": {"headGroupSpec": {"template": {"spec": {"containers": [
+        {"name": "c", "resources": resources}]}}}}}  # fmt: skip
+    assert [m for _, m in spec_problems(spec)] == [
+        'must be a quantity such as 4Gi, 500m or 2, not "4Gi\\n"'
+    ]
+
+
+def test_the_pod_template_is_stored_once() -> None:
+    """The compact table shares the head's and the workers' pod template."""
+    cluster = NODES[NODES[SPEC]["properties"]["rayClusterConfig"]]["properties"]
+    head = NODES[cluster["headGroupSpec"]]["properties"]["template"]
+    worker = NODES[NODES[cluster["workerGroupSpecs"]]["items"]]["properties"]["template"]
+    assert head == worker
+    assert len(NODES) < 400
