@@ -7,7 +7,8 @@ not at apply time. The table is derived from the CRD in Go's module cache, never
 hand; tests/integration/test_crd_schema.py checks it is current.
 
 Only what validates is kept (type, enum, required, pattern, int32/int64 formats,
-int-or-string, items, properties, additionalProperties, length and minimum bounds), and equal
+int-or-string, items, properties, additionalProperties, length and minimum bounds, the keys
+of list-type map and set lists), and equal
 subtrees (the pod template of the head and of every worker group) are stored once: a node
 refers to its children by their index in ``NODES``.
 
@@ -73,6 +74,17 @@ def compact(spec: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], int]:
             node["properties"] = {name: add(child) for name, child in sorted(properties.items())}
         if isinstance(schema.get("items"), dict):
             node["items"] = add(schema["items"])
+        # The API server refuses two items with the same key in a list of type map (or the
+        # same value in a set); a key field's default counts when an item leaves it out.
+        if schema.get("x-kubernetes-list-type") in ("map", "set"):
+            node["listType"] = schema["x-kubernetes-list-type"]
+        if schema.get("x-kubernetes-list-type") == "map":
+            keys = schema["x-kubernetes-list-map-keys"]
+            fields = schema["items"].get("properties") or {}
+            node["listMapKeys"] = tuple(keys)
+            defaults = {k: fields[k]["default"] for k in keys if "default" in fields.get(k, {})}
+            if defaults:
+                node["listMapDefaults"] = defaults
         if isinstance(schema.get("additionalProperties"), dict):
             node["additionalProperties"] = add(schema["additionalProperties"])
         key = repr(node)

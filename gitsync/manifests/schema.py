@@ -3,8 +3,8 @@
 The API server validates every RayService against the structural schema KubeRay's CRD
 declares (gitsync/manifests/crd_schema.py, generated from it): types, int-or-string fields,
 the quantity pattern of ``resources`` (``4Gib`` is refused), enums, int32 ranges, required
-fields. This walker applies the same rules offline so ``gitsync validate`` refuses what the
-apply would. Pure.
+fields, items a list-type map or set holds twice (two containers named alike). This walker
+applies the same rules offline so ``gitsync validate`` refuses what the apply would. Pure.
 
 What it leaves out, on purpose: unknown fields (the API server prunes them and at most warns;
 gitsync's own check reports unknown top-level spec fields), the CEL rule on
@@ -60,10 +60,13 @@ def _walk(value: Any, index: int, path: Path) -> Iterator[tuple[Path, str]]:
         yield from _integer(value, node, path)
     elif isinstance(value, Mapping):
         yield from _object(value, node, path)
-    elif isinstance(value, list) and "items" in node:
-        for position, item in enumerate(value):
-            if item is not None:
-                yield from _walk(item, node["items"], (*path, position))
+    elif isinstance(value, list):
+        if "items" in node:
+            for position, item in enumerate(value):
+                if item is not None:
+                    yield from _walk(item, node["items"], (*path, position))
+        if "listType" in node:
+            yield from _duplicates(value, node, path)
 
 
 def _string(value: str, node: Mapping[str, Any], path: Path) -> Iterator[tuple[Path, str]]:
@@ -106,6 +109,33 @@ def _object(
             yield from _walk(child, properties[key], (*path, key))
         elif extra is not None:
             yield from _walk(child, extra, (*path, key))
+
+
+def _duplicates(
+    items: list[Any], node: Mapping[str, Any], path: Path
+) -> Iterator[tuple[Path, str]]:
+    """Items a list-type map (or set) holds twice: the API server refuses the object."""
+    keys: tuple[str, ...] = node.get("listMapKeys", ())
+    defaults: Mapping[str, Any] = node.get("listMapDefaults", {})
+    first: dict[str, int] = {}
+    field = str(path[-1])
+    for position, item in enumerate(items):
+        if keys:
+            if not isinstance(item, Mapping):
+                continue  # reported as a wrong type
+            values = [item.get(k, defaults.get(k)) for k in keys]
+            shown = ", ".join(f"{k} {_shown(v)}" for k, v in zip(keys, values, strict=True))
+            what = (
+                f"{shown} is already used by {field}[{{}}]; the list is keyed by {', '.join(keys)}"
+            )
+        else:
+            values = [item]
+            what = f"{_shown(item)} is already at {field}[{{}}]; the list is a set"
+        identity = json.dumps(values, sort_keys=True, default=str)
+        if identity in first:
+            yield (*path, position), what.format(first[identity])
+        else:
+            first[identity] = position
 
 
 def _is(value: Any, kind: str) -> bool:

@@ -158,6 +158,22 @@ CASES = [
         f"{WORKER}.groupName must be a non-empty string, not 42",
     ),
     (
+        "duplicate-key-in-a-list-map",
+        '              args: ["--verbose"]',
+        '              env: [{name: A, value: "1"}, {name: A, value: "2"}]',
+        26,
+        f'{HEAD_CONTAINER}.env[1]: name "A" is already used by env[0]; the list is keyed by name',
+    ),
+    (
+        # protocol is part of the key and defaults to TCP before the API server compares.
+        "duplicate-key-by-its-default",
+        "                - containerPort: 8000",
+        "                - containerPort: 8000\n                - {containerPort: 8000, protocol: TCP}",
+        29,
+        f'{HEAD_CONTAINER}.ports[1]: containerPort 8000, protocol "TCP" is already used by '
+        "ports[0]",
+    ),
+    (
         "below-minimum",
         "  excludeHeadPodFromServeSvc: false",
         "  rayClusterDeletionDelaySeconds: -1",
@@ -230,3 +246,16 @@ def test_the_pod_template_is_stored_once() -> None:
     worker = NODES[NODES[cluster["workerGroupSpecs"]]["items"]]["properties"]["template"]
     assert head == worker
     assert len(NODES) < 400
+
+
+def test_a_set_holds_each_value_once() -> None:
+    rule = {"action": "Restart", "exitCodes": {"operator": "In", "values": [1, 2, 1]}}
+    spec = {"rayClusterConfig": {"headGroupSpec": {"template": {"spec": {"containers": [
+        {"name": "c", "restartPolicyRules": [rule]}]}}}}}  # fmt: skip
+    containers = ("spec", "rayClusterConfig", "headGroupSpec", "template", "spec", "containers")
+    assert spec_problems(spec) == [
+        (
+            (*containers, 0, "restartPolicyRules", 0, "exitCodes", "values", 2),
+            "1 is already at values[0]; the list is a set",
+        )
+    ]
