@@ -13,7 +13,7 @@ import pytest
 
 from gitsync.checkout import read_tree
 from gitsync.manifests.crd_schema import NODES, SPEC
-from gitsync.manifests.schema import spec_problems
+from gitsync.manifests.schema import MAX_PROBLEMS, spec_problems
 
 CONFIG = """environments:
   - name: staging
@@ -259,3 +259,11 @@ def test_a_set_holds_each_value_once() -> None:
             "1 is already at values[0]; the list is a set",
         )
     ]
+
+
+def test_a_hostile_spec_yields_a_bounded_number_of_problems() -> None:
+    groups = [{"groupName": f"g{n}", "template": {}, "replicas": "x"} for n in range(50_000)]
+    spec = {"rayClusterConfig": {"headGroupSpec": {"template": {}}, "workerGroupSpecs": groups}}
+    problems = spec_problems(spec)
+    assert len(problems) == MAX_PROBLEMS
+    assert problems[-1][0] == ("spec", "rayClusterConfig", "workerGroupSpecs", 99, "replicas")
