@@ -200,9 +200,13 @@ def _check_spec(check: Checker, spec: Any) -> None:
         _check_serve(check, spec["serveConfigV2"])
     # What the API server would refuse; a field the checks above already reported (with
     # more to say, such as a missing rayClusterConfig) is not reported twice.
-    for path, message in spec_problems(spec):
-        if path not in check.reported:
-            check.add(f"{dotted(path)}: {message}", *path)
+    schema = [
+        (path, message) for path, message in spec_problems(spec) if path not in check.reported
+    ]
+    for path, message in schema:
+        check.add(f"{dotted(path)}: {message}", *path)
+    if not schema and isinstance(spec.get("rayClusterConfig"), Mapping):
+        _check_kuberay_rules(check, spec["rayClusterConfig"])
 
 
 def _check_cluster(check: Checker, cluster: Any) -> None:
@@ -263,6 +267,68 @@ def _check_cluster(check: Checker, cluster: Any) -> None:
         else:
             seen[name] = check.doc.line_of(*where, "groupName")
         _check_replicas(check, group, where)
+
+
+def _check_kuberay_rules(check: Checker, cluster: Mapping[str, Any]) -> None:
+    """What KubeRay's ValidateRayClusterSpec refuses (it then never creates the cluster and
+    only says so in an event), for a cluster the schema found well-typed. The rules that
+    depend on a feature gate gitsync cannot see are left out."""
+    at: tuple[str | int, ...] = ("spec", "rayClusterConfig")
+    head = cluster.get("headGroupSpec") or {}
+    head_pod = (head.get("template") or {}).get("spec") or {}
+    head_env = {
+        e.get("name"): e.get("value")
+        for e in ((head_pod.get("containers") or [{}])[0].get("env") or [])
+    }
+    groups = cluster.get("workerGroupSpecs") or []
+    autoscaling = cluster.get("enableInTreeAutoscaling") is True
+    version = (cluster.get("autoscalerOptions") or {}).get("version")
+    v2_env = "RAY_enable_autoscaler_v2"
+    for index, group in enumerate(groups):
+        where = (*at, "workerGroupSpecs", index)
+        pod = (group.get("template") or {}).get("spec") or {}
+        if pod.get("containers") == []:
+            check.add(
+                f"{dotted(where)}.template.spec.containers is empty: KubeRay needs the Ray "
+                "container and would not create the cluster",
+                *where, "template", "spec", "containers",
+            )  # fmt: skip
+        if autoscaling and group.get("suspend") is True:
+            check.add(
+                f"worker group {group.get('groupName')!r} cannot be suspended with the "
+                "autoscaler enabled (enableInTreeAutoscaling): KubeRay refuses the cluster",
+                *where, "suspend",
+            )  # fmt: skip
+    if not autoscaling and head_env.get(v2_env) in ("1", "true"):
+        check.add(
+            f"head container env {v2_env}={head_env[v2_env]} needs enableInTreeAutoscaling: "
+            "true; KubeRay refuses the cluster",
+            *at, "headGroupSpec", "template", "spec", "containers", 0, "env",
+        )  # fmt: skip
+    if autoscaling and version is not None and v2_env in head_env:
+        check.add(
+            f"autoscalerOptions.version and the head container env {v2_env} are both set: "
+            "KubeRay refuses the cluster; keep only autoscalerOptions.version",
+            *at, "autoscalerOptions", "version",
+        )  # fmt: skip
+    if autoscaling and version == "v2":
+        pods = [(("headGroupSpec",), head_pod)] + [
+            (("workerGroupSpecs", i), (g.get("template") or {}).get("spec") or {})
+            for i, g in enumerate(groups)
+        ]
+        for where, pod in pods:
+            if pod.get("restartPolicy") not in (None, "", "Never"):
+                check.add(
+                    f"restartPolicy {pod['restartPolicy']!r} with autoscaler v2: KubeRay "
+                    "refuses the cluster unless the Pods' restartPolicy is Never or unset",
+                    *at, *where, "template", "spec", "restartPolicy",
+                )  # fmt: skip
+    if (head.get("rayStartParams") or {}).get("redis-username") or "REDIS_USERNAME" in head_env:
+        check.add(
+            "a redis username in the head's rayStartParams or env: KubeRay refuses the "
+            "cluster; set gcsFaultToleranceOptions.redisUsername instead",
+            *at, "headGroupSpec",
+        )  # fmt: skip
 
 
 def _whole(value: Any) -> int | None:

@@ -18,13 +18,14 @@ from kubernetes import client
 from gitsync.manifests import crd_schema
 from testbed.binaries import Binaries
 from testbed.gen_schema import compact, spec_schema
-from tests.unit.test_crd_schema import BASE, CASES
+from tests.unit.test_crd_schema import BASE, CASES, KUBERAY_CASES, mutated
 
 from .kube import GROUP, PLURAL, VERSION
 
 # The CRD declares no enum for upgradeStrategy.type: the API server stores any string and
-# KubeRay's ValidateRayServiceSpec refuses it (test_controlplane.py shows the store).
-KUBERAY_ONLY = {"unknown-upgrade-type"}
+# KubeRay's ValidateRayServiceSpec refuses it (test_controlplane.py shows the store); the
+# KUBERAY_CASES are what ValidateRayClusterSpec refuses.
+KUBERAY_ONLY = {"unknown-upgrade-type", *(c[0] for c in KUBERAY_CASES)}
 
 
 def test_schema_table_matches_the_crd(binaries: Binaries) -> None:
@@ -62,7 +63,7 @@ def test_the_base_manifest_is_accepted(api: client.ApiClient, namespace: str) ->
 def test_what_validate_refuses_the_api_server_refuses(
     api: client.ApiClient, namespace: str, case: str, good: str, bad: str
 ) -> None:
-    text = BASE.replace(good + "\n", bad + "\n")
+    text = mutated(good, bad)
     if case in KUBERAY_ONLY:
         _dry_run(api, namespace, text)
         return

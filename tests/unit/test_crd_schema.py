@@ -183,12 +183,72 @@ CASES = [
 ]
 
 
+# What the API server stores and KubeRay's ValidateRayClusterSpec refuses.
+KUBERAY_CASES = [
+    (
+        "worker-without-containers",
+        "            containers:\n              - name: ray-worker\n"
+        "                image: rayproject/ray:2.49.0",
+        "            containers: []",
+        39,
+        f"{WORKER}.template.spec.containers is empty: KubeRay needs the Ray container",
+    ),
+    (
+        "suspended-with-the-autoscaler",
+        "        minReplicas: 1",
+        "        minReplicas: 1\n        suspend: true",
+        36,
+        "worker group 'cpu' cannot be suspended with the autoscaler enabled",
+    ),
+    (
+        "redis-username",
+        '        num-cpus: "0"',
+        '        num-cpus: "0"\n        redis-username: admin',
+        18,
+        "a redis username in the head's rayStartParams or env: KubeRay refuses the cluster",
+    ),
+    (
+        "autoscaler-v2-env-without-the-autoscaler",
+        "    enableInTreeAutoscaling: true\n    autoscalerOptions:\n      upscalingMode: Default",
+        "    enableInTreeAutoscaling: false",
+        24,  # the env line: the rest of the base moves up two lines
+        "head container env RAY_enable_autoscaler_v2=1 needs enableInTreeAutoscaling: true",
+    ),
+]
+CASES += KUBERAY_CASES
+V2_ENV = '              env: [{name: RAY_enable_autoscaler_v2, value: "1"}]'
+
+
 def _validate(text: str, tmp_path: Path) -> list[tuple[str, int | None, str]]:
     (tmp_path / "gitsync.yaml").write_text(CONFIG)
     env = tmp_path / "environments" / "staging"
     env.mkdir(parents=True)
     (env / "ranker.yaml").write_text(text)
     return [(p.file, p.line, p.message) for p in read_tree(tmp_path).problems]
+
+
+def mutated(good: str, bad: str) -> str:
+    """BASE with one span changed (and, for the autoscaler v2 case, the head's env set)."""
+    assert BASE.count(good + "\n") == 1
+    text = BASE.replace(good + "\n", bad + "\n")
+    if "enableInTreeAutoscaling: false" in bad:
+        text = text.replace('              args: ["--verbose"]\n', V2_ENV + "\n")
+    return text
+
+
+def test_autoscaler_v2_needs_pods_that_never_restart(tmp_path: Path) -> None:
+    text = BASE.replace("      upscalingMode: Default\n", "      version: v2\n").replace(
+        "        spec:\n          containers:\n",
+        "        spec:\n          restartPolicy: Always\n          containers:\n",
+    )
+    assert _validate(text, tmp_path) == [
+        (
+            FILE,
+            23,
+            "restartPolicy 'Always' with autoscaler v2: KubeRay refuses the cluster unless the "
+            "Pods' restartPolicy is Never or unset",
+        )
+    ]
 
 
 def test_the_base_manifest_is_valid(tmp_path: Path) -> None:
@@ -201,8 +261,7 @@ def test_the_base_manifest_is_valid(tmp_path: Path) -> None:
 def test_schema_violation_is_reported_at_its_line(
     good: str, bad: str, line: int, message: str, tmp_path: Path
 ) -> None:
-    assert BASE.count(good + "\n") == 1
-    problems = _validate(BASE.replace(good + "\n", bad + "\n"), tmp_path)
+    problems = _validate(mutated(good, bad), tmp_path)
     assert [(f, ln) for f, ln, m in problems if message in m] == [(FILE, line)], problems
     # One problem per mistake: the schema walk does not repeat what another check said.
     assert len(problems) == 1, problems
