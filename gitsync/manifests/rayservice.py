@@ -1,7 +1,7 @@
 """Validation of one manifest document: a RayService (or an allowed other kind).
 
 Catches before apply what the API server, KubeRay or Ray Serve would reject later, or would
-silently get wrong: fields the CRD prunes, KubeRay's name and ``headService`` rules, an
+silently get wrong: fields the CRD does not declare, KubeRay's name and ``headService`` rules, an
 unknown ``upgradeStrategy``, a ``serveConfigV2`` Ray Serve cannot deploy, and everything the
 CRD's OpenAPI schema refuses (gitsync.manifests.schema). Every problem names the file and the
 line. Pure.
@@ -17,7 +17,7 @@ from typing import Any
 from gitsync import kuberay
 from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
-from gitsync.manifests.schema import spec_problems
+from gitsync.manifests.schema import UNKNOWN, spec_problems
 from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
@@ -175,7 +175,7 @@ def _check_spec(check: Checker, spec: Any) -> None:
     for key in spec:
         if key not in kuberay.RAYSERVICE_SPEC_FIELDS:
             check.add(
-                f"unknown field spec.{key}: the API server would drop it silently"
+                f"unknown field spec.{key}: {UNKNOWN}"
                 + _suggest(key, kuberay.RAYSERVICE_SPEC_FIELDS),
                 "spec",
                 key,

@@ -6,9 +6,10 @@ the quantity pattern of ``resources`` (``4Gib`` is refused), enums, int32 ranges
 fields, items a list-type map or set holds twice (two containers named alike). This walker
 applies the same rules offline so ``gitsync validate`` refuses what the apply would. Pure.
 
-What it leaves out, on purpose: unknown fields (the API server prunes them and at most warns;
-gitsync's own check reports unknown top-level spec fields), the CEL rule on
-``rayClusterConfig.managedBy``, and date-time formats (only under status fields). A null is
+Unknown fields are refused too: gitsync applies server-side, and server-side apply refuses a
+field the schema does not declare (a plain create would prune it). Left out on purpose: the
+CEL rule on ``rayClusterConfig.managedBy`` and date-time formats (only under status
+fields). A null is
 treated as absent, as the API server prunes nulls of non-nullable fields before it validates.
 
 Why not the ``jsonschema`` package: the Kubernetes dialect differs where it matters (int32
@@ -35,6 +36,7 @@ Path = tuple[str | int, ...]
 
 _RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _QUANTITY = next(n["pattern"] for n in NODES if "pattern" in n and "KMGTPE" in n["pattern"])
+UNKNOWN = "the RayService CRD does not declare it and server-side apply refuses it"
 _KINDS = {
     "integer": "an integer",
     "number": "a number",
@@ -123,6 +125,14 @@ def _object(
             yield from _walk(child, properties[key], (*path, key))
         elif extra is not None:
             yield from _walk(child, extra, (*path, key))
+        elif properties:
+            # Server-side apply converts the body to the schema's type before anything is
+            # pruned, and a field the type lacks fails that conversion ("field not declared
+            # in schema", structuredMergeManager.Apply). An object without properties (an
+            # embedded template's metadata) takes any field.
+            close = difflib.get_close_matches(str(key), sorted(properties), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            yield (*path, key), f"unknown field: {UNKNOWN}{hint}"
 
 
 def _duplicates(

@@ -174,6 +174,14 @@ CASES = [
         "ports[0]",
     ),
     (
+        "unknown-field",
+        '              args: ["--verbose"]',
+        '              args: ["--verbose"]\n              imagePulPolicy: Always',
+        27,
+        f"{HEAD_CONTAINER}.imagePulPolicy: unknown field: the RayService CRD does not declare "
+        "it and server-side apply refuses it; did you mean 'imagePullPolicy'?",
+    ),
+    (
         "below-minimum",
         "  excludeHeadPodFromServeSvc: false",
         "  rayClusterDeletionDelaySeconds: -1",
@@ -326,3 +334,16 @@ def test_a_hostile_spec_yields_a_bounded_number_of_problems() -> None:
     problems = spec_problems(spec)
     assert len(problems) == MAX_PROBLEMS
     assert problems[-1][0] == ("spec", "rayClusterConfig", "workerGroupSpecs", 99, "replicas")
+
+
+def test_an_object_without_properties_takes_any_field() -> None:
+    """Only where the schema lists an object's fields is another one unknown."""
+    container = {"name": "c", "resources": {"limits": {"example.com/fpga": "1"}}}
+    spec = {"rayClusterConfig": {"headGroupSpec": {"template": {"spec": {"containers": [
+        container]}}}}}  # fmt: skip
+    assert spec_problems(spec) == []
+    container["resourcez"] = {}
+    assert [m for _, m in spec_problems(spec)] == [
+        "unknown field: the RayService CRD does not declare it and server-side apply refuses "
+        "it; did you mean 'resources'?"
+    ]
