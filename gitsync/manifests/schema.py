@@ -51,6 +51,7 @@ _KINDS = {
 # A hostile document (50,000 worker groups, each wrong) would otherwise yield a problem per
 # value; the first ones say what is wrong, as the environment's own cap reasons.
 MAX_PROBLEMS = 100
+MAX_SHOWN = 80  # characters of a refused value quoted in a message
 
 
 def spec_problems(spec: Any) -> list[tuple[Path, str]]:
@@ -181,7 +182,9 @@ def _shown(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return json.dumps(value)
+    text = json.dumps(value)
+    # A hostile 100,000-character value would otherwise be repeated in the message.
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
 
 
 def _hint(value: Any, kind: str) -> str:

@@ -347,3 +347,10 @@ def test_an_object_without_properties_takes_any_field() -> None:
         "unknown field: the RayService CRD does not declare it and server-side apply refuses "
         "it; did you mean 'resources'?"
     ]
+
+
+def test_a_long_value_is_shortened_in_the_message() -> None:
+    spec = {"rayClusterConfig": {"headGroupSpec": {"template": {}}, "workerGroupSpecs": [
+        {"groupName": "a", "template": {}, "replicas": "x" * 100_000}]}}  # fmt: skip
+    [(_, message)] = spec_problems(spec)
+    assert message == 'must be an integer, not "' + "x" * 78 + "…"
