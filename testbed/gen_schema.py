@@ -37,6 +37,22 @@ def spec_schema(crd_file: Path) -> dict[str, Any]:
     return spec
 
 
+def _kind(schema: dict[str, Any]) -> str | None:
+    """The node's type; int-or-string fields are one type here rather than an anyOf."""
+    # Fields the walker would wrongly call unknown, or embedded objects it cannot check: a
+    # CRD that starts using them needs the walker taught first.
+    for unsupported in ("x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource"):
+        if unsupported in schema:
+            raise ValueError(f"unsupported schema keyword: {unsupported}")
+    if schema.get("x-kubernetes-int-or-string"):
+        assert schema.get("anyOf") == [{"type": "integer"}, {"type": "string"}], schema
+        return "int-or-string"
+    if "anyOf" in schema or "oneOf" in schema or "allOf" in schema:
+        raise ValueError(f"unsupported schema combinator: {sorted(schema)}")
+    kind = schema.get("type")
+    return str(kind) if kind is not None else None
+
+
 def compact(spec: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], int]:
     """The schema as a table of distinct nodes, children first, and the index of ``spec``."""
     nodes: list[dict[str, Any]] = []
@@ -44,13 +60,9 @@ def compact(spec: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], int]:
 
     def add(schema: dict[str, Any]) -> int:
         node: dict[str, Any] = {}
-        if schema.get("x-kubernetes-int-or-string"):
-            assert schema.get("anyOf") == [{"type": "integer"}, {"type": "string"}], schema
-            node["type"] = "int-or-string"
-        elif "anyOf" in schema or "oneOf" in schema or "allOf" in schema:
-            raise ValueError(f"unsupported schema combinator: {sorted(schema)}")
-        elif "type" in schema:
-            node["type"] = schema["type"]
+        kind = _kind(schema)
+        if kind is not None:
+            node["type"] = kind
         if "enum" in schema:
             node["enum"] = tuple(schema["enum"])
         if "pattern" in schema:

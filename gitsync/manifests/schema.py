@@ -188,7 +188,7 @@ def _shown(value: Any) -> str:
 
 
 def _hint(value: Any, kind: str) -> str:
-    if kind == "string" and isinstance(value, bool | int | float):
+    if kind in ("string", "int-or-string") and isinstance(value, bool | int | float):
         return f'; quote it: "{json.dumps(value)}"'
     if kind == "array" and not isinstance(value, list):
         return "; write it as a list (each item on a '- ' line)"

@@ -93,6 +93,15 @@ CASES = [
         "spec.upgradeStrategy.type 'BlueGreen' is not one KubeRay knows",
     ),
     (
+        # A core Pod takes `cpu: 0.5`; the CRD's int-or-string takes an integer or a string.
+        "cpu-a-fraction",
+        "                  memory: 4Gi",
+        "                  memory: 4Gi\n                  cpu: 0.5",
+        32,
+        f"{HEAD_CONTAINER}.resources.limits.cpu: must be an integer or a string, not 0.5; "
+        'quote it: "0.5"',
+    ),
+    (
         "ray-start-param-not-a-string",
         '        num-cpus: "0"',
         "        num-cpus: 0",
