@@ -200,12 +200,12 @@ def _check_spec(check: Checker, spec: Any) -> None:
         _check_serve(check, spec["serveConfigV2"])
     # What the API server would refuse; a field the checks above already reported (with
     # more to say, such as a missing rayClusterConfig) is not reported twice.
-    schema = [
-        (path, message) for path, message in spec_problems(spec) if path not in check.reported
-    ]
+    schema = spec_problems(spec)
     for path, message in schema:
-        check.add(f"{dotted(path)}: {message}", *path)
-    if not schema and isinstance(spec.get("rayClusterConfig"), Mapping):
+        if path not in check.reported:
+            check.add(f"{dotted(path)}: {message}", *path)
+    # KubeRay's rules read a well-typed spec, as KubeRay only sees one the API server took.
+    if not schema:
         _check_kuberay_rules(check, spec["rayClusterConfig"])
 
 

@@ -363,3 +363,10 @@ def test_a_long_value_is_shortened_in_the_message() -> None:
         {"groupName": "a", "template": {}, "replicas": "x" * 100_000}]}}  # fmt: skip
     [(_, message)] = spec_problems(spec)
     assert message == 'must be an integer, not "' + "x" * 78 + "…"
+
+
+def test_kuberay_rules_wait_for_a_well_typed_spec(tmp_path: Path) -> None:
+    """A type error another check reports first must not reach KubeRay's rules, which read
+    the spec as well-typed."""
+    text = BASE.split("    workerGroupSpecs:\n", maxsplit=1)[0] + "    workerGroupSpecs: cpu\n"
+    assert _validate(text, tmp_path) == [(FILE, 32, "workerGroupSpecs must be a list")]
