@@ -232,7 +232,9 @@ def _check_cluster(check: Checker, cluster: Any) -> None:
             "metadata",
             "name",
         )
-    containers = ((head.get("template") or {}).get("spec") or {}).get("containers")
+    template = head.get("template")
+    pod = template.get("spec") if isinstance(template, Mapping) else None
+    containers = pod.get("containers") if isinstance(pod, Mapping) else None
     if not isinstance(containers, list) or not containers:
         check.add(
             "headGroupSpec.template.spec.containers needs the ray-head container",

@@ -79,9 +79,9 @@ def _walk(value: Any, index: int, path: Path) -> Iterator[tuple[Path, str]]:
         yield from _object(value, node, path)
     elif isinstance(value, list):
         if "items" in node:
+            # A null item is not pruned as a null field is: it fails its type.
             for position, item in enumerate(value):
-                if item is not None:
-                    yield from _walk(item, node["items"], (*path, position))
+                yield from _walk(item, node["items"], (*path, position))
         if "listType" in node:
             yield from _duplicates(value, node, path)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gitsync.checkout import read_tree
 from gitsync.manifests.crd_schema import NODES, SPEC
@@ -191,6 +192,13 @@ CASES = [
         "it and server-side apply refuses it; did you mean 'imagePullPolicy'?",
     ),
     (
+        "null-list-item",
+        "                - containerPort: 8000",
+        "                - null",
+        28,
+        f"{HEAD_CONTAINER}.ports[0]: must be a mapping, not null",
+    ),
+    (
         "below-minimum",
         "  excludeHeadPodFromServeSvc: false",
         "  rayClusterDeletionDelaySeconds: -1",
@@ -370,3 +378,25 @@ def test_kuberay_rules_wait_for_a_well_typed_spec(tmp_path: Path) -> None:
     the spec as well-typed."""
     text = BASE.split("    workerGroupSpecs:\n", maxsplit=1)[0] + "    workerGroupSpecs: cpu\n"
     assert _validate(text, tmp_path) == [(FILE, 32, "workerGroupSpecs must be a list")]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("headGroupSpec", "template"),
+        ("headGroupSpec", "template", "spec"),
+        ("headGroupSpec", "template", "spec", "containers", 0),
+        ("workerGroupSpecs", 0),
+    ],
+)
+@pytest.mark.parametrize("value", ["x", 1, [1], None])
+def test_a_wrong_type_anywhere_is_a_problem_not_a_crash(
+    path: tuple[str | int, ...], value: object, tmp_path: Path
+) -> None:
+    doc = yaml.safe_load(BASE)
+    parent = doc["spec"]["rayClusterConfig"]
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    problems = _validate(yaml.safe_dump(doc), tmp_path)
+    assert problems, "a wrong type must be reported"
