@@ -9,14 +9,14 @@ applies the same rules offline so ``gitsync validate`` refuses what the apply wo
 Unknown fields are refused too: gitsync applies server-side, and server-side apply refuses a
 field the schema does not declare (a plain create would prune it). Left out on purpose: the
 CEL rule on ``rayClusterConfig.managedBy`` and date-time formats (only under status
-fields). A null is
-treated as absent, as the API server prunes nulls of non-nullable fields before it validates.
+fields). A null field is treated as absent, as the API server prunes nulls of non-nullable
+fields before it validates; a null list item is not pruned and fails its type.
 
 Why not the ``jsonschema`` package: the Kubernetes dialect differs where it matters (int32
 formats, int-or-string, list-type map keys with their defaults, defaulting before
 ``required``, nulls pruned, Go's end anchor), so each would need a custom keyword or a
 rewrite of the schema, and its errors would be reworded to say what and where anyway; a
-walker of about 150 lines does it with no new dependency (jsonschema pulls in a compiled
+walker of about 200 lines does it with no new dependency (jsonschema pulls in a compiled
 one, rpds-py) and stops at the first hundred problems.
 """
 
