@@ -2,7 +2,8 @@
 
 The API server validates every RayService against the structural schema KubeRay's CRD
 declares (gitsync/manifests/crd_schema.py, generated from it): types, int-or-string fields,
-the quantity pattern of ``resources`` (``4Gib`` is refused), enums, int32 ranges, required
+the quantity pattern of ``resources`` (``4Gib`` is refused), enums, int32 ranges (which the
+API server leaves to KubeRay's Go types to fail on), required
 fields, items a list-type map or set holds twice (two containers named alike). This walker
 applies the same rules offline so ``gitsync validate`` refuses what the apply would. Pure.
 
