@@ -120,8 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check a repository's gitsync.yaml and manifests; exit 1 on any problem",
-        description="Check gitsync.yaml and every environment's manifests. Prints every "
-        "problem as file:line: message. Exit 0 when clean, 1 when not, 2 on errors.",
+        description="Check gitsync.yaml and every environment's manifests, each RayService "
+        "also against the RayService CRD's schema (what the API server would refuse) and "
+        "KubeRay's own rules. Prints every problem as file:line: message. Exit 0 when clean, "
+        "1 when not, 2 on errors.",
     )
     validate.add_argument(
         "path",

@@ -23,8 +23,8 @@ KUBERAY_VERSION = "v1.5.0"
 # utils.MaxRayServiceNameLength: 63 - len("-serve-svc") - len("-xxxxx") for the cluster suffix.
 MAX_RAYSERVICE_NAME_LENGTH = 47
 
-# spec fields of the v1 RayService CRD (config/crd/bases/ray.io_rayservices.yaml). The API
-# server prunes anything else without a word, so a misspelt field would vanish silently.
+# spec fields of the v1 RayService CRD (config/crd/bases/ray.io_rayservices.yaml). A create
+# would prune anything else without a word; server-side apply, as gitsync applies, refuses it.
 RAYSERVICE_SPEC_FIELDS = frozenset(
     {
         "deploymentUnhealthySecondThreshold",

@@ -1,9 +1,10 @@
 """Validation of one manifest document: a RayService (or an allowed other kind).
 
 Catches before apply what the API server, KubeRay or Ray Serve would reject later, or would
-silently get wrong: fields the CRD prunes, KubeRay's name and ``headService`` rules, an
-unknown ``upgradeStrategy``, a ``serveConfigV2`` Ray Serve cannot deploy. Every problem names
-the file and the line. Pure.
+silently get wrong: fields the CRD does not declare, KubeRay's name and ``headService`` rules, an
+unknown ``upgradeStrategy``, a ``serveConfigV2`` Ray Serve cannot deploy, and everything the
+CRD's OpenAPI schema refuses (gitsync.manifests.schema). Every problem names the file and the
+line. Pure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from gitsync import kuberay
 from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
+from gitsync.manifests.schema import UNKNOWN, spec_problems
 from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
@@ -173,7 +175,7 @@ def _check_spec(check: Checker, spec: Any) -> None:
     for key in spec:
         if key not in kuberay.RAYSERVICE_SPEC_FIELDS:
             check.add(
-                f"unknown field spec.{key}: the API server would drop it silently"
+                f"unknown field spec.{key}: {UNKNOWN}"
                 + _suggest(key, kuberay.RAYSERVICE_SPEC_FIELDS),
                 "spec",
                 key,
@@ -194,8 +196,17 @@ def _check_spec(check: Checker, spec: Any) -> None:
             )
     if "serveConfigV2" not in spec:
         check.add("spec.serveConfigV2 is missing: gitsync deploys Ray Serve applications", "spec")
-        return
-    _check_serve(check, spec["serveConfigV2"])
+    else:
+        _check_serve(check, spec["serveConfigV2"])
+    # What the API server would refuse; a field the checks above already reported (with
+    # more to say, such as a missing rayClusterConfig) is not reported twice.
+    schema = spec_problems(spec)
+    for path, message in schema:
+        if path not in check.reported:
+            check.add(f"{dotted(path)}: {message}", *path)
+    # KubeRay's rules read a well-typed spec, as KubeRay only sees one the API server took.
+    if not schema:
+        _check_kuberay_rules(check, spec["rayClusterConfig"])
 
 
 def _check_cluster(check: Checker, cluster: Any) -> None:
@@ -221,7 +232,9 @@ def _check_cluster(check: Checker, cluster: Any) -> None:
             "metadata",
             "name",
         )
-    containers = ((head.get("template") or {}).get("spec") or {}).get("containers")
+    template = head.get("template")
+    pod = template.get("spec") if isinstance(template, Mapping) else None
+    containers = pod.get("containers") if isinstance(pod, Mapping) else None
     if not isinstance(containers, list) or not containers:
         check.add(
             "headGroupSpec.template.spec.containers needs the ray-head container",
@@ -256,6 +269,68 @@ def _check_cluster(check: Checker, cluster: Any) -> None:
         else:
             seen[name] = check.doc.line_of(*where, "groupName")
         _check_replicas(check, group, where)
+
+
+def _check_kuberay_rules(check: Checker, cluster: Mapping[str, Any]) -> None:
+    """What KubeRay's ValidateRayClusterSpec refuses (it then never creates the cluster and
+    only says so in an event), for a cluster the schema found well-typed. The rules that
+    depend on a feature gate gitsync cannot see are left out."""
+    at: tuple[str | int, ...] = ("spec", "rayClusterConfig")
+    head = cluster.get("headGroupSpec") or {}
+    head_pod = (head.get("template") or {}).get("spec") or {}
+    head_env = {
+        e.get("name"): e.get("value")
+        for e in ((head_pod.get("containers") or [{}])[0].get("env") or [])
+    }
+    groups = cluster.get("workerGroupSpecs") or []
+    autoscaling = cluster.get("enableInTreeAutoscaling") is True
+    version = (cluster.get("autoscalerOptions") or {}).get("version")
+    v2_env = "RAY_enable_autoscaler_v2"
+    for index, group in enumerate(groups):
+        where = (*at, "workerGroupSpecs", index)
+        pod = (group.get("template") or {}).get("spec") or {}
+        if pod.get("containers") == []:
+            check.add(
+                f"{dotted(where)}.template.spec.containers is empty: KubeRay needs the Ray "
+                "container and would not create the cluster",
+                *where, "template", "spec", "containers",
+            )  # fmt: skip
+        if autoscaling and group.get("suspend") is True:
+            check.add(
+                f"worker group {group.get('groupName')!r} cannot be suspended with the "
+                "autoscaler enabled (enableInTreeAutoscaling): KubeRay refuses the cluster",
+                *where, "suspend",
+            )  # fmt: skip
+    if not autoscaling and head_env.get(v2_env) in ("1", "true"):
+        check.add(
+            f"head container env {v2_env}={head_env[v2_env]} needs enableInTreeAutoscaling: "
+            "true; KubeRay refuses the cluster",
+            *at, "headGroupSpec", "template", "spec", "containers", 0, "env",
+        )  # fmt: skip
+    if autoscaling and version is not None and v2_env in head_env:
+        check.add(
+            f"autoscalerOptions.version and the head container env {v2_env} are both set: "
+            "KubeRay refuses the cluster; keep only autoscalerOptions.version",
+            *at, "autoscalerOptions", "version",
+        )  # fmt: skip
+    if autoscaling and version == "v2":
+        pods = [(("headGroupSpec",), head_pod)] + [
+            (("workerGroupSpecs", i), (g.get("template") or {}).get("spec") or {})
+            for i, g in enumerate(groups)
+        ]
+        for where, pod in pods:
+            if pod.get("restartPolicy") not in (None, "", "Never"):
+                check.add(
+                    f"restartPolicy {pod['restartPolicy']!r} with autoscaler v2: KubeRay "
+                    "refuses the cluster unless the Pods' restartPolicy is Never or unset",
+                    *at, *where, "template", "spec", "restartPolicy",
+                )  # fmt: skip
+    if (head.get("rayStartParams") or {}).get("redis-username") or "REDIS_USERNAME" in head_env:
+        check.add(
+            "a redis username in the head's rayStartParams or env: KubeRay refuses the "
+            "cluster; set gcsFaultToleranceOptions.redisUsername instead",
+            *at, "headGroupSpec",
+        )  # fmt: skip
 
 
 def _whole(value: Any) -> int | None:

@@ -276,9 +276,11 @@ class Checker:
     def __init__(self, doc: Document) -> None:
         self.doc = doc
         self.problems: list[Problem] = []
+        self.reported: set[tuple[str | int, ...]] = set()  # the paths with a problem
 
     def add(self, message: str, *path: str | int) -> None:
         self.problems.append(self.doc.problem(message, *path))
+        self.reported.add(path)
 
     def mapping(self, value: Any, allowed: set[str], required: set[str], *path: str | int) -> bool:
         where = dotted(path) or "the file"

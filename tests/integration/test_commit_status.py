@@ -191,26 +191,30 @@ def test_a_manifest_the_schema_refuses_applies_nothing(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    """Valid YAML whose value the CRD schema refuses (``replicas: "two"``) in a wave-1 service,
-    next to a good change in wave 0: kube-apiserver answers the server-side apply with a 500,
-    which is the manifest's fault, so the commit gets `failure` naming the service and the
-    schema's complaint at once (not `error` after retrying an "unreachable" server), and the
-    good wave-0 change is not applied either."""
+    """A manifest the API server refuses though ``validate`` passes it (the CRD's CEL rule on
+    ``rayClusterConfig.managedBy``, which validate leaves to the API server) in a wave-1
+    service, next to a good change in wave 0: the dry-run apply's 422 is the manifest's
+    fault, so the commit gets `failure` naming the service and the complaint at once (not
+    `error` after retrying an "unreachable" server), and the good wave-0 change is not
+    applied either. (A wrong type, ``replicas: "two"``, no longer gets this far: validate
+    refuses it; test_controlplane.py shows the API server's 500 for it.)"""
     config = agent_file(forge_repo, gitea, tmp_path)
     assert sync(control_plane, config) == 0
     before = versions(api, namespace)
 
     def change(root: Path) -> None:
         forge_repo.edit("embedder.yaml", "num_replicas: 1", "num_replicas: 2")
-        forge_repo.edit("summarizer.yaml", "        replicas: 1\n", '        replicas: "two"\n')
+        forge_repo.edit(
+            "summarizer.yaml", "  rayClusterConfig:\n", "  rayClusterConfig:\n    managedBy: me\n"
+        )
 
-    sha = forge_repo.commit(change, "two workers, spelt out")
+    sha = forge_repo.commit(change, "managed by someone else")
     started = time.monotonic()
     assert sync(control_plane, config) == 2  # like an invalid manifest
     last = statuses(gitea, forge_repo, sha)[-1]
     assert last["status"] == "failure", last
-    assert last["description"].startswith("summarizer: dry-run apply refused, the CRD schema"), last
-    assert "replicas: expected numeric" in last["description"], last
+    assert last["description"].startswith("summarizer: dry-run apply refused (422)"), last
+    assert "spec.rayClusterConfig.managedBy" in last["description"], last
     assert versions(api, namespace) == before  # nothing applied, not even wave 0's good change
     # Refused at once: not five retries of an "unreachable" server with backoff.
     assert time.monotonic() - started < 30

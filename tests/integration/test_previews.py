@@ -548,17 +548,20 @@ def rename_staging(root: Path) -> None:
     path.write_text(text.replace(": staging\n", ": stage\n"))
 
 
-def untyped_replicas(root: Path) -> None:
-    """Valid YAML the API server refuses (replicas must be an integer): the apply fails."""
+def foreign_manager(root: Path) -> None:
+    """A manifest validate passes and the API server refuses (the CRD's CEL rule on
+    ``rayClusterConfig.managedBy``, which validate leaves to it): the apply fails."""
     path = root / "environments" / "staging" / "ranker.yaml"
     text = path.read_text()
-    assert "        replicas: 1\n" in text
-    path.write_text(text.replace("        replicas: 1\n", '        replicas: "two"\n', 1))
+    assert text.count("  rayClusterConfig:\n") == 1
+    path.write_text(
+        text.replace("  rayClusterConfig:\n", "  rayClusterConfig:\n    managedBy: me\n")
+    )
 
 
 @pytest.mark.parametrize(
     ("breakage", "reason"),
-    [(rename_staging, "no environment 'staging'"), (untyped_replicas, "ranker-pr-")],
+    [(rename_staging, "no environment 'staging'"), (foreign_manager, "ranker-pr-")],
 )
 def test_one_broken_pull_request_does_not_stop_the_others(
     forge: Forge, api: client.ApiClient, namespace: str, breakage: Any, reason: str
