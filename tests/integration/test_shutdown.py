@@ -273,14 +273,19 @@ def test_with_the_git_server_hung_it_stops_and_kills_its_git(
             agents.append(agent)
             wait_for(lambda: rolled_out(api, repo), timeout=90, what="the first rollout")
             proxy.set("hang")
-            git_children: set[int] = set()
+            first_seen: dict[int, float] = {}
 
-            def git_running() -> bool:
-                git_children.update(agent.children())
-                return bool(git_children)
+            def git_hung() -> bool:
+                # A git child alive for a second is the one the hung server holds (a quick
+                # local git command of the same pass would be gone by then).
+                now = time.monotonic()
+                alive = set(agent.children())
+                for pid in alive:
+                    first_seen.setdefault(pid, now)
+                return any(now - first_seen[pid] >= 1.0 for pid in alive)
 
-            wait_for(git_running, timeout=10, what="a git process against the hung server")
-            time.sleep(0.5)
+            wait_for(git_hung, timeout=30, what="a git process hung on the server")
+            git_children = set(first_seen)
             agent.stop()
             assert agent.said("abandoned")
             assert lease_holder(api, namespace) == ""
