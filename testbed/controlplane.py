@@ -30,6 +30,7 @@ import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
+from testbed import crds
 from testbed import pki as pki_mod
 from testbed.binaries import Binaries, ensure_binaries
 
@@ -390,8 +391,8 @@ class ControlPlane:
         with self.api_client() as api:
             extensions = client.ApiextensionsV1Api(api)
             for path in sorted(directory.glob("*.yaml")):
-                for document in yaml.safe_load_all(path.read_text()):
-                    if not document or document.get("kind") != "CustomResourceDefinition":
+                for document in crds.documents(path):
+                    if document.get("kind") != "CustomResourceDefinition":
                         continue
                     name = document["metadata"]["name"]
                     extensions.patch_custom_resource_definition(
@@ -406,8 +407,14 @@ class ControlPlane:
             pending = set(names)
             while pending and time.monotonic() < deadline:
                 for name in list(pending):
-                    crd = extensions.read_custom_resource_definition(name)
-                    conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+                    # Read as JSON, not as the client's models: turning a 1 MB schema into
+                    # model objects costs about a second of CPU per read.
+                    response = extensions.read_custom_resource_definition(
+                        name, _preload_content=False
+                    )
+                    crd = json.loads(response.data)
+                    status = crd.get("status") or {}
+                    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
                     if conditions.get("Established") == "True" and self._discovered(api, crd):
                         pending.discard(name)
                 if pending:
@@ -419,9 +426,10 @@ class ControlPlane:
         return names
 
     @staticmethod
-    def _discovered(api: client.ApiClient, crd: Any) -> bool:
-        group, plural = crd.spec.group, crd.spec.names.plural
-        versions = [v.name for v in crd.spec.versions if v.served]
+    def _discovered(api: client.ApiClient, crd: dict[str, Any]) -> bool:
+        spec = crd["spec"]
+        group, plural = spec["group"], spec["names"]["plural"]
+        versions = [v["name"] for v in spec["versions"] if v.get("served")]
         for version in versions:
             try:
                 resources = client.CustomObjectsApi(api).get_api_resources(group, version)

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from testbed import crds
 from testbed.binaries import ensure_binaries
 
 
@@ -35,7 +34,7 @@ def defaults(
 
 
 def render(crd_file: Path, version: str) -> str:
-    crd = yaml.safe_load(crd_file.read_text())
+    crd = crds.crd(crd_file)
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
         "openAPIV3Schema"
     ]

@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from testbed import crds
 from testbed.binaries import ensure_binaries
 
 # Formats the API server checks on integers; date-time appears only under status fields.
@@ -31,7 +30,7 @@ _BOUNDS = ("maxLength", "minLength", "minimum", "maximum")
 
 
 def spec_schema(crd_file: Path) -> dict[str, Any]:
-    crd = yaml.safe_load(crd_file.read_text())
+    crd = crds.crd(crd_file)
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]
     spec: dict[str, Any] = schema["openAPIV3Schema"]["properties"]["spec"]
     return spec

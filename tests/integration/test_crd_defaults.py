@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import yaml
-
 from gitsync.diff import crd_defaults
+from testbed import crds
 from testbed.binaries import Binaries
 from testbed.gen_defaults import defaults
 
 
 def test_defaults_table_matches_the_crd(binaries: Binaries) -> None:
-    crd = yaml.safe_load((binaries.kuberay_crds / "ray.io_rayservices.yaml").read_text())
+    crd = crds.crd(binaries.kuberay_crds / "ray.io_rayservices.yaml")
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
         "openAPIV3Schema"
     ]
