@@ -79,12 +79,14 @@ class PreviewReconciler:
     clock: Callable[[], float] = time.time
     record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
     _approvals: dict[int, str] | None = field(default=None, init=False)
+    # The base head's `previews:` section, read once per head: this runs at every poll, and
+    # loading a tree of 1,000 manifests to find that nothing has a preview is most of a poll.
+    _base: tuple[str, PreviewConfig | None] | None = field(default=None, init=False)
 
     def reconcile(self) -> list[PreviewResult]:
         self._approvals = None  # read again: another replica may have led since
         head = self.source.head()
-        base = read_tree_cached(self.source.checkout(head))
-        previews = base.config.previews if base.config else None
+        previews = self._previews_config(head)
         requests = self._requests(previews)
         results: list[PreviewResult] = []
         open_numbers = {pr.number for pr in requests}
@@ -158,6 +160,12 @@ class PreviewReconciler:
             self.state.approve(pr.number, approved)
             self._approvals[pr.number] = approved
         return why
+
+    def _previews_config(self, head: str) -> PreviewConfig | None:
+        if self._base is None or self._base[0] != head:
+            base = read_tree_cached(self.source.checkout(head))
+            self._base = (head, base.config.previews if base.config else None)
+        return self._base[1]
 
     def _requests(self, previews: PreviewConfig | None) -> list[PullRequest]:
         if self.pulls is not None:

@@ -278,6 +278,10 @@ def main(argv: Sequence[str] = ()) -> int:
     for old in ARTIFACTS.glob("*.jsonl"):
         old.unlink()
     build = Build() if run.enabled("build") else None
+    if build is not None:
+        # The build is the longest track and CPU-bound: what runs beside it (and everything
+        # after it, which then has the machine alone) takes the CPU the compilers leave idle.
+        os.nice(10)
     try:
         run.step("venv", ["make", "--no-print-directory", "venv"])
         run.step(

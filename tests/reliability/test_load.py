@@ -341,7 +341,9 @@ def steady_state(
             if done >= mark:
                 samples.append((done, rss_mib(process.pid)))
                 mark = done - done % SAMPLE_EVERY + SAMPLE_EVERY
-            time.sleep(0.05)
+            # Each scrape renders a series per service: scraped faster than the agent polls,
+            # the test would measure its own /metrics load.
+            time.sleep(0.5)
         samples.append((polls_done(port), rss_mib(process.pid)))
         seconds = time.monotonic() - first_poll
         state = metrics(port)
