@@ -294,7 +294,10 @@ def main(argv: Sequence[str] = ()) -> int:
         if build is not None:
             run.phases.append(build.wait())
             run.phases.extend(_build_steps())
-        _pytest(run, "testbed", PARALLEL, "-n", workers, "--dist", "loadfile")
+        # Modules in conftest's order (longest first), not xdist's default (most tests first).
+        _pytest(
+            run, "testbed", PARALLEL, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder"
+        )
         _pytest(run, "serial", SERIAL, "-p", "no:xdist")
     finally:
         if build is not None:
