@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -633,6 +634,10 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Everything made so far (modules, config, clients) lives as long as the process: frozen,
+    # the collections after each pass no longer walk it.
+    gc.collect()
+    gc.freeze()
     agent.start()
     # With a timeout: a SIGTERM the kernel delivers to another thread runs the handler only
     # when the main thread next executes bytecode, which an untimed wait would never do.
