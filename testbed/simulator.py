@@ -168,6 +168,11 @@ class SimulatedRayService:
     initializing_since: float | None = None
     timed_out: bool = False
     submitted_to: list[str] = field(default_factory=list)  # cluster of every Serve PUT
+    # The last (cluster spec, goal, verdict): both dicts are replaced, never edited, so while
+    # neither changes the verdict holds, and a tick does not hash two cluster specs again.
+    _classified: tuple[Any, Any, kuberay.ClusterChange] | None = field(
+        default=None, init=False, repr=False
+    )
 
     # -- the reconcile ---------------------------------------------------------------------
 
@@ -222,7 +227,7 @@ class SimulatedRayService:
             spec, operator_env_zero_downtime=self.zero_downtime_env
         )
         if self.pending is not None:
-            change = kuberay.classify_cluster_change(self.pending.spec, goal)
+            change = self._classify(self.pending.spec, goal)
             if change is kuberay.ClusterChange.IN_PLACE:
                 self.pending.spec = copy.deepcopy(goal)
             elif change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
@@ -232,12 +237,20 @@ class SimulatedRayService:
                 self.pending = self._new_cluster(goal, now)
             return
         assert self.active is not None
-        change = kuberay.classify_cluster_change(self.active.spec, goal)
+        change = self._classify(self.active.spec, goal)
         if change is kuberay.ClusterChange.IN_PLACE:
             self.active.spec = copy.deepcopy(goal)  # worker groups appended: updated in place
         elif change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
             self.pending = self._new_cluster(goal, now)
         # NEW_CLUSTER without zero downtime (upgradeStrategy None): silently ignored.
+
+    def _classify(self, current: dict[str, Any], goal: dict[str, Any]) -> kuberay.ClusterChange:
+        known = self._classified
+        if known is not None and known[0] is current and known[1] is goal:
+            return known[2]
+        change = kuberay.classify_cluster_change(current, goal)
+        self._classified = (current, goal, change)
+        return change
 
     def _reconcile_serve(self, serve_config: str, now: float) -> dict[str, dict[str, SimApp]]:
         """``reconcileServe`` for the cluster that gets the config: the pending one during a
@@ -518,12 +531,15 @@ class SimulatedRayService:
 def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """``utils.InconsistentRayServiceStatuses`` generalised: any difference but the timestamp."""
 
-    def canonical(status: Mapping[str, Any]) -> str:
-        return json.dumps(
-            {k: v for k, v in status.items() if k != "lastUpdateTime"}, sort_keys=True
-        )
+    def stripped(status: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in status.items() if k != "lastUpdateTime"}
 
-    return canonical(old) != canonical(new)
+    def canonical(status: Mapping[str, Any]) -> str:
+        return json.dumps(stripped(status), sort_keys=True)
+
+    # Equal dicts are the common case (a tick that changes nothing) and cost no serialising;
+    # unequal ones may still be the same JSON (a tuple against the API's list).
+    return stripped(old) != stripped(new) and canonical(old) != canonical(new)
 
 
 class Simulator:
