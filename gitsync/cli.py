@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
         )
+        command.add_argument(
+            "--show-env-values",
+            action="store_true",
+            help="print env / runtime_env.env_vars (and Secret data) values; default: •••",
+        )
     sync = commands.add_parser(
         "sync",
         help="one full pass: poll Git, plan, roll out every environment in order",
@@ -725,7 +730,7 @@ def _options(args: argparse.Namespace) -> Options:
         kuberay.semantics_for(args.kuberay_version) if args.kuberay_version else options.semantics
     )
     zero_downtime = options.operator_zero_downtime and not args.no_zero_downtime
-    return Options(semantics, zero_downtime)
+    return Options(semantics, zero_downtime, bool(getattr(args, "show_env_values", False)))
 
 
 def _plans(args: argparse.Namespace) -> list[Plan]:
