@@ -543,7 +543,8 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _probe_address(probe_listen: str) -> tuple[str, int] | None:
-    """``probeListen`` as (host, port); None when the probes share the main listener."""
+    """``probeListen`` (or ``metrics.listen``) as (host, port); None when it shares the main
+    listener."""
     if not probe_listen:
         return None
     host, _, port = probe_listen.rpartition(":")
@@ -624,7 +625,16 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
             loopback=is_loopback(bind),
         )
         probes = _probe_address(config.probe_listen)
-        server = AgentServer(bind, int(port), hooks, metrics, site, probes=probes).start()
+        server = AgentServer(
+            bind,
+            int(port),
+            hooks,
+            metrics,
+            site,
+            probes=probes,
+            metrics_listen=_probe_address(config.metrics.listen),
+            metrics_token=config.metrics.bearer,
+        ).start()
     except OSError as exc:
         err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
         return EXIT_ERROR

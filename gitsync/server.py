@@ -14,6 +14,7 @@ A replica that does not lead relays verified pushes and pull-request events to t
 
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import logging
@@ -30,8 +31,11 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gitsync.errors import GitsyncError
 from gitsync.metrics import Metrics
 from gitsync.relay import RELAYED, relay
+from gitsync.source.auth import read_token
+from gitsync.source.config import TokenAuth
 from gitsync.web.site import StatusSite
 from gitsync.webhooks import MAX_BODY_BYTES, Action, Verdict, event_label, judge
 
@@ -238,11 +242,15 @@ class AgentServer:
         head_seconds: float = HEAD_SECONDS,
         body_seconds: float = BODY_SECONDS,
         poll_limit: tuple[int, float] = (POLL_BURST, POLL_SECONDS),
+        metrics_listen: tuple[str, int] | None = None,
+        metrics_token: TokenAuth | None = None,
     ) -> None:
         """``probes``: ``/healthz`` and ``/readyz`` also on a listener of their own (host, port;
         port 0: any free one), which webhook and page traffic cannot fill: the kubelet's
-        probes answer while the main port is flooded."""
+        probes answer while the main port is flooded. ``metrics_listen``: ``/metrics`` only
+        on a listener of its own; ``metrics_token``: ``/metrics`` needs this bearer token."""
         self.hooks, self.metrics, self.site = hooks, metrics, site
+        self.metrics_token = metrics_token
         self.head_seconds, self.body_seconds = head_seconds, body_seconds
         self._deliveries: OrderedDict[str, None] = OrderedDict()
         self._rejections = Throttle(REJECTION_LOG_SECONDS)
@@ -261,13 +269,24 @@ class AgentServer:
                 per_client=8,
             )
         )
+        self.metrics_httpd = (
+            None
+            if metrics_listen is None
+            else _HTTPServer(
+                metrics_listen, self._handler(metrics_only=True), max_connections=8, per_client=8
+            )
+        )
         self._threads = [
             threading.Thread(
                 target=lambda httpd=httpd: httpd.serve_forever(poll_interval=0.2),
                 name=name,
                 daemon=True,
             )
-            for name, httpd in (("gitsync-http", self.httpd), ("gitsync-probes", self.probes))
+            for name, httpd in (
+                ("gitsync-http", self.httpd),
+                ("gitsync-probes", self.probes),
+                ("gitsync-metrics", self.metrics_httpd),
+            )
             if httpd is not None
         ]
 
@@ -279,16 +298,41 @@ class AgentServer:
     def probe_port(self) -> int | None:
         return None if self.probes is None else int(self.probes.server_address[1])
 
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_httpd is None else int(self.metrics_httpd.server_address[1])
+
+    def metrics_answer(self, authorization: str, *, own_port: bool) -> tuple[int, str]:
+        """(status, why) for a GET /metrics: 200 ""; 404 on the main port when it has a port
+        of its own; 401 without the bearer token; 500 when the token cannot be read."""
+        if self.metrics_httpd is not None and not own_port:
+            return 404, "not found: /metrics is served on metrics.listen"
+        if self.metrics_token is None:
+            return 200, ""
+        try:
+            expected = read_token(self.metrics_token)
+        except GitsyncError as exc:
+            log.error("/metrics auth: cannot read the token: %s", type(exc).__name__)
+            return 500, "the metrics token cannot be read (metrics.auth)"
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            return 200, ""
+        return 401, "authentication required"
+
     def start(self) -> AgentServer:
         for thread in self._threads:
             thread.start()
         log.info("listening on %s:%d", *self.httpd.server_address[:2])
         if self.probes is not None:
             log.info("probes on %s:%d", *self.probes.server_address[:2])
+        if self.metrics_httpd is not None:
+            log.info("metrics on %s:%d", *self.metrics_httpd.server_address[:2])
         return self
 
     def stop(self) -> None:
-        for httpd in (self.httpd, self.probes):
+        for httpd in (self.httpd, self.probes, self.metrics_httpd):
             if httpd is not None:
                 httpd.shutdown()
                 httpd.server_close()
@@ -426,7 +470,9 @@ class AgentServer:
             reason = f"the leader at {leader} did not answer"
         return 503, {"result": "relay-failed", "reason": reason}
 
-    def _handler(self, *, probes_only: bool = False) -> type[BaseHTTPRequestHandler]:
+    def _handler(
+        self, *, probes_only: bool = False, metrics_only: bool = False
+    ) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -454,8 +500,18 @@ class AgentServer:
                 path = self.path.split("?", 1)[0]
                 if probes_only and path not in ("/healthz", "/readyz"):
                     self._json(404, {"error": "not found: this port serves /healthz and /readyz"})
+                elif metrics_only and path != "/metrics":
+                    self._json(404, {"error": "not found: this port serves /metrics"})
                 elif path == "/metrics":
-                    self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+                    status, why = server.metrics_answer(
+                        self.headers.get("Authorization", ""), own_port=metrics_only
+                    )
+                    if status == 200:
+                        body = generate_latest(server.metrics.registry)
+                        self._send(200, body, CONTENT_TYPE_LATEST)
+                    else:
+                        challenge = {"WWW-Authenticate": 'Bearer realm="gitsync"'}
+                        self._json(status, {"error": why}, challenge if status == 401 else None)
                 elif path == "/healthz":
                     ok = server.hooks.healthy()
                     self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})

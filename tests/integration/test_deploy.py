@@ -17,6 +17,7 @@ import yaml
 from gitsync.config import load_agent_config
 from gitsync.metrics import Metrics
 from gitsync.server import AgentServer, Hooks
+from gitsync.source.config import TokenAuth
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane, free_port, spawn
 
@@ -319,12 +320,23 @@ def test_dashboard_and_alerts_use_only_metrics_the_agent_exports() -> None:
 
 
 def test_a_real_prometheus_scrapes_the_agents_metrics(binaries: Binaries, tmp_path: Path) -> None:
+    """On the metrics port of its own (metrics.listen) behind a bearer token (metrics.auth),
+    as Prometheus's authorization.credentials_file sends it."""
     metrics = Metrics()
     metrics.leader.set(1)
     metrics.sync_total.labels("staging", "succeeded").inc()
     hooks = Hooks(lambda: None, "https://x/y.git", "main", lambda: None, lambda: None,
                   lambda: True, lambda: True)  # fmt: skip
-    server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
+    token = tmp_path / "metrics-token"
+    token.write_text("scrape-token\n")
+    server = AgentServer(
+        "127.0.0.1",
+        free_port(),
+        hooks,
+        metrics,
+        metrics_listen=("127.0.0.1", 0),
+        metrics_token=TokenAuth(token_file=token),
+    ).start()
     prometheus_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -334,7 +346,8 @@ def test_a_real_prometheus_scrapes_the_agents_metrics(binaries: Binaries, tmp_pa
                 "scrape_configs": [
                     {
                         "job_name": "gitsync",
-                        "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}],
+                        "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}],
+                        "authorization": {"credentials_file": str(token)},
                     }
                 ],
             }
