@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
         )
+        command.add_argument(
+            "--show-env-values",
+            action="store_true",
+            help="print env / runtime_env.env_vars (and Secret data) values; default: •••",
+        )
     sync = commands.add_parser(
         "sync",
         help="one full pass: poll Git, plan, roll out every environment in order",
@@ -539,7 +544,8 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _probe_address(probe_listen: str) -> tuple[str, int] | None:
-    """``probeListen`` as (host, port); None when the probes share the main listener."""
+    """``probeListen`` (or ``metrics.listen``) as (host, port); None when it shares the main
+    listener."""
     if not probe_listen:
         return None
     host, _, port = probe_listen.rpartition(":")
@@ -620,7 +626,16 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
             loopback=is_loopback(bind),
         )
         probes = _probe_address(config.probe_listen)
-        server = AgentServer(bind, int(port), hooks, metrics, site, probes=probes).start()
+        server = AgentServer(
+            bind,
+            int(port),
+            hooks,
+            metrics,
+            site,
+            probes=probes,
+            metrics_listen=_probe_address(config.metrics.listen),
+            metrics_token=config.metrics.bearer,
+        ).start()
     except OSError as exc:
         err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
         return EXIT_ERROR
@@ -730,7 +745,7 @@ def _options(args: argparse.Namespace) -> Options:
         kuberay.semantics_for(args.kuberay_version) if args.kuberay_version else options.semantics
     )
     zero_downtime = options.operator_zero_downtime and not args.no_zero_downtime
-    return Options(semantics, zero_downtime)
+    return Options(semantics, zero_downtime, bool(getattr(args, "show_env_values", False)))
 
 
 def _plans(args: argparse.Namespace) -> list[Plan]:

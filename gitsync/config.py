@@ -131,6 +131,16 @@ class UiSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``/metrics``: on ``listen`` by default; ``listen`` here moves it to a listener of its
+    own (bound separately, e.g. reachable only by Prometheus); ``bearer`` requires
+    ``Authorization: Bearer <token>`` wherever it is served (read at each request)."""
+
+    listen: str = ""
+    bearer: TokenAuth | None = None
+
+
+@dataclass(frozen=True)
 class RolloutSettings:
     concurrency: int = 8  # services applied at once inside a wave
     health_timeout: float = 600.0  # per wave, seconds
@@ -168,6 +178,7 @@ class AgentConfig:
     # SIGTERM or Ctrl-C to exit, whatever the agent is doing (a hung API server, forge or Git
     # server included): the pod's terminationGracePeriodSeconds must exceed it.
     shutdown_grace: float = 10.0
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -428,6 +439,35 @@ def _ui(check: Checker, raw: Any) -> UiSettings:
     return UiSettings(bool(enabled), auth, bool(show), refresh or UiSettings.refresh_seconds)
 
 
+def _metrics(check: Checker, raw: Any, taken: set[str]) -> MetricsSettings:
+    at = ("metrics",)
+    if not check.mapping(raw, {"listen", "auth"}, set(), *at):
+        return MetricsSettings()
+    listen = str(raw.get("listen", ""))
+    found = _LISTEN.match(listen)
+    if listen and (not found or not 0 < int(found.group(2)) < 65536):
+        check.add(
+            f"metrics.listen must be host:port such as '0.0.0.0:9090', not {listen!r}",
+            *at,
+            "listen",
+        )
+    elif listen and listen in taken:
+        check.add("metrics.listen must differ from listen and probeListen", *at, "listen")
+    bearer = None
+    raw_auth = raw.get("auth", {})
+    _refuse_secrets(check, raw_auth, *at, "auth")
+    keys = {"bearerTokenFile", "bearerTokenEnv"}
+    if check.mapping(raw_auth, keys | _SECRET_KEYS, set(), *at, "auth"):
+        given = sorted(k for k in keys if k in raw_auth)
+        if len(given) > 1:
+            check.add("give one of metrics.auth.bearerTokenFile, bearerTokenEnv", *at, "auth")
+        elif given == ["bearerTokenFile"]:
+            bearer = TokenAuth(token_file=Path(str(raw_auth["bearerTokenFile"])))
+        elif given == ["bearerTokenEnv"]:
+            bearer = TokenAuth(token_env=str(raw_auth["bearerTokenEnv"]))
+    return MetricsSettings(listen, bearer)
+
+
 def _promotion(check: Checker, raw: Any) -> PromotionGate:
     at = ("promotion",)
     if not check.mapping(raw, {"timeout", "pollInterval"}, set(), *at):
@@ -480,6 +520,7 @@ def load_agent_config(
         "advertiseURL",
         "probeListen",
         "shutdownGracePeriod",
+        "metrics",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -527,6 +568,7 @@ def load_agent_config(
         )
     elif probe_listen == listen:
         check.add("probeListen must differ from listen", "probeListen")
+    metrics = _metrics(check, data.get("metrics", {}), {listen, probe_listen})
     advertise = str(data.get("advertiseURL", ""))
     if advertise and not _ADVERTISE.match(advertise):
         check.add(
@@ -560,6 +602,7 @@ def load_agent_config(
         advertise.rstrip("/"),
         probe_listen,
         grace,
+        metrics,
     ), []
 
 

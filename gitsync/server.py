@@ -3,16 +3,22 @@ status page (``/``, ``/environments/…``, ``/api/v1/…``, ``/ui/…``: :mod:`g
 
 Owns HTTP only: request size limits, routing, and turning a webhook :class:`Verdict` into a
 trigger and an answer. Deciding whether a webhook is authentic is :mod:`gitsync.webhooks`'.
-Delivery IDs already seen are answered once and ignored after (a replay triggers nothing).
+Delivery IDs already seen are answered once and ignored after. The ID is a header the
+signature does not cover, so a captured request replayed with a new ID passes: the polls and
+preview passes webhooks trigger are therefore rate-limited per source address (a token
+bucket each, :class:`PollLimiter`); one over the limit is answered 429 and, on the leader,
+turned into a single trailing trigger when the bucket refills, so no push is lost.
 A replica that does not lead relays verified pushes and pull-request events to the leader
 (:mod:`gitsync.relay`) and answers with its answer, or 503 with Retry-After.
 """
 
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import logging
+import math
 import socket
 import sys
 import threading
@@ -25,10 +31,13 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gitsync.errors import GitsyncError
 from gitsync.metrics import Metrics
 from gitsync.relay import RELAYED, relay
+from gitsync.source.auth import read_token
+from gitsync.source.config import TokenAuth
 from gitsync.web.site import StatusSite
-from gitsync.webhooks import MAX_BODY_BYTES, Action, event_label, judge
+from gitsync.webhooks import MAX_BODY_BYTES, Action, Verdict, event_label, judge
 
 # An oversized webhook body is read and dropped up to this size so the sender sees the 413.
 DRAIN_BYTES = 8 * MAX_BODY_BYTES
@@ -82,6 +91,35 @@ class Throttle:
                 self._last.clear()
             self._last[key] = (now, 0)
             return hidden
+
+
+# Webhook-triggered polls per source address: a burst of POLL_BURST, then one per
+# POLL_SECONDS. A forge sends one delivery per push; more is a replay or a flood, and each
+# trigger costs the Git server an ls-remote.
+POLL_BURST = 5
+POLL_SECONDS = 2.0
+
+
+class PollLimiter:
+    """A token bucket per source: ``burst`` triggers at once, refilled one per ``seconds``.
+    Pure but for its lock: the time is passed in. At most ``sources`` buckets are kept (the
+    least recently used is dropped: a new source starts with a full bucket)."""
+
+    def __init__(self, burst: int, seconds: float, sources: int = 1024) -> None:
+        self.burst, self.seconds, self.sources = burst, seconds, sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, source: str, now: float) -> float:
+        """0.0: allowed (a token taken). Else: the seconds until the next token."""
+        with self._lock:
+            tokens, since = self._buckets.pop(source, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - since) / self.seconds)
+            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) * self.seconds
+            self._buckets[source] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+            while len(self._buckets) > self.sources:
+                self._buckets.popitem(last=False)
+            return wait
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -203,14 +241,21 @@ class AgentServer:
         probes: tuple[str, int] | None = None,
         head_seconds: float = HEAD_SECONDS,
         body_seconds: float = BODY_SECONDS,
+        poll_limit: tuple[int, float] = (POLL_BURST, POLL_SECONDS),
+        metrics_listen: tuple[str, int] | None = None,
+        metrics_token: TokenAuth | None = None,
     ) -> None:
         """``probes``: ``/healthz`` and ``/readyz`` also on a listener of their own (host, port;
         port 0: any free one), which webhook and page traffic cannot fill: the kubelet's
-        probes answer while the main port is flooded."""
+        probes answer while the main port is flooded. ``metrics_listen``: ``/metrics`` only
+        on a listener of its own; ``metrics_token``: ``/metrics`` needs this bearer token."""
         self.hooks, self.metrics, self.site = hooks, metrics, site
+        self.metrics_token = metrics_token
         self.head_seconds, self.body_seconds = head_seconds, body_seconds
         self._deliveries: OrderedDict[str, None] = OrderedDict()
         self._rejections = Throttle(REJECTION_LOG_SECONDS)
+        self._limiter = PollLimiter(*poll_limit)
+        self._trailing: set[tuple[str, Action]] = set()  # (source, action) with a timer armed
         self._lock = threading.Lock()
         self.received: list[float] = []  # monotonic times of accepted push webhooks
         self.httpd = _HTTPServer((host, port), self._handler())
@@ -224,13 +269,24 @@ class AgentServer:
                 per_client=8,
             )
         )
+        self.metrics_httpd = (
+            None
+            if metrics_listen is None
+            else _HTTPServer(
+                metrics_listen, self._handler(metrics_only=True), max_connections=8, per_client=8
+            )
+        )
         self._threads = [
             threading.Thread(
                 target=lambda httpd=httpd: httpd.serve_forever(poll_interval=0.2),
                 name=name,
                 daemon=True,
             )
-            for name, httpd in (("gitsync-http", self.httpd), ("gitsync-probes", self.probes))
+            for name, httpd in (
+                ("gitsync-http", self.httpd),
+                ("gitsync-probes", self.probes),
+                ("gitsync-metrics", self.metrics_httpd),
+            )
             if httpd is not None
         ]
 
@@ -242,16 +298,41 @@ class AgentServer:
     def probe_port(self) -> int | None:
         return None if self.probes is None else int(self.probes.server_address[1])
 
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_httpd is None else int(self.metrics_httpd.server_address[1])
+
+    def metrics_answer(self, authorization: str, *, own_port: bool) -> tuple[int, str]:
+        """(status, why) for a GET /metrics: 200 ""; 404 on the main port when it has a port
+        of its own; 401 without the bearer token; 500 when the token cannot be read."""
+        if self.metrics_httpd is not None and not own_port:
+            return 404, "not found: /metrics is served on metrics.listen"
+        if self.metrics_token is None:
+            return 200, ""
+        try:
+            expected = read_token(self.metrics_token)
+        except GitsyncError as exc:
+            log.error("/metrics auth: cannot read the token: %s", type(exc).__name__)
+            return 500, "the metrics token cannot be read (metrics.auth)"
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            return 200, ""
+        return 401, "authentication required"
+
     def start(self) -> AgentServer:
         for thread in self._threads:
             thread.start()
         log.info("listening on %s:%d", *self.httpd.server_address[:2])
         if self.probes is not None:
             log.info("probes on %s:%d", *self.probes.server_address[:2])
+        if self.metrics_httpd is not None:
+            log.info("metrics on %s:%d", *self.metrics_httpd.server_address[:2])
         return self
 
     def stop(self) -> None:
-        for httpd in (self.httpd, self.probes):
+        for httpd in (self.httpd, self.probes, self.metrics_httpd):
             if httpd is not None:
                 httpd.shutdown()
                 httpd.server_close()
@@ -267,9 +348,33 @@ class AgentServer:
                 self._deliveries.popitem(last=False)
         return False
 
+    def _trail(self, source: str, action: Action, wait: float) -> None:
+        """One trigger of ``action`` once ``source``'s bucket has refilled, however many
+        requests were limited meanwhile: a push limited now is still polled."""
+        key = (source, action)
+        with self._lock:
+            if key in self._trailing:
+                return
+            self._trailing.add(key)
+
+        def fire() -> None:
+            with self._lock:
+                self._trailing.discard(key)
+            (self.hooks.poll if action is Action.POLL else self.hooks.previews)()
+
+        timer = threading.Timer(wait, fire)
+        timer.daemon = True
+        timer.start()
+
     def webhook(
-        self, headers: dict[str, str], body: bytes, *, length: int | None = None
+        self,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        length: int | None = None,
+        source: str = "",
     ) -> tuple[int, dict[str, object]]:
+        """``source``: the client address the request came from (its rate limit's key)."""
         secret = self.hooks.secret()
         if secret is None:
             return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
@@ -288,9 +393,11 @@ class AgentServer:
                     f" (+{similar} like it in the last {REJECTION_LOG_SECONDS:.0f} s)"
                     if similar else "",
                 )  # fmt: skip
-        elif (
-            verdict.action is not Action.IGNORE and (leader := self.hooks.leader_url()) is not None
+        elif verdict.action is not Action.IGNORE and (
+            (leader := self.hooks.leader_url()) is not None
         ):
+            if wait := self._limiter.take(source, time.monotonic()):
+                return self._limited(verdict, source, wait, leading=False)
             status, answer = self._relay(leader, headers, body)
             result = str(answer["result"])
             self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
@@ -303,6 +410,10 @@ class AgentServer:
             return status, answer
         elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
             result = "duplicate"
+        elif verdict.action is not Action.IGNORE and (
+            wait := self._limiter.take(source, time.monotonic())
+        ):
+            return self._limited(verdict, source, wait, leading=True)
         elif verdict.action is Action.POLL:
             self.received.append(time.monotonic())
             self.hooks.poll()
@@ -317,6 +428,31 @@ class AgentServer:
                    "result": result},
         )  # fmt: skip
         return verdict.status, {"result": result, "reason": verdict.reason}
+
+    def _limited(
+        self, verdict: Verdict, source: str, wait: float, *, leading: bool
+    ) -> tuple[int, dict[str, object]]:
+        """429 for a trigger over ``source``'s rate; the leader still polls once afterwards
+        (a standby does not relay it: the leader's next poll picks the push up)."""
+        if leading:
+            self._trail(source, verdict.action, wait)
+        result = "rate-limited"
+        self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
+        similar = self._rejections.allow(("rate-limited", source), time.monotonic())
+        if similar is not None:
+            log.warning(
+                "webhook rate-limited provider=%s event=%s delivery=%s source=%s%s",
+                verdict.provider, printable(verdict.event), printable(verdict.delivery),
+                printable(source),
+                f" (+{similar} like it in the last {REJECTION_LOG_SECONDS:.0f} s)"
+                if similar else "",
+            )  # fmt: skip
+        then = "it runs once when the limit allows" if leading else "the next poll picks it up"
+        reason = (
+            f"over {self._limiter.burst} triggers from {source or 'one source'}, then one per "
+            f"{self._limiter.seconds:g} s; {then}"
+        )
+        return 429, {"result": result, "reason": reason, "retry_after": max(1, math.ceil(wait))}
 
     def _relay(
         self, leader: str, headers: dict[str, str], body: bytes
@@ -334,7 +470,9 @@ class AgentServer:
             reason = f"the leader at {leader} did not answer"
         return 503, {"result": "relay-failed", "reason": reason}
 
-    def _handler(self, *, probes_only: bool = False) -> type[BaseHTTPRequestHandler]:
+    def _handler(
+        self, *, probes_only: bool = False, metrics_only: bool = False
+    ) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -362,8 +500,18 @@ class AgentServer:
                 path = self.path.split("?", 1)[0]
                 if probes_only and path not in ("/healthz", "/readyz"):
                     self._json(404, {"error": "not found: this port serves /healthz and /readyz"})
+                elif metrics_only and path != "/metrics":
+                    self._json(404, {"error": "not found: this port serves /metrics"})
                 elif path == "/metrics":
-                    self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+                    status, why = server.metrics_answer(
+                        self.headers.get("Authorization", ""), own_port=metrics_only
+                    )
+                    if status == 200:
+                        body = generate_latest(server.metrics.registry)
+                        self._send(200, body, CONTENT_TYPE_LATEST)
+                    else:
+                        challenge = {"WWW-Authenticate": 'Bearer realm="gitsync"'}
+                        self._json(status, {"error": why}, challenge if status == 401 else None)
                 elif path == "/healthz":
                     ok = server.hooks.healthy()
                     self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
@@ -392,14 +540,19 @@ class AgentServer:
                     return
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if length > MAX_BODY_BYTES:
-                    status, body = server.webhook(headers, b"", length=length)
+                    status, body = server.webhook(
+                        headers, b"", length=length, source=self.client_address[0]
+                    )
                     self._discard(length)
                     self.close_connection = True
                     self._json(status, body)
                     return
-                status, body = server.webhook(headers, self.rfile.read(length))
+                status, body = server.webhook(
+                    headers, self.rfile.read(length), source=self.client_address[0]
+                )
                 # Relaying found no leader: the forge may redeliver after a leader is elected.
-                self._json(status, body, {"Retry-After": "2"} if status == 503 else None)
+                retry = {503: "2", 429: str(body.get("retry_after", 1))}.get(status)
+                self._json(status, body, {"Retry-After": retry} if retry else None)
 
             def _discard(self, length: int) -> None:
                 """Read and drop an oversized body, up to DRAIN_BYTES, before answering 413.

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gitsync.checkout import TreeReport, read_tree, read_tree_cached
@@ -311,10 +311,13 @@ class _Pass:
             self.on_event(env.name, event)
 
         try:
+            # The plan becomes the rollout record the status page shows: values there only
+            # when ui.showEnvValues says so (PR comments, drift and logs always mask).
+            shown = replace(self.config.classify, show_env_values=self.config.ui.show_env_values)
             plan = live_environment_plan(
                 loaded,
                 self.services,
-                self.config.classify,
+                shown,
                 revision,
                 self.config.rollout.concurrency,
             )

@@ -23,6 +23,7 @@ CORE = (
     "gitsync.health",
     "gitsync.manifests",
     "gitsync.diff",
+    "gitsync.mask",
     "gitsync.report.status",
     "gitsync.stamp",
     "gitsync.web.facts",

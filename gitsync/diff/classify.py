@@ -23,7 +23,8 @@ from typing import Any
 
 from gitsync import kuberay
 from gitsync.diff.serve import ServeChange, diff_serve
-from gitsync.diff.structural import Difference, describe, differences, field_change, keyed
+from gitsync.diff.structural import Difference, describe, differences, field_change, keyed, mask
+from gitsync.mask import secret_roots_of
 from gitsync.model import Action, Change, ServiceKey
 
 WAVE_ANNOTATION = "gitsync.ray.io/wave"
@@ -33,6 +34,8 @@ WAVE_ANNOTATION = "gitsync.ray.io/wave"
 class Options:
     semantics: kuberay.Semantics = field(default=kuberay.BASELINE)
     operator_zero_downtime: bool = True  # the operator's ENABLE_ZERO_DOWNTIME
+    # Environment variable (and Secret) values in details and fields: masked unless True.
+    show_env_values: bool = False
 
 
 DEFAULT_OPTIONS = Options()
@@ -82,12 +85,18 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
     zero_downtime = kuberay.zero_downtime_enabled(
         spec, operator_env_zero_downtime=options.operator_zero_downtime, semantics=semantics
     )
-    serve = diff_serve(old_spec.get("serveConfigV2"), spec.get("serveConfigV2"))
+    reveal = options.show_env_values
+    serve = diff_serve(old_spec.get("serveConfigV2"), spec.get("serveConfigV2"), reveal)
     cluster_diffs = (
         differences(keyed(old_cluster), keyed(cluster)) if cluster != old_cluster else []
     )
-    cluster_details = [describe(d, "rayClusterConfig") for d in cluster_diffs]
     other_diffs = _other_differences(current, desired)
+    if not reveal:
+        cluster_diffs, other_diffs = (
+            [mask(d) for d in cluster_diffs],
+            [mask(d) for d in other_diffs],
+        )
+    cluster_details = [describe(d, "rayClusterConfig") for d in cluster_diffs]
     other_details = [describe(d) for d in other_diffs]
     fields = (
         *(field_change(d, "spec.rayClusterConfig") for d in cluster_diffs),
@@ -256,7 +265,11 @@ def object_key(obj: Mapping[str, Any]) -> ServiceKey:
     )
 
 
-def classify_object(current: Mapping[str, Any] | None, desired: Mapping[str, Any] | None) -> Change:
+def classify_object(
+    current: Mapping[str, Any] | None,
+    desired: Mapping[str, Any] | None,
+    options: Options = DEFAULT_OPTIONS,
+) -> Change:
     """A kind other than RayService (``allowedKinds``): nothing Ray-aware to predict, so
     what ``kubectl apply`` reports: created, configured (each changed field old → new),
     unchanged, or pruned. Inputs normalised by :func:`gitsync.diff.normalize.owned_object`."""
@@ -269,6 +282,9 @@ def classify_object(current: Mapping[str, Any] | None, desired: Mapping[str, Any
     if current is None:
         return Change(key, Action.CREATE, wave, f"new {key.kind}")
     found = differences(keyed(dict(current)), keyed(dict(desired)))
+    if not options.show_env_values:
+        roots = secret_roots_of(desired) or secret_roots_of(current)
+        found = [mask(d, roots) for d in found]
     if not found:
         return Change(key, Action.UNCHANGED, wave, "unchanged")
     details = tuple(describe(d) for d in found)
@@ -285,4 +301,4 @@ def classify_any(
     assert either is not None
     if (either.get("apiVersion"), either.get("kind")) == ("ray.io/v1", "RayService"):
         return classify(current, desired, options)
-    return classify_object(current, desired)
+    return classify_object(current, desired, options)

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from gitsync.diff.structural import Difference, differences, dotted, field_change, short
+from gitsync.diff.structural import Difference, differences, dotted, field_change, mask, short
+from gitsync.mask import MASK
 from gitsync.model import FieldChange
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -80,7 +81,8 @@ def _describe(path: tuple[str | int, ...]) -> tuple[str | None, str]:
     return None, dotted(path)
 
 
-def diff_serve(old: str | None, new: str | None) -> ServeDiff:
+def diff_serve(old: str | None, new: str | None, reveal: bool = False) -> ServeDiff:
+    """The difference, with environment variable values masked unless ``reveal``."""
     old, new = old or "", new or ""
     if old == new:
         return ServeDiff(ServeChange.NONE)
@@ -95,13 +97,17 @@ def diff_serve(old: str | None, new: str | None) -> ServeDiff:
         )
     if before is None or after is None:
         side = "old" if before is None else "new"
-        whole = (FieldChange(SERVE_PATH, old or None, new or None),)
+        # Unparsable text cannot be walked for its env_vars: masked whole.
+        shown = (old or None, new or None) if reveal else (old and MASK, new and MASK)
+        whole = (FieldChange(SERVE_PATH, shown[0] or None, shown[1] or None),)
         return ServeDiff(
             ServeChange.UPDATE, (f"serveConfigV2: the {side} config does not parse",), (), whole
         )
     details: list[str] = []
     apps: list[str] = []
     found = differences(before, after)
+    if not reveal:
+        found = [mask(d) for d in found]
     for difference in found:
         app, field = _describe(difference.path)
         if app is not None and app not in apps:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gitsync.mask import masked
 from gitsync.model import FieldChange
 
 NAME_KEYS = ("name", "groupName")
@@ -22,6 +23,17 @@ class Difference:
     kind: str  # added | removed | changed
     old: Any = None
     new: Any = None
+
+
+def mask(difference: Difference, secret_roots: tuple[str, ...] = ()) -> Difference:
+    """``difference`` with its secret values masked (:mod:`gitsync.mask`), before any text."""
+    path = difference.path
+    return Difference(
+        path,
+        difference.kind,
+        masked(difference.old, path, secret_roots),
+        masked(difference.new, path, secret_roots),
+    )
 
 
 def keyed(value: Any) -> Any:

@@ -91,6 +91,12 @@ def _gpg_import(gnupghome: Path, keys: bytes, source: Path, timeout: float) -> N
             timeout=timeout,
             check=False,
         )
+    except FileNotFoundError:
+        raise VerificationError(
+            f"verify.method: gpg needs the gpg program, which is not installed here (PATH), so "
+            f"no commit can be verified with {source}; install gpg (the image the repository's "
+            "Dockerfile builds has it) or sign with SSH keys (verify.method: ssh, ssh-keygen)"
+        ) from None
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise VerificationError(f"cannot run gpg to import {source}: {exc}") from None
     # Judged by the status lines, not the exit code: with a GNUPGHOME path too long for the

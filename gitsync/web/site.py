@@ -194,13 +194,13 @@ class StatusSite:
         env = self._facts(name)
         if env is None:
             return self._error(path, 404, f"no environment {name!r}")
-        clock, show = self._clock(), self.settings.show_env_values
+        clock = self._clock()
         if rollout:
-            view = rollout_view(env, self.forge, clock, show)
+            view = rollout_view(env, self.forge, clock)
             if api:
                 return self._json(as_json(view) if view is not None else None)
             return self._html(render.rollout_page(name, view))
-        page = environment_view(env, self.forge, clock, show)
+        page = environment_view(env, self.forge, clock)
         return self._json(as_json(page)) if api else self._html(render.environment_page(page))
 
     # -- auth ----------------------------------------------------------------------------------

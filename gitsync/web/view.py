@@ -2,15 +2,14 @@
 
 Owns every decision about what is shown: the rollout state in words ("wave 2 of 3",
 "failed at ranker"), the health summary, per-app and per-deployment Serve statuses as
-KubeRay reports them, the active and pending RayCluster, the Ray-aware diff with the values
-of environment variables masked, the timeline with durations. The same values are the JSON
-API (:func:`as_json`) and what :mod:`gitsync.web.render` prints: one source for both.
+KubeRay reports them, the active and pending RayCluster, the Ray-aware diff (env var values
+masked where it was planned, :mod:`gitsync.mask`), the timeline with durations. The same
+values are the JSON API (:func:`as_json`) and what :mod:`gitsync.web.render` prints.
 """
 
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,9 +27,6 @@ from gitsync.web.facts import (
     Step,
 )
 
-MASK = "•••"
-# A path through an env list (containers[x].env[NAME].value) or Serve's runtime_env.env_vars.
-_SENSITIVE = re.compile(r"(?:env_vars|(?:^|[.\]\s])env)(?=[.\[:\s]|$)")
 _WAVE = "gitsync.ray.io/wave"
 
 
@@ -197,22 +193,6 @@ def _parse_time(text: Any) -> float | None:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def mask_detail(detail: str) -> str:
-    """Hides the values of a diff line about an env var: ``…env[TOKEN].value: a → b`` becomes
-    ``…env[TOKEN].value: ••• → •••`` (the name stays: which variable changed is useful)."""
-    found = _SENSITIVE.search(detail)
-    if found is None:
-        return detail
-    rest = detail[found.end() :]
-    for separator, closing in ((" added: ", ""), (" removed (was ", ")"), (": ", "")):
-        at = rest.find(separator)
-        if at >= 0:
-            value = rest[at + len(separator) :]
-            shown = f"{MASK} → {MASK}" if separator == ": " and " → " in value else MASK
-            return detail[: found.end()] + rest[:at] + separator + shown + closing
-    return detail
 
 
 def commit_view(commit: CommitInfo | None, forge: Forge | None, clock: Clock) -> CommitView | None:
@@ -407,16 +387,20 @@ def timeline(record: RolloutRecord, clock: Clock) -> tuple[StepView, ...]:
     return tuple(views)
 
 
-def change_view(change: Change, show_env_values: bool) -> ChangeView:
-    details = change.details if show_env_values else tuple(mask_detail(d) for d in change.details)
+def change_view(change: Change) -> ChangeView:
+    """Env var values arrive masked (:mod:`gitsync.mask`, when the agent planned), unless the
+    agent runs with ``ui.showEnvValues``: the page shows the record as stored."""
     return ChangeView(
-        str(change.key), change.wave, str(change.action), change.summary, details, change.warnings
+        str(change.key),
+        change.wave,
+        str(change.action),
+        change.summary,
+        change.details,
+        change.warnings,
     )
 
 
-def rollout_view(
-    env: EnvironmentFacts, forge: Forge | None, clock: Clock, show_env_values: bool = False
-) -> RolloutView | None:
+def rollout_view(env: EnvironmentFacts, forge: Forge | None, clock: Clock) -> RolloutView | None:
     record = env.record
     if record is None:
         return None
@@ -428,11 +412,7 @@ def rollout_view(
         record.outcome or "in-progress",
         record.message,
         record.failed,
-        tuple(
-            change_view(c, show_env_values)
-            for c in record.changes
-            if c.action is not Action.UNCHANGED
-        ),
+        tuple(change_view(c) for c in record.changes if c.action is not Action.UNCHANGED),
         timeline(record, clock),
     )
 
@@ -508,14 +488,12 @@ def history_view(
     )
 
 
-def environment_view(
-    env: EnvironmentFacts, forge: Forge | None, clock: Clock, show_env_values: bool = False
-) -> EnvironmentView:
+def environment_view(env: EnvironmentFacts, forge: Forge | None, clock: Clock) -> EnvironmentView:
     waves = services(env, clock)
     return EnvironmentView(
         summary(env, waves, forge, clock),
         waves,
-        rollout_view(env, forge, clock, show_env_values),
+        rollout_view(env, forge, clock),
         history_view(env, forge, clock),
     )
 

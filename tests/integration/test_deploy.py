@@ -17,6 +17,7 @@ import yaml
 from gitsync.config import load_agent_config
 from gitsync.metrics import Metrics
 from gitsync.server import AgentServer, Hooks
+from gitsync.source.config import TokenAuth
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane, free_port, spawn
 
@@ -64,15 +65,23 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("create", "events", "ray-production"),
         ("create", "events.events.k8s.io", "ray-previews"),
         ("get", "namespaces", ""),
-        ("update", "leases.coordination.k8s.io", "gitsync-system"),
-        ("patch", "configmaps", "gitsync-system"),
+        ("update", "leases.coordination.k8s.io/gitsync", "gitsync-system"),
+        ("get", "leases.coordination.k8s.io/gitsync", "gitsync-system"),
+        ("create", "leases.coordination.k8s.io", "gitsync-system"),  # no name to scope by
+        # the rollout state, in a namespace of its own
+        ("patch", "configmaps", "gitsync-state"),
+        ("create", "configmaps", "gitsync-state"),
+        ("list", "configmaps", "gitsync-state"),
         # allowedKinds: the common kinds, in the managed namespaces only
         ("patch", "configmaps", "ray-production"),
         ("delete", "services", "ray-staging"),
         ("list", "ingresses.networking.k8s.io", "ray-staging"),
         # (HTTPRoutes and ServiceMonitors too: kubectl auth can-i answers "no" for a group
         # the API server does not serve, and the test bed installs neither CRD here.)
-        ("delete", "configmaps", "gitsync-system"),
+        # a removed preview: its RayServices and other objects, then its state ConfigMap
+        ("delete", "configmaps", "ray-previews"),
+        ("delete", "services", "ray-previews"),
+        ("delete", "configmaps", "gitsync-state"),
     ],
 )
 def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: str) -> None:
@@ -88,6 +97,14 @@ def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: 
         ("get", "secrets", "gitsync-system"),
         ("delete", "namespaces", ""),
         ("update", "leases.coordination.k8s.io", "ray-production"),
+        # its own config is mounted, never rewritten; only its own Lease is updated
+        ("patch", "configmaps/gitsync-config", "gitsync-system"),
+        ("update", "configmaps/gitsync-config", "gitsync-system"),
+        ("create", "configmaps", "gitsync-system"),
+        ("patch", "configmaps/kube-root-ca.crt", "gitsync-system"),
+        ("update", "leases.coordination.k8s.io/another", "gitsync-system"),
+        ("delete", "leases.coordination.k8s.io/gitsync", "gitsync-system"),
+        ("get", "secrets", "gitsync-state"),
         ("patch", "configmaps", "team-unmanaged"),
         ("patch", "deployments.apps", "ray-production"),  # a kind not granted: add its rule
         # RayServices only in the managed namespaces (RoleBindings), never cluster-wide.
@@ -190,6 +207,22 @@ def test_the_shipped_cluster_config_is_valid() -> None:
     assert config.webhooks.secret is not None
 
 
+def test_the_shipped_rbac_names_what_the_shipped_config_uses(deployed: ControlPlane) -> None:
+    """The Lease the config elects with is the one the Role lets the agent update, and its
+    state namespace is where it may write ConfigMaps (not gitsync-system, where its config is)."""
+    [configmap] = manifests(BASE / "config.yaml")
+    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    assert config is not None
+    election, state = config.leader_election, config.rollout.state_namespace
+    lease = f"leases.coordination.k8s.io/{election.lease_name}"
+    assert can(deployed, "update", lease, election.namespace)
+    assert state != configmap["metadata"]["namespace"]
+    assert can(deployed, "patch", "configmaps/gitsync-rollout-production", state)
+    assert not can(
+        deployed, "patch", f"configmaps/{configmap['metadata']['name']}", "gitsync-system"
+    )
+
+
 def rules_file(tmp_path: Path) -> Path:
     [rule] = manifests(DEPLOY / "monitoring" / "prometheusrule.yaml")
     path = tmp_path / "rules.yaml"
@@ -287,12 +320,23 @@ def test_dashboard_and_alerts_use_only_metrics_the_agent_exports() -> None:
 
 
 def test_a_real_prometheus_scrapes_the_agents_metrics(binaries: Binaries, tmp_path: Path) -> None:
+    """On the metrics port of its own (metrics.listen) behind a bearer token (metrics.auth),
+    as Prometheus's authorization.credentials_file sends it."""
     metrics = Metrics()
     metrics.leader.set(1)
     metrics.sync_total.labels("staging", "succeeded").inc()
     hooks = Hooks(lambda: None, "https://x/y.git", "main", lambda: None, lambda: None,
                   lambda: True, lambda: True)  # fmt: skip
-    server = AgentServer("127.0.0.1", free_port(), hooks, metrics).start()
+    token = tmp_path / "metrics-token"
+    token.write_text("scrape-token\n")
+    server = AgentServer(
+        "127.0.0.1",
+        free_port(),
+        hooks,
+        metrics,
+        metrics_listen=("127.0.0.1", 0),
+        metrics_token=TokenAuth(token_file=token),
+    ).start()
     prometheus_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -302,7 +346,8 @@ def test_a_real_prometheus_scrapes_the_agents_metrics(binaries: Binaries, tmp_pa
                 "scrape_configs": [
                     {
                         "job_name": "gitsync",
-                        "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}],
+                        "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}],
+                        "authorization": {"credentials_file": str(token)},
                     }
                 ],
             }

@@ -94,6 +94,22 @@ def test_sync_then_status(
     # kubectl describe shows only events whose involvedObject.uid is the object's.
     described = control_plane.kubectl("describe", "rayservice", "ranker", "-n", namespace).stdout
     assert f"gitsync applied revision {repo.revisions[0][:12]} (create)" in described
+    # An env var changed in Git: the plan against the live object names it, masks its values,
+    # and shows them only under ui.showEnvValues (the agent's rollout records).
+    repo.commit(
+        lambda root: repo.edit(
+            "ranker.yaml", "http://embedder-serve-svc:8000/embed", "http://secret-host/embed"
+        ),
+        "move the embedder",
+    )
+    assert main(["sync", "--once", "--dry-run", *args]) == 0
+    err = capsys.readouterr().err
+    assert "runtime_env.env_vars.EMBEDDER_URL: ••• → •••" in err
+    assert "secret-host" not in err
+    assert "embedder-serve-svc" not in err
+    config.write_text(config.read_text() + "ui: {showEnvValues: true}\n")
+    assert main(["sync", "--once", "--dry-run", *args]) == 0
+    assert "→ http://secret-host/embed" in capsys.readouterr().err
 
 
 def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(

@@ -4,6 +4,7 @@ and never materialised."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -189,3 +190,30 @@ def test_an_unusable_keys_file_is_a_verification_error(upstream: Upstream, tmp_p
     missing = source_for(upstream, tmp_path / "m", VerifyConfig("ssh", tmp_path / "nope"))
     with pytest.raises(VerificationError, match=r"cannot read the allowed keys .*nope"):
         missing.checkout(sha)
+
+
+def test_without_gpg_installed_the_error_says_what_to_install(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image without gpg refuses every commit under verify.method: gpg: the error says
+    why and what to do, not a bare 'No such file'."""
+    sha = upstream.commit({"app.yaml": "v1\n"})
+    (tmp_path / "keys.asc").write_text("any\n")
+    source = source_for(upstream, tmp_path, VerifyConfig("gpg", tmp_path / "keys.asc"))
+    only_git = tmp_path / "bin"
+    only_git.mkdir()
+    git = shutil.which("git")
+    assert git is not None
+    (only_git / "git").symlink_to(git)
+    monkeypatch.setenv("PATH", str(only_git))
+    with pytest.raises(VerificationError, match=r"needs the gpg program.*install gpg.*ssh"):
+        source.checkout(sha)
+
+
+def test_the_image_ships_the_programs_verification_runs() -> None:
+    """verify.method gpg runs gpg and ssh runs ssh-keygen (openssh-client): both are in the
+    image the deploy/ Deployment runs."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    installed = re.search(r"apt-get install -y --no-install-recommends ([^\\&]+)", dockerfile)
+    assert installed is not None
+    assert {"git", "openssh-client", "gpg"} <= set(installed.group(1).split())

@@ -266,3 +266,40 @@ def test_the_shutdown_grace_period() -> None:
         assert config is None
         assert "shutdownGracePeriod must be a duration from 1s to 10m" in problems[0].message
         assert problems[0].line == MINIMAL.count("\n") + 1
+
+
+@pytest.mark.parametrize(
+    ("text", "listen", "bearer", "problem"),
+    [
+        ("", "", None, None),
+        ("metrics: {listen: 0.0.0.0:9090}\n", "0.0.0.0:9090", None, None),
+        (
+            "metrics: {auth: {bearerTokenFile: /run/t}}\n",
+            "",
+            TokenAuth(token_file=Path("/run/t")),
+            None,
+        ),
+        ("metrics: {auth: {bearerTokenEnv: T}}\n", "", TokenAuth(token_env="T"), None),
+        ("metrics: {listen: 0.0.0.0:8080}\n", None, None, "metrics.listen must differ"),
+        ("metrics: {listen: here}\n", None, None, "metrics.listen must be host:port"),
+        ("metrics: {auth: {token: abc}}\n", None, None, "'token': secrets are never written"),
+        (
+            "metrics: {auth: {bearerTokenFile: /a, bearerTokenEnv: B}}\n",
+            None,
+            None,
+            "give one of metrics.auth",
+        ),
+    ],
+)
+def test_metrics_listen_and_auth(
+    text: str, listen: str | None, bearer: TokenAuth | None, problem: str | None
+) -> None:
+    config, problems = load_agent_config(MINIMAL + text)
+    if problem is None:
+        assert problems == []
+        assert config is not None
+        assert (config.metrics.listen, config.metrics.bearer) == (listen, bearer)
+    else:
+        assert config is None
+        assert [p.message for p in problems if p.message.startswith(problem)], problems
+        assert problems[0].line == MINIMAL.count("\n") + 1

@@ -31,6 +31,7 @@ from gitsync.server import (
     Throttle,
     printable,
 )
+from gitsync.source.config import TokenAuth
 from gitsync.source.failures import failure
 from gitsync.source.runner import GitResult
 from gitsync.webhooks import event_label, judge
@@ -335,3 +336,65 @@ def test_a_flood_of_forged_webhooks_writes_one_warning(caplog: pytest.LogCapture
         {"provider": "gitea", "event": "push", "result": "rejected-401"},
     )
     assert counted == 40
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, str | None, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheader("WWW-Authenticate"), response.read()
+    finally:
+        connection.close()
+
+
+def test_metrics_on_a_port_of_their_own_behind_a_bearer_token(tmp_path: Path) -> None:
+    """metrics.listen and metrics.auth with the real HTTP server: the main (public) port no
+    longer serves /metrics; the metrics port serves only /metrics, only with the token, read
+    at each request (a rotated Secret is picked up), and says so when it cannot be read."""
+    hooks = Hooks(lambda: b"s", "https://example.com/r.git", "main", lambda: None,
+                  lambda: None, lambda: True, lambda: True)  # fmt: skip
+    metrics = Metrics()
+    metrics.leader.set(1)
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    server = AgentServer(
+        "127.0.0.1",
+        free_port(),
+        hooks,
+        metrics,
+        metrics_listen=("127.0.0.1", 0),
+        metrics_token=TokenAuth(token_file=token),
+    ).start()
+    try:
+        assert server.metrics_port not in (None, server.port)
+        port = server.metrics_port
+        assert port is not None
+        assert get(server.port, "/metrics", "first")[0] == 404
+        assert get(server.port, "/healthz")[0] == 200
+        assert get(port, "/healthz", "first")[0] == 404
+        status, challenge, _ = get(port, "/metrics")
+        assert (status, challenge) == (401, 'Bearer realm="gitsync"')
+        assert get(port, "/metrics", "wrong")[0] == 401
+        status, _, body = get(port, "/metrics", "first")
+        assert status == 200
+        assert b"gitsync_leader 1.0" in body
+        token.write_text("second\n")
+        assert get(port, "/metrics", "first")[0] == 401
+        assert get(port, "/metrics", "second")[0] == 200
+        token.unlink()
+        status, _, body = get(port, "/metrics", "second")
+        assert status == 500
+        assert b"metrics.auth" in body
+    finally:
+        server.stop()
+    # The token alone, on the main port (no port of its own).
+    token.write_text("only\n")
+    server = AgentServer("127.0.0.1", free_port(), hooks, metrics,
+                         metrics_token=TokenAuth(token_file=token)).start()  # fmt: skip
+    try:
+        assert get(server.port, "/metrics")[0] == 401
+        assert get(server.port, "/metrics", "only")[0] == 200
+    finally:
+        server.stop()

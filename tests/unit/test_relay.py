@@ -8,13 +8,14 @@ import hmac
 import http.client
 import json
 import logging
+import time
 from collections.abc import Callable
 
 import pytest
 
 from gitsync.metrics import Metrics
 from gitsync.relay import RELAYED
-from gitsync.server import AgentServer, Hooks
+from gitsync.server import POLL_BURST, POLL_SECONDS, AgentServer, Hooks, PollLimiter
 from testbed.controlplane import free_port
 
 SECRET = b"relay-secret"
@@ -22,18 +23,25 @@ REPO = "https://example.com/r.git"
 PUSH = json.dumps({"ref": "refs/heads/main", "repository": {"clone_url": REPO}}).encode()
 
 
-def server(polls: list[str], name: str, leader: Callable[[], str | None]) -> AgentServer:
+def server(
+    polls: list[str],
+    name: str,
+    leader: Callable[[], str | None],
+    poll_limit: tuple[int, float] = (POLL_BURST, POLL_SECONDS),
+) -> AgentServer:
     hooks = Hooks(lambda: SECRET, REPO, "main", lambda: polls.append(name), lambda: None,
                   lambda: True, lambda: True, leader)  # fmt: skip
-    return AgentServer("127.0.0.1", free_port(), hooks, Metrics()).start()
+    return AgentServer("127.0.0.1", free_port(), hooks, Metrics(), poll_limit=poll_limit).start()
 
 
 def post(
-    port: int, body: bytes, signed: bytes | None = None, **extra: str
+    port: int, body: bytes, signed: bytes | None = None, source: str = "127.0.0.1", **extra: str
 ) -> tuple[int, str | None, dict[str, object]]:
     signature = hmac.new(SECRET, body if signed is None else signed, hashlib.sha256).hexdigest()
     headers = {"X-Gitea-Event": "push", "X-Gitea-Signature": signature, **extra}
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0)
+    )
     try:
         connection.request("POST", "/webhooks", body, headers)
         response = connection.getresponse()
@@ -105,3 +113,63 @@ def test_without_a_reachable_leader_a_standby_answers_503_with_retry_after() -> 
     finally:
         unknown.stop()
         unreachable.stop()
+
+
+def test_the_poll_limiter_is_a_token_bucket_per_source() -> None:
+    limiter = PollLimiter(burst=3, seconds=2.0, sources=2)
+    assert [limiter.take("a", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("a", 100.0) == 2.0  # empty: the next token in one period
+    assert limiter.take("a", 101.0) == 1.0  # half refilled
+    assert limiter.take("a", 102.0) == 0.0  # one token back, taken
+    assert limiter.take("b", 102.0) == 0.0  # another source has its own bucket
+    assert limiter.take("a", 200.0) == 0.0  # refilled, never beyond the burst:
+    assert [limiter.take("a", 200.0) for _ in range(3)] == [0.0, 0.0, 2.0]
+    limiter.take("c", 200.0)  # a third source: the least recently used ("b") is dropped
+    assert [limiter.take("b", 200.0) for _ in range(4)] == [0.0, 0.0, 0.0, 2.0]
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_pushes_with_fresh_delivery_ids_are_rate_limited_per_source_and_none_is_lost() -> None:
+    """The delivery ID is not signed: a captured push replayed with new IDs passes the
+    signature check and the dedup. Past the burst each source gets 429 (Retry-After), and the
+    leader polls once more when the bucket refills, however many were limited."""
+    polls: list[str] = []
+    leader = server(polls, "leader", lambda: None, poll_limit=(2, 2.0))
+    try:
+        answers = [post(leader.port, PUSH, **{"X-Gitea-Delivery": f"r{n}"}) for n in range(6)]
+        assert [a[0] for a in answers] == [202, 202, 429, 429, 429, 429]
+        _, retry, answer = answers[2]
+        assert (retry, answer["result"]) == ("2", "rate-limited")
+        assert "one per 2 s" in str(answer["reason"])
+        assert polls == ["leader", "leader"]
+        assert len(leader._trailing) == 1  # four limited pushes, one poll armed
+        wait_for(lambda: len(polls) == 3, "the limited pushes were never polled")
+        wait_for(lambda: not leader._trailing, "the trailing poll stayed armed")
+        # Another source has its own bucket; a replay of a seen ID costs no token.
+        assert post(leader.port, PUSH, source="127.0.0.2", **{"X-Gitea-Delivery": "o1"})[0] == 202
+        assert post(leader.port, PUSH, **{"X-Gitea-Delivery": "r0"})[2]["result"] == "duplicate"
+        assert results(leader) == {"poll": 3, "rate-limited": 4, "duplicate": 1}
+    finally:
+        leader.stop()
+
+
+def test_a_standby_does_not_relay_what_is_over_the_limit() -> None:
+    polls: list[str] = []
+    leader = server(polls, "leader", lambda: None)
+    standby = server(polls, "standby", lambda: f"http://127.0.0.1:{leader.port}/", (1, 60.0))
+    try:
+        assert post(standby.port, PUSH, **{"X-Gitea-Delivery": "s1"})[0] == 202
+        status, retry, answer = post(standby.port, PUSH, **{"X-Gitea-Delivery": "s2"})
+        assert (status, retry) == (429, "60")
+        assert "the next poll picks it up" in str(answer["reason"])
+        assert polls == ["leader"]  # relayed once; the standby never polls itself
+        assert results(standby) == {"relayed": 1, "rate-limited": 1}
+    finally:
+        standby.stop()
+        leader.stop()

@@ -69,7 +69,7 @@ def test_an_orphan_is_shown_with_the_rollout_and_alone_is_no_rollout() -> None:
     h.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
     [memory] = h.environments()
     assert memory.record is not None
-    shown = [change_view(c, show_env_values=False) for c in memory.record.changes]
+    shown = [change_view(c) for c in memory.record.changes]
     assert [(c.action, c.summary.split(";")[0]) for c in shown] == [
         ("serve-update", "x"),
         ("orphan", "no longer in Git"),

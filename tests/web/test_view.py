@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gitsync.diff.classify import classify
 from gitsync.model import Action, Change, Phase, RolloutState, ServiceKey
 from gitsync.web import render
 from gitsync.web.facts import (
@@ -23,7 +24,6 @@ from gitsync.web.facts import (
 from gitsync.web.view import (
     as_json,
     environment_view,
-    mask_detail,
     overview,
     rollout_state,
     rollout_view,
@@ -221,56 +221,35 @@ def test_failed_app_shows_kuberay_message() -> None:
     assert view.summary.failed
 
 
-@pytest.mark.parametrize(
-    ("detail", "masked"),
-    [
-        (
-            "rayClusterConfig.workerGroupSpecs[cpu].template.spec.containers[ray-worker].env[TOKEN].value: s3cr3t → n3w",
-            "rayClusterConfig.workerGroupSpecs[cpu].template.spec.containers[ray-worker].env[TOKEN].value: ••• → •••",
-        ),
-        (
-            "app rank: runtime_env.env_vars.DB_URL: postgres://a → postgres://b",
-            "app rank: runtime_env.env_vars.DB_URL: ••• → •••",
-        ),
-        (
-            "app rank: runtime_env.env_vars.KEY added: hunter2",
-            "app rank: runtime_env.env_vars.KEY added: •••",
-        ),
-        (
-            "app rank: runtime_env.env_vars.KEY removed (was hunter2)",
-            "app rank: runtime_env.env_vars.KEY removed (was •••)",
-        ),
-        (
-            "rayClusterConfig.headGroupSpec.template.spec.containers[h].env[X] added",
-            "rayClusterConfig.headGroupSpec.template.spec.containers[h].env[X] added",
-        ),
-        (
-            "rayClusterConfig.headGroupSpec.template.spec.containers[h].image: a → b",
-            "rayClusterConfig.headGroupSpec.template.spec.containers[h].image: a → b",
-        ),
-        ("app environment: route_prefix: /a → /b", "app environment: route_prefix: /a → /b"),
-    ],
-)
-def test_env_values_are_masked(detail: str, masked: str) -> None:
-    assert mask_detail(detail) == masked
-
-
-def test_env_values_masked_in_the_rollout_unless_configured() -> None:
-    secret = "rayClusterConfig.headGroupSpec.template.spec.containers[h].env[TOKEN].value: old-secret → new-secret"
-    env = facts(
-        record=RolloutRecord(
-            "staging",
-            "ray-staging",
-            SHA,
-            changes=(Change(RANKER, Action.CLUSTER_SWAP, 1, "swap", (secret,)),),
-        )
+def test_the_rollout_page_shows_the_record_as_planned_never_a_value() -> None:
+    """The record holds details planned with masking (gitsync.mask): neither the page nor its
+    JSON has a value, for an env var in a container, in an app and in actor options."""
+    old = "applications: [{name: rank, import_path: a:b}]"
+    new = (
+        "applications: [{name: rank, import_path: a:b, runtime_env: {env_vars: {K: app-secret}},"
+        " deployments: [{name: R, ray_actor_options: {runtime_env: {env_vars: {K: actor-secret}}}}]}]"
     )
-    masked = rollout_view(env, None, CLOCK)
-    assert masked is not None
-    assert "new-secret" not in render.rollout_page("staging", masked)
-    shown = rollout_view(env, None, CLOCK, show_env_values=True)
-    assert shown is not None
-    assert "new-secret" in render.rollout_page("staging", shown)
+
+    def service(serve: str, value: str) -> dict[str, Any]:
+        container = {"name": "h", "env": [{"name": "T", "value": value}]}
+        head = {"template": {"spec": {"containers": [container]}}}
+        return {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayService",
+            "metadata": {"name": "ranker", "namespace": "ray-staging"},
+            "spec": {"serveConfigV2": serve, "rayClusterConfig": {"headGroupSpec": head}},
+        }
+
+    before, after = service(old, "old-secret"), service(new, "new-secret")
+    change = classify(before, after)
+    env = facts(record=RolloutRecord("staging", "ray-staging", SHA, changes=(change,)))
+    view = rollout_view(env, None, CLOCK)
+    assert view is not None
+    text = render.rollout_page("staging", view) + repr(as_json(view))
+    assert "env_vars" in text  # which variables changed is shown
+    assert "env[T]" in text
+    for secret in ("app-secret", "actor-secret", "old-secret", "new-secret"):
+        assert secret not in text
 
 
 def test_commit_and_pull_links_per_forge() -> None:
