@@ -202,11 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     status = commands.add_parser(
         "status",
-        help="per environment: the rollout recorded in the cluster and each service's health",
+        help="per environment: the rollout recorded in the cluster and each object's health",
         description="Reads the cluster only (no Git, no forge): each environment's last rollout "
-        "(its state ConfigMap in the state namespace), each RayService gitsync manages for it "
-        "in the namespace that rollout recorded, with "
-        "its health, and the last drift check. Exit 0 when every environment's last rollout "
+        "(its state ConfigMap in the state namespace), each RayService and each object of "
+        "the other kinds it manages (allowedKinds) in the namespace that rollout recorded, "
+        "with its health, and the last drift check. Exit 0 when every environment's last rollout "
         "succeeded and each of its services is Healthy and not drifted, 1 when something is "
         "progressing, degraded, failed or drifted, 2 on errors.",
     )
