@@ -19,6 +19,7 @@ from kubernetes import client
 from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.diff.drift import DriftKind
+from gitsync.drift import drift_json
 from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
@@ -241,6 +242,8 @@ def test_an_edited_config_map_is_drift_reported_then_healed(
         ("data.threshold",),
         ("kubectl-edit",),
     )
+    [document] = drift_json(found)["drifted"]
+    assert document["fields"] == [{"path": "data.threshold", "old": "0.5", "new": "0.9"}]
     code, rows = status_rows(control_plane, namespace, capsys)
     assert (code, rows["v1 ConfigMap/ranker-settings"]) == (1, (str(Health.HEALTHY), "drifted"))
     assert drift.heal is not None
