@@ -63,6 +63,7 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("get", "rayservices.ray.io/status", "ray-production"),
         ("create", "events", "ray-production"),
         ("create", "events.events.k8s.io", "ray-previews"),
+        ("list", "events", "ray-staging"),  # the status page's Events
         ("get", "namespaces", ""),
         ("update", "leases.coordination.k8s.io", "gitsync-system"),
         ("patch", "configmaps", "gitsync-system"),
