@@ -204,15 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 0 when every environment succeeded, 1 when one failed, 2 on errors.",
     )
     sync.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
-    sync.add_argument("--dry-run", action="store_true", help="print the plans, apply nothing")
+    sync.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plans (as gitsync plan; -o json|yaml: plan's shape), apply nothing",
+    )
     sync.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     status = commands.add_parser(
         "status",
-        help="per environment: the rollout recorded in the cluster and each service's health",
+        help="per environment: the rollout recorded in the cluster and each object's health",
         description="Reads the cluster only (no Git, no forge): each environment's last rollout "
-        "(its state ConfigMap in the state namespace), each RayService gitsync manages for it "
-        "in the namespace that rollout recorded, with "
-        "its health, and the last drift check. Exit 0 when every environment's last rollout "
+        "(its state ConfigMap in the state namespace), each RayService and each object of "
+        "the other kinds it manages (allowedKinds) in the namespace that rollout recorded, "
+        "with its health, and the last drift check. Exit 0 when every environment's last rollout "
         "succeeded and each of its services is Healthy and not drifted, 1 when something is "
         "progressing, degraded, failed or drifted, 2 on errors.",
     )
@@ -359,6 +363,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.flush()
 
     reporter = None
+    plans: list[Plan] = []
     try:
         config = _agent_config(args.config)
         if not (args.no_status or args.dry_run):
@@ -374,6 +379,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 progress=progress,
                 reporter=reporter,
                 record=record,
+                on_plan=plans.append,
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")
@@ -381,13 +387,23 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if reporter is not None:
             reporter.close(timeout=STATUS_FLUSH_SECONDS)
+    if args.dry_run:
+        # What would be done, not results: the plans, as `gitsync plan` prints them.
+        if args.output != "text":
+            document = {
+                "revision": result.revision,
+                "dryRun": True,
+                "environments": [plan_json(p) for p in plans],
+            }
+            write_document(document, args.output, out)
+        else:
+            out.write("\n".join(plan_table(p) for p in plans))
+        return EXIT_OK
     if args.output != "text":
         write_document(_sync_json(result, dry_run=args.dry_run), args.output, out)
     else:
         for r in result.results:
             out.write(f"{r.environment}: {r.outcome} at {r.revision[:12]}: {r.message}\n")
-    if args.dry_run:
-        return EXIT_OK
     return EXIT_OK if result.ok else EXIT_FOUND
 
 

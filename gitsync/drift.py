@@ -381,7 +381,9 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
             {
                 "service": str(d.key),
                 "kind": str(d.kind),
-                "fields": list(d.fields),
+                # As plan's: {path, old, new}; old is Git's value (as applied), new the live
+                # one (null: absent on that side).
+                "fields": [fields_json(f) for f in d.changes],
                 "managers": list(d.managers),
                 # What healing changes, field by field: old is the live value, new Git's.
                 "heal": {

@@ -203,3 +203,6 @@ class RolloutState:
     message: str = ""
     last_healthy_revision: str = ""
     namespace: str = ""  # where the environment's services are ("" in records before it)
+    # The other kinds (allowedKinds) it applies or leaves running, as ``apiVersion/Kind``
+    # (``v1/ConfigMap``), so ``gitsync status`` can list them from the cluster alone.
+    kinds: tuple[str, ...] = ()

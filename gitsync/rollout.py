@@ -151,6 +151,7 @@ class Rollout:
             "",
             last_healthy,
             env.namespace,
+            _kinds(desired, plan),
         )
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
@@ -481,6 +482,13 @@ def _succeeded(applied: int, pruned: int, skipped: int) -> str:
         f"{applied} applied, {pruned} pruned, {skipped} skipped (reconcile disabled), "
         "every other service Healthy"
     )
+
+
+def _kinds(desired: Mapping[ServiceKey, Desired], plan: Plan) -> tuple[str, ...]:
+    """The other kinds the environment has objects of, Git's and those the plan prunes or
+    leaves running, as ``apiVersion/Kind``: what ``gitsync status`` lists beside RayServices."""
+    keys = [*desired, *(c.key for c in plan.changes)]
+    return tuple(sorted({f"{k.api_version}/{k.kind}" for k in keys if not k.is_rayservice}))
 
 
 def _replace(state: RolloutState, **changes: Any) -> RolloutState:

@@ -1,5 +1,6 @@
 """``gitsync status``: what the cluster says about every environment — its recorded rollout
-(the state ConfigMaps), each managed RayService's health, and the last drift check — read
+(the state ConfigMaps), the health of each RayService and each object of the other kinds it
+manages (``allowedKinds``: the kinds its rollout recorded), and the last drift check — read
 from the cluster alone: no Git, no forge, no credentials but the kubeconfig's.
 
 An environment is *settled* when its last rollout succeeded and every service it manages is
@@ -19,6 +20,7 @@ from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.model import Health, Phase, RolloutState, ServiceKey
+from gitsync.object_health import assess_object
 from gitsync.stamp import ENVIRONMENT, reconcile_disabled
 
 
@@ -64,12 +66,20 @@ def _expected_apps(obj: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def service_status(obj: Mapping[str, Any], finding: Mapping[str, Any] | None) -> ServiceStatus:
+    """One managed object's row: a RayService by gitsync's rules (DESIGN's health), any other
+    kind by the generic rule (:mod:`gitsync.object_health`)."""
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
-    result = assess(obj, _expected_apps(obj))
+    key = ServiceKey(
+        str(metadata.get("namespace")),
+        str(metadata.get("name")),
+        str(obj.get("kind") or "RayService"),
+        str(obj.get("apiVersion") or "ray.io/v1"),
+    )
+    result = assess(obj, _expected_apps(obj)) if key.is_rayservice else assess_object(obj)
     drift = ("fighting" if finding.get("fighting") else "drifted") if finding else ""
     return ServiceStatus(
-        ServiceKey(str(metadata.get("namespace")), str(metadata.get("name"))),
+        key,
         str(annotations.get("gitsync.ray.io/revision", "")),
         result.health,
         result.message,
@@ -100,25 +110,32 @@ def cluster_status(
         state, drift = recorded[name]
         if state is not None and state.namespace:
             objects = list(services.list_managed(state.namespace, name).values())
+            for kind in state.kinds:
+                api_version, _, kind_name = kind.rpartition("/")
+                objects += services.objects.list_managed(
+                    state.namespace, name, api_version, kind_name
+                ).values()
         else:
             objects = [o for o in everywhere if _environment(o) == name]
         findings = {str(f.get("service")): f for f in drift.findings}
         statuses = [service_status(obj, findings.get(_key(obj))) for obj in objects]
         live = {_key(obj) for obj in objects}
+        known = {k.rpartition("/")[2]: k.rpartition("/")[0] for k in state.kinds} if state else {}
         # Deleted by hand since it was applied: the drift check found it missing.
         statuses += [
             ServiceStatus(
-                ServiceKey.parse(service),
+                missing,
                 "",
                 Health.MISSING,
-                "the RayService does not exist",
+                f"the {missing.kind} does not exist",
                 drift="fighting" if finding.get("fighting") else "drifted",
                 drift_message=str(finding.get("message", "")),
             )
             for service, finding in findings.items()
-            if service not in live and "/" in service
+            if service not in live and (missing := _finding_key(service, known)) is not None
         ]
-        statuses.sort(key=lambda s: s.key)
+        # RayServices first, then the other kinds, kind by kind (as `kubectl get` groups).
+        statuses.sort(key=lambda s: (not s.key.is_rayservice, s.key.kind, s.key))
         rows.append(EnvironmentStatus(name, state, tuple(statuses), drift))
     return rows
 
@@ -128,8 +145,22 @@ def _environment(obj: Mapping[str, Any]) -> str:
 
 
 def _key(obj: Mapping[str, Any]) -> str:
+    """As a drift finding names it: ``namespace/name``, ``namespace/Kind/name`` (ServiceKey)."""
     metadata = obj.get("metadata") or {}
-    return f"{metadata.get('namespace')}/{metadata.get('name')}"
+    kind = str(obj.get("kind") or "RayService")
+    middle = "" if kind == "RayService" else f"{kind}/"
+    return f"{metadata.get('namespace')}/{middle}{metadata.get('name')}"
+
+
+def _finding_key(service: str, kinds: Mapping[str, str]) -> ServiceKey | None:
+    """The key a drift finding names (``namespace/name`` or ``namespace/Kind/name``, the
+    apiVersion from the kinds the rollout recorded); None for anything else."""
+    parts = service.split("/")
+    if len(parts) == 2 and all(parts):
+        return ServiceKey(parts[0], parts[1])
+    if len(parts) == 3 and all(parts) and parts[1] in kinds:
+        return ServiceKey(parts[0], parts[2], parts[1], kinds[parts[1]])
+    return None
 
 
 def status_json(rows: Sequence[EnvironmentStatus]) -> dict[str, Any]:
@@ -158,10 +189,13 @@ def status_json(rows: Sequence[EnvironmentStatus]) -> dict[str, Any]:
                 }
                 if r.drift.checked
                 else None,
+                "kinds": list(r.state.kinds) if r.state else [],
                 "services": [
                     {
                         "namespace": s.key.namespace,
                         "name": s.key.name,
+                        "kind": s.key.kind,
+                        "apiVersion": s.key.api_version,
                         "health": str(s.health),
                         "message": s.message,
                         "revision": s.revision,
@@ -203,6 +237,6 @@ def status_lines(rows: Sequence[EnvironmentStatus]) -> list[str]:
             marks = [str(s.health)] + ["DISABLED"] * s.disabled + [s.drift.upper()] * bool(s.drift)
             message = s.drift_message or s.message
             lines.append(
-                f"  {s.key.name:<24} {','.join(marks):<12} {s.revision[:12]:<12} {message}"
+                f"  {s.key.label:<24} {','.join(marks):<12} {s.revision[:12]:<12} {message}"
             )
     return lines

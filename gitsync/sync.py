@@ -23,7 +23,7 @@ from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Desired, Phase, RolloutState, ServiceKey
-from gitsync.plan import Plan, plan_table
+from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
@@ -321,10 +321,11 @@ class _Pass:
                 revision,
                 self.config.rollout.concurrency,
             )
-            if dry_run:
-                self.progress(plan_table(plan).rstrip())
-                return None
             self.on_plan(plan)
+            if dry_run:
+                said = "changes planned" if plan.has_changes else "no changes"
+                self.progress(f"{env.name}: dry run: {said}, nothing applied")
+                return None
             self.on_start(env.name)
             self._settle_older(env.name, revision, statuses)
             rollout = Rollout(

@@ -20,7 +20,7 @@ from typing import Any
 from gitsync.diff.classify import Options, classify_any
 from gitsync.diff.fieldsets import owns_path
 from gitsync.diff.structural import differences, dotted, keyed
-from gitsync.model import Action, Change, ServiceKey
+from gitsync.model import Action, Change, FieldChange, ServiceKey
 from gitsync.stamp import FIELD_MANAGER
 
 
@@ -38,6 +38,8 @@ class Drift:
     fields: tuple[str, ...] = ()  # dotted paths, e.g. spec.serveConfigV2
     managers: tuple[str, ...] = ()  # who owns a drifted field now, e.g. "kubectl-edit"
     heal: Change | None = None  # what re-applying Git's version makes KubeRay do
+    # Each drifted field as it changed since the apply: old is Git's value, new the live one.
+    changes: tuple[FieldChange, ...] = ()
 
     @property
     def message(self) -> str:
@@ -83,6 +85,14 @@ def modified(
     if not found:
         return None
     heal = classify_any(live_owned, desired_owned, options)
+    # Each field as it changed since the apply (old: Git's, new: live). The heal's fields are
+    # the Ray-aware ones (serveConfigV2 parsed down to the deployment), the reverse change;
+    # the structural differences when it names none.
+    changes = (
+        tuple(FieldChange(f.path, f.new, f.old) for f in heal.fields)
+        if heal is not None and heal.fields
+        else tuple(FieldChange(dotted(d.path), d.new, d.old) for d in found)
+    )
     return Drift(
         key,
         DriftKind.MODIFIED,
@@ -90,6 +100,7 @@ def modified(
         tuple(dict.fromkeys(dotted(d.path) for d in found)),
         owners(live_raw, [d.path for d in found]),
         heal,
+        changes,
     )
 
 

@@ -151,3 +151,15 @@ class EventRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def list_events(api: client.ApiClient, namespace: str, kind: str = "RayService") -> list[Any]:
+    """The Events in ``namespace`` about objects of ``kind`` (core/v1, which also shows the
+    events.k8s.io ones): gitsync's and KubeRay's, for the status page. One request."""
+    listing = request(
+        api,
+        "GET",
+        f"/api/v1/namespaces/{namespace}/events",
+        query={"fieldSelector": f"involvedObject.kind={kind}"},
+    )
+    return list(listing.get("items") or [])

@@ -28,6 +28,7 @@ _KEYS = (
     "message",
     "last_healthy_revision",
     "namespace",
+    "kinds",
 )
 
 
@@ -95,6 +96,7 @@ def state_from(environment: str, data: dict[str, str]) -> RolloutState:
         message=data.get("message", ""),
         last_healthy_revision=data.get("last_healthy_revision", ""),
         namespace=data.get("namespace", ""),
+        kinds=tuple(line for line in data.get("kinds", "").splitlines() if "/" in line),
     )
 
 
@@ -137,6 +139,7 @@ class StateStore:
     @about(CORE)
     def write(self, state: RolloutState) -> None:
         values: dict[str, Any] = asdict(state)
+        values["kinds"] = "\n".join(state.kinds)
         data = {k: "" if values[k] is None else str(values[k]) for k in _KEYS}
         body = {
             "apiVersion": "v1",

@@ -117,3 +117,5 @@ class EnvironmentFacts:
     last_actions: Mapping[ServiceKey, tuple[str, float]] = field(default_factory=dict)
     drift: DriftFacts | None = None
     history: tuple[PastRollout, ...] = ()  # earlier rollouts, newest first
+    # Kubernetes Events about its RayServices, as the API returns them (slimmed).
+    events: tuple[Mapping[str, Any], ...] = ()

@@ -19,6 +19,7 @@ from gitsync.web.view import (
     CommitView,
     EnvironmentSummary,
     EnvironmentView,
+    EventView,
     Overview,
     PastRolloutView,
     RolloutView,
@@ -207,7 +208,22 @@ def environment_page(view: EnvironmentView) -> str:
         body += _table(head, [_past(p) for p in view.history], "history")
     else:
         body += '<p class="muted">No rollout has finished yet.</p>'
+    body += "<h2>Events</h2>"
+    if view.events:
+        head = ["service", "type", "reason", "message", "count", "last seen", "from"]
+        body += _table(head, [_event(ev) for ev in view.events], "events")
+    else:
+        body += '<p class="muted">No Events about its RayServices.</p>'
     return page(s.name, env_path(s.name), body, s.in_progress)
+
+
+def _event(event: EventView) -> str:
+    kind = "warning" if event.type == "Warning" else "normal"
+    return (
+        f'<tr class="event {kind}"><td>{e(event.service)}</td><td>{e(event.type)}</td>'
+        f"<td>{e(event.reason)}</td><td>{e(event.message)}</td><td>{e(event.count)}</td>"
+        f'<td title="{e(event.last_seen)}">{e(event.age)}</td><td>{e(event.source)}</td></tr>'
+    )
 
 
 def _past(past: PastRolloutView) -> str:

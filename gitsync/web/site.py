@@ -30,8 +30,11 @@ from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
+from kubernetes.client import ApiException
+
 from gitsync.config import AgentConfig, UiSettings
 from gitsync.errors import GitsyncError
+from gitsync.kube.events import list_events
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore, state_from
 from gitsync.model import ServiceKey
@@ -109,6 +112,30 @@ class _TtlCache:
             value = read()
             self._values[key] = (self._mono(), value)
             return value
+
+
+def _slim_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What the page shows of an Event: about which object, its type, reason, message, how
+    often and when it was last seen (the newest of the times the writers fill)."""
+    metadata = event.get("metadata") or {}
+    series = event.get("series") or {}
+    last = (
+        series.get("lastObservedTime")
+        or event.get("lastTimestamp")
+        or event.get("eventTime")
+        or metadata.get("creationTimestamp")
+    )
+    return {
+        "object": str((event.get("involvedObject") or {}).get("name", "")),
+        "type": str(event.get("type") or "Normal"),
+        "reason": str(event.get("reason") or ""),
+        "message": str(event.get("message") or ""),
+        "count": int(event.get("count") or series.get("count") or 1),
+        "last": str(last or ""),
+        "source": str(
+            (event.get("source") or {}).get("component") or event.get("reportingComponent") or ""
+        ),
+    }
 
 
 def _slim(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,6 +280,20 @@ class StatusSite:
         live: dict[ServiceKey, dict[str, Any]] = self._cache.get((namespace, environment), read)
         return live
 
+    def _events(self, namespace: str, names: set[str]) -> tuple[dict[str, Any], ...]:
+        """The Events about the environment's RayServices; none when they cannot be read
+        (the page shows the rest: an agent deployed with older RBAC may not list Events)."""
+
+        def read() -> list[dict[str, Any]]:
+            try:
+                return [_slim_event(e) for e in list_events(self.services.api, namespace)]
+            except (GitsyncError, ApiException, OSError) as exc:
+                log.warning("cannot list the Events in %s: %s", namespace, exc)
+                return []
+
+        listed: list[dict[str, Any]] = self._cache.get(("events", namespace), read)
+        return tuple(e for e in listed if e["object"] in names)
+
     def _stored(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         stored: tuple[dict[str, dict[str, str]], dict[str, str]]
         stored = self._cache.get(("state", ""), self.state.read_all)
@@ -267,6 +308,7 @@ class StatusSite:
                 continue
             state = state_from(name, data) if "phase" in data else None
             live = self._live(memory.namespace, name)
+            events = self._events(memory.namespace, {key.name for key in live})
             found.append(
                 (
                     memory.position,
@@ -280,6 +322,7 @@ class StatusSite:
                         memory.actions,
                         memory.drift,
                         memory.history,
+                        events,
                     ),
                 )
             )

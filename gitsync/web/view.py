@@ -137,11 +137,26 @@ class PastRolloutView:
 
 
 @dataclass(frozen=True)
+class EventView:
+    """A Kubernetes Event about one of the environment's RayServices."""
+
+    service: str
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    count: int
+    last_seen: str  # UTC, ISO 8601
+    age: str
+    source: str  # who wrote it: gitsync, the KubeRay operator …
+
+
+@dataclass(frozen=True)
 class EnvironmentView:
     summary: EnvironmentSummary
     waves: tuple[WaveView, ...]
     rollout: RolloutView | None
     history: tuple[PastRolloutView, ...] = ()
+    events: tuple[EventView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -488,6 +503,33 @@ def history_view(
     )
 
 
+EVENTS_SHOWN = 20  # the page's Events: warnings first, then the newest
+
+
+def events_view(env: EnvironmentFacts, clock: Clock) -> tuple[EventView, ...]:
+    """The Events about the environment's RayServices, warnings first (what needs a look),
+    each group newest first, at most :data:`EVENTS_SHOWN` (as ``kubectl events`` shows them,
+    with the warnings up front)."""
+
+    def when(event: Mapping[str, Any]) -> float:
+        return _parse_time(event.get("last")) or 0.0
+
+    ordered = sorted(env.events, key=lambda e: (e.get("type") != "Warning", -when(e)))
+    return tuple(
+        EventView(
+            str(e.get("object", "")),
+            str(e.get("type", "")),
+            str(e.get("reason", "")),
+            str(e.get("message", "")),
+            int(e.get("count") or 1),
+            str(e.get("last", "")),
+            duration(clock.wall - when(e)) if when(e) else "",
+            str(e.get("source", "")),
+        )
+        for e in ordered[:EVENTS_SHOWN]
+    )
+
+
 def environment_view(env: EnvironmentFacts, forge: Forge | None, clock: Clock) -> EnvironmentView:
     waves = services(env, clock)
     return EnvironmentView(
@@ -495,6 +537,7 @@ def environment_view(env: EnvironmentFacts, forge: Forge | None, clock: Clock) -
         waves,
         rollout_view(env, forge, clock),
         history_view(env, forge, clock),
+        events_view(env, clock),
     )
 
 

@@ -64,6 +64,7 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("get", "rayservices.ray.io/status", "ray-production"),
         ("create", "events", "ray-production"),
         ("create", "events.events.k8s.io", "ray-previews"),
+        ("list", "events", "ray-staging"),  # the status page's Events
         ("get", "namespaces", ""),
         ("update", "leases.coordination.k8s.io/gitsync", "gitsync-system"),
         ("get", "leases.coordination.k8s.io/gitsync", "gitsync-system"),
@@ -76,8 +77,7 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("patch", "configmaps", "ray-production"),
         ("delete", "services", "ray-staging"),
         ("list", "ingresses.networking.k8s.io", "ray-staging"),
-        # (HTTPRoutes and ServiceMonitors too: kubectl auth can-i answers "no" for a group
-        # the API server does not serve, and the test bed installs neither CRD here.)
+        # (HTTPRoutes and ServiceMonitors: test_agent_may_manage_every_kind_the_rbac_allows.)
         # a removed preview: its RayServices and other objects, then its state ConfigMap
         ("delete", "configmaps", "ray-previews"),
         ("delete", "services", "ray-previews"),
@@ -132,6 +132,90 @@ def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: 
 )
 def test_agent_may_not(deployed: ControlPlane, verb: str, resource: str, namespace: str) -> None:
     assert not can(deployed, verb, resource, namespace or "default")
+
+
+# A Gateway API HTTPRoute CRD reduced to what RBAC looks at (group, plural, scope): the test
+# bed builds no Gateway API, and `kubectl auth can-i` answers "no" for a group the API server
+# does not serve.
+HTTPROUTE_CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: httproutes.gateway.networking.k8s.io
+  annotations:  # a *.k8s.io group: the API server requires it (Gateway API's CRDs carry it)
+    api-approved.kubernetes.io: https://github.com/kubernetes-sigs/gateway-api/pull/2466
+spec:
+  group: gateway.networking.k8s.io
+  scope: Namespaced
+  names: {plural: httproutes, singular: httproute, kind: HTTPRoute, listKind: HTTPRouteList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"""
+# What gitsync does with an object of an allowed kind (kube/objects.py): read it, list the
+# managed ones, server-side apply it (create or patch) and prune it.
+OBJECT_VERBS = ("get", "list", "create", "patch", "delete")
+
+
+def test_agent_may_manage_every_kind_the_rbac_allows(
+    deployed: ControlPlane, binaries: Binaries, tmp_path: Path
+) -> None:
+    """Every kind deploy/base/rbac.yaml grants for allowedKinds (read from the file, so a
+    kind added there is checked too), its CRD served: each verb gitsync uses, in every
+    managed namespace; never in gitsync's own namespace, an unmanaged one or cluster-wide."""
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    (crds / "httproutes.yaml").write_text(HTTPROUTE_CRD)
+    source = binaries.monitoring_crds / "monitoring.coreos.com_servicemonitors.yaml"
+    (crds / source.name).write_text(source.read_text())
+    deployed.install_crds(crds)
+    documents = list(yaml.safe_load_all((BASE / "rbac.yaml").read_text()))
+    [managed] = [d for d in documents if d["metadata"]["name"] == "gitsync-managed"]
+    kinds = [
+        f"{resource}.{group}".rstrip(".")
+        for rule in managed["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        if group != "ray.io" and resource != "events"  # RayServices and Events: above
+    ]
+    assert {"httproutes.gateway.networking.k8s.io", "servicemonitors.monitoring.coreos.com",
+            "configmaps", "services", "ingresses.networking.k8s.io"} <= set(kinds)  # fmt: skip
+    namespaces = [
+        d["metadata"]["namespace"]
+        for d in yaml.safe_load_all((BASE / "managed-namespaces.yaml").read_text())
+        if d and d["kind"] == "RoleBinding"
+    ]
+    assert namespaces, "managed-namespaces.yaml binds no namespace"
+    wanted = set(OBJECT_VERBS)
+    for namespace in namespaces:  # one rules review per namespace, not one can-i per verb
+        granted = allowed_verbs(deployed, namespace)
+        missing = {k: sorted(wanted - granted.get(k, set())) for k in kinds}
+        assert {k: v for k, v in missing.items() if v} == {}, namespace
+    for namespace in ("team-unmanaged", "gitsync-system"):
+        granted = allowed_verbs(deployed, namespace)
+        # gitsync-system holds the agent's own config: no ConfigMap access there either (its
+        # rollout state lives in gitsync-state).
+        assert {k: granted[k] for k in kinds if granted.get(k)} == {}, namespace
+    # The authorizer itself, for the kinds whose CRDs were installed just now; cluster-wide,
+    # never.
+    assert can(deployed, "create", "httproutes.gateway.networking.k8s.io", namespaces[0])
+    assert can(deployed, "delete", "servicemonitors.monitoring.coreos.com", namespaces[-1])
+    for kind in kinds:
+        assert not can(deployed, "patch", kind, "*"), kind
+
+
+def allowed_verbs(plane: ControlPlane, namespace: str) -> dict[str, set[str]]:
+    """What the agent may do in ``namespace``, by resource (``kubectl auth can-i --list``:
+    one SelfSubjectRulesReview)."""
+    result = plane.kubectl("auth", "can-i", "--list", "-n", namespace, "--as", AGENT)
+    granted: dict[str, set[str]] = {}
+    for line in result.stdout.splitlines()[1:]:
+        resource, _, verbs = line.partition(" ")[0], "", line.rsplit("[", 1)[-1]
+        granted.setdefault(resource, set()).update(verbs.rstrip("]").split())
+    return granted
 
 
 # -- the kustomize base, monitoring, alerts, dashboard ------------------------------------------

@@ -176,7 +176,14 @@ def test_a_serve_config_edit_is_named_and_healed_in_place(
     assert found["service"] == str(key)
     assert found["kind"] == "modified"
     assert found["managers"] == ["kubectl-edit"]
-    assert "spec.serveConfigV2" in found["fields"][0]
+    # Each drifted field as {path, old, new}, as plan's: Git's value, then the live one.
+    assert found["fields"] == [
+        {
+            "path": "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas",
+            "old": 1,
+            "new": 4,
+        }
+    ]
     assert found["heal"]["action"] == "serve-update"
     # The agent's check heals it: an in-place Serve update, gated on health.
     [report] = checker(api, repo, tmp_path).check(heal=True)

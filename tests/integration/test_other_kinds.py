@@ -6,6 +6,7 @@ plan time at its file:line; a Deployment gates its wave on its conditions."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -16,14 +17,17 @@ import yaml
 from kubernetes import client
 
 from gitsync.checkout import read_tree
+from gitsync.cli import main
 from gitsync.diff.drift import DriftKind
+from gitsync.drift import drift_json
 from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, ServiceKey
+from gitsync.model import Action, Health, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
 from gitsync.rollout import Outcome
 from gitsync.sync import sync_once
+from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
 
 from .gitops import GitOpsRepo
@@ -169,11 +173,62 @@ def test_objects_are_applied_in_their_wave_first_configured_and_pruned_only_with
     assert pruned == [f"staging: pruned {namespace}/ConfigMap/ranker-settings"], lines
 
 
+def status(
+    control_plane: ControlPlane, namespace: str, capsys: pytest.CaptureFixture[str], *more: str
+) -> tuple[int, str]:
+    """``gitsync status`` from the cluster alone (the test's namespace holds the state)."""
+    argv = ["status", "--kubeconfig", str(control_plane.kubeconfig)]
+    code = main([*argv, "--state-namespace", namespace, *more])
+    return code, capsys.readouterr().out
+
+
+def status_rows(
+    control_plane: ControlPlane, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, tuple[str, str | None]]]:
+    """The exit code, and each object ``gitsync status -o json`` lists: health and drift."""
+    code, out = status(control_plane, namespace, capsys, "-o", "json")
+    [environment] = json.loads(out)["environments"]
+    return code, {
+        f"{s['apiVersion']} {s['kind']}/{s['name']}": (
+            s["health"],
+            s["drift"] and s["drift"]["kind"],
+        )
+        for s in environment["services"]
+    }
+
+
 def test_an_edited_config_map_is_drift_reported_then_healed(
-    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     repo = with_objects(tmp_path, namespace, self_heal=True)
     sync(api, repo, tmp_path, [])
+    # gitsync status lists the other kinds beside the RayServices, with their health, from
+    # the cluster alone (the kinds its rollout recorded), in every output format.
+    healthy = (str(Health.HEALTHY), None)
+    code, rows = status_rows(control_plane, namespace, capsys)
+    assert (code, rows) == (
+        0,
+        {
+            "ray.io/v1 RayService/embedder": healthy,
+            "ray.io/v1 RayService/ranker": healthy,
+            "ray.io/v1 RayService/summarizer": healthy,
+            "v1 ConfigMap/ranker-settings": healthy,
+            "v1 Service/ranker-public": healthy,
+        },
+    )
+    code, out = status(control_plane, namespace, capsys, "-o", "yaml")
+    assert [s["kind"] for s in yaml.safe_load(out)["environments"][0]["services"]] == [
+        *["RayService"] * 3, "ConfigMap", "Service"
+    ]  # fmt: skip
+    code, out = status(control_plane, namespace, capsys)
+    assert code == 0
+    [settings] = [line.split() for line in out.splitlines() if CM in line]
+    assert settings[:3] == [CM, "Healthy", repo.revisions[-1][:12]], out
     [clean] = checker(api, repo, tmp_path).check(heal=True)
     assert (clean.drifts, clean.error) == ((), ""), clean
     client.CoreV1Api(api).patch_namespaced_config_map(
@@ -187,6 +242,10 @@ def test_an_edited_config_map_is_drift_reported_then_healed(
         ("data.threshold",),
         ("kubectl-edit",),
     )
+    [document] = drift_json(found)["drifted"]
+    assert document["fields"] == [{"path": "data.threshold", "old": "0.5", "new": "0.9"}]
+    code, rows = status_rows(control_plane, namespace, capsys)
+    assert (code, rows["v1 ConfigMap/ranker-settings"]) == (1, (str(Health.HEALTHY), "drifted"))
     assert drift.heal is not None
     assert drift.heal.action is Action.CONFIGURED
     [healed] = checker(api, repo, tmp_path).check(heal=True)
@@ -197,6 +256,9 @@ def test_an_edited_config_map_is_drift_reported_then_healed(
     assert after.drifts == ()
     # Deleted by hand: reported (and, self-heal on, recreated).
     client.CoreV1Api(api).delete_namespaced_config_map("ranker-settings", namespace)
+    [gone] = checker(api, repo, tmp_path).check(heal=False)
+    code, rows = status_rows(control_plane, namespace, capsys)
+    assert (code, rows["v1 ConfigMap/ranker-settings"]) == (1, (str(Health.MISSING), "drifted"))
     [gone] = checker(api, repo, tmp_path).check(heal=True)
     assert [d.kind for d in gone.drifts] == [DriftKind.DELETED]
     assert config_map(api, namespace) is not None

@@ -4,6 +4,7 @@ included, which ran nothing — and a restarted agent still shows the rollouts b
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
 import urllib.error
@@ -52,6 +53,27 @@ def shown(port: int) -> dict[str, Any]:
         ),
         "history": [(h["revision"]["sha"], h["outcome"], h["changes"]) for h in env["history"]],
     }
+
+
+def warning(api: client.ApiClient, namespace: str, name: str, reason: str) -> None:
+    """A Warning Event about the RayService ``name``, as the KubeRay operator writes one."""
+    now = datetime.datetime.now(datetime.UTC)
+    client.CoreV1Api(api).create_namespaced_event(
+        namespace,
+        client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}."),
+            involved_object=client.V1ObjectReference(
+                api_version="ray.io/v1", kind="RayService", name=name, namespace=namespace
+            ),
+            type="Warning",
+            reason=reason,
+            message=f"{reason}: the head service could not be updated",
+            source=client.V1EventSource(component="kuberay-operator"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        ),
+    )
 
 
 def succeeded(api: client.ApiClient, namespace: str, sha: str) -> bool:
@@ -115,6 +137,33 @@ def test_both_replicas_show_the_same_page_and_history_survives_a_restart(
         assert "No environment rolled out yet" not in page
         assert second[:12] in page
         assert ": applied " not in (tmp_path / f"{standby}.log").read_text()  # it ran nothing
+
+        # The Events about the managed RayServices, read from the API: warnings first (one as
+        # KubeRay writes them), then gitsync's own; none about a RayService it does not manage.
+        for name, reason in (("ranker", "FailedToUpdateService"), ("stranger", "Unrelated")):
+            warning(api, namespace, name, reason)
+
+        def shown_events() -> list[dict[str, Any]]:
+            code, env = get(ports[standby], "/api/v1/environments/staging")
+            return list(env["events"]) if code == 200 else []
+
+        wait_for(
+            lambda: [e["reason"] for e in shown_events()[:1]] == ["FailedToUpdateService"],
+            timeout=15,
+            what="the standby's page to show the warning",
+        )
+        events = shown_events()
+        first_event = events[0]
+        assert (first_event["service"], first_event["type"], first_event["source"]) == (
+            "ranker",
+            "Warning",
+            "kuberay-operator",
+        )
+        assert all(e["type"] == "Normal" for e in events[1:])
+        assert any(e["source"] == "gitsync" for e in events[1:]), events
+        assert "stranger" not in {e["service"] for e in events}
+        _, page = get(ports[standby], "/environments/staging")
+        assert "FailedToUpdateService" in page
 
         for process in agents.values():
             process.send_signal(signal.SIGTERM)

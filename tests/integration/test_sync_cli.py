@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,20 +36,26 @@ def test_dry_run_applies_nothing_and_prints_the_plan(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
-    code = main(
-        [
-            "sync",
-            "--once",
-            "--dry-run",
-            "--config",
-            str(config),
-            "--kubeconfig",
-            str(control_plane.kubeconfig),
-        ]
-    )
-    assert code == 0
-    err = capsys.readouterr().err
-    assert "embedder  create" in err
+    argv = ["sync", "--once", "--dry-run", "--config", str(config)]
+    argv += ["--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "embedder  create" in out  # the plan, on stdout
+    assert "staging: dry run: changes planned, nothing applied" in err
+    # -o json|yaml: the plans (what would be done), as `gitsync plan -o json` prints them.
+    assert main([*argv, "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["revision"], document["dryRun"]) == (repo.revisions[-1], True)
+    [planned] = document["environments"]
+    assert planned["to"] == repo.revisions[-1]
+    plan_argv = ["plan", str(repo.work), "-o", "json"]
+    assert main([*plan_argv, "--kubeconfig", str(control_plane.kubeconfig)]) == 1
+    [expected] = json.loads(capsys.readouterr().out)["environments"]
+    assert {**planned, "to": None} == expected
+    actions = {c["name"]: c["action"] for w in planned["waves"] for c in w["changes"]}
+    assert actions == dict.fromkeys(("embedder", "ranker", "summarizer"), "create")
+    assert main([*argv, "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == document
     assert (
         client.CustomObjectsApi(api).list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL

@@ -16,7 +16,7 @@ from gitsync.diff.drift import (
     modified,
     owners,
 )
-from gitsync.model import Action, ServiceKey
+from gitsync.model import Action, FieldChange, ServiceKey
 from gitsync.stamp import APPLIED_HASH, stamped, untouched_since_apply
 
 KEY = ServiceKey("ray", "ranker")
@@ -124,6 +124,9 @@ def test_a_serve_edit_heals_in_place() -> None:
     assert found is not None
     assert found.kind is DriftKind.MODIFIED
     assert found.fields == ("spec.serveConfigV2",)
+    # The structured change names the deployment's field: Git's value, then the live one.
+    path = "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas"
+    assert found.changes == (FieldChange(path, 1, 4),)
     assert found.managers == ("kubectl-edit",)
     assert found.heal is not None
     assert found.heal.action is Action.SERVE_UPDATE

@@ -361,3 +361,33 @@ def test_json_is_the_same_view() -> None:
     assert data["summary"]["state"] == "wave 1 of 2: waiting"
     assert data["waves"][0]["services"][0]["pending_cluster"] == "embedder-fghij"
     assert data["rollout"]["changes"][0]["action"] == "cluster-swap"
+
+
+def event(name: str, kind: str, reason: str, last: str, **more: Any) -> dict[str, Any]:
+    return {"object": name, "type": kind, "reason": reason, "message": f"<b>{reason}</b>",
+            "count": 1, "last": last, "source": "kuberay-operator", **more}  # fmt: skip
+
+
+def test_events_show_warnings_first_each_newest_first_escaped_and_bounded() -> None:
+    events = (
+        event("ranker", "Normal", "Applied", "2027-01-15T08:01:30Z"),
+        event("ranker", "Warning", "OldWarning", "2027-01-15T07:00:00Z"),
+        event("embedder", "Normal", "Healthy", "2027-01-15T08:01:35Z"),
+        event("embedder", "Warning", "FailedToUpdateService", "2027-01-15T08:00:00Z", count=3),
+        *(event("ranker", "Normal", f"Old{i}", "2027-01-01T00:00:00Z") for i in range(30)),
+    )
+    env = EnvironmentFacts("staging", "ray-staging", events=events)
+    view = environment_view(env, None, CLOCK)
+    assert [(e.service, e.reason) for e in view.events[:4]] == [
+        ("embedder", "FailedToUpdateService"),
+        ("ranker", "OldWarning"),
+        ("embedder", "Healthy"),
+        ("ranker", "Applied"),
+    ]
+    assert len(view.events) == 20
+    assert view.events[0].count == 3
+    assert view.events[0].age == "1m40s"  # CLOCK is 08:01:40
+    html = render.environment_page(view)
+    assert "FailedToUpdateService" in html
+    assert "<b>" not in html  # an Event's message is text, escaped
+    assert as_json(view)["events"][0]["type"] == "Warning"
