@@ -37,7 +37,7 @@ from gitsync.manifests.podpolicy import Violation, enforce, problem_text
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
 from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
-from gitsync.plan import build_plan, plan_markdown
+from gitsync.plan import build_plan, fenced, plan_markdown
 from gitsync.planning import environment_manifests, tree_plans
 from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
 from gitsync.report.reporter import Reporter
@@ -194,7 +194,7 @@ class PreviewReconciler:
             body = plan_markdown([], base_sha, pr.head_sha).replace(
                 "No RayService changes: merging this deploys nothing.",
                 f"The pull request's manifests are invalid; nothing would be deployed:\n\n"
-                f"```\n{exc}\n```",
+                f"{fenced(str(exc))}",
             )
         try:
             self.pulls.upsert_comment(pr.number, body)
