@@ -15,10 +15,18 @@ from typing import Any, Literal
 from gitsync import kuberay
 from gitsync.diff.classify import Options
 from gitsync.manifests.durations import parse_duration
+from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 from gitsync.report.status import target_url_problem
-from gitsync.source.config import GitAuth, RepoSource, SshAuth, TokenAuth, VerifyConfig
+from gitsync.source.config import (
+    DEFAULT_MAX_TREE_BYTES,
+    GitAuth,
+    RepoSource,
+    SshAuth,
+    TokenAuth,
+    VerifyConfig,
+)
 
 DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
 PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
@@ -233,7 +241,7 @@ def _verify(check: Checker, raw: Any) -> VerifyConfig | None:
 
 def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:
     at = ("repository",)
-    allowed = {"url", "branch", "depth", "timeout", "auth", "verify"}
+    allowed = {"url", "branch", "depth", "timeout", "auth", "verify", "maxTreeSize"}
     if not check.mapping(raw, allowed, {"url"}, *at):
         return None
     url = check.string(raw.get("url"), *at, "url")
@@ -258,10 +266,17 @@ def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:
         )
     auth = _auth(check, raw["auth"]) if "auth" in raw else None
     verify = _verify(check, raw["verify"]) if "verify" in raw else None
-    if url is None or branch is None or timeout is None or check.problems:
+    max_tree = parse_quantity(raw.get("maxTreeSize", DEFAULT_MAX_TREE_BYTES))
+    if max_tree is None or max_tree < 1 or max_tree.denominator != 1:
+        check.add(
+            f"maxTreeSize must be a size in bytes such as '256Mi', not {raw.get('maxTreeSize')!r}",
+            *at,
+            "maxTreeSize",
+        )
+    if url is None or branch is None or timeout is None or max_tree is None or check.problems:
         return None
     try:
-        return RepoSource(url, branch, cache_dir, int(depth), auth, verify, timeout)
+        return RepoSource(url, branch, cache_dir, int(depth), auth, verify, timeout, int(max_tree))
     except ValueError as exc:  # e.g. a branch git would read as an option or a range
         check.add(str(exc), *at, "branch")
         return None

@@ -577,6 +577,31 @@ def rename_staging(root: Path) -> None:
     path.write_text(text.replace(": staging\n", ": stage\n"))
 
 
+def test_a_pull_request_tree_over_max_tree_size_is_refused_on_the_pull_request(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    forge.config = replace(
+        forge.config, repository=replace(forge.config.repository, max_tree_bytes=2**20)
+    )
+
+    def big(root: Path) -> None:
+        scale_ranker(root)
+        (root / "data.bin").write_text("x" * 2 * 2**20)  # compresses to nothing; 2 MiB written
+
+    sha = forge.branch("big", big)
+    number = forge.open_pr("big")
+    assert forge.reconcile(api) == []  # nothing read, nothing previewed
+    assert previews_in(api, forge.previews_ns) == {}
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
+    assert status["description"].startswith(f"not read: the tree of {sha[:12]} holds 2.0 MiB")
+    [comment] = forge.comments(number)
+    assert comment.startswith(MARKER)
+    assert "largest: data.bin (2.0 MiB)" in comment
+    assert "repository.maxTreeSize" in comment
+    assert not any(sha in p.name for p in (forge.config.repository.cache_dir / "trees").iterdir())
+
+
 def foreign_manager(root: Path) -> None:
     """A manifest validate passes and the API server refuses (the CRD's CEL rule on
     ``rayClusterConfig.managedBy``, which validate leaves to it): the apply fails."""

@@ -39,6 +39,16 @@ def test_defaults_live_in_one_place() -> None:
     )
 
 
+def test_max_tree_size_is_a_byte_quantity_with_a_default() -> None:
+    config, problems = load_agent_config(MINIMAL)
+    assert config is not None
+    assert config.repository.max_tree_bytes == 256 * 2**20
+    config, problems = load_agent_config(MINIMAL + "  maxTreeSize: 1Gi\n")
+    assert problems == []
+    assert config is not None
+    assert config.repository.max_tree_bytes == 2**30
+
+
 def test_ssh_user_in_url_is_not_a_credential() -> None:
     config, problems = load_agent_config(MINIMAL.replace("https://", "ssh://git@"))
     assert problems == []
@@ -119,6 +129,8 @@ def test_ssh_auth_and_verification() -> None:
             4,
             "verify.method must be 'gpg' or 'ssh'",
         ),
+        (MINIMAL + "  maxTreeSize: big\n", 3, "maxTreeSize must be a size in bytes"),
+        (MINIMAL + "  maxTreeSize: 0\n", 3, "maxTreeSize must be a size in bytes"),
         (MINIMAL + "listen: 8080\n", 3, "listen must be host:port"),
         (MINIMAL + "leaderElection:\n  enabled: sometimes\n", 4, "must be true or false"),
         (MINIMAL + "kuberay:\n  version: v0.9\n", 4, "unknown KubeRay version 'v0.9'"),
