@@ -15,6 +15,7 @@ from typing import Any, Literal
 from gitsync import kuberay
 from gitsync.diff.classify import Options
 from gitsync.manifests.durations import parse_duration
+from gitsync.manifests.names import namespace_problem
 from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
@@ -176,6 +177,16 @@ class AgentConfig:
     # SIGTERM or Ctrl-C to exit, whatever the agent is doing (a hung API server, forge or Git
     # server included): the pod's terminationGracePeriodSeconds must exceed it.
     shutdown_grace: float = 10.0
+    # Environment → the namespaces it may deploy to (empty: whatever gitsync.yaml says). Set,
+    # an environment of gitsync.yaml that is not listed, or names another namespace, is an
+    # invalid revision: pushing gitsync.yaml cannot point production at a folder of one's own.
+    allowed_namespaces: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def namespaces_for(self, environment: str) -> tuple[str, ...] | None:
+        """The namespaces ``environment`` may use; None when any is allowed."""
+        if not self.allowed_namespaces:
+            return None
+        return dict(self.allowed_namespaces).get(environment, ())
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -495,6 +506,7 @@ def load_agent_config(
         "advertiseURL",
         "probeListen",
         "shutdownGracePeriod",
+        "allowedNamespaces",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -556,6 +568,9 @@ def load_agent_config(
             f"not {data.get('shutdownGracePeriod')!r}",
             "shutdownGracePeriod",
         )
+    allowed_namespaces = (
+        _allowed_namespaces(check, data["allowedNamespaces"]) if "allowedNamespaces" in data else ()
+    )
     if check.problems or repository is None or grace is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
@@ -575,7 +590,34 @@ def load_agent_config(
         advertise.rstrip("/"),
         probe_listen,
         grace,
+        allowed_namespaces,
     ), []
+
+
+def _allowed_namespaces(check: Checker, raw: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    at = ("allowedNamespaces",)
+    if not isinstance(raw, dict) or not raw:
+        check.add(
+            "allowedNamespaces must map each environment to its namespaces, such as "
+            "{production: [ray-production]}",
+            *at,
+        )
+        return ()
+    found = []
+    for name, value in raw.items():
+        namespaces = [value] if isinstance(value, str) else value
+        if not isinstance(name, str) or not isinstance(namespaces, list) or not namespaces:
+            check.add(
+                f"allowedNamespaces.{name} must be a namespace or a non-empty list of them",
+                *at,
+                str(name),
+            )
+            continue
+        for index, namespace in enumerate(namespaces):
+            if msg := namespace_problem(namespace):
+                check.add(msg, *at, name, *(() if isinstance(value, str) else (index,)))
+        found.append((name, tuple(str(n) for n in namespaces)))
+    return tuple(found)
 
 
 def _rollout(check: Checker, raw: Any) -> RolloutSettings:

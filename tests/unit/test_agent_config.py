@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.config import advertised_url, drift_interval, load_agent_config, parse_duration
+from gitsync.errors import InvalidRevision
+from gitsync.planning import confined, environment_manifests
 from gitsync.source.config import SshAuth, TokenAuth
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gitsync.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
 MINIMAL = "repository:\n  url: https://git.example.com/ray.git\n"
 
 
@@ -278,3 +282,69 @@ def test_the_shutdown_grace_period() -> None:
         assert config is None
         assert "shutdownGracePeriod must be a duration from 1s to 10m" in problems[0].message
         assert problems[0].line == MINIMAL.count("\n") + 1
+
+
+ALLOW = MINIMAL + "allowedNamespaces:\n  staging: [ray-staging]\n  production: ray-production\n"
+
+
+def test_allowed_namespaces_map_environments_to_namespaces() -> None:
+    config, problems = load_agent_config(ALLOW)
+    assert problems == []
+    assert config is not None
+    assert config.namespaces_for("staging") == ("ray-staging",)
+    assert config.namespaces_for("production") == ("ray-production",)
+    assert config.namespaces_for("other") == ()  # set: an unlisted environment may use none
+    unset, _ = load_agent_config(MINIMAL)
+    assert unset is not None
+    assert unset.namespaces_for("anything") is None
+
+
+@pytest.mark.parametrize(
+    ("tail", "line", "message"),
+    [
+        ("allowedNamespaces: {}\n", 3, "allowedNamespaces must map each environment"),
+        ("allowedNamespaces:\n  staging: []\n", 4, "must be a namespace or a non-empty list"),
+        ("allowedNamespaces:\n  staging: [Ray_Staging]\n", 4, "namespace"),
+    ],
+)
+def test_allowed_namespaces_problems(tail: str, line: int, message: str) -> None:
+    config, problems = load_agent_config(MINIMAL + tail)
+    assert config is None
+    assert any(p.line == line and message in p.message for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("allow", "problem"),
+    [
+        (ALLOW, None),
+        (
+            ALLOW.replace("production: ray-production", "production: [ray-prod-2]"),
+            "gitsync.yaml:7: environment 'production' deploys to namespace 'ray-production', "
+            "which the agent config does not allow (allowedNamespaces.production: ray-prod-2); "
+            "nothing of this revision is applied",
+        ),
+        (
+            ALLOW.replace("  production: ray-production\n", ""),
+            "gitsync.yaml:7: environment 'production' is not in the agent config's "
+            "allowedNamespaces, so it may deploy nowhere (namespace 'ray-production'); nothing "
+            "of this revision is applied",
+        ),
+    ],
+)
+def test_a_repository_pointing_an_environment_elsewhere_is_invalid_there(
+    allow: str, problem: str | None
+) -> None:
+    config, _ = load_agent_config(allow)
+    assert config is not None
+    report = read_tree(EXAMPLES)
+    assert report.ok
+    checked = confined(report, config.namespaces_for)
+    assert environment_manifests(checked, "staging", "t").ok
+    if problem is None:
+        assert checked == report
+        return
+    assert [str(p) for p in checked.problems] == [problem]
+    with pytest.raises(InvalidRevision) as raised:
+        environment_manifests(checked, "production", "t")
+    assert [str(p) for p in raised.value.problems] == [problem]
+    assert read_tree(EXAMPLES) == report  # the tree's own report is not changed
