@@ -240,14 +240,23 @@ def _auth(check: Checker, raw: Any) -> GitAuth | None:
 
 def _verify(check: Checker, raw: Any) -> VerifyConfig | None:
     at = ("repository", "verify")
-    if not check.mapping(raw, {"method", "keysFile"}, {"method", "keysFile"}, *at):
+    allowed = {"method", "keysFile", "pullRequests"}
+    if not check.mapping(raw, allowed, {"method", "keysFile"}, *at):
         return None
     method = raw.get("method")
     if method not in ("gpg", "ssh"):
         check.add(f"verify.method must be 'gpg' or 'ssh', not {method!r}", *at, "method")
         return None
+    pull_requests = raw.get("pullRequests", False)
+    if not isinstance(pull_requests, bool):
+        check.add(
+            f"verify.pullRequests must be true or false, not {pull_requests!r}",
+            *at,
+            "pullRequests",
+        )
+        return None
     keys = check.string(raw.get("keysFile"), *at, "keysFile")
-    return VerifyConfig(method, Path(keys)) if keys else None
+    return VerifyConfig(method, Path(keys), pull_requests) if keys else None
 
 
 def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:

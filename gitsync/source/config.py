@@ -63,6 +63,9 @@ class VerifyConfig:
 
     method: Literal["gpg", "ssh"]
     keys_file: Path
+    # Pull requests' heads too (previews and plan comments): an unsigned head is not read.
+    # Off by default: a PR head is preview-only (the pod-spec policy, the preview namespace).
+    pull_requests: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,11 @@ class GitSource:
         self.git_dir = config.cache_dir / "repo.git"
         self.trees_dir = config.cache_dir / "trees"
         self._url = config.display_url
+        # Trees this process checked out, by commit. ``_ready`` went through checkout (and
+        # the verifier, when configured); ``_unchecked`` only through checkout_ref: a pull
+        # request's head is never served to checkout as a verified base head from here.
         self._ready: dict[str, Path] = {}
+        self._unchecked: dict[str, Path] = {}
         self._initialised = False
         self._verifier = (
             Verifier(config.verify, config.cache_dir / "trust", self.runner)
@@ -114,16 +118,23 @@ class GitSource:
     def checkout_ref(self, ref: str, sha: str) -> Path:
         """The tree of commit ``sha``, fetched from ``ref`` (a pull request's head such as
         ``refs/pull/7/head``, or another branch) when it is not cached. Previews only: the
-        configured branch goes through :meth:`checkout`, which verifies signatures."""
+        configured branch goes through :meth:`checkout`, which verifies signatures. The head
+        is verified too only with ``verify.pullRequests``; otherwise its tree is kept apart
+        from the verified ones (:meth:`checkout` verifies a commit it did not check itself,
+        wherever it came from)."""
         if not _SHA.match(sha):
             raise ValueError(f"expected a full 40-hex commit SHA, got {sha!r}")
         if not ref_ok(ref):
             raise ValueError(f"expected a full ref such as refs/pull/7/head, got {ref!r}")
         if sha in self._ready:
             return self._ready[sha]
+        verify = self.config.verify
+        signed = self._verifier is not None and verify is not None and verify.pull_requests
+        if sha in self._unchecked and not signed:
+            return self._unchecked[sha]
         self._init()
         tree = self.trees_dir / sha
-        if not tree.is_dir():
+        if not tree.is_dir() or signed:
             if not self._has_commit(sha):
                 local = "refs/gitsync/" + ref.removeprefix("refs/")
                 self._remote(
@@ -136,8 +147,15 @@ class GitSource:
                         f"{ref} of {self._url} is no longer at {sha}: it moved on; the next "
                         "reconcile takes the new head"
                     )
-            self._materialise(sha, tree)
-        self._ready[sha] = tree
+            if signed:  # repository.verify.pullRequests: as trusted as the branch's commits
+                assert self._verifier is not None
+                self._verifier.verify(self.git_dir, sha)
+            if not tree.is_dir():
+                self._materialise(sha, tree)
+        if signed:
+            self._ready[sha] = tree
+        else:
+            self._unchecked[sha] = tree
         return tree
 
     def merge_base(self, base: str, head: str, head_ref: str) -> str:
@@ -198,6 +216,7 @@ class GitSource:
             if _SHA.match(tree.name) and tree.name not in wanted:
                 shutil.rmtree(tree)
                 self._ready.pop(tree.name, None)
+                self._unchecked.pop(tree.name, None)
                 removed.append(tree.name)
             elif tree.name[:40] not in wanted and _SHA.match(tree.name[:40]) and tree.is_file():
                 tree.unlink(missing_ok=True)  # the tree's parsed report (checkout.py)

@@ -72,6 +72,15 @@ def test_ssh_auth_and_verification() -> None:
     assert config.repository.auth == SshAuth(Path("/keys/id"), Path("/keys/known_hosts"))
     assert config.repository.verify is not None
     assert config.repository.verify.method == "ssh"
+    assert config.repository.verify.pull_requests is False  # the documented default
+    config, problems = load_agent_config(text + "    pullRequests: true\n")
+    assert problems == []
+    assert config is not None
+    assert config.repository.verify is not None
+    assert config.repository.verify.pull_requests is True
+    config, problems = load_agent_config(text + "    pullRequests: yes please\n")
+    assert config is None
+    assert "verify.pullRequests must be true or false" in problems[0].message
 
 
 @pytest.mark.parametrize(
