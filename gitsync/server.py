@@ -274,8 +274,9 @@ class AgentServer:
         if secret is None:
             return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
         verdict = judge(
-            headers, body, secret, self.hooks.repository_url, self.hooks.branch, length=length
-        )
+            headers, body, secret, self.hooks.repository_url, self.hooks.branch, length=length,
+            now=time.time(),
+        )  # fmt: skip
         result = str(verdict.action)
         event, delivery = printable(verdict.event), printable(verdict.delivery)
         if verdict.status >= 400:
@@ -291,7 +292,7 @@ class AgentServer:
         elif (
             verdict.action is not Action.IGNORE and (leader := self.hooks.leader_url()) is not None
         ):
-            status, answer = self._relay(leader, headers, body)
+            status, answer = self._relay(leader, headers, body, secret)
             result = str(answer["result"])
             self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
             log.info(
@@ -319,7 +320,7 @@ class AgentServer:
         return verdict.status, {"result": result, "reason": verdict.reason}
 
     def _relay(
-        self, leader: str, headers: dict[str, str], body: bytes
+        self, leader: str, headers: dict[str, str], body: bytes, secret: bytes
     ) -> tuple[int, dict[str, object]]:
         """The leader's answer to a verified webhook this standby received; 503 (the sender
         retries, or the next poll picks the push up) when there is none."""
@@ -327,7 +328,7 @@ class AgentServer:
             reason = "this replica does not lead and no leader is known"
         elif RELAYED in headers:
             reason = "relayed here, but this replica does not lead either"
-        elif (answer := relay(leader, headers, body)) is not None:
+        elif (answer := relay(leader, headers, body, secret, now=time.time())) is not None:
             status, payload = answer
             return status, {**payload, "result": "relayed", "leader": payload.get("result")}
         else:
