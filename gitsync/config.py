@@ -7,6 +7,7 @@ where to read them (``tokenFile``/``tokenEnv``, ``sshKeyFile``). Defaults live h
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,9 @@ class Webhooks:
     """The shared secret webhooks are signed with (Gitea/GitHub HMAC, GitLab token)."""
 
     secret: TokenAuth | None = None
+    # A standby relays webhooks only to a leader URL whose host is an IP address in one of
+    # these networks (CIDR); empty: to whatever URL the Lease names.
+    relay_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -423,16 +427,35 @@ def _drift(check: Checker, raw: Any) -> DriftSettings:
 def _webhooks(check: Checker, raw: Any) -> Webhooks:
     at = ("webhooks",)
     _refuse_secrets(check, raw, *at)
-    if not check.mapping(raw, {"secretFile", "secretEnv"} | _SECRET_KEYS, set(), *at):
+    keys = {"secretFile", "secretEnv", "relayNetworks"}
+    if not check.mapping(raw, keys | _SECRET_KEYS, set(), *at):
         return Webhooks()
+    networks = raw.get("relayNetworks", [])
+    if not isinstance(networks, list) or not all(_cidr(n) for n in networks):
+        check.add(
+            "webhooks.relayNetworks must be a list of networks such as '10.244.0.0/16', "
+            f"not {networks!r}",
+            *at,
+            "relayNetworks",
+        )
+        networks = []
+    relay_networks = tuple(str(n) for n in networks)
     if "secretFile" in raw and "secretEnv" in raw:
         check.add("give webhooks.secretFile or webhooks.secretEnv, not both", *at, "secretEnv")
         return Webhooks()
     if "secretFile" in raw:
-        return Webhooks(TokenAuth(token_file=Path(str(raw["secretFile"]))))
+        return Webhooks(TokenAuth(token_file=Path(str(raw["secretFile"]))), relay_networks)
     if "secretEnv" in raw:
-        return Webhooks(TokenAuth(token_env=str(raw["secretEnv"])))
-    return Webhooks()
+        return Webhooks(TokenAuth(token_env=str(raw["secretEnv"])), relay_networks)
+    return Webhooks(None, relay_networks)
+
+
+def _cidr(value: object) -> bool:
+    try:
+        ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        return False
+    return isinstance(value, str)
 
 
 def _ui(check: Checker, raw: Any) -> UiSettings:

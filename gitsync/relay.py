@@ -12,8 +12,9 @@ Retry-After, and the forge's redelivery (or the next poll) picks the push up.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gitsync.webhooks import relay_headers
@@ -26,6 +27,22 @@ RELAYED = "x-gitsync-relayed"
 # busy leader (a rollout of many services on a loaded node) can take seconds to answer.
 TIMEOUT = 4.0
 _ANSWER_BYTES = 64 << 10
+
+
+def outside(base: str, networks: Sequence[str]) -> str | None:
+    """Why a standby must not relay to the leader URL ``base`` (None: it may): with
+    ``webhooks.relayNetworks``, its host must be an IP address inside one of them (a name
+    could resolve anywhere)."""
+    if not networks:
+        return None
+    host = urlsplit(base).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"the leader URL {base!r} on the Lease names no IP address (webhooks.relayNetworks)"
+    if any(address in ipaddress.ip_network(n, strict=False) for n in networks):
+        return None
+    return f"the leader URL {base!r} on the Lease is outside webhooks.relayNetworks"
 
 
 def webhook_url(base: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync.metrics import Metrics
-from gitsync.relay import RELAYED, relay
+from gitsync.relay import RELAYED, outside, relay
 from gitsync.web.site import StatusSite
 from gitsync.webhooks import MAX_BODY_BYTES, Action, event_label, judge
 
@@ -189,6 +189,7 @@ class Hooks:
     # None while this replica leads (it handles webhooks itself); else the base URL the
     # leader published, "" when no leader is known.
     leader_url: Callable[[], str | None] = lambda: None
+    relay_networks: tuple[str, ...] = ()  # webhooks.relayNetworks: where a leader may be
 
 
 class AgentServer:
@@ -328,6 +329,9 @@ class AgentServer:
             reason = "this replica does not lead and no leader is known"
         elif RELAYED in headers:
             reason = "relayed here, but this replica does not lead either"
+        elif refused := outside(leader, self.hooks.relay_networks):
+            reason = refused
+            log.warning("webhook not relayed: %s", printable(refused, 300))
         elif (answer := relay(leader, headers, body, secret, now=time.time())) is not None:
             status, payload = answer
             return status, {**payload, "result": "relayed", "leader": payload.get("result")}

@@ -53,6 +53,15 @@ def test_max_tree_size_is_a_byte_quantity_with_a_default() -> None:
     assert config.repository.max_tree_bytes == 2**30
 
 
+def test_relay_networks() -> None:
+    config, problems = load_agent_config(
+        MINIMAL + "webhooks:\n  secretEnv: S\n  relayNetworks: [10.244.0.0/16, 'fd00::/8']\n"
+    )
+    assert problems == []
+    assert config is not None
+    assert config.webhooks.relay_networks == ("10.244.0.0/16", "fd00::/8")
+
+
 def test_ssh_user_in_url_is_not_a_credential() -> None:
     config, problems = load_agent_config(MINIMAL.replace("https://", "ssh://git@"))
     assert problems == []
@@ -144,6 +153,11 @@ def test_ssh_auth_and_verification() -> None:
         ),
         (MINIMAL + "  maxTreeSize: big\n", 3, "maxTreeSize must be a size in bytes"),
         (MINIMAL + "  maxTreeSize: 0\n", 3, "maxTreeSize must be a size in bytes"),
+        (
+            MINIMAL + "webhooks:\n  relayNetworks: [10.0.0.0/33]\n",
+            4,
+            "webhooks.relayNetworks must be a list of networks",
+        ),
         (MINIMAL + "listen: 8080\n", 3, "listen must be host:port"),
         (MINIMAL + "leaderElection:\n  enabled: sometimes\n", 4, "must be true or false"),
         (MINIMAL + "kuberay:\n  version: v0.9\n", 4, "unknown KubeRay version 'v0.9'"),

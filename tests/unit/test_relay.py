@@ -191,3 +191,31 @@ def test_a_relay_signature_is_valid_for_a_minute(offset: float) -> None:
     assert judge(headers, PUSH, SECRET, REPO, "main").status == 401
     # The relay signature is not the forge's: it cannot be replayed as a Gitea signature.
     assert headers[RELAY_SIGNATURE] != hmac.new(SECRET, PUSH, hashlib.sha256).hexdigest()
+
+
+def test_with_relay_networks_a_standby_relays_only_to_a_leader_inside_them() -> None:
+    polls: list[str] = []
+    leader = server(polls, "leader", lambda: None)
+    hooks = lambda networks, url: Hooks(  # noqa: E731
+        lambda: SECRET, REPO, "main", lambda: None, lambda: None, lambda: True, lambda: True,
+        lambda: url, networks,
+    )  # fmt: skip
+    at = f"http://127.0.0.1:{leader.port}"
+    cases = [
+        (("10.244.0.0/16",), at, 503, "is outside webhooks.relayNetworks"),
+        (("127.0.0.0/8",), f"http://localhost:{leader.port}", 503, "names no IP address"),
+        (("10.244.0.0/16", "127.0.0.0/8"), at, 202, None),
+    ]
+    try:
+        for networks, url, status, reason in cases:
+            standby = AgentServer("127.0.0.1", free_port(), hooks(networks, url), Metrics()).start()
+            try:
+                got, _, answer = post(standby.port, PUSH)
+                assert got == status, answer
+                if reason is not None:
+                    assert reason in str(answer["reason"])
+            finally:
+                standby.stop()
+        assert polls == ["leader"]  # only the relay inside the networks reached it
+    finally:
+        leader.stop()
