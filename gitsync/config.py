@@ -7,6 +7,7 @@ where to read them (``tokenFile``/``tokenEnv``, ``sshKeyFile``). Defaults live h
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,19 @@ from typing import Any, Literal
 from gitsync import kuberay
 from gitsync.diff.classify import Options
 from gitsync.manifests.durations import parse_duration
+from gitsync.manifests.names import namespace_problem
+from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 from gitsync.report.status import target_url_problem
-from gitsync.source.config import GitAuth, RepoSource, SshAuth, TokenAuth, VerifyConfig
+from gitsync.source.config import (
+    DEFAULT_MAX_TREE_BYTES,
+    GitAuth,
+    RepoSource,
+    SshAuth,
+    TokenAuth,
+    VerifyConfig,
+)
 
 DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
 PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
@@ -104,6 +114,9 @@ class Webhooks:
     """The shared secret webhooks are signed with (Gitea/GitHub HMAC, GitLab token)."""
 
     secret: TokenAuth | None = None
+    # A standby relays webhooks only to a leader URL whose host is an IP address in one of
+    # these networks (CIDR); empty: to whatever URL the Lease names.
+    relay_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,16 @@ class AgentConfig:
     # server included): the pod's terminationGracePeriodSeconds must exceed it.
     shutdown_grace: float = 10.0
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    # Environment → the namespaces it may deploy to (empty: whatever gitsync.yaml says). Set,
+    # an environment of gitsync.yaml that is not listed, or names another namespace, is an
+    # invalid revision: pushing gitsync.yaml cannot point production at a folder of one's own.
+    allowed_namespaces: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def namespaces_for(self, environment: str) -> tuple[str, ...] | None:
+        """The namespaces ``environment`` may use; None when any is allowed."""
+        if not self.allowed_namespaces:
+            return None
+        return dict(self.allowed_namespaces).get(environment, ())
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:
@@ -232,19 +255,28 @@ def _auth(check: Checker, raw: Any) -> GitAuth | None:
 
 def _verify(check: Checker, raw: Any) -> VerifyConfig | None:
     at = ("repository", "verify")
-    if not check.mapping(raw, {"method", "keysFile"}, {"method", "keysFile"}, *at):
+    allowed = {"method", "keysFile", "pullRequests"}
+    if not check.mapping(raw, allowed, {"method", "keysFile"}, *at):
         return None
     method = raw.get("method")
     if method not in ("gpg", "ssh"):
         check.add(f"verify.method must be 'gpg' or 'ssh', not {method!r}", *at, "method")
         return None
+    pull_requests = raw.get("pullRequests", False)
+    if not isinstance(pull_requests, bool):
+        check.add(
+            f"verify.pullRequests must be true or false, not {pull_requests!r}",
+            *at,
+            "pullRequests",
+        )
+        return None
     keys = check.string(raw.get("keysFile"), *at, "keysFile")
-    return VerifyConfig(method, Path(keys)) if keys else None
+    return VerifyConfig(method, Path(keys), pull_requests) if keys else None
 
 
 def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:
     at = ("repository",)
-    allowed = {"url", "branch", "depth", "timeout", "auth", "verify"}
+    allowed = {"url", "branch", "depth", "timeout", "auth", "verify", "maxTreeSize"}
     if not check.mapping(raw, allowed, {"url"}, *at):
         return None
     url = check.string(raw.get("url"), *at, "url")
@@ -269,10 +301,17 @@ def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:
         )
     auth = _auth(check, raw["auth"]) if "auth" in raw else None
     verify = _verify(check, raw["verify"]) if "verify" in raw else None
-    if url is None or branch is None or timeout is None or check.problems:
+    max_tree = parse_quantity(raw.get("maxTreeSize", DEFAULT_MAX_TREE_BYTES))
+    if max_tree is None or max_tree < 1 or max_tree.denominator != 1:
+        check.add(
+            f"maxTreeSize must be a size in bytes such as '256Mi', not {raw.get('maxTreeSize')!r}",
+            *at,
+            "maxTreeSize",
+        )
+    if url is None or branch is None or timeout is None or max_tree is None or check.problems:
         return None
     try:
-        return RepoSource(url, branch, cache_dir, int(depth), auth, verify, timeout)
+        return RepoSource(url, branch, cache_dir, int(depth), auth, verify, timeout, int(max_tree))
     except ValueError as exc:  # e.g. a branch git would read as an option or a range
         check.add(str(exc), *at, "branch")
         return None
@@ -399,16 +438,35 @@ def _drift(check: Checker, raw: Any) -> DriftSettings:
 def _webhooks(check: Checker, raw: Any) -> Webhooks:
     at = ("webhooks",)
     _refuse_secrets(check, raw, *at)
-    if not check.mapping(raw, {"secretFile", "secretEnv"} | _SECRET_KEYS, set(), *at):
+    keys = {"secretFile", "secretEnv", "relayNetworks"}
+    if not check.mapping(raw, keys | _SECRET_KEYS, set(), *at):
         return Webhooks()
+    networks = raw.get("relayNetworks", [])
+    if not isinstance(networks, list) or not all(_cidr(n) for n in networks):
+        check.add(
+            "webhooks.relayNetworks must be a list of networks such as '10.244.0.0/16', "
+            f"not {networks!r}",
+            *at,
+            "relayNetworks",
+        )
+        networks = []
+    relay_networks = tuple(str(n) for n in networks)
     if "secretFile" in raw and "secretEnv" in raw:
         check.add("give webhooks.secretFile or webhooks.secretEnv, not both", *at, "secretEnv")
         return Webhooks()
     if "secretFile" in raw:
-        return Webhooks(TokenAuth(token_file=Path(str(raw["secretFile"]))))
+        return Webhooks(TokenAuth(token_file=Path(str(raw["secretFile"]))), relay_networks)
     if "secretEnv" in raw:
-        return Webhooks(TokenAuth(token_env=str(raw["secretEnv"])))
-    return Webhooks()
+        return Webhooks(TokenAuth(token_env=str(raw["secretEnv"])), relay_networks)
+    return Webhooks(None, relay_networks)
+
+
+def _cidr(value: object) -> bool:
+    try:
+        ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        return False
+    return isinstance(value, str)
 
 
 def _ui(check: Checker, raw: Any) -> UiSettings:
@@ -521,6 +579,7 @@ def load_agent_config(
         "probeListen",
         "shutdownGracePeriod",
         "metrics",
+        "allowedNamespaces",
     }
     if not check.mapping(data, allowed, {"repository"}):
         return None, check.problems
@@ -583,6 +642,9 @@ def load_agent_config(
             f"not {data.get('shutdownGracePeriod')!r}",
             "shutdownGracePeriod",
         )
+    allowed_namespaces = (
+        _allowed_namespaces(check, data["allowedNamespaces"]) if "allowedNamespaces" in data else ()
+    )
     if check.problems or repository is None or grace is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
@@ -603,7 +665,34 @@ def load_agent_config(
         probe_listen,
         grace,
         metrics,
+        allowed_namespaces,
     ), []
+
+
+def _allowed_namespaces(check: Checker, raw: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    at = ("allowedNamespaces",)
+    if not isinstance(raw, dict) or not raw:
+        check.add(
+            "allowedNamespaces must map each environment to its namespaces, such as "
+            "{production: [ray-production]}",
+            *at,
+        )
+        return ()
+    found = []
+    for name, value in raw.items():
+        namespaces = [value] if isinstance(value, str) else value
+        if not isinstance(name, str) or not isinstance(namespaces, list) or not namespaces:
+            check.add(
+                f"allowedNamespaces.{name} must be a namespace or a non-empty list of them",
+                *at,
+                str(name),
+            )
+            continue
+        for index, namespace in enumerate(namespaces):
+            if msg := namespace_problem(namespace):
+                check.add(msg, *at, name, *(() if isinstance(value, str) else (index,)))
+        found.append((name, tuple(str(n) for n in namespaces)))
+    return tuple(found)
 
 
 def _rollout(check: Checker, raw: Any) -> RolloutSettings:

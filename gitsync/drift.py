@@ -33,7 +33,7 @@ from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Phase, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan, fields_json
-from gitsync.planning import environment_manifests, ordered_environments
+from gitsync.planning import confined, environment_manifests, ordered_environments
 from gitsync.rollout import Outcome, Rollout, RolloutResult
 from gitsync.source.git import GitSource
 from gitsync.stamp import reconcile_disabled, stamped, untouched_since_apply
@@ -79,7 +79,7 @@ class DriftChecker:
 
     def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
         head = self.source.head()
-        self._trees = {head: read_tree_cached(self.source.checkout(head))}  # one read per revision
+        self._trees = {head: self._tree(head)}  # one read per revision
         names = ordered_environments(
             self._trees[head], environments or self.config.environments or None, ""
         )
@@ -87,6 +87,12 @@ class DriftChecker:
             return [self._guarded(name, heal=heal) for name in names]
         finally:
             self._trees = {}
+
+    def _tree(self, revision: str) -> TreeReport:
+        """A revision's tree, its namespaces held to the agent config's allowedNamespaces
+        (self-heal applies what it reads)."""
+        report = read_tree_cached(self.source.checkout(revision))
+        return confined(report, self.config.namespaces_for)
 
     def _guarded(self, name: str, *, heal: bool) -> DriftReport:
         """One environment's check; its failure is its report, so one environment whose dry
@@ -109,7 +115,7 @@ class DriftChecker:
         if not revision:
             return DriftReport(name, prior.revision, note="no revision was ever Healthy")
         if revision not in self._trees:
-            self._trees[revision] = read_tree_cached(self.source.checkout(revision))
+            self._trees[revision] = self._tree(revision)
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
         drifts, disabled = self._find(loaded, revision)
         history = self.state.read_drift(name).corrections

@@ -105,6 +105,10 @@ class VerificationError(SourceError):
     """A commit's signature is missing, invalid or made by a key that is not allowed."""
 
 
+class TreeTooLarge(SourceError):
+    """A commit's tree is larger than gitsync writes out (``repository.maxTreeSize``)."""
+
+
 class InvalidRevision(GitsyncError):
     """A revision's gitsync.yaml or an environment's manifests are invalid: nothing from it
     may be applied. Carries every problem."""

@@ -14,6 +14,8 @@ second code path that almost plans.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -273,10 +275,15 @@ SWAP_COST = "needs about twice the cluster's resources while both clusters run"
 
 
 def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
-    """A pull request comment: what merging does, per environment and service, Ray-aware."""
+    """A pull request comment: what merging does, per environment and service, Ray-aware.
+
+    Everything that comes from the repository (names, values, warnings quoting them) is
+    shown as an inline code span on one line (:func:`code`): a ``user_config`` value holding
+    ``\\n\\n**No RayService changes** <!--`` must not end the list, open an HTML comment and
+    hide the changes after it, nor mention people or draw links."""
     lines = [
         PLAN_COMMENT_MARKER,
-        f"### gitsync plan: `{base[:12]}` → `{head[:12]}`",
+        f"### gitsync plan: {code(base[:12])} → {code(head[:12])}",
         "",
     ]
     changed = [c for p in plans for c in p.changes if c.action is not Action.UNCHANGED]
@@ -286,12 +293,55 @@ def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
         for change in plan.changes:
             if change.action is Action.UNCHANGED:
                 continue
-            what = "; ".join(change.details[:3]) or change.summary
+            what = "; ".join(code(d) for d in change.details[:3]) or code(change.summary)
             cost = f"; {SWAP_COST}" if change.action is Action.CLUSTER_SWAP else ""
-            lines.append(
-                f"- **{plan.environment}/{change.key.label}**: `{change.action}` ({what}{cost})"
-            )
-            lines += [f"  - ⚠ {w}" for w in change.warnings]
-    lines += ["", f"<sub>Updated for {head[:12]}. `gitsync plan --from {base[:12]} --to "
-              f"{head[:12]} -o markdown` prints the same.</sub>"]  # fmt: skip
+            name = code(f"{plan.environment}/{change.key.label}")
+            lines.append(f"- **{name}**: {code(str(change.action))} ({what}{cost})")
+            lines += [f"  - ⚠ {code(w)}" for w in change.warnings]
+    lines += ["", f"<sub>Updated for {code(head[:12])}. "
+              f"{code(f'gitsync plan --from {base[:12]} --to {head[:12]} -o markdown')} "
+              "prints the same.</sub>"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break, control and format character (bidi overrides,
+    zero-width spaces) written out as an escape: what a reader sees is what the value holds."""
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            point = ord(char)
+            out.append(f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def code(text: str) -> str:
+    """``text`` as a Markdown inline code span, inside which nothing (emphasis, HTML,
+    links, mentions) is interpreted: on one line (:func:`one_line`), fenced by one backtick
+    more than its longest run of backticks, padded by a space (which CommonMark strips) when
+    it starts or ends with a backtick or a space."""
+    text = one_line(text) or " "  # `` is no code span; an all-space one is kept as it is
+    fence = "`" * (_longest_backticks(text) + 1)
+    edge = text[:1] in ("`", " ") or text[-1:] in ("`", " ")
+    pad = " " if edge and text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def fenced(text: str) -> str:
+    """``text`` as a fenced code block whose fence is longer than any run of backticks in it
+    (a line of three backticks inside must not close the block and let the rest render);
+    line breaks stay, other control and format characters are escaped (:func:`one_line`)."""
+    text = "\n".join(one_line(line) for line in text.split("\n"))
+    fence = "`" * max(3, _longest_backticks(text) + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def _longest_backticks(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)

@@ -6,9 +6,9 @@ cluster through the edges; decides nothing itself.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from gitsync.diff.normalize import comparable, owned, owned_object
 from gitsync.errors import ConfigError, InvalidRevision, NamespaceMissing
 from gitsync.kube.rayservices import RayServices
 from gitsync.manifests.load import EnvironmentManifests
+from gitsync.manifests.repoconfig import REPO_CONFIG_FILE
 from gitsync.model import Problem, ServiceKey
 from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
@@ -28,6 +29,42 @@ def _valid_config(report: TreeReport, label: str) -> TreeReport:
     if report.config is None:
         raise InvalidRevision(f"gitsync.yaml at {label}", report.problems)
     return report
+
+
+def confined(report: TreeReport, allowed: Callable[[str], tuple[str, ...] | None]) -> TreeReport:
+    """``report`` with every environment whose namespace the agent config does not allow
+    (``allowedNamespaces``; ``allowed(name)`` is None when any is) made invalid at its
+    ``gitsync.yaml`` line, so nothing of the revision is applied: whoever can push
+    ``gitsync.yaml`` cannot point an environment at another namespace. Pure; the cached tree
+    report is never changed (the agent config is not the tree's)."""
+    if report.config is None:
+        return report
+    environments = []
+    added: list[Problem] = []
+    for loaded in report.environments:
+        env = loaded.environment
+        namespaces = allowed(env.name)
+        if namespaces is None or env.namespace in namespaces:
+            environments.append(loaded)
+            continue
+        if namespaces:
+            why = (
+                f"environment {env.name!r} deploys to namespace {env.namespace!r}, which the "
+                f"agent config does not allow (allowedNamespaces.{env.name}: "
+                f"{', '.join(namespaces)}); nothing of this revision is applied"
+            )
+        else:
+            why = (
+                f"environment {env.name!r} is not in the agent config's allowedNamespaces, so "
+                f"it may deploy nowhere (namespace {env.namespace!r}); nothing of this "
+                "revision is applied"
+            )
+        problem = Problem(REPO_CONFIG_FILE, env.line or None, why)
+        added.append(problem)
+        environments.append(replace(loaded, problems=(problem, *loaded.problems)))
+    if not added:
+        return report
+    return replace(report, environments=tuple(environments), problems=(*added, *report.problems))
 
 
 def ordered_environments(report: TreeReport, wanted: Sequence[str] | None, label: str) -> list[str]:

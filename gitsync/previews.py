@@ -28,7 +28,7 @@ from typing import Any
 from gitsync.checkout import TreeReport, document_at, read_environment, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.normalize import owned
-from gitsync.errors import GitsyncError, InvalidRevision
+from gitsync.errors import GitsyncError, InvalidRevision, TreeTooLarge, VerificationError
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
@@ -37,7 +37,7 @@ from gitsync.manifests.podpolicy import Violation, enforce, problem_text
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
 from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
-from gitsync.plan import build_plan, plan_markdown
+from gitsync.plan import PLAN_COMMENT_MARKER, build_plan, code, fenced, plan_markdown
 from gitsync.planning import environment_manifests, tree_plans
 from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
 from gitsync.report.reporter import Reporter
@@ -103,6 +103,10 @@ class PreviewReconciler:
                 # would also "revert" everything the base branch gained since.
                 fork = self.source.merge_base(head, pr.head_sha, pr.head_ref)
                 forked = read_tree_cached(self.source.checkout(fork))
+            except (TreeTooLarge, VerificationError) as exc:  # the PR's own doing: say so
+                log.warning("pull request #%d: refused %s: %s", pr.number, pr.head_sha, exc)
+                self._refused(pr, exc)
+                continue
             except GitsyncError as exc:
                 log.warning("pull request #%d: cannot read %s: %s", pr.number, pr.head_sha, exc)
                 continue
@@ -202,12 +206,28 @@ class PreviewReconciler:
             body = plan_markdown([], base_sha, pr.head_sha).replace(
                 "No RayService changes: merging this deploys nothing.",
                 f"The pull request's manifests are invalid; nothing would be deployed:\n\n"
-                f"```\n{exc}\n```",
+                f"{fenced(str(exc))}",
             )
         try:
             self.pulls.upsert_comment(pr.number, body)
         except GitsyncError as exc:
             log.warning("pull request #%d: plan comment not written: %s", pr.number, exc)
+
+    def _refused(self, pr: PullRequest, exc: GitsyncError) -> None:
+        """A head gitsync will not read (too large, unsigned): a ``failure`` status and the
+        reason as the plan comment, for the author to act on."""
+        self._status(pr, State.FAILURE, f"not read: {exc}")
+        if self.pulls is None:
+            return
+        body = (
+            f"{PLAN_COMMENT_MARKER}\n### gitsync plan: {code(pr.head_sha[:12])}\n\n"
+            f"gitsync did not read this pull request's head; nothing is planned or previewed:"
+            f"\n\n{fenced(str(exc))}\n"
+        )
+        try:
+            self.pulls.upsert_comment(pr.number, body)
+        except GitsyncError as error:
+            log.warning("pull request #%d: plan comment not written: %s", pr.number, error)
 
     # -- previews ----------------------------------------------------------------------------
 

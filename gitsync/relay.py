@@ -1,8 +1,9 @@
 """Relaying a verified webhook from a standby replica to the leader.
 
 ``deploy/`` runs two replicas behind one Service, so a forge's push lands on a standby about
-half of the time, and only the leader polls. The standby forwards the request — the forge's
-own headers and body, so the leader verifies it again and deduplicates its delivery ID — to
+half of the time, and only the leader polls. The standby forwards the request — the body
+and the event headers, signed with a key derived from the webhook secret, never the forge's
+token or signature, so the leader authenticates it again and deduplicates its delivery ID — to
 the URL the leader published on its Lease (:data:`gitsync.kube.lease.LEADER_URL`), and
 answers with the leader's answer. Nothing is retried here: the caller answers 503 with
 Retry-After, and the forge's redelivery (or the next poll) picks the push up.
@@ -11,9 +12,12 @@ Retry-After, and the forge's redelivery (or the next poll) picks the push up.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
+
+from gitsync.webhooks import relay_headers
 
 # Marks a relayed request; a replica that receives one and does not lead answers 503 rather
 # than relaying again, so two replicas that disagree about the leader cannot bounce a request.
@@ -22,22 +26,23 @@ RELAYED = "x-gitsync-relayed"
 # standby's 503 rather than a timeout. The leader only triggers a poll before it answers, but a
 # busy leader (a rollout of many services on a loaded node) can take seconds to answer.
 TIMEOUT = 4.0
-# Not the forge's to pass on: connection-level headers, and those http.client sets itself.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
 _ANSWER_BYTES = 64 << 10
+
+
+def outside(base: str, networks: Sequence[str]) -> str | None:
+    """Why a standby must not relay to the leader URL ``base`` (None: it may): with
+    ``webhooks.relayNetworks``, its host must be an IP address inside one of them (a name
+    could resolve anywhere)."""
+    if not networks:
+        return None
+    host = urlsplit(base).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"the leader URL {base!r} on the Lease names no IP address (webhooks.relayNetworks)"
+    if any(address in ipaddress.ip_network(n, strict=False) for n in networks):
+        return None
+    return f"the leader URL {base!r} on the Lease is outside webhooks.relayNetworks"
 
 
 def webhook_url(base: str) -> str:
@@ -46,10 +51,18 @@ def webhook_url(base: str) -> str:
 
 
 def relay(
-    base: str, headers: Mapping[str, str], body: bytes, *, timeout: float = TIMEOUT
+    base: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: bytes,
+    *,
+    now: float,
+    timeout: float = TIMEOUT,
 ) -> tuple[int, dict[str, object]] | None:
     """POSTs the webhook to the leader at ``base``; its (status, JSON answer), or None when it
-    could not be reached or did not answer in time."""
+    could not be reached or did not answer in time. Only the event headers go, signed with a
+    key derived from ``secret`` (:func:`gitsync.webhooks.relay_headers`): never the forge's
+    token or signature, whatever URL the Lease names."""
     parts = urlsplit(webhook_url(base))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
@@ -58,7 +71,8 @@ def relay(
         if parts.scheme == "https"
         else http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     )
-    forwarded = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
+    lower = {k.lower(): v for k, v in headers.items()}
+    forwarded = relay_headers(lower, body, secret, now)
     forwarded[RELAYED] = "1"
     try:
         connection.request("POST", parts.path, body=body, headers=forwarded)

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync.errors import GitsyncError
 from gitsync.metrics import Metrics
-from gitsync.relay import RELAYED, relay
+from gitsync.relay import RELAYED, outside, relay
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
 from gitsync.web.site import StatusSite
@@ -227,6 +227,7 @@ class Hooks:
     # None while this replica leads (it handles webhooks itself); else the base URL the
     # leader published, "" when no leader is known.
     leader_url: Callable[[], str | None] = lambda: None
+    relay_networks: tuple[str, ...] = ()  # webhooks.relayNetworks: where a leader may be
 
 
 class AgentServer:
@@ -379,8 +380,9 @@ class AgentServer:
         if secret is None:
             return 404, {"error": "webhooks are not configured (webhooks.secretFile)"}
         verdict = judge(
-            headers, body, secret, self.hooks.repository_url, self.hooks.branch, length=length
-        )
+            headers, body, secret, self.hooks.repository_url, self.hooks.branch, length=length,
+            now=time.time(),
+        )  # fmt: skip
         result = str(verdict.action)
         event, delivery = printable(verdict.event), printable(verdict.delivery)
         if verdict.status >= 400:
@@ -398,7 +400,7 @@ class AgentServer:
         ):
             if wait := self._limiter.take(source, time.monotonic()):
                 return self._limited(verdict, source, wait, leading=False)
-            status, answer = self._relay(leader, headers, body)
+            status, answer = self._relay(leader, headers, body, secret)
             result = str(answer["result"])
             self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
             log.info(
@@ -455,7 +457,7 @@ class AgentServer:
         return 429, {"result": result, "reason": reason, "retry_after": max(1, math.ceil(wait))}
 
     def _relay(
-        self, leader: str, headers: dict[str, str], body: bytes
+        self, leader: str, headers: dict[str, str], body: bytes, secret: bytes
     ) -> tuple[int, dict[str, object]]:
         """The leader's answer to a verified webhook this standby received; 503 (the sender
         retries, or the next poll picks the push up) when there is none."""
@@ -463,7 +465,10 @@ class AgentServer:
             reason = "this replica does not lead and no leader is known"
         elif RELAYED in headers:
             reason = "relayed here, but this replica does not lead either"
-        elif (answer := relay(leader, headers, body)) is not None:
+        elif refused := outside(leader, self.hooks.relay_networks):
+            reason = refused
+            log.warning("webhook not relayed: %s", printable(refused, 300))
+        elif (answer := relay(leader, headers, body, secret, now=time.time())) is not None:
             status, payload = answer
             return status, {**payload, "result": "relayed", "leader": payload.get("result")}
         else:

@@ -24,7 +24,12 @@ from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Desired, Phase, RolloutState, ServiceKey
 from gitsync.plan import Plan
-from gitsync.planning import environment_manifests, live_environment_plan, ordered_environments
+from gitsync.planning import (
+    confined,
+    environment_manifests,
+    live_environment_plan,
+    ordered_environments,
+)
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
 from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent
@@ -213,7 +218,9 @@ class _Pass:
                 self._statuses(old).post(statuses.describe.superseded(name, revision))
                 self.told.add((old, name))
             superseded.clear()
-            report = read_tree_cached(self.source.checkout(revision))
+            report = confined(
+                read_tree_cached(self.source.checkout(revision)), self.config.namespaces_for
+            )
             label = revision[:12]
             try:
                 names = ordered_environments(report, wanted, label)

@@ -81,6 +81,59 @@ def _signed(provider: str, headers: Mapping[str, str], body: bytes, secret: byte
     return None if hmac.compare_digest(given.encode(), digest.encode()) else "bad signature"
 
 
+# A standby relays a verified webhook to the leader without the forge's credentials (a
+# GitLab token is the secret itself): it signs the body, the event, the delivery ID and the
+# time with a key derived from the webhook secret, and the leader checks that instead.
+RELAY_SIGNATURE = "x-gitsync-relay-signature"
+RELAY_TIME = "x-gitsync-relay-time"
+# How old a relayed request may be (the replicas' clocks are the nodes', NTP-synchronised):
+# a captured one replays a poll at most within this, and its delivery ID is deduplicated.
+RELAY_WINDOW_SECONDS = 60.0
+# The headers a relay carries: what judge reads besides credentials.
+RELAY_HEADERS = frozenset(
+    {
+        "x-gitea-event",
+        "x-github-event",
+        "x-gitlab-event",
+        "x-gitea-delivery",
+        "x-github-delivery",
+        "x-gitlab-event-uuid",
+        "content-type",
+    }
+)
+
+
+def _relay_key(secret: bytes) -> bytes:
+    """Not the webhook secret itself: a relay signature is never a valid forge signature."""
+    return hmac.new(secret, b"gitsync relay v1", hashlib.sha256).digest()
+
+
+def relay_signature(headers: Mapping[str, str], body: bytes, secret: bytes, when: str) -> str:
+    """The HMAC-SHA256 (hex) a relay of ``body`` with these (lower-case) headers carries."""
+    signed = [when] + [f"{name}:{headers.get(name, '')}" for name in sorted(RELAY_HEADERS)]
+    message = "\n".join(signed).encode() + b"\n" + body
+    return hmac.new(_relay_key(secret), message, hashlib.sha256).hexdigest()
+
+
+def relay_headers(
+    headers: Mapping[str, str], body: bytes, secret: bytes, now: float
+) -> dict[str, str]:
+    """What a standby sends the leader: the event headers, signed; no forge credential."""
+    kept = {k: v for k, v in headers.items() if k in RELAY_HEADERS}
+    when = str(int(now))
+    return {**kept, RELAY_TIME: when, RELAY_SIGNATURE: relay_signature(kept, body, secret, when)}
+
+
+def _relayed(headers: Mapping[str, str], body: bytes, secret: bytes, now: float) -> str | None:
+    """None when a relayed request is authentic and fresh, else why not."""
+    when = headers.get(RELAY_TIME, "")
+    if not when.isdigit() or abs(now - int(when)) > RELAY_WINDOW_SECONDS:
+        return f"relay time missing or more than {RELAY_WINDOW_SECONDS:.0f} s off"
+    given = headers.get(RELAY_SIGNATURE, "")
+    expected = relay_signature(headers, body, secret, when)
+    return None if hmac.compare_digest(given.encode(), expected.encode()) else "bad relay signature"
+
+
 def same_repository(a: str, b: str) -> bool:
     """Whether two clone URLs (https, ssh, scp-like) name the same host and path."""
     return _identity(a) == _identity(b)
@@ -109,15 +162,22 @@ def judge(
     branch: str,
     *,
     length: int | None = None,
+    now: float | None = None,
 ) -> Verdict:
     """What to answer and do. ``headers`` keys are lower-case; ``length`` is the declared
-    size of a body too large to have been read (``body`` is then empty)."""
+    size of a body too large to have been read (``body`` is then empty). A request another
+    replica relayed (``RELAY_SIGNATURE``) is authenticated by its relay signature at ``now``
+    (epoch seconds; without it, relays are refused) instead of the forge's credentials."""
     provider, event = provider_of(headers)
     if provider == "unknown":
         return _reject(400, provider, event, "not a Gitea, GitHub or GitLab webhook")
     if (len(body) if length is None else length) > MAX_BODY_BYTES:
         return _reject(413, provider, event, f"body larger than {MAX_BODY_BYTES} bytes")
-    if why := _signed(provider, headers, body, secret):
+    if RELAY_SIGNATURE in headers:
+        why = _relayed(headers, body, secret, now) if now is not None else "relays not accepted"
+    else:
+        why = _signed(provider, headers, body, secret)
+    if why:
         return _reject(401, provider, event, why)
     try:
         payload = json.loads(body)

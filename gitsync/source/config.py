@@ -14,6 +14,9 @@ from typing import Literal
 from gitsync.source.redact import redact_url
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
+# What one revision's tree may hold, in file bytes, before gitsync refuses to write it out:
+# every open pull request's tree is written, and a PR must not fill the leader's disk.
+DEFAULT_MAX_TREE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,9 @@ class VerifyConfig:
 
     method: Literal["gpg", "ssh"]
     keys_file: Path
+    # Pull requests' heads too (previews and plan comments): an unsigned head is not read.
+    # Off by default: a PR head is preview-only (the pod-spec policy, the preview namespace).
+    pull_requests: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +79,11 @@ class RepoSource:
     auth: GitAuth | None = None
     verify: VerifyConfig | None = None
     timeout: float = DEFAULT_TIMEOUT_SECONDS
+    max_tree_bytes: int = DEFAULT_MAX_TREE_BYTES
 
     def __post_init__(self) -> None:
+        if self.max_tree_bytes < 1:
+            raise ValueError(f"max_tree_bytes must be >= 1, got {self.max_tree_bytes}")
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
         if self.timeout <= 0:
@@ -89,7 +98,8 @@ class RepoSource:
         return (
             f"RepoSource(url={redact_url(self.url)!r}, branch={self.branch!r}, "
             f"cache_dir={self.cache_dir!r}, depth={self.depth}, auth={self.auth!r}, "
-            f"verify={self.verify!r}, timeout={self.timeout})"
+            f"verify={self.verify!r}, timeout={self.timeout}, "
+            f"max_tree_bytes={self.max_tree_bytes})"
         )
 
     @property

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gitsync.errors import CommitNotFound, RefNotFound, SourceError
+from gitsync.errors import CommitNotFound, RefNotFound, SourceError, TreeTooLarge
 from gitsync.source.auth import credentials
 from gitsync.source.config import RepoSource
 from gitsync.source.failures import failure
@@ -49,7 +49,11 @@ class GitSource:
         self.git_dir = config.cache_dir / "repo.git"
         self.trees_dir = config.cache_dir / "trees"
         self._url = config.display_url
+        # Trees this process checked out, by commit. ``_ready`` went through checkout (and
+        # the verifier, when configured); ``_unchecked`` only through checkout_ref: a pull
+        # request's head is never served to checkout as a verified base head from here.
         self._ready: dict[str, Path] = {}
+        self._unchecked: dict[str, Path] = {}
         self._initialised = False
         self._verifier = (
             Verifier(config.verify, config.cache_dir / "trust", self.runner)
@@ -114,16 +118,23 @@ class GitSource:
     def checkout_ref(self, ref: str, sha: str) -> Path:
         """The tree of commit ``sha``, fetched from ``ref`` (a pull request's head such as
         ``refs/pull/7/head``, or another branch) when it is not cached. Previews only: the
-        configured branch goes through :meth:`checkout`, which verifies signatures."""
+        configured branch goes through :meth:`checkout`, which verifies signatures. The head
+        is verified too only with ``verify.pullRequests``; otherwise its tree is kept apart
+        from the verified ones (:meth:`checkout` verifies a commit it did not check itself,
+        wherever it came from)."""
         if not _SHA.match(sha):
             raise ValueError(f"expected a full 40-hex commit SHA, got {sha!r}")
         if not ref_ok(ref):
             raise ValueError(f"expected a full ref such as refs/pull/7/head, got {ref!r}")
         if sha in self._ready:
             return self._ready[sha]
+        verify = self.config.verify
+        signed = self._verifier is not None and verify is not None and verify.pull_requests
+        if sha in self._unchecked and not signed:
+            return self._unchecked[sha]
         self._init()
         tree = self.trees_dir / sha
-        if not tree.is_dir():
+        if not tree.is_dir() or signed:
             if not self._has_commit(sha):
                 local = "refs/gitsync/" + ref.removeprefix("refs/")
                 self._remote(
@@ -136,8 +147,15 @@ class GitSource:
                         f"{ref} of {self._url} is no longer at {sha}: it moved on; the next "
                         "reconcile takes the new head"
                     )
-            self._materialise(sha, tree)
-        self._ready[sha] = tree
+            if signed:  # repository.verify.pullRequests: as trusted as the branch's commits
+                assert self._verifier is not None
+                self._verifier.verify(self.git_dir, sha)
+            if not tree.is_dir():
+                self._materialise(sha, tree)
+        if signed:
+            self._ready[sha] = tree
+        else:
+            self._unchecked[sha] = tree
         return tree
 
     def merge_base(self, base: str, head: str, head_ref: str) -> str:
@@ -198,6 +216,7 @@ class GitSource:
             if _SHA.match(tree.name) and tree.name not in wanted:
                 shutil.rmtree(tree)
                 self._ready.pop(tree.name, None)
+                self._unchecked.pop(tree.name, None)
                 removed.append(tree.name)
             elif tree.name[:40] not in wanted and _SHA.match(tree.name[:40]) and tree.is_file():
                 tree.unlink(missing_ok=True)  # the tree's parsed report (checkout.py)
@@ -244,7 +263,7 @@ class GitSource:
         )
 
     def _materialise(self, sha: str, tree: Path) -> None:
-        materialise(self.runner, self.git_dir, sha, tree)
+        materialise(self.runner, self.git_dir, sha, tree, self.config.max_tree_bytes)
 
     def _remote(self, args: list[str], *, op: str) -> GitResult:
         creds = credentials(self.config.auth, self.config.url)
@@ -291,9 +310,17 @@ def _userinfo(url: str) -> tuple[str, ...]:
     return (parts.username,) if parts.username and len(parts.username) >= 8 else ()
 
 
-def materialise(runner: GitRunner, git_dir: Path, sha: str, tree: Path) -> None:
+def materialise(
+    runner: GitRunner, git_dir: Path, sha: str, tree: Path, max_bytes: int | None = None
+) -> None:
     """Writes the tree of ``sha`` into ``tree`` through a temporary sibling renamed into
-    place, so a crash never leaves a half-written tree that a later checkout would trust."""
+    place, so a crash never leaves a half-written tree that a later checkout would trust.
+
+    With ``max_bytes``, a tree whose files add up to more (measured by ``git ls-tree -l``
+    before anything is written) is refused with :class:`TreeTooLarge`: any pull request's tree
+    is written out, and one must not fill the leader's disk."""
+    if max_bytes is not None:
+        check_tree_size(runner, git_dir, sha, max_bytes)
     tree.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=tree.parent))
     index = staging.with_name(staging.name + ".index")
@@ -322,3 +349,38 @@ def materialise(runner: GitRunner, git_dir: Path, sha: str, tree: Path) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         index.unlink(missing_ok=True)
+
+
+def check_tree_size(runner: GitRunner, git_dir: Path, sha: str, max_bytes: int) -> None:
+    """Raises :class:`TreeTooLarge` when the files of ``sha``'s tree add up to more than
+    ``max_bytes``, naming the largest; one local ``git ls-tree``, nothing written."""
+    result = runner.run(["ls-tree", "-r", "-l", "-z", sha], git_dir=git_dir)
+    if result.returncode != 0:
+        raise SourceError(f"cannot list the tree of {sha}: {result.stderr.strip()[-400:]}")
+    sizes = tree_sizes(result.stdout)
+    total = sum(sizes.values())
+    if total <= max_bytes:
+        return
+    largest = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:3]
+    named = ", ".join(f"{path} ({mib(size)})" for path, size in largest)
+    raise TreeTooLarge(
+        f"the tree of {sha[:12]} holds {mib(total)} of files, more than the "
+        f"{mib(max_bytes)} gitsync writes out (repository.maxTreeSize); largest: {named}. "
+        "Keep large files out of the deployment repository, or raise repository.maxTreeSize"
+    )
+
+
+def tree_sizes(listing: str) -> dict[str, int]:
+    """``git ls-tree -r -l -z`` output → {path: blob size}. Submodules (commits) have no
+    size and are never written out."""
+    sizes = {}
+    for entry in listing.split("\0"):
+        meta, tab, path = entry.partition("\t")
+        fields = meta.split()
+        if tab and len(fields) == 4 and fields[1] == "blob" and fields[3].isdigit():
+            sizes[path] = int(fields[3])
+    return sizes
+
+
+def mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"

@@ -3,7 +3,10 @@ comments, statuses), the real API server and the simulator."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
+import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -133,6 +136,17 @@ class Forge:
         combined = self.gitea.api("GET", f"{self.path}/commits/{sha}/status")
         return {s["context"]: s for s in combined.get("statuses") or ()}
 
+    def render(self, markdown: str) -> str:
+        """``markdown`` as the forge shows a comment (Gitea's own renderer and sanitizer)."""
+        request = urllib.request.Request(  # noqa: S310 - the test bed's loopback Gitea
+            f"{self.gitea.url}/api/v1/markdown",
+            data=json.dumps({"Text": markdown, "Mode": "comment"}).encode(),
+            headers={"Authorization": f"token {self.gitea.token}",
+                     "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return str(response.read().decode())
+
     def comments(self, number: int) -> list[str]:
         return [c["body"] for c in self.gitea.api("GET", f"{self.path}/issues/{number}/comments")]
 
@@ -147,6 +161,10 @@ def previews_in(api: client.ApiClient, namespace: str) -> dict[str, dict[str, An
             return {}
         raise
     return {o["metadata"]["name"]: o for o in items}
+
+
+# A user_config value that, pasted raw into the comment, would end the list and hide the rest.
+HOSTILE_YAML = '"\\n\\n**No RayService changes** <!--"'
 
 
 def scale_ranker(root: Path) -> None:
@@ -192,7 +210,7 @@ def test_a_pull_request_gets_one_capped_preview_and_a_plan_comment(
     assert f"ranker-pr-{number}" in status["description"]
     [comment] = forge.comments(number)
     assert "<!-- gitsync:plan -->" in comment
-    assert "**staging/ranker**: `serve-update`" in comment
+    assert "**`staging/ranker`**: `serve-update`" in comment
     # `gitsync previews` lists it: PR, service, revision, health, age.
     config_file = tmp_path / "agent.yaml"
     config_file.write_text(
@@ -375,6 +393,9 @@ def test_the_plan_comment_is_gitsync_plan_and_only_gitsyncs_own_is_edited(
 ) -> None:
     def two_changes(root: Path) -> None:
         scale_ranker(root)
+        ranker = root / "environments" / "staging" / "ranker.yaml"
+        text = ranker.read_text().replace('"2026-11-01"', HOSTILE_YAML)
+        ranker.write_text(text)
         path = root / "environments" / "staging" / "embedder.yaml"
         path.write_text(path.read_text().replace("2.49.0", "2.50.0"))
 
@@ -393,6 +414,14 @@ def test_the_plan_comment_is_gitsync_plan_and_only_gitsyncs_own_is_edited(
     assert forge.comments(number) == [decoy, expected]
     assert "cluster-swap" in expected
     assert "twice the cluster's resources" in expected
+    # Rendered by the forge itself, the hostile user_config value is text in a code span: it
+    # ends no list, opens no HTML comment, and every change and the footer are still shown.
+    html = forge.render(expected)
+    assert "<!--" not in html.replace("&lt;!--", "")
+    for shown in ("staging/embedder", "staging/ranker", "cluster-swap", "prints the same"):
+        assert shown in html, (shown, html)
+    assert re.search(r"<code>[^<]*No RayService changes\*\* &lt;!--", html), html
+    assert html.count("<li>") == 2 + html.count("⚠"), html
     # A push edits gitsync's comment in place; the other one stays as its author wrote it.
     sha = forge.branch("two", scale_ranker, "only the ranker")
     forge.reconcile(api)
@@ -548,6 +577,31 @@ def rename_staging(root: Path) -> None:
     path.write_text(text.replace(": staging\n", ": stage\n"))
 
 
+def test_a_pull_request_tree_over_max_tree_size_is_refused_on_the_pull_request(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    forge.config = replace(
+        forge.config, repository=replace(forge.config.repository, max_tree_bytes=2**20)
+    )
+
+    def big(root: Path) -> None:
+        scale_ranker(root)
+        (root / "data.bin").write_text("x" * 2 * 2**20)  # compresses to nothing; 2 MiB written
+
+    sha = forge.branch("big", big)
+    number = forge.open_pr("big")
+    assert forge.reconcile(api) == []  # nothing read, nothing previewed
+    assert previews_in(api, forge.previews_ns) == {}
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
+    assert status["description"].startswith(f"not read: the tree of {sha[:12]} holds 2.0 MiB")
+    [comment] = forge.comments(number)
+    assert comment.startswith(MARKER)
+    assert "largest: data.bin (2.0 MiB)" in comment
+    assert "repository.maxTreeSize" in comment
+    assert not any(sha in p.name for p in (forge.config.repository.cache_dir / "trees").iterdir())
+
+
 def foreign_manager(root: Path) -> None:
     """A manifest validate passes and the API server refuses (the CRD's CEL rule on
     ``rayClusterConfig.managedBy``, which validate leaves to it): the apply fails."""
@@ -624,8 +678,8 @@ def test_a_pull_request_behind_main_previews_and_plans_only_its_own_change(
     assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
     [comment] = forge.comments(number)
     changes = [line for line in comment.splitlines() if line.startswith("- **")]
-    assert [line.split("`")[0:2] for line in changes] == [
-        ["- **staging/ranker**: ", "serve-update"]
+    assert [line.split("`")[1:4] for line in changes] == [
+        ["staging/ranker", "**: ", "serve-update"]
     ]
     assert f"`{fork[:12]}` → `{sha[:12]}`" in comment
 

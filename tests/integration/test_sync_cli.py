@@ -11,6 +11,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.cli import main
+from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.rollout import Outcome
@@ -261,3 +262,41 @@ def test_health_timeout_fails_the_rollout(
         )["items"]
     }
     assert names == {"embedder"}  # wave 1 never applied
+
+
+def test_a_gitsync_yaml_pointing_an_environment_outside_allowed_namespaces_applies_nothing(
+    api: client.ApiClient, repo: GitOpsRepo, namespace: str, tmp_path: Path
+) -> None:
+    elsewhere = f"{namespace}-elsewhere"  # exists, so only the allow-list stops the apply
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": elsewhere}})
+    try:
+
+        def point_elsewhere(root: Path) -> None:
+            path = root / "gitsync.yaml"
+            path.write_text(
+                path.read_text().replace(f"namespace: {namespace}", f"namespace: {elsewhere}")
+            )
+
+        repo.commit(point_elsewhere, "staging, somewhere else")
+        line = next(
+            n
+            for n, text in enumerate((repo.work / "gitsync.yaml").read_text().splitlines(), 1)
+            if text.startswith("- ")
+        )
+        config = replace(
+            repo.agent_config(tmp_path / "cache"), allowed_namespaces=(("staging", (namespace,)),)
+        )
+        with pytest.raises(InvalidRevision) as raised:
+            sync_once(config, RayServices(api), StateStore(api, namespace))
+        [problem] = raised.value.problems
+        assert str(problem).startswith(
+            f"gitsync.yaml:{line}: environment 'staging' deploys to namespace '{elsewhere}', "
+            "which the agent config does not allow"
+        )
+        for ns in (namespace, elsewhere):
+            listing = client.CustomObjectsApi(api).list_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL
+            )
+            assert listing["items"] == [], ns
+    finally:
+        client.CoreV1Api(api).delete_namespace(elsewhere)

@@ -121,7 +121,7 @@ def test_without_prune_a_service_git_dropped_is_an_orphan_everywhere_the_plan_sh
     assert "no changes to apply; 1 left running (prune is off)" in table
     assert main([*args, "-o", "markdown"]) == 0
     comment = capsys.readouterr().out
-    assert "**staging/summarizer**: `orphan` (no longer in Git; left running" in comment
+    assert "**`staging/summarizer`**: `orphan` (`no longer in Git; left running" in comment
     for text in (table, comment):
         assert "deleted" not in text.replace("to delete it", "")
 

@@ -17,7 +17,7 @@ import pytest
 from gitsync.errors import VerificationError
 from gitsync.source import GitSource, RepoSource, VerifyConfig
 
-from .repos import Upstream
+from .repos import Upstream, git
 
 
 @dataclass(frozen=True)
@@ -217,3 +217,54 @@ def test_the_image_ships_the_programs_verification_runs() -> None:
     installed = re.search(r"apt-get install -y --no-install-recommends ([^\\&]+)", dockerfile)
     assert installed is not None
     assert {"git", "openssh-client", "gpg"} <= set(installed.group(1).split())
+
+
+def push_branch(upstream: Upstream, name: str) -> None:
+    git("push", "--quiet", "--force", str(upstream.bare), f"HEAD:refs/heads/{name}",
+        cwd=upstream.work)  # fmt: skip
+
+
+def test_a_pull_request_head_read_unchecked_is_verified_once_it_is_the_branch_head(
+    upstream: Upstream, tmp_path: Path, ssh_keys: tuple[SshKey, SshKey]
+) -> None:
+    allowed = ssh_keys[0]
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(allowed.allowed_signer())
+    base = upstream.commit({"app.yaml": "base\n"}, sign=allowed.sign)
+    head = upstream.commit({"app.yaml": "from a pull request\n"}, push=False)
+    push_branch(upstream, "feature")
+    source = source_for(upstream, tmp_path, VerifyConfig("ssh", signers))
+    assert source.checkout(base).is_dir()
+    # By default a pull request's head is read unchecked (for its preview and plan comment)…
+    assert (source.checkout_ref("refs/heads/feature", head) / "app.yaml").exists()
+    # … and once the branch is fast-forwarded to it, it is never served as a verified head.
+    upstream.push()
+    assert source.head() == head
+    with pytest.raises(VerificationError, match="it is not signed"):
+        source.checkout(head)
+    assert source.checkout_ref("refs/heads/feature", head).is_dir()  # still a preview's tree
+
+
+def test_verify_pull_requests_refuses_an_unsigned_head_before_it_is_written(
+    upstream: Upstream, tmp_path: Path, ssh_keys: tuple[SshKey, SshKey]
+) -> None:
+    allowed = ssh_keys[0]
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(allowed.allowed_signer())
+    upstream.commit({"app.yaml": "base\n"}, sign=allowed.sign)
+    unsigned = upstream.commit({"app.yaml": "unsigned\n"}, push=False)
+    push_branch(upstream, "unsigned")
+    signed = upstream.commit({"app.yaml": "signed\n"}, sign=allowed.sign, push=False)
+    push_branch(upstream, "signed")
+    source = source_for(upstream, tmp_path, VerifyConfig("ssh", signers, pull_requests=True))
+    with pytest.raises(VerificationError, match=f"commit {unsigned} is not trusted"):
+        source.checkout_ref("refs/heads/unsigned", unsigned)
+    assert not (source.trees_dir / unsigned).exists()
+    with pytest.raises(VerificationError):  # and again: a refusal is not cached as a tree
+        source.checkout_ref("refs/heads/unsigned", unsigned)
+    assert (source.checkout_ref("refs/heads/signed", signed) / "app.yaml").read_text() == (
+        "signed\n"
+    )
+    before = len(source.runner.calls)
+    assert source.checkout(signed).is_dir()  # verified already: served as it is
+    assert source.runner.calls[before:] == []

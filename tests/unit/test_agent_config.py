@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.config import advertised_url, drift_interval, load_agent_config, parse_duration
+from gitsync.errors import InvalidRevision
+from gitsync.planning import confined, environment_manifests
 from gitsync.source.config import SshAuth, TokenAuth
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gitsync.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
 MINIMAL = "repository:\n  url: https://git.example.com/ray.git\n"
 
 
@@ -39,6 +43,25 @@ def test_defaults_live_in_one_place() -> None:
     )
 
 
+def test_max_tree_size_is_a_byte_quantity_with_a_default() -> None:
+    config, problems = load_agent_config(MINIMAL)
+    assert config is not None
+    assert config.repository.max_tree_bytes == 256 * 2**20
+    config, problems = load_agent_config(MINIMAL + "  maxTreeSize: 1Gi\n")
+    assert problems == []
+    assert config is not None
+    assert config.repository.max_tree_bytes == 2**30
+
+
+def test_relay_networks() -> None:
+    config, problems = load_agent_config(
+        MINIMAL + "webhooks:\n  secretEnv: S\n  relayNetworks: [10.244.0.0/16, 'fd00::/8']\n"
+    )
+    assert problems == []
+    assert config is not None
+    assert config.webhooks.relay_networks == ("10.244.0.0/16", "fd00::/8")
+
+
 def test_ssh_user_in_url_is_not_a_credential() -> None:
     config, problems = load_agent_config(MINIMAL.replace("https://", "ssh://git@"))
     assert problems == []
@@ -58,6 +81,15 @@ def test_ssh_auth_and_verification() -> None:
     assert config.repository.auth == SshAuth(Path("/keys/id"), Path("/keys/known_hosts"))
     assert config.repository.verify is not None
     assert config.repository.verify.method == "ssh"
+    assert config.repository.verify.pull_requests is False  # the documented default
+    config, problems = load_agent_config(text + "    pullRequests: true\n")
+    assert problems == []
+    assert config is not None
+    assert config.repository.verify is not None
+    assert config.repository.verify.pull_requests is True
+    config, problems = load_agent_config(text + "    pullRequests: yes please\n")
+    assert config is None
+    assert "verify.pullRequests must be true or false" in problems[0].message
 
 
 @pytest.mark.parametrize(
@@ -118,6 +150,13 @@ def test_ssh_auth_and_verification() -> None:
             MINIMAL + "  verify:\n    method: pgp\n    keysFile: /k\n",
             4,
             "verify.method must be 'gpg' or 'ssh'",
+        ),
+        (MINIMAL + "  maxTreeSize: big\n", 3, "maxTreeSize must be a size in bytes"),
+        (MINIMAL + "  maxTreeSize: 0\n", 3, "maxTreeSize must be a size in bytes"),
+        (
+            MINIMAL + "webhooks:\n  relayNetworks: [10.0.0.0/33]\n",
+            4,
+            "webhooks.relayNetworks must be a list of networks",
         ),
         (MINIMAL + "listen: 8080\n", 3, "listen must be host:port"),
         (MINIMAL + "leaderElection:\n  enabled: sometimes\n", 4, "must be true or false"),
@@ -303,3 +342,69 @@ def test_metrics_listen_and_auth(
         assert config is None
         assert [p.message for p in problems if p.message.startswith(problem)], problems
         assert problems[0].line == MINIMAL.count("\n") + 1
+
+
+ALLOW = MINIMAL + "allowedNamespaces:\n  staging: [ray-staging]\n  production: ray-production\n"
+
+
+def test_allowed_namespaces_map_environments_to_namespaces() -> None:
+    config, problems = load_agent_config(ALLOW)
+    assert problems == []
+    assert config is not None
+    assert config.namespaces_for("staging") == ("ray-staging",)
+    assert config.namespaces_for("production") == ("ray-production",)
+    assert config.namespaces_for("other") == ()  # set: an unlisted environment may use none
+    unset, _ = load_agent_config(MINIMAL)
+    assert unset is not None
+    assert unset.namespaces_for("anything") is None
+
+
+@pytest.mark.parametrize(
+    ("tail", "line", "message"),
+    [
+        ("allowedNamespaces: {}\n", 3, "allowedNamespaces must map each environment"),
+        ("allowedNamespaces:\n  staging: []\n", 4, "must be a namespace or a non-empty list"),
+        ("allowedNamespaces:\n  staging: [Ray_Staging]\n", 4, "namespace"),
+    ],
+)
+def test_allowed_namespaces_problems(tail: str, line: int, message: str) -> None:
+    config, problems = load_agent_config(MINIMAL + tail)
+    assert config is None
+    assert any(p.line == line and message in p.message for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("allow", "problem"),
+    [
+        (ALLOW, None),
+        (
+            ALLOW.replace("production: ray-production", "production: [ray-prod-2]"),
+            "gitsync.yaml:7: environment 'production' deploys to namespace 'ray-production', "
+            "which the agent config does not allow (allowedNamespaces.production: ray-prod-2); "
+            "nothing of this revision is applied",
+        ),
+        (
+            ALLOW.replace("  production: ray-production\n", ""),
+            "gitsync.yaml:7: environment 'production' is not in the agent config's "
+            "allowedNamespaces, so it may deploy nowhere (namespace 'ray-production'); nothing "
+            "of this revision is applied",
+        ),
+    ],
+)
+def test_a_repository_pointing_an_environment_elsewhere_is_invalid_there(
+    allow: str, problem: str | None
+) -> None:
+    config, _ = load_agent_config(allow)
+    assert config is not None
+    report = read_tree(EXAMPLES)
+    assert report.ok
+    checked = confined(report, config.namespaces_for)
+    assert environment_manifests(checked, "staging", "t").ok
+    if problem is None:
+        assert checked == report
+        return
+    assert [str(p) for p in checked.problems] == [problem]
+    with pytest.raises(InvalidRevision) as raised:
+        environment_manifests(checked, "production", "t")
+    assert [str(p) for p in raised.value.problems] == [problem]
+    assert read_tree(EXAMPLES) == report  # the tree's own report is not changed

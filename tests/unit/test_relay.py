@@ -8,14 +8,18 @@ import hmac
 import http.client
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
 from gitsync.metrics import Metrics
 from gitsync.relay import RELAYED
 from gitsync.server import POLL_BURST, POLL_SECONDS, AgentServer, Hooks, PollLimiter
+from gitsync.webhooks import RELAY_SIGNATURE, judge, relay_headers
 from testbed.controlplane import free_port
 
 SECRET = b"relay-secret"
@@ -172,4 +176,112 @@ def test_a_standby_does_not_relay_what_is_over_the_limit() -> None:
         assert results(standby) == {"relayed": 1, "rate-limited": 1}
     finally:
         standby.stop()
+
+
+class Capture(BaseHTTPRequestHandler):
+    """Whatever a Lease may name: records what a relay sends it."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).seen.append({k.lower(): v for k, v in self.headers.items()})
+        answer = b'{"result": "poll"}'
+        self.send_response(202)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_relay_carries_no_forge_credential_only_its_own_signature() -> None:
+    """A GitLab webhook's token is the shared secret itself: whatever URL the Lease names, a
+    relay sends it the event headers and an HMAC under a key derived from the secret."""
+    capture = ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    Capture.seen = []
+    thread = threading.Thread(target=capture.serve_forever, daemon=True)
+    thread.start()
+    polls: list[str] = []
+    standby = server(polls, "standby", lambda: f"http://127.0.0.1:{capture.server_port}")
+    try:
+        gitlab = json.dumps({"ref": "refs/heads/main", "project": {"git_http_url": REPO}}).encode()
+        headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET.decode(),
+                   "X-Gitlab-Event-UUID": "u1", "Content-Type": "application/json"}  # fmt: skip
+        connection = http.client.HTTPConnection("127.0.0.1", standby.port, timeout=10)
+        connection.request("POST", "/webhooks", gitlab, headers)
+        assert connection.getresponse().status == 202
+        connection.close()
+        post(standby.port, PUSH, **{"X-Gitea-Delivery": "d2"})
+        [from_gitlab, from_gitea] = Capture.seen
+        for seen in (from_gitlab, from_gitea):
+            assert SECRET.decode() not in " ".join(seen.values())
+            assert not {"x-gitlab-token", "x-gitea-signature", "x-hub-signature-256"} & set(seen)
+            assert seen[RELAY_SIGNATURE]
+        assert from_gitlab["x-gitlab-event-uuid"] == "u1"
+        assert from_gitea["x-gitea-delivery"] == "d2"
+    finally:
+        standby.stop()
+        capture.shutdown()
+        capture.server_close()
+
+
+def test_the_leader_accepts_a_relay_only_with_a_fresh_valid_relay_signature() -> None:
+    polls: list[str] = []
+    leader = server(polls, "leader", lambda: None)
+    event = {"x-gitea-event": "push", "x-gitea-delivery": "r1"}
+    now = time.time()
+    try:
+        good = relay_headers(event, PUSH, SECRET, now)
+        forged = relay_headers(event, PUSH, b"not the secret", now)
+        stale = relay_headers(event, PUSH, SECRET, now - 3600)
+        other_body = relay_headers(event, PUSH.replace(b"main", b"evil"), SECRET, now)
+        for headers, status in ((forged, 401), (stale, 401), (other_body, 401), (good, 202)):
+            connection = http.client.HTTPConnection("127.0.0.1", leader.port, timeout=10)
+            connection.request("POST", "/webhooks", PUSH, {**headers, RELAYED: "1"})
+            assert connection.getresponse().status == status, headers
+            connection.close()
+        assert polls == ["leader"]
+    finally:
+        leader.stop()
+
+
+@pytest.mark.parametrize("offset", [-61.0, 61.0])
+def test_a_relay_signature_is_valid_for_a_minute(offset: float) -> None:
+    headers = relay_headers({"x-gitea-event": "push"}, PUSH, SECRET, 1_000_000.0)
+    assert judge(headers, PUSH, SECRET, REPO, "main", now=1_000_030.0).status == 202
+    late = judge(headers, PUSH, SECRET, REPO, "main", now=1_000_000.0 + offset)
+    assert (late.status, late.reason) == (401, "relay time missing or more than 60 s off")
+    # Without a clock (a caller that does not take relays), a relay is refused.
+    assert judge(headers, PUSH, SECRET, REPO, "main").status == 401
+    # The relay signature is not the forge's: it cannot be replayed as a Gitea signature.
+    assert headers[RELAY_SIGNATURE] != hmac.new(SECRET, PUSH, hashlib.sha256).hexdigest()
+
+
+def test_with_relay_networks_a_standby_relays_only_to_a_leader_inside_them() -> None:
+    polls: list[str] = []
+    leader = server(polls, "leader", lambda: None)
+    hooks = lambda networks, url: Hooks(  # noqa: E731
+        lambda: SECRET, REPO, "main", lambda: None, lambda: None, lambda: True, lambda: True,
+        lambda: url, networks,
+    )  # fmt: skip
+    at = f"http://127.0.0.1:{leader.port}"
+    cases = [
+        (("10.244.0.0/16",), at, 503, "is outside webhooks.relayNetworks"),
+        (("127.0.0.0/8",), f"http://localhost:{leader.port}", 503, "names no IP address"),
+        (("10.244.0.0/16", "127.0.0.0/8"), at, 202, None),
+    ]
+    try:
+        for networks, url, status, reason in cases:
+            standby = AgentServer("127.0.0.1", free_port(), hooks(networks, url), Metrics()).start()
+            try:
+                got, _, answer = post(standby.port, PUSH)
+                assert got == status, answer
+                if reason is not None:
+                    assert reason in str(answer["reason"])
+            finally:
+                standby.stop()
+        assert polls == ["leader"]  # only the relay inside the networks reached it
+    finally:
         leader.stop()
