@@ -31,6 +31,12 @@ class Binaries:
     prometheus: Path
     promtool: Path
     monitoring_crds: Path  # ServiceMonitor, PrometheusRule … (prometheus-operator module)
+    zsh: Path
+    zsh_modules: Path  # zle, complete, zpty … (its module_path)
+    zsh_functions: Path  # compinit and the completion functions (its fpath)
+    fish: Path
+    fish_library_path: Path  # libpcre2-32, unpacked beside it
+    fish_functions: Path  # __fish_use_subcommand … (its fish_function_path)
     kube_version: str
     etcd_version: str
     kuberay_version: str
@@ -81,6 +87,12 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         prometheus=Path(values["PROMETHEUS"]),
         promtool=Path(values["PROMTOOL"]),
         monitoring_crds=Path(values["MONITORING_CRDS"]),
+        zsh=Path(values["ZSH"]),
+        zsh_modules=Path(values["ZSH_MODULES"]),
+        zsh_functions=Path(values["ZSH_FUNCTIONS"]),
+        fish=Path(values["FISH"]),
+        fish_library_path=Path(values["FISH_LIBRARY_PATH"]),
+        fish_functions=Path(values["FISH_FUNCTIONS"]),
         kube_version=values["KUBE_VERSION"],
         etcd_version=values["ETCD_VERSION"],
         kuberay_version=values["KUBERAY_VERSION"],
@@ -97,6 +109,11 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         binaries.prometheus,
         binaries.promtool,
         binaries.monitoring_crds / "monitoring.coreos.com_servicemonitors.yaml",
+        binaries.zsh,
+        binaries.zsh_modules / "zsh" / "zpty.so",
+        binaries.zsh_functions,
+        binaries.fish,
+        binaries.fish_functions / "__fish_use_subcommand.fish",
     ):
         if not path.exists():
             raise TestbedBuildError(f"{path} is missing after testbed/build.sh")

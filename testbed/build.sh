@@ -189,6 +189,24 @@ fetch_prometheus() {
   rm -rf "$tmp" "$dest" && mv "$dest.tmp" "$dest"
 }
 
+# zsh and fish from Debian's packages, unpacked like sshd: `gitsync completion zsh|fish` is
+# tested in the real shells (tests/integration/test_completion_shells.py). fish needs its
+# libpcre2-32, unpacked beside it.
+fetch_shells() {
+  local dest="$dir/shells"
+  [[ -x "$dest/bin/zsh" && -x "$dest/usr/bin/fish" ]] && return 0
+  local tmp; tmp="$(mktemp -d)"
+  local packages=(zsh zsh-common fish fish-common libpcre2-32-0)
+  log "fetching zsh and fish from Debian (unpacked, not installed)"
+  if ! (cd "$tmp" && apt-get download "${packages[@]}" >/dev/null 2>&1); then
+    apt-get update -qq >/dev/null
+    (cd "$tmp" && apt-get download "${packages[@]}" >/dev/null)
+  fi
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; done
+  rm -rf "$tmp" "$dest" && mv "$dest.tmp" "$dest"
+}
+
 # The ServiceMonitor and PrometheusRule CRDs deploy/ uses, from the prometheus-operator module.
 # Headless Chromium and its WebDriver for the status page's browser tests (tests/web/): Debian's
 # packages, installed only when missing (a second run costs two file tests). When they cannot be
@@ -217,7 +235,10 @@ kuberay_dir() {
 
 lane_kube() { step kube-apiserver+kubectl build_kube; }
 lane_go() { step etcd build_etcd; step kuberay-operator build_kuberay_operator; step gitea build_gitea; }
-lane_debian() { step sshd fetch_sshd; step prometheus fetch_prometheus; step chromium install_chromium; }
+lane_debian() {
+  step sshd fetch_sshd; step prometheus fetch_prometheus; step shells fetch_shells
+  step chromium install_chromium
+}
 
 # Each lane's lines carry its name; a failed lane fails the build after the others finish.
 pids=()
@@ -231,6 +252,8 @@ for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 monitoring="$(monitoring_crds_dir)/example/prometheus-operator-crd"
 [[ -f "$monitoring/monitoring.coreos.com_servicemonitors.yaml" ]] || { log "ServiceMonitor CRD missing from $monitoring"; exit 1; }
 kuberay="$(kuberay_dir)"
+zsh_modules="$(ls -d "$dir"/shells/usr/lib/*/zsh/[0-9]* | head -n 1)"
+fish_library="$(dirname "$(ls "$dir"/shells/usr/lib/*/libpcre2-32.so.0 | head -n 1)")"
 [[ -f "$kuberay/config/crd/bases/ray.io_rayservices.yaml" ]] || { log "RayService CRD missing from $kuberay"; exit 1; }
 # One line per artefact, read by the Python harness (testbed/binaries.py); written whole, then
 # renamed, so a reader never sees half of it.
@@ -248,6 +271,12 @@ GITEA_VERSION=$GITEA_VERSION
 PROMETHEUS=$dir/prometheus/usr/bin/prometheus
 PROMTOOL=$dir/prometheus/usr/bin/promtool
 MONITORING_CRDS=$monitoring
+ZSH=$dir/shells/bin/zsh
+ZSH_MODULES=$zsh_modules
+ZSH_FUNCTIONS=$dir/shells/usr/share/zsh/functions
+FISH=$dir/shells/usr/bin/fish
+FISH_LIBRARY_PATH=$fish_library
+FISH_FUNCTIONS=$dir/shells/usr/share/fish/functions
 KUBE_VERSION=$KUBE_VERSION
 ETCD_VERSION=$ETCD_VERSION
 KUBERAY_VERSION=$KUBERAY_VERSION
