@@ -571,6 +571,7 @@ class Simulator:
         self.errors: list[str] = []
         # Namespaces where the real KubeRay operator writes status instead (testbed.operator).
         self.exclude_namespaces: set[str] = set()
+        self._passes = 0  # reconcile passes over every RayService completed
 
     # -- control ---------------------------------------------------------------------------
 
@@ -689,6 +690,17 @@ class Simulator:
                     self._reconcile_one(key, obj)
                 except Exception as exc:
                     self.errors.append(f"{key}: {exc}")
+            self._passes += 1
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Returns once a whole reconcile pass began and ended after the call: a status write
+        in flight when ``exclude_namespaces`` changed has landed, and no later one will."""
+        target = self._passes + 2  # the pass under way may have begun before the call
+        deadline = time.monotonic() + timeout
+        while self._passes < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the simulator made no reconcile pass in {timeout:.0f} s")
+            time.sleep(self.delays.tick / 2)
 
     def _reconcile_one(self, key: ServiceKey, obj: dict[str, Any]) -> None:
         if key.namespace in self.exclude_namespaces:

@@ -300,18 +300,20 @@ def test_a_manifest_naming_production_still_lands_only_in_the_preview_namespace(
     except client.ApiException as exc:
         if exc.status != 409:  # shared by the session: another test may have made it
             raise
+    # Status writes of the simulator would move resourceVersions: only gitsync's writes count.
+    # Excluded first, and a write already in flight let land, before anything is snapshotted.
+    sim.exclude_namespaces |= {"production", namespace}
+    sim.settle()
     custom = client.CustomObjectsApi(api)
     main_ranker = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ranker")
     resident = f"ranker-{uuid.uuid4().hex[:6]}"  # what runs in production, untouched by PRs
-    custom.create_namespaced_custom_object(
-        GROUP, VERSION, "production", PLURAL,
-        {"apiVersion": "ray.io/v1", "kind": "RayService",
-         "metadata": {"name": resident, "labels": {"app.kubernetes.io/managed-by": "gitsync"}},
-         "spec": main_ranker["spec"]},
-    )  # fmt: skip
-    # Status writes of the simulator would move resourceVersions: only gitsync's writes count.
-    sim.exclude_namespaces |= {"production", namespace}
     try:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, "production", PLURAL,
+            {"apiVersion": "ray.io/v1", "kind": "RayService",
+             "metadata": {"name": resident, "labels": {"app.kubernetes.io/managed-by": "gitsync"}},
+             "spec": main_ranker["spec"]},
+        )  # fmt: skip
         before = {ns: snapshot(api, ns) for ns in ("production", namespace)}
         assert f"RayService/{resident}" in before["production"]
 
