@@ -706,9 +706,18 @@ def test_a_push_webhook_reaching_the_standby_is_relayed_to_the_leader(
         )
         relayed = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="relayed"}'
         polled = 'gitsync_webhook_requests_total{event="push",provider="gitea",result="poll"}'
-        standby_metrics, leader_metrics = scrape(ports[standby]), scrape(ports[leader])
-        assert f"{relayed} 1.0" in standby_metrics, standby_metrics
-        assert f"{polled} 1.0" in leader_metrics, leader_metrics
+        # Gitea delivers from a queue: on a busy machine the revision may already be applied
+        # (the leader's own retry after a slow first pass) before the delivery is counted.
+        wait_for(
+            lambda: f"{relayed} 1.0" in scrape(ports[standby]),
+            timeout=60,
+            what="the standby to relay the push",
+        )
+        wait_for(
+            lambda: f"{polled} 1.0" in scrape(ports[leader]),
+            timeout=60,
+            what="the leader to answer the relayed push with a poll",
+        )
         assert ": applied " not in (tmp_path / f"{standby}.log").read_text()
     finally:
         for process in agents.values():

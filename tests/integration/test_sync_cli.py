@@ -111,13 +111,14 @@ def test_sync_then_status(
         "move the embedder",
     )
     assert main(["sync", "--once", "--dry-run", *args]) == 0
-    err = capsys.readouterr().err
-    assert "runtime_env.env_vars.EMBEDDER_URL: ••• → •••" in err
-    assert "secret-host" not in err
-    assert "embedder-serve-svc" not in err
+    printed = capsys.readouterr()  # the plan on stdout, progress on stderr
+    assert "runtime_env.env_vars.EMBEDDER_URL: ••• → •••" in printed.out
+    for text in (printed.out, printed.err):
+        assert "secret-host" not in text
+        assert "embedder-serve-svc" not in text
     config.write_text(config.read_text() + "ui: {showEnvValues: true}\n")
     assert main(["sync", "--once", "--dry-run", *args]) == 0
-    assert "→ http://secret-host/embed" in capsys.readouterr().err
+    assert "→ http://secret-host/embed" in capsys.readouterr().out
 
 
 def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(
