@@ -195,6 +195,8 @@ class AgentConfig:
     # Environment → the namespaces it may deploy to (empty: whatever gitsync.yaml says). Set,
     # an environment of gitsync.yaml that is not listed, or names another namespace, is an
     # invalid revision: pushing gitsync.yaml cannot point production at a folder of one's own.
+    # ``pullRequests`` (never an environment name: those are DNS labels) lists where previews
+    # may run: set without it, no preview runs.
     allowed_namespaces: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def namespaces_for(self, environment: str) -> tuple[str, ...] | None:
@@ -202,6 +204,10 @@ class AgentConfig:
         if not self.allowed_namespaces:
             return None
         return dict(self.allowed_namespaces).get(environment, ())
+
+
+# The allowedNamespaces key for pull-request previews' namespace (gitsync.yaml previews.namespace).
+PULL_REQUESTS = "pullRequests"
 
 
 def _refuse_secrets(check: Checker, raw: Any, *at: str | int) -> None:

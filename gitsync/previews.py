@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gitsync.checkout import TreeReport, document_at, read_environment, read_tree_cached
-from gitsync.config import AgentConfig
+from gitsync.config import PULL_REQUESTS, AgentConfig
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError, InvalidRevision, TreeTooLarge, VerificationError
 from gitsync.kube.namespaces import ensure_namespace
@@ -61,6 +61,28 @@ class PreviewResult:
     message: str
 
 
+def preview_namespace_refused(agent: AgentConfig, previews: PreviewConfig | None) -> str | None:
+    """Why the agent config does not let previews run in ``previews.namespace`` (None: it
+    does): with ``allowedNamespaces``, the namespace must be listed under ``pullRequests``, so
+    whoever can push ``gitsync.yaml`` cannot point previews at a production namespace."""
+    if previews is None:
+        return None
+    allowed = agent.namespaces_for(PULL_REQUESTS)
+    if allowed is None or previews.namespace in allowed:
+        return None
+    if allowed:
+        return (
+            f"gitsync.yaml puts previews in namespace {previews.namespace!r}, which the agent "
+            f"config does not allow (allowedNamespaces.{PULL_REQUESTS}: {', '.join(allowed)}); "
+            "no preview runs and none is deleted"
+        )
+    return (
+        f"gitsync.yaml puts previews in namespace {previews.namespace!r}, but the agent "
+        f"config's allowedNamespaces has no {PULL_REQUESTS} entry, so previews may run "
+        "nowhere; no preview runs and none is deleted"
+    )
+
+
 def environment_for(number: int, config: PreviewConfig) -> EnvironmentConfig:
     return EnvironmentConfig(
         f"preview-{number}", "", config.namespace, prune=True, create_namespace=True
@@ -88,10 +110,13 @@ class PreviewReconciler:
         head = self.source.head()
         previews = self._previews_config(head)
         requests = self._requests(previews)
+        refused = preview_namespace_refused(self.config, previews)
+        if refused is not None:  # allowedNamespaces: the namespace is never touched
+            log.warning("previews: %s", refused)
         results: list[PreviewResult] = []
         open_numbers = {pr.number for pr in requests}
         live: set[int] = set()  # pull requests with a preview now: what maxPreviews counts
-        if previews is not None:  # first, so what closed or expired frees its place
+        if previews is not None and refused is None:  # first: what closed or expired frees room
             results += self._collect(previews, open_numbers)
             live = self._live(previews)
         keep = {head}
@@ -115,6 +140,10 @@ class PreviewReconciler:
                 self._comment(pr, forked, fork, tree)
             if previews is None:
                 continue
+            if refused is not None:
+                self._status(pr, State.FAILURE, refused)
+                results.append(PreviewResult(pr.number, pr.head_sha, (), "failed", refused))
+                continue
             try:
                 result = self._preview(pr, previews, forked, (root, tree), live)
             except GitsyncError as exc:  # one bad pull request must not stop the others
@@ -126,7 +155,7 @@ class PreviewReconciler:
             else:
                 live.discard(pr.number)
             results.append(result)
-        if previews is not None:
+        if previews is not None and refused is None:
             self._forget_closed(open_numbers)
         self._prune(keep)
         return results

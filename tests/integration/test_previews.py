@@ -604,6 +604,44 @@ def test_a_pull_request_tree_over_max_tree_size_is_refused_on_the_pull_request(
     assert not any(sha in p.name for p in (forge.config.repository.cache_dir / "trees").iterdir())
 
 
+def test_allowed_namespaces_keep_previews_out_of_a_namespace_the_agent_config_does_not_list(
+    forge: Forge, api: client.ApiClient, namespace: str
+) -> None:
+    """With allowedNamespaces, gitsync.yaml's previews.namespace must be listed under
+    pullRequests: else no preview runs there (and none is deleted), the pull request says why,
+    and the plan comment is still written. Listed, the same pull request gets its preview."""
+    confined = (("staging", (namespace,)), ("production", (namespace,)))
+    forge.config = replace(forge.config, allowed_namespaces=confined)
+    sha = forge.branch("scale-ranker", scale_ranker)
+    number = forge.open_pr("scale-ranker")
+    [result] = forge.reconcile(api)
+    assert (result.number, result.outcome) == (number, "failed")
+    assert "no pullRequests entry" in result.message
+    assert previews_in(api, forge.previews_ns) == {}
+    status = forge.statuses(sha)["gitsync/preview"]
+    assert status["status"] == "failure"
+    assert f"previews in namespace '{forge.previews_ns}'" in status["description"]
+    assert [c for c in forge.comments(number) if c.startswith(MARKER)]  # plans are read-only
+    forge.config = replace(
+        forge.config, allowed_namespaces=(*confined, ("pullRequests", ("somewhere-else",)))
+    )
+    [result] = forge.reconcile(api)
+    assert result.outcome == "failed"
+    assert "allowedNamespaces.pullRequests: somewhere-else" in result.message
+    assert previews_in(api, forge.previews_ns) == {}
+    forge.config = replace(
+        forge.config, allowed_namespaces=(*confined, ("pullRequests", (forge.previews_ns,)))
+    )
+    [result] = forge.reconcile(api)
+    assert result.outcome == "succeeded"
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
+    # Taken out of the list again, the live preview is left alone rather than collected.
+    forge.config = replace(forge.config, allowed_namespaces=confined)
+    [result] = forge.reconcile(api)
+    assert result.outcome == "failed"
+    assert list(previews_in(api, forge.previews_ns)) == [f"ranker-pr-{number}"]
+
+
 def foreign_manager(root: Path) -> None:
     """A manifest validate passes and the API server refuses (the CRD's CEL rule on
     ``rayClusterConfig.managedBy``, which validate leaves to it): the apply fails."""
