@@ -35,6 +35,7 @@ from gitsync.errors import ClusterUnreachable, GitsyncError
 from gitsync.health import Assessment, assess
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.lease import LeaderElector
+from gitsync.kube.peers import LeaderPods
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import line_fields
@@ -43,6 +44,7 @@ from gitsync.model import Health, ServiceKey
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
+from gitsync.relay import outside
 from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
@@ -154,6 +156,7 @@ class Agent:
                 on_stopped=self._stopped_leading,
                 advertise_url=self.advertise_url,
             )
+        self._leader_pods = LeaderPods(self.api, election.namespace, self.identity)
         self._election_thread: threading.Thread | None = None
         self._statuses_stored = True  # statuses an earlier agent stored may wait (see poll)
         self._running = 0  # scheduled jobs running now
@@ -341,6 +344,15 @@ class Agent:
         if self.elector is None or self.leading:
             return None
         return self.elector.leader_url
+
+    def relay_refused(self, base: str) -> str | None:
+        """Why this standby must not relay a webhook to the leader URL ``base`` (None: it
+        may): inside ``webhooks.relayNetworks`` when set, else the Lease holder's own pod
+        (:mod:`gitsync.kube.peers`)."""
+        if networks := self.config.webhooks.relay_networks:
+            return outside(base, networks)
+        holder = self.elector.leader if self.elector is not None else ""
+        return self._leader_pods.refused(holder, base)
 
     def _started_leading(self) -> None:
         self.metrics.leader.set(1)

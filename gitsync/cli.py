@@ -631,7 +631,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         agent.healthy,
         agent.ready.is_set,
         agent.leader_url,
-        config.webhooks.relay_networks,
+        agent.relay_refused,
     )
     try:
         bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default

@@ -35,14 +35,55 @@ def outside(base: str, networks: Sequence[str]) -> str | None:
     could resolve anywhere)."""
     if not networks:
         return None
-    host = urlsplit(base).hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    if (address := _address(base)) is None:
         return f"the leader URL {base!r} on the Lease names no IP address (webhooks.relayNetworks)"
     if any(address in ipaddress.ip_network(n, strict=False) for n in networks):
         return None
     return f"the leader URL {base!r} on the Lease is outside webhooks.relayNetworks"
+
+
+def _address(base: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(urlsplit(base).hostname or "")
+    except ValueError:
+        return None
+
+
+def not_the_holder(
+    base: str, holder: str, pod: Mapping[str, str] | None, own_account: str
+) -> str | None:
+    """Why a standby must not relay to ``base`` by default (None: it may). ``pod`` is the Lease
+    holder's pod as read from the API (``ip``, ``serviceAccount``; None: no such pod in the
+    Lease's namespace) and ``own_account`` this replica's own service account: the URL must
+    name that pod's IP, and the pod must run as this replica does. Whoever may write the
+    Lease can then point relays only at a gitsync replica, never at an address of their own."""
+    if (address := _address(base)) is None:
+        return f"the leader URL {base!r} on the Lease names no IP address"
+    if pod is None:
+        return f"the Lease holder {holder!r} is no pod in the Lease's namespace"
+    if pod.get("ip") != str(address):
+        return (
+            f"the leader URL {base!r} on the Lease is not the address of the holder's pod "
+            f"{holder!r} ({pod.get('ip') or 'none yet'})"
+        )
+    if pod.get("serviceAccount") != own_account:
+        return (
+            f"the Lease holder's pod {holder!r} runs as service account "
+            f"{pod.get('serviceAccount')!r}, not as this replica ({own_account!r})"
+        )
+    return None
+
+
+def not_loopback(base: str) -> str | None:
+    """Why a replica that runs outside a pod must not relay to ``base`` (None: it may): with
+    no pod to check the holder against, only a leader on this machine (a loopback address)."""
+    address = _address(base)
+    if address is not None and address.is_loopback:
+        return None
+    return (
+        f"the leader URL {base!r} on the Lease is not a loopback address, and this replica "
+        "runs outside a pod, so it cannot check the holder (set webhooks.relayNetworks)"
+    )
 
 
 def webhook_url(base: str) -> str:

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync.errors import GitsyncError
 from gitsync.metrics import Metrics
-from gitsync.relay import RELAYED, outside, relay
+from gitsync.relay import RELAYED, relay
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
 from gitsync.web.site import StatusSite
@@ -227,7 +227,9 @@ class Hooks:
     # None while this replica leads (it handles webhooks itself); else the base URL the
     # leader published, "" when no leader is known.
     leader_url: Callable[[], str | None] = lambda: None
-    relay_networks: tuple[str, ...] = ()  # webhooks.relayNetworks: where a leader may be
+    # Why the leader URL must not be relayed to (None: it may): webhooks.relayNetworks, else
+    # the Lease holder's own pod (gitsync.kube.peers).
+    relay_refused: Callable[[str], str | None] = lambda url: None
 
 
 class AgentServer:
@@ -465,7 +467,7 @@ class AgentServer:
             reason = "this replica does not lead and no leader is known"
         elif RELAYED in headers:
             reason = "relayed here, but this replica does not lead either"
-        elif refused := outside(leader, self.hooks.relay_networks):
+        elif refused := self.hooks.relay_refused(leader):
             reason = refused
             log.warning("webhook not relayed: %s", printable(refused, 300))
         elif (answer := relay(leader, headers, body, secret, now=time.time())) is not None:

@@ -68,7 +68,9 @@ class LeaderElector:
         # The other holder's record as last read, and (monotonic) when it last changed.
         self._observed: tuple[object, ...] | None = None
         self._observed_at = 0.0
-        # What the other holder published at this replica's last try ("" none or unknown).
+        # Who else holds the Lease, and what it published, at this replica's last try ("" none
+        # or unknown).
+        self.leader = ""
         self.leader_url = ""
         # Two API calls per try (read, write), both done before renew_deadline runs out.
         self.timeout = max(0.2, (self.renew_deadline - self.retry) / 2)
@@ -149,9 +151,9 @@ class LeaderElector:
         holder = spec.holder_identity or ""
         if holder and holder != self.identity and not self._expired(spec):
             published = (lease.metadata.annotations or {}).get(LEADER_URL, "")
-            self.leader_url = str(published)
+            self.leader, self.leader_url = holder, str(published)
             return False  # someone else holds a live lease
-        self.leader_url = ""
+        self.leader, self.leader_url = "", ""
         now = _now()
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         body = self._body(lease, holder=self.identity, renew=now, transitions=transitions)

@@ -69,6 +69,7 @@ def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
         ("update", "leases.coordination.k8s.io/gitsync", "gitsync-system"),
         ("get", "leases.coordination.k8s.io/gitsync", "gitsync-system"),
         ("create", "leases.coordination.k8s.io", "gitsync-system"),  # no name to scope by
+        ("get", "pods", "gitsync-system"),  # the Lease holder's pod, before relaying to it
         # the rollout state, in a namespace of its own
         ("patch", "configmaps", "gitsync-state"),
         ("create", "configmaps", "gitsync-state"),
@@ -117,6 +118,7 @@ def test_agent_may(deployed: ControlPlane, verb: str, resource: str, namespace: 
         ("list", "namespaces", ""),
         ("get", "pods", "ray-production"),
         ("create", "pods", "gitsync-system"),
+        ("list", "pods", "gitsync-system"),
         ("create", "pods/exec", "ray-production"),
         ("list", "secrets", "*"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", ""),

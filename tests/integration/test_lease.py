@@ -17,6 +17,7 @@ from kubernetes import client
 
 from gitsync.kube.client import api_client
 from gitsync.kube.lease import LEADER_URL, LeaderElector
+from gitsync.kube.peers import LeaderPods
 from testbed.controlplane import ControlPlane
 
 LEASE = "gitsync-lease-test"
@@ -216,3 +217,52 @@ def test_the_leader_releases_the_lease_on_shutdown(api: client.ApiClient, namesp
     with Campaign(api, namespace, "next") as successor:
         wait_for(lambda: successor.started, 5, "the successor")
         assert successor.started[0] - began < 1.0
+
+
+def make_pod(api: client.ApiClient, namespace: str, name: str, account: str, ip: str) -> None:
+    """A pod as the API server holds it once scheduled: no kubelet runs it, its IP is written
+    to the status as the kubelet would."""
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    spec = {"serviceAccountName": account, "containers": [{"name": "agent", "image": "gitsync"}]}
+    core.create_namespaced_pod(namespace, {"metadata": {"name": name}, "spec": spec})
+    if ip:
+        core.patch_namespaced_pod_status(name, namespace, {"status": {"podIP": ip}})
+
+
+def test_a_standby_relays_only_to_the_lease_holders_own_pod(
+    api: client.ApiClient, namespace: str
+) -> None:
+    """Unless webhooks.relayNetworks is set, the leader URL must be the IP of the Lease holder's
+    pod, a pod running as this replica does: a Lease writer cannot send relays elsewhere."""
+    make_pod(api, namespace, "gitsync-a", "gitsync", "10.244.0.11")
+    make_pod(api, namespace, "gitsync-b", "gitsync", "10.244.0.12")
+    make_pod(api, namespace, "intruder", "default", "10.244.0.13")
+    make_pod(api, namespace, "pending", "gitsync", "")
+    standby = LeaderPods(api, namespace, "gitsync-b")
+    assert standby.refused("gitsync-a", "http://10.244.0.11:8080") is None
+    cases = [
+        ("gitsync-a", "http://10.244.0.99:8080", "not the address of the holder's pod"),
+        ("gitsync-a", "http://gitsync-a:8080", "names no IP address"),
+        ("intruder", "http://10.244.0.13:8080", "runs as service account 'default'"),
+        ("nobody", "http://10.244.0.14:8080", "'nobody' is no pod in the Lease's namespace"),
+        ("pending", "http://10.244.0.15:8080", "(none yet)"),
+    ]
+    for holder, url, why in cases:
+        assert why in str(standby.refused(holder, url)), (holder, url)
+    # A replica with no pod of its own (a local run) relays to this machine only.
+    local = LeaderPods(api, namespace, "laptop")
+    assert local.refused("gitsync-a", "http://127.0.0.1:8080") is None
+    assert "runs outside a pod" in str(local.refused("gitsync-a", "http://10.244.0.11:8080"))
+    # Without read access to pods, nothing is relayed, and the reason says so.
+    stranger = client.ApiClient(
+        api.configuration, header_name="Impersonate-User", header_value="someone-else"
+    )
+    blind = LeaderPods(stranger, namespace, "gitsync-b")
+    assert "cannot read the Lease holder's pod" in str(
+        blind.refused("gitsync-a", "http://10.244.0.11:8080")
+    )

@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 
 from gitsync.metrics import Metrics
-from gitsync.relay import RELAYED
+from gitsync.relay import RELAYED, not_loopback, not_the_holder, outside
 from gitsync.server import POLL_BURST, POLL_SECONDS, AgentServer, Hooks, PollLimiter
 from gitsync.webhooks import RELAY_SIGNATURE, judge, relay_headers
 from testbed.controlplane import free_port
@@ -264,7 +264,7 @@ def test_with_relay_networks_a_standby_relays_only_to_a_leader_inside_them() -> 
     leader = server(polls, "leader", lambda: None)
     hooks = lambda networks, url: Hooks(  # noqa: E731
         lambda: SECRET, REPO, "main", lambda: None, lambda: None, lambda: True, lambda: True,
-        lambda: url, networks,
+        lambda: url, lambda base: outside(base, networks),
     )  # fmt: skip
     at = f"http://127.0.0.1:{leader.port}"
     cases = [
@@ -285,3 +285,26 @@ def test_with_relay_networks_a_standby_relays_only_to_a_leader_inside_them() -> 
         assert polls == ["leader"]  # only the relay inside the networks reached it
     finally:
         leader.stop()
+
+
+def test_by_default_a_standby_relays_only_to_the_lease_holders_own_pod() -> None:
+    pod = {"ip": "10.244.1.7", "serviceAccount": "gitsync"}
+    url = "http://10.244.1.7:8080"
+    assert not_the_holder(url, "gitsync-a", pod, "gitsync") is None
+    assert not_the_holder("http://[fd00::7]:8080", "a", {**pod, "ip": "fd00::7"}, "gitsync") is None
+    refusals = [
+        (not_the_holder("http://evil.example:8080", "gitsync-a", pod, "gitsync"), "names no IP"),
+        (not_the_holder(url, "gitsync-a", None, "gitsync"), "is no pod in the Lease's namespace"),
+        (not_the_holder("http://10.244.9.9:8080", "gitsync-a", pod, "gitsync"),
+         "not the address of the holder's pod 'gitsync-a' (10.244.1.7)"),
+        (not_the_holder(url, "gitsync-a", {**pod, "ip": ""}, "gitsync"), "(none yet)"),
+        (not_the_holder(url, "gitsync-a", pod, "other"),
+         "runs as service account 'gitsync', not as this replica ('other')"),
+    ]  # fmt: skip
+    for refusal, why in refusals:
+        assert why in str(refusal), (refusal, why)
+    # Outside a pod: a leader on this machine only.
+    assert not_loopback("http://127.0.0.1:8080") is None
+    assert not_loopback("http://[::1]:8080") is None
+    for url in ("http://10.0.0.1:8080", "http://localhost:8080", "http://169.254.169.254/"):
+        assert "runs outside a pod" in str(not_loopback(url))
