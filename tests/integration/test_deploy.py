@@ -293,6 +293,35 @@ def test_the_shipped_cluster_config_is_valid() -> None:
     assert config.webhooks.secret is not None
 
 
+def test_the_shipped_metrics_are_on_a_port_of_their_own_behind_the_secrets_token() -> None:
+    """deploy/ serves /metrics only on the metrics port (never the ingress's http port), with
+    the Secret's metrics-token, and the ServiceMonitor scrapes that port sending that key."""
+    [configmap] = manifests(BASE / "config.yaml")
+    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    assert config is not None
+    deployment = next(d for d in manifests(BASE / "deployment.yaml") if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert config.metrics.listen.endswith(f":{ports['metrics']}")
+    assert config.metrics.listen != config.listen
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "credentials")
+    assert config.metrics.bearer is not None
+    token_file = config.metrics.bearer.token_file
+    assert token_file is not None
+    assert token_file.parent == Path(mount["mountPath"])
+    [service] = manifests(BASE / "service.yaml")
+    assert {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"} in (
+        service["spec"]["ports"]
+    )
+    [monitor] = manifests(DEPLOY / "monitoring" / "servicemonitor.yaml")
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    credentials = endpoint["authorization"]["credentials"]
+    secret = next(v for v in spec["volumes"] if v["name"] == "credentials")
+    assert credentials == {"name": secret["secret"]["secretName"], "key": token_file.name}
+
+
 def test_the_shipped_rbac_names_what_the_shipped_config_uses(deployed: ControlPlane) -> None:
     """The Lease the config elects with is the one the Role lets the agent update, and its
     state namespace is where it may write ConfigMaps (not gitsync-system, where its config is)."""
