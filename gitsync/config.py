@@ -22,6 +22,7 @@ from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
 from gitsync.report.status import target_url_problem
 from gitsync.source.config import (
+    DEFAULT_MAX_FETCH_BYTES,
     DEFAULT_MAX_TREE_BYTES,
     GitAuth,
     RepoSource,
@@ -282,7 +283,9 @@ def _verify(check: Checker, raw: Any) -> VerifyConfig | None:
 
 def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:
     at = ("repository",)
-    allowed = {"url", "branch", "depth", "timeout", "auth", "verify", "maxTreeSize"}
+    allowed = {
+        "url", "branch", "depth", "timeout", "auth", "verify", "maxTreeSize", "maxFetchSize"
+    }  # fmt: skip
     if not check.mapping(raw, allowed, {"url"}, *at):
         return None
     url = check.string(raw.get("url"), *at, "url")
@@ -314,10 +317,23 @@ def _repository(check: Checker, raw: Any, cache_dir: Path) -> RepoSource | None:
             *at,
             "maxTreeSize",
         )
-    if url is None or branch is None or timeout is None or max_tree is None or check.problems:
+    max_fetch = parse_quantity(raw.get("maxFetchSize", DEFAULT_MAX_FETCH_BYTES))
+    if max_fetch is None or max_fetch < 1 or max_fetch.denominator != 1:
+        check.add(
+            f"maxFetchSize must be a size in bytes such as '1Gi', not {raw.get('maxFetchSize')!r}",
+            *at,
+            "maxFetchSize",
+        )
+    if (
+        url is None or branch is None or timeout is None or max_tree is None
+        or max_fetch is None or check.problems
+    ):  # fmt: skip
         return None
     try:
-        return RepoSource(url, branch, cache_dir, int(depth), auth, verify, timeout, int(max_tree))
+        return RepoSource(
+            url, branch, cache_dir, int(depth), auth, verify, timeout, int(max_tree),
+            int(max_fetch),
+        )  # fmt: skip
     except ValueError as exc:  # e.g. a branch git would read as an option or a range
         check.add(str(exc), *at, "branch")
         return None

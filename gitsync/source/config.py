@@ -17,6 +17,10 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 # What one revision's tree may hold, in file bytes, before gitsync refuses to write it out:
 # every open pull request's tree is written, and a PR must not fill the leader's disk.
 DEFAULT_MAX_TREE_BYTES = 256 * 2**20
+# The most one fetch may download (its pack): a pull request's head pushing a huge history or
+# blob is refused before it fills the disk. Bigger than maxTreeSize: a shallow pack of a tree
+# under that limit is smaller than the tree, and deepening adds history.
+DEFAULT_MAX_FETCH_BYTES = 1024 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +84,13 @@ class RepoSource:
     verify: VerifyConfig | None = None
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     max_tree_bytes: int = DEFAULT_MAX_TREE_BYTES
+    max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES
 
     def __post_init__(self) -> None:
         if self.max_tree_bytes < 1:
             raise ValueError(f"max_tree_bytes must be >= 1, got {self.max_tree_bytes}")
+        if self.max_fetch_bytes < 1:
+            raise ValueError(f"max_fetch_bytes must be >= 1, got {self.max_fetch_bytes}")
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
         if self.timeout <= 0:
@@ -99,7 +106,7 @@ class RepoSource:
             f"RepoSource(url={redact_url(self.url)!r}, branch={self.branch!r}, "
             f"cache_dir={self.cache_dir!r}, depth={self.depth}, auth={self.auth!r}, "
             f"verify={self.verify!r}, timeout={self.timeout}, "
-            f"max_tree_bytes={self.max_tree_bytes})"
+            f"max_tree_bytes={self.max_tree_bytes}, max_fetch_bytes={self.max_fetch_bytes})"
         )
 
     @property

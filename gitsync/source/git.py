@@ -267,6 +267,7 @@ class GitSource:
 
     def _remote(self, args: list[str], *, op: str) -> GitResult:
         creds = credentials(self.config.auth, self.config.url)
+        limit = self.config.max_fetch_bytes if op == "fetch" else None
         result = self.runner.run(
             args,
             git_dir=self.git_dir,
@@ -275,7 +276,16 @@ class GitSource:
             config=((f"remote.{REMOTE}.url", self.config.url), *creds.config),
             env=creds.env,
             secrets=(*creds.secrets, *_userinfo(self.config.url)),
+            max_file_bytes=limit,
         )
+        if result.returncode != 0 and limit is not None and _cut_off(self.git_dir, limit):
+            wanted = " ".join(a for a in args if not a.startswith("-") and a != REMOTE)
+            raise TreeTooLarge(
+                f"not fetched: {wanted.removeprefix('fetch ')} of {self._url} is more than "
+                f"the {mib(limit)} one fetch may download (repository.maxFetchSize). Keep "
+                "large files and histories out of the deployment repository, or raise "
+                "repository.maxFetchSize"
+            )
         if result.returncode != 0:
             raise failure(op, self._url, result, self.runner.timeout)
         return result
@@ -295,6 +305,21 @@ class GitSource:
                 "directory if it is corrupt"
             )
         return result
+
+
+def _cut_off(git_dir: Path, limit: int) -> bool:
+    """Whether a fetch that failed was stopped by its file-size limit: index-pack, killed by
+    SIGXFSZ, leaves its pack at exactly the limit (git then says only "invalid index-pack
+    output"). Removes those packs; another fetch's pack still being written is left alone."""
+    cut = False
+    for partial in (git_dir / "objects" / "pack").glob("tmp_pack_*"):
+        try:
+            if partial.stat().st_size >= limit:
+                partial.unlink()
+                cut = True
+        except FileNotFoundError:
+            continue
+    return cut
 
 
 def ref_ok(ref: str) -> bool:

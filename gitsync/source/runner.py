@@ -4,12 +4,15 @@ Owns starting git (via GitPython's ``git.cmd.Git``, no ``Repo`` kept open), the 
 that keeps git non-interactive and independent of the user's credential helpers, the timeout
 on every process, and the record of what ran (:attr:`GitRunner.calls`) so callers and tests
 can count processes. Credentials arrive as environment entries only; the record and the logs
-hold argv, which never carries one. Must not interpret git's output: callers do.
+hold argv, which never carries one. A fetch may be bounded in what it writes
+(``max_file_bytes``: the kernel's file-size limit, set by util-linux's ``prlimit``, on a fetch
+that keeps what it downloads as one pack). Must not interpret git's output: callers do.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Iterable, Sequence
@@ -80,13 +83,21 @@ class GitRunner:
         config: Iterable[tuple[str, str]] = (),
         env: Iterable[tuple[str, str]] = (),
         secrets: Iterable[str] = (),
+        max_file_bytes: int | None = None,
     ) -> GitResult:
+        """Runs ``git args``. ``max_file_bytes`` (a fetch) bounds every file git writes; with
+        the ``fetch.unpackLimit`` of 1 set here, the pack a fetch downloads is one file, so a
+        fetch cannot fill the disk however large the commits it is sent."""
         argv = [self.executable]
         if git_dir is not None:
             argv.append(f"--git-dir={git_dir}")
         argv.extend(args)
         child_env = dict(_BASE_ENV)
         entries = [*_BASE_CONFIG, *config]
+        launch = argv
+        if max_file_bytes is not None:
+            entries += [("fetch.unpackLimit", "1"), ("transfer.unpackLimit", "1")]
+            launch = [*_file_size_limit(max_file_bytes), *argv]
         # GIT_CONFIG_COUNT/KEY/VALUE (git >= 2.31): config that never shows in argv.
         child_env["GIT_CONFIG_COUNT"] = str(len(entries))
         for index, (key, value) in enumerate(entries):
@@ -97,7 +108,7 @@ class GitRunner:
             child_env["GIT_DIR"] = str(git_dir)
         began = time.monotonic()
         status, stdout, stderr = git.cmd.Git(str(cwd) if cwd else None).execute(
-            argv,
+            launch,
             with_extended_output=True,
             with_exceptions=False,
             kill_after_timeout=self.timeout,
@@ -121,3 +132,22 @@ class GitRunner:
             stderr[-500:],
         )
         return GitResult(status, stdout, stderr, timed_out)
+
+
+_warned_no_prlimit = False
+
+
+def _file_size_limit(max_bytes: int) -> list[str]:
+    """The argv prefix that runs a command under a file-size limit of ``max_bytes``; empty,
+    with one warning, where util-linux's ``prlimit`` is missing (not Linux): the fetch then
+    runs unbounded."""
+    global _warned_no_prlimit  # noqa: PLW0603 - one warning per process
+    found = shutil.which("prlimit")
+    if found is None:
+        if not _warned_no_prlimit:
+            _warned_no_prlimit = True
+            log.warning(
+                "prlimit (util-linux) is not installed: repository.maxFetchSize is not enforced"
+            )
+        return []
+    return [found, f"--fsize={max_bytes}", "--"]
