@@ -1,9 +1,10 @@
 """Classification cost: 1,000 changed services (semantic serveConfigV2 diff + KubeRay rules).
 
-DESIGN §6 target: < 1 s CPU. Services are the example ranker (two applications, three worker
-groups' worth of cluster) with a mix of edits: a deployment's num_replicas (serve-update), an
-image (cluster-swap), worker replicas (scale-ineffective), a reformat. Measures CPU time of
-normalising both sides and classifying, median of repeated runs.
+Target (docs/architecture.md, 'Targets'): < 1 s CPU. Services are the example ranker (two
+applications, three worker groups' worth of cluster) with a mix of edits: a deployment's
+num_replicas (serve-update), an image (cluster-swap), worker replicas (scale-ineffective), a
+reformat. Measures CPU time of normalising both sides and classifying, median of repeated
+runs.
 
     .venv/bin/python -m bench.classify [COUNT] [REPEAT]
 """

@@ -73,14 +73,6 @@ class NotInstalled(AccessRefused):
     """404 for a resource type: the API server does not serve it (its CRD is missing)."""
 
 
-class HealthTimeout(GitsyncError):
-    """A service did not become Healthy within its deadline."""
-
-    def __init__(self, key: ServiceKey, message: str) -> None:
-        self.key = key
-        super().__init__(f"{key}: {message}")
-
-
 class AuthError(SourceError):
     """The Git server refused the credentials (or wanted some and none were configured)."""
 

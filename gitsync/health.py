@@ -1,11 +1,11 @@
 """Health: RayService status → :class:`~gitsync.model.Health`, stricter than Ready=True. Pure.
 
-Mirrors DESIGN §3. KubeRay keeps ``Ready`` True during a cluster swap and while apps are
-DEPLOY_FAILED, and in the reconcile that submits a new Serve config it reports the *old* apps
-as RUNNING with the *new* generation (it reads statuses before the PUT). So a service is
-Healthy only when the generation is observed, no upgrade is in progress, every app the
-desired config names is RUNNING with every deployment HEALTHY, and that held for N
-consecutive reads (:class:`HealthGate`).
+The rules: docs/architecture.md, 'Health'. KubeRay keeps ``Ready`` True during a cluster
+swap and while apps are DEPLOY_FAILED, and in the reconcile that submits a new Serve config it
+reports the *old* apps as RUNNING with the *new* generation (it reads statuses before the
+PUT). So a service is Healthy only when the generation is observed, no upgrade is in
+progress, every app the desired config names is RUNNING with every deployment HEALTHY, and
+that held for N consecutive reads (:class:`HealthGate`).
 """
 
 from __future__ import annotations

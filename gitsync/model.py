@@ -48,7 +48,7 @@ class ServiceKey:
 
 
 class Action(enum.StrEnum):
-    """What applying a change will make KubeRay do (DESIGN §2)."""
+    """What applying a change will make KubeRay do (docs/architecture.md, 'KubeRay rules')."""
 
     CREATE = "create"
     SERVE_UPDATE = "serve-update"
@@ -66,7 +66,8 @@ class Action(enum.StrEnum):
 
 
 class Health(enum.StrEnum):
-    """gitsync's health of one RayService, stricter than Ready=True (DESIGN §3)."""
+    """gitsync's health of one RayService, stricter than Ready=True (docs/architecture.md,
+    'Health')."""
 
     HEALTHY = "Healthy"
     PROGRESSING = "Progressing"

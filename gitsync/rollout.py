@@ -164,7 +164,7 @@ class Rollout:
             if self.stop.is_set():
                 stopped = _Failure(None, "stopped before the rollout finished", stopped=True)
                 return self._fail(env, record, stopped, desired, previous, tuple(applied))
-            record = _replace(record, wave=wave.number)
+            record = replace(record, wave=wave.number)
             self.state.write(record)
             # Disabled while earlier waves rolled out (an incident does not wait for gitsync);
             # the first wave's services were read by the plan just now.
@@ -194,7 +194,7 @@ class Rollout:
             return self._fail(env, record, pruned, desired, None, tuple(applied))
         message = _succeeded(len(applied), len(pruned), len(skipped))
         self.state.write(
-            _replace(
+            replace(
                 record,
                 phase=Phase.SUCCEEDED,
                 wave=None,
@@ -416,7 +416,7 @@ class Rollout:
             )
         if failure.superseded:
             self.state.write(
-                _replace(record, phase=Phase.SUPERSEDED, finished=_now(), message=failure.message)
+                replace(record, phase=Phase.SUPERSEDED, finished=_now(), message=failure.message)
             )
             self.progress(f"{env.name}: {record.revision[:12]} superseded: {failure.message}")
             return RolloutResult(
@@ -429,7 +429,7 @@ class Rollout:
             message += f"; {rolled[1]}"
             if rolled[0]:
                 outcome, phase = Outcome.ROLLED_BACK, Phase.ROLLED_BACK
-        self.state.write(_replace(record, phase=phase, finished=_now(), message=message))
+        self.state.write(replace(record, phase=phase, finished=_now(), message=message))
         self.progress(f"{env.name}: {record.revision[:12]} {outcome}: {message}")
         return RolloutResult(env.name, record.revision, outcome, message, failure.key, applied)
 
@@ -489,10 +489,6 @@ def _kinds(desired: Mapping[ServiceKey, Desired], plan: Plan) -> tuple[str, ...]
     leaves running, as ``apiVersion/Kind``: what ``gitsync status`` lists beside RayServices."""
     keys = [*desired, *(c.key for c in plan.changes)]
     return tuple(sorted({f"{k.api_version}/{k.kind}" for k in keys if not k.is_rayservice}))
-
-
-def _replace(state: RolloutState, **changes: Any) -> RolloutState:
-    return replace(state, **changes)
 
 
 class _Waiter:

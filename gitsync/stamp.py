@@ -1,7 +1,8 @@
 """The object gitsync applies for a desired service: Git's manifest plus ownership stamps.
 
-DESIGN §4: ``app.kubernetes.io/managed-by: gitsync`` and ``gitsync.ray.io/environment``
-labels (so gitsync can list what it owns), revision, source and wave annotations. Pure.
+``app.kubernetes.io/managed-by: gitsync`` and ``gitsync.ray.io/environment`` labels (so
+gitsync can list what it owns), revision, source, wave and applied-hash annotations
+(docs/architecture.md, 'On the objects gitsync applies'). Pure.
 """
 
 from __future__ import annotations

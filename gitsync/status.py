@@ -66,8 +66,8 @@ def _expected_apps(obj: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def service_status(obj: Mapping[str, Any], finding: Mapping[str, Any] | None) -> ServiceStatus:
-    """One managed object's row: a RayService by gitsync's rules (DESIGN's health), any other
-    kind by the generic rule (:mod:`gitsync.object_health`)."""
+    """One managed object's row: a RayService by gitsync's rules (docs/architecture.md,
+    'Health'), any other kind by the generic rule (:mod:`gitsync.object_health`)."""
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     key = ServiceKey(

@@ -1,7 +1,7 @@
 """Classification: (live or previous, desired) → one :class:`Change` with a KubeRay action.
 
-Owns the mapping from a diff to what KubeRay will really do (DESIGN §2, §3), using the rules
-of one KubeRay minor version (:class:`gitsync.kuberay.Semantics`):
+Owns the mapping from a diff to what KubeRay will really do (docs/architecture.md, 'KubeRay
+rules'), using the rules of one KubeRay minor version (:class:`gitsync.kuberay.Semantics`):
 
 - cluster fields in the spec hash changed → ``cluster-swap`` under zero downtime (the new
   cluster gets the new Serve config), else ``cluster-ignored`` (upgradeStrategy None or the

@@ -16,21 +16,6 @@ from typing import Any
 
 from gitsync.diff.crd_defaults import RAYSERVICE_DEFAULTS
 
-SERVER_METADATA = frozenset(
-    {
-        "uid",
-        "resourceVersion",
-        "generation",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "managedFields",
-        "selfLink",
-        "ownerReferences",
-        "finalizers",
-        "generateName",
-    }
-)
 # Stamped by gitsync on apply: they move with every commit and are not a change to roll out.
 STAMPED_ANNOTATIONS = frozenset(
     {

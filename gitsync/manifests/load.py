@@ -27,8 +27,9 @@ MAX_FILE_BYTES = 1024 * 1024  # the API server's own request limit is about 3 Mi
 # Every manifest of one revision is held in memory during a pass: 1,000 RayServices of ~5 KB
 # are 5 MB, so this bounds a hostile tree without getting near a real one.
 MAX_TREE_BYTES = 32 * 1024 * 1024
-# DESIGN's scale target is 1,000 services per agent; an environment declaring more is a
-# generated or broken tree, and would hold every pass for minutes.
+# The scale target is 1,000 services per agent (docs/architecture.md, 'Targets'); an
+# environment declaring more is a generated or broken tree, and would hold every pass for
+# minutes.
 MAX_OBJECTS = 2000
 # Past this many problems an environment is not read further: the first ones say what is
 # wrong, and a generated tree with one mistake per document would otherwise list thousands.

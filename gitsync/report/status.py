@@ -1,9 +1,9 @@
 """What a commit status says: pure functions from rollout events to :class:`CommitStatus`.
 
-Owns the vocabulary of DESIGN §4 — context ``gitsync/<environment>``, the states, the
-description (≤ 140 characters, naming the first failing service or app and why) and the
-``target_url`` template. Knows nothing about forges, HTTP or git; the providers translate
-these values into each forge's API.
+Owns the vocabulary (docs/architecture.md, 'Outside the cluster') — context
+``gitsync/<environment>``, the states, the description (≤ 140 characters, naming the first
+failing service or app and why) and the ``target_url`` template. Knows nothing about forges,
+HTTP or git; the providers translate these values into each forge's API.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The KubeRay simulator against the real API server: every path of DESIGN §3, asserted on
-the status the API server returns (never on the simulator's memory)."""
+"""The KubeRay simulator against the real API server: every path of the KubeRay rules
+(docs/architecture.md, 'KubeRay rules'), asserted on the status the API server returns (never
+on the simulator's memory)."""
 
 from __future__ import annotations
 
