@@ -37,6 +37,7 @@ from gitsync.manifests.podpolicy import Violation, enforce, problem_text
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
 from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
+from gitsync.names import PREVIEW_UPDATED
 from gitsync.plan import PLAN_COMMENT_MARKER, build_plan, code, fenced, plan_markdown
 from gitsync.planning import environment_manifests, tree_plans
 from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
@@ -48,7 +49,7 @@ from gitsync.stamp import REVISION, stamped
 
 log = logging.getLogger(__name__)
 
-UPDATED = "gitsync.ray.io/preview-updated"  # when the preview last changed (epoch seconds)
+UPDATED = PREVIEW_UPDATED
 EXPIRED = "expired (previews.ttl)"
 
 
@@ -518,7 +519,7 @@ def list_previews(services: RayServices, namespace: str) -> list[dict[str, Any]]
             {
                 "pr": int((meta.get("labels") or {}).get(PREVIEW, "0")),
                 "name": meta["name"],
-                "revision": annotations.get("gitsync.ray.io/revision", ""),
+                "revision": annotations.get(REVISION, ""),
                 "updated": int(annotations.get(UPDATED, "0") or 0),
                 "object": obj,
             }

@@ -14,15 +14,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitsync.diff.fieldsets import owns_all, union
+from gitsync.names import (
+    APPLIED_HASH,
+    ENVIRONMENT,
+    FIELD_MANAGER,
+    MANAGED_BY,
+    RECONCILE,
+    REVISION,
+    SOURCE,
+    WAVE,
+)
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-ENVIRONMENT = "gitsync.ray.io/environment"
-REVISION = "gitsync.ray.io/revision"
-SOURCE = "gitsync.ray.io/source"
-WAVE = "gitsync.ray.io/wave"
-APPLIED_HASH = "gitsync.ray.io/applied-hash"
-RECONCILE = "gitsync.ray.io/reconcile"  # "disabled": gitsync leaves the live object alone
-FIELD_MANAGER = "gitsync"
+__all__ = [
+    "APPLIED_HASH", "ENVIRONMENT", "FIELD_MANAGER", "MANAGED_BY", "RECONCILE", "REVISION",
+    "SOURCE", "WAVE",
+]  # fmt: skip
 # The top-level fields (as managedFields name them) that are not an object's content: its
 # spec, a ConfigMap's data, a Role's rules … are everything else.
 NOT_CONTENT = frozenset({"f:apiVersion", "f:kind", "f:metadata", "f:status"})

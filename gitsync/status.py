@@ -20,6 +20,7 @@ from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.model import Health, Phase, RolloutState, ServiceKey
+from gitsync.names import REVISION
 from gitsync.object_health import assess_object
 from gitsync.stamp import ENVIRONMENT, reconcile_disabled
 
@@ -80,7 +81,7 @@ def service_status(obj: Mapping[str, Any], finding: Mapping[str, Any] | None) ->
     drift = ("fighting" if finding.get("fighting") else "drifted") if finding else ""
     return ServiceStatus(
         key,
-        str(annotations.get("gitsync.ray.io/revision", "")),
+        str(annotations.get(REVISION, "")),
         result.health,
         result.message,
         reconcile_disabled(obj, None),

@@ -26,6 +26,7 @@ CORE = (
     "gitsync.mask",
     "gitsync.report.status",
     "gitsync.stamp",
+    "gitsync.names",
     "gitsync.web.facts",
     "gitsync.web.view",
     "gitsync.web.render",

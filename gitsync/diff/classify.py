@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitsync import kuberay
+from gitsync import kuberay, names
 from gitsync.diff.serve import ServeChange, diff_serve
 from gitsync.diff.structural import Difference, describe, differences, field_change, keyed, mask
 from gitsync.mask import secret_roots_of
 from gitsync.model import Action, Change, ServiceKey
 
-WAVE_ANNOTATION = "gitsync.ray.io/wave"
+WAVE_ANNOTATION = names.WAVE
 
 
 @dataclass(frozen=True)

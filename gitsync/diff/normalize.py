@@ -14,19 +14,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gitsync import names
 from gitsync.diff.crd_defaults import RAYSERVICE_DEFAULTS
 
 # Stamped by gitsync on apply: they move with every commit and are not a change to roll out.
 STAMPED_ANNOTATIONS = frozenset(
     {
-        "gitsync.ray.io/revision",
-        "gitsync.ray.io/source",
-        "gitsync.ray.io/applied-hash",
-        "gitsync.ray.io/preview-updated",  # a preview's last rollout time, for its TTL
+        names.REVISION,
+        names.SOURCE,
+        names.APPLIED_HASH,
+        names.PREVIEW_UPDATED,  # a preview's last rollout time, for its TTL
         "kubectl.kubernetes.io/last-applied-configuration",
     }
 )
-STAMPED_LABELS = frozenset({"app.kubernetes.io/managed-by", "gitsync.ray.io/environment"})
+STAMPED_LABELS = frozenset({names.MANAGED_BY, names.ENVIRONMENT})
 
 
 @dataclass

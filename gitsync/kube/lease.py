@@ -34,9 +34,11 @@ from typing import Any
 import urllib3
 from kubernetes import client
 
+from gitsync import names
+
 log = logging.getLogger(__name__)
 
-LEADER_URL = "gitsync.ray.io/leader-url"
+LEADER_URL = names.LEADER_URL
 
 
 def _now() -> datetime.datetime:

@@ -23,10 +23,11 @@ from typing import Any
 
 import yaml
 
+from gitsync import names
 from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.repoconfig import PreviewConfig
 
-PREVIEW = "gitsync.ray.io/preview"
+PREVIEW = names.PREVIEW
 MAX_NAME = 47  # KubeRay derives RayCluster and Service names from it; longer names fail
 
 

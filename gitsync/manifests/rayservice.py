@@ -14,24 +14,24 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gitsync import kuberay
+from gitsync import kuberay, names
 from gitsync.manifests.names import namespace_problem, object_name_problem, rayservice_name_problem
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
 from gitsync.manifests.schema import UNKNOWN, spec_problems
 from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
-ANNOTATION_PREFIX = "gitsync.ray.io/"
-WAVE_ANNOTATION = "gitsync.ray.io/wave"
+ANNOTATION_PREFIX = names.PREFIX
+WAVE_ANNOTATION = names.WAVE
 # Written by gitsync on apply; a manifest that sets them would lie about its provenance.
 RESERVED_KEYS = frozenset(
     {
-        "app.kubernetes.io/managed-by",
-        "gitsync.ray.io/environment",
-        "gitsync.ray.io/revision",
-        "gitsync.ray.io/source",
-        "gitsync.ray.io/preview",
-        "gitsync.ray.io/applied-hash",
+        names.MANAGED_BY,
+        names.ENVIRONMENT,
+        names.REVISION,
+        names.SOURCE,
+        names.PREVIEW,
+        names.APPLIED_HASH,
     }
 )
 _WAVE = re.compile(r"^-?[0-9]{1,6}$")

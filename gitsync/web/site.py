@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 from kubernetes.client import ApiException
 
+from gitsync import names
 from gitsync.config import AgentConfig, UiSettings
 from gitsync.errors import GitsyncError
 from gitsync.kube.events import list_events
@@ -149,9 +150,7 @@ def _slim(obj: Mapping[str, Any]) -> dict[str, Any]:
             "name": metadata.get("name"),
             "namespace": metadata.get("namespace"),
             "generation": metadata.get("generation"),
-            "annotations": {
-                k: v for k, v in annotations.items() if k.startswith("gitsync.ray.io/")
-            },
+            "annotations": {k: v for k, v in annotations.items() if k.startswith(names.PREFIX)},
         },
         "spec": {
             "serveConfigV2": spec.get("serveConfigV2"),

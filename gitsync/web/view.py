@@ -17,6 +17,7 @@ from typing import Any
 from gitsync import kuberay
 from gitsync.health import assess
 from gitsync.model import Action, Change, Health, Phase, ServiceKey
+from gitsync.names import REVISION, WAVE
 from gitsync.web.facts import (
     Clock,
     CommitInfo,
@@ -27,7 +28,7 @@ from gitsync.web.facts import (
     Step,
 )
 
-_WAVE = "gitsync.ray.io/wave"
+_WAVE = WAVE
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ def service_view(
         str(assessment.health),
         assessment.message,
         last_action,
-        str(annotations.get("gitsync.ray.io/revision", ""))[:12],
+        str(annotations.get(REVISION, ""))[:12],
         str(active.get("rayClusterName") or ""),
         str(pending.get("rayClusterName") or ""),
         _apps(active),
