@@ -36,7 +36,7 @@ from gitsync.plan import Plan, Wave, build_plan, fields_json
 from gitsync.planning import confined, environment_manifests, ordered_environments
 from gitsync.rollout import Outcome, Rollout, RolloutResult
 from gitsync.source.git import GitSource
-from gitsync.stamp import reconcile_disabled, stamped, untouched_since_apply
+from gitsync.stamp import reconcile_disabled, stamp_service, untouched_since_apply
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,14 @@ class DriftReport:
     @property
     def drifted(self) -> bool:
         return bool(self.drifts)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What a check read: the live objects, and the dry-run answers it compared them with."""
+
+    live: dict[ServiceKey, dict[str, Any]]
+    desired: dict[ServiceKey, dict[str, Any]]
 
 
 @dataclass
@@ -117,7 +125,7 @@ class DriftChecker:
         if revision not in self._trees:
             self._trees[revision] = self._tree(revision)
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
-        drifts, disabled = self._find(loaded, revision)
+        drifts, disabled, seen = self._find(loaded, revision)
         history = self.state.read_drift(name).corrections
         now = self.clock()  # forget what left the window: the ConfigMap stays small
         corrections = {f: ts for f, ts in history.items() if any(now - t < self.window for t in ts)}
@@ -127,7 +135,7 @@ class DriftChecker:
         env = loaded.environment
         healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
         if heal and env.self_heal and healable:
-            healed = self._heal(loaded, revision, healable, corrections)
+            healed = self._heal(loaded, revision, healable, corrections, seen)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
@@ -143,10 +151,12 @@ class DriftChecker:
 
     def _find(
         self, loaded: EnvironmentManifests, revision: str
-    ) -> tuple[list[Drift], set[ServiceKey]]:
-        """The drifts, and the live services whose reconcile is disabled (drifted or not)."""
+    ) -> tuple[list[Drift], set[ServiceKey], _Seen]:
+        """The drifts, the live services whose reconcile is disabled (drifted or not), and
+        both sides as compared (healing plans from them: no second list or dry run)."""
         env = loaded.environment
         live = self._live(loaded)
+        answers: dict[ServiceKey, dict[str, Any]] = {}
         manifests = {key: s.manifest for key, s in loaded.desired.items()}
         disabled = {k for k, obj in live.items() if reconcile_disabled(obj, manifests.get(k))}
         drifts: list[Drift] = []
@@ -155,16 +165,12 @@ class DriftChecker:
             if obj is None:
                 drifts.append(Drift(service.key, DriftKind.DELETED, revision))
                 continue
-            body = stamped(
-                service.manifest,
-                environment=env.name,
-                revision=revision,
-                source=service.source,
-                wave=service.wave,
-            )
+            body = stamp_service(service, env.name, revision)
             if untouched_since_apply(obj, body):
                 continue  # provably what gitsync applied: no request
-            desired = comparable(self.services.apply(body, dry_run=True, force=True))
+            desired = answers[service.key] = comparable(
+                self.services.apply(body, dry_run=True, force=True)
+            )
             found = modified(
                 service.key, comparable(obj), desired, obj, revision, self.config.classify
             )
@@ -176,7 +182,7 @@ class DriftChecker:
             for key in sorted(live)
             if key not in declared
         ]
-        return drifts, disabled
+        return drifts, disabled, _Seen(live, answers)
 
     def _live(self, loaded: EnvironmentManifests) -> dict[ServiceKey, dict[str, Any]]:
         """Everything gitsync manages for the environment: its RayServices, and its objects
@@ -244,6 +250,7 @@ class DriftChecker:
         revision: str,
         drifts: Sequence[Drift],
         corrections: dict[str, list[float]],
+        seen: _Seen,
     ) -> RolloutResult | None:
         """Re-applies Git's version of the drifted services as a rollout: waves, health gates,
         the same state ConfigMap. Only what the plan really changes is healed and counted as
@@ -255,19 +262,13 @@ class DriftChecker:
         current: dict[ServiceKey, dict[str, Any]] = {}
         desired: dict[ServiceKey, dict[str, Any]] = {}
         by_key = loaded.desired
-        live = self._live(loaded)
         for key in keys:
-            if key in live:
-                current[key] = comparable(live[key])
-            if key in by_key:
-                s = by_key[key]
-                body = stamped(
-                    s.manifest,
-                    environment=env.name,
-                    revision=revision,
-                    source=s.source,
-                    wave=s.wave,
-                )
+            if key in seen.live:
+                current[key] = comparable(seen.live[key])
+            if key in seen.desired:  # a modified service: dry-run once, by _find
+                desired[key] = seen.desired[key]
+            elif key in by_key:  # deleted: nothing to compare, Git's body with the defaults
+                body = stamp_service(by_key[key], env.name, revision)
                 desired[key] = comparable(self.services.apply(body, dry_run=True, force=True))
         plan = _only_changes(
             build_plan(

@@ -22,7 +22,7 @@ from gitsync.manifests.repoconfig import REPO_CONFIG_FILE
 from gitsync.model import Problem, ServiceKey
 from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
-from gitsync.stamp import reconcile_disabled, stamped, stamped_hash, untouched_since_apply
+from gitsync.stamp import reconcile_disabled, stamp_service, stamped_hash, untouched_since_apply
 
 
 def _valid_config(report: TreeReport, label: str) -> TreeReport:
@@ -205,14 +205,7 @@ def live_environment_plan(
         disabled |= others.disabled
         return unchanged_plan(env.name, env.namespace, waves, to_rev=revision, disabled=disabled)
     bodies = {
-        service.key: stamped(
-            service.manifest,
-            environment=env.name,
-            revision=revision,
-            source=service.source,
-            wave=service.wave,
-        )
-        for service in loaded.services
+        service.key: stamp_service(service, env.name, revision) for service in loaded.services
     }
     live = rayservices.list_managed(env.namespace, env.name)
     current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
@@ -308,9 +301,7 @@ def _other_kinds(
     disabled = {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
     asks: list[dict[str, Any]] = []
     for obj in loaded.objects:
-        body = stamped(
-            obj.manifest, environment=env.name, revision=revision, source=obj.source, wave=obj.wave
-        )
+        body = stamp_service(obj, env.name, revision)
         if obj.key not in live and (existing := objects.get(obj.key)) is not None:
             current[obj.key] = owned_object(existing)  # there, but not (yet) labelled as ours
             if reconcile_disabled(existing, obj.manifest):

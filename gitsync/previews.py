@@ -38,14 +38,14 @@ from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
 from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
 from gitsync.names import PREVIEW_UPDATED
-from gitsync.plan import PLAN_COMMENT_MARKER, build_plan, code, fenced, plan_markdown
-from gitsync.planning import environment_manifests, tree_plans
+from gitsync.plan import PLAN_COMMENT_MARKER, code, fenced, plan_markdown
+from gitsync.planning import environment_manifests, live_environment_plan, tree_plans
 from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import Describer, State
 from gitsync.rollout import Outcome, Rollout, RolloutResult
 from gitsync.source.git import GitSource
-from gitsync.stamp import REVISION, stamped
+from gitsync.stamp import REVISION
 
 log = logging.getLogger(__name__)
 
@@ -357,15 +357,10 @@ class PreviewReconciler:
                 raise GitsyncError(f"preview body for {key} left the preview namespace")
         if desired and ensure_namespace(self.services.api, previews.namespace):
             self.progress(f"previews: created namespace {previews.namespace}")
-        live = self.services.list_managed(previews.namespace, env.name)
-        current = {k: owned(v) for k, v in live.items()}
-        bodies = {}
-        for key, service in desired.items():
-            body = stamped(service.manifest, environment=env.name, revision=pr.head_sha,
-                           source=service.source, wave=service.wave)  # fmt: skip
-            bodies[key] = owned(self.services.apply(body, dry_run=True, force=True))
-        plan = build_plan(env.name, env.namespace, current, bodies, self.config.classify,
-                          prune=env.prune, to_rev=pr.head_sha)  # fmt: skip
+        # Planned as every environment is (gitsync.planning): a service whose live object
+        # disables reconciling it is skipped, an unchanged one costs no dry run.
+        loaded = EnvironmentManifests(env, tuple(desired.values()), (), (), len(desired))
+        plan = live_environment_plan(loaded, self.services, self.config.classify, pr.head_sha)
         if not desired:
             text = "no preview: this pull request changes no service of " + previews.source
             self._status(pr, State.SUCCESS, text)

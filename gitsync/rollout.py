@@ -30,7 +30,7 @@ from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, Desired, Health, Phase, RolloutState, ServiceKey
 from gitsync.object_health import assess_object
 from gitsync.plan import Plan, Wave
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY, applied_for, reconcile_disabled, stamped
+from gitsync.stamp import ENVIRONMENT, MANAGED_BY, applied_for, reconcile_disabled, stamp_service
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +212,7 @@ class Rollout:
     # -- steps -----------------------------------------------------------------------------
 
     def _body(self, env: EnvironmentConfig, service: Desired, revision: str) -> dict[str, Any]:
-        return stamped(
-            service.manifest,
-            environment=env.name,
-            revision=revision,
-            source=service.source,
-            wave=service.wave,
-        )
+        return stamp_service(service, env.name, revision)
 
     def _skipped(self, env: EnvironmentConfig, keys: Sequence[ServiceKey], revision: str) -> None:
         """Says so once per rollout, so once per revision: a pass that finds the revision up

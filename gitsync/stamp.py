@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from gitsync.diff.fieldsets import owns_all, union
 from gitsync.names import (
@@ -64,6 +64,29 @@ def reconcile_disabled(
     else:
         value = (((live or {}).get("metadata") or {}).get("annotations") or {}).get(RECONCILE)
     return str(value or "").strip().lower() == "disabled"
+
+
+class Stampable(Protocol):
+    """A desired object as Git declares it (a RayService or another allowed kind)."""
+
+    @property
+    def manifest(self) -> Mapping[str, Any]: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def wave(self) -> int: ...
+
+
+def stamp_service(desired: Stampable, environment: str, revision: str | None) -> dict[str, Any]:
+    """The body gitsync applies (and dry-runs) for ``desired`` of ``environment`` at
+    ``revision``: the one way every stage stamps an object."""
+    return stamped(
+        desired.manifest,
+        environment=environment,
+        revision=revision,
+        source=desired.source,
+        wave=desired.wave,
+    )
 
 
 def stamped(

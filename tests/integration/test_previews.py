@@ -281,6 +281,34 @@ def test_pushes_update_the_preview_and_the_comment_closing_deletes_it(
     assert {t.name for t in trees.iterdir() if t.is_dir()} == {main_head}
 
 
+def test_a_preview_whose_reconcile_is_disabled_is_left_alone_on_the_next_push(
+    forge: Forge, api: client.ApiClient
+) -> None:
+    """Previews plan as environments do: a preview RayService annotated
+    gitsync.ray.io/reconcile=disabled (someone debugging it) is not rewritten by a push."""
+    forge.branch("scale", scale_ranker)
+    number = forge.open_pr("scale")
+    forge.reconcile(api)
+    name = f"ranker-pr-{number}"
+    custom = client.CustomObjectsApi(api)
+    patch = {"metadata": {"annotations": {"gitsync.ray.io/reconcile": "disabled"}}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, forge.previews_ns, PLURAL, name, patch)
+    held = previews_in(api, forge.previews_ns)[name]
+
+    def rename(root: Path) -> None:
+        scale_ranker(root)
+        path = root / "environments" / "staging" / "ranker.yaml"
+        path.write_text(
+            path.read_text().replace("route_prefix: /rank", "route_prefix: /ranking", 1)
+        )
+
+    forge.branch("scale", rename, "rename the route")
+    forge.reconcile(api)
+    after = previews_in(api, forge.previews_ns)[name]
+    assert after["metadata"]["generation"] == held["metadata"]["generation"]
+    assert after["spec"] == held["spec"]
+
+
 def snapshot(api: client.ApiClient, namespace: str) -> dict[str, str]:
     """Every RayService and ConfigMap in ``namespace``: kind/name → resourceVersion."""
     services = previews_in(api, namespace)
