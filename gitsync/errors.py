@@ -5,6 +5,8 @@ Messages say what is wrong, where, and what to do; they never contain credential
 
 from __future__ import annotations
 
+from typing import Any
+
 from gitsync.model import ServiceKey
 
 
@@ -116,3 +118,27 @@ class InvalidRevision(GitsyncError):
         if len(problems) > self.LISTED:
             listing += f"\n  … {len(problems) - self.LISTED - 1} more …\n  {problems[-1]}"
         super().__init__(f"{what} is invalid ({len(problems)} problem(s)):\n{listing}")
+
+
+# Forge refusals that asking again will not change: a bad request, a token that is wrong or
+# lacks the scope (a 403 *without* rate-limit headers: those are retried), no such repository
+# or commit, a body the forge rejects.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410, 422})
+
+
+class ForgeError(GitsyncError):
+    """A forge API call failed for good (after retries, or a permanent 4xx)."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
+        self.status = status  # set for a refusal that was not retried; None after retries
+        self.body = body  # the forge's decoded JSON answer to a refused request, if any
+        super().__init__(message)
+
+    @property
+    def permanent(self) -> bool:
+        """The forge refused for good: the same request will be refused again."""
+        return self.status in PERMANENT_STATUSES
+
+
+class NotesConflict(SourceError):
+    """Every attempt to push the git-notes ref lost a race with another writer."""

@@ -105,21 +105,42 @@ class StateStore:
         self.api = api
         self.namespace = namespace
 
-    @about(CORE)
-    def read(self, environment: str) -> RolloutState | None:
+    # -- the two requests every key set uses: one answer to a refusal, in one place.
+
+    def _get(self, name: str, what: str) -> dict[str, Any] | None:
+        """The ConfigMap ``name``; None when there is none. A transient failure or an access
+        refusal propagates (``@about`` retries or names it); any other refusal is a
+        GitsyncError saying it could not read ``what``."""
         try:
-            configmap = request(
-                self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
-            )
+            return request(self.api, "GET", configmap_path(self.namespace, name))
         except client.ApiException as exc:
             if transient(exc) or access_refused(exc):
                 raise
             if exc.status == 404:
                 return None
-            raise GitsyncError(
-                f"cannot read rollout state of {environment}: {exc.status} {exc.reason}"
-            ) from None
-        return state_from(environment, configmap.get("data") or {})
+            raise GitsyncError(f"cannot read {what}: {exc.status} {exc.reason}") from None
+
+    def _apply(self, name: str, body: dict[str, Any], manager: str, what: str) -> None:
+        """Server-side applies ``body`` as ``manager``, creating the state namespace once if
+        it is missing; refusals as in :meth:`_get`, saying it could not record ``what``."""
+        for attempt in (1, 2):
+            try:
+                apply(self.api, configmap_path(self.namespace, name), body, manager)
+                return
+            except client.ApiException as exc:
+                missing = exc.status == 404 and attempt == 1
+                if missing and ensure_namespace(self.api, self.namespace):
+                    continue  # the state namespace did not exist: created, try again
+                if transient(exc) or access_refused(exc):
+                    raise
+                raise GitsyncError(
+                    f"cannot record {what} in {self.namespace}: {exc.status} {exc.reason}"
+                ) from None
+
+    @about(CORE)
+    def read(self, environment: str) -> RolloutState | None:
+        configmap = self._get(configmap_name(environment), f"rollout state of {environment}")
+        return None if configmap is None else state_from(environment, configmap.get("data") or {})
 
     @about(CORE)
     def read_states(self) -> dict[str, tuple[RolloutState | None, DriftRecord]]:
@@ -151,25 +172,8 @@ class StateStore:
             },
             "data": data,
         }
-        for attempt in (1, 2):
-            try:
-                apply(
-                    self.api,
-                    configmap_path(self.namespace, configmap_name(state.environment)),
-                    body,
-                    FIELD_MANAGER,
-                )
-                return
-            except client.ApiException as exc:
-                missing = exc.status == 404 and attempt == 1
-                if missing and ensure_namespace(self.api, self.namespace):
-                    continue  # the state namespace did not exist: created, try again
-                if transient(exc) or access_refused(exc):
-                    raise
-                raise GitsyncError(
-                    f"cannot record rollout state of {state.environment} in {self.namespace}: "
-                    f"{exc.status} {exc.reason}"
-                ) from None
+        name, what = configmap_name(state.environment), f"rollout state of {state.environment}"
+        self._apply(name, body, FIELD_MANAGER, what)
 
     # -- drift: its own keys, written by its own field manager, so a rollout-state write
     # (server-side apply of the rollout keys) never removes them and vice versa.
@@ -177,19 +181,8 @@ class StateStore:
     @about(CORE)
     def read_drift(self, environment: str) -> DriftRecord:
         """The last drift check's record (empty when there was none)."""
-        try:
-            configmap = request(
-                self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
-            )
-        except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
-                raise
-            if exc.status == 404:
-                return DriftRecord()
-            raise GitsyncError(
-                f"cannot read drift state of {environment}: {exc.status} {exc.reason}"
-            ) from None
-        return _drift(configmap.get("data") or {})
+        configmap = self._get(configmap_name(environment), f"drift state of {environment}")
+        return DriftRecord() if configmap is None else _drift(configmap.get("data") or {})
 
     @about(CORE)
     def write_drift(self, environment: str, record: DriftRecord) -> None:
@@ -204,20 +197,7 @@ class StateStore:
                 "drift_revision": record.revision,
             },
         }
-        try:
-            apply(
-                self.api,
-                configmap_path(self.namespace, configmap_name(environment)),
-                body,
-                DRIFT_MANAGER,
-            )
-        except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
-                raise
-            raise GitsyncError(
-                f"cannot record drift of {environment} in {self.namespace}: "
-                f"{exc.status} {exc.reason}"
-            ) from None
+        self._apply(configmap_name(environment), body, DRIFT_MANAGER, f"drift of {environment}")
 
     @about(CORE)
     def delete(self, environment: str) -> None:
@@ -237,15 +217,7 @@ class StateStore:
     @about(CORE)
     def read_approvals(self) -> dict[int, str]:
         """Pull request number → the head commit its label approved."""
-        try:
-            configmap = request(self.api, "GET", configmap_path(self.namespace, APPROVALS))
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return {}
-            if transient(exc):
-                raise
-            why = f"{exc.status} {exc.reason}"
-            raise GitsyncError(f"cannot read preview approvals: {why}") from None
+        configmap = self._get(APPROVALS, "preview approvals") or {}
         data: dict[str, str] = configmap.get("data") or {}
         return {int(k.removeprefix("pr-")): v for k, v in data.items()
                 if k.removeprefix("pr-").isdigit()}  # fmt: skip
@@ -260,24 +232,8 @@ class StateStore:
                          "labels": {MANAGED_BY: "gitsync"}},
             "data": {f"pr-{number}": sha} if sha else {},
         }  # fmt: skip
-        for attempt in (1, 2):
-            try:
-                apply(self.api, configmap_path(self.namespace, APPROVALS), body,
-                      f"gitsync-approval-{number}")  # fmt: skip
-                return
-            except client.ApiException as exc:
-                if (
-                    exc.status == 404
-                    and attempt == 1
-                    and ensure_namespace(self.api, self.namespace)
-                ):
-                    continue
-                if transient(exc):
-                    raise
-                raise GitsyncError(
-                    f"cannot record the approval of pull request #{number}: "
-                    f"{exc.status} {exc.reason}"
-                ) from None
+        what = f"the approval of pull request #{number}"
+        self._apply(APPROVALS, body, f"gitsync-approval-{number}", what)
 
     # -- the status page's keys: written by the leader with its own field manager, so neither
     # a rollout-state nor a drift write removes them; read by every replica.
@@ -294,23 +250,8 @@ class StateStore:
             "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
             "data": data,
         }
-        for attempt in (1, 2):
-            try:
-                apply(self.api, configmap_path(self.namespace, name), body, STATUS_MANAGER)
-                return
-            except client.ApiException as exc:
-                if (
-                    exc.status == 404
-                    and attempt == 1
-                    and ensure_namespace(self.api, self.namespace)
-                ):
-                    continue
-                if transient(exc):
-                    raise
-                raise GitsyncError(
-                    f"cannot record the status of {environment or 'the previews'} in "
-                    f"{self.namespace}: {exc.status} {exc.reason}"
-                ) from None
+        what = f"the status of {environment or 'the previews'}"
+        self._apply(name, body, STATUS_MANAGER, what)
 
     @about(CORE)
     def read_all(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
@@ -342,18 +283,9 @@ class StateStore:
     @about(CORE)
     def read_data(self, environment: str) -> dict[str, str] | None:
         """The values of ``environment``'s state ConfigMap; None when it has none."""
-        try:
-            configmap = request(
-                self.api, "GET", configmap_path(self.namespace, configmap_name(environment))
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            if transient(exc):
-                raise
-            raise GitsyncError(
-                f"cannot read the state of {environment}: {exc.status} {exc.reason}"
-            ) from None
+        configmap = self._get(configmap_name(environment), f"the state of {environment}")
+        if configmap is None:
+            return None
         return {str(k): str(v) for k, v in (configmap.get("data") or {}).items()}
 
     # -- commit statuses not posted before a shutdown: one ConfigMap, its own field manager.
@@ -389,16 +321,9 @@ class StateStore:
     def take_statuses(self) -> list[dict[str, str]]:
         """What earlier agents could not post, oldest first, and forgets it."""
         path = configmap_path(self.namespace, STATUSES_CONFIGMAP)
-        try:
-            configmap = request(self.api, "GET", path)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return []
-            if transient(exc):
-                raise
-            raise GitsyncError(
-                f"cannot read {self.namespace}/{STATUSES_CONFIGMAP}: {exc.status} {exc.reason}"
-            ) from None
+        configmap = self._get(STATUSES_CONFIGMAP, f"{self.namespace}/{STATUSES_CONFIGMAP}")
+        if configmap is None:
+            return []
         entries = _entries((configmap.get("data") or {}).get("statuses", ""))
         version = configmap["metadata"]["resourceVersion"]
         try:  # only the version read: statuses kept meanwhile are taken next time

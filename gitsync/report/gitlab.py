@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from gitsync.report.http import MAX_PAGES, ForgeError, JsonClient
+from gitsync.errors import ForgeError
+from gitsync.report.http import MAX_PAGES, JsonClient
 from gitsync.report.provider import token_of
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth

@@ -23,31 +23,13 @@ from typing import Any
 import urllib3
 
 from gitsync import __version__
-from gitsync.errors import GitsyncError
+from gitsync.errors import ForgeError
 from gitsync.source.redact import redact
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"gitsync/{__version__}"
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
-# Refusals that asking again will not change: a bad request, a token that is wrong or lacks
-# the scope (a 403 *without* rate-limit headers: those are retried), no such repository or
-# commit, a body the forge rejects.
-PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410, 422})
-
-
-class ForgeError(GitsyncError):
-    """A forge API call failed for good (after retries, or a permanent 4xx)."""
-
-    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
-        self.status = status  # set for a refusal that was not retried; None after retries
-        self.body = body  # the forge's decoded JSON answer to a refused request, if any
-        super().__init__(message)
-
-    @property
-    def permanent(self) -> bool:
-        """The forge refused for good: the same request will be refused again."""
-        return self.status in PERMANENT_STATUSES
 
 
 @dataclass(frozen=True, slots=True)

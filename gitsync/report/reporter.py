@@ -24,9 +24,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from gitsync.errors import GitsyncError
+from gitsync.errors import ForgeError, GitsyncError
 from gitsync.metrics import Metrics
-from gitsync.report.http import ForgeError
 from gitsync.report.provider import Provider
 from gitsync.report.status import CommitStatus
 

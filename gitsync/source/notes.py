@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gitsync.errors import SourceError
+from gitsync.errors import NotesConflict, SourceError
 from gitsync.source.auth import credentials
 from gitsync.source.config import RepoSource
 from gitsync.source.failures import failure
@@ -43,10 +43,6 @@ _REJECTED = (
     "cannot lock ref",
     "failed to update ref",
 )
-
-
-class NotesConflict(SourceError):
-    """Every attempt to push the notes ref lost a race with another writer."""
 
 
 class GitNotes:

@@ -18,12 +18,12 @@ from kubernetes import client
 
 from gitsync.cli import main
 from gitsync.config import StatusConfig
-from gitsync.errors import InvalidRevision
+from gitsync.errors import ForgeError, InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.report.factory import build_reporter
 from gitsync.report.gitea import GiteaProvider, gitea_headers
-from gitsync.report.http import ForgeError, JsonClient
+from gitsync.report.http import JsonClient
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth

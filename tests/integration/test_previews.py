@@ -18,6 +18,7 @@ from kubernetes import client
 
 from gitsync.cli import main
 from gitsync.config import StatusConfig
+from gitsync.errors import ForgeError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.preview import PREVIEW
@@ -26,7 +27,7 @@ from gitsync.plan import PLAN_COMMENT_MARKER as MARKER
 from gitsync.previews import PreviewReconciler, _branch_number
 from gitsync.report.factory import build_provider, build_pulls
 from gitsync.report.gitea import gitea_headers
-from gitsync.report.http import ForgeError, JsonClient
+from gitsync.report.http import JsonClient
 from gitsync.report.pulls import GiteaPulls
 from gitsync.report.reporter import Reporter
 from gitsync.source.config import TokenAuth

@@ -14,9 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from gitsync.errors import ForgeError
 from gitsync.report.github import AppTokens, GitHubProvider, github_headers, token_headers
 from gitsync.report.gitlab import GitLabProvider, gitlab_headers
-from gitsync.report.http import ForgeError, JsonClient, RetryPolicy
+from gitsync.report.http import JsonClient, RetryPolicy
 from gitsync.report.pulls import MARKER, GiteaPulls, GitHubPulls, GitLabPulls, eligible
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth

@@ -13,9 +13,8 @@ from typing import Any, cast
 import pytest
 
 from gitsync.config import AgentConfig, PromotionGate
-from gitsync.errors import GitsyncError
+from gitsync.errors import ForgeError, GitsyncError
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.report.http import ForgeError
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State
 from gitsync.rollout import Outcome, RolloutResult
