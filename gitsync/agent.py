@@ -80,9 +80,6 @@ class Agent:
     metrics: Metrics = field(default_factory=Metrics)
     reporter: Reporter | None = None
     pulls: Pulls | None = None
-    lease_seconds: float = 15.0
-    renew_deadline: float = 10.0
-    retry: float = 2.0
     advertise_url: str = ""  # published on the Lease while leading: standbys relay webhooks
     stale_after: float | None = None  # seconds without a poll: unhealthy (None: see STALE_*)
 
@@ -137,8 +134,6 @@ class Agent:
                 count
             ),
             on_error=lambda environment: self.metrics.drift_check_errors.labels(environment).inc(),
-            limit=self.config.drift.limit,
-            window=self.config.drift.window,
         )
         self._lock = threading.Lock()
         election = self.config.leader_election
@@ -149,9 +144,9 @@ class Agent:
                 election.namespace,
                 election.lease_name,
                 self.identity,
-                self.lease_seconds,
-                self.renew_deadline,
-                self.retry,
+                election.lease_duration,
+                election.renew_deadline,
+                election.retry_period,
                 on_started=self._started_leading,
                 on_stopped=self._stopped_leading,
                 advertise_url=self.advertise_url,

@@ -477,8 +477,6 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 GitSource(config.repository),
                 progress=progress,
                 record=record,
-                limit=config.drift.limit,
-                window=config.drift.window,
             )
             reports = checker.check(args.env, heal=args.heal)
     except GitsyncError as exc:
@@ -607,18 +605,14 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     except GitsyncError as exc:
         err.write(f"gitsync run: {exc}\n")
         return EXIT_ERROR
-    election = config.leader_election
     agent = Agent(
         config,
         api,
         agent_identity(),
         metrics,
-        reporter,
-        pulls,
-        election.lease_duration,
-        election.renew_deadline,
-        election.retry_period,
-        advertised_url(
+        reporter=reporter,
+        pulls=pulls,
+        advertise_url=advertised_url(
             config.advertise_url, listen, os.environ.get("POD_IP", ""), socket.gethostname()
         ),
     )

@@ -32,6 +32,7 @@ from gitsync.source.config import (
 )
 
 DEFAULT_CACHE_DIR = Path("/var/cache/gitsync")
+DEFAULT_CONCURRENCY = 8  # rollout.concurrency
 PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
 _URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.-]*):([0-9]{1,5})$")
@@ -156,7 +157,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    concurrency: int = 8  # services applied at once inside a wave
+    concurrency: int = DEFAULT_CONCURRENCY  # services applied (and dry-run) at once
     health_timeout: float = 600.0  # per wave, seconds
     healthy_reads: int = 3  # consecutive Healthy reads before a service counts as Healthy
     healthy_seconds: float = 5.0  # ... spanning this long: KubeRay requeues every 2 s

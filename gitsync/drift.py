@@ -33,7 +33,7 @@ from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Phase, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan, fields_json
-from gitsync.planning import confined, environment_manifests, ordered_environments
+from gitsync.planning import confined, dry_run_many, environment_manifests, ordered_environments
 from gitsync.rollout import Outcome, Rollout, RolloutResult
 from gitsync.source.git import GitSource
 from gitsync.stamp import reconcile_disabled, stamp_service, untouched_since_apply
@@ -79,11 +79,19 @@ class DriftChecker:
     on_drift: Callable[[str, int], None] = lambda environment, count: None
     on_error: Callable[[str], None] = lambda environment: None
     clock: Callable[[], float] = time.time
-    limit: int = 3
-    window: float = 3600.0
     _seen: dict[str, set[tuple[ServiceKey, str]]] = field(default_factory=dict)
     _fights: dict[str, set[ServiceKey]] = field(default_factory=dict)
     _trees: dict[str, TreeReport] = field(default_factory=dict)
+
+    @property
+    def limit(self) -> int:
+        """Corrections of a field within ``window`` that make a fight (drift.correctionLimit)."""
+        return self.config.drift.limit
+
+    @property
+    def window(self) -> float:
+        """Seconds the corrections are counted over (drift.correctionWindow)."""
+        return self.config.drift.window
 
     def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
         head = self.source.head()
@@ -156,26 +164,27 @@ class DriftChecker:
         both sides as compared (healing plans from them: no second list or dry run)."""
         env = loaded.environment
         live = self._live(loaded)
-        answers: dict[ServiceKey, dict[str, Any]] = {}
         manifests = {key: s.manifest for key, s in loaded.desired.items()}
         disabled = {k for k, obj in live.items() if reconcile_disabled(obj, manifests.get(k))}
+        asks = []
+        for service in loaded.desired.values():
+            obj = live.get(service.key)
+            body = stamp_service(service, env.name, revision)
+            if obj is not None and not untouched_since_apply(obj, body):
+                asks.append((service.key, body))  # may differ: dry-run (untouched: no request)
+        answers = dry_run_many(self.services, asks, self.config.rollout.concurrency)
         drifts: list[Drift] = []
         for service in loaded.desired.values():
             obj = live.get(service.key)
             if obj is None:
                 drifts.append(Drift(service.key, DriftKind.DELETED, revision))
-                continue
-            body = stamp_service(service, env.name, revision)
-            if untouched_since_apply(obj, body):
-                continue  # provably what gitsync applied: no request
-            desired = answers[service.key] = comparable(
-                self.services.apply(body, dry_run=True, force=True)
-            )
-            found = modified(
-                service.key, comparable(obj), desired, obj, revision, self.config.classify
-            )
-            if found is not None:
-                drifts.append(found)
+            elif service.key in answers:
+                found = modified(
+                    service.key, comparable(obj), answers[service.key], obj, revision,
+                    self.config.classify,
+                )  # fmt: skip
+                if found is not None:
+                    drifts.append(found)
         declared = set(loaded.desired)
         drifts += [
             Drift(key, DriftKind.UNEXPECTED, revision)
@@ -262,14 +271,15 @@ class DriftChecker:
         current: dict[ServiceKey, dict[str, Any]] = {}
         desired: dict[ServiceKey, dict[str, Any]] = {}
         by_key = loaded.desired
+        deleted = []
         for key in keys:
             if key in seen.live:
                 current[key] = comparable(seen.live[key])
             if key in seen.desired:  # a modified service: dry-run once, by _find
                 desired[key] = seen.desired[key]
-            elif key in by_key:  # deleted: nothing to compare, Git's body with the defaults
-                body = stamp_service(by_key[key], env.name, revision)
-                desired[key] = comparable(self.services.apply(body, dry_run=True, force=True))
+            elif key in by_key:  # deleted: nothing was compared
+                deleted.append((key, stamp_service(by_key[key], env.name, revision)))
+        desired |= dry_run_many(self.services, deleted, self.config.rollout.concurrency)
         plan = _only_changes(
             build_plan(
                 env.name,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gitsync.checkout import TreeReport, read_tree
+from gitsync.config import DEFAULT_CONCURRENCY
 from gitsync.diff.classify import Options
 from gitsync.diff.normalize import comparable, owned, owned_object
 from gitsync.errors import ConfigError, InvalidRevision, NamespaceMissing
@@ -169,7 +170,7 @@ def live_environment_plan(
     rayservices: RayServices,
     options: Options,
     revision: str | None,
-    concurrency: int = 8,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> Plan:
     """One environment against the cluster.
 
@@ -221,19 +222,7 @@ def live_environment_plan(
         else:
             asks.append((key, body))
 
-    def dry_run(ask: tuple[ServiceKey, dict[str, Any]]) -> dict[str, Any]:
-        try:
-            return owned(rayservices.apply(ask[1], dry_run=True, force=True))
-        except NamespaceMissing:
-            # Nothing can exist there yet: Git's body, with the CRD's defaults, is exact.
-            return owned(ask[1])
-
-    if len(asks) > 1 and concurrency > 1:
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(asks))) as pool:
-            answers = list(pool.map(dry_run, asks))
-    else:
-        answers = [dry_run(ask) for ask in asks]
-    desired.update((key, answer) for (key, _), answer in zip(asks, answers, strict=True))
+    desired.update(dry_run_many(rayservices, asks, concurrency))
     disabled |= {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
     current.update(others.current)
     desired.update(others.desired)
@@ -248,6 +237,31 @@ def live_environment_plan(
         to_rev=revision,
         disabled=disabled,
     )
+
+
+def dry_run_many(
+    rayservices: RayServices,
+    asks: Sequence[tuple[ServiceKey, dict[str, Any]]],
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> dict[ServiceKey, dict[str, Any]]:
+    """Each stamped body as the API server would store it (a server-side-apply dry run as
+    ``gitsync``, forced), normalised (:func:`gitsync.diff.normalize.comparable`),
+    ``concurrency`` at a time: the one place gitsync asks the cluster what a body becomes.
+    In a namespace that does not exist yet nothing can be there, so Git's body (with the
+    CRD's defaults) is exact."""
+
+    def dry_run(ask: tuple[ServiceKey, dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return comparable(rayservices.apply(ask[1], dry_run=True, force=True))
+        except NamespaceMissing:
+            return comparable(ask[1])
+
+    if len(asks) > 1 and concurrency > 1:
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(asks))) as pool:
+            answers = list(pool.map(dry_run, asks))
+    else:
+        answers = [dry_run(ask) for ask in asks]
+    return {key: answer for (key, _), answer in zip(asks, answers, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -299,7 +313,7 @@ def _other_kinds(
     current = {key: owned_object(obj) for key, obj in live.items()}
     desired: dict[ServiceKey, dict[str, Any]] = {}
     disabled = {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
-    asks: list[dict[str, Any]] = []
+    asks: list[tuple[ServiceKey, dict[str, Any]]] = []
     for obj in loaded.objects:
         body = stamp_service(obj, env.name, revision)
         if obj.key not in live and (existing := objects.get(obj.key)) is not None:
@@ -309,18 +323,7 @@ def _other_kinds(
         if obj.key in live and untouched_since_apply(live[obj.key], body):
             desired[obj.key] = current[obj.key]
         else:
-            asks.append(body)
-
-    def dry_run(body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return owned_object(objects.apply(body, dry_run=True, force=True))
-        except NamespaceMissing:
-            return owned_object(body)  # nothing can exist there yet
-
-    workers = max(1, min(concurrency, len(asks)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for body, answer in zip(asks, pool.map(dry_run, asks), strict=True):
-            desired[ServiceKey(env.namespace, body["metadata"]["name"], body["kind"],
-                               body["apiVersion"])] = answer  # fmt: skip
+            asks.append((obj.key, body))
+    desired.update(dry_run_many(rayservices, asks, concurrency))
     untouched = not asks and live.keys() <= desired.keys()
     return _Sides(current, desired, frozenset(disabled), untouched)

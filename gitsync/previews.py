@@ -360,7 +360,10 @@ class PreviewReconciler:
         # Planned as every environment is (gitsync.planning): a service whose live object
         # disables reconciling it is skipped, an unchanged one costs no dry run.
         loaded = EnvironmentManifests(env, tuple(desired.values()), (), (), len(desired))
-        plan = live_environment_plan(loaded, self.services, self.config.classify, pr.head_sha)
+        plan = live_environment_plan(
+            loaded, self.services, self.config.classify, pr.head_sha,
+            concurrency=self.config.rollout.concurrency,
+        )  # fmt: skip
         if not desired:
             text = "no preview: this pull request changes no service of " + previews.source
             self._status(pr, State.SUCCESS, text)

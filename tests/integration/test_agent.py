@@ -228,8 +228,7 @@ def test_a_replica_that_loses_the_lease_drops_its_environment_series(
         poll_seconds=3600.0,
         leader_election=LeaderElection(True, namespace, "gitsync-metrics", 4.0, 3.0, 0.5),
     )
-    agent = Agent(config, api, "agent-x", Metrics(), lease_seconds=4.0, renew_deadline=3.0,
-                  retry=0.5)  # fmt: skip
+    agent = Agent(config, api, "agent-x", Metrics())
     agent.start()
     try:
         wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")

@@ -47,8 +47,6 @@ def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: An
         StateStore(api, repo.namespace),
         GitSource(config.repository),
         record=EventRecorder(api),
-        limit=config.drift.limit,
-        window=config.drift.window,
     )
 
 
