@@ -9,8 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gitsync.model import ServiceKey
-from testbed.simulator import Delays, FailureRule, SimulatedRayService
+from testbed.simulator import Delays, FailureRule, RayServiceKey, SimulatedRayService
 
 SERVE = "applications:\n  - name: app\n    import_path: m:app\n    deployments:\n      - name: D\n"
 SERVE_V2 = SERVE + "        num_replicas: 2\n"
@@ -39,7 +38,7 @@ def rayservice(
 class Driver:
     def __init__(self, rules: list[FailureRule] | None = None) -> None:
         self.sim = SimulatedRayService(
-            ServiceKey("ns", "svc"),
+            RayServiceKey("ns", "svc"),
             Delays(cluster_start=1.0, app_deploy=1.0, requeue=0.0),
             lambda: rules or [],
         )
@@ -169,7 +168,13 @@ def test_injected_failure_keeps_the_pending_cluster_and_old_serving() -> None:
     assert s["pendingServiceStatus"]["applicationStatuses"]["app"]["message"].startswith(
         "ModuleNotFoundError"
     )
-    assert apps(s) == {"app": "RUNNING"}
+    # During a swap Reconcile calls reconcileServe for the pending cluster only: the active
+    # one keeps serving, but calculateStatus reports none of its applications.
+    assert apps(s) == {}
+    assert s["activeServiceStatus"]["rayClusterName"]
+    assert d.sim.active is not None
+    assert d.sim.active.apps["app"].status == "RUNNING"
+    assert cond(s, "Ready") == ("True", "NonZeroServeEndpoints")
     assert cond(s, "UpgradeInProgress") == ("True", "BothActivePendingClustersExist")
 
 
