@@ -211,9 +211,13 @@ class SimulatedRayService:
         serve_config = spec.get("serveConfigV2") or ""
 
         self._advance(now)
-        self._reconcile_clusters(spec, goal_cluster, now)
-        observed = self._reconcile_serve(serve_config, now)
-        self._promote(observed)
+        prepare_new = self._reconcile_clusters(spec, goal_cluster, now)
+        observed = self._reconcile_serve(serve_config, now, prepare_new)
+        if not self._promote(observed) and prepare_new:
+            # calculateStatus names the new pending cluster after Serve was reconciled (and
+            # not when a promotion just happened); KubeRay creates it on the next reconcile,
+            # here at once. A pending cluster it replaces is abandoned.
+            self.pending = self._new_cluster(goal_cluster, now)
         return self._status(obj, previous, observed, now, now_wall)
 
     def _advance(self, now: float) -> None:
@@ -271,10 +275,9 @@ class SimulatedRayService:
 
     def _reconcile_clusters(
         self, spec: Mapping[str, Any], goal: dict[str, Any], now: float
-    ) -> None:
-        """``reconcileRayCluster``, then the new pending cluster ``calculateStatus`` prepares
-        (KubeRay names it in the status and creates it on the next reconcile; here both happen
-        at once).
+    ) -> bool:
+        """``reconcileRayCluster``; returns whether ``shouldPrepareNewCluster`` asks for a new
+        pending cluster (:meth:`reconcile` makes it after the Serve step, as KubeRay does).
 
         In place (``modifyRayCluster``): the whole goal spec replaces the cluster's, replicas
         included. A new pending cluster replaces a pending one that no longer matches (an edit
@@ -284,7 +287,7 @@ class SimulatedRayService:
         if self.active is None and self.pending is None:
             self.pending = self._new_cluster(goal, now)
             self.initializing_since = now
-            return
+            return False
         decision = self._decide(spec, goal)
         if decision.update_active and self.active is not None:
             self.active.spec = copy.deepcopy(goal)
@@ -292,18 +295,23 @@ class SimulatedRayService:
         elif decision.update_pending and self.pending is not None:
             self.pending.spec = copy.deepcopy(goal)
             self.pending.annotations = rules_of.ClusterAnnotations.of(goal)
-        elif decision.prepare_new:
-            self.pending = self._new_cluster(goal, now)
+        else:
+            return decision.prepare_new
+        return False
 
-    def _reconcile_serve(self, serve_config: str, now: float) -> dict[str, dict[str, SimApp]]:
+    def _reconcile_serve(
+        self, serve_config: str, now: float, preparing: bool
+    ) -> dict[str, dict[str, SimApp]]:
         """``Reconcile``'s Serve step: ``reconcileServe`` for the pending cluster during a
-        swap, else for the active one; never both. Returns the app statuses this reconcile
+        swap, else for the active one unless a new cluster is being prepared (then for none);
+        never both. A pending cluster about to be replaced still gets the new config first.
+        Returns the app statuses this reconcile
         reports, by cluster: only the reconciled cluster's, and only once its head is ready
         (``calculateStatus`` copies nil for the other, so an active cluster's applications go
         unreported during a swap). They are read *before* the PUT (``getAndCheckServeStatus``
         then ``updateServeDeployment``): in the reconcile that submits a new config, the old
         statuses go out with the new generation."""
-        target = self.pending or self.active
+        target = self.pending or (None if preparing else self.active)
         if target is None or not target.head_ready(now):
             return {}
         apps = (
@@ -312,8 +320,9 @@ class SimulatedRayService:
             else target.apps
         )
         observed = {target.name: {name: copy.copy(app) for name, app in apps.items()}}
+        # The GET before the PUT sees the applications Serve has now, submitted or not.
         if rules_of.need_submit_serve_applications(
-            target.serve_config or "", serve_config, len(apps)
+            target.serve_config or "", serve_config, len(target.apps)
         ):
             self._submit(target, serve_config, now)
         return observed
@@ -359,16 +368,18 @@ class SimulatedRayService:
                     now + self.delays.app_deploy,
                 )
 
-    def _promote(self, observed: Mapping[str, Mapping[str, SimApp]]) -> None:
+    def _promote(self, observed: Mapping[str, Mapping[str, SimApp]]) -> bool:
         """``reconcilePromotionAndServingStatus``: a pending cluster whose head is ready and
         whose apps (as read this reconcile) are all RUNNING takes the serve Service."""
         pending = self.pending
         if pending is None:
-            return
+            return False
         apps = observed.get(pending.name) or {}
         if apps and all(app.status == APP_RUNNING for app in apps.values()):
             self.active, self.pending = pending, None
             self.initializing_since = None
+            return True
+        return False
 
     # -- status ----------------------------------------------------------------------------
 
@@ -615,6 +626,8 @@ class Simulator:
         self.errors: list[str] = []
         # Namespaces where the real KubeRay operator writes status instead (testbed.operator).
         self.exclude_namespaces: set[str] = set()
+        # When set, the only namespaces this simulator acts in (an operator's watch-namespace).
+        self.only_namespaces: set[str] | None = None
         self._passes = 0  # reconcile passes over every RayService completed
 
     # -- control ---------------------------------------------------------------------------
@@ -645,6 +658,16 @@ class Simulator:
         with self._lock:
             state = self._states.get(RayServiceKey.of(key))
             return list(state.submitted_to) if state else []
+
+    def cluster_spec(self, key: NamedObject, cluster: str) -> dict[str, Any] | None:
+        """The spec simulated RayCluster ``cluster`` of ``key`` has now (None when it has none):
+        what a RayCluster object's ``spec`` would say, in-place updates included."""
+        with self._lock:
+            state = self._states.get(RayServiceKey.of(key))
+            for candidate in (state.active, state.pending) if state else ():
+                if candidate is not None and candidate.name == cluster:
+                    return copy.deepcopy(candidate.spec)
+        return None
 
     def start(self) -> Simulator:
         self._stop.clear()
@@ -747,7 +770,9 @@ class Simulator:
             time.sleep(self.delays.tick / 2)
 
     def _reconcile_one(self, key: RayServiceKey, obj: dict[str, Any]) -> None:
-        if key.namespace in self.exclude_namespaces:
+        if key.namespace in self.exclude_namespaces or (
+            self.only_namespaces is not None and key.namespace not in self.only_namespaces
+        ):
             return
         with self._lock:
             if self._objects.get(key) is not obj:
