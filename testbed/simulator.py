@@ -863,6 +863,7 @@ if __name__ == "__main__":
 __all__ = [
     "Delays",
     "FailureRule",
+    "RayServiceKey",
     "SimulatedRayService",
     "Simulator",
     "status_changed",

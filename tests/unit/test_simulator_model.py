@@ -245,3 +245,19 @@ def test_stale_statuses_last_until_kuberays_requeue() -> None:
     assert apps(later) == {"app": "RUNNING"}  # fresh now: the redeploy finished meanwhile
     assert d.sim.active is not None
     assert d.sim.active.serve_config == SERVE_V2
+
+
+def test_an_edit_during_a_swap_reaches_the_pending_cluster_before_replacing_it() -> None:
+    # Reconcile PUTs the new config to the pending cluster (reconcileServe) before
+    # calculateStatus names the cluster that replaces it (shouldPrepareNewCluster).
+    d = Driver([FailureRule(status="DEPLOYING", message="", import_path="slow:app")])
+    d.settle(rayservice())
+    slow = SERVE.replace("m:app", "slow:app")
+    s = d.settle(rayservice(generation=2, image="ray:2", serve=slow))
+    first = s["pendingServiceStatus"]["rayClusterName"]
+    assert apps(s, "pendingServiceStatus") == {"app": "DEPLOYING"}
+    s = d.settle(rayservice(generation=3, image="ray:3"))
+    second = s["activeServiceStatus"]["rayClusterName"]
+    assert second != first
+    assert s["pendingServiceStatus"] == {}
+    assert d.sim.submitted_to[1:] == [first, first, second]
