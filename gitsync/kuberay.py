@@ -12,11 +12,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from gitsync.manifests.quantity import parse_quantity
 
 KUBERAY_VERSION = "v1.5.0"
 
@@ -130,19 +134,54 @@ def muted_cluster_spec(
     Mirrors ``generateHashWithoutReplicasAndWorkersToDelete``: every worker group loses
     ``replicas``, ``minReplicas``, ``maxReplicas`` and ``scaleStrategy.workersToDelete``. Go
     serialises the emptied ``scaleStrategy`` struct as ``{}`` whether or not it was written,
-    so an empty one is dropped here to keep "written empty" and "absent" equal.
+    so an empty one is dropped here to keep "written empty" and "absent" equal. Container
+    resource quantities are hashed in the canonical form ``resource.Quantity`` marshals to
+    (:func:`canonical_quantity`): ``4096Mi`` is ``4Gi`` to KubeRay, no change.
     """
     spec: dict[str, Any] = json.loads(json.dumps(cluster_config))  # a fast deep copy
     for path in semantics.muted_cluster_fields:
         _drop(spec, path)
+    _canonical_resources((spec.get("headGroupSpec") or {}).get("template"))
     for group in spec.get("workerGroupSpecs") or []:
         for path in semantics.muted_worker_fields:
             _drop(group, path)
         if group.get("scaleStrategy") == {}:
             del group["scaleStrategy"]
+        _canonical_resources(group.get("template"))
     if not spec.get("workerGroupSpecs"):
         spec.pop("workerGroupSpecs", None)  # omitempty: an empty list is not serialised
     return spec
+
+
+def canonical_quantity(value: object) -> str | None:
+    """What a resource quantity is after KubeRay's typed round trip (apimachinery's
+    ``ParseQuantity``, then ``MarshalJSON`` in canonical form): its amount, rounded up to a
+    nano, and its format: binary suffixes (``Gi``), an exponent (``1e3``) or decimal (plain
+    numbers and ``m``, ``k``, ``M``…). A binary amount that is not whole is written decimal.
+    ``4Gi`` and ``4096Mi`` are equal, so are ``"2"``, ``2`` and ``2000m``; ``1Gi`` and
+    ``1073741824`` are not. None when it is not a quantity."""
+    amount = parse_quantity(value)
+    if amount is None:
+        return None
+    text = str(value).strip()
+    kind = "e" if re.search(r"[eE][+-]?[0-9]+$", text) else "i" if text.endswith("i") else "d"
+    nanos = math.ceil(amount * 10**9)
+    if kind == "i" and nanos % 10**9:
+        kind = "d"
+    return f"{nanos}n/{kind}"
+
+
+def _canonical_resources(template: Any) -> None:
+    pod = template.get("spec") if isinstance(template, dict) else None
+    if not isinstance(pod, dict):
+        return
+    for container in [*(pod.get("containers") or []), *(pod.get("initContainers") or [])]:
+        resources = container.get("resources") if isinstance(container, dict) else None
+        for bound in ("limits", "requests"):
+            amounts = resources.get(bound) if isinstance(resources, dict) else None
+            if isinstance(amounts, dict):
+                for name, value in amounts.items():
+                    amounts[name] = canonical_quantity(value) or value
 
 
 def _drop(node: dict[str, Any], path: tuple[str, ...]) -> None:

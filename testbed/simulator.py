@@ -10,7 +10,9 @@ Two parts:
   requeued, as controller-runtime does). It never writes spec or metadata.
 
 Clusters exist only in memory: no RayCluster objects, pods or Services are created. Cluster
-decisions come from :mod:`gitsync.kuberay`, the same rules the diff stage predicts with.
+and Serve decisions come from :mod:`testbed.kuberay_rules`, KubeRay's rules read from its
+source on their own. Nothing here imports gitsync (tests/test_layering.py checks it): the
+simulator is the yardstick gitsync's predictions are measured against, not a copy of them.
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import yaml
 from kubernetes import client, watch
 
-from gitsync import kuberay
-from gitsync.model import ServiceKey
+from testbed import kuberay_rules as rules_of
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 
@@ -47,7 +48,7 @@ BOTH_CLUSTERS, NO_PENDING, NO_ACTIVE = (
     "NoPendingCluster",
     "NoActiveCluster",
 )
-INITIALIZING_TIMEOUT_ANNOTATION = "ray.io/initializing-timeout"
+INITIALIZING_TIMEOUT_ANNOTATION = rules_of.INITIALIZING_TIMEOUT_ANNOTATION
 
 # k8s.io/apimachinery/pkg/util/rand's alphabet, used by utils.GenerateRayClusterName.
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -65,6 +66,31 @@ class Delays:
     requeue: float = 2.0
 
 
+class NamedObject(Protocol):
+    """Anything naming a RayService by ``namespace`` and ``name`` (callers pass their own key
+    types; the simulator keys its tables by :class:`RayServiceKey`)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class RayServiceKey(NamedTuple):
+    """One RayService, as KubeRay's work queue names it (``types.NamespacedName``)."""
+
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, key: NamedObject) -> RayServiceKey:
+        return cls(key.namespace, key.name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
 @dataclass(frozen=True)
 class FailureRule:
     """Makes matching application deployments end in ``status`` instead of RUNNING.
@@ -80,7 +106,7 @@ class FailureRule:
     app: str | None = None
     import_path: str | None = None
 
-    def matches(self, key: ServiceKey, app: str, import_path: str | None) -> bool:
+    def matches(self, key: NamedObject, app: str, import_path: str | None) -> bool:
         return (
             (self.namespace is None or self.namespace == key.namespace)
             and (self.service is None or self.service == key.name)
@@ -118,6 +144,8 @@ class SimCluster:
     name: str
     spec: dict[str, Any]
     head_ready_at: float
+    # constructRayClusterForRayService's annotations, rewritten by modifyRayCluster.
+    annotations: rules_of.ClusterAnnotations
     serve_config: str | None = None  # KubeRay's ServeConfigs cache: last string PUT to it
     apps: dict[str, SimApp] = field(default_factory=dict)
     frozen: dict[str, SimApp] | None = None  # what KubeRay read before its last PUT
@@ -138,27 +166,25 @@ class SimCluster:
 
 def _app_configs(serve_config_v2: str) -> dict[str, dict[str, Any]]:
     parsed = yaml.safe_load(serve_config_v2) or {}
-    return {str(a.get("name") or "default"): a for a in parsed.get("applications") or []}
+    return {rules_of.app_name(a.get("name")): a for a in parsed.get("applications") or []}
 
 
 def _timestamp(now_wall: float) -> str:
     return datetime.datetime.fromtimestamp(now_wall, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_timeout(value: str) -> float | None:
-    """``ray.io/initializing-timeout``: a Go duration (``30s``, ``5m``) or integer seconds."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for unit in ("ms", "s", "m", "h"):
-        if value.endswith(unit) and value[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(value[: -len(unit)]) * units[unit]
-    return float(value) if value.isdigit() else None
+@dataclass(frozen=True)
+class _Decision:
+    update_active: bool
+    update_pending: bool
+    prepare_new: bool
 
 
 @dataclass
 class SimulatedRayService:
     """Everything KubeRay keeps for one RayService: its clusters and their Serve apps."""
 
-    key: ServiceKey
+    key: RayServiceKey
     delays: Delays
     rules: Callable[[], list[FailureRule]]
     zero_downtime_env: bool = True
@@ -168,11 +194,10 @@ class SimulatedRayService:
     initializing_since: float | None = None
     timed_out: bool = False
     submitted_to: list[str] = field(default_factory=list)  # cluster of every Serve PUT
-    # The last (cluster spec, goal, verdict): both dicts are replaced, never edited, so while
-    # neither changes the verdict holds, and a tick does not hash two cluster specs again.
-    _classified: tuple[Any, Any, kuberay.ClusterChange] | None = field(
-        default=None, init=False, repr=False
-    )
+    # The last decision and what it was taken on: the goal dict is replaced, never edited,
+    # and annotations are frozen values, so while none changes the decision holds and a tick
+    # does not hash the goal again.
+    _decided: tuple[tuple[Any, ...], _Decision] | None = field(default=None, init=False, repr=False)
 
     # -- the reconcile ---------------------------------------------------------------------
 
@@ -186,9 +211,13 @@ class SimulatedRayService:
         serve_config = spec.get("serveConfigV2") or ""
 
         self._advance(now)
-        self._reconcile_clusters(spec, goal_cluster, now)
-        observed = self._reconcile_serve(serve_config, now)
-        self._promote(observed)
+        prepare_new = self._reconcile_clusters(spec, goal_cluster, now)
+        observed = self._reconcile_serve(serve_config, now, prepare_new)
+        if not self._promote(observed) and prepare_new:
+            # calculateStatus names the new pending cluster after Serve was reconciled (and
+            # not when a promotion just happened); KubeRay creates it on the next reconcile,
+            # here at once. A pending cluster it replaces is abandoned.
+            self.pending = self._new_cluster(goal_cluster, now)
         return self._status(obj, previous, observed, now, now_wall)
 
     def _advance(self, now: float) -> None:
@@ -206,89 +235,111 @@ class SimulatedRayService:
                     app.done_at = None
 
     def _new_cluster(self, goal: dict[str, Any], now: float) -> SimCluster:
-        # utils.GenerateRayClusterName: "<rayservice>-<5 random chars>", no truncation.
+        """``createRayClusterInstance`` under the name ``calculateStatus`` chose:
+        ``utils.GenerateRayClusterName`` is ``<rayservice>-<5 random chars>``, no truncation."""
         suffix = "".join(self.random.choice(_NAME_ALPHABET) for _ in range(5))
         return SimCluster(
-            f"{self.key.name}-{suffix}", copy.deepcopy(goal), now + self.delays.cluster_start
+            f"{self.key.name}-{suffix}",
+            copy.deepcopy(goal),
+            now + self.delays.cluster_start,
+            rules_of.ClusterAnnotations.of(goal),
         )
+
+    def _operator_env(self) -> dict[str, str]:
+        return {rules_of.ENABLE_ZERO_DOWNTIME: "true" if self.zero_downtime_env else "false"}
+
+    def _decide(self, spec: Mapping[str, Any], goal: dict[str, Any]) -> _Decision:
+        """``reconcileRayCluster``'s two ``shouldUpdateCluster`` calls and ``calculateStatus``'s
+        ``shouldPrepareNewCluster``, for the clusters as they are now. ``UpgradeInProgress``
+        is True exactly while an active and a pending cluster both exist."""
+        active = self.active.annotations if self.active is not None else None
+        pending = self.pending.annotations if self.pending is not None else None
+        strategy = spec.get("upgradeStrategy")
+        env = self._operator_env()
+        inputs = (goal, active, pending, json.dumps(strategy, sort_keys=True), env)
+        known = self._decided
+        if known is not None and known[0][0] is goal and known[0][1:] == inputs[1:]:
+            return known[1]
+        in_progress = active is not None and pending is not None
+        decision = _Decision(
+            update_active=rules_of.should_update_cluster(
+                goal, active, is_active=True, upgrade_in_progress=in_progress
+            ),
+            update_pending=rules_of.should_update_cluster(
+                goal, pending, is_active=False, upgrade_in_progress=in_progress
+            ),
+            prepare_new=rules_of.should_prepare_new_cluster(goal, strategy, env, active, pending),
+        )
+        self._decided = (inputs, decision)
+        return decision
 
     def _reconcile_clusters(
         self, spec: Mapping[str, Any], goal: dict[str, Any], now: float
-    ) -> None:
-        """``reconcileRayCluster`` with ``shouldPrepareNewCluster`` / ``shouldUpdateCluster``.
+    ) -> bool:
+        """``reconcileRayCluster``; returns whether ``shouldPrepareNewCluster`` asks for a new
+        pending cluster (:meth:`reconcile` makes it after the Serve step, as KubeRay does).
 
-        The goal is compared with the pending cluster when there is one, else the active one.
+        In place (``modifyRayCluster``): the whole goal spec replaces the cluster's, replicas
+        included. A new pending cluster replaces a pending one that no longer matches (an edit
+        during a swap; reverting to the active spec too, as it differs from the pending one).
+        A cluster change with zero-downtime upgrades disabled is ignored without a word.
         """
         if self.active is None and self.pending is None:
             self.pending = self._new_cluster(goal, now)
             self.initializing_since = now
-            return
-        zero_downtime = kuberay.zero_downtime_enabled(
-            spec, operator_env_zero_downtime=self.zero_downtime_env
-        )
-        if self.pending is not None:
-            change = self._classify(self.pending.spec, goal)
-            if change is kuberay.ClusterChange.IN_PLACE:
-                self.pending.spec = copy.deepcopy(goal)
-            elif change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
-                # Editing again while a pending cluster prepares: a new pending cluster
-                # replaces it. Reverting to the active spec does not cancel anything either:
-                # it differs from the pending one, so it too gets a new pending cluster.
-                self.pending = self._new_cluster(goal, now)
-            return
-        assert self.active is not None
-        change = self._classify(self.active.spec, goal)
-        if change is kuberay.ClusterChange.IN_PLACE:
-            self.active.spec = copy.deepcopy(goal)  # worker groups appended: updated in place
-        elif change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
-            self.pending = self._new_cluster(goal, now)
-        # NEW_CLUSTER without zero downtime (upgradeStrategy None): silently ignored.
+            return False
+        decision = self._decide(spec, goal)
+        if decision.update_active and self.active is not None:
+            self.active.spec = copy.deepcopy(goal)
+            self.active.annotations = rules_of.ClusterAnnotations.of(goal)
+        elif decision.update_pending and self.pending is not None:
+            self.pending.spec = copy.deepcopy(goal)
+            self.pending.annotations = rules_of.ClusterAnnotations.of(goal)
+        else:
+            return decision.prepare_new
+        return False
 
-    def _classify(self, current: dict[str, Any], goal: dict[str, Any]) -> kuberay.ClusterChange:
-        known = self._classified
-        if known is not None and known[0] is current and known[1] is goal:
-            return known[2]
-        change = kuberay.classify_cluster_change(current, goal)
-        self._classified = (current, goal, change)
-        return change
-
-    def _reconcile_serve(self, serve_config: str, now: float) -> dict[str, dict[str, SimApp]]:
-        """``reconcileServe`` for the cluster that gets the config: the pending one during a
-        swap, else the active one. Returns the app statuses this reconcile reports, which are
-        read *before* the PUT (``getAndCheckServeStatus`` then ``updateServeDeployment``): in
-        the reconcile that submits a new config, the old statuses go out with the new
-        generation."""
-        observed = {
-            cluster.name: {
-                name: copy.copy(app)
-                for name, app in (
-                    cluster.frozen
-                    if cluster.frozen is not None and now < cluster.frozen_until
-                    else cluster.apps
-                ).items()
-            }
-            for cluster in (self.active, self.pending)
-            if cluster is not None
-        }
-        target = self.pending or self.active
+    def _reconcile_serve(
+        self, serve_config: str, now: float, preparing: bool
+    ) -> dict[str, dict[str, SimApp]]:
+        """``Reconcile``'s Serve step: ``reconcileServe`` for the pending cluster during a
+        swap, else for the active one unless a new cluster is being prepared (then for none);
+        never both. A pending cluster about to be replaced still gets the new config first.
+        Returns the app statuses this reconcile
+        reports, by cluster: only the reconciled cluster's, and only once its head is ready
+        (``calculateStatus`` copies nil for the other, so an active cluster's applications go
+        unreported during a swap). They are read *before* the PUT (``getAndCheckServeStatus``
+        then ``updateServeDeployment``): in the reconcile that submits a new config, the old
+        statuses go out with the new generation."""
+        target = self.pending or (None if preparing else self.active)
         if target is None or not target.head_ready(now):
-            return observed
-        # checkIfNeedSubmitServeApplications: byte-for-byte against the cached string.
-        if target.serve_config is None or target.serve_config != serve_config or not target.apps:
+            return {}
+        apps = (
+            target.frozen
+            if target.frozen is not None and now < target.frozen_until
+            else target.apps
+        )
+        observed = {target.name: {name: copy.copy(app) for name, app in apps.items()}}
+        # The GET before the PUT sees the applications Serve has now, submitted or not.
+        if rules_of.need_submit_serve_applications(
+            target.serve_config or "", serve_config, len(target.apps)
+        ):
             self._submit(target, serve_config, now)
         return observed
 
     def _submit(self, cluster: SimCluster, serve_config: str, now: float) -> None:
-        """Ray Serve's PUT /api/serve/applications/: changed or new apps redeploy, missing
-        apps are deleted, unchanged apps keep running."""
-        cluster.serve_config = serve_config
-        self.submitted_to.append(cluster.name)
-        cluster.frozen = {name: copy.copy(app) for name, app in cluster.apps.items()}
-        cluster.frozen_until = now + self.delays.requeue
+        """``updateServeDeployment`` and Ray Serve's PUT /api/serve/applications/: changed or
+        new apps redeploy, missing apps are deleted, unchanged apps keep running. A config
+        that is not YAML is never PUT (KubeRay fails to convert it and retries); an empty one
+        is PUT but not cached (``cacheServeConfig``), so it is PUT again every reconcile."""
         try:
             goal = _app_configs(serve_config)
         except yaml.YAMLError:
-            return  # KubeRay fails to convert the YAML and retries; nothing is submitted
+            return
+        cluster.serve_config = serve_config or None
+        self.submitted_to.append(cluster.name)
+        cluster.frozen = {name: copy.copy(app) for name, app in cluster.apps.items()}
+        cluster.frozen_until = now + self.delays.requeue
         rules = self.rules()
         for name, config in goal.items():
             current = cluster.apps.get(name)
@@ -317,16 +368,18 @@ class SimulatedRayService:
                     now + self.delays.app_deploy,
                 )
 
-    def _promote(self, observed: Mapping[str, Mapping[str, SimApp]]) -> None:
+    def _promote(self, observed: Mapping[str, Mapping[str, SimApp]]) -> bool:
         """``reconcilePromotionAndServingStatus``: a pending cluster whose head is ready and
         whose apps (as read this reconcile) are all RUNNING takes the serve Service."""
         pending = self.pending
-        if pending is None or pending.serve_config is None:
-            return
+        if pending is None:
+            return False
         apps = observed.get(pending.name) or {}
         if apps and all(app.status == APP_RUNNING for app in apps.values()):
             self.active, self.pending = pending, None
             self.initializing_since = None
+            return True
+        return False
 
     # -- status ----------------------------------------------------------------------------
 
@@ -463,7 +516,9 @@ class SimulatedRayService:
     ) -> dict[str, Any]:
         """``markFailedOnInitializingTimeout``: terminal once the annotation's timeout passes."""
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        timeout = _parse_timeout(str(annotations.get(INITIALIZING_TIMEOUT_ANNOTATION, "")))
+        timeout = rules_of.parse_initializing_timeout(
+            str(annotations.get(INITIALIZING_TIMEOUT_ANNOTATION, ""))
+        )
         if (
             timeout is not None
             and ready.get("reason") == INITIALIZING
@@ -563,14 +618,16 @@ class Simulator:
         self.zero_downtime_env = zero_downtime_env
         self._rules: list[FailureRule] = []
         self._random = random.Random(seed)
-        self._objects: dict[ServiceKey, dict[str, Any]] = {}
-        self._states: dict[ServiceKey, SimulatedRayService] = {}
+        self._objects: dict[RayServiceKey, dict[str, Any]] = {}
+        self._states: dict[RayServiceKey, SimulatedRayService] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         # Namespaces where the real KubeRay operator writes status instead (testbed.operator).
         self.exclude_namespaces: set[str] = set()
+        # When set, the only namespaces this simulator acts in (an operator's watch-namespace).
+        self.only_namespaces: set[str] | None = None
         self._passes = 0  # reconcile passes over every RayService completed
 
     # -- control ---------------------------------------------------------------------------
@@ -588,19 +645,29 @@ class Simulator:
 
     def break_app(
         self,
-        key: ServiceKey,
+        key: NamedObject,
         app: str,
         status: str = APP_UNHEALTHY,
         message: str = "simulated crash",
     ) -> None:
         with self._lock:
-            self._states[key].break_app(app, status, message)
+            self._states[RayServiceKey.of(key)].break_app(app, status, message)
 
-    def submissions(self, key: ServiceKey) -> list[str]:
+    def submissions(self, key: NamedObject) -> list[str]:
         """The cluster each Serve config PUT for ``key`` went to, in order."""
         with self._lock:
-            state = self._states.get(key)
+            state = self._states.get(RayServiceKey.of(key))
             return list(state.submitted_to) if state else []
+
+    def cluster_spec(self, key: NamedObject, cluster: str) -> dict[str, Any] | None:
+        """The spec simulated RayCluster ``cluster`` of ``key`` has now (None when it has none):
+        what a RayCluster object's ``spec`` would say, in-place updates included."""
+        with self._lock:
+            state = self._states.get(RayServiceKey.of(key))
+            for candidate in (state.active, state.pending) if state else ():
+                if candidate is not None and candidate.name == cluster:
+                    return copy.deepcopy(candidate.spec)
+        return None
 
     def start(self) -> Simulator:
         self._stop.clear()
@@ -649,7 +716,7 @@ class Simulator:
                         version = None
                         break
                     version = item["metadata"]["resourceVersion"]
-                    key = ServiceKey(item["metadata"]["namespace"], item["metadata"]["name"])
+                    key = RayServiceKey(item["metadata"]["namespace"], item["metadata"]["name"])
                     with self._lock:
                         if event["type"] == "DELETED":
                             self._forget(key)
@@ -669,7 +736,7 @@ class Simulator:
         with self._lock:
             seen = set()
             for item in listing.get("items", []):
-                key = ServiceKey(item["metadata"]["namespace"], item["metadata"]["name"])
+                key = RayServiceKey(item["metadata"]["namespace"], item["metadata"]["name"])
                 self._objects[key] = item
                 seen.add(key)
             for key in set(self._objects) - seen:
@@ -677,7 +744,7 @@ class Simulator:
         version: str = listing["metadata"]["resourceVersion"]
         return version
 
-    def _forget(self, key: ServiceKey) -> None:
+    def _forget(self, key: RayServiceKey) -> None:
         self._objects.pop(key, None)
         self._states.pop(key, None)
 
@@ -702,8 +769,10 @@ class Simulator:
                 raise TimeoutError(f"the simulator made no reconcile pass in {timeout:.0f} s")
             time.sleep(self.delays.tick / 2)
 
-    def _reconcile_one(self, key: ServiceKey, obj: dict[str, Any]) -> None:
-        if key.namespace in self.exclude_namespaces:
+    def _reconcile_one(self, key: RayServiceKey, obj: dict[str, Any]) -> None:
+        if key.namespace in self.exclude_namespaces or (
+            self.only_namespaces is not None and key.namespace not in self.only_namespaces
+        ):
             return
         with self._lock:
             if self._objects.get(key) is not obj:
@@ -719,8 +788,9 @@ class Simulator:
                 )
                 self._states[key] = state
             state.zero_downtime_env = self.zero_downtime_env
-            name_ok = len(key.name) <= kuberay.MAX_RAYSERVICE_NAME_LENGTH
-            new_status = state.reconcile(obj, time.monotonic(), time.time()) if name_ok else None
+            invalid = rules_of.validate_rayservice_metadata(obj.get("metadata") or {})
+            now = time.monotonic()
+            new_status = None if invalid else state.reconcile(obj, now, time.time())
         # ValidateRayServiceMetadata failing: KubeRay emits an event and writes no status.
         if new_status is None or not status_changed(obj.get("status") or {}, new_status):
             return
@@ -739,7 +809,7 @@ class Simulator:
             if self._objects.get(key) is obj:
                 self._objects[key] = written
 
-    def _refresh(self, key: ServiceKey) -> None:
+    def _refresh(self, key: RayServiceKey) -> None:
         try:
             latest = self.custom.get_namespaced_custom_object(
                 GROUP, VERSION, key.namespace, PLURAL, key.name
@@ -793,6 +863,7 @@ if __name__ == "__main__":
 __all__ = [
     "Delays",
     "FailureRule",
+    "RayServiceKey",
     "SimulatedRayService",
     "Simulator",
     "status_changed",

@@ -154,3 +154,73 @@ def test_contract_catches_io_in_the_core(line: str) -> None:
 )
 def test_contract_allows_pure_imports(line: str) -> None:
     assert violations("gitsync.diff.serve", line + "\n") == []
+
+
+# The test bed's KubeRay simulator is the yardstick gitsync's predictions are measured against:
+# it must decide with its own reading of KubeRay (testbed/kuberay_rules.py), never with
+# gitsync's, or every test of a prediction would check the predictor against itself.
+TESTBED = PACKAGE.parent / "testbed"
+INDEPENDENT = ("testbed.simulator", "testbed.kuberay_rules")
+
+
+def all_imports(source: str, module: str) -> list[str]:
+    """Every module ``source`` imports, at any depth of the file (functions included)."""
+    names: list[str] = []
+    package = module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            names.append(base)
+            names.extend(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def gitsync_imports(module: str, seen: set[str] | None = None) -> list[str]:
+    """The gitsync modules ``module`` imports, directly or through other testbed modules."""
+    seen = seen if seen is not None else set()
+    if module in seen:
+        return []
+    seen.add(module)
+    path = TESTBED.parent.joinpath(*module.split(".")).with_suffix(".py")
+    found = []
+    for name in all_imports(path.read_text(), module):
+        if name == "gitsync" or name.startswith("gitsync."):
+            found.append(f"{module} imports {name}")
+        elif (
+            name.startswith("testbed.")
+            and TESTBED.parent.joinpath(*name.split(".")).with_suffix(".py").exists()
+        ):
+            found.extend(gitsync_imports(name, seen))
+    return found
+
+
+@pytest.mark.parametrize("module", INDEPENDENT)
+def test_the_simulator_imports_nothing_from_gitsync(module: str) -> None:
+    assert gitsync_imports(module) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "from gitsync import kuberay",
+        "from gitsync.model import ServiceKey",
+        "import gitsync.kuberay",
+        "def f():\n    from gitsync.diff import classify\n",
+    ],
+)
+def test_the_independence_check_catches_gitsync_imports(line: str) -> None:
+    assert any(name.startswith("gitsync") for name in all_imports(line + "\n", "testbed.x"))
+
+
+def test_the_independence_check_follows_testbed_imports() -> None:
+    # The demo drives gitsync through testbed/story.py: the check sees through that import.
+    assert any(
+        f.startswith("testbed.story imports gitsync") for f in gitsync_imports("testbed.demo")
+    )

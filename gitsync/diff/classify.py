@@ -7,8 +7,9 @@ rules'), using the rules of one KubeRay minor version (:class:`gitsync.kuberay.S
   cluster gets the new Serve config), else ``cluster-ignored`` (upgradeStrategy None or the
   operator's ENABLE_ZERO_DOWNTIME=false);
 - only worker groups appended → ``cluster-in-place``;
-- only hash-muted fields (replicas, min/max, workersToDelete…) → ``scale-ineffective``: KubeRay
-  neither swaps nor propagates them;
+- only hash-muted fields (replicas, min/max, workersToDelete…, or a resource quantity spelled
+  differently, equal once typed) → ``scale-ineffective``: KubeRay neither swaps nor
+  propagates them;
 - ``serveConfigV2`` structure changed → ``serve-update``; text only → ``serve-reformat``;
 - labels, annotations or settings KubeRay reads directly → ``metadata``.
 
@@ -167,7 +168,8 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             Action.SCALE_INEFFECTIVE,
             wave,
             f"only fields {semantics} does not propagate changed (replicas, min/max, "
-            "workersToDelete…): the running cluster keeps its current size",
+            "workersToDelete, a quantity's spelling…): the running cluster keeps its "
+            "current size",
             tuple(cluster_details + other_details),
             warnings,
             fields,

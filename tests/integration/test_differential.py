@@ -1,8 +1,13 @@
 """The same scenarios against the KubeRay simulator and the real KubeRay operator.
 
-For each scenario gitsync rolls a change out through ``sync_once`` and records: its predicted
-action (the plan), what KubeRay did (cluster switched or not, where Serve configs were PUT),
-the outcome, and the health verdicts gitsync observed, collapsed. Both backends must agree.
+For each scenario gitsync rolls a change to the ``embedder`` service out through ``sync_once``
+and records: its predicted action (the plan), what KubeRay did (the RayCluster kept, created,
+replaced or still pending; its worker replicas; where Serve configs were PUT), the outcome,
+and the health verdicts gitsync observed, collapsed. Every backend must record the same, and
+what KubeRay did must be what gitsync's action says it does (:func:`surprises`): the
+simulator decides with its own reading of KubeRay (testbed/kuberay_rules.py), so a wrong
+prediction fails here instead of agreeing with itself.
+
 The table is written to docs/kuberay-differential.md from these records; a test keeps the
 committed file equal to what the suite produces (``GITSYNC_WRITE_DOCS=1`` rewrites it).
 """
@@ -11,70 +16,116 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 
+from gitsync.config import AgentConfig
+from gitsync.diff.classify import Options
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.model import ServiceKey
-from gitsync.sync import sync_once
+from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
 from testbed.operator import FakeEndpoints, FakeKubelet, Operator, ServeProxy, ServeState
-from testbed.simulator import FailureRule, Simulator
+from testbed.simulator import Delays, FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .kube import get
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "kuberay-differential.md"
-BROKEN = "embedder.v2:app"
+SERVE_APP = "embedder.serve:app"
+BROKEN = "embedder.v2:app"  # its deployment fails (a rule on every backend)
+SLOW = "embedder.slow:app"  # its deployment never finishes: a swap that stays pending
+IMAGE = "image: rayproject/ray:2.49.0-py311"
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     change: Callable[[GitOpsRepo], None] | None  # None: the initial creation itself
-    failing: bool = False
+    failing: bool = False  # the change's import path fails to deploy
+    prepare: Callable[[GitOpsRepo], None] | None = None  # in the repository before creation
+    zero_downtime: bool = True  # the operator's ENABLE_ZERO_DOWNTIME
+    prune: bool = False  # the environment prunes services removed from Git
+    # A second change, committed once the first one's new cluster is pending: the first
+    # change's app never finishes deploying, so the swap is under way when this lands.
+    then: Callable[[GitOpsRepo], None] | None = None
 
 
-def _serve(repo: GitOpsRepo) -> None:
-    repo.edit("embedder.yaml", "num_replicas: 1", "num_replicas: 2")
+def _edit(old: str, new: str) -> Callable[[GitOpsRepo], None]:
+    return lambda repo: repo.edit("embedder.yaml", old, new)
 
 
-def _image(repo: GitOpsRepo) -> None:
-    repo.edit(
-        "embedder.yaml", "image: rayproject/ray:2.49.0-py311", "image: rayproject/ray:2.50.0-py311"
-    )
+def _both(*edits: Callable[[GitOpsRepo], None]) -> Callable[[GitOpsRepo], None]:
+    def apply(repo: GitOpsRepo) -> None:
+        for edit in edits:
+            edit(repo)
+
+    return apply
 
 
-def _replicas(repo: GitOpsRepo) -> None:
-    repo.edit(
-        "embedder.yaml",
-        "replicas: 1\n        minReplicas: 1",
-        "replicas: 3\n        minReplicas: 2",
-    )
+_serve = _edit("num_replicas: 1", "num_replicas: 2")
+_reformat = _edit("route_prefix: /embed", 'route_prefix: "/embed"')  # the same config
+_image = _edit(IMAGE, "image: rayproject/ray:2.50.0-py311")
+_replicas = _edit("replicas: 1\n        minReplicas: 1", "replicas: 3\n        minReplicas: 2")
+_strategy_none = _both(_edit("type: NewCluster", "type: None"), _image)
+_no_strategy = _edit("  upgradeStrategy:\n    type: NewCluster\n", "")
+_broken = _edit(SERVE_APP, BROKEN)
+_label = _edit("  name: embedder\n", "  name: embedder\n  labels:\n    team: search\n")
+_respell = _edit('limits: {cpu: "2", memory: 4Gi}', 'limits: {cpu: "2", memory: 4096Mi}')
+_slow_swap = _both(_image, _edit(SERVE_APP, SLOW))
+_fixed_swap = _both(
+    _edit("image: rayproject/ray:2.50.0-py311", "image: rayproject/ray:2.51.0-py311"),
+    _edit(SLOW, SERVE_APP),
+)
+APPENDED_GROUP = """      - groupName: extra
+        replicas: 1
+        minReplicas: 1
+        maxReplicas: 2
+        rayStartParams: {}
+        template:
+          spec:
+            containers:
+              - name: ray-worker
+                image: rayproject/ray:2.49.0-py311
+"""
 
 
-def _strategy_none(repo: GitOpsRepo) -> None:
-    repo.edit("embedder.yaml", "type: NewCluster", "type: None")
-    _image(repo)
+def _append_group(repo: GitOpsRepo) -> None:
+    path = repo.path("embedder.yaml")
+    path.write_text(path.read_text().rstrip("\n") + "\n" + APPENDED_GROUP)
 
 
-def _broken(repo: GitOpsRepo) -> None:
-    repo.edit("embedder.yaml", "embedder.serve:app", BROKEN)
+def _remove(repo: GitOpsRepo) -> None:
+    repo.path("embedder.yaml").unlink()
+    repo.path("README.md").write_text("Nothing runs in staging now.\n")  # keeps the folder
 
 
 SCENARIOS = [
     Scenario("create", None),
     Scenario("serve-only update", _serve),
+    Scenario("serveConfigV2 reformatted", _reformat),
     Scenario("image change", _image),
+    Scenario("worker group appended", _append_group),
     Scenario("replicas only", _replicas),
     Scenario("upgradeStrategy None + image", _strategy_none),
+    Scenario(
+        "ENABLE_ZERO_DOWNTIME=false + image", _image, prepare=_no_strategy, zero_downtime=False
+    ),
+    Scenario("label only", _label),
+    Scenario("memory respelled (4Gi as 4096Mi)", _respell),
+    Scenario("removed from Git (prune)", _remove, prune=True),
+    Scenario("image change, then another during the swap", _slow_swap, then=_fixed_swap),
     Scenario("injected DEPLOY_FAILED", _broken, failing=True),
 ]
 
@@ -83,19 +134,66 @@ SCENARIOS = [
 class Record:
     action: str
     outcome: str
-    new_cluster: bool
+    cluster: str
+    replicas: str
     puts: str
     health: str
 
-    def row(self) -> str:
-        return f"{self.action} | {self.outcome} | {'yes' if self.new_cluster else 'no'} | {self.puts} | {self.health}"
+    def cells(self) -> list[str]:
+        return [self.action, self.outcome, self.cluster, self.replicas, self.puts, self.health]
 
 
+# What KubeRay does for each action gitsync predicts: the RayCluster afterwards and where
+# the change's Serve configs go (None: not part of the prediction).
+EFFECTS: dict[str, tuple[str, set[str] | None]] = {
+    "create": ("created", {"new"}),
+    "serve-update": ("kept", {"active"}),
+    # KubeRay compares serveConfigV2 as a string: a reformatted config is PUT again (Ray
+    # Serve then finds every application unchanged).
+    "serve-reformat": ("kept", {"active"}),
+    "cluster-swap": ("replaced", None),
+    "cluster-in-place": ("kept", {"none"}),
+    "cluster-ignored": ("kept", {"none"}),
+    "scale-ineffective": ("kept", {"none"}),
+    "metadata": ("kept", {"none"}),
+    "prune": ("deleted with the RayService", None),
+}
+
+
+def surprises(record: Record) -> list[str]:
+    """Where what KubeRay did differs from what gitsync's (last) action says it does."""
+    action = record.action.split(", ")[-1]
+    if action not in EFFECTS:
+        return [f"no expectation for action {action!r}"]
+    cluster, puts = EFFECTS[action]
+    found = []
+    if record.cluster != cluster:
+        found.append(f"{action}: the RayCluster was {record.cluster}, not {cluster}")
+    if puts is not None and set(record.puts.split(", ")) != puts:
+        found.append(f"{action}: Serve configs went to {record.puts}, not {', '.join(puts)}")
+    if action == "scale-ineffective" and "→" in record.replicas:
+        found.append(f"{action}: the RayCluster's replicas changed ({record.replicas})")
+    if action == "cluster-in-place" and "→" not in record.replicas:
+        found.append(f"{action}: the RayCluster's worker groups did not change")
+    return found
+
+
+@dataclass
 class Backend:
     name: str
-    rules: Callable[[FailureRule], None]
-    submissions: Callable[[ServiceKey], list[str]]
-    namespaces: list[str]
+    namespaces: dict[str, str]  # scenario name → namespace
+    rule: Callable[[FailureRule], None]
+    submissions: Callable[[ServiceKey], list[str]]  # the cluster of every Serve PUT
+    replicas: Callable[[ServiceKey, str], list[int] | None]  # a RayCluster's workers
+
+
+def _worker_replicas(spec: dict[str, Any] | None) -> list[int] | None:
+    if spec is None:
+        return None
+    return [int(g.get("replicas") or 0) for g in spec.get("workerGroupSpecs") or []]
+
+
+SIM_DELAYS = Delays(cluster_start=0.3, app_deploy=0.4, tick=0.05, requeue=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -107,44 +205,91 @@ def backends(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Backend]]:
     core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
     spaces = {
-        kind: [f"df-{kind[:3]}-{uuid.uuid4().hex[:6]}-{i}" for i in range(len(SCENARIOS))]
+        kind: {s.name: f"df-{kind[:3]}-{uuid.uuid4().hex[:6]}-{i}" for i, s in enumerate(SCENARIOS)}
         for kind in ("simulator", "operator")
     }
-    for name in (*spaces["simulator"], *spaces["operator"]):
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    simulator.exclude_namespaces |= set(spaces["operator"])
+    for names in spaces.values():
+        for name in names.values():
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Operators started with ENABLE_ZERO_DOWNTIME=false: a second of each, for its namespace.
+    off = [s.name for s in SCENARIOS if not s.zero_downtime]
+    sim_off = {spaces["simulator"][name] for name in off}
+    op_off = [spaces["operator"][name] for name in off]
+    op_on = [ns for ns in spaces["operator"].values() if ns not in op_off]
+    simulator.exclude_namespaces |= set(spaces["operator"].values()) | sim_off
     state = ServeState(deploy_seconds=0.5)
     proxy = ServeProxy(state).start()
-    kubelet = FakeKubelet(api, spaces["operator"]).start()
-    endpoints = FakeEndpoints(api, spaces["operator"]).start()
-    operator = Operator(
-        binaries.kuberay_operator,
-        control_plane.kubeconfig,
-        spaces["operator"],
-        proxy.port,
-        tmp_path_factory.mktemp("differential-operator"),
-    ).start()
-    sim, real = Backend(), Backend()
-    sim.name, sim.namespaces, sim.rules, sim.submissions = (
-        "simulator",
-        spaces["simulator"],
-        simulator.add_rule,
-        simulator.submissions,
-    )
-    real.name, real.namespaces, real.rules = "operator", spaces["operator"], state.rules.append
-    real.submissions = lambda key: [
-        s.cluster
-        for s in state.submissions
-        if s.namespace == key.namespace and s.cluster.startswith(f"{key.name}-")
+    kubelet = FakeKubelet(api, list(spaces["operator"].values())).start()
+    endpoints = FakeEndpoints(api, list(spaces["operator"].values())).start()
+    logs = tmp_path_factory.mktemp("differential-operator")
+    operators = [
+        Operator(binaries.kuberay_operator, control_plane.kubeconfig, op_on, proxy.port, logs)
     ]
-    try:
-        yield {"simulator": sim, "operator": real}
-    finally:
-        operator.stop()
-        kubelet.stop()
-        endpoints.stop()
-        proxy.stop()
+    if op_off:
+        operators.append(
+            Operator(
+                binaries.kuberay_operator,
+                control_plane.kubeconfig,
+                op_off,
+                proxy.port,
+                logs / "zero-downtime-off",
+                env={"ENABLE_ZERO_DOWNTIME": "false"},
+            )
+        )
+    with control_plane.api_client() as off_api:
+        second = Simulator(off_api, SIM_DELAYS, zero_downtime_env=False, seed=11)
+        second.only_namespaces = sim_off
+
+        def sim_for(key: ServiceKey) -> Simulator:
+            return second if key.namespace in sim_off else simulator
+
+        def sim_rule(rule: FailureRule) -> None:
+            (second if rule.namespace in sim_off else simulator).add_rule(rule)
+
+        def operator_replicas(key: ServiceKey, cluster: str) -> list[int] | None:
+            try:
+                obj = custom.get_namespaced_custom_object(
+                    "ray.io", "v1", key.namespace, "rayclusters", cluster
+                )
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return _worker_replicas(obj.get("spec"))
+
+        try:
+            second.start()
+            for operator in operators:
+                operator.start()
+            yield {
+                "simulator": Backend(
+                    "simulator",
+                    spaces["simulator"],
+                    sim_rule,
+                    lambda key: sim_for(key).submissions(key),
+                    lambda key, cluster: _worker_replicas(sim_for(key).cluster_spec(key, cluster)),
+                ),
+                "operator": Backend(
+                    "operator",
+                    spaces["operator"],
+                    state.rules.append,
+                    lambda key: [
+                        s.cluster
+                        for s in state.submissions
+                        if s.namespace == key.namespace and s.cluster.startswith(f"{key.name}-")
+                    ],
+                    operator_replicas,
+                ),
+            }
+        finally:
+            for operator in operators:
+                operator.stop()
+            second.stop()
+            kubelet.stop()
+            endpoints.stop()
+            proxy.stop()
 
 
 def health_sequence(lines: list[str], key: ServiceKey) -> str:
@@ -159,62 +304,133 @@ def health_sequence(lines: list[str], key: ServiceKey) -> str:
     return " → ".join(verdicts)
 
 
-def action_of(lines: list[str], key: ServiceKey) -> str:
-    for line in lines:
-        match = re.search(rf"applied {re.escape(str(key))} \(([a-z-]+)\)", line)
-        if match:
-            return match[1]
-    return "unchanged (not applied)"
+def actions_of(lines: list[str], key: ServiceKey) -> str:
+    """Every action gitsync applied the service with, in order (more than one when a newer
+    commit superseded a rollout)."""
+    pattern = re.compile(rf"(applied|pruned) {re.escape(str(key))}(?: \(([a-z-]+)\))?")
+    found = [
+        "prune" if match[1] == "pruned" else match[2] or "unknown"
+        for line in lines
+        if (match := pattern.search(line))
+    ]
+    return ", ".join(found) or "unchanged (not applied)"
+
+
+def _replicas_cell(before: list[int] | None, after: list[int] | None) -> str:
+    def show(replicas: list[int] | None) -> str:
+        return "—" if replicas is None else ", ".join(map(str, replicas)) or "no workers"
+
+    return show(after) if before == after or before is None else f"{show(before)} → {show(after)}"
+
+
+def _status(api: client.ApiClient, namespace: str) -> dict[str, Any] | None:
+    """The RayService's status; None once it is deleted."""
+    try:
+        return get(api, namespace, "embedder").get("status") or {}
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _wait_for_pending(api: client.ApiClient, namespace: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = ((_status(api, namespace) or {}).get("pendingServiceStatus") or {}).get(
+            "rayClusterName"
+        )
+        if pending:
+            return str(pending)
+        time.sleep(0.1)
+    raise AssertionError(f"{namespace}/embedder: no pending cluster within {timeout:.0f} s")
 
 
 def run_scenario(
-    api: client.ApiClient, backend: Backend, scenario: Scenario, index: int, tmp_path: Path
+    api: client.ApiClient, backend: Backend, scenario: Scenario, tmp_path: Path
 ) -> Record:
-    namespace = backend.namespaces[index]
-    repo = GitOpsRepo(tmp_path / backend.name, namespace)
+    namespace = backend.namespaces[scenario.name]
+    repo = GitOpsRepo(tmp_path / backend.name, namespace, prune=scenario.prune)
+
+    def embedder_only(root: Path) -> None:
+        for other in ("ranker.yaml", "summarizer.yaml"):
+            repo.path(other).unlink()
+        if scenario.prepare is not None:
+            scenario.prepare(repo)
+
+    repo.commit(embedder_only, "the embedder alone")
     settings = {"health_timeout": 60.0, "poll_interval": 0.3, "healthy_seconds": 5.0}
-    config = repo.agent_config(tmp_path / f"cache-{backend.name}", **settings)
+    config: AgentConfig = repo.agent_config(tmp_path / f"cache-{backend.name}", **settings)
+    if not scenario.zero_downtime:
+        config = replace(config, classify=Options(operator_zero_downtime=False))
     key = ServiceKey(namespace, "embedder")
     lines: list[str] = []
-    result = sync_once(config, RayServices(api), StateStore(api, namespace), progress=lines.append)
+
+    def sync() -> PassResult:
+        return sync_once(
+            config,
+            RayServices(api),
+            StateStore(api, namespace),
+            progress=lines.append,
+            supersede_every=0.2,
+        )
+
+    result = sync()
     assert result.ok, "\n".join(lines)
-    before_cluster = get(api, namespace, "embedder")["status"]["activeServiceStatus"][
-        "rayClusterName"
-    ]
-    before_puts = len(backend.submissions(key))
+    before_cluster, before_puts, before_replicas = "", 0, None
     if scenario.change is not None:
+        before_cluster = get(api, namespace, "embedder")["status"]["activeServiceStatus"][
+            "rayClusterName"
+        ]
+        before_puts = len(backend.submissions(key))
+        before_replicas = backend.replicas(key, before_cluster)
         if scenario.failing:
-            backend.rules(
+            backend.rule(
                 FailureRule(namespace=namespace, import_path=BROKEN, message="ModuleNotFoundError")
+            )
+        if scenario.then is not None:
+            backend.rule(
+                FailureRule(status="DEPLOYING", message="", namespace=namespace, import_path=SLOW)
             )
         repo.commit(lambda root: scenario.change(repo), scenario.name)  # type: ignore[misc]
         lines.clear()
-        result = sync_once(
-            config, RayServices(api), StateStore(api, namespace), progress=lines.append
-        )
-        before_puts_after = before_puts
+        if scenario.then is None:
+            result = sync()
+        else:
+            outcome: list[PassResult] = []
+            worker = threading.Thread(target=lambda: outcome.append(sync()))
+            worker.start()
+            _wait_for_pending(api, namespace)
+            repo.commit(lambda root: scenario.then(repo), f"{scenario.name}: the second")  # type: ignore[misc]
+            worker.join(180)
+            [result] = outcome
+    [outcome_of] = result.results
+    after = _status(api, namespace)
+    active = ((after or {}).get("activeServiceStatus") or {}).get("rayClusterName", "")
+    pending = ((after or {}).get("pendingServiceStatus") or {}).get("rayClusterName", "")
+    if after is None:
+        cluster = "deleted with the RayService"
+    elif pending:
+        cluster = "pending"
+    elif active == before_cluster:
+        cluster = "kept"
     else:
-        before_cluster, before_puts_after = "", 0
-    [outcome] = result.results
-    after = get(api, namespace, "embedder")["status"]
-    active = after["activeServiceStatus"].get("rayClusterName", "")
-    pending = (after.get("pendingServiceStatus") or {}).get("rayClusterName", "")
-    puts = backend.submissions(key)[before_puts_after:]
-    where = [
+        cluster = "replaced" if before_cluster else "created"
+    puts = [
         "active"
-        if c == active and c == before_cluster
+        if c == before_cluster
         else "pending"
         if c == pending
         else "new"
-        if c != before_cluster
-        else "active"
-        for c in puts
+        if c == active
+        else "abandoned"
+        for c in backend.submissions(key)[before_puts:]
     ]
     return Record(
-        action=action_of(lines, key),
-        outcome=str(outcome.outcome),
-        new_cluster=active != before_cluster or bool(pending),
-        puts=", ".join(where) or "none",
+        action=actions_of(lines, key),
+        outcome=str(outcome_of.outcome),
+        cluster=cluster,
+        replicas=_replicas_cell(before_replicas, backend.replicas(key, active) if active else None),
+        puts=", ".join(puts) or "none",
         health=health_sequence(lines, key) or "(not gated)",
     )
 
@@ -222,17 +438,19 @@ def run_scenario(
 RECORDS: dict[str, dict[str, Record]] = {}
 
 
-@pytest.mark.parametrize("index", range(len(SCENARIOS)), ids=[s.name for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_simulator_and_operator_agree(
-    api: client.ApiClient, backends: dict[str, Backend], index: int, tmp_path: Path
+    api: client.ApiClient, backends: dict[str, Backend], scenario: Scenario, tmp_path: Path
 ) -> None:
-    scenario = SCENARIOS[index]
-    records = {
-        name: run_scenario(api, backend, scenario, index, tmp_path)
-        for name, backend in backends.items()
-    }
+    with ThreadPoolExecutor(len(backends)) as pool:  # independent namespaces: side by side
+        futures = {
+            name: pool.submit(run_scenario, api, backend, scenario, tmp_path)
+            for name, backend in backends.items()
+        }
+        records = {name: future.result() for name, future in futures.items()}
     RECORDS[scenario.name] = records
     assert records["simulator"] == records["operator"], records
+    assert surprises(records["operator"]) == [], records["operator"]
 
 
 def render(records: dict[str, dict[str, Record]]) -> str:
@@ -241,17 +459,28 @@ def render(records: dict[str, dict[str, Record]]) -> str:
         "",
         "Generated by `tests/integration/test_differential.py`; do not edit (rewrite with",
         "`GITSYNC_WRITE_DOCS=1 .venv/bin/pytest tests/integration/test_differential.py`). Each row is",
-        "one change to the `embedder` service rolled out by `gitsync sync --once`, run against both",
-        "backends; the suite fails when they differ. *PUTs* are the Serve config submissions KubeRay",
-        "made for the change (to the active or to the new cluster); *health* is the sequence of",
-        "verdicts gitsync observed while gating it.",
+        "one change to the `embedder` service rolled out by `gitsync sync --once`, run against every",
+        "backend: the test bed's KubeRay simulator (which decides with its own reading of KubeRay's",
+        "source, testbed/kuberay_rules.py, not with gitsync's) and the real KubeRay operator with a",
+        "stand-in Ray dashboard. The suite fails when backends differ, or when what KubeRay did is",
+        "not what gitsync's action says it does. *RayCluster* is the service's active cluster",
+        "afterwards (kept, created, replaced); *worker replicas* are read from it, per worker group;",
+        "*PUTs* are the Serve config submissions KubeRay made for the change (to the active cluster,",
+        "the new one, or one abandoned mid-swap); *health* is the sequence of verdicts gitsync",
+        "observed while gating it; *backends* are those that recorded the row.",
         "",
-        "| scenario | gitsync's action | outcome | new cluster | PUTs | health gitsync observed |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| scenario | gitsync's action | outcome | RayCluster | worker replicas | PUTs "
+        "| health gitsync observed | backends |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario in SCENARIOS:
-        if scenario.name in records:
-            lines.append(f"| {scenario.name} | {records[scenario.name]['operator'].row()} |")
+        if scenario.name not in records:
+            continue
+        by_backend = records[scenario.name]
+        record = by_backend["operator"]
+        agreeing = [name for name, other in by_backend.items() if other == record]
+        cells = [scenario.name, *record.cells(), ", ".join(agreeing)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

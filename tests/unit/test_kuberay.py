@@ -168,3 +168,44 @@ def test_application_names_default_and_order() -> None:
 def test_application_names_reject_malformed(text: str) -> None:
     with pytest.raises(ValueError, match="serveConfigV2"):
         kuberay.serve_application_names(text)
+
+
+def with_head_limits(**limits: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(BASE)
+    spec["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": limits}
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        # KubeRay hashes the typed spec: resource.Quantity marshals in canonical form, so a
+        # quantity spelled differently is no change (the differential suite found gitsync
+        # predicting a cluster swap for 4Gi → 4096Mi that the operator never made).
+        ({"memory": "4Gi"}, {"memory": "4096Mi"}, ClusterChange.UNCHANGED),
+        ({"cpu": "2"}, {"cpu": 2}, ClusterChange.UNCHANGED),
+        ({"cpu": "1"}, {"cpu": "1000m"}, ClusterChange.UNCHANGED),
+        ({"cpu": "500m"}, {"cpu": 0.5}, ClusterChange.UNCHANGED),
+        ({"memory": "1.5Gi"}, {"memory": "1536Mi"}, ClusterChange.UNCHANGED),
+        # Different formats marshal differently: a new cluster.
+        ({"memory": "1Gi"}, {"memory": "1073741824"}, ClusterChange.NEW_CLUSTER),
+        ({"cpu": "1k"}, {"cpu": "1e3"}, ClusterChange.NEW_CLUSTER),
+        ({"memory": "4Gi"}, {"memory": "8Gi"}, ClusterChange.NEW_CLUSTER),
+    ],
+)
+def test_resource_quantities_are_compared_as_kuberay_marshals_them(
+    before: dict[str, Any], after: dict[str, Any], expected: ClusterChange
+) -> None:
+    assert (
+        kuberay.classify_cluster_change(with_head_limits(**before), with_head_limits(**after))
+        is expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "canonical"),
+    [("4Gi", "4294967296000000000n/i"), ("2", "2000000000n/d"), ("1e3", "1000000000000n/e")],
+)
+def test_canonical_quantity(value: str, canonical: str) -> None:
+    assert kuberay.canonical_quantity(value) == canonical
+    assert kuberay.canonical_quantity("lots") is None

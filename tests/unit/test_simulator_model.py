@@ -9,8 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gitsync.model import ServiceKey
-from testbed.simulator import Delays, FailureRule, SimulatedRayService
+from testbed.simulator import Delays, FailureRule, RayServiceKey, SimulatedRayService
 
 SERVE = "applications:\n  - name: app\n    import_path: m:app\n    deployments:\n      - name: D\n"
 SERVE_V2 = SERVE + "        num_replicas: 2\n"
@@ -39,7 +38,7 @@ def rayservice(
 class Driver:
     def __init__(self, rules: list[FailureRule] | None = None) -> None:
         self.sim = SimulatedRayService(
-            ServiceKey("ns", "svc"),
+            RayServiceKey("ns", "svc"),
             Delays(cluster_start=1.0, app_deploy=1.0, requeue=0.0),
             lambda: rules or [],
         )
@@ -169,7 +168,13 @@ def test_injected_failure_keeps_the_pending_cluster_and_old_serving() -> None:
     assert s["pendingServiceStatus"]["applicationStatuses"]["app"]["message"].startswith(
         "ModuleNotFoundError"
     )
-    assert apps(s) == {"app": "RUNNING"}
+    # During a swap Reconcile calls reconcileServe for the pending cluster only: the active
+    # one keeps serving, but calculateStatus reports none of its applications.
+    assert apps(s) == {}
+    assert s["activeServiceStatus"]["rayClusterName"]
+    assert d.sim.active is not None
+    assert d.sim.active.apps["app"].status == "RUNNING"
+    assert cond(s, "Ready") == ("True", "NonZeroServeEndpoints")
     assert cond(s, "UpgradeInProgress") == ("True", "BothActivePendingClustersExist")
 
 
@@ -240,3 +245,19 @@ def test_stale_statuses_last_until_kuberays_requeue() -> None:
     assert apps(later) == {"app": "RUNNING"}  # fresh now: the redeploy finished meanwhile
     assert d.sim.active is not None
     assert d.sim.active.serve_config == SERVE_V2
+
+
+def test_an_edit_during_a_swap_reaches_the_pending_cluster_before_replacing_it() -> None:
+    # Reconcile PUTs the new config to the pending cluster (reconcileServe) before
+    # calculateStatus names the cluster that replaces it (shouldPrepareNewCluster).
+    d = Driver([FailureRule(status="DEPLOYING", message="", import_path="slow:app")])
+    d.settle(rayservice())
+    slow = SERVE.replace("m:app", "slow:app")
+    s = d.settle(rayservice(generation=2, image="ray:2", serve=slow))
+    first = s["pendingServiceStatus"]["rayClusterName"]
+    assert apps(s, "pendingServiceStatus") == {"app": "DEPLOYING"}
+    s = d.settle(rayservice(generation=3, image="ray:3"))
+    second = s["activeServiceStatus"]["rayClusterName"]
+    assert second != first
+    assert s["pendingServiceStatus"] == {}
+    assert d.sim.submitted_to[1:] == [first, first, second]
