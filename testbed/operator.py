@@ -309,7 +309,13 @@ class FakeKubelet(_Loop):
             ip = f"192.0.2.{self.next_ip % 250 + 2}"  # TEST-NET-1: never routed, never contacted
             cluster = labels.get("ray.io/cluster", "")
             if head and self.hosts:
-                self.hosts.start(namespace, pod.metadata.name, cluster, ip)
+                try:
+                    self.hosts.start(namespace, pod.metadata.name, cluster, ip)
+                except OSError as exc:  # no Ray to run: the pod stays Pending, the test fails
+                    message = f"cannot start a Ray head for {pod.metadata.name}: {exc}"
+                    if message not in self.hosts.errors:
+                        self.hosts.errors.append(message)
+                    continue
             elif self.hosts and cluster:
                 self.hosts.add_worker(namespace, cluster, ip)
             self._patch(pod, namespace, ip, ready=not head)

@@ -38,7 +38,7 @@ from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
 from testbed.operator import FakeEndpoints, FakeKubelet, Operator, ServeProxy, ServeState
-from testbed.rayhost import RayHosts, ServiceProxy
+from testbed.rayhost import RayHosts, ServiceProxy, serve_status
 from testbed.simulator import Simulator
 
 from .gitops import GitOpsRepo
@@ -264,16 +264,57 @@ def repo(api: client.ApiClient, realray: RealRay, tmp_path: Path) -> Iterator[Gi
 
 
 def sync(
-    api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[tuple[float, str]]
+    api: client.ApiClient,
+    realray: RealRay,
+    repo: GitOpsRepo,
+    tmp_path: Path,
+    lines: list[tuple[float, str]],
+    **rollout: object,
 ) -> PassResult:
+    """One ``sync --once`` pass, stopped early when a Ray head could not start or died (the
+    test then fails at once with the head's log, not after the health timeout)."""
     config = repo.agent_config(
-        tmp_path / "cache", health_timeout=300.0, poll_interval=0.3, healthy_seconds=3.0
+        tmp_path / "cache", health_timeout=300.0, poll_interval=0.3, healthy_seconds=3.0, **rollout
     )
-    return sync_once(
-        config,
-        RayServices(api),
-        StateStore(api, repo.namespace),
-        progress=lambda line: lines.append((time.monotonic(), line)),
+    stop, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            if realray.hosts.errors:
+                stop.set()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        result = sync_once(
+            config,
+            RayServices(api),
+            StateStore(api, repo.namespace),
+            progress=lambda line: lines.append((time.monotonic(), line)),
+            stop=stop,
+        )
+    finally:
+        done.set()
+    assert not realray.hosts.errors, explain(realray, lines)
+    return result
+
+
+def append_worker_group(repo: GitOpsRepo) -> None:
+    path = repo.path("answer.yaml")
+    path.write_text(
+        path.read_text()
+        + """\
+      - groupName: extra
+        replicas: 1
+        minReplicas: 1
+        maxReplicas: 1
+        rayStartParams: {}
+        template:
+          spec:
+            containers:
+              - name: ray-worker
+                image: rayproject/ray:2.60.0-py311
+"""
     )
 
 
@@ -323,12 +364,12 @@ def explain(realray: RealRay, lines: list[tuple[float, str]]) -> str:
     )
 
 
-def test_serve_update_and_cluster_swap_drop_no_request(
+def test_serve_updates_cluster_swap_and_in_place_drop_no_request(
     api: client.ApiClient, realray: RealRay, repo: GitOpsRepo, tmp_path: Path
 ) -> None:
     lines: list[tuple[float, str]] = []
     created = time.monotonic()
-    result = sync(api, repo, tmp_path, lines)
+    result = sync(api, realray, repo, tmp_path, lines)
     assert result.ok, explain(realray, lines)
     create_seconds = healthy_at(lines, created) - created
     first = active_cluster(api, repo.namespace, "answer")
@@ -341,7 +382,7 @@ def test_serve_update_and_cluster_swap_drop_no_request(
         # A serve update: user_config reaches the running replicas, no new cluster.
         update_commit = time.monotonic()
         repo.commit(lambda root: repo.edit("answer.yaml", "answer: one", "answer: two"), "two")
-        result = sync(api, repo, tmp_path, lines)
+        result = sync(api, realray, repo, tmp_path, lines)
         assert result.ok, explain(realray, lines)
         update_healthy = healthy_at(lines, update_commit)
         time.sleep(2)
@@ -355,7 +396,7 @@ def test_serve_update_and_cluster_swap_drop_no_request(
             ),
             "swap",
         )
-        result = sync(api, repo, tmp_path, lines)
+        result = sync(api, realray, repo, tmp_path, lines)
         assert result.ok, explain(realray, lines)
         swap_healthy = healthy_at(lines, swap_commit)
         second = active_cluster(api, repo.namespace, "answer")
@@ -366,11 +407,34 @@ def test_serve_update_and_cluster_swap_drop_no_request(
             h.cluster == first for h in realray.hosts.heads.values()
         ):
             time.sleep(0.5)
+        # Replicas: a serve update to the new cluster, Serve adds a replica.
+        replicas_commit = time.monotonic()
+        repo.commit(
+            lambda root: repo.edit("answer.yaml", "num_replicas: 1", "num_replicas: 2"), "two"
+        )
+        assert sync(api, realray, repo, tmp_path, lines).ok, explain(realray, lines)
+        replicas_healthy = healthy_at(lines, replicas_commit)
+        head = realray.hosts.by_cluster(repo.namespace, second)
+        assert head is not None
+        deployment = serve_status(head)["applications"]["answer"]["deployments"]["Answer"]
+        assert len(deployment["replicas"]) == 2, deployment
+        # An appended worker group: KubeRay updates the cluster in place, no swap.
+        in_place_commit = time.monotonic()
+        repo.commit(lambda root: append_worker_group(repo), "another worker group")
+        assert sync(api, realray, repo, tmp_path, lines).ok, explain(realray, lines)
+        in_place_healthy = healthy_at(lines, in_place_commit)
+        assert active_cluster(api, repo.namespace, "answer") == second
         time.sleep(1)
     finally:
         load.stop()
         watch.stop()
     end = time.monotonic()
+    pods = client.CoreV1Api(api).list_namespaced_pod(repo.namespace).items
+    assert any(
+        (p.metadata.labels or {}).get("ray.io/group") == "extra"
+        and (p.metadata.labels or {}).get("ray.io/cluster") == second
+        for p in pods
+    ), [p.metadata.labels for p in pods]
 
     promoted = next((t for t, name in watch.changes if name == second), end)
     timeline = {
@@ -419,10 +483,26 @@ def test_serve_update_and_cluster_swap_drop_no_request(
         },
     )
     save(
+        "num-replicas",
+        {
+            "scenario": "serve update (num_replicas 1 to 2)",
+            **figures(load, replicas_commit, in_place_commit),
+            "commit_to_healthy_s": round(replicas_healthy - replicas_commit, 2),
+        },
+    )
+    save(
+        "cluster-in-place",
+        {
+            "scenario": "cluster update in place (appended worker group)",
+            **figures(load, in_place_commit, end),
+            "commit_to_healthy_s": round(in_place_healthy - in_place_commit, 2),
+        },
+    )
+    save(
         "cluster-swap",
         {
             "scenario": "cluster swap (rayStartParams)",
-            **figures(load, swap_commit, end),
+            **figures(load, swap_commit, replicas_commit),
             "commit_to_promotion_s": round(promoted - swap_commit, 2),
             "commit_to_first_new_answer_s": round(switched_at - swap_commit, 2),
             "commit_to_healthy_s": round(swap_healthy - swap_commit, 2),
@@ -435,7 +515,7 @@ def test_deploy_failed_rolls_back_without_dropping_requests(
     api: client.ApiClient, realray: RealRay, repo: GitOpsRepo, tmp_path: Path
 ) -> None:
     lines: list[tuple[float, str]] = []
-    assert sync(api, repo, tmp_path, lines).ok, explain(realray, lines)
+    assert sync(api, realray, repo, tmp_path, lines).ok, explain(realray, lines)
     cluster = active_cluster(api, repo.namespace, "answer")
     good_serve = get(api, repo.namespace, "answer")["spec"]["serveConfigV2"]
     load = Load(realray.services.url(repo.namespace, "answer") + "/answer").start()
@@ -450,19 +530,7 @@ def test_deploy_failed_rolls_back_without_dropping_requests(
             ),
             "break it",
         )
-        config = repo.agent_config(
-            tmp_path / "cache",
-            health_timeout=120.0,
-            poll_interval=0.3,
-            healthy_seconds=3.0,
-            rollback="auto",
-        )
-        [staging] = sync_once(
-            config,
-            RayServices(api),
-            StateStore(api, repo.namespace),
-            progress=lambda line: lines.append((time.monotonic(), line)),
-        ).results
+        [staging] = sync(api, realray, repo, tmp_path, lines, rollback="auto").results
         rolled_back = time.monotonic()
         time.sleep(3)
     finally:
@@ -509,7 +577,7 @@ def test_crashed_replica_is_degraded_in_gitsync_status(
         "the crashy app",
     )
     lines: list[tuple[float, str]] = []
-    assert sync(api, repo, tmp_path, lines).ok, explain(realray, lines)
+    assert sync(api, realray, repo, tmp_path, lines).ok, explain(realray, lines)
     wait_for_endpoints(api, realray, repo.namespace)
 
     def status() -> tuple[int, str]:
