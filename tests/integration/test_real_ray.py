@@ -24,10 +24,12 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from gitsync.cli import main
@@ -37,6 +39,7 @@ from gitsync.rollout import Outcome
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
+from testbed.gitea import Gitea
 from testbed.operator import FakeEndpoints, FakeKubelet, Operator, ServeProxy, ServeState
 from testbed.rayhost import RayHosts, ServiceProxy, serve_status
 from testbed.simulator import Simulator
@@ -115,7 +118,7 @@ def realray(
     simulator: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RealRay]:
-    namespaces = [f"rr-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
+    namespaces = [f"rr-{uuid.uuid4().hex[:8]}-{i}" for i in range(4)]
     core = client.CoreV1Api(api)
     for name in namespaces:
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -155,6 +158,7 @@ class Answer:
     answer: str = ""
     cluster: str = ""
     error: str = ""
+    wall: float = field(default_factory=time.time)  # when it came back, for Gitea's clock
 
 
 @dataclass
@@ -234,33 +238,38 @@ def active_cluster(api: client.ApiClient, namespace: str, name: str) -> str:
     return str(service.get("status", {}).get("activeServiceStatus", {}).get("rayClusterName", ""))
 
 
-@pytest.fixture
-def repo(api: client.ApiClient, realray: RealRay, tmp_path: Path) -> Iterator[GitOpsRepo]:
-    """The test's namespace with one RayService, ``answer``; afterwards its RayServices and
-    RayClusters are deleted (as the garbage collector would cascade) and its heads stop."""
-    repo = GitOpsRepo(tmp_path / "gitops", realray.namespaces.pop())
+def only_answer(repo: GitOpsRepo) -> None:
+    for path in repo.path("x").parent.glob("*.yaml"):
+        path.unlink()
+    repo.path("answer.yaml").write_text(SERVICE)
 
-    def only_answer(root: Path) -> None:
-        for path in repo.path("x").parent.glob("*.yaml"):
-            path.unlink()
-        repo.path("answer.yaml").write_text(SERVICE)
 
-    repo.commit(only_answer, "one service on real Ray")
-    yield repo
+def clean(api: client.ApiClient, realray: RealRay, namespace: str) -> None:
+    """Deletes the namespace's RayServices and RayClusters (as the garbage collector would
+    cascade) and waits for their heads to stop."""
     custom = client.CustomObjectsApi(api)
     for plural in ("rayservices", "rayclusters"):
-        for item in custom.list_namespaced_custom_object(GROUP, VERSION, repo.namespace, plural)[
+        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)[
             "items"
         ]:
             custom.delete_namespaced_custom_object(
-                GROUP, VERSION, repo.namespace, plural, item["metadata"]["name"]
+                GROUP, VERSION, namespace, plural, item["metadata"]["name"]
             )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(
-        namespace == repo.namespace for namespace, _ in list(realray.hosts.heads)
+        key[0] == namespace for key in list(realray.hosts.heads)
     ):
         time.sleep(0.5)
-    assert not [key for key in realray.hosts.heads if key[0] == repo.namespace]
+    assert not [key for key in realray.hosts.heads if key[0] == namespace]
+
+
+@pytest.fixture
+def repo(api: client.ApiClient, realray: RealRay, tmp_path: Path) -> Iterator[GitOpsRepo]:
+    """The test's namespace with one RayService, ``answer``; cleaned up afterwards."""
+    repo = GitOpsRepo(tmp_path / "gitops", realray.namespaces.pop())
+    repo.commit(lambda root: only_answer(repo), "one service on real Ray")
+    yield repo
+    clean(api, realray, repo.namespace)
 
 
 def sync(
@@ -607,3 +616,92 @@ def test_crashed_replica_is_degraded_in_gitsync_status(
             "crash_to_degraded_in_status_s": round(time.monotonic() - crashed, 2),
         },
     )
+
+
+def test_commit_status_turns_success_only_after_the_switch(
+    api: client.ApiClient,
+    realray: RealRay,
+    gitea: Gitea,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    """`gitsync sync --once` from a Gitea repository: an image change swaps clusters under
+    load, and the commit's gitsync/staging status says success only once traffic moved."""
+    namespace = realray.namespaces.pop()
+    repo = GitOpsRepo(
+        tmp_path / "gitops",
+        namespace,
+        origin=gitea.create_repo(f"ray-{uuid.uuid4().hex[:8]}"),
+        push_args=gitea.git_auth_config(),
+    )
+    try:
+        repo.commit(lambda root: only_answer(repo), "one service on real Ray")
+        token = tmp_path / "token"
+        token.write_text(gitea.token)
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "repository": {
+                        "url": repo.url,
+                        "branch": "main",
+                        "auth": {"tokenFile": str(token)},
+                    },
+                    "cacheDir": str(tmp_path / "cache"),
+                    "status": {"provider": "gitea", "tokenFile": str(token)},
+                    "rollout": {
+                        "healthyReads": 2,
+                        "healthySeconds": "3s",
+                        "pollInterval": "300ms",
+                        "healthTimeout": "300s",
+                        "stateNamespace": namespace,
+                    },
+                }
+            )
+        )
+        argv = ["sync", "--once", "--config", str(config)]
+        argv += ["--kubeconfig", str(control_plane.kubeconfig)]
+        assert main(argv) == 0, explain(realray, [])
+        first = active_cluster(api, namespace, "answer")
+        wait_for_endpoints(api, realray, namespace)
+        load = Load(realray.services.url(namespace, "answer") + "/answer").start()
+        try:
+            time.sleep(2)
+            committed = time.time()
+            sha = repo.commit(
+                lambda root: repo.edit("answer.yaml", "ray:2.60.0-py311", "ray:2.60.0-py312"),
+                "new image",
+            )
+            assert main(argv) == 0, explain(realray, [])
+            done = time.time()
+            time.sleep(1)
+        finally:
+            load.stop()
+        second = active_cluster(api, namespace, "answer")
+        assert second != first
+        assert not load.failed, load.failed[:5]
+        switched = next(a.wall for a in load.answers if a.cluster == second)
+        assert all(a.cluster == second for a in load.answers if a.wall > switched)
+        path = repo.url.removeprefix(gitea.url).removesuffix(".git")
+        seen = sorted(
+            gitea.api("GET", f"/repos{path}/statuses/{sha}?limit=50"), key=lambda s: s["id"]
+        )
+        assert seen[0]["status"] == "pending", seen
+        assert seen[-1]["status"] == "success", seen
+        assert [s["status"] for s in seen].count("success") == 1
+        success = datetime.fromisoformat(seen[-1]["created_at"]).timestamp()
+        # Gitea keeps whole seconds: success no earlier than the second traffic moved in.
+        assert success >= int(switched), (success, switched)
+        save(
+            "commit-status",
+            {
+                "scenario": "cluster swap (image), commit status on Gitea",
+                "requests": len(load.answers),
+                "failed": len(load.failed),
+                "commit_to_first_new_answer_s": round(switched - committed, 2),
+                "commit_to_status_success_s": round(success - committed, 1),
+                "commit_to_sync_exit_s": round(done - committed, 2),
+            },
+        )
+    finally:
+        clean(api, realray, namespace)
