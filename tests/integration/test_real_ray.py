@@ -118,7 +118,7 @@ def realray(
     simulator: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RealRay]:
-    namespaces = [f"rr-{uuid.uuid4().hex[:8]}-{i}" for i in range(4)]
+    namespaces = [f"rr-{uuid.uuid4().hex[:8]}-{i}" for i in range(5)]
     core = client.CoreV1Api(api)
     for name in namespaces:
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -705,3 +705,68 @@ def test_commit_status_turns_success_only_after_the_switch(
         )
     finally:
         clean(api, realray, namespace)
+
+
+def test_a_commit_during_a_swap_supersedes_it_without_dropping_requests(
+    api: client.ApiClient, realray: RealRay, repo: GitOpsRepo, tmp_path: Path
+) -> None:
+    lines: list[tuple[float, str]] = []
+    assert sync(api, realray, repo, tmp_path, lines).ok, explain(realray, lines)
+    first = active_cluster(api, repo.namespace, "answer")
+    wait_for_endpoints(api, realray, repo.namespace)
+    load = Load(realray.services.url(repo.namespace, "answer") + "/answer").start()
+    outcome: list[PassResult] = []
+    try:
+        time.sleep(1)
+        swap_commit = time.monotonic()
+        swap = repo.commit(
+            lambda root: repo.edit(
+                "answer.yaml",
+                'dashboard-host: "0.0.0.0"',
+                'dashboard-host: "0.0.0.0"\n        num-gpus: "0"',
+            ),
+            "swap",
+        )
+        worker = threading.Thread(
+            target=lambda: outcome.append(sync(api, realray, repo, tmp_path, lines))
+        )
+        worker.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+            "cluster swap in progress" in line for _, line in lines
+        ):
+            time.sleep(0.2)
+        assert any("cluster swap in progress" in line for _, line in lines), explain(realray, lines)
+        edit_commit = time.monotonic()
+        edit = repo.commit(
+            lambda root: repo.edit("answer.yaml", "answer: one", "answer: three"), "three"
+        )
+        worker.join(300)
+        time.sleep(2)
+    finally:
+        load.stop()
+    end = time.monotonic()
+    [result] = outcome
+    assert result.ok, explain(realray, lines)
+    assert result.revision == edit
+    said = "\n".join(line for _, line in lines)
+    assert f"{swap[:12]} superseded" in said, said
+    second = active_cluster(api, repo.namespace, "answer")
+    assert second != first
+    assert not load.failed, load.failed[:5]
+    clusters = [a.cluster for a in load.answers]
+    switch = clusters.index(second)
+    assert set(clusters[:switch]) == {first}
+    assert set(clusters[switch:]) == {second}
+    assert load.answers[-1].answer == "three"
+    assert "three" not in {a.answer for a in load.answers if a.cluster == first}
+    save(
+        "commit-mid-swap",
+        {
+            "scenario": "a second commit (user_config) during a cluster swap",
+            **figures(load, swap_commit, end),
+            "swap_commit_to_second_commit_s": round(edit_commit - swap_commit, 2),
+            "second_commit_to_healthy_s": round(healthy_at(lines, edit_commit) - edit_commit, 2),
+            "second_commit_to_first_new_answer_s": round(load.answers[switch].at - edit_commit, 2),
+        },
+    )
