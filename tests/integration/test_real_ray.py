@@ -707,6 +707,13 @@ def test_commit_status_turns_success_only_after_the_switch(
         clean(api, realray, namespace)
 
 
+def pending_head(realray: RealRay, namespace: str, active: str) -> bool:
+    return any(
+        h.namespace == namespace and h.cluster != active and h.ready_at is not None
+        for h in list(realray.hosts.heads.values())
+    )
+
+
 def test_a_commit_during_a_swap_supersedes_it_without_dropping_requests(
     api: client.ApiClient, realray: RealRay, repo: GitOpsRepo, tmp_path: Path
 ) -> None:
@@ -731,12 +738,11 @@ def test_a_commit_during_a_swap_supersedes_it_without_dropping_requests(
             target=lambda: outcome.append(sync(api, realray, repo, tmp_path, lines))
         )
         worker.start()
+        # Mid-swap: the pending cluster's head is up and the old cluster still serves.
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(
-            "cluster swap in progress" in line for _, line in lines
-        ):
+        while time.monotonic() < deadline and not pending_head(realray, repo.namespace, first):
             time.sleep(0.2)
-        assert any("cluster swap in progress" in line for _, line in lines), explain(realray, lines)
+        assert pending_head(realray, repo.namespace, first), explain(realray, lines)
         edit_commit = time.monotonic()
         edit = repo.commit(
             lambda root: repo.edit("answer.yaml", "answer: one", "answer: three"), "three"
