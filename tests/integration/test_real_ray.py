@@ -667,7 +667,7 @@ def test_commit_status_turns_success_only_after_the_switch(
         load = Load(realray.services.url(namespace, "answer") + "/answer").start()
         try:
             time.sleep(2)
-            committed = time.time()
+            committed, committed_at = time.time(), time.monotonic()
             sha = repo.commit(
                 lambda root: repo.edit("answer.yaml", "ray:2.60.0-py311", "ray:2.60.0-py312"),
                 "new image",
@@ -696,8 +696,7 @@ def test_commit_status_turns_success_only_after_the_switch(
             "commit-status",
             {
                 "scenario": "cluster swap (image), commit status on Gitea",
-                "requests": len(load.answers),
-                "failed": len(load.failed),
+                **figures(load, committed_at, time.monotonic()),
                 "commit_to_first_new_answer_s": round(switched - committed, 2),
                 "commit_to_status_success_s": round(success - committed, 1),
                 "commit_to_sync_exit_s": round(done - committed, 2),
