@@ -8,7 +8,7 @@ MIN_VENV  := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 MIN_TESTS := tests/unit tests/source tests/report tests/test_layering.py tests/test_wheel.py
 
-.PHONY: test test-quick test-testbed test-serial test-min-deps durations demo venv testbed lint typecheck pytest bench docs clean reliability-report
+.PHONY: test test-quick test-testbed test-serial test-min-deps durations demo venv testbed lint typecheck pytest bench docs clean reliability-report zero-downtime-report
 
 # The whole check: the test-bed build overlapped with venv, lint, types and the tests that need
 # no binary; then the test-bed tests in parallel; then the serial reliability suite; then a
@@ -67,6 +67,9 @@ $(MIN_STAMP): pyproject.toml tests/constraints-minimum.txt
 
 reliability-report: venv ## docs/reliability.md's generated figures, from the last runs' artifacts
 	$(BIN)/python -m tests.reliability.report
+
+zero-downtime-report: venv ## docs/zero-downtime.md's table, from test_real_ray's last artifacts
+	$(BIN)/python -m tests.integration.zero_downtime
 
 bench: venv ## benchmarks (not part of make test)
 	$(BIN)/python -m bench.suite --out docs

@@ -40,6 +40,8 @@ class Binaries:
     kube_version: str
     etcd_version: str
     kuberay_version: str
+    ray_python: Path  # the Ray venv's interpreter: ray[serve] for the real-Ray mode (rayhost)
+    ray_version: str
 
 
 def testbed_dir() -> Path:
@@ -96,6 +98,8 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         kube_version=values["KUBE_VERSION"],
         etcd_version=values["ETCD_VERSION"],
         kuberay_version=values["KUBERAY_VERSION"],
+        ray_python=Path(values["RAY_PYTHON"]),
+        ray_version=values["RAY_VERSION"],
     )
     for path in (
         binaries.kube_apiserver,
@@ -114,6 +118,7 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         binaries.zsh_functions,
         binaries.fish,
         binaries.fish_functions / "__fish_use_subcommand.fish",
+        binaries.ray_python.parent / "ray",
     ):
         if not path.exists():
             raise TestbedBuildError(f"{path} is missing after testbed/build.sh")

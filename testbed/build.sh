@@ -13,7 +13,7 @@
 #
 # Three lanes run at once, each one step after another: kube-apiserver + kubectl; etcd, the
 # KubeRay operator, then Gitea; and the Debian packages (apt takes one lock, so they share a
-# lane). On 2 cores one Go build leaves a core idle during module downloads, links and cgo's
+# lane), then Ray's venv (a download, like them). On 2 cores one Go build leaves a core idle during module downloads, links and cgo's
 # C compile; a second lane fills those gaps. Each step's time goes to $TESTBED_DIR/build-times.tsv
 # (step, seconds; the CI summary reads it). One build runs at a time per TESTBED_DIR: a second
 # caller (a pytest worker, `make demo`) waits on the lock and then finds everything built.
@@ -24,6 +24,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERAY_VERSION="${KUBERAY_VERSION:-v1.5.0}"
 GITEA_VERSION="${GITEA_VERSION:-v1.25.5}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+RAY_VERSION="${RAY_VERSION:-2.60.0}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${TESTBED_DIR:-$root/.testbed}"
@@ -223,6 +224,25 @@ install_chromium() {
     || log "could not install chromium and chromium-driver: the browser tests will fail"
 }
 
+# Ray with Serve, for the real-Ray mode of the test bed (testbed/rayhost.py): a venv of its own
+# under the cache, from PyPI through pip (PIP_CACHE_DIR is pip's own, so a warm cache makes a
+# reinstall a copy). A stamp written only after `ray --version` answered makes a second run
+# install nothing; a half-finished venv has no stamp and is rebuilt.
+install_ray() {
+  local venv="$dir/ray-venv" stamp="$dir/ray-venv/.ray-$RAY_VERSION"
+  [[ -f "$stamp" && -x "$venv/bin/ray" ]] && return 0
+  local start=$SECONDS
+  log "installing ray[serve]==$RAY_VERSION into $venv (cold: about 2 minutes, 490 MB)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-input "ray[serve]==$RAY_VERSION"
+  local version
+  version="$("$venv/bin/ray" --version 2>&1)"
+  [[ "$version" == *"$RAY_VERSION"* ]] || { log "ray --version answered: $version"; exit 1; }
+  touch "$stamp"
+  log "installed $version in $((SECONDS - start)) s ($(du -sm "$venv" | cut -f1) MB)"
+}
+
 monitoring_crds_dir() {
   go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
@@ -237,7 +257,7 @@ lane_kube() { step kube-apiserver+kubectl build_kube; }
 lane_go() { step etcd build_etcd; step kuberay-operator build_kuberay_operator; step gitea build_gitea; }
 lane_debian() {
   step sshd fetch_sshd; step prometheus fetch_prometheus; step shells fetch_shells
-  step chromium install_chromium
+  step chromium install_chromium; step ray-venv install_ray
 }
 
 # Each lane's lines carry its name; a failed lane fails the build after the others finish.
@@ -280,6 +300,8 @@ FISH_FUNCTIONS=$dir/shells/usr/share/fish/functions
 KUBE_VERSION=$KUBE_VERSION
 ETCD_VERSION=$ETCD_VERSION
 KUBERAY_VERSION=$KUBERAY_VERSION
+RAY_PYTHON=$dir/ray-venv/bin/python
+RAY_VERSION=$RAY_VERSION
 ENV
 mv "$dir/manifest.env.tmp" "$dir/manifest.env"
 log "ready: $(ls -1 "$dir/bin" | tr '\n' ' ')"

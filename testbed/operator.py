@@ -11,10 +11,17 @@ world complete enough for it to reconcile RayServices for real:
   ``/api/serve/applications/`` per cluster (by Host header ``<cluster>-head-svc.<ns>…:8265``)
   and the serve proxy's ``/-/healthz`` on the head pod. Applications submitted by PUT go
   DEPLOYING → RUNNING after a delay, or to a failure a rule injects. Every PUT is recorded.
+
+In the real-Ray mode (given a :class:`testbed.rayhost.RayHosts`), the kubelet stand-in starts a
+real Ray head for each head pod and marks the pod Ready only once its dashboard answers, and
+:class:`ServeProxy` forwards the operator's calls to that head: dashboard calls by Host header,
+``/-/healthz`` by pod IP → pod → head. Worker pods get no Ray worker: the head's logical CPUs
+run the test apps, and the operator never calls a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -29,6 +36,7 @@ from kubernetes import client
 
 from gitsync.model import ServiceKey
 from testbed.controlplane import _Process, _tail, free_port, spawn
+from testbed.rayhost import RayHosts, forward
 from testbed.simulator import FailureRule
 
 
@@ -113,10 +121,12 @@ class ServeState:
 
 
 class ServeProxy:
-    """An HTTP proxy on 127.0.0.1 that is the Ray dashboard and serve proxy of every cluster."""
+    """An HTTP proxy on 127.0.0.1 that is the Ray dashboard and serve proxy of every cluster:
+    :class:`ServeState` answers, or with ``hosts`` each cluster's real Ray head does."""
 
-    def __init__(self, state: ServeState) -> None:
+    def __init__(self, state: ServeState, hosts: RayHosts | None = None) -> None:
         self.state = state
+        self.hosts = hosts
         self.port = free_port()
         proxy = self
 
@@ -143,7 +153,51 @@ class ServeProxy:
                 namespace = parts[1] if len(parts) > 1 else ""
                 return cluster, namespace, url.path
 
+            def _to_ray(self, body: bytes | None) -> None:
+                """Forwards to the real head: by pod IP for the serve proxy's health check,
+                by the head Service's name for the dashboard."""
+                assert proxy.hosts is not None
+                url = urlsplit(self.path)
+                host = url.hostname or (self.headers.get("Host") or "").split(":")[0]
+                target = url.path + (f"?{url.query}" if url.query else "")
+                proxy.state.requests.append(f"{self.command} {host}{url.path}")
+                if url.path.endswith("/-/healthz"):
+                    head = proxy.hosts.by_ip(host)
+                    port = head.serve_port if head else 0
+                else:
+                    parts = host.split(".")
+                    cluster = parts[0].removesuffix("-head-svc")
+                    namespace = parts[1] if len(parts) > 1 else ""
+                    head = proxy.hosts.by_cluster(namespace, cluster)
+                    port = head.dashboard_port if head else 0
+                    if head and body is not None and self.command == "PUT":
+                        config = proxy.hosts.rewrite_put(head, json.loads(body or b"{}"))
+                        proxy.state.submissions.append(
+                            Submission(cluster, namespace, config, time.monotonic())
+                        )
+                        body = json.dumps(config).encode()
+                if head is None or head.ready_at is None:
+                    self._reply(502, {"error": f"no Ray head for {host}"})
+                    return
+                headers = {"Content-Type": self.headers.get("Content-Type") or "application/json"}
+                try:
+                    code, data, kind = forward(self.command, port, target, body, headers, 30)
+                except OSError as exc:
+                    self._reply(502, {"error": f"{head.cluster}: {exc}"})
+                    return
+                # The operator's client gives up after 2 s (a PUT can take longer): its socket
+                # may be gone by now, as it would be for a real dashboard.
+                with contextlib.suppress(OSError):
+                    self.send_response(code)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
             def do_GET(self) -> None:
+                if proxy.hosts is not None:
+                    self._to_ray(None)
+                    return
                 cluster, _, path = self._target()
                 if path.endswith("/-/healthz"):
                     self._reply(200, "success")
@@ -153,8 +207,11 @@ class ServeProxy:
                     self._reply(404, {"error": f"not served by the test bed: {path}"})
 
             def do_PUT(self) -> None:
-                cluster, namespace, path = self._target()
                 length = int(self.headers.get("Content-Length") or 0)
+                if proxy.hosts is not None:
+                    self._to_ray(self.rfile.read(length))
+                    return
+                cluster, namespace, path = self._target()
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if path.rstrip("/").endswith("/api/serve/applications"):
                     proxy.state.put(cluster, namespace, body)
@@ -205,52 +262,119 @@ class _Loop:
 
 
 class FakeKubelet(_Loop):
-    """Pods become Running and Ready with an IP; nothing is ever started."""
+    """Pods become Running and Ready with an IP; nothing is ever started, unless ``hosts`` is
+    given: then each head pod gets a real Ray head and turns Ready when that head answers, and
+    the pods of a RayCluster that is gone are deleted (the garbage collector's cascade, which
+    this control plane without kube-controller-manager lacks), stopping their heads."""
 
-    def __init__(self, api: client.ApiClient, namespaces: list[str], interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespaces: list[str],
+        interval: float = 0.2,
+        hosts: RayHosts | None = None,
+    ) -> None:
         super().__init__(api, namespaces, interval)
         self.next_ip = 10
+        self.hosts = hosts
+        self.custom = client.CustomObjectsApi(api)
 
     def tick(self, namespace: str) -> None:
-        for pod in self.core.list_namespaced_pod(namespace).items:
+        pods = self.core.list_namespaced_pod(namespace).items
+        if self.hosts is not None:
+            self._collect(namespace, pods)
+        for pod in pods:
             if pod.metadata.deletion_timestamp is not None:
                 self.core.delete_namespaced_pod(
                     pod.metadata.name, namespace, grace_period_seconds=0
                 )
                 continue
+            labels = pod.metadata.labels or {}
+            head = self.hosts is not None and labels.get("ray.io/node-type") == "head"
             if pod.status and pod.status.phase == "Running":
+                ready = any(
+                    c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+                )
+                if (
+                    head
+                    and not ready
+                    and self.hosts
+                    and self.hosts.ready(namespace, pod.metadata.name)
+                ):
+                    self._patch(pod, namespace, pod.status.pod_ip, ready=True)
                 continue
+            if head and self.hosts and not self.hosts.can_start():
+                continue  # at most max_heads heads at once: this pod stays Pending
             self.next_ip += 1
             ip = f"192.0.2.{self.next_ip % 250 + 2}"  # TEST-NET-1: never routed, never contacted
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            conditions = [
-                {"type": kind, "status": "True", "lastTransitionTime": now}
-                for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-            ]
-            containers = [
-                {
-                    "name": c.name,
-                    "ready": True,
-                    "restartCount": 0,
-                    "image": c.image,
-                    "imageID": "",
-                    "started": True,
-                    "state": {"running": {"startedAt": now}},
-                }
-                for c in pod.spec.containers
-            ]
-            body = {
-                "status": {
-                    "phase": "Running",
-                    "podIP": ip,
-                    "podIPs": [{"ip": ip}],
-                    "hostIP": "192.0.2.1",
-                    "startTime": now,
-                    "conditions": conditions,
-                    "containerStatuses": containers,
-                }
+            cluster = labels.get("ray.io/cluster", "")
+            if head and self.hosts:
+                try:
+                    self.hosts.start(namespace, pod.metadata.name, cluster, ip)
+                except OSError as exc:  # no Ray to run: the pod stays Pending, the test fails
+                    message = f"cannot start a Ray head for {pod.metadata.name}: {exc}"
+                    if message not in self.hosts.errors:
+                        self.hosts.errors.append(message)
+                    continue
+            elif self.hosts and cluster:
+                self.hosts.add_worker(namespace, cluster, ip)
+            self._patch(pod, namespace, ip, ready=not head)
+
+    def _patch(self, pod: Any, namespace: str, ip: str, *, ready: bool) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conditions = [
+            {"type": kind, "status": "True", "lastTransitionTime": now}
+            for kind in ("PodScheduled", "Initialized")
+        ] + [
+            {"type": kind, "status": str(ready), "lastTransitionTime": now}
+            for kind in ("ContainersReady", "Ready")
+        ]
+        containers = [
+            {
+                "name": c.name,
+                "ready": ready,
+                "restartCount": 0,
+                "image": c.image,
+                "imageID": "",
+                "started": True,
+                "state": {"running": {"startedAt": now}},
             }
-            self.core.patch_namespaced_pod_status(pod.metadata.name, namespace, body)
+            for c in pod.spec.containers
+        ]
+        body = {
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "hostIP": "192.0.2.1",
+                "startTime": now,
+                "conditions": conditions,
+                "containerStatuses": containers,
+            }
+        }
+        self.core.patch_namespaced_pod_status(pod.metadata.name, namespace, body)
+
+    def _collect(self, namespace: str, pods: list[Any]) -> None:
+        """Deletes the pods of RayClusters that are gone; stops the heads of pods that are."""
+        assert self.hosts is not None
+        clusters = {
+            o["metadata"]["name"]
+            for o in self.custom.list_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayclusters"
+            )["items"]
+        }
+        present = set()
+        for pod in pods:
+            owner = (pod.metadata.labels or {}).get("ray.io/cluster")
+            if owner and owner not in clusters:
+                self.core.delete_namespaced_pod(
+                    pod.metadata.name, namespace, grace_period_seconds=0
+                )
+            elif pod.metadata.deletion_timestamp is None:
+                present.add(pod.metadata.name)
+        for ns, name in list(self.hosts.heads):
+            if ns == namespace and name not in present:
+                self.hosts.stop(ns, name)
 
 
 class FakeEndpoints(_Loop):
