@@ -40,9 +40,23 @@ def _apps(side: Any) -> dict[str, Mapping[str, Any]]:
     return {str(k): v for k, v in statuses.items() if isinstance(v, Mapping)}
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
 def _kuberay_message(text: Any) -> str:
-    message = " ".join(str(text or "").split())
-    return f": {message[:300]}" if message else ""
+    """KubeRay's (Ray Serve's) message on one line, at most about 300 characters. A Python
+    traceback in it (a DEPLOY_FAILED app's import error) is cut to what a reader needs: the
+    sentence before it and its last line, the exception itself, which a plain cut would lose."""
+    raw = str(text or "")
+    lines = [line.strip() for line in raw.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)), None)
+    if start is not None and start < len(lines) - 1:
+        before = " ".join(" ".join(lines[:start]).split())[:150]
+        exception = " ".join(lines[-1].split())[:150]
+        message = f"{before} … {exception}" if before else exception
+    else:
+        message = " ".join(raw.split())[:300]
+    return f": {message}" if message else ""
 
 
 def _failing_deployment(app: Mapping[str, Any]) -> str:
