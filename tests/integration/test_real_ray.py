@@ -548,6 +548,8 @@ def test_deploy_failed_rolls_back_without_dropping_requests(
     assert staging.outcome is Outcome.ROLLED_BACK, explain(realray, lines)
     said = "\n".join(line for _, line in lines)
     assert "app answer is DEPLOY_FAILED: Deploying app 'answer' failed" in said, said
+    # Ray's traceback is cut to its last line, the exception: what a reader needs.
+    assert "ImportError: testbed.serve_apps.broken fails to import on purpose" in said, said
     assert "which is Healthy again" in staging.message, staging.message
     live = get(api, repo.namespace, "answer")
     assert live["spec"]["serveConfigV2"] == good_serve
