@@ -64,6 +64,7 @@ class RayHead:
     started: float
     ready_at: float | None = None
     stopped_at: float | None = None
+    attempt: int = 1
 
     @property
     def tag(self) -> str:
@@ -123,6 +124,8 @@ class RayHosts:
     stopped: list[RayHead] = field(default_factory=list)
     rewrites: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # cluster, options
     errors: list[str] = field(default_factory=list)
+    attempts: int = 2  # starts per head pod before its exit is an error
+    retried: list[str] = field(default_factory=list)  # heads that exited and were started again
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -138,54 +141,71 @@ class RayHosts:
             existing = self.heads.get((namespace, pod))
             if existing is not None:
                 return existing
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            # Short: Ray's session socket paths must stay under the 107-byte AF_UNIX limit.
-            tempdir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
-            ports = {name: free_port() for name in _PORTS}
-            argv = [
-                str(self.ray),
-                "start",
-                "--head",
-                "--block",
-                "--disable-usage-stats",
-                "--node-ip-address=127.0.0.1",
-                "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1",
-                f"--num-cpus={self.num_cpus}",
-                f"--temp-dir={tempdir}",
-                *(f"--{name}={port}" for name, port in ports.items()),
-            ]
-            env = {
-                **os.environ,
-                "PYTHONPATH": str(CHECKOUT),
-                "RAY_USAGE_STATS_ENABLED": "0",
-                HEAD_TAG: str(tempdir),
-                CLUSTER_ENV: cluster,
-                MARKERS_ENV: str(tempdir),
-            }
-            for proxy_var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
-                env.pop(proxy_var, None)
-            log = self.workdir / f"{namespace}-{pod}.log"
-            head = RayHead(
-                namespace,
-                pod,
-                cluster,
-                tempdir,
-                ports["dashboard-port"],
-                free_port(),
-                ports["port"],
-                spawn(f"ray-head-{pod}", argv, log, env),
-                time.monotonic(),
-            )
-            self.heads[(namespace, pod)] = head
-            self.ips[ip] = (namespace, pod)
-            threading.Thread(target=self._await_ready, args=(head,), daemon=True).start()
-            return head
+            return self._launch(namespace, pod, cluster, ip, 1)
+
+    def _launch(self, namespace: str, pod: str, cluster: str, ip: str, attempt: int) -> RayHead:
+        """Starts the head (the lock held): ports, temp dir and process all new."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Short: Ray's session socket paths must stay under the 107-byte AF_UNIX limit.
+        tempdir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
+        ports = {name: free_port() for name in _PORTS}
+        argv = [
+            str(self.ray),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={tempdir}",
+            *(f"--{name}={port}" for name, port in ports.items()),
+        ]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(CHECKOUT),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            HEAD_TAG: str(tempdir),
+            CLUSTER_ENV: cluster,
+            MARKERS_ENV: str(tempdir),
+        }
+        for proxy_var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            env.pop(proxy_var, None)
+        log = self.workdir / f"{namespace}-{pod}-{attempt}.log"
+        head = RayHead(
+            namespace,
+            pod,
+            cluster,
+            tempdir,
+            ports["dashboard-port"],
+            free_port(),
+            ports["port"],
+            spawn(f"ray-head-{pod}", argv, log, env),
+            time.monotonic(),
+            attempt=attempt,
+        )
+        self.heads[(namespace, pod)] = head
+        self.ips[ip] = (namespace, pod)
+        threading.Thread(target=self._await_ready, args=(head,), daemon=True).start()
+        return head
 
     def _await_ready(self, head: RayHead) -> None:
         deadline = head.started + self.ready_timeout
         while time.monotonic() < deadline and head.stopped_at is None:
             if not head.alive():
+                # `ray start` gives its raylet a fixed 30 s to register with the GCS
+                # (ray/_private/node.py); the first start from a freshly installed venv on a
+                # busy 2-core machine can miss it. One more start, then it is an error.
+                with self.lock:
+                    current = self.heads.get((head.namespace, head.pod)) is head
+                    if current and head.attempt < self.attempts:
+                        self.retried.append(f"ray head for {head.pod} exited:\n{head.log()}")
+                        ip = next((i for i, k in self.ips.items()
+                                   if k == (head.namespace, head.pod)), "")  # fmt: skip
+                        _kill(head)
+                        self._launch(head.namespace, head.pod, head.cluster, ip, head.attempt + 1)
+                        return
                 self.errors.append(f"ray head for {head.pod} exited:\n{head.log()}")
                 return
             if head.answers():
