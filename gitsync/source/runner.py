@@ -11,6 +11,7 @@ that keeps what it downloads as one pack). Must not interpret git's output: call
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import signal
@@ -137,12 +138,18 @@ class GitRunner:
 _warned_no_prlimit = False
 
 
+@functools.cache
+def _prlimit() -> str | None:
+    """Where util-linux's prlimit is: looked up once, not on every fetch."""
+    return shutil.which("prlimit")
+
+
 def _file_size_limit(max_bytes: int) -> list[str]:
     """The argv prefix that runs a command under a file-size limit of ``max_bytes``; empty,
     with one warning, where util-linux's ``prlimit`` is missing (not Linux): the fetch then
     runs unbounded."""
     global _warned_no_prlimit  # noqa: PLW0603 - one warning per process
-    found = shutil.which("prlimit")
+    found = _prlimit()
     if found is None:
         if not _warned_no_prlimit:
             _warned_no_prlimit = True
