@@ -68,7 +68,8 @@ $(MIN_STAMP): pyproject.toml tests/constraints-minimum.txt
 reliability-report: venv ## docs/reliability.md's generated figures, from the last runs' artifacts
 	$(BIN)/python -m tests.reliability.report
 
-zero-downtime-report: venv ## docs/zero-downtime.md's table, from test_real_ray's last artifacts
+zero-downtime-report: venv testbed ## docs/zero-downtime.md's table: the real-Ray module alone, then its figures
+	$(BIN)/pytest -p no:xdist tests/integration/test_real_ray.py
 	$(BIN)/python -m tests.integration.zero_downtime
 
 bench: venv ## benchmarks (not part of make test)

@@ -11,9 +11,9 @@
 # git-ignored). A second run finds them and builds nothing. Go's own module and build caches
 # (GOMODCACHE, GOCACHE) make a rebuild after a version bump incremental.
 #
-# Three lanes run at once, each one step after another: kube-apiserver + kubectl; etcd, the
-# KubeRay operator, then Gitea; and the Debian packages (apt takes one lock, so they share a
-# lane), then Ray's venv (a download, like them). On 2 cores one Go build leaves a core idle during module downloads, links and cgo's
+# Three lanes run at once, each one step after another: kube-apiserver + kubectl; the KubeRay
+# operator, then Gitea; and the Debian packages (apt takes one lock, so they share a lane), then
+# Ray's venv (a download, like them), then etcd. On 2 cores one Go build leaves a core idle during module downloads, links and cgo's
 # C compile; a second lane fills those gaps. Each step's time goes to $TESTBED_DIR/build-times.tsv
 # (step, seconds; the CI summary reads it). One build runs at a time per TESTBED_DIR: a second
 # caller (a pytest worker, `make demo`) waits on the lock and then finds everything built.
@@ -254,10 +254,13 @@ kuberay_dir() {
 }
 
 lane_kube() { step kube-apiserver+kubectl build_kube; }
-lane_go() { step etcd build_etcd; step kuberay-operator build_kuberay_operator; step gitea build_gitea; }
+lane_go() { step kuberay-operator build_kuberay_operator; step gitea build_gitea; }
+# etcd last here: the downloads before it leave the CPU to the Go lanes, and the lanes then end
+# close together (cold: kube about 950 s; operator + Gitea about 820; Debian + Ray about 430,
+# etcd about 320), where etcd after Gitea made the Go lane the longest by about 180 s.
 lane_debian() {
   step sshd fetch_sshd; step prometheus fetch_prometheus; step shells fetch_shells
-  step chromium install_chromium; step ray-venv install_ray
+  step chromium install_chromium; step ray-venv install_ray; step etcd build_etcd
 }
 
 # Each lane's lines carry its name; a failed lane fails the build after the others finish.
