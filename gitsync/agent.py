@@ -40,7 +40,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
-from gitsync.model import Health, ServiceKey
+from gitsync.model import Health, Outcome, RolloutResult, ServiceKey
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
@@ -48,7 +48,7 @@ from gitsync.relay import outside
 from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
-from gitsync.rollout import Outcome, RolloutResult, expected_apps
+from gitsync.rollout import expected_apps
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
 from gitsync.web.facts import CommitInfo

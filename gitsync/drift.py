@@ -31,10 +31,10 @@ from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
-from gitsync.model import Action, Phase, ServiceKey
+from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan, fields_json
 from gitsync.planning import confined, dry_run_many, environment_manifests, ordered_environments
-from gitsync.rollout import Outcome, Rollout, RolloutResult
+from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
 from gitsync.stamp import reconcile_disabled, stamp_service, untouched_since_apply
 

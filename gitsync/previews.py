@@ -36,14 +36,23 @@ from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.podpolicy import Violation, enforce, problem_text
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
-from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
+from gitsync.model import (
+    Action,
+    DesiredService,
+    Outcome,
+    Phase,
+    Problem,
+    RolloutResult,
+    RolloutState,
+    ServiceKey,
+)
 from gitsync.names import PREVIEW_UPDATED
 from gitsync.plan import PLAN_COMMENT_MARKER, code, fenced, plan_markdown
 from gitsync.planning import environment_manifests, live_environment_plan, tree_plans
 from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import Describer, State
-from gitsync.rollout import Outcome, Rollout, RolloutResult
+from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
 from gitsync.stamp import REVISION
 

@@ -10,16 +10,15 @@ revision stamped on every applied object.
 from __future__ import annotations
 
 import datetime
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
-from gitsync import kuberay
+from gitsync import kuberay, progress
 from gitsync.config import RolloutSettings
 from gitsync.errors import ApplyError, GitsyncError
 from gitsync.health import Assessment, HealthGate, assess
@@ -27,44 +26,23 @@ from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Action, Desired, Health, Phase, RolloutState, ServiceKey
+from gitsync.model import (
+    Action,
+    Desired,
+    Health,
+    Outcome,
+    Phase,
+    RolloutResult,
+    RolloutState,
+    ServiceKey,
+    StepKind,
+    WaveEvent,
+)
 from gitsync.object_health import assess_object
-from gitsync.plan import Plan, Wave
+from gitsync.plan import Plan
 from gitsync.stamp import ENVIRONMENT, MANAGED_BY, applied_for, reconcile_disabled, stamp_service
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(enum.StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
-    ROLLED_BACK = "rolled-back"
-    BLOCKED = "blocked"  # a promotion gate: an earlier environment failed or never succeeded
-    INTERRUPTED = "interrupted"  # the agent stopped (shutdown, lost the lease): resumable
-
-
-@dataclass(frozen=True)
-class RolloutResult:
-    environment: str
-    revision: str
-    outcome: Outcome
-    message: str
-    failed: ServiceKey | None = None
-    applied: tuple[ServiceKey, ...] = ()
-    pruned: tuple[ServiceKey, ...] = ()
-    skipped: tuple[ServiceKey, ...] = ()  # reconcile disabled on the live object
-
-
-@dataclass(frozen=True)
-class WaveEvent:
-    """What a rollout is doing, for commit statuses: ``applying`` a wave's changes, then
-    ``waiting`` for them to be Healthy. ``index`` counts the waves that have work (1-based)."""
-
-    kind: Literal["applying", "waiting"]
-    index: int
-    total: int
-    actions: tuple[tuple[ServiceKey, Action], ...]
 
 
 @dataclass(frozen=True)
@@ -112,46 +90,18 @@ class Rollout:
         revision: str,
         previous: Callable[[str], Mapping[ServiceKey, Desired]] | None = None,
     ) -> RolloutResult:
-        prior = self.state.read(env.name)
-        if (
-            prior is not None
-            and prior.phase is Phase.SUCCEEDED
-            and prior.revision == revision
-            and not plan.has_changes
-        ):
+        begin = progress.start(self.state.read(env.name), revision, plan)
+        if begin.up_to_date:
             self.progress(f"{env.name}: up to date at {revision[:12]}")
             return RolloutResult(
                 env.name, revision, Outcome.SUCCEEDED, "up to date", skipped=plan.skipped
             )
-        last_healthy = prior.last_healthy_revision if prior else ""
-        resumed = (
-            prior
-            if prior and prior.phase is Phase.IN_PROGRESS and prior.revision == revision
-            else None
-        )
-        if resumed is not None:
+        if begin.resumed is not None:
             self.progress(
-                f"{env.name}: resuming the rollout of {revision[:12]} at wave {resumed.wave}"
+                f"{env.name}: resuming the rollout of {revision[:12]} at wave {begin.resumed.wave}"
             )
-        # After a rollout that did not succeed — killed mid-way, superseded, failed — nothing
-        # vouches for the services' health: those it applied are "unchanged" now (their spec
-        # is already Git's), yet may still be starting, or Degraded. Gating only what changes
-        # would apply the next wave before them, or call a failed revision succeeded when it
-        # is run again (a restarted agent). So every service of every wave is gated.
-        unfinished = prior is not None and prior.phase is not Phase.SUCCEEDED
-        started = resumed.started if resumed else _now()
-        at_wave = resumed.wave if resumed else None  # kept until the next wave is written
-        record = RolloutState(
-            env.name,
-            revision,
-            Phase.IN_PROGRESS,
-            at_wave,
-            started,
-            "",
-            "",
-            last_healthy,
-            env.namespace,
-            _kinds(desired, plan),
+        record = begin.record(
+            env.name, env.namespace, revision, _now(), progress.kinds(desired, plan)
         )
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
@@ -159,8 +109,9 @@ class Rollout:
         applied: list[ServiceKey] = []
         skipped = list(plan.skipped)
         self._skipped(env, skipped, revision)
-        work = _work(plan, unfinished=unfinished)
-        for index, (wave, planned, planned_gate) in enumerate(work, start=1):
+        work = progress.work(plan, unfinished=begin.unfinished)
+        for index, step in enumerate(work, start=1):
+            wave, planned, planned_gate = step.wave, step.changed, step.gate
             if self.stop.is_set():
                 stopped = _Failure(None, "stopped before the rollout finished", stopped=True)
                 return self._fail(env, record, stopped, desired, previous, tuple(applied))
@@ -178,21 +129,21 @@ class Rollout:
             actions = {c.key: c.action for c in wave.changes}
             listed = tuple((key, actions[key]) for key in changed)
             if changed:
-                self.events(WaveEvent("applying", index, len(work), listed))
+                self.events(WaveEvent(StepKind.APPLYING, index, len(work), listed))
             failure = self._refuse_unowned(env, changed) or self._apply(
                 env, changed, desired, revision, actions
             )
             applied += changed if failure is None else []
             if failure is None:
                 waiting = tuple((key, actions.get(key, Action.UNCHANGED)) for key in gate)
-                self.events(WaveEvent("waiting", index, len(work), waiting))
+                self.events(WaveEvent(StepKind.WAITING, index, len(work), waiting))
             failure = failure or self._wait(env, gate, desired, f"wave {wave.number}")
             if failure is not None:
                 return self._fail(env, record, failure, desired, previous, tuple(applied))
         pruned = self._prune(env, plan)
         if isinstance(pruned, _Failure):
             return self._fail(env, record, pruned, desired, None, tuple(applied))
-        message = _succeeded(len(applied), len(pruned), len(skipped))
+        message = progress.succeeded_message(len(applied), len(pruned), len(skipped))
         self.state.write(
             replace(
                 record,
@@ -367,16 +318,14 @@ class Rollout:
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
         for key in plan.orphans:
             self.progress(f"{env.name}: {key} is no longer in Git; left running (prune is off)")
-        prunes = [c for w in plan.waves if w.prune for c in w.changes if c.action is Action.PRUNE]
+        prunes = progress.prunes(plan)
         if not prunes:
             return ()
         if not env.prune:  # a plan built for another environment's settings: delete nothing
             return ()
         live = self.services.list_managed(env.namespace, env.name)
         done = []
-        # Reverse order: later waves first, and in a wave the RayServices before the other
-        # kinds they may use.
-        for change in sorted(prunes, key=lambda c: (-c.wave, not c.key.is_rayservice, c.key)):
+        for change in prunes:
             if not (change.key in live or self._ours(env, change.key)):
                 continue  # only what this agent and environment own
             try:
@@ -449,40 +398,6 @@ class Rollout:
         if failure is not None:
             return False, f"rollback to {revision[:12]} failed too: {failure.message}"
         return True, f"rolled {key} back to {revision[:12]}, which is Healthy again"
-
-
-def _work(plan: Plan, *, unfinished: bool) -> list[tuple[Wave, list[ServiceKey], list[ServiceKey]]]:
-    """The waves with work, each with the services to apply and those to gate. Skipped
-    services are neither: a later wave does not wait on a service someone took out of
-    gitsync's hands."""
-    work = []
-    for wave in plan.waves:
-        if wave.prune:
-            continue
-        changed = [
-            c.key for c in wave.changes if c.action not in (Action.UNCHANGED, Action.SKIPPED)
-        ]
-        gated = [c.key for c in wave.changes if unfinished and c.action is not Action.SKIPPED]
-        gate = sorted({*changed, *gated})
-        if gate:
-            work.append((wave, changed, gate))
-    return work
-
-
-def _succeeded(applied: int, pruned: int, skipped: int) -> str:
-    if not skipped:
-        return f"{applied} applied, {pruned} pruned, every service Healthy"
-    return (
-        f"{applied} applied, {pruned} pruned, {skipped} skipped (reconcile disabled), "
-        "every other service Healthy"
-    )
-
-
-def _kinds(desired: Mapping[ServiceKey, Desired], plan: Plan) -> tuple[str, ...]:
-    """The other kinds the environment has objects of, Git's and those the plan prunes or
-    leaves running, as ``apiVersion/Kind``: what ``gitsync status`` lists beside RayServices."""
-    keys = [*desired, *(c.key for c in plan.changes)]
-    return tuple(sorted({f"{k.api_version}/{k.kind}" for k in keys if not k.is_rayservice}))
 
 
 class _Waiter:

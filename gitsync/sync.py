@@ -22,7 +22,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Desired, Phase, RolloutState, ServiceKey
+from gitsync.model import Desired, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
 from gitsync.plan import Plan
 from gitsync.planning import (
     confined,
@@ -30,9 +30,10 @@ from gitsync.planning import (
     live_environment_plan,
     ordered_environments,
 )
+from gitsync.progress import FINAL, left_behind, lost_final_status
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
-from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent
+from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
 
 log = logging.getLogger(__name__)
@@ -52,35 +53,6 @@ class PassResult:
 
 def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, Desired]:
     return environment_manifests(read_tree(tree), environment, label).desired
-
-
-def left_behind(prior: RolloutState | None, revision: str) -> str | None:
-    """The older revision whose rollout of this environment never finished — the agent was
-    stopped or killed mid-way and a newer commit arrived meanwhile — so its commit status
-    still says pending; it is superseded by ``revision``. None when there is none."""
-    if prior is None or prior.revision == revision or not prior.revision:
-        return None
-    return prior.revision if prior.phase in (Phase.IN_PROGRESS, Phase.SUPERSEDED) else None
-
-
-_FINAL = {Phase.SUCCEEDED: State.SUCCESS, Phase.FAILED: State.FAILURE,
-          Phase.ROLLED_BACK: State.FAILURE}  # fmt: skip
-
-
-def lost_final_status(
-    prior: RolloutState | None, revision: str, seen: CommitStatus | None
-) -> tuple[State, str] | None:
-    """The final status an older revision's finished rollout should show and does not:
-    statuses are posted off the pass's thread, after the state says how the rollout ended, so
-    an agent killed in between loses them. The restarted agent posts it again when it did
-    not come back to that revision (a newer commit arrived meanwhile); when it did, that
-    pass posts it. ``seen``: what the forge shows for the environment on that revision."""
-    if prior is None or not prior.revision or prior.revision == revision:
-        return None
-    final = _FINAL.get(prior.phase)
-    if final is None or (seen is not None and seen.state is not State.PENDING):
-        return None
-    return final, prior.message or str(prior.phase)
 
 
 def _superseded_check(
@@ -108,7 +80,7 @@ class _Statuses:
             self.reporter.post(self.describe.revision, status)
 
     def wave(self, environment: str, event: WaveEvent) -> None:
-        if event.kind == "applying":
+        if event.kind is StepKind.APPLYING:
             self.post(self.describe.applying(environment, event.index, event.total, event.actions))
         else:
             keys = [key for key, _ in event.actions]
@@ -263,7 +235,7 @@ class _Pass:
             return
         if prior is None or prior.revision == revision or self.reporter is None:
             return
-        if prior.phase not in _FINAL or (prior.revision, name) in self.told:
+        if prior.phase not in FINAL or (prior.revision, name) in self.told:
             return
         mine = self.reporter.asked(prior.revision, context(name))
         if mine is not None and mine.state is not State.PENDING:

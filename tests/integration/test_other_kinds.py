@@ -23,9 +23,8 @@ from gitsync.drift import drift_json
 from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, Health, ServiceKey
+from gitsync.model import Action, Health, Outcome, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
-from gitsync.rollout import Outcome
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator

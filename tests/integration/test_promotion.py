@@ -20,9 +20,9 @@ from kubernetes import client
 from gitsync.config import AgentConfig, PromotionGate, StatusConfig
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.model import Outcome
 from gitsync.report.factory import build_reporter
 from gitsync.report.status import State
-from gitsync.rollout import Outcome
 from gitsync.source.config import TokenAuth
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries

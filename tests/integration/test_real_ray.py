@@ -35,7 +35,7 @@ from kubernetes import client
 from gitsync.cli import main
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.rollout import Outcome
+from gitsync.model import Outcome
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane

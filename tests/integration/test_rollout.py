@@ -19,8 +19,7 @@ from kubernetes import client
 from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Health, Phase, ServiceKey
-from gitsync.rollout import Outcome
+from gitsync.model import Health, Outcome, Phase, ServiceKey
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import FailureRule, Simulator

@@ -14,7 +14,7 @@ from gitsync.cli import main
 from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.rollout import Outcome
+from gitsync.model import Outcome
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import FailureRule, Simulator

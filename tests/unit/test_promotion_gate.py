@@ -15,9 +15,9 @@ import pytest
 from gitsync.config import AgentConfig, PromotionGate
 from gitsync.errors import ForgeError, GitsyncError
 from gitsync.manifests.repoconfig import EnvironmentConfig
+from gitsync.model import Outcome, RolloutResult
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State
-from gitsync.rollout import Outcome, RolloutResult
 from gitsync.source.config import RepoSource
 from gitsync.sync import _Pass, _Statuses
 
