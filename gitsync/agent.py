@@ -40,10 +40,11 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
-from gitsync.model import Health, Outcome, RolloutResult, ServiceKey
+from gitsync.model import Health, Outcome, RolloutResult, ServiceKey, WaveEvent
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
+from gitsync.progress import Quiet
 from gitsync.relay import outside
 from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
@@ -501,15 +502,10 @@ class Agent:
                 self.config,
                 self.services,
                 self.state,
-                progress=self._progress,
+                observer=_Watching(self),
                 reporter=self.reporter,
                 stop=self.interrupt,
                 source=self.source,
-                on_start=self._started,
-                on_result=self._record,
-                record=self.recorder,
-                on_plan=self._planned,
-                on_event=self.history.event,
             )
         except GitsyncError as exc:
             log.error("pass failed: %s", exc)
@@ -665,6 +661,32 @@ class Agent:
         except GitsyncError as exc:
             log.debug("health refresh failed: %s", exc)
         release_memory(full=after_pass)
+
+
+class _Watching(Quiet):
+    """The agent's observer of its passes: progress lines to the log, plans and results to the
+    status page and the metrics, Kubernetes Events to the recorder."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def line(self, text: str) -> None:
+        self.agent._progress(text)
+
+    def planned(self, plan: Plan) -> None:
+        self.agent._planned(plan)
+
+    def started(self, environment: str) -> None:
+        self.agent._started(environment)
+
+    def wave(self, environment: str, event: WaveEvent) -> None:
+        self.agent.history.event(environment, event)
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
+        self.agent.recorder(key, kind, reason, message)
+
+    def finished(self, result: RolloutResult) -> None:
+        self.agent._record(result)
 
 
 def release_memory(*, full: bool = True) -> None:

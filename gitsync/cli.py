@@ -41,8 +41,10 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
 from gitsync.manifests.durations import parse_duration
+from gitsync.model import ServiceKey
 from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
+from gitsync.progress import Quiet
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
@@ -353,6 +355,27 @@ def _agent_config(path: Path) -> AgentConfig:
     return config
 
 
+class _SyncObserver(Quiet):
+    """``gitsync sync``'s observer: progress lines to stderr, Events, the plans kept."""
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        record: Callable[[ServiceKey, str, str, str], None],
+        plans: list[Plan],
+    ) -> None:
+        self.write, self.record, self.plans = write, record, plans
+
+    def line(self, text: str) -> None:
+        self.write(text)
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
+        self.record(key, kind, reason, message)
+
+    def planned(self, plan: Plan) -> None:
+        self.plans.append(plan)
+
+
 def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from gitsync.report.factory import build_reporter
 
@@ -376,10 +399,8 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 store,
                 environments=args.env,
                 dry_run=args.dry_run,
-                progress=progress,
+                observer=_SyncObserver(progress, record, plans),
                 reporter=reporter,
-                record=record,
-                on_plan=plans.append,
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")

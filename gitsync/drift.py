@@ -34,6 +34,7 @@ from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan, fields_json
 from gitsync.planning import confined, dry_run_many, environment_manifests, ordered_environments
+from gitsync.progress import Lines
 from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
 from gitsync.stamp import reconcile_disabled, stamp_service, untouched_since_apply
@@ -307,7 +308,8 @@ class DriftChecker:
         # Healing takes the fields back from whoever changed them: server-side apply with
         # force, whatever rollout.forceConflicts says for ordinary rollouts.
         settings = replace(self.config.rollout, force_conflicts=True)
-        rollout = Rollout(self.services, self.state, settings, self.progress, record=self.record)
+        watching = Lines(self.progress, self.record)
+        rollout = Rollout(self.services, self.state, settings, observer=watching)
         result = rollout.run(env, plan, by_key, revision)
         if result.outcome is Outcome.SUCCEEDED:
             for key in sorted(changed):

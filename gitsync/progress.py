@@ -2,16 +2,90 @@
 resumed at a wave), which waves have work and what each applies and gates, the order of the
 prunes, and what an older revision's commit status should still say. Pure: the state
 ConfigMap and the forge are read by the callers (:mod:`gitsync.rollout`, :mod:`gitsync.sync`).
+
+Also who watches a pass: the :class:`Observer` protocol that :func:`gitsync.sync.sync_once`
+and :class:`gitsync.rollout.Rollout` report to, with :class:`Quiet` (every method a no-op)
+to subclass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from gitsync.model import Action, Change, Desired, Phase, RolloutState, ServiceKey
+from gitsync.model import (
+    Action,
+    Change,
+    Desired,
+    Phase,
+    RolloutResult,
+    RolloutState,
+    ServiceKey,
+    WaveEvent,
+)
 from gitsync.plan import Plan, Wave
 from gitsync.report.status import CommitStatus, State
+
+
+class Observer(Protocol):
+    """Who watches a pass, in the order a pass calls it for one environment: ``planned``,
+    ``started`` (the rollout begins), ``wave`` events, ``finished``; ``line`` (a progress line
+    for people) and ``recorded`` (a Kubernetes Event on one object: ``Normal`` or ``Warning``,
+    a reason, a message) at any time. Called on the pass's thread: it must not block."""
+
+    def line(self, text: str) -> None: ...
+
+    def planned(self, plan: Plan) -> None: ...
+
+    def started(self, environment: str) -> None: ...
+
+    def wave(self, environment: str, event: WaveEvent) -> None: ...
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None: ...
+
+    def finished(self, result: RolloutResult) -> None: ...
+
+
+class Quiet:
+    """An :class:`Observer` that ignores everything: subclass it to watch only some of it."""
+
+    def line(self, text: str) -> None:
+        pass
+
+    def planned(self, plan: Plan) -> None:
+        pass
+
+    def started(self, environment: str) -> None:
+        pass
+
+    def wave(self, environment: str, event: WaveEvent) -> None:
+        pass
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
+        pass
+
+    def finished(self, result: RolloutResult) -> None:
+        pass
+
+
+class Lines(Quiet):
+    """An :class:`Observer` of the progress lines (to ``write``) and, given ``record``, of the
+    Kubernetes Events."""
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        record: Callable[[ServiceKey, str, str, str], None] | None = None,
+    ) -> None:
+        self.write, self.record = write, record
+
+    def line(self, text: str) -> None:
+        self.write(text)
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
+        if self.record is not None:
+            self.record(key, kind, reason, message)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from gitsync.cli import main
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.model import Outcome
+from gitsync.progress import Lines
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
@@ -299,7 +300,7 @@ def sync(
             config,
             RayServices(api),
             StateStore(api, repo.namespace),
-            progress=lambda line: lines.append((time.monotonic(), line)),
+            observer=Lines(lambda line: lines.append((time.monotonic(), line))),
             stop=stop,
         )
     finally:
