@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 
 import urllib3
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -78,6 +78,7 @@ class Agent:
     config: AgentConfig
     api: client.ApiClient
     identity: str
+    _: KW_ONLY  # the rest by name
     metrics: Metrics = field(default_factory=Metrics)
     reporter: Reporter | None = None
     pulls: Pulls | None = None
@@ -112,8 +113,19 @@ class Agent:
         self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
         # What the status page shows, kept in the state ConfigMaps (every replica reads them).
         self.history = History(sink=self._store_status, seed=self._stored_status)
+        self.preview_reconciler, self.drift_checker = self._checkers()
+        self._lock = threading.Lock()
+        self.elector = self._elector()
+        namespace = self.config.leader_election.namespace
+        self._leader_pods = LeaderPods(self.api, namespace, self.identity)
+        self._election_thread: threading.Thread | None = None
+        self._statuses_stored = True  # statuses an earlier agent stored may wait (see poll)
+        self._running = 0  # scheduled jobs running now
+        self._jobs_done = threading.Condition()
+
+    def _checkers(self) -> tuple[PreviewReconciler, DriftChecker]:
         repo = self.config.repository
-        self.preview_reconciler = PreviewReconciler(
+        previews = PreviewReconciler(
             self.config,
             self.services,
             self.state,
@@ -124,7 +136,7 @@ class Agent:
             progress=lambda line: log.info("%s", line),
             record=self.recorder,
         )
-        self.drift_checker = DriftChecker(
+        drift = DriftChecker(
             self.config,
             self.services,
             self.state,
@@ -136,27 +148,24 @@ class Agent:
             ),
             on_error=lambda environment: self.metrics.drift_check_errors.labels(environment).inc(),
         )
-        self._lock = threading.Lock()
+        return previews, drift
+
+    def _elector(self) -> LeaderElector | None:
         election = self.config.leader_election
-        self.elector: LeaderElector | None = None
-        if election.enabled:
-            self.elector = LeaderElector(
-                self.api,
-                election.namespace,
-                election.lease_name,
-                self.identity,
-                election.lease_duration,
-                election.renew_deadline,
-                election.retry_period,
-                on_started=self._started_leading,
-                on_stopped=self._stopped_leading,
-                advertise_url=self.advertise_url,
-            )
-        self._leader_pods = LeaderPods(self.api, election.namespace, self.identity)
-        self._election_thread: threading.Thread | None = None
-        self._statuses_stored = True  # statuses an earlier agent stored may wait (see poll)
-        self._running = 0  # scheduled jobs running now
-        self._jobs_done = threading.Condition()
+        if not election.enabled:
+            return None
+        return LeaderElector(
+            self.api,
+            election.namespace,
+            election.lease_name,
+            self.identity,
+            election.lease_duration,
+            election.renew_deadline,
+            election.retry_period,
+            on_started=self._started_leading,
+            on_stopped=self._stopped_leading,
+            advertise_url=self.advertise_url,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -627,10 +627,10 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         err.write(f"gitsync run: {exc}\n")
         return EXIT_ERROR
     agent = Agent(
-        config,
-        api,
-        agent_identity(),
-        metrics,
+        config=config,
+        api=api,
+        identity=agent_identity(),
+        metrics=metrics,
         reporter=reporter,
         pulls=pulls,
         advertise_url=advertised_url(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,6 +170,7 @@ class RolloutSettings:
 @dataclass(frozen=True)
 class AgentConfig:
     repository: RepoSource
+    _: KW_ONLY  # the rest by name: several are of one type (drift_schedule, listen …)
     poll_seconds: float = 30.0
     # A 5-field cron expression (UTC) or a duration such as "30s" (an interval).
     drift_schedule: str = "*/5 * * * *"
@@ -671,24 +672,24 @@ def load_agent_config(
     if check.problems or repository is None or grace is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
-        repository,
-        poll,
-        drift,
-        status,
-        election,
-        listen,
-        classify,
-        rollout,
-        environments,
-        promotion,
-        webhooks,
-        drift_settings,
-        ui,
-        advertise.rstrip("/"),
-        probe_listen,
-        grace,
-        metrics,
-        allowed_namespaces,
+        repository=repository,
+        poll_seconds=poll,
+        drift_schedule=drift,
+        status=status,
+        leader_election=election,
+        listen=listen,
+        classify=classify,
+        rollout=rollout,
+        environments=environments,
+        promotion=promotion,
+        webhooks=webhooks,
+        drift=drift_settings,
+        ui=ui,
+        advertise_url=advertise.rstrip("/"),
+        probe_listen=probe_listen,
+        shutdown_grace=grace,
+        metrics=metrics,
+        allowed_namespaces=allowed_namespaces,
     ), []
 
 
