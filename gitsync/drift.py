@@ -267,31 +267,8 @@ class DriftChecker:
         a correction: an unexpected service under ``prune: false`` is reported, never
         "corrected" (a rollout that deletes nothing would count towards a fight). None when
         the plan changes nothing."""
-        env = loaded.environment
-        keys = {d.key for d in drifts}
-        current: dict[ServiceKey, dict[str, Any]] = {}
-        desired: dict[ServiceKey, dict[str, Any]] = {}
-        by_key = loaded.desired
-        deleted = []
-        for key in keys:
-            if key in seen.live:
-                current[key] = comparable(seen.live[key])
-            if key in seen.desired:  # a modified service: dry-run once, by _find
-                desired[key] = seen.desired[key]
-            elif key in by_key:  # deleted: nothing was compared
-                deleted.append((key, stamp_service(by_key[key], env.name, revision)))
-        desired |= dry_run_many(self.services, deleted, self.config.rollout.concurrency)
-        plan = _only_changes(
-            build_plan(
-                env.name,
-                env.namespace,
-                current,
-                desired,
-                self.config.classify,
-                prune=env.prune,
-                to_rev=revision,
-            )
-        )
+        env, by_key = loaded.environment, loaded.desired
+        plan = self._heal_plan(loaded, revision, drifts, seen)
         changed = {c.key for c in plan.changes}
         if not changed:
             return None
@@ -317,6 +294,29 @@ class DriftChecker:
                     key, "Normal", "DriftCorrected", f"Git's version at {revision[:12]} re-applied"
                 )
         return result
+
+    def _heal_plan(
+        self, loaded: EnvironmentManifests, revision: str, drifts: Sequence[Drift], seen: _Seen
+    ) -> Plan:
+        """The plan of the drifted services, from the list and dry-run answers the check
+        compared; only a deleted service (nothing was compared) is dry-run here."""
+        env = loaded.environment
+        current: dict[ServiceKey, dict[str, Any]] = {}
+        desired: dict[ServiceKey, dict[str, Any]] = {}
+        deleted = []
+        for key in {d.key for d in drifts}:
+            if key in seen.live:
+                current[key] = comparable(seen.live[key])
+            if key in seen.desired:  # a modified service: dry-run once, by _find
+                desired[key] = seen.desired[key]
+            elif key in loaded.desired:  # deleted: nothing was compared
+                deleted.append((key, stamp_service(loaded.desired[key], env.name, revision)))
+        desired |= dry_run_many(self.services, deleted, self.config.rollout.concurrency)
+        options = self.config.classify
+        planned = build_plan(
+            env.name, env.namespace, current, desired, options, prune=env.prune, to_rev=revision
+        )
+        return _only_changes(planned)
 
 
 def still_drifted(report: DriftReport) -> tuple[Drift, ...]:
