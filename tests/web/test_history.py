@@ -213,3 +213,37 @@ def test_unreadable_values_are_left_out() -> None:
     assert memory is not None
     assert (memory.record, memory.history, memory.actions) == (None, (), {})
     assert from_data("preview-7", {"phase": "succeeded"}) is None
+
+
+def test_keys_outcomes_and_steps_read_back_as_written() -> None:
+    """Stored as strings, read back as ServiceKey, Action, Outcome and StepKind: another
+    kind's key keeps its kind and name; a step, outcome or action no gitsync wrote is left out."""
+    config = ServiceKey("ray-staging", "settings", "ConfigMap", "v1")
+    cluster = Cluster()
+    h = History(wall=lambda: 1_000.0, sink=cluster.sink, seed=cluster.seed)
+    h.planned(plan(Action.SERVE_UPDATE), SHA)
+    h.event("staging", WaveEvent(StepKind.APPLYING, 1, 1, ((config, Action.CONFIGURED),)))
+    h.finished(RolloutResult("staging", SHA, Outcome.FAILED, "no", config))
+    data = dict(cluster.data["staging"])
+    stored = from_data("staging", data)
+    assert stored is not None
+    assert stored.record is not None
+    assert [s.kind for s in stored.record.steps] == [
+        StepKind.STARTED,
+        StepKind.APPLYING,
+        Outcome.FAILED,
+    ]
+    [(key, action)] = stored.record.steps[1].services
+    assert (str(key), key.kind, key.name, action) == (str(config), "ConfigMap", "settings",
+                                                      Action.CONFIGURED)  # fmt: skip
+    assert stored.record.failed is not None
+    assert (stored.record.outcome, str(stored.record.failed)) == (Outcome.FAILED, str(config))
+    data["rollout"] = data["rollout"].replace('"applying"', '"dancing"')
+    data["history"] = data["history"].replace('"failed"', '"exploded"')
+    data["actions"] = data["actions"].replace('"configured"', '"painted"')
+    odd = from_data("staging", data)
+    assert odd is not None
+    assert odd.record is not None
+    assert [s.kind for s in odd.record.steps] == [StepKind.STARTED, Outcome.FAILED]
+    assert [p.outcome for p in odd.history] == [None]
+    assert odd.actions == {}
