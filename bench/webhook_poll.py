@@ -173,7 +173,7 @@ def measure(
     )
     metrics = Metrics()
     reporter = build_reporter(config, metrics)
-    agent = Agent(config, api, "bench-agent", metrics, reporter)
+    agent = Agent(config, api, "bench-agent", metrics=metrics, reporter=reporter)
     services = TimedServices(api)
     agent.services = services
     hooks = Hooks(SECRET.encode, url, "main", agent.trigger, lambda: None,

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 
 import urllib3
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -40,15 +40,16 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
-from gitsync.model import Health, ServiceKey
+from gitsync.model import Health, Outcome, RolloutResult, ServiceKey, WaveEvent
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
+from gitsync.progress import Quiet
 from gitsync.relay import outside
 from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
-from gitsync.rollout import Outcome, RolloutResult, expected_apps
+from gitsync.rollout import expected_apps
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
 from gitsync.web.facts import CommitInfo
@@ -77,6 +78,7 @@ class Agent:
     config: AgentConfig
     api: client.ApiClient
     identity: str
+    _: KW_ONLY  # the rest by name
     metrics: Metrics = field(default_factory=Metrics)
     reporter: Reporter | None = None
     pulls: Pulls | None = None
@@ -111,8 +113,19 @@ class Agent:
         self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
         # What the status page shows, kept in the state ConfigMaps (every replica reads them).
         self.history = History(sink=self._store_status, seed=self._stored_status)
+        self.preview_reconciler, self.drift_checker = self._checkers()
+        self._lock = threading.Lock()
+        self.elector = self._elector()
+        namespace = self.config.leader_election.namespace
+        self._leader_pods = LeaderPods(self.api, namespace, self.identity)
+        self._election_thread: threading.Thread | None = None
+        self._statuses_stored = True  # statuses an earlier agent stored may wait (see poll)
+        self._running = 0  # scheduled jobs running now
+        self._jobs_done = threading.Condition()
+
+    def _checkers(self) -> tuple[PreviewReconciler, DriftChecker]:
         repo = self.config.repository
-        self.preview_reconciler = PreviewReconciler(
+        previews = PreviewReconciler(
             self.config,
             self.services,
             self.state,
@@ -123,7 +136,7 @@ class Agent:
             progress=lambda line: log.info("%s", line),
             record=self.recorder,
         )
-        self.drift_checker = DriftChecker(
+        drift = DriftChecker(
             self.config,
             self.services,
             self.state,
@@ -135,27 +148,24 @@ class Agent:
             ),
             on_error=lambda environment: self.metrics.drift_check_errors.labels(environment).inc(),
         )
-        self._lock = threading.Lock()
+        return previews, drift
+
+    def _elector(self) -> LeaderElector | None:
         election = self.config.leader_election
-        self.elector: LeaderElector | None = None
-        if election.enabled:
-            self.elector = LeaderElector(
-                self.api,
-                election.namespace,
-                election.lease_name,
-                self.identity,
-                election.lease_duration,
-                election.renew_deadline,
-                election.retry_period,
-                on_started=self._started_leading,
-                on_stopped=self._stopped_leading,
-                advertise_url=self.advertise_url,
-            )
-        self._leader_pods = LeaderPods(self.api, election.namespace, self.identity)
-        self._election_thread: threading.Thread | None = None
-        self._statuses_stored = True  # statuses an earlier agent stored may wait (see poll)
-        self._running = 0  # scheduled jobs running now
-        self._jobs_done = threading.Condition()
+        if not election.enabled:
+            return None
+        return LeaderElector(
+            self.api,
+            election.namespace,
+            election.lease_name,
+            self.identity,
+            election.lease_duration,
+            election.renew_deadline,
+            election.retry_period,
+            on_started=self._started_leading,
+            on_stopped=self._stopped_leading,
+            advertise_url=self.advertise_url,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -501,15 +511,10 @@ class Agent:
                 self.config,
                 self.services,
                 self.state,
-                progress=self._progress,
+                observer=_Watching(self),
                 reporter=self.reporter,
                 stop=self.interrupt,
                 source=self.source,
-                on_start=self._started,
-                on_result=self._record,
-                record=self.recorder,
-                on_plan=self._planned,
-                on_event=self.history.event,
             )
         except GitsyncError as exc:
             log.error("pass failed: %s", exc)
@@ -665,6 +670,32 @@ class Agent:
         except GitsyncError as exc:
             log.debug("health refresh failed: %s", exc)
         release_memory(full=after_pass)
+
+
+class _Watching(Quiet):
+    """The agent's observer of its passes: progress lines to the log, plans and results to the
+    status page and the metrics, Kubernetes Events to the recorder."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def line(self, text: str) -> None:
+        self.agent._progress(text)
+
+    def planned(self, plan: Plan) -> None:
+        self.agent._planned(plan)
+
+    def started(self, environment: str) -> None:
+        self.agent._started(environment)
+
+    def wave(self, environment: str, event: WaveEvent) -> None:
+        self.agent.history.event(environment, event)
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
+        self.agent.recorder(key, kind, reason, message)
+
+    def finished(self, result: RolloutResult) -> None:
+        self.agent._record(result)
 
 
 def release_memory(*, full: bool = True) -> None:

@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
@@ -41,12 +41,19 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
 from gitsync.manifests.durations import parse_duration
+from gitsync.model import ServiceKey
 from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
+from gitsync.progress import Quiet
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
 from gitsync.sync import PassResult, sync_once
+
+if TYPE_CHECKING:  # imported when `gitsync run` starts: other commands start faster
+    from gitsync.agent import Agent
+    from gitsync.metrics import Metrics
+    from gitsync.server import AgentServer
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 OUTPUTS = ("text", "json", "yaml")  # every command that prints state
@@ -118,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="print the traceback of an unexpected error"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _validate_command(commands)
+    _plan_commands(commands)
+    sync, status = _sync_commands(commands)
+    _agent_commands(commands)
+    _local_commands(commands)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,  # or it would undo a `gitsync --debug COMMAND`
+            help="print the traceback of an unexpected error",
+        )
+    _sync_options(sync, status)  # after --debug: docs/cli.md lists them in this order
+    return parser
+
+
+def _validate_command(commands: Any) -> None:
     validate = commands.add_parser(
         "validate",
         help="check a repository's gitsync.yaml and manifests; exit 1 on any problem",
@@ -139,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="also check the agent's config file (config/gitsync.yaml)"
     )
     validate.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+
+
+def _plan_commands(commands: Any) -> None:
+    """plan and diff."""
     plan = commands.add_parser(
         "plan",
         help="what applying an environment would make KubeRay do, wave by wave",
@@ -196,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="print env / runtime_env.env_vars (and Secret data) values; default: •••",
         )
+
+
+def _sync_commands(commands: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """sync and status, with their first options (:func:`_sync_options` adds the others)."""
     sync = commands.add_parser(
         "sync",
         help="one full pass: poll Git, plan, roll out every environment in order",
@@ -223,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--no-status", action="store_true", help="post no commit statuses (and read none)"
     )
-    _agent_commands(commands)
+    return sync, status
+
+
+def _sync_options(sync: argparse.ArgumentParser, status: argparse.ArgumentParser) -> None:
     sync.add_argument("--config", type=Path, required=True, help="the agent config file")
     status.add_argument(
         "--config", type=Path, help="the agent config file, for rollout.stateNamespace"
@@ -245,39 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
         command.add_argument("--context", help="the kubeconfig context to use")
     sync.add_argument("--env", action="append", help="only this environment (repeatable)")
-    return parser
 
 
 def _agent_commands(commands: Any) -> None:
-    """drift, run and notes."""
-
-    drift = commands.add_parser(
-        "drift",
-        help="compare live RayServices with Git at the revision last applied",
-        description="One drift check: for each environment, the live RayServices against Git "
-        "at the revision last rolled out (not a newer commit), server-side dry run and Ray-aware "
-        "diff. Names the field manager that changed a field and what healing would make KubeRay "
-        "do. With --heal, environments with selfHeal: true are corrected by a gated rollout. "
-        "Exit 0 no drift, 1 drift, 2 errors.",
-    )
-    drift.add_argument("--config", type=Path, required=True, help="the agent config file")
-    drift.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
-    drift.add_argument("--context", help="the kubeconfig context to use")
-    drift.add_argument("--env", action="append", help="only this environment (repeatable)")
-    drift.add_argument("--heal", action="store_true", help="correct selfHeal environments")
-    drift.add_argument("-o", "--output", choices=OUTPUTS, default="text")
-    previews = commands.add_parser(
-        "previews",
-        help="pull-request previews: list them (or --reconcile once)",
-        description="Lists the active previews (PR, service, revision, health, age). With "
-        "--reconcile: one preview pass first — plan comments, previews created, updated and "
-        "deleted — as the agent's previews job does.",
-    )
-    previews.add_argument("--config", type=Path, required=True, help="the agent config file")
-    previews.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
-    previews.add_argument("--context", help="the kubeconfig context to use")
-    previews.add_argument("--reconcile", action="store_true", help="run one preview pass first")
-    previews.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+    """drift, previews, run and notes."""
+    _check_commands(commands)
     run = commands.add_parser(
         "run",
         help="the agent: poll, webhooks, roll out, report; /metrics, /healthz, /readyz",
@@ -310,6 +317,41 @@ def _agent_commands(commands: Any) -> None:
     where.add_argument("--repo", help="a repository URL (no auth)")
     notes.add_argument("--branch", default="main", help="with --repo: the branch (main)")
     notes.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+
+
+def _check_commands(commands: Any) -> None:
+    """drift and previews."""
+    drift = commands.add_parser(
+        "drift",
+        help="compare live RayServices with Git at the revision last applied",
+        description="One drift check: for each environment, the live RayServices against Git "
+        "at the revision last rolled out (not a newer commit), server-side dry run and Ray-aware "
+        "diff. Names the field manager that changed a field and what healing would make KubeRay "
+        "do. With --heal, environments with selfHeal: true are corrected by a gated rollout. "
+        "Exit 0 no drift, 1 drift, 2 errors.",
+    )
+    drift.add_argument("--config", type=Path, required=True, help="the agent config file")
+    drift.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+    drift.add_argument("--context", help="the kubeconfig context to use")
+    drift.add_argument("--env", action="append", help="only this environment (repeatable)")
+    drift.add_argument("--heal", action="store_true", help="correct selfHeal environments")
+    drift.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+    previews = commands.add_parser(
+        "previews",
+        help="pull-request previews: list them (or --reconcile once)",
+        description="Lists the active previews (PR, service, revision, health, age). With "
+        "--reconcile: one preview pass first — plan comments, previews created, updated and "
+        "deleted — as the agent's previews job does.",
+    )
+    previews.add_argument("--config", type=Path, required=True, help="the agent config file")
+    previews.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+    previews.add_argument("--context", help="the kubeconfig context to use")
+    previews.add_argument("--reconcile", action="store_true", help="run one preview pass first")
+    previews.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+
+
+def _local_commands(commands: Any) -> None:
+    """demo and completion."""
     demo = commands.add_parser(
         "demo",
         help="the whole loop on this machine, as `make demo` runs it (a source checkout)",
@@ -333,13 +375,6 @@ def _agent_commands(commands: Any) -> None:
         "`gitsync completion fish > ~/.config/fish/completions/gitsync.fish`.",
     )
     completion.add_argument("shell", choices=SHELLS)
-    for command in commands.choices.values():
-        command.add_argument(
-            "--debug",
-            action="store_true",
-            default=argparse.SUPPRESS,  # or it would undo a `gitsync --debug COMMAND`
-            help="print the traceback of an unexpected error",
-        )
 
 
 def _agent_config(path: Path) -> AgentConfig:
@@ -351,6 +386,27 @@ def _agent_config(path: Path) -> AgentConfig:
     if config is None:
         raise ConfigError("the agent config is invalid:\n" + "\n".join(f"  {p}" for p in problems))
     return config
+
+
+class _SyncObserver(Quiet):
+    """``gitsync sync``'s observer: progress lines to stderr, Events, the plans kept."""
+
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        record: Callable[[ServiceKey, str, str, str], None],
+        plans: list[Plan],
+    ) -> None:
+        self.write, self.record, self.plans = write, record, plans
+
+    def line(self, text: str) -> None:
+        self.write(text)
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
+        self.record(key, kind, reason, message)
+
+    def planned(self, plan: Plan) -> None:
+        self.plans.append(plan)
 
 
 def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -376,10 +432,8 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 store,
                 environments=args.env,
                 dry_run=args.dry_run,
-                progress=progress,
+                observer=_SyncObserver(progress, record, plans),
                 reporter=reporter,
-                record=record,
-                on_plan=plans.append,
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")
@@ -587,14 +641,11 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     from gitsync.kube.access import check_access
     from gitsync.metrics import Metrics
     from gitsync.report.factory import agent_identity, build_pulls, build_reporter
-    from gitsync.server import AgentServer, Hooks
-    from gitsync.web.site import StatusSite, forge_of, is_loopback
 
     configure_logging(args.log_format, args.log_level)
     try:
         config = _agent_config(args.config)
         listen = args.listen or config.listen
-        host, _, port = listen.rpartition(":")
         api = api_client(args.kubeconfig, args.context)
         election = config.leader_election
         lease = (election.namespace, election.lease_name) if election.enabled else None
@@ -606,16 +657,39 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         err.write(f"gitsync run: {exc}\n")
         return EXIT_ERROR
     agent = Agent(
-        config,
-        api,
-        agent_identity(),
-        metrics,
+        config=config,
+        api=api,
+        identity=agent_identity(),
+        metrics=metrics,
         reporter=reporter,
         pulls=pulls,
         advertise_url=advertised_url(
             config.advertise_url, listen, os.environ.get("POD_IP", ""), socket.gethostname()
         ),
     )
+    try:
+        server = _agent_server(agent, listen, metrics)
+    except OSError as exc:
+        err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
+        return EXIT_ERROR
+    _run_until_signalled(agent)
+    finished = agent.shutdown(timeout=args.shutdown_timeout)
+    server.stop()
+    if not finished:
+        # The pass stuck in a call runs on APScheduler's worker, a non-daemon thread that
+        # the interpreter would wait for at exit: the grace period would not hold.
+        _exit_now(EXIT_OK)
+    api.close()
+    return EXIT_OK
+
+
+def _agent_server(agent: Agent, listen: str, metrics: Metrics) -> AgentServer:
+    """The agent's HTTP server, started: webhooks, probes, metrics, the status page."""
+    from gitsync.server import AgentServer, Hooks
+    from gitsync.web.site import StatusSite, forge_of, is_loopback
+
+    config = agent.config
+    host, _, port = listen.rpartition(":")
     hooks = Hooks(
         _webhook_secret(config.webhooks.secret),
         config.repository.url,
@@ -627,29 +701,24 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         agent.leader_url,
         agent.relay_refused,
     )
-    try:
-        bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
-        site = StatusSite(
-            agent.services,
-            agent.state,
-            config.ui,
-            forge_of(config),
-            loopback=is_loopback(bind),
-        )
-        probes = _probe_address(config.probe_listen)
-        server = AgentServer(
-            bind,
-            int(port),
-            hooks,
-            metrics,
-            site,
-            probes=probes,
-            metrics_listen=_probe_address(config.metrics.listen),
-            metrics_token=config.metrics.bearer,
-        ).start()
-    except OSError as exc:
-        err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
-        return EXIT_ERROR
+    bind = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
+    site = StatusSite(
+        agent.services, agent.state, config.ui, forge_of(config), loopback=is_loopback(bind)
+    )
+    return AgentServer(
+        bind,
+        int(port),
+        hooks,
+        metrics,
+        site,
+        probes=_probe_address(config.probe_listen),
+        metrics_listen=_probe_address(config.metrics.listen),
+        metrics_token=config.metrics.bearer,
+    ).start()
+
+
+def _run_until_signalled(agent: Agent) -> None:
+    """Starts the agent and returns at the first SIGTERM or Ctrl-C (a second exits at once)."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -669,14 +738,6 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     # when the main thread next executes bytecode, which an untimed wait would never do.
     while not stop.wait(0.5):
         pass
-    finished = agent.shutdown(timeout=args.shutdown_timeout)
-    server.stop()
-    if not finished:
-        # The pass stuck in a call runs on APScheduler's worker, a non-daemon thread that
-        # the interpreter would wait for at exit: the grace period would not hold.
-        _exit_now(EXIT_OK)
-    api.close()
-    return EXIT_OK
 
 
 def _exit_now(code: int) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,6 +171,7 @@ class RolloutSettings:
 @dataclass(frozen=True)
 class AgentConfig:
     repository: RepoSource
+    _: KW_ONLY  # the rest by name: several are of one type (drift_schedule, listen …)
     poll_seconds: float = 30.0
     # A 5-field cron expression (UTC) or a duration such as "30s" (an interval).
     drift_schedule: str = "*/5 * * * *"
@@ -574,6 +576,28 @@ def _environments(check: Checker, raw: Any) -> tuple[str, ...]:
     return tuple(raw)
 
 
+_AGENT_KEYS = {
+    "repository",
+    "cacheDir",
+    "intervals",
+    "status",
+    "leaderElection",
+    "listen",
+    "kuberay",
+    "rollout",
+    "environments",
+    "promotion",
+    "webhooks",
+    "drift",
+    "ui",
+    "advertiseURL",
+    "probeListen",
+    "shutdownGracePeriod",
+    "metrics",
+    "allowedNamespaces",
+}
+
+
 def load_agent_config(
     text: str, file: str = "config/gitsync.yaml"
 ) -> tuple[AgentConfig | None, list[Problem]]:
@@ -584,56 +608,14 @@ def load_agent_config(
         return None, [Problem(file, 1, "the agent config must be exactly one YAML document")]
     check = Checker(documents[0])
     data = documents[0].data
-    allowed = {
-        "repository",
-        "cacheDir",
-        "intervals",
-        "status",
-        "leaderElection",
-        "listen",
-        "kuberay",
-        "rollout",
-        "environments",
-        "promotion",
-        "webhooks",
-        "drift",
-        "ui",
-        "advertiseURL",
-        "probeListen",
-        "shutdownGracePeriod",
-        "metrics",
-        "allowedNamespaces",
-    }
-    if not check.mapping(data, allowed, {"repository"}):
+    if not check.mapping(data, _AGENT_KEYS, {"repository"}):
         return None, check.problems
     cache_dir = Path(data.get("cacheDir", DEFAULT_CACHE_DIR))
     repository = _repository(check, data.get("repository"), cache_dir)
-    intervals = data.get("intervals", {})
-    poll, drift = 30.0, "*/5 * * * *"
-    if check.mapping(intervals, {"poll", "drift"}, set(), "intervals"):
-        parsed = parse_duration(intervals.get("poll", "30s"))
-        if parsed is None:
-            check.add(
-                f"intervals.poll must be a duration such as '30s', not {intervals.get('poll')!r}",
-                "intervals",
-                "poll",
-            )
-        else:
-            poll = parsed
-        drift = str(intervals.get("drift", drift))
-        if drift_interval(drift) is None and not _is_cron(drift):
-            check.add(
-                "intervals.drift must be a 5-field cron expression such as '*/5 * * * *' "
-                f"or a duration such as '5m', not {drift!r}",
-                "intervals",
-                "drift",
-            )
+    poll, drift = _intervals(check, data.get("intervals", {}))
     status = _status(check, data.get("status", {}))
     election = _election(check, data.get("leaderElection", {}))
-    listen = str(data.get("listen", "0.0.0.0:8080"))
-    match = _LISTEN.match(listen)
-    if not match or not 0 < int(match.group(2)) < 65536:
-        check.add(f"listen must be host:port such as '0.0.0.0:8080', not {listen!r}", "listen")
+    listen = _listen(check, data)
     classify = _kuberay(check, data.get("kuberay", {}))
     rollout = _rollout(check, data.get("rollout", {}))
     environments = _environments(check, data["environments"]) if "environments" in data else ()
@@ -641,6 +623,72 @@ def load_agent_config(
     webhooks = _webhooks(check, data.get("webhooks", {}))
     drift_settings = _drift(check, data.get("drift", {}))
     ui = _ui(check, data.get("ui", {}))
+    probe_listen = _probe_listen(check, data, listen)
+    metrics = _metrics(check, data.get("metrics", {}), {listen, probe_listen})
+    advertise = _advertise(check, data)
+    grace = _grace(check, data)
+    allowed_namespaces = (
+        _allowed_namespaces(check, data["allowedNamespaces"]) if "allowedNamespaces" in data else ()
+    )
+    if check.problems or repository is None or grace is None:
+        return None, sorted(check.problems, key=lambda p: p.line or 0)
+    return AgentConfig(
+        repository=repository,
+        poll_seconds=poll,
+        drift_schedule=drift,
+        status=status,
+        leader_election=election,
+        listen=listen,
+        classify=classify,
+        rollout=rollout,
+        environments=environments,
+        promotion=promotion,
+        webhooks=webhooks,
+        drift=drift_settings,
+        ui=ui,
+        advertise_url=advertise.rstrip("/"),
+        probe_listen=probe_listen,
+        shutdown_grace=grace,
+        metrics=metrics,
+        allowed_namespaces=allowed_namespaces,
+    ), []
+
+
+def _intervals(check: Checker, intervals: Any) -> tuple[float, str]:
+    """``intervals``: the poll's seconds and the drift schedule (a cron expression or a
+    duration)."""
+    poll, drift = 30.0, "*/5 * * * *"
+    if not check.mapping(intervals, {"poll", "drift"}, set(), "intervals"):
+        return poll, drift
+    parsed = parse_duration(intervals.get("poll", "30s"))
+    if parsed is None:
+        check.add(
+            f"intervals.poll must be a duration such as '30s', not {intervals.get('poll')!r}",
+            "intervals",
+            "poll",
+        )
+    else:
+        poll = parsed
+    drift = str(intervals.get("drift", drift))
+    if drift_interval(drift) is None and not _is_cron(drift):
+        check.add(
+            "intervals.drift must be a 5-field cron expression such as '*/5 * * * *' "
+            f"or a duration such as '5m', not {drift!r}",
+            "intervals",
+            "drift",
+        )
+    return poll, drift
+
+
+def _listen(check: Checker, data: Mapping[str, Any]) -> str:
+    listen = str(data.get("listen", "0.0.0.0:8080"))
+    match = _LISTEN.match(listen)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        check.add(f"listen must be host:port such as '0.0.0.0:8080', not {listen!r}", "listen")
+    return listen
+
+
+def _probe_listen(check: Checker, data: Mapping[str, Any], listen: str) -> str:
     probe_listen = str(data.get("probeListen", ""))
     probe = _LISTEN.match(probe_listen)
     if probe_listen and (not probe or not 0 < int(probe.group(2)) < 65536):
@@ -650,7 +698,10 @@ def load_agent_config(
         )
     elif probe_listen == listen:
         check.add("probeListen must differ from listen", "probeListen")
-    metrics = _metrics(check, data.get("metrics", {}), {listen, probe_listen})
+    return probe_listen
+
+
+def _advertise(check: Checker, data: Mapping[str, Any]) -> str:
     advertise = str(data.get("advertiseURL", ""))
     if advertise and not _ADVERTISE.match(advertise):
         check.add(
@@ -658,6 +709,10 @@ def load_agent_config(
             f"not {advertise!r}",
             "advertiseURL",
         )
+    return advertise
+
+
+def _grace(check: Checker, data: Mapping[str, Any]) -> float | None:
     grace = parse_duration(data.get("shutdownGracePeriod", "10s"))
     if grace is None or not 1.0 <= grace <= 600.0:
         check.add(
@@ -665,31 +720,7 @@ def load_agent_config(
             f"not {data.get('shutdownGracePeriod')!r}",
             "shutdownGracePeriod",
         )
-    allowed_namespaces = (
-        _allowed_namespaces(check, data["allowedNamespaces"]) if "allowedNamespaces" in data else ()
-    )
-    if check.problems or repository is None or grace is None:
-        return None, sorted(check.problems, key=lambda p: p.line or 0)
-    return AgentConfig(
-        repository,
-        poll,
-        drift,
-        status,
-        election,
-        listen,
-        classify,
-        rollout,
-        environments,
-        promotion,
-        webhooks,
-        drift_settings,
-        ui,
-        advertise.rstrip("/"),
-        probe_listen,
-        grace,
-        metrics,
-        allowed_namespaces,
-    ), []
+    return grace
 
 
 def _allowed_namespaces(check: Checker, raw: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:

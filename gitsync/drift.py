@@ -31,10 +31,11 @@ from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
-from gitsync.model import Action, Phase, ServiceKey
+from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan, fields_json
 from gitsync.planning import confined, dry_run_many, environment_manifests, ordered_environments
-from gitsync.rollout import Outcome, Rollout, RolloutResult
+from gitsync.progress import Lines
+from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
 from gitsync.stamp import reconcile_disabled, stamp_service, untouched_since_apply
 
@@ -266,31 +267,8 @@ class DriftChecker:
         a correction: an unexpected service under ``prune: false`` is reported, never
         "corrected" (a rollout that deletes nothing would count towards a fight). None when
         the plan changes nothing."""
-        env = loaded.environment
-        keys = {d.key for d in drifts}
-        current: dict[ServiceKey, dict[str, Any]] = {}
-        desired: dict[ServiceKey, dict[str, Any]] = {}
-        by_key = loaded.desired
-        deleted = []
-        for key in keys:
-            if key in seen.live:
-                current[key] = comparable(seen.live[key])
-            if key in seen.desired:  # a modified service: dry-run once, by _find
-                desired[key] = seen.desired[key]
-            elif key in by_key:  # deleted: nothing was compared
-                deleted.append((key, stamp_service(by_key[key], env.name, revision)))
-        desired |= dry_run_many(self.services, deleted, self.config.rollout.concurrency)
-        plan = _only_changes(
-            build_plan(
-                env.name,
-                env.namespace,
-                current,
-                desired,
-                self.config.classify,
-                prune=env.prune,
-                to_rev=revision,
-            )
-        )
+        env, by_key = loaded.environment, loaded.desired
+        plan = self._heal_plan(loaded, revision, drifts, seen)
         changed = {c.key for c in plan.changes}
         if not changed:
             return None
@@ -307,7 +285,8 @@ class DriftChecker:
         # Healing takes the fields back from whoever changed them: server-side apply with
         # force, whatever rollout.forceConflicts says for ordinary rollouts.
         settings = replace(self.config.rollout, force_conflicts=True)
-        rollout = Rollout(self.services, self.state, settings, self.progress, record=self.record)
+        watching = Lines(self.progress, self.record)
+        rollout = Rollout(self.services, self.state, settings, observer=watching)
         result = rollout.run(env, plan, by_key, revision)
         if result.outcome is Outcome.SUCCEEDED:
             for key in sorted(changed):
@@ -315,6 +294,29 @@ class DriftChecker:
                     key, "Normal", "DriftCorrected", f"Git's version at {revision[:12]} re-applied"
                 )
         return result
+
+    def _heal_plan(
+        self, loaded: EnvironmentManifests, revision: str, drifts: Sequence[Drift], seen: _Seen
+    ) -> Plan:
+        """The plan of the drifted services, from the list and dry-run answers the check
+        compared; only a deleted service (nothing was compared) is dry-run here."""
+        env = loaded.environment
+        current: dict[ServiceKey, dict[str, Any]] = {}
+        desired: dict[ServiceKey, dict[str, Any]] = {}
+        deleted = []
+        for key in {d.key for d in drifts}:
+            if key in seen.live:
+                current[key] = comparable(seen.live[key])
+            if key in seen.desired:  # a modified service: dry-run once, by _find
+                desired[key] = seen.desired[key]
+            elif key in loaded.desired:  # deleted: nothing was compared
+                deleted.append((key, stamp_service(loaded.desired[key], env.name, revision)))
+        desired |= dry_run_many(self.services, deleted, self.config.rollout.concurrency)
+        options = self.config.classify
+        planned = build_plan(
+            env.name, env.namespace, current, desired, options, prune=env.prune, to_rev=revision
+        )
+        return _only_changes(planned)
 
 
 def still_drifted(report: DriftReport) -> tuple[Drift, ...]:

@@ -1,4 +1,5 @@
-"""The vocabulary every stage shares: identities, predicted actions, health.
+"""The vocabulary every stage shares: identities, predicted actions, health, and how a
+rollout goes (its steps and its outcome).
 
 Plain frozen values only; no I/O and no behaviour beyond formatting.
 """
@@ -207,3 +208,47 @@ class RolloutState:
     # The other kinds (allowedKinds) it applies or leaves running, as ``apiVersion/Kind``
     # (``v1/ConfigMap``), so ``gitsync status`` can list them from the cluster alone.
     kinds: tuple[str, ...] = ()
+
+
+class Outcome(enum.StrEnum):
+    """How one environment's rollout of one revision ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled-back"
+    BLOCKED = "blocked"  # a promotion gate: an earlier environment failed or never succeeded
+    INTERRUPTED = "interrupted"  # the agent stopped (shutdown, lost the lease): resumable
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    environment: str
+    revision: str
+    outcome: Outcome
+    message: str
+    failed: ServiceKey | None = None
+    applied: tuple[ServiceKey, ...] = ()
+    pruned: tuple[ServiceKey, ...] = ()
+    skipped: tuple[ServiceKey, ...] = ()  # reconcile disabled on the live object
+
+
+class StepKind(enum.StrEnum):
+    """A step of a rollout before its outcome: it ``started``, then for each wave with work
+    it is ``applying`` the wave's changes, then ``waiting`` for them to be Healthy."""
+
+    STARTED = "started"
+    APPLYING = "applying"
+    WAITING = "waiting"
+
+
+@dataclass(frozen=True)
+class WaveEvent:
+    """What a rollout is doing, for commit statuses and the status page: ``applying`` a
+    wave's changes, then ``waiting`` for them to be Healthy. ``index`` counts the waves that
+    have work (1-based)."""
+
+    kind: StepKind
+    index: int
+    total: int
+    actions: tuple[tuple[ServiceKey, Action], ...]

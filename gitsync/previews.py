@@ -36,14 +36,24 @@ from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.podpolicy import Violation, enforce, problem_text
 from gitsync.manifests.preview import PREVIEW, preview_manifest
 from gitsync.manifests.repoconfig import EnvironmentConfig, PreviewConfig
-from gitsync.model import Action, DesiredService, Phase, Problem, RolloutState, ServiceKey
+from gitsync.model import (
+    Action,
+    DesiredService,
+    Outcome,
+    Phase,
+    Problem,
+    RolloutResult,
+    RolloutState,
+    ServiceKey,
+)
 from gitsync.names import PREVIEW_UPDATED
 from gitsync.plan import PLAN_COMMENT_MARKER, code, fenced, plan_markdown
 from gitsync.planning import environment_manifests, live_environment_plan, tree_plans
+from gitsync.progress import Lines
 from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import Describer, State
-from gitsync.rollout import Outcome, Rollout, RolloutResult
+from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
 from gitsync.stamp import REVISION
 
@@ -371,8 +381,8 @@ class PreviewReconciler:
                             if c.action is not Action.UNCHANGED)  # fmt: skip
         if actions:
             self._status(pr, State.PENDING, f"deploying preview: {actions}")
-        rollout = Rollout(self.services, self.state, self.config.rollout, self.progress,
-                          record=self.record)  # fmt: skip
+        watching = Lines(self.progress, self.record)
+        rollout = Rollout(self.services, self.state, self.config.rollout, observer=watching)
         result = rollout.run(env, plan, desired, pr.head_sha)
         return self._finish(pr, previews, names, result)
 

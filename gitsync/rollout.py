@@ -10,16 +10,15 @@ revision stamped on every applied object.
 from __future__ import annotations
 
 import datetime
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
-from gitsync import kuberay
+from gitsync import kuberay, progress
 from gitsync.config import RolloutSettings
 from gitsync.errors import ApplyError, GitsyncError
 from gitsync.health import Assessment, HealthGate, assess
@@ -27,44 +26,24 @@ from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Action, Desired, Health, Phase, RolloutState, ServiceKey
+from gitsync.model import (
+    Action,
+    Desired,
+    Health,
+    Outcome,
+    Phase,
+    RolloutResult,
+    RolloutState,
+    ServiceKey,
+    StepKind,
+    WaveEvent,
+)
 from gitsync.object_health import assess_object
-from gitsync.plan import Plan, Wave
+from gitsync.plan import Plan
+from gitsync.progress import Observer, Quiet
 from gitsync.stamp import ENVIRONMENT, MANAGED_BY, applied_for, reconcile_disabled, stamp_service
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(enum.StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
-    ROLLED_BACK = "rolled-back"
-    BLOCKED = "blocked"  # a promotion gate: an earlier environment failed or never succeeded
-    INTERRUPTED = "interrupted"  # the agent stopped (shutdown, lost the lease): resumable
-
-
-@dataclass(frozen=True)
-class RolloutResult:
-    environment: str
-    revision: str
-    outcome: Outcome
-    message: str
-    failed: ServiceKey | None = None
-    applied: tuple[ServiceKey, ...] = ()
-    pruned: tuple[ServiceKey, ...] = ()
-    skipped: tuple[ServiceKey, ...] = ()  # reconcile disabled on the live object
-
-
-@dataclass(frozen=True)
-class WaveEvent:
-    """What a rollout is doing, for commit statuses: ``applying`` a wave's changes, then
-    ``waiting`` for them to be Healthy. ``index`` counts the waves that have work (1-based)."""
-
-    kind: Literal["applying", "waiting"]
-    index: int
-    total: int
-    actions: tuple[tuple[ServiceKey, Action], ...]
 
 
 @dataclass(frozen=True)
@@ -89,18 +68,21 @@ def expected_apps(service: Desired) -> tuple[str, ...]:
 
 
 @dataclass
+class _Tally:
+    """What a rollout has done so far."""
+
+    applied: list[ServiceKey] = field(default_factory=list)
+    skipped: list[ServiceKey] = field(default_factory=list)  # reconcile disabled
+
+
+@dataclass
 class Rollout:
     services: RayServices
     state: StateStore
     settings: RolloutSettings
-    progress: Callable[[str], None] = field(default=lambda line: None)
+    observer: Observer = field(default_factory=Quiet)
     superseded: Callable[[], bool] = field(default=lambda: False)
     stop: threading.Event = field(default_factory=threading.Event)
-    events: Callable[[WaveEvent], None] = field(default=lambda event: None)
-    # Kubernetes Events on the RayServices: (key, Normal|Warning, reason, message)
-    record: Callable[[ServiceKey, str, str, str], None] = field(
-        default=lambda key, kind, reason, message: None
-    )
 
     # -- the pass --------------------------------------------------------------------------
 
@@ -112,87 +94,81 @@ class Rollout:
         revision: str,
         previous: Callable[[str], Mapping[ServiceKey, Desired]] | None = None,
     ) -> RolloutResult:
-        prior = self.state.read(env.name)
-        if (
-            prior is not None
-            and prior.phase is Phase.SUCCEEDED
-            and prior.revision == revision
-            and not plan.has_changes
-        ):
-            self.progress(f"{env.name}: up to date at {revision[:12]}")
+        """Where it starts (:func:`gitsync.progress.start`), each wave with work, the finish."""
+        begin = progress.start(self.state.read(env.name), revision, plan)
+        if begin.up_to_date:
+            self.observer.line(f"{env.name}: up to date at {revision[:12]}")
             return RolloutResult(
                 env.name, revision, Outcome.SUCCEEDED, "up to date", skipped=plan.skipped
             )
-        last_healthy = prior.last_healthy_revision if prior else ""
-        resumed = (
-            prior
-            if prior and prior.phase is Phase.IN_PROGRESS and prior.revision == revision
-            else None
-        )
-        if resumed is not None:
-            self.progress(
-                f"{env.name}: resuming the rollout of {revision[:12]} at wave {resumed.wave}"
-            )
-        # After a rollout that did not succeed — killed mid-way, superseded, failed — nothing
-        # vouches for the services' health: those it applied are "unchanged" now (their spec
-        # is already Git's), yet may still be starting, or Degraded. Gating only what changes
-        # would apply the next wave before them, or call a failed revision succeeded when it
-        # is run again (a restarted agent). So every service of every wave is gated.
-        unfinished = prior is not None and prior.phase is not Phase.SUCCEEDED
-        started = resumed.started if resumed else _now()
-        at_wave = resumed.wave if resumed else None  # kept until the next wave is written
-        record = RolloutState(
-            env.name,
-            revision,
-            Phase.IN_PROGRESS,
-            at_wave,
-            started,
-            "",
-            "",
-            last_healthy,
-            env.namespace,
-            _kinds(desired, plan),
-        )
+        if begin.resumed is not None:
+            at = f"{revision[:12]} at wave {begin.resumed.wave}"
+            self.observer.line(f"{env.name}: resuming the rollout of {at}")
+        kinds = progress.kinds(desired, plan)
+        record = begin.record(env.name, env.namespace, revision, _now(), kinds)
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
-            self.progress(f"{env.name}: created namespace {env.namespace}")
-        applied: list[ServiceKey] = []
-        skipped = list(plan.skipped)
-        self._skipped(env, skipped, revision)
-        work = _work(plan, unfinished=unfinished)
-        for index, (wave, planned, planned_gate) in enumerate(work, start=1):
+            self.observer.line(f"{env.name}: created namespace {env.namespace}")
+        tally = _Tally(skipped=list(plan.skipped))
+        self._skipped(env, tally.skipped, revision)
+        work = progress.work(plan, unfinished=begin.unfinished)
+        for index, step in enumerate(work, start=1):
             if self.stop.is_set():
-                stopped = _Failure(None, "stopped before the rollout finished", stopped=True)
-                return self._fail(env, record, stopped, desired, previous, tuple(applied))
-            record = replace(record, wave=wave.number)
-            self.state.write(record)
-            # Disabled while earlier waves rolled out (an incident does not wait for gitsync);
-            # the first wave's services were read by the plan just now.
-            late = self._disabled_now(env, planned, desired) if index > 1 else []
-            self._skipped(env, late, revision)
-            skipped += late
-            changed = [k for k in planned if k not in late]
-            gate = [k for k in planned_gate if k not in late]
-            if not gate:
-                continue
-            actions = {c.key: c.action for c in wave.changes}
-            listed = tuple((key, actions[key]) for key in changed)
-            if changed:
-                self.events(WaveEvent("applying", index, len(work), listed))
-            failure = self._refuse_unowned(env, changed) or self._apply(
-                env, changed, desired, revision, actions
-            )
-            applied += changed if failure is None else []
-            if failure is None:
-                waiting = tuple((key, actions.get(key, Action.UNCHANGED)) for key in gate)
-                self.events(WaveEvent("waiting", index, len(work), waiting))
-            failure = failure or self._wait(env, gate, desired, f"wave {wave.number}")
+                failure: _Failure | None = _Failure(
+                    None, "stopped before the rollout finished", stopped=True
+                )
+            else:
+                record = replace(record, wave=step.wave.number)
+                self.state.write(record)
+                failure = self._wave(env, step, (index, len(work)), desired, revision, tally)
             if failure is not None:
-                return self._fail(env, record, failure, desired, previous, tuple(applied))
+                return self._fail(env, record, failure, previous, tuple(tally.applied))
+        return self._finish(env, plan, record, tally)
+
+    def _wave(
+        self,
+        env: EnvironmentConfig,
+        step: progress.WaveWork,
+        position: tuple[int, int],
+        desired: Mapping[ServiceKey, Desired],
+        revision: str,
+        tally: _Tally,
+    ) -> _Failure | None:
+        """One wave: apply its changes, then wait until every service it gates is Healthy.
+        ``position``: the wave's index among the waves with work (1-based), and their count."""
+        index, total = position
+        # Disabled while earlier waves rolled out (an incident does not wait for gitsync);
+        # the first wave's services were read by the plan just now.
+        late = self._disabled_now(env, step.changed, desired) if index > 1 else []
+        self._skipped(env, late, revision)
+        tally.skipped += late
+        changed = [k for k in step.changed if k not in late]
+        gate = [k for k in step.gate if k not in late]
+        if not gate:
+            return None
+        actions = {c.key: c.action for c in step.wave.changes}
+        if changed:
+            listed = tuple((key, actions[key]) for key in changed)
+            self.observer.wave(env.name, WaveEvent(StepKind.APPLYING, index, total, listed))
+        failure = self._refuse_unowned(env, changed) or self._apply(
+            env, changed, desired, revision, actions
+        )
+        if failure is not None:
+            return failure
+        tally.applied += changed
+        waiting = tuple((key, actions.get(key, Action.UNCHANGED)) for key in gate)
+        self.observer.wave(env.name, WaveEvent(StepKind.WAITING, index, total, waiting))
+        return self._wait(env, gate, desired, f"wave {step.wave.number}")
+
+    def _finish(
+        self, env: EnvironmentConfig, plan: Plan, record: RolloutState, tally: _Tally
+    ) -> RolloutResult:
+        """The prunes, then ``succeeded`` and the new last Healthy revision."""
         pruned = self._prune(env, plan)
         if isinstance(pruned, _Failure):
-            return self._fail(env, record, pruned, desired, None, tuple(applied))
-        message = _succeeded(len(applied), len(pruned), len(skipped))
+            return self._fail(env, record, pruned, None, tuple(tally.applied))
+        message = progress.succeeded_message(len(tally.applied), len(pruned), len(tally.skipped))
+        revision = record.revision
         self.state.write(
             replace(
                 record,
@@ -203,10 +179,10 @@ class Rollout:
                 last_healthy_revision=revision,
             )
         )
-        self.progress(f"{env.name}: {revision[:12]} succeeded: {message}")
+        self.observer.line(f"{env.name}: {revision[:12]} succeeded: {message}")
         return RolloutResult(
-            env.name, revision, Outcome.SUCCEEDED, message, None, tuple(applied), pruned,
-            tuple(sorted(skipped)),
+            env.name, revision, Outcome.SUCCEEDED, message, None, tuple(tally.applied), pruned,
+            tuple(sorted(tally.skipped)),
         )  # fmt: skip
 
     # -- steps -----------------------------------------------------------------------------
@@ -218,11 +194,11 @@ class Rollout:
         """Says so once per rollout, so once per revision: a pass that finds the revision up
         to date does not get here."""
         for key in keys:
-            self.progress(
+            self.observer.line(
                 f"{env.name}: skipped {key} at {revision[:12]}: reconcile disabled "
                 "(gitsync.ray.io/reconcile: disabled)"
             )
-            self.record(
+            self.observer.recorded(
                 key,
                 "Normal",
                 "ReconcileDisabled",
@@ -291,10 +267,10 @@ class Rollout:
             except ApplyError as exc:  # refused; an unreachable API server is not the service's
                 return _Failure(key, str(exc))  # failure: it propagates, the pass errors
             action = f" ({actions[key]})" if actions and key in actions else ""
-            self.progress(
+            self.observer.line(
                 f"{env.name}: wave {desired[key].wave}: applied {key}{action} at {revision[:12]}"
             )
-            self.record(
+            self.observer.recorded(
                 key, "Normal", "Applied", f"gitsync applied revision {revision[:12]}{action}"
             )
             return None
@@ -324,7 +300,7 @@ class Rollout:
         namespace (one request), then watches it for ``pollInterval`` (every change is a read);
         the next list is the relist fallback. Degraded fails at once; so do the timeout, a
         stop request and a newer revision."""
-        waiter = _Waiter(env.name, keys, desired, self.settings, self.progress, self.record)
+        waiter = _Waiter(env.name, keys, desired, self.settings, self.observer)
         deadline = waiter.began + self.settings.health_timeout
         while True:
             versions: dict[str, str] = {}
@@ -366,24 +342,23 @@ class Rollout:
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
         for key in plan.orphans:
-            self.progress(f"{env.name}: {key} is no longer in Git; left running (prune is off)")
-        prunes = [c for w in plan.waves if w.prune for c in w.changes if c.action is Action.PRUNE]
+            said = "is no longer in Git; left running (prune is off)"
+            self.observer.line(f"{env.name}: {key} {said}")
+        prunes = progress.prunes(plan)
         if not prunes:
             return ()
         if not env.prune:  # a plan built for another environment's settings: delete nothing
             return ()
         live = self.services.list_managed(env.namespace, env.name)
         done = []
-        # Reverse order: later waves first, and in a wave the RayServices before the other
-        # kinds they may use.
-        for change in sorted(prunes, key=lambda c: (-c.wave, not c.key.is_rayservice, c.key)):
+        for change in prunes:
             if not (change.key in live or self._ours(env, change.key)):
                 continue  # only what this agent and environment own
             try:
                 self.services.delete(change.key)
             except ApplyError as exc:
                 return _Failure(change.key, str(exc))
-            self.progress(f"{env.name}: pruned {change.key}")
+            self.observer.line(f"{env.name}: pruned {change.key}")
             done.append(change.key)
         return tuple(done)
 
@@ -398,13 +373,12 @@ class Rollout:
         env: EnvironmentConfig,
         record: RolloutState,
         failure: _Failure,
-        desired: Mapping[ServiceKey, Desired],
         previous: Callable[[str], Mapping[ServiceKey, Desired]] | None,
         applied: tuple[ServiceKey, ...],
     ) -> RolloutResult:
         if failure.stopped:
             # The state stays in progress at this wave: whoever runs next resumes it.
-            self.progress(f"{env.name}: {record.revision[:12]} interrupted: {failure.message}")
+            self.observer.line(f"{env.name}: {record.revision[:12]} interrupted: {failure.message}")
             return RolloutResult(
                 env.name, record.revision, Outcome.INTERRUPTED, failure.message, None, applied
             )
@@ -412,7 +386,7 @@ class Rollout:
             self.state.write(
                 replace(record, phase=Phase.SUPERSEDED, finished=_now(), message=failure.message)
             )
-            self.progress(f"{env.name}: {record.revision[:12]} superseded: {failure.message}")
+            self.observer.line(f"{env.name}: {record.revision[:12]} superseded: {failure.message}")
             return RolloutResult(
                 env.name, record.revision, Outcome.SUPERSEDED, failure.message, None, applied
             )
@@ -424,7 +398,7 @@ class Rollout:
             if rolled[0]:
                 outcome, phase = Outcome.ROLLED_BACK, Phase.ROLLED_BACK
         self.state.write(replace(record, phase=phase, finished=_now(), message=message))
-        self.progress(f"{env.name}: {record.revision[:12]} {outcome}: {message}")
+        self.observer.line(f"{env.name}: {record.revision[:12]} {outcome}: {message}")
         return RolloutResult(env.name, record.revision, outcome, message, failure.key, applied)
 
     def _rollback(
@@ -442,47 +416,13 @@ class Rollout:
             return False, f"cannot read {revision[:12]} to roll back: {exc}"
         if old is None:
             return False, f"{key} did not exist at {revision[:12]}; nothing to roll back to"
-        self.progress(f"{env.name}: rolling {key} back to {revision[:12]}")
+        self.observer.line(f"{env.name}: rolling {key} back to {revision[:12]}")
         failure = self._apply(env, [key], {key: old}, revision) or self._wait(
             env, [key], {key: old}, "rollback"
         )
         if failure is not None:
             return False, f"rollback to {revision[:12]} failed too: {failure.message}"
         return True, f"rolled {key} back to {revision[:12]}, which is Healthy again"
-
-
-def _work(plan: Plan, *, unfinished: bool) -> list[tuple[Wave, list[ServiceKey], list[ServiceKey]]]:
-    """The waves with work, each with the services to apply and those to gate. Skipped
-    services are neither: a later wave does not wait on a service someone took out of
-    gitsync's hands."""
-    work = []
-    for wave in plan.waves:
-        if wave.prune:
-            continue
-        changed = [
-            c.key for c in wave.changes if c.action not in (Action.UNCHANGED, Action.SKIPPED)
-        ]
-        gated = [c.key for c in wave.changes if unfinished and c.action is not Action.SKIPPED]
-        gate = sorted({*changed, *gated})
-        if gate:
-            work.append((wave, changed, gate))
-    return work
-
-
-def _succeeded(applied: int, pruned: int, skipped: int) -> str:
-    if not skipped:
-        return f"{applied} applied, {pruned} pruned, every service Healthy"
-    return (
-        f"{applied} applied, {pruned} pruned, {skipped} skipped (reconcile disabled), "
-        "every other service Healthy"
-    )
-
-
-def _kinds(desired: Mapping[ServiceKey, Desired], plan: Plan) -> tuple[str, ...]:
-    """The other kinds the environment has objects of, Git's and those the plan prunes or
-    leaves running, as ``apiVersion/Kind``: what ``gitsync status`` lists beside RayServices."""
-    keys = [*desired, *(c.key for c in plan.changes)]
-    return tuple(sorted({f"{k.api_version}/{k.kind}" for k in keys if not k.is_rayservice}))
 
 
 class _Waiter:
@@ -494,11 +434,9 @@ class _Waiter:
         keys: Sequence[ServiceKey],
         desired: Mapping[ServiceKey, Desired],
         settings: RolloutSettings,
-        progress: Callable[[str], None],
-        record: Callable[[ServiceKey, str, str, str], None],
+        observer: Observer,
     ) -> None:
-        self.environment, self.desired, self.progress = environment, desired, progress
-        self.record = record
+        self.environment, self.desired, self.observer = environment, desired, observer
         gate = HealthGate(settings.healthy_reads, settings.healthy_seconds)
         # The other kinds have no KubeRay race to outlast: one Healthy read is enough.
         self.gates = {key: gate if key.is_rayservice else HealthGate(1, 0.0) for key in keys}
@@ -515,15 +453,15 @@ class _Waiter:
         )
         if self.last.get(key) != result:
             elapsed = time.monotonic() - self.began
-            self.progress(
+            self.observer.line(
                 f"{self.environment}: {key} {result.health}: {result.message} ({elapsed:.0f}s)"
             )
             self.last[key] = result
         if result.health in (Health.DEGRADED, Health.MISSING):
-            self.record(key, "Warning", str(result.health), result.message)
+            self.observer.recorded(key, "Warning", str(result.health), result.message)
             return _Failure(key, f"{key} is {result.health}: {result.message}")
         if result.health is Health.HEALTHY:
-            self.record(key, "Normal", "Healthy", result.message)
+            self.observer.recorded(key, "Normal", "Healthy", result.message)
             self.pending.discard(key)
         return None
 

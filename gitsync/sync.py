@@ -22,7 +22,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Desired, Phase, RolloutState, ServiceKey
+from gitsync.model import Desired, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
 from gitsync.plan import Plan
 from gitsync.planning import (
     confined,
@@ -30,9 +30,10 @@ from gitsync.planning import (
     live_environment_plan,
     ordered_environments,
 )
+from gitsync.progress import FINAL, Observer, Quiet, left_behind, lost_final_status
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
-from gitsync.rollout import Outcome, Rollout, RolloutResult, WaveEvent
+from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
 
 log = logging.getLogger(__name__)
@@ -52,35 +53,6 @@ class PassResult:
 
 def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, Desired]:
     return environment_manifests(read_tree(tree), environment, label).desired
-
-
-def left_behind(prior: RolloutState | None, revision: str) -> str | None:
-    """The older revision whose rollout of this environment never finished — the agent was
-    stopped or killed mid-way and a newer commit arrived meanwhile — so its commit status
-    still says pending; it is superseded by ``revision``. None when there is none."""
-    if prior is None or prior.revision == revision or not prior.revision:
-        return None
-    return prior.revision if prior.phase in (Phase.IN_PROGRESS, Phase.SUPERSEDED) else None
-
-
-_FINAL = {Phase.SUCCEEDED: State.SUCCESS, Phase.FAILED: State.FAILURE,
-          Phase.ROLLED_BACK: State.FAILURE}  # fmt: skip
-
-
-def lost_final_status(
-    prior: RolloutState | None, revision: str, seen: CommitStatus | None
-) -> tuple[State, str] | None:
-    """The final status an older revision's finished rollout should show and does not:
-    statuses are posted off the pass's thread, after the state says how the rollout ended, so
-    an agent killed in between loses them. The restarted agent posts it again when it did
-    not come back to that revision (a newer commit arrived meanwhile); when it did, that
-    pass posts it. ``seen``: what the forge shows for the environment on that revision."""
-    if prior is None or not prior.revision or prior.revision == revision:
-        return None
-    final = _FINAL.get(prior.phase)
-    if final is None or (seen is not None and seen.state is not State.PENDING):
-        return None
-    return final, prior.message or str(prior.phase)
 
 
 def _superseded_check(
@@ -108,7 +80,7 @@ class _Statuses:
             self.reporter.post(self.describe.revision, status)
 
     def wave(self, environment: str, event: WaveEvent) -> None:
-        if event.kind == "applying":
+        if event.kind is StepKind.APPLYING:
             self.post(self.describe.applying(environment, event.index, event.total, event.actions))
         else:
             keys = [key for key, _ in event.actions]
@@ -156,54 +128,57 @@ def sync_once(
     *,
     environments: Sequence[str] | None = None,
     dry_run: bool = False,
-    progress: Callable[[str], None] = lambda line: None,
+    observer: Observer | None = None,
     supersede_every: float = SUPERSEDE_CHECK_SECONDS,
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     source: GitSource | None = None,
-    on_start: Callable[[str], None] = lambda environment: None,
-    on_result: Callable[[RolloutResult], None] = lambda result: None,
-    record: Callable[[ServiceKey, str, str, str], None] | None = None,
-    on_plan: Callable[[Plan], None] = lambda plan: None,
-    on_event: Callable[[str, WaveEvent], None] = lambda environment, event: None,
 ) -> PassResult:
     """One pass. ``environments`` (else the agent config's, else all) are this agent's; an
     ``after:`` naming any other environment is a promotion gate read from commit statuses.
-    ``stop`` interrupts it resumably (shutdown, a lost lease). ``on_plan`` and ``on_event``
-    see each environment's plan before it rolls out and its wave events (the status page)."""
+    ``stop`` interrupts it resumably (shutdown, a lost lease). ``observer`` sees each
+    environment's plan, rollout and result (progress lines, the status page, metrics)."""
     run = _Pass(
-        config,
-        services,
-        state,
-        source or GitSource(config.repository),
-        reporter,
-        progress,
-        stop or threading.Event(),
-        supersede_every,
-        on_start,
-        on_result,
-        record or (lambda key, kind, reason, message: None),
-        on_plan,
-        on_event,
+        config=config,
+        services=services,
+        state=state,
+        source=source or GitSource(config.repository),
+        reporter=reporter,
+        observer=observer or Quiet(),
+        stop=stop or threading.Event(),
+        supersede_every=supersede_every,
     )
     return run.run(environments or config.environments or None, dry_run=dry_run)
 
 
-@dataclass
+class _Posting(Quiet):
+    """What a rollout reports, passed on to the pass's observer, and each wave's commit
+    status posted."""
+
+    def __init__(self, outer: Observer, statuses: _Statuses) -> None:
+        self.outer, self.statuses = outer, statuses
+
+    def line(self, text: str) -> None:
+        self.outer.line(text)
+
+    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
+        self.outer.recorded(key, kind, reason, message)
+
+    def wave(self, environment: str, event: WaveEvent) -> None:
+        self.statuses.wave(environment, event)
+        self.outer.wave(environment, event)
+
+
+@dataclass(kw_only=True)
 class _Pass:
     config: AgentConfig
     services: RayServices
     state: StateStore
     source: GitSource
     reporter: Reporter | None
-    progress: Callable[[str], None]
+    observer: Observer
     stop: threading.Event
     supersede_every: float
-    on_start: Callable[[str], None]
-    on_result: Callable[[RolloutResult], None]
-    record: Callable[[ServiceKey, str, str, str], None]
-    on_plan: Callable[[Plan], None]
-    on_event: Callable[[str, WaveEvent], None]
     told: set[tuple[str, str]] = field(default_factory=set)  # (older revision, env) settled
 
     def _statuses(self, revision: str) -> _Statuses:
@@ -228,7 +203,7 @@ class _Pass:
                 for name in wanted or ("config",):
                     statuses.post(statuses.describe.invalid(name, exc.problems))
                 raise
-            self.progress(f"revision {label}: environments {', '.join(names)}")
+            self.observer.line(f"revision {label}: environments {', '.join(names)}")
             loaded_all = _validated(report, names, label, statuses)
             results: list[RolloutResult] = []
             for name in names:
@@ -236,7 +211,7 @@ class _Pass:
                 if result is None:  # dry run: the plan was printed
                     continue
                 results.append(result)
-                self.on_result(result)
+                self.observer.finished(result)
                 if result.outcome is Outcome.SUPERSEDED:
                     superseded.append((revision, name))
                     break
@@ -246,7 +221,7 @@ class _Pass:
                     break
             if not superseded:
                 return PassResult(revision, tuple(results))
-            self.progress("starting over at the new head")
+            self.observer.line("starting over at the new head")
 
     def _settle_older(self, name: str, revision: str, statuses: _Statuses) -> None:
         """The environment's previous revision, if a stopped agent left its commit status
@@ -257,13 +232,13 @@ class _Pass:
         old = left_behind(prior, revision)
         if old is not None:
             if (old, name) not in self.told:
-                self.progress(f"{name}: {old[:12]} was left unfinished; superseded")
+                self.observer.line(f"{name}: {old[:12]} was left unfinished; superseded")
                 self._statuses(old).post(statuses.describe.superseded(name, revision))
                 self.told.add((old, name))
             return
         if prior is None or prior.revision == revision or self.reporter is None:
             return
-        if prior.phase not in _FINAL or (prior.revision, name) in self.told:
+        if prior.phase not in FINAL or (prior.revision, name) in self.told:
             return
         mine = self.reporter.asked(prior.revision, context(name))
         if mine is not None and mine.state is not State.PENDING:
@@ -277,11 +252,12 @@ class _Pass:
                 name,
                 exc,
             )
-            self.progress(f"{name}: cannot read the statuses of {prior.revision[:12]}: {exc}")
+            self.observer.line(f"{name}: cannot read the statuses of {prior.revision[:12]}: {exc}")
             return
         lost = lost_final_status(prior, revision, seen)
         if lost is not None:
-            self.progress(f"{name}: {prior.revision[:12]} {prior.phase}; posting its lost status")
+            said = f"{prior.revision[:12]} {prior.phase}; posting its lost status"
+            self.observer.line(f"{name}: {said}")
             older = self._statuses(prior.revision)
             older.post(older.describe.status(name, *lost))
         self.told.add((prior.revision, name))
@@ -289,7 +265,7 @@ class _Pass:
     def _block_after(self, names: Sequence[str], name: str, statuses: _Statuses) -> None:
         remaining = names[names.index(name) + 1 :]
         if remaining:
-            self.progress(f"not rolling out {', '.join(remaining)}: {name} did not succeed")
+            self.observer.line(f"not rolling out {', '.join(remaining)}: {name} did not succeed")
         label = statuses.describe.revision[:12]
         for later in remaining:
             statuses.post(statuses.describe.blocked(later, f"{name} did not succeed at {label}"))
@@ -304,48 +280,19 @@ class _Pass:
     ) -> RolloutResult | None:
         """Gate, plan and roll out one environment (or print its plan). gitsync's own
         failures (API unreachable …) become an ``error`` status, then propagate."""
-        env, desired = loaded.environment, loaded.desired
-        revision = statuses.describe.revision
+        env, revision = loaded.environment, statuses.describe.revision
         check = _superseded_check(self.source, revision, self.supersede_every)
         if not dry_run and (gate := self._gate(env, ours, statuses, check)) is not None:
             return gate
-
-        def previous(old: str) -> Mapping[ServiceKey, Desired]:
-            return _desired_at(self.source.checkout(old), env.name, old[:12])
-
-        def events(event: WaveEvent) -> None:
-            statuses.wave(env.name, event)
-            self.on_event(env.name, event)
-
         try:
-            # The plan becomes the rollout record the status page shows: values there only
-            # when ui.showEnvValues says so (PR comments, drift and logs always mask).
-            shown = replace(self.config.classify, show_env_values=self.config.ui.show_env_values)
-            plan = live_environment_plan(
-                loaded,
-                self.services,
-                shown,
-                revision,
-                self.config.rollout.concurrency,
-            )
-            self.on_plan(plan)
+            plan = self._plan(loaded, revision)
             if dry_run:
                 said = "changes planned" if plan.has_changes else "no changes"
-                self.progress(f"{env.name}: dry run: {said}, nothing applied")
+                self.observer.line(f"{env.name}: dry run: {said}, nothing applied")
                 return None
-            self.on_start(env.name)
+            self.observer.started(env.name)
             self._settle_older(env.name, revision, statuses)
-            rollout = Rollout(
-                self.services,
-                self.state,
-                self.config.rollout,
-                self.progress,
-                check,
-                self.stop,
-                events,
-                self.record,
-            )
-            result = rollout.run(env, plan, desired, revision, previous)
+            result = self._rollout(loaded, plan, statuses, check)
         except ManifestRefused as exc:
             # The plan's dry run found a manifest the API server will not take: the commit's
             # fault, before anything was applied. Exit as for an invalid revision.
@@ -354,8 +301,39 @@ class _Pass:
         except GitsyncError as exc:
             statuses.post(statuses.describe.error(env.name, str(exc)))
             raise
-        statuses.result(result, list(desired))
+        statuses.result(result, list(loaded.desired))
         return result
+
+    def _plan(self, loaded: EnvironmentManifests, revision: str) -> Plan:
+        # The plan becomes the rollout record the status page shows: values there only when
+        # ui.showEnvValues says so (PR comments, drift and logs always mask).
+        shown = replace(self.config.classify, show_env_values=self.config.ui.show_env_values)
+        concurrency = self.config.rollout.concurrency
+        plan = live_environment_plan(loaded, self.services, shown, revision, concurrency)
+        self.observer.planned(plan)
+        return plan
+
+    def _rollout(
+        self,
+        loaded: EnvironmentManifests,
+        plan: Plan,
+        statuses: _Statuses,
+        superseded: Callable[[], bool],
+    ) -> RolloutResult:
+        env = loaded.environment
+
+        def previous(old: str) -> Mapping[ServiceKey, Desired]:
+            return _desired_at(self.source.checkout(old), env.name, old[:12])
+
+        rollout = Rollout(
+            services=self.services,
+            state=self.state,
+            settings=self.config.rollout,
+            observer=_Posting(self.observer, statuses),
+            superseded=superseded,
+            stop=self.stop,
+        )
+        return rollout.run(env, plan, loaded.desired, statuses.describe.revision, previous)
 
     def _gate(
         self,
@@ -386,7 +364,8 @@ class _Pass:
                     return verdict
                 assert isinstance(verdict, str)
                 if not announced:
-                    self.progress(f"{env.name}: waiting for {context(name)}: success ({verdict})")
+                    waiting = f"waiting for {context(name)}: success ({verdict})"
+                    self.observer.line(f"{env.name}: {waiting}")
                     announced = True
                 statuses.post(statuses.describe.waiting_for(env.name, name, verdict))
                 revision = statuses.describe.revision
@@ -416,14 +395,14 @@ class _Pass:
         try:
             seen = self.reporter.statuses(revision).get(context(name))
         except GitsyncError as exc:
-            self.progress(f"{env.name}: cannot read the statuses of {revision[:12]}: {exc}")
+            self.observer.line(f"{env.name}: cannot read the statuses of {revision[:12]}: {exc}")
             return "statuses unreadable"
         if seen is not None and seen.state is State.SUCCESS:
-            self.progress(f"{env.name}: {context(name)} is success at {revision[:12]}")
+            self.observer.line(f"{env.name}: {context(name)} is success at {revision[:12]}")
             return True
         if seen is not None and seen.state in (State.FAILURE, State.ERROR):
             why = f"{context(name)} is {seen.state} at {revision[:12]}: {seen.description}"
-            self.progress(f"{env.name}: not rolled out: {why}")
+            self.observer.line(f"{env.name}: not rolled out: {why}")
             statuses.post(statuses.describe.blocked(env.name, why))
             return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
         return f"{name} is {seen.state}: {seen.description}" if seen else "no status yet"

@@ -27,6 +27,7 @@ CORE = (
     "gitsync.report.status",
     "gitsync.stamp",
     "gitsync.names",
+    "gitsync.progress",
     "gitsync.web.facts",
     "gitsync.web.view",
     "gitsync.web.render",

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitsync.model import Change, RolloutState, ServiceKey
+from gitsync.model import Action, Change, Outcome, RolloutState, ServiceKey, StepKind
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,12 @@ class Step:
     """One entry of a rollout's timeline: ``started``, ``applying``/``waiting`` a wave
     (``index`` of ``total`` waves with work), or the outcome (``succeeded``, ``failed`` …)."""
 
-    kind: str
+    kind: StepKind | Outcome
     wall: float
     mono: float
     index: int = 0
     total: int = 0
-    services: tuple[tuple[str, str], ...] = ()  # (service, action)
+    services: tuple[tuple[ServiceKey, Action], ...] = ()
     message: str = ""
 
 
@@ -52,9 +52,9 @@ class RolloutRecord:
     commit: CommitInfo | None = None
     changes: tuple[Change, ...] = ()
     steps: tuple[Step, ...] = ()
-    outcome: str | None = None
+    outcome: Outcome | None = None
     message: str = ""
-    failed: str = ""  # namespace/name of the service that failed it
+    failed: ServiceKey | None = None  # the service that failed it
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,11 @@ class PastRollout:
     """One finished rollout, as the environment's history lists it."""
 
     revision: str
-    outcome: str
+    outcome: Outcome | None
     started: float  # wall, epoch seconds
     finished: float
     message: str = ""
-    failed: str = ""
+    failed: ServiceKey | None = None
     commit: CommitInfo | None = None
     changes: int = 0  # how many services it changed
 
@@ -74,8 +74,8 @@ class PastRollout:
 @dataclass(frozen=True)
 class DriftFacts:
     wall: float  # when the check ran
-    drifted: tuple[tuple[str, str], ...] = ()  # (namespace/name, message)
-    fighting: tuple[str, ...] = ()
+    drifted: tuple[tuple[ServiceKey, str], ...] = ()  # (service, message)
+    fighting: tuple[ServiceKey, ...] = ()
     note: str = ""
 
 
@@ -114,7 +114,7 @@ class EnvironmentFacts:
     applied: CommitInfo | None = None  # the last revision that rolled out Healthy
     state: RolloutState | None = None  # the state ConfigMap (survives restarts)
     live: Mapping[ServiceKey, Mapping[str, Any]] = field(default_factory=dict)
-    last_actions: Mapping[ServiceKey, tuple[str, float]] = field(default_factory=dict)
+    last_actions: Mapping[ServiceKey, tuple[Action, float]] = field(default_factory=dict)
     drift: DriftFacts | None = None
     history: tuple[PastRollout, ...] = ()  # earlier rollouts, newest first
     # Kubernetes Events about its RayServices, as the API returns them (slimmed).

@@ -23,10 +23,9 @@ from dataclasses import replace
 
 from gitsync.drift import DriftReport
 from gitsync.errors import GitsyncError
-from gitsync.model import Action, ServiceKey
+from gitsync.model import Action, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
 from gitsync.plan import Plan
 from gitsync.previews import PreviewResult
-from gitsync.rollout import RolloutResult, WaveEvent
 from gitsync.web.facts import (
     CommitInfo,
     DriftFacts,
@@ -72,7 +71,7 @@ class History:
         self._namespaces: dict[str, str] = {}
         self._records: dict[str, RolloutRecord] = {}
         self._applied: dict[str, CommitInfo] = {}
-        self._actions: dict[str, dict[ServiceKey, tuple[str, float]]] = {}
+        self._actions: dict[str, dict[ServiceKey, tuple[Action, float]]] = {}
         self._drift: dict[str, DriftFacts] = {}
         self._previews: tuple[PreviewFacts, ...] = ()
         self._commits: OrderedDict[str, CommitInfo] = OrderedDict()
@@ -80,10 +79,10 @@ class History:
 
     def _step(
         self,
-        kind: str,
+        kind: StepKind | Outcome,
         index: int = 0,
         total: int = 0,
-        services: tuple[tuple[str, str], ...] = (),
+        services: tuple[tuple[ServiceKey, Action], ...] = (),
         message: str = "",
     ) -> Step:
         return Step(kind, self._wall(), self._mono(), index, total, services, message)
@@ -113,7 +112,7 @@ class History:
             self._namespaces[plan.environment] = plan.namespace
             last = self._records.get(plan.environment)
             # Orphans alone are no rollout either: nothing is done to them.
-            if not plan.has_changes and last is not None and last.outcome == "succeeded":
+            if not plan.has_changes and last is not None and last.outcome is Outcome.SUCCEEDED:
                 self._up_to_date.add(plan.environment)
                 return  # nothing to write: the page shows the same
             self._up_to_date.discard(plan.environment)
@@ -123,38 +122,36 @@ class History:
                 revision,
                 self._commits.get(revision),
                 changes,
-                (self._step("started"),),
+                (self._step(StepKind.STARTED),),
             )
         self._flush(plan.environment)
 
     def event(self, environment: str, event: WaveEvent) -> None:
-        services = tuple((str(key), str(action)) for key, action in event.actions)
-        step = self._step(event.kind, index=event.index, total=event.total, services=services)
+        step = self._step(event.kind, index=event.index, total=event.total, services=event.actions)
         with self._lock:
             record = self._records.get(environment)
             if record is None or record.outcome is not None or len(record.steps) >= MAX_STEPS:
                 return
             self._records[environment] = replace(record, steps=(*record.steps, step))
-            if event.kind == "applying":
+            if event.kind is StepKind.APPLYING:
                 actions = self._actions.setdefault(environment, {})
                 for key, action in event.actions:
-                    actions[key] = (str(action), step.wall)
+                    actions[key] = (action, step.wall)
         self._flush(environment)
 
     def finished(self, result: RolloutResult) -> None:
-        failed = str(result.failed) if result.failed is not None else ""
-        step = self._step(str(result.outcome), message=result.message)
+        step = self._step(result.outcome, message=result.message)
         self._ensure(result.environment)
         with self._lock:
-            if result.environment in self._up_to_date and str(result.outcome) == "succeeded":
+            if result.environment in self._up_to_date and result.outcome is Outcome.SUCCEEDED:
                 self._up_to_date.discard(result.environment)
                 info = self._commits.get(result.revision) or CommitInfo(result.revision)
                 self._applied[result.environment] = info
             else:
-                self._finish(result, step, failed)
+                self._finish(result, step)
         self._flush(result.environment)
 
-    def _finish(self, result: RolloutResult, step: Step, failed: str) -> None:
+    def _finish(self, result: RolloutResult, step: Step) -> None:
         """(Under the lock.)"""
         self._up_to_date.discard(result.environment)
         record = self._records.get(result.environment)
@@ -170,22 +167,22 @@ class History:
         done = replace(
             record,
             steps=(*record.steps, step),
-            outcome=str(result.outcome),
+            outcome=result.outcome,
             message=result.message,
-            failed=failed,
+            failed=result.failed,
         )
         self._records[result.environment] = done
         earlier = self._past.get(result.environment, ())
         self._past[result.environment] = (past(done), *earlier)[:MAX_HISTORY]
-        if str(result.outcome) == "succeeded":
+        if result.outcome is Outcome.SUCCEEDED:
             info = self._commits.get(result.revision) or CommitInfo(result.revision)
             self._applied[result.environment] = info
 
     def drift(self, report: DriftReport) -> None:
         facts = DriftFacts(
             self._wall(),
-            tuple((str(d.key), d.message) for d in report.drifts),
-            tuple(str(k) for k in report.fighting),
+            tuple((d.key, d.message) for d in report.drifts),
+            report.fighting,
             f"check failed: {report.error}" if report.error else report.note,
         )
         self._ensure(report.environment)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from gitsync.model import Action, Change, ServiceKey
+from gitsync.model import Action, Change, Outcome, ServiceKey, StepKind
 from gitsync.web.facts import (
     CommitInfo,
     DriftFacts,
@@ -39,7 +39,7 @@ class EnvironmentMemory:
     namespace: str
     record: RolloutRecord | None
     applied: CommitInfo | None
-    actions: dict[ServiceKey, tuple[str, float]]
+    actions: dict[ServiceKey, tuple[Action, float]]
     drift: DriftFacts | None
     history: tuple[PastRollout, ...] = ()
     position: int = 0  # in gitsync.yaml's order of environments: the page lists them so
@@ -50,7 +50,7 @@ def past(record: RolloutRecord) -> PastRollout:
     finished = record.steps[-1].wall if record.steps else started
     return PastRollout(
         record.revision,
-        record.outcome or "",
+        record.outcome,
         started,
         finished,
         record.message,
@@ -110,25 +110,25 @@ def _record(record: RolloutRecord) -> dict[str, Any]:
                 "at": s.wall,
                 "index": s.index,
                 "total": s.total,
-                "services": [list(p) for p in s.services],
+                "services": [[str(key), str(action)] for key, action in s.services],
                 "message": s.message,
             }
             for s in record.steps
         ],
         "outcome": record.outcome,
         "message": record.message,
-        "failed": record.failed,
+        "failed": str(record.failed or ""),
     }
 
 
 def _past(entry: PastRollout) -> dict[str, Any]:
     return {
         "revision": entry.revision,
-        "outcome": entry.outcome,
+        "outcome": entry.outcome or "",
         "started": entry.started,
         "finished": entry.finished,
         "message": entry.message,
-        "failed": entry.failed,
+        "failed": str(entry.failed or ""),
         "commit": _commit(entry.commit),
         "changes": entry.changes,
     }
@@ -142,12 +142,12 @@ def to_data(memory: EnvironmentMemory) -> dict[str, str]:
         "position": str(memory.position),
         "rollout": _dump(_record(memory.record)) if memory.record is not None else "",
         "applied_commit": _dump(_commit(memory.applied)) if memory.applied is not None else "",
-        "actions": _dump({str(k): [a, t] for k, (a, t) in sorted(memory.actions.items())}),
+        "actions": _dump({str(k): [str(a), t] for k, (a, t) in sorted(memory.actions.items())}),
         "drift_facts": _dump(
             {
                 "at": drift.wall,
-                "drifted": [list(d) for d in drift.drifted],
-                "fighting": list(drift.fighting),
+                "drifted": [[str(key), message] for key, message in drift.drifted],
+                "fighting": [str(key) for key in drift.fighting],
                 "note": drift.note,
             }
         )
@@ -185,8 +185,48 @@ def _load(text: str | None, default: Any) -> Any:
 
 
 def _key(text: Any) -> ServiceKey | None:
-    namespace, _, name = str(text).partition("/")
-    return ServiceKey(namespace, name) if namespace and name else None
+    """A key as ``str(ServiceKey)`` wrote it: ``namespace/name``, or ``namespace/Kind/name``
+    for another kind (whose apiVersion is not kept: the page shows the kind and name)."""
+    namespace, _, rest = str(text).partition("/")
+    kind, _, name = rest.rpartition("/")
+    if not namespace or not name:
+        return None
+    return ServiceKey(namespace, name, kind, "") if kind else ServiceKey(namespace, name)
+
+
+E = TypeVar("E", Action, Outcome, StepKind)
+
+
+def _enum(kind: type[E], text: Any) -> E | None:
+    try:
+        return kind(str(text))
+    except ValueError:
+        return None
+
+
+def _step_kind(text: Any) -> StepKind | Outcome | None:
+    return _enum(StepKind, text) or _enum(Outcome, text)
+
+
+def _step_from(raw: Mapping[str, Any]) -> Step | None:
+    kind = _step_kind(raw.get("kind", ""))
+    if kind is None:
+        return None
+    services = []
+    for pair in raw.get("services") or ():
+        if len(pair) == 2:
+            key, action = _key(pair[0]), _enum(Action, pair[1])
+            if key is not None and action is not None:
+                services.append((key, action))
+    return Step(
+        kind,
+        float(raw.get("at") or 0.0),
+        float(raw.get("at") or 0.0),  # durations come from the wall clock once stored
+        int(raw.get("index") or 0),
+        int(raw.get("total") or 0),
+        tuple(services),
+        str(raw.get("message") or ""),
+    )
 
 
 def _commit_from(raw: Any) -> CommitInfo | None:
@@ -232,19 +272,10 @@ def _record_from(raw: Any) -> RolloutRecord | None:
         if c
     )
     steps = tuple(
-        Step(
-            str(s.get("kind", "")),
-            float(s.get("at") or 0.0),
-            float(s.get("at") or 0.0),  # durations come from the wall clock once stored
-            int(s.get("index") or 0),
-            int(s.get("total") or 0),
-            tuple((str(p[0]), str(p[1])) for p in s.get("services") or () if len(p) == 2),
-            str(s.get("message") or ""),
-        )
-        for s in raw.get("steps") or ()
-        if isinstance(s, Mapping)
+        step
+        for step in (_step_from(s) for s in raw.get("steps") or () if isinstance(s, Mapping))
+        if step is not None
     )
-    outcome = raw.get("outcome")
     return RolloutRecord(
         str(raw.get("environment") or ""),
         str(raw.get("namespace") or ""),
@@ -252,9 +283,9 @@ def _record_from(raw: Any) -> RolloutRecord | None:
         _commit_from(raw.get("commit")),
         changes,
         steps,
-        str(outcome) if outcome else None,
+        _enum(Outcome, raw.get("outcome")),
         str(raw.get("message") or ""),
-        str(raw.get("failed") or ""),
+        _key(raw.get("failed") or ""),
     )
 
 
@@ -263,8 +294,12 @@ def _drift_from(raw: Any) -> DriftFacts | None:
         return None
     return DriftFacts(
         float(raw.get("at") or 0.0),
-        tuple((str(d[0]), str(d[1])) for d in raw.get("drifted") or () if len(d) == 2),
-        tuple(str(f) for f in raw.get("fighting") or ()),
+        tuple(
+            (key, str(d[1]))
+            for d in raw.get("drifted") or ()
+            if len(d) == 2 and (key := _key(d[0])) is not None
+        ),
+        tuple(key for f in raw.get("fighting") or () if (key := _key(f)) is not None),
         str(raw.get("note") or ""),
     )
 
@@ -274,11 +309,11 @@ def _past_from(raw: Any) -> PastRollout | None:
         return None
     return PastRollout(
         str(raw["revision"]),
-        str(raw.get("outcome") or ""),
+        _enum(Outcome, raw.get("outcome")),
         float(raw.get("started") or 0.0),
         float(raw.get("finished") or 0.0),
         str(raw.get("message") or ""),
-        str(raw.get("failed") or ""),
+        _key(raw.get("failed") or ""),
         _commit_from(raw.get("commit")),
         int(raw.get("changes") or 0),
     )
@@ -295,7 +330,9 @@ def from_data(name: str, data: Mapping[str, str]) -> EnvironmentMemory | None:
     for service, value in (_load(data.get("actions"), {}) or {}).items():
         key = _key(service)
         if key is not None and isinstance(value, list) and len(value) == 2:
-            actions[key] = (str(value[0]), float(value[1] or 0.0))
+            action = _enum(Action, value[0])
+            if action is not None:
+                actions[key] = (action, float(value[1] or 0.0))
     return EnvironmentMemory(
         name,
         namespace,

@@ -16,7 +16,7 @@ from typing import Any
 
 from gitsync import kuberay
 from gitsync.health import assess
-from gitsync.model import Action, Change, Health, Phase, ServiceKey
+from gitsync.model import Action, Change, Health, Outcome, Phase, ServiceKey, StepKind
 from gitsync.names import REVISION, WAVE
 from gitsync.web.facts import (
     Clock,
@@ -299,10 +299,10 @@ def service_view(
     )
 
 
-def _drift_by_service(env: EnvironmentFacts) -> dict[str, str]:
+def _drift_by_service(env: EnvironmentFacts) -> dict[ServiceKey, str]:
     if env.drift is None:
         return {}
-    found = {service: f"drifted: {message}" for service, message in env.drift.drifted}
+    found = {key: f"drifted: {message}" for key, message in env.drift.drifted}
     found.update(dict.fromkeys(env.drift.fighting, "fighting another writer"))
     return found
 
@@ -314,9 +314,9 @@ def services(env: EnvironmentFacts, clock: Clock) -> tuple[WaveView, ...]:
     by_wave: dict[int, list[ServiceView]] = {}
     for key in keys:
         obj = env.live.get(key)
-        action, _ = env.last_actions.get(key, ("", 0.0))
+        action = env.last_actions[key][0] if key in env.last_actions else ""
         wave = _wave(obj, changes.get(key))
-        view = service_view(key, obj, wave, action, drift.get(str(key), ""), clock)
+        view = service_view(key, obj, wave, str(action), drift.get(key, ""), clock)
         by_wave.setdefault(wave, []).append(view)
     return tuple(WaveView(n, tuple(by_wave[n])) for n in sorted(by_wave))
 
@@ -324,17 +324,14 @@ def services(env: EnvironmentFacts, clock: Clock) -> tuple[WaveView, ...]:
 # -- rollouts ------------------------------------------------------------------------------
 
 _DONE = {
-    "succeeded": "Healthy",
-    "failed": "failed",
-    "rolled-back": "rolled back",
-    "superseded": "superseded by a newer commit",
-    "interrupted": "interrupted (resumes at the next pass)",
-    "blocked": "blocked",
+    Outcome.SUCCEEDED: "Healthy",
+    Outcome.FAILED: "failed",
+    Outcome.ROLLED_BACK: "rolled back",
+    Outcome.SUPERSEDED: "superseded by a newer commit",
+    Outcome.INTERRUPTED: "interrupted (resumes at the next pass)",
+    Outcome.BLOCKED: "blocked",
 }
-
-
-def _service_name(key: str) -> str:
-    return key.rpartition("/")[2] or key
+_FAILED = (Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.BLOCKED)
 
 
 def _recorded_state(env: EnvironmentFacts) -> str:
@@ -354,44 +351,44 @@ def rollout_state(record: RolloutRecord | None, env: EnvironmentFacts) -> str:
     if record is None:
         return _recorded_state(env)
     if record.outcome is None:
-        waves = [s for s in record.steps if s.kind in ("applying", "waiting")]
+        waves = [s for s in record.steps if s.kind in (StepKind.APPLYING, StepKind.WAITING)]
         if not waves:
             return "planning"
         last = waves[-1]
         return f"wave {last.index} of {last.total}: {last.kind}"
-    if record.outcome == "succeeded":
+    if record.outcome is Outcome.SUCCEEDED:
         return "idle"
-    if record.outcome == "failed" and record.failed:
-        return f"failed at {_service_name(record.failed)}"
-    return _DONE.get(record.outcome, record.outcome)
+    if record.outcome is Outcome.FAILED and record.failed is not None:
+        return f"failed at {record.failed.name}"
+    return _DONE[record.outcome]
 
 
 def _step_label(step: Step) -> str:
-    names = ", ".join(f"{_service_name(s)} ({a})" for s, a in step.services)
-    if step.kind == "applying":
+    names = ", ".join(f"{key.name} ({action})" for key, action in step.services)
+    if step.kind is StepKind.APPLYING:
         return f"wave {step.index} of {step.total}: applying {names}".rstrip()
-    if step.kind == "waiting":
+    if step.kind is StepKind.WAITING:
         return f"wave {step.index} of {step.total}: waiting to be Healthy"
-    if step.kind == "started":
+    if step.kind is StepKind.STARTED:
         return "rollout started"
-    return _DONE.get(step.kind, step.kind)
+    return _DONE[step.kind]
 
 
 def timeline(record: RolloutRecord, clock: Clock) -> tuple[StepView, ...]:
     views = []
     for i, step in enumerate(record.steps):
-        final = step.kind in _DONE
+        final = isinstance(step.kind, Outcome)
         if i + 1 < len(record.steps):
             took: float | None = record.steps[i + 1].mono - step.mono
         else:
             took = None if final else clock.mono - step.mono
         views.append(
             StepView(
-                step.kind,
+                str(step.kind),
                 _step_label(step),
                 iso(step.wall),
                 duration(took),
-                tuple(_service_name(s) for s, _ in step.services),
+                tuple(key.name for key, _ in step.services),
                 step.message,
             )
         )
@@ -425,9 +422,9 @@ def rollout_view(env: EnvironmentFacts, forge: Forge | None, clock: Clock) -> Ro
         commit_view(record.commit or CommitInfo(record.revision), forge, clock),
         rollout_state(record, env),
         record.outcome is None,
-        record.outcome or "in-progress",
+        str(record.outcome or "in-progress"),
         record.message,
-        record.failed,
+        str(record.failed or ""),
         tuple(change_view(c) for c in record.changes if c.action is not Action.UNCHANGED),
         timeline(record, clock),
     )
@@ -468,7 +465,7 @@ def summary(
         applied = CommitInfo(env.state.last_healthy_revision)
     health, healthy = _health_summary(waves)
     record = env.record
-    failed = (record is not None and record.outcome in ("failed", "rolled-back", "blocked")) or (
+    failed = (record is not None and record.outcome in _FAILED) or (
         record is None and env.state is not None and env.state.phase is Phase.FAILED
     )
     return EnvironmentSummary(
@@ -493,12 +490,12 @@ def history_view(
     return tuple(
         PastRolloutView(
             commit_view(p.commit or CommitInfo(p.revision), forge, clock),
-            p.outcome,
+            str(p.outcome or ""),
             iso(p.started),
             duration(p.finished - p.started),
             p.changes,
             p.message,
-            p.failed,
+            str(p.failed or ""),
         )
         for p in env.history
     )

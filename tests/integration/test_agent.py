@@ -83,7 +83,9 @@ def agent_with_server(
         webhooks=Webhooks(TokenAuth(token_env="WEBHOOK_SECRET")),
     )
     metrics = Metrics()
-    agent = Agent(config, api, "test-agent", metrics, build_reporter(config, metrics))
+    agent = Agent(
+        config, api, "test-agent", metrics=metrics, reporter=build_reporter(config, metrics)
+    )
     services = TimedServices(api)
     agent.services = services
     polls: list[float] = []
@@ -228,7 +230,7 @@ def test_a_replica_that_loses_the_lease_drops_its_environment_series(
         poll_seconds=3600.0,
         leader_election=LeaderElection(True, namespace, "gitsync-metrics", 4.0, 3.0, 0.5),
     )
-    agent = Agent(config, api, "agent-x", Metrics())
+    agent = Agent(config, api, "agent-x", metrics=Metrics())
     agent.start()
     try:
         wait_for(lambda: agent.passes >= 1 and not agent._lock.locked(), what="the first pass")
@@ -285,7 +287,7 @@ def test_healthz_fails_when_the_poll_job_stalls_or_the_scheduler_dies(
         poll_seconds=0.5,
         leader_election=LeaderElection(enabled=False),
     )
-    agent = Agent(config, api, "agent-h", Metrics(), stale_after=3.0)
+    agent = Agent(config, api, "agent-h", metrics=Metrics(), stale_after=3.0)
     hooks = Hooks(lambda: None, config.repository.url, "main", agent.trigger, lambda: None,
                   agent.healthy, agent.ready.is_set)  # fmt: skip
     server = AgentServer("127.0.0.1", free_port(), hooks, agent.metrics).start()

@@ -21,6 +21,7 @@ from gitsync.config import StatusConfig
 from gitsync.errors import ForgeError, InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.progress import Lines
 from gitsync.report.factory import build_reporter
 from gitsync.report.gitea import GiteaProvider, gitea_headers
 from gitsync.report.http import JsonClient
@@ -277,6 +278,11 @@ def test_a_hanging_forge_does_not_hold_up_a_rollout(
         status = StatusConfig("gitea", url, "o/r", TokenAuth(token_env="STATUS_TOKEN"))
         reporter = build_reporter(replace(config, status=status))
         started: list[float] = []
+
+        class Watching(Lines):
+            def started(self, environment: str) -> None:
+                started.append(time.monotonic())
+
         try:
             with caplog.at_level(logging.WARNING, logger="gitsync.sync"):
                 result = sync_once(
@@ -284,8 +290,7 @@ def test_a_hanging_forge_does_not_hold_up_a_rollout(
                     RayServices(api),
                     store,
                     reporter=reporter,
-                    on_start=lambda env: started.append(time.monotonic()),
-                    progress=lambda line: lines.append((time.monotonic(), line)),
+                    observer=Watching(lambda line: lines.append((time.monotonic(), line))),
                 )
         finally:
             reporter.close(timeout=0.1)

@@ -33,6 +33,7 @@ from gitsync.diff.classify import Options
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.model import ServiceKey
+from gitsync.progress import Lines
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
@@ -380,7 +381,7 @@ def run_scenario(
             config,
             RayServices(api),
             StateStore(api, namespace),
-            progress=lines.append,
+            observer=Lines(lines.append),
             supersede_every=0.2,
         )
 

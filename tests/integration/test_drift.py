@@ -25,9 +25,8 @@ from gitsync.drift import DriftChecker, report_lines
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, DesiredService, ServiceKey
+from gitsync.model import Action, DesiredService, Outcome, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
-from gitsync.rollout import Outcome
 from gitsync.source.git import GitSource
 from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped, untouched_since_apply
 from gitsync.sync import sync_once

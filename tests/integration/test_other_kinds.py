@@ -23,9 +23,9 @@ from gitsync.drift import drift_json
 from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, Health, ServiceKey
+from gitsync.model import Action, Health, Outcome, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
-from gitsync.rollout import Outcome
+from gitsync.progress import Lines
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
@@ -91,7 +91,7 @@ def config_map(api: client.ApiClient, namespace: str) -> Any:
 def sync(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[str]) -> None:
     config = repo.agent_config(tmp_path / "cache")
     result = sync_once(
-        config, RayServices(api), StateStore(api, repo.namespace), progress=lines.append
+        config, RayServices(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
     )
     assert result.ok, (result, lines)
 
@@ -328,7 +328,9 @@ def test_a_deployment_gates_its_wave_on_its_conditions(
     config = repo.agent_config(tmp_path / "cache")
     worker = threading.Thread(
         target=lambda: outcome.append(
-            sync_once(config, RayServices(api), StateStore(api, namespace), progress=lines.append)
+            sync_once(
+                config, RayServices(api), StateStore(api, namespace), observer=Lines(lines.append)
+            )
         )
     )
     worker.start()

@@ -20,9 +20,10 @@ from kubernetes import client
 from gitsync.config import AgentConfig, PromotionGate, StatusConfig
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
+from gitsync.model import Outcome
+from gitsync.progress import Lines
 from gitsync.report.factory import build_reporter
 from gitsync.report.status import State
-from gitsync.rollout import Outcome
 from gitsync.source.config import TokenAuth
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
@@ -120,7 +121,7 @@ class Agent(threading.Thread):
                 self.config,
                 RayServices(self.api),
                 StateStore(self.api, self.namespace),
-                progress=lambda line: self.lines.append((time.monotonic(), line)),
+                observer=Lines(lambda line: self.lines.append((time.monotonic(), line))),
                 reporter=reporter,
             )
         except BaseException as exc:  # reported by the test

@@ -14,7 +14,8 @@ from kubernetes import client
 
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.rollout import Outcome
+from gitsync.model import Outcome
+from gitsync.progress import Lines
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
@@ -79,7 +80,7 @@ def sync(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[st
         tmp_path / "cache", health_timeout=90.0, poll_interval=0.3, healthy_seconds=5.0
     )
     return sync_once(
-        config, RayServices(api), StateStore(api, repo.namespace), progress=lines.append
+        config, RayServices(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
     )
 
 

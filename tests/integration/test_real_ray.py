@@ -37,7 +37,8 @@ from kubernetes import client
 from gitsync.cli import main
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.rollout import Outcome
+from gitsync.model import Outcome
+from gitsync.progress import Lines
 from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane, free_port
@@ -303,7 +304,7 @@ def sync(
             config,
             RayServices(api),
             StateStore(api, repo.namespace),
-            progress=lambda line: lines.append((time.monotonic(), line)),
+            observer=Lines(lambda line: lines.append((time.monotonic(), line))),
             stop=stop,
         )
     finally:

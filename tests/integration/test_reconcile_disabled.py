@@ -17,9 +17,8 @@ from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Health, ServiceKey
+from gitsync.model import Health, Outcome, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
-from gitsync.rollout import Outcome
 from gitsync.stamp import RECONCILE
 from gitsync.status import cluster_status
 from testbed.controlplane import ControlPlane

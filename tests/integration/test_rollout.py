@@ -19,8 +19,8 @@ from kubernetes import client
 from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.model import Health, Phase, ServiceKey
-from gitsync.rollout import Outcome
+from gitsync.model import Health, Outcome, Phase, ServiceKey
+from gitsync.progress import Lines
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import FailureRule, Simulator
@@ -50,7 +50,7 @@ def run(
         config,
         RayServices(api),
         StateStore(api, repo.namespace),
-        progress=log.append,
+        observer=Lines(log.append),
         supersede_every=rollout.pop("supersede_every", 0.2)
         if "supersede_every" in rollout
         else 0.2,

@@ -14,7 +14,8 @@ from gitsync.cli import main
 from gitsync.errors import InvalidRevision
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
-from gitsync.rollout import Outcome
+from gitsync.model import Outcome
+from gitsync.progress import Lines
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import FailureRule, Simulator
@@ -206,7 +207,7 @@ def test_a_failed_environment_stops_the_ones_after_it(
             repo.agent_config(tmp_path / "cache"),
             RayServices(api),
             StateStore(api, namespace),
-            progress=lines.append,
+            observer=Lines(lines.append),
         )
         assert result.ok, lines
         assert [r.environment for r in result.results] == ["staging", "production"]
@@ -231,7 +232,7 @@ def test_a_failed_environment_stops_the_ones_after_it(
             repo.agent_config(tmp_path / "cache"),
             RayServices(api),
             StateStore(api, namespace),
-            progress=lines.append,
+            observer=Lines(lines.append),
         )
         assert [(r.environment, r.outcome) for r in result.results] == [("staging", Outcome.FAILED)]
         assert any("not rolling out production: staging did not succeed" in line for line in lines)

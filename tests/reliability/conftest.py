@@ -135,7 +135,7 @@ def agent(
         poll_seconds=3600.0,  # passes run when the test triggers them
         leader_election=LeaderElection(enabled=False),
     )
-    running = Agent(config, api, "reliability-agent", Metrics())
+    running = Agent(config, api, "reliability-agent", metrics=Metrics())
     running.start()
     try:
         yield running, repo

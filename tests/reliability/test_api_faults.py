@@ -107,7 +107,7 @@ def start_bed(
         config,
         agent_api,
         "api-faults-agent",
-        metrics,
+        metrics=metrics,
         reporter=gitea_reporter(gitea, name, metrics),
     )
     agent.start()

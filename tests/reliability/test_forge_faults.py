@@ -75,7 +75,7 @@ def forged(
         poll_seconds=3600.0,
         leader_election=LeaderElection(enabled=False),
     )
-    agent = Agent(config, api, "forge-faults-agent", metrics, reporter=reporter)
+    agent = Agent(config, api, "forge-faults-agent", metrics=metrics, reporter=reporter)
     agent.start()
     try:
         wait_first_pass(agent)

@@ -56,7 +56,7 @@ def faulty(
             poll_seconds=3600.0,
             leader_election=LeaderElection(enabled=False),
         )
-        agent = Agent(config, api, "faults-agent", Metrics())
+        agent = Agent(config, api, "faults-agent", metrics=Metrics())
         agent.start()
         try:
             yield agent, repo, proxy

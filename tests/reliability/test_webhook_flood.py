@@ -64,7 +64,7 @@ def served(api: client.ApiClient, tmp_path: Path, namespace: str) -> Iterator[Se
         poll_seconds=3600.0,
         leader_election=LeaderElection(enabled=False),
     )
-    agent = Agent(config, api, "flood-agent", Metrics())
+    agent = Agent(config, api, "flood-agent", metrics=Metrics())
     polls: list[float] = []
 
     def poll() -> None:

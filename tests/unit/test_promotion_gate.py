@@ -15,9 +15,10 @@ import pytest
 from gitsync.config import AgentConfig, PromotionGate
 from gitsync.errors import ForgeError, GitsyncError
 from gitsync.manifests.repoconfig import EnvironmentConfig
+from gitsync.model import Outcome, RolloutResult
+from gitsync.progress import Lines
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State
-from gitsync.rollout import Outcome, RolloutResult
 from gitsync.source.config import RepoSource
 from gitsync.sync import _Pass, _Statuses
 
@@ -72,19 +73,14 @@ def gate(
         promotion=PromotionGate(timeout=timeout, poll_interval=0.01),
     )
     run = _Pass(
-        config,
-        cast(Any, None),  # services, state, source: the gate reads only commit statuses
-        cast(Any, None),
-        cast(Any, None),
-        reporter,
-        (lines if lines is not None else []).append,
-        threading.Event(),
-        5.0,
-        lambda env: None,
-        lambda result: None,
-        lambda key, kind, reason, message: None,
-        lambda plan: None,
-        lambda env, event: None,
+        config=config,
+        services=cast(Any, None),  # services, state, source: the gate reads only statuses
+        state=cast(Any, None),
+        source=cast(Any, None),
+        reporter=reporter,
+        observer=Lines((lines if lines is not None else []).append),
+        stop=threading.Event(),
+        supersede_every=5.0,
     )
     return run._gate(
         PRODUCTION, ("production",), _Statuses(reporter, Describer(NEW)), lambda: False

@@ -13,10 +13,11 @@ from gitsync.config import RolloutSettings
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Action, Change, Phase, RolloutState, ServiceKey
+from gitsync.model import Action, Change, Outcome, Phase, RolloutState, ServiceKey
 from gitsync.plan import Plan, Wave, build_plan, plan_json, plan_table, skipped, unchanged_plan
+from gitsync.progress import Lines
 from gitsync.report.status import Describer, State
-from gitsync.rollout import Outcome, Rollout
+from gitsync.rollout import Rollout
 from gitsync.stamp import RECONCILE, reconcile_disabled
 
 from .test_rollout_resume import EMBEDDER, NEW, NS, OLD, RANKER, Cluster, Store, desired
@@ -102,7 +103,9 @@ def rollout(cluster: Cluster, state: Store, plan: Plan) -> Any:
         cast(RayServices, cluster),
         cast(StateStore, state),
         settings,
-        record=lambda key, kind, reason, message: events.append((key, reason)),
+        observer=Lines(
+            lambda line: None, lambda key, kind, reason, text: events.append((key, reason))
+        ),
     )
     env = EnvironmentConfig("production", "environments/production", NS)
     return run.run(env, plan, desired(), NEW), events

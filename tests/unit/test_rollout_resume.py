@@ -22,13 +22,13 @@ from gitsync.config import RolloutSettings
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Action, Change, DesiredService, Phase, RolloutState, ServiceKey
+from gitsync.model import Action, Change, DesiredService, Outcome, Phase, RolloutState, ServiceKey
 from gitsync.plan import Plan, Wave
+from gitsync.progress import left_behind, lost_final_status
 from gitsync.report.provider import Provider
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
-from gitsync.rollout import Outcome, Rollout
-from gitsync.sync import left_behind, lost_final_status
+from gitsync.rollout import Rollout
 
 HEALTH = Path(__file__).parent / "health"
 NS = "ray-prod"

@@ -149,7 +149,7 @@ def running(
         poll_seconds=3600.0,  # passes run at the start and when the test triggers them
         leader_election=LeaderElection(enabled=False),
     )
-    agent = Agent(config, api, "browser-test", Metrics())
+    agent = Agent(config, api, "browser-test", metrics=Metrics())
     site = StatusSite(agent.services, agent.state, config.ui, None, loopback=True)
     hooks = Hooks(
         lambda: None,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from gitsync.model import Action, Change, ServiceKey
+from gitsync.model import Action, Change, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
 from gitsync.plan import Plan, Wave, orphaned
-from gitsync.rollout import Outcome, RolloutResult, WaveEvent
 from gitsync.web.facts import CommitInfo
 from gitsync.web.history import MAX_STEPS, History
 from gitsync.web.stored import MAX_DETAIL_BYTES, MAX_HISTORY, EnvironmentMemory, from_data
@@ -30,8 +29,8 @@ def test_a_rollout_is_recorded_step_by_step() -> None:
     h = history()
     h.commit(CommitInfo(SHA, "Ana", 1.0, "bump"))
     h.planned(plan(Action.SERVE_UPDATE), SHA)
-    h.event("staging", WaveEvent("applying", 1, 1, ((KEY, Action.SERVE_UPDATE),)))
-    h.event("staging", WaveEvent("waiting", 1, 1, ((KEY, Action.SERVE_UPDATE),)))
+    h.event("staging", WaveEvent(StepKind.APPLYING, 1, 1, ((KEY, Action.SERVE_UPDATE),)))
+    h.event("staging", WaveEvent(StepKind.WAITING, 1, 1, ((KEY, Action.SERVE_UPDATE),)))
     [memory] = h.environments()
     assert memory.record is not None
     assert memory.record.outcome is None
@@ -87,7 +86,7 @@ def test_a_failure_it_did_not_see_start_is_recorded() -> None:
     h.finished(RolloutResult("staging", SHA, Outcome.BLOCKED, "staging did not succeed", KEY))
     [memory] = h.environments()
     assert memory.record is not None
-    assert (memory.record.outcome, memory.record.failed) == ("blocked", str(KEY))
+    assert (memory.record.outcome, memory.record.failed) == (Outcome.BLOCKED, KEY)
 
 
 def test_memory_is_bounded() -> None:
@@ -96,7 +95,7 @@ def test_memory_is_bounded() -> None:
         h.commit(CommitInfo(f"{n:040d}"))
     h.planned(plan(Action.SERVE_UPDATE), SHA)
     for _ in range(MAX_STEPS + 50):
-        h.event("staging", WaveEvent("waiting", 1, 1, ()))
+        h.event("staging", WaveEvent(StepKind.WAITING, 1, 1, ()))
     [memory] = h.environments()
     assert memory.record is not None
     assert len(memory.record.steps) == MAX_STEPS
@@ -125,7 +124,7 @@ def test_what_is_kept_in_the_cluster_reads_back_the_same() -> None:
     h = History(wall=lambda: 1_000.0, sink=cluster.sink, seed=cluster.seed)
     h.commit(CommitInfo(SHA, "Ana", 1.0, "bump"))
     h.planned(plan(Action.SERVE_UPDATE), SHA)
-    h.event("staging", WaveEvent("applying", 1, 1, ((KEY, Action.SERVE_UPDATE),)))
+    h.event("staging", WaveEvent(StepKind.APPLYING, 1, 1, ((KEY, Action.SERVE_UPDATE),)))
     h.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
     [memory] = h.environments()
     stored = from_data("staging", cluster.data["staging"])
@@ -171,7 +170,7 @@ def test_a_new_leader_continues_the_history_and_it_is_bounded() -> None:
     assert stored is not None
     assert len(stored.history) == MAX_HISTORY
     assert stored.history[0].revision == f"{MAX_HISTORY + 4:040d}"  # newest first
-    assert stored.history[0].failed == str(KEY)
+    assert stored.history[0].failed == KEY
     following.planned(plan(Action.SERVE_UPDATE), SHA)
     following.finished(RolloutResult("staging", SHA, Outcome.SUCCEEDED, "ok"))
     seeded = History(sink=cluster.sink, seed=cluster.seed)
@@ -214,3 +213,37 @@ def test_unreadable_values_are_left_out() -> None:
     assert memory is not None
     assert (memory.record, memory.history, memory.actions) == (None, (), {})
     assert from_data("preview-7", {"phase": "succeeded"}) is None
+
+
+def test_keys_outcomes_and_steps_read_back_as_written() -> None:
+    """Stored as strings, read back as ServiceKey, Action, Outcome and StepKind: another
+    kind's key keeps its kind and name; a step, outcome or action no gitsync wrote is left out."""
+    config = ServiceKey("ray-staging", "settings", "ConfigMap", "v1")
+    cluster = Cluster()
+    h = History(wall=lambda: 1_000.0, sink=cluster.sink, seed=cluster.seed)
+    h.planned(plan(Action.SERVE_UPDATE), SHA)
+    h.event("staging", WaveEvent(StepKind.APPLYING, 1, 1, ((config, Action.CONFIGURED),)))
+    h.finished(RolloutResult("staging", SHA, Outcome.FAILED, "no", config))
+    data = dict(cluster.data["staging"])
+    stored = from_data("staging", data)
+    assert stored is not None
+    assert stored.record is not None
+    assert [s.kind for s in stored.record.steps] == [
+        StepKind.STARTED,
+        StepKind.APPLYING,
+        Outcome.FAILED,
+    ]
+    [(key, action)] = stored.record.steps[1].services
+    assert (str(key), key.kind, key.name, action) == (str(config), "ConfigMap", "settings",
+                                                      Action.CONFIGURED)  # fmt: skip
+    assert stored.record.failed is not None
+    assert (stored.record.outcome, str(stored.record.failed)) == (Outcome.FAILED, str(config))
+    data["rollout"] = data["rollout"].replace('"applying"', '"dancing"')
+    data["history"] = data["history"].replace('"failed"', '"exploded"')
+    data["actions"] = data["actions"].replace('"configured"', '"painted"')
+    odd = from_data("staging", data)
+    assert odd is not None
+    assert odd.record is not None
+    assert [s.kind for s in odd.record.steps] == [StepKind.STARTED, Outcome.FAILED]
+    assert [p.outcome for p in odd.history] == [None]
+    assert odd.actions == {}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gitsync.diff.classify import classify
-from gitsync.model import Action, Change, Phase, RolloutState, ServiceKey
+from gitsync.model import Action, Change, Outcome, Phase, RolloutState, ServiceKey, StepKind
 from gitsync.web import render
 from gitsync.web.facts import (
     Clock,
@@ -92,17 +92,12 @@ def facts(**overrides: Any) -> EnvironmentFacts:
             Change(RANKER, Action.SERVE_UPDATE, 1, "in-place", ("app rank: x: 1 → 2",)),
         ),
         (
-            Step("started", 1_800_000_000.0, 400.0),
+            Step(StepKind.STARTED, 1_800_000_000.0, 400.0),
             Step(
-                "applying",
-                1_800_000_001.0,
-                401.0,
-                1,
-                2,
-                (("ray-staging/embedder", "cluster-swap"),),
+                StepKind.APPLYING, 1_800_000_001.0, 401.0, 1, 2, ((EMBEDDER, Action.CLUSTER_SWAP),)
             ),
             Step(
-                "waiting", 1_800_000_002.0, 402.0, 1, 2, (("ray-staging/embedder", "cluster-swap"),)
+                StepKind.WAITING, 1_800_000_002.0, 402.0, 1, 2, ((EMBEDDER, Action.CLUSTER_SWAP),)
             ),
         ),
     )
@@ -116,7 +111,7 @@ def facts(**overrides: Any) -> EnvironmentFacts:
             ),
             RANKER: rayservice("ranker", apps=RUNNING, wave=1),
         },
-        "last_actions": {EMBEDDER: ("cluster-swap", 1_800_000_001.0)},
+        "last_actions": {EMBEDDER: (Action.CLUSTER_SWAP, 1_800_000_001.0)},
     }
     values.update(overrides)
     return EnvironmentFacts(**values)
@@ -149,8 +144,8 @@ def test_timeline_durations_and_total() -> None:
     done = RolloutRecord(
         **{
             **env.record.__dict__,
-            "outcome": "succeeded",
-            "steps": (*env.record.steps, Step("succeeded", 1_800_000_064.0, 464.0)),
+            "outcome": Outcome.SUCCEEDED,
+            "steps": (*env.record.steps, Step(Outcome.SUCCEEDED, 1_800_000_064.0, 464.0)),
         }
     )
     view = rollout_view(facts(record=done), None, CLOCK)
@@ -172,13 +167,13 @@ def test_timeline_durations_and_total() -> None:
 @pytest.mark.parametrize(
     ("outcome", "failed", "expected"),
     [
-        ("failed", "ray-staging/ranker", "failed at ranker"),
-        ("rolled-back", "ray-staging/ranker", "rolled back"),
-        ("succeeded", "", "idle"),
-        ("superseded", "", "superseded by a newer commit"),
+        (Outcome.FAILED, RANKER, "failed at ranker"),
+        (Outcome.ROLLED_BACK, RANKER, "rolled back"),
+        (Outcome.SUCCEEDED, None, "idle"),
+        (Outcome.SUPERSEDED, None, "superseded by a newer commit"),
     ],
 )
-def test_rollout_state_words(outcome: str, failed: str, expected: str) -> None:
+def test_rollout_state_words(outcome: Outcome, failed: ServiceKey | None, expected: str) -> None:
     record = RolloutRecord("staging", "ray-staging", SHA, outcome=outcome, failed=failed)
     assert rollout_state(record, facts()) == expected
 
@@ -206,8 +201,8 @@ def test_failed_app_shows_kuberay_message() -> None:
             "staging",
             "ray-staging",
             SHA,
-            outcome="failed",
-            failed=str(RANKER),
+            outcome=Outcome.FAILED,
+            failed=RANKER,
             message="ray-staging/ranker is Degraded: app rank is DEPLOY_FAILED",
         ),
     )
@@ -327,18 +322,18 @@ def test_everything_from_git_and_the_cluster_is_escaped() -> None:
             ),
         ),
         (
-            Step("started", 1_800_000_000.0, 400.0),
-            Step("failed", 1_800_000_001.0, 401.0, message=EVIL),
+            Step(StepKind.STARTED, 1_800_000_000.0, 400.0),
+            Step(Outcome.FAILED, 1_800_000_001.0, 401.0, message=EVIL),
         ),
-        outcome="failed",
+        outcome=Outcome.FAILED,
         message=EVIL,
-        failed=f"ray-staging/{EVIL}",
+        failed=ServiceKey("ray-staging", EVIL),
     )
     env = facts(
         name=EVIL,
         record=record,
         live={evil_key: rayservice("ranker", apps=app)},
-        drift=DriftFacts(1.0, ((str(evil_key), EVIL),)),
+        drift=DriftFacts(1.0, ((evil_key, EVIL),)),
     )
     pages = [
         render.overview_page(
