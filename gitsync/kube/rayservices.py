@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
 from kubernetes import client, watch
@@ -34,9 +34,46 @@ GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 log = logging.getLogger(__name__)
 
 
-class RayServices:
-    """RayServices, and through :attr:`objects` the other kinds a repository allows:
-    :meth:`get`, :meth:`delete` and :meth:`apply` take either and route by kind."""
+class RayServices(Protocol):
+    """What the stages read and write in the cluster: RayServices, and through
+    :attr:`objects` the other kinds a repository allows (:meth:`get`, :meth:`delete` and
+    :meth:`apply` take either and route by kind). :class:`RayServicesClient` is the one
+    implementation that talks to the API server; a test may pass an in-memory one."""
+
+    api: client.ApiClient
+    objects: Objects
+
+    def list_managed(
+        self, namespace: str, environment: str
+    ) -> dict[ServiceKey, dict[str, Any]]: ...
+
+    def list_managed_metadata(
+        self, namespace: str, environment: str
+    ) -> dict[ServiceKey, dict[str, Any]]: ...
+
+    def list_every_managed(self, namespace: str | None = None) -> list[dict[str, Any]]: ...
+
+    def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]: ...
+
+    def list_managed_versioned(
+        self, namespace: str, environment: str
+    ) -> tuple[dict[ServiceKey, dict[str, Any]], str]: ...
+
+    def watch_managed(
+        self, namespace: str, environment: str, resource_version: str, seconds: float
+    ) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+    def get(self, key: ServiceKey) -> dict[str, Any] | None: ...
+
+    def delete(self, key: ServiceKey) -> bool: ...
+
+    def apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]: ...
+
+
+class RayServicesClient:
+    """:class:`RayServices` through the API server."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api

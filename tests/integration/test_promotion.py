@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.config import AgentConfig, PromotionGate, StatusConfig
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.report.factory import build_reporter
 from gitsync.report.status import State
@@ -118,7 +118,7 @@ class Agent(threading.Thread):
         try:
             self.result = sync_once(
                 self.config,
-                RayServices(self.api),
+                RayServicesClient(self.api),
                 StateStore(self.api, self.namespace),
                 progress=lambda line: self.lines.append((time.monotonic(), line)),
                 reporter=reporter,

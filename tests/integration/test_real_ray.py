@@ -33,7 +33,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.cli import main
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.rollout import Outcome
 from gitsync.sync import PassResult, sync_once
@@ -297,7 +297,7 @@ def sync(
     try:
         result = sync_once(
             config,
-            RayServices(api),
+            RayServicesClient(api),
             StateStore(api, repo.namespace),
             progress=lambda line: lines.append((time.monotonic(), line)),
             stop=stop,

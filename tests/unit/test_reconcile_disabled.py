@@ -10,7 +10,6 @@ from typing import Any, cast
 import pytest
 
 from gitsync.config import RolloutSettings
-from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, Change, Phase, RolloutState, ServiceKey
@@ -99,7 +98,7 @@ def rollout(cluster: Cluster, state: Store, plan: Plan) -> Any:
     )
     events: list[tuple[ServiceKey, str]] = []
     run = Rollout(
-        cast(RayServices, cluster),
+        cluster,
         cast(StateStore, state),
         settings,
         record=lambda key, kind, reason, message: events.append((key, reason)),
