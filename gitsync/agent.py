@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
 from gitsync.drift import DriftChecker, DriftReport, drifted_by_kind
-from gitsync.errors import ClusterUnreachable, GitsyncError
+from gitsync.errors import GitsyncError, Temporary
 from gitsync.health import Assessment, assess
 from gitsync.kube.client import ApiClient, ApiException
 from gitsync.kube.events import EventRecorder
@@ -516,7 +516,7 @@ class Agent:
             if not self._began:  # before any environment's rollout: Git, gitsync.yaml, a plan
                 self.metrics.sync_total.labels("*", "error").inc()
             self.last_ok = False
-            if isinstance(exc, ClusterUnreachable):
+            if isinstance(exc.retry, Temporary):
                 self._retry_later()
             return
         finally:
