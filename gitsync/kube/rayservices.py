@@ -23,7 +23,7 @@ from gitsync.kube.failures import (
     access_refused,
     message,
     refusal,
-    transient,
+    temporary,
 )
 from gitsync.kube.objects import Objects
 from gitsync.kube.rest import METADATA_LIST, request
@@ -176,7 +176,7 @@ class RayServicesClient:
                 GROUP, VERSION, key.namespace, PLURAL, key.name
             )
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             if exc.status == 404:
                 return None
@@ -194,7 +194,7 @@ class RayServicesClient:
                 GROUP, VERSION, key.namespace, PLURAL, key.name, propagation_policy="Background"
             )
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             if exc.status == 404:
                 return False
@@ -230,7 +230,7 @@ class RayServicesClient:
                 _preload_content=False,
             )
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             raise refusal(exc, key, "dry-run apply" if dry_run else "apply") from None
         result: dict[str, Any] = json.loads(response.data)
