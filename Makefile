@@ -43,9 +43,10 @@ $(STAMP): pyproject.toml
 testbed: venv ## build (or find cached) kube-apiserver, etcd and kubectl
 	bash testbed/build.sh
 
-lint: venv
+lint: venv ## ruff, and the import contracts in pyproject.toml (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
@@ -62,7 +63,7 @@ $(MIN_STAMP): pyproject.toml tests/constraints-minimum.txt
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MIN_VENV)/bin/python -m pip install --quiet --constraint tests/constraints-minimum.txt \
-	  --editable . pytest pytest-timeout hypothesis setuptools
+	  --editable . pytest pytest-timeout hypothesis setuptools import-linter
 	touch $@
 
 reliability-report: venv ## docs/reliability.md's generated figures, from the last runs' artifacts

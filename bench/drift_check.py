@@ -26,7 +26,7 @@ from bench.noop_sync import build_repo, request_counts
 from gitsync.config import load_agent_config
 from gitsync.drift import DriftChecker
 from gitsync.kube.namespaces import ensure_namespace
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
@@ -65,9 +65,9 @@ def main(services: int = 1000, namespaces: int = 10) -> None:
             assert config is not None, problems
             state = StateStore(api, "gitsync-system")
             with plane.api_client() as sim_api, Simulator(sim_api, Delays(0.0, 0.0, 0.5)):
-                assert sync_once(config, RayServices(api), state).ok
+                assert sync_once(config, RayServicesClient(api), state).ok
                 checker = DriftChecker(
-                    config, RayServices(api), state, GitSource(config.repository)
+                    config, RayServicesClient(api), state, GitSource(config.repository)
                 )
                 wall, cpu, requests, found = timed_check(checker, api)
                 print(

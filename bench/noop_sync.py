@@ -25,7 +25,7 @@ from kubernetes import client
 
 from gitsync.config import load_agent_config
 from gitsync.kube.namespaces import ensure_namespace
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
@@ -95,12 +95,14 @@ def main(services: int = 1000, namespaces: int = 10) -> None:
             assert config is not None, problems
             with plane.api_client() as sim_api, Simulator(sim_api, Delays(0.0, 0.0, 0.5)):
                 began = time.monotonic()
-                first = sync_once(config, RayServices(api), StateStore(api, "gitsync-system"))
+                first = sync_once(config, RayServicesClient(api), StateStore(api, "gitsync-system"))
                 assert first.ok, first
                 print(f"initial rollout of {services} services: {time.monotonic() - began:.1f} s")
                 before = request_counts(api)
                 wall, cpu = time.monotonic(), time.process_time()
-                second = sync_once(config, RayServices(api), StateStore(api, "gitsync-system"))
+                second = sync_once(
+                    config, RayServicesClient(api), StateStore(api, "gitsync-system")
+                )
                 wall, cpu = time.monotonic() - wall, time.process_time() - cpu
                 after = request_counts(api)
             assert second.ok, second

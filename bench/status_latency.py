@@ -30,7 +30,7 @@ from kubernetes import client, watch
 
 from gitsync.config import AgentConfig, StatusConfig, load_agent_config
 from gitsync.kube.namespaces import ensure_namespace
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
 from gitsync.report.factory import build_provider
@@ -130,7 +130,9 @@ def measure(plane: ControlPlane, gitea: Gitea, root: Path, run: int) -> tuple[fl
             thread.start()
         metrics = Metrics()
         reporter = Reporter(build_provider(config, metrics), metrics)
-        result = sync_once(config, RayServices(api), StateStore(api, namespace), reporter=reporter)
+        result = sync_once(
+            config, RayServicesClient(api), StateStore(api, namespace), reporter=reporter
+        )
         reporter.close(timeout=30)
         threads[1].join(30)
         stop.set()

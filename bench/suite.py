@@ -48,7 +48,7 @@ from bench.noop_sync import request_counts
 from bench.workload import NAMESPACES, Repo
 from gitsync.config import AgentConfig, load_agent_config
 from gitsync.kube.namespaces import ensure_namespace
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.stamp import REVISION
 from gitsync.sync import sync_once
@@ -262,7 +262,7 @@ def run_size(
     config = config_for(repo, root / f"cache-{count}")
     state = StateStore(api, "gitsync-system")
     began = time.monotonic()
-    assert sync_once(config, RayServices(api), state).ok
+    assert sync_once(config, RayServicesClient(api), state).ok
     initial = time.monotonic() - began
     assert plane.binaries is not None
     kubectl = [str(plane.binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
@@ -271,7 +271,7 @@ def run_size(
     gitsync = gitsync_sync(plane, config_file(repo, root / f"cache-{count}", root / "agent.yaml"))
 
     def agent_pass() -> object:
-        return sync_once(config, RayServices(api), state)
+        return sync_once(config, RayServicesClient(api), state)
 
     agent_pass()  # warm: what a running agent has already imported and cached
     diff = [*kubectl, "diff", "--server-side", "--field-manager=gitsync", "--force-conflicts"]
@@ -337,7 +337,7 @@ def throughput(
     ensure_namespace(api, "bench-tp-0")
     cache = root / "cache-tp"
     assert sync_once(
-        config_for(repo, cache), RayServices(api), StateStore(api, "gitsync-system")
+        config_for(repo, cache), RayServicesClient(api), StateStore(api, "gitsync-system")
     ).ok
     results: dict[str, Any] = {}
     replicas = 3

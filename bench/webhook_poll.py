@@ -39,7 +39,7 @@ from bench.workload import Repo, service
 from gitsync.agent import Agent
 from gitsync.config import LeaderElection, StatusConfig, Webhooks, load_agent_config
 from gitsync.kube.namespaces import ensure_namespace
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.metrics import Metrics
 from gitsync.report.factory import build_reporter
 from gitsync.server import AgentServer, Hooks
@@ -101,7 +101,7 @@ class CountingProxy:
         self._listener.close()
 
 
-class TimedServices(RayServices):
+class TimedServices(RayServicesClient):
     """The real RayServices, stamping each (non-dry-run) apply request."""
 
     def __init__(self, api: client.ApiClient) -> None:

@@ -26,17 +26,17 @@ import urllib3
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from kubernetes import client
 
 from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
 from gitsync.drift import DriftChecker, DriftReport, drifted_by_kind
-from gitsync.errors import ClusterUnreachable, GitsyncError
+from gitsync.errors import GitsyncError, Temporary
 from gitsync.health import Assessment, assess
+from gitsync.kube.client import ApiClient, ApiException
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.lease import LeaderElector
 from gitsync.kube.peers import LeaderPods
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
@@ -76,7 +76,7 @@ PREVIEWS_JOB = "previews"
 @dataclass
 class Agent:
     config: AgentConfig
-    api: client.ApiClient
+    api: ApiClient
     identity: str
     _: KW_ONLY  # the rest by name
     metrics: Metrics = field(default_factory=Metrics)
@@ -86,7 +86,7 @@ class Agent:
     stale_after: float | None = None  # seconds without a poll: unhealthy (None: see STALE_*)
 
     def __post_init__(self) -> None:
-        self.services = RayServices(self.api)
+        self.services = RayServicesClient(self.api)
         self.recorder = EventRecorder(self.api, self.identity)
         self.state = StateStore(self.api, self.config.rollout.state_namespace)
         self.source = GitSource(self.config.repository)
@@ -287,7 +287,7 @@ class Agent:
         ]  # fmt: skip
         try:
             self.state.keep_statuses(entries, timeout=max(0.1, (deadline - time.monotonic()) / 2))
-        except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
             for revision, s in unposted:
                 log.warning(
                     "commit status %s=%s on %s not posted and not stored (%s): %s",
@@ -521,7 +521,7 @@ class Agent:
             if not self._began:  # before any environment's rollout: Git, gitsync.yaml, a plan
                 self.metrics.sync_total.labels("*", "error").inc()
             self.last_ok = False
-            if isinstance(exc, ClusterUnreachable):
+            if isinstance(exc.retry, Temporary):
                 self._retry_later()
             return
         finally:

@@ -37,7 +37,7 @@ from gitsync.health import assess
 from gitsync.kube.client import api_client
 from gitsync.kube.events import EventRecorder
 from gitsync.kube.failures import explained
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
 from gitsync.manifests.durations import parse_duration
@@ -428,7 +428,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             store = StateStore(api, config.rollout.state_namespace)  # created at first write
             result = sync_once(
                 config,
-                RayServices(api),
+                RayServicesClient(api),
                 store,
                 environments=args.env,
                 dry_run=args.dry_run,
@@ -495,7 +495,7 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
         with api_client(args.kubeconfig, args.context) as api:
             rows = cluster_status(
-                RayServices(api), StateStore(api, namespace), tuple(args.namespace or ())
+                RayServicesClient(api), StateStore(api, namespace), tuple(args.namespace or ())
             )
     except GitsyncError as exc:
         err.write(f"gitsync status: {exc}\n")
@@ -526,7 +526,7 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         with api_client(args.kubeconfig, args.context) as api, EventRecorder(api) as record:
             checker = DriftChecker(
                 config,
-                RayServices(api),
+                RayServicesClient(api),
                 StateStore(api, config.rollout.state_namespace),
                 GitSource(config.repository),
                 progress=progress,
@@ -564,7 +564,7 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err.write("gitsync previews: gitsync.yaml declares no previews\n")
             return EXIT_ERROR
         with api_client(args.kubeconfig, args.context) as api:
-            services = RayServices(api)
+            services = RayServicesClient(api)
             if args.reconcile:
                 metrics = Metrics()
                 reporter = build_reporter(config, metrics)
@@ -826,7 +826,7 @@ def _plans(args: argparse.Namespace) -> list[Plan]:
         to_rev = args.to_rev or "HEAD"
         return offline_plans(Path(args.path), args.env, args.from_rev, to_rev, options)
     with api_client(args.kubeconfig, args.context) as api:
-        return live_plans(Path(args.path), args.env, RayServices(api), options)
+        return live_plans(Path(args.path), args.env, RayServicesClient(api), options)
 
 
 def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

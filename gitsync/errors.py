@@ -1,17 +1,45 @@
 """The error tree. Every error a user can see is one of these, raised ``from`` its cause.
 
 Messages say what is wrong, where, and what to do; they never contain credentials.
+
+The one retry rule: a failure is :class:`Temporary` (asking again may succeed, after a delay
+when the other side named one) or :class:`Permanent` (the same request fails the same way
+until a person changes something). An error says which through :attr:`GitsyncError.retry`;
+an edge judges its raw answers the same way (``kube.failures.retry_rule``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from gitsync.model import ServiceKey
 
 
+@dataclass(frozen=True, slots=True)
+class Temporary:
+    """Asking again may succeed: after ``delay`` seconds when the other side said how long
+    (a ``Retry-After``), else (None) after the caller's own backoff."""
+
+    delay: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    """Asking again fails the same way: only a change (a token, RBAC, the config, Git) helps.
+    ``answer`` names what said so, for the log (``HTTP 401``), when there is one."""
+
+    answer: str = ""
+
+
 class GitsyncError(Exception):
     """Base of every error gitsync raises on purpose."""
+
+    @property
+    def retry(self) -> Temporary | Permanent | None:
+        """Whether asking again may help; None when this error does not say, and each caller
+        keeps its own default (the agent waits for the next poll, the reporter tries again)."""
+        return None
 
 
 class ConfigError(GitsyncError):
@@ -56,11 +84,21 @@ class ManifestRefused(ApplyError):
 class ClusterUnreachable(GitsyncError):
     """The Kubernetes API server could not be reached (connection refused, TLS, timeout)."""
 
+    @property
+    def retry(self) -> Temporary:
+        """The API server is often back in seconds (a restart, etcd recovering): the agent
+        runs the pass again soon, with its own backoff."""
+        return Temporary()
+
 
 class AccessRefused(GitsyncError):
     """The API server answered but will not serve gitsync: its credentials are refused
     (401), its RBAC does not allow the request (403), or the resource is not installed (a
     404 for the resource type, e.g. no RayService CRD). No retry helps; a person must act."""
+
+    @property
+    def retry(self) -> Permanent:
+        return Permanent()
 
 
 class Unauthorized(AccessRefused):
@@ -135,9 +173,12 @@ class ForgeError(GitsyncError):
         super().__init__(message)
 
     @property
-    def permanent(self) -> bool:
-        """The forge refused for good: the same request will be refused again."""
-        return self.status in PERMANENT_STATUSES
+    def retry(self) -> Temporary | Permanent:
+        """Permanent when the forge refused for good (the same request will be refused
+        again); Temporary after retries that did not get through."""
+        if self.status in PERMANENT_STATUSES:
+            return Permanent(f"HTTP {self.status}")
+        return Temporary()
 
 
 class NotesConflict(SourceError):

@@ -5,11 +5,11 @@ Standard library only: it runs before the venv exists. The phases:
 
 1. ``build`` (testbed/build.sh: Go builds and Debian packages) starts at once, in the
    background; it needs only bash, go, git and python3.
-2. Beside it, one after another: ``venv``, ``lint`` (ruff), ``typecheck`` (mypy),
-   ``pytest quick``: every test that needs no test-bed binary (``-m "not testbed and not
-   serial"``), in one process so the build keeps most of the CPU, and ``min-deps``: the
-   unit, source and report tests again on the oldest dependency versions pyproject.toml
-   allows (``make test-min-deps``).
+2. Beside it, one after another: ``venv``, ``lint`` (ruff, and lint-imports: the import
+   contracts in pyproject.toml), ``typecheck`` (mypy), ``pytest quick``: every test that
+   needs no test-bed binary (``-m "not testbed and not serial"``), in one process so the
+   build keeps most of the CPU, and ``min-deps``: the unit, source and report tests again
+   on the oldest dependency versions pyproject.toml allows (``make test-min-deps``).
 3. ``pytest testbed``: the tests that need the binaries, in parallel (pytest-xdist, one
    control plane, Gitea, simulator and operator per worker, whole files per worker so
    module fixtures are built once). The suite mostly waits on processes, not CPU.
@@ -284,9 +284,9 @@ def main(argv: Sequence[str] = ()) -> int:
         os.nice(10)
     try:
         run.step("venv", ["make", "--no-print-directory", "venv"])
-        run.step(
-            "lint", ["sh", "-c", f"{VENV_BIN}/ruff check . && {VENV_BIN}/ruff format --check ."]
-        )
+        ruff = f"{VENV_BIN}/ruff check . && {VENV_BIN}/ruff format --check ."
+        lint = f"{ruff} && {VENV_BIN}/lint-imports"
+        run.step("lint", ["sh", "-c", lint])
         run.step("typecheck", [str(VENV_BIN / "mypy")])
         _pytest(run, "quick", QUICK, "-p", "no:xdist")
         # The same tests on the oldest dependency versions pyproject.toml allows (its own venv).

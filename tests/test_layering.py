@@ -1,160 +1,84 @@
-"""The layering contract: the pure core does no I/O.
+"""The layering contracts, run by pytest as `make lint` runs them (lint-imports).
 
-Core modules may import the standard library minus anything that reaches the network, other
-processes, the clock or the environment; PyYAML and deepdiff; and other core modules. Git,
-the Kubernetes client and HTTP live at the edges (source/, kube/, report/, server, agent, cli).
-An allowlist, so a module added to the edges later is forbidden to the core without edits here.
+pyproject.toml's [tool.importlinter] holds the contracts (docs/architecture.md, Layers): the
+wiring's layer order, the edges below it, only kube/ importing ``kubernetes``, only source/
+running git, and the pure core importing only an allowlist (testbed/import_contracts.py).
+Each contract is also run on a copy of the package with one import that breaks it, so a
+contract that no longer checks anything fails here.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "gitsync"
-CORE = (
-    "gitsync.model",
-    "gitsync.errors",
-    "gitsync.kuberay",
-    "gitsync.plan",
-    "gitsync.health",
-    "gitsync.manifests",
-    "gitsync.diff",
-    "gitsync.mask",
-    "gitsync.report.status",
-    "gitsync.stamp",
-    "gitsync.names",
-    "gitsync.progress",
-    "gitsync.web.facts",
-    "gitsync.web.view",
-    "gitsync.web.render",
-)
-CORE_THIRD_PARTY = {"yaml", "deepdiff"}
-FORBIDDEN_STDLIB = {
-    "socket",
-    "ssl",
-    "http",
-    "urllib",
-    "subprocess",
-    "asyncio",
-    "threading",
-    "multiprocessing",
-    "time",
-    "os",
-    "shutil",
-    "select",
-    "selectors",
-    "signal",
-}
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "gitsync"
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def is_core(module: str) -> bool:
-    return any(module == c or module.startswith(c + ".") for c in CORE)
+def lint_imports(root: Path, contract: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [str(LINT_IMPORTS), "--no-cache"]
+    argv += ["--contract", contract] if contract else []
+    # lint-imports puts its working directory first on sys.path: `gitsync` is the one in root.
+    env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1"}
+    return subprocess.run(
+        argv, cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def test_the_package_keeps_every_contract() -> None:
+    run = lint_imports(ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 broken" in run.stdout
 
 
-def imported(source: str, module: str) -> list[str]:
-    names: list[str] = []
-    package = module if module.endswith("__init__") else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
-                base = f"{base}.{node.module}" if node.module else base
-            else:
-                base = node.module or ""
-            # `from gitsync import cli` imports a module: judge gitsync.cli, not gitsync.
-            submodules = [
-                a.name
-                for a in node.names
-                if base.startswith("gitsync") and is_module(f"{base}.{a.name}")
-            ]
-            names.extend(f"{base}.{name}" for name in submodules)
-            if not submodules:
-                names.append(base)
-    return names
+# One import per contract that breaks it: (contract id, module file, line appended).
+BREAKS = [
+    ("wiring", "planning.py", "from gitsync import sync"),
+    ("wiring", "rollout.py", "from gitsync.planning import live_plans"),
+    ("edges", "kube/lease.py", "import gitsync.rollout"),
+    ("kubernetes", "agent.py", "from kubernetes import client"),
+    ("git", "report/http.py", "import git"),
+    ("git", "planning.py", "import subprocess"),
+    ("core", "mask.py", "import socket"),
+    ("core", "diff/serve.py", "def _later():\n    import time"),
+    ("core", "model.py", "from gitsync.kube import client"),
+    ("core", "stamp.py", "import urllib3"),
+]
 
 
-def is_module(name: str) -> bool:
-    path = PACKAGE.parent.joinpath(*name.split("."))
-    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the package with the contracts and their config, which keeps every one."""
+    root = tmp_path_factory.mktemp("layering")
+    shutil.copytree(PACKAGE, root / "gitsync", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "testbed").mkdir()
+    for name in ("__init__.py", "import_contracts.py"):
+        shutil.copy(ROOT / "testbed" / name, root / "testbed" / name)
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    run = lint_imports(root)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return root
 
 
-def violations(module: str, source: str) -> list[str]:
-    found = []
-    for name in imported(source, module):
-        top = name.split(".")[0]
-        if name.startswith("gitsync"):
-            ok = name == "gitsync" or is_core(name)
-        elif top in sys.stdlib_module_names or top == "__future__":
-            ok = top not in FORBIDDEN_STDLIB
-        else:
-            ok = top in CORE_THIRD_PARTY
-        if not ok:
-            found.append(f"{module} imports {name}")
-    return found
-
-
-def core_modules() -> list[tuple[str, Path]]:
-    modules = [(module_name(p), p) for p in sorted(PACKAGE.rglob("*.py"))]
-    return [(name, path) for name, path in modules if is_core(name)]
-
-
-def test_every_core_module_exists() -> None:
-    names = {name for name, _ in core_modules()}
-    assert set(CORE) <= names
-
-
-@pytest.mark.parametrize(
-    ("module", "path"), core_modules(), ids=lambda v: v if isinstance(v, str) else ""
-)
-def test_core_module_does_no_io(module: str, path: Path) -> None:
-    assert violations(module, path.read_text()) == []
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "import kubernetes",
-        "from kubernetes import client",
-        "import git",
-        "from git import Repo",
-        "import urllib.request",
-        "import http.client",
-        "import requests",
-        "import subprocess",
-        "from gitsync.kube import apply",
-        "from gitsync import cli",
-        "from ..source import poll",
-        "import time",
-    ],
-)
-def test_contract_catches_io_in_the_core(line: str) -> None:
-    assert violations("gitsync.diff.serve", line + "\n")
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "import yaml",
-        "from deepdiff import DeepDiff",
-        "from gitsync.model import ServiceKey",
-        "from . import rules",
-        "import json",
-        "from gitsync import kuberay",
-    ],
-)
-def test_contract_allows_pure_imports(line: str) -> None:
-    assert violations("gitsync.diff.serve", line + "\n") == []
+@pytest.mark.parametrize(("contract", "module", "line"), BREAKS)
+def test_a_contract_catches_an_import_that_breaks_it(
+    pristine: Path, tmp_path: Path, contract: str, module: str, line: str
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(pristine, root)
+    with (root / "gitsync" / module).open("a") as f:
+        f.write(f"\n{line}\n")
+    run = lint_imports(root, contract)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 broken" in run.stdout
 
 
 # The test bed's KubeRay simulator is the yardstick gitsync's predictions are measured against:

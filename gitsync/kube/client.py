@@ -7,12 +7,22 @@ from typing import Any
 
 import urllib3
 from kubernetes import client, config
-from kubernetes.client import rest
+from kubernetes.client import ApiClient, ApiException, rest
 
 from gitsync.errors import ConfigError
 from gitsync.kube.failures import reaching_the_api
 
-__all__ = ["POOL_SIZE", "REQUEST_TIMEOUT", "api_client", "reaching_the_api"]
+# ApiClient and ApiException are the client's names the rest of gitsync may hold (an API
+# client passed down, a raw answer caught where no retry applies): only kube/ imports
+# ``kubernetes`` (the import contracts in pyproject.toml).
+__all__ = [
+    "POOL_SIZE",
+    "REQUEST_TIMEOUT",
+    "ApiClient",
+    "ApiException",
+    "api_client",
+    "reaching_the_api",
+]
 
 # The official client's urllib3 pool defaults to 5 x cores connections, and logs a warning
 # and waits when a wave applies more services at once than that.

@@ -52,6 +52,8 @@ from gitsync.errors import (
     ManifestRefused,
     NamespaceMissing,
     NotInstalled,
+    Permanent,
+    Temporary,
     Unauthorized,
 )
 from gitsync.model import ServiceKey
@@ -129,17 +131,23 @@ def schema_refusal(exc: client.ApiException) -> bool:
     return exc.status == 500 and "failed to create typed patch object" in message(exc)
 
 
-def transient(exc: client.ApiException) -> bool:
-    """True when the same request may well succeed if sent again: 429, 5xx (but not a
+def retry_rule(exc: client.ApiException) -> Temporary | Permanent:
+    """Temporary when the same request may well succeed if sent again: 429, 5xx (but not a
     :func:`schema_refusal`), no answer, and a 409 ``Conflict`` that is not a field conflict
-    (``AlreadyExists`` is a 409 too: final)."""
+    (``AlreadyExists`` is a 409 too: final); its delay is the server's ``Retry-After``, if
+    any. Permanent otherwise."""
     if schema_refusal(exc):
-        return False
+        return Permanent()
     if exc.status in TRANSIENT_STATUSES or exc.status == 0:  # 0: the client's TLS failure
-        return True
-    return (
-        exc.status == 409 and _status(exc).get("reason") == "Conflict" and not field_conflict(exc)
-    )
+        return Temporary(retry_after(exc))
+    if exc.status == 409 and _status(exc).get("reason") == "Conflict" and not field_conflict(exc):
+        return Temporary(retry_after(exc))
+    return Permanent()
+
+
+def temporary(exc: client.ApiException) -> bool:
+    """:func:`retry_rule` says the answer is :class:`~gitsync.errors.Temporary`."""
+    return isinstance(retry_rule(exc), Temporary)
 
 
 def retry_after(exc: client.ApiException) -> float | None:
@@ -152,9 +160,11 @@ def retry_after(exc: client.ApiException) -> float | None:
 
 
 def wait_before(attempt: int, exc: client.ApiException | None, policy: ApiRetry) -> float:
-    """The wait after failed attempt ``attempt`` (1-based): the server's ``Retry-After`` when
-    it gave one, else exponential backoff with jitter; never more than ``policy.max_wait``."""
-    asked = retry_after(exc) if exc is not None else None
+    """The wait after failed attempt ``attempt`` (1-based): the delay the :func:`retry_rule`
+    of the answer names (the server's ``Retry-After``) when it has one, else exponential
+    backoff with jitter; never more than ``policy.max_wait``."""
+    rule = retry_rule(exc) if exc is not None else None
+    asked = rule.delay if isinstance(rule, Temporary) else None
     if asked is None:
         asked = policy.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
     return float(min(asked, policy.max_wait))
@@ -262,7 +272,7 @@ def reaching_the_api(
     :class:`ClusterUnreachable`. An :func:`access_refused` answer raises its
     :func:`access_error` (about ``resource``). Other refusals pass through as the call raised
     them: a call that maps an ApiException to its own error lets transient and access ones
-    through unmapped (``if transient(exc) or access_refused(exc): raise``)."""
+    through unmapped (``if temporary(exc) or access_refused(exc): raise``)."""
 
     @functools.wraps(call)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -275,7 +285,7 @@ def reaching_the_api(
             except client.ApiException as exc:
                 if access_refused(exc):
                     raise access_error(exc, resource) from None
-                if not transient(exc):
+                if not temporary(exc):
                     raise
                 answer, cause = exc, f"HTTP {exc.status}: {message(exc)}"
             if attempt == policy.attempts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
-from gitsync.kube.failures import CORE, about, access_refused, transient
+from gitsync.kube.failures import CORE, about, access_refused, temporary
 from gitsync.kube.rest import request
 from gitsync.stamp import MANAGED_BY
 
@@ -17,7 +17,7 @@ def ensure_namespace(api: client.ApiClient, name: str) -> bool:
         request(api, "GET", f"/api/v1/namespaces/{name}")
         return False
     except client.ApiException as exc:
-        if transient(exc) or access_refused(exc):
+        if temporary(exc) or access_refused(exc):
             raise
         if exc.status != 404:
             raise GitsyncError(f"cannot read namespace {name}: {exc.status} {exc.reason}") from None
@@ -29,7 +29,7 @@ def ensure_namespace(api: client.ApiClient, name: str) -> bool:
     try:
         request(api, "POST", "/api/v1/namespaces", body=body)
     except client.ApiException as exc:
-        if transient(exc) or access_refused(exc):
+        if temporary(exc) or access_refused(exc):
             raise
         if exc.status != 409:
             raise GitsyncError(

@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.errors import ApplyError
-from gitsync.kube.failures import message, reaching_the_api, refusal, transient
+from gitsync.kube.failures import message, reaching_the_api, refusal, temporary
 from gitsync.kube.rest import APPLY_PATCH, request
 from gitsync.model import ServiceKey
 from gitsync.stamp import FIELD_MANAGER, SOURCE, managed_selector
@@ -145,7 +145,7 @@ class Objects:
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
-            if transient(exc):
+            if temporary(exc):
                 raise
             raise ApplyError(key, f"cannot read it: {message(exc)}") from None
 
@@ -166,7 +166,7 @@ class Objects:
         except client.ApiException as exc:
             if exc.status == 404:
                 return False
-            if transient(exc):
+            if temporary(exc):
                 raise
             raise refusal(exc, key, "delete") from None
         return True
@@ -202,6 +202,6 @@ class Objects:
                 content_type=APPLY_PATCH,
             )
         except client.ApiException as exc:
-            if transient(exc):
+            if temporary(exc):
                 raise
             raise refusal(exc, key, "dry-run apply" if dry_run else "apply") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
 from kubernetes import client, watch
@@ -23,7 +23,7 @@ from gitsync.kube.failures import (
     access_refused,
     message,
     refusal,
-    transient,
+    temporary,
 )
 from gitsync.kube.objects import Objects
 from gitsync.kube.rest import METADATA_LIST, request
@@ -34,9 +34,46 @@ GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 log = logging.getLogger(__name__)
 
 
-class RayServices:
-    """RayServices, and through :attr:`objects` the other kinds a repository allows:
-    :meth:`get`, :meth:`delete` and :meth:`apply` take either and route by kind."""
+class RayServices(Protocol):
+    """What the stages read and write in the cluster: RayServices, and through
+    :attr:`objects` the other kinds a repository allows (:meth:`get`, :meth:`delete` and
+    :meth:`apply` take either and route by kind). :class:`RayServicesClient` is the one
+    implementation that talks to the API server; a test may pass an in-memory one."""
+
+    api: client.ApiClient
+    objects: Objects
+
+    def list_managed(
+        self, namespace: str, environment: str
+    ) -> dict[ServiceKey, dict[str, Any]]: ...
+
+    def list_managed_metadata(
+        self, namespace: str, environment: str
+    ) -> dict[ServiceKey, dict[str, Any]]: ...
+
+    def list_every_managed(self, namespace: str | None = None) -> list[dict[str, Any]]: ...
+
+    def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]: ...
+
+    def list_managed_versioned(
+        self, namespace: str, environment: str
+    ) -> tuple[dict[ServiceKey, dict[str, Any]], str]: ...
+
+    def watch_managed(
+        self, namespace: str, environment: str, resource_version: str, seconds: float
+    ) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+    def get(self, key: ServiceKey) -> dict[str, Any] | None: ...
+
+    def delete(self, key: ServiceKey) -> bool: ...
+
+    def apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]: ...
+
+
+class RayServicesClient:
+    """:class:`RayServices` through the API server."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -139,7 +176,7 @@ class RayServices:
                 GROUP, VERSION, key.namespace, PLURAL, key.name
             )
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             if exc.status == 404:
                 return None
@@ -157,7 +194,7 @@ class RayServices:
                 GROUP, VERSION, key.namespace, PLURAL, key.name, propagation_policy="Background"
             )
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             if exc.status == 404:
                 return False
@@ -193,7 +230,7 @@ class RayServices:
                 _preload_content=False,
             )
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             raise refusal(exc, key, "dry-run apply" if dry_run else "apply") from None
         result: dict[str, Any] = json.loads(response.data)

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
-from gitsync.kube.failures import CORE, about, access_refused, transient
+from gitsync.kube.failures import CORE, about, access_refused, temporary
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rest import apply, configmap_path, request
 from gitsync.model import Phase, RolloutState
@@ -114,7 +114,7 @@ class StateStore:
         try:
             return request(self.api, "GET", configmap_path(self.namespace, name))
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             if exc.status == 404:
                 return None
@@ -131,7 +131,7 @@ class StateStore:
                 missing = exc.status == 404 and attempt == 1
                 if missing and ensure_namespace(self.api, self.namespace):
                     continue  # the state namespace did not exist: created, try again
-                if transient(exc) or access_refused(exc):
+                if temporary(exc) or access_refused(exc):
                     raise
                 raise GitsyncError(
                     f"cannot record {what} in {self.namespace}: {exc.status} {exc.reason}"
@@ -205,7 +205,7 @@ class StateStore:
         try:
             request(self.api, "DELETE", configmap_path(self.namespace, configmap_name(environment)))
         except client.ApiException as exc:
-            if transient(exc) or access_refused(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             if exc.status != 404:
                 raise GitsyncError(
@@ -265,7 +265,7 @@ class StateStore:
                 query={"labelSelector": f"{MANAGED_BY}=gitsync"},
             )
         except client.ApiException as exc:
-            if transient(exc):
+            if temporary(exc):
                 raise
             raise GitsyncError(
                 f"cannot list the state ConfigMaps in {self.namespace}: {exc.status} {exc.reason}"
@@ -329,7 +329,7 @@ class StateStore:
         try:  # only the version read: statuses kept meanwhile are taken next time
             request(self.api, "DELETE", path, body={"preconditions": {"resourceVersion": version}})
         except client.ApiException as exc:
-            if transient(exc):
+            if temporary(exc):
                 raise
             if exc.status not in (404, 409):
                 raise GitsyncError(

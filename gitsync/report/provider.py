@@ -2,7 +2,7 @@
 
 A provider turns :class:`~gitsync.report.status.CommitStatus` values into one forge's API (or
 git notes) and reads them back, latest per context, for promotion gates. Providers raise
-:class:`~gitsync.report.http.ForgeError` when a call fails for good; retrying, deduplicating
+:class:`~gitsync.errors.ForgeError` when a call fails for good; retrying, deduplicating
 and never blocking a rollout are the :class:`~gitsync.report.reporter.Reporter`'s job.
 """
 

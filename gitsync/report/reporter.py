@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from gitsync.errors import ForgeError, GitsyncError
+from gitsync.errors import GitsyncError, Permanent
 from gitsync.metrics import Metrics
 from gitsync.report.provider import Provider
 from gitsync.report.status import CommitStatus
@@ -171,14 +171,14 @@ class Reporter:
             try:
                 self.provider.post(revision, status)
             except GitsyncError as exc:
-                if isinstance(exc, ForgeError) and exc.permanent:
+                if isinstance(rule := exc.retry, Permanent):
                     log.error(
-                        "commit status %s on %s refused by %s with HTTP %s, not delivered "
+                        "commit status %s on %s refused by %s with %s, not delivered "
                         "again (check the token, its scope and the repository): %s",
                         status.context,
                         revision[:12],
                         self.provider.name,
-                        exc.status,
+                        rule.answer,
                         exc,
                     )
                     self._count(status, "rejected")

@@ -30,11 +30,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
-from kubernetes.client import ApiException
-
 from gitsync import names
 from gitsync.config import AgentConfig, UiSettings
 from gitsync.errors import GitsyncError
+from gitsync.kube.client import ApiException
 from gitsync.kube.events import list_events
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore, state_from

@@ -26,7 +26,7 @@ from kubernetes import client
 
 from gitsync.agent import Agent
 from gitsync.config import LeaderElection, StatusConfig, Webhooks
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.metrics import Metrics
 from gitsync.report.factory import build_reporter
 from gitsync.server import AgentServer, Hooks
@@ -41,7 +41,7 @@ from .kube import GROUP, PLURAL, VERSION
 SECRET = "whsec-0123456789abcdef"
 
 
-class TimedServices(RayServices):
+class TimedServices(RayServicesClient):
     """The real RayServices, stamping when each (non-dry-run) apply request is made."""
 
     def __init__(self, api: client.ApiClient) -> None:

@@ -19,7 +19,7 @@ from kubernetes import client
 from gitsync.cli import main
 from gitsync.config import StatusConfig
 from gitsync.errors import ForgeError, InvalidRevision
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.progress import Lines
 from gitsync.report.factory import build_reporter
@@ -269,7 +269,7 @@ def test_a_hanging_forge_does_not_hold_up_a_rollout(
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
     config = repo.agent_config(tmp_path / "cache")
     store = StateStore(api, namespace)
-    assert sync_once(config, RayServices(api), store).ok  # the previous commit, no statuses
+    assert sync_once(config, RayServicesClient(api), store).ok  # the previous commit, no statuses
     old = repo.revisions[-1]
     repo.commit(lambda root: repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"), "2")
     monkeypatch.setenv("STATUS_TOKEN", "s3cr3t-status-token")
@@ -287,7 +287,7 @@ def test_a_hanging_forge_does_not_hold_up_a_rollout(
             with caplog.at_level(logging.WARNING, logger="gitsync.sync"):
                 result = sync_once(
                     config,
-                    RayServices(api),
+                    RayServicesClient(api),
                     store,
                     reporter=reporter,
                     observer=Watching(lambda line: lines.append((time.monotonic(), line))),

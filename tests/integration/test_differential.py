@@ -30,7 +30,7 @@ from kubernetes import client
 
 from gitsync.config import AgentConfig
 from gitsync.diff.classify import Options
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import ServiceKey
 from gitsync.progress import Lines
@@ -379,7 +379,7 @@ def run_scenario(
     def sync() -> PassResult:
         return sync_once(
             config,
-            RayServices(api),
+            RayServicesClient(api),
             StateStore(api, namespace),
             observer=Lines(lines.append),
             supersede_every=0.2,

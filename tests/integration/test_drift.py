@@ -23,7 +23,7 @@ from gitsync.diff.classify import Options
 from gitsync.diff.drift import DriftKind
 from gitsync.drift import DriftChecker, report_lines
 from gitsync.kube.events import EventRecorder
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Action, DesiredService, Outcome, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
@@ -42,7 +42,7 @@ def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: An
     config = replace(repo.agent_config(tmp_path / "cache"), drift=DriftSettings(**drift))
     return DriftChecker(
         config,
-        RayServices(api),
+        RayServicesClient(api),
         StateStore(api, repo.namespace),
         GitSource(config.repository),
         record=EventRecorder(api),
@@ -62,7 +62,7 @@ def events_until(api: client.ApiClient, namespace: str, found: Any) -> list[Any]
 
 def synced(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path) -> None:
     config = repo.agent_config(tmp_path / "cache")
-    assert sync_once(config, RayServices(api), StateStore(api, repo.namespace)).ok
+    assert sync_once(config, RayServicesClient(api), StateStore(api, repo.namespace)).ok
 
 
 def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager: str) -> None:
@@ -378,7 +378,9 @@ def test_an_unexpected_service_is_pruned_only_with_prune(
     assert report.healed is not None
     assert report.healed.outcome is Outcome.SUCCEEDED
     assert report.healed.pruned == (stray,)
-    assert "stray" not in {s.name for s in RayServices(api).list_managed(namespace, "staging")}
+    assert "stray" not in {
+        s.name for s in RayServicesClient(api).list_managed(namespace, "staging")
+    }
     [after] = drift.check(heal=True)
     assert after.drifts == ()
 
@@ -442,7 +444,7 @@ def test_a_foreign_annotation_edit_and_a_removed_field_are_drift(
     assert changed == {"ranker", "summarizer"}
 
 
-class FullLists(RayServices):
+class FullLists(RayServicesClient):
     """Counts the full (spec and status) lists: the no-op shortcut makes none."""
 
     full_lists = 0

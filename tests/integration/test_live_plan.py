@@ -14,7 +14,7 @@ from kubernetes import client
 from gitsync.checkout import read_tree
 from gitsync.cli import main
 from gitsync.diff.classify import Options
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServices, RayServicesClient
 from gitsync.model import Action, ServiceKey
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, live_plans
@@ -44,7 +44,7 @@ def checkout(tmp_path: Path, namespace: str) -> Path:
 
 def apply_all(api: client.ApiClient, checkout: Path) -> None:
     """Applies staging as gitsync's apply will: every stamped body, server-side, for real."""
-    services = RayServices(api)
+    services = RayServicesClient(api)
     plan = live_plan(checkout, services, Options())
     assert {c.action for c in plan.changes} == {Action.CREATE}
     loaded = environment_manifests(read_tree(checkout), "staging", "test")
@@ -61,7 +61,7 @@ def test_freshly_applied_services_are_unchanged_despite_crd_defaults(
     apply_all(api, checkout)
     live = get(api, namespace, "ranker")
     assert live["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["numOfHosts"] == 1  # defaulted
-    plan = live_plan(checkout, RayServices(api), Options())
+    plan = live_plan(checkout, RayServicesClient(api), Options())
     assert [(c.key.name, c.action) for c in plan.changes] == [
         ("embedder", Action.UNCHANGED),
         ("ranker", Action.UNCHANGED),
@@ -86,7 +86,7 @@ def test_a_foreign_edit_of_a_git_owned_field_shows_up(
         yaml.safe_dump({"spec": {"serveConfigV2": edited}}),
     )
     control_plane.kubectl("label", "rayservice", "embedder", "-n", namespace, "team=search")
-    plan = live_plan(checkout, RayServices(api), Options())
+    plan = live_plan(checkout, RayServicesClient(api), Options())
     actions = {c.key.name: c for c in plan.changes}
     assert actions["ranker"].action is Action.SERVE_UPDATE
     assert actions["ranker"].details == ("app rank: deployment Ranker: num_replicas: 7 → 1",)
@@ -107,7 +107,7 @@ def test_a_managed_service_git_dropped_is_pruned_and_a_stranger_is_not(
     config["environments"][0]["prune"] = True
     (checkout / "gitsync.yaml").write_text(yaml.safe_dump(config))
     (checkout / "environments/staging/summarizer.yaml").unlink()
-    plan = live_plan(checkout, RayServices(api), Options())
+    plan = live_plan(checkout, RayServicesClient(api), Options())
     assert plan.waves[-1].prune
     assert [(c.key, c.action) for c in plan.waves[-1].changes] == [
         (ServiceKey(namespace, "summarizer"), Action.PRUNE)
@@ -125,7 +125,7 @@ def test_with_prune_off_a_service_git_dropped_is_an_orphan_in_every_output(
     as the rollout will leave it, not that it will be deleted."""
     apply_all(api, checkout)
     (checkout / "environments/staging/summarizer.yaml").unlink()
-    [change] = [c for c in live_plan(checkout, RayServices(api), Options()).changes
+    [change] = [c for c in live_plan(checkout, RayServicesClient(api), Options()).changes
                 if c.action is not Action.UNCHANGED]  # fmt: skip
     assert (change.key.name, change.action) == ("summarizer", Action.ORPHAN)
     assert "left running because prune is off" in change.summary
@@ -156,7 +156,7 @@ def test_an_existing_unlabelled_object_is_compared_not_created(
     client.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, manual
     )
-    plan = live_plan(checkout, RayServices(api), Options())
+    plan = live_plan(checkout, RayServicesClient(api), Options())
     assert {c.key.name: c.action for c in plan.changes}["ranker"] is Action.UNCHANGED
 
 
@@ -213,7 +213,7 @@ def test_unreachable_cluster_is_an_error(
     assert "cannot load a Kubernetes config" in capsys.readouterr().err
 
 
-class CountingRayServices(RayServices):
+class CountingRayServices(RayServicesClient):
     def __init__(self, api: client.ApiClient) -> None:
         super().__init__(api)
         self.dry_runs = 0

@@ -21,7 +21,7 @@ from gitsync.cli import main
 from gitsync.diff.drift import DriftKind
 from gitsync.drift import drift_json
 from gitsync.errors import InvalidRevision
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Action, Health, Outcome, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
@@ -91,7 +91,7 @@ def config_map(api: client.ApiClient, namespace: str) -> Any:
 def sync(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[str]) -> None:
     config = repo.agent_config(tmp_path / "cache")
     result = sync_once(
-        config, RayServices(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
+        config, RayServicesClient(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
     )
     assert result.ok, (result, lines)
 
@@ -99,7 +99,10 @@ def sync(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[st
 def plan_actions(api: client.ApiClient, repo: GitOpsRepo) -> dict[str, Action]:
     loaded = environment_manifests(read_tree(repo.work), "staging", "t")
     plan = live_environment_plan(
-        loaded, RayServices(api), repo.agent_config(repo.work.parent / "cache-plan").classify, None
+        loaded,
+        RayServicesClient(api),
+        repo.agent_config(repo.work.parent / "cache-plan").classify,
+        None,
     )
     return {c.key.label: c.action for c in plan.changes}
 
@@ -145,7 +148,7 @@ def test_objects_are_applied_in_their_wave_first_configured_and_pruned_only_with
     )
     loaded = environment_manifests(read_tree(repo.work), "staging", "t")
     plan = live_environment_plan(
-        loaded, RayServices(api), repo.agent_config(tmp_path).classify, None
+        loaded, RayServicesClient(api), repo.agent_config(tmp_path).classify, None
     )
     [change] = [c for c in plan.changes if c.action is not Action.UNCHANGED]
     assert (change.key.label, change.action, change.details) == (
@@ -282,7 +285,9 @@ def test_a_kind_the_api_server_does_not_serve_is_refused_at_plan_time(
     repo.commit(add, "a Widget without its CRD")
     loaded = environment_manifests(read_tree(repo.work), "staging", "t")
     with pytest.raises(InvalidRevision) as raised:
-        live_environment_plan(loaded, RayServices(api), repo.agent_config(tmp_path).classify, None)
+        live_environment_plan(
+            loaded, RayServicesClient(api), repo.agent_config(tmp_path).classify, None
+        )
     [problem] = raised.value.problems
     assert str(problem) == (
         "environments/staging/widget.yaml:3: the API server serves no Widget in "
@@ -290,7 +295,7 @@ def test_a_kind_the_api_server_does_not_serve_is_refused_at_plan_time(
     )
     config = repo.agent_config(tmp_path / "cache")
     with pytest.raises(InvalidRevision, match=r"widget\.yaml:3"):
-        sync_once(config, RayServices(api), StateStore(api, namespace))
+        sync_once(config, RayServicesClient(api), StateStore(api, namespace))
     listing = client.CustomObjectsApi(api).list_namespaced_custom_object(
         "ray.io", "v1", namespace, "rayservices"
     )
@@ -329,7 +334,7 @@ def test_a_deployment_gates_its_wave_on_its_conditions(
     worker = threading.Thread(
         target=lambda: outcome.append(
             sync_once(
-                config, RayServices(api), StateStore(api, namespace), observer=Lines(lines.append)
+                config, RayServicesClient(api), StateStore(api, namespace), observer=Lines(lines.append)
             )
         )
     )

@@ -19,7 +19,7 @@ from kubernetes import client
 from gitsync.cli import main
 from gitsync.config import StatusConfig
 from gitsync.errors import ForgeError
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.manifests.preview import PREVIEW
 from gitsync.metrics import Metrics
@@ -116,7 +116,7 @@ class Forge:
         return (
             PreviewReconciler(
                 self.config,
-                RayServices(api),
+                RayServicesClient(api),
                 StateStore(api, self.repo.namespace),
                 GitSource(self.config.repository),
                 build_pulls(self.config, metrics),
@@ -178,7 +178,9 @@ def forge(
     gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
 ) -> Forge:
     made = Forge(gitea, tmp_path, namespace)
-    assert sync_once(made.config, RayServices(api), StateStore(api, namespace)).ok  # main deployed
+    assert sync_once(
+        made.config, RayServicesClient(api), StateStore(api, namespace)
+    ).ok  # main deployed
     return made
 
 
@@ -381,7 +383,7 @@ def test_the_preview_limit_holds_back_newer_pull_requests(
     gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
 ) -> None:
     forge = Forge(gitea, tmp_path, namespace, maxPreviews=1)
-    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    assert sync_once(forge.config, RayServicesClient(api), StateStore(api, namespace)).ok
     first_sha = forge.branch("first", scale_ranker)
     first = forge.open_pr("first")
     second_sha = forge.branch("second", scale_ranker, "second")
@@ -403,7 +405,7 @@ def test_the_preview_limit_holds_for_an_older_pull_request_that_becomes_eligible
     gitea: Gitea, tmp_path: Path, namespace: str, api: client.ApiClient, sim: Simulator
 ) -> None:
     forge = Forge(gitea, tmp_path, namespace, maxPreviews=1)
-    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    assert sync_once(forge.config, RayServicesClient(api), StateStore(api, namespace)).ok
     older, older_sha = forge.fork_pr("from-fork", scale_ranker)  # no label yet: no preview
     forge.branch("newer", scale_ranker, "newer")
     newer = forge.open_pr("newer")
@@ -526,7 +528,7 @@ def test_orphans_are_collected_and_merging_deletes_the_preview(
     assert [(r.number, r.outcome) for r in results] == [(number, "deleted")]
     assert previews_in(api, forge.previews_ns) == {}
     # The merge is on main: the environment rolls it out.
-    result = sync_once(forge.config, RayServices(api), StateStore(api, namespace))
+    result = sync_once(forge.config, RayServicesClient(api), StateStore(api, namespace))
     assert result.ok
     live_ranker = client.CustomObjectsApi(api).get_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "ranker"
@@ -542,7 +544,7 @@ def test_forge_less_previews_follow_branches(
         tmp_path / "gitops", namespace, previews={"namespace": previews_ns, "branches": "preview/*"}
     )
     config = repo.agent_config(tmp_path / "cache")  # git notes: no forge
-    assert sync_once(config, RayServices(api), StateStore(api, namespace)).ok
+    assert sync_once(config, RayServicesClient(api), StateStore(api, namespace)).ok
     work = repo.work
     git("checkout", "-q", "-B", "preview/42", "main", cwd=work)
     scale_ranker(work)
@@ -553,7 +555,7 @@ def test_forge_less_previews_follow_branches(
     metrics = Metrics()
     reporter = Reporter(build_provider(config, metrics), metrics)
     reconciler = PreviewReconciler(
-        config, RayServices(api), StateStore(api, namespace), GitSource(config.repository),
+        config, RayServicesClient(api), StateStore(api, namespace), GitSource(config.repository),
         None, reporter,
     )  # fmt: skip
     try:
@@ -761,7 +763,7 @@ def test_forge_less_branches_with_names_get_a_preview_each(
         tmp_path / "gitops", namespace, previews={"namespace": previews_ns, "branches": "preview/*"}
     )
     config = repo.agent_config(tmp_path / "cache")  # git notes: no forge
-    assert sync_once(config, RayServices(api), StateStore(api, namespace)).ok
+    assert sync_once(config, RayServicesClient(api), StateStore(api, namespace)).ok
     foo, bar = _branch_number("preview/foo"), _branch_number("preview/bar")
     assert foo != bar
     shas = {}
@@ -777,7 +779,7 @@ def test_forge_less_branches_with_names_get_a_preview_each(
     metrics = Metrics()
     reporter = Reporter(build_provider(config, metrics), metrics)
     reconciler = PreviewReconciler(
-        config, RayServices(api), StateStore(api, namespace), GitSource(config.repository),
+        config, RayServicesClient(api), StateStore(api, namespace), GitSource(config.repository),
         None, reporter,
     )  # fmt: skip
     try:
@@ -885,7 +887,7 @@ def test_a_stripping_policy_deploys_the_preview_without_the_fields(
 ) -> None:
     strip = ["hostNamespaces", "hostPath", "privileged", "secrets"]
     forge = Forge(gitea, tmp_path, namespace, policy={"strip": strip})
-    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    assert sync_once(forge.config, RayServicesClient(api), StateStore(api, namespace)).ok
     sha = forge.branch("strip", privileged_ranker)
     number = forge.open_pr("strip")
     [result] = forge.reconcile(api)
@@ -906,7 +908,7 @@ def test_a_pull_request_over_the_service_and_worker_group_limits_gets_no_preview
 ) -> None:
     overrides = {"maxServices": 1, "maxWorkerGroups": 1}
     forge = Forge(gitea, tmp_path, namespace, overrides=overrides)
-    assert sync_once(forge.config, RayServices(api), StateStore(api, namespace)).ok
+    assert sync_once(forge.config, RayServicesClient(api), StateStore(api, namespace)).ok
 
     def two_services(root: Path) -> None:
         scale_ranker(root)  # ranker has two worker groups

@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.config import AgentConfig, PromotionGate, StatusConfig
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Outcome
 from gitsync.progress import Lines
@@ -119,7 +119,7 @@ class Agent(threading.Thread):
         try:
             self.result = sync_once(
                 self.config,
-                RayServices(self.api),
+                RayServicesClient(self.api),
                 StateStore(self.api, self.namespace),
                 observer=Lines(lambda line: self.lines.append((time.monotonic(), line))),
                 reporter=reporter,

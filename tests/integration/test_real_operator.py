@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Outcome
 from gitsync.progress import Lines
@@ -80,7 +80,7 @@ def sync(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[st
         tmp_path / "cache", health_timeout=90.0, poll_interval=0.3, healthy_seconds=5.0
     )
     return sync_once(
-        config, RayServices(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
+        config, RayServicesClient(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
     )
 
 

@@ -35,7 +35,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.cli import main
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Outcome
 from gitsync.progress import Lines
@@ -302,7 +302,7 @@ def sync(
     try:
         result = sync_once(
             config,
-            RayServices(api),
+            RayServicesClient(api),
             StateStore(api, repo.namespace),
             observer=Lines(lambda line: lines.append((time.monotonic(), line))),
             stop=stop,

@@ -15,7 +15,7 @@ from kubernetes import client
 
 from gitsync.checkout import read_tree
 from gitsync.cli import main
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Health, Outcome, ServiceKey
 from gitsync.planning import environment_manifests, live_environment_plan
@@ -65,7 +65,7 @@ def test_a_disabled_service_is_reported_never_healed_then_healed_once_enabled(
     assert record.corrections == {}  # nothing counted towards a fight
     [finding] = record.findings
     assert finding["disabled"] is True
-    [row] = cluster_status(RayServices(api), StateStore(api, namespace), [namespace])
+    [row] = cluster_status(RayServicesClient(api), StateStore(api, namespace), [namespace])
     shown = {s.key.name: s for s in row.services}
     assert (shown["ranker"].disabled, shown["ranker"].drift) == (True, "drifted")
     assert shown["ranker"].settled  # taken out of gitsync's hands: it does not hold status up
@@ -115,7 +115,7 @@ def test_a_new_commit_rolls_out_around_a_disabled_service_until_it_is_enabled(
     second = repo.commit(scale, "scale the embedder and the ranker")
     config = repo.agent_config(tmp_path / "cache-plan")
     loaded = environment_manifests(read_tree(repo.work), "staging", "t")
-    plan = live_environment_plan(loaded, RayServices(api), config.classify, second)
+    plan = live_environment_plan(loaded, RayServicesClient(api), config.classify, second)
     assert plan.skipped == (embedder,)
     [skipped] = [c for c in plan.changes if c.key == embedder]
     assert "would be serve-update" in skipped.summary

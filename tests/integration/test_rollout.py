@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.health import assess
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Health, Outcome, Phase, ServiceKey
 from gitsync.progress import Lines
@@ -48,7 +48,7 @@ def run(
     log = lines if lines is not None else []
     return sync_once(
         config,
-        RayServices(api),
+        RayServicesClient(api),
         StateStore(api, repo.namespace),
         observer=Lines(log.append),
         supersede_every=rollout.pop("supersede_every", 0.2)

@@ -15,7 +15,7 @@ import yaml
 from kubernetes import client
 
 from gitsync.cli import main
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Phase, RolloutState
 from gitsync.sync import sync_once
@@ -47,7 +47,7 @@ def test_status_needs_no_git_and_exits_by_health(
 ) -> None:
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
     store = StateStore(api, namespace)
-    assert sync_once(repo.agent_config(tmp_path / "cache"), RayServices(api), store).ok
+    assert sync_once(repo.agent_config(tmp_path / "cache"), RayServicesClient(api), store).ok
     shutil.rmtree(repo.bare)  # no Git at all from here on
     revision = repo.revisions[0]
 

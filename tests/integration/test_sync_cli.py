@@ -12,7 +12,7 @@ from kubernetes import client
 
 from gitsync.cli import main
 from gitsync.errors import InvalidRevision
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Outcome
 from gitsync.progress import Lines
@@ -127,7 +127,7 @@ def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(
 ) -> None:
     config = repo.agent_config(tmp_path / "cache")
     store = StateStore(api, namespace)
-    assert sync_once(config, RayServices(api), store).ok
+    assert sync_once(config, RayServicesClient(api), store).ok
     live = get(api, namespace, "ranker")
     taken = {
         "apiVersion": "ray.io/v1",
@@ -154,12 +154,12 @@ def test_a_field_owned_by_another_manager_is_a_conflict_unless_forced(
     repo.commit(
         lambda root: repo.edit("ranker.yaml", "num_replicas: 1", "num_replicas: 2"), "scale"
     )
-    [result] = sync_once(config, RayServices(api), store).results
+    [result] = sync_once(config, RayServicesClient(api), store).results
     assert result.outcome is Outcome.FAILED
     assert "conflicts with another field manager" in result.message
     assert "platform-tool" in result.message
     forced = replace(config, rollout=replace(config.rollout, force_conflicts=True))
-    assert sync_once(forced, RayServices(api), store).ok
+    assert sync_once(forced, RayServicesClient(api), store).ok
     assert "num_replicas: 2" in get(api, namespace, "ranker")["spec"]["serveConfigV2"]
     assert yaml.safe_load(get(api, namespace, "ranker")["spec"]["serveConfigV2"])
 
@@ -177,7 +177,7 @@ def test_an_existing_unowned_rayservice_is_never_modified(
     )
     before = get(api, namespace, "embedder")
     [result] = sync_once(
-        repo.agent_config(tmp_path / "cache"), RayServices(api), StateStore(api, namespace)
+        repo.agent_config(tmp_path / "cache"), RayServicesClient(api), StateStore(api, namespace)
     ).results
     assert result.outcome is Outcome.FAILED
     assert "already exists and belongs to something other than gitsync" in result.message
@@ -205,7 +205,7 @@ def test_a_failed_environment_stops_the_ones_after_it(
         lines: list[str] = []
         result = sync_once(
             repo.agent_config(tmp_path / "cache"),
-            RayServices(api),
+            RayServicesClient(api),
             StateStore(api, namespace),
             observer=Lines(lines.append),
         )
@@ -230,7 +230,7 @@ def test_a_failed_environment_stops_the_ones_after_it(
         lines.clear()
         result = sync_once(
             repo.agent_config(tmp_path / "cache"),
-            RayServices(api),
+            RayServicesClient(api),
             StateStore(api, namespace),
             observer=Lines(lines.append),
         )
@@ -253,7 +253,7 @@ def test_health_timeout_fails_the_rollout(
         )
     )
     config = repo.agent_config(tmp_path / "cache", health_timeout=3.0)
-    [result] = sync_once(config, RayServices(api), StateStore(api, namespace)).results
+    [result] = sync_once(config, RayServicesClient(api), StateStore(api, namespace)).results
     assert result.outcome is Outcome.FAILED
     assert f"{namespace}/embedder not Healthy after 3s (wave 0)" in result.message
     assert "app embed is DEPLOYING on embedder-" in result.message
@@ -289,7 +289,7 @@ def test_a_gitsync_yaml_pointing_an_environment_outside_allowed_namespaces_appli
             repo.agent_config(tmp_path / "cache"), allowed_namespaces=(("staging", (namespace,)),)
         )
         with pytest.raises(InvalidRevision) as raised:
-            sync_once(config, RayServices(api), StateStore(api, namespace))
+            sync_once(config, RayServicesClient(api), StateStore(api, namespace))
         [problem] = raised.value.problems
         assert str(problem).startswith(
             f"gitsync.yaml:{line}: environment 'staging' deploys to namespace '{elsewhere}', "

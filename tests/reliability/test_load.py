@@ -37,7 +37,7 @@ from kubernetes import client
 from bench.workload import Repo as Workload
 from bench.workload import git as wgit
 from gitsync.checkout import read_tree
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.model import Health
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.report.gitnotes import decode
@@ -280,7 +280,7 @@ def create_healthy(api: client.ApiClient, workload: Workload, revision: str) -> 
     """Applies every service as a rollout would (gitsync's stamps, its apply), then writes
     a healthy status on each — KubeRay's part."""
     report = read_tree(workload.work)
-    services = RayServices(api)
+    services = RayServicesClient(api)
     custom = client.CustomObjectsApi(api)
     bodies = [
         stamped(s.manifest, environment=name, revision=revision, source=s.source, wave=s.wave)

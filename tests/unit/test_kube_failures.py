@@ -25,6 +25,8 @@ from gitsync.errors import (
     ManifestRefused,
     NamespaceMissing,
     NotInstalled,
+    Permanent,
+    Temporary,
     Unauthorized,
 )
 from gitsync.kube.client import TRANSPORT_RETRIES, with_timeouts
@@ -38,7 +40,7 @@ from gitsync.kube.failures import (
     reaching_the_api,
     refusal,
     retry_after,
-    transient,
+    retry_rule,
     wait_before,
 )
 from gitsync.model import ServiceKey
@@ -101,8 +103,13 @@ FIELD = [
         (answer(422, "Invalid"), False),
     ],
 )
-def test_which_answers_are_transient(exc: client.ApiException, expected: bool) -> None:
-    assert transient(exc) is expected
+def test_which_answers_are_temporary(exc: client.ApiException, expected: bool) -> None:
+    assert retry_rule(exc) == (Temporary() if expected else Permanent())
+
+
+def test_a_temporary_answer_carries_the_wait_the_server_asked_for() -> None:
+    assert retry_rule(answer(429, headers={"Retry-After": "7"})) == Temporary(7.0)
+    assert retry_rule(answer(503, headers={"Retry-After": "soon"})) == Temporary(None)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO_ROOT / "tests" / "constraints-minimum.txt"
 # What make test-min-deps installs beside gitsync (the rest of the test extra is tooling for
 # lint, benchmarks and the browser tests).
-TEST_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "setuptools"}
+TEST_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "setuptools", "import-linter"}
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)$")
 
 

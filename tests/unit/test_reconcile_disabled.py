@@ -10,7 +10,6 @@ from typing import Any, cast
 import pytest
 
 from gitsync.config import RolloutSettings
-from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, Change, Outcome, Phase, RolloutState, ServiceKey
@@ -100,7 +99,7 @@ def rollout(cluster: Cluster, state: Store, plan: Plan) -> Any:
     )
     events: list[tuple[ServiceKey, str]] = []
     run = Rollout(
-        cast(RayServices, cluster),
+        cluster,
         cast(StateStore, state),
         settings,
         observer=Lines(

@@ -43,7 +43,7 @@ def fixture(name: str, key: ServiceKey) -> dict[str, Any]:
     return obj
 
 
-class Cluster:
+class Cluster(RayServices):
     """What a rollout reads and writes, in memory; each object shows a fixed health."""
 
     api = None
@@ -125,7 +125,7 @@ def run(cluster: Cluster, state: Store, changed: set[ServiceKey]) -> Outcome:
     settings = RolloutSettings(
         healthy_reads=1, healthy_seconds=0.0, poll_interval=0.01, health_timeout=0.5
     )
-    rollout = Rollout(cast(RayServices, cluster), cast(StateStore, state), settings)
+    rollout = Rollout(cluster, cast(StateStore, state), settings)
     env = EnvironmentConfig("production", "environments/production", NS)
     return rollout.run(env, plan(changed), desired(), NEW).outcome
 

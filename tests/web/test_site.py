@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from gitsync.config import AgentConfig, StatusConfig, UiAuth, UiSettings, load_agent_config
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
 from gitsync.server import AgentServer, Hooks
@@ -34,7 +34,7 @@ def serve(
     api: client.ApiClient, settings: UiSettings, *, loopback: bool = True, namespace: str = "x"
 ) -> AgentServer:
     site = StatusSite(
-        RayServices(api), StateStore(api, namespace), settings, None, loopback=loopback
+        RayServicesClient(api), StateStore(api, namespace), settings, None, loopback=loopback
     )
     hooks = Hooks(lambda: None, "", "main", lambda: None, lambda: None, lambda: True, lambda: True)
     return AgentServer("127.0.0.1", free_port(), hooks, Metrics(), site).start()
