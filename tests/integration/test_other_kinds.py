@@ -91,7 +91,10 @@ def config_map(api: client.ApiClient, namespace: str) -> Any:
 def sync(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[str]) -> None:
     config = repo.agent_config(tmp_path / "cache")
     result = sync_once(
-        config, RayServicesClient(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
+        config,
+        RayServicesClient(api),
+        StateStore(api, repo.namespace),
+        observer=Lines(lines.append),
     )
     assert result.ok, (result, lines)
 
@@ -334,7 +337,10 @@ def test_a_deployment_gates_its_wave_on_its_conditions(
     worker = threading.Thread(
         target=lambda: outcome.append(
             sync_once(
-                config, RayServicesClient(api), StateStore(api, namespace), observer=Lines(lines.append)
+                config,
+                RayServicesClient(api),
+                StateStore(api, namespace),
+                observer=Lines(lines.append),
             )
         )
     )

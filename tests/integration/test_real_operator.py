@@ -80,7 +80,10 @@ def sync(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, lines: list[st
         tmp_path / "cache", health_timeout=90.0, poll_interval=0.3, healthy_seconds=5.0
     )
     return sync_once(
-        config, RayServicesClient(api), StateStore(api, repo.namespace), observer=Lines(lines.append)
+        config,
+        RayServicesClient(api),
+        StateStore(api, repo.namespace),
+        observer=Lines(lines.append),
     )
 
 
