@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from gitsync.capacity import Fit, Verdict
 from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify_any
 from gitsync.model import Action, Change, FieldChange, ServiceKey
 
@@ -44,6 +45,10 @@ class Plan:
     from_rev: str | None
     to_rev: str | None
     waves: tuple[Wave, ...]
+    # Whether each new RayCluster (a create or cluster-swap) fits (docs/capacity.md), and
+    # what the environment's capacityCheck does about one that does not: warn, block, off.
+    capacity: Mapping[ServiceKey, Verdict] = field(default_factory=dict)
+    capacity_check: str = "warn"
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -65,6 +70,23 @@ class Plan:
     @property
     def warnings(self) -> tuple[str, ...]:
         return tuple(f"{c.key}: {w}" for c in self.changes for w in c.warnings)
+
+    def misfits(self, keys: Sequence[ServiceKey]) -> tuple[str, ...]:
+        """For each of ``keys`` whose new cluster does not fit: ``<key>: does not fit: …``."""
+        verdicts = [(key, self.capacity.get(key)) for key in keys]
+        return tuple(
+            f"{key}: {v.summary}"
+            for key, v in verdicts
+            if v is not None and v.fit is Fit.DOES_NOT_FIT
+        )
+
+    def capacity_refusal(self, keys: Sequence[ServiceKey]) -> str | None:
+        """Why a wave applying ``keys`` must not start (``capacityCheck: block`` and a new
+        cluster that does not fit), else None."""
+        misfits = self.misfits(keys)
+        if self.capacity_check != "block" or not misfits:
+            return None
+        return "capacityCheck is block and a new cluster does not fit: " + "; ".join(misfits)
 
 
 def build_plan(
@@ -192,6 +214,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                         "details": list(c.details),
                         "fields": [fields_json(f) for f in c.fields],
                         "warnings": list(c.warnings),
+                        "capacity": (
+                            plan.capacity[c.key].json() if c.key in plan.capacity else None
+                        ),
                     }
                     for c in wave.changes
                 ],
@@ -199,6 +224,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             for wave in plan.waves
         ],
         "warnings": list(plan.warnings),
+        "capacityCheck": plan.capacity_check,
     }
 
 
@@ -218,6 +244,9 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
             lines.append(f"    {c.key.label:<{width}}  {c.action:<17} {c.summary}")
             lines += [f"      - {d}" for d in c.details]
             lines += [f"      ! {w}" for w in c.warnings]
+            if (verdict := plan.capacity.get(c.key)) is not None:
+                mark = "-" if verdict.fit is Fit.FITS else "!"
+                lines.append(f"      {mark} capacity: {verdict.summary}{_blocks(plan, verdict)}")
     if not plan.has_changes:
         orphans = len(plan.orphans)
         left = f"; {orphans} left running (prune is off)" if orphans else ""
@@ -225,6 +254,12 @@ def plan_table(plan: Plan, *, show_unchanged: bool = False) -> str:
     if unchanged:
         lines.append(f"  ({unchanged} unchanged)")
     return "\n".join(lines) + "\n"
+
+
+def _blocks(plan: Plan, verdict: Verdict) -> str:
+    if verdict.fit is Fit.DOES_NOT_FIT and plan.capacity_check == "block":
+        return " (capacityCheck: block, the rollout stops before this wave)"
+    return ""
 
 
 _SIGNS = {Action.CREATE: "+", Action.PRUNE: "-", Action.SKIPPED: "=", Action.ORPHAN: "?"}
@@ -298,6 +333,10 @@ def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
             name = code(f"{plan.environment}/{change.key.label}")
             lines.append(f"- **{name}**: {code(str(change.action))} ({what}{cost})")
             lines += [f"  - ⚠ {code(w)}" for w in change.warnings]
+            if (verdict := plan.capacity.get(change.key)) is not None:
+                mark = "✓" if verdict.fit is Fit.FITS else "⚠"
+                text = f"capacity: {verdict.summary}{_blocks(plan, verdict)}"
+                lines.append(f"  - {mark} {code(text)}")
     lines += ["", f"<sub>Updated for {code(head[:12])}. "
               f"{code(f'gitsync plan --from {base[:12]} --to {head[:12]} -o markdown')} "
               "prints the same.</sub>"]  # fmt: skip

@@ -12,15 +12,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gitsync.capacity import check_wave, cluster_pods
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import DEFAULT_CONCURRENCY
 from gitsync.diff.classify import Options
 from gitsync.diff.normalize import comparable, owned, owned_object
 from gitsync.errors import ConfigError, InvalidRevision, NamespaceMissing
+from gitsync.kube.capacity import read_cluster
 from gitsync.kube.rayservices import RayServices
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import REPO_CONFIG_FILE
-from gitsync.model import Problem, ServiceKey
+from gitsync.model import Action, Problem, ServiceKey
 from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
 from gitsync.stamp import reconcile_disabled, stamp_service, stamped_hash, untouched_since_apply
@@ -227,7 +229,7 @@ def live_environment_plan(
     current.update(others.current)
     desired.update(others.desired)
     disabled |= others.disabled
-    return build_plan(
+    plan = build_plan(
         env.name,
         env.namespace,
         current,
@@ -237,6 +239,32 @@ def live_environment_plan(
         to_rev=revision,
         disabled=disabled,
     )
+    return with_capacity(plan, loaded, rayservices)
+
+
+NEW_CLUSTER = frozenset({Action.CREATE, Action.CLUSTER_SWAP})
+
+
+def with_capacity(plan: Plan, loaded: EnvironmentManifests, rayservices: RayServices) -> Plan:
+    """``plan`` with a capacity verdict (docs/capacity.md) for every RayService that starts a
+    new cluster (a create or a cluster-swap), each wave's checked together against what the
+    namespace's quotas and the nodes have now; unless the environment's ``capacityCheck`` is
+    off. The cluster is read only when a plan starts a new cluster."""
+    env = loaded.environment
+    manifests = {service.key: service.manifest for service in loaded.services}
+    waves = [
+        {
+            c.key: cluster_pods(manifests[c.key])
+            for c in wave.changes
+            if c.action in NEW_CLUSTER and c.key in manifests
+        }
+        for wave in plan.waves
+    ]
+    if env.capacity_check == "off" or not any(waves):
+        return replace(plan, capacity_check=env.capacity_check)
+    cluster = read_cluster(rayservices.api, env.namespace)
+    verdicts = {key: v for wave in waves if wave for key, v in check_wave(wave, cluster).items()}
+    return replace(plan, capacity=verdicts, capacity_check=env.capacity_check)
 
 
 def dry_run_many(

@@ -120,7 +120,9 @@ class Rollout:
             else:
                 record = replace(record, wave=step.wave.number)
                 self.state.write(record)
-                failure = self._wave(env, step, (index, len(work)), desired, revision, tally)
+                failure = self._capacity(env, plan, step.changed) or self._wave(
+                    env, step, (index, len(work)), desired, revision, tally
+                )
             if failure is not None:
                 return self._fail(env, record, failure, previous, tuple(tally.applied))
         return self._finish(env, plan, record, tally)
@@ -159,6 +161,16 @@ class Rollout:
         waiting = tuple((key, actions.get(key, Action.UNCHANGED)) for key in gate)
         self.observer.wave(env.name, WaveEvent(StepKind.WAITING, index, total, waiting))
         return self._wait(env, gate, desired, f"wave {step.wave.number}")
+
+    def _capacity(
+        self, env: EnvironmentConfig, plan: Plan, keys: Sequence[ServiceKey]
+    ) -> _Failure | None:
+        """The capacity check before a wave applies (docs/capacity.md): each new cluster that
+        does not fit is logged; with ``capacityCheck: block`` the wave is not applied."""
+        for misfit in plan.misfits(keys):
+            self.observer.line(f"{env.name}: warning: {misfit}")
+        refusal = plan.capacity_refusal(keys)
+        return _Failure(None, refusal) if refusal else None
 
     def _finish(
         self, env: EnvironmentConfig, plan: Plan, record: RolloutState, tally: _Tally

@@ -36,6 +36,9 @@ class Kind:
 RAYSERVICE = Kind("ray.io/v1", "RayService")
 
 
+CAPACITY_CHECKS = ("warn", "block", "off")
+
+
 @dataclass(frozen=True)
 class EnvironmentConfig:
     name: str
@@ -47,6 +50,9 @@ class EnvironmentConfig:
     create_namespace: bool = False
     self_heal: bool = False  # drift: re-apply Git's version (a gated rollout), not only report
     policy: PodPolicy | None = None  # the pod-spec policy (off unless ``policy`` is set)
+    # A new RayCluster that does not fit (docs/capacity.md): say so in the plan (warn), also
+    # halt the rollout before its wave (block), or do not check (off).
+    capacity_check: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,8 @@ def _environment(
 ) -> EnvironmentConfig | None:
     """One entry of ``environments``; records its name in ``seen`` for duplicate checks."""
     allowed = {
-        "name", "path", "namespace", "after", "prune", "createNamespace", "selfHeal", "policy"
+        "name", "path", "namespace", "after", "prune", "createNamespace", "selfHeal", "policy",
+        "capacityCheck",
     }  # fmt: skip
     if not check.mapping(raw, allowed, {"name", "path", "namespace"}, *at):
         return None
@@ -150,6 +157,12 @@ def _environment(
             check.add(f"{key} must be true or false", *at, key)
         flags[key] = value is True
     policy = _policy(check, raw["policy"], *at, "policy") if "policy" in raw else None
+    capacity = raw.get("capacityCheck", "warn")
+    if capacity not in CAPACITY_CHECKS:
+        check.add(
+            f"capacityCheck must be one of {', '.join(CAPACITY_CHECKS)}", *at, "capacityCheck"
+        )
+        capacity = "warn"
     if isinstance(name, str) and isinstance(namespace, str) and clean_path is not None:
         return EnvironmentConfig(
             name,
@@ -161,6 +174,7 @@ def _environment(
             create_namespace=flags["createNamespace"],
             self_heal=flags["selfHeal"],
             policy=policy,
+            capacity_check=capacity,
         )
     return None
 

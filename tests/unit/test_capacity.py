@@ -7,6 +7,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+import yaml
 
 from gitsync.capacity import (
     Cluster,
@@ -23,7 +24,9 @@ from gitsync.capacity import (
     quota_usage,
 )
 from gitsync.manifests.quantity import parse_quantity
-from gitsync.model import ServiceKey
+from gitsync.manifests.repoconfig import load_repo_config
+from gitsync.model import Action, Change, ServiceKey
+from gitsync.plan import Plan, Wave, plan_json, plan_markdown, plan_table
 
 GPU = "nvidia.com/gpu"
 
@@ -310,3 +313,79 @@ def test_a_waves_clusters_are_checked_together() -> None:
 )
 def test_amounts_are_shown_as_quantities(resource: str, value: str, shown: str) -> None:
     assert format_amount(resource, q(value)) == shown
+
+
+# --- in the plan ------------------------------------------------------------------------
+
+
+def swap_plan(capacity_check: str) -> Plan:
+    key, other = ServiceKey("ns", "ranker"), ServiceKey("ns", "embedder")
+    changes = (
+        Change(key, Action.CLUSTER_SWAP, 0, "new RayCluster"),
+        Change(other, Action.CREATE, 0, "created"),
+    )
+    pods = cluster_pods(service(workers=[worker("gpu", GPU_POD, replicas=2)]))
+    tight = Quota(
+        "gpus", {"requests.nvidia.com/gpu": Fraction(2)}, {"requests.nvidia.com/gpu": Fraction(1)}
+    )
+    cluster = Cluster(quotas=(tight,), nodes=None, nodes_unknown="cannot list nodes: 403")
+    verdicts = check_wave({key: pods, other: cluster_pods(service())}, cluster)
+    return Plan("staging", "ns", None, "a" * 40, (Wave(0, changes),), verdicts, capacity_check)
+
+
+def test_every_output_of_the_plan_shows_the_verdict() -> None:
+    plan = swap_plan("warn")
+    table = plan_table(plan)
+    assert (
+        "      ! capacity: does not fit: quota gpus: requests.nvidia.com/gpu needs 2, "
+        "1 available, 1 missing\n" in table
+    )
+    assert "      ! capacity: unknown: nodes: cannot list nodes: 403\n" in table
+    data = plan_json(plan)
+    ranker = data["waves"][0]["changes"][0]["capacity"]
+    assert ranker["fit"] == "does-not-fit"
+    assert ranker["shortfalls"][0] == {
+        "where": "quota gpus",
+        "resource": "requests.nvidia.com/gpu",
+        "needed": "2",
+        "available": "1",
+        "missing": "1",
+    }
+    assert data["capacityCheck"] == "warn"
+    markdown = plan_markdown([plan], "b" * 40, "a" * 40)
+    assert "  - ⚠ `capacity: does not fit: quota gpus: requests.nvidia.com/gpu needs 2" in markdown
+
+
+def test_only_block_refuses_a_wave_and_names_the_resource() -> None:
+    keys = [ServiceKey("ns", "ranker"), ServiceKey("ns", "embedder")]
+    assert swap_plan("warn").capacity_refusal(keys) is None
+    assert swap_plan("warn").misfits(keys) == (
+        "ns/ranker: does not fit: quota gpus: requests.nvidia.com/gpu needs 2, 1 available, "
+        "1 missing",
+    )
+    refusal = swap_plan("block").capacity_refusal(keys)
+    assert refusal is not None
+    assert "requests.nvidia.com/gpu needs 2, 1 available, 1 missing" in refusal
+    assert swap_plan("block").capacity_refusal([keys[1]]) is None  # unknown is not a refusal
+    assert "the rollout stops before this wave" in plan_table(swap_plan("block"))
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("warn", True), ("block", True), ("off", True), ("on", False), (True, False)]
+)
+def test_capacity_check_is_warn_block_or_off(value: object, ok: bool) -> None:
+    text = yaml.safe_dump(
+        {"environments": [{"name": "s", "path": "s", "namespace": "n", "capacityCheck": value}]}
+    )
+    config, problems = load_repo_config(text)
+    if ok:
+        assert config is not None
+        assert config.environments[0].capacity_check == value
+    else:
+        assert [p.message for p in problems] == ["capacityCheck must be one of warn, block, off"]
+
+
+def test_capacity_check_defaults_to_warn() -> None:
+    config, _ = load_repo_config("environments: [{name: s, path: s, namespace: n}]\n")
+    assert config is not None
+    assert config.environments[0].capacity_check == "warn"
