@@ -1,0 +1,334 @@
+"""The capacity check against the real API server: Node objects with allocatable GPUs and
+taints, ResourceQuotas enforced by the API server's own quota admission, pods bound to nodes,
+and what the plan, `gitsync plan` and a rollout (capacityCheck warn and block) make of them.
+
+The test bed runs no kube-controller-manager, so no quota controller computes a quota's
+``status``: each quota's status is set once through the status subresource (``hard`` as in
+the spec, nothing used), as the controller would on creation. From then on the API server's
+ResourceQuota admission adds every admitted pod's usage to ``status.used`` and refuses a pod
+that exceeds it, as in any cluster. No kubelet runs either: pods created with
+``spec.nodeName`` stay bound and Pending, which is what the check counts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from gitsync.capacity import Fit
+from gitsync.cli import main
+from gitsync.diff.classify import Options
+from gitsync.kube.capacity import read_cluster
+from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rest import request
+from gitsync.kube.state import StateStore
+from gitsync.model import Action, ServiceKey
+from gitsync.plan import plan_markdown
+from gitsync.planning import live_plans
+from gitsync.rollout import Outcome
+from gitsync.sync import sync_once
+from testbed.controlplane import ControlPlane
+from testbed.simulator import Simulator
+
+from .gitops import GitOpsRepo
+
+GPU = "nvidia.com/gpu"
+CAPACITY_RBAC = Path(__file__).resolve().parents[2] / "deploy" / "capacity" / "rbac.yaml"
+GPU_TAINT = {"key": GPU, "value": "present", "effect": "NoSchedule"}
+
+
+def node_body(name: str, allocatable: dict[str, str], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": spec,
+        "status": {"allocatable": allocatable, "capacity": allocatable},
+    }
+
+
+@pytest.fixture(scope="module")
+def nodes(api: client.ApiClient) -> Iterator[dict[str, str]]:
+    """A CPU node and a tainted node with two GPUs, deleted afterwards (Nodes are cluster-wide:
+    other modules must not see them)."""
+    suffix = uuid.uuid4().hex[:6]
+    names = {"cpu": f"cpu-{suffix}", "gpu": f"gpu-{suffix}"}
+    bodies = [
+        node_body(names["cpu"], {"cpu": "16", "memory": "64Gi", "pods": "110"}),
+        node_body(
+            names["gpu"],
+            {"cpu": "16", "memory": "64Gi", GPU: "2", "pods": "110"},
+            taints=[GPU_TAINT],
+        ),
+    ]
+    for body in bodies:
+        node = request(api, "POST", "/api/v1/nodes", body=body)
+        # The API server's TaintNodesByCondition admission taints a new node
+        # node.kubernetes.io/not-ready:NoSchedule (the check would rightly place nothing
+        # there); the node lifecycle controller removes it once the kubelet reports Ready.
+        # Neither runs here: the test does the controller's part.
+        not_ready = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}
+        assert not_ready in node["spec"]["taints"]
+        node["spec"]["taints"] = body["spec"].get("taints", [])
+        request(api, "PUT", f"/api/v1/nodes/{node['metadata']['name']}", body=node)
+    try:
+        yield names
+    finally:
+        for name in names.values():
+            request(api, "DELETE", f"/api/v1/nodes/{name}")
+
+
+def create_quota(api: client.ApiClient, namespace: str, hard: dict[str, str]) -> None:
+    path = f"/api/v1/namespaces/{namespace}/resourcequotas"
+    body = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "compute"}}
+    quota = request(api, "POST", path, body={**body, "spec": {"hard": hard}})
+    # What the quota controller would write on creation (see the module docstring).
+    quota["status"] = {"hard": hard, "used": dict.fromkeys(hard, "0")}
+    request(api, "PUT", f"{path}/compute/status", body=quota)
+
+
+def used(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    quota = request(api, "GET", f"/api/v1/namespaces/{namespace}/resourcequotas/compute")
+    return dict(quota["status"]["used"])
+
+
+def bind_pod(
+    api: client.ApiClient, namespace: str, name: str, node: str, requests: dict[str, str]
+) -> None:
+    """A pod bound to ``node``, admitted by the API server's quota admission. Admission reads
+    quotas from its informer: until that has seen the status set just now, it admits without
+    counting, so a pod that was not counted is deleted and created again."""
+    # An extended resource is never overcommitted: its limit must equal its request.
+    extended = {k: v for k, v in requests.items() if k not in ("cpu", "memory")}
+    resources = {"requests": requests, **({"limits": extended} if extended else {})}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "x", "resources": resources}],
+        },
+    }
+    path = f"/api/v1/namespaces/{namespace}/pods"
+    deadline = time.monotonic() + 10
+    while True:
+        before = used(api, namespace).get("pods")
+        request(api, "POST", path, body=body)
+        if used(api, namespace).get("pods") != before:
+            return
+        assert time.monotonic() < deadline, "quota admission never counted the pod"
+        request(api, "DELETE", f"{path}/{name}", query={"gracePeriodSeconds": "0"})
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def crowded(
+    api: client.ApiClient, namespace: str, nodes: dict[str, str]
+) -> Iterator[dict[str, str]]:
+    """``namespace`` with a quota for one GPU, which a pod bound to the GPU node holds. Its
+    pods are deleted afterwards (no namespace controller runs to delete them with it)."""
+    create_quota(
+        api, namespace, {"requests.cpu": "20", "requests.nvidia.com/gpu": "1", "pods": "20"}
+    )
+    bind_pod(api, namespace, "holder", nodes["gpu"], {"cpu": "1", GPU: "1"})
+    yield nodes
+    client.CoreV1Api(api).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+
+
+def test_the_reader_sees_quotas_nodes_and_the_pods_bound_to_them(
+    api: client.ApiClient, namespace: str, crowded: dict[str, str]
+) -> None:
+    # The API server's own quota admission counted the bound pod…
+    assert used(api, namespace) == {
+        "pods": "1",
+        "requests.cpu": "1",
+        "requests.nvidia.com/gpu": "1",
+    }
+    # … and refuses a second GPU pod: the quota is full.
+    with pytest.raises(client.ApiException) as refused:
+        bind_pod(api, namespace, "another", crowded["gpu"], {"cpu": "1", GPU: "1"})
+    assert refused.value.status == 403
+    assert "exceeded quota: compute" in json.loads(refused.value.body)["message"]
+    # A finished pod holds nothing on its node.
+    done = f"/api/v1/namespaces/{namespace}/pods"
+    bind_pod(api, namespace, "done", crowded["cpu"], {"cpu": "3"})
+    pod = request(api, "GET", f"{done}/done")
+    pod["status"] = {"phase": "Succeeded"}
+    request(api, "PUT", f"{done}/done/status", body=pod)
+
+    cluster = read_cluster(api, namespace)
+    assert cluster.quotas is not None
+    (quota,) = cluster.quotas
+    assert quota.hard["requests.nvidia.com/gpu"] == quota.used["requests.nvidia.com/gpu"] == 1
+    assert cluster.nodes is not None
+    mine = {n.name: n for n in cluster.nodes if n.name in crowded.values()}
+    gpu, cpu = mine[crowded["gpu"]], mine[crowded["cpu"]]
+    assert gpu.allocatable[GPU] == 2
+    assert gpu.used == {"cpu": 1, GPU: 1, "pods": 1}
+    assert gpu.taints == (GPU_TAINT,)
+    assert cpu.used == {}  # "done" Succeeded
+    assert gpu.labels["kubernetes.io/hostname"] == crowded["gpu"]
+
+
+def client_for(kubeconfig: Path) -> client.ApiClient:
+    configuration = client.Configuration()
+    kube_config.load_kube_config(str(kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def test_without_rbac_the_check_is_unknown_and_names_what_it_may_not_read(
+    control_plane: ControlPlane, namespace: str, nodes: dict[str, str], tmp_path: Path
+) -> None:
+    kubeconfig = control_plane.service_account_kubeconfig(namespace, "nobody", tmp_path / "k")
+    with client_for(kubeconfig) as nobody:
+        cluster = read_cluster(nobody, namespace)
+    assert cluster.quotas is None
+    assert cluster.nodes is None
+    account = f"system:serviceaccount:{namespace}:nobody"
+    assert f'"{account}" cannot list resource "resourcequotas"' in cluster.quotas_unknown
+    assert f'"{account}" cannot list resource "nodes"' in cluster.nodes_unknown
+    assert "deploy/capacity/rbac.yaml" in cluster.nodes_unknown
+
+
+def test_the_optional_rbac_lets_the_agent_read_all_of_it(
+    control_plane: ControlPlane, api: client.ApiClient, nodes: dict[str, str], tmp_path: Path
+) -> None:
+    for name in ("gitsync-system", "ray-staging", "ray-production", "ray-previews"):
+        control_plane.kubectl("create", "namespace", name, check=False)
+    kubeconfig = control_plane.service_account_kubeconfig(
+        "gitsync-system", "gitsync", tmp_path / "agent.kubeconfig"
+    )
+    with client_for(kubeconfig) as agent:
+        before = read_cluster(agent, "ray-staging")
+        assert before.quotas is None
+        assert before.nodes is None
+        control_plane.kubectl("apply", "--server-side", "-f", str(CAPACITY_RBAC))
+        try:
+            deadline = time.monotonic() + 10  # the authorizer's informers catch up
+            while (after := read_cluster(agent, "ray-staging")).nodes is None:
+                assert time.monotonic() < deadline, after
+                time.sleep(0.1)
+        finally:
+            # Later modules check the shipped RBAC without this optional part.
+            control_plane.kubectl("delete", "-f", str(CAPACITY_RBAC), "--wait=false")
+    assert after.quotas == ()
+    assert not after.quotas_unknown
+    assert {n.name for n in after.nodes or ()} >= set(nodes.values())
+
+
+def staging_checkout(repo: GitOpsRepo, check: str) -> None:
+    def edit(root: Path) -> None:
+        config = yaml.safe_load((root / "gitsync.yaml").read_text())
+        config["environments"][0]["capacityCheck"] = check
+        (root / "gitsync.yaml").write_text(yaml.safe_dump(config))
+
+    repo.commit(edit, f"capacityCheck: {check}")
+
+
+def test_the_plan_says_which_new_cluster_fits_and_by_how_much_one_does_not(
+    api: client.ApiClient,
+    namespace: str,
+    crowded: dict[str, str],
+    tmp_path: Path,
+    control_plane: ControlPlane,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    [plan] = live_plans(repo.work, ["staging"], RayServices(api), Options())
+    verdicts = {key.name: v for key, v in plan.capacity.items()}
+    assert {c.key.name: c.action for c in plan.changes} == dict.fromkeys(
+        ("embedder", "ranker", "summarizer"), Action.CREATE
+    )
+    assert verdicts["embedder"].fit is Fit.FITS
+    assert verdicts["embedder"].requests == {"cpu": 3, "memory": 12 * 2**30}
+    assert verdicts["ranker"].fit is Fit.FITS
+    summarizer = verdicts["summarizer"]
+    assert summarizer.fit is Fit.DOES_NOT_FIT
+    (short,) = summarizer.shortfalls  # the GPU node has one GPU free: only the quota is short
+    assert (short.where, short.resource) == ("quota compute", "requests.nvidia.com/gpu")
+    assert (short.needed, short.available, short.missing) == (Fraction(1), Fraction(0), Fraction(1))
+
+    kube = ["--kubeconfig", str(control_plane.kubeconfig)]
+    main(["plan", str(repo.work), "--env", "staging", *kube])
+    table = capsys.readouterr().out
+    assert (
+        "! capacity: does not fit: quota compute: requests.nvidia.com/gpu needs 1, "
+        "0 available, 1 missing" in table
+    )
+    assert "- capacity: fits (2 pods: cpu 3, memory 12Gi)" in table
+    main(["plan", str(repo.work), "--env", "staging", "-o", "json", *kube])
+    env = json.loads(capsys.readouterr().out)  # one environment: its plan
+    fits = {c["name"]: c["capacity"]["fit"] for w in env["waves"] for c in w["changes"]}
+    assert fits == {"embedder": "fits", "ranker": "fits", "summarizer": "does-not-fit"}
+    assert env["capacityCheck"] == "warn"
+    # Markdown (`-o markdown` is Git against Git, without the cluster: no verdicts there).
+    markdown = plan_markdown([plan], "0" * 40, repo.revisions[-1])
+    assert "⚠ `capacity: does not fit: quota compute: requests.nvidia.com/gpu" in markdown
+
+    # Off: nothing is read, nothing is said.
+    staging_checkout(repo, "off")
+    [plan] = live_plans(repo.work, ["staging"], RayServices(api), Options())
+    assert plan.capacity == {}
+    assert plan.capacity_check == "off"
+
+
+def test_warn_rolls_out_a_swap_that_does_not_fit_and_block_halts_before_its_wave(
+    api: client.ApiClient,
+    namespace: str,
+    crowded: dict[str, str],
+    sim: Simulator,
+    tmp_path: Path,
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = repo.agent_config(tmp_path / "cache")
+    lines: list[str] = []
+
+    def sync() -> Any:
+        return sync_once(
+            config, RayServices(api), StateStore(api, namespace), progress=lines.append
+        )
+
+    # warn: the plan says the summarizer does not fit; the rollout goes on (the simulator
+    # starts clusters without pods, so it succeeds).
+    assert sync().ok
+    summarizer = ServiceKey(namespace, "summarizer")
+    assert any(
+        f"staging: warning: {summarizer}: does not fit: quota compute" in line for line in lines
+    ), lines
+
+    # A cluster swap of each wave-1 service (a new worker image); block.
+    def swap(root: Path) -> None:
+        for name in ("ranker.yaml", "summarizer.yaml"):
+            path = root / "environments" / "staging" / name
+            path.write_text(path.read_text().replace("py311", "py312"))
+
+    repo.commit(swap, "new images")
+    staging_checkout(repo, "block")
+    [plan] = live_plans(repo.work, ["staging"], RayServices(api), Options())
+    swaps = {c.key.name for c in plan.changes if c.action is Action.CLUSTER_SWAP}
+    assert swaps == {"ranker", "summarizer"}
+    assert plan.capacity[ServiceKey(namespace, "ranker")].fit is Fit.FITS
+    lines.clear()
+    result = sync()
+    [outcome] = result.results
+    assert outcome.outcome is Outcome.FAILED
+    assert "capacityCheck is block and a new cluster does not fit" in outcome.message
+    assert "requests.nvidia.com/gpu needs 1, 0 available, 1 missing" in outcome.message
+    # Nothing of the wave was applied: the live objects keep the old images.
+    for name in ("ranker", "summarizer"):
+        live = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "ray.io", "v1", namespace, "rayservices", name
+        )
+        assert "py312" not in json.dumps(live["spec"]["rayClusterConfig"]), name
+    assert StateStore(api, namespace).read("staging").phase.value == "failed"  # type: ignore[union-attr]
