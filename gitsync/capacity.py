@@ -71,6 +71,9 @@ class Pod:
     node_terms: tuple[Mapping[str, Any], ...] = ()  # required nodeSelectorTerms (ORed)
     priority_class: str = ""
     terminating: bool = False  # activeDeadlineSeconds is set
+    # The quota names for CPU and memory some container of the pod leaves unset
+    # (``requests.cpu``, ``cpu``, ``limits.memory``…): see :func:`unset_names`.
+    unset: frozenset[str] = frozenset()
 
     @property
     def best_effort(self) -> bool:
@@ -120,6 +123,8 @@ class Shortfall:
         return self.needed - self.available
 
     def __str__(self) -> str:
+        if not self.needed and not self.available:  # a refusal, not an amount
+            return f"{self.where}: {self.resource}: {self.note}"
         amount = format_amount
         text = (
             f"{self.where}: {self.resource} needs {amount(self.resource, self.needed)}, "
@@ -225,6 +230,28 @@ def pod_resources(pod_spec: Mapping[str, Any]) -> tuple[dict[str, Fraction], dic
     return requests, limits
 
 
+# Quota names every container must set when a quota limits them (the API server refuses the
+# pod otherwise: "must specify requests.cpu for: <container>"), as Kubernetes' podEvaluator
+# .Constraints in pkg/quota/v1/evaluator/core/pods.go checks them.
+MUST_SPECIFY = frozenset(
+    {"cpu", "memory", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory"}
+)
+
+
+def unset_names(containers: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The :data:`MUST_SPECIFY` names some container does not set (requests defaulted from
+    limits, as the API server does before quota admission)."""
+    unset: set[str] = set()
+    for container in containers:
+        requests, limits = container_resources(container)
+        for resource in (CPU, MEMORY):
+            if resource not in requests:
+                unset |= {resource, f"requests.{resource}"}
+            if resource not in limits:
+                unset.add(f"limits.{resource}")
+    return frozenset(unset)
+
+
 def _pod(group: str, template: Any, extra: Sequence[Mapping[str, Any]] = ()) -> Pod:
     spec = template.get("spec") if isinstance(template, Mapping) else None
     spec = spec if isinstance(spec, Mapping) else {}
@@ -244,6 +271,11 @@ def _pod(group: str, template: Any, extra: Sequence[Mapping[str, Any]] = ()) -> 
         tuple(t for t in affinity.get("nodeSelectorTerms") or [] if isinstance(t, Mapping)),
         str(spec.get("priorityClassName") or ""),
         spec.get("activeDeadlineSeconds") is not None,
+        unset_names(
+            c
+            for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+            if isinstance(c, Mapping)
+        ),
     )
 
 
@@ -356,6 +388,16 @@ def _check_quotas(
             unknown.append(f"quota {quota.name} has a scope this check does not evaluate")
             continue
         mine = [p for p, c in zip(pods, counted, strict=True) if c]
+        for name in sorted(MUST_SPECIFY & quota.hard.keys()):
+            groups = sorted({p.group for p in mine if name in p.unset})
+            if groups:
+                why = (
+                    "the quota makes every container set it and the API server refuses pods "
+                    f"that do not: some container of the {', '.join(groups)} pods does not"
+                )
+                shortfalls.append(
+                    Shortfall(f"quota {quota.name}", name, Fraction(0), Fraction(0), why)
+                )
         for name, hard in sorted(quota.hard.items()):
             needed = quota_usage(name, mine)
             if needed is None or not needed:

@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from gitsync.capacity import Fit
+from gitsync.capacity import Fit, check, cluster_pods
 from gitsync.cli import main
 from gitsync.diff.classify import Options
 from gitsync.kube.capacity import read_cluster
@@ -160,6 +160,16 @@ def test_the_reader_sees_quotas_nodes_and_the_pods_bound_to_them(
         bind_pod(api, namespace, "another", crowded["gpu"], {"cpu": "1", GPU: "1"})
     assert refused.value.status == 403
     assert "exceeded quota: compute" in json.loads(refused.value.body)["message"]
+    # A container without a CPU request is refused by a quota on requests.cpu; the check
+    # predicts the same for a cluster whose pods have one.
+    with pytest.raises(client.ApiException) as unset:
+        bind_pod(api, namespace, "bare", crowded["cpu"], {"memory": "1Gi"})
+    assert "must specify requests.cpu" in json.loads(unset.value.body)["message"]
+    bare = {"containers": [{"name": "c", "resources": {"requests": {"memory": "1Gi"}}}]}
+    manifest = {"spec": {"rayClusterConfig": {"headGroupSpec": {"template": {"spec": bare}}}}}
+    verdict = check(cluster_pods(manifest), read_cluster(api, namespace))
+    assert verdict.fit is Fit.DOES_NOT_FIT
+    assert "quota compute: requests.cpu: the quota makes every container set it" in verdict.summary
     # A finished pod holds nothing on its node.
     done = f"/api/v1/namespaces/{namespace}/pods"
     bind_pod(api, namespace, "done", crowded["cpu"], {"cpu": "3"})

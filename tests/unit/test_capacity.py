@@ -389,3 +389,27 @@ def test_capacity_check_defaults_to_warn() -> None:
     config, _ = load_repo_config("environments: [{name: s, path: s, namespace: n}]\n")
     assert config is not None
     assert config.environments[0].capacity_check == "warn"
+
+
+def test_a_quota_on_cpu_or_memory_refuses_pods_whose_containers_leave_them_unset() -> None:
+    # The head sets cpu and memory; the worker's sidecar sets nothing.
+    bare = {"containers": [container({"cpu": "1", "memory": "1Gi"}), container()]}
+    pods = cluster_pods(service(workers=[worker("w", bare, replicas=1)]))
+    nodes = (Node("n", amounts(cpu="8", memory="32Gi", pods="10"), {}),)
+    quota = Quota("q", {"requests.cpu": Fraction(100)}, {"requests.cpu": Fraction(0)})
+    verdict = check(pods, Cluster(quotas=(quota,), nodes=nodes))
+    assert verdict.fit is Fit.DOES_NOT_FIT
+    assert verdict.summary == (
+        "does not fit: quota q: requests.cpu: the quota makes every container set it and the "
+        "API server refuses pods that do not: some container of the w pods does not"
+    )
+    # Extended resources are not required; limits only when the quota limits them.
+    gpus = Quota(
+        "g", {"requests.nvidia.com/gpu": Fraction(4)}, {"requests.nvidia.com/gpu": Fraction(0)}
+    )
+    assert check(pods, Cluster(quotas=(gpus,), nodes=nodes)).fit is Fit.FITS
+    limited = Quota("l", {"limits.memory": Fraction(2**40)}, {"limits.memory": Fraction(0)})
+    assert (
+        check(cluster_pods(service()), Cluster(quotas=(limited,), nodes=nodes)).fit
+        is Fit.DOES_NOT_FIT
+    )
