@@ -632,3 +632,52 @@ def _number(value: Fraction) -> str:
 
 def format_amounts(amounts: Amounts) -> str:
     return ", ".join(f"{k} {format_amount(k, v)}" for k, v in sorted(amounts.items()) if v)
+
+
+# --- while a new cluster starts ------------------------------------------------------------
+
+# The Warning Events KubeRay's RayCluster controller records when it cannot create a pod
+# (utils.FailedToCreateHeadPod/FailedToCreateWorkerPod in ray-operator/controllers/ray/utils):
+# a quota refusal ends up there, since the pod never exists.
+FAILED_TO_CREATE = frozenset({"FailedToCreateHeadPod", "FailedToCreateWorkerPod"})
+
+
+def pending_explanation(
+    pods: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str, Any]]
+) -> str | None:
+    """Why a new cluster's pods do not run, in the API server's words, or None: its Pending
+    pods the scheduler marked unschedulable (``PodScheduled`` False, reason
+    ``Unschedulable``: "0/3 nodes are available: 3 Insufficient nvidia.com/gpu"), and the
+    pods KubeRay could not create (its Warning Events, e.g. "exceeded quota")."""
+    reasons: dict[str, int] = {}
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending":
+            continue
+        for condition in status.get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                text = f"unschedulable: {condition.get('message') or 'no reason given'}"
+                reasons[text] = reasons.get(text, 0) + 1
+    for event in events:
+        if event.get("type") == "Warning" and event.get("reason") in FAILED_TO_CREATE:
+            message = str(event.get("message") or "")
+            text = f"{event['reason']}: {_after_pod_name(message)}"
+            count = event.get("count")
+            reasons[text] = reasons.get(text, 0) + (count if isinstance(count, int) else 1)
+    if not reasons:
+        return None
+    return "; ".join(
+        f"{n} pod{'s' if n > 1 else ''} {text}" if text.startswith("unschedulable") else text
+        for text, n in sorted(reasons.items())
+    )
+
+
+def _after_pod_name(message: str) -> str:
+    """KubeRay's "Failed to create worker Pod ns/name, <error>": the error, which names the
+    quota and the amounts; the pod name is random."""
+    head, sep, rest = message.partition(", ")
+    return rest if sep and head.startswith("Failed to create") else message

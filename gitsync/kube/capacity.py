@@ -1,5 +1,6 @@
 """Reads what the capacity check (:mod:`gitsync.capacity`) compares a new cluster with: the
-namespace's ResourceQuotas, the Nodes, and the pods bound to nodes that have not finished.
+namespace's ResourceQuotas, the Nodes, and the pods bound to nodes that have not finished;
+and, while a new cluster starts, why its pods do not run (:func:`pending_reasons`).
 
 Each is one list (paged by ``limit``/``continue``). Reading them is optional: a 403 (no RBAC
 to list quotas, nodes or pods; deploy/capacity/rbac.yaml grants it) makes that half of
@@ -16,7 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
-from gitsync.capacity import PODS, Cluster, Node, Quota, pod_resources
+from gitsync.capacity import PODS, Cluster, Node, Quota, pending_explanation, pod_resources
 from gitsync.kube.failures import CORE, about, message
 from gitsync.kube.rest import request
 from gitsync.manifests.quantity import parse_quantity
@@ -126,3 +127,20 @@ def read_cluster(api: client.ApiClient, namespace: str) -> Cluster:
         else "",
         nodes_unknown=nodes_unknown,
     )
+
+
+# KubeRay labels every pod of a RayCluster with the cluster's name (utils.RayClusterLabelKey).
+CLUSTER_LABEL = "ray.io/cluster"
+
+
+def pending_reasons(api: client.ApiClient, namespace: str, cluster: str) -> str | None:
+    """Why the RayCluster ``cluster``'s pods do not run, as the API server tells it
+    (:func:`gitsync.capacity.pending_explanation`): its unschedulable Pending pods and the
+    Warning Events of pods KubeRay could not create. None when nothing says so, or when gitsync
+    may not list pods or Events there."""
+    pods = _list(
+        api, f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": f"{CLUSTER_LABEL}={cluster}"}
+    )
+    selector = f"involvedObject.kind=RayCluster,involvedObject.name={cluster},type=Warning"
+    events = _list(api, f"/api/v1/namespaces/{namespace}/events", {"fieldSelector": selector})
+    return pending_explanation(pods.items or (), events.items or ())

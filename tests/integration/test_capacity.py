@@ -28,7 +28,7 @@ from kubernetes import config as kube_config
 from gitsync.capacity import Fit, check, cluster_pods
 from gitsync.cli import main
 from gitsync.diff.classify import Options
-from gitsync.kube.capacity import read_cluster
+from gitsync.kube.capacity import CLUSTER_LABEL, pending_reasons, read_cluster
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.rest import request
 from gitsync.kube.state import StateStore
@@ -342,3 +342,52 @@ def test_warn_rolls_out_a_swap_that_does_not_fit_and_block_halts_before_its_wave
         )
         assert "py312" not in json.dumps(live["spec"]["rayClusterConfig"]), name
     assert StateStore(api, namespace).read("staging").phase.value == "failed"  # type: ignore[union-attr]
+
+
+def test_a_stuck_clusters_pods_are_explained_in_the_api_servers_words(
+    api: client.ApiClient, namespace: str, crowded: dict[str, str]
+) -> None:
+    cluster = "summarizer-raycluster-abcde"
+    # KubeRay's worker pod, refused by the quota: the API server's own refusal…
+    worker = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{cluster}-gpu-worker-x", "labels": {CLUSTER_LABEL: cluster}},
+        "spec": {
+            "containers": [
+                {"name": "w", "image": "x", "resources": {"limits": {"cpu": "1", GPU: "1"}}}
+            ]
+        },
+    }
+    with pytest.raises(client.ApiException) as refused:
+        request(api, "POST", f"/api/v1/namespaces/{namespace}/pods", body=worker)
+    error = json.loads(refused.value.body)["message"]
+    # … which KubeRay records as a Warning Event on the RayCluster (raycluster_controller.go:
+    # "Failed to create worker Pod for the cluster %s/%s, %v"); no KubeRay runs here.
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{cluster}.1"},
+        "involvedObject": {"kind": "RayCluster", "name": cluster, "namespace": namespace},
+        "type": "Warning",
+        "reason": "FailedToCreateWorkerPod",
+        "message": f"Failed to create worker Pod for the cluster {namespace}/{cluster}, {error}",
+    }
+    request(api, "POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+    # The head was created, and the scheduler found no node for it (no scheduler runs here:
+    # the test writes the condition it would).
+    head = {**worker, "metadata": {"name": f"{cluster}-head", "labels": {CLUSTER_LABEL: cluster}}}
+    head["spec"] = {
+        "containers": [{"name": "h", "image": "x", "resources": {"requests": {"cpu": "1"}}}]
+    }
+    created = request(api, "POST", f"/api/v1/namespaces/{namespace}/pods", body=head)
+    why = "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available."
+    created["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}
+    ]
+    request(api, "PUT", f"/api/v1/namespaces/{namespace}/pods/{cluster}-head/status", body=created)
+
+    explained = pending_reasons(api, namespace, cluster)
+    assert explained == f"FailedToCreateWorkerPod: {error}; 1 pod unschedulable: {why}"
+    assert "exceeded quota: compute" in explained
+    assert pending_reasons(api, namespace, "another-cluster") is None

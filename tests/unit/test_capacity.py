@@ -20,6 +20,7 @@ from gitsync.capacity import (
     cluster_pods,
     format_amount,
     may_land_on,
+    pending_explanation,
     pod_resources,
     quota_usage,
 )
@@ -413,3 +414,39 @@ def test_a_quota_on_cpu_or_memory_refuses_pods_whose_containers_leave_them_unset
         check(cluster_pods(service()), Cluster(quotas=(limited,), nodes=nodes)).fit
         is Fit.DOES_NOT_FIT
     )
+
+
+# --- while a new cluster starts -----------------------------------------------------------
+
+
+def unschedulable(message: str, phase: str = "Pending") -> dict[str, Any]:
+    condition = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": message,
+    }
+    return {"status": {"phase": phase, "conditions": [condition]}}
+
+
+def test_pending_pods_and_kuberays_failed_creations_explain_a_stuck_cluster() -> None:
+    why = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    pods = [unschedulable(why), unschedulable(why), unschedulable(why, "Running"), {"status": {}}]
+    quota = (
+        'pods "svc-raycluster-x-gpu-worker-abcde" is forbidden: exceeded quota: compute, '
+        "requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=1, "
+        "limited: requests.nvidia.com/gpu=1"
+    )
+    events: list[dict[str, Any]] = [
+        {
+            "type": "Warning",
+            "reason": "FailedToCreateWorkerPod",
+            "message": f"Failed to create worker Pod for the cluster ns/svc-raycluster-x, {quota}",
+            "count": 3,
+        },
+        {"type": "Normal", "reason": "CreatedWorkerPod", "message": "Created worker Pod"},
+    ]
+    assert pending_explanation(pods, events) == (
+        f"FailedToCreateWorkerPod: {quota}; 2 pods unschedulable: {why}"
+    )
+    assert pending_explanation([{"status": {"phase": "Pending"}}], []) is None
