@@ -230,8 +230,13 @@ def test_the_optional_rbac_lets_the_agent_read_all_of_it(
                 assert time.monotonic() < deadline, after
                 time.sleep(0.1)
         finally:
-            # Later modules check the shipped RBAC without this optional part.
+            # Later modules check the shipped RBAC without this optional part: gone, and the
+            # authorizer knows it.
             control_plane.kubectl("delete", "-f", str(CAPACITY_RBAC), "--wait=false")
+            deadline = time.monotonic() + 10
+            while read_cluster(agent, "ray-staging").nodes is not None:
+                assert time.monotonic() < deadline, "the capacity RBAC still applies"
+                time.sleep(0.1)
     assert after.quotas == ()
     assert not after.quotas_unknown
     assert {n.name for n in after.nodes or ()} >= set(nodes.values())
