@@ -41,9 +41,13 @@ field is absent on that side. `details` say the same for people.
 - **plan**, **diff**: one environment (`--env` once) is a plan; otherwise
   `{"environments": [plan, …]}` in rollout order. A plan is `{environment, namespace, from,
   to, waves: [{wave, prune?: true, orphans?: true, changes: [{namespace, name, action,
-  summary, details: [str], fields: [{path, old, new}], warnings: [str]}]}], warnings}`.
+  summary, details: [str], fields: [{path, old, new}], warnings: [str], capacity}]}],
+  warnings, capacityCheck}`.
   The last group holds the services Git no longer declares: `prune: true` (deleted) or
-  `orphans: true` (left running, the environment does not prune).
+  `orphans: true` (left running, the environment does not prune). `capacity` is `null`, or
+  for a new cluster planned against the cluster `{fit: fits|does-not-fit|unknown, pods,
+  requests, shortfalls: [{where, resource, needed, available, missing, note?}], unknown:
+  [str], summary}` (docs/capacity.md).
 - **sync**: `{revision, dryRun, ok, environments: [{environment, revision, outcome, message,
   failed, applied: [ns/name], pruned: [ns/name], skipped: [ns/name]}]}`.
 - **status**: `{settled, environments: [{name, settled, rollout: null | {phase, revision,
