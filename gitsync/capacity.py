@@ -548,7 +548,7 @@ def _place(
             found[key] = (found[key][0] if key in found else shortfall, count)
     out = []
     for (group, _), (shortfall, count) in found.items():
-        pods_text = f"{count} {group} pod{'s' if count > 1 else ''} fit on no node"
+        pods_text = f"{count} {group} {'pods fit' if count > 1 else 'pod fits'} on no node"
         if shortfall.note:
             note = f"{pods_text}: {shortfall.note}"
         else:

@@ -245,7 +245,7 @@ def test_bound_pods_take_their_requests_from_the_node() -> None:
     (short,) = verdict.shortfalls
     assert (short.where, short.resource) == ("nodes", GPU)
     assert (short.needed, short.available) == (Fraction(1), Fraction(0))
-    assert "1 gpu pod fit on no node" in verdict.summary
+    assert "1 gpu pod fits on no node" in verdict.summary
     free = (gpu_node("a", used=amounts(nvidia_gpu="1", pods="1")), nodes[1])
     assert check(pods, Cluster(quotas=(), nodes=free)).fit is Fit.FITS
 
