@@ -95,8 +95,16 @@ def preview_namespace_refused(agent: AgentConfig, previews: PreviewConfig | None
 
 
 def environment_for(number: int, config: PreviewConfig) -> EnvironmentConfig:
+    """A preview's environment. A preview whose new clusters do not fit the preview
+    namespace's quota or the nodes is refused before anything is applied, with the reason
+    (``capacityCheck: block``, docs/capacity.md): it could never become Healthy."""
     return EnvironmentConfig(
-        f"preview-{number}", "", config.namespace, prune=True, create_namespace=True
+        f"preview-{number}",
+        "",
+        config.namespace,
+        prune=True,
+        create_namespace=True,
+        capacity_check="block",
     )
 
 

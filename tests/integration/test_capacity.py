@@ -35,12 +35,14 @@ from gitsync.kube.state import StateStore
 from gitsync.model import Action, ServiceKey
 from gitsync.plan import plan_markdown
 from gitsync.planning import live_plans
+from gitsync.previews import PreviewReconciler
 from gitsync.rollout import Outcome
+from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
 
-from .gitops import GitOpsRepo
+from .gitops import GitOpsRepo, git
 
 GPU = "nvidia.com/gpu"
 CAPACITY_RBAC = Path(__file__).resolve().parents[2] / "deploy" / "capacity" / "rbac.yaml"
@@ -396,3 +398,39 @@ def test_a_stuck_clusters_pods_are_explained_in_the_api_servers_words(
     assert explained == f"FailedToCreateWorkerPod: {error}; 1 pod unschedulable: {why}"
     assert "exceeded quota: compute" in explained
     assert pending_reasons(api, namespace, "another-cluster") is None
+
+
+def test_a_preview_that_does_not_fit_its_namespaces_quota_is_refused_with_the_reason(
+    api: client.ApiClient, sim: Simulator, namespace: str, nodes: dict[str, str], tmp_path: Path
+) -> None:
+    previews_ns = f"pv-{uuid.uuid4().hex[:8]}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": previews_ns}})
+    create_quota(api, previews_ns, {"requests.cpu": "64", "requests.nvidia.com/gpu": "0"})
+    repo = GitOpsRepo(
+        tmp_path / "gitops", namespace, previews={"namespace": previews_ns, "branches": "preview/*"}
+    )
+    config = repo.agent_config(tmp_path / "cache")  # git notes: no forge
+    assert sync_once(config, RayServices(api), StateStore(api, namespace)).ok
+    work = repo.work
+    git("checkout", "-q", "-B", "preview/7", "main", cwd=work)
+    path = work / "environments" / "staging" / "summarizer.yaml"
+    path.write_text(path.read_text().replace("num_replicas: 1", "num_replicas: 2", 1))
+    git("commit", "-q", "-am", "two summarizer replicas", cwd=work)
+    git("push", "-q", "origin", "preview/7", cwd=work)
+    git("checkout", "-q", "main", cwd=work)
+    reconciler = PreviewReconciler(
+        config, RayServices(api), StateStore(api, namespace), GitSource(config.repository)
+    )
+    try:
+        [result] = reconciler.reconcile()
+    finally:
+        client.CoreV1Api(api).delete_namespace(previews_ns)
+    assert (result.number, result.outcome) == (7, "failed")
+    assert "quota compute: requests.nvidia.com/gpu needs 1, 0 available, 1 missing" in (
+        result.message
+    )
+    # Refused before anything was applied.
+    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "ray.io", "v1", previews_ns, "rayservices"
+    )
+    assert listed["items"] == []
