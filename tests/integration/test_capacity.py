@@ -29,14 +29,14 @@ from gitsync.capacity import Fit, check, cluster_pods
 from gitsync.cli import main
 from gitsync.diff.classify import Options
 from gitsync.kube.capacity import CLUSTER_LABEL, pending_reasons, read_cluster
-from gitsync.kube.rayservices import RayServices
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.rest import request
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, ServiceKey
+from gitsync.model import Action, Outcome, ServiceKey
 from gitsync.plan import plan_markdown
 from gitsync.planning import live_plans
 from gitsync.previews import PreviewReconciler
-from gitsync.rollout import Outcome
+from gitsync.progress import Lines
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
@@ -262,7 +262,7 @@ def test_the_plan_says_which_new_cluster_fits_and_by_how_much_one_does_not(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
-    [plan] = live_plans(repo.work, ["staging"], RayServices(api), Options())
+    [plan] = live_plans(repo.work, ["staging"], RayServicesClient(api), Options())
     verdicts = {key.name: v for key, v in plan.capacity.items()}
     assert {c.key.name: c.action for c in plan.changes} == dict.fromkeys(
         ("embedder", "ranker", "summarizer"), Action.CREATE
@@ -295,7 +295,7 @@ def test_the_plan_says_which_new_cluster_fits_and_by_how_much_one_does_not(
 
     # Off: nothing is read, nothing is said.
     staging_checkout(repo, "off")
-    [plan] = live_plans(repo.work, ["staging"], RayServices(api), Options())
+    [plan] = live_plans(repo.work, ["staging"], RayServicesClient(api), Options())
     assert plan.capacity == {}
     assert plan.capacity_check == "off"
 
@@ -313,7 +313,7 @@ def test_warn_rolls_out_a_swap_that_does_not_fit_and_block_halts_before_its_wave
 
     def sync() -> Any:
         return sync_once(
-            config, RayServices(api), StateStore(api, namespace), progress=lines.append
+            config, RayServicesClient(api), StateStore(api, namespace), observer=Lines(lines.append)
         )
 
     # warn: the plan says the summarizer does not fit; the rollout goes on (the simulator
@@ -332,7 +332,7 @@ def test_warn_rolls_out_a_swap_that_does_not_fit_and_block_halts_before_its_wave
 
     repo.commit(swap, "new images")
     staging_checkout(repo, "block")
-    [plan] = live_plans(repo.work, ["staging"], RayServices(api), Options())
+    [plan] = live_plans(repo.work, ["staging"], RayServicesClient(api), Options())
     swaps = {c.key.name for c in plan.changes if c.action is Action.CLUSTER_SWAP}
     assert swaps == {"ranker", "summarizer"}
     assert plan.capacity[ServiceKey(namespace, "ranker")].fit is Fit.FITS
@@ -410,7 +410,7 @@ def test_a_preview_that_does_not_fit_its_namespaces_quota_is_refused_with_the_re
         tmp_path / "gitops", namespace, previews={"namespace": previews_ns, "branches": "preview/*"}
     )
     config = repo.agent_config(tmp_path / "cache")  # git notes: no forge
-    assert sync_once(config, RayServices(api), StateStore(api, namespace)).ok
+    assert sync_once(config, RayServicesClient(api), StateStore(api, namespace)).ok
     work = repo.work
     git("checkout", "-q", "-B", "preview/7", "main", cwd=work)
     path = work / "environments" / "staging" / "summarizer.yaml"
@@ -419,7 +419,7 @@ def test_a_preview_that_does_not_fit_its_namespaces_quota_is_refused_with_the_re
     git("push", "-q", "origin", "preview/7", cwd=work)
     git("checkout", "-q", "main", cwd=work)
     reconciler = PreviewReconciler(
-        config, RayServices(api), StateStore(api, namespace), GitSource(config.repository)
+        config, RayServicesClient(api), StateStore(api, namespace), GitSource(config.repository)
     )
     try:
         [result] = reconciler.reconcile()
