@@ -101,71 +101,71 @@ def read_environment_files(
             relative = Path(entry.path).relative_to(root).as_posix()
             path = Path(entry.path)
             if entry.is_symlink():
-                target = _resolve(path)
-                if target is not None and not _inside(target, root):
-                    problems.append(
-                        Problem(
-                            relative,
-                            None,
-                            f"symlink points outside the repository (to {os.readlink(path)})",
-                        )
-                    )
-                    continue
-                if target is not None and not _inside(target, folder):
-                    problems.append(
-                        Problem(
-                            relative,
-                            None,
-                            f"symlink leaves the environment folder {env_path!r} "
-                            f"(to {os.readlink(path)}); copy the file instead",
-                        )
-                    )
-                    continue
-                if target is None or not target.exists():  # exists() is False for a loop
-                    problems.append(
-                        Problem(
-                            relative,
-                            None,
-                            f"symlink is broken or loops (to {os.readlink(path)}); "
-                            "replace it with the file",
-                        )
-                    )
+                why = _symlink_problem(path, root, folder, env_path)
+                if why is not None:
+                    problems.append(Problem(relative, None, why))
                     continue
             # DirEntry answers from the directory listing (follows symlinks, checked above):
             # no extra system call per file for a tree of thousands of manifests.
             if entry.is_dir():
                 pending.append(path)
             elif is_manifest(entry.name) and entry.is_file():
-                size = entry.stat().st_size
-                if size > max_file_bytes:
-                    problems.append(
-                        Problem(
-                            relative,
-                            None,
-                            f"file is {size} bytes; manifests are "
-                            f"limited to {max_file_bytes} bytes",
-                        )
-                    )
-                    continue
-                if size > budget.left:
-                    if not budget.exceeded:  # once: every later file would say the same
-                        problems.append(
-                            Problem(
-                                relative,
-                                None,
-                                f"the revision's manifests add up to more than {budget.limit} "
-                                "bytes, the limit per revision; this file and the ones after "
-                                "it were not read: remove files or split the repository",
-                            )
-                        )
-                    budget.exceeded = True
-                    continue
-                budget.left -= size
-                try:
-                    files.append(SourceFile(relative, path.read_bytes()))
-                except OSError as exc:
-                    problems.append(Problem(relative, None, f"cannot read file: {exc.strerror}"))
+                _read_manifest(entry, relative, max_file_bytes, budget, files, problems)
     return files, problems
+
+
+def _symlink_problem(path: Path, root: Path, folder: Path, env_path: str) -> str | None:
+    """Why the symlink ``path`` cannot be followed, or None when it stays in ``folder``."""
+    target = _resolve(path)
+    if target is not None and not _inside(target, root):
+        return f"symlink points outside the repository (to {os.readlink(path)})"
+    if target is not None and not _inside(target, folder):
+        return (
+            f"symlink leaves the environment folder {env_path!r} "
+            f"(to {os.readlink(path)}); copy the file instead"
+        )
+    if target is None or not target.exists():  # exists() is False for a loop
+        return f"symlink is broken or loops (to {os.readlink(path)}); replace it with the file"
+    return None
+
+
+def _read_manifest(
+    entry: os.DirEntry[str],
+    relative: str,
+    max_file_bytes: int,
+    budget: ByteBudget,
+    files: list[SourceFile],
+    problems: list[Problem],
+) -> None:
+    """Read one manifest file into ``files``, or say in ``problems`` why it was not read."""
+    size = entry.stat().st_size
+    if size > max_file_bytes:
+        problems.append(
+            Problem(
+                relative,
+                None,
+                f"file is {size} bytes; manifests are limited to {max_file_bytes} bytes",
+            )
+        )
+        return
+    if size > budget.left:
+        if not budget.exceeded:  # once: every later file would say the same
+            problems.append(
+                Problem(
+                    relative,
+                    None,
+                    f"the revision's manifests add up to more than {budget.limit} "
+                    "bytes, the limit per revision; this file and the ones after "
+                    "it were not read: remove files or split the repository",
+                )
+            )
+        budget.exceeded = True
+        return
+    budget.left -= size
+    try:
+        files.append(SourceFile(relative, Path(entry.path).read_bytes()))
+    except OSError as exc:
+        problems.append(Problem(relative, None, f"cannot read file: {exc.strerror}"))
 
 
 def _env_problem(env: EnvironmentConfig, why: str) -> Problem:

@@ -16,7 +16,14 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        r = self.registry
+        # In this order on /metrics.
+        self._rollout_metrics(self.registry)
+        self._drift_metrics(self.registry)
+        self._poll_and_status_metrics(self.registry)
+        self._replica_metrics(self.registry)
+
+    def _rollout_metrics(self, r: CollectorRegistry) -> None:
+        """Rollout passes and the health and revision they leave."""
         self.sync_total = Counter(
             "gitsync_sync",
             "Rollout passes per environment, by result (succeeded, failed, rolled-back, "
@@ -51,6 +58,9 @@ class Metrics:
             ["environment", "revision"],
             registry=r,
         )
+
+    def _drift_metrics(self, r: CollectorRegistry) -> None:
+        """Drift checks and what they find."""
         self.drift_detected = Counter(
             "gitsync_drift_detected",
             "Drifted RayServices found by drift checks",
@@ -85,6 +95,9 @@ class Metrics:
             ["environment"],
             registry=r,
         )
+
+    def _poll_and_status_metrics(self, r: CollectorRegistry) -> None:
+        """Polls of the branch and commit statuses posted to the forge."""
         self.git_poll = Counter(
             "gitsync_git_poll", "Polls of the branch, by result (unchanged, new, error)",
             ["result"], registry=r,
@@ -116,6 +129,9 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+
+    def _replica_metrics(self, r: CollectorRegistry) -> None:
+        """This replica's lease and the webhooks it receives."""
         self.leader = Gauge(
             "gitsync_leader", "1 while this replica holds the leader lease", registry=r
         )

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -385,44 +385,38 @@ class AgentServer:
             headers, body, secret, self.hooks.repository_url, self.hooks.branch, length=length,
             now=time.time(),
         )  # fmt: skip
-        result = str(verdict.action)
-        event, delivery = printable(verdict.event), printable(verdict.delivery)
         if verdict.status >= 400:
-            result = f"rejected-{verdict.status}"
-            similar = self._rejections.allow((verdict.provider, verdict.status), time.monotonic())
-            if similar is not None:
-                log.warning(
-                    "webhook rejected provider=%s event=%s status=%d reason=%s%s",
-                    verdict.provider, event, verdict.status, verdict.reason,
-                    f" (+{similar} like it in the last {REJECTION_LOG_SECONDS:.0f} s)"
-                    if similar else "",
-                )  # fmt: skip
-        elif verdict.action is not Action.IGNORE and (
-            (leader := self.hooks.leader_url()) is not None
-        ):
-            if wait := self._limiter.take(source, time.monotonic()):
-                return self._limited(verdict, source, wait, leading=False)
-            status, answer = self._relay(leader, headers, body, secret)
-            result = str(answer["result"])
-            self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
-            log.info(
-                "webhook provider=%s event=%s delivery=%s result=%s status=%d",
-                verdict.provider, event, delivery, result, status,
-                extra={"provider": verdict.provider, "event": event, "delivery": delivery,
-                       "result": result},
-            )  # fmt: skip
-            return status, answer
-        elif verdict.action is not Action.IGNORE and self._seen(verdict.delivery):
-            result = "duplicate"
-        elif verdict.action is not Action.IGNORE and (
-            wait := self._limiter.take(source, time.monotonic())
-        ):
+            self._log_rejected(verdict)
+            return self._answered(verdict, f"rejected-{verdict.status}")
+        if verdict.action is Action.IGNORE:
+            return self._answered(verdict, str(verdict.action))
+        if (leader := self.hooks.leader_url()) is not None:
+            return self._relayed(verdict, leader, headers, body, secret, source)
+        if self._seen(verdict.delivery):
+            return self._answered(verdict, "duplicate")
+        if wait := self._limiter.take(source, time.monotonic()):
             return self._limited(verdict, source, wait, leading=True)
-        elif verdict.action is Action.POLL:
+        if verdict.action is Action.POLL:
             self.received.append(time.monotonic())
             self.hooks.poll()
         elif verdict.action is Action.PREVIEWS:
             self.hooks.previews()
+        return self._answered(verdict, str(verdict.action))
+
+    def _log_rejected(self, verdict: Verdict) -> None:
+        """A warning for a rejected webhook, throttled per provider and status."""
+        similar = self._rejections.allow((verdict.provider, verdict.status), time.monotonic())
+        if similar is not None:
+            log.warning(
+                "webhook rejected provider=%s event=%s status=%d reason=%s%s",
+                verdict.provider, printable(verdict.event), verdict.status, verdict.reason,
+                f" (+{similar} like it in the last {REJECTION_LOG_SECONDS:.0f} s)"
+                if similar else "",
+            )  # fmt: skip
+
+    def _answered(self, verdict: Verdict, result: str) -> tuple[int, dict[str, object]]:
+        """Count and log a webhook this replica answered itself, and its answer."""
+        event, delivery = printable(verdict.event), printable(verdict.delivery)
         self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
         log.log(
             logging.DEBUG if verdict.status >= 400 else logging.INFO,
@@ -432,6 +426,30 @@ class AgentServer:
                    "result": result},
         )  # fmt: skip
         return verdict.status, {"result": result, "reason": verdict.reason}
+
+    def _relayed(
+        self,
+        verdict: Verdict,
+        leader: str,
+        headers: dict[str, str],
+        body: bytes,
+        secret: bytes,
+        source: str,
+    ) -> tuple[int, dict[str, object]]:
+        """A trigger this standby received: rate-limited, then relayed to the leader."""
+        if wait := self._limiter.take(source, time.monotonic()):
+            return self._limited(verdict, source, wait, leading=False)
+        status, answer = self._relay(leader, headers, body, secret)
+        result = str(answer["result"])
+        event, delivery = printable(verdict.event), printable(verdict.delivery)
+        self.metrics.webhooks.labels(verdict.provider, event_label(verdict.event), result).inc()
+        log.info(
+            "webhook provider=%s event=%s delivery=%s result=%s status=%d",
+            verdict.provider, event, delivery, result, status,
+            extra={"provider": verdict.provider, "event": event, "delivery": delivery,
+                   "result": result},
+        )  # fmt: skip
+        return status, answer
 
     def _limited(
         self, verdict: Verdict, source: str, wait: float, *, leading: bool
@@ -480,125 +498,132 @@ class AgentServer:
     def _handler(
         self, *, probes_only: bool = False, metrics_only: bool = False
     ) -> type[BaseHTTPRequestHandler]:
-        server = self
+        class Handler(_Handler):
+            pass
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            server_version = "gitsync"
-            timeout = 30  # seconds per socket read: a stalled client cannot hold a thread forever
-
-            def setup(self) -> None:
-                super().setup()
-                self.reader = _DeadlineReader(self.connection)
-                self.rfile = io.BufferedReader(self.reader)
-
-            def handle_one_request(self) -> None:
-                # The next request's head, from now (an idle keep-alive connection included).
-                self.reader.deadline = time.monotonic() + server.head_seconds
-                super().handle_one_request()
-
-            def parse_request(self) -> bool:
-                ok = super().parse_request()
-                self.reader.deadline = time.monotonic() + server.body_seconds  # head read
-                self.connection.settimeout(self.timeout)  # for writing the answer
-                return ok
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if probes_only and path not in ("/healthz", "/readyz"):
-                    self._json(404, {"error": "not found: this port serves /healthz and /readyz"})
-                elif metrics_only and path != "/metrics":
-                    self._json(404, {"error": "not found: this port serves /metrics"})
-                elif path == "/metrics":
-                    status, why = server.metrics_answer(
-                        self.headers.get("Authorization", ""), own_port=metrics_only
-                    )
-                    if status == 200:
-                        body = generate_latest(server.metrics.registry)
-                        self._send(200, body, CONTENT_TYPE_LATEST)
-                    else:
-                        challenge = {"WWW-Authenticate": 'Bearer realm="gitsync"'}
-                        self._json(status, {"error": why}, challenge if status == 401 else None)
-                elif path == "/healthz":
-                    ok = server.hooks.healthy()
-                    self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
-                elif path == "/readyz":
-                    ok = server.hooks.ready()
-                    self._json(200 if ok else 503, {"status": "ready" if ok else "not ready"})
-                elif server.site is not None and server.site.serves(path):
-                    headers = {k.lower(): v for k, v in self.headers.items()}
-                    answer = server.site.handle(path, headers)
-                    self._send(answer.status, answer.body, answer.content_type, answer.headers)
-                else:
-                    self._json(404, {"error": "not found"})
-
-            def do_POST(self) -> None:
-                path = self.path.split("?", 1)[0].rstrip("/")
-                if probes_only or path not in ("/webhooks", "/webhook"):
-                    self._json(404, {"error": "not found"})
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length") or "")
-                except ValueError:
-                    length = -1
-                if length < 0:  # read(-1) would read until the client hangs up
-                    self.close_connection = True
-                    self._json(411, {"error": "Content-Length required (a whole number ≥ 0)"})
-                    return
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                if length > MAX_BODY_BYTES:
-                    status, body = server.webhook(
-                        headers, b"", length=length, source=self.client_address[0]
-                    )
-                    self._discard(length)
-                    self.close_connection = True
-                    self._json(status, body)
-                    return
-                status, body = server.webhook(
-                    headers, self.rfile.read(length), source=self.client_address[0]
-                )
-                # Relaying found no leader: the forge may redeliver after a leader is elected.
-                retry = {503: "2", 429: str(body.get("retry_after", 1))}.get(status)
-                self._json(status, body, {"Retry-After": retry} if retry else None)
-
-            def _discard(self, length: int) -> None:
-                """Read and drop an oversized body, up to DRAIN_BYTES, before answering 413.
-
-                Closing a socket with unread data makes the kernel send a reset, and a client
-                still writing its body then sees a broken pipe instead of the 413 (Go's
-                net/http drains for the same reason). Beyond DRAIN_BYTES the body is left
-                unread and the connection closed: refusing must stay cheaper than accepting.
-                """
-                left = min(length, DRAIN_BYTES)
-                while left > 0:
-                    chunk = self.rfile.read(min(left, 64 << 10))
-                    if not chunk:
-                        return
-                    left -= len(chunk)
-
-            def _json(
-                self, status: int, body: object, headers: Mapping[str, str] | None = None
-            ) -> None:
-                self._send(status, json.dumps(body).encode(), "application/json", headers)
-
-            def _send(
-                self,
-                status: int,
-                payload: bytes,
-                content_type: str,
-                headers: Mapping[str, str] | None = None,
-            ) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("http %s", format % args)
-
+        Handler.agent, Handler.probes_only, Handler.metrics_only = self, probes_only, metrics_only
         return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection to an :class:`AgentServer` port; :meth:`AgentServer._handler` binds
+    the server and what the port serves."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "gitsync"
+    timeout = 30  # seconds per socket read: a stalled client cannot hold a thread forever
+    agent: ClassVar[AgentServer]
+    probes_only: ClassVar[bool] = False  # only /healthz and /readyz
+    metrics_only: ClassVar[bool] = False  # only /metrics
+
+    def setup(self) -> None:
+        super().setup()
+        self.reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        # The next request's head, from now (an idle keep-alive connection included).
+        self.reader.deadline = time.monotonic() + self.agent.head_seconds
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.reader.deadline = time.monotonic() + self.agent.body_seconds  # head read
+        self.connection.settimeout(self.timeout)  # for writing the answer
+        return ok
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if self.probes_only and path not in ("/healthz", "/readyz"):
+            self._json(404, {"error": "not found: this port serves /healthz and /readyz"})
+        elif self.metrics_only and path != "/metrics":
+            self._json(404, {"error": "not found: this port serves /metrics"})
+        elif path == "/metrics":
+            status, why = self.agent.metrics_answer(
+                self.headers.get("Authorization", ""), own_port=self.metrics_only
+            )
+            if status == 200:
+                body = generate_latest(self.agent.metrics.registry)
+                self._send(200, body, CONTENT_TYPE_LATEST)
+            else:
+                challenge = {"WWW-Authenticate": 'Bearer realm="gitsync"'}
+                self._json(status, {"error": why}, challenge if status == 401 else None)
+        elif path == "/healthz":
+            ok = self.agent.hooks.healthy()
+            self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
+        elif path == "/readyz":
+            ok = self.agent.hooks.ready()
+            self._json(200 if ok else 503, {"status": "ready" if ok else "not ready"})
+        elif self.agent.site is not None and self.agent.site.serves(path):
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            answer = self.agent.site.handle(path, headers)
+            self._send(answer.status, answer.body, answer.content_type, answer.headers)
+        else:
+            self._json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if self.probes_only or path not in ("/webhooks", "/webhook"):
+            self._json(404, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            length = -1
+        if length < 0:  # read(-1) would read until the client hangs up
+            self.close_connection = True
+            self._json(411, {"error": "Content-Length required (a whole number ≥ 0)"})
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        if length > MAX_BODY_BYTES:
+            status, body = self.agent.webhook(
+                headers, b"", length=length, source=self.client_address[0]
+            )
+            self._discard(length)
+            self.close_connection = True
+            self._json(status, body)
+            return
+        status, body = self.agent.webhook(
+            headers, self.rfile.read(length), source=self.client_address[0]
+        )
+        # Relaying found no leader: the forge may redeliver after a leader is elected.
+        retry = {503: "2", 429: str(body.get("retry_after", 1))}.get(status)
+        self._json(status, body, {"Retry-After": retry} if retry else None)
+
+    def _discard(self, length: int) -> None:
+        """Read and drop an oversized body, up to DRAIN_BYTES, before answering 413.
+
+        Closing a socket with unread data makes the kernel send a reset, and a client
+        still writing its body then sees a broken pipe instead of the 413 (Go's
+        net/http drains for the same reason). Beyond DRAIN_BYTES the body is left
+        unread and the connection closed: refusing must stay cheaper than accepting.
+        """
+        left = min(length, DRAIN_BYTES)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 64 << 10))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+    def _json(self, status: int, body: object, headers: Mapping[str, str] | None = None) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _send(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("http %s", format % args)

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gitsync import kuberay, names
-from gitsync.diff.serve import ServeChange, diff_serve
+from gitsync.diff.serve import ServeChange, ServeDiff, diff_serve
 from gitsync.diff.structural import Difference, describe, differences, field_change, keyed, mask
 from gitsync.mask import secret_roots_of
-from gitsync.model import Action, Change, ServiceKey
+from gitsync.model import Action, Change, FieldChange, ServiceKey
 
 WAVE_ANNOTATION = names.WAVE
 
@@ -55,7 +55,7 @@ def key_of(obj: Mapping[str, Any]) -> ServiceKey:
     return ServiceKey(str(metadata.get("namespace")), str(metadata["name"]))
 
 
-def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of precedence
+def classify(
     current: Mapping[str, Any] | None,
     desired: Mapping[str, Any] | None,
     options: Options = DEFAULT_OPTIONS,
@@ -76,13 +76,56 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             wave,
             "new RayService: KubeRay creates a cluster, then deploys Serve",
         )
+    update = _update(key, wave, current, desired, options)
+    return _cluster_decision(update) or _serve_or_settings_decision(update)
+
+
+@dataclass(frozen=True)
+class _Update:
+    """An existing RayService and Git's version of it, compared: what the decision reads."""
+
+    key: ServiceKey
+    wave: int
+    semantics: kuberay.Semantics
+    spec: Mapping[str, Any]
+    old_cluster: Mapping[str, Any]
+    cluster: Mapping[str, Any]
+    cluster_change: kuberay.ClusterChange
+    zero_downtime: bool
+    serve: ServeDiff
+    cluster_details: list[str]
+    other_details: list[str]
+    warnings: tuple[str, ...]
+    fields: tuple[FieldChange, ...]
+
+    def change(self, action: Action, summary: str, details: list[str]) -> Change:
+        return Change(
+            self.key,
+            action,
+            self.wave,
+            summary,
+            tuple(details),
+            self.warnings,
+            self.fields,
+        )
+
+
+def _update(
+    key: ServiceKey,
+    wave: int,
+    current: Mapping[str, Any],
+    desired: Mapping[str, Any],
+    options: Options,
+) -> _Update:
     spec, old_spec = desired.get("spec") or {}, current.get("spec") or {}
     semantics = options.semantics
     cluster, old_cluster = (
         spec.get("rayClusterConfig") or {},
         old_spec.get("rayClusterConfig") or {},
     )
+    # KubeRay's shouldUpdateCluster + isClusterSpecHashEqual
     cluster_change = kuberay.classify_cluster_change(old_cluster, cluster, semantics)
+    # KubeRay's isZeroDowntimeUpgradeEnabled
     zero_downtime = kuberay.zero_downtime_enabled(
         spec, operator_env_zero_downtime=options.operator_zero_downtime, semantics=semantics
     )
@@ -97,104 +140,98 @@ def classify(  # noqa: PLR0911 - one return per action, in KubeRay's order of pr
             [mask(d) for d in cluster_diffs],
             [mask(d) for d in other_diffs],
         )
-    cluster_details = [describe(d, "rayClusterConfig") for d in cluster_diffs]
-    other_details = [describe(d) for d in other_diffs]
     fields = (
         *(field_change(d, "spec.rayClusterConfig") for d in cluster_diffs),
         *serve.fields,
         *(field_change(d) for d in other_diffs),
     )
-    warnings = _warnings(old_spec, spec, cluster_change, zero_downtime, semantics)
+    return _Update(
+        key=key,
+        wave=wave,
+        semantics=semantics,
+        spec=spec,
+        old_cluster=old_cluster,
+        cluster=cluster,
+        cluster_change=cluster_change,
+        zero_downtime=zero_downtime,
+        serve=serve,
+        cluster_details=[describe(d, "rayClusterConfig") for d in cluster_diffs],
+        other_details=[describe(d) for d in other_diffs],
+        warnings=_warnings(old_spec, spec, cluster_change, zero_downtime, semantics),
+        fields=fields,
+    )
 
-    if cluster_change is kuberay.ClusterChange.NEW_CLUSTER and zero_downtime:
-        details = list(cluster_details)
-        if serve.change is ServeChange.UPDATE:
+
+def _cluster_decision(u: _Update) -> Change | None:
+    """A cluster swap, a cluster change KubeRay ignores, or an in-place cluster update, in
+    KubeRay's order of precedence; None when the cluster part does not decide."""
+    if u.cluster_change is kuberay.ClusterChange.NEW_CLUSTER and u.zero_downtime:
+        details = list(u.cluster_details)
+        if u.serve.change is ServeChange.UPDATE:
             details.append(
                 "the new cluster gets the new Serve config; the old cluster keeps "
                 "serving the old one until traffic switches"
             )
-            details += serve.details
-        return Change(
-            key,
+            details += u.serve.details
+        return u.change(
             Action.CLUSTER_SWAP,
-            wave,
             "new RayCluster, traffic switched when its Serve apps are RUNNING",
-            tuple(details + other_details),
-            warnings,
-            fields,
+            details + u.other_details,
         )
     if (
-        cluster_change is kuberay.ClusterChange.NEW_CLUSTER
-        and serve.change is not ServeChange.UPDATE
+        u.cluster_change is kuberay.ClusterChange.NEW_CLUSTER
+        and u.serve.change is not ServeChange.UPDATE
     ):
-        return Change(
-            key,
+        return u.change(
             Action.CLUSTER_IGNORED,
-            wave,
-            _ignored_reason(spec, semantics),
-            tuple(cluster_details + other_details),
-            warnings,
-            fields,
+            _ignored_reason(u.spec, u.semantics),
+            u.cluster_details + u.other_details,
         )
-    if cluster_change is kuberay.ClusterChange.IN_PLACE:
+    if u.cluster_change is kuberay.ClusterChange.IN_PLACE:
         summary = "worker groups appended: the running cluster is updated in place"
-        if semantics.suspend_in_place and bool(old_cluster.get("suspend")) != bool(
-            cluster.get("suspend")
+        if u.semantics.suspend_in_place and bool(u.old_cluster.get("suspend")) != bool(
+            u.cluster.get("suspend")
         ):
             summary = "suspend toggled: the running cluster is updated in place"
-        return Change(
-            key,
+        return u.change(
             Action.CLUSTER_IN_PLACE,
-            wave,
             summary,
-            tuple(cluster_details + list(serve.details) + other_details),
-            warnings,
-            fields,
+            u.cluster_details + list(u.serve.details) + u.other_details,
         )
-    if serve.change is ServeChange.UPDATE:
-        apps = ", ".join(serve.apps_changed) or "config"
-        return Change(
-            key,
+    return None
+
+
+def _serve_or_settings_decision(u: _Update) -> Change:
+    """What is left once the cluster part does not decide, in KubeRay's order of precedence:
+    a Serve update, hash-muted cluster fields, a Serve reformat, settings, or nothing."""
+    if u.serve.change is ServeChange.UPDATE:
+        apps = ", ".join(u.serve.apps_changed) or "config"
+        return u.change(
             Action.SERVE_UPDATE,
-            wave,
             f"in-place Serve update on the running cluster ({apps})",
-            tuple(list(serve.details) + cluster_details + other_details),
-            warnings,
-            fields,
+            list(u.serve.details) + u.cluster_details + u.other_details,
         )
-    if cluster_details:  # hash-equal: only muted fields differ
-        return Change(
-            key,
+    if u.cluster_details:  # hash-equal: only muted fields differ
+        return u.change(
             Action.SCALE_INEFFECTIVE,
-            wave,
-            f"only fields {semantics} does not propagate changed (replicas, min/max, "
+            f"only fields {u.semantics} does not propagate changed (replicas, min/max, "
             "workersToDelete, a quantity's spelling…): the running cluster keeps its "
             "current size",
-            tuple(cluster_details + other_details),
-            warnings,
-            fields,
+            u.cluster_details + u.other_details,
         )
-    if serve.change is ServeChange.REFORMAT:
-        return Change(
-            key,
+    if u.serve.change is ServeChange.REFORMAT:
+        return u.change(
             Action.SERVE_REFORMAT,
-            wave,
             "serveConfigV2 reformatted: no app changes",
-            tuple(list(serve.details) + other_details),
-            warnings,
-            fields,
+            list(u.serve.details) + u.other_details,
         )
-    if other_details:
-        return Change(
-            key,
+    if u.other_details:
+        return u.change(
             Action.METADATA,
-            wave,
             "labels, annotations or settings only: no rollout",
-            tuple(other_details),
-            warnings,
-            fields,
+            u.other_details,
         )
-    return Change(key, Action.UNCHANGED, wave, "unchanged")
+    return Change(u.key, Action.UNCHANGED, u.wave, "unchanged")
 
 
 def _ignored_reason(spec: Mapping[str, Any], semantics: kuberay.Semantics) -> str:

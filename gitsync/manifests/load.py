@@ -7,7 +7,7 @@ nothing from it is applied. Pure: the files arrive as bytes (read by gitsync.che
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gitsync.manifests.podpolicy import PodPolicy, enforce, problem_text
 from gitsync.manifests.rayservice import check_document
@@ -75,81 +75,13 @@ def load_environment(
 ) -> EnvironmentManifests:
     """``any_namespace``: a manifest naming another namespace than the environment's is not
     a problem (previews, whose transform puts every body in the preview namespace)."""
-    problems = list(read_problems)
-    services: list[DesiredService] = []
-    objects: list[DesiredObject] = []
-    seen: dict[ServiceKey, DesiredService | DesiredObject] = {}
+    reading = _Reading(env, allowed_kinds, any_namespace, max_objects, list(read_problems))
     manifests = sorted((f for f in files if is_manifest(f.path)), key=lambda f: f.path)
-    declared, over_limit = 0, False
     for file in manifests:
-        if over_limit or len(problems) >= MAX_PROBLEMS:
+        if reading.over_limit or len(reading.problems) >= MAX_PROBLEMS:
             break
-        if len(file.data) > max_file_bytes:
-            problems.append(
-                Problem(
-                    file.path,
-                    None,
-                    f"file is {len(file.data)} bytes; manifests are limited to "
-                    f"{max_file_bytes} bytes",
-                )
-            )
-            continue
-        text, problem = decode(file.data, file.path)
-        if problem is not None or text is None:
-            problems.extend([problem] if problem else [])
-            continue
-        documents, parse_problems = parse_documents(text, file.path)
-        problems.extend(parse_problems)
-        for doc in documents:
-            declared += 1
-            if declared > max_objects:
-                over_limit = True  # reported once; nothing more is read
-                problems.append(
-                    Problem(
-                        doc.file,
-                        doc.line,
-                        f"environment {env.name!r} declares more than {max_objects} objects, "
-                        "the limit per environment; split it into several environments",
-                    )
-                )
-                break
-            if len(problems) >= MAX_PROBLEMS:
-                problems.append(
-                    Problem(
-                        doc.file,
-                        doc.line,
-                        f"more than {MAX_PROBLEMS} problems in environment {env.name!r}; "
-                        "reading stopped here: fix these first",
-                    )
-                )
-                break
-            found, doc_problems = check_document(
-                doc, env, allowed_kinds, any_namespace=any_namespace
-            )
-            problems.extend(doc_problems)
-            if found is None:
-                continue
-            identity = found.key
-            if identity in seen:
-                first = seen[identity]
-                what = str(found.key)
-                problems.append(
-                    Problem(
-                        doc.file,
-                        doc.line,
-                        f"{what} is declared twice in environment "
-                        f"{env.name!r} (first at {first.source}:{first.line})",
-                    )
-                )
-                continue
-            seen[identity] = found
-            if isinstance(found, DesiredService) and env.policy is not None:
-                found, refused = _with_policy(found, doc, env.policy, f"{env.name}'s policy")
-                problems.extend(refused)
-            if isinstance(found, DesiredService):
-                services.append(found)
-            else:
-                objects.append(found)
+        reading.read_file(file, max_file_bytes)
+    problems, services, objects = reading.problems, reading.services, reading.objects
     if problems:
         return EnvironmentManifests(
             env, (), (), tuple(sorted(problems, key=_order)), len(manifests)
@@ -158,6 +90,100 @@ def load_environment(
     objects.sort(key=lambda o: (o.wave, o.key))
     kinds = tuple(k for k in allowed_kinds if k != RAYSERVICE)
     return EnvironmentManifests(env, tuple(services), tuple(objects), (), len(manifests), kinds)
+
+
+@dataclass
+class _Reading:
+    """One environment's manifests being read: what they declare so far, and the problems."""
+
+    env: EnvironmentConfig
+    allowed_kinds: tuple[Kind, ...]
+    any_namespace: bool
+    max_objects: int
+    problems: list[Problem]
+    services: list[DesiredService] = field(default_factory=list)
+    objects: list[DesiredObject] = field(default_factory=list)
+    seen: dict[ServiceKey, DesiredService | DesiredObject] = field(default_factory=dict)
+    declared: int = 0
+    over_limit: bool = False
+
+    def read_file(self, file: SourceFile, max_file_bytes: int) -> None:
+        if len(file.data) > max_file_bytes:
+            self.problems.append(
+                Problem(
+                    file.path,
+                    None,
+                    f"file is {len(file.data)} bytes; manifests are limited to "
+                    f"{max_file_bytes} bytes",
+                )
+            )
+            return
+        text, problem = decode(file.data, file.path)
+        if problem is not None or text is None:
+            self.problems.extend([problem] if problem else [])
+            return
+        documents, parse_problems = parse_documents(text, file.path)
+        self.problems.extend(parse_problems)
+        for doc in documents:
+            if not self._within_limits(doc):
+                break
+            self._read_document(doc)
+
+    def _within_limits(self, doc: Document) -> bool:
+        """Count ``doc``; False (and the problem, once) when reading must stop before it."""
+        self.declared += 1
+        if self.declared > self.max_objects:
+            self.over_limit = True  # reported once; nothing more is read
+            self.problems.append(
+                Problem(
+                    doc.file,
+                    doc.line,
+                    f"environment {self.env.name!r} declares more than {self.max_objects} "
+                    "objects, the limit per environment; split it into several environments",
+                )
+            )
+            return False
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.problems.append(
+                Problem(
+                    doc.file,
+                    doc.line,
+                    f"more than {MAX_PROBLEMS} problems in environment {self.env.name!r}; "
+                    "reading stopped here: fix these first",
+                )
+            )
+            return False
+        return True
+
+    def _read_document(self, doc: Document) -> None:
+        env = self.env
+        found, doc_problems = check_document(
+            doc, env, self.allowed_kinds, any_namespace=self.any_namespace
+        )
+        self.problems.extend(doc_problems)
+        if found is None:
+            return
+        identity = found.key
+        if identity in self.seen:
+            first = self.seen[identity]
+            what = str(found.key)
+            self.problems.append(
+                Problem(
+                    doc.file,
+                    doc.line,
+                    f"{what} is declared twice in environment "
+                    f"{env.name!r} (first at {first.source}:{first.line})",
+                )
+            )
+            return
+        self.seen[identity] = found
+        if isinstance(found, DesiredService) and env.policy is not None:
+            found, refused = _with_policy(found, doc, env.policy, f"{env.name}'s policy")
+            self.problems.extend(refused)
+        if isinstance(found, DesiredService):
+            self.services.append(found)
+        else:
+            self.objects.append(found)
 
 
 def _with_policy(

@@ -50,30 +50,11 @@ def check_document(
     any_namespace: bool = False,
 ) -> tuple[DesiredService | DesiredObject | None, list[Problem]]:
     check = Checker(doc)
-    data = doc.data
-    if not isinstance(data, Mapping):
-        check.add(
-            f"a manifest must be a mapping with apiVersion and kind, not a {type(data).__name__}"
-        )
+    kind_of = _check_kind(check, doc.data, allowed_kinds)
+    if kind_of is None:
         return None, check.problems
-    api_version, kind = data.get("apiVersion"), data.get("kind")
-    if not isinstance(api_version, str) or not isinstance(kind, str):
-        check.add("apiVersion and kind are required")
-        return None, check.problems
-    this = Kind(api_version, kind)
-    if this != RAYSERVICE and this not in allowed_kinds:
-        if kind == RAYSERVICE.kind:
-            check.add(
-                f"RayService apiVersion {api_version!r} is not served for gitsync; use 'ray.io/v1'",
-                "apiVersion",
-            )
-        else:
-            check.add(
-                f"{this} is not managed by gitsync: environments hold {RAYSERVICE} objects "
-                "(list other kinds under allowedKinds in gitsync.yaml to apply them too)",
-                "kind",
-            )
-        return None, check.problems
+    data, this = kind_of
+    api_version, kind = this.api_version, this.kind
     metadata = data.get("metadata")
     if not isinstance(metadata, Mapping):
         check.add("metadata must be a mapping with a name", "metadata")
@@ -113,6 +94,37 @@ def check_document(
         wave,
     )
     return service, []
+
+
+def _check_kind(
+    check: Checker, data: object, allowed_kinds: tuple[Kind, ...]
+) -> tuple[Mapping[str, Any], Kind] | None:
+    """The document as a mapping and its kind, or None (and the problem) when gitsync does
+    not manage it."""
+    if not isinstance(data, Mapping):
+        check.add(
+            f"a manifest must be a mapping with apiVersion and kind, not a {type(data).__name__}"
+        )
+        return None
+    api_version, kind = data.get("apiVersion"), data.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        check.add("apiVersion and kind are required")
+        return None
+    this = Kind(api_version, kind)
+    if this != RAYSERVICE and this not in allowed_kinds:
+        if kind == RAYSERVICE.kind:
+            check.add(
+                f"RayService apiVersion {api_version!r} is not served for gitsync; use 'ray.io/v1'",
+                "apiVersion",
+            )
+        else:
+            check.add(
+                f"{this} is not managed by gitsync: environments hold {RAYSERVICE} objects "
+                "(list other kinds under allowedKinds in gitsync.yaml to apply them too)",
+                "kind",
+            )
+        return None
+    return data, this
 
 
 def _with_namespace(data: Mapping[str, Any], env: EnvironmentConfig) -> dict[str, Any]:

@@ -118,15 +118,7 @@ class JsonClient:
         policy = QUICK if quick else self.policy
         timeout = min(self.timeout, QUICK_TIMEOUT) if quick else self.timeout
         for attempt in range(1, policy.attempts + 1):
-            headers = {
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-                **self.headers(),
-            }
-            payload = None
-            if body is not None:
-                payload = json.dumps(body).encode()
-                headers["Content-Type"] = "application/json"
+            headers, payload = self._prepared(body)
             try:
                 raw = self.pool.request(
                     method,
@@ -163,6 +155,19 @@ class JsonClient:
             self.on_retry(reason)
             self.sleep(wait)
         raise AssertionError("unreachable")
+
+    def _prepared(self, body: Any) -> tuple[dict[str, str], bytes | None]:
+        """One attempt's headers (fresh credentials) and its JSON payload, if any."""
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            **self.headers(),
+        }
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        return headers, payload
 
     def _backoff(self, attempt: int) -> float:
         return float(self.policy.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
