@@ -193,8 +193,18 @@ def load_repo_config(
     if not check.mapping(data, {"environments", "previews", "allowedKinds"}, {"environments"}):
         return None, check.problems
 
+    environments, names = _environments(check, data.get("environments"))
+    previews = _previews(check, data.get("previews"), names) if "previews" in data else None
+    kinds = _kinds(check, data.get("allowedKinds")) if "allowedKinds" in data else ()
+    if check.problems:
+        return None, sorted(check.problems, key=lambda p: p.line or 0)
+    return RepoConfig(tuple(environments), previews, kinds), []
+
+
+def _environments(check: Checker, raw_envs: Any) -> tuple[list[EnvironmentConfig], set[str]]:
+    """``environments``: each one checked, then their ``after`` order (no self, no unknown
+    name, no cycle)."""
     environments: list[EnvironmentConfig] = []
-    raw_envs = data.get("environments")
     if not isinstance(raw_envs, list) or not raw_envs:
         check.add("environments must be a non-empty list", "environments")
         raw_envs = []
@@ -236,11 +246,7 @@ def load_repo_config(
             cycle = ", ".join(e.name for e in environments if e.after)
             check.add(f"the 'after' order has a cycle among: {cycle}", "environments")
 
-    previews = _previews(check, data.get("previews"), names) if "previews" in data else None
-    kinds = _kinds(check, data.get("allowedKinds")) if "allowedKinds" in data else ()
-    if check.problems:
-        return None, sorted(check.problems, key=lambda p: p.line or 0)
-    return RepoConfig(tuple(environments), previews, kinds), []
+    return environments, names
 
 
 def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None:
@@ -264,6 +270,40 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
     if ttl is None:
         check.add(f"previews.ttl must be a duration such as '72h', not {raw.get('ttl')!r}",
                   "previews", "ttl")  # fmt: skip
+    counts, resources = _preview_limits(check, raw, default)
+    label, authors = _preview_forks(check, raw.get("forks", {}), default)
+    branches = raw.get("branches", "")
+    if not isinstance(branches, str):
+        check.add("previews.branches must be a glob such as 'preview/*'", "previews", "branches")
+        branches = ""
+    policy = _policy(check, raw.get("policy", {}), "previews", "policy")
+    if not source:
+        return None
+    return PreviewConfig(
+        source,
+        namespace,
+        ttl or default.ttl,
+        counts["maxPreviews"],
+        counts["maxWorkerReplicas"],
+        counts["maxNumReplicas"],
+        label,
+        authors,
+        branches,
+        max_cpu=resources[0],
+        max_memory=resources[1],
+        max_gpu=resources[2],
+        max_num_of_hosts=counts["maxNumOfHosts"],
+        max_worker_groups=counts["maxWorkerGroups"],
+        max_services=counts["maxServices"],
+        policy=policy,
+    )
+
+
+def _preview_limits(
+    check: Checker, raw: dict[str, Any], default: PreviewConfig
+) -> tuple[dict[str, int], tuple[str, str, int | None]]:
+    """``previews.maxPreviews`` and ``previews.overrides``: the whole-number limits (a bad
+    one reported and replaced by its default) and the resource caps."""
     counts = {}
     overrides = raw.get("overrides", {})
     check.mapping(
@@ -298,7 +338,14 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
             check.add(f"{'.'.join(at)}.{key} must be a whole number ≥ 1, not {value!r}", *at, key)
             value = fallback
         counts[key] = value
-    forks = raw.get("forks", {})
+    return counts, resources
+
+
+def _preview_forks(
+    check: Checker, forks: Any, default: PreviewConfig
+) -> tuple[str, tuple[str, ...]]:
+    """``previews.forks``: the label that lets a fork's pull request preview, and the
+    authors allowed without it."""
     label, authors = default.fork_label, default.allow_authors
     if check.mapping(forks, {"label", "allowAuthors"}, set(), "previews", "forks"):
         label = str(forks.get("label", label) or "")
@@ -308,31 +355,7 @@ def _previews(check: Checker, raw: Any, names: set[str]) -> PreviewConfig | None
                       "previews", "forks", "allowAuthors")  # fmt: skip
         else:
             authors = tuple(raw_authors)
-    branches = raw.get("branches", "")
-    if not isinstance(branches, str):
-        check.add("previews.branches must be a glob such as 'preview/*'", "previews", "branches")
-        branches = ""
-    policy = _policy(check, raw.get("policy", {}), "previews", "policy")
-    if not source:
-        return None
-    return PreviewConfig(
-        source,
-        namespace,
-        ttl or default.ttl,
-        counts["maxPreviews"],
-        counts["maxWorkerReplicas"],
-        counts["maxNumReplicas"],
-        label,
-        authors,
-        branches,
-        max_cpu=resources[0],
-        max_memory=resources[1],
-        max_gpu=resources[2],
-        max_num_of_hosts=counts["maxNumOfHosts"],
-        max_worker_groups=counts["maxWorkerGroups"],
-        max_services=counts["maxServices"],
-        policy=policy,
-    )
+    return label, authors
 
 
 def _policy(check: Checker, raw: Any, *at: str | int) -> PodPolicy:
