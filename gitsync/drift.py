@@ -32,6 +32,7 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
+from gitsync.names import RECONCILE
 from gitsync.plan import Plan, Wave, build_plan, fields_json
 from gitsync.planning import confined, dry_run_many, environment_manifests, ordered_environments
 from gitsync.progress import Lines
@@ -41,7 +42,7 @@ from gitsync.stamp import reconcile_disabled, stamp_service, untouched_since_app
 
 log = logging.getLogger(__name__)
 
-DISABLED_NOTE = "reconcile disabled (gitsync.ray.io/reconcile): not corrected"
+DISABLED_NOTE = f"reconcile disabled ({RECONCILE}): not corrected"
 
 
 @dataclass(frozen=True)

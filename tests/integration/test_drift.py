@@ -26,9 +26,10 @@ from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Action, DesiredService, Outcome, ServiceKey
+from gitsync.names import ENVIRONMENT, MANAGED_BY
 from gitsync.planning import environment_manifests, live_environment_plan
 from gitsync.source.git import GitSource
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped, untouched_since_apply
+from gitsync.stamp import stamped, untouched_since_apply
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
