@@ -50,7 +50,7 @@ from gitsync.config import AgentConfig, load_agent_config
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
-from gitsync.stamp import REVISION
+from gitsync.names import REVISION
 from gitsync.sync import sync_once
 from testbed import checkout_env
 from testbed.binaries import ensure_binaries

@@ -2,10 +2,12 @@
 RayServices with Git **at the revision last applied**, report, and — where the environment
 says ``selfHeal: true`` — put Git's version back through a normal, health-gated rollout.
 
-Wires the edges; the comparison itself is :mod:`gitsync.diff.drift`. Per environment one list
-of the namespace, then a server-side dry run only for services whose live object is not
-provably untouched since gitsync applied it. Findings and the corrections history live in the
-environment's state ConfigMap (``gitsync status`` shows them; the backoff survives restarts).
+Wires the edges; the comparison itself is :mod:`gitsync.diff.drift`. Each environment is
+planned against the cluster as the sync pass plans it (:func:`gitsync.planning.live_sides`:
+one list per kind, a server-side dry run only for objects not provably untouched since
+gitsync applied them); drift attributes what differs, and a heal plans from the same
+sides. Findings and the corrections history live in the environment's state ConfigMap
+(``gitsync status`` shows them; the backoff survives restarts).
 A field corrected ``limit`` times within ``window`` is a fight with another controller:
 gitsync stops correcting it, says so loudly (Warning event, metric, status), keeps reporting.
 The window slides: once the oldest of those corrections is older than ``window``, gitsync
@@ -26,22 +28,28 @@ from typing import Any
 from gitsync.checkout import TreeReport, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
-from gitsync.diff.normalize import comparable
 from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
-from gitsync.plan import Plan, Wave, build_plan, fields_json
-from gitsync.planning import confined, dry_run_many, environment_manifests, ordered_environments
+from gitsync.names import RECONCILE
+from gitsync.plan import Plan, Wave, fields_json
+from gitsync.planning import (
+    LiveSides,
+    confined,
+    environment_manifests,
+    live_sides,
+    ordered_environments,
+    sides_plan,
+)
 from gitsync.progress import Lines
 from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
-from gitsync.stamp import reconcile_disabled, stamp_service, untouched_since_apply
 
 log = logging.getLogger(__name__)
 
-DISABLED_NOTE = "reconcile disabled (gitsync.ray.io/reconcile): not corrected"
+DISABLED_NOTE = f"reconcile disabled ({RECONCILE}): not corrected"
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,6 @@ class DriftReport:
     @property
     def drifted(self) -> bool:
         return bool(self.drifts)
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """What a check read: the live objects, and the dry-run answers it compared them with."""
-
-    live: dict[ServiceKey, dict[str, Any]]
-    desired: dict[ServiceKey, dict[str, Any]]
 
 
 @dataclass
@@ -134,7 +134,10 @@ class DriftChecker:
         if revision not in self._trees:
             self._trees[revision] = self._tree(revision)
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
-        drifts, disabled, seen = self._find(loaded, revision)
+        sides = _listed(
+            live_sides(loaded, self.services, revision, self.config.rollout.concurrency)
+        )
+        drifts, disabled = self._find(loaded, revision, sides), set(sides.disabled)
         history = self.state.read_drift(name).corrections
         now = self.clock()  # forget what left the window: the ConfigMap stays small
         corrections = {f: ts for f, ts in history.items() if any(now - t < self.window for t in ts)}
@@ -144,7 +147,7 @@ class DriftChecker:
         env = loaded.environment
         healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
         if heal and env.self_heal and healable:
-            healed = self._heal(loaded, revision, healable, corrections, seen)
+            healed = self._heal(loaded, revision, healable, corrections, sides)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
@@ -158,30 +161,18 @@ class DriftChecker:
 
     # -- finding ------------------------------------------------------------------------------
 
-    def _find(
-        self, loaded: EnvironmentManifests, revision: str
-    ) -> tuple[list[Drift], set[ServiceKey], _Seen]:
-        """The drifts, the live services whose reconcile is disabled (drifted or not), and
-        both sides as compared (healing plans from them: no second list or dry run)."""
-        env = loaded.environment
-        live = self._live(loaded)
-        manifests = {key: s.manifest for key, s in loaded.desired.items()}
-        disabled = {k for k, obj in live.items() if reconcile_disabled(obj, manifests.get(k))}
-        asks = []
-        for service in loaded.desired.values():
-            obj = live.get(service.key)
-            body = stamp_service(service, env.name, revision)
-            if obj is not None and not untouched_since_apply(obj, body):
-                asks.append((service.key, body))  # may differ: dry-run (untouched: no request)
-        answers = dry_run_many(self.services, asks, self.config.rollout.concurrency)
+    def _find(self, loaded: EnvironmentManifests, revision: str, sides: LiveSides) -> list[Drift]:
+        """The drifts of the planned ``sides``: each desired service missing from the list,
+        each listed one Git does not declare, and each whose dry-run answer differs from the
+        live object, with who changed which field."""
         drifts: list[Drift] = []
-        for service in loaded.desired.values():
-            obj = live.get(service.key)
+        for key in loaded.desired:
+            obj = sides.live.get(key)
             if obj is None:
-                drifts.append(Drift(service.key, DriftKind.DELETED, revision))
-            elif service.key in answers:
+                drifts.append(Drift(key, DriftKind.DELETED, revision))
+            elif sides.desired[key] != sides.current[key]:
                 found = modified(
-                    service.key, comparable(obj), answers[service.key], obj, revision,
+                    key, sides.current[key], sides.desired[key], obj, revision,
                     self.config.classify,
                 )  # fmt: skip
                 if found is not None:
@@ -189,21 +180,10 @@ class DriftChecker:
         declared = set(loaded.desired)
         drifts += [
             Drift(key, DriftKind.UNEXPECTED, revision)
-            for key in sorted(live)
+            for key in sorted(sides.live)
             if key not in declared
         ]
-        return drifts, disabled, _Seen(live, answers)
-
-    def _live(self, loaded: EnvironmentManifests) -> dict[ServiceKey, dict[str, Any]]:
-        """Everything gitsync manages for the environment: its RayServices, and its objects
-        of each other kind the repository allows (one list per kind)."""
-        env = loaded.environment
-        live = self.services.list_managed(env.namespace, env.name)
-        for kind in loaded.kinds:
-            live |= self.services.objects.list_managed(
-                env.namespace, env.name, kind.api_version, kind.kind
-            )
-        return live
+        return drifts
 
     def _fighting(
         self, drifts: Sequence[Drift], corrections: Mapping[str, list[float]]
@@ -260,7 +240,7 @@ class DriftChecker:
         revision: str,
         drifts: Sequence[Drift],
         corrections: dict[str, list[float]],
-        seen: _Seen,
+        sides: LiveSides,
     ) -> RolloutResult | None:
         """Re-applies Git's version of the drifted services as a rollout: waves, health gates,
         the same state ConfigMap. Only what the plan really changes is healed and counted as
@@ -268,7 +248,10 @@ class DriftChecker:
         "corrected" (a rollout that deletes nothing would count towards a fight). None when
         the plan changes nothing."""
         env, by_key = loaded.environment, loaded.desired
-        plan = self._heal_plan(loaded, revision, drifts, seen)
+        # The plan of the drifted services, from the sides the check compared: no second
+        # list or dry run.
+        keys = {d.key for d in drifts}
+        plan = _only_changes(sides_plan(loaded, sides, self.config.classify, revision, keys))
         changed = {c.key for c in plan.changes}
         if not changed:
             return None
@@ -295,29 +278,6 @@ class DriftChecker:
                 )
         return result
 
-    def _heal_plan(
-        self, loaded: EnvironmentManifests, revision: str, drifts: Sequence[Drift], seen: _Seen
-    ) -> Plan:
-        """The plan of the drifted services, from the list and dry-run answers the check
-        compared; only a deleted service (nothing was compared) is dry-run here."""
-        env = loaded.environment
-        current: dict[ServiceKey, dict[str, Any]] = {}
-        desired: dict[ServiceKey, dict[str, Any]] = {}
-        deleted = []
-        for key in {d.key for d in drifts}:
-            if key in seen.live:
-                current[key] = comparable(seen.live[key])
-            if key in seen.desired:  # a modified service: dry-run once, by _find
-                desired[key] = seen.desired[key]
-            elif key in loaded.desired:  # deleted: nothing was compared
-                deleted.append((key, stamp_service(loaded.desired[key], env.name, revision)))
-        desired |= dry_run_many(self.services, deleted, self.config.rollout.concurrency)
-        options = self.config.classify
-        planned = build_plan(
-            env.name, env.namespace, current, desired, options, prune=env.prune, to_rev=revision
-        )
-        return _only_changes(planned)
-
 
 def still_drifted(report: DriftReport) -> tuple[Drift, ...]:
     """The drifts the check leaves behind: all of them, but those a successful heal put
@@ -333,6 +293,16 @@ def drifted_by_kind(report: DriftReport) -> dict[str, int]:
     """How many services are drifted now, per kind (every kind, zeros included)."""
     left = still_drifted(report)
     return {str(kind): sum(1 for d in left if d.kind is kind) for kind in DriftKind}
+
+
+def _listed(sides: LiveSides) -> LiveSides:
+    """``sides`` as drift reads them: only what the list found is gitsync's, so a desired
+    service there but not labelled as gitsync's is deleted (healing re-creates it)."""
+    return replace(
+        sides,
+        current={k: v for k, v in sides.current.items() if k in sides.live},
+        disabled=frozenset(k for k in sides.disabled if k in sides.live),
+    )
 
 
 def _only_changes(plan: Plan) -> Plan:

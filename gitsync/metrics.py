@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gitsync.names import RECONCILE
+
 
 @dataclass
 class Metrics:
@@ -90,7 +92,7 @@ class Metrics:
         )
         self.reconcile_disabled = Gauge(
             "gitsync_reconcile_disabled_services",
-            "RayServices whose live object says gitsync.ray.io/reconcile: disabled, which "
+            f"RayServices whose live object says {RECONCILE}: disabled, which "
             "gitsync leaves alone, as the last drift check of the environment saw them",
             ["environment"],
             registry=r,

@@ -23,6 +23,7 @@ from typing import Any
 from gitsync.capacity import Fit, Verdict
 from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify_any
 from gitsync.model import Action, Change, FieldChange, ServiceKey
+from gitsync.names import RECONCILE
 
 _NO_WORK = frozenset({Action.UNCHANGED, Action.SKIPPED, Action.ORPHAN})
 ORPHAN_SUMMARY = (
@@ -160,7 +161,7 @@ def _kind_order(changes: Sequence[Change]) -> tuple[Change, ...]:
 def skipped(change: Change) -> Change:
     """``change`` left undone because the live object disables reconciling it: the summary
     keeps what Git's version would do, so the plan still shows the difference."""
-    why = "reconcile disabled (gitsync.ray.io/reconcile: disabled on the live object)"
+    why = f"reconcile disabled ({RECONCILE}: disabled on the live object)"
     would = (
         "no difference from Git"
         if change.action is Action.UNCHANGED

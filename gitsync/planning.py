@@ -6,7 +6,7 @@ cluster through the edges; decides nothing itself.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +22,7 @@ from gitsync.kube.capacity import read_cluster
 from gitsync.kube.rayservices import RayServices
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import REPO_CONFIG_FILE
-from gitsync.model import Action, Problem, ServiceKey
+from gitsync.model import Action, DesiredObject, DesiredService, Problem, ServiceKey
 from gitsync.plan import Plan, build_plan, unchanged_plan
 from gitsync.source.local import LocalRepository
 from gitsync.stamp import reconcile_disabled, stamp_service, stamped_hash, untouched_since_apply
@@ -178,10 +178,10 @@ def live_environment_plan(
 
     First one metadata-only list: when every desired service carries the hash of its current
     body and no other manager wrote its spec since, and nothing is left to prune, the plan is
-    "unchanged" without reading a spec. Otherwise one full list (current objects and prune
-    candidates) and a server-side dry run of each service that may differ (``concurrency``
-    at a time). A service whose live object disables reconciling it is planned as skipped
-    (:func:`gitsync.stamp.reconcile_disabled`); the metadata list is enough to tell."""
+    "unchanged" without reading a spec. Otherwise both sides as :func:`live_sides` compares
+    them, planned by :func:`sides_plan`. A service whose live object disables reconciling it
+    is planned as skipped (:func:`gitsync.stamp.reconcile_disabled`); the metadata list is
+    enough to tell."""
     env = loaded.environment
     others = _other_kinds(loaded, rayservices, revision, concurrency)
     hashes = {
@@ -193,9 +193,6 @@ def live_environment_plan(
     # The usual pass changes nothing: metadata alone proves it (no spec or status bytes).
     metadata = rayservices.list_managed_metadata(env.namespace, env.name)
     manifests = {service.key: service.manifest for service in loaded.services}
-    disabled = frozenset(
-        key for key, obj in metadata.items() if reconcile_disabled(obj, manifests.get(key))
-    )
     if (
         others.untouched
         and metadata.keys() == hashes.keys()
@@ -205,41 +202,87 @@ def live_environment_plan(
         )
     ):
         waves = {key: o.wave for key, o in loaded.desired.items()}
-        disabled |= others.disabled
-        return unchanged_plan(env.name, env.namespace, waves, to_rev=revision, disabled=disabled)
-    bodies = {
-        service.key: stamp_service(service, env.name, revision) for service in loaded.services
-    }
-    live = rayservices.list_managed(env.namespace, env.name)
-    current: dict[ServiceKey, dict[str, Any]] = {k: owned(v) for k, v in live.items()}
-    desired: dict[ServiceKey, dict[str, Any]] = {}
-    asks: list[tuple[ServiceKey, dict[str, Any]]] = []
-    for key, body in bodies.items():
-        if key not in live and (existing := rayservices.get(key)) is not None:
-            current[key] = owned(existing)  # there, but not (yet) labelled as ours
-            if reconcile_disabled(existing, manifests[key]):
-                disabled |= {key}
-        if key in live and untouched_since_apply(live[key], body):
-            desired[key] = current[key]  # no request: nothing can differ
-        else:
-            asks.append((key, body))
+        disabled = frozenset(
+            key for key, obj in metadata.items() if reconcile_disabled(obj, manifests.get(key))
+        )
+        return unchanged_plan(
+            env.name, env.namespace, waves, to_rev=revision, disabled=disabled | others.disabled
+        )
+    sides = live_sides(loaded, rayservices, revision, concurrency, others=others)
+    return with_capacity(sides_plan(loaded, sides, options, revision), loaded, rayservices)
 
-    desired.update(dry_run_many(rayservices, asks, concurrency))
-    disabled |= {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
-    current.update(others.current)
-    desired.update(others.desired)
-    disabled |= others.disabled
-    plan = build_plan(
+
+@dataclass(frozen=True)
+class LiveSides:
+    """One environment against the cluster, both sides normalised
+    (:func:`gitsync.diff.normalize.comparable`): ``live``, gitsync's objects there as listed
+    and as read (their managedFields say who wrote each field); ``current``, those and every
+    desired object there but not (yet) labelled as gitsync's; ``desired``, Git's bodies as
+    the API server would store them; the objects whose reconcile is disabled; and whether
+    every one is provably as Git wants it (nothing was dry-run, nothing is left over)."""
+
+    live: dict[ServiceKey, dict[str, Any]]
+    current: dict[ServiceKey, dict[str, Any]]
+    desired: dict[ServiceKey, dict[str, Any]]
+    disabled: frozenset[ServiceKey]
+    untouched: bool
+
+    def __or__(self, other: LiveSides) -> LiveSides:
+        return LiveSides(
+            self.live | other.live,
+            self.current | other.current,
+            self.desired | other.desired,
+            self.disabled | other.disabled,
+            self.untouched and other.untouched,
+        )
+
+
+def live_sides(
+    loaded: EnvironmentManifests,
+    rayservices: RayServices,
+    revision: str | None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    *,
+    others: LiveSides | None = None,
+) -> LiveSides:
+    """Both sides of one environment against the cluster, as the sync pass plans them and
+    drift checks them: one full list per kind (current objects and prune candidates), and a
+    server-side dry run of each desired object that may differ (``concurrency`` at a time).
+    ``others``: the other kinds' half, when the caller already has it."""
+    env = loaded.environment
+    if others is None:
+        others = _other_kinds(loaded, rayservices, revision, concurrency)
+    live = rayservices.list_managed(env.namespace, env.name)
+    services = _compared(
+        loaded.services, live, rayservices.get, owned, rayservices, env.name, revision, concurrency
+    )
+    return services | others
+
+
+def sides_plan(
+    loaded: EnvironmentManifests,
+    sides: LiveSides,
+    options: Options,
+    revision: str | None,
+    keys: Collection[ServiceKey] | None = None,
+) -> Plan:
+    """The plan of ``sides`` (of ``keys`` only, when given): what the sync pass applies, and
+    what drift heals."""
+    env = loaded.environment
+
+    def kept(side: dict[ServiceKey, dict[str, Any]]) -> dict[ServiceKey, dict[str, Any]]:
+        return side if keys is None else {k: v for k, v in side.items() if k in keys}
+
+    return build_plan(
         env.name,
         env.namespace,
-        current,
-        desired,
+        kept(sides.current),
+        kept(sides.desired),
         options,
         prune=env.prune,
         to_rev=revision,
-        disabled=disabled,
+        disabled=sides.disabled,
     )
-    return with_capacity(plan, loaded, rayservices)
 
 
 NEW_CLUSTER = frozenset({Action.CREATE, Action.CLUSTER_SWAP})
@@ -267,6 +310,39 @@ def with_capacity(plan: Plan, loaded: EnvironmentManifests, rayservices: RayServ
     return replace(plan, capacity=verdicts, capacity_check=env.capacity_check)
 
 
+def _compared(
+    declared: Iterable[DesiredService | DesiredObject],
+    live: dict[ServiceKey, dict[str, Any]],
+    get: Callable[[ServiceKey], dict[str, Any] | None],
+    normalise: Callable[[Mapping[str, Any]], dict[str, Any]],
+    rayservices: RayServices,
+    environment: str,
+    revision: str | None,
+    concurrency: int,
+) -> LiveSides:
+    """One kind's sides: ``live`` (gitsync's objects of it, as listed) against Git's
+    ``declared`` objects, each stamped and dry-run unless its live object is provably
+    untouched since gitsync applied it (then no request: nothing can differ)."""
+    manifests = {o.key: o.manifest for o in declared}
+    current = {key: normalise(obj) for key, obj in live.items()}
+    desired: dict[ServiceKey, dict[str, Any]] = {}
+    disabled = {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
+    asks: list[tuple[ServiceKey, dict[str, Any]]] = []
+    for obj in declared:
+        body = stamp_service(obj, environment, revision)
+        if obj.key not in live and (existing := get(obj.key)) is not None:
+            current[obj.key] = normalise(existing)  # there, but not (yet) labelled as ours
+            if reconcile_disabled(existing, obj.manifest):
+                disabled.add(obj.key)
+        if obj.key in live and untouched_since_apply(live[obj.key], body):
+            desired[obj.key] = current[obj.key]
+        else:
+            asks.append((obj.key, body))
+    desired.update(dry_run_many(rayservices, asks, concurrency))
+    untouched = not asks and live.keys() <= desired.keys()
+    return LiveSides(dict(live), current, desired, frozenset(disabled), untouched)
+
+
 def dry_run_many(
     rayservices: RayServices,
     asks: Sequence[tuple[ServiceKey, dict[str, Any]]],
@@ -292,20 +368,9 @@ def dry_run_many(
     return {key: answer for (key, _), answer in zip(asks, answers, strict=True)}
 
 
-@dataclass(frozen=True)
-class _Sides:
-    """The other kinds' half of a live plan: both sides normalised, the objects whose
-    reconcile is disabled, and whether every one is provably as Git wants it."""
-
-    current: dict[ServiceKey, dict[str, Any]]
-    desired: dict[ServiceKey, dict[str, Any]]
-    disabled: frozenset[ServiceKey]
-    untouched: bool
-
-
 def _other_kinds(
     loaded: EnvironmentManifests, rayservices: RayServices, revision: str | None, concurrency: int
-) -> _Sides:
+) -> LiveSides:
     """The objects of ``allowedKinds`` against the cluster, as RayServices are: one list per
     kind (gitsync's objects of it there, prune candidates included), and a server-side dry
     run of each object that may differ. A kind the API server does not serve, or serves
@@ -337,21 +402,13 @@ def _other_kinds(
     live: dict[ServiceKey, dict[str, Any]] = {}
     for kind in loaded.kinds:
         live |= objects.list_managed(env.namespace, env.name, kind.api_version, kind.kind)
-    manifests = {o.key: o.manifest for o in loaded.objects}
-    current = {key: owned_object(obj) for key, obj in live.items()}
-    desired: dict[ServiceKey, dict[str, Any]] = {}
-    disabled = {key for key, obj in live.items() if reconcile_disabled(obj, manifests.get(key))}
-    asks: list[tuple[ServiceKey, dict[str, Any]]] = []
-    for obj in loaded.objects:
-        body = stamp_service(obj, env.name, revision)
-        if obj.key not in live and (existing := objects.get(obj.key)) is not None:
-            current[obj.key] = owned_object(existing)  # there, but not (yet) labelled as ours
-            if reconcile_disabled(existing, obj.manifest):
-                disabled.add(obj.key)
-        if obj.key in live and untouched_since_apply(live[obj.key], body):
-            desired[obj.key] = current[obj.key]
-        else:
-            asks.append((obj.key, body))
-    desired.update(dry_run_many(rayservices, asks, concurrency))
-    untouched = not asks and live.keys() <= desired.keys()
-    return _Sides(current, desired, frozenset(disabled), untouched)
+    return _compared(
+        loaded.objects,
+        live,
+        objects.get,
+        owned_object,
+        rayservices,
+        env.name,
+        revision,
+        concurrency,
+    )

@@ -46,7 +46,7 @@ from gitsync.model import (
     RolloutState,
     ServiceKey,
 )
-from gitsync.names import PREVIEW_UPDATED
+from gitsync.names import PREVIEW_UPDATED, REVISION
 from gitsync.plan import PLAN_COMMENT_MARKER, code, fenced, plan_markdown
 from gitsync.planning import environment_manifests, live_environment_plan, tree_plans
 from gitsync.progress import Lines
@@ -55,7 +55,6 @@ from gitsync.report.reporter import Reporter
 from gitsync.report.status import Describer, State
 from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
-from gitsync.stamp import REVISION
 
 log = logging.getLogger(__name__)
 

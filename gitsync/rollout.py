@@ -38,10 +38,11 @@ from gitsync.model import (
     StepKind,
     WaveEvent,
 )
+from gitsync.names import ENVIRONMENT, MANAGED_BY, RECONCILE
 from gitsync.object_health import assess_object
 from gitsync.plan import Plan
 from gitsync.progress import Observer, Quiet
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY, applied_for, reconcile_disabled, stamp_service
+from gitsync.stamp import applied_for, reconcile_disabled, stamp_service
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +209,13 @@ class Rollout:
         for key in keys:
             self.observer.line(
                 f"{env.name}: skipped {key} at {revision[:12]}: reconcile disabled "
-                "(gitsync.ray.io/reconcile: disabled)"
+                f"({RECONCILE}: disabled)"
             )
             self.observer.recorded(
                 key,
                 "Normal",
                 "ReconcileDisabled",
-                f"gitsync did not apply revision {revision[:12]}: gitsync.ray.io/reconcile is "
+                f"gitsync did not apply revision {revision[:12]}: {RECONCILE} is "
                 "disabled on this object; remove the annotation to resume",
             )
 

@@ -25,10 +25,6 @@ from gitsync.names import (
     WAVE,
 )
 
-__all__ = [
-    "APPLIED_HASH", "ENVIRONMENT", "FIELD_MANAGER", "MANAGED_BY", "RECONCILE", "REVISION",
-    "SOURCE", "WAVE",
-]  # fmt: skip
 # The top-level fields (as managedFields name them) that are not an object's content: its
 # spec, a ConfigMap's data, a Role's rules … are everything else.
 NOT_CONTENT = frozenset({"f:apiVersion", "f:kind", "f:metadata", "f:status"})

@@ -20,9 +20,9 @@ from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.model import Health, Phase, RolloutState, ServiceKey
-from gitsync.names import REVISION
+from gitsync.names import ENVIRONMENT, REVISION
 from gitsync.object_health import assess_object
-from gitsync.stamp import ENVIRONMENT, reconcile_disabled
+from gitsync.stamp import reconcile_disabled
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,6 @@ from gitsync.diff.structural import Difference, describe, differences, field_cha
 from gitsync.mask import secret_roots_of
 from gitsync.model import Action, Change, FieldChange, ServiceKey
 
-WAVE_ANNOTATION = names.WAVE
-
 
 @dataclass(frozen=True)
 class Options:
@@ -45,7 +43,7 @@ DEFAULT_OPTIONS = Options()
 def wave_of(obj: Mapping[str, Any] | None) -> int:
     annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
     try:
-        return int(annotations.get(WAVE_ANNOTATION, 0))
+        return int(annotations.get(names.WAVE, 0))
     except (TypeError, ValueError):
         return 0
 

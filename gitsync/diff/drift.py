@@ -21,7 +21,7 @@ from gitsync.diff.classify import Options, classify_any
 from gitsync.diff.fieldsets import owns_path
 from gitsync.diff.structural import differences, dotted, keyed
 from gitsync.model import Action, Change, FieldChange, ServiceKey
-from gitsync.stamp import FIELD_MANAGER
+from gitsync.names import FIELD_MANAGER
 
 
 class DriftKind(enum.StrEnum):

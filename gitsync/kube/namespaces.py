@@ -7,7 +7,7 @@ from kubernetes import client
 from gitsync.errors import GitsyncError
 from gitsync.kube.failures import CORE, about, access_refused, temporary
 from gitsync.kube.rest import request
-from gitsync.stamp import MANAGED_BY
+from gitsync.names import MANAGED_BY
 
 
 @about(CORE)

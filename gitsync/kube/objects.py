@@ -20,7 +20,8 @@ from gitsync.errors import ApplyError
 from gitsync.kube.failures import message, reaching_the_api, refusal, temporary
 from gitsync.kube.rest import APPLY_PATCH, request
 from gitsync.model import ServiceKey
-from gitsync.stamp import FIELD_MANAGER, SOURCE, managed_selector
+from gitsync.names import FIELD_MANAGER, SOURCE
+from gitsync.stamp import managed_selector
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from gitsync.kube.failures import (
 from gitsync.kube.objects import Objects
 from gitsync.kube.rest import METADATA_LIST, request
 from gitsync.model import ServiceKey
-from gitsync.stamp import FIELD_MANAGER, MANAGED_BY, managed_selector
+from gitsync.names import FIELD_MANAGER, MANAGED_BY
+from gitsync.stamp import managed_selector
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 log = logging.getLogger(__name__)

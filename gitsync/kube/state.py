@@ -17,7 +17,7 @@ from gitsync.kube.failures import CORE, about, access_refused, temporary
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rest import apply, configmap_path, request
 from gitsync.model import Phase, RolloutState
-from gitsync.stamp import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
+from gitsync.names import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
 
 _KEYS = (
     "revision",

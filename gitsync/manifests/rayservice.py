@@ -21,8 +21,6 @@ from gitsync.manifests.schema import UNKNOWN, spec_problems
 from gitsync.manifests.yamldoc import Checker, Document, dotted, parse_documents
 from gitsync.model import DesiredObject, DesiredService, Problem, ServiceKey
 
-ANNOTATION_PREFIX = names.PREFIX
-WAVE_ANNOTATION = names.WAVE
 # Written by gitsync on apply; a manifest that sets them would lie about its provenance.
 RESERVED_KEYS = frozenset(
     {
@@ -34,7 +32,7 @@ RESERVED_KEYS = frozenset(
         names.APPLIED_HASH,
     }
 )
-_WAVE = re.compile(r"^-?[0-9]{1,6}$")
+_WHOLE_NUMBER = re.compile(r"^-?[0-9]{1,6}$")
 
 
 def _suggest(word: str, choices: frozenset[str] | set[str]) -> str:
@@ -161,18 +159,17 @@ def _check_labels_and_annotations(check: Checker, metadata: Mapping[str, Any]) -
             at = ("metadata", field, key)
             if key in RESERVED_KEYS:
                 check.add(f"{field[:-1]} {key!r} is set by gitsync when it applies; remove it", *at)
-            elif key.startswith(ANNOTATION_PREFIX) and key != WAVE_ANNOTATION:
-                check.add(f"unknown gitsync {field[:-1]} {key!r} (known: {WAVE_ANNOTATION})", *at)
+            elif key.startswith(names.PREFIX) and key != names.WAVE:
+                check.add(f"unknown gitsync {field[:-1]} {key!r} (known: {names.WAVE})", *at)
             if not isinstance(value, str):
                 shown = "true" if value is True else "false" if value is False else value
                 check.add(f'{field[:-1]} {key!r} must be a string; quote it: {key}: "{shown}"', *at)
-            elif key == WAVE_ANNOTATION:
+            elif key == names.WAVE:
                 if field != "annotations":
-                    check.add(f"{WAVE_ANNOTATION} is an annotation, not a label", *at)
-                elif not _WAVE.match(value):
+                    check.add(f"{names.WAVE} is an annotation, not a label", *at)
+                elif not _WHOLE_NUMBER.match(value):
                     check.add(
-                        f'{WAVE_ANNOTATION} must be a whole number such as "0" or "2", '
-                        f"not {value!r}",
+                        f'{names.WAVE} must be a whole number such as "0" or "2", not {value!r}',
                         *at,
                     )
                 else:

@@ -28,8 +28,6 @@ from gitsync.web.facts import (
     Step,
 )
 
-_WAVE = WAVE
-
 
 @dataclass(frozen=True)
 class CommitView:
@@ -256,7 +254,7 @@ def _wave(obj: Mapping[str, Any] | None, change: Change | None) -> int:
         return change.wave
     annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
     try:
-        return int(annotations.get(_WAVE, 0))
+        return int(annotations.get(WAVE, 0))
     except (TypeError, ValueError):
         return 0
 

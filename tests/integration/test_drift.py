@@ -26,9 +26,10 @@ from gitsync.kube.events import EventRecorder
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Action, DesiredService, Outcome, ServiceKey
+from gitsync.names import ENVIRONMENT, MANAGED_BY
 from gitsync.planning import environment_manifests, live_environment_plan
 from gitsync.source.git import GitSource
-from gitsync.stamp import ENVIRONMENT, MANAGED_BY, stamped, untouched_since_apply
+from gitsync.stamp import stamped, untouched_since_apply
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
@@ -38,11 +39,31 @@ from .gitops import GitOpsRepo
 from .kube import GROUP, PLURAL, VERSION, apply, get, load, wait_for
 
 
-def checker(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path, **drift: Any) -> DriftChecker:
+class CountingRayServices(RayServicesClient):
+    """The real client, counting its server-side-apply dry runs."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(api)
+        self.dry_runs = 0
+
+    def apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        self.dry_runs += dry_run
+        return super().apply(obj, dry_run=dry_run, force=force)
+
+
+def checker(
+    api: client.ApiClient,
+    repo: GitOpsRepo,
+    tmp_path: Path,
+    services: RayServicesClient | None = None,
+    **drift: Any,
+) -> DriftChecker:
     config = replace(repo.agent_config(tmp_path / "cache"), drift=DriftSettings(**drift))
     return DriftChecker(
         config,
-        RayServicesClient(api),
+        services or RayServicesClient(api),
         StateStore(api, repo.namespace),
         GitSource(config.repository),
         record=EventRecorder(api),
@@ -183,9 +204,13 @@ def test_a_serve_config_edit_is_named_and_healed_in_place(
     ]
     assert found["heal"]["action"] == "serve-update"
     # The agent's check heals it: an in-place Serve update, gated on health.
-    [report] = checker(api, repo, tmp_path).check(heal=True)
+    counting = CountingRayServices(api)
+    [report] = checker(api, repo, tmp_path, counting).check(heal=True)
     assert report.healed is not None
     assert report.healed.outcome is Outcome.SUCCEEDED
+    # ranker alone was dry-run (the others are provably untouched), and once: the heal
+    # plans from the answer the check compared.
+    assert counting.dry_runs == 1
     assert "num_replicas: 1" in get(api, namespace, "ranker")["spec"]["serveConfigV2"]
     assert len(sim.submissions(key)) == puts_before + 2  # the edit's PUT, then the heal's
     assert len(set(sim.submissions(key))) == 1  # the same cluster: no swap
@@ -214,9 +239,11 @@ def test_a_deleted_service_is_recreated_or_reported(
     client.CustomObjectsApi(api).delete_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "summarizer"
     )
-    [report] = checker(api, repo, tmp_path).check(heal=True)
+    counting = CountingRayServices(api)
+    [report] = checker(api, repo, tmp_path, counting).check(heal=True)
     [drift] = report.drifts
     assert (drift.key.name, drift.kind) == ("summarizer", DriftKind.DELETED)
+    assert counting.dry_runs == 1  # summarizer's body, once, healed or not
     names = {
         o["metadata"]["name"]
         for o in client.CustomObjectsApi(api).list_namespaced_custom_object(

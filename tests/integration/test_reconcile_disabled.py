@@ -18,8 +18,8 @@ from gitsync.cli import main
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.model import Health, Outcome, ServiceKey
+from gitsync.names import RECONCILE
 from gitsync.planning import environment_manifests, live_environment_plan
-from gitsync.stamp import RECONCILE
 from gitsync.status import cluster_status
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator

@@ -12,8 +12,9 @@ from typing import Any
 from kubernetes import client, watch
 
 from gitsync.checkout import read_tree
+from gitsync.names import APPLIED_HASH, REVISION
 from gitsync.planning import environment_manifests
-from gitsync.stamp import APPLIED_HASH, REVISION, applied_hash, stamped
+from gitsync.stamp import applied_hash, stamped
 from testbed.gitea import Gitea
 from tests.integration.gitops import GitOpsRepo
 from tests.integration.kube import GROUP, PLURAL, VERSION

@@ -14,8 +14,9 @@ from gitsync import kuberay
 from gitsync.diff.classify import Options, classify
 from gitsync.diff.normalize import owned
 from gitsync.model import Action, ServiceKey
+from gitsync.names import APPLIED_HASH
 from gitsync.plan import build_plan, unchanged_plan
-from gitsync.stamp import APPLIED_HASH, applied_hash, stamped, stamped_hash
+from gitsync.stamp import applied_hash, stamped, stamped_hash
 
 RANKER = (
     Path(__file__).resolve().parents[2] / "examples/repo-layout/environments/staging/ranker.yaml"

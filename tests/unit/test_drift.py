@@ -17,7 +17,8 @@ from gitsync.diff.drift import (
     owners,
 )
 from gitsync.model import Action, FieldChange, ServiceKey
-from gitsync.stamp import APPLIED_HASH, stamped, untouched_since_apply
+from gitsync.names import APPLIED_HASH
+from gitsync.stamp import stamped, untouched_since_apply
 
 KEY = ServiceKey("ray", "ranker")
 

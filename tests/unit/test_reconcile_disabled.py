@@ -13,11 +13,12 @@ from gitsync.config import RolloutSettings
 from gitsync.kube.state import StateStore
 from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, Change, Outcome, Phase, RolloutState, ServiceKey
+from gitsync.names import RECONCILE
 from gitsync.plan import Plan, Wave, build_plan, plan_json, plan_table, skipped, unchanged_plan
 from gitsync.progress import Lines
 from gitsync.report.status import Describer, State
 from gitsync.rollout import Rollout
-from gitsync.stamp import RECONCILE, reconcile_disabled
+from gitsync.stamp import reconcile_disabled
 
 from .test_rollout_resume import EMBEDDER, NEW, NS, OLD, RANKER, Cluster, Store, desired
 
