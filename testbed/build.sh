@@ -256,8 +256,8 @@ kuberay_dir() {
 lane_kube() { step kube-apiserver+kubectl build_kube; }
 lane_go() { step kuberay-operator build_kuberay_operator; step gitea build_gitea; }
 # etcd last here: the downloads before it leave the CPU to the Go lanes, and the lanes then end
-# close together (cold: kube about 950 s; operator + Gitea about 820; Debian + Ray about 430,
-# etcd about 320), where etcd after Gitea made the Go lane the longest by about 180 s.
+# close together; first in the Go lane it made that lane the longest (docs/testbed.md,
+# "Measured", has each step's time from a cold run).
 lane_debian() {
   step sshd fetch_sshd; step prometheus fetch_prometheus; step shells fetch_shells
   step chromium install_chromium; step ray-venv install_ray; step etcd build_etcd

@@ -11,7 +11,23 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from gitsync.kube.rayservices import RayServicesClient
+
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
+
+
+class CountingRayServices(RayServicesClient):
+    """The real client, counting its server-side-apply dry runs."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(api)
+        self.dry_runs = 0
+
+    def apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        self.dry_runs += dry_run
+        return super().apply(obj, dry_run=dry_run, force=force)
 
 
 def load(path: Path) -> dict[str, Any]:

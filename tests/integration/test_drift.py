@@ -36,21 +36,7 @@ from testbed.simulator import Simulator
 from tests.conftest import fresh_namespace
 
 from .gitops import GitOpsRepo
-from .kube import GROUP, PLURAL, VERSION, apply, get, load, wait_for
-
-
-class CountingRayServices(RayServicesClient):
-    """The real client, counting its server-side-apply dry runs."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        super().__init__(api)
-        self.dry_runs = 0
-
-    def apply(
-        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
-    ) -> dict[str, Any]:
-        self.dry_runs += dry_run
-        return super().apply(obj, dry_run=dry_run, force=force)
+from .kube import GROUP, PLURAL, VERSION, CountingRayServices, apply, get, load, wait_for
 
 
 def checker(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -21,7 +20,7 @@ from gitsync.planning import environment_manifests, live_plans
 from gitsync.stamp import stamped
 from testbed.controlplane import ControlPlane
 
-from .kube import GROUP, PLURAL, VERSION, get
+from .kube import GROUP, PLURAL, VERSION, CountingRayServices, get
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
 
@@ -211,18 +210,6 @@ def test_unreachable_cluster_is_an_error(
         == 2
     )
     assert "cannot load a Kubernetes config" in capsys.readouterr().err
-
-
-class CountingRayServices(RayServicesClient):
-    def __init__(self, api: client.ApiClient) -> None:
-        super().__init__(api)
-        self.dry_runs = 0
-
-    def apply(
-        self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
-    ) -> dict[str, Any]:
-        self.dry_runs += dry_run
-        return super().apply(obj, dry_run=dry_run, force=force)
 
 
 def test_a_no_op_plan_needs_no_dry_run_until_someone_else_writes(
