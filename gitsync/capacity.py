@@ -310,6 +310,35 @@ def cluster_pods(rayservice: Mapping[str, Any]) -> list[Pod]:
     return pods
 
 
+def _groups(rayservice: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    spec = rayservice.get("spec") or {}
+    cluster = spec.get("rayClusterConfig") if isinstance(spec, Mapping) else None
+    groups = cluster.get("workerGroupSpecs") if isinstance(cluster, Mapping) else None
+    return [g for g in groups or [] if isinstance(g, Mapping)]
+
+
+def added_pods(live: Mapping[str, Any], rayservice: Mapping[str, Any]) -> list[Pod]:
+    """The pods a ``cluster-in-place`` change adds to the running cluster. KubeRay updates it
+    in place when worker groups are only appended (``isClusterSpecHashEqual`` with
+    ``partial``), and then writes the whole goal spec onto it (``modifyRayCluster``): the
+    appended groups start at their replicas, and a group already there grows by what its
+    replicas (at least ``minReplicas``) rose from ``live``'s, which stands for the running
+    cluster's (an autoscaled cluster may differ)."""
+    before = _groups(live)
+    pods: list[Pod] = []
+    for index, group in enumerate(_groups(rayservice)):
+        if group.get("suspend") is True:
+            continue
+        wanted = max(_count(group.get("replicas")), _count(group.get("minReplicas")))
+        if index < len(before):
+            old = before[index]
+            wanted -= max(_count(old.get("replicas")), _count(old.get("minReplicas")))
+        hosts = max(_count(group.get("numOfHosts")), 1)
+        pod = _pod(str(group.get("groupName") or "worker"), group.get("template"))
+        pods += [pod] * (max(wanted, 0) * hosts)
+    return pods
+
+
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 

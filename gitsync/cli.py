@@ -180,6 +180,12 @@ def _plan_commands(commands: Any) -> None:
         "--to", dest="to_rev", help="offline, with --from: the revision to deploy (HEAD)"
     )
     plan.add_argument(
+        "--capacity",
+        action="store_true",
+        help="with --from: also check the new pods against the cluster's quotas and nodes "
+        "(reads them; as the pull request comment does)",
+    )
+    plan.add_argument(
         "-o",
         "--output",
         choices=("table", "json", "yaml", "markdown"),
@@ -199,31 +205,36 @@ def _plan_commands(commands: Any) -> None:
         "-o", "--output", choices=OUTPUTS, default="text", help="json or yaml: as plan's"
     )
     for command in (plan, diff):
-        command.add_argument(
-            "--env",
-            action="append",
-            help="an environment in gitsync.yaml (repeatable; default: all, in 'after' order)",
-        )
-        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
-        command.add_argument("--context", help="the kubeconfig context to use")
-        command.add_argument(
-            "--config",
-            type=Path,
-            help="the agent config: its kuberay.version and kuberay.zeroDowntime set the rules",
-        )
-        command.add_argument(
-            "--kuberay-version", help="the operator's version, for its rules (default v1.5)"
-        )
-        command.add_argument(
-            "--no-zero-downtime",
-            action="store_true",
-            help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
-        )
-        command.add_argument(
-            "--show-env-values",
-            action="store_true",
-            help="print env / runtime_env.env_vars (and Secret data) values; default: •••",
-        )
+        _plan_options(command)
+
+
+def _plan_options(command: argparse.ArgumentParser) -> None:
+    """What plan and diff share."""
+    command.add_argument(
+        "--env",
+        action="append",
+        help="an environment in gitsync.yaml (repeatable; default: all, in 'after' order)",
+    )
+    command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+    command.add_argument("--context", help="the kubeconfig context to use")
+    command.add_argument(
+        "--config",
+        type=Path,
+        help="the agent config: its kuberay.version and kuberay.zeroDowntime set the rules",
+    )
+    command.add_argument(
+        "--kuberay-version", help="the operator's version, for its rules (default v1.5)"
+    )
+    command.add_argument(
+        "--no-zero-downtime",
+        action="store_true",
+        help="the operator runs with ENABLE_ZERO_DOWNTIME=false",
+    )
+    command.add_argument(
+        "--show-env-values",
+        action="store_true",
+        help="print env / runtime_env.env_vars (and Secret data) values; default: •••",
+    )
 
 
 def _sync_commands(commands: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -824,7 +835,11 @@ def _plans(args: argparse.Namespace) -> list[Plan]:
     options = _options(args)
     if getattr(args, "from_rev", None):
         to_rev = args.to_rev or "HEAD"
-        return offline_plans(Path(args.path), args.env, args.from_rev, to_rev, options)
+        if not getattr(args, "capacity", False):
+            return offline_plans(Path(args.path), args.env, args.from_rev, to_rev, options)
+        with api_client(args.kubeconfig, args.context) as api:
+            cluster = RayServicesClient(api)
+            return offline_plans(Path(args.path), args.env, args.from_rev, to_rev, options, cluster)
     with api_client(args.kubeconfig, args.context) as api:
         return live_plans(Path(args.path), args.env, RayServicesClient(api), options)
 
@@ -840,6 +855,9 @@ def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_ERROR
     if getattr(args, "output", "") == "markdown" and not args.from_rev:
         err.write("gitsync plan: -o markdown needs --from (the pull request's base)\n")
+        return EXIT_ERROR
+    if getattr(args, "capacity", False) and not args.from_rev:
+        err.write("gitsync plan: --capacity needs --from (a live plan always checks capacity)\n")
         return EXIT_ERROR
     try:
         plans = _plans(args)
@@ -861,7 +879,7 @@ def run_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif args.output == "markdown":
         first = plans[0] if plans else None
         revisions = (first.from_rev or "", first.to_rev or "") if first else ("", "")
-        out.write(plan_markdown(plans, *revisions))
+        out.write(plan_markdown(plans, *revisions, capacity=args.capacity))
     else:
         out.write("\n".join(plan_table(p) for p in plans))
     return EXIT_FOUND if any(p.has_changes for p in plans) else EXIT_OK

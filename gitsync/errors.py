@@ -60,6 +60,11 @@ class SourceError(GitsyncError):
     """Git could not be read: bad URL, auth refused, ref missing, network down."""
 
 
+class ReadRefused(GitsyncError):
+    """The API server refused a read that gitsync can do without (the capacity check's
+    lists): the check says so, the rollout goes on."""
+
+
 class ApplyError(GitsyncError):
     """The API server refused or failed an apply for one service."""
 

@@ -142,6 +142,18 @@ def _pending_detail(status: Mapping[str, Any]) -> str:
     return ""
 
 
+def starting_cluster(obj: Mapping[str, Any] | None) -> str | None:
+    """The RayCluster a not-yet-Healthy RayService waits for: the pending one during a swap
+    (and on creation, where KubeRay's ``reconcileRayCluster`` prepares the first cluster as
+    pending too), else the active one (an in-place change adds pods to it)."""
+    status = (obj or {}).get("status") or {}
+    for side in ("pendingServiceStatus", "activeServiceStatus"):
+        name = (status.get(side) or {}).get("rayClusterName")
+        if name:
+            return str(name)
+    return None
+
+
 def _healthy(status: Mapping[str, Any]) -> Assessment:
     active = status.get("activeServiceStatus") or {}
     count = len(_apps(active))

@@ -246,9 +246,11 @@ class StepKind(enum.StrEnum):
 class WaveEvent:
     """What a rollout is doing, for commit statuses and the status page: ``applying`` a
     wave's changes, then ``waiting`` for them to be Healthy. ``index`` counts the waves that
-    have work (1-based)."""
+    have work (1-based). ``detail``: why a ``waiting`` wave is not done yet, when the API
+    server says (the new cluster's pods are unschedulable or refused by a quota)."""
 
     kind: StepKind
     index: int
     total: int
     actions: tuple[tuple[ServiceKey, Action], ...]
+    detail: str = ""

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitsync.capacity import Fit, Verdict
+from gitsync.capacity import Fit, Pod, Verdict
 from gitsync.diff.classify import DEFAULT_OPTIONS, Options, classify_any
 from gitsync.model import Action, Change, FieldChange, ServiceKey
 from gitsync.names import RECONCILE
@@ -46,10 +46,12 @@ class Plan:
     from_rev: str | None
     to_rev: str | None
     waves: tuple[Wave, ...]
-    # Whether each new RayCluster (a create or cluster-swap) fits (docs/capacity.md), and
-    # what the environment's capacityCheck does about one that does not: warn, block, off.
+    # Whether each new RayCluster (a create or cluster-swap) and each in-place growth fits
+    # (docs/capacity.md), and what the environment's capacityCheck does about one that does
+    # not: warn, block, off; and the pods each adds, for a re-check before a later wave.
     capacity: Mapping[ServiceKey, Verdict] = field(default_factory=dict)
     capacity_check: str = "warn"
+    demands: Mapping[ServiceKey, tuple[Pod, ...]] = field(default_factory=dict)
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -73,7 +75,7 @@ class Plan:
         return tuple(f"{c.key}: {w}" for c in self.changes for w in c.warnings)
 
     def misfits(self, keys: Sequence[ServiceKey]) -> tuple[str, ...]:
-        """For each of ``keys`` whose new cluster does not fit: ``<key>: does not fit: …``."""
+        """For each of ``keys`` whose new pods do not fit: ``<key>: does not fit: …``."""
         verdicts = [(key, self.capacity.get(key)) for key in keys]
         return tuple(
             f"{key}: {v.summary}"
@@ -83,11 +85,13 @@ class Plan:
 
     def capacity_refusal(self, keys: Sequence[ServiceKey]) -> str | None:
         """Why a wave applying ``keys`` must not start (``capacityCheck: block`` and a new
-        cluster that does not fit), else None."""
+        cluster or in-place growth that does not fit), else None."""
         misfits = self.misfits(keys)
         if self.capacity_check != "block" or not misfits:
             return None
-        return "capacityCheck is block and a new cluster does not fit: " + "; ".join(misfits)
+        return "capacityCheck is block and the pods this wave starts do not fit: " + "; ".join(
+            misfits
+        )
 
 
 def build_plan(
@@ -310,8 +314,9 @@ PLAN_COMMENT_MARKER = "<!-- gitsync:plan -->"
 SWAP_COST = "needs about twice the cluster's resources while both clusters run"
 
 
-def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
-    """A pull request comment: what merging does, per environment and service, Ray-aware.
+def plan_markdown(plans: Sequence[Plan], base: str, head: str, *, capacity: bool = False) -> str:
+    """A pull request comment: what merging does, per environment and service, Ray-aware;
+    ``capacity``: the plans hold the verdicts against the cluster (``plan --capacity``).
 
     Everything that comes from the repository (names, values, warnings quoting them) is
     shown as an inline code span on one line (:func:`code`): a ``user_config`` value holding
@@ -338,9 +343,9 @@ def plan_markdown(plans: Sequence[Plan], base: str, head: str) -> str:
                 mark = "✓" if verdict.fit is Fit.FITS else "⚠"
                 text = f"capacity: {verdict.summary}{_blocks(plan, verdict)}"
                 lines.append(f"  - {mark} {code(text)}")
-    lines += ["", f"<sub>Updated for {code(head[:12])}. "
-              f"{code(f'gitsync plan --from {base[:12]} --to {head[:12]} -o markdown')} "
-              "prints the same.</sub>"]  # fmt: skip
+    flag = " --capacity" if capacity else ""
+    command = f"gitsync plan --from {base[:12]} --to {head[:12]}{flag} -o markdown"
+    lines += ["", f"<sub>Updated for {code(head[:12])}. {code(command)} prints the same.</sub>"]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gitsync.capacity import check_wave, cluster_pods
+from gitsync.capacity import Pod, Verdict, added_pods, check_wave, cluster_pods
 from gitsync.checkout import TreeReport, read_tree
 from gitsync.config import DEFAULT_CONCURRENCY
 from gitsync.diff.classify import Options
@@ -99,15 +99,23 @@ def _normalised(loaded: EnvironmentManifests) -> dict[ServiceKey, dict[str, Any]
 
 
 def offline_plans(
-    repo: Path, environments: Sequence[str] | None, from_rev: str, to_rev: str, options: Options
+    repo: Path,
+    environments: Sequence[str] | None,
+    from_rev: str,
+    to_rev: str,
+    options: Options,
+    capacity: RayServices | None = None,
 ) -> list[Plan]:
-    """What merging ``to_rev`` would do relative to ``from_rev``: Git against Git, no cluster."""
+    """What merging ``to_rev`` would do relative to ``from_rev``: Git against Git, no
+    cluster; but for ``capacity``, whose quotas and nodes the new pods are checked against."""
     with tempfile.TemporaryDirectory(prefix="gitsync-plan-") as cache:
         local = LocalRepository(repo, Path(cache))
         old_sha, new_sha = local.resolve(from_rev), local.resolve(to_rev)
         new_label, old_label = f"{to_rev} ({new_sha[:12]})", f"{from_rev} ({old_sha[:12]})"
         new, old = read_tree(local.tree(new_sha)), read_tree(local.tree(old_sha))
-    return tree_plans(old, new, environments, options, old_sha, new_sha, old_label, new_label)
+    return tree_plans(
+        old, new, environments, options, old_sha, new_sha, old_label, new_label, capacity
+    )
 
 
 def tree_plans(
@@ -119,8 +127,11 @@ def tree_plans(
     new_sha: str,
     old_label: str = "",
     new_label: str = "",
+    capacity: RayServices | None = None,
 ) -> list[Plan]:
-    """Git against Git: what moving each environment from ``old`` to ``new`` would do."""
+    """Git against Git: what moving each environment from ``old`` to ``new`` would do. With
+    ``capacity``: and whether the pods it starts fit the quotas and nodes of that cluster now
+    (:func:`with_capacity`, ``old`` standing for the live objects)."""
     plans = []
     for name in ordered_environments(new, environments, new_label or new_sha[:12]):
         target = environment_manifests(new, name, new_label or new_sha[:12])
@@ -129,18 +140,17 @@ def tree_plans(
         except ConfigError:
             current = {}  # the environment is new in to_rev: everything is a create
         env = target.environment
-        plans.append(
-            build_plan(
-                env.name,
-                env.namespace,
-                current,
-                _normalised(target),
-                options,
-                prune=env.prune,
-                from_rev=old_sha,
-                to_rev=new_sha,
-            )
+        plan = build_plan(
+            env.name,
+            env.namespace,
+            current,
+            _normalised(target),
+            options,
+            prune=env.prune,
+            from_rev=old_sha,
+            to_rev=new_sha,
         )
+        plans.append(plan if capacity is None else with_capacity(plan, target, capacity, current))
     return plans
 
 
@@ -209,7 +219,8 @@ def live_environment_plan(
             env.name, env.namespace, waves, to_rev=revision, disabled=disabled | others.disabled
         )
     sides = live_sides(loaded, rayservices, revision, concurrency, others=others)
-    return with_capacity(sides_plan(loaded, sides, options, revision), loaded, rayservices)
+    plan = sides_plan(loaded, sides, options, revision)
+    return with_capacity(plan, loaded, rayservices, sides.current)
 
 
 @dataclass(frozen=True)
@@ -288,26 +299,44 @@ def sides_plan(
 NEW_CLUSTER = frozenset({Action.CREATE, Action.CLUSTER_SWAP})
 
 
-def with_capacity(plan: Plan, loaded: EnvironmentManifests, rayservices: RayServices) -> Plan:
+def with_capacity(
+    plan: Plan,
+    loaded: EnvironmentManifests,
+    rayservices: RayServices,
+    live: Mapping[ServiceKey, Mapping[str, Any]] | None = None,
+) -> Plan:
     """``plan`` with a capacity verdict (docs/capacity.md) for every RayService that starts a
-    new cluster (a create or a cluster-swap), each wave's checked together against what the
-    namespace's quotas and the nodes have now; unless the environment's ``capacityCheck`` is
-    off. The cluster is read only when a plan starts a new cluster."""
+    new cluster (a create or a cluster-swap) or adds pods to its running one (a
+    cluster-in-place change, against its ``live`` object), each wave's checked together
+    against what the namespace's quotas and the nodes have now; unless the environment's
+    ``capacityCheck`` is off. The cluster is read only when a plan adds pods."""
     env = loaded.environment
-    manifests = {service.key: service.manifest for service in loaded.services}
-    waves = [
-        {
-            c.key: cluster_pods(manifests[c.key])
-            for c in wave.changes
-            if c.action in NEW_CLUSTER and c.key in manifests
-        }
-        for wave in plan.waves
-    ]
-    if env.capacity_check == "off" or not any(waves):
+    demands = _demands(plan, loaded, live or {})
+    if env.capacity_check == "off" or not demands:
         return replace(plan, capacity_check=env.capacity_check)
     cluster = read_cluster(rayservices.api, env.namespace)
-    verdicts = {key: v for wave in waves if wave for key, v in check_wave(wave, cluster).items()}
-    return replace(plan, capacity=verdicts, capacity_check=env.capacity_check)
+    verdicts: dict[ServiceKey, Verdict] = {}
+    for wave in plan.waves:
+        pods = {c.key: demands[c.key] for c in wave.changes if c.key in demands}
+        if pods:
+            verdicts.update(check_wave(pods, cluster))
+    return replace(plan, capacity=verdicts, capacity_check=env.capacity_check, demands=demands)
+
+
+def _demands(
+    plan: Plan, loaded: EnvironmentManifests, live: Mapping[ServiceKey, Mapping[str, Any]]
+) -> dict[ServiceKey, tuple[Pod, ...]]:
+    """The pods each change of ``plan`` adds: a new cluster's, or an in-place change's."""
+    manifests = {service.key: service.manifest for service in loaded.services}
+    out: dict[ServiceKey, tuple[Pod, ...]] = {}
+    for change in plan.changes:
+        if change.key not in manifests:
+            continue
+        if change.action in NEW_CLUSTER:
+            out[change.key] = tuple(cluster_pods(manifests[change.key]))
+        elif change.action is Action.CLUSTER_IN_PLACE and change.key in live:
+            out[change.key] = tuple(added_pods(live[change.key], manifests[change.key]))
+    return {key: pods for key, pods in out.items() if pods}
 
 
 def _compared(

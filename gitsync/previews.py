@@ -47,7 +47,7 @@ from gitsync.model import (
     ServiceKey,
 )
 from gitsync.names import PREVIEW_UPDATED, REVISION
-from gitsync.plan import PLAN_COMMENT_MARKER, code, fenced, plan_markdown
+from gitsync.plan import PLAN_COMMENT_MARKER, Plan, code, fenced, plan_markdown
 from gitsync.planning import environment_manifests, live_environment_plan, tree_plans
 from gitsync.progress import Lines
 from gitsync.report.pulls import PullRequest, Pulls, approval, eligible, needs_label
@@ -247,8 +247,8 @@ class PreviewReconciler:
     def _comment(self, pr: PullRequest, base: TreeReport, base_sha: str, tree: TreeReport) -> None:
         assert self.pulls is not None
         try:
-            plans = tree_plans(base, tree, None, self.config.classify, base_sha, pr.head_sha)
-            body = plan_markdown(plans, base_sha, pr.head_sha)
+            plans, checked = self._plans(base, base_sha, tree, pr.head_sha)
+            body = plan_markdown(plans, base_sha, pr.head_sha, capacity=checked)
         except GitsyncError as exc:
             body = plan_markdown([], base_sha, pr.head_sha).replace(
                 "No RayService changes: merging this deploys nothing.",
@@ -259,6 +259,21 @@ class PreviewReconciler:
             self.pulls.upsert_comment(pr.number, body)
         except GitsyncError as exc:
             log.warning("pull request #%d: plan comment not written: %s", pr.number, exc)
+
+    def _plans(
+        self, base: TreeReport, base_sha: str, tree: TreeReport, head_sha: str
+    ) -> tuple[list[Plan], bool]:
+        """The comment's plans, with the capacity verdicts against the cluster now (and True);
+        without them (and False) when the cluster cannot be read: the plan comes first."""
+        options = self.config.classify
+        try:
+            plans = tree_plans(
+                base, tree, None, options, base_sha, head_sha, capacity=self.services
+            )
+        except GitsyncError as exc:  # invalid manifests fail again, below
+            log.warning("plan comment without capacity verdicts: %s", exc)
+            return tree_plans(base, tree, None, options, base_sha, head_sha), False
+        return plans, True
 
     def _refused(self, pr: PullRequest, exc: GitsyncError) -> None:
         """A head gitsync will not read (too large, unsigned): a ``failure`` status and the

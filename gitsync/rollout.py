@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gitsync import kuberay, progress
+from gitsync.capacity import check_wave
 from gitsync.config import RolloutSettings
 from gitsync.errors import ApplyError, GitsyncError
-from gitsync.health import Assessment, HealthGate, assess
+from gitsync.health import Assessment, HealthGate, assess, starting_cluster
+from gitsync.kube.capacity import read_cluster
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
@@ -121,7 +123,7 @@ class Rollout:
             else:
                 record = replace(record, wave=step.wave.number)
                 self.state.write(record)
-                failure = self._capacity(env, plan, step.changed) or self._wave(
+                failure = self._capacity(env, plan, step.changed, index > 1) or self._wave(
                     env, step, (index, len(work)), desired, revision, tally
                 )
             if failure is not None:
@@ -161,13 +163,28 @@ class Rollout:
         tally.applied += changed
         waiting = tuple((key, actions.get(key, Action.UNCHANGED)) for key in gate)
         self.observer.wave(env.name, WaveEvent(StepKind.WAITING, index, total, waiting))
-        return self._wait(env, gate, desired, f"wave {step.wave.number}")
+
+        def explained(key: ServiceKey, why: str) -> None:
+            event = WaveEvent(StepKind.WAITING, index, total, waiting, f"{key.label}: {why}")
+            self.observer.wave(env.name, event)
+
+        return self._wait(env, gate, desired, f"wave {step.wave.number}", explained)
 
     def _capacity(
-        self, env: EnvironmentConfig, plan: Plan, keys: Sequence[ServiceKey]
+        self, env: EnvironmentConfig, plan: Plan, keys: Sequence[ServiceKey], again: bool
     ) -> _Failure | None:
-        """The capacity check before a wave applies (docs/capacity.md): each new cluster that
-        does not fit is logged; with ``capacityCheck: block`` the wave is not applied."""
+        """The capacity check before a wave applies (docs/capacity.md): each new cluster or
+        in-place growth that does not fit is logged; with ``capacityCheck: block`` the wave
+        is not applied. ``again`` (a later wave): what it starts is checked against the
+        cluster as it is now, which the earlier waves' swaps changed since the plan."""
+        pods = {key: plan.demands[key] for key in keys if key in plan.demands}
+        if again and pods and plan.capacity_check != "off":
+            try:
+                fresh = check_wave(pods, read_cluster(self.services.api, env.namespace))
+            except GitsyncError as exc:
+                self.observer.line(f"{env.name}: capacity not checked again, as planned: {exc}")
+            else:
+                plan = replace(plan, capacity={**plan.capacity, **fresh})
         for misfit in plan.misfits(keys):
             self.observer.line(f"{env.name}: warning: {misfit}")
         refusal = plan.capacity_refusal(keys)
@@ -308,12 +325,15 @@ class Rollout:
         keys: Sequence[ServiceKey],
         desired: Mapping[ServiceKey, Desired],
         what: str,
+        explained: Callable[[ServiceKey, str], None] | None = None,
     ) -> _Failure | None:
         """Until every key is Healthy for N consecutive reads. Each round lists the
         namespace (one request), then watches it for ``pollInterval`` (every change is a read);
         the next list is the relist fallback. Degraded fails at once; so do the timeout, a
-        stop request and a newer revision."""
-        waiter = _Waiter(env.name, keys, desired, self.settings, self.observer)
+        stop request and a newer revision. While a service waits for a cluster whose pods do
+        not run, why is told to ``explained`` (see :class:`_Waiter`)."""
+        why = _Why(self._why_pending, explained, max(self.settings.poll_interval, 1.0))
+        waiter = _Waiter(env.name, keys, desired, self.settings, self.observer, why)
         deadline = waiter.began + self.settings.health_timeout
         while True:
             versions: dict[str, str] = {}
@@ -352,6 +372,19 @@ class Rollout:
             watched = len(versions) == 1 and all(k.is_rayservice for k in waiter.pending)
             if self.stop.wait(0 if watched else self.settings.poll_interval):
                 return _Failure(None, "stopped before the rollout finished", stopped=True)
+
+    def _why_pending(self, key: ServiceKey, obj: Mapping[str, Any]) -> str | None:
+        """Why the cluster ``key`` waits for does not run, as the API server says
+        (:func:`gitsync.kube.capacity.pending_reasons`); None when nothing says so or it
+        cannot be read: an explanation never fails a rollout."""
+        cluster = starting_cluster(obj)
+        if cluster is None:
+            return None
+        try:
+            return self.services.pending_reasons(key.namespace, cluster)
+        except GitsyncError as exc:
+            log.debug("cannot tell why %s's cluster %s is pending: %s", key, cluster, exc)
+            return None
 
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
         for key in plan.orphans:
@@ -438,8 +471,36 @@ class Rollout:
         return True, f"rolled {key} back to {revision[:12]}, which is Healthy again"
 
 
+@dataclass
+class _Why:
+    """Why a service's new cluster does not run: ``ask`` (two API reads) at most once per
+    ``every`` seconds per service while it is Progressing; each new answer goes to ``tell``
+    (the wave's commit status and the status page) besides the progress line and a Warning
+    Event that :class:`_Waiter` writes."""
+
+    ask: Callable[[ServiceKey, Mapping[str, Any]], str | None]
+    tell: Callable[[ServiceKey, str], None] | None
+    every: float
+    asked: dict[ServiceKey, float] = field(default_factory=dict)
+    said: dict[ServiceKey, str | None] = field(default_factory=dict)
+
+    def explain(self, key: ServiceKey, obj: Mapping[str, Any]) -> tuple[str | None, bool]:
+        """The reason to show now, and whether it is new."""
+        now = time.monotonic()
+        if now - self.asked.get(key, -self.every) < self.every:
+            return self.said.get(key), False
+        self.asked[key] = now
+        reason = self.ask(key, obj)
+        new = reason is not None and reason != self.said.get(key)
+        self.said[key] = reason
+        if new and self.tell is not None and reason is not None:
+            self.tell(key, reason)
+        return reason, new
+
+
 class _Waiter:
-    """Health gates for the services one wait is about; reports each change of verdict."""
+    """Health gates for the services one wait is about; reports each change of verdict, and
+    while a service is Progressing, why its cluster's pods do not run (:class:`_Why`)."""
 
     def __init__(
         self,
@@ -448,8 +509,10 @@ class _Waiter:
         desired: Mapping[ServiceKey, Desired],
         settings: RolloutSettings,
         observer: Observer,
+        why: _Why | None = None,
     ) -> None:
         self.environment, self.desired, self.observer = environment, desired, observer
+        self.why = why
         gate = HealthGate(settings.healthy_reads, settings.healthy_seconds)
         # The other kinds have no KubeRay race to outlast: one Healthy read is enough.
         self.gates = {key: gate if key.is_rayservice else HealthGate(1, 0.0) for key in keys}
@@ -464,6 +527,12 @@ class _Waiter:
             assess(obj, self.expected[key]) if key.is_rayservice else assess_object(obj),
             time.monotonic(),
         )
+        if result.health is Health.PROGRESSING and self.why and obj and key.is_rayservice:
+            reason, new = self.why.explain(key, obj)
+            if new and reason:
+                self.observer.recorded(key, "Warning", "ClusterPodsPending", reason)
+            if reason:
+                result = replace(result, message=f"{result.message}; {reason}")
         if self.last.get(key) != result:
             elapsed = time.monotonic() - self.began
             self.observer.line(

@@ -84,7 +84,9 @@ class _Statuses:
             self.post(self.describe.applying(environment, event.index, event.total, event.actions))
         else:
             keys = [key for key, _ in event.actions]
-            self.post(self.describe.waiting(environment, event.index, event.total, keys))
+            self.post(
+                self.describe.waiting(environment, event.index, event.total, keys, event.detail)
+            )
 
     def result(self, result: RolloutResult, services: Sequence[ServiceKey]) -> None:
         if result.outcome is Outcome.SUCCEEDED:

@@ -18,7 +18,8 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.capacity import PODS, Cluster, Node, Quota, pending_explanation, pod_resources
-from gitsync.kube.failures import CORE, about, message
+from gitsync.errors import ReadRefused
+from gitsync.kube.failures import CORE, about, access_refused, message, temporary
 from gitsync.kube.rest import request
 from gitsync.manifests.quantity import parse_quantity
 
@@ -45,7 +46,9 @@ def _list(api: client.ApiClient, path: str, query: Mapping[str, str] | None = No
         except client.ApiException as exc:
             if exc.status == 403:
                 return _Listing(None, f"not allowed (403): {message(exc)}; {RBAC_HINT}")
-            raise
+            if temporary(exc) or access_refused(exc):
+                raise  # asked again, or explained, by about(CORE)
+            raise ReadRefused(f"cannot list {path}: {message(exc)}") from exc
         items += [i for i in page.get("items") or [] if isinstance(i, dict)]
         token = str((page.get("metadata") or {}).get("continue") or "")
         if not token:

@@ -16,6 +16,7 @@ import urllib3
 from kubernetes import client, watch
 
 from gitsync.errors import ApplyError
+from gitsync.kube.capacity import pending_reasons
 from gitsync.kube.client import REQUEST_TIMEOUT
 from gitsync.kube.failures import (
     RAYSERVICE,
@@ -72,6 +73,11 @@ class RayServices(Protocol):
         self, obj: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]: ...
 
+    def pending_reasons(self, namespace: str, cluster: str) -> str | None:
+        """Why the RayCluster ``cluster``'s pods do not run, or None
+        (:func:`gitsync.kube.capacity.pending_reasons`)."""
+        ...
+
 
 class RayServicesClient:
     """:class:`RayServices` through the API server."""
@@ -82,6 +88,9 @@ class RayServicesClient:
         self.objects = Objects(api)
 
     @about(RAYSERVICE)
+    def pending_reasons(self, namespace: str, cluster: str) -> str | None:
+        return pending_reasons(self.api, namespace, cluster)
+
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
         """Every RayService gitsync applied for ``environment`` in ``namespace``: one request."""
         listing = self.custom.list_namespaced_custom_object(

@@ -105,12 +105,20 @@ class Describer:
         )
 
     def waiting(
-        self, environment: str, index: int, total: int, keys: Sequence[ServiceKey]
+        self,
+        environment: str,
+        index: int,
+        total: int,
+        keys: Sequence[ServiceKey],
+        detail: str = "",
     ) -> CommitStatus:
+        """``detail``: why the wave is not Healthy yet, when known (its pods are Pending);
+        it replaces the names, which it starts with, to fit the forge's 140 characters."""
+        if detail:
+            return self._status(environment, State.PENDING, f"wave {index}/{total} waits: {detail}")
         names = ", ".join(k.label for k in keys)
-        return self._status(
-            environment, State.PENDING, f"waiting for wave {index}/{total} to be Healthy: {names}"
-        )
+        said = f"waiting for wave {index}/{total} to be Healthy: {names}"
+        return self._status(environment, State.PENDING, said)
 
     def healthy(self, environment: str, services: int, skipped: int = 0) -> CommitStatus:
         """``skipped``: services left alone because their reconcile is disabled (not counted

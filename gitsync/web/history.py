@@ -21,9 +21,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from gitsync.capacity import Fit, Verdict
 from gitsync.drift import DriftReport
 from gitsync.errors import GitsyncError
-from gitsync.model import Action, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
+from gitsync.model import (
+    Action,
+    Change,
+    Outcome,
+    RolloutResult,
+    ServiceKey,
+    StepKind,
+    WaveEvent,
+)
 from gitsync.plan import Plan
 from gitsync.previews import PreviewResult
 from gitsync.web.facts import (
@@ -106,7 +115,11 @@ class History:
         """A rollout starts: its plan (only what changes is kept). A plan without changes
         after a rollout that succeeded (a pass for another environment's commit, a retry)
         keeps that rollout on the page: the last rollout is the last one that did something."""
-        changes = tuple(c for c in plan.changes if c.action is not Action.UNCHANGED)
+        changes = tuple(
+            _with_capacity(c, plan.capacity.get(c.key))
+            for c in plan.changes
+            if c.action is not Action.UNCHANGED
+        )
         self._ensure(plan.environment)
         with self._lock:
             self._namespaces[plan.environment] = plan.namespace
@@ -127,7 +140,13 @@ class History:
         self._flush(plan.environment)
 
     def event(self, environment: str, event: WaveEvent) -> None:
-        step = self._step(event.kind, index=event.index, total=event.total, services=event.actions)
+        step = self._step(
+            event.kind,
+            index=event.index,
+            total=event.total,
+            services=event.actions,
+            message=event.detail,
+        )
         with self._lock:
             record = self._records.get(environment)
             if record is None or record.outcome is not None or len(record.steps) >= MAX_STEPS:
@@ -274,3 +293,14 @@ class History:
     def preview_facts(self) -> tuple[PreviewFacts, ...]:
         with self._lock:
             return self._previews
+
+
+def _with_capacity(change: Change, verdict: Verdict | None) -> Change:
+    """The change with its capacity verdict (docs/capacity.md) as one more line: a detail when
+    it fits, a warning when it does not or cannot be known."""
+    if verdict is None:
+        return change
+    line = f"capacity: {verdict.summary}"
+    if verdict.fit is Fit.FITS:
+        return replace(change, details=(*change.details, line))
+    return replace(change, warnings=(*change.warnings, line))

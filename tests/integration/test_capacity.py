@@ -13,6 +13,7 @@ that exceeds it, as in any cluster. No kubelet runs either: pods created with
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from gitsync.kube.capacity import CLUSTER_LABEL, pending_reasons, read_cluster
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.rest import request
 from gitsync.kube.state import StateStore
-from gitsync.model import Action, Outcome, ServiceKey
+from gitsync.model import Action, Outcome, ServiceKey, StepKind, WaveEvent
 from gitsync.plan import plan_markdown
 from gitsync.planning import live_plans
 from gitsync.previews import PreviewReconciler
@@ -40,7 +41,7 @@ from gitsync.progress import Lines
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
-from testbed.simulator import Simulator
+from testbed.simulator import FailureRule, Simulator
 
 from .gitops import GitOpsRepo, git
 
@@ -289,9 +290,27 @@ def test_the_plan_says_which_new_cluster_fits_and_by_how_much_one_does_not(
     fits = {c["name"]: c["capacity"]["fit"] for w in env["waves"] for c in w["changes"]}
     assert fits == {"embedder": "fits", "ranker": "fits", "summarizer": "does-not-fit"}
     assert env["capacityCheck"] == "warn"
-    # Markdown (`-o markdown` is Git against Git, without the cluster: no verdicts there).
-    markdown = plan_markdown([plan], "0" * 40, repo.revisions[-1])
+    # Markdown, as the pull request comment shows it.
+    markdown = plan_markdown([plan], "0" * 40, repo.revisions[-1], capacity=True)
     assert "⚠ `capacity: does not fit: quota compute: requests.nvidia.com/gpu" in markdown
+    assert "--capacity -o markdown` prints the same" in markdown
+
+    # `plan --from/--to` is Git against Git: with --capacity only does it read the cluster.
+    def swap(root: Path) -> None:
+        path = root / "environments" / "staging" / "summarizer.yaml"
+        path.write_text(path.read_text().replace("py311", "py312"))
+
+    repo.commit(swap, "a new summarizer image")
+    offline = ["plan", str(repo.work), "--from", repo.revisions[0], "--to", "HEAD"]
+    offline += ["--env", "staging", "-o", "json", *kube]
+
+    def offline_verdicts(*extra: str) -> dict[str, Any]:
+        main([*offline, *extra])
+        env = json.loads(capsys.readouterr().out)
+        return {c["name"]: c["capacity"] for w in env["waves"] for c in w["changes"]}
+
+    assert offline_verdicts()["summarizer"] is None
+    assert offline_verdicts("--capacity")["summarizer"]["fit"] == "does-not-fit"
 
     # Off: nothing is read, nothing is said.
     staging_checkout(repo, "off")
@@ -340,7 +359,7 @@ def test_warn_rolls_out_a_swap_that_does_not_fit_and_block_halts_before_its_wave
     result = sync()
     [outcome] = result.results
     assert outcome.outcome is Outcome.FAILED
-    assert "capacityCheck is block and a new cluster does not fit" in outcome.message
+    assert "capacityCheck is block and the pods this wave starts do not fit" in outcome.message
     assert "requests.nvidia.com/gpu needs 1, 0 available, 1 missing" in outcome.message
     # Nothing of the wave was applied: the live objects keep the old images.
     for name in ("ranker", "summarizer"):
@@ -351,11 +370,11 @@ def test_warn_rolls_out_a_swap_that_does_not_fit_and_block_halts_before_its_wave
     assert StateStore(api, namespace).read("staging").phase.value == "failed"  # type: ignore[union-attr]
 
 
-def test_a_stuck_clusters_pods_are_explained_in_the_api_servers_words(
-    api: client.ApiClient, namespace: str, crowded: dict[str, str]
-) -> None:
-    cluster = "summarizer-raycluster-abcde"
-    # KubeRay's worker pod, refused by the quota: the API server's own refusal…
+def strand(api: client.ApiClient, namespace: str, cluster: str) -> tuple[str, str]:
+    """What a cluster that cannot run leaves behind, made as KubeRay and the scheduler would:
+    a worker pod the quota refused (the API server's own error, recorded by KubeRay as a
+    Warning Event on the RayCluster) and a head pod the scheduler found no node for. Returns
+    the quota's refusal and the scheduler's message."""
     worker = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -369,8 +388,7 @@ def test_a_stuck_clusters_pods_are_explained_in_the_api_servers_words(
     with pytest.raises(client.ApiException) as refused:
         request(api, "POST", f"/api/v1/namespaces/{namespace}/pods", body=worker)
     error = json.loads(refused.value.body)["message"]
-    # … which KubeRay records as a Warning Event on the RayCluster (raycluster_controller.go:
-    # "Failed to create worker Pod for the cluster %s/%s, %v"); no KubeRay runs here.
+    # raycluster_controller.go: "Failed to create worker Pod for the cluster %s/%s, %v"
     event = {
         "apiVersion": "v1",
         "kind": "Event",
@@ -381,8 +399,7 @@ def test_a_stuck_clusters_pods_are_explained_in_the_api_servers_words(
         "message": f"Failed to create worker Pod for the cluster {namespace}/{cluster}, {error}",
     }
     request(api, "POST", f"/api/v1/namespaces/{namespace}/events", body=event)
-    # The head was created, and the scheduler found no node for it (no scheduler runs here:
-    # the test writes the condition it would).
+    # No scheduler runs here: the test writes the condition it would.
     head = {**worker, "metadata": {"name": f"{cluster}-head", "labels": {CLUSTER_LABEL: cluster}}}
     head["spec"] = {
         "containers": [{"name": "h", "image": "x", "resources": {"requests": {"cpu": "1"}}}]
@@ -393,11 +410,150 @@ def test_a_stuck_clusters_pods_are_explained_in_the_api_servers_words(
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}
     ]
     request(api, "PUT", f"/api/v1/namespaces/{namespace}/pods/{cluster}-head/status", body=created)
+    return error, why
 
+
+def test_a_stuck_clusters_pods_are_explained_in_the_api_servers_words(
+    api: client.ApiClient, namespace: str, crowded: dict[str, str]
+) -> None:
+    cluster = "summarizer-raycluster-abcde"
+    error, why = strand(api, namespace, cluster)
     explained = pending_reasons(api, namespace, cluster)
     assert explained == f"FailedToCreateWorkerPod: {error}; 1 pod unschedulable: {why}"
     assert "exceeded quota: compute" in explained
     assert pending_reasons(api, namespace, "another-cluster") is None
+
+
+class Watched(Lines):
+    """Progress lines, Events and wave events of a rollout, as lists."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.events: list[tuple[ServiceKey, str, str, str]] = []
+        self.waves: list[WaveEvent] = []
+        super().__init__(self.lines.append, lambda *event: self.events.append(event))
+
+    def wave(self, environment: str, event: WaveEvent) -> None:
+        self.waves.append(event)
+
+
+def test_a_swap_whose_pods_do_not_run_says_why_while_it_waits(
+    api: client.ApiClient, namespace: str, crowded: dict[str, str], sim: Simulator, tmp_path: Path
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = repo.agent_config(tmp_path / "cache", health_timeout=15.0)
+    assert sync_once(config, RayServicesClient(api), StateStore(api, namespace)).ok
+    summarizer = ServiceKey(namespace, "summarizer")
+
+    def swap(root: Path) -> None:
+        path = root / "environments" / "staging" / "summarizer.yaml"
+        path.write_text(path.read_text().replace("py311", "py312"))
+
+    repo.commit(swap, "a new summarizer image")
+    # The new cluster's app never finishes deploying, so the swap never finishes.
+    sim.add_rule(FailureRule(status="DEPLOYING", namespace=namespace, service="summarizer"))
+    watched = Watched()
+    done: list[Any] = []
+    rollout = threading.Thread(
+        target=lambda: done.append(
+            sync_once(config, RayServicesClient(api), StateStore(api, namespace), observer=watched)
+        )
+    )
+    rollout.start()
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + 10
+    while not (
+        cluster := custom.get_namespaced_custom_object(
+            "ray.io", "v1", namespace, "rayservices", "summarizer"
+        )
+        .get("status", {})
+        .get("pendingServiceStatus", {})
+        .get("rayClusterName")
+    ):
+        assert time.monotonic() < deadline, "no pending cluster"
+        time.sleep(0.1)
+    error, why = strand(api, namespace, cluster)
+    rollout.join(60)
+    [result] = done[0].results
+    reason = f"FailedToCreateWorkerPod: {error}; 1 pod unschedulable: {why}"
+    # The wave's commit status and the status page say why, not only "waiting"…
+    details = [w.detail for w in watched.waves if w.kind is StepKind.WAITING and w.detail]
+    assert details == [f"summarizer: {reason}"]
+    # … so do the progress line and one Warning Event on the service …
+    assert any(f"waiting for {cluster}; {reason}" in line for line in watched.lines), watched.lines
+    pending = [e for e in watched.events if e[2] == "ClusterPodsPending"]
+    assert pending == [(summarizer, "Warning", "ClusterPodsPending", reason)]
+    # … and the health timeout's failure.
+    assert result.outcome is Outcome.FAILED
+    assert result.message.startswith(f"{summarizer} not Healthy after 15s (wave 1)")
+    assert reason in result.message
+
+
+def test_a_later_wave_is_checked_again_and_an_in_place_growth_is_checked_too(
+    api: client.ApiClient, namespace: str, nodes: dict[str, str], sim: Simulator, tmp_path: Path
+) -> None:
+    create_quota(
+        api, namespace, {"requests.cpu": "40", "requests.nvidia.com/gpu": "2", "pods": "20"}
+    )
+    bind_pod(api, namespace, "holder", nodes["gpu"], {"cpu": "1", GPU: "1"})
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = repo.agent_config(tmp_path / "cache")
+    assert sync_once(config, RayServicesClient(api), StateStore(api, namespace)).ok
+    staging_checkout(repo, "block")
+
+    def swap(root: Path) -> None:
+        for name in ("embedder.yaml", "summarizer.yaml"):
+            path = root / "environments" / "staging" / name
+            path.write_text(path.read_text().replace("py311", "py312"))
+
+    repo.commit(swap, "new images for the embedder (wave 0) and the summarizer (wave 1)")
+    [plan] = live_plans(repo.work, ["staging"], RayServicesClient(api), Options())
+    summarizer, embedder = ServiceKey(namespace, "summarizer"), ServiceKey(namespace, "embedder")
+    assert plan.capacity[summarizer].fit is Fit.FITS  # one GPU of the quota's two is free
+
+    class Intruder(Watched):
+        """Takes the quota's last GPU while wave 0 applies, as another team's pod would."""
+
+        def wave(self, environment: str, event: WaveEvent) -> None:
+            super().wave(environment, event)
+            if event.kind is StepKind.APPLYING and event.index == 1:
+                bind_pod(api, namespace, "intruder", nodes["gpu"], {"cpu": "1", GPU: "1"})
+
+    watched = Intruder()
+    result = sync_once(config, RayServicesClient(api), StateStore(api, namespace), observer=watched)
+    [outcome] = result.results
+    assert outcome.outcome is Outcome.FAILED
+    assert outcome.message.startswith(
+        "capacityCheck is block and the pods this wave starts do not fit: "
+        f"{summarizer}: does not fit: quota compute: requests.nvidia.com/gpu needs 1, "
+        "0 available, 1 missing"
+    ), outcome.message
+    assert outcome.applied == (embedder,)  # wave 0 went out; wave 1 was not applied
+
+    # A cluster-in-place change (an appended GPU worker group) is checked as well: its pods.
+    def grow(root: Path) -> None:
+        path = root / "environments" / "staging" / "embedder.yaml"
+        doc = yaml.safe_load(path.read_text())
+        cluster = doc["spec"]["rayClusterConfig"]
+        gpu = {**cluster["workerGroupSpecs"][0], "groupName": "gpu", "replicas": 2}
+        gpu["template"] = yaml.safe_load(
+            (root / "environments" / "staging" / "summarizer.yaml").read_text()
+        )["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
+        cluster["workerGroupSpecs"].append(gpu)
+        path.write_text(yaml.safe_dump(doc))
+
+    repo.commit(grow, "two GPU workers for the embedder")
+    [plan] = live_plans(repo.work, ["staging"], RayServicesClient(api), Options())
+    assert {c.key: c.action for c in plan.changes}[embedder] is Action.CLUSTER_IN_PLACE
+    grown = plan.capacity[embedder]
+    assert (grown.fit, grown.pods, grown.requests.get(GPU)) == (Fit.DOES_NOT_FIT, 2, Fraction(2))
+    [outcome] = sync_once(config, RayServicesClient(api), StateStore(api, namespace)).results
+    assert outcome.outcome is Outcome.FAILED
+    assert f"{embedder}: does not fit: quota compute: requests.nvidia.com/gpu needs 2" in (
+        outcome.message
+    )
+    assert outcome.applied == ()
+    client.CoreV1Api(api).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
 
 
 def test_a_preview_that_does_not_fit_its_namespaces_quota_is_refused_with_the_reason(

@@ -422,7 +422,10 @@ def test_the_preview_limit_holds_for_an_older_pull_request_that_becomes_eligible
 
 
 def test_the_plan_comment_is_gitsync_plan_and_only_gitsyncs_own_is_edited(
-    forge: Forge, api: client.ApiClient, capsys: pytest.CaptureFixture[str]
+    forge: Forge,
+    api: client.ApiClient,
+    capsys: pytest.CaptureFixture[str],
+    control_plane: ControlPlane,
 ) -> None:
     def two_changes(root: Path) -> None:
         scale_ranker(root)
@@ -441,10 +444,14 @@ def test_the_plan_comment_is_gitsync_plan_and_only_gitsyncs_own_is_edited(
     forge.gitea.api("POST", f"{forge.path}/issues/{number}/comments", {"body": decoy}, sudo=user)
     forge.reconcile(api)
     fork = git("merge-base", "main", sha, cwd=forge.repo.work)
+    # The comment checks the new cluster's pods against the cluster, as --capacity does.
     plan = ["plan", str(forge.repo.work), "--from", fork, "--to", sha, "-o", "markdown"]
+    plan += ["--capacity", "--kubeconfig", str(control_plane.kubeconfig)]
     assert main(plan) == 1
     expected = capsys.readouterr().out
     assert forge.comments(number) == [decoy, expected]
+    assert "capacity: " in expected
+    assert f"--to {sha[:12]} --capacity -o markdown" in expected
     assert "cluster-swap" in expected
     assert "twice the cluster's resources" in expected
     # Rendered by the forge itself, the hostile user_config value is text in a code span: it
@@ -454,11 +461,11 @@ def test_the_plan_comment_is_gitsync_plan_and_only_gitsyncs_own_is_edited(
     for shown in ("staging/embedder", "staging/ranker", "cluster-swap", "prints the same"):
         assert shown in html, (shown, html)
     assert re.search(r"<code>[^<]*No RayService changes\*\* &lt;!--", html), html
-    assert html.count("<li>") == 2 + html.count("⚠"), html
+    assert html.count("<li>") == 2 + html.count("⚠") + html.count("✓"), html
     # A push edits gitsync's comment in place; the other one stays as its author wrote it.
     sha = forge.branch("two", scale_ranker, "only the ranker")
     forge.reconcile(api)
-    assert main([*plan[:5], sha, "-o", "markdown"]) == 1
+    assert main([*plan[:5], sha, *plan[6:]]) == 1
     expected = capsys.readouterr().out
     assert forge.comments(number) == [decoy, expected]
     assert "cluster-swap" not in expected

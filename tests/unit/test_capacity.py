@@ -15,6 +15,7 @@ from gitsync.capacity import (
     Node,
     Pod,
     Quota,
+    added_pods,
     check,
     check_wave,
     cluster_pods,
@@ -23,6 +24,7 @@ from gitsync.capacity import (
     pending_explanation,
     pod_resources,
     quota_usage,
+    total_requests,
 )
 from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.repoconfig import load_repo_config
@@ -450,3 +452,40 @@ def test_pending_pods_and_kuberays_failed_creations_explain_a_stuck_cluster() ->
         f"FailedToCreateWorkerPod: {quota}; 2 pods unschedulable: {why}"
     )
     assert pending_explanation([{"status": {"phase": "Pending"}}], []) is None
+
+
+CPU_POD = {"containers": [container({"cpu": "2", "memory": "4Gi"})]}
+
+
+def test_an_in_place_change_adds_appended_groups_and_replica_growth_only() -> None:
+    live = service(workers=[worker("cpu", CPU_POD, replicas=2)])
+    # An appended GPU group at 3 replicas (min 1): three pods; the CPU group as it was: none.
+    grown = service(
+        workers=[worker("cpu", CPU_POD, replicas=2), worker("gpu", GPU_POD, replicas=3)]
+    )
+    pods = added_pods(live, grown)
+    assert [p.group for p in pods] == ["gpu"] * 3
+    # modifyRayCluster writes the whole spec: the CPU group's rise from 2 to 4 comes too …
+    both = service(
+        workers=[worker("cpu", CPU_POD, replicas=4), worker("gpu", GPU_POD, minReplicas=1)]
+    )
+    assert [p.group for p in added_pods(live, both)] == ["cpu", "cpu", "gpu"]
+    # … a fall adds nothing, and neither does a suspended appended group.
+    fewer = service(
+        workers=[
+            worker("cpu", CPU_POD, replicas=1),
+            worker("gpu", GPU_POD, replicas=2, suspend=True),
+        ]
+    )
+    assert added_pods(live, fewer) == []
+    # Multi-host groups count each host.
+    hosts = service(
+        workers=[
+            worker("cpu", CPU_POD, replicas=2),
+            worker("tpu", CPU_POD, replicas=1, numOfHosts=4),
+        ]
+    )
+    assert len(added_pods(live, hosts)) == 4
+    assert total_requests(added_pods(live, grown)) == amounts(
+        cpu="12", memory="48Gi", nvidia_gpu="3"
+    )

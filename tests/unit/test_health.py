@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from gitsync.health import Assessment, HealthGate, assess
+from gitsync.health import Assessment, HealthGate, assess, starting_cluster
 from gitsync.model import Health
 
 FIXTURES = sorted((Path(__file__).parent / "health").glob("*.yaml"))
@@ -61,3 +62,13 @@ def test_gate_needs_consecutive_degraded_reads_too() -> None:
     assert result.health is Health.PROGRESSING  # 2 reads, but only 0.6 s
     gate, result = gate.observe(degraded, 1.7)
     assert result.health is Health.DEGRADED
+
+
+def test_the_cluster_a_service_waits_for_is_the_pending_one_else_the_active_one() -> None:
+    def status(**sides: str) -> dict[str, Any]:
+        return {"status": {f"{s}ServiceStatus": {"rayClusterName": n} for s, n in sides.items()}}
+
+    assert starting_cluster(status(pending="svc-new", active="svc-old")) == "svc-new"
+    assert starting_cluster(status(active="svc-old")) == "svc-old"
+    assert starting_cluster({"status": {}}) is None
+    assert starting_cluster(None) is None

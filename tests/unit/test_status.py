@@ -130,3 +130,14 @@ def test_blocked_and_superseded_and_waiting() -> None:
     waiting = describe.waiting_for("production", "staging", "no status yet")
     assert waiting.state is State.PENDING
     assert "gitsync/staging: success at 0123456789ab" in waiting.description
+
+
+def test_a_waiting_wave_says_why_its_pods_do_not_run_when_known() -> None:
+    describe = Describer(SHA)
+    keys = [ServiceKey("ray", "summarizer")]
+    plain = describe.waiting("staging", 1, 2, keys)
+    assert plain.description == "waiting for wave 1/2 to be Healthy: summarizer"
+    why = "summarizer: 1 pod unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu"
+    explained = describe.waiting("staging", 1, 2, keys, why)
+    assert explained.state is State.PENDING
+    assert explained.description == f"wave 1/2 waits: {why}"

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from fractions import Fraction
 
+from gitsync.capacity import Fit, Shortfall, Verdict
 from gitsync.model import Action, Change, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
 from gitsync.plan import Plan, Wave, orphaned
 from gitsync.web.facts import CommitInfo
 from gitsync.web.history import MAX_STEPS, History
-from gitsync.web.stored import MAX_DETAIL_BYTES, MAX_HISTORY, EnvironmentMemory, from_data
+from gitsync.web.stored import (
+    MAX_DETAIL_BYTES,
+    MAX_HISTORY,
+    EnvironmentMemory,
+    from_data,
+    to_data,
+)
 from gitsync.web.view import change_view
 
 KEY = ServiceKey("ray-staging", "ranker")
@@ -247,3 +255,47 @@ def test_keys_outcomes_and_steps_read_back_as_written() -> None:
     assert [s.kind for s in odd.record.steps] == [StepKind.STARTED, Outcome.FAILED]
     assert [p.outcome for p in odd.history] == [None]
     assert odd.actions == {}
+
+
+def test_the_rollout_keeps_each_changes_capacity_verdict_and_why_a_wave_waits() -> None:
+    gpu = "nvidia.com/gpu"
+    short = Shortfall("quota compute", f"requests.{gpu}", Fraction(1), Fraction(0))
+    other = ServiceKey("ray-staging", "summarizer")
+    swaps = Plan(
+        "staging",
+        "ray-staging",
+        None,
+        SHA,
+        (
+            Wave(
+                1,
+                (
+                    Change(KEY, Action.CLUSTER_SWAP, 1, "new image"),
+                    Change(other, Action.CLUSTER_SWAP, 1, "new image"),
+                ),
+            ),
+        ),
+        capacity={
+            KEY: Verdict(Fit.FITS, {"cpu": Fraction(3)}, 2),
+            other: Verdict(Fit.DOES_NOT_FIT, {gpu: Fraction(1)}, 2, (short,)),
+        },
+    )
+    h = history()
+    h.planned(swaps, SHA)
+    why = "summarizer: 1 pod unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu"
+    h.event("staging", WaveEvent(StepKind.WAITING, 1, 1, ((other, Action.CLUSTER_SWAP),), why))
+    [memory] = h.environments()
+    assert memory.record is not None
+    ranker, summarizer = (change_view(c) for c in memory.record.changes)
+    assert ranker.details == ("capacity: fits (2 pods: cpu 3)",)
+    assert summarizer.warnings == (
+        "capacity: does not fit: quota compute: requests.nvidia.com/gpu needs 1, 0 available, "
+        "1 missing",
+    )
+    assert memory.record.steps[-1].message == why
+    # Stored and read back as the page reads it after a restart.
+    again = from_data("staging", to_data(memory))
+    assert again is not None
+    assert again.record is not None
+    assert again.record.changes == memory.record.changes
+    assert again.record.steps[-1].message == why
