@@ -44,7 +44,7 @@ from gitsync.manifests.durations import parse_duration
 from gitsync.model import ServiceKey
 from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
-from gitsync.progress import Quiet
+from gitsync.progress import NO_FIELDS, Fields, Quiet
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
@@ -399,7 +399,7 @@ class _SyncObserver(Quiet):
     ) -> None:
         self.write, self.record, self.plans = write, record, plans
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, fields: Fields = NO_FIELDS) -> None:
         self.write(text)
 
     def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
