@@ -1,4 +1,4 @@
-# The gitsync agent image: `docker build -t gitsync .` (deploy/deployment.yaml runs it).
+# The gitsync agent image: `docker build -t gitsync .` (deploy/base/deployment.yaml runs it).
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

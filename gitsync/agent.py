@@ -600,7 +600,11 @@ class Agent:
         began = self._began.pop(result.environment, None)
         if began is not None:
             self.metrics.sync_duration.labels(result.environment).observe(time.monotonic() - began)
+        if result.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK):
+            self.metrics.rollout_failed.labels(result.environment).set(1)
         if result.outcome is Outcome.SUCCEEDED:
+            self.metrics.rollout_failed.labels(result.environment).set(0)
+            self.metrics.last_success.labels(result.environment).set_to_current_time()
             previous = self._applied.get(result.environment)
             if previous is not None and previous != result.revision:
                 self.metrics.applied_revision.remove(result.environment, previous)
