@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -75,11 +76,24 @@ _SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
 
 # The libraries whose versions decide what gitsync does on the wire, for --version.
 _LIBRARIES = ("kubernetes", "GitPython", "PyYAML", "deepdiff", "APScheduler", "urllib3")
+# Where the image keeps the lock it installed from (the Dockerfile copies it there).
+IMAGE_LOCK = Path(sys.prefix) / "share" / "gitsync" / "requirements.lock"
 
 
-def version_text() -> str:
-    """gitsync's version, the KubeRay version whose rules it predicts by default, and the
-    client libraries it runs with (what a bug report needs)."""
+def lock_text(lock: Path) -> str:
+    """What --version says of the lock the dependencies were installed from: its sha256 and
+    how many packages it pins, or that there is none (an install that is not the image)."""
+    try:
+        data = lock.read_bytes()
+    except OSError:
+        return "requirements.lock: none (not installed from the lock)"
+    pins = sum(1 for line in data.decode().splitlines() if "==" in line)
+    return f"requirements.lock: sha256 {hashlib.sha256(data).hexdigest()[:16]}, {pins} packages"
+
+
+def version_text(lock: Path = IMAGE_LOCK) -> str:
+    """gitsync's version, the KubeRay version whose rules it predicts by default, the client
+    libraries it runs with (what a bug report needs) and the lock they came from."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str:
@@ -93,7 +107,8 @@ def version_text() -> str:
         f"gitsync {__version__}\n"
         f"KubeRay semantics: {kuberay.KUBERAY_VERSION} by default "
         f"({', '.join(sorted(kuberay.SEMANTICS))} with --kuberay-version)\n"
-        f"Python {sys.version.split()[0]}; {libraries}"
+        f"Python {sys.version.split()[0]}; {libraries}\n"
+        f"{lock_text(lock)}"
     )
 
 
