@@ -38,13 +38,12 @@ from gitsync.kube.lease import LeaderElector
 from gitsync.kube.peers import LeaderPods
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
-from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
 from gitsync.model import Health, Outcome, RolloutResult, ServiceKey, WaveEvent
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
-from gitsync.progress import Quiet
+from gitsync.progress import NO_FIELDS, Fields, Quiet
 from gitsync.relay import outside
 from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
@@ -110,7 +109,6 @@ class Agent:
         self._fighting: dict[str, set[tuple[str, str]]] = {}
         self._previews_lock = threading.Lock()
         # What progress lines may name: environments and services planned, the pass's revision.
-        self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
         # What the status page shows, kept in the state ConfigMaps (every replica reads them).
         self.history = History(sink=self._store_status, seed=self._stored_status)
         self.preview_reconciler, self.drift_checker = self._checkers()
@@ -577,22 +575,13 @@ class Agent:
             raise
         return from_data(environment, data) if data is not None else None
 
-    def _progress(self, line: str) -> None:
-        """A pass's progress line, with the environment, service and revision it names as
-        structured fields (keys of ``--log-format json``)."""
-        environments, services, revision = self._named
-        log.info("%s", line, extra=line_fields(line, environments, services, revision))
+    def _progress(self, line: str, fields: Fields) -> None:
+        """A pass's progress line, with what its call site says it is about (environment,
+        service, revision, wave, action) as keys of ``--log-format json``."""
+        log.info("%s", line, extra=dict(fields))
 
     def _planned(self, plan: Plan) -> None:
         revision = plan.to_rev or ""
-        environments, services, named = self._named
-        if named != revision:  # a new revision starts afresh: the names do not pile up
-            environments, services = frozenset(), frozenset()
-        self._named = (
-            environments | {plan.environment},
-            services | {str(c.key) for c in plan.changes},
-            revision,
-        )
         try:
             author, when, subject = self.source.commit_info(revision)
             self.history.commit(CommitInfo(revision, author, when, subject))
@@ -611,7 +600,11 @@ class Agent:
         began = self._began.pop(result.environment, None)
         if began is not None:
             self.metrics.sync_duration.labels(result.environment).observe(time.monotonic() - began)
+        if result.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK):
+            self.metrics.rollout_failed.labels(result.environment).set(1)
         if result.outcome is Outcome.SUCCEEDED:
+            self.metrics.rollout_failed.labels(result.environment).set(0)
+            self.metrics.last_success.labels(result.environment).set_to_current_time()
             previous = self._applied.get(result.environment)
             if previous is not None and previous != result.revision:
                 self.metrics.applied_revision.remove(result.environment, previous)
@@ -679,8 +672,8 @@ class _Watching(Quiet):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
-    def line(self, text: str) -> None:
-        self.agent._progress(text)
+    def line(self, text: str, fields: Fields = NO_FIELDS) -> None:
+        self.agent._progress(text, fields)
 
     def planned(self, plan: Plan) -> None:
         self.agent._planned(plan)

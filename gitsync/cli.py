@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -41,10 +42,8 @@ from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.logs import configure as configure_logging
 from gitsync.manifests.durations import parse_duration
-from gitsync.model import ServiceKey
 from gitsync.plan import Plan, plan_diff, plan_json, plan_markdown, plan_table
 from gitsync.planning import live_plans, offline_plans
-from gitsync.progress import Quiet
 from gitsync.source import GitSource, RepoSource
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
@@ -75,11 +74,24 @@ _SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
 
 # The libraries whose versions decide what gitsync does on the wire, for --version.
 _LIBRARIES = ("kubernetes", "GitPython", "PyYAML", "deepdiff", "APScheduler", "urllib3")
+# Where the image keeps the lock it installed from (the Dockerfile copies it there).
+IMAGE_LOCK = Path(sys.prefix) / "share" / "gitsync" / "requirements.lock"
 
 
-def version_text() -> str:
-    """gitsync's version, the KubeRay version whose rules it predicts by default, and the
-    client libraries it runs with (what a bug report needs)."""
+def lock_text(lock: Path) -> str:
+    """What --version says of the lock the dependencies were installed from: its sha256 and
+    how many packages it pins, or that there is none (an install that is not the image)."""
+    try:
+        data = lock.read_bytes()
+    except OSError:
+        return "requirements.lock: none (not installed from the lock)"
+    pins = sum(1 for line in data.decode().splitlines() if "==" in line)
+    return f"requirements.lock: sha256 {hashlib.sha256(data).hexdigest()[:16]}, {pins} packages"
+
+
+def version_text(lock: Path = IMAGE_LOCK) -> str:
+    """gitsync's version, the KubeRay version whose rules it predicts by default, the client
+    libraries it runs with (what a bug report needs) and the lock they came from."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str:
@@ -93,7 +105,8 @@ def version_text() -> str:
         f"gitsync {__version__}\n"
         f"KubeRay semantics: {kuberay.KUBERAY_VERSION} by default "
         f"({', '.join(sorted(kuberay.SEMANTICS))} with --kuberay-version)\n"
-        f"Python {sys.version.split()[0]}; {libraries}"
+        f"Python {sys.version.split()[0]}; {libraries}\n"
+        f"{lock_text(lock)}"
     )
 
 
@@ -244,7 +257,9 @@ def _sync_commands(commands: Any) -> tuple[argparse.ArgumentParser, argparse.Arg
         help="one full pass: poll Git, plan, roll out every environment in order",
         description="Polls the repository in the agent config, then for each environment (in "
         "'after:' order) applies the plan wave by wave, waiting for health between waves. "
-        "Exit 0 when every environment succeeded, 1 when one failed, 2 on errors.",
+        "On a terminal, a live line shows the wave being applied or waited on and the progress "
+        "lines are coloured; plain lines when stderr is not a terminal, NO_COLOR is set or "
+        "TERM is dumb. Exit 0 when every environment succeeded, 1 when one failed, 2 on errors.",
     )
     sync.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
     sync.add_argument(
@@ -399,35 +414,9 @@ def _agent_config(path: Path) -> AgentConfig:
     return config
 
 
-class _SyncObserver(Quiet):
-    """``gitsync sync``'s observer: progress lines to stderr, Events, the plans kept."""
-
-    def __init__(
-        self,
-        write: Callable[[str], None],
-        record: Callable[[ServiceKey, str, str, str], None],
-        plans: list[Plan],
-    ) -> None:
-        self.write, self.record, self.plans = write, record, plans
-
-    def line(self, text: str) -> None:
-        self.write(text)
-
-    def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
-        self.record(key, kind, reason, message)
-
-    def planned(self, plan: Plan) -> None:
-        self.plans.append(plan)
-
-
 def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.console import sync_display
     from gitsync.report.factory import build_reporter
-
-    began = time.monotonic()
-
-    def progress(line: str) -> None:
-        err.write(f"[{time.monotonic() - began:6.1f}s] {line}\n")
-        err.flush()
 
     reporter = None
     plans: list[Plan] = []
@@ -435,7 +424,11 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         config = _agent_config(args.config)
         if not (args.no_status or args.dry_run):
             reporter = build_reporter(config)
-        with api_client(args.kubeconfig, args.context) as api, EventRecorder(api) as record:
+        with (
+            api_client(args.kubeconfig, args.context) as api,
+            EventRecorder(api) as record,
+            sync_display(err, record, plans) as observer,  # live on a terminal, else lines
+        ):
             store = StateStore(api, config.rollout.state_namespace)  # created at first write
             result = sync_once(
                 config,
@@ -443,7 +436,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 store,
                 environments=args.env,
                 dry_run=args.dry_run,
-                observer=_SyncObserver(progress, record, plans),
+                observer=observer,
                 reporter=reporter,
             )
     except GitsyncError as exc:

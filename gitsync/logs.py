@@ -1,13 +1,15 @@
-"""Logging for the command line and the agent: key=value text or one JSON object per line."""
+"""Logging for the command line and the agent: text or one JSON object per line.
+
+In JSON, a record's ``extra=`` fields are keys beside the message: the agent logs each progress
+line with the :data:`gitsync.progress.Fields` its call site gave (environment, service,
+revision, wave, action), webhook lines with the provider, event and delivery."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import logging
-import re
 import sys
-from collections.abc import Collection
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # APScheduler warns each time a job's run is skipped because its previous run is still going
@@ -15,32 +17,6 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # jobs never overlap with themselves and coalesce by design: a pass longer than the poll
 # interval is expected, so these are DEBUG, not one WARNING per interval.
 _BY_DESIGN = ("maximum number of running instances reached", "was missed by")
-
-
-# What a progress line names: "staging: wave 0: applied ray-staging/ranker at 0123456789ab".
-_SERVICE = re.compile(r"(?<![\w./-])([a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9.-]*)")
-_REVISION = re.compile(r"(?<![0-9a-f])([0-9a-f]{12}|[0-9a-f]{40})(?![0-9a-f])")
-
-
-def line_fields(
-    line: str, environments: Collection[str], services: Collection[str], revision: str = ""
-) -> dict[str, str]:
-    """The structured fields of a progress line, as keys for JSON logs: ``environment`` (the
-    line's ``name:`` prefix, when it is a known environment), ``service`` (the first known
-    ``namespace/name`` it names) and ``revision`` (a commit it names; the full SHA when it is
-    the pass's ``revision``). Only names the caller knows count: a path or a ratio that looks
-    like one is not a field."""
-    fields: dict[str, str] = {}
-    head, sep, _ = line.partition(": ")
-    if sep and head in environments:
-        fields["environment"] = head
-    service = next((m for m in _SERVICE.findall(line) if m in services), None)
-    if service is not None:
-        fields["service"] = service
-    if match := _REVISION.search(line):
-        short = match.group(1)
-        fields["revision"] = revision if revision and revision.startswith(short) else short
-    return fields
 
 
 class ScheduledRunsFilter(logging.Filter):

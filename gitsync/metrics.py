@@ -60,6 +60,20 @@ class Metrics:
             ["environment", "revision"],
             registry=r,
         )
+        self.last_success = Gauge(
+            "gitsync_last_success_timestamp_seconds",
+            "When a pass of the environment last ended succeeded (a rollout, or up to date at "
+            "Git's head), Unix time; set by the leader",
+            ["environment"],
+            registry=r,
+        )
+        self.rollout_failed = Gauge(
+            "gitsync_rollout_failed",
+            "1 while the environment's last finished rollout failed or was rolled back, 0 once "
+            "one succeeds (superseded, blocked and interrupted passes leave it as it was)",
+            ["environment"],
+            registry=r,
+        )
 
     def _drift_metrics(self, r: CollectorRegistry) -> None:
         """Drift checks and what they find."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 from gitsync.model import (
@@ -27,14 +28,42 @@ from gitsync.model import (
 from gitsync.plan import Plan, Wave
 from gitsync.report.status import CommitStatus, State
 
+Fields = Mapping[str, str | int]
+"""What a progress line is about, from its call site: ``environment``, ``service``
+(``namespace/name``), ``revision`` (the full SHA), ``wave``, ``action``; the keys of
+``--log-format json``."""
+NO_FIELDS: Fields = MappingProxyType({})
+
+
+def about(
+    environment: str,
+    service: ServiceKey | None = None,
+    revision: str = "",
+    *,
+    wave: int | None = None,
+    action: Action | str | None = None,
+) -> Fields:
+    """A progress line's fields: those given."""
+    fields: dict[str, str | int] = {"environment": environment}
+    if service is not None:
+        fields["service"] = str(service)
+    if revision:
+        fields["revision"] = revision
+    if wave is not None:
+        fields["wave"] = wave
+    if action is not None:
+        fields["action"] = str(action)
+    return fields
+
 
 class Observer(Protocol):
     """Who watches a pass, in the order a pass calls it for one environment: ``planned``,
     ``started`` (the rollout begins), ``wave`` events, ``finished``; ``line`` (a progress line
-    for people) and ``recorded`` (a Kubernetes Event on one object: ``Normal`` or ``Warning``,
-    a reason, a message) at any time. Called on the pass's thread: it must not block."""
+    for people, with the :data:`Fields` it is about) and ``recorded`` (a Kubernetes Event on
+    one object: ``Normal`` or ``Warning``, a reason, a message) at any time. Called on the
+    pass's thread: it must not block."""
 
-    def line(self, text: str) -> None: ...
+    def line(self, text: str, fields: Fields = NO_FIELDS) -> None: ...
 
     def planned(self, plan: Plan) -> None: ...
 
@@ -50,7 +79,7 @@ class Observer(Protocol):
 class Quiet:
     """An :class:`Observer` that ignores everything: subclass it to watch only some of it."""
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, fields: Fields = NO_FIELDS) -> None:
         pass
 
     def planned(self, plan: Plan) -> None:
@@ -80,7 +109,7 @@ class Lines(Quiet):
     ) -> None:
         self.write, self.record = write, record
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, fields: Fields = NO_FIELDS) -> None:
         self.write(text)
 
     def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:

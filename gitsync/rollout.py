@@ -43,7 +43,7 @@ from gitsync.model import (
 from gitsync.names import ENVIRONMENT, MANAGED_BY, RECONCILE
 from gitsync.object_health import assess_object
 from gitsync.plan import Plan
-from gitsync.progress import Observer, Quiet
+from gitsync.progress import Observer, Quiet, about
 from gitsync.stamp import applied_for, reconcile_disabled, stamp_service
 
 log = logging.getLogger(__name__)
@@ -100,18 +100,23 @@ class Rollout:
         """Where it starts (:func:`gitsync.progress.start`), each wave with work, the finish."""
         begin = progress.start(self.state.read(env.name), revision, plan)
         if begin.up_to_date:
-            self.observer.line(f"{env.name}: up to date at {revision[:12]}")
+            self.observer.line(
+                f"{env.name}: up to date at {revision[:12]}", about(env.name, None, revision)
+            )
             return RolloutResult(
                 env.name, revision, Outcome.SUCCEEDED, "up to date", skipped=plan.skipped
             )
         if begin.resumed is not None:
             at = f"{revision[:12]} at wave {begin.resumed.wave}"
-            self.observer.line(f"{env.name}: resuming the rollout of {at}")
+            self.observer.line(
+                f"{env.name}: resuming the rollout of {at}",
+                about(env.name, None, revision, wave=begin.resumed.wave),
+            )
         kinds = progress.kinds(desired, plan)
         record = begin.record(env.name, env.namespace, revision, _now(), kinds)
         self.state.write(record)
         if env.create_namespace and ensure_namespace(self.services.api, env.namespace):
-            self.observer.line(f"{env.name}: created namespace {env.namespace}")
+            self.observer.line(f"{env.name}: created namespace {env.namespace}", about(env.name))
         tally = _Tally(skipped=list(plan.skipped))
         self._skipped(env, tally.skipped, revision)
         work = progress.work(plan, unfinished=begin.unfinished)
@@ -186,7 +191,7 @@ class Rollout:
             else:
                 plan = replace(plan, capacity={**plan.capacity, **fresh})
         for misfit in plan.misfits(keys):
-            self.observer.line(f"{env.name}: warning: {misfit}")
+            self.observer.line(f"{env.name}: warning: {misfit}", about(env.name))
         refusal = plan.capacity_refusal(keys)
         return _Failure(None, refusal) if refusal else None
 
@@ -209,7 +214,9 @@ class Rollout:
                 last_healthy_revision=revision,
             )
         )
-        self.observer.line(f"{env.name}: {revision[:12]} succeeded: {message}")
+        self.observer.line(
+            f"{env.name}: {revision[:12]} succeeded: {message}", about(env.name, None, revision)
+        )
         return RolloutResult(
             env.name, revision, Outcome.SUCCEEDED, message, None, tuple(tally.applied), pruned,
             tuple(sorted(tally.skipped)),
@@ -226,7 +233,8 @@ class Rollout:
         for key in keys:
             self.observer.line(
                 f"{env.name}: skipped {key} at {revision[:12]}: reconcile disabled "
-                f"({RECONCILE}: disabled)"
+                f"({RECONCILE}: disabled)",
+                about(env.name, key, revision, action=Action.SKIPPED),
             )
             self.observer.recorded(
                 key,
@@ -296,9 +304,12 @@ class Rollout:
                 )
             except ApplyError as exc:  # refused; an unreachable API server is not the service's
                 return _Failure(key, str(exc))  # failure: it propagates, the pass errors
-            action = f" ({actions[key]})" if actions and key in actions else ""
+            kind = actions.get(key) if actions else None
+            action = f" ({kind})" if kind else ""
+            wave = desired[key].wave
             self.observer.line(
-                f"{env.name}: wave {desired[key].wave}: applied {key}{action} at {revision[:12]}"
+                f"{env.name}: wave {wave}: applied {key}{action} at {revision[:12]}",
+                about(env.name, key, revision, wave=wave, action=kind),
             )
             self.observer.recorded(
                 key, "Normal", "Applied", f"gitsync applied revision {revision[:12]}{action}"
@@ -389,7 +400,7 @@ class Rollout:
     def _prune(self, env: EnvironmentConfig, plan: Plan) -> tuple[ServiceKey, ...] | _Failure:
         for key in plan.orphans:
             said = "is no longer in Git; left running (prune is off)"
-            self.observer.line(f"{env.name}: {key} {said}")
+            self.observer.line(f"{env.name}: {key} {said}", about(env.name, key))
         prunes = progress.prunes(plan)
         if not prunes:
             return ()
@@ -404,7 +415,10 @@ class Rollout:
                 self.services.delete(change.key)
             except ApplyError as exc:
                 return _Failure(change.key, str(exc))
-            self.observer.line(f"{env.name}: pruned {change.key}")
+            self.observer.line(
+                f"{env.name}: pruned {change.key}",
+                about(env.name, change.key, wave=change.wave, action=Action.PRUNE),
+            )
             done.append(change.key)
         return tuple(done)
 
@@ -424,7 +438,10 @@ class Rollout:
     ) -> RolloutResult:
         if failure.stopped:
             # The state stays in progress at this wave: whoever runs next resumes it.
-            self.observer.line(f"{env.name}: {record.revision[:12]} interrupted: {failure.message}")
+            self.observer.line(
+                f"{env.name}: {record.revision[:12]} interrupted: {failure.message}",
+                about(env.name, failure.key, record.revision),
+            )
             return RolloutResult(
                 env.name, record.revision, Outcome.INTERRUPTED, failure.message, None, applied
             )
@@ -432,7 +449,10 @@ class Rollout:
             self.state.write(
                 replace(record, phase=Phase.SUPERSEDED, finished=_now(), message=failure.message)
             )
-            self.observer.line(f"{env.name}: {record.revision[:12]} superseded: {failure.message}")
+            self.observer.line(
+                f"{env.name}: {record.revision[:12]} superseded: {failure.message}",
+                about(env.name, failure.key, record.revision),
+            )
             return RolloutResult(
                 env.name, record.revision, Outcome.SUPERSEDED, failure.message, None, applied
             )
@@ -444,7 +464,10 @@ class Rollout:
             if rolled[0]:
                 outcome, phase = Outcome.ROLLED_BACK, Phase.ROLLED_BACK
         self.state.write(replace(record, phase=phase, finished=_now(), message=message))
-        self.observer.line(f"{env.name}: {record.revision[:12]} {outcome}: {message}")
+        self.observer.line(
+            f"{env.name}: {record.revision[:12]} {outcome}: {message}",
+            about(env.name, failure.key, record.revision),
+        )
         return RolloutResult(env.name, record.revision, outcome, message, failure.key, applied)
 
     def _rollback(
@@ -462,7 +485,10 @@ class Rollout:
             return False, f"cannot read {revision[:12]} to roll back: {exc}"
         if old is None:
             return False, f"{key} did not exist at {revision[:12]}; nothing to roll back to"
-        self.observer.line(f"{env.name}: rolling {key} back to {revision[:12]}")
+        self.observer.line(
+            f"{env.name}: rolling {key} back to {revision[:12]}",
+            about(env.name, key, revision, action="rollback"),
+        )
         failure = self._apply(env, [key], {key: old}, revision) or self._wait(
             env, [key], {key: old}, "rollback"
         )
@@ -536,7 +562,8 @@ class _Waiter:
         if self.last.get(key) != result:
             elapsed = time.monotonic() - self.began
             self.observer.line(
-                f"{self.environment}: {key} {result.health}: {result.message} ({elapsed:.0f}s)"
+                f"{self.environment}: {key} {result.health}: {result.message} ({elapsed:.0f}s)",
+                about(self.environment, key),
             )
             self.last[key] = result
         if result.health in (Health.DEGRADED, Health.MISSING):

@@ -30,7 +30,16 @@ from gitsync.planning import (
     live_environment_plan,
     ordered_environments,
 )
-from gitsync.progress import FINAL, Observer, Quiet, left_behind, lost_final_status
+from gitsync.progress import (
+    FINAL,
+    NO_FIELDS,
+    Fields,
+    Observer,
+    Quiet,
+    about,
+    left_behind,
+    lost_final_status,
+)
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
 from gitsync.rollout import Rollout
@@ -160,8 +169,8 @@ class _Posting(Quiet):
     def __init__(self, outer: Observer, statuses: _Statuses) -> None:
         self.outer, self.statuses = outer, statuses
 
-    def line(self, text: str) -> None:
-        self.outer.line(text)
+    def line(self, text: str, fields: Fields = NO_FIELDS) -> None:
+        self.outer.line(text, fields)
 
     def recorded(self, key: ServiceKey, kind: str, reason: str, message: str) -> None:
         self.outer.recorded(key, kind, reason, message)
@@ -205,7 +214,9 @@ class _Pass:
                 for name in wanted or ("config",):
                     statuses.post(statuses.describe.invalid(name, exc.problems))
                 raise
-            self.observer.line(f"revision {label}: environments {', '.join(names)}")
+            self.observer.line(
+                f"revision {label}: environments {', '.join(names)}", {"revision": revision}
+            )
             loaded_all = _validated(report, names, label, statuses)
             results: list[RolloutResult] = []
             for name in names:
@@ -234,7 +245,9 @@ class _Pass:
         old = left_behind(prior, revision)
         if old is not None:
             if (old, name) not in self.told:
-                self.observer.line(f"{name}: {old[:12]} was left unfinished; superseded")
+                self.observer.line(
+                    f"{name}: {old[:12]} was left unfinished; superseded", about(name, None, old)
+                )
                 self._statuses(old).post(statuses.describe.superseded(name, revision))
                 self.told.add((old, name))
             return
@@ -254,12 +267,15 @@ class _Pass:
                 name,
                 exc,
             )
-            self.observer.line(f"{name}: cannot read the statuses of {prior.revision[:12]}: {exc}")
+            self.observer.line(
+                f"{name}: cannot read the statuses of {prior.revision[:12]}: {exc}",
+                about(name, None, prior.revision),
+            )
             return
         lost = lost_final_status(prior, revision, seen)
         if lost is not None:
             said = f"{prior.revision[:12]} {prior.phase}; posting its lost status"
-            self.observer.line(f"{name}: {said}")
+            self.observer.line(f"{name}: {said}", about(name, None, prior.revision))
             older = self._statuses(prior.revision)
             older.post(older.describe.status(name, *lost))
         self.told.add((prior.revision, name))
@@ -290,7 +306,9 @@ class _Pass:
             plan = self._plan(loaded, revision)
             if dry_run:
                 said = "changes planned" if plan.has_changes else "no changes"
-                self.observer.line(f"{env.name}: dry run: {said}, nothing applied")
+                self.observer.line(
+                    f"{env.name}: dry run: {said}, nothing applied", about(env.name, None, revision)
+                )
                 return None
             self.observer.started(env.name)
             self._settle_older(env.name, revision, statuses)
@@ -367,7 +385,10 @@ class _Pass:
                 assert isinstance(verdict, str)
                 if not announced:
                     waiting = f"waiting for {context(name)}: success ({verdict})"
-                    self.observer.line(f"{env.name}: {waiting}")
+                    self.observer.line(
+                        f"{env.name}: {waiting}",
+                        about(env.name, None, statuses.describe.revision),
+                    )
                     announced = True
                 statuses.post(statuses.describe.waiting_for(env.name, name, verdict))
                 revision = statuses.describe.revision
@@ -397,14 +418,22 @@ class _Pass:
         try:
             seen = self.reporter.statuses(revision).get(context(name))
         except GitsyncError as exc:
-            self.observer.line(f"{env.name}: cannot read the statuses of {revision[:12]}: {exc}")
+            self.observer.line(
+                f"{env.name}: cannot read the statuses of {revision[:12]}: {exc}",
+                about(env.name, None, revision),
+            )
             return "statuses unreadable"
         if seen is not None and seen.state is State.SUCCESS:
-            self.observer.line(f"{env.name}: {context(name)} is success at {revision[:12]}")
+            self.observer.line(
+                f"{env.name}: {context(name)} is success at {revision[:12]}",
+                about(env.name, None, revision),
+            )
             return True
         if seen is not None and seen.state in (State.FAILURE, State.ERROR):
             why = f"{context(name)} is {seen.state} at {revision[:12]}: {seen.description}"
-            self.observer.line(f"{env.name}: not rolled out: {why}")
+            self.observer.line(
+                f"{env.name}: not rolled out: {why}", about(env.name, None, revision)
+            )
             statuses.post(statuses.describe.blocked(env.name, why))
             return RolloutResult(env.name, revision, Outcome.BLOCKED, why)
         return f"{name} is {seen.state}: {seen.description}" if seen else "no status yet"

@@ -67,6 +67,7 @@ def test_the_wheel_holds_gitsync_only(wheel: Path) -> None:
     assert tops == {"gitsync", "gitsync-0.1.0.dist-info"}, sorted(tops)
     # The package data the status page serves is in it, and every module of the package.
     assert {"gitsync/web/static/app.css", "gitsync/web/static/app.js"} <= set(names)
+    assert {"gitsync/web/templates/page.html", "gitsync/web/templates/macros.html"} <= set(names)
     modules = {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "gitsync").rglob("*.py")}
     assert modules <= set(names), sorted(modules - set(names))
 

@@ -194,7 +194,7 @@ def access_error(exc: client.ApiException, resource: Resource | None) -> AccessR
         return Forbidden(
             f"not allowed (403 Forbidden): {message(exc)}; grant gitsync's RBAC "
             "(deploy/base/rbac.yaml, and a RoleBinding per managed namespace as in "
-            "deploy/base/managed-namespaces.yaml)"
+            "deploy/example/managed-namespaces.yaml)"
         )
     if resource is None:
         return NotInstalled(

@@ -1,7 +1,12 @@
 """Durations as people write them in YAML and on the command line: ``30s``, ``5m``, ``1.5h``,
 ``250ms``, ``72h``, ``1d``, and Go's ``time.ParseDuration`` syntax, as Argo CD, Flux and
 kubectl take them: ``1h30m``, ``2m30.5s``, ``1h0m0s``, ``500us``. A bare number is seconds.
-Pure."""
+Pure.
+
+Not ``durationpy.from_str``: it checks only that the parts start and end the text (so
+``1h 30m`` passes), adds weeks, months and years that Go has not, rounds below a microsecond
+to zero and refuses a bare number.
+"""
 
 from __future__ import annotations
 

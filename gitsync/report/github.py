@@ -1,7 +1,7 @@
 """GitHub (and GitHub Enterprise) commit statuses: ``POST /repos/{owner}/{repo}/statuses/{sha}``.
 
 Authenticates with a token (``Authorization: Bearer``) or as a GitHub App: a JWT signed with
-the App's private key (RS256, ``iss`` = App ID) buys an installation token
+the App's private key by PyJWT (RS256, ``iss`` = App ID) buys an installation token
 (``POST /app/installations/{id}/access_tokens``), cached until a minute before it expires.
 Reading back uses the combined status (``GET /repos/{owner}/{repo}/commits/{ref}/status``),
 which already holds the latest status per context, paginated (30 a page unless ``per_page``
@@ -10,9 +10,7 @@ asks for up to 100): it is read page by page until ``total_count`` contexts are 
 
 from __future__ import annotations
 
-import base64
 import datetime
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,8 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+import jwt
 
 from gitsync.errors import AuthError
 from gitsync.report.http import MAX_PAGES, JsonClient
@@ -78,19 +75,16 @@ def token_headers(auth: TokenAuth | None) -> Callable[[], Mapping[str, str]]:
     return lambda: github_headers(token_of(auth, "the GitHub status"))
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def app_jwt(app_id: str, private_key_pem: bytes, now: float) -> str:
     """The App's JWT: RS256, issued a minute in the past (clock drift), valid 9 minutes."""
-    key = serialization.load_pem_private_key(private_key_pem, password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise AuthError("the GitHub App private key must be an RSA key (PEM)")
-    header = _b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
-    claims = _b64(json.dumps({"iat": int(now) - 60, "exp": int(now) + 540, "iss": app_id}).encode())
-    signature = key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{header}.{claims}.{_b64(signature)}"
+    claims = {"iat": int(now) - 60, "exp": int(now) + 540, "iss": app_id}
+    try:
+        return jwt.encode(claims, private_key_pem, algorithm="RS256")
+    except (jwt.InvalidKeyError, ValueError, TypeError):
+        # PyJWT refuses a key that is no RSA private key in PEM (InvalidKeyError) and
+        # cryptography one it cannot parse (ValueError, TypeError when it is encrypted); the
+        # key's bytes stay out of the message.
+        raise AuthError("the GitHub App private key must be an RSA key (PEM)") from None
 
 
 @dataclass
@@ -120,10 +114,10 @@ class AppTokens:
                     f"cannot read the GitHub App private key from {self.private_key_file}: "
                     f"{exc.strerror}"
                 ) from None
-            jwt = app_jwt(self.app_id, pem, self.clock())
+            app_token = app_jwt(self.app_id, pem, self.clock())
             client = JsonClient(
                 self.client.base_url,
-                lambda: {**github_headers(jwt)},
+                lambda: {**github_headers(app_token)},
                 self.client.timeout,
                 self.client.policy,
                 self.client.sleep,

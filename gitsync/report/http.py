@@ -7,6 +7,12 @@ with the remaining count at 0). Other 4xx are permanent. Headers are never logge
 the token. A quick request (status reads, which a rollout or a promotion gate waits on) is
 tried once with a short timeout: its callers carry on without the answer, or read again at
 their next poll, rather than hold up a rollout for minutes while a forge hangs.
+
+The loop is written out rather than handed to ``urllib3.Retry`` or tenacity: ``Retry`` honours
+``Retry-After`` only on 413, 429 and 503 (not GitHub's rate-limited 403, nor the reset
+headers), does not cap the wait the server asks for, and resends the same headers where each
+attempt here asks for fresh credentials; tenacity would still need this module's wait and its
+retry predicate, and the redacted reason and ``on_retry`` hook per attempt.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -635,7 +636,8 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
         def lines() -> list[dict[str, Any]]:
             return [json.loads(line) for line in log.read_text().splitlines() if line]
 
-        # JSON logs carry what a line names as keys: the rollout's applies name all three.
+        # JSON logs carry what a line is about as keys, from the call site: an apply names the
+        # environment, the service, the full revision, its wave and its action.
         wait_for(
             lambda: any("succeeded" in entry["message"] for entry in lines()),
             timeout=60,
@@ -648,6 +650,21 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
             assert entry["revision"] == repo.revisions[-1]
             assert entry["service"] in entry["message"]
             assert entry["service"].startswith(f"{namespace}/")
+            assert f"wave {entry['wave']}: " in entry["message"]
+            assert isinstance(entry["wave"], int)
+            assert f"({entry['action']})" in entry["message"]
+        done = [entry for entry in lines() if " succeeded: " in entry["message"]]
+        assert [(e["environment"], e["revision"]) for e in done] == [
+            ("staging", repo.revisions[-1])
+        ]
+        # The alerts' gauges: no failure standing, and when a pass last succeeded.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'gitsync_rollout_failed{environment="staging"} 0.0' in text
+        [stamp] = re.findall(
+            r'gitsync_last_success_timestamp_seconds\{environment="staging"\} (\S+)', text
+        )
+        assert abs(float(stamp) - time.time()) < 120
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0

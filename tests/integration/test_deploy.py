@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 import urllib.parse
@@ -23,6 +24,8 @@ from testbed.controlplane import ControlPlane, free_port, spawn
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 BASE = DEPLOY / "base"
+EXAMPLE = DEPLOY / "example"
+CONFIG = BASE / "gitsync.yaml"  # the configMapGenerator's file
 AGENT = "system:serviceaccount:gitsync-system:gitsync"
 
 
@@ -37,9 +40,9 @@ def deployed(control_plane: ControlPlane) -> ControlPlane:
         "-f",
         str(BASE / "rbac.yaml"),
         "-f",
-        str(BASE / "managed-namespaces.yaml"),
+        str(EXAMPLE / "managed-namespaces.yaml"),
         "-f",
-        str(BASE / "previews.yaml"),
+        str(EXAMPLE / "previews.yaml"),
     )
     return control_plane
 
@@ -187,7 +190,7 @@ def test_agent_may_manage_every_kind_the_rbac_allows(
             "configmaps", "services", "ingresses.networking.k8s.io"} <= set(kinds)  # fmt: skip
     namespaces = [
         d["metadata"]["namespace"]
-        for d in yaml.safe_load_all((BASE / "managed-namespaces.yaml").read_text())
+        for d in yaml.safe_load_all((EXAMPLE / "managed-namespaces.yaml").read_text())
         if d and d["kind"] == "RoleBinding"
     ]
     assert namespaces, "managed-namespaces.yaml binds no namespace"
@@ -229,9 +232,86 @@ def test_the_kustomize_base_applies_with_a_server_side_dry_run(deployed: Control
         "--field-manager=gitsync-test", check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for kind in ("deployment.apps/gitsync", "service/gitsync", "configmap/gitsync-config",
-                 "poddisruptionbudget.policy/gitsync", "clusterrole.rbac.authorization.k8s.io/gitsync"):  # fmt: skip
+    for kind in ("deployment.apps/gitsync", "service/gitsync", "poddisruptionbudget.policy/gitsync",
+                 "clusterrole.rbac.authorization.k8s.io/gitsync",
+                 "networkpolicy.networking.k8s.io/gitsync"):  # fmt: skip
         assert f"{kind} serverside-applied (server dry run)" in result.stdout, result.stdout
+    assert re.search(r"configmap/gitsync-config-[a-z0-9]+ serverside-applied", result.stdout)
+    # The agent's own namespaces only: the example's are the example overlay's.
+    namespaces = {d["metadata"]["name"] for d in built(deployed, BASE) if d["kind"] == "Namespace"}
+    assert namespaces == {"gitsync-system", "gitsync-state"}
+    assert not [d for d in built(deployed, BASE) if d["kind"] == "RoleBinding"
+                and d["roleRef"]["name"] == "gitsync-managed"]  # fmt: skip
+
+
+def built(plane: ControlPlane, path: Path) -> list[dict[str, Any]]:
+    """What ``kubectl apply -k path`` would apply (kubectl's own kustomize)."""
+    return [d for d in yaml.safe_load_all(plane.kubectl("kustomize", str(path)).stdout) if d]
+
+
+def test_the_example_overlay_adds_the_managed_namespaces(deployed: ControlPlane) -> None:
+    result = deployed.kubectl(
+        "apply", "-k", str(EXAMPLE), "--server-side", "--dry-run=server",
+        "--field-manager=gitsync-test", check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    example = ("ray-staging", "ray-production", "ray-previews")
+    for name in example:
+        assert f"namespace/{name} serverside-applied" in result.stdout, result.stdout
+    assert "deployment.apps/gitsync serverside-applied" in result.stdout
+    bound = {d["metadata"]["namespace"] for d in built(deployed, EXAMPLE)
+             if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "gitsync-managed"}  # fmt: skip
+    assert bound == set(example)
+
+
+def test_a_config_change_is_a_new_configmap_so_the_pods_roll(
+    deployed: ControlPlane, tmp_path: Path
+) -> None:
+    """configMapGenerator: the ConfigMap's name carries a hash of gitsync.yaml, and the
+    Deployment's pod template names it, so a changed config changes the template."""
+
+    def mounted(base: Path) -> tuple[str, str]:
+        documents = built(deployed, base)
+        [configmap] = [d for d in documents if d["kind"] == "ConfigMap"]
+        [deployment] = [d for d in documents if d["kind"] == "Deployment"]
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        [volume] = [v for v in volumes if v["name"] == "config"]
+        assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+        assert "intervals" in yaml.safe_load(configmap["data"]["gitsync.yaml"])
+        return configmap["metadata"]["name"], configmap["metadata"]["namespace"]
+
+    copy = tmp_path / "base"
+    shutil.copytree(BASE, copy)
+    before, namespace = mounted(copy)
+    assert (before, namespace) == mounted(BASE)
+    config = copy / "gitsync.yaml"
+    config.write_text(config.read_text().replace("poll: 30s", "poll: 45s"))
+    after, _ = mounted(copy)
+    assert before.startswith("gitsync-config-")
+    assert after.startswith("gitsync-config-")
+    assert after != before
+    assert namespace == "gitsync-system"
+
+
+def test_the_agents_network_policy_lets_in_only_webhooks_and_metrics() -> None:
+    """Read, not enforced (the test bed has no network plugin): the policy selects the agent's
+    pods; ingress only to the http and metrics ports; egress only to DNS, HTTPS/SSH (the API
+    server, Git, the forge) and the leader's http port."""
+    [policy] = manifests(BASE / "networkpolicy.yaml")
+    deployment = next(d for d in manifests(BASE / "deployment.yaml") if d["kind"] == "Deployment")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    ingress = {port["port"] for rule in spec["ingress"] for port in rule["ports"]}
+    assert ingress == {ports["http"], ports["metrics"]}
+    assert ports["probes"] not in ingress
+    egress = {(port["port"], port["protocol"]) for rule in spec["egress"] for port in rule["ports"]}
+    assert egress == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (22, "TCP"),
+                      (ports["http"], "TCP")}  # fmt: skip
 
 
 def test_the_monitoring_overlay_applies_with_the_operator_crds(
@@ -270,13 +350,11 @@ def test_the_deployment_is_hardened_and_probed() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    [configmap] = manifests(BASE / "config.yaml")
-    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    config, _ = load_agent_config(CONFIG.read_text(), str(CONFIG))
     assert config is not None
     assert config.probe_listen.endswith(f":{ports['probes']}")  # probes on their own listener
     assert container["resources"]["requests"]["memory"]
-    [configmap] = manifests(BASE / "config.yaml")
-    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    config, _ = load_agent_config(CONFIG.read_text(), str(CONFIG))
     assert config is not None
     assert "--shutdown-timeout" not in container["args"]  # the config's grace period holds
     # Kubernetes SIGKILLs the pod at terminationGracePeriodSeconds: the agent must be done.
@@ -286,8 +364,7 @@ def test_the_deployment_is_hardened_and_probed() -> None:
 
 
 def test_the_shipped_cluster_config_is_valid() -> None:
-    [configmap] = manifests(BASE / "config.yaml")
-    config, problems = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    config, problems = load_agent_config(CONFIG.read_text(), str(CONFIG))
     assert problems == []
     assert config is not None
     assert config.webhooks.secret is not None
@@ -296,8 +373,7 @@ def test_the_shipped_cluster_config_is_valid() -> None:
 def test_the_shipped_metrics_are_on_a_port_of_their_own_behind_the_secrets_token() -> None:
     """deploy/ serves /metrics only on the metrics port (never the ingress's http port), with
     the Secret's metrics-token, and the ServiceMonitor scrapes that port sending that key."""
-    [configmap] = manifests(BASE / "config.yaml")
-    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    config, _ = load_agent_config(CONFIG.read_text(), str(CONFIG))
     assert config is not None
     deployment = next(d for d in manifests(BASE / "deployment.yaml") if d["kind"] == "Deployment")
     spec = deployment["spec"]["template"]["spec"]
@@ -325,12 +401,12 @@ def test_the_shipped_metrics_are_on_a_port_of_their_own_behind_the_secrets_token
 def test_the_shipped_rbac_names_what_the_shipped_config_uses(deployed: ControlPlane) -> None:
     """The Lease the config elects with is the one the Role lets the agent update, and its
     state namespace is where it may write ConfigMaps (not gitsync-system, where its config is)."""
-    [configmap] = manifests(BASE / "config.yaml")
-    config, _ = load_agent_config(configmap["data"]["gitsync.yaml"], "deploy/config.yaml")
+    config, _ = load_agent_config(CONFIG.read_text(), str(CONFIG))
     assert config is not None
     election, state = config.leader_election, config.rollout.state_namespace
     lease = f"leases.coordination.k8s.io/{election.lease_name}"
     assert can(deployed, "update", lease, election.namespace)
+    [configmap] = [d for d in built(deployed, BASE) if d["kind"] == "ConfigMap"]
     assert state != configmap["metadata"]["namespace"]
     assert can(deployed, "patch", "configmaps/gitsync-rollout-production", state)
     assert not can(
@@ -351,41 +427,76 @@ def test_alert_rules_pass_promtool(binaries: Binaries, tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
+
+
+FAILED = {
+    "summary": "gitsync: a rollout of production failed",
+    "description": "The last rollout of production failed or was rolled back. `gitsync status` "
+    "and the commit status gitsync/production say which service and why.",
+    "runbook_url": "docs/troubleshooting.md#gitsyncrolloutfailed",
+}
 
 
 def test_alerts_fire_on_the_agents_metrics(binaries: Binaries, tmp_path: Path) -> None:
-    """promtool's rule unit tests: a failed rollout and a missing leader raise their alerts."""
+    """promtool's rule unit tests: a failed rollout raises its alert and holds it while the
+    failure stands (past any window), on the leader's series only, until a success clears it;
+    a missing leader and an hour without a successful pass raise theirs."""
     rules = rules_file(tmp_path)
+    failed = {"exp_labels": {"severity": "warning", "environment": "production"},
+              "exp_annotations": FAILED}  # fmt: skip
+    leader = [
+        {"series": 'gitsync_leader{instance="a"}', "values": "1x40"},
+        {"series": 'gitsync_leader{instance="b"}', "values": "0x40"},
+        # Failed at 2m, still failed at 30m, a success at 32m.
+        {"series": 'gitsync_rollout_failed{environment="production",instance="a"}',
+         "values": "0 0 1x29 0x9"},
+        # A standby's series is what it saw while it led: not the truth now.
+        {"series": 'gitsync_rollout_failed{environment="staging",instance="b"}', "values": "1x40"},
+    ]  # fmt: skip
+    quiet = [
+        {"series": 'gitsync_leader{instance="a"}', "values": "0x10"},
+        # production last succeeded at time 0; staging succeeds every minute.
+        {"series": 'gitsync_last_success_timestamp_seconds{environment="production",instance="a"}',
+         "values": "0x100"},
+        {"series": 'gitsync_last_success_timestamp_seconds{environment="staging",instance="a"}',
+         "values": "0+60x100"},
+    ]  # fmt: skip
+    no_sync = {
+        "exp_labels": {"severity": "warning", "environment": "production"},
+        "exp_annotations": {
+            "summary": "gitsync: no successful pass of production for over an hour",
+            "description": "No pass of production has ended succeeded (rolled out, or found up "
+            "to date) for over an hour: rollouts fail, are blocked, or passes do not run.",
+            "runbook_url": "docs/troubleshooting.md#gitsyncnosuccessfulsync",
+        },
+    }
     tests = {
         "rule_files": [str(rules)],
         "evaluation_interval": "1m",
         "tests": [
             {
                 "interval": "1m",
-                "input_series": [
-                    {
-                        "series": 'gitsync_sync_total{environment="production",result="failed"}',
-                        "values": "0 0 1 1 1",
-                    },
-                    {"series": 'gitsync_leader{pod="a"}', "values": "0x10"},
-                ],
+                "input_series": leader,
                 "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "GitsyncRolloutFailed", "exp_alerts": []},
                     {
                         "eval_time": "3m",
                         "alertname": "GitsyncRolloutFailed",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "warning", "environment": "production"},
-                                "exp_annotations": {
-                                    "summary": "gitsync: a rollout of production failed",
-                                    "description": "The last rollout of production failed or "
-                                    "was rolled back. `gitsync status` and the commit status "
-                                    "gitsync/production say which service and why.",
-                                },
-                            }
-                        ],
+                        "exp_alerts": [failed],
                     },
+                    {
+                        "eval_time": "30m",
+                        "alertname": "GitsyncRolloutFailed",
+                        "exp_alerts": [failed],
+                    },
+                    {"eval_time": "35m", "alertname": "GitsyncRolloutFailed", "exp_alerts": []},
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": quiet,
+                "alert_rule_test": [
                     {
                         "eval_time": "8m",
                         "alertname": "GitsyncNoLeader",
@@ -396,12 +507,19 @@ def test_alerts_fire_on_the_agents_metrics(binaries: Binaries, tmp_path: Path) -
                                     "summary": "No gitsync replica holds the leader lease",
                                     "description": "Nothing is polling Git or rolling out. "
                                     "Check the gitsync pods and the Lease gitsync-system/gitsync.",
+                                    "runbook_url": "docs/troubleshooting.md#gitsyncnoleader",
                                 },
                             }
                         ],
                     },
+                    {"eval_time": "65m", "alertname": "GitsyncNoSuccessfulSync", "exp_alerts": []},
+                    {
+                        "eval_time": "75m",
+                        "alertname": "GitsyncNoSuccessfulSync",
+                        "exp_alerts": [no_sync],
+                    },
                 ],
-            }
+            },
         ],
     }
     test_file = tmp_path / "tests.yaml"
@@ -413,11 +531,48 @@ def test_alerts_fire_on_the_agents_metrics(binaries: Binaries, tmp_path: Path) -
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_alert_has_a_runbook_in_troubleshooting() -> None:
+    """Each runbook_url is a heading of docs/troubleshooting.md (GitHub's anchor of it)."""
+    text = (DEPLOY.parent / "docs" / "troubleshooting.md").read_text()
+    anchors = {
+        re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in text.splitlines()
+        if line.startswith("#")
+    }
+    [rule] = manifests(DEPLOY / "monitoring" / "prometheusrule.yaml")
+    for alert in rule["spec"]["groups"][0]["rules"]:
+        path, _, anchor = alert["annotations"]["runbook_url"].partition("#")
+        assert path == "docs/troubleshooting.md", alert["alert"]
+        assert anchor in anchors, alert["alert"]
+        assert anchor == alert["alert"].lower()
+
+
 def metric_names() -> set[str]:
     names = set()
     for metric in Metrics().registry.collect():
         names |= {metric.name, f"{metric.name}_total", f"{metric.name}_bucket"}
     return names
+
+
+def test_the_dashboard_filters_every_environment_metric_by_its_variable() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "gitsync-dashboard.json").read_text())
+    [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "environment"]
+    assert variable["query"]["query"] == "label_values(gitsync_sync_total, environment)"
+    assert variable["includeAll"] is True
+    assert variable["multi"] is True
+    # prometheus_client keeps a metric's label names on the metric (no public accessor).
+    labelled = {
+        f"{m._name}{suffix}"
+        for m in vars(Metrics()).values()
+        if "environment" in getattr(m, "_labelnames", ())
+        for suffix in ("", "_total", "_bucket")
+    }
+    assert "gitsync_service_health" in labelled
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for expr in exprs:
+        for name, selector in re.findall(r"\b(gitsync_[a-z_]+)(\{[^}]*\})?", expr):
+            if name in labelled:
+                assert 'environment=~"$environment"' in selector, expr
 
 
 def test_dashboard_and_alerts_use_only_metrics_the_agent_exports() -> None:
@@ -570,7 +725,7 @@ def test_the_preview_quota_refuses_gpus_exposure_and_huge_pods(deployed: Control
     kube-controller-manager's quota controller fills in; the test bed runs none, so the test
     writes the status that controller would (nothing used yet). The requests are real
     creates, refused: nothing of them is kept."""
-    [quota] = [q for q in manifests(BASE / "previews.yaml") if q["kind"] == "ResourceQuota"]
+    [quota] = [q for q in manifests(EXAMPLE / "previews.yaml") if q["kind"] == "ResourceQuota"]
     hard = quota["spec"]["hard"]
     status = {"status": {"hard": hard, "used": dict.fromkeys(hard, "0")}}
     deployed.kubectl(
@@ -600,7 +755,7 @@ def test_preview_network_policies_deny_by_default_and_allow_no_way_out() -> None
     default deny both ways; egress goes only to the namespace itself and to cluster DNS on 53;
     ingress only from the namespace, the KubeRay operator (8265) and the labelled ingress
     namespaces (8000)."""
-    policies = {p["metadata"]["name"]: p for p in manifests(BASE / "previews.yaml")
+    policies = {p["metadata"]["name"]: p for p in manifests(EXAMPLE / "previews.yaml")
                 if p["kind"] == "NetworkPolicy"}  # fmt: skip
     assert all(p["metadata"]["namespace"] == "ray-previews" for p in policies.values())
     deny = policies["default-deny"]["spec"]

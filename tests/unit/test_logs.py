@@ -1,13 +1,14 @@
-"""The agent's log setup: APScheduler's by-design skipped-run warnings do not flood it."""
+"""The agent's log setup: APScheduler's by-design skipped-run warnings do not flood it, and
+JSON lines carry what a progress line is about as keys."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-import pytest
-
-from gitsync.logs import JsonFormatter, ScheduledRunsFilter, line_fields
+from gitsync.logs import JsonFormatter, ScheduledRunsFilter
+from gitsync.model import Action, ServiceKey
+from gitsync.progress import about
 
 
 def record(level: int, message: str) -> logging.LogRecord:
@@ -41,40 +42,29 @@ def test_skipped_and_missed_runs_are_demoted_other_warnings_stay() -> None:
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        (
-            f"staging: wave 0: applied ray-staging/ranker (serve-update) at {SHA[:12]}",
-            {"environment": "staging", "service": "ray-staging/ranker", "revision": SHA},
-        ),
-        (
-            "staging: ray-staging/ranker Healthy: all apps RUNNING (3s)",
-            {"environment": "staging", "service": "ray-staging/ranker"},
-        ),
-        (
-            f"production: {'fedcba987654'} succeeded: 3 services",
-            {"environment": "production", "revision": "fedcba987654"},
-        ),
-        ("revision 0123456789ab: environments staging, production", {"revision": SHA}),
-        # Unknown names are not fields: another environment, a path, a service not planned.
-        ("canary: applied ray-staging/other from environments/staging", {}),
-    ],
-)
-def test_progress_lines_yield_the_fields_they_name(line: str, expected: dict[str, str]) -> None:
-    fields = line_fields(line, {"staging", "production"}, {"ray-staging/ranker"}, SHA)
-    assert fields == expected
+def test_a_lines_fields_are_those_its_call_site_gives() -> None:
+    key = ServiceKey("ray-staging", "ranker")
+    assert about("staging", key, SHA, wave=0, action=Action.SERVE_UPDATE) == {
+        "environment": "staging",
+        "service": "ray-staging/ranker",
+        "revision": SHA,
+        "wave": 0,
+        "action": "serve-update",
+    }
+    assert about("staging") == {"environment": "staging"}
 
 
 def test_json_lines_carry_the_fields_as_keys() -> None:
     line = f"staging: wave 0: applied ray-staging/ranker at {SHA[:12]}"
-    fields = line_fields(line, {"staging"}, {"ray-staging/ranker"}, SHA)
+    fields = about("staging", ServiceKey("ray-staging", "ranker"), SHA, wave=0, action="create")
     entry = logging.makeLogRecord({"name": "gitsync.agent", "levelno": logging.INFO,
                                    "levelname": "INFO", "msg": "%s", "args": (line,), **fields})  # fmt: skip
     document = json.loads(JsonFormatter().format(entry))
     assert document["message"] == line
+    assert document["wave"] == 0  # a number stays a number
     assert (document["environment"], document["service"], document["revision"]) == (
         "staging",
         "ray-staging/ranker",
         SHA,
     )
+    assert document["action"] == "create"

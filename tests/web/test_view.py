@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gitsync.diff.classify import classify
 from gitsync.model import Action, Change, Outcome, Phase, RolloutState, ServiceKey, StepKind
@@ -386,3 +389,8 @@ def test_events_show_warnings_first_each_newest_first_escaped_and_bounded() -> N
     assert "FailedToUpdateService" in html
     assert "<b>" not in html  # an Event's message is text, escaped
     assert as_json(view)["events"][0]["type"] == "Warning"
+
+
+@given(st.text())
+def test_quote_is_urllib_quote_with_nothing_safe(text: str) -> None:
+    assert render.quote(text) == urllib.parse.quote(text, safe="")
