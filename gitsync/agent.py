@@ -102,6 +102,7 @@ class Agent:
         self.polled_at = time.monotonic()  # when the poll job last started (leading or not)
         self.retries = 0  # passes failed in a row on an unreachable API server
         self._applied: dict[str, str] = {}  # environment → revision in the info gauge
+        self._behind: set[str] = set()  # environments in gitsync_behind_since_seconds
         self._began: dict[str, float] = {}  # environment → when its rollout started
         self._health: dict[tuple[str, ServiceKey], Health] = {}  # what the gauge shows
         self._expected_at: tuple[str, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
@@ -386,6 +387,7 @@ class Agent:
             gauge.clear()
         self._health.clear()
         self._applied.clear()
+        self._behind.clear()
         self._began.clear()
         self._fighting.clear()
         self.last_ok = False
@@ -592,6 +594,9 @@ class Agent:
     def _started(self, environment: str) -> None:
         self._began[environment] = time.monotonic()
         self.metrics.rollout_in_progress.labels(environment).set(1)
+        if environment not in self._behind:  # the first rollout since the last success
+            self._behind.add(environment)
+            self.metrics.behind_since.labels(environment).set_to_current_time()
 
     def _record(self, result: RolloutResult) -> None:
         self.history.finished(result)
@@ -604,7 +609,8 @@ class Agent:
             self.metrics.rollout_failed.labels(result.environment).set(1)
         if result.outcome is Outcome.SUCCEEDED:
             self.metrics.rollout_failed.labels(result.environment).set(0)
-            self.metrics.last_success.labels(result.environment).set_to_current_time()
+            self.metrics.behind_since.labels(result.environment).set(0)
+            self._behind.discard(result.environment)
             previous = self._applied.get(result.environment)
             if previous is not None and previous != result.revision:
                 self.metrics.applied_revision.remove(result.environment, previous)

@@ -60,10 +60,11 @@ class Metrics:
             ["environment", "revision"],
             registry=r,
         )
-        self.last_success = Gauge(
-            "gitsync_last_success_timestamp_seconds",
-            "When a pass of the environment last ended succeeded (a rollout, or up to date at "
-            "Git's head), Unix time; set by the leader",
+        self.behind_since = Gauge(
+            "gitsync_behind_since_seconds",
+            "When (Unix time) the environment fell behind Git: a rollout of a newer revision "
+            "started and none has succeeded since; 0 while it is at the revision it rolled out "
+            "(a quiet repository is not behind); set by the leader",
             ["environment"],
             registry=r,
         )

@@ -455,19 +455,24 @@ def test_alerts_fire_on_the_agents_metrics(binaries: Binaries, tmp_path: Path) -
         {"series": 'gitsync_rollout_failed{environment="staging",instance="b"}', "values": "1x40"},
     ]  # fmt: skip
     quiet = [
-        {"series": 'gitsync_leader{instance="a"}', "values": "0x10"},
-        # production last succeeded at time 0; staging succeeds every minute.
-        {"series": 'gitsync_last_success_timestamp_seconds{environment="production",instance="a"}',
+        {"series": 'gitsync_leader{instance="a"}', "values": "0x10 1x90"},
+        # production fell behind at 1m (a rollout started) and never caught up; staging is
+        # at its revision (no new commit for the whole run: not behind); a standby's stale
+        # series of staging, from when it led, does not count.
+        {"series": 'gitsync_behind_since_seconds{environment="production",instance="a"}',
+         "values": "0 60x100"},
+        {"series": 'gitsync_behind_since_seconds{environment="staging",instance="a"}',
          "values": "0x100"},
-        {"series": 'gitsync_last_success_timestamp_seconds{environment="staging",instance="a"}',
-         "values": "0+60x100"},
+        {"series": 'gitsync_leader{instance="b"}', "values": "0x100"},
+        {"series": 'gitsync_behind_since_seconds{environment="staging",instance="b"}',
+         "values": "60x100"},
     ]  # fmt: skip
     no_sync = {
         "exp_labels": {"severity": "warning", "environment": "production"},
         "exp_annotations": {
-            "summary": "gitsync: no successful pass of production for over an hour",
-            "description": "No pass of production has ended succeeded (rolled out, or found up "
-            "to date) for over an hour: rollouts fail, are blocked, or passes do not run.",
+            "summary": "gitsync: no successful rollout of production for over an hour",
+            "description": "A rollout of a newer revision of production started over an hour "
+            "ago and none has succeeded since: it failed and is retried, or waits on health.",
             "runbook_url": "docs/troubleshooting.md#gitsyncnosuccessfulsync",
         },
     }
