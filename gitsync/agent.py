@@ -40,7 +40,7 @@ from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.logs import line_fields
 from gitsync.metrics import Metrics
-from gitsync.model import Health, Outcome, RolloutResult, ServiceKey, WaveEvent
+from gitsync.model import Health, Hold, Outcome, RolloutResult, ServiceKey, WaveEvent
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
@@ -108,6 +108,7 @@ class Agent:
         self._expected_at: tuple[str, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
+        self._holds: dict[str, Hold] = {}  # as the last poll read them (a change: a pass)
         self._previews_lock = threading.Lock()
         # What progress lines may name: environments and services planned, the pass's revision.
         self._named: tuple[frozenset[str], frozenset[str], str] = (frozenset(), frozenset(), "")
@@ -417,12 +418,31 @@ class Agent:
             return
         finally:
             self.metrics.git_poll_duration.observe(time.monotonic() - began)
-        if head == self.last_revision and self.last_ok:
+        held = self._holds_changed()
+        if head == self.last_revision and self.last_ok and not held:
             self.metrics.git_poll.labels("unchanged").inc()
             self._refresh_health(events=True)
             return
         self.metrics.git_poll.labels("new" if head != self.last_revision else "retry").inc()
         self._pass(head)
+
+    def _holds_changed(self) -> bool:
+        """Reads the holds (one list request) into the gauges; True when one changed since
+        the last poll: a resume or an unpin rolls out at once, without a new commit."""
+        try:
+            holds = {name: hold for name, hold in self.state.holds().items() if hold.held}
+        except GitsyncError as exc:
+            log.warning("cannot read the holds (suspend, pin): %s", exc)
+            return False
+        for name in set(self._holds) | set(holds):
+            old, new = self._holds.get(name, Hold()), holds.get(name, Hold())
+            self.metrics.suspended.labels(name).set(1 if new.suspended else 0)
+            if old.pinned and old.pinned != new.pinned:
+                self.metrics.pinned.remove(name, old.pinned)
+            if new.pinned:
+                self.metrics.pinned.labels(name, new.pinned).set(1)
+        changed, self._holds = holds != self._holds, holds
+        return changed
 
     def trigger_previews(self) -> None:
         """Reconciles previews now (a pull-request webhook)."""

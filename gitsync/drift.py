@@ -63,6 +63,7 @@ class DriftReport:
     costs: tuple[str, ...] = ()
     error: str = ""  # the check itself failed (an API error, a rejected dry run)
     disabled: tuple[ServiceKey, ...] = ()  # reconcile disabled: reported, never healed
+    held: str = ""  # suspended, or pinned to another revision: reported, never healed
 
     @property
     def drifted(self) -> bool:
@@ -146,12 +147,14 @@ class DriftChecker:
         healed = None
         env = loaded.environment
         healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
-        if heal and env.self_heal and healable:
+        hold = self.state.hold(name)  # suspended: no self-heal; pinned: only toward the pin
+        held = hold.suspended or (bool(hold.pinned) and hold.pinned != revision)
+        if heal and env.self_heal and healable and not held:
             healed = self._heal(loaded, revision, healable, corrections, sides)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
-            disabled=tuple(sorted(disabled)),
+            disabled=tuple(sorted(disabled)), held=hold.describe() if held else "",
         )  # fmt: skip
         checked = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # a healed service is not DRIFTED
@@ -355,6 +358,8 @@ def report_lines(report: DriftReport) -> list[str]:
         if drift.heal is not None:
             lines += [f"             {detail}" for detail in drift.heal.details[:6]]
     lines += [f"  cost: {line}" for line in report.costs]
+    if report.held:
+        lines.append(f"  not corrected: {report.environment} is {report.held}")
     if report.healed is not None:
         lines.append(f"  healed: {report.healed.outcome}: {report.healed.message}")
     return lines
@@ -389,6 +394,7 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
             for d in report.drifts
         ],
         "disabled": [str(key) for key in report.disabled],
+        "held": report.held or None,
         "costs": list(report.costs),
         "healed": {"outcome": str(report.healed.outcome), "message": report.healed.message}
         if report.healed

@@ -22,7 +22,15 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Desired, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
+from gitsync.model import (
+    Desired,
+    Hold,
+    Outcome,
+    RolloutResult,
+    ServiceKey,
+    StepKind,
+    WaveEvent,
+)
 from gitsync.plan import Plan
 from gitsync.planning import (
     confined,
@@ -48,7 +56,8 @@ class PassResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.outcome is Outcome.SUCCEEDED for r in self.results)
+        """Every environment succeeded, or is held (suspended, pinned) as it was asked."""
+        return all(r.outcome in (Outcome.SUCCEEDED, Outcome.HELD) for r in self.results)
 
 
 def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, Desired]:
@@ -205,8 +214,16 @@ class _Pass:
                 raise
             self.observer.line(f"revision {label}: environments {', '.join(names)}")
             loaded_all = _validated(report, names, label, statuses)
+            holds = self.state.holds()
             results: list[RolloutResult] = []
             for name in names:
+                hold = holds.get(name, Hold())
+                if hold.suspended or (hold.pinned and hold.pinned != revision):
+                    results += self._held(name, hold, names, statuses, dry_run=dry_run)
+                    if dry_run:
+                        continue
+                    self._held_after(names, name, hold, statuses)
+                    break
                 result = self._environment(loaded_all[name], names, statuses, dry_run=dry_run)
                 if result is None:  # dry run: the plan was printed
                     continue
@@ -262,6 +279,47 @@ class _Pass:
             older.post(older.describe.status(name, *lost))
         self.told.add((prior.revision, name))
 
+    def _held(
+        self, name: str, hold: Hold, names: Sequence[str], statuses: _Statuses, *, dry_run: bool
+    ) -> list[RolloutResult]:
+        """A suspended environment: nothing applied, the head's status says so. A pinned one:
+        the head's status says so, and the pinned revision is rolled out (its statuses on
+        that commit) — up to date after the first time. The results: the pin's rollout, if
+        any, then the head's ``held``."""
+        said, revision = hold.describe(), statuses.describe.revision
+        self.observer.line(f"{name}: {said}: {revision[:12]} not rolled out")
+        held = RolloutResult(name, revision, Outcome.HELD, said)
+        if dry_run:
+            return []
+        if hold.suspended:
+            statuses.post(statuses.describe.suspended(name, said))
+            return [held]
+        statuses.post(statuses.describe.pinned(name, said))
+        pin = self._statuses(hold.pinned)
+        try:
+            report = confined(
+                read_tree_cached(self.source.checkout(self.source.on_branch(hold.pinned))),
+                self.config.namespaces_for,
+            )
+            loaded = environment_manifests(report, name, hold.pinned[:12])
+        except (GitsyncError, ValueError) as exc:
+            why = f"pinned revision {hold.pinned[:12]} cannot be rolled out: {exc}"
+            self.observer.line(f"{name}: {why}")
+            statuses.post(statuses.describe.error(name, why))
+            return [held]
+        result = self._environment(loaded, names, pin, dry_run=False, pinned=True)
+        assert result is not None
+        self.observer.finished(result)
+        return [result, held]
+
+    def _held_after(self, names: Sequence[str], name: str, hold: Hold, statuses: _Statuses) -> None:
+        """The environments after a held one wait with it (pending, not failed)."""
+        remaining = names[names.index(name) + 1 :]
+        if remaining:
+            self.observer.line(f"not rolling out {', '.join(remaining)}: {name} is held")
+        for later in remaining:
+            statuses.post(statuses.describe.held_after(later, name, hold.describe()))
+
     def _block_after(self, names: Sequence[str], name: str, statuses: _Statuses) -> None:
         remaining = names[names.index(name) + 1 :]
         if remaining:
@@ -277,12 +335,19 @@ class _Pass:
         statuses: _Statuses,
         *,
         dry_run: bool,
+        pinned: bool = False,
     ) -> RolloutResult | None:
         """Gate, plan and roll out one environment (or print its plan). gitsync's own
-        failures (API unreachable …) become an ``error`` status, then propagate."""
+        failures (API unreachable …) become an ``error`` status, then propagate. ``pinned``:
+        the revision is the environment's pin, which no promotion gate holds back and no
+        newer head supersedes."""
         env, revision = loaded.environment, statuses.describe.revision
-        check = _superseded_check(self.source, revision, self.supersede_every)
-        if not dry_run and (gate := self._gate(env, ours, statuses, check)) is not None:
+        check = (
+            (lambda: False)
+            if pinned
+            else _superseded_check(self.source, revision, self.supersede_every)
+        )
+        if not (dry_run or pinned) and (gate := self._gate(env, ours, statuses, check)) is not None:
             return gate
         try:
             plan = self._plan(loaded, revision)

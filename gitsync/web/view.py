@@ -328,6 +328,7 @@ _DONE = {
     Outcome.SUPERSEDED: "superseded by a newer commit",
     Outcome.INTERRUPTED: "interrupted (resumes at the next pass)",
     Outcome.BLOCKED: "blocked",
+    Outcome.HELD: "held (suspended or pinned)",
 }
 _FAILED = (Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.BLOCKED)
 

@@ -1,0 +1,145 @@
+"""``gitsync suspend``/``resume`` and ``pin``/``unpin`` end to end: the repository on a real
+Gitea, `gitsync sync --once` against the test bed's API server and simulator, the holds
+written by the CLI into the state ConfigMap and read back by every pass, drift check and
+`gitsync status`; commit statuses read back through Gitea's API."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from gitsync.cli import main
+from gitsync.kube.state import StateStore
+from gitsync.names import REVISION
+from testbed.controlplane import ControlPlane
+from testbed.gitea import Gitea
+from testbed.simulator import Simulator
+
+from .gitops import GitOpsRepo
+from .kube import get
+from .test_commit_status import agent_file, forge_repo, statuses, sync, versions
+from .test_drift import checker, edit_serve_config
+
+__all__ = ["forge_repo"]  # the fixture, shared with test_commit_status
+
+
+def scale(repo: GitOpsRepo, replicas: int) -> str:
+    """A commit scaling the ranker's first deployment to ``replicas``."""
+    text = repo.path("ranker.yaml").read_text()
+    old = re.search(r"num_replicas: \d+", text)
+    assert old is not None
+    return repo.commit(
+        lambda root: repo.edit("ranker.yaml", old.group(0), f"num_replicas: {replicas}"),
+        f"ranker: {replicas} replicas",
+    )
+
+
+def agent(repo: GitOpsRepo, gitea: Gitea, tmp_path: Path) -> Path:
+    """An agent config reporting to Gitea; a hand edit the drift check finds is overwritten
+    by the next rollout (rollout.forceConflicts), as after an incident."""
+    rollout = {
+        "healthyReads": 2, "healthySeconds": "1500ms", "pollInterval": "100ms",
+        "healthTimeout": "30s", "stateNamespace": repo.namespace, "forceConflicts": True,
+    }  # fmt: skip
+    return agent_file(repo, gitea, tmp_path, extra={"rollout": rollout})
+
+
+def applied(api: client.ApiClient, namespace: str) -> str:
+    return str(get(api, namespace, "ranker")["metadata"]["annotations"][REVISION])
+
+
+def test_suspend_applies_nothing_heals_nothing_until_resume(
+    api: client.ApiClient,
+    gitea: Gitea,
+    forge_repo: GitOpsRepo,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = agent(forge_repo, gitea, tmp_path)
+    kube = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert sync(control_plane, config) == 0
+    first = forge_repo.revisions[-1]
+    assert main(["suspend", "staging", *kube, "--reason", "incident 42"]) == 0
+    out = capsys.readouterr().out
+    assert "staging: suspended by " in out
+    assert "(incident 42)" in out
+    # A new commit: nothing applied, the commit's status pending and saying why.
+    head = scale(forge_repo, 2)
+    before = versions(api, forge_repo.namespace)
+    assert sync(control_plane, config) == 0  # held is not a failure
+    out = capsys.readouterr().out
+    assert f"staging: held at {head[:12]}: suspended by " in out
+    assert versions(api, forge_repo.namespace) == before
+    [status] = statuses(gitea, forge_repo, head)
+    assert status["status"] == "pending"
+    assert status["description"].startswith("not rolled out: staging is suspended by ")
+    assert status["description"].endswith("(incident 42); rolls out after gitsync resume")
+    # Drift is still found and reported, never healed while suspended.
+    edit_serve_config(api, forge_repo.namespace, "ranker", "kubectl-edit")
+    drift = checker(api, forge_repo, tmp_path)
+    [report] = drift.check(heal=True)
+    assert [d.key.name for d in report.drifts] == ["ranker"]
+    assert report.healed is None
+    assert report.held.startswith("suspended by ")
+    # `gitsync status` shows it; an environment suspended is not settled (exit 1).
+    assert main(["status", *kube]) == 1
+    out = capsys.readouterr().out
+    assert "  SUSPENDED by " in out, out
+    # Resumed: the next pass rolls out the head, and the status says Healthy.
+    assert main(["resume", "staging", *kube]) == 0
+    assert "staging: not held" in capsys.readouterr().out
+    assert sync(control_plane, config) == 0
+    assert applied(api, forge_repo.namespace) == head != first
+    assert statuses(gitea, forge_repo, head)[-1]["status"] == "success"
+
+
+def test_pin_rolls_back_and_holds_until_unpin(
+    api: client.ApiClient,
+    gitea: Gitea,
+    forge_repo: GitOpsRepo,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = agent(forge_repo, gitea, tmp_path)
+    kube = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    good = forge_repo.revisions[-1]
+    assert sync(control_plane, config) == 0
+    bad = scale(forge_repo, 2)
+    assert sync(control_plane, config) == 0
+    assert applied(api, forge_repo.namespace) == bad
+    # Not a commit of the branch: refused, nothing recorded.
+    assert main(["pin", "staging", "0123456789abcdef", *kube]) == 2
+    assert "is not a commit of branch 'main'" in capsys.readouterr().err
+    assert StateStore(api, forge_repo.namespace).hold("staging").pinned == ""
+    # An abbreviated SHA of an earlier commit: pinned to its full SHA, rolled back to it.
+    assert main(["pin", "staging", good[:10], *kube, "--reason", "ranker OOM"]) == 0
+    assert f"pinned to {good[:12]} by " in capsys.readouterr().out
+    assert sync(control_plane, config) == 0
+    assert applied(api, forge_repo.namespace) == good
+    assert statuses(gitea, forge_repo, good)[-1]["status"] == "success"
+    # A newer head is held back, its status says the environment is pinned.
+    newer = scale(forge_repo, 3)
+    assert sync(control_plane, config) == 0
+    assert applied(api, forge_repo.namespace) == good
+    [status] = statuses(gitea, forge_repo, newer)
+    assert status["status"] == "pending"
+    assert status["description"].startswith(f"not rolled out: staging is pinned to {good[:12]}")
+    assert main(["status", *kube]) == 1
+    assert f"PINNED to {good[:12]}" in capsys.readouterr().out
+    # Self-heal heals toward the pin, not the head.
+    edit_serve_config(api, forge_repo.namespace, "ranker", "kubectl-edit")
+    [report] = checker(api, forge_repo, tmp_path).check(heal=False)
+    assert report.revision == good
+    assert not report.held
+    # Unpinned: the head rolls out.
+    assert main(["unpin", "staging", *kube]) == 0
+    assert sync(control_plane, config) == 0
+    assert applied(api, forge_repo.namespace) == newer
+    assert statuses(gitea, forge_repo, newer)[-1]["status"] == "success"
