@@ -105,6 +105,11 @@ def _rolling_out(env: EnvironmentSummary) -> str:
     return f'<div class="rolling-out">rolling out {_commit(env.rolling_out)}</div>'
 
 
+def _hold(env: EnvironmentSummary) -> str:
+    """Suspended or pinned (gitsync suspend, pin): said under the rollout state."""
+    return f'<div class="hold">{e(env.hold)}</div>' if env.hold else ""
+
+
 def _summary_row(env: EnvironmentSummary) -> str:
     health = "Healthy" if env.healthy else "Degraded" if env.failed else "Progressing"
     return (
@@ -113,7 +118,7 @@ def _summary_row(env: EnvironmentSummary) -> str:
         f'<div class="muted">{e(env.namespace)}</div></td>'
         f"<td>{_commit(env.applied)}</td>"
         f'<td><a href="{e(env_path(env.name, "/rollout"))}">'
-        f"{_state(env.state, env.in_progress, env.failed)}</a>{_rolling_out(env)}</td>"
+        f"{_state(env.state, env.in_progress, env.failed)}</a>{_rolling_out(env)}{_hold(env)}</td>"
         f'<td class="drift">{e(env.drift)}</td>'
         f"<td>{_badge(health) if env.health != 'no services' else ''} "
         f'<span class="health-summary">{e(env.health)}</span></td></tr>'
@@ -191,7 +196,7 @@ def environment_page(view: EnvironmentView) -> str:
         f'<p class="muted">namespace {e(s.namespace)}</p>'
         f'<dl class="summary"><dt>rollout</dt><dd>{_state(s.state, s.in_progress, s.failed)} '
         f'<a href="{e(env_path(s.name, "/rollout"))}">changes and timeline</a>'
-        f"{_rolling_out(s)}</dd>"
+        f"{_rolling_out(s)}{_hold(s)}</dd>"
         f"<dt>revision applied</dt><dd>{_commit(s.applied)}</dd>"
         f'<dt>health</dt><dd class="health-summary">{e(s.health)}</dd>'
         f'<dt>drift</dt><dd class="drift">{e(s.drift)}</dd></dl>'

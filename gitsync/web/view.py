@@ -122,6 +122,7 @@ class EnvironmentSummary:
     drift: str
     health: str  # "3/3 Healthy", "2/3 Healthy, 1 Degraded"
     healthy: bool
+    hold: str = ""  # "suspended by alice (why)", "pinned to abc… by bob": "" when neither
 
 
 @dataclass(frozen=True)
@@ -480,6 +481,7 @@ def summary(
         _drift_summary(env),
         health,
         healthy,
+        env.hold.describe(),
     )
 
 

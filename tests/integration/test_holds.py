@@ -5,8 +5,11 @@ written by the CLI into the state ConfigMap and read back by every pass, drift c
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -14,12 +17,13 @@ from kubernetes import client
 from gitsync.cli import main
 from gitsync.kube.state import StateStore
 from gitsync.names import REVISION
-from testbed.controlplane import ControlPlane
+from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 from testbed.simulator import Simulator
 
 from .gitops import GitOpsRepo
 from .kube import get
+from .test_agent import agent_config_file, scrape, start_agent, wait_for
 from .test_commit_status import agent_file, forge_repo, statuses, sync, versions
 from .test_drift import checker, edit_serve_config
 
@@ -143,3 +147,56 @@ def test_pin_rolls_back_and_holds_until_unpin(
     assert sync(control_plane, config) == 0
     assert applied(api, forge_repo.namespace) == newer
     assert statuses(gitea, forge_repo, newer)[-1]["status"] == "success"
+
+
+def overview(port: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/api/v1/environments"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return dict(json.loads(response.read()))
+
+
+def test_the_agent_acts_on_a_hold_at_its_next_poll_without_a_new_commit(
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """`gitsync run`: a suspension shows on /metrics and the status page; the commit that
+    arrived while suspended rolls out at the poll after `gitsync resume`, no push needed."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    port = free_port()
+    config = agent_config_file(repo, tmp_path, "solo", port, namespace)
+    cli = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    process = start_agent(config, control_plane.kubeconfig, "solo", tmp_path / "solo.log")
+    try:
+        first = repo.revisions[-1]
+        wait_for(lambda: applied_or_none(api, namespace) == first, what="the first rollout")
+        assert main(["suspend", "staging", *cli, "--reason", "incident"]) == 0
+        suspended = 'gitsync_environment_suspended{environment="staging"} 1.0'
+        wait_for(lambda: suspended in scrape(port), timeout=30, what="the suspended gauge")
+        [env] = overview(port)["environments"]
+        assert env["hold"].startswith("suspended by ")
+        assert env["hold"].endswith("(incident)")
+        head = scale(repo, 2)
+        wait_for(
+            lambda: f"{head[:12]} not rolled out" in (tmp_path / "solo.log").read_text(),
+            timeout=30,
+            what="the held pass",
+        )
+        assert applied_or_none(api, namespace) == first
+        assert main(["resume", "staging", *cli]) == 0
+        wait_for(lambda: applied_or_none(api, namespace) == head, what="the rollout on resume")
+        unsuspended = 'gitsync_environment_suspended{environment="staging"} 0.0'
+        assert unsuspended in scrape(port)
+        assert overview(port)["environments"][0]["hold"] == ""
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def applied_or_none(api: client.ApiClient, namespace: str) -> str | None:
+    try:
+        return applied(api, namespace)
+    except client.ApiException:
+        return None
