@@ -105,7 +105,7 @@ class Agent:
         self._applied: dict[str, str] = {}  # environment → revision in the info gauge
         self._began: dict[str, float] = {}  # environment → when its rollout started
         self._health: dict[tuple[str, ServiceKey], Health] = {}  # what the gauge shows
-        self._expected_at: tuple[str, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
+        self._expected_at: tuple[object, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
         self._holds: dict[str, Hold] = {}  # as the last poll read them (a change: a pass)
@@ -513,9 +513,10 @@ class Agent:
     def _prune_trees(self, head: str) -> None:
         """Keeps the cached trees the next pass, health refresh or drift check reads — the
         head (a failed one is retried at every poll), the last pass's revision and each
-        environment's applied one — and deletes the others. Kept forever, a tree per commit
+        environment's applied one and pin — and deletes the others. Kept forever, a tree per commit
         fills the agent's disk; a hostile 100 MB commit would stay in it too."""
         keep = {head, self.last_revision, *self._applied.values()}
+        keep |= {hold.pinned for hold in self._holds.values() if hold.pinned}
         try:
             removed = self.source.prune(keep)
         except OSError as exc:
@@ -639,16 +640,25 @@ class Agent:
             self.metrics.applied_revision.labels(result.environment, result.revision).set(1)
 
     def _expected(self) -> list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]:
-        """Per environment: (name, namespace, {service: its Serve apps}) at the last revision,
-        computed once per revision (reading a tree of 1,000 manifests is not free)."""
-        if self._expected_at[0] != self.last_revision:
+        """Per environment: (name, namespace, {service: its Serve apps}) at the last revision
+        (a pinned environment: at its pin), computed once per revision and pins (reading a tree
+        of 1,000 manifests is not free)."""
+        pins = {name: hold.pinned for name, hold in self._holds.items() if hold.pinned}
+        key = (self.last_revision, tuple(sorted(pins.items())))
+        if self._expected_at[0] != key:
             report = read_tree_cached(self.source.checkout(self.last_revision))
             rows = []
             for name in ordered_environments(report, self.config.environments or None, ""):
-                loaded = environment_manifests(report, name, self.last_revision[:12])
+                at = pins.get(name, self.last_revision)
+                tree = (
+                    report
+                    if at == self.last_revision
+                    else read_tree_cached(self.source.checkout(at))
+                )
+                loaded = environment_manifests(tree, name, at[:12])
                 apps = {s.key: expected_apps(s) for s in loaded.services}
                 rows.append((name, loaded.environment.namespace, apps))
-            self._expected_at = (self.last_revision, rows)
+            self._expected_at = (key, rows)
         return self._expected_at[1]
 
     def _health_gauge(
