@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,40 @@ def applied_or_none(api: client.ApiClient, namespace: str) -> str | None:
         return applied(api, namespace)
     except client.ApiException:
         return None
+
+
+def test_environments_after_a_suspended_one_wait_with_it(
+    api: client.ApiClient,
+    gitea: Gitea,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Suspended before its first rollout: staging gets nothing, production (after staging)
+    waits with it — pending, not failed — and both roll out once staging is resumed."""
+    production = f"p-{uuid.uuid4().hex[:10]}"
+    repo = GitOpsRepo(
+        tmp_path / "gitops", namespace, production=production, create_namespace=True,
+        origin=gitea.create_repo(f"held-{uuid.uuid4().hex[:8]}"),
+        push_args=gitea.git_auth_config(),
+    )  # fmt: skip
+    config = agent(repo, gitea, tmp_path)
+    kube = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["suspend", "staging", *kube]) == 0
+    assert sync(control_plane, config) == 0
+    sha = repo.revisions[-1]
+    seen = {s["context"]: s for s in statuses(gitea, repo, sha)}
+    assert {c: s["status"] for c, s in seen.items()} == dict.fromkeys(
+        ("gitsync/staging", "gitsync/production"), "pending"
+    )
+    assert seen["gitsync/production"]["description"].startswith(
+        "not rolled out: waiting for staging, which is suspended by "
+    )
+    assert versions(api, namespace) == versions(api, production) == {}
+    assert main(["resume", "staging", *kube]) == 0
+    capsys.readouterr()
+    assert sync(control_plane, config) == 0
+    assert set(versions(api, production)) == {"embedder", "ranker", "summarizer"}
+    assert statuses(gitea, repo, sha)[-1]["status"] == "success"
