@@ -430,7 +430,7 @@ class Agent:
         """Reads the holds (one list request) into the gauges; True when one changed since
         the last poll: a resume or an unpin rolls out at once, without a new commit."""
         try:
-            holds = {name: hold for name, hold in self.state.holds().items() if hold.held}
+            holds = {name: hold for name, hold in self.state.holds().items() if hold != Hold()}
         except GitsyncError as exc:
             log.warning("cannot read the holds (suspend, pin): %s", exc)
             return False
@@ -552,8 +552,10 @@ class Agent:
         self.last_revision = result.revision
         # Retry at the next poll unless everything succeeded (a failed commit is retried
         # only when a new one arrives: rolling a broken revision again changes nothing).
-        self.last_ok = not interrupted and all(
-            r.outcome not in (Outcome.BLOCKED,) for r in result.results
+        self.last_ok = (
+            not interrupted
+            and not result.waiting  # for a change window: evaluated again at every poll
+            and all(r.outcome not in (Outcome.BLOCKED,) for r in result.results)
         )
         self._refresh_health(after_pass=True)
 

@@ -256,6 +256,12 @@ def _sync_commands(commands: Any) -> tuple[argparse.ArgumentParser, argparse.Arg
     sync.add_argument(
         "--no-status", action="store_true", help="post no commit statuses (and read none)"
     )
+    sync.add_argument(
+        "--ignore-windows",
+        action="store_true",
+        help="roll out even outside the environments' change windows (an emergency; "
+        "docs/operations.md)",
+    )
     return sync, status
 
 
@@ -380,6 +386,12 @@ def _hold_commands(commands: Any) -> None:
             "2 on errors.",
         ),
     }
+    verbs["open-window"] = (
+        "roll out outside an environment's change windows for a while (an emergency)",
+        "Sets ENV's change windows (windows: in gitsync.yaml) aside for --for (default 1h): "
+        "the agent's next poll rolls out what waits, as if the windows were open. After that "
+        "time the windows apply again. Exit 0 when recorded, 2 on errors.",
+    )
     for verb, (short, description) in verbs.items():
         command = commands.add_parser(verb, help=short, description=description)
         command.add_argument("env", metavar="ENV", help="an environment in gitsync.yaml")
@@ -395,8 +407,12 @@ def _hold_commands(commands: Any) -> None:
             "--state-namespace",
             help="where the state ConfigMaps are (default: the config's, else gitsync-system)",
         )
-        if verb in ("suspend", "pin"):
+        if verb in ("suspend", "pin", "open-window"):
             command.add_argument("--reason", default="", help="why, shown wherever it is shown")
+        if verb == "open-window":
+            command.add_argument(
+                "--for", dest="span", type=duration, default=3600.0, help="how long (1h)"
+            )
         command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
         command.add_argument("--context", help="the kubeconfig context to use")
 
@@ -485,6 +501,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 dry_run=args.dry_run,
                 observer=_SyncObserver(progress, record, plans),
                 reporter=reporter,
+                ignore_windows=args.ignore_windows,
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")
@@ -580,6 +597,16 @@ def _pinned_revision(config: AgentConfig, environment: str, revision: str) -> st
     return sha
 
 
+def _later(seconds: float) -> str:
+    """``seconds`` from now, UTC, ISO 8601 (``""`` for 0: the override ends now)."""
+    import datetime
+
+    if seconds <= 0:
+        return ""
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def run_hold(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """suspend, resume, pin, unpin: one write to ENV's state ConfigMap."""
     import datetime
@@ -602,6 +629,8 @@ def run_hold(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             )
             if verb == "suspend":
                 store.suspend(args.env, by, at, args.reason)
+            elif verb == "open-window":
+                store.open_window(args.env, _later(args.span), by, args.reason)
             elif verb == "pin":
                 store.pin(args.env, sha, by, at, args.reason)
             else:
@@ -611,6 +640,12 @@ def run_hold(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"gitsync {verb}: {exc}\n")
         return EXIT_ERROR
     now = hold.describe() or "not held: it follows the branch head"
+    if verb == "open-window":
+        now = (
+            f"change windows set aside until {hold.window_open_until}"
+            if hold.window_open_until
+            else "change windows apply"
+        )
     out.write(f"{args.env}: {now} (the agent acts at its next poll)\n")
     return EXIT_OK
 
@@ -1145,6 +1180,7 @@ _COMMANDS = (
     "resume",
     "pin",
     "unpin",
+    "open-window",
 )
 
 
@@ -1183,7 +1219,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "notes": run_notes,
         "drift": run_drift,
         "previews": run_previews,
-        **dict.fromkeys(("suspend", "resume", "pin", "unpin"), run_hold),
+        **dict.fromkeys(("suspend", "resume", "pin", "unpin", "open-window"), run_hold),
     }
     if args.command in commands:
         return commands[args.command](args, sys.stdout, sys.stderr)

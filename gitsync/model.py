@@ -269,6 +269,10 @@ class Hold:
     pinned_by: str = ""
     pinned_at: str = ""
     pin_reason: str = ""
+    # Change windows set aside until then (``gitsync open-window``; UTC, ISO 8601).
+    window_open_until: str = ""
+    window_opened_by: str = ""
+    window_reason: str = ""
 
     @property
     def held(self) -> bool:

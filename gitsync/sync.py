@@ -8,6 +8,7 @@ fails stops the environments after it.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
 from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
+from gitsync.windows import verdict
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,22 @@ SUPERSEDE_CHECK_SECONDS = 5.0  # at most one ls-remote this often while waiting 
 class PassResult:
     revision: str
     results: tuple[RolloutResult, ...]
+    waiting: bool = False  # an environment waits for its change window: run again at the poll
 
     @property
     def ok(self) -> bool:
         """Every environment succeeded, or is held (suspended, pinned) as it was asked."""
         return all(r.outcome in (Outcome.SUCCEEDED, Outcome.HELD) for r in self.results)
+
+
+def _until(text: str) -> datetime.datetime | None:
+    """A stored UTC time (``2026-12-04T16:00:00Z``); None when there is none or it is not
+    one."""
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, Desired]:
@@ -142,11 +155,15 @@ def sync_once(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     source: GitSource | None = None,
+    clock: Callable[[], datetime.datetime] | None = None,
+    ignore_windows: bool = False,
 ) -> PassResult:
     """One pass. ``environments`` (else the agent config's, else all) are this agent's; an
     ``after:`` naming any other environment is a promotion gate read from commit statuses.
     ``stop`` interrupts it resumably (shutdown, a lost lease). ``observer`` sees each
-    environment's plan, rollout and result (progress lines, the status page, metrics)."""
+    environment's plan, rollout and result (progress lines, the status page, metrics).
+    ``clock`` (default: now, UTC) is when the change windows are evaluated;
+    ``ignore_windows`` sets them aside for this pass (``gitsync sync --ignore-windows``)."""
     run = _Pass(
         config=config,
         services=services,
@@ -156,6 +173,8 @@ def sync_once(
         observer=observer or Quiet(),
         stop=stop or threading.Event(),
         supersede_every=supersede_every,
+        clock=clock or (lambda: datetime.datetime.now(datetime.UTC)),
+        ignore_windows=ignore_windows,
     )
     return run.run(environments or config.environments or None, dry_run=dry_run)
 
@@ -188,6 +207,8 @@ class _Pass:
     observer: Observer
     stop: threading.Event
     supersede_every: float
+    clock: Callable[[], datetime.datetime]
+    ignore_windows: bool = False
     told: set[tuple[str, str]] = field(default_factory=set)  # (older revision, env) settled
 
     def _statuses(self, revision: str) -> _Statuses:
@@ -222,8 +243,13 @@ class _Pass:
                     results += self._held(name, hold, names, statuses, dry_run=dry_run)
                     if dry_run:
                         continue
-                    self._held_after(names, name, hold, statuses)
+                    self._held_after(names, name, hold.describe(), statuses)
                     break
+                shut = self._closed(loaded_all[name].environment, hold, statuses)
+                if shut is not None and not dry_run:
+                    results.append(shut)
+                    self._held_after(names, name, "outside its change window", statuses)
+                    return PassResult(revision, tuple(results), waiting=True)
                 result = self._environment(loaded_all[name], names, statuses, dry_run=dry_run)
                 if result is None:  # dry run: the plan was printed
                     continue
@@ -312,13 +338,40 @@ class _Pass:
         self.observer.finished(result)
         return [result, held]
 
-    def _held_after(self, names: Sequence[str], name: str, hold: Hold, statuses: _Statuses) -> None:
+    def _held_after(self, names: Sequence[str], name: str, why: str, statuses: _Statuses) -> None:
         """The environments after a held one wait with it (pending, not failed)."""
         remaining = names[names.index(name) + 1 :]
         if remaining:
             self.observer.line(f"not rolling out {', '.join(remaining)}: {name} is held")
         for later in remaining:
-            statuses.post(statuses.describe.held_after(later, name, hold.describe()))
+            statuses.post(statuses.describe.held_after(later, name, why))
+
+    def _closed(
+        self, env: EnvironmentConfig, hold: Hold, statuses: _Statuses
+    ) -> RolloutResult | None:
+        """Outside the environment's change windows (and no override open): the head's
+        status says when it rolls out, and the result is ``held``. None when it may roll out."""
+        if self.ignore_windows or not env.windows:
+            return None
+        now, revision = self.clock(), statuses.describe.revision
+        until = _until(hold.window_open_until)
+        if until is not None and now < until:
+            by = hold.window_opened_by or "someone"
+            self.observer.line(
+                f"{env.name}: change windows set aside by {by} until {hold.window_open_until}"
+            )
+            return None
+        found = verdict(env.windows, now)
+        if found.open:
+            return None
+        opens = (
+            found.opens.astimezone(datetime.UTC).strftime("at %Y-%m-%d %H:%M UTC")
+            if found.opens is not None
+            else "not within a year"
+        )
+        self.observer.line(f"{env.name}: {found.why}: {revision[:12]} rolls out {opens}")
+        statuses.post(statuses.describe.outside_window(env.name, opens, found.why))
+        return RolloutResult(env.name, revision, Outcome.HELD, f"{found.why}; rolls out {opens}")
 
     def _block_after(self, names: Sequence[str], name: str, statuses: _Statuses) -> None:
         remaining = names[names.index(name) + 1 :]

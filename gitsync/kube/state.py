@@ -106,6 +106,7 @@ def state_from(environment: str, data: dict[str, str]) -> RolloutState:
 # write never removes either, and an apply without the keys (resume, unpin) removes them.
 
 SUSPEND_MANAGER, PIN_MANAGER = "gitsync-suspend", "gitsync-pin"
+WINDOW_MANAGER = "gitsync-window"
 
 
 def hold_from(data: dict[str, str]) -> Hold:
@@ -119,6 +120,9 @@ def hold_from(data: dict[str, str]) -> Hold:
         pinned_by=data.get("pinned_by", ""),
         pinned_at=data.get("pinned_at", ""),
         pin_reason=data.get("pin_reason", ""),
+        window_open_until=data.get("window_open_until", ""),
+        window_opened_by=data.get("window_opened_by", ""),
+        window_reason=data.get("window_reason", ""),
     )
 
 
@@ -335,6 +339,15 @@ class StateStore:
         data = {"pinned": revision, "pinned_by": by, "pinned_at": at}
         self._hold(environment, PIN_MANAGER, data | ({"pin_reason": reason} if reason else {}),
                    "the pin")  # fmt: skip
+
+    @about(CORE)
+    def open_window(self, environment: str, until: str, by: str, reason: str = "") -> None:
+        """Sets the change windows aside until ``until`` (UTC, ISO 8601); ``""`` closes it
+        again (removes the keys)."""
+        data = {"window_open_until": until, "window_opened_by": by} if until else {}
+        if until and reason:
+            data["window_reason"] = reason
+        self._hold(environment, WINDOW_MANAGER, data, "the change-window override")
 
     @about(CORE)
     def unpin(self, environment: str) -> None:

@@ -169,6 +169,12 @@ class Describer:
             f"not rolled out: {environment} is {hold}; rolls out after gitsync unpin",
         )
 
+    def outside_window(self, environment: str, opens: str, why: str) -> CommitStatus:
+        """Outside the environment's change windows: when it rolls out first, then why."""
+        return self._status(
+            environment, State.PENDING, f"waiting for its change window: rolls out {opens} ({why})"
+        )
+
     def held_after(self, environment: str, held: str, hold: str) -> CommitStatus:
         """An environment after a held one (``after:``) waits with it."""
         return self._status(

@@ -5,6 +5,7 @@ written by the CLI into the state ConfigMap and read back by every pass, drift c
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import urllib.request
@@ -13,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
-from gitsync.cli import main
+from gitsync.cli import _agent_config, main
+from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
+from gitsync.model import Outcome
 from gitsync.names import REVISION
+from gitsync.report.factory import build_reporter
+from gitsync.sync import PassResult, sync_once
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 from testbed.simulator import Simulator
@@ -238,3 +244,68 @@ def test_environments_after_a_suspended_one_wait_with_it(
     assert sync(control_plane, config) == 0
     assert set(versions(api, production)) == {"embedder", "ranker", "summarizer"}
     assert statuses(gitea, repo, sha)[-1]["status"] == "success"
+
+
+def with_windows(repo: GitOpsRepo, windows: list[dict[str, str]]) -> str:
+    def change(root: Path) -> None:
+        config = yaml.safe_load((root / "gitsync.yaml").read_text())
+        config["environments"][0]["windows"] = windows
+        (root / "gitsync.yaml").write_text(yaml.safe_dump(config))
+
+    return repo.commit(change, "change windows")
+
+
+def test_a_commit_outside_its_change_window_waits_then_rolls_out_or_is_let_through(
+    api: client.ApiClient,
+    gitea: Gitea,
+    forge_repo: GitOpsRepo,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The pass's clock is injected: Friday 17:00 UTC is inside `deny 0 16 * * 5 for 64h`,
+    Monday 09:00 is not. Outside the window the commit's status is pending and says when it
+    rolls out; `gitsync open-window` lets it through at once."""
+    config_path = agent(forge_repo, gitea, tmp_path)
+    kube = ["--config", str(config_path), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert sync(control_plane, config_path) == 0
+    with_windows(forge_repo, [{"kind": "deny", "schedule": "0 16 * * 5", "duration": "64h"}])
+    friday = datetime.datetime(2026, 12, 4, 17, 0, tzinfo=datetime.UTC)
+    monday = datetime.datetime(2026, 12, 7, 9, 0, tzinfo=datetime.UTC)
+    config = _agent_config(config_path)
+
+    def run(now: datetime.datetime) -> PassResult:
+        reporter = build_reporter(config)
+        try:
+            return sync_once(
+                config, RayServicesClient(api), StateStore(api, forge_repo.namespace),
+                reporter=reporter, clock=lambda: now,
+            )  # fmt: skip
+        finally:
+            assert reporter is not None
+            reporter.close(timeout=30)
+
+    head = scale(forge_repo, 2)
+    before = versions(api, forge_repo.namespace)
+    held = run(friday)
+    assert held.waiting
+    [result] = held.results
+    assert result.outcome is Outcome.HELD
+    assert versions(api, forge_repo.namespace) == before
+    [status] = statuses(gitea, forge_repo, head)
+    assert status["status"] == "pending"
+    assert status["description"] == (
+        "waiting for its change window: rolls out at 2026-12-07 08:00 UTC "
+        "(deny window deny 0 16 * * 5 for 64h UTC)"
+    )
+    # Monday 09:00: open, the waiting commit rolls out.
+    assert run(monday).ok
+    assert applied(api, forge_repo.namespace) == head
+    # An emergency on a Friday: the override lets the next commit through at once.
+    fix = scale(forge_repo, 3)
+    assert run(friday).waiting
+    assert main(["open-window", "staging", *kube, "--for", "1h", "--reason", "hotfix"]) == 0
+    assert "change windows set aside until " in capsys.readouterr().out
+    assert run(datetime.datetime.now(datetime.UTC)).ok  # the override's expiry is real time
+    assert applied(api, forge_repo.namespace) == fix
