@@ -53,9 +53,9 @@ field is absent on that side. `details` say the same for people.
 - **status**: `{settled, environments: [{name, settled, rollout: null | {phase, revision,
   wave, started, finished, message, lastHealthyRevision}, driftCheck: null | {checked,
   revision, drifted}, hold: null | {suspended: null | {by, at, reason}, pinned: null |
-  {revision, by, at, reason}}, services: [{namespace, name, health, message, revision,
-  reconcile: enabled|disabled, drift: null | {kind: drifted|fighting, message}}]}]}`. An
-  environment suspended or pinned is not settled.
+  {revision, by, at, reason}, windowOpenUntil: null | {until, by, reason}}, services:
+  [{namespace, name, health, message, revision, reconcile: enabled|disabled, drift: null |
+  {kind: drifted|fighting, message}}]}]}`. An environment suspended or pinned is not settled.
 - **drift**: `{environments: [{environment, revision, note, error, drifted: [{service, kind,
   fields: [path], managers, heal: null | {action, details, fields: [{path, old, new}]},
   fighting, disabled, message}], disabled, held, costs, healed}]}`; in `heal.fields`, `old` is the

@@ -32,6 +32,7 @@ from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
+from gitsync.manifests.repoconfig import EnvironmentConfig
 from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
 from gitsync.names import RECONCILE
 from gitsync.plan import Plan, Wave, fields_json
@@ -46,6 +47,7 @@ from gitsync.planning import (
 from gitsync.progress import Lines
 from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
+from gitsync.windows import verdict
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +149,38 @@ class DriftChecker:
         healed = None
         env = loaded.environment
         healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
-        hold = self.state.hold(name)  # suspended: no self-heal; pinned: only toward the pin
-        held = hold.suspended or (bool(hold.pinned) and hold.pinned != revision)
+        held = self._held(name, env, revision, now)
         if heal and env.self_heal and healable and not held:
             healed = self._heal(loaded, revision, healable, corrections, sides)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
-            disabled=tuple(sorted(disabled)), held=hold.describe() if held else "",
+            disabled=tuple(sorted(disabled)), held=held,
         )  # fmt: skip
         checked = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # a healed service is not DRIFTED
         findings = _findings(still_drifted(report), fighting, disabled)
         self.state.write_drift(name, DriftRecord(findings, corrections, checked, revision))
         return report
+
+    def _held(self, name: str, env: EnvironmentConfig, revision: str, now: float) -> str:
+        """Why self-heal must not touch the environment now ("" when it may): suspended,
+        pinned to another revision than ``revision``, or outside its change windows (no
+        ``gitsync open-window`` override open)."""
+        hold = self.state.hold(name)
+        if hold.suspended or (hold.pinned and hold.pinned != revision):
+            return hold.describe()
+        if not env.windows:
+            return ""
+        at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        try:
+            until = datetime.datetime.fromisoformat(hold.window_open_until.replace("Z", "+00:00"))
+        except ValueError:
+            until = None
+        if until is not None and until.tzinfo is not None and at < until:
+            return ""
+        found = verdict(env.windows, at)
+        return "" if found.open else f"outside its change window ({found.why})"
 
     # -- finding ------------------------------------------------------------------------------
 

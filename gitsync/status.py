@@ -217,14 +217,17 @@ def status_json(rows: Sequence[EnvironmentStatus]) -> dict[str, Any]:
 
 
 def _hold_json(hold: Hold) -> dict[str, Any] | None:
-    """``hold`` in ``gitsync status -o json``: null when the environment follows its branch."""
-    if not hold.held:
+    """``hold`` in ``gitsync status -o json``: null when the environment follows its branch
+    (``windowOpenUntil``: the change windows set aside by ``gitsync open-window``)."""
+    if hold == Hold():
         return None
     return {
         "suspended": {"by": hold.suspended_by, "at": hold.suspended_at,
                       "reason": hold.suspend_reason} if hold.suspended else None,
         "pinned": {"revision": hold.pinned, "by": hold.pinned_by, "at": hold.pinned_at,
                    "reason": hold.pin_reason} if hold.pinned else None,
+        "windowOpenUntil": {"until": hold.window_open_until, "by": hold.window_opened_by,
+                            "reason": hold.window_reason} if hold.window_open_until else None,
     }  # fmt: skip
 
 
@@ -236,6 +239,12 @@ def _hold_lines(hold: Hold) -> list[str]:
     if hold.pinned:
         why = f": {hold.pin_reason}" if hold.pin_reason else ""
         lines.append(f"  PINNED to {hold.pinned[:12]} by {hold.pinned_by} at {hold.pinned_at}{why}")
+    if hold.window_open_until:
+        why = f": {hold.window_reason}" if hold.window_reason else ""
+        lines.append(
+            f"  change windows set aside until {hold.window_open_until} by "
+            f"{hold.window_opened_by}{why}"
+        )
     return lines
 
 

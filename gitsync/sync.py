@@ -63,6 +63,10 @@ class PassResult:
         return all(r.outcome in (Outcome.SUCCEEDED, Outcome.HELD) for r in self.results)
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
 def _until(text: str) -> datetime.datetime | None:
     """A stored UTC time (``2026-12-04T16:00:00Z``); None when there is none or it is not
     one."""
@@ -173,7 +177,7 @@ def sync_once(
         observer=observer or Quiet(),
         stop=stop or threading.Event(),
         supersede_every=supersede_every,
-        clock=clock or (lambda: datetime.datetime.now(datetime.UTC)),
+        clock=clock or _now,
         ignore_windows=ignore_windows,
     )
     return run.run(environments or config.environments or None, dry_run=dry_run)
@@ -207,7 +211,7 @@ class _Pass:
     observer: Observer
     stop: threading.Event
     supersede_every: float
-    clock: Callable[[], datetime.datetime]
+    clock: Callable[[], datetime.datetime] = field(default=_now)
     ignore_windows: bool = False
     told: set[tuple[str, str]] = field(default_factory=set)  # (older revision, env) settled
 

@@ -293,6 +293,11 @@ def test_a_commit_outside_its_change_window_waits_then_rolls_out_or_is_let_throu
     [result] = held.results
     assert result.outcome is Outcome.HELD
     assert versions(api, forge_repo.namespace) == before
+    drift = checker(api, forge_repo, tmp_path)
+    drift.clock = friday.timestamp  # self-heal waits for the window too
+    edit_serve_config(api, forge_repo.namespace, "embedder", "kubectl-edit")
+    [report] = drift.check(heal=True)
+    assert report.held.startswith("outside its change window (deny window deny 0 16 * * 5")
     [status] = statuses(gitea, forge_repo, head)
     assert status["status"] == "pending"
     assert status["description"] == (
@@ -307,5 +312,7 @@ def test_a_commit_outside_its_change_window_waits_then_rolls_out_or_is_let_throu
     assert run(friday).waiting
     assert main(["open-window", "staging", *kube, "--for", "1h", "--reason", "hotfix"]) == 0
     assert "change windows set aside until " in capsys.readouterr().out
+    main(["status", *kube])
+    assert "  change windows set aside until " in capsys.readouterr().out
     assert run(datetime.datetime.now(datetime.UTC)).ok  # the override's expiry is real time
     assert applied(api, forge_repo.namespace) == fix
