@@ -32,7 +32,7 @@ from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
-from gitsync.manifests.repoconfig import EnvironmentConfig
+from gitsync.manifests.repoconfig import ChangeWindow
 from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
 from gitsync.names import RECONCILE
 from gitsync.plan import Plan, Wave, fields_json
@@ -86,6 +86,9 @@ class DriftChecker:
     _seen: dict[str, set[tuple[ServiceKey, str]]] = field(default_factory=dict)
     _fights: dict[str, set[ServiceKey]] = field(default_factory=dict)
     _trees: dict[str, TreeReport] = field(default_factory=dict)
+    # Each environment's change windows as the branch head declares them (the windows that
+    # hold its rollouts back hold its self-heal back too).
+    _windows: dict[str, tuple[ChangeWindow, ...]] = field(default_factory=dict)
 
     @property
     def limit(self) -> int:
@@ -100,6 +103,8 @@ class DriftChecker:
     def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
         head = self.source.head()
         self._trees = {head: self._tree(head)}  # one read per revision
+        declared = self._trees[head].config
+        self._windows = {e.name: e.windows for e in declared.environments} if declared else {}
         names = ordered_environments(
             self._trees[head], environments or self.config.environments or None, ""
         )
@@ -149,7 +154,7 @@ class DriftChecker:
         healed = None
         env = loaded.environment
         healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
-        held = self._held(name, env, revision, now)
+        held = self._held(name, revision, now)
         if heal and env.self_heal and healable and not held:
             healed = self._heal(loaded, revision, healable, corrections, sides)
         report = DriftReport(
@@ -163,14 +168,15 @@ class DriftChecker:
         self.state.write_drift(name, DriftRecord(findings, corrections, checked, revision))
         return report
 
-    def _held(self, name: str, env: EnvironmentConfig, revision: str, now: float) -> str:
+    def _held(self, name: str, revision: str, now: float) -> str:
         """Why self-heal must not touch the environment now ("" when it may): suspended,
         pinned to another revision than ``revision``, or outside its change windows (no
         ``gitsync open-window`` override open)."""
         hold = self.state.hold(name)
         if hold.suspended or (hold.pinned and hold.pinned != revision):
             return hold.describe()
-        if not env.windows:
+        windows = self._windows.get(name, ())
+        if not windows:
             return ""
         at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         try:
@@ -179,7 +185,7 @@ class DriftChecker:
             until = None
         if until is not None and until.tzinfo is not None and at < until:
             return ""
-        found = verdict(env.windows, at)
+        found = verdict(windows, at)
         return "" if found.open else f"outside its change window ({found.why})"
 
     # -- finding ------------------------------------------------------------------------------
