@@ -39,7 +39,7 @@ from gitsync.kube.peers import LeaderPods
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
-from gitsync.model import Health, Outcome, RolloutResult, ServiceKey, WaveEvent
+from gitsync.model import Health, Hold, Outcome, RolloutResult, ServiceKey, WaveEvent
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
@@ -105,9 +105,10 @@ class Agent:
         self._behind: set[str] = set()  # environments in gitsync_behind_since_seconds
         self._began: dict[str, float] = {}  # environment → when its rollout started
         self._health: dict[tuple[str, ServiceKey], Health] = {}  # what the gauge shows
-        self._expected_at: tuple[str, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
+        self._expected_at: tuple[object, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
+        self._holds: dict[str, Hold] = {}  # as the last poll read them (a change: a pass)
         self._previews_lock = threading.Lock()
         # What progress lines may name: environments and services planned, the pass's revision.
         # What the status page shows, kept in the state ConfigMaps (every replica reads them).
@@ -417,12 +418,31 @@ class Agent:
             return
         finally:
             self.metrics.git_poll_duration.observe(time.monotonic() - began)
-        if head == self.last_revision and self.last_ok:
+        held = self._holds_changed()
+        if head == self.last_revision and self.last_ok and not held:
             self.metrics.git_poll.labels("unchanged").inc()
             self._refresh_health(events=True)
             return
         self.metrics.git_poll.labels("new" if head != self.last_revision else "retry").inc()
         self._pass(head)
+
+    def _holds_changed(self) -> bool:
+        """Reads the holds (one list request) into the gauges; True when one changed since
+        the last poll: a resume or an unpin rolls out at once, without a new commit."""
+        try:
+            holds = {name: hold for name, hold in self.state.holds().items() if hold != Hold()}
+        except GitsyncError as exc:
+            log.warning("cannot read the holds (suspend, pin): %s", exc)
+            return False
+        for name in set(self._holds) | set(holds):
+            old, new = self._holds.get(name, Hold()), holds.get(name, Hold())
+            self.metrics.suspended.labels(name).set(1 if new.suspended else 0)
+            if old.pinned and old.pinned != new.pinned:
+                self.metrics.pinned.remove(name, old.pinned)
+            if new.pinned:
+                self.metrics.pinned.labels(name, new.pinned).set(1)
+        changed, self._holds = holds != self._holds, holds
+        return changed
 
     def trigger_previews(self) -> None:
         """Reconciles previews now (a pull-request webhook)."""
@@ -493,9 +513,10 @@ class Agent:
     def _prune_trees(self, head: str) -> None:
         """Keeps the cached trees the next pass, health refresh or drift check reads — the
         head (a failed one is retried at every poll), the last pass's revision and each
-        environment's applied one — and deletes the others. Kept forever, a tree per commit
+        environment's applied one and pin — and deletes the others. Kept forever, a tree per commit
         fills the agent's disk; a hostile 100 MB commit would stay in it too."""
         keep = {head, self.last_revision, *self._applied.values()}
+        keep |= {hold.pinned for hold in self._holds.values() if hold.pinned}
         try:
             removed = self.source.prune(keep)
         except OSError as exc:
@@ -531,8 +552,10 @@ class Agent:
         self.last_revision = result.revision
         # Retry at the next poll unless everything succeeded (a failed commit is retried
         # only when a new one arrives: rolling a broken revision again changes nothing).
-        self.last_ok = not interrupted and all(
-            r.outcome not in (Outcome.BLOCKED,) for r in result.results
+        self.last_ok = (
+            not interrupted
+            and not result.waiting  # for a change window: evaluated again at every poll
+            and all(r.outcome not in (Outcome.BLOCKED,) for r in result.results)
         )
         self._refresh_health(after_pass=True)
 
@@ -618,16 +641,25 @@ class Agent:
             self.metrics.applied_revision.labels(result.environment, result.revision).set(1)
 
     def _expected(self) -> list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]:
-        """Per environment: (name, namespace, {service: its Serve apps}) at the last revision,
-        computed once per revision (reading a tree of 1,000 manifests is not free)."""
-        if self._expected_at[0] != self.last_revision:
+        """Per environment: (name, namespace, {service: its Serve apps}) at the last revision
+        (a pinned environment: at its pin), computed once per revision and pins (reading a tree
+        of 1,000 manifests is not free)."""
+        pins = {name: hold.pinned for name, hold in self._holds.items() if hold.pinned}
+        key = (self.last_revision, tuple(sorted(pins.items())))
+        if self._expected_at[0] != key:
             report = read_tree_cached(self.source.checkout(self.last_revision))
             rows = []
             for name in ordered_environments(report, self.config.environments or None, ""):
-                loaded = environment_manifests(report, name, self.last_revision[:12])
+                at = pins.get(name, self.last_revision)
+                tree = (
+                    report
+                    if at == self.last_revision
+                    else read_tree_cached(self.source.checkout(at))
+                )
+                loaded = environment_manifests(tree, name, at[:12])
                 apps = {s.key: expected_apps(s) for s in loaded.services}
                 rows.append((name, loaded.environment.namespace, apps))
-            self._expected_at = (self.last_revision, rows)
+            self._expected_at = (key, rows)
         return self._expected_at[1]
 
     def _health_gauge(

@@ -32,6 +32,7 @@ from gitsync.manifests.repoconfig import (
 )
 from gitsync.manifests.yamldoc import Document, decode, parse_documents
 from gitsync.model import Problem, SourceFile
+from gitsync.windows import problems as window_problems
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,9 @@ def read_tree(
     config, problems = load_repo_config(text)
     if config is None:
         return TreeReport(None, (), tuple(problems))
+    unreadable_windows = window_problems(config)
+    if unreadable_windows:
+        return TreeReport(None, (), tuple(unreadable_windows))
     environments = []
     all_problems: list[Problem] = []
     budget = ByteBudget(max_tree_bytes)

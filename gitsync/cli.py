@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_commands(commands)
     sync, status = _sync_commands(commands)
     _agent_commands(commands)
+    _hold_commands(commands)
     _local_commands(commands)
     for command in commands.choices.values():
         command.add_argument(
@@ -281,6 +282,12 @@ def _sync_commands(commands: Any) -> tuple[argparse.ArgumentParser, argparse.Arg
     sync.add_argument(
         "--no-status", action="store_true", help="post no commit statuses (and read none)"
     )
+    sync.add_argument(
+        "--ignore-windows",
+        action="store_true",
+        help="roll out even outside the environments' change windows (an emergency; "
+        "docs/operations.md)",
+    )
     return sync, status
 
 
@@ -376,6 +383,66 @@ def _check_commands(commands: Any) -> None:
     previews.add_argument("-o", "--output", choices=OUTPUTS, default="text")
 
 
+def _hold_commands(commands: Any) -> None:
+    """suspend, resume, pin and unpin: what the person on call holds (docs/operations.md)."""
+    verbs = {
+        "suspend": (
+            "stop rolling out an environment: no applies, no self-heal; drift still reported",
+            "Suspends ENV: from the agent's next poll, no commit is rolled out to it and "
+            "self-heal leaves it alone; drift checks still report. Environments after it "
+            "(after:) wait too. Kept in its state ConfigMap, so every replica and restart sees "
+            "it. A rollout already in flight finishes. Exit 0 when recorded, 2 on errors.",
+        ),
+        "resume": (
+            "undo suspend: the agent rolls out the branch head (or the pin) at its next poll",
+            "Resumes ENV: the agent's next poll rolls out what the environment should run "
+            "(the branch head, or its pin). Exit 0 when recorded, 2 on errors.",
+        ),
+        "pin": (
+            "roll an environment to a commit of the branch and hold it there",
+            "Pins ENV to REVISION, a commit of the watched branch (checked against the "
+            "repository in --config): the agent's next poll rolls it out there, health-gated, "
+            "and holds it there whatever the branch head becomes; self-heal heals toward it. "
+            "The head's commit status says it is pinned. Exit 0 when recorded, 2 on errors "
+            "(REVISION not on the branch, ENV not in gitsync.yaml there).",
+        ),
+        "unpin": (
+            "undo pin: the agent rolls out the branch head at its next poll",
+            "Unpins ENV: the agent's next poll rolls out the branch head. Exit 0 when recorded, "
+            "2 on errors.",
+        ),
+    }
+    verbs["open-window"] = (
+        "roll out outside an environment's change windows for a while (an emergency)",
+        "Sets ENV's change windows (windows: in gitsync.yaml) aside for --for (default 1h): "
+        "the agent's next poll rolls out what waits, as if the windows were open. After that "
+        "time the windows apply again. Exit 0 when recorded, 2 on errors.",
+    )
+    for verb, (short, description) in verbs.items():
+        command = commands.add_parser(verb, help=short, description=description)
+        command.add_argument("env", metavar="ENV", help="an environment in gitsync.yaml")
+        if verb == "pin":
+            command.add_argument("revision", metavar="REVISION", help="a commit SHA (7+ digits)")
+        command.add_argument(
+            "--config",
+            type=Path,
+            required=verb == "pin",
+            help="the agent config file: its repository (pin) and rollout.stateNamespace",
+        )
+        command.add_argument(
+            "--state-namespace",
+            help="where the state ConfigMaps are (default: the config's, else gitsync-system)",
+        )
+        if verb in ("suspend", "pin", "open-window"):
+            command.add_argument("--reason", default="", help="why, shown wherever it is shown")
+        if verb == "open-window":
+            command.add_argument(
+                "--for", dest="span", type=duration, default=3600.0, help="how long (1h)"
+            )
+        command.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
+        command.add_argument("--context", help="the kubeconfig context to use")
+
+
 def _local_commands(commands: Any) -> None:
     """demo and completion."""
     demo = commands.add_parser(
@@ -438,6 +505,7 @@ def run_sync(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 dry_run=args.dry_run,
                 observer=observer,
                 reporter=reporter,
+                ignore_windows=args.ignore_windows,
             )
     except GitsyncError as exc:
         err.write(f"gitsync sync: {exc}\n")
@@ -515,6 +583,74 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if unsettled:
         err.write(f"gitsync status: not settled: {', '.join(unsettled)}\n")
         return EXIT_FOUND
+    return EXIT_OK
+
+
+def _pinned_revision(config: AgentConfig, environment: str, revision: str) -> str:
+    """``revision`` as a full SHA, once checked to be a commit of the watched branch whose
+    gitsync.yaml declares ``environment`` (fetched into a temporary cache)."""
+    from gitsync.planning import ordered_environments
+
+    with tempfile.TemporaryDirectory(prefix="gitsync-pin-") as cache:
+        repo = dataclasses.replace(config.repository, cache_dir=Path(cache), verify=None)
+        source = GitSource(repo)
+        sha = source.on_branch(revision)
+        report = read_tree(source.checkout(sha))
+        if environment not in ordered_environments(report, None, sha[:12]):
+            raise ConfigError(f"gitsync.yaml at {sha[:12]} declares no environment {environment}")
+    return sha
+
+
+def _later(seconds: float) -> str:
+    """``seconds`` from now, UTC, ISO 8601 (``""`` for 0: the override ends now)."""
+    import datetime
+
+    if seconds <= 0:
+        return ""
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_hold(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """suspend, resume, pin, unpin: one write to ENV's state ConfigMap."""
+    import datetime
+    import getpass
+
+    from gitsync.config import RolloutSettings
+
+    verb = args.command
+    try:
+        config = _agent_config(args.config) if args.config is not None else None
+        namespace = args.state_namespace or (
+            config.rollout.state_namespace if config else RolloutSettings().state_namespace
+        )
+        sha = _pinned_revision(config, args.env, args.revision) if config and verb == "pin" else ""
+        with api_client(args.kubeconfig, args.context) as api:
+            store = StateStore(api, namespace)
+            by, at = (
+                getpass.getuser(),
+                datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            if verb == "suspend":
+                store.suspend(args.env, by, at, args.reason)
+            elif verb == "open-window":
+                store.open_window(args.env, _later(args.span), by, args.reason)
+            elif verb == "pin":
+                store.pin(args.env, sha, by, at, args.reason)
+            else:
+                (store.resume if verb == "resume" else store.unpin)(args.env)
+            hold = store.hold(args.env)
+    except GitsyncError as exc:
+        err.write(f"gitsync {verb}: {exc}\n")
+        return EXIT_ERROR
+    now = hold.describe() or "not held: it follows the branch head"
+    if verb == "open-window":
+        now = (
+            f"change windows set aside until {hold.window_open_until}"
+            if hold.window_open_until
+            else "change windows apply"
+        )
+    out.write(f"{args.env}: {now} (the agent acts at its next poll)\n")
     return EXIT_OK
 
 
@@ -1051,6 +1187,11 @@ _COMMANDS = (
     "run",
     "notes",
     "demo",
+    "suspend",
+    "resume",
+    "pin",
+    "unpin",
+    "open-window",
 )
 
 
@@ -1089,6 +1230,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "notes": run_notes,
         "drift": run_drift,
         "previews": run_previews,
+        **dict.fromkeys(("suspend", "resume", "pin", "unpin", "open-window"), run_hold),
     }
     if args.command in commands:
         return commands[args.command](args, sys.stdout, sys.stderr)

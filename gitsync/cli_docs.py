@@ -52,12 +52,15 @@ field is absent on that side. `details` say the same for people.
   failed, applied: [ns/name], pruned: [ns/name], skipped: [ns/name]}]}`.
 - **status**: `{settled, environments: [{name, settled, rollout: null | {phase, revision,
   wave, started, finished, message, lastHealthyRevision}, driftCheck: null | {checked,
-  revision, drifted}, services: [{namespace, name, health, message, revision, reconcile:
-  enabled|disabled, drift: null | {kind: drifted|fighting, message}}]}]}`.
+  revision, drifted}, hold: null | {suspended: null | {by, at, reason}, pinned: null |
+  {revision, by, at, reason}, windowOpenUntil: null | {until, by, reason}}, services:
+  [{namespace, name, health, message, revision, reconcile: enabled|disabled, drift: null |
+  {kind: drifted|fighting, message}}]}]}`. An environment suspended or pinned is not settled.
 - **drift**: `{environments: [{environment, revision, note, error, drifted: [{service, kind,
   fields: [path], managers, heal: null | {action, details, fields: [{path, old, new}]},
-  fighting, disabled, message}], disabled, costs, healed}]}`; in `heal.fields`, `old` is the
-  live value and `new` Git's.
+  fighting, disabled, message}], disabled, held, costs, healed}]}`; in `heal.fields`, `old` is the
+  live value and `new` Git's. `held` is null, or why nothing was healed: the environment
+  is suspended, or pinned to another revision than the one compared against.
 - **previews**: `{namespace, previews: [{pr, service, revision, health, age}]}`.
 - **validate**: `{ok, problems: [{file, line, message}], environments: [{name, namespace,
   path, ok, files, services: [{name, wave, source, line}]}]}`.

@@ -32,6 +32,7 @@ from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
 from gitsync.manifests.load import EnvironmentManifests
+from gitsync.manifests.repoconfig import ChangeWindow
 from gitsync.model import Action, Outcome, Phase, RolloutResult, ServiceKey
 from gitsync.names import RECONCILE
 from gitsync.plan import Plan, Wave, fields_json
@@ -46,6 +47,7 @@ from gitsync.planning import (
 from gitsync.progress import Lines
 from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
+from gitsync.windows import verdict
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class DriftReport:
     costs: tuple[str, ...] = ()
     error: str = ""  # the check itself failed (an API error, a rejected dry run)
     disabled: tuple[ServiceKey, ...] = ()  # reconcile disabled: reported, never healed
+    held: str = ""  # suspended, or pinned to another revision: reported, never healed
 
     @property
     def drifted(self) -> bool:
@@ -83,6 +86,9 @@ class DriftChecker:
     _seen: dict[str, set[tuple[ServiceKey, str]]] = field(default_factory=dict)
     _fights: dict[str, set[ServiceKey]] = field(default_factory=dict)
     _trees: dict[str, TreeReport] = field(default_factory=dict)
+    # Each environment's change windows as the branch head declares them (the windows that
+    # hold its rollouts back hold its self-heal back too).
+    _windows: dict[str, tuple[ChangeWindow, ...]] = field(default_factory=dict)
 
     @property
     def limit(self) -> int:
@@ -97,6 +103,8 @@ class DriftChecker:
     def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
         head = self.source.head()
         self._trees = {head: self._tree(head)}  # one read per revision
+        declared = self._trees[head].config
+        self._windows = {e.name: e.windows for e in declared.environments} if declared else {}
         names = ordered_environments(
             self._trees[head], environments or self.config.environments or None, ""
         )
@@ -146,18 +154,39 @@ class DriftChecker:
         healed = None
         env = loaded.environment
         healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
-        if heal and env.self_heal and healable:
+        held = self._held(name, revision, now)
+        if heal and env.self_heal and healable and not held:
             healed = self._heal(loaded, revision, healable, corrections, sides)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
-            disabled=tuple(sorted(disabled)),
+            disabled=tuple(sorted(disabled)), held=held,
         )  # fmt: skip
         checked = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # a healed service is not DRIFTED
         findings = _findings(still_drifted(report), fighting, disabled)
         self.state.write_drift(name, DriftRecord(findings, corrections, checked, revision))
         return report
+
+    def _held(self, name: str, revision: str, now: float) -> str:
+        """Why self-heal must not touch the environment now ("" when it may): suspended,
+        pinned to another revision than ``revision``, or outside its change windows (no
+        ``gitsync open-window`` override open)."""
+        hold = self.state.hold(name)
+        if hold.suspended or (hold.pinned and hold.pinned != revision):
+            return hold.describe()
+        windows = self._windows.get(name, ())
+        if not windows:
+            return ""
+        at = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        try:
+            until = datetime.datetime.fromisoformat(hold.window_open_until.replace("Z", "+00:00"))
+        except ValueError:
+            until = None
+        if until is not None and until.tzinfo is not None and at < until:
+            return ""
+        found = verdict(windows, at)
+        return "" if found.open else f"outside its change window ({found.why})"
 
     # -- finding ------------------------------------------------------------------------------
 
@@ -355,6 +384,8 @@ def report_lines(report: DriftReport) -> list[str]:
         if drift.heal is not None:
             lines += [f"             {detail}" for detail in drift.heal.details[:6]]
     lines += [f"  cost: {line}" for line in report.costs]
+    if report.held:
+        lines.append(f"  not corrected: {report.environment} is {report.held}")
     if report.healed is not None:
         lines.append(f"  healed: {report.healed.outcome}: {report.healed.message}")
     return lines
@@ -389,6 +420,7 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
             for d in report.drifts
         ],
         "disabled": [str(key) for key in report.disabled],
+        "held": report.held or None,
         "costs": list(report.costs),
         "healed": {"outcome": str(report.healed.outcome), "message": report.healed.message}
         if report.healed

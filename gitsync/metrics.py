@@ -21,6 +21,7 @@ class Metrics:
         # In this order on /metrics.
         self._rollout_metrics(self.registry)
         self._drift_metrics(self.registry)
+        self._hold_metrics(self.registry)
         self._poll_and_status_metrics(self.registry)
         self._replica_metrics(self.registry)
 
@@ -110,6 +111,23 @@ class Metrics:
             f"RayServices whose live object says {RECONCILE}: disabled, which "
             "gitsync leaves alone, as the last drift check of the environment saw them",
             ["environment"],
+            registry=r,
+        )
+
+    def _hold_metrics(self, r: CollectorRegistry) -> None:
+        """What the person on call holds: suspensions and pins (gitsync suspend, pin)."""
+        self.suspended = Gauge(
+            "gitsync_environment_suspended",
+            "1 while the environment is suspended (gitsync suspend): nothing applied, no "
+            "self-heal, drift still reported",
+            ["environment"],
+            registry=r,
+        )
+        self.pinned = Gauge(
+            "gitsync_environment_pinned",
+            "1 while the environment is pinned to this revision (gitsync pin) instead of the "
+            "branch head",
+            ["environment", "revision"],
             registry=r,
         )
 

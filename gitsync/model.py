@@ -219,6 +219,7 @@ class Outcome(enum.StrEnum):
     ROLLED_BACK = "rolled-back"
     BLOCKED = "blocked"  # a promotion gate: an earlier environment failed or never succeeded
     INTERRUPTED = "interrupted"  # the agent stopped (shutdown, lost the lease): resumable
+    HELD = "held"  # suspended, or pinned to another revision: the head is not rolled out
 
 
 @dataclass(frozen=True)
@@ -254,3 +255,38 @@ class WaveEvent:
     total: int
     actions: tuple[tuple[ServiceKey, Action], ...]
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An environment's holds: suspended (no applies, no self-heal) and/or pinned to a
+    revision of the watched branch (rolled out and held there instead of the head). ``by``
+    and ``at`` say who set each and when (UTC, ISO 8601); ``reason`` is free text."""
+
+    suspended: bool = False
+    suspended_by: str = ""
+    suspended_at: str = ""
+    suspend_reason: str = ""
+    pinned: str = ""  # a full SHA, "" when not pinned
+    pinned_by: str = ""
+    pinned_at: str = ""
+    pin_reason: str = ""
+    # Change windows set aside until then (``gitsync open-window``; UTC, ISO 8601).
+    window_open_until: str = ""
+    window_opened_by: str = ""
+    window_reason: str = ""
+
+    @property
+    def held(self) -> bool:
+        return self.suspended or bool(self.pinned)
+
+    def describe(self) -> str:
+        """One line for people: ``suspended by alice (reason)``, ``pinned to abc123… by bob``."""
+        parts = []
+        if self.suspended:
+            why = f" ({self.suspend_reason})" if self.suspend_reason else ""
+            parts.append(f"suspended by {self.suspended_by or 'someone'}{why}")
+        if self.pinned:
+            why = f" ({self.pin_reason})" if self.pin_reason else ""
+            parts.append(f"pinned to {self.pinned[:12]} by {self.pinned_by or 'someone'}{why}")
+        return "; ".join(parts)

@@ -12,14 +12,14 @@ when every environment is settled.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gitsync import kuberay
 from gitsync.health import assess
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
-from gitsync.model import Health, Phase, RolloutState, ServiceKey
+from gitsync.model import Health, Hold, Phase, RolloutState, ServiceKey
 from gitsync.names import ENVIRONMENT, REVISION
 from gitsync.object_health import assess_object
 from gitsync.stamp import reconcile_disabled
@@ -46,12 +46,15 @@ class EnvironmentStatus:
     state: RolloutState | None
     services: tuple[ServiceStatus, ...]
     drift: DriftRecord
+    hold: Hold = field(default_factory=Hold)  # suspended or pinned (gitsync suspend, pin)
 
     @property
     def settled(self) -> bool:
-        """The last rollout succeeded, and every service is Healthy as it was applied."""
+        """The last rollout succeeded, every service is Healthy as it was applied, and the
+        environment follows its branch (neither suspended nor pinned)."""
         return (
-            self.state is not None
+            not self.hold.held
+            and self.state is not None
             and self.state.phase is Phase.SUCCEEDED
             and all(s.settled for s in self.services)
         )
@@ -98,6 +101,7 @@ def cluster_status(
     ``namespaces``: where to look for environments whose record names no namespace (written
     by an older gitsync); without, every namespace (RBAC to list RayServices cluster-wide)."""
     recorded = store.read_states()
+    holds = store.holds()
     unplaced = [name for name, (state, _) in recorded.items() if not (state and state.namespace)]
     everywhere: list[dict[str, Any]] = []
     if unplaced:
@@ -137,7 +141,7 @@ def cluster_status(
         ]
         # RayServices first, then the other kinds, kind by kind (as `kubectl get` groups).
         statuses.sort(key=lambda s: (not s.key.is_rayservice, s.key.kind, s.key))
-        rows.append(EnvironmentStatus(name, state, tuple(statuses), drift))
+        rows.append(EnvironmentStatus(name, state, tuple(statuses), drift, holds.get(name, Hold())))
     return rows
 
 
@@ -191,6 +195,7 @@ def status_json(rows: Sequence[EnvironmentStatus]) -> dict[str, Any]:
                 if r.drift.checked
                 else None,
                 "kinds": list(r.state.kinds) if r.state else [],
+                "hold": _hold_json(r.hold),
                 "services": [
                     {
                         "namespace": s.key.namespace,
@@ -211,6 +216,38 @@ def status_json(rows: Sequence[EnvironmentStatus]) -> dict[str, Any]:
     }
 
 
+def _hold_json(hold: Hold) -> dict[str, Any] | None:
+    """``hold`` in ``gitsync status -o json``: null when the environment follows its branch
+    (``windowOpenUntil``: the change windows set aside by ``gitsync open-window``)."""
+    if hold == Hold():
+        return None
+    return {
+        "suspended": {"by": hold.suspended_by, "at": hold.suspended_at,
+                      "reason": hold.suspend_reason} if hold.suspended else None,
+        "pinned": {"revision": hold.pinned, "by": hold.pinned_by, "at": hold.pinned_at,
+                   "reason": hold.pin_reason} if hold.pinned else None,
+        "windowOpenUntil": {"until": hold.window_open_until, "by": hold.window_opened_by,
+                            "reason": hold.window_reason} if hold.window_open_until else None,
+    }  # fmt: skip
+
+
+def _hold_lines(hold: Hold) -> list[str]:
+    lines = []
+    if hold.suspended:
+        why = f": {hold.suspend_reason}" if hold.suspend_reason else ""
+        lines.append(f"  SUSPENDED by {hold.suspended_by} at {hold.suspended_at}{why}")
+    if hold.pinned:
+        why = f": {hold.pin_reason}" if hold.pin_reason else ""
+        lines.append(f"  PINNED to {hold.pinned[:12]} by {hold.pinned_by} at {hold.pinned_at}{why}")
+    if hold.window_open_until:
+        why = f": {hold.window_reason}" if hold.window_reason else ""
+        lines.append(
+            f"  change windows set aside until {hold.window_open_until} by "
+            f"{hold.window_opened_by}{why}"
+        )
+    return lines
+
+
 def status_lines(rows: Sequence[EnvironmentStatus]) -> list[str]:
     """``gitsync status`` as text: per environment its rollout, drift check and services."""
     lines: list[str] = []
@@ -229,6 +266,7 @@ def status_lines(rows: Sequence[EnvironmentStatus]) -> list[str]:
             )
             if state.message:
                 lines.append(f"  {state.message}")
+        lines += _hold_lines(row.hold)
         if row.drift.checked:
             found = f"{len(row.drift.findings)} drifted" if row.drift.findings else "no drift"
             lines.append(

@@ -8,6 +8,7 @@ fails stops the environments after it.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -22,7 +23,15 @@ from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import StateStore
 from gitsync.manifests.load import EnvironmentManifests
 from gitsync.manifests.repoconfig import EnvironmentConfig
-from gitsync.model import Desired, Outcome, RolloutResult, ServiceKey, StepKind, WaveEvent
+from gitsync.model import (
+    Desired,
+    Hold,
+    Outcome,
+    RolloutResult,
+    ServiceKey,
+    StepKind,
+    WaveEvent,
+)
 from gitsync.plan import Plan
 from gitsync.planning import (
     confined,
@@ -44,6 +53,7 @@ from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, Describer, State, context
 from gitsync.rollout import Rollout
 from gitsync.source.git import GitSource
+from gitsync.windows import verdict
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +64,26 @@ SUPERSEDE_CHECK_SECONDS = 5.0  # at most one ls-remote this often while waiting 
 class PassResult:
     revision: str
     results: tuple[RolloutResult, ...]
+    waiting: bool = False  # an environment waits for its change window: run again at the poll
 
     @property
     def ok(self) -> bool:
-        return all(r.outcome is Outcome.SUCCEEDED for r in self.results)
+        """Every environment succeeded, or is held (suspended, pinned) as it was asked."""
+        return all(r.outcome in (Outcome.SUCCEEDED, Outcome.HELD) for r in self.results)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _until(text: str) -> datetime.datetime | None:
+    """A stored UTC time (``2026-12-04T16:00:00Z``); None when there is none or it is not
+    one."""
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def _desired_at(tree: Path, environment: str, label: str) -> Mapping[ServiceKey, Desired]:
@@ -144,11 +170,15 @@ def sync_once(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     source: GitSource | None = None,
+    clock: Callable[[], datetime.datetime] | None = None,
+    ignore_windows: bool = False,
 ) -> PassResult:
     """One pass. ``environments`` (else the agent config's, else all) are this agent's; an
     ``after:`` naming any other environment is a promotion gate read from commit statuses.
     ``stop`` interrupts it resumably (shutdown, a lost lease). ``observer`` sees each
-    environment's plan, rollout and result (progress lines, the status page, metrics)."""
+    environment's plan, rollout and result (progress lines, the status page, metrics).
+    ``clock`` (default: now, UTC) is when the change windows are evaluated;
+    ``ignore_windows`` sets them aside for this pass (``gitsync sync --ignore-windows``)."""
     run = _Pass(
         config=config,
         services=services,
@@ -158,6 +188,8 @@ def sync_once(
         observer=observer or Quiet(),
         stop=stop or threading.Event(),
         supersede_every=supersede_every,
+        clock=clock or _now,
+        ignore_windows=ignore_windows,
     )
     return run.run(environments or config.environments or None, dry_run=dry_run)
 
@@ -190,6 +222,8 @@ class _Pass:
     observer: Observer
     stop: threading.Event
     supersede_every: float
+    clock: Callable[[], datetime.datetime] = field(default=_now)
+    ignore_windows: bool = False
     told: set[tuple[str, str]] = field(default_factory=set)  # (older revision, env) settled
 
     def _statuses(self, revision: str) -> _Statuses:
@@ -218,8 +252,21 @@ class _Pass:
                 f"revision {label}: environments {', '.join(names)}", {"revision": revision}
             )
             loaded_all = _validated(report, names, label, statuses)
+            holds = self.state.holds()
             results: list[RolloutResult] = []
             for name in names:
+                hold = holds.get(name, Hold())
+                if hold.suspended or (hold.pinned and hold.pinned != revision):
+                    results += self._held(name, hold, names, statuses, dry_run=dry_run)
+                    if dry_run:
+                        continue
+                    self._held_after(names, name, hold.describe(), statuses)
+                    break
+                shut = self._closed(loaded_all[name].environment, hold, statuses)
+                if shut is not None and not dry_run:
+                    results.append(shut)
+                    self._held_after(names, name, "outside its change window", statuses)
+                    return PassResult(revision, tuple(results), waiting=True)
                 result = self._environment(loaded_all[name], names, statuses, dry_run=dry_run)
                 if result is None:  # dry run: the plan was printed
                     continue
@@ -280,6 +327,74 @@ class _Pass:
             older.post(older.describe.status(name, *lost))
         self.told.add((prior.revision, name))
 
+    def _held(
+        self, name: str, hold: Hold, names: Sequence[str], statuses: _Statuses, *, dry_run: bool
+    ) -> list[RolloutResult]:
+        """A suspended environment: nothing applied, the head's status says so. A pinned one:
+        the head's status says so, and the pinned revision is rolled out (its statuses on
+        that commit) — up to date after the first time. The results: the pin's rollout, if
+        any, then the head's ``held``."""
+        said, revision = hold.describe(), statuses.describe.revision
+        self.observer.line(f"{name}: {said}: {revision[:12]} not rolled out")
+        held = RolloutResult(name, revision, Outcome.HELD, said)
+        if dry_run:
+            return []
+        if hold.suspended:
+            statuses.post(statuses.describe.suspended(name, said))
+            return [held]
+        statuses.post(statuses.describe.pinned(name, said))
+        pin = self._statuses(hold.pinned)
+        try:
+            report = confined(
+                read_tree_cached(self.source.checkout(self.source.on_branch(hold.pinned))),
+                self.config.namespaces_for,
+            )
+            loaded = environment_manifests(report, name, hold.pinned[:12])
+        except (GitsyncError, ValueError) as exc:
+            why = f"pinned revision {hold.pinned[:12]} cannot be rolled out: {exc}"
+            self.observer.line(f"{name}: {why}")
+            statuses.post(statuses.describe.error(name, why))
+            return [held]
+        result = self._environment(loaded, names, pin, dry_run=False, pinned=True)
+        assert result is not None
+        self.observer.finished(result)
+        return [result, held]
+
+    def _held_after(self, names: Sequence[str], name: str, why: str, statuses: _Statuses) -> None:
+        """The environments after a held one wait with it (pending, not failed)."""
+        remaining = names[names.index(name) + 1 :]
+        if remaining:
+            self.observer.line(f"not rolling out {', '.join(remaining)}: {name} is held")
+        for later in remaining:
+            statuses.post(statuses.describe.held_after(later, name, why))
+
+    def _closed(
+        self, env: EnvironmentConfig, hold: Hold, statuses: _Statuses
+    ) -> RolloutResult | None:
+        """Outside the environment's change windows (and no override open): the head's
+        status says when it rolls out, and the result is ``held``. None when it may roll out."""
+        if self.ignore_windows or not env.windows:
+            return None
+        now, revision = self.clock(), statuses.describe.revision
+        until = _until(hold.window_open_until)
+        if until is not None and now < until:
+            by = hold.window_opened_by or "someone"
+            self.observer.line(
+                f"{env.name}: change windows set aside by {by} until {hold.window_open_until}"
+            )
+            return None
+        found = verdict(env.windows, now)
+        if found.open:
+            return None
+        opens = (
+            found.opens.astimezone(datetime.UTC).strftime("at %Y-%m-%d %H:%M UTC")
+            if found.opens is not None
+            else "not within a year"
+        )
+        self.observer.line(f"{env.name}: {found.why}: {revision[:12]} rolls out {opens}")
+        statuses.post(statuses.describe.outside_window(env.name, opens, found.why))
+        return RolloutResult(env.name, revision, Outcome.HELD, f"{found.why}; rolls out {opens}")
+
     def _block_after(self, names: Sequence[str], name: str, statuses: _Statuses) -> None:
         remaining = names[names.index(name) + 1 :]
         if remaining:
@@ -295,12 +410,19 @@ class _Pass:
         statuses: _Statuses,
         *,
         dry_run: bool,
+        pinned: bool = False,
     ) -> RolloutResult | None:
         """Gate, plan and roll out one environment (or print its plan). gitsync's own
-        failures (API unreachable …) become an ``error`` status, then propagate."""
+        failures (API unreachable …) become an ``error`` status, then propagate. ``pinned``:
+        the revision is the environment's pin, which no promotion gate holds back and no
+        newer head supersedes."""
         env, revision = loaded.environment, statuses.describe.revision
-        check = _superseded_check(self.source, revision, self.supersede_every)
-        if not dry_run and (gate := self._gate(env, ours, statuses, check)) is not None:
+        check = (
+            (lambda: False)
+            if pinned
+            else _superseded_check(self.source, revision, self.supersede_every)
+        )
+        if not (dry_run or pinned) and (gate := self._gate(env, ours, statuses, check)) is not None:
             return gate
         try:
             plan = self._plan(loaded, revision)

@@ -16,7 +16,7 @@ from gitsync.errors import GitsyncError
 from gitsync.kube.failures import CORE, about, access_refused, temporary
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rest import apply, configmap_path, request
-from gitsync.model import Phase, RolloutState
+from gitsync.model import Hold, Phase, RolloutState
 from gitsync.names import ENVIRONMENT, FIELD_MANAGER, MANAGED_BY
 
 _KEYS = (
@@ -97,6 +97,32 @@ def state_from(environment: str, data: dict[str, str]) -> RolloutState:
         last_healthy_revision=data.get("last_healthy_revision", ""),
         namespace=data.get("namespace", ""),
         kinds=tuple(line for line in data.get("kinds", "").splitlines() if "/" in line),
+    )
+
+
+# -- holds: what the person on call decided (``gitsync suspend`` / ``pin``), kept in the
+# environment's state ConfigMap so every replica and every restart sees them. Suspension and
+# pin each have their own field manager: writing one never removes the other, a rollout-state
+# write never removes either, and an apply without the keys (resume, unpin) removes them.
+
+SUSPEND_MANAGER, PIN_MANAGER = "gitsync-suspend", "gitsync-pin"
+WINDOW_MANAGER = "gitsync-window"
+
+
+def hold_from(data: dict[str, str]) -> Hold:
+    """The holds kept in a state ConfigMap's values."""
+    return Hold(
+        suspended=data.get("suspended", "") == "true",
+        suspended_by=data.get("suspended_by", ""),
+        suspended_at=data.get("suspended_at", ""),
+        suspend_reason=data.get("suspend_reason", ""),
+        pinned=data.get("pinned", ""),
+        pinned_by=data.get("pinned_by", ""),
+        pinned_at=data.get("pinned_at", ""),
+        pin_reason=data.get("pin_reason", ""),
+        window_open_until=data.get("window_open_until", ""),
+        window_opened_by=data.get("window_opened_by", ""),
+        window_reason=data.get("window_reason", ""),
     )
 
 
@@ -287,6 +313,59 @@ class StateStore:
         if configmap is None:
             return None
         return {str(k): str(v) for k, v in (configmap.get("data") or {}).items()}
+
+    # -- holds (the CLI writes them, the agent, drift and ``gitsync status`` read them) ----
+
+    def holds(self) -> dict[str, Hold]:
+        """Every recorded environment's holds, by name (held or not): one list request."""
+        environments, _ = self.read_all()
+        return {name: hold_from(data) for name, data in environments.items()}
+
+    def hold(self, environment: str) -> Hold:
+        return hold_from(self.read_data(environment) or {})
+
+    @about(CORE)
+    def suspend(self, environment: str, by: str, at: str, reason: str = "") -> None:
+        data = {"suspended": "true", "suspended_by": by, "suspended_at": at}
+        self._hold(environment, SUSPEND_MANAGER, data | ({"suspend_reason": reason} if reason
+                                                         else {}), "the suspension")  # fmt: skip
+
+    @about(CORE)
+    def resume(self, environment: str) -> None:
+        self._hold(environment, SUSPEND_MANAGER, {}, "the resumption")
+
+    @about(CORE)
+    def pin(self, environment: str, revision: str, by: str, at: str, reason: str = "") -> None:
+        data = {"pinned": revision, "pinned_by": by, "pinned_at": at}
+        self._hold(environment, PIN_MANAGER, data | ({"pin_reason": reason} if reason else {}),
+                   "the pin")  # fmt: skip
+
+    @about(CORE)
+    def open_window(self, environment: str, until: str, by: str, reason: str = "") -> None:
+        """Sets the change windows aside until ``until`` (UTC, ISO 8601); ``""`` closes it
+        again (removes the keys)."""
+        data = {"window_open_until": until, "window_opened_by": by} if until else {}
+        if until and reason:
+            data["window_reason"] = reason
+        self._hold(environment, WINDOW_MANAGER, data, "the change-window override")
+
+    @about(CORE)
+    def unpin(self, environment: str) -> None:
+        self._hold(environment, PIN_MANAGER, {}, "the unpin")
+
+    def _hold(self, environment: str, manager: str, data: dict[str, str], what: str) -> None:
+        """Applies ``data`` as ``manager``: the keys it owned and ``data`` leaves out go."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": configmap_name(environment),
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY: "gitsync", ENVIRONMENT: environment},
+            },
+            "data": data,
+        }
+        self._apply(configmap_name(environment), body, manager, f"{what} of {environment}")
 
     # -- commit statuses not posted before a shutdown: one ConfigMap, its own field manager.
 

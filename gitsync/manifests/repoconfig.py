@@ -39,6 +39,21 @@ RAYSERVICE = Kind("ray.io/v1", "RayService")
 CAPACITY_CHECKS = ("warn", "block", "off")
 
 
+WINDOW_KINDS = ("allow", "deny")
+
+
+@dataclass(frozen=True)
+class ChangeWindow:
+    """One ``windows:`` entry: from each time ``schedule`` (5-field cron, in ``timezone``)
+    fires, for ``duration`` seconds, rollouts are allowed or denied (gitsync/windows.py)."""
+
+    kind: str  # allow | deny
+    schedule: str
+    duration: float
+    timezone: str = "UTC"
+    line: int = field(default=0, compare=False)
+
+
 @dataclass(frozen=True)
 class EnvironmentConfig:
     name: str
@@ -53,6 +68,7 @@ class EnvironmentConfig:
     # A new RayCluster that does not fit (docs/capacity.md): say so in the plan (warn), also
     # halt the rollout before its wave (block), or do not check (off).
     capacity_check: str = "warn"
+    windows: tuple[ChangeWindow, ...] = ()  # change windows (none: always open)
 
 
 @dataclass(frozen=True)
@@ -128,7 +144,7 @@ def _environment(
     """One entry of ``environments``; records its name in ``seen`` for duplicate checks."""
     allowed = {
         "name", "path", "namespace", "after", "prune", "createNamespace", "selfHeal", "policy",
-        "capacityCheck",
+        "capacityCheck", "windows",
     }  # fmt: skip
     if not check.mapping(raw, allowed, {"name", "path", "namespace"}, *at):
         return None
@@ -175,8 +191,34 @@ def _environment(
             self_heal=flags["selfHeal"],
             policy=policy,
             capacity_check=capacity,
+            windows=_windows(check, raw.get("windows", []), *at, "windows"),
         )
     return None
+
+
+def _windows(check: Checker, raw: Any, *at: str | int) -> tuple[ChangeWindow, ...]:
+    """``windows:`` of an environment: their shape (the cron expressions and time zones are
+    read by gitsync/windows.py, which reports what it cannot read at the same lines)."""
+    if not isinstance(raw, list):
+        check.add("windows must be a list of {kind, schedule, duration, timeZone}", *at)
+        return ()
+    found = []
+    for index, entry in enumerate(raw):
+        where = (*at, index)
+        if not check.mapping(entry, {"kind", "schedule", "duration", "timeZone"},
+                             {"kind", "schedule", "duration"}, *where):  # fmt: skip
+            continue
+        kind, schedule = entry.get("kind"), check.string(entry.get("schedule"), *where, "schedule")
+        if kind not in WINDOW_KINDS:
+            check.add(f"kind must be one of {', '.join(WINDOW_KINDS)}", *where, "kind")
+        duration = parse_duration(entry.get("duration"))
+        if duration is None and "duration" in entry:
+            check.add("duration must be a positive duration such as 90m or 64h", *where, "duration")
+        zone = check.string(entry.get("timeZone", "UTC"), *where, "timeZone")
+        if kind in WINDOW_KINDS and schedule and duration is not None and zone:
+            line = check.doc.line_of(*where)
+            found.append(ChangeWindow(str(kind), schedule, duration, zone, line))
+    return tuple(found)
 
 
 def load_repo_config(

@@ -161,6 +161,34 @@ class Describer:
             f"waiting for {context(predecessor)}: success at {self.revision[:12]} ({seen})",
         )
 
+    def suspended(self, environment: str, hold: str) -> CommitStatus:
+        """``hold``: who suspended it and why (``Hold.describe``)."""
+        return self._status(
+            environment,
+            State.PENDING,
+            f"not rolled out: {environment} is {hold}; rolls out after gitsync resume",
+        )
+
+    def pinned(self, environment: str, hold: str) -> CommitStatus:
+        """On a head commit the pin holds back: pending until ``gitsync unpin``."""
+        return self._status(
+            environment,
+            State.PENDING,
+            f"not rolled out: {environment} is {hold}; rolls out after gitsync unpin",
+        )
+
+    def outside_window(self, environment: str, opens: str, why: str) -> CommitStatus:
+        """Outside the environment's change windows: when it rolls out first, then why."""
+        return self._status(
+            environment, State.PENDING, f"waiting for its change window: rolls out {opens} ({why})"
+        )
+
+    def held_after(self, environment: str, held: str, hold: str) -> CommitStatus:
+        """An environment after a held one (``after:``) waits with it."""
+        return self._status(
+            environment, State.PENDING, f"not rolled out: waiting for {held}, which is {hold}"
+        )
+
     def superseded(self, environment: str, newer: str) -> CommitStatus:
         by = f" by {newer[:12]}" if newer else ""
         return self._status(environment, State.ERROR, f"superseded{by} before it was Healthy")

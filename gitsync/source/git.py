@@ -194,6 +194,41 @@ class GitSource:
             f"{base[:12]} in {self._url}: {result.stderr.strip()[-400:] or 'no common commit'}"
         )
 
+    def on_branch(self, revision: str) -> str:
+        """The full SHA of ``revision`` (a SHA, possibly abbreviated to 7 or more hex digits)
+        when it is a commit of the configured branch (the tip or an ancestor of it); else
+        :class:`CommitNotFound`. The shallow cache is deepened as :meth:`merge_base` does
+        until the commit is found or the whole history is here. ``gitsync pin`` checks its
+        revision with this, and a pass with it before checking a pinned revision out."""
+        if not re.fullmatch(r"[0-9a-f]{7,40}", revision):
+            raise CommitNotFound(f"{revision!r} is not a commit SHA (7 to 40 hex digits)")
+        self._init()
+        branch = self.config.branch
+        tip = f"refs/gitsync/{branch}"
+        fetch = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
+        refspec = f"+refs/heads/{branch}:{tip}"
+        steps = [f"--depth={self.config.depth}"]
+        steps += [f"--deepen={DEEPEN * 2**i}" for i in range(MERGE_BASE_DEEPENINGS - 1)]
+        for step in [None, *steps, "--unshallow"]:  # None: what the cache already holds
+            if step is not None:
+                if step == "--unshallow" and not (self.git_dir / "shallow").exists():
+                    break
+                self._remote([*fetch, step, REMOTE, refspec], op="fetch")
+            found = self.runner.run(
+                ["rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"], git_dir=self.git_dir
+            )
+            sha = found.stdout.strip()
+            if found.returncode == 0 and _SHA.match(sha):
+                ancestor = self.runner.run(
+                    ["merge-base", "--is-ancestor", sha, tip], git_dir=self.git_dir
+                )
+                if ancestor.returncode == 0:
+                    return sha
+        raise CommitNotFound(
+            f"{revision} is not a commit of branch {branch!r} of {self._url}: pin a commit "
+            "the branch has (git log origin/" + branch + ")"
+        )
+
     def branches(self, pattern: str) -> dict[str, str]:
         """Branch name → SHA for the remote's branches matching a glob (``preview/*``)."""
         self._init()

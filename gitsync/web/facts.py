@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitsync.model import Action, Change, Outcome, RolloutState, ServiceKey, StepKind
+from gitsync.model import Action, Change, Hold, Outcome, RolloutState, ServiceKey, StepKind
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,4 @@ class EnvironmentFacts:
     history: tuple[PastRollout, ...] = ()  # earlier rollouts, newest first
     # Kubernetes Events about its RayServices, as the API returns them (slimmed).
     events: tuple[Mapping[str, Any], ...] = ()
+    hold: Hold = field(default_factory=Hold)  # suspended, pinned (gitsync suspend, pin)

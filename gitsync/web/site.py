@@ -36,7 +36,7 @@ from gitsync.errors import GitsyncError
 from gitsync.kube.client import ApiException
 from gitsync.kube.events import list_events
 from gitsync.kube.rayservices import RayServices
-from gitsync.kube.state import StateStore, state_from
+from gitsync.kube.state import StateStore, hold_from, state_from
 from gitsync.model import ServiceKey
 from gitsync.report.factory import forge_root, repository_path
 from gitsync.source.auth import read_token
@@ -321,6 +321,7 @@ class StatusSite:
                         memory.drift,
                         memory.history,
                         events,
+                        hold_from(data),
                     ),
                 )
             )

@@ -122,6 +122,7 @@ class EnvironmentSummary:
     drift: str
     health: str  # "3/3 Healthy", "2/3 Healthy, 1 Degraded"
     healthy: bool
+    hold: str = ""  # "suspended by alice (why)", "pinned to abc… by bob": "" when neither
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,7 @@ _DONE = {
     Outcome.SUPERSEDED: "superseded by a newer commit",
     Outcome.INTERRUPTED: "interrupted (resumes at the next pass)",
     Outcome.BLOCKED: "blocked",
+    Outcome.HELD: "held (suspended or pinned)",
 }
 _FAILED = (Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.BLOCKED)
 
@@ -479,6 +481,7 @@ def summary(
         _drift_summary(env),
         health,
         healthy,
+        env.hold.describe(),
     )
 
 
