@@ -189,3 +189,36 @@ def test_a_silent_watch_lists_again(
         assert len(informer.objects) == 3
     finally:
         services.close()
+
+
+def test_the_health_wait_reads_a_status_write_within_half_a_second(
+    api: client.ApiClient, own_api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """What ``Rollout._wait`` does between its reads: it follows the cache's changes from
+    the version its list returned, so KubeRay's status write is read as soon as the watch
+    brings it, not at the next ``pollInterval``."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    services = CachedRayServices(own_api, WatchSettings())
+    try:
+        assert sync_once(
+            repo.agent_config(tmp_path / "cache"), services, StateStore(own_api, namespace)
+        ).ok
+        assert services.informers.informer(RAYSERVICES, namespace).wait_synced(10)
+        time.sleep(1.0)  # the simulator's status writes settle
+        latencies = []
+        for attempt in range(3):
+            _, version = services.list_managed_versioned(namespace, "staging")
+            assert version.startswith("cache/")
+            written = time.monotonic()
+            client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, "summarizer",
+                {"status": {"observedGeneration": 100 + attempt}}, field_manager="kuberay-operator",
+            )  # fmt: skip
+            for _, obj in services.watch_managed(namespace, "staging", version, 5.0):
+                if (obj.get("status") or {}).get("observedGeneration") == 100 + attempt:
+                    latencies.append(time.monotonic() - written)
+                    break
+        assert len(latencies) == 3
+        assert max(latencies) < 0.5, latencies
+    finally:
+        services.close()
