@@ -570,6 +570,8 @@ class Agent:
                 self.metrics.sync_total.labels("*", "error").inc()
             self.last_ok = False
             if isinstance(exc.retry, Temporary):
+                if self.cache is not None:  # the API server failed: the cache lists again
+                    self.cache.informers.distrust()
                 self._retry_later()
             return
         finally:

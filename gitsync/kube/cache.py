@@ -77,6 +77,14 @@ class Informers:
         found = self.informer(resource, namespace)
         return found if found.synced else None
 
+    def distrust(self) -> None:
+        """Every informer lists again before its reads are served (the API server or etcd
+        failed a request: a watch may have outlived their restart without closing)."""
+        with self._lock:
+            informers = list(self.by_path.values())
+        for informer in informers:
+            informer.distrust()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

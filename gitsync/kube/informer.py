@@ -17,6 +17,7 @@ ownership checks and drift attribution read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -108,6 +109,7 @@ class Informer:
         self.reasons: list[str] = []  # why each relist happened (the last 32)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._response: Any = None  # the watch's open response (see :meth:`distrust`)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -124,6 +126,18 @@ class Informer:
             self.changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def distrust(self) -> None:
+        """Lists again before serving reads: the API server or etcd failed a request, and a
+        watch left open across their restart may have stopped delivering events without
+        closing. Readers go to the API server until the relist is in."""
+        with self.changed:
+            self.synced = False
+            self.changed.notify_all()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # ends the blocked read on the watch thread
+                response.shutdown()
 
     def wait_synced(self, timeout: float) -> bool:
         """Waits until the first list is in (or ``timeout`` seconds)."""
@@ -217,13 +231,17 @@ class Informer:
             raise Expired
         if response.status != 200:
             raise client.ApiException(status=response.status, reason=response.reason)
+        self._response = response.response
         try:
             for line in iter_resp_lines(response.response):
                 if self._stop.is_set():
                     return
                 if line:
                     yield line
+            if not self.synced:  # distrusted while the watch ran: list again
+                raise urllib3.exceptions.ProtocolError("distrusted")
         finally:
+            self._response = None
             response.response.release_conn()
 
     def _get(self, query: list[tuple[str, str]], timeout: tuple[float, float]) -> Any:

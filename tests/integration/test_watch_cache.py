@@ -187,6 +187,15 @@ def test_a_silent_watch_lists_again(
         lists = informer.lists
         eventually(lambda: informer.lists > lists, 10, "listed again")
         assert len(informer.objects) == 3
+        # A failed request elsewhere (the agent's pass) distrusts the open watch: it is cut
+        # and the namespace listed again before the cache serves reads.
+        eventually(lambda: informer.synced, 10, "watching again")
+        lists, ended = informer.lists, len(informer.reasons)
+        services.informers.distrust()
+        assert not informer.synced
+        eventually(lambda: informer.synced and informer.lists > lists, 10, "relisted")
+        # (a later silence may end the next watch too: the cut one is the first after)
+        assert informer.reasons[ended].startswith("broken"), informer.reasons
     finally:
         services.close()
 
