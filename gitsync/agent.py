@@ -19,8 +19,9 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
+from typing import Any
 
 import urllib3
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,17 +30,20 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
-from gitsync.drift import DriftChecker, DriftReport, drifted_by_kind
+from gitsync.drift import DriftChecker, DriftEvents, DriftReport, drifted_by_kind
 from gitsync.errors import GitsyncError, Temporary
 from gitsync.health import Assessment, assess
+from gitsync.kube.cache import CachedRayServices
 from gitsync.kube.client import ApiClient, ApiException
 from gitsync.kube.events import EventRecorder
+from gitsync.kube.informer import WatchSettings
 from gitsync.kube.lease import LeaderElector
 from gitsync.kube.peers import LeaderPods
-from gitsync.kube.rayservices import RayServicesClient
+from gitsync.kube.rayservices import RayServices, RayServicesClient
 from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
 from gitsync.model import Health, Hold, Outcome, RolloutResult, ServiceKey, WaveEvent
+from gitsync.names import ENVIRONMENT
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
@@ -85,9 +89,20 @@ class Agent:
     stale_after: float | None = None  # seconds without a poll: unhealthy (None: see STALE_*)
 
     def __post_init__(self) -> None:
-        self.services = RayServicesClient(self.api)
+        # Live state from watches (docs/architecture.md, "The watch-backed cache"): passes,
+        # the health refresh and the status page read it; another writer's change to a
+        # managed object is checked for drift at once (docs/drift.md).
+        watch = self.config.watch
+        self.cache = (
+            CachedRayServices(self.api, WatchSettings(silent=watch.silent, timeout=watch.timeout))
+            if watch.enabled
+            else None
+        )
+        self.services: RayServices = self.cache or RayServicesClient(self.api)
         self.recorder = EventRecorder(self.api, self.identity)
-        self.state = StateStore(self.api, self.config.rollout.state_namespace)
+        informers = self.cache.informers if self.cache else None
+        self.state = StateStore(self.api, self.config.rollout.state_namespace, informers)
+        self.drift_events: DriftEvents | None = None
         self.source = GitSource(self.config.repository)
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -193,6 +208,9 @@ class Agent:
             id=PREVIEWS_JOB,
         )
         self.scheduler.start()
+        if self.cache is not None:
+            self.drift_events = DriftEvents(self._drift_on_events, self.config.watch.debounce)
+            self.cache.subscribe(self._changed_outside)
         if self.elector is not None:
             self._election_thread = threading.Thread(
                 target=self.elector.run, args=(self.stopping,), name="gitsync-lease", daemon=True
@@ -242,6 +260,10 @@ class Agent:
                     "the Lease was not released in time: a standby takes over when it expires"
                 )
         self.recorder.close(timeout=max(0.1, min(1.0, began + grace - time.monotonic())))
+        if self.drift_events is not None:
+            self.drift_events.close(timeout=0.1)
+        if self.cache is not None:
+            self.cache.close()
         self.metrics.leader.set(0)
         log.info("agent stopped in %.1fs", time.monotonic() - began)
         return finished
@@ -472,13 +494,39 @@ class Agent:
         release_memory(full=any(r.outcome != "unchanged" for r in results))
         return results
 
-    def drift(self) -> list[DriftReport]:
-        """The scheduled drift check (and self-heal where the environment asks for it). Skipped
-        while a pass runs: a rollout in flight is not drift."""
+    def _changed_outside(
+        self, key: ServiceKey, old: dict[str, Any] | None, new: dict[str, Any] | None
+    ) -> None:
+        """Another writer changed (or deleted) an object gitsync manages: its environment's
+        drift check runs shortly (:class:`DriftEvents`)."""
+        labels = ((new or old or {}).get("metadata") or {}).get("labels") or {}
+        environment = labels.get(ENVIRONMENT)
+        if environment and self.drift_events is not None and self.leading:
+            log.info("%s changed by another writer: checking %s for drift", key, environment)
+            self.drift_events.changed(str(environment))
+
+    def _drift_on_events(self, environments: list[str]) -> bool:
+        """The drift check of ``environments`` on events; False to be tried again (a pass
+        holds the lock). Environments this agent does not roll out are left alone."""
+        mine = [
+            e for e in environments if not self.config.environments or e in self.config.environments
+        ]
+        if not mine or not self.leading or self.stopping.is_set():
+            return True
+        return self._drift(mine) is not None
+
+    def drift(self, environments: Sequence[str] | None = None) -> list[DriftReport]:
+        """The scheduled drift check (and self-heal where the environment asks for it) of
+        ``environments`` (default: all). Skipped while a pass runs: a rollout in flight is
+        not drift."""
+        return self._drift(environments) or []
+
+    def _drift(self, environments: Sequence[str] | None) -> list[DriftReport] | None:
+        """As :meth:`drift`; None when it did not run (not leading, stopping, a pass runs)."""
         if not self.leading or self.stopping.is_set() or not self._lock.acquire(blocking=False):
-            return []
+            return None
         try:
-            reports = self.drift_checker.check(heal=True)
+            reports = self.drift_checker.check(environments, heal=True)
         except GitsyncError as exc:
             log.error("drift check failed: %s", exc)
             return []
@@ -543,6 +591,8 @@ class Agent:
                 self.metrics.sync_total.labels("*", "error").inc()
             self.last_ok = False
             if isinstance(exc.retry, Temporary):
+                if self.cache is not None:  # the API server failed: the cache lists again
+                    self.cache.informers.distrust()
                 self._retry_later()
             return
         finally:

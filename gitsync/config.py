@@ -94,6 +94,19 @@ class DriftSettings:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """The agent's watch-backed cache of live state (``watch`` in the agent config): off,
+    every read goes to the API server. ``silent``: seconds without an event or bookmark that
+    make a watch stalled (listed again); ``timeout``: how long the API server keeps one
+    watch open; ``debounce``: how long drift events are gathered before their check."""
+
+    enabled: bool = True
+    silent: float = 150.0
+    timeout: float = 300.0
+    debounce: float = 0.2
+
+
+@dataclass(frozen=True)
 class PromotionGate:
     """An environment whose ``after:`` names one this agent does not manage waits until the
     commit carries ``gitsync/<that>: success``, reading statuses this often, this long."""
@@ -186,6 +199,7 @@ class AgentConfig:
     promotion: PromotionGate = field(default_factory=PromotionGate)
     webhooks: Webhooks = field(default_factory=Webhooks)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     ui: UiSettings = field(default_factory=UiSettings)
     # Where the other replicas reach this one's webhooks while it leads ("": see advertised_url).
     advertise_url: str = ""
@@ -460,6 +474,29 @@ def _drift(check: Checker, raw: Any) -> DriftSettings:
     return DriftSettings(limit, window)
 
 
+def _watch(check: Checker, raw: Any) -> WatchConfig:
+    at = ("watch",)
+    keys = {"enabled", "silentTimeout", "watchTimeout", "driftDebounce"}
+    if not check.mapping(raw, keys, set(), *at):
+        return WatchConfig()
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        check.add(f"watch.enabled must be true or false, not {enabled!r}", *at, "enabled")
+        enabled = True
+    found = []
+    for key, default in (
+        ("silentTimeout", WatchConfig.silent),
+        ("watchTimeout", WatchConfig.timeout),
+        ("driftDebounce", WatchConfig.debounce),
+    ):
+        value = parse_duration(raw[key]) if key in raw else default
+        if value is None:
+            check.add(f"watch.{key} must be a duration such as '90s'", *at, key)
+            value = default
+        found.append(value)
+    return WatchConfig(enabled, *found)
+
+
 def _webhooks(check: Checker, raw: Any) -> Webhooks:
     at = ("webhooks",)
     _refuse_secrets(check, raw, *at)
@@ -578,6 +615,7 @@ def _environments(check: Checker, raw: Any) -> tuple[str, ...]:
 
 _AGENT_KEYS = {
     "repository",
+    "watch",
     "cacheDir",
     "intervals",
     "status",
@@ -622,6 +660,7 @@ def load_agent_config(
     promotion = _promotion(check, data.get("promotion", {}))
     webhooks = _webhooks(check, data.get("webhooks", {}))
     drift_settings = _drift(check, data.get("drift", {}))
+    watch = _watch(check, data.get("watch", {}))
     ui = _ui(check, data.get("ui", {}))
     probe_listen = _probe_listen(check, data, listen)
     metrics = _metrics(check, data.get("metrics", {}), {listen, probe_listen})
@@ -645,6 +684,7 @@ def load_agent_config(
         promotion=promotion,
         webhooks=webhooks,
         drift=drift_settings,
+        watch=watch,
         ui=ui,
         advertise_url=advertise.rstrip("/"),
         probe_listen=probe_listen,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -306,6 +307,57 @@ class DriftChecker:
                     key, "Normal", "DriftCorrected", f"Git's version at {revision[:12]} re-applied"
                 )
         return result
+
+
+class DriftEvents:
+    """Event-driven drift checks: each environment another writer changed (told by the
+    watch-backed cache, :meth:`gitsync.kube.cache.CachedRayServices.subscribe`) is checked
+    ``debounce`` seconds later, changes meanwhile gathered into one check. ``run`` checks
+    the environments it is given and returns False when it cannot now (a pass is running):
+    they are tried again ``retry`` seconds later. The scheduled check stays the safety net."""
+
+    def __init__(
+        self, run: Callable[[list[str]], bool], debounce: float, retry: float = 0.5
+    ) -> None:
+        self.run, self.debounce, self.retry = run, debounce, retry
+        self.pending: set[str] = set()
+        self.checks = 0  # checks run on events
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="gitsync-drift-events", daemon=True)
+        self._thread.start()
+
+    def changed(self, environment: str) -> None:
+        with self._wake:
+            self.pending.add(environment)
+            self._wake.notify()
+
+    def close(self, timeout: float = 1.0) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self.pending or self._stopped)
+                if self._stopped:
+                    return
+            time.sleep(self.debounce)  # what else that edit changes joins this check
+            with self._wake:
+                environments, self.pending = sorted(self.pending), set()
+            try:
+                done = self.run(environments)
+            except Exception:  # the safety net still runs; this thread must not die
+                log.exception("drift check on events failed")
+                done = True
+            if done:
+                self.checks += 1
+                continue
+            with self._wake:
+                self.pending.update(environments)
+                self._wake.wait_for(lambda: self._stopped, self.retry)
 
 
 def still_drifted(report: DriftReport) -> tuple[Drift, ...]:

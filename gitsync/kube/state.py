@@ -6,6 +6,7 @@ apply (field manager ``gitsync``) so concurrent writers never lose fields to a s
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from kubernetes import client
 
 from gitsync.errors import GitsyncError
+from gitsync.kube.cache import CONFIGMAPS, Informers
 from gitsync.kube.failures import CORE, about, access_refused, temporary
 from gitsync.kube.namespaces import ensure_namespace
 from gitsync.kube.rest import apply, configmap_path, request
@@ -127,9 +129,14 @@ def hold_from(data: dict[str, str]) -> Hold:
 
 
 class StateStore:
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, informers: Informers | None = None
+    ) -> None:
+        """``informers``: read the ConfigMaps from the watch-backed cache
+        (:mod:`gitsync.kube.cache`) while its watch of the namespace is healthy."""
         self.api = api
         self.namespace = namespace
+        self.informers = informers
 
     # -- the two requests every key set uses: one answer to a refusal, in one place.
 
@@ -137,6 +144,11 @@ class StateStore:
         """The ConfigMap ``name``; None when there is none. A transient failure or an access
         refusal propagates (``@about`` retries or names it); any other refusal is a
         GitsyncError saying it could not read ``what``."""
+        watched = self.informers and self.informers.synced(CONFIGMAPS, self.namespace)
+        if watched:  # every state ConfigMap carries managed-by=gitsync: absent is absent
+            with watched.changed:
+                found = watched.objects.get(name)
+            return copy.deepcopy(found) if found is not None else None
         try:
             return request(self.api, "GET", configmap_path(self.namespace, name))
         except client.ApiException as exc:
@@ -151,7 +163,9 @@ class StateStore:
         it is missing; refusals as in :meth:`_get`, saying it could not record ``what``."""
         for attempt in (1, 2):
             try:
-                apply(self.api, configmap_path(self.namespace, name), body, manager)
+                answer = apply(self.api, configmap_path(self.namespace, name), body, manager)
+                if self.informers is not None:
+                    self.informers.informer(CONFIGMAPS, self.namespace).put(answer)
                 return
             except client.ApiException as exc:
                 missing = exc.status == 404 and attempt == 1
@@ -230,6 +244,10 @@ class StateStore:
         """Forgets an environment (a preview that was deleted)."""
         try:
             request(self.api, "DELETE", configmap_path(self.namespace, configmap_name(environment)))
+            if self.informers is not None:
+                self.informers.informer(CONFIGMAPS, self.namespace).forget(
+                    configmap_name(environment)
+                )
         except client.ApiException as exc:
             if temporary(exc) or access_refused(exc):
                 raise

@@ -30,6 +30,27 @@ class CountingRayServices(RayServicesClient):
         return super().apply(obj, dry_run=dry_run, force=force)
 
 
+class RequestLog:
+    """Every request an API client makes (method and URL, query included), from now on."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.calls: list[tuple[str, str]] = []
+        sent = api.rest_client.request
+
+        def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self.calls.append((method, url))
+            return sent(method, url, *args, **kwargs)
+
+        api.rest_client.request = request
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+    def requests(self) -> list[tuple[str, str]]:
+        """The requests made, watches (long-running, not per pass) left out."""
+        return [(m, u) for m, u in self.calls if "watch=1" not in u and "watch=true" not in u]
+
+
 def load(path: Path) -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load(path.read_text())
     return document

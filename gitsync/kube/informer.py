@@ -1,0 +1,351 @@
+"""One watched collection: list once, then watch from the list's resourceVersion.
+
+An :class:`Informer` keeps the objects of one collection path (one kind in one namespace)
+that match a label selector, as client-go's reflector does (``Reflector.ListAndWatch``):
+one list, then a watch from the list's resourceVersion with ``allowWatchBookmarks``, re-opened
+from the last resourceVersion seen when the API server ends it (``timeoutSeconds``). It lists
+again (and says which objects changed meanwhile) when the watch expired (410 Gone: etcd
+compacted past it), broke (a connection error, an API server restart), or went silent: no
+event and no bookmark for ``silent`` seconds, the socket's read timeout (a watch that stalls
+without closing). While it lists again, :attr:`synced` is False and readers go to the API
+server instead.
+
+Stored objects are compacted (:func:`compact`): only the fields gitsync reads, and
+``managedFields`` reduced to the manager, operation, subresource, time and field set that
+ownership checks and drift attribution read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes.watch.watch import iter_resp_lines
+
+from gitsync.kube.client import REQUEST_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+# (type, old, new): ADDED has no old, DELETED no new. Relisting reports what changed the same way.
+Event = tuple[str, dict[str, Any] | None, dict[str, Any] | None]
+
+# What is kept of a managedFields entry: who, how, where, when and which fields.
+_MANAGED_KEYS = ("manager", "operation", "subresource", "time", "fieldsV1")
+# Metadata gitsync never reads.
+_DROPPED_METADATA = frozenset({"selfLink"})
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How the watches behave (``cache`` in the agent config, docs/agent-config.md).
+
+    ``silent``: seconds without an event or bookmark after which a watch is taken for stalled
+    and the collection listed again (the API server sends a bookmark about every minute).
+    ``timeout``: seconds the API server keeps one watch open (re-opened from where it was).
+    ``history``: the changes kept for :meth:`Informer.changes` (a reader that falls further
+    behind reads the whole collection again)."""
+
+    silent: float = 150.0
+    timeout: float = 300.0
+    history: int = 4096
+    backoff: float = 1.0
+    longest_backoff: float = 30.0
+
+
+def compact(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` as the cache keeps it: every field but ``selfLink``, ``managedFields`` reduced
+    to what ownership checks and drift attribution read."""
+    metadata = obj.get("metadata") or {}
+    kept = {k: v for k, v in metadata.items() if k not in _DROPPED_METADATA}
+    if "managedFields" in metadata:
+        kept["managedFields"] = [
+            {k: entry[k] for k in _MANAGED_KEYS if k in entry}
+            for entry in metadata.get("managedFields") or []
+        ]
+    return {**obj, "metadata": kept}
+
+
+class Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+class Informer:
+    """The objects of one collection ``path`` matching ``selector``, kept by a thread.
+
+    ``on_event`` is called (on that thread) with every change after the first list:
+    watch events, and the differences a relist finds. ``kind``/``api_version`` fill what a
+    list's items leave out."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        path: str,
+        selector: str,
+        settings: WatchSettings,
+        *,
+        kind: str,
+        api_version: str,
+        on_event: Callable[[Event], None] = lambda event: None,
+    ) -> None:
+        self.api, self.path, self.selector, self.settings = api, path, selector, settings
+        self.kind, self.api_version, self.on_event = kind, api_version, on_event
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.version = ""  # the last resourceVersion seen (list, event or bookmark)
+        self.sequence = 0  # counts the changes applied to :attr:`objects`
+        self.history: deque[tuple[int, Event]] = deque(maxlen=settings.history)
+        self.changed = threading.Condition()
+        self.synced = False
+        self.lists = 0  # lists made (the first one, then every relist)
+        self.watches = 0  # watches opened
+        self.reasons: list[str] = []  # why each relist happened (the last 32)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._response: Any = None  # the watch's open response (see :meth:`distrust`)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.run, name=f"gitsync-watch {self.path}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        with self.changed:
+            self.synced = False
+            self.changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def distrust(self) -> None:
+        """Lists again before serving reads: the API server or etcd failed a request, and a
+        watch left open across their restart may have stopped delivering events without
+        closing. Readers go to the API server until the relist is in."""
+        with self.changed:
+            self.synced = False
+            self.changed.notify_all()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # ends the blocked read on the watch thread
+                response.shutdown()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Waits until the first list is in (or ``timeout`` seconds)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.synced or self._stop.is_set(), timeout)
+
+    def run(self) -> None:
+        """List, watch until the watch must be listed again, repeat; a failed list waits
+        (doubling from ``backoff`` to ``longest_backoff``) and lists again."""
+        wait = self.settings.backoff
+        while not self._stop.is_set():
+            try:
+                self.relist()
+            except (client.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                log.info("cannot list %s: %s; again in %.0fs", self.path, exc, wait)
+                self._stop.wait(wait)
+                wait = min(wait * 2, self.settings.longest_backoff)
+                continue
+            wait = self.settings.backoff
+            reason = self.watch_until_broken()
+            self.reasons = [*self.reasons[-31:], reason]
+            log.info("watch of %s ended (%s): listing again", self.path, reason)
+            with self.changed:
+                self.synced = False
+
+    # -- list and watch ----------------------------------------------------------------------
+
+    def _query(self, **extra: str) -> list[tuple[str, str]]:
+        return [("labelSelector", self.selector), *extra.items()]
+
+    def relist(self) -> None:
+        """One list: the store becomes it, and each difference from what was kept is an
+        event (after the first list), so nothing that changed while no watch ran is missed."""
+        connect, read = getattr(self.api.rest_client, "timeout", REQUEST_TIMEOUT)
+        response = self._get(self._query(), (connect, read + 30))
+        data = response.read()
+        if response.status != 200:
+            raise client.ApiException(status=response.status, reason=response.reason, body=data)
+        listing = json.loads(data)
+        fresh = {}
+        for item in listing.get("items") or []:
+            item.setdefault("apiVersion", self.api_version)
+            item.setdefault("kind", self.kind)
+            fresh[item["metadata"]["name"]] = compact(item)
+        self.lists += 1
+        with self.changed:
+            events: list[Event] = []
+            if self.lists > 1:
+                events = [("DELETED", o, None) for n, o in self.objects.items() if n not in fresh]
+                events += [
+                    ("ADDED" if n not in self.objects else "MODIFIED", self.objects.get(n), o)
+                    for n, o in fresh.items()
+                    if _version(self.objects.get(n)) != _version(o)
+                ]
+            self.objects = fresh
+            self.version = str(listing["metadata"]["resourceVersion"])
+            self._record(events)
+            self.synced = True
+            self.changed.notify_all()
+        for event in events:
+            self._tell(event)
+
+    def watch_until_broken(self) -> str:
+        """Applies watch events until the watch must be listed again; the reason."""
+        while not self._stop.is_set():
+            try:
+                for line in self._stream():
+                    self._apply(json.loads(line))
+            except Expired:
+                return "expired"
+            except urllib3.exceptions.ReadTimeoutError:
+                return "silent"
+            except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                return f"broken: {type(exc).__name__}"
+            except ValueError as exc:  # a line cut short by a dying connection
+                return f"broken: {type(exc).__name__}"
+        return "stopped"
+
+    def _stream(self) -> Iterator[str]:
+        """One watch request's lines: ends when the API server ends the watch."""
+        connect, _ = getattr(self.api.rest_client, "timeout", REQUEST_TIMEOUT)
+        query = self._query(
+            watch="1",
+            allowWatchBookmarks="true",
+            resourceVersion=self.version,
+            timeoutSeconds=str(max(1, round(self.settings.timeout))),
+        )
+        response = self._get(query, (connect, self.settings.silent))
+        self.watches += 1
+        if response.status == 410:
+            raise Expired
+        if response.status != 200:
+            raise client.ApiException(status=response.status, reason=response.reason)
+        self._response = response.response
+        try:
+            for line in iter_resp_lines(response.response):
+                if self._stop.is_set():
+                    return
+                if line:
+                    yield line
+            if not self.synced:  # distrusted while the watch ran: list again
+                raise urllib3.exceptions.ProtocolError("distrusted")
+        finally:
+            self._response = None
+            response.response.release_conn()
+
+    def _get(self, query: list[tuple[str, str]], timeout: tuple[float, float]) -> Any:
+        serialized = self.api.param_serialize(
+            "GET",
+            self.path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        return self.api.call_api(*serialized, _request_timeout=timeout)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Expired
+            raise client.ApiException(status=obj.get("code"), reason=obj.get("message"))
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
+        if kind == "BOOKMARK":
+            self.version = version
+            return
+        obj.setdefault("apiVersion", self.api_version)
+        obj.setdefault("kind", self.kind)
+        name = obj["metadata"]["name"]
+        with self.changed:
+            old = self.objects.get(name)
+            new = None if kind == "DELETED" else compact(obj)
+            if new is None:
+                self.objects.pop(name, None)
+            else:
+                self.objects[name] = new
+            self.version = version
+            change: Event = (str(kind), old, new)
+            self._record([change])
+            self.changed.notify_all()
+        self._tell(change)
+
+    def _record(self, events: list[Event]) -> None:
+        for event in events:
+            self.sequence += 1
+            self.history.append((self.sequence, event))
+
+    def _tell(self, event: Event) -> None:
+        try:
+            self.on_event(event)
+        except Exception:  # a subscriber's bug must not stop the watch
+            log.exception("a watch subscriber failed on %s", self.path)
+
+    # -- what gitsync itself wrote -----------------------------------------------------------
+
+    def put(self, obj: dict[str, Any]) -> None:
+        """An object gitsync just wrote (the API server's answer): kept at once, unless the
+        watch already brought a newer version."""
+        name = obj["metadata"]["name"]
+        with self.changed:
+            if _newer(obj, self.objects.get(name)):
+                self.objects[name] = compact(obj)
+
+    def forget(self, name: str) -> None:
+        """An object gitsync just deleted."""
+        with self.changed:
+            self.objects.pop(name, None)
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def changes(
+        self, since: int, seconds: float, stop: threading.Event | None = None
+    ) -> Iterator[Event] | None:
+        """The changes after sequence ``since``, waiting up to ``seconds`` for them, as they
+        come; None when ``since`` is older than the history kept (read everything again)."""
+        with self.changed:
+            if self.history and self.history[0][0] > since + 1 and self.sequence > since:
+                return None
+        return self._follow(since, time.monotonic() + seconds, stop)
+
+    def _follow(self, since: int, deadline: float, stop: threading.Event | None) -> Iterator[Event]:
+        seen = since
+
+        def news() -> bool:
+            return self.sequence > seen or not self.synced
+
+        while True:
+            with self.changed:
+                self.changed.wait_for(news, max(0.0, min(0.5, deadline - time.monotonic())))
+                fresh = [(n, e) for n, e in self.history if n > seen]
+                synced = self.synced
+            for number, event in fresh:
+                seen = number
+                yield event
+            if not synced or time.monotonic() >= deadline or (stop and stop.is_set()):
+                return
+
+
+def _version(obj: dict[str, Any] | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _newer(obj: dict[str, Any], kept: dict[str, Any] | None) -> bool:
+    """Whether ``obj`` is newer than ``kept`` (resourceVersions are etcd revisions: numbers,
+    though clients are told to treat them as opaque, so anything else counts as newer)."""
+    mine, theirs = _version(obj), _version(kept)
+    if not theirs:
+        return True
+    if mine.isdigit() and theirs.isdigit():
+        return int(mine) >= int(theirs)
+    return True

@@ -1,0 +1,168 @@
+"""The cache's bookkeeping without a network: watch events applied to the store, bounded
+history, readers that fall behind, who wrote a change, compaction, the dry-run memory.
+(tests/integration/test_watch_cache.py runs the same against the real API server.)"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from gitsync.kube.cache import DryRuns, Writes, _content
+from gitsync.kube.informer import Event, Expired, Informer, WatchSettings, compact
+from gitsync.model import ServiceKey
+
+KEY = ServiceKey("ns", "ranker")
+
+
+def obj(
+    version: int, *, spec: int = 1, writers: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "ranker",
+            "resourceVersion": str(version),
+            "managedFields": writers
+            if writers is not None
+            else [{"manager": "gitsync", "operation": "Apply", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"value": spec},
+    }
+
+
+def informer(history: int = 4) -> tuple[Informer, list[Event]]:
+    told: list[Event] = []
+    found = Informer(
+        None,  # no request is made in these tests
+        "/apis/ray.io/v1/namespaces/ns/rayservices",
+        "app.kubernetes.io/managed-by=gitsync",
+        WatchSettings(history=history),
+        kind="RayService",
+        api_version="ray.io/v1",
+        on_event=told.append,
+    )
+    found.synced = True
+    return found, told
+
+
+def test_watch_events_update_the_store_and_are_told() -> None:
+    store, told = informer()
+    store._apply({"type": "ADDED", "object": obj(1)})
+    store._apply({"type": "MODIFIED", "object": obj(2, spec=2)})
+    assert store.objects["ranker"]["spec"] == {"value": 2}
+    assert store.objects["ranker"]["apiVersion"] == "ray.io/v1"  # filled in
+    store._apply({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})
+    assert store.version == "9"
+    assert len(told) == 2  # a bookmark changes nothing
+    store._apply({"type": "DELETED", "object": obj(10)})
+    assert store.objects == {}
+    assert [kind for kind, _, _ in told] == ["ADDED", "MODIFIED", "DELETED"]
+    assert told[1][1] is not None
+    assert told[1][1]["spec"] == {"value": 1}  # the old object comes with the change
+
+
+def test_a_410_error_event_is_expired_and_another_error_breaks_the_watch() -> None:
+    store, _ = informer()
+    with pytest.raises(Expired):
+        store._apply({"type": "ERROR", "object": {"code": 410, "message": "too old"}})
+    with pytest.raises(Exception, match="500"):
+        store._apply({"type": "ERROR", "object": {"code": 500, "message": "etcd"}})
+
+
+def test_the_history_is_bounded_and_a_reader_too_far_behind_reads_everything() -> None:
+    store, _ = informer(history=4)
+    for version in range(1, 11):
+        store._apply({"type": "MODIFIED", "object": obj(version, spec=version)})
+    assert len(store.history) == 4
+    assert store.changes(0, 0.0) is None  # six changes were dropped: list again
+    recent = store.changes(8, 0.0)
+    assert recent is not None
+    assert [new["spec"]["value"] for _, _, new in recent if new] == [9, 10]
+
+
+def test_a_follower_wakes_on_the_next_change_and_stops_when_the_watch_breaks() -> None:
+    store, _ = informer()
+    changes = store.changes(store.sequence, 5.0)
+    assert changes is not None
+
+    def later() -> None:
+        store._apply({"type": "MODIFIED", "object": obj(3)})
+        with store.changed:
+            store.synced = False
+            store.changed.notify_all()
+
+    threading.Timer(0.1, later).start()
+    assert [kind for kind, _, _ in changes] == ["MODIFIED"]  # then the broken watch ends it
+
+
+def test_put_keeps_a_write_unless_the_watch_brought_a_newer_version() -> None:
+    store, _ = informer()
+    store._apply({"type": "MODIFIED", "object": obj(5, spec=5)})
+    store.put(obj(4, spec=4))
+    assert store.objects["ranker"]["spec"] == {"value": 5}
+    store.put(obj(6, spec=6))
+    assert store.objects["ranker"]["spec"] == {"value": 6}
+
+
+def test_compaction_keeps_what_ownership_and_attribution_read() -> None:
+    entry = {
+        "manager": "kubectl-edit",
+        "operation": "Update",
+        "apiVersion": "ray.io/v1",
+        "fieldsType": "FieldsV1",
+        "time": "2026-12-04T10:00:00Z",
+        "fieldsV1": {"f:spec": {"f:x": {}}},
+    }
+    kept = compact(
+        {
+            **obj(1, writers=[entry]),
+            "metadata": {**obj(1, writers=[entry])["metadata"], "selfLink": "/x"},
+        }
+    )
+    assert kept["metadata"]["managedFields"] == [
+        {k: entry[k] for k in ("manager", "operation", "time", "fieldsV1")}
+    ]
+    assert "selfLink" not in kept["metadata"]
+
+
+def test_another_writers_change_is_foreign_and_gitsyncs_own_or_a_status_write_is_not() -> None:
+    writes = Writes()
+    before = obj(1)
+    edited = obj(
+        2,
+        writers=[
+            *before["metadata"]["managedFields"],
+            {"manager": "kubectl-edit", "fieldsV1": {"f:spec": {}}},
+        ],
+    )
+    status = obj(
+        3,
+        writers=[
+            *before["metadata"]["managedFields"],
+            {"manager": "kuberay", "subresource": "status", "fieldsV1": {}},
+        ],
+    )
+    assert writes.foreign(KEY, before, edited)
+    assert not writes.foreign(KEY, before, status)
+    assert writes.foreign(KEY, before, None)  # deleted by someone else
+    writes.begin(KEY)  # gitsync's apply in flight
+    assert not writes.foreign(KEY, before, edited)
+    writes.end(KEY, "2")
+    assert not writes.foreign(KEY, before, edited)  # the version gitsync's apply returned
+    writes.begin(KEY)
+    writes.end(KEY, "")
+    assert writes.foreign(KEY, before, obj(4, writers=edited["metadata"]["managedFields"]))
+
+
+def test_a_dry_run_is_remembered_until_the_body_or_the_live_object_changes() -> None:
+    memory = DryRuns()
+    body = {"spec": {"value": 1}}
+    memo, known = memory.answer(KEY, body, _content(obj(1)), force=True)
+    assert known is None
+    memory.keep(KEY, memo, {"answer": 1})
+    with_status = {**obj(2), "status": {"ready": True}}  # KubeRay's status write: same content
+    assert memory.answer(KEY, body, _content(with_status), force=True)[1] == {"answer": 1}
+    assert memory.answer(KEY, body, _content(obj(3, spec=9)), force=True)[1] is None
+    assert memory.answer(KEY, {"spec": {"value": 2}}, _content(obj(1)), force=True)[1] is None
+    assert (memory.asked, memory.remembered) == (1, 1)
