@@ -49,6 +49,7 @@ class Inputs:
     """The files a render reads (repo-relative → bytes), the patches, and what is refused."""
 
     files: dict[str, bytes] = field(default_factory=dict)
+    resources: list[str] = field(default_factory=list)  # files listed as resources
     patches: list[PatchSite] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
@@ -104,7 +105,9 @@ def render_environment(
         return [], [_env_problem(env, failure)], len(inputs.files)
     texts = _Texts(inputs.files)
     if renderer == "kustomize":
-        documents, problems = kustomize_documents(output, env.path, texts, inputs.patches)
+        documents, problems = kustomize_documents(
+            output, env.path, texts, inputs.resources, inputs.patches
+        )
     else:
         assert env.source.helm is not None  # renderer_of: helm only with a helm source
         documents, problems = helm_documents(output, env.source.helm.chart, texts)
@@ -156,6 +159,11 @@ def _kustomize_inputs(root: Path, env: EnvironmentConfig) -> Inputs:
         found = read_kustomization(text, name, allow_remote=env.source.allow_remote)
         inputs.problems.extend(found.problems)
         pending.extend(r.path for r in found.references if (root / r.path).is_dir())
+        inputs.resources.extend(
+            r.path
+            for r in found.references
+            if r.field in ("resources", "bases") and r.path in inputs.files
+        )
         for ref, kind, target in found.patches:
             data = inputs.files.get(ref.path)
             if data is not None:
@@ -179,12 +187,8 @@ def _helm_inputs(root: Path, env: EnvironmentConfig) -> Inputs:
             )
         )
         return inputs
-    vendored = (
-        {p.split("/")[0] for p in (root / helm.chart / "charts").glob("*")}
-        if (root / helm.chart / "charts").is_dir()
-        else set()
-    )
-    vendored = {Path(p).name for p in vendored}
+    charts = root / helm.chart / "charts"
+    vendored = {p.name for p in charts.iterdir()} if charts.is_dir() else set()
     inputs.problems.extend(
         chart_problems(helm.chart, chart_yaml.decode(errors="replace"), vendored)
     )
@@ -324,7 +328,6 @@ def _render_in_copy(
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             (work / name).write_bytes(data)
         if renderer == "kustomize":
-            _with_origins(work / (env.path or "."))
             args = [
                 *argv,
                 str(work / (env.path or ".")),
@@ -347,27 +350,6 @@ def _render_in_copy(
         if failure is not None:
             failure = f"{renderer} failed: {clean_message(failure, str(work))}"
         return output, failure, lasting
-
-
-def _with_origins(folder: Path) -> None:
-    """Adds ``buildMetadata: [originAnnotations]`` to the copy's top kustomization, so each
-    rendered object names its origin file (appended: the lines above stay where they were)."""
-    import yaml  # noqa: PLC0415  (only rendering needs it here)
-
-    path = next(folder / n for n in KUSTOMIZATION_FILES if (folder / n).is_file())
-    text = path.read_text(errors="replace")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return  # kustomize reports it
-    if not isinstance(data, dict):
-        return
-    if "buildMetadata" not in data:
-        path.write_text(text.rstrip("\n") + "\nbuildMetadata: [originAnnotations]\n")
-        return
-    metadata = data["buildMetadata"] if isinstance(data["buildMetadata"], list) else []
-    data["buildMetadata"] = [*metadata, "originAnnotations"]
-    path.write_text(yaml.safe_dump(data))
 
 
 def sandbox_environment(home: Path, allow_network: bool) -> dict[str, str]:
