@@ -6,9 +6,9 @@ render reads (every kustomization a build reaches, or the chart and its values f
 copying them into a temporary tree (symlinks followed only inside the repository), and running
 the tool there: no network (no PATH for git, proxies pointing nowhere), no kubeconfig, no
 home, kustomize's load restrictor on and its plugins, exec functions and Helm inflator off, a
-time limit and an output limit. The output is kept by a key over everything the render read,
-so an environment whose inputs did not change is not rendered again. What the output means is
-:mod:`gitsync.manifests.render`'s business.
+time limit, a memory limit and an output limit. The output is kept by a key over everything
+the render read, so an environment whose inputs did not change is not rendered again. What
+the output means is :mod:`gitsync.manifests.render`'s business.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,9 @@ from gitsync.model import Problem
 
 # The rendered manifests of one environment are held in memory like a tree's manifests.
 MAX_RENDER_BYTES = MAX_TREE_BYTES
+# Address space per render: the example chart and a 1,000-service overlay need far less; a
+# template that makes 100 MB of YAML would hold over 1 GiB before printing a byte.
+MAX_RENDER_MEMORY = 1024 * 1024 * 1024
 _NOWHERE = "http://127.0.0.1:9"  # the discard port: a proxy that answers nothing
 
 
@@ -376,6 +380,18 @@ def sandbox_environment(home: Path, allow_network: bool) -> dict[str, str]:
     return env
 
 
+def _with_memory_limit(args: list[str]) -> list[str]:
+    """``args`` run under the address-space limit: a Python that sets it, then execs the tool
+    (``preexec_fn`` is unsafe in the agent's threads, and a limit set from outside after the
+    start races the Go runtime's first reservations)."""
+    code = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_AS, ({MAX_RENDER_MEMORY}, {MAX_RENDER_MEMORY})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-I", "-S", "-c", code, *args]
+
+
 def run_sandboxed(
     args: list[str], tmp: Path, env: EnvironmentConfig, max_bytes: int = MAX_RENDER_BYTES
 ) -> tuple[str, str | None, bool]:
@@ -383,7 +399,7 @@ def run_sandboxed(
     sandbox = sandbox_environment(tmp / "home", env.source.allow_remote)
     with (tmp / "out").open("w+b") as out, (tmp / "err").open("w+b") as err:
         proc = subprocess.Popen(
-            args,
+            _with_memory_limit(args),
             cwd=tmp,
             env=sandbox,
             stdin=subprocess.DEVNULL,
@@ -410,9 +426,8 @@ def run_sandboxed(
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
-            return (
-                "",
-                err.read(64 * 1024).decode(errors="replace") or f"exit {proc.returncode}",
-                True,
-            )
+            message = err.read(64 * 1024).decode(errors="replace") or f"exit {proc.returncode}"
+            if "out of memory" in message or "cannot allocate memory" in message:
+                message = f"the render needed more than {MAX_RENDER_MEMORY >> 20} MiB, the limit"
+            return "", message, True
         return out.read().decode(errors="replace"), None, True
