@@ -361,6 +361,11 @@ def kustomize_documents(
         return [], problems
     parsed = {f: parse_documents(sources.get(f, ""), f)[0] for f in resources if f in sources}
     patch_list = list(patches)
+    index: dict[tuple[str, str], Document] = {}  # (kind, name) → first declaring document
+    for found in (d for file in sorted(parsed) for d in parsed[file]):
+        key = (_at(found.data, ("kind",)), _at(found.data, ("metadata", "name")))
+        if all(isinstance(k, str) for k in key):
+            index.setdefault(key, found)
     documents: list[Document] = []
     for doc in rendered:
         data, origin = (
@@ -369,7 +374,10 @@ def kustomize_documents(
         named = origin_path(origin, folder)
         if named is not None and named not in parsed:
             parsed[named] = parse_documents(sources.get(named, ""), named)[0]
-        source = _find_origin(parsed, named, data)
+        key = (_at(data, ("kind",)), _at(data, ("metadata", "name")))
+        exact = index.get(key) if all(isinstance(k, str) for k in key) else None
+        source = exact if exact is not None and named in (None, exact.file) else None
+        source = source or _find_origin(parsed, named, data)
         file = source.file if source is not None else named or f"{folder}/kustomization.yaml"
         documents.append(_as_rendered(file, data, source, patch_list))
     return documents, []
