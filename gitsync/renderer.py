@@ -45,6 +45,8 @@ MAX_RENDER_BYTES = MAX_TREE_BYTES
 # Address space per render: the example chart and a 1,000-service overlay need far less; a
 # template that makes 100 MB of YAML would hold over 1 GiB before printing a byte.
 MAX_RENDER_MEMORY = 1024 * 1024 * 1024
+# Renders kept: the current and the previous few revisions' of every environment (at most 100).
+MAX_CACHED_RENDERS = 400
 _NOWHERE = "http://127.0.0.1:9"  # the discard port: a proxy that answers nothing
 
 
@@ -302,6 +304,7 @@ def _cached_run(
         for suffix, failed in ((".out", False), (".err", True)):
             try:
                 text = (cache / f"{key}{suffix}").read_text()
+                os.utime(cache / f"{key}{suffix}")  # recently used: pruned last
             except OSError:
                 continue
             return ("", text) if failed else (text, None)
@@ -317,8 +320,16 @@ def _store(cache: Path, name: str, text: str) -> None:
         with tempfile.NamedTemporaryFile("w", dir=cache, delete=False) as out:
             out.write(text)
         os.replace(out.name, cache / name)
+        _prune(cache)
     except OSError:
         pass  # a read-only cache only costs the next pass a render
+
+
+def _prune(cache: Path) -> None:
+    """Keeps the most recently used renders: a few per environment of a full repository."""
+    entries = sorted(cache.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in entries[MAX_CACHED_RENDERS:]:
+        stale.unlink(missing_ok=True)
 
 
 def _render_in_copy(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from gitsync import renderer
 from gitsync.checkout import read_tree, read_tree_cached
 from gitsync.cli import main
 from testbed.binaries import Binaries
@@ -233,6 +234,7 @@ def test_renders_are_cached_by_what_they_read(
 ) -> None:
     wrapper, log = counting_tool(binaries.kubectl, tmp_path)
     monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(wrapper))
+    monkeypatch.setattr(renderer, "MAX_CACHED_RENDERS", 3)
     repo, cache = copy(KUSTOMIZE, tmp_path), tmp_path / "renders"
 
     def runs() -> int:
@@ -249,6 +251,7 @@ def test_renders_are_cached_by_what_they_read(
     edit(repo / "base/ranker.yaml", "max_replicas: 2", "max_replicas: 3")
     assert read_tree(repo, render_cache=cache).ok
     assert runs() == 5
+    assert len(list(cache.iterdir())) == 3  # the least recently used renders pruned
     # A pass at a revision already read renders nothing (the tree's report is kept).
     tree = tmp_path / "trees" / "abc"
     shutil.copytree(repo, tree)
