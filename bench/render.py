@@ -1,11 +1,13 @@
 """What rendering an environment through a kustomize overlay costs.
 
 Generates a base of N RayServices (the example's ranker, renamed) and a production overlay
-that patches the image tag of all and the replicas of each, then times reading the tree as a
-pass does: the plain-YAML environment (no render, the baseline), the overlay rendered (the
-cache empty), and the overlay again at a new revision whose rendered inputs did not change
-(the cache answers; a pass at the same revision reuses the tree's report and renders nothing).
-The tools come from GITSYNC_KUSTOMIZE or PATH, or the test bed's kubectl.
+that sets the image tag of all and patches their replicas, with one patch for every service
+(the common case) or one patch per service (the worst: kustomize matches every patch against
+every resource), then times reading the tree as a pass does: the plain-YAML environment (no
+render, the baseline), the overlay rendered (the cache empty), and the overlay again at a new
+revision whose rendered inputs did not change (the cache answers; a pass at the same revision
+reuses the tree's report and renders nothing). The tools come from GITSYNC_KUSTOMIZE or PATH,
+or the test bed's kubectl.
 
     .venv/bin/python -m bench.render [SERVICES ...]
 """
@@ -25,7 +27,7 @@ from testbed.binaries import ensure_binaries
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "repo-layout"
 
 
-def build_repo(root: Path, services: int) -> None:
+def build_repo(root: Path, services: int, per_service: bool = False) -> None:
     template = (EXAMPLES / "environments/staging/ranker.yaml").read_text()
     (root / "base").mkdir(parents=True)
     (root / "plain").mkdir()
@@ -36,8 +38,11 @@ def build_repo(root: Path, services: int) -> None:
         text = template.replace("name: ranker", f"name: {name}")
         (root / "base" / f"{name}.yaml").write_text(text)
         (root / "plain" / f"{name}.yaml").write_text(text)
+    for target in (
+        [f"kind: RayService, name: {n}" for n in names] if per_service else ["kind: RayService"]
+    ):
         patches.append(
-            f"  - target: {{kind: RayService, name: {name}}}\n"
+            f"  - target: {{{target}}}\n"
             "    patch: |\n      - op: replace\n"
             "        path: /spec/rayClusterConfig/workerGroupSpecs/0/replicas\n        value: 3\n"
         )
@@ -51,7 +56,7 @@ def build_repo(root: Path, services: int) -> None:
     (root / "gitsync.yaml").write_text(
         "environments:\n"
         "  - {name: plain, path: plain, namespace: ray-plain}\n"
-        "  - {name: production, path: overlay, namespace: ray-production}\n"
+        "  - {name: production, path: overlay, namespace: ray-production, renderTimeout: 600s}\n"
     )
 
 
@@ -66,10 +71,10 @@ def timed(root: Path, cache: Path) -> tuple[float, float]:
     return total, time.perf_counter() - plain
 
 
-def measure(services: int) -> dict[str, float]:
+def measure(services: int, per_service: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="gitsync-bench-render-") as tmp:
         root, cache = Path(tmp) / "repo", Path(tmp) / "renders"
-        build_repo(root, services)
+        build_repo(root, services, per_service)
         only = root / "plain-only"
         only.mkdir()
         shutil.copytree(root / "plain", only / "plain")
@@ -85,12 +90,14 @@ def measure(services: int) -> dict[str, float]:
 def main(argv: list[str]) -> int:
     if "GITSYNC_KUSTOMIZE" not in os.environ:
         os.environ["GITSYNC_KUSTOMIZE"] = str(ensure_binaries(quiet=True).kubectl)
-    print("| services | plain YAML read | overlay rendered (cache empty) | overlay, cache hit |")
-    print("|---:|---:|---:|---:|")
+    print("| services | patches | plain YAML read | overlay rendered (cache empty) | cache hit |")
+    print("|---:|---|---:|---:|---:|")
     for services in [int(a) for a in argv] or [100, 1000]:
-        got = measure(services)
-        cells = " | ".join(f"{got[k]:.2f} s" for k in ("plain", "cold", "cached"))
-        print(f"| {services} | {cells} |")
+        for per_service in (False, True):
+            got = measure(services, per_service)
+            cells = " | ".join(f"{got[k]:.2f} s" for k in ("plain", "cold", "cached"))
+            what = "one per service" if per_service else "one for all"
+            print(f"| {services} | {what} | {cells} |", flush=True)
     return 0
 
 
