@@ -300,3 +300,22 @@ def test_sync_applies_the_rendered_overlay_and_nothing_from_a_failed_render(
     assert {n: i["metadata"]["resourceVersion"] for n, i in after.items()} == {
         n: i["metadata"]["resourceVersion"] for n, i in applied.items()
     }
+
+
+def test_sync_applies_the_rendered_chart(
+    api: client.ApiClient,
+    namespace: str,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, example=HELM)
+    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+    args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["sync", "--once", *args]) == 0
+    assert f"staging: succeeded at {repo.revisions[0][:12]}" in capsys.readouterr().out
+    items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL
+    )["items"]
+    assert sorted(i["metadata"]["name"] for i in items) == ["embedder", "ranker"]
