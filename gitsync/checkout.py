@@ -33,7 +33,7 @@ from gitsync.manifests.repoconfig import (
 )
 from gitsync.manifests.yamldoc import Document, decode, parse_documents
 from gitsync.model import Problem, SourceFile
-from gitsync.renderer import render_environment, renderer_of
+from gitsync.renderer import TIMED_OUT, render_environment, renderer_of
 
 
 @dataclass(frozen=True)
@@ -326,6 +326,8 @@ def read_tree_cached(root: Path) -> TreeReport:
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError):
         pass  # absent, partial or from another layout: read the tree
     report = read_tree(root, render_cache=root.parent / "renders")
+    if any(TIMED_OUT in p.message for p in report.problems):
+        return report  # the next pass renders again
     try:
         with tempfile.NamedTemporaryFile(
             dir=cache.parent, prefix=f"{root.name}.report-", delete=False

@@ -45,6 +45,8 @@ MAX_RENDER_BYTES = MAX_TREE_BYTES
 # Address space per render: the example chart and a 1,000-service overlay need far less; a
 # template that makes 100 MB of YAML would hold over 1 GiB before printing a byte.
 MAX_RENDER_MEMORY = 1024 * 1024 * 1024
+# A render stopped at its time limit may pass on the next try (a busy node): never kept.
+TIMED_OUT = "the render took more than"
 # Renders kept: the current and the previous few revisions' of every environment (at most 100).
 MAX_CACHED_RENDERS = 400
 _NOWHERE = "http://127.0.0.1:9"  # the discard port: a proxy that answers nothing
@@ -424,7 +426,7 @@ def run_sandboxed(
                 why = f"the render is over {max_bytes} bytes, the limit per environment"
             elif time.monotonic() > deadline:
                 why = (
-                    f"the render took more than {env.source.timeout:g} s, the limit "
+                    f"{TIMED_OUT} {env.source.timeout:g} s, the limit "
                     "(renderTimeout in gitsync.yaml)"
                 )
             if why is not None:
