@@ -42,6 +42,7 @@ _LISTS = (
 _GENERATORS = ("configMapGenerator", "secretGenerator")
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@|github\.com/|gitlab\.com/|bitbucket\.org/)")
 _SOURCE = re.compile(r"^# Source: (.+)$", re.MULTILINE)
+_SEPARATOR = re.compile(r"^---[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,25 @@ def _patched(
     return found
 
 
+def parse_stream(output: str, file: str) -> tuple[list[Document], list[Problem]]:
+    """A renderer's output, one document at a time: each is bounded like a file of its own
+    (1,000 rendered RayServices are far more values than one file may hold), and keeps its
+    line in the whole output."""
+    separators = list(_SEPARATOR.finditer(output))
+    starts = [0, *(m.end() for m in separators)]
+    ends = [*(m.start() for m in separators), len(output)]
+    documents: list[Document] = []
+    lines, counted = 0, 0  # newlines in output[:counted]
+    for start, end in zip(starts, ends, strict=True):
+        lines += output.count("\n", counted, start)
+        counted = start
+        found, problems = parse_documents(output[start:end], file, offset=lines)
+        if problems:
+            return [], problems
+        documents.extend(found)
+    return documents, []
+
+
 def kustomize_documents(
     output: str,
     folder: str,
@@ -356,7 +376,7 @@ def kustomize_documents(
     ``buildMetadata: [originAnnotations]`` itself, because kustomize v5 (as kubectl v1.35
     embeds it) then applies patches about 30 times slower (100 services each patched: 2 s →
     57 s), and the slowdown grows with the number of resources."""
-    rendered, problems = parse_documents(output, f"{folder}/kustomization.yaml (rendered)")
+    rendered, problems = parse_stream(output, f"{folder}/kustomization.yaml (rendered)")
     if problems:
         return [], problems
     parsed = {f: parse_documents(sources.get(f, ""), f)[0] for f in resources if f in sources}
@@ -400,7 +420,7 @@ def helm_documents(
     """``helm template``'s output as documents read from their templates (``# Source:
     <chart name>/templates/…`` names the template; ``chart`` is the chart's repo-relative
     folder); a field is placed at the template's first line that writes its key."""
-    rendered, problems = parse_documents(output, f"{chart} (rendered)")
+    rendered, problems = parse_stream(output, f"{chart} (rendered)")
     if problems:
         return [], problems
     marks = [
@@ -408,7 +428,7 @@ def helm_documents(
     ]
     documents: list[Document] = []
     for doc in rendered:
-        written = next((s for line, s in reversed(marks) if line < doc.line), None)
+        written = next((s for line, s in reversed(marks) if line < doc.line + doc.offset), None)
         file = f"{chart}/{written.split('/', 1)[1]}" if written and "/" in written else chart
         lines = _template_lines(sources.get(file, ""), doc)
         documents.append(Document(file, doc.data, 1, lines))

@@ -10,11 +10,13 @@ from gitsync.manifests.render import (
     clean_message,
     helm_documents,
     kustomize_documents,
+    parse_stream,
     patch_site,
     read_kustomization,
     resolve,
 )
 from gitsync.manifests.repoconfig import HelmSource, load_repo_config
+from gitsync.manifests.yamldoc import parse_documents
 
 ENV = "environments:\n  - name: staging\n    path: env\n    namespace: ray\n"
 
@@ -168,3 +170,13 @@ def test_helm_documents_are_read_at_their_template() -> None:
     [doc], _ = helm_documents(output, "charts/ray", {"charts/ray/templates/rs.yaml": template})
     assert doc.file == "charts/ray/templates/rs.yaml"
     assert str(doc.problem("bad", "metadata", "name")) == "charts/ray/templates/rs.yaml:4: bad"
+
+
+def test_rendered_output_is_parsed_one_document_at_a_time_with_its_lines() -> None:
+    one = "apiVersion: v1\nkind: ConfigMap\ndata:\n" + "".join(f"  k{i}: v\n" for i in range(60))
+    output = "---\n".join([one] * 1000)  # 64,000 values: more than one file may hold
+    assert parse_documents(output, "out")[1]  # as one file: refused
+    documents, problems = parse_stream(output, "out")
+    assert problems == []
+    assert len(documents) == 1000
+    assert documents[-1].line_of("data", "k0") == 999 * 64 + 4
