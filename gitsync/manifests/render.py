@@ -120,6 +120,9 @@ def read_kustomization(text: str, file: str, *, allow_remote: bool = False) -> K
                     patches.append(
                         (item["path"], (key, index, "path"), target.get("kind"), target.get("name"))
                     )
+    openapi = _mapping(doc.data.get("openapi"))
+    if isinstance(openapi.get("path"), str):
+        found.append((openapi["path"], ("openapi", "path"), "openapi"))
     found.extend(_generator_files(doc))
     return _checked(doc, found, patches, allow_remote)
 
