@@ -1,6 +1,6 @@
 """Rendered environments with the real tools: examples/kustomize-layout (kubectl's kustomize)
 and examples/helm-layout (helm template) through validate, plan (Git against Git, and live),
-sync against the real API server, and the render cache; problems placed at the file the user
+diff, drift and sync against the real API server, and the render cache; problems placed at the file the user
 wrote (the base, the patch, the template), a render failure as the revision's failure."""
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def test_renders_are_cached_by_what_they_read(
     assert runs() == before
 
 
-def test_sync_applies_the_rendered_overlay_and_nothing_from_a_failed_render(
+def test_sync_plan_diff_and_drift_on_the_overlay_and_nothing_from_a_failed_render(
     api: client.ApiClient,
     namespace: str,
     sim: Simulator,
@@ -285,6 +285,16 @@ def test_sync_applies_the_rendered_overlay_and_nothing_from_a_failed_render(
     assert set(applied) == {"embedder", "ranker", "summarizer"}
     for item in applied.values():  # kustomize's build annotations never reach the cluster
         assert not any("config.kubernetes.io" in k for k in item["metadata"]["annotations"])
+    # Live plan, diff and drift work on the rendered overlay as on plain YAML.
+    kube = ["--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["plan", str(repo.work), *kube]) == 0  # nothing to do
+    assert main(["drift", *args]) == 0
+    base = repo.work / "base/ranker.yaml"
+    edit(base, 'model_version: "2026-11-01"', 'model_version: "2026-12-01"')
+    capsys.readouterr()
+    assert main(["diff", str(repo.work), *kube]) == 1
+    assert "user_config.model_version: 2026-11-01 → 2026-12-01" in capsys.readouterr().out
+    edit(base, 'model_version: "2026-12-01"', 'model_version: "2026-11-01"')
     repo.commit(
         lambda root: edit(
             root / "overlays/staging/kustomization.yaml",
