@@ -36,7 +36,7 @@ from gitsync.manifests.render import (
     patch_site,
     read_kustomization,
 )
-from gitsync.manifests.repoconfig import REPO_CONFIG_FILE, EnvironmentConfig
+from gitsync.manifests.repoconfig import REPO_CONFIG_FILE, EnvironmentConfig, HelmSource
 from gitsync.manifests.yamldoc import Document
 from gitsync.model import Problem
 
@@ -117,9 +117,14 @@ def render_environment(
             output, env.path, texts, inputs.resources, inputs.patches
         )
     else:
-        assert env.source.helm is not None  # renderer_of: helm only with a helm source
-        documents, problems = helm_documents(output, env.source.helm.chart, texts)
+        documents, problems = helm_documents(output, _helm(env).chart, texts)
     return documents, problems, len(inputs.files)
+
+
+def _helm(env: EnvironmentConfig) -> HelmSource:
+    if env.source.helm is None:  # load_repo_config refuses render: helm without helm:
+        raise ValueError(f"environment {env.name!r} renders with helm but names no chart")
+    return env.source.helm
 
 
 def _env_problem(env: EnvironmentConfig, why: str) -> Problem:
@@ -182,8 +187,7 @@ def _kustomize_inputs(root: Path, env: EnvironmentConfig) -> Inputs:
 
 
 def _helm_inputs(root: Path, env: EnvironmentConfig) -> Inputs:
-    helm = env.source.helm
-    assert helm is not None  # renderer_of: helm only with a helm source
+    helm = _helm(env)
     inputs = Inputs()
     _collect(root, helm.chart, inputs)
     chart_yaml = inputs.files.get(f"{helm.chart}/Chart.yaml")
@@ -352,8 +356,7 @@ def _render_in_copy(
                 "LoadRestrictionsRootOnly",
             ]
         else:
-            helm = env.source.helm
-            assert helm is not None
+            helm = _helm(env)
             args = [
                 *argv,
                 helm.release_name or env.name,
