@@ -60,6 +60,7 @@ class Inputs:
     resources: list[str] = field(default_factory=list)  # files listed as resources
     patches: list[PatchSite] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    size: int = 0  # bytes in files
 
 
 def renderer_of(root: Path, env: EnvironmentConfig) -> str:
@@ -273,7 +274,7 @@ def _collect_file(root: Path, relative: str, inputs: Inputs) -> None:
             return
         size = real.stat().st_size
         budget = MAX_FILE_BYTES if is_manifest(relative) else MAX_TREE_BYTES
-        if size > budget or sum(map(len, inputs.files.values())) + size > MAX_TREE_BYTES:
+        if size > budget or inputs.size + size > MAX_TREE_BYTES:
             inputs.problems.append(
                 Problem(
                     relative,
@@ -283,6 +284,7 @@ def _collect_file(root: Path, relative: str, inputs: Inputs) -> None:
             )
             return
         inputs.files[relative] = real.read_bytes()
+        inputs.size += len(inputs.files[relative])
     except (OSError, RuntimeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "cannot be read"
         inputs.problems.append(Problem(relative, None, f"cannot read file: {why}"))
