@@ -96,7 +96,7 @@ def render_environment(
     if inputs.problems:
         return [], inputs.problems, len(inputs.files)
     argv = find_tool(renderer)
-    if argv is None:
+    if argv is None or not os.access(argv[0], os.X_OK):
         hint = "kubectl or kustomize" if renderer == "kustomize" else "helm"
         return (
             [],

@@ -329,3 +329,14 @@ def test_sync_applies_the_rendered_chart(
         GROUP, VERSION, namespace, PLURAL
     )["items"]
     assert sorted(i["metadata"]["name"] for i in items) == ["embedder", "ranker"]
+
+
+def test_a_missing_tool_makes_the_environment_invalid_saying_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITSYNC_HELM", str(tmp_path / "no-helm"))
+    report = read_tree(copy(HELM, tmp_path))
+    assert [str(p) for p in report.problems][:1] == [
+        "gitsync.yaml:4: environment 'staging': renders with helm, which is not installed: "
+        "put helm on PATH or set GITSYNC_HELM"
+    ]
