@@ -10,6 +10,21 @@
 # and replace it if the tag has moved or the record was wrong; BASE sets both stages.
 ARG BASE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
+# The renderers (docs/repo-config.md, "Sources"): kustomize v5 (the version kubectl v1.35
+# embeds) and Helm v4 (the version the test bed builds, testbed/build.sh), from their Go
+# modules; static binaries (CGO_ENABLED=0) copied into the agent's image. The Go image is
+# not pinned by digest: nothing of it but the two binaries reaches the agent's image.
+FROM golang:1.26-bookworm AS renderers
+ARG KUSTOMIZE_VERSION=v5.7.1
+ARG HELM_VERSION=v4.3.2
+ENV GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+WORKDIR /renderers
+RUN printf 'module gitsync.local/renderers\n\ngo 1.26.0\n' > go.mod \
+ && go get "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}" "helm.sh/helm/v4@${HELM_VERSION}" \
+ && go build -trimpath -ldflags "-s -w" -o /out/kustomize sigs.k8s.io/kustomize/kustomize/v5 \
+ && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" \
+      -o /out/helm helm.sh/helm/v4/cmd/helm
+
 FROM ${BASE} AS build
 WORKDIR /src
 COPY requirements.lock pyproject.toml README.md ./
@@ -29,6 +44,7 @@ RUN apt-get update \
 COPY --from=build /install /usr/local
 # Read by `gitsync --version` (cli.IMAGE_LOCK: sys.prefix/share/gitsync).
 COPY requirements.lock /usr/local/share/gitsync/requirements.lock
+COPY --from=renderers /out/kustomize /out/helm /usr/local/bin/
 USER 65532:65532
 ENV HOME=/tmp PYTHONUNBUFFERED=1
 EXPOSE 8080

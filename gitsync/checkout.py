@@ -23,6 +23,7 @@ from gitsync.manifests.load import (
     EnvironmentManifests,
     is_manifest,
     load_environment,
+    load_rendered,
 )
 from gitsync.manifests.repoconfig import (
     REPO_CONFIG_FILE,
@@ -32,6 +33,7 @@ from gitsync.manifests.repoconfig import (
 )
 from gitsync.manifests.yamldoc import Document, decode, parse_documents
 from gitsync.model import Problem, SourceFile
+from gitsync.renderer import TIMED_OUT, render_environment, renderer_of
 from gitsync.windows import problems as window_problems
 
 
@@ -213,9 +215,14 @@ def _environment_folder(root: Path, env: EnvironmentConfig) -> Problem | None:
 
 
 def read_tree(
-    root: Path, *, max_file_bytes: int = MAX_FILE_BYTES, max_tree_bytes: int = MAX_TREE_BYTES
+    root: Path,
+    *,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_tree_bytes: int = MAX_TREE_BYTES,
+    render_cache: Path | None = None,
 ) -> TreeReport:
-    """Loads ``gitsync.yaml`` and every environment of a checkout."""
+    """Loads ``gitsync.yaml`` and every environment of a checkout (``render_cache``: where
+    renders are kept by their inputs, :mod:`gitsync.renderer`)."""
     data, unreadable = _read_repo_config(root, max_file_bytes)
     if data is None:
         return TreeReport(None, (), tuple(p for p in (unreadable,) if p is not None))
@@ -230,11 +237,21 @@ def read_tree(
         return TreeReport(None, (), tuple(unreadable_windows))
     environments = []
     all_problems: list[Problem] = []
+    seen: set[Problem] = set()
     budget = ByteBudget(max_tree_bytes)
     for env in config.environments:
-        loaded = read_environment(root, config, env, max_file_bytes=max_file_bytes, budget=budget)
+        loaded = read_environment(
+            root,
+            config,
+            env,
+            max_file_bytes=max_file_bytes,
+            budget=budget,
+            render_cache=render_cache,
+        )
         environments.append(loaded)
-        all_problems.extend(loaded.problems)
+        # A base two overlays share is one problem, reported once.
+        all_problems.extend(p for p in loaded.problems if p not in seen)
+        seen.update(loaded.problems)
     return TreeReport(config, tuple(environments), tuple(all_problems))
 
 
@@ -246,12 +263,25 @@ def read_environment(
     max_file_bytes: int = MAX_FILE_BYTES,
     budget: ByteBudget | None = None,
     any_namespace: bool = False,
+    render_cache: Path | None = None,
 ) -> EnvironmentManifests:
-    """One environment of a checkout; ``any_namespace`` as in :func:`load_environment`."""
+    """One environment of a checkout, rendered when it is a kustomization or a chart;
+    ``any_namespace`` as in :func:`load_environment`."""
     files: list[SourceFile] = []
     folder_problem = _environment_folder(root, env)
+    renderer = renderer_of(root, env) if folder_problem is None else "plain"
     if folder_problem is not None:
         read_problems = [folder_problem]
+    elif renderer != "plain":
+        documents, problems, count = render_environment(root, env, renderer, render_cache)
+        return load_rendered(
+            env,
+            documents,
+            files=count,
+            allowed_kinds=config.allowed_kinds,
+            read_problems=problems,
+            any_namespace=any_namespace,
+        )
     else:
         files, read_problems = read_environment_files(
             root,
@@ -299,7 +329,9 @@ def read_tree_cached(root: Path) -> TreeReport:
             return report
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError):
         pass  # absent, partial or from another layout: read the tree
-    report = read_tree(root)
+    report = read_tree(root, render_cache=root.parent / "renders")
+    if any(TIMED_OUT in p.message for p in report.problems):
+        return report  # the next pass renders again
     try:
         with tempfile.NamedTemporaryFile(
             dir=cache.parent, prefix=f"{root.name}.report-", delete=False
@@ -315,7 +347,7 @@ def read_tree_cached(root: Path) -> TreeReport:
 def _parser_fingerprint() -> str:
     digest = hashlib.sha256(sys.version.encode())
     package = Path(__file__).resolve().parent
-    for source in sorted([package / "checkout.py", package / "model.py",
+    for source in sorted([package / "checkout.py", package / "model.py", package / "renderer.py",
                           *(package / "manifests").glob("*.py")]):  # fmt: skip
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]

@@ -42,6 +42,8 @@ class Binaries:
     kuberay_version: str
     ray_python: Path  # the Ray venv's interpreter: ray[serve] for the real-Ray mode (rayhost)
     ray_version: str
+    helm: Path  # helm template: environments rendered from a chart (kustomize is kubectl's)
+    helm_version: str
 
 
 def testbed_dir() -> Path:
@@ -100,6 +102,8 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         kuberay_version=values["KUBERAY_VERSION"],
         ray_python=Path(values["RAY_PYTHON"]),
         ray_version=values["RAY_VERSION"],
+        helm=Path(values.get("HELM", testbed_dir() / "bin" / "helm-missing")),
+        helm_version=values.get("HELM_VERSION", ""),
     )
     for path in (
         binaries.kube_apiserver,
@@ -119,6 +123,7 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
         binaries.fish,
         binaries.fish_functions / "__fish_use_subcommand.fish",
         binaries.ray_python.parent / "ray",
+        binaries.helm,
     ):
         if not path.exists():
             raise TestbedBuildError(f"{path} is missing after testbed/build.sh")

@@ -2,6 +2,7 @@
 # Builds the test bed's binaries from Go modules and caches them by version:
 #   kube-apiserver and kubectl from k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3.
 # Also fetches the KubeRay module whose CRDs the harness installs at run time, and unpacks
+# Helm from helm.sh/helm/v4 (environments rendered from charts; kustomize is `kubectl kustomize`),
 # Debian's OpenSSH server (not installed: no service starts) for the SSH transport tests, and
 # installs Debian's chromium + chromium-driver (root) for the status page's browser tests.
 #
@@ -25,6 +26,7 @@ KUBERAY_VERSION="${KUBERAY_VERSION:-v1.5.0}"
 GITEA_VERSION="${GITEA_VERSION:-v1.25.5}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 RAY_VERSION="${RAY_VERSION:-2.60.0}"
+HELM_VERSION="${HELM_VERSION:-v4.3.2}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${TESTBED_DIR:-$root/.testbed}"
@@ -174,6 +176,23 @@ build_gitea() {
   log "built Gitea in $((SECONDS - start)) s"
 }
 
+# Helm v4 for environments that render a chart (`helm template`). Its go.mod has no replace
+# directives, so it builds from the module like the KubeRay operator. Kustomize needs no build
+# of its own: `kubectl kustomize` embeds kustomize v5.
+build_helm() {
+  local helm="$dir/bin/helm-$HELM_VERSION"
+  [[ -x "$helm" ]] && return 0
+  local src="$dir/src/helm-$HELM_VERSION" start=$SECONDS
+  rm -rf "$src" && mkdir -p "$src"
+  printf 'module gitsync.local/testbed/helm\n\ngo 1.26.0\n' > "$src/go.mod"
+  log "building Helm $HELM_VERSION"
+  (cd "$src" && go get "helm.sh/helm/v4@$HELM_VERSION" \
+    && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+      -o "$helm.tmp" helm.sh/helm/v4/cmd/helm)
+  mv "$helm.tmp" "$helm"
+  log "built Helm in $((SECONDS - start)) s"
+}
+
 # Prometheus and promtool from Debian's prometheus package, unpacked like sshd: promtool checks
 # deploy/'s alert rules, prometheus scrapes the agent's /metrics in one test.
 fetch_prometheus() {
@@ -255,12 +274,13 @@ kuberay_dir() {
 
 lane_kube() { step kube-apiserver+kubectl build_kube; }
 lane_go() { step kuberay-operator build_kuberay_operator; step gitea build_gitea; }
-# etcd last here: the downloads before it leave the CPU to the Go lanes, and the lanes then end
-# close together; first in the Go lane it made that lane the longest (docs/testbed.md,
-# "Measured", has each step's time from a cold run).
+# etcd here: the downloads before it leave the CPU to the Go lanes, and the lanes then end
+# close together; first in the Go lane it made that lane the longest. Helm last: this lane ended
+# earliest (docs/testbed.md, "Measured", has each step's time from a cold run).
 lane_debian() {
   step sshd fetch_sshd; step prometheus fetch_prometheus; step shells fetch_shells
   step chromium install_chromium; step ray-venv install_ray; step etcd build_etcd
+  step helm build_helm
 }
 
 # Each lane's lines carry its name; a failed lane fails the build after the others finish.
@@ -305,6 +325,8 @@ ETCD_VERSION=$ETCD_VERSION
 KUBERAY_VERSION=$KUBERAY_VERSION
 RAY_PYTHON=$dir/ray-venv/bin/python
 RAY_VERSION=$RAY_VERSION
+HELM=$dir/bin/helm-$HELM_VERSION
+HELM_VERSION=$HELM_VERSION
 ENV
 mv "$dir/manifest.env.tmp" "$dir/manifest.env"
 log "ready: $(ls -1 "$dir/bin" | tr '\n' ' ')"

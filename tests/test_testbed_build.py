@@ -9,7 +9,7 @@ from testbed.binaries import BUILD_SCRIPT, REPO_ROOT, Binaries
 
 
 def test_second_build_rebuilds_nothing(binaries: Binaries) -> None:
-    paths = [binaries.kube_apiserver, binaries.kubectl, binaries.etcd]
+    paths = [binaries.kube_apiserver, binaries.kubectl, binaries.etcd, binaries.helm]
     before = {p: p.stat().st_mtime_ns for p in paths}
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -22,6 +22,11 @@ def test_binaries_are_keyed_by_version(binaries: Binaries) -> None:
     assert binaries.kube_apiserver.name == f"kube-apiserver-{binaries.kube_version}"
     assert binaries.kubectl.name == f"kubectl-{binaries.kube_version}"
     assert binaries.etcd.name == f"etcd-{binaries.etcd_version}"
+    assert binaries.helm.name == f"helm-{binaries.helm_version}"
+    version = subprocess.run(
+        [str(binaries.helm), "version", "--short"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith(binaries.helm_version), version.stdout
     assert (binaries.kuberay_crds / "ray.io_rayservices.yaml").is_file()
     assert binaries.kuberay_crds.parent.parent.parent.name.endswith(f"@{binaries.kuberay_version}")
 

@@ -81,15 +81,29 @@ def load_environment(
         if reading.over_limit or len(reading.problems) >= MAX_PROBLEMS:
             break
         reading.read_file(file, max_file_bytes)
-    problems, services, objects = reading.problems, reading.services, reading.objects
-    if problems:
-        return EnvironmentManifests(
-            env, (), (), tuple(sorted(problems, key=_order)), len(manifests)
-        )
-    services.sort(key=lambda s: (s.wave, s.key))
-    objects.sort(key=lambda o: (o.wave, o.key))
-    kinds = tuple(k for k in allowed_kinds if k != RAYSERVICE)
-    return EnvironmentManifests(env, tuple(services), tuple(objects), (), len(manifests), kinds)
+    return reading.result(len(manifests))
+
+
+def load_rendered(
+    env: EnvironmentConfig,
+    documents: Sequence[Document],
+    *,
+    files: int,
+    allowed_kinds: tuple[Kind, ...] = (),
+    read_problems: Iterable[Problem] = (),
+    max_objects: int = MAX_OBJECTS,
+    any_namespace: bool = False,
+) -> EnvironmentManifests:
+    """:func:`load_environment` for a rendered environment: the documents a renderer wrote,
+    each placed at its origin file (:mod:`gitsync.manifests.render`); ``files`` is how many
+    files the render read."""
+    reading = _Reading(env, allowed_kinds, any_namespace, max_objects, list(read_problems))
+    if not reading.problems:
+        for doc in documents:
+            if not reading._within_limits(doc):
+                break
+            reading._read_document(doc)
+    return reading.result(files)
 
 
 @dataclass
@@ -106,6 +120,15 @@ class _Reading:
     seen: dict[ServiceKey, DesiredService | DesiredObject] = field(default_factory=dict)
     declared: int = 0
     over_limit: bool = False
+
+    def result(self, files: int) -> EnvironmentManifests:
+        env, problems, services, objects = self.env, self.problems, self.services, self.objects
+        if problems:
+            return EnvironmentManifests(env, (), (), tuple(sorted(problems, key=_order)), files)
+        services.sort(key=lambda s: (s.wave, s.key))
+        objects.sort(key=lambda o: (o.wave, o.key))
+        kinds = tuple(k for k in self.allowed_kinds if k != RAYSERVICE)
+        return EnvironmentManifests(env, tuple(services), tuple(objects), (), files, kinds)
 
     def read_file(self, file: SourceFile, max_file_bytes: int) -> None:
         if len(file.data) > max_file_bytes:

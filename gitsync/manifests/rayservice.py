@@ -115,6 +115,13 @@ def _check_kind(
                 f"RayService apiVersion {api_version!r} is not served for gitsync; use 'ray.io/v1'",
                 "apiVersion",
             )
+        elif kind == "Kustomization" and api_version.startswith("kustomize.config.k8s.io/"):
+            check.add(
+                "a kustomization in an environment read as plain YAML: remove 'render: plain' "
+                "from the environment in gitsync.yaml and gitsync builds it with kustomize "
+                "(docs/repo-config.md, 'Sources')",
+                "kind",
+            )
         else:
             check.add(
                 f"{this} is not managed by gitsync: environments hold {RAYSERVICE} objects "

@@ -37,6 +37,32 @@ RAYSERVICE = Kind("ray.io/v1", "RayService")
 
 
 CAPACITY_CHECKS = ("warn", "block", "off")
+# How an environment's folder becomes manifests: ``auto`` renders with kustomize when the
+# folder holds a kustomization, else reads plain YAML (docs/repo-config.md, "Sources").
+RENDERERS = ("auto", "plain", "kustomize", "helm")
+RENDER_TIMEOUT = 60.0  # seconds per environment and render
+MAX_RENDER_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class HelmSource:
+    """``helm: {chart, values, releaseName}``: a chart folder of the repository and its
+    values files (repo-relative), rendered with ``helm template``."""
+
+    chart: str
+    values: tuple[str, ...] = ()
+    release_name: str = ""
+
+
+@dataclass(frozen=True)
+class RenderSource:
+    """How an environment is rendered (``render``, ``helm``, ``allowRemote``,
+    ``renderTimeout`` in gitsync.yaml)."""
+
+    renderer: str = "auto"
+    helm: HelmSource | None = None
+    allow_remote: bool = False  # remote kustomize bases (network) are refused unless true
+    timeout: float = RENDER_TIMEOUT
 
 
 WINDOW_KINDS = ("allow", "deny")
@@ -69,6 +95,7 @@ class EnvironmentConfig:
     # halt the rollout before its wave (block), or do not check (off).
     capacity_check: str = "warn"
     windows: tuple[ChangeWindow, ...] = ()  # change windows (none: always open)
+    source: RenderSource = field(default_factory=RenderSource)
 
 
 @dataclass(frozen=True)
@@ -145,7 +172,7 @@ def _environment(
     allowed = {
         "name", "path", "namespace", "after", "prune", "createNamespace", "selfHeal", "policy",
         "capacityCheck", "windows",
-    }  # fmt: skip
+    } | RENDER_KEYS  # fmt: skip
     if not check.mapping(raw, allowed, {"name", "path", "namespace"}, *at):
         return None
     name, path, namespace = raw.get("name"), raw.get("path"), raw.get("namespace")
@@ -192,6 +219,7 @@ def _environment(
             policy=policy,
             capacity_check=capacity,
             windows=_windows(check, raw.get("windows", []), *at, "windows"),
+            source=_render_source(check, raw, at),
         )
     return None
 
@@ -219,6 +247,63 @@ def _windows(check: Checker, raw: Any, *at: str | int) -> tuple[ChangeWindow, ..
             line = check.doc.line_of(*where)
             found.append(ChangeWindow(str(kind), schedule, duration, zone, line))
     return tuple(found)
+
+
+RENDER_KEYS = frozenset({"render", "helm", "allowRemote", "renderTimeout"})
+
+
+def _render_source(check: Checker, raw: dict[str, Any], at: tuple[str | int, ...]) -> RenderSource:
+    """An environment's ``render``, ``helm``, ``allowRemote`` and ``renderTimeout``."""
+    renderer = raw.get("render", "helm" if "helm" in raw else "auto")
+    if renderer not in RENDERERS:
+        check.add(f"render must be one of {', '.join(RENDERERS)}", *at, "render")
+        renderer = "auto"
+    helm = _helm(check, raw["helm"], *at, "helm") if "helm" in raw else None
+    if renderer == "helm" and helm is None and "helm" not in raw:
+        check.add("render: helm needs helm: {chart: <folder>, values: [...]}", *at, "render")
+    elif helm is not None and renderer != "helm":
+        check.add("helm is set, so render must be helm (or left out)", *at, "render")
+    allow_remote = raw.get("allowRemote", False)
+    if not isinstance(allow_remote, bool):
+        check.add("allowRemote must be true or false", *at, "allowRemote")
+    timeout = parse_duration(raw.get("renderTimeout", f"{RENDER_TIMEOUT:g}s"))
+    if timeout is None or not 0 < timeout <= MAX_RENDER_TIMEOUT:
+        check.add(
+            f"renderTimeout must be a duration up to {MAX_RENDER_TIMEOUT:g}s, such as "
+            f"'30s', not {raw.get('renderTimeout')!r}",
+            *at,
+            "renderTimeout",
+        )
+        timeout = RENDER_TIMEOUT
+    return RenderSource(renderer, helm, allow_remote is True, timeout)
+
+
+def _helm(check: Checker, raw: Any, *at: str | int) -> HelmSource | None:
+    """``helm``: the chart folder and values files, repo-relative and inside the repository."""
+    if not check.mapping(raw, {"chart", "values", "releaseName"}, {"chart"}, *at):
+        return None
+    chart = raw.get("chart")
+    if isinstance(chart, str) and ("://" in chart or chart.startswith("oci:")):
+        check.add(
+            f"helm.chart {chart!r} is not a folder of this repository; charts are not "
+            "fetched from repositories or registries: vendor the chart",
+            *at,
+            "chart",
+        )
+        return None
+    chart_path = _environment_path(check, chart, *at, "chart") if isinstance(chart, str) else None
+    values = raw.get("values", [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        check.add("helm.values must be a list of values files", *at, "values")
+        values = []
+    paths = [_environment_path(check, v, *at, "values", i) for i, v in enumerate(values)]
+    release = raw.get("releaseName", "")
+    if not isinstance(release, str) or (release and environment_name_problem(release)):
+        check.add("helm.releaseName must be a lowercase name such as 'ray'", *at, "releaseName")
+        release = ""
+    if chart_path is None or None in paths:
+        return None
+    return HelmSource(chart_path, tuple(p for p in paths if p is not None), release)
 
 
 def load_repo_config(

@@ -10,6 +10,7 @@ import copy
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,20 @@ def of_kind(kind: str, **options: str) -> list[Block]:
 
 
 @pytest.fixture(scope="module")
-def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sandboxes(
+    tmp_path_factory: pytest.TempPathFactory, binaries: Binaries
+) -> Iterator[dict[str, Path]]:
+    """The folders offline commands run in, with the test bed's kustomize and helm configured
+    as an agent configures them (the rendered examples)."""
     base = tmp_path_factory.mktemp("docs")
-    return {
-        "root": ROOT,
-        "clone": make_clone(base / "clone"),
-        "broken": make_broken(base / "broken"),
-    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GITSYNC_KUSTOMIZE", str(binaries.kubectl))
+        patch.setenv("GITSYNC_HELM", str(binaries.helm))
+        yield {
+            "root": ROOT,
+            "clone": make_clone(base / "clone"),
+            "broken": make_broken(base / "broken"),
+        }
 
 
 # -- classification ------------------------------------------------------------------------

@@ -52,18 +52,20 @@ class GitOpsRepo:
         previews: dict[str, object] | None = None,
         origin: str | None = None,
         push_args: Sequence[str] = (),
+        example: Path = EXAMPLES,
     ) -> None:
         """``origin``: push there (e.g. a Gitea repository, ``push_args`` authenticating)
-        instead of to a local bare repository."""
+        instead of to a local bare repository; ``example``: another layout of examples/."""
         self.bare, self.work, self.namespace = root / "repo.git", root / "work", namespace
         self.push_args = tuple(push_args)
         root.mkdir(parents=True)
         if origin is None:
             git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
         self.origin = origin or self.bare.as_uri()
-        shutil.copytree(EXAMPLES, self.work)
+        shutil.copytree(example, self.work)
         config = yaml.safe_load((self.work / "gitsync.yaml").read_text())
         staging, prod = config["environments"]
+        self.staging = str(staging["path"])
         staging.update(
             namespace=namespace, prune=prune, createNamespace=create_namespace, selfHeal=self_heal
         )
@@ -72,7 +74,7 @@ class GitOpsRepo:
             prod.update(namespace=production, createNamespace=create_namespace)
             config["environments"].append(prod)
         else:
-            shutil.rmtree(self.work / "environments" / "production")
+            shutil.rmtree(self.work / prod["path"])
         config.pop("previews", None)
         if previews is not None:
             config["previews"] = {"from": "staging", **previews}
@@ -86,7 +88,7 @@ class GitOpsRepo:
         return self.origin
 
     def path(self, name: str) -> Path:
-        return self.work / "environments" / "staging" / name
+        return self.work / self.staging / name
 
     def edit(self, name: str, old: str, new: str) -> None:
         text = self.path(name).read_text()

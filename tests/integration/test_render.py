@@ -1,0 +1,342 @@
+"""Rendered environments with the real tools: examples/kustomize-layout (kubectl's kustomize)
+and examples/helm-layout (helm template) through validate, plan (Git against Git, and live),
+diff, drift and sync against the real API server, and the render cache; problems placed at the file the user
+wrote (the base, the patch, the template), a render failure as the revision's failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from gitsync import renderer
+from gitsync.checkout import read_tree, read_tree_cached
+from gitsync.cli import main
+from testbed.binaries import Binaries
+from testbed.controlplane import ControlPlane
+from testbed.simulator import Simulator
+
+from .gitops import GitOpsRepo, git
+from .kube import GROUP, PLURAL, VERSION
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+KUSTOMIZE = EXAMPLES / "kustomize-layout"
+HELM = EXAMPLES / "helm-layout"
+
+
+@pytest.fixture(autouse=True)
+def renderers(binaries: Binaries, monkeypatch: pytest.MonkeyPatch) -> Binaries:
+    """The test bed's kustomize (kubectl's) and helm, configured as an agent configures them."""
+    monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(binaries.kubectl))
+    monkeypatch.setenv("GITSYNC_HELM", str(binaries.helm))
+    return binaries
+
+
+def copy(example: Path, tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(example, repo)
+    return repo
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new))
+
+
+def commit(repo: Path, message: str) -> str:
+    if not (repo / ".git").exists():
+        git("init", "-q", "-b", "main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", message, cwd=repo)
+    return git("rev-parse", "HEAD", cwd=repo)
+
+
+def workers(report_env: object, name: str) -> dict[str, object]:
+    services = {s.key.name: s for s in report_env.services}  # type: ignore[attr-defined]
+    group = services[name].manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    container = group["template"]["spec"]["containers"][0]
+    return {
+        "replicas": group["replicas"],
+        "image": container["image"],
+        "memory": container["resources"]["requests"]["memory"],
+    }
+
+
+def test_kustomize_overlays_render_with_their_patches(tmp_path: Path) -> None:
+    report = read_tree(copy(KUSTOMIZE, tmp_path))
+    assert report.ok, report.problems
+    staging, production = report.environments
+    assert workers(staging, "embedder") == {
+        "replicas": 1,
+        "image": "rayproject/ray:2.49.0-py311",
+        "memory": "8Gi",
+    }
+    assert workers(production, "embedder") == {
+        "replicas": 3,
+        "image": "rayproject/ray:2.49.1-py311",
+        "memory": "12Gi",
+    }
+    for env in report.environments:  # placed at the base, without kustomize's annotations
+        assert {(s.source, s.line) for s in env.services} == {
+            ("base/embedder.yaml", 2),
+            ("base/ranker.yaml", 2),
+            ("base/summarizer.yaml", 2),
+        }
+        for service in env.services:
+            annotations = service.manifest["metadata"].get("annotations", {})
+            assert not any(
+                k.startswith(("config.kubernetes.io", "alpha.config")) for k in annotations
+            )
+
+
+def test_problems_point_at_the_base_or_the_patch_that_wrote_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = copy(KUSTOMIZE, tmp_path)
+    edit(repo / "base/summarizer.yaml", "type: NewCluster", "type: Bogus")
+    edit(repo / "overlays/production/ranker-scale.yaml", "value: 3", "value: 30")
+    (repo / "overlays/production/embedder-replicas.yaml").write_text(
+        "apiVersion: ray.io/v1\nkind: RayService\nmetadata:\n  name: embedder\nspec:\n"
+        "  rayClusterConfig:\n    enableInTreeAutoscaling: maybe\n"
+    )
+    edit(
+        repo / "overlays/production/kustomization.yaml",
+        "patches:\n",
+        "patches:\n  - path: embedder-replicas.yaml\n",
+    )
+    assert main(["validate", str(repo)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    base_line = next(
+        i + 1
+        for i, t in enumerate((repo / "base/summarizer.yaml").read_text().splitlines())
+        if "Bogus" in t
+    )
+    # The base's problem once (staging and production both render it), at the base's line.
+    assert [line for line in out if "Bogus" in line] == [
+        next(line for line in out if line.startswith(f"base/summarizer.yaml:{base_line}: "))
+    ]
+    # A value a JSON patch set: at the patch operation's value; a strategic-merge patch: its line.
+    assert any(
+        line.startswith("overlays/production/ranker-scale.yaml:4: ") and "30" in line
+        for line in out
+    ), out
+    assert any(line.startswith("overlays/production/embedder-replicas.yaml:7: ") for line in out), (
+        out
+    )
+
+
+def test_a_base_change_plans_every_environment_it_affects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = copy(KUSTOMIZE, tmp_path)
+    before = commit(repo, "overlays")
+    edit(repo / "base/ranker.yaml", 'model_version: "2026-11-01"', 'model_version: "2026-12-01"')
+    after = commit(repo, "a new ranker model, in the base only")
+    argv = ["plan", str(repo), "--from", before, "--to", after, "-o", "json"]
+    assert main(argv) == 1
+    plans = json.loads(capsys.readouterr().out)["environments"]
+    changed = {
+        p["environment"]: [
+            (c["name"], c["action"])
+            for w in p["waves"]
+            for c in w["changes"]
+            if c["action"] != "unchanged"
+        ]
+        for p in plans
+    }
+    assert changed == {
+        "staging": [("ranker", "serve-update")],
+        "production": [("ranker", "serve-update")],
+    }
+
+
+def test_render_failure_is_the_revisions_failure_without_local_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = copy(KUSTOMIZE, tmp_path)
+    edit(repo / "overlays/staging/kustomization.yaml", "../../base", "../../missing")
+    assert main(["validate", str(repo)]) == 1
+    out = capsys.readouterr().out
+    assert "gitsync.yaml:4: environment 'staging': kustomize failed:" in out
+    assert "missing" in out
+    assert tempfile.gettempdir() not in out
+    assert "gitsync-render" not in out
+
+
+def test_helm_chart_renders_per_environment_values(tmp_path: Path) -> None:
+    report = read_tree(copy(HELM, tmp_path))
+    assert report.ok, report.problems
+    staging, production = report.environments
+    assert workers(staging, "ranker") == {
+        "replicas": 1,
+        "image": "rayproject/ray:2.49.0-py311",
+        "memory": "8Gi",
+    }
+    assert workers(production, "embedder") == {
+        "replicas": 3,
+        "image": "rayproject/ray:2.49.0-py311-cu121",
+        "memory": "12Gi",
+    }
+    assert {s.source for s in production.services} == {
+        "charts/ray-services/templates/rayservice.yaml"
+    }
+
+
+def test_helm_problems_point_at_the_template_and_lookup_finds_no_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = copy(HELM, tmp_path)
+    edit(
+        repo / "environments/production/values.yaml",
+        "workers: {replicas: 3}",
+        "workers: {replicas: 30}",
+    )
+    template = repo / "charts/ray-services/templates/rayservice.yaml"
+    # lookup against the cluster answers nothing: helm template has no cluster, no kubeconfig.
+    edit(
+        template,
+        "  annotations:\n",
+        '  annotations:\n    seen: {{ lookup "v1" "Namespace" "" "default" | len | quote }}\n',
+    )
+    assert main(["validate", str(repo)]) == 1
+    out = capsys.readouterr().out
+    line = next(
+        i + 1
+        for i, t in enumerate(template.read_text().splitlines())
+        if t.strip().startswith("replicas:")
+    )
+    assert f"charts/ray-services/templates/rayservice.yaml:{line}: " in out
+    assert "30 is above maxReplicas 10" in out
+    edit(repo / "environments/production/values.yaml", "replicas: 30", "replicas: 3")
+    report = read_tree(repo)
+    assert report.ok, report.problems
+    [ranker] = [s for s in report.environments[1].services if s.key.name == "ranker"]
+    assert ranker.manifest["metadata"]["annotations"]["seen"] == "0"
+
+
+def counting_tool(real: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A wrapper that records each run of the real tool, to count renders."""
+    log = tmp_path / "runs.log"
+    wrapper = tmp_path / "kubectl-counting"
+    wrapper.write_text(f'#!/bin/sh\necho run >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    return wrapper, log
+
+
+def test_renders_are_cached_by_what_they_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, binaries: Binaries
+) -> None:
+    wrapper, log = counting_tool(binaries.kubectl, tmp_path)
+    monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(wrapper))
+    monkeypatch.setattr(renderer, "MAX_CACHED_RENDERS", 3)
+    repo, cache = copy(KUSTOMIZE, tmp_path), tmp_path / "renders"
+
+    def runs() -> int:
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    assert read_tree(repo, render_cache=cache).ok
+    assert runs() == 2
+    (repo / "README.md").write_text("a file no render reads\n")
+    assert read_tree(repo, render_cache=cache).ok
+    assert runs() == 2
+    edit(repo / "overlays/production/ranker-scale.yaml", "value: 8", "value: 9")
+    assert read_tree(repo, render_cache=cache).ok
+    assert runs() == 3
+    edit(repo / "base/ranker.yaml", "max_replicas: 2", "max_replicas: 3")
+    assert read_tree(repo, render_cache=cache).ok
+    assert runs() == 5
+    assert len(list(cache.iterdir())) == 3  # the least recently used renders pruned
+    # A pass at a revision already read renders nothing (the tree's report is kept).
+    tree = tmp_path / "trees" / "abc"
+    shutil.copytree(repo, tree)
+    read_tree_cached(tree)
+    before = runs()
+    assert read_tree_cached(tree).ok
+    assert runs() == before
+
+
+def test_sync_plan_diff_and_drift_on_the_overlay_and_nothing_from_a_failed_render(
+    api: client.ApiClient,
+    namespace: str,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, example=KUSTOMIZE)
+    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+    args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["sync", "--once", *args]) == 0
+    assert f"staging: succeeded at {repo.revisions[0][:12]}" in capsys.readouterr().out
+
+    def live() -> dict[str, dict[str, object]]:
+        items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        )["items"]
+        return {i["metadata"]["name"]: i for i in items}
+
+    applied = live()
+    assert set(applied) == {"embedder", "ranker", "summarizer"}
+    for item in applied.values():  # kustomize's build annotations never reach the cluster
+        assert not any("config.kubernetes.io" in k for k in item["metadata"]["annotations"])
+    # Live plan, diff and drift work on the rendered overlay as on plain YAML.
+    kube = ["--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["plan", str(repo.work), *kube]) == 0  # nothing to do
+    assert main(["drift", *args]) == 0
+    base = repo.work / "base/ranker.yaml"
+    edit(base, 'model_version: "2026-11-01"', 'model_version: "2026-12-01"')
+    capsys.readouterr()
+    assert main(["diff", str(repo.work), *kube]) == 1
+    assert "user_config.model_version: 2026-11-01 → 2026-12-01" in capsys.readouterr().out
+    edit(base, 'model_version: "2026-12-01"', 'model_version: "2026-11-01"')
+    repo.commit(
+        lambda root: edit(
+            root / "overlays/staging/kustomization.yaml",
+            "- ../../base",
+            "- https://example.com/remote-base",
+        ),
+        "a remote base",
+    )
+    assert main(["sync", "--once", *args]) != 0
+    printed = capsys.readouterr()
+    assert "is remote; rendering has no network" in printed.out + printed.err
+    after = live()
+    assert {n: i["metadata"]["resourceVersion"] for n, i in after.items()} == {
+        n: i["metadata"]["resourceVersion"] for n, i in applied.items()
+    }
+
+
+def test_sync_applies_the_rendered_chart(
+    api: client.ApiClient,
+    namespace: str,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, example=HELM)
+    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+    args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+    assert main(["sync", "--once", *args]) == 0
+    assert f"staging: succeeded at {repo.revisions[0][:12]}" in capsys.readouterr().out
+    items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL
+    )["items"]
+    assert sorted(i["metadata"]["name"] for i in items) == ["embedder", "ranker"]
+
+
+def test_a_missing_tool_makes_the_environment_invalid_saying_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITSYNC_HELM", str(tmp_path / "no-helm"))
+    report = read_tree(copy(HELM, tmp_path))
+    assert [str(p) for p in report.problems][:1] == [
+        "gitsync.yaml:4: environment 'staging': renders with helm, which is not installed: "
+        "put helm on PATH or set GITSYNC_HELM"
+    ]
