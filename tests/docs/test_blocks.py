@@ -32,7 +32,7 @@ BLOCKS = all_blocks()
 MAX_EXEMPT = 3  # raise only with a reason in the marker; the list is in the failure message
 REPO_DIRS = ("config/", "examples/", "deploy/", "docs/", "tests/", "bench/", "testbed/",
              "gitsync/")  # fmt: skip
-PROGRAMS = {"gitsync", "make", "kubectl", "git", ".venv/bin/pytest", "pytest"}
+PROGRAMS = {"gitsync", "make", "kubectl", "helm", "git", ".venv/bin/pytest", "pytest"}
 BASE_AGENT_CONFIG = {"repository": {"url": "https://git.example.com/platform/ray-services.git"}}
 # Offline runs: the exit code each command must give in each sandbox.
 EXPECTED_EXIT = {("validate", "root"): 0, ("validate", "broken"): 1, ("plan", "clone"): 1}
@@ -126,6 +126,17 @@ def test_command_line(block: Block, words: list[str], binaries: Binaries) -> Non
     elif program == "make":
         missing = set(args) - make_targets()
         assert not missing, f"{block}: no make target {sorted(missing)}"
+    elif program == "helm":
+        assert args[0] in ("install", "upgrade"), f"{block}: helm {args[0]}"
+        # Rendered as the install would render it, without a cluster (helm template takes
+        # the same flags): the chart, the values and every --set exist and fit.
+        rendered = subprocess.run(
+            [str(binaries.helm), "template", *args[1:]], capture_output=True, text=True,
+            timeout=60, check=False, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+        )  # fmt: skip
+        assert rendered.returncode == 0, f"{block}: helm {' '.join(args)}: {rendered.stderr}"
+        kinds = {d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d}
+        assert {"Deployment", "ServiceAccount", "ConfigMap"} <= kinds, kinds
     elif program == "kubectl":
         flags = subprocess.run(
             [str(binaries.kubectl), *args, "--help"], capture_output=True, text=True, timeout=30,

@@ -47,10 +47,10 @@ def deployed(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
-def can(plane: ControlPlane, verb: str, resource: str, namespace: str) -> bool:
+def can(plane: ControlPlane, verb: str, resource: str, namespace: str, who: str = AGENT) -> bool:
     """``namespace`` "*": in every namespace at once (``kubectl auth can-i -A``)."""
     where = ["-A"] if namespace == "*" else ["-n", namespace]
-    result = plane.kubectl("auth", "can-i", verb, resource, *where, "--as", AGENT, check=False)
+    result = plane.kubectl("auth", "can-i", verb, resource, *where, "--as", who, check=False)
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stderr
     return answer == "yes"
@@ -212,10 +212,10 @@ def test_agent_may_manage_every_kind_the_rbac_allows(
         assert not can(deployed, "patch", kind, "*"), kind
 
 
-def allowed_verbs(plane: ControlPlane, namespace: str) -> dict[str, set[str]]:
-    """What the agent may do in ``namespace``, by resource (``kubectl auth can-i --list``:
-    one SelfSubjectRulesReview)."""
-    result = plane.kubectl("auth", "can-i", "--list", "-n", namespace, "--as", AGENT)
+def allowed_verbs(plane: ControlPlane, namespace: str, who: str = AGENT) -> dict[str, set[str]]:
+    """What the agent (or ``who``) may do in ``namespace``, by resource (``kubectl auth can-i
+    --list``: one SelfSubjectRulesReview)."""
+    result = plane.kubectl("auth", "can-i", "--list", "-n", namespace, "--as", who)
     granted: dict[str, set[str]] = {}
     for line in result.stdout.splitlines()[1:]:
         resource, _, verbs = line.partition(" ")[0], "", line.rsplit("[", 1)[-1]
@@ -778,3 +778,138 @@ def test_preview_network_policies_deny_by_default_and_allow_no_way_out() -> None
     ingress = {(name, port["port"]) for name, p in policies.items()
                for rule in p["spec"].get("ingress", ()) for port in rule.get("ports", ())}  # fmt: skip
     assert ingress == {("kuberay-operator", 8265), ("serve-from-ingress", 8000)}
+
+
+# -- the Helm chart -------------------------------------------------------------------------
+
+CHART = DEPLOY / "helm" / "gitsync"
+CHART_NAME, CHART_NS, CHART_STATE = "gitsync-chart", "gitsync-chart-system", "gitsync-chart-state"
+CHART_PREVIEWS = "ray-previews-chart"
+CHART_AGENT = f"system:serviceaccount:{CHART_NS}:{CHART_NAME}"
+CHART_VALUES = {
+    "name": CHART_NAME,
+    "config": {"repository": {"url": "https://git.example.com/platform/ray-services.git"}},
+    "stateNamespace": {"name": CHART_STATE, "create": True},
+    "managedNamespaces": [{"name": "ray-staging"}, {"name": "ray-production"}],
+    "previews": {"enabled": True, "namespace": CHART_PREVIEWS, "create": True},
+    "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+}
+
+
+def helm(binaries: Binaries, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The test bed's helm, with no kubeconfig and no home it could read a cluster from."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "HELM_CACHE_HOME": str(cwd / "cache")}
+    return subprocess.run(
+        [str(binaries.helm), *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def chart(binaries: Binaries, tmp: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
+    (tmp / "values.yaml").write_text(yaml.safe_dump(values))
+    run = helm(
+        binaries, "template", "gitsync", str(CHART), "--namespace", CHART_NS,
+        "-f", str(tmp / "values.yaml"), cwd=tmp,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return [d for d in yaml.safe_load_all(run.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def charted(
+    deployed: ControlPlane, binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
+) -> ControlPlane:
+    """The chart rendered by the real helm and applied to the API server beside deploy/base
+    (other names, other namespaces), its monitoring objects with the Prometheus Operator's
+    CRDs."""
+    tmp = tmp_path_factory.mktemp("helm")
+    lint = helm(
+        binaries, "lint", "--strict", str(CHART), "--set", "config.repository.url=https://x/y.git",
+        cwd=tmp,
+    )  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    crds = tmp / "crds"
+    crds.mkdir()
+    for name in ("servicemonitors", "prometheusrules"):
+        source = binaries.monitoring_crds / f"monitoring.coreos.com_{name}.yaml"
+        (crds / source.name).write_text(source.read_text())
+    deployed.install_crds(crds)
+    deployed.kubectl("create", "namespace", CHART_NS)
+    rendered = tmp / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(chart(binaries, tmp, CHART_VALUES)))
+    applied = deployed.kubectl(
+        "apply", "--server-side", "--field-manager=gitsync-test", "-f", str(rendered),
+        check=False,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    return deployed
+
+
+def test_the_helm_chart_needs_the_repository_and_renders_every_object(
+    binaries: Binaries, tmp_path: Path
+) -> None:
+    refused = helm(binaries, "template", "gitsync", str(CHART), cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "config.repository.url is required" in refused.stderr
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in chart(binaries, tmp_path, CHART_VALUES)}
+    for wanted in (
+        ("Deployment", CHART_NAME), ("Service", CHART_NAME), ("PodDisruptionBudget", CHART_NAME),
+        ("ConfigMap", f"{CHART_NAME}-config"), ("ServiceMonitor", CHART_NAME),
+        ("PrometheusRule", CHART_NAME), ("Namespace", CHART_STATE), ("Namespace", CHART_PREVIEWS),
+        ("NetworkPolicy", "default-deny"), ("ResourceQuota", "previews"),
+    ):  # fmt: skip
+        assert wanted in kinds, wanted
+    assert not any(kind == "ClusterRole" and "capacity" in name for kind, name in kinds)
+    with_capacity = chart(binaries, tmp_path, {**CHART_VALUES, "capacity": {"enabled": True}})
+    bound = {d["metadata"].get("namespace") for d in with_capacity
+             if d["kind"] == "RoleBinding" and d["metadata"]["name"] == f"{CHART_NAME}-capacity"}  # fmt: skip
+    assert bound == {"ray-staging", "ray-production", CHART_PREVIEWS}
+
+
+def test_the_helm_charts_agent_may_do_exactly_what_the_kustomize_bases_may(
+    charted: ControlPlane,
+) -> None:
+    """Namespace by namespace, one rules review each for both ServiceAccounts."""
+    pairs = [
+        ("ray-staging", "ray-staging"),
+        ("ray-production", "ray-production"),
+        ("ray-previews", CHART_PREVIEWS),
+        ("gitsync-system", CHART_NS),
+        ("gitsync-state", CHART_STATE),
+        ("team-unmanaged", "team-unmanaged"),
+    ]
+    for base, ours in pairs:
+        assert allowed_verbs(charted, ours, CHART_AGENT) == allowed_verbs(charted, base), (
+            base,
+            ours,
+        )
+    # And the lease it may update is its own name's, which its config names.
+    assert can(charted, "update", f"leases.coordination.k8s.io/{CHART_NAME}", CHART_NS, CHART_AGENT)
+    assert not can(charted, "update", "leases.coordination.k8s.io/gitsync", CHART_NS, CHART_AGENT)
+
+
+def test_the_helm_charts_config_is_valid_and_a_change_rolls_the_pods(
+    binaries: Binaries, tmp_path: Path
+) -> None:
+    def rendered(values: dict[str, Any]) -> tuple[str, str]:
+        docs = chart(binaries, tmp_path, values)
+        [config] = [d for d in docs if d["kind"] == "ConfigMap"]
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        checksum = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return config["data"]["gitsync.yaml"], checksum
+
+    text, before = rendered(CHART_VALUES)
+    config, problems = load_agent_config(text)
+    assert config is not None, problems
+    assert config.leader_election.namespace == CHART_NS
+    assert config.leader_election.lease_name == CHART_NAME
+    assert config.rollout.state_namespace == CHART_STATE
+    faster = {**CHART_VALUES, "config": {**CHART_VALUES["config"], "intervals": {"poll": "10s"}}}
+    _, after = rendered(faster)
+    assert after != before
+
+
+def test_the_helm_charts_alerts_are_deploy_monitorings(binaries: Binaries, tmp_path: Path) -> None:
+    [rule] = [d for d in chart(binaries, tmp_path, CHART_VALUES) if d["kind"] == "PrometheusRule"]
+    [shipped] = manifests(DEPLOY / "monitoring" / "prometheusrule.yaml")
+    assert rule["spec"] == shipped["spec"]
