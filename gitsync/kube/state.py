@@ -300,7 +300,22 @@ class StateStore:
     @about(CORE)
     def read_all(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         """Every environment's state ConfigMap values (by environment), and the previews'
-        status: one list request."""
+        status: from the watch-backed cache when it holds them, else one list request."""
+        environments, previews = {}, {}
+        for item in self._listed():
+            name = str((item.get("metadata") or {}).get("name", ""))
+            data = {str(k): str(v) for k, v in (item.get("data") or {}).items()}
+            if name == PREVIEWS_CONFIGMAP:
+                previews = data
+            elif name.startswith(PREFIX):
+                environments[name.removeprefix(PREFIX)] = data
+        return environments, previews
+
+    def _listed(self) -> list[dict[str, Any]]:
+        watched = self.informers and self.informers.synced(CONFIGMAPS, self.namespace)
+        if watched:  # the informer lists by managed-by=gitsync too
+            with watched.changed:
+                return copy.deepcopy(list(watched.objects.values()))
         try:
             listed = request(
                 self.api,
@@ -314,15 +329,7 @@ class StateStore:
             raise GitsyncError(
                 f"cannot list the state ConfigMaps in {self.namespace}: {exc.status} {exc.reason}"
             ) from None
-        environments, previews = {}, {}
-        for item in listed.get("items") or ():
-            name = str((item.get("metadata") or {}).get("name", ""))
-            data = {str(k): str(v) for k, v in (item.get("data") or {}).items()}
-            if name == PREVIEWS_CONFIGMAP:
-                previews = data
-            elif name.startswith(PREFIX):
-                environments[name.removeprefix(PREFIX)] = data
-        return environments, previews
+        return [i for i in listed.get("items") or () if isinstance(i, dict)]
 
     @about(CORE)
     def read_data(self, environment: str) -> dict[str, str] | None:
