@@ -25,7 +25,6 @@ from typing import Any
 
 import urllib3
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from gitsync.checkout import read_tree_cached
@@ -58,6 +57,7 @@ from gitsync.sync import sync_once
 from gitsync.web.facts import CommitInfo
 from gitsync.web.history import History
 from gitsync.web.stored import EnvironmentMemory, from_data
+from gitsync.windows import crontab
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class Agent:
             self._job(self.drift),
             IntervalTrigger(seconds=every)
             if every is not None
-            else CronTrigger.from_crontab(self.config.drift_schedule, timezone=datetime.UTC),
+            else crontab(self.config.drift_schedule, datetime.UTC),
             id=DRIFT_JOB,
         )
         self.scheduler.add_job(

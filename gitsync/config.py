@@ -7,6 +7,7 @@ where to read them (``tokenFile``/``tokenEnv``, ``sshKeyFile``). Defaults live h
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -47,12 +48,12 @@ def drift_interval(schedule: str) -> float | None:
 
 
 def _is_cron(schedule: str) -> bool:
-    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - only to validate
+    from gitsync.windows import crontab  # noqa: PLC0415 - APScheduler, only to validate
 
     if len(schedule.split()) != 5:
         return False
     try:
-        CronTrigger.from_crontab(schedule)
+        crontab(schedule, datetime.UTC)
     except ValueError:
         return False
     return True

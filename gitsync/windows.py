@@ -33,24 +33,54 @@ HORIZON = datetime.timedelta(days=366)
 MAX_STEPS = 64
 
 
+_DAY_ITEM = re.compile(r"(\*|[0-7]|[a-z]{3})(?:-([0-7]|[a-z]{3}))?(?:/(\d+))?")
+
+
+def _day(text: str) -> int:
+    if text.isdigit():
+        return int(text) % 7  # 0 and 7: Sunday
+    if text not in _DAYS:
+        raise ValueError(f"{text!r} is not a day of the week")
+    return _DAYS.index(text)
+
+
 def _day_names(field: str) -> str:
-    """A crontab day-of-week field with its numbers as names (``1-5`` → ``mon-fri``); a
-    number after ``/`` is a step and stays."""
-    return re.sub(r"(?<![/\d])([0-7])(?!\d)", lambda m: _DAYS[int(m.group(1)) % 7], field)
+    """A crontab day-of-week field as the days it means, by name, for APScheduler: crontab
+    counts from Sunday (0 or 7), APScheduler 3 from Monday, and a range or step over the
+    numbers (``0-6``, ``*/2``) means other days, or nothing valid, read its way. Each item
+    (``*``, ``3``, ``mon``, ``1-5``, ``fri-mon``, ``*/2``, ``1-5/2``) is expanded in crontab's
+    terms first; ValueError when an item is not one."""
+    days: set[int] = set()
+    for item in field.lower().split(","):
+        match = _DAY_ITEM.fullmatch(item)
+        if match is None:
+            raise ValueError(f"{item!r} is not a day-of-week item")
+        first, last, step = match.groups()
+        start, stop = (0, 6) if first == "*" else (_day(first), _day(last or first))
+        if first != "*" and last is not None and last.isdigit() and int(last) == 7:
+            stop = 7  # 5-7: Friday to Sunday
+        span = range(start, stop + 1) if start <= stop else [*range(start, 7), *range(stop + 1)]
+        days |= {d % 7 for d in list(span)[:: int(step or 1)]}
+    return "*" if len(days) == 7 else ",".join(_DAYS[d] for d in sorted(days))
+
+
+def crontab(schedule: str, zone: datetime.tzinfo) -> CronTrigger:
+    """A 5-field crontab expression as an APScheduler trigger in ``zone``, its day-of-week
+    read as crontab reads it (:func:`_day_names`); ValueError when it is not valid."""
+    fields = schedule.split()
+    if len(fields) != 5:
+        raise ValueError("a schedule has 5 fields: minute hour day-of-month month day-of-week")
+    minute, hour, day, month, weekday = fields
+    return CronTrigger(
+        minute=minute, hour=hour, day=day, month=month, day_of_week=_day_names(weekday),
+        timezone=zone,
+    )  # fmt: skip
 
 
 def trigger(window: ChangeWindow) -> CronTrigger:
     """The window's schedule as a trigger; ValueError (or KeyError for the time zone) when
     the expression or the zone is not valid."""
-    fields = window.schedule.split()
-    if len(fields) != 5:
-        raise ValueError("a schedule has 5 fields: minute hour day-of-month month day-of-week")
-    minute, hour, day, month, weekday = fields
-    zone = zoneinfo.ZoneInfo(window.timezone)
-    return CronTrigger(
-        minute=minute, hour=hour, day=day, month=month, day_of_week=_day_names(weekday),
-        timezone=zone,
-    )  # fmt: skip
+    return crontab(window.schedule, zoneinfo.ZoneInfo(window.timezone))
 
 
 def _next(

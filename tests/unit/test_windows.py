@@ -12,7 +12,7 @@ import yaml
 
 from gitsync.checkout import read_tree
 from gitsync.manifests.repoconfig import ChangeWindow, load_repo_config
-from gitsync.windows import open_until, verdict
+from gitsync.windows import _day_names, crontab, open_until, verdict
 
 UTC = datetime.UTC
 WEEKEND = ChangeWindow("deny", "0 16 * * 5", 64 * 3600.0)  # Friday 16:00 → Monday 08:00 UTC
@@ -130,3 +130,37 @@ def test_a_schedule_or_time_zone_that_cannot_be_read_is_a_problem_at_its_line(
     assert report.config is None
     [found] = report.problems
     assert str(found).startswith(problem), found
+
+
+@pytest.mark.parametrize(
+    ("field", "days"),
+    [
+        ("0-6", "*"),  # every day: APScheduler alone refuses "sun-sat"
+        ("*", "*"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("5-7", "sun,fri,sat"),
+        ("*/2", "sun,tue,thu,sat"),  # crontab's even days, not APScheduler's mon,wed,fri,sun
+        ("1-5/2", "mon,wed,fri"),
+        ("sat,sun", "sun,sat"),
+        ("MON-FRI", "mon,tue,wed,thu,fri"),
+    ],
+)
+def test_day_of_week_is_read_as_crontab_reads_it(field: str, days: str) -> None:
+    assert _day_names(field) == days
+
+
+@pytest.mark.parametrize("field", ["8", "mon-", "funday", "1-5/x", ""])
+def test_a_day_of_week_that_is_none_is_refused(field: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the message is APScheduler's or ours
+        crontab(f"0 3 * * {field}", datetime.UTC)
+
+
+def test_the_drift_schedule_fires_on_the_crontab_day() -> None:
+    """intervals.drift "0 3 * * 0": Sundays at 03:00 UTC (APScheduler alone: Mondays)."""
+    cron = crontab("0 3 * * 0", datetime.UTC)
+    friday = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+    fire = cron.get_next_fire_time(None, friday)
+    assert fire == datetime.datetime(2026, 12, 6, 3, 0, tzinfo=datetime.UTC)
+    assert fire.strftime("%A") == "Sunday"
