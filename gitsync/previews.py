@@ -533,13 +533,26 @@ def _over_limits(service: DesiredService, previews: PreviewConfig, before: int) 
 
 
 def _refusals(root: Path, service: DesiredService, refused: Sequence[Violation]) -> list[Problem]:
-    """Each refusal at the line of the field it names (the file is parsed again: only a
-    refused service pays for it)."""
+    """Each refusal at the line of the field it names: in the overlay's patch that set it (a
+    rendered service), else in the service's file (parsed again: only a refused service pays
+    for it)."""
     doc = document_at(root, service.source, service.line)
-    where = "previews.policy"
-    if doc is None:
-        return [Problem(service.source, service.line, problem_text(v, where)) for v in refused]
-    return [doc.problem(problem_text(v, where), *v.path) for v in refused]
+    problems = []
+    for violation in refused:
+        text = problem_text(violation, "previews.policy")
+        path = violation.path
+        site = next(
+            (service.patched[path[:end]] for end in range(len(path), 0, -1)
+             if path[:end] in service.patched),
+            None,
+        )  # fmt: skip
+        if site is not None:
+            problems.append(Problem(site[0], site[1], text))
+        elif doc is None:
+            problems.append(Problem(service.source, service.line, text))
+        else:
+            problems.append(doc.problem(text, *path))
+    return problems
 
 
 def _branch_number(branch: str) -> int:
