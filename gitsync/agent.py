@@ -153,6 +153,7 @@ class Agent:
             self.reporter,
             progress=lambda line: log.info("%s", line),
             record=self.recorder,
+            renders=self.source.trees_dir / "renders",
         )
         drift = DriftChecker(
             self.config,

@@ -214,6 +214,28 @@ def _environment_folder(root: Path, env: EnvironmentConfig) -> Problem | None:
     return None
 
 
+def _repo_config(root: Path, max_file_bytes: int) -> tuple[RepoConfig | None, list[Problem]]:
+    data, unreadable = _read_repo_config(root, max_file_bytes)
+    if data is None:
+        return None, [p for p in (unreadable,) if p is not None]
+    text, undecodable = decode(data, REPO_CONFIG_FILE)
+    if text is None:
+        return None, [p for p in (undecodable,) if p is not None]
+    config, problems = load_repo_config(text)
+    if config is None:
+        return None, list(problems)
+    unreadable_windows = window_problems(config)
+    if unreadable_windows:
+        return None, list(unreadable_windows)
+    return config, list(problems)
+
+
+def read_repo_config(root: Path) -> RepoConfig | None:
+    """A checkout's ``gitsync.yaml`` alone (None when it is invalid): what needs only the
+    config reads neither manifests nor renders."""
+    return _repo_config(root, MAX_FILE_BYTES)[0]
+
+
 def read_tree(
     root: Path,
     *,
@@ -223,18 +245,9 @@ def read_tree(
 ) -> TreeReport:
     """Loads ``gitsync.yaml`` and every environment of a checkout (``render_cache``: where
     renders are kept by their inputs, :mod:`gitsync.renderer`)."""
-    data, unreadable = _read_repo_config(root, max_file_bytes)
-    if data is None:
-        return TreeReport(None, (), tuple(p for p in (unreadable,) if p is not None))
-    text, undecodable = decode(data, REPO_CONFIG_FILE)
-    if text is None:
-        return TreeReport(None, (), tuple(p for p in (undecodable,) if p is not None))
-    config, problems = load_repo_config(text)
+    config, problems = _repo_config(root, max_file_bytes)
     if config is None:
         return TreeReport(None, (), tuple(problems))
-    unreadable_windows = window_problems(config)
-    if unreadable_windows:
-        return TreeReport(None, (), tuple(unreadable_windows))
     environments = []
     all_problems: list[Problem] = []
     seen: set[Problem] = set()
@@ -314,12 +327,13 @@ def document_at(root: Path, source: str, line: int) -> Document | None:
     return next((doc for doc in documents if doc.line == line), None)
 
 
-def read_tree_cached(root: Path) -> TreeReport:
+def read_tree_cached(root: Path, renders: Path | None = None) -> TreeReport:
     """:func:`read_tree` for a revision's tree that never changes once materialised (the
     git source's ``trees/<sha>``): the report is kept next to the tree, so a later pass at the
     same revision, in this process or the next, skips parsing (1,000 RayServices: about
     0.7 s). The file is keyed by the parser's own source, so a gitsync that validates
-    differently never reads an older one's verdict."""
+    differently never reads an older one's verdict. Renders are kept in ``renders`` (default:
+    ``renders`` beside the tree)."""
     cache = root.with_name(f"{root.name}.report-{_parser_fingerprint()}.pickle")
     try:
         with cache.open("rb") as file:
@@ -329,7 +343,7 @@ def read_tree_cached(root: Path) -> TreeReport:
             return report
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError):
         pass  # absent, partial or from another layout: read the tree
-    report = read_tree(root, render_cache=root.parent / "renders")
+    report = read_tree(root, render_cache=renders or root.parent / "renders")
     if any(TIMED_OUT in p.message for p in report.problems):
         return report  # the next pass renders again
     try:

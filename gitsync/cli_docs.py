@@ -57,10 +57,13 @@ field is absent on that side. `details` say the same for people.
   [{namespace, name, health, message, revision, reconcile: enabled|disabled, drift: null |
   {kind: drifted|fighting, message}}]}]}`. An environment suspended or pinned is not settled.
 - **drift**: `{environments: [{environment, revision, note, error, drifted: [{service, kind,
-  fields: [path], managers, heal: null | {action, details, fields: [{path, old, new}]},
-  fighting, disabled, message}], disabled, held, costs, healed}]}`; in `heal.fields`, `old` is the
-  live value and `new` Git's. `held` is null, or why nothing was healed: the environment
-  is suspended, or pinned to another revision than the one compared against.
+  source, fields: [{path, old, new, source}], managers, heal: null | {action, details, fields:
+  [{path, old, new}]}, fighting, disabled, message}], disabled, held, costs, healed}]}`; in
+  `fields`, `old` is Git's value and `new` the live one, in `heal.fields` the reverse.
+  `source` is where Git writes the service (`file:line`; a rendered one's origin file, e.g.
+  the kustomize base) and, for a field, where Git sets it: the overlay's patch that set it,
+  else the service's file. `held` is null, or why nothing was healed: the environment is
+  suspended, or pinned to another revision than the one compared against.
 - **previews**: `{namespace, previews: [{pr, service, revision, health, age}]}`.
 - **validate**: `{ok, problems: [{file, line, message}], environments: [{name, namespace,
   path, ok, files, services: [{name, wave, source, line}]}]}`.

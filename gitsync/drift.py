@@ -28,7 +28,14 @@ from typing import Any
 
 from gitsync.checkout import TreeReport, read_tree_cached
 from gitsync.config import AgentConfig
-from gitsync.diff.drift import Drift, DriftKind, corrections_left, heal_cost, modified
+from gitsync.diff.drift import (
+    Drift,
+    DriftKind,
+    corrections_left,
+    heal_cost,
+    modified,
+    placed,
+)
 from gitsync.errors import GitsyncError
 from gitsync.kube.rayservices import RayServices
 from gitsync.kube.state import DriftRecord, StateStore
@@ -196,22 +203,25 @@ class DriftChecker:
         each listed one Git does not declare, and each whose dry-run answer differs from the
         live object, with who changed which field."""
         drifts: list[Drift] = []
-        for key in loaded.desired:
+        for key, declared in loaded.desired.items():
             obj = sides.live.get(key)
+            found = None
             if obj is None:
-                drifts.append(Drift(key, DriftKind.DELETED, revision))
+                found = Drift(key, DriftKind.DELETED, revision)
             elif sides.desired[key] != sides.current[key]:
                 found = modified(
                     key, sides.current[key], sides.desired[key], obj, revision,
                     self.config.classify,
                 )  # fmt: skip
-                if found is not None:
-                    drifts.append(found)
-        declared = set(loaded.desired)
+            if found is not None:
+                patched = getattr(declared, "patched", {})  # a rendered RayService's patches
+                drifts.append(
+                    placed(found, declared.source, declared.line, patched, declared.manifest)
+                )
         drifts += [
             Drift(key, DriftKind.UNEXPECTED, revision)
             for key in sorted(sides.live)
-            if key not in declared
+            if key not in loaded.desired
         ]
         return drifts
 
@@ -433,6 +443,7 @@ def report_lines(report: DriftReport) -> list[str]:
         if drift.key in report.disabled:
             flag = " [RECONCILE DISABLED: not corrected]"
         lines.append(f"  {drift.kind:<10} {drift.message}{flag}")
+        lines += [f"             {path}: set in {where}" for path, where in drift.patched]
         if drift.heal is not None:
             lines += [f"             {detail}" for detail in drift.heal.details[:6]]
     lines += [f"  cost: {line}" for line in report.costs]
@@ -453,9 +464,14 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
             {
                 "service": str(d.key),
                 "kind": str(d.kind),
+                # Where Git declares it ("file:line"; a rendered service's origin file).
+                "source": d.source or None,
                 # As plan's: {path, old, new}; old is Git's value (as applied), new the live
-                # one (null: absent on that side).
-                "fields": [fields_json(f) for f in d.changes],
+                # one (null: absent on that side); source: where Git sets it (the patch that
+                # set it, else the service's file).
+                "fields": [
+                    {**fields_json(f), "source": d.source_of(f.path) or None} for f in d.changes
+                ],
                 "managers": list(d.managers),
                 # What healing changes, field by field: old is the live value, new Git's.
                 "heal": {

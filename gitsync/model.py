@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 RAYSERVICE_KIND = "RayService"
@@ -123,6 +123,11 @@ class DesiredService:
     source: str  # repo-relative file
     line: int  # where its document starts
     wave: int = 0
+    # A rendered service's fields an overlay's patch set: path (list items by index) → the
+    # patch's (file, line). Where drift of such a field is fixed in Git.
+    patched: Mapping[tuple[str | int, ...], tuple[str, int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)

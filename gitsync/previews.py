@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitsync.checkout import TreeReport, document_at, read_environment, read_tree_cached
+from gitsync.checkout import (
+    TreeReport,
+    document_at,
+    read_environment,
+    read_repo_config,
+    read_tree_cached,
+)
 from gitsync.config import PULL_REQUESTS, AgentConfig
 from gitsync.diff.normalize import owned
 from gitsync.errors import GitsyncError, InvalidRevision, TreeTooLarge, VerificationError
@@ -118,9 +124,13 @@ class PreviewReconciler:
     progress: Callable[[str], None] = lambda line: None
     clock: Callable[[], float] = time.time
     record: Callable[[ServiceKey, str, str, str], None] = lambda key, kind, reason, text: None
+    # Where renders are kept (default: beside this source's trees). The agent shares its own:
+    # a pull request forks from the head the poll has just rendered.
+    renders: Path | None = None
     _approvals: dict[int, str] | None = field(default=None, init=False)
     # The base head's `previews:` section, read once per head: this runs at every poll, and
-    # loading a tree of 1,000 manifests to find that nothing has a preview is most of a poll.
+    # loading (or rendering) a tree of 1,000 manifests to find that nothing has a preview is
+    # most of a poll.
     _base: tuple[str, PreviewConfig | None] | None = field(default=None, init=False)
 
     def reconcile(self) -> list[PreviewResult]:
@@ -141,11 +151,11 @@ class PreviewReconciler:
         for pr in sorted(requests, key=lambda p: p.number):
             try:
                 root = self.source.checkout_ref(pr.head_ref, pr.head_sha)
-                tree = read_tree_cached(root)
+                tree = read_tree_cached(root, self.renders)
                 # What the PR changes is measured from where it forked: against the tip it
                 # would also "revert" everything the base branch gained since.
                 fork = self.source.merge_base(head, pr.head_sha, pr.head_ref)
-                forked = read_tree_cached(self.source.checkout(fork))
+                forked = read_tree_cached(self.source.checkout(fork), self.renders)
             except (TreeTooLarge, VerificationError) as exc:  # the PR's own doing: say so
                 log.warning("pull request #%d: refused %s: %s", pr.number, pr.head_sha, exc)
                 self._refused(pr, exc)
@@ -214,8 +224,10 @@ class PreviewReconciler:
 
     def _previews_config(self, head: str) -> PreviewConfig | None:
         if self._base is None or self._base[0] != head:
-            base = read_tree_cached(self.source.checkout(head))
-            self._base = (head, base.config.previews if base.config else None)
+            # gitsync.yaml alone: the head's manifests (and renders) are read only when a pull
+            # request forks from it.
+            config = read_repo_config(self.source.checkout(head))
+            self._base = (head, config.previews if config else None)
         return self._base[1]
 
     def _requests(self, previews: PreviewConfig | None) -> list[PullRequest]:
@@ -346,7 +358,8 @@ class PreviewReconciler:
         tree: tuple[Path, TreeReport],
     ) -> dict[ServiceKey, DesiredService]:
         """The PR's changed services of ``previews.from``, as preview services."""
-        head_env = _preview_source(*tree, previews.source, pr.head_sha[:12])
+        renders = self.renders or tree[0].parent / "renders"
+        head_env = _preview_source(*tree, previews.source, pr.head_sha[:12], renders)
         try:
             base_env = environment_manifests(base, previews.source, "base")
             before = {s.key.name: owned(s.manifest) for s in base_env.services}
@@ -479,7 +492,9 @@ class PreviewReconciler:
         return results
 
 
-def _preview_source(root: Path, tree: TreeReport, name: str, label: str) -> EnvironmentManifests:
+def _preview_source(
+    root: Path, tree: TreeReport, name: str, label: str, renders: Path
+) -> EnvironmentManifests:
     """The environment previews copy from, at a PR's head. A manifest naming a namespace
     (``production``) is invalid for the environment itself, but not for its preview: the
     preview transform decides the namespace, whatever the manifest says. Everything else is
@@ -489,9 +504,8 @@ def _preview_source(root: Path, tree: TreeReport, name: str, label: str) -> Envi
     except InvalidRevision:
         if tree.config is None:
             raise
-        loaded = read_environment(
-            root, tree.config, tree.config.environment(name), any_namespace=True
-        )
+        env = tree.config.environment(name)
+        loaded = read_environment(root, tree.config, env, any_namespace=True, render_cache=renders)
         if not loaded.ok:
             raise InvalidRevision(f"environment {name!r} at {label}", loaded.problems) from None
         return loaded
@@ -519,13 +533,26 @@ def _over_limits(service: DesiredService, previews: PreviewConfig, before: int) 
 
 
 def _refusals(root: Path, service: DesiredService, refused: Sequence[Violation]) -> list[Problem]:
-    """Each refusal at the line of the field it names (the file is parsed again: only a
-    refused service pays for it)."""
+    """Each refusal at the line of the field it names: in the overlay's patch that set it (a
+    rendered service), else in the service's file (parsed again: only a refused service pays
+    for it)."""
     doc = document_at(root, service.source, service.line)
-    where = "previews.policy"
-    if doc is None:
-        return [Problem(service.source, service.line, problem_text(v, where)) for v in refused]
-    return [doc.problem(problem_text(v, where), *v.path) for v in refused]
+    problems = []
+    for violation in refused:
+        text = problem_text(violation, "previews.policy")
+        path = violation.path
+        site = next(
+            (service.patched[path[:end]] for end in range(len(path), 0, -1)
+             if path[:end] in service.patched),
+            None,
+        )  # fmt: skip
+        if site is not None:
+            problems.append(Problem(site[0], site[1], text))
+        elif doc is None:
+            problems.append(Problem(service.source, service.line, text))
+        else:
+            problems.append(doc.problem(text, *path))
+    return problems
 
 
 def _branch_number(branch: str) -> int:

@@ -23,5 +23,10 @@ def test_the_benchmark_suite_runs_and_writes_its_report(binaries: Binaries, tmp_
     assert "`(whole process)`" in report  # py-spy's profile of the no-op pass
     assert "Where one pass at wave concurrency 16" in report
     assert "MiB RSS" in report
+    # Rendering: gitsync's render against kustomize alone, and a cache hit renders nothing.
+    assert "| rendered / kustomize alone |" in report
+    render = [line for line in report.splitlines() if line.startswith("| 10 | one ")]
+    assert len(render) == 2
+    assert all(line.rstrip(" |").endswith("| 0") for line in render), render
     png = (tmp_path / "benchmarks.png").read_bytes()
     assert png.startswith(b"\x89PNG")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gitsync.diff.classify import Options, classify_any
 from gitsync.diff.fieldsets import owns_path
-from gitsync.diff.structural import differences, dotted, keyed
+from gitsync.diff.structural import differences, dotted, keyed, keyed_path
 from gitsync.model import Action, Change, FieldChange, ServiceKey
 from gitsync.names import FIELD_MANAGER
 
@@ -40,6 +40,20 @@ class Drift:
     heal: Change | None = None  # what re-applying Git's version makes KubeRay do
     # Each drifted field as it changed since the apply: old is Git's value, new the live one.
     changes: tuple[FieldChange, ...] = ()
+    source: str = ""  # where Git declares the service: "file:line" (a rendered one's origin)
+    # Drifted fields an overlay's patch set: (field path, the patch's "file:line").
+    patched: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The files to look at in Git: the patches that set drifted fields, then the file
+        declaring the service."""
+        found = [where for _, where in self.patched]
+        return tuple(dict.fromkeys([*found, *([self.source] if self.source else [])]))
+
+    def source_of(self, path: str) -> str:
+        """Where Git sets the field ``path``: the patch that set it, else the service's file."""
+        return next((where for field, where in self.patched if field == path), self.source)
 
     @property
     def message(self) -> str:
@@ -52,7 +66,8 @@ class Drift:
             )
         who = f" by {', '.join(self.managers)}" if self.managers else ""
         fields = ", ".join(self.fields[:4]) + (" …" if len(self.fields) > 4 else "")
-        text = f"{self.key}: {fields} changed{who} (Git at {self.revision[:12]})"
+        at = f": {', '.join(self.sources)}" if self.sources else ""
+        text = f"{self.key}: {fields} changed{who} (Git at {self.revision[:12]}{at})"
         if self.heal is not None:
             text += f"; healing is a {self.heal.action}: {self.heal.summary}"
         return text
@@ -102,6 +117,31 @@ def modified(
         heal,
         changes,
     )
+
+
+def placed(
+    drift: Drift,
+    source: str,
+    line: int,
+    patched: Mapping[tuple[str | int, ...], tuple[str, int]],
+    manifest: Mapping[str, Any],
+) -> Drift:
+    """``drift`` with where Git declares the service (``source:line``) and, for each drifted
+    field a patch set (``patched``: the rendered service's patched paths, list items by
+    index), that patch's file and line: what to edit to change Git's version."""
+    sites = {
+        dotted(keyed_path(manifest, path)): f"{file}:{at}" for path, (file, at) in patched.items()
+    }
+    found = []
+    for change in drift.changes or tuple(FieldChange(f, None, None) for f in drift.fields):
+        site = max(
+            (p for p in sites if change.path == p or change.path.startswith((p + ".", p + "["))),
+            key=len,
+            default=None,
+        )
+        if site is not None:
+            found.append((change.path, sites[site]))
+    return replace(drift, source=f"{source}:{line}", patched=tuple(dict.fromkeys(found)))
 
 
 def corrections_left(history: Sequence[float], now: float, limit: int, window: float) -> int:

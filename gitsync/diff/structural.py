@@ -42,12 +42,33 @@ def keyed(value: Any) -> Any:
         return {k: keyed(v) for k, v in value.items()}
     if isinstance(value, list):
         items = [keyed(v) for v in value]
-        for name_key in NAME_KEYS:
-            names = [i.get(name_key) if isinstance(i, Mapping) else None for i in items]
-            if items and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
-                return {f"[{n}]": i for n, i in zip(names, items, strict=True)}
-        return items
+        names = _item_names(items)
+        return items if names is None else dict(zip(names, items, strict=True))
     return value
+
+
+def _item_names(items: list[Any]) -> list[str] | None:
+    """``"[name]"`` for each item of a list of uniquely named mappings; None for another list."""
+    for name_key in NAME_KEYS:
+        names = [i.get(name_key) if isinstance(i, Mapping) else None for i in items]
+        if items and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
+            return [f"[{n}]" for n in names]
+    return None
+
+
+def keyed_path(value: Any, path: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """``path`` into ``value`` (list items by index) as :func:`keyed` names it: an item of a
+    list of uniquely named mappings is ``"[name]"``."""
+    named: list[str | int] = []
+    for part in path:
+        if isinstance(part, int) and isinstance(value, list) and 0 <= part < len(value):
+            names = _item_names(value)
+            named.append(names[part] if names is not None else part)
+            value = value[part]
+        else:
+            named.append(part)
+            value = value.get(part) if isinstance(value, Mapping) else None
+    return tuple(named)
 
 
 def differences(before: Any, after: Any, path: tuple[str | int, ...] = ()) -> list[Difference]:

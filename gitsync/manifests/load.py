@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from gitsync.manifests.podpolicy import PodPolicy, enforce, problem_text
 from gitsync.manifests.rayservice import check_document
+from gitsync.manifests.render import RenderedDocument
 from gitsync.manifests.repoconfig import RAYSERVICE, EnvironmentConfig, Kind
 from gitsync.manifests.yamldoc import Document, decode, parse_documents
 from gitsync.model import (
@@ -204,6 +205,8 @@ class _Reading:
             found, refused = _with_policy(found, doc, env.policy, f"{env.name}'s policy")
             self.problems.extend(refused)
         if isinstance(found, DesiredService):
+            if isinstance(doc, RenderedDocument) and doc.patched:
+                found = replace(found, patched=dict(doc.patched))
             self.services.append(found)
         else:
             self.objects.append(found)

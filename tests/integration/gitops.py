@@ -14,6 +14,8 @@ import yaml
 from gitsync.config import AgentConfig, RolloutSettings, load_agent_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+KUSTOMIZE = EXAMPLES.parent / "kustomize-layout"
+HELM = EXAMPLES.parent / "helm-layout"
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -71,7 +73,7 @@ class GitOpsRepo:
         )
         config["environments"] = [staging]
         if production is not None:  # production after staging, in its own namespace
-            prod.update(namespace=production, createNamespace=create_namespace)
+            prod.update(namespace=production, createNamespace=create_namespace, selfHeal=self_heal)
             config["environments"].append(prod)
         else:
             shutil.rmtree(self.work / prod["path"])
@@ -135,3 +137,24 @@ class GitOpsRepo:
         }
         path.write_text(yaml.safe_dump(document))
         return path
+
+
+def counting_tool(real: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A wrapper that records each run of the real tool (kustomize, helm), to count renders."""
+    log = tmp_path / f"{real.name}-runs.log"
+    wrapper = tmp_path / f"{real.name}-counting"
+    wrapper.write_text(f'#!/bin/sh\necho run >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def runs(log: Path) -> int:
+    """How many times the wrapped tool ran."""
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replaces ``old`` (which must be there) by ``new`` in the file ``path``."""
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new))

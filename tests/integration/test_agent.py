@@ -28,14 +28,17 @@ from gitsync.agent import Agent
 from gitsync.config import LeaderElection, StatusConfig, Webhooks
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.metrics import Metrics
+from gitsync.names import REVISION, SOURCE
 from gitsync.report.factory import build_reporter
 from gitsync.server import AgentServer, Hooks
 from gitsync.source.config import TokenAuth
+from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 from testbed.simulator import Delays, FailureRule, Simulator
+from tests.conftest import fresh_namespace
 
-from .gitops import GitOpsRepo
+from .gitops import KUSTOMIZE, GitOpsRepo, counting_tool, edit, runs
 from .kube import GROUP, PLURAL, VERSION
 
 SECRET = "whsec-0123456789abcdef"
@@ -217,6 +220,83 @@ def test_the_metrics_of_a_real_pass(
         "ranker": "Healthy",
         "summarizer": "Healthy",
     }
+
+
+def test_a_commit_to_a_kustomize_base_rolls_out_to_every_overlay_rendering_only_what_changed(
+    gitea: Gitea,
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+    binaries: Binaries,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The polling agent on examples/kustomize-layout: each overlay rendered once per revision
+    that changes what it reads (the previews job, with nothing to preview, renders nothing)."""
+    kustomize, renders = counting_tool(binaries.kubectl, tmp_path)
+    monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(kustomize))
+    with fresh_namespace(api) as production:
+        url = gitea.create_repo(f"render-{uuid.uuid4().hex[:8]}")
+        repo = GitOpsRepo(
+            tmp_path / "gitops", namespace, production=production, origin=url,
+            push_args=gitea.git_auth_config(), example=KUSTOMIZE,
+        )  # fmt: skip
+        owner_repo = url.removeprefix(gitea.url + "/").removesuffix(".git")
+        token = tmp_path / "gitea-token"
+        token.write_text(gitea.token)
+        config = replace(
+            repo.agent_config(tmp_path / "cache"),
+            poll_seconds=0.3,
+            status=StatusConfig("gitea", token=TokenAuth(token_file=token)),
+            leader_election=LeaderElection(enabled=False),
+        )
+        metrics = Metrics()
+        agent = Agent(
+            config, api, "render-agent", metrics=metrics, reporter=build_reporter(config, metrics)
+        )
+
+        def succeeded(sha: str) -> bool:
+            combined = gitea.api("GET", f"/repos/{owner_repo}/commits/{sha}/status")
+            found = {s["context"]: s["status"] for s in combined.get("statuses") or ()}
+            return found == {"gitsync/staging": "success", "gitsync/production": "success"}
+
+        def ranker(where: str) -> dict[str, Any]:
+            return client.CustomObjectsApi(api).get_namespaced_custom_object(
+                GROUP, VERSION, where, PLURAL, "ranker"
+            )
+
+        agent.start()
+        try:
+            first = repo.revisions[0]
+            wait_for(lambda: succeeded(first), timeout=90, what="both overlays rolled out")
+            assert runs(renders) == 2  # staging and production, once each
+            sha = repo.commit(
+                lambda root: edit(
+                    root / "base/ranker.yaml",
+                    'model_version: "2026-11-01"',
+                    'model_version: "2026-12-01"',
+                ),
+                "a new ranker model, in the base only",
+            )
+            wait_for(lambda: succeeded(sha), timeout=90, what="the base change in both")
+            for where in (namespace, production):
+                live = ranker(where)
+                assert 'model_version: "2026-12-01"' in live["spec"]["serveConfigV2"]
+                assert live["metadata"]["annotations"][REVISION] == sha
+                assert live["metadata"]["annotations"][SOURCE] == "base/ranker.yaml"
+            group = ranker(production)["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+            assert group["replicas"] == 3  # the overlay's patch, still applied
+            assert group["template"]["spec"]["containers"][0]["image"].endswith(":2.49.1-py311")
+            assert runs(renders) == 4
+            # A revision that changes nothing a render reads: statuses, and no render.
+            docs = repo.commit(lambda root: (root / "NOTES.md").write_text("notes\n"), "notes")
+            wait_for(lambda: succeeded(docs), timeout=90, what="the statuses of a no-op revision")
+            wait_for(lambda: agent.last_revision == docs and not agent._lock.locked())
+            agent.poll()  # and a poll with nothing new
+            assert runs(renders) == 4
+            assert ranker(production)["metadata"]["annotations"][REVISION] == sha
+        finally:
+            agent.shutdown(timeout=10)
 
 
 def test_a_replica_that_loses_the_lease_drops_its_environment_series(

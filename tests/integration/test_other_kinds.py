@@ -249,7 +249,15 @@ def test_an_edited_config_map_is_drift_reported_then_healed(
         ("kubectl-edit",),
     )
     [document] = drift_json(found)["drifted"]
-    assert document["fields"] == [{"path": "data.threshold", "old": "0.5", "new": "0.9"}]
+    assert document["source"] == "environments/staging/settings.yaml:1"
+    assert document["fields"] == [
+        {
+            "path": "data.threshold",
+            "old": "0.5",
+            "new": "0.9",
+            "source": "environments/staging/settings.yaml:1",
+        }
+    ]
     code, rows = status_rows(control_plane, namespace, capsys)
     assert (code, rows["v1 ConfigMap/ranker-settings"]) == (1, (str(Health.HEALTHY), "drifted"))
     assert drift.heal is not None

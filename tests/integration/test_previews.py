@@ -33,16 +33,28 @@ from gitsync.report.reporter import Reporter
 from gitsync.source.config import TokenAuth
 from gitsync.source.git import GitSource
 from gitsync.sync import sync_once
+from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
 from testbed.gitea import Gitea
 from testbed.simulator import Simulator
+from tests.conftest import fresh_namespace
 
-from .gitops import GitOpsRepo, git
+from .gitops import EXAMPLES, HELM, KUSTOMIZE, GitOpsRepo, edit, git
 from .kube import GROUP, PLURAL, VERSION
 
 
 class Forge:
-    def __init__(self, gitea: Gitea, tmp_path: Path, namespace: str, **previews: Any) -> None:
+    def __init__(
+        self,
+        gitea: Gitea,
+        tmp_path: Path,
+        namespace: str,
+        *,
+        example: Path = EXAMPLES,
+        production: str | None = None,
+        **previews: Any,
+    ) -> None:
+        """``example`` and ``production``: as for :class:`GitOpsRepo`."""
         self.gitea = gitea
         self.name = f"pr-{uuid.uuid4().hex[:8]}"
         self.previews_ns = f"pv-{uuid.uuid4().hex[:8]}"
@@ -53,6 +65,8 @@ class Forge:
             previews={"namespace": self.previews_ns, **previews},
             origin=url,
             push_args=gitea.git_auth_config(),
+            example=example,
+            production=production,
         )
         self.path = f"/repos/{gitea.admin}/{self.name}"
         token = tmp_path / "gitea-token"
@@ -975,3 +989,126 @@ def test_the_fork_label_approves_one_commit_and_a_later_push_needs_it_again(
     assert (result.outcome, result.revision) == ("succeeded", unreviewed)
     live = previews_in(api, forge.previews_ns)[name]
     assert live["metadata"]["annotations"]["gitsync.ray.io/revision"] == unreviewed
+
+
+@pytest.fixture
+def renderers(binaries: Binaries, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test bed's kustomize (kubectl's) and helm, configured as an agent configures them."""
+    monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(binaries.kubectl))
+    monkeypatch.setenv("GITSYNC_HELM", str(binaries.helm))
+
+
+def planned(comment: str) -> set[tuple[str, str]]:
+    """(environment/service, action) of each change a plan comment lists."""
+    return set(re.findall(r"^- \*\*`([^`]+)`\*\*: `([^`]+)`", comment, re.MULTILINE))
+
+
+def test_a_pull_request_changing_a_kustomize_base_previews_it_and_plans_every_overlay(
+    renderers: None,
+    gitea: Gitea,
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    with fresh_namespace(api) as production:
+        forge = Forge(gitea, tmp_path, namespace, example=KUSTOMIZE, production=production)
+        # Nothing needs deploying first: the plan is Git against Git, the preview its own.
+
+        def new_model(root: Path) -> None:
+            edit(root / "base/ranker.yaml", '"2026-11-01"', '"2026-12-01"')
+
+        sha = forge.branch("new-model", new_model, "a new ranker model, in the base only")
+        number = forge.open_pr("new-model")
+        [result] = forge.reconcile(api)
+        name = f"ranker-pr-{number}"
+        assert (result.number, result.outcome, result.services) == (number, "succeeded", (name,))
+        preview = previews_in(api, forge.previews_ns)[name]
+        serve = yaml.safe_load(preview["spec"]["serveConfigV2"])
+        [ranker] = [d for d in serve["applications"][0]["deployments"] if d["name"] == "Ranker"]
+        assert ranker["user_config"]["model_version"] == "2026-12-01"
+        assert preview["metadata"]["annotations"]["gitsync.ray.io/source"] == "base/ranker.yaml"
+        assert forge.statuses(sha)["gitsync/preview"]["status"] == "success"
+        [comment] = forge.comments(number)
+        assert planned(comment) == {
+            ("staging/ranker", "serve-update"),
+            ("production/ranker", "serve-update"),
+        }
+
+        # Only production's patch: staging renders as before, so no preview; the comment
+        # plans production alone.
+        def more_workers(root: Path) -> None:
+            edit(root / "overlays/production/ranker-scale.yaml", "value: 3", "value: 4")
+
+        other_sha = forge.branch("more-workers", more_workers, "production: four ranker workers")
+        other = forge.open_pr("more-workers")
+        results = {r.number: r for r in forge.reconcile(api)}
+        assert results[other].services == ()
+        assert results[number].outcome == "unchanged"
+        status = forge.statuses(other_sha)["gitsync/preview"]
+        assert (status["status"], status["description"]) == (
+            "success",
+            "no preview: this pull request changes no service of staging",
+        )
+        [comment] = forge.comments(other)
+        assert planned(comment) == {("production/ranker", "scale-ineffective")}
+        assert set(previews_in(api, forge.previews_ns)) == {name}
+
+        # A staging patch making the head privileged: refused at the patch's line.
+        def privileged(root: Path) -> None:
+            (root / "overlays/staging/ranker-head.yaml").write_text(PRIVILEGED_PATCH)
+            edit(
+                root / "overlays/staging/kustomization.yaml",
+                "  - ../../base\n",
+                "  - ../../base\npatches:\n  - path: ranker-head.yaml\n"
+                "    target: {kind: RayService, name: ranker}\n",
+            )
+
+        refused_sha = forge.branch("privileged", privileged, "a privileged ranker head")
+        refused = forge.open_pr("privileged")
+        results = {r.number: r for r in forge.reconcile(api)}
+        assert results[refused].outcome == "failed"
+        line = PRIVILEGED_PATCH.splitlines().index("  value: {privileged: true}") + 1
+        problems = result_problems(results[refused])
+        assert any(p.startswith(f"overlays/staging/ranker-head.yaml:{line}: ") for p in problems), (
+            problems
+        )
+        assert forge.statuses(refused_sha)["gitsync/preview"]["status"] == "failure"
+        assert set(previews_in(api, forge.previews_ns)) == {name}
+
+
+PRIVILEGED_PATCH = """\
+# The head container, privileged.
+- op: add
+  path: /spec/rayClusterConfig/headGroupSpec/template/spec/containers/0/securityContext
+  value: {privileged: true}
+"""
+
+
+def test_a_pull_request_changing_a_charts_values_previews_and_plans_each_environment(
+    renderers: None,
+    gitea: Gitea,
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    with fresh_namespace(api) as production:
+        forge = Forge(gitea, tmp_path, namespace, example=HELM, production=production)
+
+        def new_artifact(root: Path) -> None:
+            edit(root / "charts/ray-services/values.yaml", "ranker-2.3.1.zip", "ranker-2.4.0.zip")
+
+        sha = forge.branch("new-artifact", new_artifact, "ranker 2.4.0 for every environment")
+        number = forge.open_pr("new-artifact")
+        [result] = forge.reconcile(api)
+        name = f"ranker-pr-{number}"
+        assert (result.outcome, result.services) == ("succeeded", (name,))
+        preview = previews_in(api, forge.previews_ns)[name]
+        assert "ranker-2.4.0.zip" in preview["spec"]["serveConfigV2"]
+        assert forge.statuses(sha)["gitsync/preview"]["status"] == "success"
+        [comment] = forge.comments(number)
+        assert planned(comment) == {
+            ("staging/ranker", "serve-update"),
+            ("production/ranker", "serve-update"),
+        }

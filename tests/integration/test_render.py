@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 
@@ -20,13 +19,10 @@ from gitsync.cli import main
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Simulator
+from tests.conftest import fresh_namespace
 
-from .gitops import GitOpsRepo, git
+from .gitops import HELM, KUSTOMIZE, GitOpsRepo, counting_tool, edit, git, runs
 from .kube import GROUP, PLURAL, VERSION
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-KUSTOMIZE = EXAMPLES / "kustomize-layout"
-HELM = EXAMPLES / "helm-layout"
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +37,6 @@ def copy(example: Path, tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     shutil.copytree(example, repo)
     return repo
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, (path, old)
-    path.write_text(text.replace(old, new))
 
 
 def commit(repo: Path, message: str) -> str:
@@ -220,15 +210,6 @@ def test_helm_problems_point_at_the_template_and_lookup_finds_no_cluster(
     assert ranker.manifest["metadata"]["annotations"]["seen"] == "0"
 
 
-def counting_tool(real: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A wrapper that records each run of the real tool, to count renders."""
-    log = tmp_path / "runs.log"
-    wrapper = tmp_path / "kubectl-counting"
-    wrapper.write_text(f'#!/bin/sh\necho run >> {log}\nexec {real} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    return wrapper, log
-
-
 def test_renders_are_cached_by_what_they_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, binaries: Binaries
 ) -> None:
@@ -236,29 +217,25 @@ def test_renders_are_cached_by_what_they_read(
     monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(wrapper))
     monkeypatch.setattr(renderer, "MAX_CACHED_RENDERS", 3)
     repo, cache = copy(KUSTOMIZE, tmp_path), tmp_path / "renders"
-
-    def runs() -> int:
-        return len(log.read_text().splitlines()) if log.exists() else 0
-
     assert read_tree(repo, render_cache=cache).ok
-    assert runs() == 2
+    assert runs(log) == 2
     (repo / "README.md").write_text("a file no render reads\n")
     assert read_tree(repo, render_cache=cache).ok
-    assert runs() == 2
+    assert runs(log) == 2
     edit(repo / "overlays/production/ranker-scale.yaml", "value: 8", "value: 9")
     assert read_tree(repo, render_cache=cache).ok
-    assert runs() == 3
+    assert runs(log) == 3
     edit(repo / "base/ranker.yaml", "max_replicas: 2", "max_replicas: 3")
     assert read_tree(repo, render_cache=cache).ok
-    assert runs() == 5
+    assert runs(log) == 5
     assert len(list(cache.iterdir())) == 3  # the least recently used renders pruned
     # A pass at a revision already read renders nothing (the tree's report is kept).
     tree = tmp_path / "trees" / "abc"
     shutil.copytree(repo, tree)
     read_tree_cached(tree)
-    before = runs()
+    before = runs(log)
     assert read_tree_cached(tree).ok
-    assert runs() == before
+    assert runs(log) == before
 
 
 def test_sync_plan_diff_and_drift_on_the_overlay_and_nothing_from_a_failed_render(
@@ -340,3 +317,73 @@ def test_a_missing_tool_makes_the_environment_invalid_saying_which(
         "gitsync.yaml:4: environment 'staging': renders with helm, which is not installed: "
         "put helm on PATH or set GITSYNC_HELM"
     ]
+
+
+def line_of(path: Path, text: str, after: int = 0) -> int:
+    """The first line of ``path`` holding ``text``, after line ``after``."""
+    lines = path.read_text().splitlines()
+    return next(i + 1 for i, t in enumerate(lines) if i >= after and text in t)
+
+
+def test_drift_of_a_rendered_service_names_the_base_or_the_patch_and_heals_the_render(
+    api: client.ApiClient,
+    namespace: str,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    with fresh_namespace(api) as production:
+        repo = GitOpsRepo(
+            tmp_path / "gitops", namespace, production=production, self_heal=True, example=KUSTOMIZE
+        )
+        config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+        args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+        assert main(["sync", "--once", *args]) == 0
+        assert main(["drift", *args]) == 0  # the rendered overlays, as applied: no drift
+        # By hand in production: a field the overlay's JSON patch set (the highmem group's
+        # maxReplicas, 8 there, 4 in the base) and one of the base (the Serve config).
+        path = "/spec/rayClusterConfig/workerGroupSpecs/1/maxReplicas"
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, production, PLURAL, "ranker", [{"op": "replace", "path": path, "value": 2}],
+            field_manager="kubectl-patch", _content_type="application/json-patch+json",
+        )  # fmt: skip
+        live = custom.get_namespaced_custom_object(GROUP, VERSION, production, PLURAL, "ranker")
+        serve = live["spec"]["serveConfigV2"].replace("num_replicas: 1", "num_replicas: 5", 1)
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, production, PLURAL, "ranker", {"spec": {"serveConfigV2": serve}},
+            field_manager="kubectl-edit",
+        )  # fmt: skip
+        capsys.readouterr()
+        assert main(["drift", *args, "-o", "json"]) == 1
+        staging, prod = json.loads(capsys.readouterr().out)["environments"]
+        assert staging["drifted"] == []  # the same base, rendered for staging: untouched
+        [found] = prod["drifted"]
+        assert found["service"] == f"{production}/ranker"
+        assert found["source"] == "base/ranker.yaml:2"  # where the service is written
+        patch = repo.work / "overlays/production/ranker-scale.yaml"
+        by_path = {f["path"]: f for f in found["fields"]}
+        assert by_path["spec.rayClusterConfig.workerGroupSpecs[highmem].maxReplicas"] == {
+            "path": "spec.rayClusterConfig.workerGroupSpecs[highmem].maxReplicas",
+            "old": 8,  # Git's, as the overlay renders it
+            "new": 2,
+            "source": f"overlays/production/ranker-scale.yaml:{line_of(patch, 'value: 8')}",
+        }
+        serve_field = "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas"
+        assert (by_path[serve_field]["old"], by_path[serve_field]["new"]) == (1, 5)
+        assert by_path[serve_field]["source"] == "base/ranker.yaml:2"
+        assert found["managers"] == ["kubectl-edit", "kubectl-patch"]
+        # Healed: Git's rendered version goes back, the overlay's patches with it.
+        assert main(["drift", "--heal", "--env", "production", *args]) == 1
+        printed = capsys.readouterr().out
+        assert f"set in overlays/production/ranker-scale.yaml:{line_of(patch, 'value: 8')}" in (
+            printed
+        )
+        assert "healed: succeeded" in printed
+        healed = custom.get_namespaced_custom_object(GROUP, VERSION, production, PLURAL, "ranker")
+        groups = healed["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        assert [(g["replicas"], g["maxReplicas"]) for g in groups] == [(3, 10), (0, 8)]
+        assert groups[0]["template"]["spec"]["containers"][0]["image"].endswith(":2.49.1-py311")
+        assert healed["spec"]["serveConfigV2"] == live["spec"]["serveConfigV2"]
+        assert main(["drift", *args]) == 0

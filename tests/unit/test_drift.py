@@ -15,6 +15,7 @@ from gitsync.diff.drift import (
     heal_cost,
     modified,
     owners,
+    placed,
 )
 from gitsync.model import Action, FieldChange, ServiceKey
 from gitsync.names import APPLIED_HASH
@@ -144,6 +145,35 @@ def test_a_hand_edited_image_heals_by_a_swap_and_says_so() -> None:
     [cost] = heal_cost([found])
     assert "cluster swap" in cost
     assert "twice the cluster's resources" in cost
+
+
+def test_a_drifted_field_a_patch_set_is_placed_at_the_patch_the_rest_at_the_service() -> None:
+    """A rendered service: its document's file, and the overlay's patch for the fields it set
+    (patched paths index list items; drift names them as ``keyed`` does)."""
+    git = service(SERVE)
+    git["spec"]["rayClusterConfig"]["workerGroupSpecs"] = [
+        {"groupName": "cpu", "replicas": 3},
+        {"groupName": "highmem", "replicas": 0, "maxReplicas": 8},
+    ]
+    live = copy.deepcopy(git)
+    live["spec"]["serveConfigV2"] = SERVE.replace("num_replicas: 1", "num_replicas: 4")
+    live["spec"]["rayClusterConfig"]["workerGroupSpecs"][1]["maxReplicas"] = 2
+    found = modified(KEY, live, git, {}, "a" * 40, Options())
+    assert found is not None
+    patched = {
+        ("spec", "rayClusterConfig", "workerGroupSpecs", 1, "maxReplicas"): ("patch.yaml", 7),
+        ("spec", "rayClusterConfig", "workerGroupSpecs", 0, "replicas"): ("patch.yaml", 4),
+    }
+    at = placed(found, "base/ranker.yaml", 2, patched, git)
+    group = "spec.rayClusterConfig.workerGroupSpecs[highmem].maxReplicas"
+    serve = "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas"
+    assert {c.path for c in at.changes} == {group, serve}
+    assert at.patched == ((group, "patch.yaml:7"),)  # the cpu group's patch did not drift
+    assert (at.source_of(group), at.source_of(serve)) == ("patch.yaml:7", "base/ranker.yaml:2")
+    assert at.sources == ("patch.yaml:7", "base/ranker.yaml:2")
+    assert "(Git at aaaaaaaaaaaa: patch.yaml:7, base/ranker.yaml:2)" in at.message
+    plain = placed(found, "environments/staging/ranker.yaml", 2, {}, git)
+    assert (plain.patched, plain.sources) == ((), ("environments/staging/ranker.yaml:2",))
 
 
 @pytest.mark.parametrize(
