@@ -713,9 +713,9 @@ class Agent:
             return
         key = (result.environment, result.revision)
         announced = key in self._announced
+        if result.outcome is Outcome.INTERRUPTED:
+            return  # resumed by the next pass (this agent's, if it still leads): told then
         self._announced.discard(key)
-        if result.outcome in (Outcome.SUPERSEDED, Outcome.INTERRUPTED):
-            return
         subject = self._subjects.get(result.revision, "")
         plan = self._plans.get(result.environment)
         self._notify(rollout_finished(result, plan, subject, announced=announced))
