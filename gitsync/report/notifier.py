@@ -294,7 +294,9 @@ class Notifier:
         self.metrics = metrics or Metrics()
         self.links = links or LinkTemplates()
         self.targets = tuple(targets)
-        pool = urllib3.PoolManager(num_pools=max(4, len(targets)), maxsize=2, retries=False)
+        # One connection per target at most (each has one thread), even when they share a host.
+        size = max(1, len(targets))
+        pool = urllib3.PoolManager(num_pools=max(4, size), maxsize=size, retries=False)
         self._channels = [
             _Channel(
                 target,

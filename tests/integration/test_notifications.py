@@ -177,7 +177,10 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         first = repo.revisions[0]
         agent.poll()  # the first pass creates staging's services
         assert agent.last_ok
-        wait_for(lambda: len(receiver.at(SLACK_PATH)) == 2, "the first rollout's messages")
+        wait_for(
+            lambda: len(receiver.at(SLACK_PATH)) == len(receiver.at("/hooks/gitsync")) == 2,
+            "the first rollout's messages",
+        )
         assert receiver.events("/hooks/gitsync") == ["rollout.started", "rollout.succeeded"]
         started, succeeded = (r.json for r in receiver.at("/hooks/gitsync"))
         assert (started["version"], started["environment"], started["revision"]) == (
@@ -234,7 +237,8 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         assert failed["failure"] == {
             "service": f"{namespace}/embedder",
             "app": "embed",
-            "message": "DEPLOY_FAILED: ModuleNotFoundError: No module named 'embedder.v2'",
+            "message": "DEPLOY_FAILED: ModuleNotFoundError: No module named 'embedder.v2', "
+            "deployment Embedder UNHEALTHY: ModuleNotFoundError: No module named 'embedder.v2'",
         }
         assert [(s["name"], s["action"]) for s in failed["services"]] == [
             ("embedder", "serve-update")
