@@ -41,6 +41,9 @@ TEAMS_PATH = "/workflows/7a1/triggers/manual/paths/invoke?api-version=1&sig=team
 SECRETS = (SIGNING_SECRET, "tok-slack-8c1f2e", "teams-sig-4d2b", "tok-down-77aa", "tok-flaky-31cc")
 
 
+Answer = int | str | tuple[int, dict[str, str]]  # a status, "hang", "hold", or with headers
+
+
 @dataclass(frozen=True)
 class Received:
     path: str
@@ -59,7 +62,7 @@ class Receiver:
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[Received] = []
-        self.scripts: dict[str, list[int | str]] = defaultdict(lambda: [200])
+        self.scripts: dict[str, list[Answer]] = defaultdict(lambda: [200])
         self.release = threading.Event()
         self.closed = threading.Event()
         self.lock = threading.Lock()
@@ -78,10 +81,13 @@ class Receiver:
                 if answer == "hold":
                     receiver.release.wait(60)
                     answer = 200
-                assert isinstance(answer, int)
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                assert isinstance(status, int)
                 # A failing receiver that quotes the URL back: it must not reach the logs.
-                text = b"ok" if answer < 300 else f"failed at {self.path}".encode()
-                self.send_response(answer)
+                text = b"ok" if status < 300 else f"failed at {self.path}".encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
                 self.wfile.write(text)
@@ -98,7 +104,7 @@ class Receiver:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def answer(self, path: str, *answers: int | str) -> None:
+    def answer(self, path: str, *answers: Answer) -> None:
         self.scripts[path] = list(answers)
 
     def at(self, path: str) -> list[Received]:
@@ -375,3 +381,28 @@ def test_a_full_queue_drops_the_oldest_and_shutdown_drains_what_it_can(
     assert count(metrics, "stuck", "dropped") == 4
     receiver.release.set()
     wait_for(lambda: count(metrics, "stuck", "delivered") == 4, "the sixth, released")
+
+
+def test_retry_after_is_honoured_a_refusal_is_final_and_an_unreadable_url_is_not_logged(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.answer("/busy", (429, {"Retry-After": "0"}), 200)
+    receiver.answer("/gone/tok-flaky-31cc", 404)
+    metrics = Metrics()
+    targets = [
+        webhook("busy", receiver.url("/busy")),
+        webhook("gone", receiver.url("/gone/tok-flaky-31cc")),
+        NotificationTarget("missing", "slack", url_from=TokenAuth(token_file=tmp_path / "nope")),
+    ]
+    notifier = Notifier(targets, metrics, backoff=30.0)  # only Retry-After makes it quick
+    notifier.notify(Notice(Event.ROLLOUT_FAILED, "production", "0" * 40))
+    wait_for(lambda: count(metrics, "busy", "delivered") == 1, "busy's retry")
+    wait_for(lambda: count(metrics, "gone", "rejected") == 1, "gone's refusal")
+    wait_for(lambda: count(metrics, "missing", "failed") == 1, "missing's URL")
+    assert notifier.close(timeout=1) == 0
+    assert len(receiver.at("/busy")) == 2
+    assert "to busy failed, retrying in 0.0s: HTTP 429" in caplog.text  # as asked, not 30s
+    assert len(receiver.at("/gone/tok-flaky-31cc")) == 1  # a 404 is not asked again
+    assert "refused by gone (HTTP 404: failed at ***), not sent again" in caplog.text
+    assert f"cannot read the URL from file {tmp_path / 'nope'}: No such file" in caplog.text
+    assert "tok-flaky-31cc" not in caplog.text
