@@ -94,6 +94,8 @@ class Failure:
 
 @dataclass(frozen=True)
 class Notice:
+    """One thing that happened, as every target is told it (docs/notifications.md)."""
+
     event: Event
     environment: str
     revision: str
@@ -125,6 +127,8 @@ def wanted(notice: Notice, environments: Sequence[str], events: Sequence[str]) -
 
 
 def with_links(notice: Notice, templates: LinkTemplates) -> Notice:
+    """``notice`` with the links its templates give (a commit link needs a revision; a
+    preview has no page of its own on the status page)."""
     values = {
         "environment": notice.environment,
         "revision": notice.revision,
