@@ -327,10 +327,11 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
         wait_for(lambda: late.events("/down/tok-down-77aa") == ["rollout.succeeded"], "down")
         wait_for(lambda: count(metrics, "flaky", "delivered") == 1, "flaky's retry")
         wait_for(lambda: count(metrics, "slow", "delivered") == 1, "slow's retry")
-        assert len(receiver.at("/flaky/tok-flaky-31cc")) == 2  # 500, then 200
-        assert len(receiver.at("/slow")) == 2  # timed out, then 200
+        # 500, then 200; timed out, then 200 (a loaded machine may time out a second time)
+        assert len(receiver.at("/flaky/tok-flaky-31cc")) == 2
         slow = [r.json for r in receiver.at("/slow")]
-        assert slow[0] == slow[1]  # the same delivery (id), sent again
+        assert len(slow) >= 2
+        assert all(body == slow[0] for body in slow)  # the same delivery (id), sent again
         receiver.release.set()
         wait_for(lambda: count(metrics, "stuck", "delivered") == 2, "stuck's messages")
         assert receiver.events("/stuck") == ["rollout.started", "rollout.succeeded"]
