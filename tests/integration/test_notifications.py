@@ -29,7 +29,6 @@ from gitsync.notify import Event, Notice, verify
 from gitsync.report.factory import build_notifier
 from gitsync.report.notifier import Notifier
 from gitsync.source.config import TokenAuth
-from testbed.controlplane import free_port
 from testbed.simulator import FailureRule, Simulator
 
 from .gitops import GitOpsRepo
@@ -60,7 +59,9 @@ class Receiver:
     script, in order (the last answer repeats): a status code, ``hang`` (never answers until
     the receiver closes: the client times out) or ``hold`` (answers 200 once ``release``)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, *, listening: bool = True) -> None:
+        """``listening`` False: the port is bound (reserved) but refuses connections, as a
+        receiver that is down, until :meth:`listen`."""
         self.requests: list[Received] = []
         self.scripts: dict[str, list[Answer]] = defaultdict(lambda: [200])
         self.release = threading.Event()
@@ -95,10 +96,16 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
+        self.server.server_bind()
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        self.server.server_activate()
         self.thread.start()
 
     def url(self, path: str) -> str:
@@ -117,7 +124,8 @@ class Receiver:
     def close(self) -> None:
         self.release.set()
         self.closed.set()
-        self.server.shutdown()
+        if self.thread.is_alive():
+            self.server.shutdown()
         self.server.server_close()
 
 
@@ -288,7 +296,7 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="gitsync")
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
-    down_port = free_port()  # nothing listens there until the rollout is over
+    down = Receiver(listening=False)  # refuses connections until the rollout is over
     receiver.answer("/flaky/tok-flaky-31cc", 500, 200)
     receiver.answer("/slow", "hang", 200)  # the first attempt hangs past the 1s timeout
     receiver.answer("/stuck", "hold")  # every request waits until released
@@ -297,7 +305,7 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
         webhook("flaky", receiver.url("/flaky/tok-flaky-31cc"), succeeded),
         webhook("slow", receiver.url("/slow"), succeeded, timeout=1.0),
         webhook("stuck", receiver.url("/stuck"), timeout=120.0),
-        webhook("down", f"http://127.0.0.1:{down_port}/down/tok-down-77aa", succeeded),
+        webhook("down", down.url("/down/tok-down-77aa"), succeeded),
     )
     config = replace(
         repo.agent_config(tmp_path / "cache"),
@@ -308,7 +316,6 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
     # Short waits between attempts, and enough of them to outlast the rollout for `down`.
     notifier = Notifier(targets, metrics, attempts=100, backoff=0.1, max_wait=0.3)
     agent = Agent(config, api, "notify-faults", metrics=metrics, notifier=notifier)
-    late = None
     try:
         agent.poll()  # returns when the rollout is over, whatever the receivers do
         assert agent.last_ok
@@ -323,8 +330,8 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
         wait_for(lambda: receiver.at("/stuck"), "the stuck receiver's first request")
         assert count(metrics, "stuck", "delivered") == 0
         assert count(metrics, "down", "delivered") == 0
-        late = Receiver(down_port)
-        wait_for(lambda: late.events("/down/tok-down-77aa") == ["rollout.succeeded"], "down")
+        down.listen()
+        wait_for(lambda: down.events("/down/tok-down-77aa") == ["rollout.succeeded"], "down")
         wait_for(lambda: count(metrics, "flaky", "delivered") == 1, "flaky's retry")
         wait_for(lambda: count(metrics, "slow", "delivered") == 1, "slow's retry")
         # 500, then 200; timed out, then 200 (a loaded machine may time out a second time)
@@ -337,8 +344,7 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
         assert receiver.events("/stuck") == ["rollout.started", "rollout.succeeded"]
     finally:
         assert agent.shutdown(timeout=10)
-        if late is not None:
-            late.close()
+        down.close()
     for name in ("flaky", "slow", "stuck", "down"):
         assert count(metrics, name, "failed") == count(metrics, name, "dropped") == 0, name
     retried = caplog.text
