@@ -313,8 +313,9 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
         notifications=targets,
     )
     metrics = Metrics()
-    # Short waits between attempts, and enough of them to outlast the rollout for `down`.
-    notifier = Notifier(targets, metrics, attempts=100, backoff=0.1, max_wait=0.3)
+    # Short waits between attempts, and enough of them (minutes) to outlast the rollout and
+    # the test's checks after it for `down`, however loaded the machine.
+    notifier = Notifier(targets, metrics, attempts=1000, backoff=0.1, max_wait=0.3)
     agent = Agent(config, api, "notify-faults", metrics=metrics, notifier=notifier)
     try:
         agent.poll()  # returns when the rollout is over, whatever the receivers do
