@@ -148,6 +148,9 @@ class Agent:
         self.history = History(sink=self._store_status, seed=self._stored_status)
         self.preview_reconciler, self.drift_checker = self._checkers()
         self._lock = threading.Lock()
+        # Held while the per-environment series are written or dropped: a health refresh
+        # (which runs outside ``_lock``) must not write one back after a step-down dropped them.
+        self._series = threading.RLock()
         self.elector = self._elector()
         namespace = self.config.leader_election.namespace
         self._leader_pods = LeaderPods(self.api, namespace, self.identity)
@@ -422,6 +425,10 @@ class Agent:
     def _forget_environments(self) -> None:
         """Drops the per-environment series a standby must not export. Leading again, the
         first pass re-runs (``last_ok`` False) and restores them from the cluster."""
+        with self._series:
+            self._drop_series()
+
+    def _drop_series(self) -> None:
         for gauge in (
             self.metrics.service_health,
             self.metrics.applied_revision,
@@ -554,6 +561,13 @@ class Agent:
             return []
         finally:
             self._lock.release()
+        with self._series:
+            if self.leading:  # a step-down during the check dropped the series
+                self._drift_series(reports)
+        release_memory()
+        return reports
+
+    def _drift_series(self, reports: list[DriftReport]) -> None:
         for report in reports:
             self.history.drift(report)
             if not (report.error or report.note):  # checked: what it left drifted
@@ -567,9 +581,7 @@ class Agent:
                 self.metrics.drift_fighting.labels(report.environment, namespace, name).set(1)
             if report.healed is not None:
                 self._record(report.healed)
-            self._notify_drift(report)
-        release_memory()
-        return reports
+            self._notify_drift(report)  # under the series lock: what it told stays consistent
 
     def _pass(self, head: str) -> None:
         with self._lock:
@@ -800,6 +812,13 @@ class Agent:
         """One series per service, labelled with its current health (the old one removed):
         1,000 services are 1,000 series, not one per possible health. With ``events`` (a poll
         that found nothing new: no rollout recorded this change) it is an Event too."""
+        with self._series:
+            if self.leading:  # else the step-down dropped the series: a standby has none
+                self._set_health(environment, key, assessment, events)
+
+    def _set_health(
+        self, environment: str, key: ServiceKey, assessment: Assessment, events: bool
+    ) -> None:
         health = assessment.health
         previous = self._health.get((environment, key))
         if previous is health:

@@ -252,7 +252,11 @@ class _Pass:
                 f"revision {label}: environments {', '.join(names)}", {"revision": revision}
             )
             loaded_all = _validated(report, names, label, statuses)
-            holds = self.state.holds()
+            try:
+                holds = self.state.holds()
+            except GitsyncError as exc:  # as a rollout's own API failure: the first one errs
+                statuses.post(statuses.describe.error(names[0], str(exc)))
+                raise
             results: list[RolloutResult] = []
             for name in names:
                 hold = holds.get(name, Hold())

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -90,7 +91,10 @@ class Informers:
             self._closed = True
             informers = list(self.by_path.values())
         for informer in informers:
-            informer.stop()
+            informer.halt()
+        deadline = time.monotonic() + 2.0
+        for informer in informers:
+            informer.join(max(0.0, deadline - time.monotonic()))
 
     def _event(self, namespace: str, resource: Resource, event: Event) -> None:
         _, old, new = event

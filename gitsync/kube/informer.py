@@ -120,12 +120,27 @@ class Informer:
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
+        self.halt()
+        self.join(timeout)
+
+    def halt(self) -> None:
+        """Tells the thread to end, and ends a watch read it is blocked in (a watch of a quiet
+        collection would otherwise hold it until its ``silent`` read timeout)."""
         self._stop.set()
         with self.changed:
             self.synced = False
             self.changed.notify_all()
+        self._shutdown()
+
+    def join(self, timeout: float = 1.0) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _shutdown(self) -> None:
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # ends the blocked read on the watch thread
+                response.shutdown()
 
     def distrust(self) -> None:
         """Lists again before serving reads: the API server or etcd failed a request, and a
@@ -134,10 +149,7 @@ class Informer:
         with self.changed:
             self.synced = False
             self.changed.notify_all()
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):  # ends the blocked read on the watch thread
-                response.shutdown()
+        self._shutdown()
 
     def wait_synced(self, timeout: float) -> bool:
         """Waits until the first list is in (or ``timeout`` seconds)."""
@@ -233,9 +245,17 @@ class Informer:
             raise client.ApiException(status=response.status, reason=response.reason)
         self._response = response.response
         try:
+            # Distrusted or stopped before the response was kept for them to cut: their
+            # shutdown missed it, so the watch ends here.
+            if self._stop.is_set():
+                return
+            if not self.synced:
+                raise urllib3.exceptions.ProtocolError("distrusted")
             for line in iter_resp_lines(response.response):
                 if self._stop.is_set():
                     return
+                if not self.synced:
+                    raise urllib3.exceptions.ProtocolError("distrusted")
                 if line:
                     yield line
             if not self.synced:  # distrusted while the watch ran: list again

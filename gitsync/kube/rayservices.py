@@ -91,6 +91,7 @@ class RayServicesClient:
     def pending_reasons(self, namespace: str, cluster: str) -> str | None:
         return pending_reasons(self.api, namespace, cluster)
 
+    @about(RAYSERVICE)
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
         """Every RayService gitsync applied for ``environment`` in ``namespace``: one request."""
         listing = self.custom.list_namespaced_custom_object(

@@ -324,7 +324,7 @@ class StateStore:
                 query={"labelSelector": f"{MANAGED_BY}=gitsync"},
             )
         except client.ApiException as exc:
-            if temporary(exc):
+            if temporary(exc) or access_refused(exc):
                 raise
             raise GitsyncError(
                 f"cannot list the state ConfigMaps in {self.namespace}: {exc.status} {exc.reason}"
