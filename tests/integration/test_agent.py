@@ -669,11 +669,17 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
         assert [(e["environment"], e["revision"]) for e in done] == [
             ("staging", repo.revisions[-1])
         ]
-        # The alerts' gauges: no failure standing, and not behind once the rollout succeeded.
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        assert 'gitsync_rollout_failed{environment="staging"} 0.0' in text
-        assert 'gitsync_behind_since_seconds{environment="staging"} 0.0' in text
+        # The alerts' gauges: no failure standing, and not behind once the rollout succeeded
+        # (set when the rollout's result is recorded, just after its "succeeded" line).
+        settled = (
+            'gitsync_rollout_failed{environment="staging"} 0.0',
+            'gitsync_behind_since_seconds{environment="staging"} 0.0',
+        )
+        wait_for(
+            lambda: all(line in scrape(port) for line in settled),
+            timeout=30,
+            what="the alerts' gauges",
+        )
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
