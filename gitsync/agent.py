@@ -43,11 +43,20 @@ from gitsync.kube.state import StateStore
 from gitsync.metrics import Metrics
 from gitsync.model import Health, Hold, Outcome, RolloutResult, ServiceKey, WaveEvent
 from gitsync.names import ENVIRONMENT
+from gitsync.notify import (
+    DriftSeen,
+    Notice,
+    drift_notices,
+    preview_notice,
+    rollout_finished,
+    rollout_started,
+)
 from gitsync.plan import Plan
 from gitsync.planning import environment_manifests, ordered_environments
 from gitsync.previews import PreviewReconciler, PreviewResult
 from gitsync.progress import NO_FIELDS, Fields, Quiet
 from gitsync.relay import outside
+from gitsync.report.notifier import Notifier
 from gitsync.report.pulls import Pulls
 from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
@@ -85,6 +94,7 @@ class Agent:
     metrics: Metrics = field(default_factory=Metrics)
     reporter: Reporter | None = None
     pulls: Pulls | None = None
+    notifier: Notifier | None = None  # Slack, Teams, webhooks (docs/notifications.md)
     advertise_url: str = ""  # published on the Lease while leading: standbys relay webhooks
     stale_after: float | None = None  # seconds without a poll: unhealthy (None: see STALE_*)
 
@@ -125,6 +135,14 @@ class Agent:
         self._fighting: dict[str, set[tuple[str, str]]] = {}
         self._holds: dict[str, Hold] = {}  # as the last poll read them (a change: a pass)
         self._previews_lock = threading.Lock()
+        # What notifications said: this pass's plans (what each service does), the rollouts
+        # announced as started, commit subjects, and per environment and pull request what
+        # drift and preview notices already told (a check that finds the same says nothing).
+        self._plans: dict[str, Plan] = {}
+        self._announced: set[tuple[str, str]] = set()  # (environment, revision)
+        self._subjects: dict[str, str] = {}
+        self._drift_told: dict[str, DriftSeen] = {}
+        self._previews_told: dict[int, tuple[str, str, str]] = {}
         # What progress lines may name: environments and services planned, the pass's revision.
         # What the status page shows, kept in the state ConfigMaps (every replica reads them).
         self.history = History(sink=self._store_status, seed=self._stored_status)
@@ -241,7 +259,8 @@ class Agent:
 
         The grace period is shared out so that a hung step cannot starve the later ones:
         up to half waits for the pass, the statuses are posted until 60 % and those left
-        stored until 80 %, the Lease gets the rest."""
+        stored until 80 %, notifications are delivered until 90 % (their threads deliver
+        all along), the Lease gets the rest."""
         grace = self.config.shutdown_grace if timeout is None else timeout
         began = time.monotonic()
         log.info("agent stopping (grace period %.0fs)", grace)
@@ -257,6 +276,8 @@ class Agent:
         if self.reporter is not None:
             unposted = self.reporter.close(timeout=max(0.1, began + grace * 0.6 - time.monotonic()))
             self._keep_statuses(unposted, began + grace * 0.8)
+        if self.notifier is not None:  # delivering since the rollout ended; what is left: now
+            self.notifier.close(timeout=max(0.1, began + grace * 0.9 - time.monotonic()))
         if self._election_thread is not None:
             self._election_thread.join(max(0.1, began + grace * 0.97 - time.monotonic()))
             if self._election_thread.is_alive():
@@ -499,6 +520,7 @@ class Agent:
                     "preview #%d: %s %s", result.number, result.outcome, ", ".join(result.services)
                 )
         self.history.previews(results)
+        self._notify_previews(results)
         release_memory(full=any(r.outcome != "unchanged" for r in results))
         return results
 
@@ -560,6 +582,7 @@ class Agent:
                 self.metrics.drift_fighting.labels(report.environment, namespace, name).set(1)
             if report.healed is not None:
                 self._record(report.healed)
+            self._notify_drift(report)  # under the series lock: what it told stays consistent
 
     def _pass(self, head: str) -> None:
         with self._lock:
@@ -673,9 +696,68 @@ class Agent:
         try:
             author, when, subject = self.source.commit_info(revision)
             self.history.commit(CommitInfo(revision, author, when, subject))
+            self._subjects = {revision: subject}  # the one revision this pass rolls out
         except (GitsyncError, ValueError) as exc:
             log.debug("commit metadata of %s unavailable: %s", revision[:12], exc)
         self.history.planned(plan, revision)
+        self._plans[plan.environment] = plan
+
+    # -- notifications: never in a rollout's way --------------------------------------------
+
+    def _notify(self, notice: Notice | None) -> None:
+        if notice is None or self.notifier is None:
+            return
+        try:
+            self.notifier.notify(notice)
+        except Exception:  # a notification must never fail a rollout
+            log.exception("cannot queue the notification %s", notice.event)
+
+    def _notify_started(self, environment: str) -> None:
+        plan = self._plans.get(environment)
+        if plan is None or self.notifier is None:
+            return
+        notice = rollout_started(plan, self._subjects.get(plan.to_rev or "", ""))
+        if notice is not None:
+            self._announced.add((environment, notice.revision))
+        self._notify(notice)
+
+    def _notify_finished(self, result: RolloutResult) -> None:
+        if self.notifier is None:
+            return
+        key = (result.environment, result.revision)
+        announced = key in self._announced
+        if result.outcome is Outcome.INTERRUPTED:
+            return  # resumed by the next pass (this agent's, if it still leads): told then
+        self._announced.discard(key)
+        subject = self._subjects.get(result.revision, "")
+        plan = self._plans.get(result.environment)
+        self._notify(rollout_finished(result, plan, subject, announced=announced))
+
+    def _notify_drift(self, report: DriftReport) -> None:
+        if self.notifier is None or report.error or report.note:
+            return  # not checked: nothing found, nothing gone
+        told = self._drift_told.get(report.environment, DriftSeen())
+        notices, self._drift_told[report.environment] = drift_notices(
+            report.environment, report.revision, report.drifts, report.fighting, report.healed,
+            told,
+        )  # fmt: skip
+        for notice in notices:
+            self._notify(notice)
+
+    def _notify_previews(self, results: Sequence[PreviewResult]) -> None:
+        if self.notifier is None:
+            return
+        for r in results:
+            said = (r.revision, r.outcome, r.message)
+            if r.outcome in ("succeeded", "failed") and self._previews_told.get(r.number) != said:
+                self._previews_told[r.number] = said
+                self._notify(
+                    preview_notice(
+                        r.number, r.revision, r.services, r.namespace, r.outcome, r.message
+                    )
+                )
+            elif r.outcome == "deleted":
+                self._previews_told.pop(r.number, None)
 
     def _started(self, environment: str) -> None:
         self._began[environment] = time.monotonic()
@@ -788,6 +870,7 @@ class _Watching(Quiet):
 
     def started(self, environment: str) -> None:
         self.agent._started(environment)
+        self.agent._notify_started(environment)
 
     def wave(self, environment: str, event: WaveEvent) -> None:
         self.agent.history.event(environment, event)
@@ -797,6 +880,7 @@ class _Watching(Quiet):
 
     def finished(self, result: RolloutResult) -> None:
         self.agent._record(result)
+        self.agent._notify_finished(result)
 
 
 def release_memory(*, full: bool = True) -> None:

@@ -780,7 +780,12 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
     from gitsync.agent import Agent
     from gitsync.kube.access import check_access
     from gitsync.metrics import Metrics
-    from gitsync.report.factory import agent_identity, build_pulls, build_reporter
+    from gitsync.report.factory import (
+        agent_identity,
+        build_notifier,
+        build_pulls,
+        build_reporter,
+    )
 
     configure_logging(args.log_format, args.log_level)
     try:
@@ -793,6 +798,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         metrics = Metrics()
         reporter = build_reporter(config, metrics)
         pulls = build_pulls(config, metrics)
+        notifier = build_notifier(config, metrics)
     except GitsyncError as exc:
         err.write(f"gitsync run: {exc}\n")
         return EXIT_ERROR
@@ -803,6 +809,7 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         metrics=metrics,
         reporter=reporter,
         pulls=pulls,
+        notifier=notifier,
         advertise_url=advertised_url(
             config.advertise_url, listen, os.environ.get("POD_IP", ""), socket.gethostname()
         ),

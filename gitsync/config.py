@@ -22,6 +22,7 @@ from gitsync.manifests.names import namespace_problem
 from gitsync.manifests.quantity import parse_quantity
 from gitsync.manifests.yamldoc import Checker, parse_documents
 from gitsync.model import Problem
+from gitsync.notify import EVENTS
 from gitsync.report.status import target_url_problem
 from gitsync.source.config import (
     DEFAULT_MAX_FETCH_BYTES,
@@ -38,6 +39,7 @@ DEFAULT_CONCURRENCY = 8  # rollout.concurrency
 PROVIDERS = ("gitnotes", "gitea", "github", "gitlab")
 _URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[\w.-]*):([0-9]{1,5})$")
+_HTTP_BASE = re.compile(r"^https?://[^/\s?#@]+(/[^\s?#]*)?$")
 _ADVERTISE = re.compile(r"^https?://(\[[0-9a-fA-F:]+\]|[\w.-]+)(:[0-9]{1,5})?/?$")
 
 
@@ -158,6 +160,8 @@ class UiSettings:
     auth: UiAuth = field(default_factory=UiAuth)
     show_env_values: bool = False  # env / runtime_env.env_vars values in diffs are masked
     refresh_seconds: float = 2.0  # how often the live RayService statuses are re-read at most
+    # The page's address as people reach it (behind an ingress): notifications link to it.
+    external_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,27 @@ class RolloutSettings:
     rollback: Literal["none", "auto"] = "none"
     force_conflicts: bool = False
     state_namespace: str = "gitsync-system"
+
+
+NOTIFICATION_TYPES = ("slack", "teams", "webhook")
+
+
+@dataclass(frozen=True)
+class NotificationTarget:
+    """Where notifications go (docs/notifications.md): a Slack incoming webhook, a Microsoft
+    Teams Workflows webhook, or a generic JSON webhook, signed with ``secret`` when given.
+    The URL is inline (``url``: a generic webhook's, never one carrying a token) or read
+    at each delivery from a file or an environment variable (``url_from``); ``environments``
+    and ``events`` filter (empty: all)."""
+
+    name: str
+    type: Literal["slack", "teams", "webhook"]
+    url: str = ""
+    url_from: TokenAuth | None = None
+    secret: TokenAuth | None = None
+    environments: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    timeout: float = 10.0  # one delivery attempt, connect to answer
 
 
 @dataclass(frozen=True)
@@ -217,6 +242,7 @@ class AgentConfig:
     # ``pullRequests`` (never an environment name: those are DNS labels) lists where previews
     # may run: set without it, no preview runs.
     allowed_namespaces: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    notifications: tuple[NotificationTarget, ...] = ()
 
     def namespaces_for(self, environment: str) -> tuple[str, ...] | None:
         """The namespaces ``environment`` may use; None when any is allowed."""
@@ -534,8 +560,18 @@ def _cidr(value: object) -> bool:
 
 def _ui(check: Checker, raw: Any) -> UiSettings:
     at = ("ui",)
-    if not check.mapping(raw, {"enabled", "auth", "showEnvValues", "refreshInterval"}, set(), *at):
+    allowed = {"enabled", "auth", "showEnvValues", "refreshInterval", "externalURL"}
+    if not check.mapping(raw, allowed, set(), *at):
         return UiSettings()
+    external = raw.get("externalURL", "")
+    if external and not (isinstance(external, str) and _HTTP_BASE.match(external)):
+        check.add(
+            "ui.externalURL must be the page's http(s) address such as "
+            f"'https://gitsync.example.com', not {external!r}",
+            *at,
+            "externalURL",
+        )
+        external = ""
     enabled, show = raw.get("enabled", True), raw.get("showEnvValues", False)
     for key, value in (("enabled", enabled), ("showEnvValues", show)):
         if not isinstance(value, bool):
@@ -557,7 +593,13 @@ def _ui(check: Checker, raw: Any) -> UiSettings:
             auth = UiAuth(bearer=TokenAuth(token_env=str(raw_auth["bearerTokenEnv"])))
         elif given == ["basicAuthFile"]:
             auth = UiAuth(basic_file=Path(str(raw_auth["basicAuthFile"])))
-    return UiSettings(bool(enabled), auth, bool(show), refresh or UiSettings.refresh_seconds)
+    return UiSettings(
+        bool(enabled),
+        auth,
+        bool(show),
+        refresh or UiSettings.refresh_seconds,
+        str(external).rstrip("/"),
+    )
 
 
 def _metrics(check: Checker, raw: Any, taken: set[str]) -> MetricsSettings:
@@ -587,6 +629,133 @@ def _metrics(check: Checker, raw: Any, taken: set[str]) -> MetricsSettings:
         elif given == ["bearerTokenEnv"]:
             bearer = TokenAuth(token_env=str(raw_auth["bearerTokenEnv"]))
     return MetricsSettings(listen, bearer)
+
+
+def _notifications(check: Checker, raw: Any) -> tuple[NotificationTarget, ...]:
+    if not isinstance(raw, list):
+        check.add(
+            "notifications must be a list of targets (type, urlFrom or url, …)", "notifications"
+        )
+        return ()
+    targets = [_notification(check, item, index) for index, item in enumerate(raw)]
+    names: set[str] = set()
+    for index, target in enumerate(targets):
+        if target is None:
+            continue
+        if target.name in names:
+            check.add(
+                f"two notification targets are named {target.name!r}: give each a distinct "
+                "name (it labels gitsync_notifications_total)",
+                "notifications",
+                index,
+            )
+        names.add(target.name)
+    return tuple(t for t in targets if t is not None)
+
+
+def _notification(check: Checker, raw: Any, index: int) -> NotificationTarget | None:
+    at: tuple[str | int, ...] = ("notifications", index)
+    keys = {"name", "type", "url", "urlFrom", "secret", "environments", "events", "timeout"}
+    if not check.mapping(raw, keys, {"type"}, *at):
+        return None
+    where = f"notifications[{index}]"
+    kind = raw.get("type")
+    if kind not in NOTIFICATION_TYPES:
+        check.add(f"{where}.type must be one of {', '.join(NOTIFICATION_TYPES)}, not {kind!r}",
+                  *at, "type")  # fmt: skip
+        return None
+    name = raw.get("name", kind)
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][\w.-]{0,62}$", name):
+        check.add(f"{where}.name must be a short name (letters, digits, . _ -)", *at, "name")
+    url, url_from = _notification_url(check, raw, kind, at)
+    secret = None
+    if "secret" in raw:
+        secret = _secret_source(check, raw["secret"], f"{where}.secret", (*at, "secret"))
+        if kind != "webhook":
+            check.add(f"{where}.secret signs generic webhooks only (type: webhook)", *at, "secret")
+    environments, events = raw.get("environments", []), raw.get("events", [])
+    if not isinstance(environments, list) or not all(
+        isinstance(e, str) and e for e in environments
+    ):
+        check.add(f"{where}.environments must be a list of environment names", *at, "environments")
+        environments = []
+    if not isinstance(events, list) or not all(e in EVENTS for e in events):
+        wrong = [e for e in events if e not in EVENTS] if isinstance(events, list) else events
+        check.add(
+            f"{where}.events: unknown event {wrong[0] if isinstance(wrong, list) else wrong!r}; "
+            f"the events are {', '.join(EVENTS)}",
+            *at,
+            "events",
+        )
+        events = []
+    timeout = parse_duration(raw.get("timeout", "10s"))
+    if timeout is None or timeout > 300:
+        check.add(f"{where}.timeout must be a duration up to 5m such as '10s'", *at, "timeout")
+        timeout = NotificationTarget.timeout
+    if url is None and url_from is None:
+        return None
+    return NotificationTarget(
+        str(name), kind, url or "", url_from, secret,
+        tuple(environments), tuple(str(e) for e in events), timeout,
+    )  # fmt: skip
+
+
+def _notification_url(
+    check: Checker, raw: Mapping[str, Any], kind: str, at: tuple[str | int, ...]
+) -> tuple[str | None, TokenAuth | None]:
+    """The target's inline ``url`` or ``urlFrom`` source. A Slack or Teams webhook URL is a
+    secret (whoever holds it posts to the channel), as is a URL with credentials or a query
+    string: those only through ``urlFrom``. The URL itself is never echoed in a problem."""
+    where = f"notifications[{at[-1]}]"
+    if ("url" in raw) == ("urlFrom" in raw):
+        check.add(f"{where} needs url or urlFrom (one of the two)", *at)
+        return None, None
+    if "urlFrom" in raw:
+        return None, _secret_source(check, raw["urlFrom"], f"{where}.urlFrom", (*at, "urlFrom"))
+    url = raw["url"]
+    if kind != "webhook":
+        check.add(
+            f"{where}.url: a {kind} webhook URL is a secret (whoever holds it can post to the "
+            "channel); give it with urlFrom: {secretFile: …} or {secretEnv: …} instead",
+            *at,
+            "url",
+        )
+        return None, None
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+        check.add(f"{where}.url must be an http(s) URL", *at, "url")
+        return None, None
+    if _carries_credentials(url) or "?" in url or "@" in url.partition("://")[2].split("/")[0]:
+        check.add(
+            f"{where}.url carries credentials (user info or a query string); give it with "
+            "urlFrom: {secretFile: …} or {secretEnv: …} instead",
+            *at,
+            "url",
+        )
+        return None, None
+    return url, None
+
+
+def _secret_source(
+    check: Checker, raw: Any, where: str, at: tuple[str | int, ...]
+) -> TokenAuth | None:
+    """``{secretFile: PATH}`` or ``{secretEnv: NAME}``; a literal value is refused."""
+    if isinstance(raw, str):
+        check.add(
+            f"{where}: secrets are never written in the config; use {{secretFile: PATH}} (a "
+            "mounted Secret) or {secretEnv: NAME} (an environment variable) instead",
+            *at,
+        )
+        return None
+    if not check.mapping(raw, {"secretFile", "secretEnv"}, set(), *at):
+        return None
+    given = [k for k in ("secretFile", "secretEnv") if k in raw]
+    value = raw.get(given[0]) if len(given) == 1 else None
+    if not isinstance(value, str) or not value:
+        check.add(f"{where} needs secretFile or secretEnv (one of the two, non-empty)", *at)
+        return None
+    if given == ["secretFile"]:
+        return TokenAuth(token_file=Path(value))
+    return TokenAuth(token_env=value)
 
 
 def _promotion(check: Checker, raw: Any) -> PromotionGate:
@@ -634,6 +803,7 @@ _AGENT_KEYS = {
     "shutdownGracePeriod",
     "metrics",
     "allowedNamespaces",
+    "notifications",
 }
 
 
@@ -670,6 +840,7 @@ def load_agent_config(
     allowed_namespaces = (
         _allowed_namespaces(check, data["allowedNamespaces"]) if "allowedNamespaces" in data else ()
     )
+    notifications = _notifications(check, data.get("notifications", []))
     if check.problems or repository is None or grace is None:
         return None, sorted(check.problems, key=lambda p: p.line or 0)
     return AgentConfig(
@@ -692,6 +863,7 @@ def load_agent_config(
         shutdown_grace=grace,
         metrics=metrics,
         allowed_namespaces=allowed_namespaces,
+        notifications=notifications,
     ), []
 
 

@@ -132,7 +132,7 @@ class Metrics:
         )
 
     def _poll_and_status_metrics(self, r: CollectorRegistry) -> None:
-        """Polls of the branch and commit statuses posted to the forge."""
+        """Polls of the branch, commit statuses posted to the forge, notifications sent."""
         self.git_poll = Counter(
             "gitsync_git_poll", "Polls of the branch, by result (unchanged, new, error)",
             ["result"], registry=r,
@@ -162,6 +162,15 @@ class Metrics:
             "From the event a status reports to the forge accepting it",
             ["provider"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+
+        self.notifications = Counter(
+            "gitsync_notifications",
+            "Notifications handled, by target and result (delivered; failed after retries; "
+            "rejected for good by the receiver (a 4xx other than 408 and 429); dropped: the "
+            "target's queue was full (the oldest goes) or the agent stopped before delivery)",
+            ["target", "result"],
             registry=r,
         )
 

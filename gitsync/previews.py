@@ -75,6 +75,7 @@ class PreviewResult:
     services: tuple[str, ...]  # preview service names
     outcome: str  # succeeded, failed, skipped, deleted, unchanged
     message: str
+    namespace: str = ""  # where its services are (when it has any)
 
 
 def preview_namespace_refused(agent: AgentConfig, previews: PreviewConfig | None) -> str | None:
@@ -429,9 +430,13 @@ class PreviewReconciler:
                 where = f"{', '.join(names)} in {previews.namespace}"
                 self._status(pr, State.SUCCESS, f"preview Healthy: {where}")
             outcome = "succeeded" if result.applied or result.pruned else "unchanged"
-            return PreviewResult(pr.number, pr.head_sha, tuple(names), outcome, result.message)
+            return PreviewResult(
+                pr.number, pr.head_sha, tuple(names), outcome, result.message, previews.namespace
+            )
         self._status(pr, State.FAILURE, f"preview failed: {result.message}")
-        return PreviewResult(pr.number, pr.head_sha, tuple(names), "failed", result.message)
+        return PreviewResult(
+            pr.number, pr.head_sha, tuple(names), "failed", result.message, previews.namespace
+        )
 
     def _live(self, previews: PreviewConfig, number: int | None = None) -> set[int]:
         """The pull requests (or just ``number``) with preview objects in the namespace."""

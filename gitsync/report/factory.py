@@ -1,4 +1,4 @@
-"""The one place the agent config becomes a status provider and a reporter."""
+"""The one place the agent config becomes a status provider, a reporter and a notifier."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from urllib.parse import urlsplit
 from gitsync.config import AgentConfig, StatusConfig
 from gitsync.errors import ConfigError
 from gitsync.metrics import Metrics
+from gitsync.notify import LinkTemplates
 from gitsync.report.gitea import GiteaProvider, gitea_headers
 from gitsync.report.github import AppTokens, GitHubProvider, token_headers
 from gitsync.report.gitlab import GitLabProvider, gitlab_headers
 from gitsync.report.gitnotes import GitNotesProvider
 from gitsync.report.http import JsonClient
+from gitsync.report.notifier import Notifier
 from gitsync.report.provider import Provider
 from gitsync.report.pulls import GiteaPulls, GitHubPulls, GitLabPulls, Pulls
 from gitsync.report.reporter import Reporter
@@ -105,3 +107,42 @@ def build_pulls(config: AgentConfig, metrics: Metrics) -> Pulls | None:
 def build_reporter(config: AgentConfig, metrics: Metrics | None = None) -> Reporter:
     metrics = metrics or Metrics()
     return Reporter(build_provider(config, metrics), metrics)
+
+
+def commit_url_template(config: AgentConfig) -> str:
+    """The forge's web page of a commit (which lists its statuses), as a template with
+    ``{revision}``; "" where it cannot be told (git notes, a GitLab project given by ID, a
+    forge reached over SSH only)."""
+    status = config.status
+    if status.provider == "gitnotes":
+        return ""
+    repository = (
+        (status.repository or repository_path(config.repository.url))
+        .replace("{", "{{")
+        .replace("}", "}}")
+    )
+    if status.provider == "github":
+        api = status.url or GITHUB_API
+        root = "https://github.com" if api == GITHUB_API else api.removesuffix("/api/v3")
+        return f"{root}/{repository}/commit/{{revision}}"
+    web = status.url or forge_root(config.repository.url)
+    if web is None:
+        return ""
+    if status.provider == "gitlab":
+        return "" if repository.isdigit() else f"{web}/{repository}/-/commit/{{revision}}"
+    return f"{web}/{repository}/commit/{{revision}}"
+
+
+def build_notifier(config: AgentConfig, metrics: Metrics | None = None) -> Notifier | None:
+    """The agent's notifier (None without ``notifications``), linking to the commit on the
+    forge, the commit status's own link (``status.targetUrl``) and the status page
+    (``ui.externalURL``)."""
+    if not config.notifications:
+        return None
+    external = config.ui.external_url.replace("{", "{{").replace("}", "}}")
+    links = LinkTemplates(
+        commit=commit_url_template(config),
+        status=config.status.target_url,
+        page=f"{external}/environments/{{environment}}" if external else "",
+    )
+    return Notifier(config.notifications, metrics, links)

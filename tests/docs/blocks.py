@@ -25,6 +25,10 @@ Markers (``<!-- doctest: KIND [key=value ...] -->``, parsed with shlex):
   metrics gitsync registers, and pass ``promtool check rules``.
 - ``tree root=DIR``: every file and folder of the tree exists under DIR.
 - ``cli-help command=NAME``: equal to that command's help (docs/cli.md).
+- ``webhook-body``: a notification webhook's JSON body; the same fields, nested alike and
+  of the same types, as :func:`gitsync.notify.webhook_message` produces.
+- ``receiver``: Python defining ``verified(secret, headers, body)``; run, it must accept a
+  request :func:`gitsync.notify.sign` signed and refuse a tampered, foreign or stale one.
 - ``exempt reason="..."``: not exercised; counted and capped in the test.
 
 Every ``sh`` block, run or not, is checked statically: ``gitsync`` lines parse with the real
@@ -53,6 +57,8 @@ KINDS = {
     "prometheus-rules",
     "tree",
     "cli-help",
+    "webhook-body",
+    "receiver",
     "exempt",
 }
 

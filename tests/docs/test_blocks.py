@@ -7,9 +7,11 @@ test bed's cluster run in tests/docs/test_cluster_commands.py.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from gitsync.cli_docs import help_text
 from gitsync.config import load_agent_config
 from gitsync.manifests.repoconfig import load_repo_config
 from gitsync.metrics import Metrics
+from gitsync.model import ServiceKey
+from gitsync.notify import Event, Failure, Notice, Service, sign, webhook_message
 from testbed.binaries import Binaries
 
 from .blocks import KINDS, ROOT, Block, all_blocks, commands, counts, doc_files
@@ -303,6 +307,51 @@ def test_cli_help_block(block: Block) -> None:
     assert block.text == help_text(block.options["command"]), (
         f"{block}: stale; regenerate with `make docs`"
     )
+
+
+def shape(value: Any) -> Any:
+    """A JSON value's structure: the keys of objects, the first item of arrays, the type of
+    anything else."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value[:1]]
+    return type(value).__name__
+
+
+@pytest.mark.parametrize("block", of_kind("webhook-body"), ids=str)
+def test_webhook_body_is_what_gitsync_sends(block: Block) -> None:
+    key = ServiceKey("ray-production", "embedder")
+    notice = Notice(
+        Event.ROLLOUT_FAILED, "production", "3" * 40, "Use embedder v2", "ray-production",
+        (Service(key, "serve-update", "in-place Serve update"),), "Degraded",
+        Failure(key, "embed", "DEPLOY_FAILED: …"),
+        links=(("commit", "https://c"), ("status", "https://s"), ("page", "https://p")),
+    )  # fmt: skip
+    sent = webhook_message(notice, "id", "2026-12-04T17:05:09Z")
+    documented = json.loads(block.text)
+    assert shape(documented) == shape(sent), block
+    assert documented["version"] == sent["version"], block
+
+
+@pytest.mark.parametrize("block", of_kind("receiver"), ids=str)
+def test_receiver_verifies_what_gitsync_signs(block: Block) -> None:
+    scope: dict[str, Any] = {}
+    exec(compile(block.text, str(block), "exec"), scope)  # noqa: S102 - the documentation's own code
+    verified = scope["verified"]
+    secret, body, now = b"whsec-docs", b'{"version": 1}', int(time.time())
+
+    def headers(timestamp: int, signed: bytes = body, key: bytes = secret) -> dict[str, str]:
+        return {
+            "X-Gitsync-Timestamp": str(timestamp),
+            "X-Gitsync-Signature": sign(key, timestamp, signed),
+        }
+
+    assert verified(secret, headers(now), body), block
+    assert not verified(secret, headers(now), body + b" "), block
+    assert not verified(secret, headers(now, key=b"other"), body), block
+    assert not verified(secret, headers(now - 600), body), block
+    assert not verified(secret, {}, body), block
 
 
 # -- the reference pages list everything the code has ----------------------------------------

@@ -29,6 +29,7 @@ from gitsync.config import LeaderElection, StatusConfig, Webhooks
 from gitsync.kube.rayservices import RayServicesClient
 from gitsync.metrics import Metrics
 from gitsync.names import REVISION, SOURCE
+from gitsync.notify import verify
 from gitsync.report.factory import build_reporter
 from gitsync.server import AgentServer, Hooks
 from gitsync.source.config import TokenAuth
@@ -40,6 +41,7 @@ from tests.conftest import fresh_namespace
 
 from .gitops import KUSTOMIZE, GitOpsRepo, counting_tool, edit, runs
 from .kube import GROUP, PLURAL, VERSION
+from .test_notifications import Receiver
 
 SECRET = "whsec-0123456789abcdef"
 
@@ -691,10 +693,21 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
     sim: Simulator,
     namespace: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     repo = GitOpsRepo(tmp_path / "gitops", namespace)
     port = free_port()
-    config = agent_config_file(repo, tmp_path, "solo", port, namespace)
+    # The config's notifications reach a real receiver (docs/notifications.md), its URL and
+    # signing secret read from a file and the environment.
+    receiver = Receiver()
+    hook = "/hooks/tok-cli-9f3e"
+    (tmp_path / "notify-url").write_text(receiver.url(hook))
+    monkeypatch.setenv("GITSYNC_NOTIFY_SECRET", "whsec-cli-61d0")
+    notifications = [{
+        "type": "webhook", "urlFrom": {"secretFile": str(tmp_path / "notify-url")},
+        "secret": {"secretEnv": "GITSYNC_NOTIFY_SECRET"}, "events": ["rollout.succeeded"],
+    }]  # fmt: skip
+    config = agent_config_file(repo, tmp_path, "solo", port, namespace, notifications=notifications)
     log = tmp_path / "solo.log"
     process = start_agent(config, control_plane.kubeconfig, "solo", log, "--log-format", "json")
     try:
@@ -736,17 +749,37 @@ def test_sigterm_stops_cleanly_and_releases_the_lease(
         assert [(e["environment"], e["revision"]) for e in done] == [
             ("staging", repo.revisions[-1])
         ]
-        # The alerts' gauges: no failure standing, and not behind once the rollout succeeded.
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        assert 'gitsync_rollout_failed{environment="staging"} 0.0' in text
-        assert 'gitsync_behind_since_seconds{environment="staging"} 0.0' in text
+        # The alerts' gauges: no failure standing, and not behind once the rollout succeeded
+        # (set when the rollout's result is recorded, just after its "succeeded" line).
+        settled = (
+            'gitsync_rollout_failed{environment="staging"} 0.0',
+            'gitsync_behind_since_seconds{environment="staging"} 0.0',
+        )
+        wait_for(
+            lambda: all(line in scrape(port) for line in settled),
+            timeout=30,
+            what="the alerts' gauges",
+        )
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
         sys.stderr.write(f"SIGTERM → exit: {time.monotonic() - began:.1f} s\n")
         assert lease_holder(api, namespace) == ""
+        # Delivered (by shutdown at the latest), signed, and neither secret in the logs.
+        [told] = receiver.at(hook)
+        assert (told.json["event"], told.json["revision"]) == (
+            "rollout.succeeded",
+            repo.revisions[-1],
+        )
+        timestamp, signature = (
+            told.headers["X-Gitsync-Timestamp"],
+            told.headers["X-Gitsync-Signature"],
+        )
+        assert verify(b"whsec-cli-61d0", timestamp, signature, told.body, time.time())
+        assert "tok-cli-9f3e" not in log.read_text()
+        assert "whsec-cli-61d0" not in log.read_text()
     finally:
+        receiver.close()
         if process.poll() is None:
             process.kill()
             process.wait(10)

@@ -166,6 +166,78 @@ def test_ssh_auth_and_verification() -> None:
             4,
             "kuberay.zeroDowntime must be true or false",
         ),
+        (MINIMAL + "notifications: {type: slack}\n", 3, "notifications must be a list"),
+        (
+            MINIMAL + "notifications:\n  - type: sms\n",
+            4,
+            "notifications[0].type must be one of slack, teams, webhook",
+        ),
+        (
+            MINIMAL + "notifications:\n  - type: webhook\n",
+            4,
+            "notifications[0] needs url or urlFrom",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: slack\n    url: https://hooks.slack.com/services/T0/B0/ghp_abc123\n",
+            5,
+            "notifications[0].url: a slack webhook URL is a secret",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: webhook\n    url: https://h.example.com/in?key=ghp_abc123\n",
+            5,
+            "notifications[0].url carries credentials",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: webhook\n    url: https://bob:hunter2@h.example.com/in\n",
+            5,
+            "notifications[0].url carries credentials",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: webhook\n    url: https://h.example.com/in\n    secret: ghp_abc123\n",
+            6,
+            "notifications[0].secret: secrets are never written in the config",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: teams\n    urlFrom: {secretFile: /u}\n    secret: {secretEnv: S}\n",
+            6,
+            "notifications[0].secret signs generic webhooks only",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: teams\n    urlFrom: {secretFile: /u, secretEnv: U}\n",
+            5,
+            "notifications[0].urlFrom needs secretFile or secretEnv (one of the two",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: teams\n    urlFrom: {secretFile: /u}\n    events: [rollout.done]\n",
+            6,
+            "notifications[0].events: unknown event 'rollout.done'; the events are rollout.started",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: teams\n    urlFrom: {secretFile: /u}\n    environments: production\n",
+            6,
+            "notifications[0].environments must be a list",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - type: teams\n    urlFrom: {secretFile: /u}\n    timeout: 1h\n",
+            6,
+            "notifications[0].timeout must be a duration up to 5m",
+        ),
+        (
+            MINIMAL
+            + "notifications:\n  - {type: slack, urlFrom: {secretEnv: A}}\n  - {type: slack, urlFrom: {secretEnv: B}}\n",
+            5,
+            "two notification targets are named 'slack'",
+        ),
+        (MINIMAL + "ui:\n  externalURL: gitsync.example.com\n", 4, "ui.externalURL must be"),
     ],
 )
 def test_config_problems(text: str, line: int, message: str) -> None:
@@ -408,3 +480,34 @@ def test_a_repository_pointing_an_environment_elsewhere_is_invalid_there(
         environment_manifests(checked, "production", "t")
     assert [str(p) for p in raised.value.problems] == [problem]
     assert read_tree(EXAMPLES) == report  # the tree's own report is not changed
+
+
+def test_notification_targets() -> None:
+    config, problems = load_agent_config(
+        MINIMAL
+        + "notifications:\n"
+        + "  - type: slack\n    urlFrom: {secretFile: /var/run/secrets/gitsync/slack-url}\n"
+        + "    environments: [production]\n    events: [rollout.failed, drift.fight]\n"
+        + "  - name: audit\n    type: webhook\n    url: https://audit.example.com/gitsync\n"
+        + "    secret: {secretEnv: AUDIT_SECRET}\n    timeout: 3s\n"
+    )
+    assert problems == []
+    assert config is not None
+    slack, audit = config.notifications
+    assert (slack.name, slack.type, slack.url) == ("slack", "slack", "")
+    assert slack.url_from == TokenAuth(token_file=Path("/var/run/secrets/gitsync/slack-url"))
+    assert (slack.environments, slack.events) == (
+        ("production",),
+        ("rollout.failed", "drift.fight"),
+    )
+    assert (slack.secret, slack.timeout) == (None, 10.0)
+    assert (audit.name, audit.url, audit.url_from) == (
+        "audit",
+        "https://audit.example.com/gitsync",
+        None,
+    )
+    assert (audit.secret, audit.timeout, audit.events) == (
+        TokenAuth(token_env="AUDIT_SECRET"),
+        3.0,
+        (),
+    )
