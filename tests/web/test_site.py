@@ -66,6 +66,7 @@ def server(api: client.ApiClient, namespace: str) -> Iterator[AgentServer]:
         "/ui/app.js",
         "/api/v1/environments",
         "/api/v1/previews",
+        "/api/v1/openapi.json",
         "/environments/nope",
     ],
 )
