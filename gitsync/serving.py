@@ -197,9 +197,11 @@ class _Connection(H11Protocol):
         ]
         reason = HTTPStatus(status).phrase.encode()
         head = h11.Response(status_code=status, headers=headers, reason=reason)
-        for event in (head, h11.Data(data=body)):
-            self.transport.write(self.conn.send(event) or b"")
-        self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
+        try:
+            for event in (head, h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event) or b"")
+        except h11.LocalProtocolError:  # an answer had begun: nothing more can be said
+            pass
         self.transport.close()
 
     def _watch(self) -> None:
