@@ -73,7 +73,10 @@ _SCP = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:org/repo.git
 
 
 # The libraries whose versions decide what gitsync does on the wire, for --version.
-_LIBRARIES = ("kubernetes", "GitPython", "PyYAML", "deepdiff", "APScheduler", "urllib3")
+_LIBRARIES = (
+    "kubernetes", "GitPython", "PyYAML", "deepdiff", "APScheduler", "urllib3", "uvicorn",
+    "starlette",
+)  # fmt: skip
 # Where the image keeps the lock it installed from (the Dockerfile copies it there).
 IMAGE_LOCK = Path(sys.prefix) / "share" / "gitsync" / "requirements.lock"
 
@@ -820,8 +823,11 @@ def run_agent(args: argparse.Namespace, err: TextIO) -> int:
         err.write(f"gitsync run: cannot listen on {listen}: {exc.strerror}\n")
         return EXIT_ERROR
     _run_until_signalled(agent)
+    began = time.monotonic()
     finished = agent.shutdown(timeout=args.shutdown_timeout)
-    server.stop()
+    # Requests still in flight get what is left of the grace period (a little, at least).
+    grace = agent.config.shutdown_grace if args.shutdown_timeout is None else args.shutdown_timeout
+    server.stop(timeout=max(0.5, began + grace - time.monotonic()))
     if not finished:
         # The pass stuck in a call runs on APScheduler's worker, a non-daemon thread that
         # the interpreter would wait for at exit: the grace period would not hold.

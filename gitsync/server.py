@@ -1,8 +1,10 @@
 """The agent's HTTP server: ``/healthz``, ``/readyz``, ``/metrics``, ``/webhooks`` and the
-status page (``/``, ``/environments/…``, ``/api/v1/…``, ``/ui/…``: :mod:`gitsync.web.site`).
+status page (``/``, ``/environments/…``, ``/api/v1/…``, ``/ui/…``: :mod:`gitsync.web.site`),
+as Starlette apps, one per port, served by :mod:`gitsync.serving` (uvicorn, with the
+connection, deadline and size limits).
 
-Owns HTTP only: request size limits, routing, and turning a webhook :class:`Verdict` into a
-trigger and an answer. Deciding whether a webhook is authentic is :mod:`gitsync.webhooks`'.
+Owns the routes, and turning a webhook :class:`Verdict` into a trigger and an answer.
+Deciding whether a webhook is authentic is :mod:`gitsync.webhooks`'.
 Delivery IDs already seen are answered once and ignored after. The ID is a header the
 signature does not cover, so a captured request replayed with a new ID passes: the polls and
 preview passes webhooks trigger are therefore rate-limited per source address (a token
@@ -15,48 +17,46 @@ A replica that does not lead relays verified pushes and pull-request events to t
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import logging
 import math
-import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from dataclasses import dataclass, replace
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from gitsync.errors import GitsyncError
 from gitsync.metrics import Metrics
 from gitsync.relay import RELAYED, relay
+from gitsync.serving import (
+    BODY_SECONDS,
+    GRACE_SECONDS,
+    HEAD_SECONDS,
+    MAX_CONNECTIONS,
+    MAX_PER_CLIENT,
+    Limits,
+    Listener,
+)
 from gitsync.source.auth import read_token
 from gitsync.source.config import TokenAuth
 from gitsync.web.site import StatusSite
 from gitsync.webhooks import MAX_BODY_BYTES, Action, Verdict, event_label, judge
 
+__all__ = ["BODY_SECONDS", "HEAD_SECONDS", "MAX_CONNECTIONS", "MAX_PER_CLIENT", "AgentServer"]
+
 # An oversized webhook body is read and dropped up to this size so the sender sees the 413.
 DRAIN_BYTES = 8 * MAX_BODY_BYTES
-# Connections served at once (a thread each). Over it a connection is answered 503 at once:
-# clients that open connections and send nothing (each holds its thread up to the 30 s read
-# timeout, again and again) cannot grow the agent's threads without bound.
-MAX_CONNECTIONS = 64
-# Of those, one client address may hold at most this many: a single slow or hostile client
-# cannot take every slot (an ingress controller, one address for many senders, fits in it).
-MAX_PER_CLIENT = 16
-# The whole request head (request line and headers), and then the whole body, must arrive
-# within these: the socket timeout alone is per read, and a client sending a byte every 20 s
-# would hold its slot for ever. An idle keep-alive connection is closed after HEAD_SECONDS.
-HEAD_SECONDS = 10.0
-BODY_SECONDS = 30.0
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 31\r\nConnection: close\r\n\r\ntoo many connections, try again\n"
-)
+# The probe and metrics listeners: few clients (the kubelet, Prometheus), few connections.
+SIDE_CONNECTIONS = 8
 
 log = logging.getLogger(__name__)
 
@@ -122,97 +122,6 @@ class PollLimiter:
             return wait
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # socketserver's default accept backlog is 5: a burst of webhooks (or page loads) from a
-    # dozen senders overflowed it, and the connections over it waited a SYN retransmit (1 s)
-    # or were reset. The kernel caps this at net.core.somaxconn.
-    request_queue_size = 128
-
-    def __init__(
-        self, *args: Any, max_connections: int = MAX_CONNECTIONS,
-        per_client: int = MAX_PER_CLIENT, **kwargs: Any,
-    ) -> None:  # fmt: skip
-        super().__init__(*args, **kwargs)
-        self.max_connections, self.per_client = max_connections, per_client
-        self.slots = threading.BoundedSemaphore(max_connections)
-        self.clients: dict[str, int] = {}  # open connections per client address
-        self.clients_lock = threading.Lock()
-        self.refused = 0
-
-    def _take(self, address: str) -> str | None:
-        """A slot for a connection from ``address``, or why there is none."""
-        with self.clients_lock:
-            if self.clients.get(address, 0) >= self.per_client:
-                return f"{self.per_client} connections from {address}"
-            if not self.slots.acquire(blocking=False):
-                return f"{self.max_connections} connections at once"
-            self.clients[address] = self.clients.get(address, 0) + 1
-            return None
-
-    def _give_back(self, address: str) -> None:
-        with self.clients_lock:
-            left = self.clients.get(address, 1) - 1
-            if left > 0:
-                self.clients[address] = left
-            else:
-                self.clients.pop(address, None)
-            self.slots.release()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        address = str(client_address[0]) if isinstance(client_address, tuple) else ""
-        why = self._take(address)
-        if why is not None:
-            self.refused += 1
-            if self.refused % 100 == 1:  # the first, then every hundredth: not a log flood
-                log.warning("http: %s; refused %d so far with 503", why, self.refused)
-            try:
-                request.settimeout(1.0)
-                request.sendall(_BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._give_back(address)  # the thread never started
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._give_back(str(client_address[0]) if isinstance(client_address, tuple) else "")
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client that hangs up or stalls is not an error of ours (socketserver would print
-        a traceback to stderr for each); anything else is logged with its traceback."""
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            log.debug("http client %s went away: %s", client_address, sys.exc_info()[1])
-            return
-        log.exception("http request from %s failed", client_address)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket read under one deadline for a whole request head (or body): each read may
-    wait only for what is left of it, so trickling bytes does not extend it."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.deadline = time.monotonic() + HEAD_SECONDS
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request deadline passed")
-        self.sock.settimeout(left)
-        return self.sock.recv_into(buffer)
-
-
 @dataclass
 class Hooks:
     """What the server needs from the agent."""
@@ -254,61 +163,56 @@ class AgentServer:
         on a listener of its own; ``metrics_token``: ``/metrics`` needs this bearer token."""
         self.hooks, self.metrics, self.site = hooks, metrics, site
         self.metrics_token = metrics_token
-        self.head_seconds, self.body_seconds = head_seconds, body_seconds
         self._deliveries: OrderedDict[str, None] = OrderedDict()
         self._rejections = Throttle(REJECTION_LOG_SECONDS)
         self._limiter = PollLimiter(*poll_limit)
         self._trailing: set[tuple[str, Action]] = set()  # (source, action) with a timer armed
         self._lock = threading.Lock()
         self.received: list[float] = []  # monotonic times of accepted push webhooks
-        self.httpd = _HTTPServer((host, port), self._handler())
-        self.probes = (
-            None
-            if probes is None
-            else _HTTPServer(
-                probes,
-                self._handler(probes_only=True),
-                max_connections=8,
-                per_client=8,
-            )
+        limits = Limits(
+            head_seconds=head_seconds,
+            body_seconds=body_seconds,
+            max_body_bytes=MAX_BODY_BYTES,
+            drain_bytes=DRAIN_BYTES,
         )
-        self.metrics_httpd = (
-            None
-            if metrics_listen is None
-            else _HTTPServer(
-                metrics_listen, self._handler(metrics_only=True), max_connections=8, per_client=8
-            )
-        )
-        self._threads = [
-            threading.Thread(
-                target=lambda httpd=httpd: httpd.serve_forever(poll_interval=0.2),
-                name=name,
-                daemon=True,
-            )
-            for name, httpd in (
-                ("gitsync-http", self.httpd),
-                ("gitsync-probes", self.probes),
-                ("gitsync-metrics", self.metrics_httpd),
-            )
-            if httpd is not None
-        ]
+        side = replace(limits, max_connections=SIDE_CONNECTIONS, per_client=SIDE_CONNECTIONS)
+        # Each bound now (an address in use fails here, and frees those bound before it),
+        # served from start().
+        self.listener = Listener("gitsync-http", host, port, self._app(), limits)
+        self.probes: Listener | None = None
+        self.metrics_listener: Listener | None = None
+        try:
+            if probes is not None:
+                self.probes = Listener("gitsync-probes", *probes, self._probes_app(), side)
+            if metrics_listen is not None:
+                self.metrics_listener = Listener(
+                    "gitsync-metrics", *metrics_listen, self._metrics_app(), side
+                )
+        except OSError:
+            self.stop(0)
+            raise
+
+    @property
+    def _listeners(self) -> list[Listener]:
+        found = (self.listener, self.probes, self.metrics_listener)
+        return [listener for listener in found if listener is not None]
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        return self.listener.port
 
     @property
     def probe_port(self) -> int | None:
-        return None if self.probes is None else int(self.probes.server_address[1])
+        return None if self.probes is None else self.probes.port
 
     @property
     def metrics_port(self) -> int | None:
-        return None if self.metrics_httpd is None else int(self.metrics_httpd.server_address[1])
+        return None if self.metrics_listener is None else self.metrics_listener.port
 
     def metrics_answer(self, authorization: str, *, own_port: bool) -> tuple[int, str]:
         """(status, why) for a GET /metrics: 200 ""; 404 on the main port when it has a port
         of its own; 401 without the bearer token; 500 when the token cannot be read."""
-        if self.metrics_httpd is not None and not own_port:
+        if self.metrics_listener is not None and not own_port:
             return 404, "not found: /metrics is served on metrics.listen"
         if self.metrics_token is None:
             return 200, ""
@@ -325,20 +229,22 @@ class AgentServer:
         return 401, "authentication required"
 
     def start(self) -> AgentServer:
-        for thread in self._threads:
-            thread.start()
-        log.info("listening on %s:%d", *self.httpd.server_address[:2])
+        for listener in self._listeners:
+            listener.start()
+        log.info("listening on %s:%d", *self.listener.address)
         if self.probes is not None:
-            log.info("probes on %s:%d", *self.probes.server_address[:2])
-        if self.metrics_httpd is not None:
-            log.info("metrics on %s:%d", *self.metrics_httpd.server_address[:2])
+            log.info("probes on %s:%d", *self.probes.address)
+        if self.metrics_listener is not None:
+            log.info("metrics on %s:%d", *self.metrics_listener.address)
         return self
 
-    def stop(self) -> None:
-        for httpd in (self.httpd, self.probes, self.metrics_httpd):
-            if httpd is not None:
-                httpd.shutdown()
-                httpd.server_close()
+    def stop(self, timeout: float = GRACE_SECONDS) -> None:
+        """Stops accepting and lets requests in flight finish within ``timeout`` seconds."""
+        by = time.monotonic() + timeout
+        for listener in self._listeners:
+            listener.server.should_exit = True
+        for listener in self._listeners:
+            listener.stop(by)
 
     def _seen(self, delivery: str) -> bool:
         if not delivery:
@@ -495,135 +401,109 @@ class AgentServer:
             reason = f"the leader at {leader} did not answer"
         return 503, {"result": "relay-failed", "reason": reason}
 
-    def _handler(
-        self, *, probes_only: bool = False, metrics_only: bool = False
-    ) -> type[BaseHTTPRequestHandler]:
-        class Handler(_Handler):
-            pass
+    # -- HTTP ----------------------------------------------------------------------------------
 
-        Handler.agent, Handler.probes_only, Handler.metrics_only = self, probes_only, metrics_only
-        return Handler
+    def _app(self) -> Starlette:
+        """The main port: webhooks, probes, /metrics, the status page."""
+        routes: list[BaseRoute] = [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+            *(Route(path, self._webhook, methods=["POST"]) for path in WEBHOOK_PATHS),
+        ]
+        if self.site is not None:
+            routes += [Route(path, self._page, methods=["GET"]) for path in SITE_PATHS]
+        return _starlette(routes, "not found")
 
+    def _probes_app(self) -> Starlette:
+        """The probes' port: /healthz and /readyz only."""
+        routes: list[BaseRoute] = [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+        ]
+        return _starlette(routes, "not found: this port serves /healthz and /readyz")
 
-class _Handler(BaseHTTPRequestHandler):
-    """One connection to an :class:`AgentServer` port; :meth:`AgentServer._handler` binds
-    the server and what the port serves."""
+    def _metrics_app(self) -> Starlette:
+        """metrics.listen's port: /metrics only."""
+        routes: list[BaseRoute] = [Route("/metrics", self._own_metrics, methods=["GET"])]
+        return _starlette(routes, "not found: this port serves /metrics")
 
-    protocol_version = "HTTP/1.1"
-    server_version = "gitsync"
-    timeout = 30  # seconds per socket read: a stalled client cannot hold a thread forever
-    agent: ClassVar[AgentServer]
-    probes_only: ClassVar[bool] = False  # only /healthz and /readyz
-    metrics_only: ClassVar[bool] = False  # only /metrics
+    async def _healthz(self, request: Request) -> Response:
+        ok = self.hooks.healthy()  # cheap, never blocks: answered on the event loop
+        return _json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
 
-    def setup(self) -> None:
-        super().setup()
-        self.reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self.reader)
+    async def _readyz(self, request: Request) -> Response:
+        ok = self.hooks.ready()
+        return _json(200 if ok else 503, {"status": "ready" if ok else "not ready"})
 
-    def handle_one_request(self) -> None:
-        # The next request's head, from now (an idle keep-alive connection included).
-        self.reader.deadline = time.monotonic() + self.agent.head_seconds
-        super().handle_one_request()
+    def _metrics(self, request: Request, *, own_port: bool = False) -> Response:
+        status, why = self.metrics_answer(
+            request.headers.get("authorization", ""), own_port=own_port
+        )
+        if status == 200:
+            body = generate_latest(self.metrics.registry)
+            return Response(body, 200, media_type=CONTENT_TYPE_LATEST)
+        challenge = {"WWW-Authenticate": 'Bearer realm="gitsync"'}
+        return _json(status, {"error": why}, challenge if status == 401 else None)
 
-    def parse_request(self) -> bool:
-        ok = super().parse_request()
-        self.reader.deadline = time.monotonic() + self.agent.body_seconds  # head read
-        self.connection.settimeout(self.timeout)  # for writing the answer
-        return ok
+    def _own_metrics(self, request: Request) -> Response:
+        return self._metrics(request, own_port=True)
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if self.probes_only and path not in ("/healthz", "/readyz"):
-            self._json(404, {"error": "not found: this port serves /healthz and /readyz"})
-        elif self.metrics_only and path != "/metrics":
-            self._json(404, {"error": "not found: this port serves /metrics"})
-        elif path == "/metrics":
-            status, why = self.agent.metrics_answer(
-                self.headers.get("Authorization", ""), own_port=self.metrics_only
-            )
-            if status == 200:
-                body = generate_latest(self.agent.metrics.registry)
-                self._send(200, body, CONTENT_TYPE_LATEST)
-            else:
-                challenge = {"WWW-Authenticate": 'Bearer realm="gitsync"'}
-                self._json(status, {"error": why}, challenge if status == 401 else None)
-        elif path == "/healthz":
-            ok = self.agent.hooks.healthy()
-            self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
-        elif path == "/readyz":
-            ok = self.agent.hooks.ready()
-            self._json(200 if ok else 503, {"status": "ready" if ok else "not ready"})
-        elif self.agent.site is not None and self.agent.site.serves(path):
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            answer = self.agent.site.handle(path, headers)
-            self._send(answer.status, answer.body, answer.content_type, answer.headers)
-        else:
-            self._json(404, {"error": "not found"})
+    def _page(self, request: Request) -> Response:
+        """A status page GET, as the client wrote the path (percent-escapes kept: an
+        environment's name is unquoted once, by the site)."""
+        assert self.site is not None
+        path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+        answer = self.site.handle(path, dict(request.headers.items()))
+        return Response(answer.body, answer.status, dict(answer.headers), answer.content_type)
 
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if self.probes_only or path not in ("/webhooks", "/webhook"):
-            self._json(404, {"error": "not found"})
-            return
+    async def _webhook(self, request: Request) -> Response:
+        """POST /webhooks: the body is read only when its declared size is within the limit;
+        a larger one is judged from its headers (413), its rest dropped (serving.BodyLimit)."""
         try:
-            length = int(self.headers.get("Content-Length") or "")
+            length = int(request.headers.get("content-length") or "")
         except ValueError:
             length = -1
-        if length < 0:  # read(-1) would read until the client hangs up
-            self.close_connection = True
-            self._json(411, {"error": "Content-Length required (a whole number ≥ 0)"})
-            return
-        headers = {k.lower(): v for k, v in self.headers.items()}
+        if length < 0:  # chunked: h11 answers a malformed Content-Length itself (411)
+            return _json(411, {"error": "Content-Length required (a whole number ≥ 0)"},
+                         {"Connection": "close"})  # fmt: skip
+        headers = dict(request.headers.items())
+        source = request.client.host if request.client else ""
         if length > MAX_BODY_BYTES:
-            status, body = self.agent.webhook(
-                headers, b"", length=length, source=self.client_address[0]
+            status, answer = await run_in_threadpool(
+                self.webhook, headers, b"", length=length, source=source
             )
-            self._discard(length)
-            self.close_connection = True
-            self._json(status, body)
-            return
-        status, body = self.agent.webhook(
-            headers, self.rfile.read(length), source=self.client_address[0]
-        )
+            return _json(status, answer, {"Connection": "close"})
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        status, answer = await run_in_threadpool(self.webhook, headers, body, source=source)
         # Relaying found no leader: the forge may redeliver after a leader is elected.
-        retry = {503: "2", 429: str(body.get("retry_after", 1))}.get(status)
-        self._json(status, body, {"Retry-After": retry} if retry else None)
+        retry = {503: "2", 429: str(answer.get("retry_after", 1))}.get(status)
+        return _json(status, answer, {"Retry-After": retry} if retry else None)
 
-    def _discard(self, length: int) -> None:
-        """Read and drop an oversized body, up to DRAIN_BYTES, before answering 413.
 
-        Closing a socket with unread data makes the kernel send a reset, and a client
-        still writing its body then sees a broken pipe instead of the 413 (Go's
-        net/http drains for the same reason). Beyond DRAIN_BYTES the body is left
-        unread and the connection closed: refusing must stay cheaper than accepting.
-        """
-        left = min(length, DRAIN_BYTES)
-        while left > 0:
-            chunk = self.rfile.read(min(left, 64 << 10))
-            if not chunk:
-                return
-            left -= len(chunk)
+WEBHOOK_PATHS = ("/webhooks", "/webhooks/", "/webhook", "/webhook/")
+# The status page's paths (gitsync.web.site routes within them).
+SITE_PATHS = ("/", "/environments/{rest:path}", "/api/v1/{rest:path}", "/ui/{rest:path}")
 
-    def _json(self, status: int, body: object, headers: Mapping[str, str] | None = None) -> None:
-        self._send(status, json.dumps(body).encode(), "application/json", headers)
 
-    def _send(
-        self,
-        status: int,
-        payload: bytes,
-        content_type: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
+def _json(status: int, body: object, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(body).encode(), status, dict(headers or {}), "application/json")
 
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("http %s", format % args)
+
+def _starlette(routes: list[BaseRoute], not_found: str) -> Starlette:
+    """An app of ``routes``; any other path is a JSON 404 saying ``not found``, a path served
+    with another method a JSON 405 with ``Allow``."""
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            return _json(405, {"error": "method not allowed"}, exc.headers)
+        return _json(exc.status_code, {"error": not_found if exc.status_code == 404 else
+                                       str(exc.detail)})  # fmt: skip
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: refused})
+    app.router.redirect_slashes = False  # /webhooks/ is served as it is, never redirected
+    return app

@@ -1,7 +1,8 @@
 """The status page's HTTP answers: routes, auth, security headers, the live-status cache.
 
 Owns which path shows what (``/``, ``/environments/<name>``, ``/environments/<name>/rollout``
-and the same under ``/api/v1`` as JSON, ``/api/v1/previews``, the files under ``/ui/``), who may
+and the same under ``/api/v1`` as JSON, ``/api/v1/previews``, the API's OpenAPI document at
+``/api/v1/openapi.json`` (:mod:`gitsync.web.openapi`), the files under ``/ui/``), who may
 see it (``ui.auth``: a bearer token or basic auth read from a file or the environment at each
 request, compared in constant time; without auth only on a loopback listen address), and the
 headers every answer carries (a strict Content-Security-Policy, nosniff, no referrer).
@@ -30,7 +31,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
-from gitsync import names
+from gitsync import __version__, names
 from gitsync.config import AgentConfig, UiSettings
 from gitsync.errors import GitsyncError
 from gitsync.kube.client import ApiException
@@ -40,7 +41,7 @@ from gitsync.kube.state import StateStore, hold_from, state_from
 from gitsync.model import ServiceKey
 from gitsync.report.factory import forge_root, repository_path
 from gitsync.source.auth import read_token
-from gitsync.web import render
+from gitsync.web import openapi, render
 from gitsync.web.facts import Clock, EnvironmentFacts, Forge, PreviewFacts
 from gitsync.web.stored import from_data, previews_from
 from gitsync.web.view import as_json, environment_view, overview, rollout_view
@@ -64,6 +65,11 @@ STATIC = {
     "/ui/favicon.svg": "image/svg+xml",
 }
 _ENV_ROUTE = re.compile(r"^/environments/([^/]+)(/rollout)?/?$")
+# Each route of the JSON API as its OpenAPI document declares it ({name}: one path segment).
+_API_ROUTES = tuple(
+    (re.compile("^" + re.escape(route).replace(r"\{name\}", "([^/]+)") + "/?$"), route)
+    for route, *_ in openapi.ROUTES
+)
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|localhost)$")
 
 
@@ -175,6 +181,7 @@ class StatusSite:
         self.settings, self.forge, self.loopback = settings, forge, loopback
         self._wall, self._mono = wall, mono
         self._cache = _TtlCache(settings.refresh_seconds, mono)
+        self._openapi = openapi.document(__version__)
         self._static = {
             path: resources.files("gitsync.web").joinpath("static", path.rpartition("/")[2])
             .read_bytes()
@@ -205,28 +212,46 @@ class StatusSite:
             return self._error(path, 503, f"cannot read the cluster: {exc}")
 
     def _route(self, path: str) -> Response:
+        if path.startswith("/api/v1/"):
+            return self._api(path)
         if path == "/":
             return self._html(render.overview_page(self._overview()))
-        if path in ("/api/v1/environments", "/api/v1/environments/"):
-            return self._json(as_json(self._overview()))
-        if path in ("/api/v1/previews", "/api/v1/previews/"):
-            return self._json(as_json(self._overview())["previews"])
-        api = path.startswith("/api/v1/")
-        found = _ENV_ROUTE.match(path.removeprefix("/api/v1"))
+        found = _ENV_ROUTE.match(path)
         if found is None:
             return self._error(path, 404, "not found")
         name, rollout = unquote(found.group(1)), bool(found.group(2))
         env = self._facts(name)
         if env is None:
             return self._error(path, 404, f"no environment {name!r}")
-        clock = self._clock()
         if rollout:
-            view = rollout_view(env, self.forge, clock)
-            if api:
-                return self._json(as_json(view) if view is not None else None)
-            return self._html(render.rollout_page(name, view))
-        page = environment_view(env, self.forge, clock)
-        return self._json(as_json(page)) if api else self._html(render.environment_page(page))
+            return self._html(
+                render.rollout_page(name, rollout_view(env, self.forge, self._clock()))
+            )
+        return self._html(render.environment_page(environment_view(env, self.forge, self._clock())))
+
+    def _api(self, path: str) -> Response:
+        """The JSON API: the routes its OpenAPI document declares (openapi.ROUTES), and the
+        document itself; each also with a trailing slash."""
+        if path == openapi.OPENAPI_PATH:
+            return self._json(self._openapi)
+        matched = [
+            (route, found) for pattern, route in _API_ROUTES if (found := pattern.match(path))
+        ]
+        if not matched:
+            return self._error(path, 404, "not found")
+        [(route, found)] = matched
+        if route == "/api/v1/environments":
+            return self._json(as_json(self._overview()))
+        if route == "/api/v1/previews":
+            return self._json(as_json(self._overview())["previews"])
+        name = unquote(found.group(1))
+        env = self._facts(name)
+        if env is None:
+            return self._error(path, 404, f"no environment {name!r}")
+        if route.endswith("/rollout"):
+            view = rollout_view(env, self.forge, self._clock())
+            return self._json(as_json(view) if view is not None else None)
+        return self._json(as_json(environment_view(env, self.forge, self._clock())))
 
     # -- auth ----------------------------------------------------------------------------------
 

@@ -184,7 +184,7 @@ def run_agent(
             assert status == 401, (status, answer)
             shown.append((f"webhook answer ({fmt})", answer))
         shown.append((f"/metrics ({fmt})", http(port, "/metrics")[1]))
-        for path in ("/", "/api/v1/environments"):
+        for path in ("/", "/api/v1/environments", "/api/v1/openapi.json"):
             status, page = http(port, path, headers={"Authorization": f"Bearer {keys.ui}"})
             assert status == 200, (path, status)
             shown.append((f"{path} ({fmt})", page))

@@ -85,7 +85,11 @@ def test_a_slow_client_flood_does_not_take_the_probes_down(server: AgentServer) 
     sources = [f"127.0.0.{10 + n // MAX_PER_CLIENT}" for n in range(MAX_CONNECTIONS)]
     flood = [Trickler(server.port, source, every=0.25) for source in sources]
     try:
-        wait_for(lambda: server.httpd.slots._value == 0, 10, "the flood never held every slot")
+        wait_for(
+            lambda: server.listener.gate.open == MAX_CONNECTIONS,
+            10,
+            "the flood never held every slot",
+        )
         # Every slot of the main port is held: a newcomer gets 503 there …
         assert get(server.port, "/healthz", "127.0.0.99") == 503
         # … and the kubelet's probes, on their own listener, answer all along.
@@ -99,7 +103,7 @@ def test_a_slow_client_flood_does_not_take_the_probes_down(server: AgentServer) 
         wait_for(lambda: all(t.cut_after is not None for t in flood), HEAD_SECONDS + 10,
                  "a trickling client kept its connection past the head deadline")  # fmt: skip
         assert max(t.cut_after or 0 for t in flood) < HEAD_SECONDS + 5
-        wait_for(lambda: server.httpd.slots._value == MAX_CONNECTIONS, 10, "slots not freed")
+        wait_for(lambda: server.listener.gate.open == 0, 10, "slots not freed")
         assert get(server.port, "/healthz") == 200
     finally:
         for trickler in flood:
@@ -111,14 +115,14 @@ def test_one_address_gets_at_most_its_share_of_connections(server: AgentServer) 
                                      source_address=("127.0.0.2", 0))
             for _ in range(MAX_PER_CLIENT)]  # fmt: skip
     try:
-        wait_for(lambda: server.httpd.clients.get("127.0.0.2") == MAX_PER_CLIENT, 10,
+        wait_for(lambda: server.listener.gate.clients.get("127.0.0.2") == MAX_PER_CLIENT, 10,
                  "the connections were not accepted")  # fmt: skip
         assert get(server.port, "/healthz", "127.0.0.2") == 503  # one more from there: no
         assert get(server.port, "/healthz", "127.0.0.3") == 200  # another address: served
     finally:
         for sock in held:
             sock.close()
-    wait_for(lambda: "127.0.0.2" not in server.httpd.clients, 10, "slots not given back")
+    wait_for(lambda: "127.0.0.2" not in server.listener.gate.clients, 10, "slots not given back")
     assert get(server.port, "/healthz", "127.0.0.2") == 200
 
 

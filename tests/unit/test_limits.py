@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,7 @@ from gitsync.server import (
     Throttle,
     printable,
 )
+from gitsync.serving import MAX_HEAD_BYTES, MAX_HEADERS, Limits, Listener
 from gitsync.source.config import TokenAuth
 from gitsync.source.failures import failure
 from gitsync.source.runner import GitResult
@@ -267,8 +269,8 @@ def test_the_server_refuses_a_negative_length_and_bounds_event_labels() -> None:
 
 
 def test_connections_over_the_cap_get_a_503_and_the_server_recovers() -> None:
-    """Idle connections each hold a thread; past MAX_CONNECTIONS the server answers 503 at
-    once instead of starting more threads, and serves again when they go."""
+    """Idle connections each hold a slot; past MAX_CONNECTIONS the server answers 503 at once
+    (no thread started, nothing read), and serves again when they go."""
     hooks = Hooks(lambda: b"s", "https://example.com/r.git", "main", lambda: None,
                   lambda: None, lambda: True, lambda: True)  # fmt: skip
     server = AgentServer("127.0.0.1", free_port(), hooks, Metrics()).start()
@@ -279,7 +281,7 @@ def test_connections_over_the_cap_get_a_503_and_the_server_recovers() -> None:
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10,
                                                  source_address=source))  # fmt: skip
         deadline = time.monotonic() + 30
-        while server.httpd.slots._value > 0:  # every idle connection has its thread
+        while server.listener.gate.open < MAX_CONNECTIONS:  # every idle connection is held
             assert time.monotonic() < deadline, "the idle connections were not accepted"
             time.sleep(0.02)
         threads = threading.active_count()
@@ -289,12 +291,12 @@ def test_connections_over_the_cap_get_a_503_and_the_server_recovers() -> None:
         assert (response.status, response.getheader("Retry-After")) == (503, "1")
         connection.close()
         assert threading.active_count() == threads
-        assert server.httpd.refused == 1
+        assert server.listener.gate.refused == 1
         for sock in idle:
             sock.close()
         idle.clear()
-        while server.httpd.slots._value < MAX_CONNECTIONS:
-            assert time.monotonic() < deadline, "closed connections kept their threads"
+        while server.listener.gate.open > 0:
+            assert time.monotonic() < deadline, "closed connections kept their slots"
             time.sleep(0.02)
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         connection.request("GET", "/healthz")
@@ -398,3 +400,91 @@ def test_metrics_on_a_port_of_their_own_behind_a_bearer_token(tmp_path: Path) ->
         assert get(server.port, "/metrics", "only")[0] == 200
     finally:
         server.stop()
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    """``request`` sent as it is; the answer, up to the server's hang-up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_malformed_heads_are_answered_with_what_is_wrong() -> None:
+    """What h11 refuses gets the status it deserves, as JSON, and the connection closed."""
+    hooks = Hooks(lambda: b"s", "https://example.com/r.git", "main", lambda: None,
+                  lambda: None, lambda: True, lambda: True)  # fmt: skip
+    server = AgentServer("127.0.0.1", free_port(), hooks, Metrics()).start()
+    try:
+        for length in (b"-1", b"abc", b"1, 2"):
+            answer = exchange(server.port, b"POST /webhooks HTTP/1.1\r\nHost: g\r\n"
+                              b"Content-Length: " + length + b"\r\n\r\n")  # fmt: skip
+            assert answer.startswith(b"HTTP/1.1 411 "), answer
+            assert b'{"error": "Content-Length required' in answer
+        chunked = exchange(server.port, b"POST /webhooks HTTP/1.1\r\nHost: g\r\nX-Gitea-Event: "
+                           b"push\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")  # fmt: skip
+        assert chunked.startswith(b"HTTP/1.1 411 "), chunked
+        big = b"X-Big: " + b"x" * (MAX_HEAD_BYTES + 1) + b"\r\n"
+        answer = exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: g\r\n" + big + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        many = b"".join(b"X-H%d: v\r\n" % n for n in range(MAX_HEADERS + 1))
+        answer = exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: g\r\n" + many + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert exchange(server.port, b"NOT HTTP\r\n\r\n").startswith(b"HTTP/1.1 400 Bad Request")
+        no_host = exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")  # HTTP/1.1 needs one
+        assert no_host.startswith(b"HTTP/1.1 400 Bad Request"), no_host
+        answer = exchange(server.port, b"GET /webhooks HTTP/1.1\r\nHost: g\r\nConnection: close"
+                          b"\r\n\r\n")  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 405 "), answer
+        assert b"\r\nallow: post\r\n" in answer.lower()
+        answer = exchange(
+            server.port, b"GET /nowhere HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 404 "), answer
+        assert answer.endswith(b'{"error": "not found"}')
+        assert b"\r\nserver: gitsync\r\n" in answer.lower()
+    finally:
+        server.stop()
+
+
+def test_a_body_is_counted_as_it_streams_and_cut_at_the_limit() -> None:
+    """serving.BodyLimit with a real uvicorn listener and an app that reads whatever comes: a
+    chunked body (no length declared) is answered 413 once it passes the limit, and the app
+    never sees more than the limit; a body within it is read whole."""
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        total, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                seen.append(-total)
+                return
+            total += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        seen.append(total)
+        body = b"read %d" % total
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    listener = Listener("test-http", "127.0.0.1", 0, app, Limits(max_body_bytes=1000))
+    listener.start()
+    try:
+
+        def chunked(size: int) -> bytes:
+            return exchange(listener.port, b"POST / HTTP/1.1\r\nHost: g\r\nConnection: close\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(
+                                b"64\r\n" + b"x" * 100 + b"\r\n" for _ in range(size // 100)
+                            ) + b"0\r\n\r\n")  # fmt: skip
+
+        assert chunked(1000).endswith(b"read 1000")
+        answer = chunked(5000)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer
+        assert answer.endswith(b'{"error": "body larger than 1000 bytes"}')
+        assert seen[0] == 1000
+        assert -1000 <= seen[1] <= 0  # the app was told the client went, past the limit
+    finally:
+        listener.stop(time.monotonic() + 5)

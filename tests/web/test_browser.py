@@ -1,6 +1,7 @@
 """The status page in headless Chromium, against the real API server, the KubeRay simulator,
 a Git repository and an Agent with its HTTP server: a two-wave rollout with cluster swaps
-watched live, a failed rollout, and a commit message carrying a script.
+watched live, a failed rollout, and a commit message carrying a script; and the JSON API's
+answers checked against its OpenAPI document (no browser).
 
 Chromium and chromedriver are Debian's (``testbed/build.sh`` installs them). A test that
 cannot start them fails; it never skips. Screenshots go to ``tests/artifacts/web/`` (ignored
@@ -15,10 +16,13 @@ import re
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -33,6 +37,7 @@ from gitsync.agent import Agent
 from gitsync.config import LeaderElection
 from gitsync.metrics import Metrics
 from gitsync.server import AgentServer, Hooks
+from gitsync.web.openapi import OPENAPI_PATH, ROUTES
 from gitsync.web.site import StatusSite
 from testbed.controlplane import free_port
 from testbed.simulator import Delays, FailureRule, Simulator
@@ -289,3 +294,80 @@ def test_a_script_in_a_commit_message_is_text(running: Running, browser: WebDriv
     time.sleep(2.5)  # let the page refresh itself once: the swapped-in <main> stays inert
     assert browser.execute_script("return window.pwned === undefined") is True
     no_csp_violations(browser)
+
+
+def api(running: Running, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(running.url(path), timeout=10) as answer:  # noqa: S310 - loopback
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_api_answers_as_its_openapi_document_says(slow: Simulator, running: Running) -> None:
+    """/api/v1/openapi.json names every route of the API and no other is served; the API's
+    real answers (idle, in the middle of a rollout, after it, refusals) each validate against
+    the schema the document gives for their status."""
+    from jsonschema import Draft202012Validator  # noqa: PLC0415 - the test extra, here only
+
+    running.settle(1)
+    status, document = api(running, OPENAPI_PATH)
+    assert status == 200
+    assert document["openapi"] == "3.1.0"
+    assert set(document["paths"]) == {route for route, *_ in ROUTES} | {OPENAPI_PATH}
+    for schema in document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    checked: Counter[tuple[str, int]] = Counter()
+
+    def check(route: str, path: str, *, expect: int = 200) -> Any:
+        status, answer = api(running, path)
+        assert status == expect, (path, answer)
+        responses = document["paths"][route]["get"]["responses"]
+        schema = responses[str(status)]["content"]["application/json"]["schema"]
+        Draft202012Validator({**schema, "components": document["components"]}).validate(answer)
+        checked[route, status] += 1
+        return answer
+
+    def every_route() -> None:
+        check("/api/v1/environments", "/api/v1/environments")
+        check("/api/v1/environments", "/api/v1/environments/")
+        check("/api/v1/environments/{name}", "/api/v1/environments/staging")
+        check("/api/v1/environments/{name}/rollout", "/api/v1/environments/staging/rollout/")
+        check("/api/v1/previews", "/api/v1/previews")
+
+    every_route()
+    check("/api/v1/environments/{name}", "/api/v1/environments/nope", expect=404)
+    check("/api/v1/environments/{name}/rollout", "/api/v1/environments/no%2Fpe/rollout",
+          expect=404)  # fmt: skip
+    for undeclared in ("/api/v1/", "/api/v1/environments/staging/history", "/api/v1/nothing",
+                       "/api/v1/environments/staging/rollout/x", "/api/v1/openapi.yaml"):  # fmt: skip
+        assert api(running, undeclared) == (404, {"error": "not found"}), undeclared
+    repo = running.repo
+
+    def new_image(root: Path) -> None:  # a cluster swap: pending clusters and apps to show
+        repo.edit("ranker.yaml", "rayproject/ray:2.49.0-py311", "rayproject/ray:2.50.0-py311")
+
+    repo.commit(new_image, "Ray 2.50.0 for the ranker")
+    running.agent.trigger()
+    deadline = time.monotonic() + 90
+    in_progress = 0
+    while running.agent.passes < 2 or running.agent._lock.locked():
+        assert time.monotonic() < deadline, "the rollout did not finish"
+        every_route()
+        overview = check("/api/v1/environments", "/api/v1/environments")
+        in_progress += overview["in_progress"]
+        time.sleep(0.05)
+    assert in_progress > 0  # answers in the middle of the rollout were among those checked
+    running.settle(2)
+    while (rollout := check("/api/v1/environments/{name}/rollout",
+                            "/api/v1/environments/staging/rollout"))["in_progress"]:  # fmt: skip
+        assert time.monotonic() < deadline, rollout  # the page reads at most every 2 s
+        time.sleep(0.1)
+    every_route()
+    assert rollout["outcome"] == "succeeded", rollout
+    assert rollout["timeline"]
+    assert rollout["changes"]
+    environment = check("/api/v1/environments/{name}", "/api/v1/environments/staging")
+    assert environment["history"]
+    assert environment["waves"][0]["services"]
+    assert checked["/api/v1/environments/{name}/rollout", 200] > 2

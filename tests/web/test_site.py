@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -40,15 +41,14 @@ def serve(
     return AgentServer("127.0.0.1", free_port(), hooks, Metrics(), site).start()
 
 
-def get(
-    port: int, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
+    """The answer's status, headers (names compared without case, as HTTP's are) and body."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 @pytest.fixture
@@ -66,6 +66,7 @@ def server(api: client.ApiClient, namespace: str) -> Iterator[AgentServer]:
         "/ui/app.js",
         "/api/v1/environments",
         "/api/v1/previews",
+        "/api/v1/openapi.json",
         "/environments/nope",
     ],
 )
