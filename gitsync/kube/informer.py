@@ -262,6 +262,10 @@ class Informer:
                 raise urllib3.exceptions.ProtocolError("distrusted")
         finally:
             self._response = None
+            if self._stop.is_set() or not self.synced:
+                # Cut (or cut short): its connection, read-shut mid-TLS-record, must not go
+                # back to the pool for the relist to reuse.
+                response.response.close()
             response.response.release_conn()
 
     def _get(self, query: list[tuple[str, str]], timeout: tuple[float, float]) -> Any:

@@ -193,7 +193,7 @@ def test_a_silent_watch_lists_again(
         lists, ended = informer.lists, len(informer.reasons)
         services.informers.distrust()
         assert not informer.synced
-        eventually(lambda: informer.synced and informer.lists > lists, 10, "relisted")
+        eventually(lambda: informer.synced and informer.lists > lists, 30, "relisted")
         # (a later silence may end the next watch too: the cut one is the first after)
         assert informer.reasons[ended].startswith("broken"), informer.reasons
     finally:
