@@ -236,7 +236,9 @@ def drift_latency(
         )  # fmt: skip
         agent.start()
         try:
+            began = time.monotonic()
             while agent.passes < 1 or agent._lock.locked() or not agent.last_ok:
+                assert time.monotonic() - began < 900, "the agent's first pass did not succeed"
                 time.sleep(0.1)
             assert agent.cache is not None
             assert agent.cache.informers.informer(RAYSERVICES, "bench-0").wait_synced(60)
