@@ -409,6 +409,7 @@ class Agent:
     def _started_leading(self) -> None:
         self.metrics.leader.set(1)
         self._statuses_stored = True
+        self.drift_checker.forget()  # another leader may have healed or rolled out meanwhile
         self.interrupt.clear()
         self.trigger()  # resume whatever the previous leader left in progress
 
@@ -527,23 +528,26 @@ class Agent:
     def _changed_outside(
         self, key: ServiceKey, old: dict[str, Any] | None, new: dict[str, Any] | None
     ) -> None:
-        """Another writer changed (or deleted) an object gitsync manages: its environment's
-        drift check runs shortly (:class:`DriftEvents`)."""
+        """Another writer changed (or deleted) an object gitsync manages: a drift check of that
+        object runs shortly (:class:`DriftEvents`)."""
         labels = ((new or old or {}).get("metadata") or {}).get("labels") or {}
         environment = labels.get(ENVIRONMENT)
         if environment and self.drift_events is not None and self.leading:
             log.info("%s changed by another writer: checking %s for drift", key, environment)
-            self.drift_events.changed(str(environment))
+            self.drift_events.changed(str(environment), key)
 
-    def _drift_on_events(self, environments: list[str]) -> bool:
-        """The drift check of ``environments`` on events; False to be tried again (a pass
-        holds the lock). Environments this agent does not roll out are left alone."""
-        mine = [
-            e for e in environments if not self.config.environments or e in self.config.environments
-        ]
+    def _drift_on_events(self, changes: dict[str, set[ServiceKey]]) -> bool:
+        """The drift check of the objects ``changes`` names (environment → keys) on events;
+        False to be tried again (a pass holds the lock). Environments this agent does not
+        roll out are left alone."""
+        mine = {
+            e: keys
+            for e, keys in changes.items()
+            if not self.config.environments or e in self.config.environments
+        }
         if not mine or not self.leading or self.stopping.is_set():
             return True
-        return self._drift(mine) is not None
+        return self._drift(sorted(mine), changed=mine) is not None
 
     def drift(self, environments: Sequence[str] | None = None) -> list[DriftReport]:
         """The scheduled drift check (and self-heal where the environment asks for it) of
@@ -551,12 +555,17 @@ class Agent:
         not drift."""
         return self._drift(environments) or []
 
-    def _drift(self, environments: Sequence[str] | None) -> list[DriftReport] | None:
-        """As :meth:`drift`; None when it did not run (not leading, stopping, a pass runs)."""
+    def _drift(
+        self,
+        environments: Sequence[str] | None,
+        changed: dict[str, set[ServiceKey]] | None = None,
+    ) -> list[DriftReport] | None:
+        """As :meth:`drift` (of the objects ``changed`` names, when given); None when it did
+        not run (not leading, stopping, a pass runs)."""
         if not self.leading or self.stopping.is_set() or not self._lock.acquire(blocking=False):
             return None
         try:
-            reports = self.drift_checker.check(environments, heal=True)
+            reports = self.drift_checker.check(environments, heal=True, changed=changed)
         except GitsyncError as exc:
             log.error("drift check failed: %s", exc)
             return []
@@ -590,6 +599,8 @@ class Agent:
             try:
                 self._sync()
             finally:
+                # What the pass applied may have ended a drift: the next check is whole.
+                self.drift_checker.forget()
                 self._prune_trees(head)
                 if not self.leading:
                     self._forget_environments()

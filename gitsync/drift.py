@@ -14,6 +14,12 @@ The window slides: once the oldest of those corrections is older than ``window``
 corrects the field again, so an endless fight costs at most ``limit`` rollouts per window.
 A service whose live object says ``gitsync.ray.io/reconcile: disabled`` is checked and its
 drift reported (marked so), never healed: someone took it out of gitsync's hands.
+
+A check on events (:class:`DriftEvents`) covers only the objects another writer changed: its
+findings replace those objects' findings of the last check and keep the others', so the
+status page, the gauges and the state ConfigMap still describe the whole environment. It is
+a whole check when there is no earlier one at the same revision in this process (started,
+leading again, a pass ran since).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,6 +80,9 @@ class DriftReport:
     error: str = ""  # the check itself failed (an API error, a rejected dry run)
     disabled: tuple[ServiceKey, ...] = ()  # reconcile disabled: reported, never healed
     held: str = ""  # suspended, or pinned to another revision: reported, never healed
+    # The objects checked, when not the whole environment (a check on events): the other
+    # drifts are the last check's, carried over.
+    scope: frozenset[ServiceKey] | None = None
 
     @property
     def drifted(self) -> bool:
@@ -97,6 +106,8 @@ class DriftChecker:
     # Each environment's change windows as the branch head declares them (the windows that
     # hold its rollouts back hold its self-heal back too).
     _windows: dict[str, tuple[ChangeWindow, ...]] = field(default_factory=dict)
+    # Each environment's last report, what a check of some objects only is merged with.
+    _last: dict[str, DriftReport] = field(default_factory=dict)
 
     @property
     def limit(self) -> int:
@@ -108,7 +119,15 @@ class DriftChecker:
         """Seconds the corrections are counted over (drift.correctionWindow)."""
         return self.config.drift.window
 
-    def check(self, environments: Sequence[str] | None = None, *, heal: bool) -> list[DriftReport]:
+    def check(
+        self,
+        environments: Sequence[str] | None = None,
+        *,
+        heal: bool,
+        changed: Mapping[str, Collection[ServiceKey]] | None = None,
+    ) -> list[DriftReport]:
+        """Checks ``environments`` (default: all), each whole, or only the objects
+        ``changed`` names for it (merged with the last check's findings for the others)."""
         head = self.source.head()
         self._trees = {head: self._tree(head)}  # one read per revision
         declared = self._trees[head].config
@@ -117,9 +136,16 @@ class DriftChecker:
             self._trees[head], environments or self.config.environments or None, ""
         )
         try:
-            return [self._guarded(name, heal=heal) for name in names]
+            return [
+                self._guarded(name, heal=heal, keys=(changed or {}).get(name)) for name in names
+            ]
         finally:
             self._trees = {}
+
+    def forget(self) -> None:
+        """Forgets the last reports: something else (a pass) may have changed the objects,
+        so the next check of each environment is a whole one."""
+        self._last.clear()
 
     def _tree(self, revision: str) -> TreeReport:
         """A revision's tree, its namespaces held to the agent config's allowedNamespaces
@@ -127,18 +153,30 @@ class DriftChecker:
         report = read_tree_cached(self.source.checkout(revision))
         return confined(report, self.config.namespaces_for)
 
-    def _guarded(self, name: str, *, heal: bool) -> DriftReport:
+    def _guarded(
+        self, name: str, *, heal: bool, keys: Collection[ServiceKey] | None = None
+    ) -> DriftReport:
         """One environment's check; its failure is its report, so one environment whose dry
         run is rejected (or whose namespace is unreachable) never hides the others' drift."""
         try:
-            return self.environment(name, heal=heal)
+            report = self.environment(name, heal=heal, keys=keys)
         except GitsyncError as exc:
+            self._last.pop(name, None)
             log.warning("drift check of %s failed: %s", name, exc)
             self.progress(f"{name}: drift check failed: {exc}")
             self.on_error(name)
             return DriftReport(name, "", error=str(exc))
+        if report.note:
+            self._last.pop(name, None)
+        else:
+            self._last[name] = report
+        return report
 
-    def environment(self, name: str, *, heal: bool) -> DriftReport:
+    def environment(
+        self, name: str, *, heal: bool, keys: Collection[ServiceKey] | None = None
+    ) -> DriftReport:
+        """One environment's check: whole, or of ``keys`` only when the last check of it, at
+        the same revision, says what the others' drift is."""
         prior = self.state.read(name)
         if prior is None or not prior.revision:
             return DriftReport(name, "", note="never rolled out")
@@ -150,25 +188,38 @@ class DriftChecker:
         if revision not in self._trees:
             self._trees[revision] = self._tree(revision)
         loaded = environment_manifests(self._trees[revision], name, revision[:12])
-        sides = _listed(
-            live_sides(loaded, self.services, revision, self.config.rollout.concurrency)
-        )
-        drifts, disabled = self._find(loaded, revision, sides), set(sides.disabled)
+        base = self._last.get(name) if keys is not None else None
+        if base is not None and (base.revision != revision or base.error or base.note):
+            base = None
+        scope = frozenset(keys or ()) if base is not None else None
+        if scope is not None:
+            names = ", ".join(str(key) for key in sorted(scope))
+            self.progress(f"{name}: drift check of {names} only (the others as last found)")
+        concurrency = self.config.rollout.concurrency
+        sides = _listed(live_sides(loaded, self.services, revision, concurrency, keys=scope))
+        drifts, disabled = self._find(loaded, revision, sides, scope), set(sides.disabled)
+        if base is not None and scope is not None:  # the others as the last check left them
+            drifts = [d for d in still_drifted(base) if d.key not in scope] + drifts
+            disabled |= {key for key in base.disabled if key not in scope}
         history = self.state.read_drift(name).corrections
         now = self.clock()  # forget what left the window: the ConfigMap stays small
         corrections = {f: ts for f, ts in history.items() if any(now - t < self.window for t in ts)}
         fighting = self._fighting(drifts, corrections)
-        self._report(name, drifts, fighting, disabled)
+        self._report(name, drifts, fighting, disabled, scope)
         healed = None
         env = loaded.environment
-        healable = [d for d in drifts if d.key not in fighting and d.key not in disabled]
+        healable = [  # only what this check planned: the others have no sides here
+            d
+            for d in drifts
+            if d.key not in fighting and d.key not in disabled and (scope is None or d.key in scope)
+        ]
         held = self._held(name, revision, now)
         if heal and env.self_heal and healable and not held:
             healed = self._heal(loaded, revision, healable, corrections, sides)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
-            disabled=tuple(sorted(disabled)), held=held,
+            disabled=tuple(sorted(disabled)), held=held, scope=scope,
         )  # fmt: skip
         checked = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         # a healed service is not DRIFTED
@@ -198,12 +249,20 @@ class DriftChecker:
 
     # -- finding ------------------------------------------------------------------------------
 
-    def _find(self, loaded: EnvironmentManifests, revision: str, sides: LiveSides) -> list[Drift]:
-        """The drifts of the planned ``sides``: each desired service missing from the list,
-        each listed one Git does not declare, and each whose dry-run answer differs from the
-        live object, with who changed which field."""
+    def _find(
+        self,
+        loaded: EnvironmentManifests,
+        revision: str,
+        sides: LiveSides,
+        scope: frozenset[ServiceKey] | None = None,
+    ) -> list[Drift]:
+        """The drifts of the planned ``sides`` (of ``scope`` only, when given): each desired
+        service missing from the list, each listed one Git does not declare, and each whose
+        dry-run answer differs from the live object, with who changed which field."""
         drifts: list[Drift] = []
         for key, declared in loaded.desired.items():
+            if scope is not None and key not in scope:
+                continue
             obj = sides.live.get(key)
             found = None
             if obj is None:
@@ -243,10 +302,14 @@ class DriftChecker:
         drifts: Sequence[Drift],
         fighting: set[ServiceKey],
         disabled: set[ServiceKey],
+        scope: frozenset[ServiceKey] | None = None,
     ) -> None:
+        """Logs, records and counts the findings of the objects checked (all, or ``scope``):
+        those carried over from the last check were reported by it."""
         seen = self._seen.setdefault(name, set())
-        now_seen = set()
-        for drift in drifts:
+        now_seen = {mark for mark in seen if scope is not None and mark[0] not in scope}
+        found = [d for d in drifts if scope is None or d.key in scope]
+        for drift in found:
             off = f"; {DISABLED_NOTE}" if drift.key in disabled else ""
             mark = (drift.key, drift.message + off)
             now_seen.add(mark)
@@ -269,8 +332,8 @@ class DriftChecker:
                     )
         self._seen[name] = now_seen
         self._fights[name] = set(fighting)
-        if drifts:
-            self.on_drift(name, len(drifts))
+        if found:
+            self.on_drift(name, len(found))
 
     # -- healing ------------------------------------------------------------------------------
 
@@ -320,26 +383,30 @@ class DriftChecker:
 
 
 class DriftEvents:
-    """Event-driven drift checks: each environment another writer changed (told by the
+    """Event-driven drift checks: each object another writer changed (told by the
     watch-backed cache, :meth:`gitsync.kube.cache.CachedRayServices.subscribe`) is checked
-    ``debounce`` seconds later, changes meanwhile gathered into one check. ``run`` checks
-    the environments it is given and returns False when it cannot now (a pass is running):
-    they are tried again ``retry`` seconds later. The scheduled check stays the safety net."""
+    ``debounce`` seconds later, changes meanwhile gathered into one check per environment.
+    ``run`` checks the objects it is given (environment → keys) and returns False when it
+    cannot now (a pass is running): they are tried again ``retry`` seconds later, with what
+    changed meanwhile. The scheduled check stays the safety net."""
 
     def __init__(
-        self, run: Callable[[list[str]], bool], debounce: float, retry: float = 0.5
+        self,
+        run: Callable[[dict[str, set[ServiceKey]]], bool],
+        debounce: float,
+        retry: float = 0.5,
     ) -> None:
         self.run, self.debounce, self.retry = run, debounce, retry
-        self.pending: set[str] = set()
+        self.pending: dict[str, set[ServiceKey]] = {}
         self.checks = 0  # checks run on events
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="gitsync-drift-events", daemon=True)
         self._thread.start()
 
-    def changed(self, environment: str) -> None:
+    def changed(self, environment: str, key: ServiceKey) -> None:
         with self._wake:
-            self.pending.add(environment)
+            self.pending.setdefault(environment, set()).add(key)
             self._wake.notify()
 
     def close(self, timeout: float = 1.0) -> None:
@@ -356,9 +423,9 @@ class DriftEvents:
                     return
             time.sleep(self.debounce)  # what else that edit changes joins this check
             with self._wake:
-                environments, self.pending = sorted(self.pending), set()
+                changes, self.pending = self.pending, {}
             try:
-                done = self.run(environments)
+                done = self.run(changes)
             except Exception:  # the safety net still runs; this thread must not die
                 log.exception("drift check on events failed")
                 done = True
@@ -366,7 +433,8 @@ class DriftEvents:
                 self.checks += 1
                 continue
             with self._wake:
-                self.pending.update(environments)
+                for environment, keys in changes.items():
+                    self.pending.setdefault(environment, set()).update(keys)
                 self._wake.wait_for(lambda: self._stopped, self.retry)
 
 

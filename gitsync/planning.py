@@ -255,19 +255,38 @@ def live_sides(
     concurrency: int = DEFAULT_CONCURRENCY,
     *,
     others: LiveSides | None = None,
+    keys: Collection[ServiceKey] | None = None,
 ) -> LiveSides:
     """Both sides of one environment against the cluster, as the sync pass plans them and
     drift checks them: one full list per kind (current objects and prune candidates), and a
     server-side dry run of each desired object that may differ (``concurrency`` at a time).
-    ``others``: the other kinds' half, when the caller already has it."""
+    ``others``: the other kinds' half, when the caller already has it. ``keys``: only these
+    objects, on both sides (an event-driven drift check of the objects another writer
+    changed): nothing else is read, dry-run or compared."""
     env = loaded.environment
+    if keys is not None:
+        loaded = _narrowed(loaded, keys)
     if others is None:
-        others = _other_kinds(loaded, rayservices, revision, concurrency)
+        others = _other_kinds(loaded, rayservices, revision, concurrency, keys)
     live = rayservices.list_managed(env.namespace, env.name)
+    if keys is not None:
+        live = {key: obj for key, obj in live.items() if key in keys}
     services = _compared(
         loaded.services, live, rayservices.get, owned, rayservices, env.name, revision, concurrency
     )
     return services | others
+
+
+def _narrowed(loaded: EnvironmentManifests, keys: Collection[ServiceKey]) -> EnvironmentManifests:
+    """``loaded`` with only the desired objects of ``keys``, and only the other kinds one of
+    ``keys`` is of (the lists of the others are not needed)."""
+    kinds = {(key.api_version, key.kind) for key in keys}
+    return replace(
+        loaded,
+        services=tuple(s for s in loaded.services if s.key in keys),
+        objects=tuple(o for o in loaded.objects if o.key in keys),
+        kinds=tuple(k for k in loaded.kinds if (k.api_version, k.kind) in kinds),
+    )
 
 
 def sides_plan(
@@ -398,7 +417,11 @@ def dry_run_many(
 
 
 def _other_kinds(
-    loaded: EnvironmentManifests, rayservices: RayServices, revision: str | None, concurrency: int
+    loaded: EnvironmentManifests,
+    rayservices: RayServices,
+    revision: str | None,
+    concurrency: int,
+    keys: Collection[ServiceKey] | None = None,
 ) -> LiveSides:
     """The objects of ``allowedKinds`` against the cluster, as RayServices are: one list per
     kind (gitsync's objects of it there, prune candidates included), and a server-side dry
@@ -431,6 +454,8 @@ def _other_kinds(
     live: dict[ServiceKey, dict[str, Any]] = {}
     for kind in loaded.kinds:
         live |= objects.list_managed(env.namespace, env.name, kind.api_version, kind.kind)
+    if keys is not None:
+        live = {key: obj for key, obj in live.items() if key in keys}
     return _compared(
         loaded.objects,
         live,

@@ -659,3 +659,70 @@ def test_one_environments_failed_check_does_not_stop_the_others(
             ("production", "modified"): None,  # not checked: nothing claimed
             ("production", "deleted"): None,
         }
+
+
+def test_a_check_on_events_checks_the_changed_service_only_and_keeps_the_others_findings(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path
+) -> None:
+    """What the agent's event-driven check does (``changed``): only the edited service is
+    read and dry-run; another service's finding from the last check is carried over, into
+    the report, the status and the state ConfigMap, and not reported a second time."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)  # report only
+    synced(api, repo, tmp_path)
+    # The summarizer takes the slow path (another manager owns a spec field Git does not
+    # declare): a whole check dry-runs it every time.
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "summarizer",
+        {"spec": {"rayClusterDeletionDelaySeconds": 61}}, field_manager="policy-controller",
+    )  # fmt: skip
+    edit_serve_config(api, namespace, "embedder", "autoscaler-x")
+    counting = CountingRayServices(api)
+    drift = checker(api, repo, tmp_path, services=counting)
+    [whole] = drift.check(heal=False)
+    embedder, ranker = ServiceKey(namespace, "embedder"), ServiceKey(namespace, "ranker")
+    assert [d.key for d in whole.drifts] == [embedder]
+    assert whole.scope is None
+    assert counting.dry_runs == 2  # the embedder and the summarizer
+
+    edit_serve_config(api, namespace, "ranker", "kubectl-edit")
+    counting.dry_runs = 0
+    [partial] = drift.check(heal=False, changed={"staging": {ranker}})
+    assert counting.dry_runs == 1, "the ranker only"
+    assert partial.scope == frozenset({ranker})
+    assert sorted(d.key for d in partial.drifts) == [embedder, ranker]
+    record = StateStore(api, namespace).read_drift("staging")
+    assert sorted(f["service"] for f in record.findings) == [str(embedder), str(ranker)]
+
+    def drift_events(events: list[Any]) -> list[str]:
+        return [e.involved_object.name for e in events if e.reason == "Drift"]
+
+    found = drift_events(events_until(api, namespace, lambda e: "ranker" in drift_events(e)))
+    assert sorted(found) == ["embedder", "ranker"], "one Event per finding"
+
+    # The ranker put back by hand: its finding goes, the embedder's stays.
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "ranker",
+        {"spec": {"serveConfigV2": get_applied(repo, "ranker")}}, field_manager="kubectl-edit",
+    )  # fmt: skip
+    counting.dry_runs = 0
+    [partial] = drift.check(heal=False, changed={"staging": {ranker}})
+    assert counting.dry_runs == 1
+    assert [d.key for d in partial.drifts] == [embedder]
+    record = StateStore(api, namespace).read_drift("staging")
+    assert [f["service"] for f in record.findings] == [str(embedder)]
+
+    # After a pass (forget), or for an environment never checked whole, the check is whole.
+    drift.forget()
+    counting.dry_runs = 0
+    [again] = drift.check(heal=False, changed={"staging": {ranker}})
+    assert again.scope is None
+    assert counting.dry_runs == 3  # the embedder, the summarizer and the ranker (edited)
+    assert [d.key for d in again.drifts] == [embedder]
+
+
+def get_applied(repo: GitOpsRepo, name: str) -> str:
+    """The serveConfigV2 Git declares for ``name`` in staging."""
+    loaded = environment_manifests(read_tree(repo.work), "staging", "t")
+    [service] = [s for s in loaded.services if s.key.name == name]
+    text: str = service.manifest["spec"]["serveConfigV2"]
+    return text

@@ -104,6 +104,8 @@ def test_a_kubectl_edit_is_drift_in_seconds_and_healed(
         until(lambda: "succeeded: 1 applied" in log.read_text(), 10, "the heal's rollout")
         edit(api, namespace)
         until(lambda: "DriftFight" in reasons(api, namespace), EDIT_BOUND, "the DriftFight Event")
+        # The first check on events after the pass was whole; this one, of the ranker only.
+        assert f"drift check of {namespace}/ranker only" in log.read_text()
         time.sleep(HEAL_BOUND)
         assert replicas(api, namespace) != wanted, "corrected past the limit"
     finally:

@@ -1,7 +1,9 @@
 """A TLS-terminating HTTP proxy in front of the real kube-apiserver, answering chosen requests
 itself: a Kubernetes ``Status`` with 409 (Conflict), 429 (TooManyRequests, ``Retry-After``) or
 500 (InternalError), or no answer at all (``timeout``: the request is held until the client
-gives up). Everything else is forwarded, watches streamed as they come.
+gives up). Everything else is forwarded, watches streamed as they come; query parameters
+named in :attr:`ApiFaultProxy.dropped` are taken off first (``allowWatchBookmarks``: an API
+server, or a proxy in front of one, that sends no bookmarks).
 
 It serves the control plane's own serving certificate (its SANs include 127.0.0.1) and forwards
 with the admin client certificate, so a kubeconfig that differs from the test bed's only in
@@ -77,6 +79,7 @@ class ApiFaultProxy:
         serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         serving.load_cert_chain(str(pki / "apiserver.crt"), str(pki / "apiserver.key"))
         self.rules: list[Rule] = []
+        self.dropped: set[str] = set()  # query parameters taken off before forwarding
         self.requests: list[tuple[float, str, int | str]] = []  # (time, request, answer)
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -159,6 +162,13 @@ class ApiFaultProxy:
             return
         self.requests.append((time.monotonic(), request, status))
 
+    def _path(self, path: str) -> str:
+        if not self.dropped or "?" not in path:
+            return path
+        base, query = path.split("?", 1)
+        kept = [p for p in query.split("&") if p.split("=", 1)[0] not in self.dropped]
+        return f"{base}?{'&'.join(kept)}" if kept else base
+
     @staticmethod
     def _status(handler: BaseHTTPRequestHandler, code: int, retry_after: int) -> None:
         payload = json.dumps(
@@ -183,7 +193,9 @@ class ApiFaultProxy:
         upstream = http.client.HTTPSConnection(*self.target, context=self.upstream_tls, timeout=120)
         try:
             headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
-            upstream.request(handler.command, handler.path, body=body or None, headers=headers)
+            upstream.request(
+                handler.command, self._path(handler.path), body=body or None, headers=headers
+            )
             response = upstream.getresponse()
             handler.send_response(response.status)
             for name, value in response.getheaders():

@@ -2,6 +2,8 @@
 ``pass`` (forward), ``down`` (nothing listens: connection refused), ``hang`` (accept, never
 answer), ``slow`` (forward, 100 ms per 1 KiB chunk), ``garbage`` (answer every request with
 an HTTP 200 of random bytes) and ``error500`` (answer every request with an HTTP 500).
+:meth:`FaultProxy.stall` stalls the connections open now without closing them (nothing
+forwarded either way, as behind a middlebox that lost its state) while new ones pass.
 A real Git server (or forge) behind it and a real client in front: the proxy only breaks
 the wire between them, as a network or a server would.
 """
@@ -13,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 CHUNK = 1024
 
@@ -24,6 +27,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._closed = threading.Event()
         self._open: set[socket.socket] = set()  # connections being forwarded
+        self._stalled: set[socket.socket] = set()  # forwarding nothing, left open
         self._lock = threading.Lock()
         self.port = 0
         self._listen()
@@ -41,6 +45,15 @@ class FaultProxy:
                 for conn in self._open:
                     with contextlib.suppress(OSError):
                         conn.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> int:
+        """Stalls every connection open now (the count); new connections pass."""
+        with self._lock:
+            self._stalled |= self._open
+            return len(self._stalled)
+
+    def _held(self, conn: socket.socket) -> bool:
+        return conn in self._stalled and not self._closed.is_set()
 
     def close(self) -> None:
         self._closed.set()
@@ -104,18 +117,29 @@ class FaultProxy:
                 self._open.add(conn)
             with upstream:
                 delay = 0.1 if mode == "slow" else 0.0
-                back = threading.Thread(target=_pipe, args=(upstream, conn, delay), daemon=True)
+                held = lambda: self._held(conn)  # noqa: E731
+                back = threading.Thread(
+                    target=_pipe, args=(upstream, conn, delay, held), daemon=True
+                )
                 back.start()
-                _pipe(conn, upstream, 0.0)
+                _pipe(conn, upstream, 0.0, held)
                 back.join(60)
             with self._lock:
                 self._open.discard(conn)
+                self._stalled.discard(conn)
 
 
-def _pipe(source: socket.socket, sink: socket.socket, delay: float) -> None:
+def _pipe(
+    source: socket.socket,
+    sink: socket.socket,
+    delay: float,
+    held: Callable[[], bool] = lambda: False,
+) -> None:
     with contextlib.suppress(OSError):
         while data := source.recv(CHUNK if delay else 65536):
             if delay:
                 time.sleep(delay)
+            while held():  # stalled: kept open, nothing forwarded
+                time.sleep(0.05)
             sink.sendall(data)
         sink.shutdown(socket.SHUT_WR)

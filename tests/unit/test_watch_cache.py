@@ -1,5 +1,6 @@
 """The cache's bookkeeping without a network: watch events applied to the store, bounded
-history, readers that fall behind, who wrote a change, compaction, the dry-run memory.
+history, readers that fall behind, who wrote a change, compaction, the dry-run memory, and
+the event-driven drift checks' gathering of changed objects.
 (tests/integration/test_watch_cache.py runs the same against the real API server.)"""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gitsync.drift import DriftEvents
 from gitsync.kube.cache import DryRuns, Writes, _content
 from gitsync.kube.informer import Event, Expired, Informer, WatchSettings, compact
 from gitsync.model import ServiceKey
@@ -166,3 +168,30 @@ def test_a_dry_run_is_remembered_until_the_body_or_the_live_object_changes() -> 
     assert memory.answer(KEY, body, _content(obj(3, spec=9)), force=True)[1] is None
     assert memory.answer(KEY, {"spec": {"value": 2}}, _content(obj(1)), force=True)[1] is None
     assert (memory.asked, memory.remembered) == (1, 1)
+
+
+def test_drift_events_gather_the_changed_objects_per_environment_and_retry_them() -> None:
+    """Changes within the debounce are one check of the objects changed, per environment;
+    a check that cannot run now (a pass holds the lock) is tried again with what changed
+    meanwhile."""
+    other = ServiceKey("ns", "embedder")
+    calls: list[dict[str, set[ServiceKey]]] = []
+    ran = threading.Semaphore(0)
+
+    def run(changes: dict[str, set[ServiceKey]]) -> bool:
+        calls.append({e: set(keys) for e, keys in changes.items()})
+        ran.release()
+        return len(calls) > 1  # the first time, a pass runs
+
+    events = DriftEvents(run, debounce=0.05, retry=0.05)
+    try:
+        events.changed("staging", KEY)
+        events.changed("staging", KEY)
+        events.changed("production", other)
+        assert ran.acquire(timeout=10)
+        assert ran.acquire(timeout=10)  # tried again, the same changes
+    finally:
+        events.close()
+    assert calls[0] == {"staging": {KEY}, "production": {other}}
+    assert calls[1] == calls[0]
+    assert events.checks >= 1
