@@ -245,7 +245,8 @@ def drift_notices(
 ) -> tuple[list[Notice], DriftSeen]:
     """One drift check's notices — ``drift.found`` for findings not told before, ``drift.fight``
     for services newly fought over, ``drift.healed`` (or a failed rollout) for a heal — and
-    what is told now. A finding told is not told again until it has gone and come back."""
+    what is told now. A finding told is not told again until it has gone and come back (a
+    heal that succeeded takes it away: the same edit made again is told again)."""
     notices: list[Notice] = []
     new = [d for d in drifts if d.message not in seen.drifts]
     if new:
@@ -284,7 +285,9 @@ def drift_notices(
             )  # fmt: skip
         elif (failed := rollout_finished(healed, None)) is not None:
             notices.append(replace(failed, message=f"self-heal failed: {failed.message}"))
-    return notices, DriftSeen(frozenset(d.message for d in drifts), frozenset(fighting))
+    gone = set(healed.applied) if healed is not None and healed.outcome is Outcome.SUCCEEDED else ()
+    still = frozenset(d.message for d in drifts if d.key not in gone)
+    return notices, DriftSeen(still, frozenset(fighting))
 
 
 def _by(managers: Sequence[str]) -> str:

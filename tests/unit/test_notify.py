@@ -290,6 +290,14 @@ def test_drift_is_told_once_per_finding_with_fights_and_heals() -> None:
     notices, seen = drift_notices("production", REV, [], [], healed, seen)
     assert [n.event for n in notices] == [Event.DRIFT_HEALED]
     assert seen == DriftSeen()
+    # Found and healed in one check: the same edit made again is found again.
+    notices, seen = drift_notices("production", REV, [drift], [], healed, seen)
+    assert [n.event for n in notices] == [Event.DRIFT_FOUND, Event.DRIFT_HEALED]
+    assert seen == DriftSeen()
+    notices, seen = drift_notices("production", REV, [drift], [RANKER], None, seen)
+    assert [n.event for n in notices] == [Event.DRIFT_FOUND, Event.DRIFT_FIGHT]
+    assert drift_notices("production", REV, [drift], [RANKER], None, seen)[0] == []
+    seen = DriftSeen()
     failed = replace(healed, outcome=Outcome.FAILED, message=FAILED, failed=RANKER)
     notices, _ = drift_notices("production", REV, [drift], [], failed, seen)
     assert [n.event for n in notices] == [Event.DRIFT_FOUND, Event.ROLLOUT_FAILED]
