@@ -23,8 +23,15 @@ import pytest
 from kubernetes import client
 
 from gitsync.agent import Agent
-from gitsync.config import LeaderElection, NotificationTarget, StatusConfig, UiSettings
+from gitsync.config import (
+    DriftSettings,
+    LeaderElection,
+    NotificationTarget,
+    StatusConfig,
+    UiSettings,
+)
 from gitsync.metrics import Metrics
+from gitsync.model import Outcome, ServiceKey
 from gitsync.notify import Event, Notice, verify
 from gitsync.report.factory import build_notifier
 from gitsync.report.notifier import Notifier
@@ -284,6 +291,85 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
     assert count(metrics, "teams", "delivered") == 1
     assert not any(secret in caplog.text for secret in SECRETS), caplog.text
     assert "notification rollout.failed (staging" in caplog.text
+
+
+def test_a_rollback_and_a_fight_over_a_field_are_told(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """``rollout.rolledBack`` names the Serve app that failed and the revision the service
+    went back to; ``drift.fight`` names the other writer, once, when self-heal stops."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    targets = (webhook("audit", receiver.url("/audit")),)
+    config = replace(
+        repo.agent_config(tmp_path / "cache", rollback="auto"),
+        leader_election=LeaderElection(enabled=False),
+        drift=DriftSettings(limit=1, window=3600.0),  # one correction, then a fight
+        notifications=targets,
+    )
+    metrics = Metrics()
+    agent = Agent(
+        config, api, "notify-rollback", metrics=metrics, notifier=build_notifier(config, metrics)
+    )
+    try:
+        first = repo.revisions[0]
+        agent.poll()
+        assert agent.last_ok
+        wait_for(lambda: len(receiver.at("/audit")) == 2, "the first rollout's messages")
+
+        # A commit whose Serve app cannot deploy, with rollback: auto.
+        sim.add_rule(
+            FailureRule(
+                namespace=namespace,
+                import_path="embedder.v2:app",
+                message="ModuleNotFoundError: No module named 'embedder.v2'",
+            )
+        )
+        broken = repo.commit(
+            lambda root: repo.edit("embedder.yaml", "embedder.serve:app", "embedder.v2:app"),
+            "Use embedder v2",
+        )
+        agent.poll()
+        wait_for(lambda: len(receiver.at("/audit")) == 4, "the rollback's messages")
+        assert receiver.events("/audit")[2:] == ["rollout.started", "rollout.rolledBack"]
+        rolled = receiver.at("/audit")[3].json
+        assert (rolled["revision"], rolled["subject"]) == (broken, "Use embedder v2")
+        assert rolled["failure"]["service"] == f"{namespace}/embedder"
+        assert rolled["failure"]["app"] == "embed"
+        assert rolled["failure"]["message"].startswith(
+            "DEPLOY_FAILED: ModuleNotFoundError: No module named 'embedder.v2'"
+        )
+        assert f"rolled {namespace}/embedder back to {first[:12]}" in rolled["message"]
+        assert [(s["name"], s["action"]) for s in rolled["services"]] == [
+            ("embedder", "serve-update")
+        ]
+
+        # Another writer keeps setting the summarizer's replicas: healed once, then a fight.
+        edit_serve_config(api, namespace, "summarizer", "autoscaler-x")
+        [report] = agent.drift()
+        assert report.healed is not None
+        assert report.healed.outcome is Outcome.SUCCEEDED
+        edit_serve_config(api, namespace, "summarizer", "autoscaler-x")
+        [report] = agent.drift()
+        assert (report.healed, report.fighting) == (None, (ServiceKey(namespace, "summarizer"),))
+        [report] = agent.drift()  # still fought over: not told again
+        assert report.fighting == (ServiceKey(namespace, "summarizer"),)
+        wait_for(lambda: "drift.fight" in receiver.events("/audit"), "the fight")
+    finally:
+        assert agent.shutdown(timeout=10)
+    assert receiver.events("/audit")[4:] == [
+        "drift.found",
+        "drift.healed",
+        "drift.found",
+        "drift.fight",
+    ]
+    fight = receiver.at("/audit")[-1].json
+    assert fight["environment"] == "staging"
+    assert fight["revision"] == first  # drift is judged at the last Healthy revision
+    [service] = fight["services"]
+    assert (service["name"], service["action"]) == ("summarizer", "fighting")
+    assert "autoscaler-x" in service["summary"]
+    assert "gitsync stops correcting it" in fight["message"]
+    assert count(metrics, "audit", "delivered") == 8
 
 
 def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
