@@ -33,13 +33,15 @@ from gitsync.config import (
 from gitsync.metrics import Metrics
 from gitsync.model import Outcome, ServiceKey
 from gitsync.notify import Event, Notice, verify
-from gitsync.report.factory import build_notifier
+from gitsync.report.factory import build_notifier, build_pulls
 from gitsync.report.notifier import Notifier
 from gitsync.source.config import TokenAuth
+from testbed.gitea import Gitea
 from testbed.simulator import FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .test_drift import edit_serve_config
+from .test_previews import Forge, scale_ranker
 
 SIGNING_SECRET = "whsec-notify-5f0c1d2e3a4b"
 SLACK_PATH = "/services/T0000/B0000/tok-slack-8c1f2e"
@@ -370,6 +372,74 @@ def test_a_rollback_and_a_fight_over_a_field_are_told(
     assert "autoscaler-x" in service["summary"]
     assert "gitsync stops correcting it" in fight["message"]
     assert count(metrics, "audit", "delivered") == 8
+
+
+def test_a_pull_requests_preview_ready_then_failed_is_told(
+    api: client.ApiClient,
+    sim: Simulator,
+    gitea: Gitea,
+    namespace: str,
+    tmp_path: Path,
+    receiver: Receiver,
+) -> None:
+    """A pull request on a real Gitea, previewed by the agent: ``preview.ready``, then a push
+    whose Serve app cannot deploy: ``preview.failed`` in Ray terms. Told once per head."""
+    forge = Forge(gitea, tmp_path, namespace)
+    events = (Event.PREVIEW_READY, Event.PREVIEW_FAILED)
+    targets = (webhook("previews", receiver.url("/previews"), *events),)
+    config = replace(
+        forge.config, leader_election=LeaderElection(enabled=False), notifications=targets
+    )
+    metrics = Metrics()
+    agent = Agent(
+        config, api, "notify-previews", metrics=metrics, notifier=build_notifier(config, metrics),
+        pulls=build_pulls(config, metrics),
+    )  # fmt: skip
+    try:
+        sha = forge.branch("scale-ranker", scale_ranker)
+        number = forge.open_pr("scale-ranker")
+        [result] = agent.previews()
+        assert result.outcome == "succeeded", result
+        wait_for(lambda: receiver.at("/previews"), "preview.ready")
+        sim.add_rule(
+            FailureRule(
+                namespace=forge.previews_ns,
+                import_path="ranker.v2:app",
+                message="ModuleNotFoundError: No module named 'ranker.v2'",
+            )
+        )
+
+        def broken(root: Path) -> None:
+            scale_ranker(root)
+            forge.repo.edit("ranker.yaml", "ranker.serve:app", "ranker.v2:app")
+
+        bad = forge.branch("scale-ranker", broken, "Use ranker v2")
+        [result] = agent.previews()
+        assert result.outcome == "failed", result
+        assert agent.previews()[0].outcome in ("unchanged", "failed")  # not told again
+        wait_for(lambda: len(receiver.at("/previews")) == 2, "preview.failed")
+    finally:
+        assert agent.shutdown(timeout=10)
+    ready, failed = (r.json for r in receiver.at("/previews"))
+    assert (ready["event"], ready["revision"], ready["pullRequest"]) == (
+        "preview.ready",
+        sha,
+        number,
+    )
+    assert ready["environment"] == "preview"
+    assert [(s["namespace"], s["name"]) for s in ready["services"]] == [
+        (forge.previews_ns, f"ranker-pr-{number}")
+    ]
+    assert (failed["event"], failed["revision"], failed["pullRequest"]) == (
+        "preview.failed",
+        bad,
+        number,
+    )
+    assert failed["failure"]["app"] == "rank"
+    assert failed["failure"]["message"].startswith(
+        "DEPLOY_FAILED: ModuleNotFoundError: No module named 'ranker.v2'"
+    )
+    assert count(metrics, "previews", "delivered") == 2
 
 
 def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
