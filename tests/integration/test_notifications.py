@@ -540,7 +540,10 @@ def test_a_full_queue_drops_the_oldest_and_shutdown_drains_what_it_can(
     notifier.notify(notice(7))
     assert notifier.close(timeout=0.3) == 1
     assert count(metrics, "stuck", "dropped") == 3
-    assert "notifications not delivered before shutdown: 1" in caplog.text
+    assert (
+        "notification target stuck: 1 message(s) not delivered before shutdown, dropped"
+        in caplog.text
+    )
     notifier.notify(notice(8))  # after close: dropped at once
     assert count(metrics, "stuck", "dropped") == 4
     receiver.release.set()
