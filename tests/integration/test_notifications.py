@@ -1,6 +1,7 @@
 """Notifications from a live agent to real HTTP receivers on 127.0.0.1 (Slack, Teams and a
 signed webhook), against the test bed's API server and the simulator: a rollout, a drift
-healed and a failure told in Ray terms with valid signatures; receivers that are down, hang
+healed, a failure, a rollback, a fight over a field and a Gitea pull request's preview told
+in Ray terms with valid signatures; receivers that are down, hang
 past the timeout or answer 500 never hold up the rollout and get their message after
 retries; a full queue drops the oldest; no secret reaches a log line."""
 
