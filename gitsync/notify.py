@@ -36,6 +36,9 @@ MAX_LISTED = 20  # services named in a chat message; the webhook lists every one
 MAX_TEXT = 2900  # Slack rejects a section text over 3,000 characters
 
 
+MAX_PROBLEMS = 5  # problems an invalid commit's notice lists (the commit status has them all)
+
+
 class Event(enum.StrEnum):
     ROLLOUT_STARTED = "rollout.started"
     ROLLOUT_SUCCEEDED = "rollout.succeeded"
@@ -224,6 +227,26 @@ def rollout_finished(
         tuple(services),
         result.message,
         failure,
+    )
+
+
+def revision_invalid(
+    environment: str, revision: str, problems: tuple[object, ...], subject: str = ""
+) -> Notice:
+    """``rollout.failed`` for a commit nothing of which was applied: its gitsync.yaml or an
+    environment's manifests are invalid (each problem at ``file:line``)."""
+    listed = [str(p) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        listed.append(f"… {len(problems) - MAX_PROBLEMS} more")
+    what = "gitsync.yaml" if environment == "config" else f"{environment}'s manifests"
+    message = f"invalid, nothing applied ({what}): " + "; ".join(listed)
+    return Notice(
+        Event.ROLLOUT_FAILED,
+        environment,
+        revision,
+        subject,
+        message=message,
+        failure=Failure(None, "", message),
     )
 
 

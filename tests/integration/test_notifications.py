@@ -273,6 +273,25 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         text = json.dumps(card)
         assert "Serve app embed DEPLOY_FAILED: ModuleNotFoundError" in text
         assert "Serve apps updated in place" in text
+
+        # An invalid commit: nothing applied, told once as failed with where it is wrong.
+        invalid = repo.commit(
+            lambda root: repo.edit("ranker.yaml", "kind: RayService", "kind: [RayService"),
+            "Break the ranker's YAML",
+        )
+        agent.poll()
+        wait_for(lambda: len(receiver.at("/hooks/gitsync")) == 7, "the invalid commit's message")
+        told = receiver.at("/hooks/gitsync")[6].json
+        assert (told["event"], told["revision"], told["subject"]) == (
+            "rollout.failed",
+            invalid,
+            "Break the ranker's YAML",
+        )
+        assert "invalid, nothing applied (staging's manifests)" in told["message"]
+        assert "environments/staging/ranker.yaml:" in told["message"], told["message"]
+        agent.poll()  # the failed pass runs again at every poll: told once
+        wait_for(lambda: len(receiver.at(TEAMS_PATH)) == 2, "the invalid commit on Teams")
+        assert len(receiver.at("/hooks/gitsync")) == 7
     finally:
         assert agent.shutdown(timeout=10)
     assert receiver.at("/prod") == []  # filtered: staging only happened
@@ -289,9 +308,9 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         assert request.headers["X-Gitsync-Delivery"] == request.json["id"]
         assert request.headers["Content-Type"] == "application/json"
     assert "X-Gitsync-Signature" not in receiver.at(SLACK_PATH)[0].headers
-    assert count(metrics, "audit", "delivered") == 6
-    assert count(metrics, "slack", "delivered") == 6
-    assert count(metrics, "teams", "delivered") == 1
+    assert count(metrics, "audit", "delivered") == 7
+    assert count(metrics, "slack", "delivered") == 7
+    assert count(metrics, "teams", "delivered") == 2
     assert not any(secret in caplog.text for secret in SECRETS), caplog.text
     assert "notification rollout.failed (staging" in caplog.text
 
