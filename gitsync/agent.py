@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from gitsync.checkout import read_tree_cached
 from gitsync.config import AgentConfig, drift_interval
 from gitsync.drift import DriftChecker, DriftEvents, DriftReport, drifted_by_kind
-from gitsync.errors import GitsyncError, Temporary
+from gitsync.errors import GitsyncError, InvalidRevision, Temporary
 from gitsync.health import Assessment, assess
 from gitsync.kube.cache import CachedRayServices
 from gitsync.kube.client import ApiClient, ApiException
@@ -48,6 +48,7 @@ from gitsync.notify import (
     Notice,
     drift_notices,
     preview_notice,
+    revision_invalid,
     rollout_finished,
     rollout_started,
 )
@@ -141,6 +142,7 @@ class Agent:
         self._plans: dict[str, Plan] = {}
         self._announced: set[tuple[str, str]] = set()  # (environment, revision)
         self._subjects: dict[str, str] = {}
+        self._told_invalid = ""  # the invalid revision last told (a failed pass runs again)
         self._drift_told: dict[str, DriftSeen] = {}
         self._previews_told: dict[int, tuple[str, str, str]] = {}
         # What progress lines may name: environments and services planned, the pass's revision.
@@ -634,6 +636,8 @@ class Agent:
             )
         except GitsyncError as exc:
             log.error("pass failed: %s", exc)
+            if isinstance(exc, InvalidRevision):
+                self._notify_invalid(exc)
             if not self._began:  # before any environment's rollout: Git, gitsync.yaml, a plan
                 self.metrics.sync_total.labels("*", "error").inc()
             self.last_ok = False
@@ -743,6 +747,19 @@ class Agent:
         subject = self._subjects.get(result.revision, "")
         plan = self._plans.get(result.environment)
         self._notify(rollout_finished(result, plan, subject, announced=announced))
+
+    def _notify_invalid(self, exc: InvalidRevision) -> None:
+        """``rollout.failed`` for each environment an invalid commit names, once per commit
+        (the pass is tried again at every poll)."""
+        if self.notifier is None or not exc.revision or exc.revision == self._told_invalid:
+            return
+        self._told_invalid = exc.revision
+        try:
+            subject = self.source.commit_info(exc.revision)[2]
+        except (GitsyncError, ValueError):
+            subject = ""
+        for environment in exc.environments:
+            self._notify(revision_invalid(environment, exc.revision, exc.problems, subject))
 
     def _notify_drift(self, report: DriftReport) -> None:
         if self.notifier is None or report.error or report.note:

@@ -155,8 +155,14 @@ class InvalidRevision(GitsyncError):
     # did); ``problems`` keeps them all.
     LISTED = 20
 
-    def __init__(self, what: str, problems: tuple[object, ...]) -> None:
+    def __init__(
+        self, what: str, problems: tuple[object, ...], *, environments: tuple[str, ...] = ()
+    ) -> None:
         self.problems = problems
+        # The environments it invalidates ("config": gitsync.yaml itself) and the full
+        # revision, when the pass that read it knows them (notifications name them).
+        self.environments = environments
+        self.revision = ""
         listing = "\n".join(f"  {p}" for p in problems[: self.LISTED])
         if len(problems) > self.LISTED:
             listing += f"\n  … {len(problems) - self.LISTED - 1} more …\n  {problems[-1]}"

@@ -36,6 +36,9 @@ MAX_LISTED = 20  # services named in a chat message; the webhook lists every one
 MAX_TEXT = 2900  # Slack rejects a section text over 3,000 characters
 
 
+MAX_PROBLEMS = 5  # problems an invalid commit's notice lists (the commit status has them all)
+
+
 class Event(enum.StrEnum):
     ROLLOUT_STARTED = "rollout.started"
     ROLLOUT_SUCCEEDED = "rollout.succeeded"
@@ -227,6 +230,26 @@ def rollout_finished(
     )
 
 
+def revision_invalid(
+    environment: str, revision: str, problems: tuple[object, ...], subject: str = ""
+) -> Notice:
+    """``rollout.failed`` for a commit nothing of which was applied: its gitsync.yaml or an
+    environment's manifests are invalid (each problem at ``file:line``)."""
+    listed = [str(p) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        listed.append(f"… {len(problems) - MAX_PROBLEMS} more")
+    what = "gitsync.yaml" if environment == "config" else f"{environment}'s manifests"
+    message = f"invalid, nothing applied ({what}): " + "; ".join(listed)
+    return Notice(
+        Event.ROLLOUT_FAILED,
+        environment,
+        revision,
+        subject,
+        message=message,
+        failure=Failure(None, "", message),
+    )
+
+
 @dataclass(frozen=True)
 class DriftSeen:
     """What drift an environment's notices already told: the findings and the fights."""
@@ -245,7 +268,8 @@ def drift_notices(
 ) -> tuple[list[Notice], DriftSeen]:
     """One drift check's notices — ``drift.found`` for findings not told before, ``drift.fight``
     for services newly fought over, ``drift.healed`` (or a failed rollout) for a heal — and
-    what is told now. A finding told is not told again until it has gone and come back."""
+    what is told now. A finding told is not told again until it has gone and come back (a
+    heal that succeeded takes it away: the same edit made again is told again)."""
     notices: list[Notice] = []
     new = [d for d in drifts if d.message not in seen.drifts]
     if new:
@@ -284,7 +308,9 @@ def drift_notices(
             )  # fmt: skip
         elif (failed := rollout_finished(healed, None)) is not None:
             notices.append(replace(failed, message=f"self-heal failed: {failed.message}"))
-    return notices, DriftSeen(frozenset(d.message for d in drifts), frozenset(fighting))
+    gone = set(healed.applied) if healed is not None and healed.outcome is Outcome.SUCCEEDED else ()
+    still = frozenset(d.message for d in drifts if d.key not in gone)
+    return notices, DriftSeen(still, frozenset(fighting))
 
 
 def _by(managers: Sequence[str]) -> str:

@@ -134,10 +134,11 @@ class _Statuses:
 
 
 def _validated(
-    report: TreeReport, names: Sequence[str], label: str, statuses: _Statuses
+    report: TreeReport, names: Sequence[str], revision: str, statuses: _Statuses
 ) -> dict[str, EnvironmentManifests]:
     """Every selected environment loaded, or nothing: one invalid environment makes the
     whole revision invalid, so a bad commit applies nothing anywhere."""
+    label = revision[:12]
     loaded: dict[str, EnvironmentManifests] = {}
     invalid: dict[str, InvalidRevision] = {}
     for name in names:
@@ -155,7 +156,11 @@ def _validated(
             problem = first.problems[0] if first.problems else "invalid"
             statuses.post(statuses.describe.blocked(name, f"{first_name} is invalid: {problem}"))
     problems = tuple(p for exc in invalid.values() for p in exc.problems)
-    raise InvalidRevision(f"revision {label} ({', '.join(invalid)})", problems)
+    refused = InvalidRevision(
+        f"revision {label} ({', '.join(invalid)})", problems, environments=tuple(invalid)
+    )
+    refused.revision = revision
+    raise refused
 
 
 def sync_once(
@@ -247,11 +252,12 @@ class _Pass:
             except InvalidRevision as exc:  # gitsync.yaml itself: the environments it would name
                 for name in wanted or ("config",):
                     statuses.post(statuses.describe.invalid(name, exc.problems))
+                exc.environments, exc.revision = tuple(wanted or ("config",)), revision
                 raise
             self.observer.line(
                 f"revision {label}: environments {', '.join(names)}", {"revision": revision}
             )
-            loaded_all = _validated(report, names, label, statuses)
+            loaded_all = _validated(report, names, revision, statuses)
             try:
                 holds = self.state.holds()
             except GitsyncError as exc:  # as a rollout's own API failure: the first one errs

@@ -156,6 +156,11 @@ class _Channel:
             self._queue.clear()
             self._closed.set()
             self._cond.notify_all()
+        if left:
+            log.warning(
+                "notification target %s: %d message(s) not delivered before shutdown, dropped",
+                self.target.name, left,
+            )  # fmt: skip
         self._thread.join(timeout=join)
         return left
 
@@ -331,10 +336,7 @@ class Notifier:
             channel.limit(deadline)
         for channel in self._channels:
             channel.drain(deadline)
-        left = sum(channel.stop(join=0.5) for channel in self._channels)
-        if left:
-            log.warning("notifications not delivered before shutdown: %d", left)
-        return left
+        return sum(channel.stop(join=0.5) for channel in self._channels)
 
 
 def _excerpt(data: bytes) -> str:

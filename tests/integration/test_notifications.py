@@ -1,6 +1,7 @@
 """Notifications from a live agent to real HTTP receivers on 127.0.0.1 (Slack, Teams and a
 signed webhook), against the test bed's API server and the simulator: a rollout, a drift
-healed and a failure told in Ray terms with valid signatures; receivers that are down, hang
+healed, a failure, a rollback, a fight over a field and a Gitea pull request's preview told
+in Ray terms with valid signatures; receivers that are down, hang
 past the timeout or answer 500 never hold up the rollout and get their message after
 retries; a full queue drops the oldest; no secret reaches a log line."""
 
@@ -23,16 +24,25 @@ import pytest
 from kubernetes import client
 
 from gitsync.agent import Agent
-from gitsync.config import LeaderElection, NotificationTarget, StatusConfig, UiSettings
+from gitsync.config import (
+    DriftSettings,
+    LeaderElection,
+    NotificationTarget,
+    StatusConfig,
+    UiSettings,
+)
 from gitsync.metrics import Metrics
+from gitsync.model import Outcome, ServiceKey
 from gitsync.notify import Event, Notice, verify
-from gitsync.report.factory import build_notifier
+from gitsync.report.factory import build_notifier, build_pulls
 from gitsync.report.notifier import Notifier
 from gitsync.source.config import TokenAuth
+from testbed.gitea import Gitea
 from testbed.simulator import FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .test_drift import edit_serve_config
+from .test_previews import Forge, scale_ranker
 
 SIGNING_SECRET = "whsec-notify-5f0c1d2e3a4b"
 SLACK_PATH = "/services/T0000/B0000/tok-slack-8c1f2e"
@@ -263,6 +273,25 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         text = json.dumps(card)
         assert "Serve app embed DEPLOY_FAILED: ModuleNotFoundError" in text
         assert "Serve apps updated in place" in text
+
+        # An invalid commit: nothing applied, told once as failed with where it is wrong.
+        invalid = repo.commit(
+            lambda root: repo.edit("ranker.yaml", "kind: RayService", "kind: [RayService"),
+            "Break the ranker's YAML",
+        )
+        agent.poll()
+        wait_for(lambda: len(receiver.at("/hooks/gitsync")) == 7, "the invalid commit's message")
+        told = receiver.at("/hooks/gitsync")[6].json
+        assert (told["event"], told["revision"], told["subject"]) == (
+            "rollout.failed",
+            invalid,
+            "Break the ranker's YAML",
+        )
+        assert "invalid, nothing applied (staging's manifests)" in told["message"]
+        assert "environments/staging/ranker.yaml:" in told["message"], told["message"]
+        agent.poll()  # the failed pass runs again at every poll: told once
+        wait_for(lambda: len(receiver.at(TEAMS_PATH)) == 2, "the invalid commit on Teams")
+        assert len(receiver.at("/hooks/gitsync")) == 7
     finally:
         assert agent.shutdown(timeout=10)
     assert receiver.at("/prod") == []  # filtered: staging only happened
@@ -279,11 +308,158 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         assert request.headers["X-Gitsync-Delivery"] == request.json["id"]
         assert request.headers["Content-Type"] == "application/json"
     assert "X-Gitsync-Signature" not in receiver.at(SLACK_PATH)[0].headers
-    assert count(metrics, "audit", "delivered") == 6
-    assert count(metrics, "slack", "delivered") == 6
-    assert count(metrics, "teams", "delivered") == 1
+    assert count(metrics, "audit", "delivered") == 7
+    assert count(metrics, "slack", "delivered") == 7
+    assert count(metrics, "teams", "delivered") == 2
     assert not any(secret in caplog.text for secret in SECRETS), caplog.text
     assert "notification rollout.failed (staging" in caplog.text
+
+
+def test_a_rollback_and_a_fight_over_a_field_are_told(
+    api: client.ApiClient, sim: Simulator, namespace: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """``rollout.rolledBack`` names the Serve app that failed and the revision the service
+    went back to; ``drift.fight`` names the other writer, once, when self-heal stops."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, self_heal=True)
+    targets = (webhook("audit", receiver.url("/audit")),)
+    config = replace(
+        repo.agent_config(tmp_path / "cache", rollback="auto"),
+        leader_election=LeaderElection(enabled=False),
+        drift=DriftSettings(limit=1, window=3600.0),  # one correction, then a fight
+        notifications=targets,
+    )
+    metrics = Metrics()
+    agent = Agent(
+        config, api, "notify-rollback", metrics=metrics, notifier=build_notifier(config, metrics)
+    )
+    try:
+        first = repo.revisions[0]
+        agent.poll()
+        assert agent.last_ok
+        wait_for(lambda: len(receiver.at("/audit")) == 2, "the first rollout's messages")
+
+        # A commit whose Serve app cannot deploy, with rollback: auto.
+        sim.add_rule(
+            FailureRule(
+                namespace=namespace,
+                import_path="embedder.v2:app",
+                message="ModuleNotFoundError: No module named 'embedder.v2'",
+            )
+        )
+        broken = repo.commit(
+            lambda root: repo.edit("embedder.yaml", "embedder.serve:app", "embedder.v2:app"),
+            "Use embedder v2",
+        )
+        agent.poll()
+        wait_for(lambda: len(receiver.at("/audit")) == 4, "the rollback's messages")
+        assert receiver.events("/audit")[2:] == ["rollout.started", "rollout.rolledBack"]
+        rolled = receiver.at("/audit")[3].json
+        assert (rolled["revision"], rolled["subject"]) == (broken, "Use embedder v2")
+        assert rolled["failure"]["service"] == f"{namespace}/embedder"
+        assert rolled["failure"]["app"] == "embed"
+        assert rolled["failure"]["message"].startswith(
+            "DEPLOY_FAILED: ModuleNotFoundError: No module named 'embedder.v2'"
+        )
+        assert f"rolled {namespace}/embedder back to {first[:12]}" in rolled["message"]
+        assert [(s["name"], s["action"]) for s in rolled["services"]] == [
+            ("embedder", "serve-update")
+        ]
+
+        # Another writer keeps setting the summarizer's replicas: healed once, then a fight.
+        edit_serve_config(api, namespace, "summarizer", "autoscaler-x")
+        [report] = agent.drift()
+        assert report.healed is not None
+        assert report.healed.outcome is Outcome.SUCCEEDED
+        edit_serve_config(api, namespace, "summarizer", "autoscaler-x")
+        [report] = agent.drift()
+        assert (report.healed, report.fighting) == (None, (ServiceKey(namespace, "summarizer"),))
+        [report] = agent.drift()  # still fought over: not told again
+        assert report.fighting == (ServiceKey(namespace, "summarizer"),)
+        wait_for(lambda: "drift.fight" in receiver.events("/audit"), "the fight")
+    finally:
+        assert agent.shutdown(timeout=10)
+    assert receiver.events("/audit")[4:] == [
+        "drift.found",
+        "drift.healed",
+        "drift.found",
+        "drift.fight",
+    ]
+    fight = receiver.at("/audit")[-1].json
+    assert fight["environment"] == "staging"
+    assert fight["revision"] == first  # drift is judged at the last Healthy revision
+    [service] = fight["services"]
+    assert (service["name"], service["action"]) == ("summarizer", "fighting")
+    assert "autoscaler-x" in service["summary"]
+    assert "gitsync stops correcting it" in fight["message"]
+    assert count(metrics, "audit", "delivered") == 8
+
+
+def test_a_pull_requests_preview_ready_then_failed_is_told(
+    api: client.ApiClient,
+    sim: Simulator,
+    gitea: Gitea,
+    namespace: str,
+    tmp_path: Path,
+    receiver: Receiver,
+) -> None:
+    """A pull request on a real Gitea, previewed by the agent: ``preview.ready``, then a push
+    whose Serve app cannot deploy: ``preview.failed`` in Ray terms. Told once per head."""
+    forge = Forge(gitea, tmp_path, namespace)
+    events = (Event.PREVIEW_READY, Event.PREVIEW_FAILED)
+    targets = (webhook("previews", receiver.url("/previews"), *events),)
+    config = replace(
+        forge.config, leader_election=LeaderElection(enabled=False), notifications=targets
+    )
+    metrics = Metrics()
+    agent = Agent(
+        config, api, "notify-previews", metrics=metrics, notifier=build_notifier(config, metrics),
+        pulls=build_pulls(config, metrics),
+    )  # fmt: skip
+    try:
+        sha = forge.branch("scale-ranker", scale_ranker)
+        number = forge.open_pr("scale-ranker")
+        [result] = agent.previews()
+        assert result.outcome == "succeeded", result
+        wait_for(lambda: receiver.at("/previews"), "preview.ready")
+        sim.add_rule(
+            FailureRule(
+                namespace=forge.previews_ns,
+                import_path="ranker.v2:app",
+                message="ModuleNotFoundError: No module named 'ranker.v2'",
+            )
+        )
+
+        def broken(root: Path) -> None:
+            scale_ranker(root)
+            forge.repo.edit("ranker.yaml", "ranker.serve:app", "ranker.v2:app")
+
+        bad = forge.branch("scale-ranker", broken, "Use ranker v2")
+        [result] = agent.previews()
+        assert result.outcome == "failed", result
+        assert agent.previews()[0].outcome in ("unchanged", "failed")  # not told again
+        wait_for(lambda: len(receiver.at("/previews")) == 2, "preview.failed")
+    finally:
+        assert agent.shutdown(timeout=10)
+    ready, failed = (r.json for r in receiver.at("/previews"))
+    assert (ready["event"], ready["revision"], ready["pullRequest"]) == (
+        "preview.ready",
+        sha,
+        number,
+    )
+    assert ready["environment"] == "preview"
+    assert [(s["namespace"], s["name"]) for s in ready["services"]] == [
+        (forge.previews_ns, f"ranker-pr-{number}")
+    ]
+    assert (failed["event"], failed["revision"], failed["pullRequest"]) == (
+        "preview.failed",
+        bad,
+        number,
+    )
+    assert failed["failure"]["app"] == "rank"
+    assert failed["failure"]["message"].startswith(
+        "DEPLOY_FAILED: ModuleNotFoundError: No module named 'ranker.v2'"
+    )
+    assert count(metrics, "previews", "delivered") == 2
 
 
 def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
@@ -384,7 +560,10 @@ def test_a_full_queue_drops_the_oldest_and_shutdown_drains_what_it_can(
     notifier.notify(notice(7))
     assert notifier.close(timeout=0.3) == 1
     assert count(metrics, "stuck", "dropped") == 3
-    assert "notifications not delivered before shutdown: 1" in caplog.text
+    assert (
+        "notification target stuck: 1 message(s) not delivered before shutdown, dropped"
+        in caplog.text
+    )
     notifier.notify(notice(8))  # after close: dropped at once
     assert count(metrics, "stuck", "dropped") == 4
     receiver.release.set()

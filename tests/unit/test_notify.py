@@ -24,6 +24,7 @@ from gitsync.notify import (
     drift_notices,
     failure_of,
     preview_notice,
+    revision_invalid,
     rollout_finished,
     rollout_started,
     sign,
@@ -151,6 +152,23 @@ def _linked(notice: Notice) -> Notice:
         page="https://gitsync.example.com/environments/{environment}",
     )
     return with_links(notice, templates)
+
+
+def test_an_invalid_commit_is_a_failure_listing_its_first_problems() -> None:
+    problems = tuple(f"environments/staging/s{i}.yaml:{i}: bad" for i in range(8))
+    notice = revision_invalid("staging", "a" * 40, problems, "Break it")
+    assert (notice.event, notice.environment, notice.subject) == (
+        Event.ROLLOUT_FAILED,
+        "staging",
+        "Break it",
+    )
+    assert notice.message.startswith("invalid, nothing applied (staging's manifests): ")
+    assert "s4.yaml:4: bad" in notice.message
+    assert "s5.yaml" not in notice.message
+    assert notice.message.endswith("… 3 more")
+    assert notice.failure == Failure(None, "", notice.message)
+    config = revision_invalid("config", "a" * 40, ("gitsync.yaml:3: unknown key",))
+    assert config.message == "invalid, nothing applied (gitsync.yaml): gitsync.yaml:3: unknown key"
 
 
 def test_links_fill_the_templates() -> None:
@@ -290,6 +308,14 @@ def test_drift_is_told_once_per_finding_with_fights_and_heals() -> None:
     notices, seen = drift_notices("production", REV, [], [], healed, seen)
     assert [n.event for n in notices] == [Event.DRIFT_HEALED]
     assert seen == DriftSeen()
+    # Found and healed in one check: the same edit made again is found again.
+    notices, seen = drift_notices("production", REV, [drift], [], healed, seen)
+    assert [n.event for n in notices] == [Event.DRIFT_FOUND, Event.DRIFT_HEALED]
+    assert seen == DriftSeen()
+    notices, seen = drift_notices("production", REV, [drift], [RANKER], None, seen)
+    assert [n.event for n in notices] == [Event.DRIFT_FOUND, Event.DRIFT_FIGHT]
+    assert drift_notices("production", REV, [drift], [RANKER], None, seen)[0] == []
+    seen = DriftSeen()
     failed = replace(healed, outcome=Outcome.FAILED, message=FAILED, failed=RANKER)
     notices, _ = drift_notices("production", REV, [drift], [], failed, seen)
     assert [n.event for n in notices] == [Event.DRIFT_FOUND, Event.ROLLOUT_FAILED]
