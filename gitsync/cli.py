@@ -364,6 +364,8 @@ def _check_commands(commands: Any) -> None:
         "at the revision last rolled out (not a newer commit), server-side dry run and Ray-aware "
         "diff. Names the field manager that changed a field and what healing would make KubeRay "
         "do. With --heal, environments with selfHeal: true are corrected by a gated rollout. "
+        "On a terminal, a live line shows the latest step and the report is coloured; plain "
+        "when not a terminal, NO_COLOR is set or TERM is dumb. "
         "Exit 0 no drift, 1 drift, 2 errors.",
     )
     drift.add_argument("--config", type=Path, required=True, help="the agent config file")
@@ -377,7 +379,9 @@ def _check_commands(commands: Any) -> None:
         help="pull-request previews: list them (or --reconcile once)",
         description="Lists the active previews (PR, service, revision, health, age). With "
         "--reconcile: one preview pass first — plan comments, previews created, updated and "
-        "deleted — as the agent's previews job does.",
+        "deleted — as the agent's previews job does. On a terminal the list is a table sized "
+        "to it, health coloured, and the pass shows a live line; plain columns when not a "
+        "terminal, NO_COLOR is set or TERM is dumb.",
     )
     previews.add_argument("--config", type=Path, required=True, help="the agent config file")
     previews.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config")
@@ -658,15 +662,16 @@ def run_hold(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.console import print_coloured, work_display
     from gitsync.drift import DriftChecker, drift_json, report_lines
-
-    def progress(line: str) -> None:
-        if args.heal:
-            err.write(line + "\n")
 
     try:
         config = _agent_config(args.config)
-        with api_client(args.kubeconfig, args.context) as api, EventRecorder(api) as record:
+        with (
+            api_client(args.kubeconfig, args.context) as api,
+            EventRecorder(api) as record,
+            work_display(err, "checking drift", verbose=args.heal) as progress,
+        ):
             checker = DriftChecker(
                 config,
                 RayServicesClient(api),
@@ -682,9 +687,9 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output != "text":
         write_document({"environments": [drift_json(r) for r in reports]}, args.output, out)
     else:
-        for report in reports:
-            if not report.error:
-                out.write("\n".join(report_lines(report)) + "\n")
+        lines = [line for r in reports if not r.error for line in report_lines(r)]
+        if lines and not print_coloured(out, lines):
+            out.write("\n".join(lines) + "\n")
     for report in reports:  # an error is told on stderr, whatever the output format
         if report.error:
             err.write(f"gitsync drift: {report.environment}: check failed: {report.error}\n")
@@ -694,6 +699,7 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gitsync.console import health_style, print_table, work_display
     from gitsync.metrics import Metrics
     from gitsync.previews import PreviewReconciler, age, list_previews
     from gitsync.report.factory import build_pulls, build_reporter
@@ -712,7 +718,10 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 metrics = Metrics()
                 reporter = build_reporter(config, metrics)
                 try:
-                    with EventRecorder(api) as record:
+                    with (
+                        EventRecorder(api) as record,
+                        work_display(err, "reconciling previews", verbose=True) as progress,
+                    ):
                         PreviewReconciler(
                             config,
                             services,
@@ -720,7 +729,7 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                             source,
                             build_pulls(config, metrics),
                             reporter,
-                            progress=lambda line: print(line, file=err),
+                            progress=progress,
                             record=record,
                         ).reconcile()
                 finally:
@@ -743,8 +752,18 @@ def run_previews(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output != "text":
         write_document({"namespace": settings.namespace, "previews": table}, args.output, out)
         return EXIT_OK
-    out.write(f"{'PR':<6} {'SERVICE':<40} {'REVISION':<13} {'HEALTH':<12} AGE\n")
-    for row in table:
+    shown = print_table(
+        out,
+        ("PR", "SERVICE", "REVISION", "HEALTH", "AGE"),
+        [
+            (f"#{r['pr']}", str(r["service"]), str(r["revision"])[:12], r["health"], r["age"])
+            for r in table
+        ],
+        [health_style(str(r["health"])) for r in table],
+    )
+    if not shown:
+        out.write(f"{'PR':<6} {'SERVICE':<40} {'REVISION':<13} {'HEALTH':<12} AGE\n")
+    for row in table if not shown else ():
         out.write(
             f"#{row['pr']:<5} {row['service']:<40} {str(row['revision'])[:12]:<13} "
             f"{row['health']:<12} {row['age']}\n"

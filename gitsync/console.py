@@ -1,19 +1,24 @@
-"""What ``gitsync sync --once`` shows on the terminal while it works: rich's live status line
-(the wave being applied or waited on, with a spinner and the time it has taken) above which
-the progress lines scroll, coloured by what they say. Plain lines, as before, when stderr is
-not a terminal, ``NO_COLOR`` is set or ``TERM`` is ``dumb``: logs and CI see no escape codes.
+"""What the CLI shows on a terminal while it works and when it is done: for ``gitsync sync
+--once`` rich's live status line (the wave being applied or waited on, with a spinner and the
+time it has taken) above which the progress lines scroll, coloured by what they say; for
+``drift`` and ``previews --reconcile`` a status line naming the latest step; ``drift``'s
+report coloured and ``previews``' list as a table sized to the terminal. Plain lines, as
+before, when the stream is not a terminal, ``NO_COLOR`` is set or ``TERM`` is ``dumb``: logs,
+pipes and CI see no escape codes.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
+from rich import box
 from rich.console import Console
 from rich.status import Status
+from rich.table import Table
 from rich.text import Text
 
 from gitsync.model import ServiceKey, StepKind, WaveEvent
@@ -105,3 +110,80 @@ def sync_display(
     live = LiveLines(Console(file=err, highlight=False), record, plans)
     with live.status:
         yield live
+
+
+@contextmanager
+def work_display(
+    err: TextIO, what: str, *, verbose: bool, environ: dict[str, str] | None = None
+) -> Iterator[Callable[[str], None]]:
+    """The progress of long work (``drift`` over many services, ``previews --reconcile``): on
+    a terminal a live status line naming ``what`` and its latest step, the steps printed
+    (coloured) above it when ``verbose``; elsewhere the steps as plain lines when
+    ``verbose``, nothing otherwise."""
+    if not on_terminal(err, environ):
+
+        def plain(text: str) -> None:
+            if verbose:
+                err.write(text + "\n")
+                err.flush()
+
+        yield plain
+        return
+    console = Console(file=err, highlight=False)
+    status = Status(what, console=console, spinner="dots")
+
+    def live(text: str) -> None:
+        status.update(f"{what}: {text}")
+        if verbose:
+            console.print(Text(text, style=style_of(text, NO_FIELDS)), soft_wrap=True)
+
+    with status:
+        yield live
+
+
+def health_style(health: str) -> str:
+    return {"Healthy": "green", "Degraded": "red", "Missing": "red"}.get(health, "yellow")
+
+
+def print_table(
+    out: TextIO,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    styles: Sequence[str] = (),
+    environ: dict[str, str] | None = None,
+) -> bool:
+    """``rows`` as a rich table sized to the terminal, row ``i`` in ``styles[i]``; False
+    (nothing written) when ``out`` is not a terminal: the caller writes its plain columns."""
+    if not on_terminal(out, environ):
+        return False
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for i, row in enumerate(rows):
+        table.add_row(*row, style=styles[i] if i < len(styles) else None)
+    Console(file=out, highlight=False).print(table)
+    return True
+
+
+def print_coloured(
+    out: TextIO, lines: Sequence[str], environ: dict[str, str] | None = None
+) -> bool:
+    """``lines`` coloured by what they say (:func:`drift_style`) on a terminal; False
+    (nothing written) elsewhere."""
+    if not on_terminal(out, environ):
+        return False
+    console = Console(file=out, highlight=False)
+    for text in lines:
+        console.print(Text(text, style=drift_style(text)), soft_wrap=True)
+    return True
+
+
+def drift_style(text: str) -> str:
+    """A drift report line's colour: failures and fights red, drift yellow, none green."""
+    if "check failed" in text or "FIGHTING" in text:
+        return "red"
+    if " drifted from " in text or "RECONCILE DISABLED" in text or text.startswith("  "):
+        return "yellow" if not text.startswith("  healed:") else "green"
+    if " no drift " in text:
+        return "green"
+    return ""

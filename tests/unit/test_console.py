@@ -1,5 +1,6 @@
-"""``sync --once``'s display: a live status line and coloured lines on a terminal (a real
-pseudo-terminal here), plain lines elsewhere or with NO_COLOR / TERM=dumb."""
+"""The CLI's displays: ``sync --once``'s live status line and coloured lines, ``drift``'s and
+``previews``' status line, coloured report and table, on a terminal (a real pseudo-terminal
+here); plain lines elsewhere or with NO_COLOR / TERM=dumb."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from typing import IO
 
 import pytest
 
-from gitsync.console import LiveLines, PlainLines, style_of, sync_display
+from gitsync.console import (
+    LiveLines,
+    PlainLines,
+    drift_style,
+    print_coloured,
+    print_table,
+    style_of,
+    sync_display,
+    work_display,
+)
 from gitsync.model import Action, ServiceKey, StepKind, WaveEvent
 from gitsync.progress import about
 
@@ -97,3 +107,69 @@ def test_a_terminal_gets_the_live_wave_and_coloured_lines() -> None:
 )
 def test_line_colours(text: str, fields: dict[str, str], style: str) -> None:
     assert style_of(text, fields) == style
+
+
+XTERM = {"TERM": "xterm"}
+
+
+def test_work_off_a_terminal_prints_steps_only_when_verbose() -> None:
+    for verbose, expected in ((True, "staging: healed\n"), (False, "")):
+        err = io.StringIO()
+        with work_display(err, "checking drift", verbose=verbose, environ=XTERM) as progress:
+            progress("staging: healed")
+        assert err.getvalue() == expected
+    out = io.StringIO()
+    assert not print_table(out, ("PR",), [("#1",)], environ=XTERM)
+    assert not print_coloured(out, ["staging: no drift from 0123456789ab"], environ=XTERM)
+    assert out.getvalue() == ""  # the caller writes its plain columns
+
+
+def test_work_on_a_terminal_shows_its_latest_step() -> None:
+    with terminal() as (stream, main):
+        with work_display(stream, "checking drift", verbose=True, environ=XTERM) as progress:
+            progress("staging: 0123456789ab failed: heal refused")
+            time.sleep(0.5)
+            shown = read_all(main)
+        shown += read_all(main)
+    assert "checking drift: staging: 0123456789ab failed: heal refused" in shown
+    assert "\x1b[31m" in shown  # the failure in red
+
+
+def test_a_terminal_gets_a_table_and_a_coloured_report() -> None:
+    with terminal() as (stream, main):
+        assert print_table(
+            stream,
+            ("PR", "SERVICE", "HEALTH"),
+            [
+                ("#7", "ray-previews/pr-7-ranker", "Healthy"),
+                ("#8", "ray-previews/pr-8-x", "Degraded"),
+            ],
+            ["green", "red"],
+            environ=XTERM,
+        )
+        report = [
+            "staging: 1 drifted from 0123456789ab",
+            "  modified   ray-staging/ranker [FIGHTING: not corrected]",
+        ]
+        assert print_coloured(stream, report, environ=XTERM)
+        stream.flush()
+        shown = read_all(main)
+    assert "pr-7-ranker" in shown
+    assert "HEALTH" in shown
+    assert "\x1b[32m" in shown  # the Healthy row green
+    assert "\x1b[31m" in shown  # the Degraded row and the fight red
+
+
+@pytest.mark.parametrize(
+    ("text", "style"),
+    [
+        ("staging: no drift from 0123456789ab", "green"),
+        ("staging: 2 drifted from 0123456789ab", "yellow"),
+        ("  modified   ray-staging/ranker [FIGHTING: not corrected]", "red"),
+        ("  healed: succeeded: 1 applied", "green"),
+        ("staging: check failed: 403", "red"),
+        ("staging: not checked: never rolled out", ""),
+    ],
+)
+def test_drift_colours(text: str, style: str) -> None:
+    assert drift_style(text) == style
