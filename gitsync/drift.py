@@ -216,6 +216,7 @@ class DriftChecker:
         held = self._held(name, revision, now)
         if heal and env.self_heal and healable and not held:
             healed = self._heal(loaded, revision, healable, corrections, sides)
+            self._forget_healed(name, healed, healable)
         report = DriftReport(
             name, revision, tuple(drifts), tuple(sorted(fighting)), healed,
             costs=tuple(heal_cost([d for d in drifts if d.key not in disabled])),
@@ -295,6 +296,16 @@ class DriftChecker:
             if corrections_left(corrections.get(f"{d.key} {f}", []), now, self.limit, self.window)
             == 0
         }
+
+    def _forget_healed(
+        self, name: str, healed: RolloutResult | None, healable: Sequence[Drift]
+    ) -> None:
+        """Findings self-heal put back are forgotten: made again, each is a new finding (a
+        new Drift Event), as for a check that found it gone in between."""
+        if healed is None or healed.outcome is not Outcome.SUCCEEDED:
+            return
+        put_back = {d.key for d in healable}
+        self._seen[name] = {m for m in self._seen.get(name, set()) if m[0] not in put_back}
 
     def _report(
         self,

@@ -194,7 +194,8 @@ def test_a_serve_config_edit_is_named_and_healed_in_place(
     assert found["heal"]["action"] == "serve-update"
     # The agent's check heals it: an in-place Serve update, gated on health.
     counting = CountingRayServices(api)
-    [report] = checker(api, repo, tmp_path, counting).check(heal=True)
+    healer = checker(api, repo, tmp_path, counting)
+    [report] = healer.check(heal=True)
     assert report.healed is not None
     assert report.healed.outcome is Outcome.SUCCEEDED
     # ranker alone was dry-run (the others are provably untouched), and once: the heal
@@ -211,6 +212,17 @@ def test_a_serve_config_edit_is_named_and_healed_in_place(
 
     events = events_until(api, namespace, lambda e: {"Drift", "DriftCorrected"} <= reasons(e))
     assert {"Drift", "DriftCorrected"} <= reasons(events)
+
+    # The same edit made again after the heal is a new finding for the checker that healed
+    # it: a third Drift Event (the CLI's check and the healing one recorded the first two).
+    def drifts_told(events: list[Any]) -> int:
+        return sum(1 for e in events if e.reason == "Drift" and e.involved_object.name == "ranker")
+
+    assert drifts_told(events_until(api, namespace, lambda e: drifts_told(e) >= 2)) == 2
+    edit_serve_config(api, namespace, "ranker", "kubectl-edit")
+    [again] = healer.check(heal=False)
+    assert [d.key for d in again.drifts] == [key]
+    assert drifts_told(events_until(api, namespace, lambda e: drifts_told(e) >= 3)) == 3
 
 
 @pytest.mark.parametrize("self_heal", [False, True])
