@@ -643,7 +643,12 @@ def test_the_standby_takes_over_a_sigkilled_leader_mid_rollout(
         assert "ranker" not in annotations(api, namespace)
         # Exactly one applies: the standby has not written anything.
         assert ": applied " not in (tmp_path / f"{standby}.log").read_text()
-        assert ": applied " in (tmp_path / f"{leader}.log").read_text()
+        # (its log line follows the apply's answer: the annotation can be read first)
+        wait_for(
+            lambda: ": applied " in (tmp_path / f"{leader}.log").read_text(),
+            timeout=10,
+            what="the leader's apply in its log",
+        )
         agents[leader].send_signal(signal.SIGKILL)
         agents[leader].wait(10)
         wait_for(lambda: lease_holder(api, namespace) == standby, timeout=30, what="takeover")
