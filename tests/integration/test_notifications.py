@@ -507,6 +507,8 @@ def test_receivers_down_hanging_or_failing_never_hold_up_a_rollout(
         wait_for(lambda: receiver.at("/stuck"), "the stuck receiver's first request")
         assert count(metrics, "stuck", "delivered") == 0
         assert count(metrics, "down", "delivered") == 0
+        # (its thread may not have tried yet on a loaded machine: let it meet the refusal)
+        wait_for(lambda: "to down failed, retrying" in caplog.text, "down's refused attempt")
         down.listen()
         wait_for(lambda: down.events("/down/tok-down-77aa") == ["rollout.succeeded"], "down")
         wait_for(lambda: count(metrics, "flaky", "delivered") == 1, "flaky's retry")
