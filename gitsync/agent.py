@@ -430,22 +430,19 @@ class Agent:
         """Drops the per-environment series a standby must not export. Leading again, the
         first pass re-runs (``last_ok`` False) and restores them from the cluster."""
         with self._series:
-            self._drop_series()
-
-    def _drop_series(self) -> None:
-        for gauge in (
-            self.metrics.service_health,
-            self.metrics.applied_revision,
-            self.metrics.rollout_in_progress,
-            self.metrics.drift_fighting,
-        ):
-            gauge.clear()
-        self._health.clear()
-        self._applied.clear()
-        self._behind.clear()
-        self._began.clear()
-        self._fighting.clear()
-        self.last_ok = False
+            for gauge in (
+                self.metrics.service_health,
+                self.metrics.applied_revision,
+                self.metrics.rollout_in_progress,
+                self.metrics.drift_fighting,
+            ):
+                gauge.clear()
+            self._health.clear()
+            self._applied.clear()
+            self._behind.clear()
+            self._began.clear()
+            self._fighting.clear()
+            self.last_ok = False
 
     # -- jobs --------------------------------------------------------------------------------
 

@@ -182,8 +182,8 @@ def drift_style(text: str) -> str:
     """A drift report line's colour: failures and fights red, drift yellow, none green."""
     if "check failed" in text or "FIGHTING" in text:
         return "red"
-    if " drifted from " in text or "RECONCILE DISABLED" in text or text.startswith("  "):
-        return "yellow" if not text.startswith("  healed:") else "green"
-    if " no drift " in text:
+    if " no drift " in text or text.startswith("  healed:"):
         return "green"
+    if " drifted from " in text or text.startswith("  "):
+        return "yellow"
     return ""

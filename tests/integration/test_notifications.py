@@ -164,6 +164,21 @@ def webhook(name: str, url: str, *events: Event, **more: Any) -> NotificationTar
     return NotificationTarget(name, "webhook", url, events=tuple(str(e) for e in events), **more)
 
 
+def break_embedder(repo: GitOpsRepo, sim: Simulator, namespace: str) -> str:
+    """A commit ("Use embedder v2") whose Serve app KubeRay reports DEPLOY_FAILED."""
+    sim.add_rule(
+        FailureRule(
+            namespace=namespace,
+            import_path="embedder.v2:app",
+            message="ModuleNotFoundError: No module named 'embedder.v2'",
+        )
+    )
+    return repo.commit(
+        lambda root: repo.edit("embedder.yaml", "embedder.serve:app", "embedder.v2:app"),
+        "Use embedder v2",
+    )
+
+
 def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webhook(
     api: client.ApiClient,
     sim: Simulator,
@@ -241,17 +256,7 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         assert len(receiver.at("/hooks/gitsync")) == 4  # nothing new: nothing said
 
         # A commit whose Serve app cannot deploy: KubeRay reports DEPLOY_FAILED.
-        sim.add_rule(
-            FailureRule(
-                namespace=namespace,
-                import_path="embedder.v2:app",
-                message="ModuleNotFoundError: No module named 'embedder.v2'",
-            )
-        )
-        broken = repo.commit(
-            lambda root: repo.edit("embedder.yaml", "embedder.serve:app", "embedder.v2:app"),
-            "Use embedder v2",
-        )
+        broken = break_embedder(repo, sim, namespace)
         agent.poll()
         wait_for(lambda: receiver.at(TEAMS_PATH), "the failure on Teams")
         wait_for(lambda: len(receiver.at("/hooks/gitsync")) == 6, "the failure's messages")
@@ -339,17 +344,7 @@ def test_a_rollback_and_a_fight_over_a_field_are_told(
         wait_for(lambda: len(receiver.at("/audit")) == 2, "the first rollout's messages")
 
         # A commit whose Serve app cannot deploy, with rollback: auto.
-        sim.add_rule(
-            FailureRule(
-                namespace=namespace,
-                import_path="embedder.v2:app",
-                message="ModuleNotFoundError: No module named 'embedder.v2'",
-            )
-        )
-        broken = repo.commit(
-            lambda root: repo.edit("embedder.yaml", "embedder.serve:app", "embedder.v2:app"),
-            "Use embedder v2",
-        )
+        broken = break_embedder(repo, sim, namespace)
         agent.poll()
         wait_for(lambda: len(receiver.at("/audit")) == 4, "the rollback's messages")
         assert receiver.events("/audit")[2:] == ["rollout.started", "rollout.rolledBack"]
