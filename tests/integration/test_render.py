@@ -121,6 +121,49 @@ def test_problems_point_at_the_base_or_the_patch_that_wrote_them(
     )
 
 
+HEAD_IMAGE = ("spec", "rayClusterConfig", "headGroupSpec", "template", "spec", "containers", 0,
+              "image")  # fmt: skip
+
+
+def test_an_image_set_by_images_is_placed_at_that_entry_and_base_fields_at_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = copy(KUSTOMIZE, tmp_path)
+    kustomization = repo / "overlays/production/kustomization.yaml"
+    entry = ("overlays/production/kustomization.yaml", line_of(kustomization, "- name: "))
+    staging, production = read_tree(repo).environments
+    by_name = {s.key.name: s for s in production.services}
+    worker = ("spec", "rayClusterConfig", "workerGroupSpecs", 0, "template", "spec",
+              "containers", 0)  # fmt: skip
+    assert by_name["ranker"].patched[HEAD_IMAGE] == entry
+    assert by_name["embedder"].patched[(*worker, "image")] == entry
+    # The JSON patch that replaced the embedder's resources stays theirs.
+    assert by_name["embedder"].patched[(*worker, "resources")][0] == (
+        "overlays/production/embedder-scale.yaml"
+    )
+    # rayproject/ray-ml is another image: the entry for rayproject/ray leaves it alone.
+    assert HEAD_IMAGE not in by_name["summarizer"].patched
+    assert all(not s.patched for s in staging.services)  # staging is the base as written
+    # The pod-spec policy refuses the tag the entry sets: at the entry, not at the base.
+    edit(
+        repo / "gitsync.yaml",
+        "    after: [staging]",
+        '    after: [staging]\n    policy: {images: ["docker.io/rayproject/ray:2.49.0-*",'
+        ' "docker.io/rayproject/ray-ml:*"]}',
+    )
+    assert main(["validate", str(repo)]) == 1
+    refused = [line for line in capsys.readouterr().out.splitlines() if "allow-list" in line]
+    assert refused, "nothing refused"
+    assert all(line.startswith(f"{entry[0]}:{entry[1]}: ") for line in refused), refused
+    assert any("rayproject/ray:2.49.1-py311" in line for line in refused)
+    # A field only the base writes is placed at its own line of the base file.
+    edit(repo / "base/ranker.yaml", 'rayVersion: "2.49.0"', "rayVersion: 2.49")
+    assert main(["validate", str(repo)]) == 1
+    out = capsys.readouterr().out
+    ray_version = line_of(repo / "base/ranker.yaml", "rayVersion: 2.49")
+    assert f"base/ranker.yaml:{ray_version}: " in out, out
+
+
 def test_a_base_change_plans_every_environment_it_affects(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -372,7 +415,9 @@ def test_drift_of_a_rendered_service_names_the_base_or_the_patch_and_heals_the_r
         }
         serve_field = "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas"
         assert (by_path[serve_field]["old"], by_path[serve_field]["new"]) == (1, 5)
-        assert by_path[serve_field]["source"] == "base/ranker.yaml:2"
+        # A field only the base writes: at its own line there (inside the serveConfigV2 block).
+        base = repo.work / "base/ranker.yaml"
+        assert by_path[serve_field]["source"] == f"base/ranker.yaml:{line_of(base, 'num_replicas')}"
         assert found["managers"] == ["kubectl-edit", "kubectl-patch"]
         # Healed: Git's rendered version goes back, the overlay's patches with it.
         assert main(["drift", "--heal", "--env", "production", *args]) == 1
