@@ -1,7 +1,9 @@
-"""Rendered environments with the real tools: examples/kustomize-layout (kubectl's kustomize)
-and examples/helm-layout (helm template) through validate, plan (Git against Git, and live),
-diff, drift and sync against the real API server, and the render cache; problems placed at the file the user
-wrote (the base, the patch, the template), a render failure as the revision's failure."""
+"""Rendered environments with the real tools: examples/repo-layout (a base and overlays, with
+kubectl's kustomize) and examples/helm-layout (helm template), each whole through validate,
+sync to Healthy, status and plan (Git against Git, and live) against the real API server and
+the simulator; diff, drift and the render cache; problems placed at the file the user wrote
+(the base, the patch or images: entry, the template), a render failure as the revision's
+failure."""
 
 from __future__ import annotations
 
@@ -332,7 +334,38 @@ def test_sync_plan_diff_and_drift_on_the_overlay_and_nothing_from_a_failed_rende
     }
 
 
-def test_sync_applies_the_rendered_chart(
+# Each example whole, end to end: what production renders differently from staging, and a
+# file both environments read (the base's ranker, the chart's own values) edited once.
+EXAMPLES_END_TO_END = {
+    "overlays": (
+        KUSTOMIZE,
+        {"replicas": 3, "image": "rayproject/ray:2.49.1-py311", "memory": "12Gi"},
+        ("base/ranker.yaml", 'model_version: "2026-11-01"', 'model_version: "2026-12-01"'),
+    ),
+    "helm": (
+        HELM,
+        {"replicas": 3, "image": "rayproject/ray:2.49.0-py311-cu121", "memory": "12Gi"},
+        ("charts/ray-services/values.yaml", "ranker-2.3.1.zip", "ranker-2.3.2.zip"),
+    ),
+}
+
+
+def live_workers(api: client.ApiClient, namespace: str, name: str) -> dict[str, object]:
+    item = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    group = item["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    container = group["template"]["spec"]["containers"][0]
+    return {
+        "replicas": group["replicas"],
+        "image": container["image"],
+        "memory": container["resources"]["requests"]["memory"],
+    }
+
+
+@pytest.mark.parametrize("layout", sorted(EXAMPLES_END_TO_END))
+def test_each_example_validates_plans_and_syncs_staging_then_production_to_healthy(
+    layout: str,
     api: client.ApiClient,
     namespace: str,
     sim: Simulator,
@@ -340,15 +373,41 @@ def test_sync_applies_the_rendered_chart(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    repo = GitOpsRepo(tmp_path / "gitops", namespace, example=HELM)
-    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
-    args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
-    assert main(["sync", "--once", *args]) == 0
-    assert f"staging: succeeded at {repo.revisions[0][:12]}" in capsys.readouterr().out
-    items = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL
-    )["items"]
-    assert sorted(i["metadata"]["name"] for i in items) == ["embedder", "ranker"]
+    """The example as a team keeps it (both environments, each in a namespace of its own)
+    through validate, sync --once until Healthy, status, a live plan with nothing to do, then a
+    change to what both environments share, planned between the two revisions for both (the
+    agent rolling such a commit out: test_agent.py)."""
+    example, production_workers, (shared, old, new) = EXAMPLES_END_TO_END[layout]
+    with fresh_namespace(api) as production:
+        repo = GitOpsRepo(tmp_path / "gitops", namespace, production=production, example=example)
+        assert main(["validate", str(repo.work)]) == 0
+        config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+        args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+        assert main(["sync", "--once", *args]) == 0
+        out = capsys.readouterr().out
+        for env in ("staging", "production"):
+            assert f"{env}: succeeded at {repo.revisions[0][:12]}" in out, out
+        assert main(["status", *args]) == 0  # every environment Healthy as applied
+        staging_workers = {"replicas": 1, "image": "rayproject/ray:2.49.0-py311", "memory": "8Gi"}
+        assert live_workers(api, namespace, "embedder") == staging_workers
+        assert live_workers(api, production, "embedder") == production_workers
+        kube = ["--kubeconfig", str(control_plane.kubeconfig)]
+        assert main(["plan", str(repo.work), *kube]) == 0  # the cluster is what Git renders
+        before = repo.revisions[-1]
+        after = repo.commit(lambda root: edit(root / shared, old, new), f"{shared}: {new}")
+        capsys.readouterr()
+        argv = ["plan", str(repo.work), "--from", before, "--to", after, "-o", "json"]
+        assert main(argv) == 1
+        plans = json.loads(capsys.readouterr().out)["environments"]
+        assert {
+            p["environment"]: [
+                (c["name"], c["action"])
+                for w in p["waves"]
+                for c in w["changes"]
+                if c["action"] != "unchanged"
+            ]
+            for p in plans
+        } == {"staging": [("ranker", "serve-update")], "production": [("ranker", "serve-update")]}
 
 
 def test_a_missing_tool_makes_the_environment_invalid_saying_which(
