@@ -491,3 +491,23 @@ def test_drift_of_a_rendered_service_names_the_base_or_the_patch_and_heals_the_r
         assert groups[0]["template"]["spec"]["containers"][0]["image"].endswith(":2.49.1-py311")
         assert healed["spec"]["serveConfigV2"] == live["spec"]["serveConfigV2"]
         assert main(["drift", *args]) == 0
+        # An image production's images: entry set, changed by hand: placed at that entry.
+        head = "/spec/rayClusterConfig/headGroupSpec/template/spec/containers/0/image"
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, production, PLURAL, "ranker",
+            [{"op": "replace", "path": head, "value": "rayproject/ray:2.50.0-py311"}],
+            field_manager="kubectl-patch", _content_type="application/json-patch+json",
+        )  # fmt: skip
+        capsys.readouterr()
+        assert main(["drift", "--env", "production", *args, "-o", "json"]) == 1
+        [env] = json.loads(capsys.readouterr().out)["environments"]
+        [found] = env["drifted"]
+        kustomization = repo.work / "overlays/production/kustomization.yaml"
+        assert [(f["path"], f["old"], f["new"], f["source"]) for f in found["fields"]] == [
+            (
+                "spec.rayClusterConfig.headGroupSpec.template.spec.containers[ray-head].image",
+                "rayproject/ray:2.49.1-py311",
+                "rayproject/ray:2.50.0-py311",
+                f"overlays/production/kustomization.yaml:{line_of(kustomization, '- name: ')}",
+            )
+        ]
