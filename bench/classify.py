@@ -24,7 +24,7 @@ import yaml
 from gitsync.diff.classify import classify
 from gitsync.diff.normalize import owned
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plain-layout"
 RANKER = EXAMPLES / "environments" / "production" / "ranker.yaml"
 
 

@@ -31,7 +31,7 @@ from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
 from testbed.simulator import Delays, Simulator
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plain-layout"
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 
 

@@ -31,7 +31,7 @@ from gitsync import renderer
 from gitsync.checkout import read_tree
 from testbed.binaries import ensure_binaries
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plain-layout"
 
 
 def build_repo(root: Path, services: int, per_service: bool = False) -> None:

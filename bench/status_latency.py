@@ -42,7 +42,7 @@ from testbed.controlplane import ControlPlane
 from testbed.gitea import Gitea
 from testbed.simulator import Delays, Simulator
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plain-layout"
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -456,7 +456,7 @@ def _local_commands(commands: Any) -> None:
         "demo",
         help="the whole loop on this machine, as `make demo` runs it (a source checkout)",
         description="Starts a local kube-apiserver + etcd, the KubeRay simulator, a Gitea "
-        "seeded from examples/repo-layout/ and `gitsync run`, then tells a six-chapter story "
+        "seeded from examples/plain-layout/ and `gitsync run`, then tells a six-chapter story "
         "(deploy, Serve update, cluster swap, broken commit, preview, drift self-heal) and "
         "keeps everything running until Ctrl-C. Needs the repository's testbed/ (its first "
         "run builds the test bed from Go modules).",

@@ -61,8 +61,9 @@ field is absent on that side. `details` say the same for people.
   [{path, old, new}]}, fighting, disabled, message}], disabled, held, costs, healed}]}`; in
   `fields`, `old` is Git's value and `new` the live one, in `heal.fields` the reverse.
   `source` is where Git writes the service (`file:line`; a rendered one's origin file, e.g.
-  the kustomize base) and, for a field, where Git sets it: the overlay's patch that set it,
-  else the service's file. `held` is null, or why nothing was healed: the environment is
+  the kustomize base) and, for a field, where Git sets it: the overlay's patch or `images:`
+  entry that set it, else its own line (or its nearest written parent's) in the service's
+  file. `held` is null, or why nothing was healed: the environment is
   suspended, or pinned to another revision than the one compared against.
 - **previews**: `{namespace, previews: [{pr, service, revision, health, age}]}`.
 - **validate**: `{ok, problems: [{file, line, message}], environments: [{name, namespace,

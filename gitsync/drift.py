@@ -32,12 +32,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gitsync.checkout import TreeReport, read_tree_cached
+from gitsync.checkout import TreeReport, document_at, read_tree_cached
 from gitsync.config import AgentConfig
 from gitsync.diff.drift import (
     Drift,
     DriftKind,
     corrections_left,
+    field_lines,
     heal_cost,
     modified,
     placed,
@@ -275,8 +276,9 @@ class DriftChecker:
                 )  # fmt: skip
             if found is not None:
                 patched = getattr(declared, "patched", {})  # a rendered RayService's patches
+                lines = self._field_lines(revision, declared.source, declared.line, found)
                 drifts.append(
-                    placed(found, declared.source, declared.line, patched, declared.manifest)
+                    placed(found, declared.source, declared.line, patched, declared.manifest, lines)
                 )
         drifts += [
             Drift(key, DriftKind.UNEXPECTED, revision)
@@ -284,6 +286,15 @@ class DriftChecker:
             if key not in loaded.desired
         ]
         return drifts
+
+    def _field_lines(self, revision: str, source: str, line: int, drift: Drift) -> dict[str, int]:
+        """The lines of the drifted service's fields in its file (read again: only a
+        drifted service pays for it); none for a deleted one, or a file that is not the
+        YAML it was read from (a Helm template)."""
+        if drift.kind is not DriftKind.MODIFIED:
+            return {}
+        doc = document_at(self.source.checkout(revision), source, line)
+        return {} if doc is None else field_lines(doc)
 
     def _fighting(
         self, drifts: Sequence[Drift], corrections: Mapping[str, list[float]]
@@ -547,7 +558,7 @@ def drift_json(report: DriftReport) -> dict[str, Any]:
                 "source": d.source or None,
                 # As plan's: {path, old, new}; old is Git's value (as applied), new the live
                 # one (null: absent on that side); source: where Git sets it (the patch that
-                # set it, else the service's file).
+                # set it, else its line in the service's file).
                 "fields": [
                     {**fields_json(f), "source": d.source_of(f.path) or None} for f in d.changes
                 ],

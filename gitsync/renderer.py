@@ -27,6 +27,7 @@ from pathlib import Path
 from gitsync.manifests.load import MAX_FILE_BYTES, MAX_TREE_BYTES, is_manifest
 from gitsync.manifests.render import (
     KUSTOMIZATION_FILES,
+    ImageSite,
     PatchSite,
     cache_key,
     chart_problems,
@@ -59,6 +60,7 @@ class Inputs:
     files: dict[str, bytes] = field(default_factory=dict)
     resources: list[str] = field(default_factory=list)  # files listed as resources
     patches: list[PatchSite] = field(default_factory=list)
+    images: list[ImageSite] = field(default_factory=list)  # images: entries, outermost first
     problems: list[Problem] = field(default_factory=list)
     size: int = 0  # bytes in files
 
@@ -115,7 +117,7 @@ def render_environment(
     texts = _Texts(inputs.files)
     if renderer == "kustomize":
         documents, problems = kustomize_documents(
-            output, env.path, texts, inputs.resources, inputs.patches
+            output, env.path, texts, inputs.resources, inputs.patches, inputs.images
         )
     else:
         documents, problems = helm_documents(output, _helm(env).chart, texts)
@@ -172,6 +174,7 @@ def _kustomize_inputs(root: Path, env: EnvironmentConfig) -> Inputs:
         text = inputs.files[name].decode("utf-8", errors="replace")
         found = read_kustomization(text, name, allow_remote=env.source.allow_remote)
         inputs.problems.extend(found.problems)
+        inputs.images.extend(found.images)
         pending.extend(r.path for r in found.references if (root / r.path).is_dir())
         inputs.resources.extend(
             r.path

@@ -2,7 +2,7 @@
 
 Starts, all on loopback and stopped by pid at the end (:mod:`testbed.demo_bed`): etcd +
 kube-apiserver with KubeRay's CRDs (testbed/build.sh built them), the KubeRay simulator, a
-Gitea holding a repository seeded from ``examples/repo-layout/`` with a push and pull-request
+Gitea holding a repository seeded from ``examples/plain-layout/`` with a push and pull-request
 webhook, and ``gitsync run`` against them as its own process. Then :mod:`testbed.story` walks
 through what a Ray platform team sees — an initial deployment, an in-place Serve update, a
 gated cluster swap, a broken commit that production never receives, a pull-request preview,

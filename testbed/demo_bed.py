@@ -29,7 +29,7 @@ from testbed.gitea import Gitea
 from testbed.simulator import Delays, FailureRule, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO_ROOT / "examples" / "repo-layout"
+EXAMPLES = REPO_ROOT / "examples" / "plain-layout"
 REPOSITORY = "ray-services"
 STATE_NAMESPACE = "gitsync-system"
 # The broken commit of the story names a module that does not exist; the simulator fails any

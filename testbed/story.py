@@ -41,7 +41,7 @@ def tell(bed: Bed) -> None:
 def initial_deployment(bed: Bed) -> None:
     out = bed.out
     out.step("1/6  Initial deployment: staging first, production after it (after: [staging])")
-    out.note("The team's repository is examples/repo-layout/; `gitsync validate` checks it:")
+    out.note("The team's repository is examples/plain-layout/; `gitsync validate` checks it:")
     code, text = bed.gitsync("validate", ".")
     out.block(text)
     if code != 0:

@@ -23,7 +23,7 @@ from testbed.gitea import Gitea
 from testbed.simulator import Delays, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO_ROOT / "examples" / "repo-layout"
+EXAMPLES = REPO_ROOT / "examples" / "plain-layout"
 
 
 class _Record:

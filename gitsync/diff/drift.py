@@ -20,6 +20,7 @@ from typing import Any
 from gitsync.diff.classify import Options, classify_any
 from gitsync.diff.fieldsets import owns_path
 from gitsync.diff.structural import differences, dotted, keyed, keyed_path
+from gitsync.manifests.yamldoc import Document, parse_documents
 from gitsync.model import Action, Change, FieldChange, ServiceKey
 from gitsync.names import FIELD_MANAGER
 
@@ -43,6 +44,8 @@ class Drift:
     source: str = ""  # where Git declares the service: "file:line" (a rendered one's origin)
     # Drifted fields an overlay's patch set: (field path, the patch's "file:line").
     patched: tuple[tuple[str, str], ...] = ()
+    # The other drifted fields Git writes in the service's own file: (field path, "file:line").
+    written: tuple[tuple[str, str], ...] = ()
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -52,8 +55,12 @@ class Drift:
         return tuple(dict.fromkeys([*found, *([self.source] if self.source else [])]))
 
     def source_of(self, path: str) -> str:
-        """Where Git sets the field ``path``: the patch that set it, else the service's file."""
-        return next((where for field, where in self.patched if field == path), self.source)
+        """Where Git sets the field ``path``: the patch that set it, else its line in the
+        service's file (the base, for an overlay), else the service's first line."""
+        return next(
+            (where for field, where in (*self.patched, *self.written) if field == path),
+            self.source,
+        )
 
     @property
     def message(self) -> str:
@@ -125,23 +132,66 @@ def placed(
     line: int,
     patched: Mapping[tuple[str | int, ...], tuple[str, int]],
     manifest: Mapping[str, Any],
+    lines: Mapping[str, int] | None = None,
 ) -> Drift:
     """``drift`` with where Git declares the service (``source:line``) and, for each drifted
     field a patch set (``patched``: the rendered service's patched paths, list items by
-    index), that patch's file and line: what to edit to change Git's version."""
+    index), that patch's file and line: what to edit to change Git's version. Any other
+    drifted field is placed at its own line (or its nearest written parent's) in ``source``
+    (``lines``: each field of the service's document there, dotted as drift names fields)."""
     sites = {
         dotted(keyed_path(manifest, path)): f"{file}:{at}" for path, (file, at) in patched.items()
     }
-    found = []
+    own = {path: f"{source}:{at}" for path, at in (lines or {}).items() if path}
+    found, written = [], []
     for change in drift.changes or tuple(FieldChange(f, None, None) for f in drift.fields):
-        site = max(
-            (p for p in sites if change.path == p or change.path.startswith((p + ".", p + "["))),
-            key=len,
-            default=None,
-        )
+        site = _nearest(sites, change.path)
         if site is not None:
             found.append((change.path, sites[site]))
-    return replace(drift, source=f"{source}:{line}", patched=tuple(dict.fromkeys(found)))
+            continue
+        at = _nearest(own, change.path)
+        if at is not None:
+            written.append((change.path, own[at]))
+    return replace(
+        drift,
+        source=f"{source}:{line}",
+        patched=tuple(dict.fromkeys(found)),
+        written=tuple(dict.fromkeys(written)),
+    )
+
+
+SERVE_CONFIG = ("spec", "serveConfigV2")
+
+
+def field_lines(doc: Document) -> dict[str, int]:
+    """The line of each field of a RayService's document, dotted as drift names fields
+    (named list items by name), with the fields inside a ``serveConfigV2: |`` block too."""
+    found = {dotted(keyed_path(doc.data, path)): doc.line_of(*path) for path in doc.lines}
+    serve = doc.data.get("spec", {}) if isinstance(doc.data, Mapping) else {}
+    text = serve.get("serveConfigV2") if isinstance(serve, Mapping) else None
+    if isinstance(text, str) and SERVE_CONFIG in doc.block_scalars:
+        # A `|` block's first line is the file's line after `serveConfigV2:`.
+        inner, problems = parse_documents(text, doc.file, offset=doc.line_of(*SERVE_CONFIG))
+        if len(inner) == 1 and not problems:
+            found.update(
+                {
+                    dotted((*SERVE_CONFIG, *keyed_path(inner[0].data, path))): inner[0].line_of(
+                        *path
+                    )
+                    for path in inner[0].lines
+                    if path
+                }
+            )
+    return found
+
+
+def _nearest(sites: Mapping[str, str], path: str) -> str | None:
+    """The longest of ``sites`` that is ``path`` or a parent of it."""
+    return max(
+        (p for p in sites if path == p or path.startswith((p + ".", p + "["))),
+        key=len,
+        default=None,
+    )
 
 
 def corrections_left(history: Sequence[float], now: float, limit: int, window: float) -> int:

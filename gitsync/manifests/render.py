@@ -16,7 +16,7 @@ import hashlib
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -67,12 +67,49 @@ class PatchSite:
 
 
 @dataclass(frozen=True)
+class ImageSite:
+    """An entry of a kustomization's ``images:``: the image name it matches, what it sets,
+    and the entry's line."""
+
+    file: str
+    line: int
+    name: str
+    new_name: str | None = None
+    new_tag: str | None = None
+    digest: str | None = None
+
+    def wrote(self, image: str) -> bool:
+        """Whether ``image`` is what this entry makes of an image named ``name``: its name
+        (``newName``, else ``name``), its tag (``newTag``) and its digest, as set."""
+        if self.new_name is None and self.new_tag is None and self.digest is None:
+            return False  # an entry that changes nothing
+        name, tag, digest = split_image(image)
+        return (
+            name == (self.new_name or self.name)
+            and self.new_tag in (None, tag)
+            and self.digest in (None, digest)
+        )
+
+
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """``name[:tag][@digest]`` → (name, tag, digest), as kustomize's ``image.Split`` reads it
+    (a ``:`` before the last ``/`` is a registry's port, not a tag)."""
+    name, _, digest = image.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1 :], digest or None
+    return name, None, digest or None
+
+
+@dataclass(frozen=True)
 class Kustomization:
     """What one kustomization reads: folders, files and patches, and what is refused."""
 
     references: tuple[Reference, ...]
     patches: tuple[tuple[Reference, str | None, str | None], ...]  # patch file, target
     problems: tuple[Problem, ...]
+    images: tuple[ImageSite, ...] = ()
 
 
 def _remote_problem(ref: str, file: str, line: int, field_name: str) -> Problem | None:
@@ -124,7 +161,24 @@ def read_kustomization(text: str, file: str, *, allow_remote: bool = False) -> K
     if isinstance(openapi.get("path"), str):
         found.append((openapi["path"], ("openapi", "path"), "openapi"))
     found.extend(_generator_files(doc))
-    return _checked(doc, found, patches, allow_remote)
+    return replace(_checked(doc, found, patches, allow_remote), images=tuple(_images(doc)))
+
+
+def _images(doc: Document) -> Iterable[ImageSite]:
+    """The ``images:`` entries, each at its line (the image transformer kustomize runs on
+    every container of every resource the kustomization builds)."""
+    for index, item in enumerate(_list(doc.data.get("images"))):
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            written = {k: item.get(k) for k in ("newName", "newTag", "digest")}
+            text = {k: None if v is None else str(v) for k, v in written.items()}
+            yield ImageSite(
+                doc.file,
+                doc.line_of("images", index),
+                item["name"],
+                text["newName"],
+                text["newTag"],
+                text["digest"],
+            )
 
 
 def _list(value: Any) -> list[Any]:
@@ -323,18 +377,24 @@ def _find_origin(
 
 
 def _patched(
-    origin: Document, data: Any, patches: Iterable[PatchSite]
+    origin: Document, data: Any, patches: Iterable[PatchSite], images: Iterable[ImageSite] = ()
 ) -> dict[Path, tuple[str, int]]:
     """Fields whose rendered value differs from the origin's, and that a patch of this
-    resource sets."""
+    resource sets, or an ``images:`` entry (an ``image`` the entry's name, tag and digest
+    account for: kustomize runs the image transformer after the patches)."""
     names = {_at(origin.data, ("metadata", "name")), _at(data, ("metadata", "name"))}
     kind = _at(data, ("kind",))
     sites = [s for s in patches if s.kind in (None, kind) and (s.name is None or s.name in names)]
+    images = list(images)
     found: dict[Path, tuple[str, int]] = {}
-    if not sites:
+    if not sites and not images:
         return found
     for path, value in _leaves(data):
         if _at(origin.data, path) == value:
+            continue
+        image = _image_site(images, path, value)
+        if image is not None:
+            found[path] = (image.file, image.line)
             continue
         for end in range(len(path), 0, -1):
             site = next((s for s in sites if path[:end] in s.lines), None)
@@ -342,6 +402,14 @@ def _patched(
                 found[path[:end]] = (site.file, site.lines[path[:end]])
                 break
     return found
+
+
+def _image_site(images: list[ImageSite], path: Path, value: Any) -> ImageSite | None:
+    """The ``images:`` entry that wrote the container image at ``path``: the first that
+    accounts for it, the environment's own kustomization before the bases it builds on."""
+    if not path or path[-1] != "image" or not isinstance(value, str):
+        return None
+    return next((site for site in images if site.wrote(value)), None)
 
 
 def parse_stream(output: str, file: str) -> tuple[list[Document], list[Problem]]:
@@ -369,10 +437,12 @@ def kustomize_documents(
     sources: Mapping[str, str],
     resources: Iterable[str],
     patches: Iterable[PatchSite] = (),
+    images: Iterable[ImageSite] = (),
 ) -> tuple[list[Document], list[Problem]]:
     """``kustomize build``'s output as documents read from their origin files (``sources``:
     repo-relative path → text; ``resources``: the files kustomizations list as resources);
-    ``folder`` is the environment's kustomization.
+    ``folder`` is the environment's kustomization; ``patches`` and ``images`` (the
+    environment's kustomization's first) place the fields they set.
 
     The origin is the ``config.kubernetes.io/origin`` annotation when the kustomization asks
     for it, else the resource file declaring the same kind and name: gitsync does not add
@@ -383,7 +453,7 @@ def kustomize_documents(
     if problems:
         return [], problems
     parsed = {f: parse_documents(sources.get(f, ""), f)[0] for f in resources if f in sources}
-    patch_list = list(patches)
+    patch_list, image_list = list(patches), list(images)
     index: dict[tuple[str, str], Document] = {}  # (kind, name) → first declaring document
     for found in (d for file in sorted(parsed) for d in parsed[file]):
         key = (_at(found.data, ("kind",)), _at(found.data, ("metadata", "name")))
@@ -402,19 +472,22 @@ def kustomize_documents(
         source = exact if exact is not None and named in (None, exact.file) else None
         source = source or _find_origin(parsed, named, data)
         file = source.file if source is not None else named or f"{folder}/kustomization.yaml"
-        documents.append(_as_rendered(file, data, source, patch_list))
+        documents.append(_as_rendered(file, data, source, patch_list, image_list))
     return documents, []
 
 
 def _as_rendered(
-    file: str, data: Any, source: Document | None, patches: list[PatchSite]
+    file: str,
+    data: Any,
+    source: Document | None,
+    patches: list[PatchSite],
+    images: list[ImageSite],
 ) -> Document:
     if source is None:
         return RenderedDocument(file, data, 1, {})
     unchanged = frozenset(p for p in source.block_scalars if _at(data, p) == _at(source.data, p))
-    return RenderedDocument(
-        file, data, source.line, source.lines, 0, unchanged, _patched(source, data, patches)
-    )
+    patched = _patched(source, data, patches, images)
+    return RenderedDocument(file, data, source.line, source.lines, 0, unchanged, patched)
 
 
 def helm_documents(

@@ -8,8 +8,8 @@ Markers (``<!-- doctest: KIND [key=value ...] -->``, parsed with shlex):
 
 - ``run offline [cwd=clone|broken]`` (an ``sh`` block): every ``gitsync`` line is also run,
   from the repository root or in a sandbox (``clone``: a Git repository of
-  examples/repo-layout whose ``HEAD`` changes a Serve deployment in staging and the image in
-  production, ``origin/main`` its parent; ``broken``: examples/repo-layout with an invalid
+  examples/plain-layout whose ``HEAD`` changes a Serve deployment in staging and the image in
+  production, ``origin/main`` its parent; ``broken``: examples/plain-layout with an invalid
   ``num_replicas`` in staging).
 - ``run cluster``: its ``gitsync`` lines that name ``config/gitsync.yaml`` (or
   ``path/to/checkout``) run against the test bed with an agent config built from
@@ -19,7 +19,7 @@ Markers (``<!-- doctest: KIND [key=value ...] -->``, parsed with shlex):
   command prints (commit SHAs are compared as placeholders).
 - ``agent-config [file=PATH] [fragment]``, ``repo-config [file=PATH] [fragment]``: loaded by
   the real loader (a fragment merged into a complete config first); ``file`` must be equal.
-- ``rayservice``: added to a copy of examples/repo-layout and validated.
+- ``rayservice``: added to a copy of examples/plain-layout and validated.
 - ``kubernetes``: YAML objects with apiVersion, kind and metadata.name.
 - ``prometheus-rules``: each rule must be the shipped one in deploy/monitoring, use only
   metrics gitsync registers, and pass ``promtool check rules``.
@@ -67,7 +67,7 @@ def doc_files() -> list[Path]:
     return [
         ROOT / "README.md",
         *sorted((ROOT / "docs").glob("*.md")),
-        ROOT / "examples" / "repo-layout" / "README.md",
+        *sorted((ROOT / "examples").glob("*/README.md")),
         ROOT / "deploy" / "README.md",
     ]
 

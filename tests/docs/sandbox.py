@@ -15,7 +15,7 @@ from gitsync.cli import main
 
 from .blocks import ROOT
 
-EXAMPLES = ROOT / "examples" / "repo-layout"
+EXAMPLES = ROOT / "examples" / "plain-layout"
 _HEX = re.compile(r"\b[0-9a-f]{12}(?:[0-9a-f]{28})?\b")
 _TIME = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b")
 _CLUSTER = re.compile(r"\b(on [a-z0-9-]+)-[a-z0-9]{5}$")  # KubeRay's RayCluster name suffix
@@ -38,7 +38,7 @@ def _replace_first(path: Path, old: str, new: str) -> None:
 
 
 def make_clone(target: Path) -> Path:
-    """examples/repo-layout as a Git repository: ``origin/main`` is the example as it is,
+    """examples/plain-layout as a Git repository: ``origin/main`` is the example as it is,
     ``HEAD`` raises ranker's num_replicas in staging and bumps its image in production."""
     shutil.copytree(EXAMPLES, target)
     git("init", "-q", "-b", "main", cwd=target)
@@ -55,7 +55,7 @@ def make_clone(target: Path) -> Path:
 
 
 def make_broken(target: Path) -> Path:
-    """examples/repo-layout with an invalid num_replicas in staging's ranker."""
+    """examples/plain-layout with an invalid num_replicas in staging's ranker."""
     shutil.copytree(EXAMPLES, target)
     _replace_first(
         target / "environments/staging/ranker.yaml", "num_replicas: 1", "num_replicas: many"

@@ -1,7 +1,7 @@
 """The documented commands that need a cluster, run against the test bed.
 
 The agent config is config/gitsync.yaml as documented, pointed at a GitOps repository of
-examples/repo-layout (staging and production in this test's namespaces, previews declared)
+examples/plain-layout (staging and production in this test's namespaces, previews declared)
 and at this test's namespaces; health gates are shortened for the simulator. Every
 ``gitsync`` line of a ``run cluster`` block that names ``config/gitsync.yaml`` or
 ``path/to/checkout`` runs in document order after one documented ``sync --once``; the

@@ -13,8 +13,10 @@ import yaml
 
 from gitsync.config import AgentConfig, RolloutSettings, load_agent_config
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
-KUSTOMIZE = EXAMPLES.parent / "kustomize-layout"
+# The tests' own layout (every environment's files whole, edited in place by many tests), the
+# recommended one (a kustomize base and overlays) and a Helm chart with values per environment.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
+KUSTOMIZE = EXAMPLES.parent / "repo-layout"
 HELM = EXAMPLES.parent / "helm-layout"
 
 

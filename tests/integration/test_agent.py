@@ -233,7 +233,7 @@ def test_a_commit_to_a_kustomize_base_rolls_out_to_every_overlay_rendering_only_
     binaries: Binaries,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The polling agent on examples/kustomize-layout: each overlay rendered once per revision
+    """The polling agent on examples/repo-layout's overlays: each rendered once per revision
     that changes what it reads (the previews job, with nothing to preview, renders nothing)."""
     kustomize, renders = counting_tool(binaries.kubectl, tmp_path)
     monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(kustomize))

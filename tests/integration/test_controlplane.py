@@ -15,7 +15,7 @@ from testbed.controlplane import ControlPlane
 
 from .kube import apply, get, load
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 
 
 def test_api_server_reports_the_built_version(api: client.ApiClient, binaries: Binaries) -> None:

@@ -181,14 +181,15 @@ def test_a_serve_config_edit_is_named_and_healed_in_place(
     assert found["kind"] == "modified"
     assert found["managers"] == ["kubectl-edit"]
     # Each drifted field as {path, old, new}, as plan's: Git's value, then the live one.
-    # Where Git declares it, and each field with where Git sets it (no overlay: the file).
+    # Where Git declares it, and each field with where Git sets it (no overlay: its own
+    # line in the file, inside the serveConfigV2 block).
     assert found["source"] == "environments/staging/ranker.yaml:2"
     assert found["fields"] == [
         {
             "path": "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas",
             "old": 1,
             "new": 4,
-            "source": "environments/staging/ranker.yaml:2",
+            "source": "environments/staging/ranker.yaml:22",
         }
     ]
     assert found["heal"]["action"] == "serve-update"

@@ -22,7 +22,7 @@ from testbed.controlplane import ControlPlane
 
 from .kube import GROUP, PLURAL, VERSION, CountingRayServices, get
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 
 
 def live_plan(checkout: Path, services: RayServices, options: Options) -> Plan:

@@ -255,7 +255,7 @@ def test_an_edited_config_map_is_drift_reported_then_healed(
             "path": "data.threshold",
             "old": "0.5",
             "new": "0.9",
-            "source": "environments/staging/settings.yaml:1",
+            "source": "environments/staging/settings.yaml:6",  # the field's own line
         }
     ]
     code, rows = status_rows(control_plane, namespace, capsys)

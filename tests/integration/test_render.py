@@ -1,7 +1,9 @@
-"""Rendered environments with the real tools: examples/kustomize-layout (kubectl's kustomize)
-and examples/helm-layout (helm template) through validate, plan (Git against Git, and live),
-diff, drift and sync against the real API server, and the render cache; problems placed at the file the user
-wrote (the base, the patch, the template), a render failure as the revision's failure."""
+"""Rendered environments with the real tools: examples/repo-layout (a base and overlays, with
+kubectl's kustomize) and examples/helm-layout (helm template), each whole through validate,
+sync to Healthy, status and plan (Git against Git, and live) against the real API server and
+the simulator; diff, drift and the render cache; problems placed at the file the user wrote
+(the base, the patch or images: entry, the template), a render failure as the revision's
+failure."""
 
 from __future__ import annotations
 
@@ -119,6 +121,49 @@ def test_problems_point_at_the_base_or_the_patch_that_wrote_them(
     assert any(line.startswith("overlays/production/embedder-replicas.yaml:7: ") for line in out), (
         out
     )
+
+
+HEAD_IMAGE = ("spec", "rayClusterConfig", "headGroupSpec", "template", "spec", "containers", 0,
+              "image")  # fmt: skip
+
+
+def test_an_image_set_by_images_is_placed_at_that_entry_and_base_fields_at_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = copy(KUSTOMIZE, tmp_path)
+    kustomization = repo / "overlays/production/kustomization.yaml"
+    entry = ("overlays/production/kustomization.yaml", line_of(kustomization, "- name: "))
+    staging, production = read_tree(repo).environments
+    by_name = {s.key.name: s for s in production.services}
+    worker = ("spec", "rayClusterConfig", "workerGroupSpecs", 0, "template", "spec",
+              "containers", 0)  # fmt: skip
+    assert by_name["ranker"].patched[HEAD_IMAGE] == entry
+    assert by_name["embedder"].patched[(*worker, "image")] == entry
+    # The JSON patch that replaced the embedder's resources stays theirs.
+    assert by_name["embedder"].patched[(*worker, "resources")][0] == (
+        "overlays/production/embedder-scale.yaml"
+    )
+    # rayproject/ray-ml is another image: the entry for rayproject/ray leaves it alone.
+    assert HEAD_IMAGE not in by_name["summarizer"].patched
+    assert all(not s.patched for s in staging.services)  # staging is the base as written
+    # The pod-spec policy refuses the tag the entry sets: at the entry, not at the base.
+    edit(
+        repo / "gitsync.yaml",
+        "    after: [staging]",
+        '    after: [staging]\n    policy: {images: ["docker.io/rayproject/ray:2.49.0-*",'
+        ' "docker.io/rayproject/ray-ml:*"]}',
+    )
+    assert main(["validate", str(repo)]) == 1
+    refused = [line for line in capsys.readouterr().out.splitlines() if "allow-list" in line]
+    assert refused, "nothing refused"
+    assert all(line.startswith(f"{entry[0]}:{entry[1]}: ") for line in refused), refused
+    assert any("rayproject/ray:2.49.1-py311" in line for line in refused)
+    # A field only the base writes is placed at its own line of the base file.
+    edit(repo / "base/ranker.yaml", 'rayVersion: "2.49.0"', "rayVersion: 2.49")
+    assert main(["validate", str(repo)]) == 1
+    out = capsys.readouterr().out
+    ray_version = line_of(repo / "base/ranker.yaml", "rayVersion: 2.49")
+    assert f"base/ranker.yaml:{ray_version}: " in out, out
 
 
 def test_a_base_change_plans_every_environment_it_affects(
@@ -289,7 +334,38 @@ def test_sync_plan_diff_and_drift_on_the_overlay_and_nothing_from_a_failed_rende
     }
 
 
-def test_sync_applies_the_rendered_chart(
+# Each example whole, end to end: what production renders differently from staging, and a
+# file both environments read (the base's ranker, the chart's own values) edited once.
+EXAMPLES_END_TO_END = {
+    "overlays": (
+        KUSTOMIZE,
+        {"replicas": 3, "image": "rayproject/ray:2.49.1-py311", "memory": "12Gi"},
+        ("base/ranker.yaml", 'model_version: "2026-11-01"', 'model_version: "2026-12-01"'),
+    ),
+    "helm": (
+        HELM,
+        {"replicas": 3, "image": "rayproject/ray:2.49.0-py311-cu121", "memory": "12Gi"},
+        ("charts/ray-services/values.yaml", "ranker-2.3.1.zip", "ranker-2.3.2.zip"),
+    ),
+}
+
+
+def live_workers(api: client.ApiClient, namespace: str, name: str) -> dict[str, object]:
+    item = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    group = item["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    container = group["template"]["spec"]["containers"][0]
+    return {
+        "replicas": group["replicas"],
+        "image": container["image"],
+        "memory": container["resources"]["requests"]["memory"],
+    }
+
+
+@pytest.mark.parametrize("layout", sorted(EXAMPLES_END_TO_END))
+def test_each_example_validates_plans_and_syncs_staging_then_production_to_healthy(
+    layout: str,
     api: client.ApiClient,
     namespace: str,
     sim: Simulator,
@@ -297,15 +373,41 @@ def test_sync_applies_the_rendered_chart(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    repo = GitOpsRepo(tmp_path / "gitops", namespace, example=HELM)
-    config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
-    args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
-    assert main(["sync", "--once", *args]) == 0
-    assert f"staging: succeeded at {repo.revisions[0][:12]}" in capsys.readouterr().out
-    items = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL
-    )["items"]
-    assert sorted(i["metadata"]["name"] for i in items) == ["embedder", "ranker"]
+    """The example as a team keeps it (both environments, each in a namespace of its own)
+    through validate, sync --once until Healthy, status, a live plan with nothing to do, then a
+    change to what both environments share, planned between the two revisions for both (the
+    agent rolling such a commit out: test_agent.py)."""
+    example, production_workers, (shared, old, new) = EXAMPLES_END_TO_END[layout]
+    with fresh_namespace(api) as production:
+        repo = GitOpsRepo(tmp_path / "gitops", namespace, production=production, example=example)
+        assert main(["validate", str(repo.work)]) == 0
+        config = repo.config_file(tmp_path / "cache", tmp_path / "agent.yaml")
+        args = ["--config", str(config), "--kubeconfig", str(control_plane.kubeconfig)]
+        assert main(["sync", "--once", *args]) == 0
+        out = capsys.readouterr().out
+        for env in ("staging", "production"):
+            assert f"{env}: succeeded at {repo.revisions[0][:12]}" in out, out
+        assert main(["status", *args]) == 0  # every environment Healthy as applied
+        staging_workers = {"replicas": 1, "image": "rayproject/ray:2.49.0-py311", "memory": "8Gi"}
+        assert live_workers(api, namespace, "embedder") == staging_workers
+        assert live_workers(api, production, "embedder") == production_workers
+        kube = ["--kubeconfig", str(control_plane.kubeconfig)]
+        assert main(["plan", str(repo.work), *kube]) == 0  # the cluster is what Git renders
+        before = repo.revisions[-1]
+        after = repo.commit(lambda root: edit(root / shared, old, new), f"{shared}: {new}")
+        capsys.readouterr()
+        argv = ["plan", str(repo.work), "--from", before, "--to", after, "-o", "json"]
+        assert main(argv) == 1
+        plans = json.loads(capsys.readouterr().out)["environments"]
+        assert {
+            p["environment"]: [
+                (c["name"], c["action"])
+                for w in p["waves"]
+                for c in w["changes"]
+                if c["action"] != "unchanged"
+            ]
+            for p in plans
+        } == {"staging": [("ranker", "serve-update")], "production": [("ranker", "serve-update")]}
 
 
 def test_a_missing_tool_makes_the_environment_invalid_saying_which(
@@ -372,7 +474,9 @@ def test_drift_of_a_rendered_service_names_the_base_or_the_patch_and_heals_the_r
         }
         serve_field = "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas"
         assert (by_path[serve_field]["old"], by_path[serve_field]["new"]) == (1, 5)
-        assert by_path[serve_field]["source"] == "base/ranker.yaml:2"
+        # A field only the base writes: at its own line there (inside the serveConfigV2 block).
+        base = repo.work / "base/ranker.yaml"
+        assert by_path[serve_field]["source"] == f"base/ranker.yaml:{line_of(base, 'num_replicas')}"
         assert found["managers"] == ["kubectl-edit", "kubectl-patch"]
         # Healed: Git's rendered version goes back, the overlay's patches with it.
         assert main(["drift", "--heal", "--env", "production", *args]) == 1
@@ -387,3 +491,23 @@ def test_drift_of_a_rendered_service_names_the_base_or_the_patch_and_heals_the_r
         assert groups[0]["template"]["spec"]["containers"][0]["image"].endswith(":2.49.1-py311")
         assert healed["spec"]["serveConfigV2"] == live["spec"]["serveConfigV2"]
         assert main(["drift", *args]) == 0
+        # An image production's images: entry set, changed by hand: placed at that entry.
+        head = "/spec/rayClusterConfig/headGroupSpec/template/spec/containers/0/image"
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, production, PLURAL, "ranker",
+            [{"op": "replace", "path": head, "value": "rayproject/ray:2.50.0-py311"}],
+            field_manager="kubectl-patch", _content_type="application/json-patch+json",
+        )  # fmt: skip
+        capsys.readouterr()
+        assert main(["drift", "--env", "production", *args, "-o", "json"]) == 1
+        [env] = json.loads(capsys.readouterr().out)["environments"]
+        [found] = env["drifted"]
+        kustomization = repo.work / "overlays/production/kustomization.yaml"
+        assert [(f["path"], f["old"], f["new"], f["source"]) for f in found["fields"]] == [
+            (
+                "spec.rayClusterConfig.headGroupSpec.template.spec.containers[ray-head].image",
+                "rayproject/ray:2.49.1-py311",
+                "rayproject/ray:2.50.0-py311",
+                f"overlays/production/kustomization.yaml:{line_of(kustomization, '- name: ')}",
+            )
+        ]

@@ -31,7 +31,7 @@ from .kube import (
     wait_for,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 
 
 def slow_deploys(sim: Simulator) -> None:

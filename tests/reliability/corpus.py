@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 STAGING = "environments/staging"
 MiB = 1024 * 1024
 

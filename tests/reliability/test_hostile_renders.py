@@ -19,7 +19,7 @@ import pytest
 from gitsync.checkout import read_tree
 from testbed.binaries import Binaries
 
-KUSTOMIZE = Path(__file__).resolve().parents[2] / "examples" / "kustomize-layout"
+KUSTOMIZE = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
 HELM = Path(__file__).resolve().parents[2] / "examples" / "helm-layout"
 MAX_SECONDS = 20
 

@@ -14,7 +14,7 @@ from gitsync.cli import main
 
 from .repos import git
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 
 
 def commit(repo: Path, message: str) -> str:

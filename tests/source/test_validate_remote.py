@@ -12,7 +12,7 @@ from testbed.gitserver import GitDaemon
 
 from .repos import Upstream
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 
 
 def example_files() -> dict[str, str]:

@@ -14,7 +14,7 @@ from gitsync.planning import confined, environment_manifests
 from gitsync.source.config import SshAuth, TokenAuth
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gitsync.yaml"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 MINIMAL = "repository:\n  url: https://git.example.com/ray.git\n"
 
 

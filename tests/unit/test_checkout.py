@@ -19,7 +19,7 @@ from gitsync.cli import main
 from gitsync.manifests.yamldoc import parse_documents
 from gitsync.source import GitSource, RepoSource
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo-layout"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plain-layout"
 GOOD = (
     (Path(__file__).parent / "corpus" / "status-in-git.yaml")
     .read_text()

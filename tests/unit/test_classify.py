@@ -19,7 +19,7 @@ from gitsync.plan import build_plan, unchanged_plan
 from gitsync.stamp import applied_hash, stamped, stamped_hash
 
 RANKER = (
-    Path(__file__).resolve().parents[2] / "examples/repo-layout/environments/staging/ranker.yaml"
+    Path(__file__).resolve().parents[2] / "examples/plain-layout/environments/staging/ranker.yaml"
 )
 
 

@@ -6,17 +6,20 @@ import copy
 from typing import Any
 
 import pytest
+import yaml
 
 from gitsync.diff.classify import Options
 from gitsync.diff.drift import (
     Drift,
     DriftKind,
     corrections_left,
+    field_lines,
     heal_cost,
     modified,
     owners,
     placed,
 )
+from gitsync.manifests.yamldoc import parse_documents
 from gitsync.model import Action, FieldChange, ServiceKey
 from gitsync.names import APPLIED_HASH
 from gitsync.stamp import stamped, untouched_since_apply
@@ -174,6 +177,54 @@ def test_a_drifted_field_a_patch_set_is_placed_at_the_patch_the_rest_at_the_serv
     assert "(Git at aaaaaaaaaaaa: patch.yaml:7, base/ranker.yaml:2)" in at.message
     plain = placed(found, "environments/staging/ranker.yaml", 2, {}, git)
     assert (plain.patched, plain.sources) == ((), ("environments/staging/ranker.yaml:2",))
+
+
+BASE = """\
+# the ranker
+apiVersion: ray.io/v1
+kind: RayService
+metadata:
+  name: ranker
+spec:
+  serveConfigV2: |
+    applications:
+    - name: rank
+      deployments:
+      - name: Ranker
+        num_replicas: 1
+  rayClusterConfig:
+    workerGroupSpecs:
+    - groupName: cpu
+      replicas: 3
+    - groupName: highmem
+      maxReplicas: 8
+"""
+
+
+def test_a_drifted_field_no_patch_set_is_placed_at_its_own_line_in_the_file() -> None:
+    """The fields a patch did not set are at their line in the service's file (the base):
+    named list items by name, a serveConfigV2 block's fields inside the block, a field the
+    file does not write at its nearest written parent."""
+    [doc], problems = parse_documents(BASE, "base/ranker.yaml")
+    assert not problems
+    lines = field_lines(doc)
+    serve = "spec.serveConfigV2.applications[rank].deployments[Ranker].num_replicas"
+    group = "spec.rayClusterConfig.workerGroupSpecs[highmem].maxReplicas"
+    assert (lines[serve], lines[group], lines["spec.serveConfigV2"]) == (12, 18, 7)
+    git = yaml.safe_load(BASE)
+    live = copy.deepcopy(git)
+    live["spec"]["serveConfigV2"] = live["spec"]["serveConfigV2"].replace(": 1", ": 4")
+    groups = live["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    groups[1]["maxReplicas"], groups[0]["rayStartParams"] = 2, {"num-cpus": "1"}
+    found = modified(KEY, live, git, {}, "a" * 40, Options())
+    assert found is not None
+    patched = {("spec", "rayClusterConfig", "workerGroupSpecs", 1, "maxReplicas"): ("p.yaml", 4)}
+    at = placed(found, "base/ranker.yaml", 2, patched, git, lines)
+    added = "spec.rayClusterConfig.workerGroupSpecs[cpu].rayStartParams"
+    assert at.source_of(group) == "p.yaml:4"
+    assert at.source_of(serve) == "base/ranker.yaml:12"
+    assert at.source_of(added) == "base/ranker.yaml:15"  # its group's line
+    assert at.sources == ("p.yaml:4", "base/ranker.yaml:2")  # the message stays short
 
 
 @pytest.mark.parametrize(

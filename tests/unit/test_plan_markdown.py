@@ -15,7 +15,7 @@ from gitsync.model import ServiceKey
 from gitsync.plan import build_plan, code, fenced, one_line, plan_markdown
 
 RANKER = (
-    Path(__file__).resolve().parents[2] / "examples/repo-layout/environments/staging/ranker.yaml"
+    Path(__file__).resolve().parents[2] / "examples/plain-layout/environments/staging/ranker.yaml"
 )
 
 HOSTILE = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gitsync.manifests.render import (
+    ImageSite,
     clean_message,
     helm_documents,
     kustomize_documents,
@@ -14,6 +15,7 @@ from gitsync.manifests.render import (
     patch_site,
     read_kustomization,
     resolve,
+    split_image,
 )
 from gitsync.manifests.repoconfig import HelmSource, load_repo_config
 from gitsync.manifests.yamldoc import parse_documents
@@ -150,6 +152,55 @@ def test_rendered_documents_are_read_at_their_origin_and_patch() -> None:
     group = ("spec", "rayClusterConfig", "workerGroupSpecs", 0)
     assert str(doc.problem("bad", *group, "replicas")) == "overlays/prod/scale.yaml:3: bad"
     assert str(doc.problem("bad", *group, "groupName")) == "base/ranker.yaml:9: bad"
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("rayproject/ray", ("rayproject/ray", None, None)),
+        ("rayproject/ray:2.49.1-py311", ("rayproject/ray", "2.49.1-py311", None)),
+        ("registry:5000/ray/ray:1@sha256:ab", ("registry:5000/ray/ray", "1", "sha256:ab")),
+        ("registry:5000/ray", ("registry:5000/ray", None, None)),
+    ],
+)
+def test_split_image(image: str, expected: tuple[str, str | None, str | None]) -> None:
+    assert split_image(image) == expected
+
+
+KUSTOMIZATION = """resources:
+  - ../../base
+images:
+  - name: rayproject/ray
+    newTag: 2.49.1-py311
+  - name: rayproject/ray-ml
+    newName: registry.example.com/ray-ml
+  - name: unchanged/by-this
+"""
+
+
+def test_images_entries_are_read_at_their_line_and_place_the_images_they_wrote() -> None:
+    found = read_kustomization(KUSTOMIZATION, "overlays/prod/kustomization.yaml")
+    tag, name, empty = found.images
+    assert (tag.line, tag.name, tag.new_tag) == (4, "rayproject/ray", "2.49.1-py311")
+    assert (name.line, name.new_name) == (6, "registry.example.com/ray-ml")
+    assert tag.wrote("rayproject/ray:2.49.1-py311")
+    assert not tag.wrote("rayproject/ray:2.49.0-py311")  # a patch's, or the base's
+    assert not tag.wrote("rayproject/ray-ml:2.49.1-py311")  # another image
+    assert name.wrote("registry.example.com/ray-ml:2.49.0-gpu")
+    assert not empty.wrote("unchanged/by-this:1")  # an entry that sets nothing
+    base = BASE.replace(
+        "        replicas: 1\n", "        replicas: 1\n        image: rayproject/ray:2.49.0\n"
+    )
+    rendered = RENDERED + "      image: rayproject/ray:2.49.1-py311\n"
+    [doc], _ = kustomize_documents(
+        rendered, "overlays/prod", {"base/ranker.yaml": base}, ["base/ranker.yaml"],
+        patch_site("overlays/prod/scale.yaml", PATCH, "RayService", "ranker"), found.images,
+    )  # fmt: skip
+    group = ("spec", "rayClusterConfig", "workerGroupSpecs", 0)
+    assert str(doc.problem("bad", *group, "image")) == "overlays/prod/kustomization.yaml:4: bad"
+    assert str(doc.problem("bad", *group, "replicas")) == "overlays/prod/scale.yaml:3: bad"
+    assert str(doc.problem("bad", *group, "groupName")) == "base/ranker.yaml:9: bad"
+    assert ImageSite("k.yaml", 1, "a", new_tag="2").wrote("a:2")
 
 
 def test_kustomize_origin_annotations_are_used_and_removed() -> None:
