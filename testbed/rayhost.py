@@ -167,7 +167,7 @@ class RayHosts:
                 return self._adopt(self.idle.pop(0), namespace, pod, cluster, ip)
             return self._launch(namespace, pod, cluster, ip, 1)
 
-    def refill(self) -> None:
+    def refill(self) -> RayHead | None:
         """Starts a spare if there are fewer than ``spares`` idle ones and ``max_heads`` heads
         in all, and no head is starting: two starts at once on a busy machine can both miss
         the 30 s ``ray start`` gives its raylet (it is called again when a head is ready)."""
@@ -175,7 +175,8 @@ class RayHosts:
             heads = [*self.heads.values(), *self.idle]
             starting = any(h.ready_at is None and h.stopped_at is None for h in heads)
             if not starting and len(self.idle) < self.spares and len(heads) < self.max_heads:
-                self._launch("", "", "", "", 1)
+                return self._launch("", "", "", "", 1)
+            return None
 
     def _adopt(self, head: RayHead, namespace: str, pod: str, cluster: str, ip: str) -> RayHead:
         """A spare becomes the head of this pod (the lock held); another spare starts."""
@@ -243,7 +244,7 @@ class RayHosts:
             answering = head.answers()
             if answering and head.ours():
                 head.ready_at = time.monotonic()
-                self.refill()
+                _outlive(self.refill())
                 return
             if not head.alive() or answering:  # answering, but another Ray on our port
                 # `ray start` gives its raylet a fixed 30 s to register with the GCS
@@ -269,10 +270,7 @@ class RayHosts:
                         self.stopped.append(head)
                         return
                 if again is not None:
-                    # setpriv's parent-death signal (controlplane.spawn) follows the thread
-                    # that started the process: this one stays while the new head runs.
-                    while again.stopped_at is None:
-                        time.sleep(1)
+                    _outlive(again)
                     return
                 self.errors.append(f"ray head for {head.pod} exited:\n{head.log()}")
                 return
@@ -350,6 +348,14 @@ _PORTS = (
     "node-manager-port",
     "object-manager-port",
 )
+
+
+def _outlive(head: RayHead | None) -> None:
+    """Returns once ``head`` (started by this thread) is stopped: setpriv's parent-death signal
+    (controlplane.spawn) follows the thread that started a process, not the process, so a
+    head started from a short-lived thread would die with it."""
+    while head is not None and head.stopped_at is None:
+        time.sleep(1)
 
 
 def _kill(head: RayHead) -> None:
