@@ -10,6 +10,11 @@ Ready only once the head's dashboard answers ``GET /api/serve/applications/``; a
 not Ready yet would answer the operator's calls with errors, and KubeRay backs off
 exponentially after those.
 
+With ``spares`` the test bed keeps that many heads started ahead of any pod (within
+``max_heads``): a new head pod takes one that is already up, as if its container had started
+at once, and another is started behind it. Each is a fresh ``ray start`` used by one pod only;
+its apps learn their cluster's name from a file in its temp dir, written when a pod takes it.
+
 A head is stopped by SIGKILL to its process group, and then to any process that still carries
 its tag in its environment (Ray's workers outlive the raylet by a few seconds otherwise):
 never ``ray stop``, which stops every Ray on the machine.
@@ -47,6 +52,7 @@ from testbed.controlplane import _Process, _tail, free_port, spawn
 HEAD_TAG = "GITSYNC_RAY_HEAD"  # in every head's environment, inherited by its Ray processes
 CLUSTER_ENV = "GITSYNC_RAY_CLUSTER"  # read by testbed/serve_apps
 MARKERS_ENV = "GITSYNC_RAY_MARKERS"  # where testbed/serve_apps/crashy.py leaves its marker
+CLUSTER_FILE = "cluster"  # in a spare head's temp dir: its cluster's name, once a pod takes it
 
 
 @dataclass
@@ -86,6 +92,19 @@ class RayHead:
                 return bool(response.status == 200)
         except (OSError, urllib.error.URLError, http.client.HTTPException):
             return False
+
+    def ours(self, timeout: float = 5.0) -> bool:
+        """Whether the dashboard on our port is this head's: its session lives in our temp
+        dir. Ports are chosen free but bound seconds later; on a busy machine another Ray's
+        dashboard can take one first, and would answer the readiness GET in its place."""
+        try:
+            with urllib.request.urlopen(  # noqa: S310 (a loopback URL of our own)
+                f"{self.dashboard}/api/version", timeout=timeout
+            ) as response:
+                session = str(json.load(response).get("session_name") or "")
+        except (OSError, ValueError, http.client.HTTPException):
+            return False
+        return bool(session) and (self.tempdir / session).is_dir()
 
     def log(self) -> str:
         return _tail(self.process.log, 60)
@@ -127,6 +146,9 @@ class RayHosts:
     attempts: int = 2  # starts per head pod before its exit is an error
     retried: list[str] = field(default_factory=list)  # heads that exited and were started again
     lock: threading.RLock = field(default_factory=threading.RLock)
+    spares: int = 0  # heads kept started ahead of any pod (counted in max_heads)
+    idle: list[RayHead] = field(default_factory=list)  # spares no pod has taken yet
+    spare_names: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def ray(self) -> Path:
@@ -141,7 +163,29 @@ class RayHosts:
             existing = self.heads.get((namespace, pod))
             if existing is not None:
                 return existing
+            if self.idle:
+                return self._adopt(self.idle.pop(0), namespace, pod, cluster, ip)
             return self._launch(namespace, pod, cluster, ip, 1)
+
+    def refill(self) -> RayHead | None:
+        """Starts a spare if there are fewer than ``spares`` idle ones and ``max_heads`` heads
+        in all, and no head is starting: two starts at once on a busy machine can both miss
+        the 30 s ``ray start`` gives its raylet (it is called again when a head is ready)."""
+        with self.lock:
+            heads = [*self.heads.values(), *self.idle]
+            starting = any(h.ready_at is None and h.stopped_at is None for h in heads)
+            if not starting and len(self.idle) < self.spares and len(heads) < self.max_heads:
+                return self._launch("", "", "", "", 1)
+            return None
+
+    def _adopt(self, head: RayHead, namespace: str, pod: str, cluster: str, ip: str) -> RayHead:
+        """A spare becomes the head of this pod (the lock held); another spare starts."""
+        head.namespace, head.pod, head.cluster = namespace, pod, cluster
+        (head.tempdir / CLUSTER_FILE).write_text(cluster)
+        self.heads[(namespace, pod)] = head
+        self.ips[ip] = (namespace, pod)
+        self.refill()
+        return head
 
     def _launch(self, namespace: str, pod: str, cluster: str, ip: str, attempt: int) -> RayHead:
         """Starts the head (the lock held): ports, temp dir and process all new."""
@@ -172,7 +216,8 @@ class RayHosts:
         }
         for proxy_var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
             env.pop(proxy_var, None)
-        log = self.workdir / f"{namespace}-{pod}-{attempt}.log"
+        name = f"{namespace}-{pod}" if pod else f"spare-{next(self.spare_names)}"
+        log = self.workdir / f"{name}-{attempt}.log"
         head = RayHead(
             namespace,
             pod,
@@ -181,35 +226,53 @@ class RayHosts:
             ports["dashboard-port"],
             free_port(),
             ports["port"],
-            spawn(f"ray-head-{pod}", argv, log, env),
+            spawn(f"ray-head-{pod or name}", argv, log, env),
             time.monotonic(),
             attempt=attempt,
         )
-        self.heads[(namespace, pod)] = head
-        self.ips[ip] = (namespace, pod)
+        if pod:
+            self.heads[(namespace, pod)] = head
+            self.ips[ip] = (namespace, pod)
+        else:
+            self.idle.append(head)
         threading.Thread(target=self._await_ready, args=(head,), daemon=True).start()
         return head
 
     def _await_ready(self, head: RayHead) -> None:
         deadline = head.started + self.ready_timeout
         while time.monotonic() < deadline and head.stopped_at is None:
-            if not head.alive():
+            answering = head.answers()
+            if answering and head.ours():
+                head.ready_at = time.monotonic()
+                _outlive(self.refill())
+                return
+            if not head.alive() or answering:  # answering, but another Ray on our port
                 # `ray start` gives its raylet a fixed 30 s to register with the GCS
                 # (ray/_private/node.py); the first start from a freshly installed venv on a
                 # busy 2-core machine can miss it. One more start, then it is an error.
                 with self.lock:
                     current = self.heads.get((head.namespace, head.pod)) is head
-                    if current and head.attempt < self.attempts:
+                    spare = any(idle is head for idle in self.idle)
+                    if spare:  # a new spare replaces it
+                        self.idle = [idle for idle in self.idle if idle is not head]
+                    again = None
+                    if (current or spare) and head.attempt < self.attempts:
                         self.retried.append(f"ray head for {head.pod} exited:\n{head.log()}")
                         ip = next((i for i, k in self.ips.items()
                                    if k == (head.namespace, head.pod)), "")  # fmt: skip
                         _kill(head)
-                        self._launch(head.namespace, head.pod, head.cluster, ip, head.attempt + 1)
+                        again = self._launch(
+                            head.namespace, head.pod, head.cluster, ip, head.attempt + 1
+                        )
+                    elif spare:
+                        self.errors.append(f"ray head for a spare exited:\n{head.log()}")
+                        _kill(head)
+                        self.stopped.append(head)
                         return
+                if again is not None:
+                    _outlive(again)
+                    return
                 self.errors.append(f"ray head for {head.pod} exited:\n{head.log()}")
-                return
-            if head.answers():
-                head.ready_at = time.monotonic()
                 return
             time.sleep(0.5)
         if head.stopped_at is None:
@@ -250,8 +313,14 @@ class RayHosts:
         if head is not None:
             _kill(head)
             self.stopped.append(head)
+            self.refill()
 
     def stop_all(self) -> None:
+        with self.lock:
+            self.spares, idle, self.idle = 0, self.idle, []
+        for head in idle:
+            _kill(head)
+            self.stopped.append(head)
         for namespace, pod in list(self.heads):
             self.stop(namespace, pod)
 
@@ -279,6 +348,14 @@ _PORTS = (
     "node-manager-port",
     "object-manager-port",
 )
+
+
+def _outlive(head: RayHead | None) -> None:
+    """Returns once ``head`` (started by this thread) is stopped: setpriv's parent-death signal
+    (controlplane.spawn) follows the thread that started a process, not the process, so a
+    head started from a short-lived thread would die with it."""
+    while head is not None and head.stopped_at is None:
+        time.sleep(1)
 
 
 def _kill(head: RayHead) -> None:

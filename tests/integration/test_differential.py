@@ -1,4 +1,5 @@
-"""The same scenarios against the KubeRay simulator and the real KubeRay operator.
+"""The same scenarios against the KubeRay simulator, the real KubeRay operator with a stand-in
+Ray dashboard, and the real KubeRay operator driving real Ray.
 
 For each scenario gitsync rolls a change to the ``embedder`` service out through ``sync_once``
 and records: its predicted action (the plan), what KubeRay did (the RayCluster kept, created,
@@ -7,6 +8,15 @@ and the health verdicts gitsync observed, collapsed. Every backend must record t
 what KubeRay did must be what gitsync's action says it does (:func:`surprises`): the
 simulator decides with its own reading of KubeRay (testbed/kuberay_rules.py), so a wrong
 prediction fails here instead of agreeing with itself.
+
+The service runs the test bed's own Serve apps (testbed/serve_apps) on every backend, so the
+same manifest deploys on real Ray: the failing and the never-ready apps really fail to import
+and really never finish starting there, and the other backends' failure rules match those
+import paths. The real-Ray backend (testbed/rayhost.py: a ``ray start --head`` per head pod)
+runs beside the others, one scenario at a time like them, and deletes each scenario's clusters
+afterwards so no more than the heads of one scenario run at once (and one spare head, started
+ahead so that a head's start does not add to every scenario). Like test_real_ray.py, the module
+runs in `make test`'s parallel phase: it asserts what KubeRay and Serve decided, not how fast.
 
 The table is written to docs/kuberay-differential.md from these records; a test keeps the
 committed file equal to what the suite produces (``GITSYNC_WRITE_DOCS=1`` rewrites it).
@@ -21,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +48,42 @@ from gitsync.sync import PassResult, sync_once
 from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane
 from testbed.operator import FakeEndpoints, FakeKubelet, Operator, ServeProxy, ServeState
+from testbed.rayhost import RayHosts
 from testbed.simulator import Delays, FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .kube import get
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "kuberay-differential.md"
-SERVE_APP = "embedder.serve:app"
-BROKEN = "embedder.v2:app"  # its deployment fails (a rule on every backend)
-SLOW = "embedder.slow:app"  # its deployment never finishes: a swap that stays pending
+# The example's app (a remote working_dir, 1 CPU a replica) as one that runs on the test bed's
+# Ray heads: testbed/serve_apps/answer.py, a tenth of a CPU a replica, nothing to download.
+EXAMPLE_APP = """        import_path: embedder.serve:app
+        runtime_env:
+          working_dir: "https://example.com/artifacts/embedder-1.4.0.zip"
+        deployments:
+          - name: Embedder
+            num_replicas: 1
+            ray_actor_options:
+              num_cpus: 1
+"""
+SERVE_APP = "testbed.serve_apps.answer:app"
+TEST_APP = f"""        import_path: {SERVE_APP}
+        deployments:
+          - name: Answer
+            num_replicas: 1
+            ray_actor_options:
+              num_cpus: 0.1
+"""
+# Fails to import: Ray reports it DEPLOY_FAILED; the stand-ins' rule matches its import path.
+BROKEN = "testbed.serve_apps.broken:app"
+# Its replica takes an hour to start: a swap that stays pending (a DEPLOYING rule elsewhere).
+SLOW = "testbed.serve_apps.slow:build"
+ANSWER_HEAD = f"        import_path: {SERVE_APP}\n        deployments:\n          - name: Answer\n"
+SLOW_APP = f"""        import_path: {SLOW}
+        args: {{seconds: 3600}}
+        deployments:
+          - name: Slow
+"""
 IMAGE = "image: rayproject/ray:2.49.0-py311"
 
 
@@ -84,10 +121,10 @@ _no_strategy = _edit("  upgradeStrategy:\n    type: NewCluster\n", "")
 _broken = _edit(SERVE_APP, BROKEN)
 _label = _edit("  name: embedder\n", "  name: embedder\n  labels:\n    team: search\n")
 _respell = _edit('limits: {cpu: "2", memory: 4Gi}', 'limits: {cpu: "2", memory: 4096Mi}')
-_slow_swap = _both(_image, _edit(SERVE_APP, SLOW))
+_slow_swap = _both(_image, _edit(ANSWER_HEAD, SLOW_APP))
 _fixed_swap = _both(
     _edit("image: rayproject/ray:2.50.0-py311", "image: rayproject/ray:2.51.0-py311"),
-    _edit(SLOW, SERVE_APP),
+    _edit(SLOW_APP, ANSWER_HEAD),
 )
 APPENDED_GROUP = """      - groupName: extra
         replicas: 1
@@ -183,9 +220,14 @@ def surprises(record: Record) -> list[str]:
 class Backend:
     name: str
     namespaces: dict[str, str]  # scenario name → namespace
-    rule: Callable[[FailureRule], None]
+    rule: Callable[[FailureRule], None]  # injects a failure (real Ray needs none: it fails)
     submissions: Callable[[ServiceKey], list[str]]  # the cluster of every Serve PUT
     replicas: Callable[[ServiceKey, str], list[int] | None]  # a RayCluster's workers
+    # Real Ray: a head takes 10 to 25 s to start (more on a busy machine), a head that cannot
+    # start is an error at once, and each scenario's clusters go afterwards, heads with them.
+    health_timeout: float = 60.0
+    errors: list[str] = field(default_factory=list)
+    finish: Callable[[str], None] = lambda namespace: None
 
 
 def _worker_replicas(spec: dict[str, Any] | None) -> list[int] | None:
@@ -195,6 +237,7 @@ def _worker_replicas(spec: dict[str, Any] | None) -> list[int] | None:
 
 
 SIM_DELAYS = Delays(cluster_start=0.3, app_deploy=0.4, tick=0.05, requeue=1.0)
+BACKENDS = {"simulator": "sim", "operator": "op", "real Ray": "ray"}  # name → namespace prefix
 
 
 @pytest.fixture(scope="module")
@@ -208,37 +251,99 @@ def backends(
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
     spaces = {
-        kind: {s.name: f"df-{kind[:3]}-{uuid.uuid4().hex[:6]}-{i}" for i, s in enumerate(SCENARIOS)}
-        for kind in ("simulator", "operator")
+        kind: {s.name: f"df-{short}-{uuid.uuid4().hex[:6]}-{i}" for i, s in enumerate(SCENARIOS)}
+        for kind, short in BACKENDS.items()
     }
     for names in spaces.values():
         for name in names.values():
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Operators started with ENABLE_ZERO_DOWNTIME=false: a second of each, for its namespace.
-    off = [s.name for s in SCENARIOS if not s.zero_downtime]
-    sim_off = {spaces["simulator"][name] for name in off}
-    op_off = [spaces["operator"][name] for name in off]
-    op_on = [ns for ns in spaces["operator"].values() if ns not in op_off]
-    simulator.exclude_namespaces |= set(spaces["operator"].values()) | sim_off
+    off = {s.name for s in SCENARIOS if not s.zero_downtime}
+
+    def split(kind: str) -> tuple[list[str], list[str]]:
+        names = spaces[kind]
+        return [names[s] for s in names if s not in off], [names[s] for s in names if s in off]
+
+    sim_off = set(split("simulator")[1])
+    operated = [ns for kind in ("operator", "real Ray") for ns in spaces[kind].values()]
+    simulator.exclude_namespaces |= set(operated) | sim_off
+    logs = tmp_path_factory.mktemp("differential-operator")
+    # The operator with a stand-in dashboard.
     state = ServeState(deploy_seconds=0.5)
     proxy = ServeProxy(state).start()
-    kubelet = FakeKubelet(api, list(spaces["operator"].values())).start()
-    endpoints = FakeEndpoints(api, list(spaces["operator"].values())).start()
-    logs = tmp_path_factory.mktemp("differential-operator")
-    operators = [
-        Operator(binaries.kuberay_operator, control_plane.kubeconfig, op_on, proxy.port, logs)
+    loops = [
+        FakeKubelet(api, list(spaces["operator"].values())).start(),
+        FakeEndpoints(api, list(spaces["operator"].values())).start(),
     ]
-    if op_off:
+    # The operator with real Ray: a head per head pod. Scenarios run one at a time and delete
+    # their clusters afterwards, so two heads run at once in a swap; three only while an edit
+    # during a swap waits for KubeRay to delete the cluster it abandoned (60 s by default).
+    # One spare head is kept started within those three: a new head pod takes it at once, so
+    # a head's start (10 to 25 s) overlaps the scenario before instead of adding to each.
+    hosts = RayHosts(
+        binaries.ray_python,
+        tmp_path_factory.mktemp("differential-ray"),
+        max_heads=3,
+        spares=1,
+        attempts=4,  # thirteen scenarios' heads, on a machine other tests keep busy
+    )
+    hosts.refill()
+    ray_state = ServeState()
+    ray_proxy = ServeProxy(ray_state, hosts).start()
+    loops += [
+        FakeKubelet(api, list(spaces["real Ray"].values()), hosts=hosts).start(),
+        FakeEndpoints(api, list(spaces["real Ray"].values())).start(),
+    ]
+    operators = []
+    for kind, port in (("operator", proxy.port), ("real Ray", ray_proxy.port)):
+        on, zero_downtime_off = split(kind)
+        folder = logs / kind.replace(" ", "-")
+        operators.append(
+            Operator(binaries.kuberay_operator, control_plane.kubeconfig, on, port, folder)
+        )
         operators.append(
             Operator(
                 binaries.kuberay_operator,
                 control_plane.kubeconfig,
-                op_off,
-                proxy.port,
-                logs / "zero-downtime-off",
+                zero_downtime_off,
+                port,
+                folder / "zero-downtime-off",
                 env={"ENABLE_ZERO_DOWNTIME": "false"},
             )
         )
+
+    def submitted(state: ServeState) -> Callable[[ServiceKey], list[str]]:
+        return lambda key: [
+            s.cluster
+            for s in state.submissions
+            if s.namespace == key.namespace and s.cluster.startswith(f"{key.name}-")
+        ]
+
+    def operator_replicas(key: ServiceKey, cluster: str) -> list[int] | None:
+        try:
+            obj = custom.get_namespaced_custom_object(
+                "ray.io", "v1", key.namespace, "rayclusters", cluster
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _worker_replicas(obj.get("spec"))
+
+    def delete_clusters(namespace: str) -> None:
+        """Deletes the scenario's RayService and RayClusters (the garbage collector's cascade,
+        which this control plane lacks) and waits for their heads to stop."""
+        for plural in ("rayservices", "rayclusters"):
+            listed = custom.list_namespaced_custom_object("ray.io", "v1", namespace, plural)
+            for item in listed["items"]:
+                custom.delete_namespaced_custom_object(
+                    "ray.io", "v1", namespace, plural, item["metadata"]["name"]
+                )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(ns == namespace for ns, _ in list(hosts.heads)):
+            time.sleep(0.3)
+        assert not [key for key in hosts.heads if key[0] == namespace], hosts.heads
+
     with control_plane.api_client() as off_api:
         second = Simulator(off_api, SIM_DELAYS, zero_downtime_env=False, seed=11)
         second.only_namespaces = sim_off
@@ -248,17 +353,6 @@ def backends(
 
         def sim_rule(rule: FailureRule) -> None:
             (second if rule.namespace in sim_off else simulator).add_rule(rule)
-
-        def operator_replicas(key: ServiceKey, cluster: str) -> list[int] | None:
-            try:
-                obj = custom.get_namespaced_custom_object(
-                    "ray.io", "v1", key.namespace, "rayclusters", cluster
-                )
-            except client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            return _worker_replicas(obj.get("spec"))
 
         try:
             second.start()
@@ -276,21 +370,30 @@ def backends(
                     "operator",
                     spaces["operator"],
                     state.rules.append,
-                    lambda key: [
-                        s.cluster
-                        for s in state.submissions
-                        if s.namespace == key.namespace and s.cluster.startswith(f"{key.name}-")
-                    ],
+                    submitted(state),
                     operator_replicas,
+                ),
+                "real Ray": Backend(
+                    "real Ray",
+                    spaces["real Ray"],
+                    lambda rule: None,
+                    submitted(ray_state),
+                    operator_replicas,
+                    health_timeout=300.0,
+                    errors=hosts.errors,
+                    finish=delete_clusters,
                 ),
             }
         finally:
             for operator in operators:
                 operator.stop()
             second.stop()
-            kubelet.stop()
-            endpoints.stop()
+            for loop in loops:
+                loop.stop()
+            hosts.stop_all()
             proxy.stop()
+            ray_proxy.stop()
+    assert not hosts.leftovers(), f"Ray processes left behind: {hosts.leftovers()}"
 
 
 def health_sequence(lines: list[str], key: ServiceKey) -> str:
@@ -359,31 +462,60 @@ def _wait_for_pending(
 def run_scenario(
     api: client.ApiClient, backend: Backend, scenario: Scenario, tmp_path: Path
 ) -> Record:
+    try:
+        return _run(api, backend, scenario, tmp_path / backend.name.replace(" ", "-"))
+    finally:
+        backend.finish(backend.namespaces[scenario.name])
+
+
+def _run(api: client.ApiClient, backend: Backend, scenario: Scenario, tmp_path: Path) -> Record:
     namespace = backend.namespaces[scenario.name]
-    repo = GitOpsRepo(tmp_path / backend.name, namespace, prune=scenario.prune)
+    repo = GitOpsRepo(tmp_path / "gitops", namespace, prune=scenario.prune)
 
     def embedder_only(root: Path) -> None:
         for other in ("ranker.yaml", "summarizer.yaml"):
             repo.path(other).unlink()
+        repo.edit("embedder.yaml", EXAMPLE_APP, TEST_APP)
         if scenario.prepare is not None:
             scenario.prepare(repo)
 
     repo.commit(embedder_only, "the embedder alone")
-    settings = {"health_timeout": 60.0, "poll_interval": 0.3, "healthy_seconds": 5.0}
-    config: AgentConfig = repo.agent_config(tmp_path / f"cache-{backend.name}", **settings)
+    settings = {
+        "health_timeout": backend.health_timeout,
+        "poll_interval": 0.3,
+        "healthy_seconds": 5.0,
+    }
+    config: AgentConfig = repo.agent_config(tmp_path / "cache", **settings)
     if not scenario.zero_downtime:
         config = replace(config, classify=Options(operator_zero_downtime=False))
     key = ServiceKey(namespace, "embedder")
     lines: list[str] = []
+    earlier = len(backend.errors)  # another scenario's failed head is not this one's
 
     def sync() -> PassResult:
-        return sync_once(
-            config,
-            RayServicesClient(api),
-            StateStore(api, namespace),
-            observer=Lines(lines.append),
-            supersede_every=0.2,
-        )
+        """One pass, stopped at once when a Ray head could not start (then the assertion
+        shows why, not a health timeout minutes later)."""
+        stop, done = threading.Event(), threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.5):
+                if backend.errors[earlier:]:
+                    stop.set()
+                    return
+
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            return sync_once(
+                config,
+                RayServicesClient(api),
+                StateStore(api, namespace),
+                observer=Lines(lines.append),
+                supersede_every=0.2,
+                stop=stop,
+            )
+        finally:
+            done.set()
+            assert not backend.errors[earlier:], "\n".join([*lines, *backend.errors[earlier:]])
 
     result = sync()
     assert result.ok, "\n".join(lines)
@@ -410,9 +542,11 @@ def run_scenario(
             outcome: list[PassResult] = []
             worker = threading.Thread(target=lambda: outcome.append(sync()))
             worker.start()
-            _wait_for_pending(api, namespace, lambda: backend.submissions(key))
+            _wait_for_pending(
+                api, namespace, lambda: backend.submissions(key), backend.health_timeout
+            )
             repo.commit(lambda root: scenario.then(repo), f"{scenario.name}: the second")  # type: ignore[misc]
-            worker.join(180)
+            worker.join(backend.health_timeout * 2)
             [result] = outcome
     [outcome_of] = result.results
     after = _status(api, namespace)
@@ -455,7 +589,7 @@ RECORDS: dict[str, dict[str, Record]] = {}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_simulator_and_operator_agree(
+def test_the_backends_agree(
     api: client.ApiClient, backends: dict[str, Backend], scenario: Scenario, tmp_path: Path
 ) -> None:
     with ThreadPoolExecutor(len(backends)) as pool:  # independent namespaces: side by side
@@ -465,20 +599,34 @@ def test_simulator_and_operator_agree(
         }
         records = {name: future.result() for name, future in futures.items()}
     RECORDS[scenario.name] = records
-    assert records["simulator"] == records["operator"], records
-    assert surprises(records["operator"]) == [], records["operator"]
+    assert all(record == records["operator"] for record in records.values()), records
+    for name, record in records.items():
+        assert surprises(record) == [], (name, record)
 
 
 def render(records: dict[str, dict[str, Record]]) -> str:
     lines = [
-        "# KubeRay simulator vs. the real operator (v1.5.0)",
+        "# KubeRay simulator vs. the real operator (v1.5.0), with and without real Ray",
         "",
         "Generated by `tests/integration/test_differential.py`; do not edit (rewrite with",
-        "`GITSYNC_WRITE_DOCS=1 .venv/bin/pytest tests/integration/test_differential.py`). Each row is",
-        "one change to the `embedder` service rolled out by `gitsync sync --once`, run against every",
-        "backend: the test bed's KubeRay simulator (which decides with its own reading of KubeRay's",
-        "source, testbed/kuberay_rules.py, not with gitsync's) and the real KubeRay operator with a",
-        "stand-in Ray dashboard. The suite fails when backends differ, or when what KubeRay did is",
+        "`GITSYNC_WRITE_DOCS=1 .venv/bin/pytest -p no:xdist tests/integration/test_differential.py`).",
+        "Each row is one change to the `embedder` service rolled out by `gitsync sync --once`, run",
+        "against every backend:",
+        "",
+        "- *simulator*: the test bed's KubeRay simulator, which decides with its own reading of",
+        "  KubeRay's source (testbed/kuberay_rules.py), not with gitsync's; Serve is in its memory.",
+        "- *operator*: the real KubeRay operator v1.5.0, its Ray dashboard and serve proxy a",
+        "  stand-in that reports applications RUNNING after half a second (or what a failure rule",
+        "  says).",
+        "- *real Ray*: the real operator driving real Ray 2.60.0 heads (`ray start --head`, one per",
+        "  head pod; worker pods get no Ray process) that deploy the Serve apps for real.",
+        "",
+        "The service runs the test bed's own Serve apps (testbed/serve_apps) everywhere. The",
+        "injected DEPLOY_FAILED is an app that fails to import and the swap that stays pending is an",
+        "app whose replica takes an hour to start: on real Ray they really do; the other backends",
+        "match their import paths with a failure rule.",
+        "",
+        "The suite fails when backends differ, or when what KubeRay did is",
         "not what gitsync's action says it does. *RayCluster* is the service's active cluster",
         "afterwards (kept, created, replaced); *worker replicas* are read from it, per worker group;",
         "*PUTs* are the Serve config submissions KubeRay made for the change (to the active cluster,",
