@@ -167,7 +167,7 @@ def test_an_expired_watch_lists_again_and_misses_nothing(
     assert [(kind, (new or {}).get("metadata", {}).get("name")) for kind, _, new in events] == [
         ("MODIFIED", "ranker")
     ]
-    assert informer.objects["ranker"]["spec"]["rayClusterDeletionDelaySeconds"] == 70
+    assert (informer.get("ranker") or {})["spec"]["rayClusterDeletionDelaySeconds"] == 70
 
 
 def test_a_silent_watch_lists_again(
