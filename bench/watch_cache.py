@@ -242,7 +242,7 @@ def drift_latency(
                 time.sleep(0.1)
             assert agent.cache is not None
             assert agent.cache.informers.informer(RAYSERVICES, "bench-0").wait_synced(60)
-            name = next(names)  # the first check after a pass is a whole one
+            name = next(names)  # the first edit after the agent's first pass
             whole = drift_event_after(api, "bench-0", name, edit(api, "bench-0", name))
             events = []
             for _ in range(edits):
@@ -505,8 +505,9 @@ def section(report: dict[str, Any]) -> str:
             "",
             f"- Edit → Drift Event: another writer's `serveConfigV2` patch until the Warning "
             f"Event `Drift` is in the API server, an in-process agent watching (report only; "
-            f"each edit to a service not edited before, 0.5 s apart). The first edit after a "
-            f"pass is checked with its whole environment ({largest // spaces} services): "
+            f"each edit to a service not edited before, 0.5 s apart). The first edit after the "
+            f"agent's first pass (which found nothing to change, so only the edited object "
+            f"of its {largest // spaces}-service environment is checked): "
             f"{drift['whole']:.2f} s. The scheduled check is one whole check of every "
             f"environment with `watch.enabled: false`, timed from the edit to its Event "
             f"(median of {drift['check_runs']}: {drift['check']:.2f} s), plus the wait for "

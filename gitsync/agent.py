@@ -140,6 +140,7 @@ class Agent:
         # announced as started, commit subjects, and per environment and pull request what
         # drift and preview notices already told (a check that finds the same says nothing).
         self._plans: dict[str, Plan] = {}
+        self._planned_now: list[Plan] = []  # the plans of the pass running now
         self._announced: set[tuple[str, str]] = set()  # (environment, revision)
         self._subjects: dict[str, str] = {}
         self._told_invalid = ""  # the invalid revision last told (a failed pass runs again)
@@ -563,8 +564,11 @@ class Agent:
         not run (not leading, stopping, a pass runs)."""
         if not self.leading or self.stopping.is_set() or not self._lock.acquire(blocking=False):
             return None
+        # On events, the head the last pass finished at: no ls-remote in the way of the
+        # Drift Event (the drift is against each environment's applied revision anyway).
+        head = self.last_revision if changed is not None else None
         try:
-            reports = self.drift_checker.check(environments, heal=True, changed=changed)
+            reports = self.drift_checker.check(environments, heal=True, changed=changed, head=head)
         except GitsyncError as exc:
             log.error("drift check failed: %s", exc)
             return []
@@ -595,11 +599,16 @@ class Agent:
     def _pass(self, head: str) -> None:
         with self._lock:
             self.passes += 1
+            self._planned_now = []
             try:
                 self._sync()
             finally:
-                # What the pass applied may have ended a drift: the next check is whole.
+                # What the pass applied may have ended a drift: the next check is whole, but
+                # where the pass found nothing to change (then nothing is drifted).
                 self.drift_checker.forget()
+                for plan in self._planned_now:
+                    self.drift_checker.settle(plan)
+                self._planned_now = []
                 self._prune_trees(head)
                 if not self.leading:
                     self._forget_environments()
@@ -713,6 +722,7 @@ class Agent:
             log.debug("commit metadata of %s unavailable: %s", revision[:12], exc)
         self.history.planned(plan, revision)
         self._plans[plan.environment] = plan
+        self._planned_now.append(plan)
 
     # -- notifications: never in a rollout's way --------------------------------------------
 

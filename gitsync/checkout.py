@@ -14,7 +14,8 @@ import os
 import pickle
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gitsync.manifests.load import (
@@ -327,34 +328,71 @@ def document_at(root: Path, source: str, line: int) -> Document | None:
     return next((doc for doc in documents if doc.line == line), None)
 
 
-def read_tree_cached(root: Path, renders: Path | None = None) -> TreeReport:
+def read_tree_cached(
+    root: Path, renders: Path | None = None, environments: Collection[str] | None = None
+) -> TreeReport:
     """:func:`read_tree` for a revision's tree that never changes once materialised (the
     git source's ``trees/<sha>``): the report is kept next to the tree, so a later pass at the
     same revision, in this process or the next, skips parsing (1,000 RayServices: about
     0.7 s). The file is keyed by the parser's own source, so a gitsync that validates
     differently never reads an older one's verdict. Renders are kept in ``renders`` (default:
-    ``renders`` beside the tree)."""
-    cache = root.with_name(f"{root.name}.report-{_parser_fingerprint()}.pickle")
-    try:
-        with cache.open("rb") as file:
-            # Our own file, next to the tree we materialised: it is trusted as the tree is.
-            report = pickle.load(file)  # noqa: S301
-        if isinstance(report, TreeReport):
-            return report
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError):
-        pass  # absent, partial or from another layout: read the tree
+    ``renders`` beside the tree).
+
+    Each environment's manifests are kept in a file of their own: with ``environments``,
+    only theirs are read (the report's ``environments`` holds those alone; its config and
+    problems are whole), so a drift check of one environment does not unpickle every other's
+    (3,000 RayServices in 10 environments: a tenth of a second rather than one)."""
+    stem = f"{root.name}.report-{_parser_fingerprint()}"
+    index = root.with_name(f"{stem}.pickle")
+    kept = _unpickled(index)
+    if isinstance(kept, _Index):
+        wanted = [
+            n for n, name in enumerate(kept.names) if environments is None or name in environments
+        ]
+        found = [_unpickled(root.with_name(f"{stem}.{n}.pickle")) for n in wanted]
+        parts = tuple(part for part in found if isinstance(part, EnvironmentManifests))
+        if len(parts) == len(wanted):
+            return replace(kept.skeleton, environments=parts)
     report = read_tree(root, render_cache=renders or root.parent / "renders")
     if any(TIMED_OUT in p.message for p in report.problems):
         return report  # the next pass renders again
     try:
-        with tempfile.NamedTemporaryFile(
-            dir=cache.parent, prefix=f"{root.name}.report-", delete=False
-        ) as out:
-            pickle.dump(report, out, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(out.name, cache)
+        for n, loaded in enumerate(report.environments):
+            _pickle(root.with_name(f"{stem}.{n}.pickle"), loaded)
+        names = tuple(loaded.environment.name for loaded in report.environments)
+        _pickle(index, _Index(replace(report, environments=()), names))  # last: all are in
     except OSError:
         pass  # a read-only cache only costs the next pass the parse
-    return report
+    if environments is None:
+        return report
+    return replace(
+        report,
+        environments=tuple(e for e in report.environments if e.environment.name in environments),
+    )
+
+
+@dataclass(frozen=True)
+class _Index:
+    """A cached report without its environments' manifests (each in a file of its own),
+    and the names of those environments, in order."""
+
+    skeleton: TreeReport
+    names: tuple[str, ...]
+
+
+def _unpickled(path: Path) -> object:
+    try:
+        with path.open("rb") as file:
+            # Our own file, next to the tree we materialised: it is trusted as the tree is.
+            return pickle.load(file)  # noqa: S301
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError):
+        return None  # absent, partial or from another layout: read the tree
+
+
+def _pickle(path: Path, value: object) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{path.name}.", delete=False) as out:
+        pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(out.name, path)
 
 
 @functools.cache

@@ -103,7 +103,6 @@ class DriftChecker:
     clock: Callable[[], float] = time.time
     _seen: dict[str, set[tuple[ServiceKey, str]]] = field(default_factory=dict)
     _fights: dict[str, set[ServiceKey]] = field(default_factory=dict)
-    _trees: dict[str, TreeReport] = field(default_factory=dict)
     # Each environment's change windows as the branch head declares them (the windows that
     # hold its rollouts back hold its self-heal back too).
     _windows: dict[str, tuple[ChangeWindow, ...]] = field(default_factory=dict)
@@ -126,32 +125,40 @@ class DriftChecker:
         *,
         heal: bool,
         changed: Mapping[str, Collection[ServiceKey]] | None = None,
+        head: str | None = None,
     ) -> list[DriftReport]:
         """Checks ``environments`` (default: all), each whole, or only the objects
-        ``changed`` names for it (merged with the last check's findings for the others)."""
-        head = self.source.head()
-        self._trees = {head: self._tree(head)}  # one read per revision
-        declared = self._trees[head].config
+        ``changed`` names for it (merged with the last check's findings for the others).
+        ``head``: the branch head when the caller knows it (else one ``git ls-remote``);
+        its gitsync.yaml orders the environments and says their change windows."""
+        head = head or self.source.head()
+        tree = self._tree(head, ())  # the head's gitsync.yaml: order and change windows
+        declared = tree.config
         self._windows = {e.name: e.windows for e in declared.environments} if declared else {}
-        names = ordered_environments(
-            self._trees[head], environments or self.config.environments or None, ""
-        )
-        try:
-            return [
-                self._guarded(name, heal=heal, keys=(changed or {}).get(name)) for name in names
-            ]
-        finally:
-            self._trees = {}
+        names = ordered_environments(tree, environments or self.config.environments or None, "")
+        return [self._guarded(name, heal=heal, keys=(changed or {}).get(name)) for name in names]
 
     def forget(self) -> None:
         """Forgets the last reports: something else (a pass) may have changed the objects,
         so the next check of each environment is a whole one."""
         self._last.clear()
 
-    def _tree(self, revision: str) -> TreeReport:
-        """A revision's tree, its namespaces held to the agent config's allowedNamespaces
-        (self-heal applies what it reads)."""
-        report = read_tree_cached(self.source.checkout(revision))
+    def settle(self, plan: Plan) -> None:
+        """A pass planned ``plan`` and found every object of its environment exactly as Git
+        wants it at ``plan.to_rev`` (nothing to create, change or prune, none with
+        reconciling disabled): what a whole check would find there is no drift, so the next
+        check on events of some of its objects checks those alone. A plan that changes
+        anything settles nothing (the next check is whole)."""
+        if not plan.to_rev or any(c.action is not Action.UNCHANGED for c in plan.changes):
+            return
+        self._last[plan.environment] = DriftReport(plan.environment, plan.to_rev)
+        self._seen[plan.environment] = set()  # drifted again, a finding is new
+        self._fights[plan.environment] = set()
+
+    def _tree(self, revision: str, environments: Collection[str]) -> TreeReport:
+        """A revision's tree with the manifests of ``environments`` only, its namespaces held
+        to the agent config's allowedNamespaces (self-heal applies what it reads)."""
+        report = read_tree_cached(self.source.checkout(revision), environments=environments)
         return confined(report, self.config.namespaces_for)
 
     def _guarded(
@@ -186,9 +193,7 @@ class DriftChecker:
         revision = prior.revision if prior.phase is Phase.SUCCEEDED else prior.last_healthy_revision
         if not revision:
             return DriftReport(name, prior.revision, note="no revision was ever Healthy")
-        if revision not in self._trees:
-            self._trees[revision] = self._tree(revision)
-        loaded = environment_manifests(self._trees[revision], name, revision[:12])
+        loaded = environment_manifests(self._tree(revision, (name,)), name, revision[:12])
         base = self._last.get(name) if keys is not None else None
         if base is not None and (base.revision != revision or base.error or base.note):
             base = None
@@ -262,7 +267,8 @@ class DriftChecker:
         service missing from the list, each listed one Git does not declare, and each whose
         dry-run answer differs from the live object, with who changed which field."""
         drifts: list[Drift] = []
-        for key, declared in loaded.desired.items():
+        desired = loaded.desired  # a property: built at each call
+        for key, declared in desired.items():
             if scope is not None and key not in scope:
                 continue
             obj = sides.live.get(key)
@@ -283,7 +289,7 @@ class DriftChecker:
         drifts += [
             Drift(key, DriftKind.UNEXPECTED, revision)
             for key in sorted(sides.live)
-            if key not in loaded.desired
+            if key not in desired
         ]
         return drifts
 

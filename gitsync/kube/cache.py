@@ -17,7 +17,6 @@ event-driven drift check (docs/drift.md).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 
 from kubernetes import client
 
-from gitsync.kube.informer import Event, Informer, WatchSettings
+from gitsync.kube.informer import Event, Informer, WatchSettings, compact
 from gitsync.kube.objects import Discovery, Objects, Resource
 from gitsync.kube.rayservices import GROUP, PLURAL, VERSION, RayServicesClient
 from gitsync.model import ServiceKey
@@ -140,7 +139,9 @@ class Writes:
     ) -> bool:
         """Whether the change from ``old`` to ``new`` is another writer's: not gitsync's
         (an apply or delete in flight, or a resourceVersion one returned), and not a status
-        write (no managedFields entry outside the status subresource changed)."""
+        write (something but the status changed: a managedFields entry outside the status
+        subresource, or the content itself; an entry's time counts seconds, so the second
+        edit by one writer within a second changes only the content)."""
         with self._lock:
             if key in self._busy:
                 return False
@@ -148,7 +149,7 @@ class Writes:
                 return False
         if old is None or new is None:
             return True
-        return _writers(old) != _writers(new)
+        return _content(old) != _content(new)
 
 
 def _version(obj: dict[str, Any]) -> str:
@@ -180,7 +181,10 @@ def _content(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ours(obj: dict[str, Any], environment: str | None = None) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return _labelled_ours((obj.get("metadata") or {}).get("labels") or {}, environment)
+
+
+def _labelled_ours(labels: dict[str, str], environment: str | None = None) -> bool:
     return labels.get(MANAGED_BY) == "gitsync" and (
         environment is None or labels.get(ENVIRONMENT) == environment
     )
@@ -205,12 +209,11 @@ class CachedObjects(Objects):
         informer = self.informers.synced(resource, namespace)
         if informer is None:
             return self._list(resource, namespace, environment)
-        with informer.changed:
-            kept = list(informer.objects.values())
+        kept = informer.read(lambda labels: _labelled_ours(labels, environment))
         return {
             ServiceKey(namespace, o["metadata"]["name"], resource.kind, resource.api_version): o
             for o in kept
-            if _ours(o, environment) and SOURCE in (o["metadata"].get("annotations") or {})
+            if SOURCE in (o["metadata"].get("annotations") or {})
         }
 
     def get(self, key: ServiceKey) -> dict[str, Any] | None:
@@ -218,8 +221,8 @@ class CachedObjects(Objects):
         if resource is None:
             return None
         informer = self.informers.synced(resource, key.namespace)
-        if informer is not None and (found := informer.objects.get(key.name)) is not None:
-            return copy.deepcopy(found)
+        if informer is not None and (found := informer.get(key.name)) is not None:
+            return found
         return self._get(resource, key)  # not gitsync's (yet), or not watched
 
     def delete(self, key: ServiceKey) -> bool:
@@ -280,11 +283,12 @@ def _deleted(
 
 class DryRuns:
     """Server-side-apply dry-run answers, one per object, kept while neither the body
-    nor the live object (all but its status: :func:`_content`) changed."""
+    nor the live object (all but its status: :func:`_content`) changed; each compacted and
+    frozen as the cache keeps objects (:func:`~gitsync.kube.informer.compact`, JSON text)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: dict[ServiceKey, tuple[str, dict[str, Any]]] = {}
+        self._kept: dict[ServiceKey, tuple[str, str]] = {}
         self.asked = 0  # dry runs sent to the API server
         self.remembered = 0  # dry runs answered from here
 
@@ -297,13 +301,15 @@ class DryRuns:
             kept = self._kept.get(key)
             if kept is not None and kept[0] == memo:
                 self.remembered += 1
-                return memo, copy.deepcopy(kept[1])
+                found: dict[str, Any] = json.loads(kept[1])
+                return memo, found
         return memo, None
 
     def keep(self, key: ServiceKey, memo: str, answer: dict[str, Any]) -> None:
+        text = json.dumps(compact(answer), separators=(",", ":"))
         with self._lock:
             self.asked += 1
-            self._kept[key] = (memo, copy.deepcopy(answer))
+            self._kept[key] = (memo, text)
 
 
 class CachedRayServices:
@@ -323,40 +329,35 @@ class CachedRayServices:
     def close(self) -> None:
         self.informers.close()
 
-    def _kept(self, namespace: str) -> list[dict[str, Any]] | None:
+    def _kept(
+        self, namespace: str, labelled: Callable[[dict[str, str]], bool] | None = None
+    ) -> list[dict[str, Any]] | None:
         informer = self.informers.synced(RAYSERVICES, namespace)
-        if informer is None:
-            return None
-        with informer.changed:
-            return list(informer.objects.values())
+        return informer.read(labelled) if informer is not None else None
 
     def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
-        kept = self._kept(namespace)
+        kept = self._kept(namespace, lambda labels: _labelled_ours(labels, environment))
         if kept is None:
             return self.direct.list_managed(namespace, environment)
-        return {
-            ServiceKey(namespace, o["metadata"]["name"]): o for o in kept if _ours(o, environment)
-        }
+        return {ServiceKey(namespace, o["metadata"]["name"]): o for o in kept}
 
     def list_managed_metadata(
         self, namespace: str, environment: str
     ) -> dict[ServiceKey, dict[str, Any]]:
-        kept = self._kept(namespace)
+        kept = self._kept(namespace, lambda labels: _labelled_ours(labels, environment))
         if kept is None:
             return self.direct.list_managed_metadata(namespace, environment)
-        return {
-            ServiceKey(namespace, o["metadata"]["name"]): o for o in kept if _ours(o, environment)
-        }
+        return {ServiceKey(namespace, o["metadata"]["name"]): o for o in kept}
 
     def list_every_managed(self, namespace: str | None = None) -> list[dict[str, Any]]:
         kept = self._kept(namespace) if namespace else None
         return kept if kept is not None else self.direct.list_every_managed(namespace)
 
     def list_labelled(self, namespace: str, label: str) -> list[dict[str, Any]]:
-        kept = self._kept(namespace)
+        kept = self._kept(namespace, lambda labels: label in labels)
         if kept is None:
             return self.direct.list_labelled(namespace, label)
-        return [o for o in kept if label in ((o["metadata"].get("labels")) or {})]
+        return kept
 
     def list_managed_versioned(
         self, namespace: str, environment: str
@@ -367,7 +368,9 @@ class CachedRayServices:
         with informer.changed:
             kept, sequence = list(informer.objects.values()), informer.sequence
         listed = {
-            ServiceKey(namespace, o["metadata"]["name"]): o for o in kept if _ours(o, environment)
+            ServiceKey(namespace, k.name): k.thaw()
+            for k in kept
+            if _labelled_ours(k.labels, environment)
         }
         return listed, f"{CACHE_VERSION}{sequence}"
 
@@ -390,8 +393,8 @@ class CachedRayServices:
         if not key.is_rayservice:
             return self.objects.get(key)
         informer = self.informers.synced(RAYSERVICES, key.namespace)
-        if informer is not None and (found := informer.objects.get(key.name)) is not None:
-            return copy.deepcopy(found)
+        if informer is not None and (found := informer.get(key.name)) is not None:
+            return found
         return self.direct.get(key)  # not gitsync's (yet), or not watched
 
     def delete(self, key: ServiceKey) -> bool:
@@ -437,7 +440,7 @@ class CachedRayServices:
         informer = self.informers.synced(resource, key.namespace) if resource else None
         if informer is None:  # nothing says whether the live object changed: ask
             return self.direct.apply(obj, dry_run=True, force=force)
-        live = informer.objects.get(key.name)
+        live = informer.get(key.name)
         if live is None:  # perhaps there but not gitsync's: the cache cannot tell it changed
             return self.direct.apply(obj, dry_run=True, force=force)
         memo, known = self.dry_runs.answer(key, obj, _content(live), force)

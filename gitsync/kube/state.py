@@ -6,7 +6,6 @@ apply (field manager ``gitsync``) so concurrent writers never lose fields to a s
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -146,9 +145,7 @@ class StateStore:
         GitsyncError saying it could not read ``what``."""
         watched = self.informers and self.informers.synced(CONFIGMAPS, self.namespace)
         if watched:  # every state ConfigMap carries managed-by=gitsync: absent is absent
-            with watched.changed:
-                found = watched.objects.get(name)
-            return copy.deepcopy(found) if found is not None else None
+            return watched.get(name)  # the reader's own copy
         try:
             return request(self.api, "GET", configmap_path(self.namespace, name))
         except client.ApiException as exc:
@@ -314,8 +311,7 @@ class StateStore:
     def _listed(self) -> list[dict[str, Any]]:
         watched = self.informers and self.informers.synced(CONFIGMAPS, self.namespace)
         if watched:  # the informer lists by managed-by=gitsync too
-            with watched.changed:
-                return copy.deepcopy(list(watched.objects.values()))
+            return watched.read()
         try:
             listed = request(
                 self.api,

@@ -368,8 +368,8 @@ def test_a_revisions_report_is_read_once_and_kept_next_to_its_tree(tmp_path: Pat
     shutil.copytree(EXAMPLES, tree)
     first = read_tree_cached(tree)
     assert first == read_tree(tree)
-    [kept] = (tmp_path / "trees").glob("*.pickle")
-    assert kept.name.startswith("a" * 40 + ".report-")
+    kept = next(p for p in (tmp_path / "trees").glob("*.pickle") if p.name.count(".") == 2)
+    assert kept.name.startswith("a" * 40 + ".report-")  # and one per environment beside it
     for manifest in (tree / "environments").rglob("*.yaml"):
         manifest.write_text("kind: [broken\n")
     assert read_tree_cached(tree) == first
@@ -379,10 +379,28 @@ def test_a_revisions_report_is_read_once_and_kept_next_to_its_tree(tmp_path: Pat
     assert read_tree_cached(tree) == again
 
 
+def test_one_environments_manifests_are_read_without_the_others(tmp_path: Path) -> None:
+    """A drift check of one environment reads its part of the kept report: the config and
+    every problem whole, the other environments' manifests not at all (a broken part of
+    another environment's is never opened)."""
+    tree = tmp_path / "trees" / ("a" * 40)
+    shutil.copytree(EXAMPLES, tree)
+    whole = read_tree_cached(tree)
+    names = [e.environment.name for e in whole.environments]
+    assert names == ["staging", "production"]
+    next(tmp_path.glob("trees/*.0.pickle")).write_bytes(b"torn")  # staging's part
+    production = read_tree_cached(tree, environments=["production"])
+    assert production.config == whole.config
+    assert production.problems == whole.problems
+    assert production.environments == (whole.environments[1],)
+    assert read_tree_cached(tree, environments=()).environments == ()
+    assert read_tree_cached(tree) == whole  # a torn part: the tree is read again
+
+
 def test_pruning_trees_removes_their_reports(tmp_path: Path) -> None:
     source = GitSource(RepoSource("file:///nowhere", "main", tmp_path))
     for sha in ("a" * 40, "b" * 40):
         shutil.copytree(EXAMPLES, source.trees_dir / sha)
         read_tree_cached(source.trees_dir / sha)
     assert source.prune(keep=["b" * 40]) == ["a" * 40]
-    assert sorted(p.name[:40] for p in source.trees_dir.iterdir()) == ["b" * 40, "b" * 40]
+    assert {p.name[:40] for p in source.trees_dir.iterdir()} == {"b" * 40}

@@ -6,14 +6,22 @@ the event-driven drift checks' gathering of changed objects.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from gitsync.drift import DriftEvents
-from gitsync.kube.cache import DryRuns, Writes, _content
-from gitsync.kube.informer import Event, Expired, Informer, WatchSettings, compact
-from gitsync.model import ServiceKey
+from gitsync.config import load_agent_config
+from gitsync.diff.drift import owners
+from gitsync.diff.normalize import owned
+from gitsync.drift import DriftChecker, DriftEvents, DriftReport
+from gitsync.health import assess
+from gitsync.kube.cache import DryRuns, Writes, _content, _writers
+from gitsync.kube.informer import Event, Expired, Informer, WatchSettings, compact, freeze
+from gitsync.model import Action, Change, ServiceKey
+from gitsync.names import APPLIED_HASH
+from gitsync.plan import unchanged_plan
+from gitsync.stamp import untouched_since_apply
 
 KEY = ServiceKey("ns", "ranker")
 
@@ -52,8 +60,8 @@ def test_watch_events_update_the_store_and_are_told() -> None:
     store, told = informer()
     store._apply({"type": "ADDED", "object": obj(1)})
     store._apply({"type": "MODIFIED", "object": obj(2, spec=2)})
-    assert store.objects["ranker"]["spec"] == {"value": 2}
-    assert store.objects["ranker"]["apiVersion"] == "ray.io/v1"  # filled in
+    assert (store.get("ranker") or {})["spec"] == {"value": 2}
+    assert (store.get("ranker") or {})["apiVersion"] == "ray.io/v1"  # filled in
     store._apply({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})
     assert store.version == "9"
     assert len(told) == 2  # a bookmark changes nothing
@@ -102,9 +110,9 @@ def test_put_keeps_a_write_unless_the_watch_brought_a_newer_version() -> None:
     store, _ = informer()
     store._apply({"type": "MODIFIED", "object": obj(5, spec=5)})
     store.put(obj(4, spec=4))
-    assert store.objects["ranker"]["spec"] == {"value": 5}
+    assert (store.get("ranker") or {})["spec"] == {"value": 5}
     store.put(obj(6, spec=6))
-    assert store.objects["ranker"]["spec"] == {"value": 6}
+    assert (store.get("ranker") or {})["spec"] == {"value": 6}
 
 
 def test_compaction_keeps_what_ownership_and_attribution_read() -> None:
@@ -195,3 +203,131 @@ def test_drift_events_gather_the_changed_objects_per_environment_and_retry_them(
     assert calls[0] == {"staging": {KEY}, "production": {other}}
     assert calls[1] == calls[0]
     assert events.checks >= 1
+
+
+def test_a_second_edit_by_one_writer_within_a_second_is_foreign() -> None:
+    """managedFields times count seconds: a writer's second edit within the same second
+    leaves its entry as it was, and only the content says something changed."""
+    writers = [
+        {"manager": "gitsync", "operation": "Apply", "fieldsV1": {"f:spec": {}}},
+        {"manager": "kubectl-edit", "time": "2026-12-04T10:00:00Z", "fieldsV1": {"f:spec": {}}},
+    ]
+    first, second = obj(2, spec=2, writers=writers), obj(3, spec=3, writers=writers)
+    assert Writes().foreign(KEY, first, second)
+
+
+def live_rayservice() -> dict[str, Any]:
+    """A RayService as the API server lists it: gitsync's fields, another writer's edit of
+    serveConfigV2, and KubeRay's status write (the status subresource)."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": "ranker",
+            "namespace": "ns",
+            "generation": 2,
+            "resourceVersion": "42",
+            "selfLink": "/apis/ray.io/v1/namespaces/ns/rayservices/ranker",
+            "labels": {"app.kubernetes.io/managed-by": "gitsync"},
+            "annotations": {APPLIED_HASH: "h"},
+            "managedFields": [
+                {
+                    "manager": "gitsync",
+                    "operation": "Apply",
+                    "apiVersion": "ray.io/v1",
+                    "fieldsType": "FieldsV1",
+                    "time": "2026-12-04T10:00:00Z",
+                    "fieldsV1": {
+                        "f:metadata": {"f:annotations": {f"f:{APPLIED_HASH}": {}}},
+                        "f:spec": {"f:serveConfigV2": {}, "f:rayClusterConfig": {}},
+                    },
+                },
+                {
+                    "manager": "kubectl-edit",
+                    "operation": "Update",
+                    "apiVersion": "ray.io/v1",
+                    "fieldsType": "FieldsV1",
+                    "time": "2026-12-04T10:05:00Z",
+                    "fieldsV1": {"f:spec": {"f:serveConfigV2": {}}},
+                },
+                {
+                    "manager": "kuberay-operator",
+                    "operation": "Update",
+                    "subresource": "status",
+                    "time": "2026-12-04T10:05:01Z",
+                    "fieldsV1": {"f:status": {"f:activeServiceStatus": {}, "f:conditions": {}}},
+                },
+            ],
+        },
+        "spec": {"serveConfigV2": "applications: []\n", "rayClusterConfig": {}},
+        "status": {
+            "observedGeneration": 2,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}],
+            "activeServiceStatus": {
+                "rayClusterName": "ranker-abc",
+                "applicationStatuses": {
+                    "rank": {
+                        "status": "RUNNING",
+                        "serveDeploymentStatuses": {"Ranker": {"status": "HEALTHY"}},
+                    }
+                },
+            },
+        },
+    }
+
+
+def test_every_reader_answers_the_same_on_the_kept_object() -> None:
+    """What compaction drops (the status subresource's managedFields entries, their
+    apiVersion and fieldsType, selfLink) is read by no one: ownership, attribution, who
+    wrote, what a dry run is compared with, health and the plan's comparison answer the
+    same on the object the cache keeps as on the object the API server sent."""
+    full = live_rayservice()
+    kept = freeze(full).thaw()
+    assert [e["manager"] for e in kept["metadata"]["managedFields"]] == ["gitsync", "kubectl-edit"]
+    body = {"metadata": {"annotations": {APPLIED_HASH: "h"}}, "spec": full["spec"]}
+    assert untouched_since_apply(kept, body, "h") == untouched_since_apply(full, body, "h")
+    paths = [("spec", "serveConfigV2"), ("status", "conditions")]
+    assert owners(kept, paths) == owners(full, paths) == ("kubectl-edit",)
+    assert _writers(kept) == _writers(full)
+    sent = _content(full)
+    sent["metadata"].pop("selfLink")
+    assert _content(kept) == sent
+    assert assess(kept) == assess(full)
+    assert owned(kept) == owned(full)
+    assert kept["spec"] == full["spec"]
+    assert kept["status"] == full["status"]
+
+
+def test_the_cache_keeps_frozen_copies_and_each_reader_gets_its_own() -> None:
+    store, _ = informer()
+    store._apply({"type": "ADDED", "object": live_rayservice()})
+    first = store.get("ranker")
+    assert first is not None
+    first["spec"]["serveConfigV2"] = "changed by a careless reader"
+    assert (store.get("ranker") or {})["spec"]["serveConfigV2"] == "applications: []\n"
+    assert [o["metadata"]["name"] for o in store.read(bool)] == ["ranker"]
+    assert store.read(lambda labels: "other" in labels) == []
+    assert store.objects["ranker"].version == "42"
+
+
+def test_a_pass_that_found_nothing_to_change_settles_its_environments_drift() -> None:
+    """A check on events right after such a pass checks the changed objects alone (the
+    others are as Git wants them); a plan that changes anything, or one with reconciling
+    disabled somewhere, leaves the next check whole."""
+    config, problems = load_agent_config("repository: {url: file:///nowhere}\n")
+    assert config is not None, problems
+    checker = DriftChecker(config, None, None, None)  # type: ignore[arg-type]
+    other = ServiceKey("ns", "embedder")
+    checker._seen["staging"] = {(KEY, "an earlier finding")}
+    checker.settle(unchanged_plan("staging", "ns", {KEY: 0, other: 1}, to_rev="abc"))
+    assert checker._last["staging"] == DriftReport("staging", "abc")
+    assert checker._seen["staging"] == set()  # made again, a finding is new
+    checker.forget()
+    checker.settle(
+        unchanged_plan("staging", "ns", {KEY: 0}, to_rev="abc", disabled=frozenset({KEY}))
+    )
+    changed = unchanged_plan("staging", "ns", {KEY: 0}, to_rev="abc")
+    wave = changed.waves[0]
+    update = Change(KEY, Action.SERVE_UPDATE, 0, "serve update")
+    checker.settle(replace(changed, waves=(replace(wave, changes=(update,)),)))
+    assert "staging" not in checker._last
