@@ -20,8 +20,8 @@ test: ## venv, lint, types, test bed, the whole suite
 test-quick: ## lint, types and the tests that need no test bed (about 3 minutes)
 	GITSYNC_CI_PHASES=venv,lint,typecheck,quick $(PYTHON) testbed/ci.py
 
-test-testbed: ## the test-bed tests, in parallel
-	GITSYNC_CI_PHASES=venv,build,testbed $(PYTHON) testbed/ci.py
+test-testbed: ## the test-bed tests, in parallel (the real-Ray modules one after another beside them)
+	GITSYNC_CI_PHASES=venv,build,testbed,ray $(PYTHON) testbed/ci.py
 
 test-serial: ## the reliability suite, alone
 	GITSYNC_CI_PHASES=venv,build,serial $(PYTHON) testbed/ci.py

@@ -12,7 +12,9 @@ Standard library only: it runs before the venv exists. The phases:
    on the oldest dependency versions pyproject.toml allows (``make test-min-deps``).
 3. ``pytest testbed``: the tests that need the binaries, in parallel (pytest-xdist, one
    control plane, Gitea, simulator and operator per worker, whole files per worker so
-   module fixtures are built once). The suite mostly waits on processes, not CPU.
+   module fixtures are built once). The suite mostly waits on processes, not CPU. Beside
+   it, ``pytest ray``: the modules marked ``ray`` (they start real Ray heads), one after
+   another in a process of their own, which takes one of the workers' places.
 4. ``pytest serial``: the timing- and memory-sensitive tests (``serial``: the reliability
    suite, whose recovery times, RSS bounds and floods feed docs/reliability.md), alone.
 
@@ -21,7 +23,8 @@ and a check that every collected test ran in exactly one phase. Any failure anyw
 the exit status non-zero; the phases after a failure still run, so one run shows all of it.
 
 Environment: ``GITSYNC_TEST_WORKERS`` (default 4) sets the parallel phase's workers;
-``GITSYNC_CI_PHASES`` (comma-separated names) runs only some phases, e.g. ``quick,serial``.
+``GITSYNC_CI_PHASES`` (comma-separated names) runs only some phases, e.g. ``quick,serial``
+(``testbed`` without ``ray`` leaves the real-Ray modules out).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -47,7 +50,8 @@ DEFAULT_WORKERS = 4
 SLOWEST = 20
 
 QUICK = "not testbed and not serial"
-PARALLEL = "testbed and not serial"
+PARALLEL = "testbed and not ray and not serial"
+RAY = "ray and not serial"
 SERIAL = "serial"
 
 
@@ -90,6 +94,38 @@ class Run:
         if code != 0:
             phase.detail = f"exit {code}"
         return phase
+
+    def background(self, name: str, argv: Sequence[str], **env: str) -> Callable[[], Phase]:
+        """Starts one phase beside the foreground, its output in a log; the returned call
+        waits for it and prints the log's tail (all of it if it failed)."""
+        phase = Phase(name)
+        self.phases.append(phase)
+        if not self.enabled(name):
+            return lambda: phase
+        log = ARTIFACTS / f"{name.replace(' ', '-')}.log"
+        start = time.monotonic()
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+        def wait() -> Phase:
+            code = process.wait()
+            phase.seconds = time.monotonic() - start
+            phase.status = "ok" if code == 0 else "FAILED"
+            if code != 0:
+                phase.detail = f"exit {code}"
+            _banner(f"{name}: exit {code} after {phase.seconds:.0f} s (log: {log})")
+            lines = log.read_text(errors="replace").splitlines()
+            print("\n".join(lines if code != 0 else lines[-5:]), flush=True)
+            return phase
+
+        return wait
 
     @property
     def failed(self) -> bool:
@@ -162,16 +198,30 @@ def _build_steps() -> list[Phase]:
 
 
 def _pytest(run: Run, name: str, marker: str, *extra: str) -> Phase:
+    return _pytest_beside(run, name, marker, *extra, background=False)()
+
+
+def _pytest_beside(
+    run: Run, name: str, marker: str, *extra: str, background: bool = True
+) -> Callable[[], Phase]:
+    """One pytest phase: in the foreground, or started beside it (the returned call waits)."""
     record = ARTIFACTS / f"{name}.jsonl"
     record.unlink(missing_ok=True)
-    phase = run.step(
-        f"pytest {name}",
-        [str(VENV_BIN / "pytest"), "-m", marker, "-p", "no:cacheprovider", *extra],
-        **{RECORD_ENV: str(record)},
-    )
-    if phase.status != "not run" and not record.exists():
-        phase.status, phase.detail = "FAILED", "no test ran"
-    return phase
+    argv = [str(VENV_BIN / "pytest"), "-m", marker, "-p", "no:cacheprovider", *extra]
+    env = {RECORD_ENV: str(record)}
+    if background:
+        wait = run.background(f"pytest {name}", argv, **env)
+    else:
+        done = run.step(f"pytest {name}", argv, **env)
+        wait = lambda: done  # noqa: E731 - the foreground phase has ended already
+
+    def checked() -> Phase:
+        phase = wait()
+        if phase.status != "not run" and not record.exists():
+            phase.status, phase.detail = "FAILED", "no test ran"
+        return phase
+
+    return checked
 
 
 def _records() -> list[Test]:
@@ -294,10 +344,16 @@ def main(argv: Sequence[str] = ()) -> int:
         if build is not None:
             run.phases.append(build.wait())
             run.phases.extend(_build_steps())
+        # The modules that start real Ray heads, one after another in a process of their own
+        # beside the parallel phase: a head's raylet must register within Ray's fixed 30 s,
+        # which two such modules at once on a loaded 2-core machine miss.
+        ray = _pytest_beside(run, "ray", RAY, "-p", "no:xdist")
         # Modules in conftest's order (longest first), not xdist's default (most tests first).
+        rest = str(max(1, int(workers) - 1)) if run.enabled("ray") else workers
         _pytest(
-            run, "testbed", PARALLEL, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder"
+            run, "testbed", PARALLEL, "-n", rest, "--dist", "loadfile", "--no-loadscope-reorder"
         )
+        ray()
         _pytest(run, "serial", SERIAL, "-p", "no:xdist")
     finally:
         if build is not None:

@@ -54,6 +54,8 @@ from testbed.simulator import Delays, FailureRule, Simulator
 from .gitops import GitOpsRepo
 from .kube import get
 
+pytestmark = pytest.mark.ray  # real Ray heads: `make test` runs this module beside the others
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "kuberay-differential.md"
 # The example's app (a remote working_dir, 1 CPU a replica) as one that runs on the test bed's
 # Ray heads: testbed/serve_apps/answer.py, a tenth of a CPU a replica, nothing to download.

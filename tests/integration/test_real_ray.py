@@ -51,6 +51,8 @@ from .gitops import GitOpsRepo
 from .kube import GROUP, VERSION, get
 from .test_agent import agent_config_file, scrape, start_agent
 
+pytestmark = pytest.mark.ray  # real Ray heads: `make test` runs this module beside the others
+
 # Up to two Ray heads (~1 GiB each with Serve). What the module asserts (no failed request,
 # traffic moving once at promotion, gitsync's verdict after it) must hold on a busy machine too,
 # so `make test` runs it in the parallel phase, first (it is the longest module). Its latency
