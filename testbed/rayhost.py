@@ -143,8 +143,11 @@ class RayHosts:
                 return existing
             return self._launch(namespace, pod, cluster, ip, 1)
 
-    def _launch(self, namespace: str, pod: str, cluster: str, ip: str, attempt: int) -> RayHead:
-        """Starts the head (the lock held): ports, temp dir and process all new."""
+    def _launch(
+        self, namespace: str, pod: str, cluster: str, ip: str, attempt: int, *, wait: bool = True
+    ) -> RayHead:
+        """Starts the head (the lock held): ports, temp dir and process all new; ``wait``:
+        with a thread of its own awaiting its readiness."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Short: Ray's session socket paths must stay under the 107-byte AF_UNIX limit.
         tempdir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
@@ -187,35 +190,52 @@ class RayHosts:
         )
         self.heads[(namespace, pod)] = head
         self.ips[ip] = (namespace, pod)
-        threading.Thread(target=self._await_ready, args=(head,), daemon=True).start()
+        if wait:
+            threading.Thread(target=self._await_ready, args=(head,), daemon=True).start()
         return head
 
     def _await_ready(self, head: RayHead) -> None:
-        deadline = head.started + self.ready_timeout
-        while time.monotonic() < deadline and head.stopped_at is None:
-            if not head.alive():
-                # `ray start` gives its raylet a fixed 30 s to register with the GCS
-                # (ray/_private/node.py); the first start from a freshly installed venv on a
-                # busy 2-core machine can miss it. One more start, then it is an error.
-                with self.lock:
-                    current = self.heads.get((head.namespace, head.pod)) is head
-                    if current and head.attempt < self.attempts:
-                        self.retried.append(f"ray head for {head.pod} exited:\n{head.log()}")
-                        ip = next((i for i, k in self.ips.items()
-                                   if k == (head.namespace, head.pod)), "")  # fmt: skip
-                        _kill(head)
-                        self._launch(head.namespace, head.pod, head.cluster, ip, head.attempt + 1)
+        # `setpriv --pdeathsig` (controlplane.spawn) kills a process when the *thread* that
+        # started it exits: a head this thread starts again must not outlive the thread.
+        restarted = False
+        while True:
+            deadline = head.started + self.ready_timeout
+            again = None
+            while again is None and time.monotonic() < deadline and head.stopped_at is None:
+                if not head.alive():
+                    # `ray start` gives its raylet a fixed 30 s to register with the GCS
+                    # (ray/_private/node.py); the first start from a freshly installed venv on
+                    # a busy 2-core machine can miss it. Another start, then it is an error.
+                    with self.lock:
+                        current = self.heads.get((head.namespace, head.pod)) is head
+                        if current and head.attempt < self.attempts:
+                            self.retried.append(f"ray head for {head.pod} exited:\n{head.log()}")
+                            ip = next((i for i, k in self.ips.items()
+                                       if k == (head.namespace, head.pod)), "")  # fmt: skip
+                            _kill(head)
+                            again = self._launch(
+                                head.namespace, head.pod, head.cluster, ip, head.attempt + 1,
+                                wait=False,
+                            )  # fmt: skip
+                    if again is None:
+                        self.errors.append(f"ray head for {head.pod} exited:\n{head.log()}")
                         return
-                self.errors.append(f"ray head for {head.pod} exited:\n{head.log()}")
-                return
-            if head.answers():
-                head.ready_at = time.monotonic()
-                return
-            time.sleep(0.5)
-        if head.stopped_at is None:
-            self.errors.append(
-                f"ray head for {head.pod} not answering after {self.ready_timeout} s:\n{head.log()}"
-            )
+                elif head.answers():
+                    head.ready_at = time.monotonic()
+                    break
+                else:
+                    time.sleep(0.5)
+            if again is not None:
+                head, restarted = again, True
+                continue
+            if head.ready_at is None and head.stopped_at is None:
+                self.errors.append(
+                    f"ray head for {head.pod} not answering after {self.ready_timeout} s:\n"
+                    f"{head.log()}"
+                )
+            break
+        while restarted and head.stopped_at is None and head.alive():
+            time.sleep(1)
 
     def ready(self, namespace: str, pod: str) -> bool:
         head = self.heads.get((namespace, pod))
