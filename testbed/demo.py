@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=RAY_MODES,
         default="simulator",
         help="simulator: the KubeRay simulator (default); real: the KubeRay operator and real "
-        "Ray heads (about 4 GiB of memory more)",
+        "Ray heads (7 GiB of memory at its peak, docs/quickstart.md)",
     )
     parser.add_argument(
         "--exit-after-story", action="store_true", help="stop everything when the story ends"
