@@ -64,7 +64,7 @@ PACES = {
 }
 # On real Ray the pace is Ray's: a head takes 10-25 s to answer (longer on a busy machine),
 # and a step may start two of them.
-REAL_RAY_TIMEOUT = 600.0
+REAL_RAY_TIMEOUT = 900.0
 RAY_MODES = ("simulator", "real")
 
 

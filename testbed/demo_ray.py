@@ -51,7 +51,7 @@ LEFT_OUT = ("summarizer",)  # asks for a GPU
 # Two environments of two services, and a swap's second cluster in each, and a preview: six
 # heads at most (a seventh head pod would wait, Pending, for one to go).
 MAX_HEADS = 6
-ATTEMPTS = 3
+ATTEMPTS = 4
 HEADER = (
     "# For real Ray on two cores (make demo RAY=real, testbed/demo_ray.py): import paths under\n"
     "# testbed.serve_apps.demo, no remote working_dir, 0.1 CPU and one replica per deployment.\n"
@@ -190,9 +190,9 @@ def real_ray(
     workdir: Path,
 ) -> Iterator[RealRay]:
     """Starts the operator and the stand-ins; on exit stops them all and every Ray head."""
-    # Three starts per head pod before its exit stops the story: `ray start` gives its raylet
-    # a fixed 30 s to register, which a busy 2-core machine can miss more than once in a story
-    # that starts seven heads.
+    # Four starts per head pod before its exit stops the story: `ray start` gives its raylet
+    # a fixed 30 s to register, which a 2-core machine under heavy load can miss more than
+    # once in a story that starts seven heads.
     hosts = RayHosts(
         binaries.ray_python, workdir / "ray-heads", max_heads=MAX_HEADS, attempts=ATTEMPTS
     )

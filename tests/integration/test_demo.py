@@ -72,7 +72,7 @@ def _carrying(tags: set[str]) -> list[int]:
     return pids
 
 
-@pytest.mark.timeout(1800)  # Ray's pace: six heads to start on a shared 2-core machine
+@pytest.mark.timeout(3600)  # Ray's pace: seven heads to start on a shared 2-core machine
 def test_the_demo_story_on_real_ray_completes_and_sigterm_stops_everything(
     binaries: Binaries, tmp_path: Path
 ) -> None:
