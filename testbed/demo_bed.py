@@ -306,7 +306,7 @@ def running_bed(workdir: Path, pace: Pace, out: Out, ray: str = "simulator") -> 
         port = free_port()
         work = workdir / REPOSITORY
         left_out = seed_repository(gitea, work, real=real)
-        config = write_agent_config(workdir, gitea, port, "5m" if real else "2m")
+        config = write_agent_config(workdir, gitea, port, "10m" if real else "2m")
         bed = Bed(out, pace, workdir, plane, api, simulator, gitea, work, config, port)
         bed.ray = real_ray_bed
         add_webhook(gitea, bed.owner_repo, port, workdir / "secrets" / "webhook-secret")
