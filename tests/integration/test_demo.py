@@ -110,6 +110,8 @@ def test_the_demo_story_on_real_ray_completes_and_sigterm_stops_everything(
             process.kill()
             process.wait(30)
     reader.join(10)
+    assert process.stdout is not None
+    process.stdout.close()
     stderr = errors.read_text()
     assert code == 0, stderr[-3000:]
     assert "gitsync demo: stopped everything" in stderr
