@@ -7,6 +7,9 @@ STAMP  := $(VENV)/.installed
 MIN_VENV  := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 MIN_TESTS := tests/unit tests/source tests/report tests/test_layering.py tests/test_wheel.py
+# What `make demo` runs KubeRay with: simulator (the default, a few minutes), or real (the
+# KubeRay operator and real Ray heads: `make demo RAY=real`, docs/quickstart.md).
+RAY ?= simulator
 
 .PHONY: test test-quick test-testbed test-serial test-min-deps durations demo venv testbed lint typecheck pytest bench docs clean reliability-report zero-downtime-report
 
@@ -29,8 +32,8 @@ test-serial: ## the reliability suite, alone
 durations: ## tests/durations.json from the last make test: parallel workers take the longest modules first
 	$(PYTHON) testbed/ci.py --write-durations
 
-demo: venv testbed ## a local control plane with the KubeRay simulator and the examples
-	$(BIN)/python -m testbed.demo
+demo: venv testbed ## a local control plane with the KubeRay simulator (RAY=real: real Ray) and the examples
+	$(BIN)/python -m testbed.demo --ray $(RAY)
 
 venv: $(STAMP)
 

@@ -459,9 +459,18 @@ def _local_commands(commands: Any) -> None:
         "seeded from examples/plain-layout/ and `gitsync run`, then tells a six-chapter story "
         "(deploy, Serve update, cluster swap, broken commit, preview, drift self-heal) and "
         "keeps everything running until Ctrl-C. Needs the repository's testbed/ (its first "
-        "run builds the test bed from Go modules).",
+        "run builds the test bed from Go modules). With --ray real, the real KubeRay operator "
+        "and real Ray heads replace the simulator (docs/quickstart.md says what that needs).",
     )
-    demo.add_argument("--pace", choices=("normal", "fast"), default="normal")
+    demo.add_argument(
+        "--pace", choices=("normal", "fast"), default="normal", help="the simulator's speed"
+    )
+    demo.add_argument(
+        "--ray",
+        choices=("simulator", "real"),
+        default="simulator",
+        help="simulator: the KubeRay simulator; real: the KubeRay operator and real Ray heads",
+    )
     demo.add_argument("--workdir", type=Path, help="default: .testbed/demo in the checkout")
     demo.add_argument(
         "--exit-after-story", action="store_true", help="stop everything when the story ends"
@@ -1170,7 +1179,7 @@ def run_demo(args: argparse.Namespace, err: TextIO) -> int:
             "first run needs)\n"
         )
         return EXIT_ERROR
-    argv = [sys.executable, "-m", "testbed.demo", "--pace", args.pace]
+    argv = [sys.executable, "-m", "testbed.demo", "--pace", args.pace, "--ray", args.ray]
     argv += ["--workdir", str(args.workdir.resolve())] if args.workdir else []
     argv += ["--exit-after-story"] if args.exit_after_story else []
     try:

@@ -4,7 +4,9 @@ repository on Gitea, and the agent.
 All on loopback, stopped by pid: etcd + kube-apiserver with KubeRay's CRDs, the KubeRay
 simulator (with one failure rule: the story's broken import path), Gitea with the repository
 seeded from ``examples/repo-layout/`` and a push and pull-request webhook to the agent, and
-``gitsync run`` as its own process, its log lines printed as they come.
+``gitsync run`` as its own process, its log lines printed as they come. With ``--ray real``
+(``make demo RAY=real``), the real KubeRay operator and real Ray heads instead of the
+simulator, and a variant of the examples they can run (testbed/demo_ray.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import yaml
 from kubernetes import client
 
 from testbed.controlplane import ControlPlane, _Process, free_port, spawn
+from testbed.demo_ray import RealRay, real_ray, seed_variant
+from testbed.demo_ray import import_path as real_import_path
 from testbed.gitea import Gitea
 from testbed.simulator import Delays, FailureRule, Simulator
 
@@ -58,6 +62,10 @@ PACES = {
     "normal": Pace(Delays(cluster_start=3.0, app_deploy=2.0, tick=0.2), 300.0),
     "fast": Pace(Delays(cluster_start=0.5, app_deploy=0.5, tick=0.1), 180.0),
 }
+# On real Ray the pace is Ray's: a head takes 10-25 s to answer (longer on a busy machine),
+# and a step may start two of them.
+REAL_RAY_TIMEOUT = 900.0
+RAY_MODES = ("simulator", "real")
 
 
 def example_namespaces() -> list[str]:
@@ -108,20 +116,44 @@ class Bed:
     workdir: Path
     plane: ControlPlane
     api: client.ApiClient
-    simulator: Simulator
+    simulator: Simulator | None  # None on real Ray
     gitea: Gitea
     work: Path  # the team's clone of the repository
     config: Path  # the agent's config file
     agent_port: int
     agent: _Process | None = None
+    ray: RealRay | None = None  # the real operator and Ray heads (--ray real)
 
     @property
     def owner_repo(self) -> str:
         return f"{self.gitea.admin}/{REPOSITORY}"
 
+    def import_path(self, path: str) -> str:
+        """An import path of the examples as this bed's repository names it."""
+        return real_import_path(path) if self.ray else path
+
+    @property
+    def preview_service(self) -> str:
+        """The service the pull-request chapter changes (the summarizer needs a GPU)."""
+        return "embedder" if self.ray else "summarizer"
+
+    @property
+    def drift_replicas(self) -> int:
+        """What the hand edit sets num_replicas to: on real Ray each is a worker process."""
+        return 2 if self.ray else 6
+
+    def check(self) -> None:
+        """Stops the story at once when a Ray head could not start or died."""
+        errors = self.ray.errors() if self.ray else []
+        if errors:
+            raise DemoError(f"real Ray failed: {errors[0]}")
+
     def record_pids(self) -> None:
-        """``<workdir>/pids``: every process the demo started, one ``name pid`` per line."""
+        """``<workdir>/pids``: every process the demo started, one ``name pid`` per line (the
+        Ray heads: ``<workdir>/ray-heads.txt``, written when they are stopped)."""
         pids = {**self.plane.pids, "gitea": self.gitea.pid}
+        if self.ray is not None:
+            pids.update(self.ray.pids())
         if self.agent is not None:
             pids["gitsync"] = self.agent.popen.pid
         (self.workdir / "pids").write_text("".join(f"{k} {v}\n" for k, v in pids.items()))
@@ -146,7 +178,7 @@ class Bed:
         return git("rev-parse", "HEAD", cwd=self.work)
 
 
-def write_agent_config(bed_dir: Path, gitea: Gitea, port: int) -> Path:
+def write_agent_config(bed_dir: Path, gitea: Gitea, port: int, health_timeout: str = "2m") -> Path:
     secrets_dir = bed_dir / "secrets"
     secrets_dir.mkdir(mode=0o700)
     token, hook = secrets_dir / "gitea-token", secrets_dir / "webhook-secret"
@@ -172,7 +204,7 @@ def write_agent_config(bed_dir: Path, gitea: Gitea, port: int) -> Path:
         "leaderElection": {"enabled": True, "namespace": STATE_NAMESPACE},
         "webhooks": {"secretFile": str(hook)},
         "listen": f"127.0.0.1:{port}",
-        "rollout": {"healthTimeout": "2m", "stateNamespace": STATE_NAMESPACE},
+        "rollout": {"healthTimeout": health_timeout, "stateNamespace": STATE_NAMESPACE},
     }
     path = bed_dir / "gitsync.yaml"
     path.write_text(
@@ -182,12 +214,15 @@ def write_agent_config(bed_dir: Path, gitea: Gitea, port: int) -> Path:
     return path
 
 
-def seed_repository(gitea: Gitea, work: Path) -> None:
-    """The team's repository: examples/repo-layout/ as its first commit, pushed to Gitea."""
+def seed_repository(gitea: Gitea, work: Path, *, real: bool = False) -> list[str]:
+    """The team's repository: examples/repo-layout/ as its first commit, pushed to Gitea (on
+    real Ray, its variant: testbed/demo_ray.py); returns the example files left out."""
     url = gitea.create_repo(REPOSITORY)
     shutil.copytree(EXAMPLES, work)
+    left_out = seed_variant(work) if real else []
     git("init", "-q", "-b", "main", cwd=work)
     git("remote", "add", "origin", url, cwd=work)
+    return left_out
 
 
 def add_webhook(gitea: Gitea, owner_repo: str, port: int, secret_file: Path) -> None:
@@ -232,33 +267,67 @@ def _follow(log: Path, process: _Process, out: Out) -> None:
 
 
 @contextlib.contextmanager
-def running_bed(workdir: Path, pace: Pace, out: Out) -> Iterator[Bed]:
+def running_bed(workdir: Path, pace: Pace, out: Out, ray: str = "simulator") -> Iterator[Bed]:
+    real = ray == "real"
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh etcd, PKI and Gitea every run
     workdir.mkdir(parents=True)
-    out.step("Starting the local test bed (kube-apiserver + etcd, KubeRay simulator, Gitea)")
+    if real:
+        pace = Pace(pace.delays, max(pace.timeout, REAL_RAY_TIMEOUT))
+        out.step(
+            "Starting the local test bed (kube-apiserver + etcd, the KubeRay operator with "
+            "real Ray heads, Gitea)"
+        )
+    else:
+        out.step("Starting the local test bed (kube-apiserver + etcd, KubeRay simulator, Gitea)")
     with contextlib.ExitStack() as stack:
         plane = stack.enter_context(ControlPlane(workdir=workdir / "cluster", verbose=False))
         api = stack.enter_context(plane.api_client())
         core = client.CoreV1Api(api)
         for name in [*example_namespaces(), STATE_NAMESPACE]:
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        sim_api = stack.enter_context(plane.api_client())
-        simulator = Simulator(sim_api, pace.delays)
-        simulator.add_rule(FailureRule(import_path=BROKEN_IMPORT, message=BROKEN_MESSAGE))
-        stack.enter_context(simulator)
         assert plane.binaries is not None
+        simulator, real_ray_bed = None, None
+        if real:
+            real_ray_bed = stack.enter_context(
+                real_ray(
+                    stack.enter_context(plane.api_client()),
+                    plane.binaries,
+                    plane.kubeconfig,
+                    example_namespaces(),
+                    workdir,
+                )
+            )
+        else:
+            sim_api = stack.enter_context(plane.api_client())
+            simulator = Simulator(sim_api, pace.delays)
+            simulator.add_rule(FailureRule(import_path=BROKEN_IMPORT, message=BROKEN_MESSAGE))
+            stack.enter_context(simulator)
         gitea = stack.enter_context(Gitea(plane.binaries, workdir / "gitea"))
         port = free_port()
         work = workdir / REPOSITORY
-        seed_repository(gitea, work)
-        bed = Bed(
-            out, pace, workdir, plane, api, simulator, gitea, work,
-            write_agent_config(workdir, gitea, port), port,
-        )  # fmt: skip
+        left_out = seed_repository(gitea, work, real=real)
+        config = write_agent_config(workdir, gitea, port, "10m" if real else "2m")
+        bed = Bed(out, pace, workdir, plane, api, simulator, gitea, work, config, port)
+        bed.ray = real_ray_bed
         add_webhook(gitea, bed.owner_repo, port, workdir / "secrets" / "webhook-secret")
         bed.record_pids()
         out.note(f"kube-apiserver {plane.binaries.kube_version} at {plane.api_url}")
         out.note(f"KubeRay CRDs from ray-operator {plane.binaries.kuberay_version}")
+        if real:
+            out.note(
+                f"the KubeRay operator {plane.binaries.kuberay_version}; a real Ray "
+                f"{plane.binaries.ray_version} head (ray start --head) for every head pod it "
+                "creates; a kube-proxy stand-in for each <service>-serve-svc"
+            )
+            out.note(
+                "the repository is examples/repo-layout/ made runnable on real Ray here: "
+                "import paths under testbed.serve_apps.demo, no remote working_dir, 0.1 CPU "
+                "and one replica per deployment"
+            )
+            out.note(
+                f"left out: {', '.join(left_out)} (the summarizer asks Serve for a GPU; "
+                "there is none)"
+            )
         out.note(f"Gitea at {gitea.url}/{bed.owner_repo} (push and pull-request webhook)")
         out.note(f"namespaces {', '.join(example_namespaces())}")
         try:

@@ -4,6 +4,8 @@ Six chapters, each a change a Ray platform team makes in Git and what gitsync do
 shown with gitsync's own output (its plan, its log, the commit statuses it posts on Gitea,
 ``gitsync status``), and checked: a chapter whose outcome is not the one told raises
 :class:`~testbed.demo_bed.DemoError`, so ``make demo`` cannot tell a story that did not happen.
+On real Ray (``--ray real``) the chapters also show Ray Serve's own answers through the serve
+Services, and the cluster swap counts the requests sent through it (none may fail).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from kubernetes import client
 from gitsync.kube.state import StateStore
 from gitsync.model import Phase
 from testbed.demo_bed import BROKEN_IMPORT, STATE_NAMESPACE, Bed, DemoError, git, start_agent
+from testbed.demo_ray import Traffic, answer_field, answer_line
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 STAGING, PRODUCTION, PREVIEWS = "ray-staging", "ray-production", "ray-previews"
@@ -65,6 +68,12 @@ def initial_deployment(bed: Bed) -> None:
         f"{first_production}: the order held."
     )
     show_status(bed)
+    if bed.ray:
+        out.note("Ray Serve answers through the serve Services (kube-proxy stand-in):")
+        for ns in (STAGING, PRODUCTION):
+            show_answer(bed, ns, "embedder", "/embed?text=hello")
+            show_answer(bed, ns, "ranker", "/rank")
+        show_answer(bed, PRODUCTION, "ranker", "/health")
 
 
 def serve_update(bed: Bed) -> None:
@@ -80,6 +89,14 @@ def serve_update(bed: Bed) -> None:
         if now != cluster:
             raise DemoError(f"{ns}/ranker moved from {cluster} to {now}: not an in-place update")
         out.note(f"{ns}/ranker still runs on RayCluster {now}: Serve was updated in place.")
+    if bed.ray:
+        for ns, cluster in before.items():
+            body = wait_for_answer(bed, ns, "ranker", "/rank", "model_version", "2026-11-20")
+            if answer_field(body, "cluster") != cluster:
+                raise DemoError(f"{ns}/ranker answered from another cluster: {body}")
+            out.note(f"$ curl {ns}/ranker-serve-svc:8000/rank")
+            out.block(answer_line(200, body))
+        out.note("The running replicas took the new user_config: no restart, no new cluster.")
 
 
 def cluster_swap(bed: Bed) -> None:
@@ -90,7 +107,32 @@ def cluster_swap(bed: Bed) -> None:
         edit(
             bed.work, env, "embedder", "rayproject/ray:2.49.0-py311", "rayproject/ray:2.49.1-py311"
         )
-    sha = commit_with_plan(bed, "embedder: Ray image 2.49.1")
+    traffic = {}
+    if bed.ray:
+        for ns in (STAGING, PRODUCTION):
+            traffic[ns] = Traffic(bed.ray.url(ns, "embedder") + "/embed?text=hello").start()
+        out.note("requests go to embedder-serve-svc in both namespaces, one after another,")
+        out.note("from now until the swaps are done; every answer is counted")
+    try:
+        sha = commit_with_plan(bed, "embedder: Ray image 2.49.1")
+        swap_and_check(bed, sha, before)
+    finally:
+        for load in traffic.values():
+            load.stop()
+    for ns, load in traffic.items():
+        clusters = load.clusters()
+        out.note(
+            f"{ns}/embedder: {len(load.answers)} requests through the swap, {load.failed} "
+            f"failed; answered by {' then '.join(clusters)}"
+        )
+        if load.failed or clusters != [before[ns], active_cluster(bed, ns, "embedder")]:
+            raise DemoError(f"{ns}/embedder: traffic did not move once, whole, to the new cluster")
+    if traffic:
+        out.note("Serve answered throughout: KubeRay switched the serve Service at promotion.")
+
+
+def swap_and_check(bed: Bed, sha: str, before: dict[str, str]) -> None:
+    out = bed.out
     seen: set[str] = set()
 
     def during_swap() -> None:
@@ -130,8 +172,8 @@ def broken_commit(bed: Bed) -> None:
             bed.work,
             env,
             "ranker",
-            "import_path: ranker.serve:app",
-            f"import_path: {BROKEN_IMPORT}",
+            f"import_path: {bed.import_path('ranker.serve:app')}",
+            f"import_path: {bed.import_path(BROKEN_IMPORT)}",
         )
     sha = commit_with_plan(bed, "ranker: move the app to ranker.serving")
     final = follow(bed, sha, {"gitsync/staging": "failure", "gitsync/production": "failure"})
@@ -143,6 +185,8 @@ def broken_commit(bed: Bed) -> None:
         raise DemoError("production's ranker was changed by the broken commit")
     out.note(f"The commit says why: {final['gitsync/staging']['description']}")
     out.note(f"production/ranker is untouched: generation {generation}, revision {revision[:12]}.")
+    if bed.ray:
+        show_answer(bed, PRODUCTION, "ranker", "/rank")
     out.note("The fix is a revert, rolled out like any commit:")
     git("revert", "--no-edit", "HEAD", cwd=bed.work)
     git(*bed.gitea.git_auth_config(), "push", "-q", "origin", "main", cwd=bed.work)
@@ -154,15 +198,16 @@ def broken_commit(bed: Bed) -> None:
 def pull_request_preview(bed: Bed) -> None:
     out = bed.out
     out.step("5/6  A pull request: a plan comment and a preview of the services it changes")
-    branch = "summarizer-replicas"
+    service = bed.preview_service
+    branch = f"{service}-replicas"
     git("checkout", "-q", "-b", branch, cwd=bed.work)
-    edit(bed.work, "staging", "summarizer", "num_replicas: 1", "num_replicas: 2")
-    head = bed.push("summarizer: two replicas in staging", branch=branch)
+    edit(bed.work, "staging", service, "num_replicas: 1", "num_replicas: 2")
+    head = bed.push(f"{service}: two replicas in staging", branch=branch)
     git("checkout", "-q", "main", cwd=bed.work)
     pr = bed.gitea.api(
         "POST",
         f"/repos/{bed.owner_repo}/pulls",
-        {"head": branch, "base": "main", "title": "summarizer: two replicas in staging"},
+        {"head": branch, "base": "main", "title": f"{service}: two replicas in staging"},
     )
     number = int(pr["number"])
     out.note(f"opened pull request #{number} ({bed.gitea.url}/{bed.owner_repo}/pulls/{number})")
@@ -174,8 +219,11 @@ def pull_request_preview(bed: Bed) -> None:
     out.block(comments[0]["body"])
     _, text = bed.gitsync("previews", "--config", str(bed.config))
     out.block(text)
-    if f"summarizer-pr-{number}" not in rayservices(bed, PREVIEWS):
-        raise DemoError(f"no summarizer-pr-{number} in {PREVIEWS}")
+    if f"{service}-pr-{number}" not in rayservices(bed, PREVIEWS):
+        raise DemoError(f"no {service}-pr-{number} in {PREVIEWS}")
+    if bed.ray:
+        bed.out.note(f"the preview's routes are under /pr-{number}, its own cluster answers:")
+        show_answer(bed, PREVIEWS, f"{service}-pr-{number}", f"/pr-{number}/embed?text=hello")
     out.note(f"closing pull request #{number}: its preview goes away")
     bed.gitea.api("PATCH", f"/repos/{bed.owner_repo}/pulls/{number}", {"state": "closed"})
     wait(bed, lambda: not rayservices(bed, PREVIEWS), f"the preview of #{number} to be deleted")
@@ -187,11 +235,13 @@ def drift_self_heal(bed: Bed) -> None:
     out.step("6/6  Someone edits a RayService by hand; drift self-heal puts Git's version back")
     live = rayservice(bed, STAGING, "ranker") or {}
     desired = live["spec"]["serveConfigV2"]
-    edited = desired.replace("num_replicas: 1", "num_replicas: 6", 1)
+    replicas = bed.drift_replicas
+    edited = desired.replace("num_replicas: 1", f"num_replicas: {replicas}", 1)
     patch = json.dumps({"spec": {"serveConfigV2": edited}})
     out.note("$ kubectl patch rayservice ranker -n ray-staging --type=merge \\")
     out.note(
-        '    --field-manager=kubectl-edit -p \'{"spec":{"serveConfigV2": …num_replicas: 6…}}\''
+        "    --field-manager=kubectl-edit -p "
+        f'\'{{"spec":{{"serveConfigV2": …num_replicas: {replicas}…}}}}\''
     )
     assert bed.plane.binaries is not None
     bed.plane.kubectl(
@@ -241,6 +291,14 @@ def where_to_look(bed: Bed) -> None:
         ("", f"{kubectl} get rayservices -A"),
         ("the team's clone", f"{bed.work}  (push from it: gitsync rolls it out)"),
     ]
+    if bed.ray:
+        for ns in (STAGING, PRODUCTION):
+            for name in ("embedder", "ranker"):
+                rows.append((f"{ns}/{name}-serve-svc", bed.ray.url(ns, name)))
+        for head in sorted(bed.ray.hosts.heads.values(), key=lambda h: (h.namespace, h.cluster)):
+            rows.append((f"Ray dashboard {head.namespace}", f"{head.dashboard}  ({head.cluster})"))
+        rows.append(("Ray heads' logs", str(bed.ray.hosts.workdir)))
+        rows.append(("KubeRay operator's log", str(bed.ray.operator.logdir)))
     for label, where in rows:
         out.note(f"{label:<26} {where}")
 
@@ -302,6 +360,7 @@ def follow(
             return latest
         if also is not None:
             also()
+        bed.check()
         if time.monotonic() > deadline:
             raise DemoError(f"commit {sha[:12]}: no final {', '.join(expected)} status in time")
         time.sleep(0.5)
@@ -310,9 +369,35 @@ def follow(
 def wait(bed: Bed, condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + bed.pace.timeout
     while not condition():
+        bed.check()
         if time.monotonic() > deadline:
             raise DemoError(f"gave up waiting for {what}")
         time.sleep(0.5)
+
+
+def show_answer(bed: Bed, namespace: str, service: str, path: str) -> None:
+    """``curl`` through the serve Service's stand-in, printed; an error answer stops the story."""
+    assert bed.ray is not None
+    status, body = bed.ray.get(namespace, service, path)
+    bed.out.note(f"$ curl {namespace}/{service}-serve-svc:8000{path}")
+    bed.out.block(answer_line(status, body))
+    if status != 200:
+        raise DemoError(f"{namespace}/{service} answered {path} with HTTP {status}")
+
+
+def wait_for_answer(bed: Bed, namespace: str, service: str, path: str, key: str, value: str) -> str:
+    """The first answer whose ``key`` is ``value`` (Serve applies a user_config to a running
+    replica a moment after it reports the app RUNNING)."""
+    assert bed.ray is not None
+    seen: list[str] = []
+
+    def found() -> bool:
+        status, body = bed.ray.get(namespace, service, path) if bed.ray else (0, "")
+        seen.append(body)
+        return status == 200 and answer_field(body, key) == value
+
+    wait(bed, found, f"{namespace}/{service} to answer {key} {value} (last: {seen[-1:]})")
+    return seen[-1]
 
 
 def rayservices(bed: Bed, namespace: str) -> dict[str, dict[str, Any]]:

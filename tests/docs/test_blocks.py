@@ -104,6 +104,12 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([\w.-]+):(?!=)", text, re.MULTILINE))
 
 
+def make_variables() -> set[str]:
+    """The variables the Makefile sets, which ``make NAME=value`` may override."""
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^(\w+)\s*[?:]?=", text, re.MULTILINE))
+
+
 def repo_paths(words: list[str]) -> list[str]:
     paths = []
     for word in words:
@@ -128,8 +134,10 @@ def test_command_line(block: Block, words: list[str], binaries: Binaries) -> Non
         except SystemExit as exc:
             pytest.fail(f"{block}: `gitsync {' '.join(args)}` does not parse (exit {exc.code})")
     elif program == "make":
-        missing = set(args) - make_targets()
+        missing = {a for a in args if "=" not in a} - make_targets()
         assert not missing, f"{block}: no make target {sorted(missing)}"
+        unknown = {a.split("=", 1)[0] for a in args if "=" in a} - make_variables()
+        assert not unknown, f"{block}: no make variable {sorted(unknown)}"
     elif program == "helm":
         assert args[0] in ("install", "upgrade"), f"{block}: helm {args[0]}"
         # Rendered as the install would render it, without a cluster (helm template takes

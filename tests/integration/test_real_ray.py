@@ -19,6 +19,7 @@ import json
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -927,3 +928,53 @@ def test_kubectl_apply_the_peer_returns_before_the_swap_finished(
             "apply_to_kubectl_exit_s": round(swap_returned - swap_applied, 2),
         },
     )
+
+
+FLAKY_RAY = """\
+#!{python}
+# A `ray` whose first start fails (as `ray start` does when its raylet misses the GCS's 30 s
+# on a busy machine); later starts answer the dashboard's Serve GET, and /api/version with a
+# session in their own temp dir, until killed.
+import http.server, pathlib, sys
+marker = pathlib.Path({marker!r})
+if not marker.exists():
+    marker.touch()
+    sys.exit("The current node timed out during startup.")
+arg = lambda name: next(a for a in sys.argv if a.startswith(name + "=")).split("=", 1)[1]
+port = int(arg("--dashboard-port"))
+session = pathlib.Path(arg("--temp-dir")) / "session_fake"  # where a head's session lives
+session.mkdir(parents=True, exist_ok=True)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        body = '{{"session_name": "session_fake"}}' if self.path == "/api/version" else "{{}}"
+        self.wfile.write(body.encode())
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_a_head_whose_first_start_fails_is_started_again_and_keeps_running(
+    tmp_path: Path,
+) -> None:
+    """The second start runs from the thread that saw the first exit; the head is started
+    with a parent-death signal tied to that thread, so the thread stays while the head runs."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    ray = bindir / "ray"
+    ray.write_text(FLAKY_RAY.format(python=sys.executable, marker=str(tmp_path / "started")))
+    ray.chmod(0o755)
+    hosts = RayHosts(bindir / "python", tmp_path / "heads", ready_timeout=60)
+    try:
+        hosts.start("ns", "answer-head", "answer-abcde", "192.0.2.9")
+        wait_for("the head Ready", lambda: 0.0 if hosts.ready("ns", "answer-head") else None, 60)
+        head = hosts.heads[("ns", "answer-head")]
+        assert head.attempt == 2, hosts.retried
+        assert len(hosts.retried) == 1
+        time.sleep(2)  # the thread that started it again is not gone, and neither is the head
+        assert head.alive(), head.log()
+        assert head.answers()
+        assert not hosts.errors
+    finally:
+        hosts.stop_all()
+    assert not hosts.leftovers()

@@ -1,0 +1,1 @@
+"""The example's ``embedder`` package (see :mod:`testbed.serve_apps.demo`)."""

@@ -1,0 +1,1 @@
+"""The example's ``ranker`` package (see :mod:`testbed.serve_apps.demo`)."""
