@@ -3,7 +3,7 @@ repository on Gitea, and the agent.
 
 All on loopback, stopped by pid: etcd + kube-apiserver with KubeRay's CRDs, the KubeRay
 simulator (with one failure rule: the story's broken import path), Gitea with the repository
-seeded from ``examples/repo-layout/`` and a push and pull-request webhook to the agent, and
+seeded from ``examples/plain-layout/`` and a push and pull-request webhook to the agent, and
 ``gitsync run`` as its own process, its log lines printed as they come. With ``--ray real``
 (``make demo RAY=real``), the real KubeRay operator and real Ray heads instead of the
 simulator, and a variant of the examples they can run (testbed/demo_ray.py).
@@ -215,7 +215,7 @@ def write_agent_config(bed_dir: Path, gitea: Gitea, port: int, health_timeout: s
 
 
 def seed_repository(gitea: Gitea, work: Path, *, real: bool = False) -> list[str]:
-    """The team's repository: examples/repo-layout/ as its first commit, pushed to Gitea (on
+    """The team's repository: examples/plain-layout/ as its first commit, pushed to Gitea (on
     real Ray, its variant: testbed/demo_ray.py); returns the example files left out."""
     url = gitea.create_repo(REPOSITORY)
     shutil.copytree(EXAMPLES, work)
@@ -320,7 +320,7 @@ def running_bed(workdir: Path, pace: Pace, out: Out, ray: str = "simulator") -> 
                 "creates; a kube-proxy stand-in for each <service>-serve-svc"
             )
             out.note(
-                "the repository is examples/repo-layout/ made runnable on real Ray here: "
+                "the repository is examples/plain-layout/ made runnable on real Ray here: "
                 "import paths under testbed.serve_apps.demo, no remote working_dir, 0.1 CPU "
                 "and one replica per deployment"
             )

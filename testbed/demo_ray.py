@@ -8,7 +8,7 @@ when the pod goes, never ``ray stop``), the operator's dashboard and health call
 heads, and a kube-proxy stand-in serves each ``<service>-serve-svc`` on a loopback port, so the
 story can show Serve's own answers.
 
-The repository the demo seeds is a variant of examples/repo-layout/ that real Ray on two cores
+The repository the demo seeds is a variant of examples/plain-layout/ that real Ray on two cores
 can run (:func:`variant`, each change checked against the example text and named in a comment
 at the top of every file):
 

@@ -1,6 +1,6 @@
 """The example repository's Serve apps, for ``make demo RAY=real`` (testbed/demo_ray.py).
 
-examples/repo-layout/ names apps of a team's own (``embedder.serve:app``, ``ranker.serve:app``,
+examples/plain-layout/ names apps of a team's own (``embedder.serve:app``, ``ranker.serve:app``,
 ``ranker.health:app``) fetched from ``working_dir`` archives on example.com, which do not exist
 and which the test bed's Ray heads could not download anyway. The real-Ray demo rewrites each
 import path to this package's module of the same name (``embedder.serve:app`` →
