@@ -14,6 +14,7 @@ import base64
 import getpass
 import json
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -105,6 +106,11 @@ ENABLED = false
 MODE = console
 LEVEL = Warn
 ROOT_PATH = {work}/log
+
+[log.console]
+; Warnings (a "Slow SQL Query" on a loaded machine) go to stderr: the CLI's stdout carries
+; only what a command prints, such as the token of generate-access-token --raw.
+STDERR = true
 """
 
 
@@ -144,10 +150,10 @@ class Gitea:
             "--password", self.password, "--email", f"{self.admin}@example.com",
             "--must-change-password=false",
         )  # fmt: skip
-        self.token = self._cli(
+        self.token = _token(self._cli(
             "admin", "user", "generate-access-token", "--username", self.admin,
             "--token-name", "gitsync-tests", "--scopes", SCOPES, "--raw",
-        ).strip().splitlines()[-1]  # fmt: skip
+        ))  # fmt: skip
         self.process = spawn(
             "gitea",
             [str(self.binary), "web", "--config", str(self.config), "--work-path", str(self.work)],
@@ -304,3 +310,14 @@ class Gitea:
                 f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
             )
         return result.stdout
+
+
+def _token(output: str) -> str:
+    """The token ``generate-access-token --raw`` printed: the line of 40 hex digits (a log
+    line such as a slow-query warning may come before or after it)."""
+    found = [
+        line.strip() for line in output.splitlines() if re.fullmatch(r"[0-9a-f]{40}", line.strip())
+    ]
+    if len(found) != 1:
+        raise GiteaError(f"no access token in generate-access-token's output:\n{output[-2000:]}")
+    return found[0]
