@@ -351,6 +351,13 @@ def test_the_agents_drift_job_counts_and_heals(
     agent.poll()  # the first pass rolls everything out
     assert agent.last_ok
     edit_serve_config(api, namespace, "summarizer", "kubectl-edit")
+    edited = get(api, namespace, "summarizer")["spec"]["serveConfigV2"]
+    key = ServiceKey(namespace, "summarizer")
+    deadline = time.monotonic() + 30
+    while (agent.services.get(key) or {}).get("spec", {}).get("serveConfigV2") != edited:
+        # The agent reads through its watch-backed cache, which sees the edit an event later.
+        assert time.monotonic() < deadline, "the agent's cache never saw the edit"
+        time.sleep(0.05)
     [report] = agent.drift()
     assert report.healed is not None
     assert report.healed.outcome is Outcome.SUCCEEDED
