@@ -60,6 +60,19 @@ def workers(report_env: object, name: str) -> dict[str, object]:
     }
 
 
+def planned_changes(out: str) -> dict[str, list[tuple[str, str]]]:
+    """`plan -o json`'s output: each environment's changed services and their actions."""
+    return {
+        p["environment"]: [
+            (c["name"], c["action"])
+            for w in p["waves"]
+            for c in w["changes"]
+            if c["action"] != "unchanged"
+        ]
+        for p in json.loads(out)["environments"]
+    }
+
+
 def test_kustomize_overlays_render_with_their_patches(tmp_path: Path) -> None:
     report = read_tree(copy(KUSTOMIZE, tmp_path))
     assert report.ok, report.problems
@@ -175,16 +188,7 @@ def test_a_base_change_plans_every_environment_it_affects(
     after = commit(repo, "a new ranker model, in the base only")
     argv = ["plan", str(repo), "--from", before, "--to", after, "-o", "json"]
     assert main(argv) == 1
-    plans = json.loads(capsys.readouterr().out)["environments"]
-    changed = {
-        p["environment"]: [
-            (c["name"], c["action"])
-            for w in p["waves"]
-            for c in w["changes"]
-            if c["action"] != "unchanged"
-        ]
-        for p in plans
-    }
+    changed = planned_changes(capsys.readouterr().out)
     assert changed == {
         "staging": [("ranker", "serve-update")],
         "production": [("ranker", "serve-update")],
@@ -398,16 +402,10 @@ def test_each_example_validates_plans_and_syncs_staging_then_production_to_healt
         capsys.readouterr()
         argv = ["plan", str(repo.work), "--from", before, "--to", after, "-o", "json"]
         assert main(argv) == 1
-        plans = json.loads(capsys.readouterr().out)["environments"]
-        assert {
-            p["environment"]: [
-                (c["name"], c["action"])
-                for w in p["waves"]
-                for c in w["changes"]
-                if c["action"] != "unchanged"
-            ]
-            for p in plans
-        } == {"staging": [("ranker", "serve-update")], "production": [("ranker", "serve-update")]}
+        assert planned_changes(capsys.readouterr().out) == {
+            "staging": [("ranker", "serve-update")],
+            "production": [("ranker", "serve-update")],
+        }
 
 
 def test_a_missing_tool_makes_the_environment_invalid_saying_which(
