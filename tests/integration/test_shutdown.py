@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +52,7 @@ class Agent:
     ) -> None:
         self.port = free_port()
         self.log = tmp_path / f"{name}.log"
+        self.signalled = 0.0  # the wall clock at the last signal (see timeline)
         if grace is not None:
             extra["shutdownGracePeriod"] = f"{grace:g}s"
         config = agent_config_file(repo, tmp_path, name, self.port, repo.namespace, **extra)
@@ -72,6 +74,7 @@ class Agent:
     def stop(self, signum: int = signal.SIGTERM, grace: float = GRACE) -> float:
         """Signals the agent; asserts it exits 0 within the grace period; the seconds taken."""
         began = time.monotonic()
+        self.signalled = time.time()
         self.process.send_signal(signum)
         try:
             code = self.process.wait(grace + EXIT_SLACK)
@@ -84,6 +87,28 @@ class Agent:
         assert code == 0, self.log.read_text()[-3000:]
         assert self.said("agent stopped in"), self.log.read_text()[-3000:]
         return took
+
+    def stopped_after(self) -> float:
+        """Seconds from the last signal to the log's "agent stopped in" line."""
+        return self._marks().get("agent stopped in", float("inf"))
+
+    def _marks(self) -> dict[str, float]:
+        marks: dict[str, float] = {}
+        for line in self.log.read_text().splitlines():
+            for mark in ("agent stopping", "agent stopped in"):
+                if mark in line:
+                    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                    marks[mark] = stamp.timestamp() - self.signalled
+        return marks
+
+    def timeline(self, took: float) -> str:
+        """Where the seconds went: signal → "agent stopping" → "agent stopped in" → exit
+        (the log's timestamps, against the wall clock at the signal)."""
+        marks = self._marks()
+        return (
+            f"signal to 'agent stopping' {marks.get('agent stopping', -1):.2f} s, to 'agent "
+            f"stopped in' {marks.get('agent stopped in', -1):.2f} s, to exit {took:.2f} s"
+        )
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -137,7 +162,13 @@ def test_idle_it_stops_at_once_and_releases_the_lease(
     wait_for(lambda: phase(api, namespace) == "succeeded", timeout=30, what="succeeded")
     assert lease_holder(api, namespace) == "solo"
     took = agent.stop(signum)
-    assert took < 2.0, f"idle, it took {took:.1f} s"
+    # Idle, the agent waits on nothing: its own shutdown is over within a second or two (the
+    # Lease's release is one API request) and the process is gone soon after. The bounds
+    # leave room for a CI machine running three other suites and real Ray heads beside it
+    # (the exit once took 2.2 s there); a wait on any timeout or on the grace period (4 s)
+    # still fails them.
+    assert agent.stopped_after() < 2.0, f"idle: {agent.timeline(took)}"
+    assert took < 3.0, f"idle: {agent.timeline(took)}"
     assert lease_holder(api, namespace) == ""
 
 
