@@ -131,6 +131,9 @@ class Agent:
         self._behind: set[str] = set()  # environments in gitsync_behind_since_seconds
         self._began: dict[str, float] = {}  # environment → when its rollout started
         self._health: dict[tuple[str, ServiceKey], Health] = {}  # what the gauge shows
+        # The resourceVersion and expected applications each service's health was last
+        # assessed from (see _refresh_health).
+        self._assessed: dict[tuple[str, ServiceKey], tuple[str | None, Any]] = {}
         self._expected_at: tuple[object, list[tuple[str, str, dict[ServiceKey, tuple[str, ...]]]]]
         self._expected_at = ("", [])
         self._fighting: dict[str, set[tuple[str, str]]] = {}
@@ -439,6 +442,7 @@ class Agent:
             ):
                 gauge.clear()
             self._health.clear()
+            self._assessed.clear()
             self._applied.clear()
             self._behind.clear()
             self._began.clear()
@@ -872,7 +876,10 @@ class Agent:
 
     def _refresh_health(self, *, events: bool = False, after_pass: bool = False) -> None:
         """One list per environment namespace: the health gauge for every managed service.
-        ``after_pass`` also collects what the pass left (a full collection)."""
+        From the watch-backed cache, only the services whose object (or whose expected
+        applications) changed since their last assessment are decoded and assessed again:
+        :func:`assess` depends on nothing else. ``after_pass`` also collects what the pass
+        left (a full collection)."""
         if not self.last_revision:
             return
         try:
@@ -880,10 +887,26 @@ class Agent:
                 if not self.leading:  # lost the Lease meanwhile: its series were dropped
                     return
                 self.history.environment(name, namespace)
-                live = self.services.list_managed(namespace, name)
-                for key in sorted({*live, *wanted}):
-                    assessment = assess(live.get(key), wanted.get(key, ()))
+                cache = self.cache if self.services is self.cache else None
+                versions = cache.versions(namespace, name) if cache is not None else None
+                if versions is None:
+                    live = self.services.list_managed(namespace, name)
+                    keys = {*live, *wanted}
+                else:
+                    keys = {
+                        key
+                        for key in {*versions, *wanted}
+                        if self._assessed.get((name, key)) != (versions.get(key), wanted.get(key))
+                        or (name, key) not in self._health
+                    }
+                    names = {key.name for key in keys if key in versions}
+                    live = self.services.list_managed(namespace, name, names=names) if names else {}
+                for key in sorted(keys):
+                    obj = live.get(key)
+                    assessment = assess(obj, wanted.get(key, ()))
                     self._health_gauge(name, key, assessment, events)
+                    version = (obj or {}).get("metadata", {}).get("resourceVersion")
+                    self._assessed[(name, key)] = (version, wanted.get(key))
                 del live
         except GitsyncError as exc:
             log.debug("health refresh failed: %s", exc)

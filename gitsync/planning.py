@@ -268,8 +268,11 @@ def live_sides(
         loaded = _narrowed(loaded, keys)
     if others is None:
         others = _other_kinds(loaded, rayservices, revision, concurrency, keys)
-    live = rayservices.list_managed(env.namespace, env.name)
-    if keys is not None:
+    if keys is None:
+        live = rayservices.list_managed(env.namespace, env.name)
+    else:  # only these decoded (from the cache) or kept (from a list)
+        names = {key.name for key in keys if key.is_rayservice and key.namespace == env.namespace}
+        live = rayservices.list_managed(env.namespace, env.name, names=names)
         live = {key: obj for key, obj in live.items() if key in keys}
     services = _compared(
         loaded.services, live, rayservices.get, owned, rayservices, env.name, revision, concurrency
@@ -452,8 +455,11 @@ def _other_kinds(
     if problems:
         raise InvalidRevision(f"environment {env.name!r} against the cluster", tuple(problems))
     live: dict[ServiceKey, dict[str, Any]] = {}
+    names = None if keys is None else {k.name for k in keys if not k.is_rayservice}
     for kind in loaded.kinds:
-        live |= objects.list_managed(env.namespace, env.name, kind.api_version, kind.kind)
+        live |= objects.list_managed(
+            env.namespace, env.name, kind.api_version, kind.kind, names=names
+        )
     if keys is not None:
         live = {key: obj for key, obj in live.items() if key in keys}
     return _compared(

@@ -21,7 +21,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from kubernetes import client
@@ -201,15 +201,21 @@ class CachedObjects(Objects):
         self.informers = informers
 
     def list_managed(
-        self, namespace: str, environment: str, api_version: str, kind: str
+        self,
+        namespace: str,
+        environment: str,
+        api_version: str,
+        kind: str,
+        *,
+        names: Collection[str] | None = None,
     ) -> dict[ServiceKey, dict[str, Any]]:
         resource = self.discovery.resource(api_version, kind)
         if resource is None:
             return {}
         informer = self.informers.synced(resource, namespace)
         if informer is None:
-            return self._list(resource, namespace, environment)
-        kept = informer.read(lambda labels: _labelled_ours(labels, environment))
+            return self._list(resource, namespace, environment, names)
+        kept = informer.read(lambda labels: _labelled_ours(labels, environment), names)
         return {
             ServiceKey(namespace, o["metadata"]["name"], resource.kind, resource.api_version): o
             for o in kept
@@ -330,16 +336,35 @@ class CachedRayServices:
         self.informers.close()
 
     def _kept(
-        self, namespace: str, labelled: Callable[[dict[str, str]], bool] | None = None
+        self,
+        namespace: str,
+        labelled: Callable[[dict[str, str]], bool] | None = None,
+        names: Collection[str] | None = None,
     ) -> list[dict[str, Any]] | None:
         informer = self.informers.synced(RAYSERVICES, namespace)
-        return informer.read(labelled) if informer is not None else None
+        return informer.read(labelled, names) if informer is not None else None
 
-    def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
-        kept = self._kept(namespace, lambda labels: _labelled_ours(labels, environment))
+    def list_managed(
+        self, namespace: str, environment: str, *, names: Collection[str] | None = None
+    ) -> dict[ServiceKey, dict[str, Any]]:
+        kept = self._kept(namespace, lambda labels: _labelled_ours(labels, environment), names)
         if kept is None:
-            return self.direct.list_managed(namespace, environment)
+            return self.direct.list_managed(namespace, environment, names=names)
         return {ServiceKey(namespace, o["metadata"]["name"]): o for o in kept}
+
+    def versions(self, namespace: str, environment: str) -> dict[ServiceKey, str] | None:
+        """The resourceVersion of each RayService gitsync manages for ``environment`` in
+        ``namespace``, read without decoding any; None until the namespace's cache is in."""
+        informer = self.informers.synced(RAYSERVICES, namespace)
+        if informer is None:
+            return None
+        with informer.changed:
+            kept = list(informer.objects.values())
+        return {
+            ServiceKey(namespace, k.name): k.version
+            for k in kept
+            if _labelled_ours(k.labels, environment)
+        }
 
     def list_managed_metadata(
         self, namespace: str, environment: str

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -398,12 +398,18 @@ class Informer:
         return _thawed(kept)
 
     def read(
-        self, labelled: Callable[[dict[str, str]], bool] | None = None
+        self,
+        labelled: Callable[[dict[str, str]], bool] | None = None,
+        names: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every object (whose labels ``labelled`` accepts), each the reader's own copy:
-        decoded outside the lock, so the watch is not held up meanwhile."""
+        """Every object (whose labels ``labelled`` accepts; of ``names`` only, when given),
+        each the reader's own copy: decoded outside the lock, so the watch is not held up
+        meanwhile, and only those asked for are decoded."""
         with self.changed:
-            kept = list(self.objects.values())
+            if names is None:
+                kept = list(self.objects.values())
+            else:
+                kept = [k for name in names if (k := self.objects.get(name)) is not None]
         return [k.thaw() for k in kept if labelled is None or labelled(k.labels)]
 
     def changes(

@@ -11,6 +11,7 @@ lookup) and a kind that is not served is refused by name, before anything is app
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,18 +102,29 @@ class Objects:
     # request under the retry: nesting them would multiply the attempts.
 
     def list_managed(
-        self, namespace: str, environment: str, api_version: str, kind: str
+        self,
+        namespace: str,
+        environment: str,
+        api_version: str,
+        kind: str,
+        *,
+        names: Collection[str] | None = None,
     ) -> dict[ServiceKey, dict[str, Any]]:
-        """Every object of ``kind`` gitsync applied for ``environment`` in ``namespace``: one
-        request. Nothing when the kind is not served (nothing of it can exist)."""
+        """Every object of ``kind`` gitsync applied for ``environment`` in ``namespace`` (of
+        ``names`` only, when given): one request. Nothing when the kind is not served
+        (nothing of it can exist)."""
         resource = self.discovery.resource(api_version, kind)
         if resource is None:
             return {}
-        return self._list(resource, namespace, environment)
+        return self._list(resource, namespace, environment, names)
 
     @reaching_the_api
     def _list(
-        self, resource: Resource, namespace: str, environment: str
+        self,
+        resource: Resource,
+        namespace: str,
+        environment: str,
+        names: Collection[str] | None = None,
     ) -> dict[ServiceKey, dict[str, Any]]:
         listing = request(
             self.api,
@@ -126,6 +138,7 @@ class Objects:
             o
             for o in listing.get("items") or []
             if SOURCE in ((o.get("metadata") or {}).get("annotations") or {})
+            and (names is None or o["metadata"]["name"] in names)
         ]
         for item in items:  # a list's items leave out their kind (a core list's always do)
             item.setdefault("apiVersion", resource.api_version)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, Protocol
 
 import urllib3
@@ -46,7 +46,7 @@ class RayServices(Protocol):
     objects: Objects
 
     def list_managed(
-        self, namespace: str, environment: str
+        self, namespace: str, environment: str, *, names: Collection[str] | None = None
     ) -> dict[ServiceKey, dict[str, Any]]: ...
 
     def list_managed_metadata(
@@ -92,12 +92,19 @@ class RayServicesClient:
         return pending_reasons(self.api, namespace, cluster)
 
     @about(RAYSERVICE)
-    def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
-        """Every RayService gitsync applied for ``environment`` in ``namespace``: one request."""
+    def list_managed(
+        self, namespace: str, environment: str, *, names: Collection[str] | None = None
+    ) -> dict[ServiceKey, dict[str, Any]]:
+        """Every RayService gitsync applied for ``environment`` in ``namespace`` (of
+        ``names`` only, when given): one request."""
         listing = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, label_selector=managed_selector(environment)
         )
-        return {ServiceKey(namespace, o["metadata"]["name"]): o for o in listing.get("items", [])}
+        return {
+            ServiceKey(namespace, o["metadata"]["name"]): o
+            for o in listing.get("items", [])
+            if names is None or o["metadata"]["name"] in names
+        }
 
     @about(RAYSERVICE)
     def list_managed_metadata(

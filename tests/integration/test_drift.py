@@ -8,6 +8,7 @@ import functools
 import json
 import re
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -485,9 +486,11 @@ class FullLists(RayServicesClient):
 
     full_lists = 0
 
-    def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, dict[str, Any]]:
+    def list_managed(
+        self, namespace: str, environment: str, *, names: Collection[str] | None = None
+    ) -> dict[ServiceKey, dict[str, Any]]:
         self.full_lists += 1
-        return super().list_managed(namespace, environment)
+        return super().list_managed(namespace, environment, names=names)
 
 
 def test_drift_is_judged_at_the_revision_last_applied(

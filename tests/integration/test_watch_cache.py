@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from gitsync.agent import Agent
 from gitsync.checkout import read_tree
+from gitsync.config import LeaderElection
 from gitsync.kube.cache import RAYSERVICES, SELECTOR, CachedRayServices
-from gitsync.kube.informer import Event, Informer, WatchSettings
+from gitsync.kube.informer import Event, Informer, Kept, WatchSettings
 from gitsync.kube.state import StateStore
 from gitsync.model import ServiceKey
 from gitsync.planning import environment_manifests, live_sides
 from gitsync.sync import sync_once
 from testbed.controlplane import ControlPlane
-from testbed.simulator import Simulator
+from testbed.simulator import FailureRule, Simulator
 
 from .gitops import GitOpsRepo
 from .kube import GROUP, PLURAL, VERSION, RequestLog
@@ -232,3 +235,69 @@ def test_the_health_wait_reads_a_status_write_within_half_a_second(
         assert max(latencies) < 0.5, latencies
     finally:
         services.close()
+
+
+def test_the_health_refresh_decodes_only_the_services_that_changed(
+    api: client.ApiClient,
+    sim: Simulator,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A poll that finds nothing new refreshes the health gauge from the cache: it decodes
+    and assesses again only the RayServices whose object changed since their last
+    assessment (none, then the one the operator marked failed), and the gauge follows."""
+    repo = GitOpsRepo(tmp_path / "gitops", namespace)
+    config = replace(
+        repo.agent_config(tmp_path / "cache"),
+        leader_election=LeaderElection(enabled=False),
+        environments=(),
+    )
+    agent = Agent(config, api, "health-test")
+    services = {"embedder", "ranker", "summarizer"}
+
+    def health(name: str) -> str:
+        found = [
+            sample.labels["health"]
+            for family in agent.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == "gitsync_service_health" and sample.labels["name"] == name
+            and sample.value == 1
+        ]  # fmt: skip
+        return found[0] if len(found) == 1 else f"{found}"
+
+    try:
+        agent.poll()  # the first pass rolls everything out
+        assert agent.last_ok
+        eventually(lambda: agent.cache is not None and agent.cache.informers.synced(
+            RAYSERVICES, namespace) is not None, 10, "the cache in")  # fmt: skip
+        agent.poll()  # nothing new: every service assessed once more, from the cache
+        assert {health(name) for name in services} == {"Healthy"}
+        decoded: list[str] = []
+        thaw = Kept.thaw
+        monkeypatch.setattr(Kept, "thaw", lambda kept: decoded.append(kept.name) or thaw(kept))
+        agent.poll()
+        assert [name for name in decoded if name in services] == []
+        assert {health(name) for name in services} == {"Healthy"}
+
+        sim.add_rule(FailureRule(namespace=namespace, service="ranker", message="bad edit"))
+        live = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "ranker"
+        )
+        serve = live["spec"]["serveConfigV2"].replace("num_replicas: 1", "num_replicas: 3")
+        patch(api, namespace, "ranker", {"spec": {"serveConfigV2": serve}}, "kubectl-edit")
+
+        def failed() -> bool:
+            obj = agent.services.get(ServiceKey(namespace, "ranker")) or {}
+            apps = (obj.get("status") or {}).get("activeServiceStatus", {})
+            statuses = (apps.get("applicationStatuses") or {}).values()
+            return any(a.get("status") == "DEPLOY_FAILED" for a in statuses)
+
+        eventually(failed, 30, "the cache to see the edited ranker fail")
+        decoded.clear()
+        agent.poll()
+        assert [name for name in decoded if name in services] == ["ranker"]
+        assert health("ranker") == "Degraded"
+        assert health("embedder") == health("summarizer") == "Healthy"
+    finally:
+        agent.shutdown(timeout=2)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,8 +58,14 @@ class Cluster(RayServices):
         self.applied.append((key, {k for k, h in self.health.items() if h == "healthy"}))
         return copy.deepcopy(self.objects[key])
 
-    def list_managed(self, namespace: str, environment: str) -> dict[ServiceKey, Any]:
-        return {k: copy.deepcopy(o) for k, o in self.objects.items() if k.namespace == namespace}
+    def list_managed(
+        self, namespace: str, environment: str, *, names: Collection[str] | None = None
+    ) -> dict[ServiceKey, Any]:
+        return {
+            k: copy.deepcopy(o)
+            for k, o in self.objects.items()
+            if k.namespace == namespace and (names is None or k.name in names)
+        }
 
     def list_managed_metadata(self, namespace: str, environment: str) -> dict[ServiceKey, Any]:
         return self.list_managed(namespace, environment)

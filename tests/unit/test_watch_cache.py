@@ -17,7 +17,15 @@ from gitsync.diff.normalize import owned
 from gitsync.drift import DriftChecker, DriftEvents, DriftReport
 from gitsync.health import assess
 from gitsync.kube.cache import DryRuns, Writes, _content, _writers
-from gitsync.kube.informer import Event, Expired, Informer, WatchSettings, compact, freeze
+from gitsync.kube.informer import (
+    Event,
+    Expired,
+    Informer,
+    Kept,
+    WatchSettings,
+    compact,
+    freeze,
+)
 from gitsync.model import Action, Change, ServiceKey
 from gitsync.names import APPLIED_HASH
 from gitsync.plan import unchanged_plan
@@ -308,6 +316,21 @@ def test_the_cache_keeps_frozen_copies_and_each_reader_gets_its_own() -> None:
     assert [o["metadata"]["name"] for o in store.read(bool)] == ["ranker"]
     assert store.read(lambda labels: "other" in labels) == []
     assert store.objects["ranker"].version == "42"
+
+
+def test_a_read_of_some_names_decodes_those_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event-driven drift check of one object reads it, not its whole namespace."""
+    store, _ = informer()
+    for name in ("a", "b", "c"):
+        store._apply({"type": "ADDED", "object": {**obj(1), "metadata": {"name": name}}})
+    decoded: list[str] = []
+    thaw = Kept.thaw
+    monkeypatch.setattr(Kept, "thaw", lambda kept: decoded.append(kept.name) or thaw(kept))
+    found = store.read(None, names={"b", "gone"})
+    assert [o["metadata"]["name"] for o in found] == ["b"]
+    assert decoded == ["b"]
+    assert store.read(lambda labels: "other" in labels, names={"a"}) == []
+    assert len(store.read()) == 3
 
 
 def test_a_pass_that_found_nothing_to_change_settles_its_environments_drift() -> None:
