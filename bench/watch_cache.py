@@ -6,7 +6,8 @@ for each N. Then:
 
 1. **API requests per steady-state pass** (every N): this process's client's requests
    (watches left out: they are long-running, not per pass) of the same no-op ``sync_once``
-   and of the agent's health refresh (one ``list_managed`` per environment), through
+   and of the agent's health refresh at rest (one ``list_managed`` per environment directly;
+   through the cache, each service's resourceVersion, since none changed), through
    ``RayServicesClient`` (every read a request, what ``gitsync sync --once`` and an agent
    with ``watch.enabled: false`` do) and through a warm ``CachedRayServices``;
 2. at the largest N, **edit → Drift Event**: an in-process agent (``Agent.start``, watches on,
@@ -90,8 +91,14 @@ def steady_state(
     config: AgentConfig, services: RayServices, state: StateStore, calls: list[str], spaces: int
 ) -> dict[str, tuple[int, float]]:
     def refresh() -> None:
+        """What ``Agent._refresh_health`` reads at rest: one list per environment directly;
+        through the cache, each service's resourceVersion (none changed: none decoded)."""
         for n in range(spaces):
-            services.list_managed(f"bench-{n}", f"env{n}")
+            if (
+                not isinstance(services, CachedRayServices)
+                or services.versions(f"bench-{n}", f"env{n}") is None
+            ):
+                services.list_managed(f"bench-{n}", f"env{n}")
 
     return {
         NOOP: measure(calls, lambda: sync_once(config, services, state)),
