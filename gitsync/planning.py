@@ -273,7 +273,6 @@ def live_sides(
     else:  # only these decoded (from the cache) or kept (from a list)
         names = {key.name for key in keys if key.is_rayservice and key.namespace == env.namespace}
         live = rayservices.list_managed(env.namespace, env.name, names=names)
-        live = {key: obj for key, obj in live.items() if key in keys}
     services = _compared(
         loaded.services, live, rayservices.get, owned, rayservices, env.name, revision, concurrency
     )
