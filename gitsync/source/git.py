@@ -302,13 +302,18 @@ class GitSource:
 
     def _remote(self, args: list[str], *, op: str) -> GitResult:
         creds = credentials(self.config.auth, self.config.url)
-        limit = self.config.max_fetch_bytes if op == "fetch" else None
+        fetching = op == "fetch"
+        limit = self.config.max_fetch_bytes if fetching else None
+        # A fetch never starts git's automatic housekeeping itself: git runs it detached, and
+        # the background repack rewrote the shallow file while the next fetch read it ("shallow
+        # file has changed since we read it"). _housekeep runs it in the foreground instead.
+        quiet = (("gc.auto", "0"), ("maintenance.auto", "false")) if fetching else ()
         result = self.runner.run(
             args,
             git_dir=self.git_dir,
             # The remote is defined in the environment, not argv (a URL with userinfo stays
             # out of `ps`) and not in the cache repo's config (nothing to go stale).
-            config=((f"remote.{REMOTE}.url", self.config.url), *creds.config),
+            config=((f"remote.{REMOTE}.url", self.config.url), *quiet, *creds.config),
             env=creds.env,
             secrets=(*creds.secrets, *_userinfo(self.config.url)),
             max_file_bytes=limit,
@@ -323,7 +328,22 @@ class GitSource:
             )
         if result.returncode != 0:
             raise failure(op, self._url, result, self.runner.timeout)
+        if fetching:
+            self._housekeep()
         return result
+
+    def _housekeep(self) -> None:
+        """``git gc --auto`` after a fetch, in the foreground (each fetch adds a pack: past
+        gc.autoPackLimit, 50, they are repacked into one). Its failure costs only speed, so it
+        is logged, never raised."""
+        result = self.runner.run(
+            ["gc", "--auto", "--quiet"], git_dir=self.git_dir, config=(("gc.autoDetach", "false"),)
+        )
+        if result.returncode != 0:
+            log.warning(
+                "git gc --auto failed in the cache %s (exit %d): %s",
+                self.config.cache_dir, result.returncode, result.stderr.strip()[-400:],
+            )  # fmt: skip
 
     def _local(
         self,

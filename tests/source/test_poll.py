@@ -159,3 +159,25 @@ def test_prune_keeps_only_the_named_trees(upstream: Upstream, tmp_path: Path) ->
     assert sorted(p.name for p in source.trees_dir.iterdir()) == [second]
     assert len(source.runner.calls) == before
     assert (source.checkout(first) / "app.yaml").read_text() == "v1\n"  # fetched back
+
+
+def test_the_cache_is_repacked_in_the_foreground_after_a_fetch(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """Each fetch adds a pack; past gc.autoPackLimit (50) git repacks. Left to itself, a fetch
+    starts that repack detached, and the repack rewrote the shallow file while the next fetch
+    read it (the fetch then failed: "shallow file has changed since we read it"). The repack
+    now runs after the fetch, in the foreground: done when checkout returns, never alongside
+    the next fetch."""
+    source = GitSource(RepoSource(upstream.bare.as_uri(), "main", tmp_path / "cache"))
+    packs = tmp_path / "cache" / "repo.git" / "objects" / "pack"
+    counts = []
+    for n in range(53):
+        source.checkout(upstream.commit({"app.yaml": f"v{n}\n"}))
+        counts.append(len(list(packs.glob("*.pack"))))
+        assert not (tmp_path / "cache" / "repo.git" / "gc.pid").exists(), "a repack still runs"
+    # The 51st fetch's pack is one over the limit: repacked before checkout returned.
+    assert counts[:50] == list(range(1, 51)), counts
+    assert counts[50] == 1 and max(counts) == 50, counts
+    assert not (tmp_path / "cache" / "repo.git" / "gc.log").exists()
+    assert "gc" in subcommands(source)
