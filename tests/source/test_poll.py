@@ -178,6 +178,7 @@ def test_the_cache_is_repacked_in_the_foreground_after_a_fetch(
         assert not (tmp_path / "cache" / "repo.git" / "gc.pid").exists(), "a repack still runs"
     # The 51st fetch's pack is one over the limit: repacked before checkout returned.
     assert counts[:50] == list(range(1, 51)), counts
-    assert counts[50] == 1 and max(counts) == 50, counts
+    assert counts[50] == 1, counts
+    assert max(counts) == 50, counts
     assert not (tmp_path / "cache" / "repo.git" / "gc.log").exists()
     assert "gc" in subcommands(source)
