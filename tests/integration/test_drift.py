@@ -73,7 +73,12 @@ def synced(api: client.ApiClient, repo: GitOpsRepo, tmp_path: Path) -> None:
     assert sync_once(config, RayServicesClient(api), StateStore(api, repo.namespace)).ok
 
 
-def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager: str) -> None:
+def edit_serve_config(
+    api: client.ApiClient, namespace: str, name: str, manager: str, seen_by: Agent | None = None
+) -> None:
+    """Another writer's edit of the first deployment's replicas; with ``seen_by``, returns
+    once that agent's watch-backed cache holds the edit (it sees it an event later, and a
+    drift check reads the cache)."""
     live = get(api, namespace, name)
     text = re.sub(  # the first deployment's replicas + 3 (staging's 1 becomes 4)
         r"num_replicas: (\d+)",
@@ -86,6 +91,11 @@ def edit_serve_config(api: client.ApiClient, namespace: str, name: str, manager:
         GROUP, VERSION, namespace, PLURAL, name, {"spec": {"serveConfigV2": text}},
         field_manager=manager,
     )  # fmt: skip
+    if seen_by is not None:
+        key, deadline = ServiceKey(namespace, name), time.monotonic() + 30
+        while (seen_by.services.get(key) or {}).get("spec", {}).get("serveConfigV2") != text:
+            assert time.monotonic() < deadline, f"the agent's cache never saw the edit of {name}"
+            time.sleep(0.05)
 
 
 def test_a_fresh_sync_has_no_drift_over_many_checks(
@@ -351,14 +361,7 @@ def test_the_agents_drift_job_counts_and_heals(
     agent = Agent(config, api, "drift-test")
     agent.poll()  # the first pass rolls everything out
     assert agent.last_ok
-    edit_serve_config(api, namespace, "summarizer", "kubectl-edit")
-    edited = get(api, namespace, "summarizer")["spec"]["serveConfigV2"]
-    key = ServiceKey(namespace, "summarizer")
-    deadline = time.monotonic() + 30
-    while (agent.services.get(key) or {}).get("spec", {}).get("serveConfigV2") != edited:
-        # The agent reads through its watch-backed cache, which sees the edit an event later.
-        assert time.monotonic() < deadline, "the agent's cache never saw the edit"
-        time.sleep(0.05)
+    edit_serve_config(api, namespace, "summarizer", "kubectl-edit", seen_by=agent)
     [report] = agent.drift()
     assert report.healed is not None
     assert report.healed.outcome is Outcome.SUCCEEDED
@@ -537,13 +540,13 @@ def test_the_fight_gauge_is_set_then_cleared_when_the_window_passes(
     def fighting() -> float | None:
         return agent.metrics.registry.get_sample_value("gitsync_drift_fighting", labels)
 
-    edit_serve_config(api, namespace, "embedder", "autoscaler-x")
+    edit_serve_config(api, namespace, "embedder", "autoscaler-x", seen_by=agent)
     [report] = agent.drift()
     assert report.healed is not None
     assert report.healed.outcome is Outcome.SUCCEEDED
     assert fighting() is None
     now[0] += 300  # within the window: the second change is a fight
-    edit_serve_config(api, namespace, "embedder", "autoscaler-x")
+    edit_serve_config(api, namespace, "embedder", "autoscaler-x", seen_by=agent)
     [report] = agent.drift()
     assert report.healed is None
     assert report.fighting == (ServiceKey(namespace, "embedder"),)
@@ -641,8 +644,8 @@ def test_one_environments_failed_check_does_not_stop_the_others(
             "gitsync_sync_total", {"environment": "production", "result": "succeeded"}
         )
         # Production's check needs a dry run (a hand edit), which its admission rejects.
-        edit_serve_config(api, production, "ranker", "kubectl-edit")
-        edit_serve_config(api, namespace, "ranker", "kubectl-edit")
+        edit_serve_config(api, production, "ranker", "kubectl-edit", seen_by=agent)
+        edit_serve_config(api, namespace, "ranker", "kubectl-edit", seen_by=agent)
         policy = f"freeze-{production}"
         freeze_rayservices(api, production, policy)
         try:

@@ -242,7 +242,7 @@ def test_rollouts_drift_and_a_failure_are_told_to_slack_teams_and_a_signed_webho
         assert slack["blocks"][0]["type"] == "header"
 
         # Someone edits a Serve config: found, then healed (self-heal is on).
-        edit_serve_config(api, namespace, "summarizer", "kubectl-edit")
+        edit_serve_config(api, namespace, "summarizer", "kubectl-edit", seen_by=agent)
         [report] = agent.drift()
         assert report.healed is not None
         wait_for(lambda: len(receiver.at("/hooks/gitsync")) == 4, "the drift messages")
@@ -361,11 +361,11 @@ def test_a_rollback_and_a_fight_over_a_field_are_told(
         ]
 
         # Another writer keeps setting the summarizer's replicas: healed once, then a fight.
-        edit_serve_config(api, namespace, "summarizer", "autoscaler-x")
+        edit_serve_config(api, namespace, "summarizer", "autoscaler-x", seen_by=agent)
         [report] = agent.drift()
         assert report.healed is not None
         assert report.healed.outcome is Outcome.SUCCEEDED
-        edit_serve_config(api, namespace, "summarizer", "autoscaler-x")
+        edit_serve_config(api, namespace, "summarizer", "autoscaler-x", seen_by=agent)
         [report] = agent.drift()
         assert (report.healed, report.fighting) == (None, (ServiceKey(namespace, "summarizer"),))
         [report] = agent.drift()  # still fought over: not told again
