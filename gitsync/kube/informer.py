@@ -353,11 +353,17 @@ class Informer:
         new = None if kind == "DELETED" else freeze(obj)
         with self.changed:
             old = self.objects.get(name)
+            self.version = version
+            if old is not None and not _newer(version, old):
+                # Older than what :meth:`put` kept from gitsync's own write (the stream
+                # brings that write's own event later): stale, neither kept nor told. A
+                # DELETED event is the deletion's own revision, so it is never older than
+                # the object it deletes, only than one gitsync created again since.
+                return
             if new is None:
                 self.objects.pop(name, None)
             else:
                 self.objects[name] = new
-            self.version = version
             change: _Change = (str(kind), old, new)
             self._record([change])
             self.changed.notify_all()

@@ -123,6 +123,31 @@ def test_put_keeps_a_write_unless_the_watch_brought_a_newer_version() -> None:
     assert (store.get("ranker") or {})["spec"] == {"value": 6}
 
 
+def test_an_event_older_than_gitsyncs_own_write_is_neither_kept_nor_told() -> None:
+    """The watch stream can still carry another writer's change from before gitsync's
+    apply when the apply's answer is put: it must not bring back the older object."""
+    store, told = informer()
+    store._apply({"type": "ADDED", "object": obj(3, spec=3)})
+    store.put(obj(6, spec=6))  # gitsync's apply
+    store._apply({"type": "MODIFIED", "object": obj(5, spec=5)})  # a status write before it
+    assert (store.get("ranker") or {})["spec"] == {"value": 6}
+    assert store.version == "5"  # the stream's position moves on all the same
+    store._apply({"type": "MODIFIED", "object": obj(6, spec=6)})  # the apply's own event
+    store._apply({"type": "MODIFIED", "object": obj(7, spec=7)})
+    assert (store.get("ranker") or {})["spec"] == {"value": 7}
+    assert [(kind, new and new["spec"]["value"]) for kind, _, new in told] == [
+        ("ADDED", 3),
+        ("MODIFIED", 6),
+        ("MODIFIED", 7),
+    ]
+    # Deleted by another writer, created again by gitsync before the DELETED event came.
+    store.put(obj(9, spec=9))
+    store._apply({"type": "DELETED", "object": obj(8, spec=7)})
+    assert (store.get("ranker") or {})["spec"] == {"value": 9}
+    store._apply({"type": "DELETED", "object": obj(10, spec=9)})
+    assert store.get("ranker") is None
+
+
 def test_compaction_keeps_what_ownership_and_attribution_read() -> None:
     entry = {
         "manager": "kubectl-edit",
