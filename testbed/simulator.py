@@ -643,6 +643,14 @@ class Simulator:
     def _current_rules(self) -> list[FailureRule]:
         return list(self._rules)
 
+    def retime(self, delays: Delays) -> None:
+        """New delays for every RayService, those already simulated too (setting
+        ``delays`` alone reaches only the ones created after it)."""
+        with self._lock:
+            self.delays = delays
+            for state in self._states.values():
+                state.delays = delays
+
     def break_app(
         self,
         key: NamedObject,

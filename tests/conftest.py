@@ -141,7 +141,7 @@ def sim(simulator: Simulator) -> Iterator[Simulator]:
     simulator.errors.clear()
     delays = simulator.delays
     yield simulator
-    simulator.delays = delays
+    simulator.retime(delays)
     simulator.clear_rules()
     simulator.zero_downtime_env = True
     assert not simulator.errors, simulator.errors

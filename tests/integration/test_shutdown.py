@@ -265,7 +265,7 @@ def test_mid_health_wait_the_rollout_stays_in_progress_for_the_next_leader(
     agents.append(agent)
     wait_for(lambda: rolled_out(api, repo), timeout=90, what="the first rollout")
     wait_for(lambda: phase(api, namespace) == "succeeded", timeout=30, what="succeeded")
-    sim.delays = Delays(cluster_start=0.3, app_deploy=120.0, tick=0.05, requeue=1.0)
+    sim.retime(Delays(cluster_start=0.3, app_deploy=120.0, tick=0.05, requeue=1.0))
     sha = scale(repo, 2)
     wait_for(
         lambda: annotations(api, namespace)["ranker"].get("gitsync.ray.io/revision") == sha,

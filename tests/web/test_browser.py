@@ -247,7 +247,14 @@ def test_a_failed_rollout_names_the_app_and_kuberays_message(
     )
     browser.get(running.url("/environments/staging"))
     running.agent.trigger()
-    page = see(browser, lambda t: "failed at ranker" in t, "failed at ranker", timeout=90)
+    # The page reads the rollout's record and the live services each through a 2 s cache of
+    # its own, so one refresh can show the failure before the live status that caused it.
+    page = see(
+        browser,
+        lambda t: "failed at ranker" in t and "DEPLOY_FAILED" in t and "Degraded" in t,
+        "failed at ranker, DEPLOY_FAILED and Degraded",
+        timeout=90,
+    )
     failing = browser.find_element(
         By.CSS_SELECTOR, 'tr[data-service="ranker"] li.app[data-app="rank"]'
     )
