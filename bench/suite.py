@@ -63,7 +63,7 @@ from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 
 NOOP = "gitsync sync --once (no-op)"
-AGENT_PASS = "gitsync agent pass (in-process)"  # noqa: S105 - a row's name
+AGENT_PASS = "gitsync pass, warm process (direct lists)"  # noqa: S105 - a row's name
 KUBECTL_DIFF = "kubectl diff --server-side"
 DRY_RUN = "kubectl apply --server-side --dry-run=server"
 SERIAL = "serial kubectl apply --server-side"
@@ -467,8 +467,11 @@ def markdown(report: dict[str, Any]) -> str:
         "## No-op pass (nothing to change), 10 namespaces",
         "",
         f"`{NOOP}` is a process of its own, Python's start-up included, as kubectl is. "
-        f"`{AGENT_PASS}` is the same pass inside a running agent (modules imported, API "
-        "client built).",
+        f"`{AGENT_PASS}` is the same pass in a process that has imported its modules and built "
+        "its API client, reading the API server directly as `gitsync sync --once` and an agent "
+        "with `watch.enabled: false` do. A running agent reads through its watch-backed cache "
+        "instead, and such a pass makes no request at all (section *The watch-backed cache* "
+        "below).",
         "",
         "| services | tool | wall s (min-max) | CPU s | API requests | kubectl diff / this |",
         "| ---: | --- | ---: | ---: | ---: | ---: |",
@@ -571,7 +574,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "![cost against N](benchmarks.png)",
         "",
-        "| services | gitsync no-op wall s | per service ms | agent pass per service ms | "
+        "| services | gitsync no-op wall s | per service ms | warm pass per service ms | "
         "RSS MiB | initial rollout s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -371,7 +371,7 @@ def _render_in_copy(
             ]
             for values in helm.values:
                 args += ["--values", str(work / values)]
-        output, failure, lasting = run_sandboxed(args, Path(tmp), env)
+        output, failure, lasting = run_sandboxed(args, Path(tmp), env, MAX_RENDER_BYTES)
         if failure is not None:
             failure = f"{renderer} failed: {clean_message(failure, str(work))}"
         return output, failure, lasting

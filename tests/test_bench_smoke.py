@@ -15,7 +15,7 @@ def test_the_benchmark_suite_runs_and_writes_its_report(binaries: Binaries, tmp_
     report = (tmp_path / "benchmarks.md").read_text()
     assert "| 10 | gitsync sync --once (no-op) |" in report
     assert "| 10 | kubectl diff --server-side |" in report
-    assert "| 10 | gitsync agent pass (in-process) |" in report
+    assert "| 10 | gitsync pass, warm process (direct lists) |" in report
     assert "serial kubectl apply --server-side" in report
     assert "gitsync sync --once, wave concurrency 32" in report
     assert "0 fetches" in report  # a poll with nothing new only asks for the refs

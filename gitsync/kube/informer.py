@@ -10,11 +10,12 @@ event and no bookmark for ``silent`` seconds, the socket's read timeout (a watch
 without closing). While it lists again, :attr:`synced` is False and readers go to the API
 server instead.
 
-Stored objects are compacted (:func:`compact`): only the fields gitsync reads, and
-``managedFields`` reduced to the entries and keys ownership checks and drift attribution
-read. Each is kept frozen (:class:`Kept`): its JSON text, about a fifth of the memory of the
-decoded dicts (a RayService with its status: some 4 kB against 22 kB, so 3,000 of them take
-13 MB rather than 66), decoded afresh for each reader (:meth:`Informer.get`,
+Stored objects are compacted (:func:`compact`): every field but ``selfLink``, with
+``managedFields`` reduced to the entries and keys ownership checks and drift attribution read
+(a subresource's entries, KubeRay's status writes, are a third of a RayService's bytes). Each
+is kept frozen (:class:`Kept`): its JSON text, about a fifth of the memory of the decoded
+dicts (a RayService with its status: some 4 kB against 22 kB, so 3,000 of them take 13 MB
+rather than 66), decoded afresh for each reader (:meth:`Informer.get`,
 :meth:`Informer.read`), so no reader can change what the cache holds. Lists are read in
 pages (``limit``/``continue``): the decoded page, not the whole collection, is the peak.
 """

@@ -29,13 +29,14 @@ from gitsync.report.reporter import Reporter
 from gitsync.report.status import CommitStatus, State
 from gitsync.source.config import TokenAuth
 from gitsync.sync import sync_once
+from testbed.binaries import Binaries
 from testbed.controlplane import ControlPlane, free_port
 from testbed.gitea import Gitea
 from testbed.simulator import FailureRule, Simulator
 from tests.conftest import fresh_namespace
 from tests.report.forge import hanging_forge
 
-from .gitops import GitOpsRepo
+from .gitops import GitOpsRepo, edit
 from .kube import GROUP, PLURAL, VERSION
 
 
@@ -188,6 +189,55 @@ def test_an_invalid_manifest_shows_failure_with_file_and_line(
     assert last["description"].startswith("invalid: environments/staging/summarizer.yaml:")
     line = last["description"].split(":")[2]
     assert line.isdigit()
+    assert versions(api, namespace) == before  # nothing was applied
+
+
+def test_a_failed_render_shows_failure_and_applies_nothing(
+    api: client.ApiClient,
+    gitea: Gitea,
+    sim: Simulator,
+    control_plane: ControlPlane,
+    binaries: Binaries,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An overlay (examples/repo-layout) whose render fails at a commit: that revision's
+    failure, on the forge as in the exit code, at the environment's declaration, with
+    kustomize's message (naming the missing file, no path outside the repository), and
+    nothing applied."""
+    monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(binaries.kubectl))
+    repo = GitOpsRepo(
+        tmp_path / "gitops",
+        namespace,
+        origin=gitea.create_repo(f"ray-{uuid.uuid4().hex[:8]}"),
+        push_args=gitea.git_auth_config(),
+        example=Path(__file__).resolve().parents[2] / "examples" / "repo-layout",
+    )
+    config = agent_file(repo, gitea, tmp_path)
+    assert sync(control_plane, config) == 0
+    before = versions(api, namespace)
+    assert set(before) == {"embedder", "ranker", "summarizer"}
+    sha = repo.commit(
+        lambda root: edit(
+            root / "overlays/staging/kustomization.yaml",
+            "  - ../../base\n",
+            "  - ../../base\n  - autoscaler-patch.yaml\n",
+        ),
+        "a resource that was never added",
+    )
+    capsys.readouterr()
+    assert sync(control_plane, config) == 2
+    last = statuses(gitea, repo, sha)[-1]
+    assert last["status"] == "failure", last
+    assert last["description"].startswith(
+        "invalid: gitsync.yaml:2: environment 'staging': kustomize failed: "
+    ), last
+    printed = capsys.readouterr()
+    said = printed.out + printed.err
+    assert "lstat overlays/staging/autoscaler-patch.yaml: no such file or directory" in said
+    assert str(tmp_path) not in said + last["description"]
     assert versions(api, namespace) == before  # nothing was applied
 
 

@@ -16,7 +16,8 @@ import paths. The real-Ray backend (testbed/rayhost.py: a ``ray start --head`` p
 runs beside the others, one scenario at a time like them, and deletes each scenario's clusters
 afterwards so no more than the heads of one scenario run at once (and one spare head, started
 ahead so that a head's start does not add to every scenario). Like test_real_ray.py, the module
-runs in `make test`'s parallel phase: it asserts what KubeRay and Serve decided, not how fast.
+runs in `make test`'s `pytest ray` phase, beside the parallel one: it asserts what KubeRay and
+Serve decided, not how fast.
 
 The table is written to docs/kuberay-differential.md from these records; a test keeps the
 committed file equal to what the suite produces (``GITSYNC_WRITE_DOCS=1`` rewrites it).

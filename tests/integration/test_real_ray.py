@@ -55,9 +55,10 @@ from .test_agent import agent_config_file, scrape, start_agent
 pytestmark = pytest.mark.ray  # real Ray heads: `make test` runs this module beside the others
 
 # Up to two Ray heads (~1 GiB each with Serve). What the module asserts (no failed request,
-# traffic moving once at promotion, gitsync's verdict after it) must hold on a busy machine too,
-# so `make test` runs it in the parallel phase, first (it is the longest module). Its latency
-# figures mean something only on a quiet machine: `make zero-downtime-report` runs it alone.
+# traffic moving once at promotion, gitsync's verdict after it) must hold on a busy machine too:
+# `make test` runs it in its `pytest ray` phase, beside the parallel phase (one process, one
+# real-Ray module after another). Its latency figures mean something only on a quiet machine:
+# `make zero-downtime-report` runs it alone.
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "zero-downtime"
 

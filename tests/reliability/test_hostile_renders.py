@@ -2,7 +2,8 @@
 helm: each is refused with a clear problem naming the file (and line) or the environment,
 nothing is loaded from it, in bounded time, and the renderer's message holds no path outside
 the repository. Overlays escaping the repository, remote bases, plugins and exec functions,
-a chart looping in its templates and a chart rendering 100 MB.
+a chart looping in its templates, a chart rendering 100 MB (stopped by the memory limit
+before its output is whole) and one whose output passes the output limit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from gitsync import renderer
 from gitsync.checkout import read_tree
 from testbed.binaries import Binaries
 
@@ -92,6 +94,16 @@ def huge_chart(root: Path) -> None:  # 100 MB of ConfigMaps
     )
 
 
+def big_chart(root: Path) -> None:  # 5 MB of ConfigMaps, against a 2 MiB output limit
+    write(
+        root,
+        TEMPLATE,
+        '{{- $pad := repeat 1000 "x" }}{{- range until 5000 }}\n---\n'
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{{ . }}\ndata:\n"
+        "  pad: {{ $pad }}\n{{- end }}\n",
+    )
+
+
 def remote_dependency(root: Path) -> None:
     chart = root / "charts/ray-services/Chart.yaml"
     chart.write_text(
@@ -107,6 +119,7 @@ class Case:
     make: Callable[[Path], None]
     where: str  # the problem's file:line (or file)
     expect: str
+    output_limit: int | None = None  # bytes, in place of the renderer's own (32 MiB)
 
 
 CASES = [
@@ -132,6 +145,14 @@ CASES = [
     Case("looping-chart", HELM, looping_chart, "gitsync.yaml:", "took more than 2 s"),
     Case("100MB-chart", HELM, huge_chart, "gitsync.yaml:", "the render needed more than"),
     Case(
+        "output-over-limit",
+        HELM,
+        big_chart,
+        "gitsync.yaml:",
+        f"the render is over {2 << 20} bytes, the limit per environment",
+        output_limit=2 << 20,
+    ),
+    Case(
         "remote-dependency",
         HELM,
         remote_dependency,
@@ -147,6 +168,8 @@ def test_hostile_render_is_refused_clearly_in_bounded_time(
 ) -> None:
     monkeypatch.setenv("GITSYNC_KUSTOMIZE", str(binaries.kubectl))
     monkeypatch.setenv("GITSYNC_HELM", str(binaries.helm))
+    if case.output_limit is not None:
+        monkeypatch.setattr(renderer, "MAX_RENDER_BYTES", case.output_limit)
     root = tmp_path / "repo"
     shutil.copytree(case.example, root)
     case.make(root)
