@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -192,7 +193,7 @@ class RayHosts:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Short: Ray's session socket paths must stay under the 107-byte AF_UNIX limit.
         tempdir = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
-        ports = {name: free_port() for name in _PORTS}
+        ports = {name: ray_port() for name in _PORTS}
         argv = [
             str(self.ray),
             "start",
@@ -224,7 +225,7 @@ class RayHosts:
             cluster,
             tempdir,
             ports["dashboard-port"],
-            free_port(),
+            ray_port(),
             ports["port"],
             spawn(f"ray-head-{pod or name}", argv, log, env),
             time.monotonic(),
@@ -348,6 +349,31 @@ _PORTS = (
     "node-manager-port",
     "object-manager-port",
 )
+
+
+# A head's ports, Serve's HTTP port above all (bound only at the first PUT, perhaps minutes
+# after the head started), come from a range no one else picks from: not the kernel's
+# ephemeral range (32768-60999 here), where every listener bound to port 0 and every client
+# socket lands (Ray's own gRPC servers among them; one took a spare head's Serve port before
+# Serve did, and every request to that service met an HTTP/2 server), and not Ray's worker
+# ports (10002-19999 by default). Each process starts at its own place in the range.
+_RAY_PORTS = range(20000, 32768)
+_next_ray_port = itertools.count(os.getpid() * 7919)
+_ray_port_lock = threading.Lock()
+
+
+def ray_port() -> int:
+    """A free port for a Ray head, from :data:`_RAY_PORTS` in turn."""
+    with _ray_port_lock:
+        for _ in range(len(_RAY_PORTS)):
+            port = _RAY_PORTS[next(_next_ray_port) % len(_RAY_PORTS)]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free port in {_RAY_PORTS}")
 
 
 def _outlive(head: RayHead | None) -> None:
