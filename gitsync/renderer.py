@@ -414,7 +414,7 @@ def _with_memory_limit(args: list[str]) -> list[str]:
 
 
 def run_sandboxed(
-    args: list[str], tmp: Path, env: EnvironmentConfig, max_bytes: int = MAX_RENDER_BYTES
+    args: list[str], tmp: Path, env: EnvironmentConfig, max_bytes: int
 ) -> tuple[str, str | None, bool]:
     """Runs the tool with the time and output limits: (output, failure, lasting)."""
     sandbox = sandbox_environment(tmp / "home", env.source.allow_remote)
